@@ -1,0 +1,1 @@
+//! Batching of mapped events per sink.

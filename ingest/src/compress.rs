@@ -1,0 +1,1 @@
+//! Batch compression (zstd, gzip).

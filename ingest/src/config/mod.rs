@@ -1,0 +1,1 @@
+//! config: see the module map in the README.

@@ -1,0 +1,190 @@
+//! The internal event: one received syslog message, parsed, borrowing from the receive buffer.
+//!
+//! Every parser returns views into the message text; only unescaping allocates (`Cow::Owned`).
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+
+use smallvec::SmallVec;
+
+/// A point in time: nanoseconds since the Unix epoch (UTC) plus the offset it was written with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp {
+    pub unix_nanos: i64,
+    /// Offset from UTC in seconds as written by the sender; `None` when the sender gave none
+    /// (RFC 3164) and the receiver's zone (UTC by default) was assumed.
+    pub offset_secs: Option<i32>,
+}
+
+impl Timestamp {
+    pub fn from_unix_nanos(unix_nanos: i64) -> Self {
+        Timestamp { unix_nanos, offset_secs: Some(0) }
+    }
+
+    pub fn now() -> Self {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Self::from_unix_nanos(d.as_nanos() as i64)
+    }
+
+    pub fn unix_millis(&self) -> i64 {
+        self.unix_nanos.div_euclid(1_000_000)
+    }
+}
+
+/// What the reader knows about a message before it is parsed.
+#[derive(Debug, Clone, Copy)]
+pub struct Received<'a> {
+    /// Name of the configured source (`[sources.NAME]`).
+    pub source: &'a str,
+    pub peer: Option<SocketAddr>,
+    pub received_at: Timestamp,
+}
+
+/// Syslog priority, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pri {
+    pub facility: u8,
+    pub severity: u8,
+}
+
+impl Pri {
+    pub fn from_value(value: u8) -> Option<Pri> {
+        (value <= 191).then_some(Pri { facility: value >> 3, severity: value & 7 })
+    }
+    pub fn value(&self) -> u8 {
+        (self.facility << 3) | self.severity
+    }
+    pub fn facility_name(&self) -> &'static str {
+        const NAMES: [&str; 24] = [
+            "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
+            "authpriv", "ftp", "ntp", "security", "console", "solaris-cron", "local0", "local1",
+            "local2", "local3", "local4", "local5", "local6", "local7",
+        ];
+        NAMES.get(self.facility as usize).copied().unwrap_or("unknown")
+    }
+    pub fn severity_name(&self) -> &'static str {
+        const NAMES: [&str; 8] =
+            ["emerg", "alert", "crit", "err", "warning", "notice", "info", "debug"];
+        NAMES[(self.severity & 7) as usize]
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyslogFormat {
+    Rfc5424,
+    Rfc3164,
+    /// No recognisable header: the whole message is the body.
+    None,
+}
+
+/// The syslog header. RFC 5424 NIL (`-`) fields are `None`.
+#[derive(Debug, Clone)]
+pub struct SyslogHeader<'a> {
+    pub format: SyslogFormat,
+    pub pri: Option<Pri>,
+    pub version: Option<u8>,
+    pub timestamp: Option<Timestamp>,
+    pub hostname: Option<&'a str>,
+    /// RFC 5424 APP-NAME, or the RFC 3164 TAG.
+    pub app_name: Option<&'a str>,
+    pub proc_id: Option<&'a str>,
+    pub msg_id: Option<&'a str>,
+    /// Raw RFC 5424 STRUCTURED-DATA text (escapes intact), `None` when NIL.
+    /// Decode with [`crate::parse::syslog::structured_data`].
+    pub structured_data: Option<&'a str>,
+}
+
+/// One CEF extension `key=value`, value unescaped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extension<'a> {
+    pub key: &'a str,
+    pub value: Cow<'a, str>,
+}
+
+/// A parsed CEF record. Header fields are unescaped (`\|`, `\\`).
+#[derive(Debug, Clone)]
+pub struct Cef<'a> {
+    /// Any text before `CEF:` that is not part of the syslog header.
+    pub prefix: &'a str,
+    pub version: &'a str,
+    pub device_vendor: Cow<'a, str>,
+    pub device_product: Cow<'a, str>,
+    pub device_version: Cow<'a, str>,
+    pub signature_id: Cow<'a, str>,
+    pub name: Cow<'a, str>,
+    pub severity: Cow<'a, str>,
+    /// In message order. Keys are unique: a repeated key keeps its last value.
+    pub extensions: SmallVec<[Extension<'a>; 24]>,
+}
+
+impl<'a> Cef<'a> {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.extensions.iter().find(|e| e.key == key).map(|e| e.value.as_ref())
+    }
+}
+
+/// What a JSON or CEF body is, as far as the SIEM mappings care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// CEF from any vendor.
+    Cef,
+    DarktraceModelBreach,
+    DarktraceAiAnalyst,
+    DarktraceSystemStatus,
+    DarktraceAudit,
+    /// Valid JSON that is not a recognised Darktrace event.
+    Json,
+    /// Plain text body (neither CEF nor JSON).
+    Text,
+    /// The message could not be parsed; the raw text is kept.
+    Error,
+}
+
+impl EventKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EventKind::Cef => "cef",
+            EventKind::DarktraceModelBreach => "darktrace_model_breach",
+            EventKind::DarktraceAiAnalyst => "darktrace_ai_analyst",
+            EventKind::DarktraceSystemStatus => "darktrace_system_status",
+            EventKind::DarktraceAudit => "darktrace_audit",
+            EventKind::Json => "json",
+            EventKind::Text => "text",
+            EventKind::Error => "error",
+        }
+    }
+}
+
+/// The message body after the syslog header.
+#[derive(Debug)]
+pub enum Body<'a> {
+    Cef(Cef<'a>),
+    Json(crate::parse::json::JsonBody<'a>),
+    Text(&'a str),
+    /// Parsing failed; `text` is the unparsed body.
+    Error { kind: crate::parse::ParseErrorKind, detail: String, text: &'a str },
+}
+
+/// A fully parsed message.
+#[derive(Debug)]
+pub struct Event<'a> {
+    pub received: Received<'a>,
+    /// The whole message as received (after framing), as UTF-8 (invalid bytes replaced).
+    pub raw: &'a str,
+    pub syslog: SyslogHeader<'a>,
+    pub body: Body<'a>,
+}
+
+impl Event<'_> {
+    pub fn kind(&self) -> EventKind {
+        match &self.body {
+            Body::Cef(_) => EventKind::Cef,
+            Body::Json(j) => j.kind,
+            Body::Text(_) => EventKind::Text,
+            Body::Error { .. } => EventKind::Error,
+        }
+    }
+}

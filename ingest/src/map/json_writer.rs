@@ -1,0 +1,169 @@
+//! Minimal, fast JSON output shared by every mapper.
+
+/// Bytes that must be escaped inside a JSON string: control characters, `"` and `\`.
+static NEEDS_ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// Appends `s` as a quoted, escaped JSON string.
+#[inline]
+pub fn write_str(out: &mut Vec<u8>, s: &str) {
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    write_str_contents(out, s);
+    out.push(b'"');
+}
+
+/// Appends the escaped contents of `s` without quotes.
+#[inline]
+pub fn write_str_contents(out: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if !NEEDS_ESCAPE[b as usize] {
+            continue;
+        }
+        out.extend_from_slice(&bytes[start..i]);
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[(b >> 4) as usize]);
+                out.push(HEX[(b & 15) as usize]);
+            }
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
+/// Writes one JSON object field by field, handling commas.
+pub struct ObjectWriter<'o> {
+    out: &'o mut Vec<u8>,
+    first: bool,
+}
+
+impl<'o> ObjectWriter<'o> {
+    pub fn begin(out: &'o mut Vec<u8>) -> Self {
+        out.push(b'{');
+        ObjectWriter { out, first: true }
+    }
+
+    /// Writes `"key":` and returns the buffer for the value.
+    #[inline]
+    pub fn key(&mut self, key: &str) -> &mut Vec<u8> {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        write_str(self.out, key);
+        self.out.push(b':');
+        self.out
+    }
+
+    #[inline]
+    pub fn str(&mut self, key: &str, value: &str) {
+        let out = self.key(key);
+        write_str(out, value);
+    }
+
+    #[inline]
+    pub fn opt_str(&mut self, key: &str, value: Option<&str>) {
+        if let Some(v) = value {
+            self.str(key, v);
+        }
+    }
+
+    #[inline]
+    pub fn i64(&mut self, key: &str, value: i64) {
+        let out = self.key(key);
+        out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+    }
+
+    #[inline]
+    pub fn u64(&mut self, key: &str, value: u64) {
+        let out = self.key(key);
+        out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+    }
+
+    /// Non-finite floats have no JSON form and are written as `null`.
+    #[inline]
+    pub fn f64(&mut self, key: &str, value: f64) {
+        let out = self.key(key);
+        if value.is_finite() {
+            out.extend_from_slice(ryu::Buffer::new().format_finite(value).as_bytes());
+        } else {
+            out.extend_from_slice(b"null");
+        }
+    }
+
+    #[inline]
+    pub fn bool(&mut self, key: &str, value: bool) {
+        let out = self.key(key);
+        out.extend_from_slice(if value { b"true" } else { b"false" });
+    }
+
+    /// Writes a value that is already valid JSON.
+    #[inline]
+    pub fn raw(&mut self, key: &str, json: &[u8]) {
+        let out = self.key(key);
+        out.extend_from_slice(json);
+    }
+
+    /// Starts a nested object under `key`; finish it with [`ObjectWriter::end`].
+    pub fn object(&mut self, key: &str) -> ObjectWriter<'_> {
+        let out = self.key(key);
+        ObjectWriter::begin(out)
+    }
+
+    pub fn end(self) {
+        self.out.push(b'}');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_round_trip_through_serde_json() {
+        let samples = ["plain", "quote \" backslash \\ nl \n cr \r tab \t", "\u{1} \u{1f} é 🦀", ""];
+        for s in samples {
+            let mut out = Vec::new();
+            write_str(&mut out, s);
+            let back: String = serde_json::from_slice(&out).unwrap();
+            assert_eq!(back, s);
+        }
+    }
+
+    #[test]
+    fn object_writer_produces_valid_json() {
+        let mut out = Vec::new();
+        let mut o = ObjectWriter::begin(&mut out);
+        o.str("a", "x\"y");
+        o.i64("b", -5);
+        o.f64("c", f64::NAN);
+        let mut inner = o.object("d");
+        inner.bool("e", true);
+        inner.end();
+        o.end();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["a"], "x\"y");
+        assert_eq!(v["b"], -5);
+        assert!(v["c"].is_null());
+        assert_eq!(v["d"]["e"], true);
+    }
+}

@@ -1,0 +1,45 @@
+//! Schema mappings: one [`Event`] → one JSON object in the schema a sink wants.
+//! Mappers write straight into an output buffer (no intermediate value tree).
+
+pub mod commonsecuritylog;
+pub mod ecs;
+pub mod json_writer;
+pub mod raw;
+pub mod sluice;
+
+use crate::event::Event;
+
+/// Output schema of a sink (`schema = "..."` in `[sinks.NAME]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Schema {
+    /// Native: syslog header, CEF header + extensions or the JSON object, receive metadata.
+    Sluice,
+    /// Microsoft Sentinel CommonSecurityLog row.
+    Commonsecuritylog,
+    /// Elastic Common Schema.
+    Ecs,
+    /// The original message, untouched, as a JSON string.
+    Raw,
+}
+
+impl Schema {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Schema::Sluice => "sluice",
+            Schema::Commonsecuritylog => "commonsecuritylog",
+            Schema::Ecs => "ecs",
+            Schema::Raw => "raw",
+        }
+    }
+}
+
+/// Appends `event` in `schema` to `out` as one JSON value (no trailing newline).
+pub fn write(schema: Schema, event: &Event<'_>, out: &mut Vec<u8>) {
+    match schema {
+        Schema::Sluice => sluice::write(event, out),
+        Schema::Commonsecuritylog => commonsecuritylog::write(event, out),
+        Schema::Ecs => ecs::write(event, out),
+        Schema::Raw => raw::write(event, out),
+    }
+}

@@ -1,0 +1,1 @@
+//! net: see the module map in the README.

@@ -1,0 +1,1 @@
+//! pipeline: see the module map in the README.

@@ -1,0 +1,3 @@
+//! Sinks: where batches go. Each sink is a folder with its config, logic and tests.
+
+pub mod file;

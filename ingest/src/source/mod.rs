@@ -1,0 +1,1 @@
+//! source: see the module map in the README.

@@ -1,0 +1,1 @@
+//! spool: see the module map in the README.

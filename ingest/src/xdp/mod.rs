@@ -1,0 +1,1 @@
+//! xdp: see the module map in the README.
