@@ -1,1 +1,55 @@
-//! net: see the module map in the README.
+//! Socket readers: they receive, frame, and hand batches of frames to per-core parser workers.
+//!
+//! Contract between readers and workers: a reader fills a [`FrameBatch`] (message bytes laid
+//! end to end plus one [`FrameRef`] per message) and pushes it on its core's bounded queue.
+//! Workers return drained batches through a recycle queue so steady state allocates nothing.
+
+use std::net::SocketAddr;
+
+use crate::event::Timestamp;
+
+/// One message inside a [`FrameBatch`].
+#[derive(Debug, Clone, Copy)]
+pub struct FrameRef {
+    pub offset: u32,
+    pub len: u32,
+    pub peer: Option<SocketAddr>,
+    /// The frame was cut to the size limit.
+    pub truncated: bool,
+}
+
+/// A batch of framed messages from one source.
+#[derive(Debug, Default)]
+pub struct FrameBatch {
+    /// Index of the source in the effective config (`sources` in order).
+    pub source: u16,
+    pub received_at: Option<Timestamp>,
+    pub data: Vec<u8>,
+    pub frames: Vec<FrameRef>,
+}
+
+impl FrameBatch {
+    pub fn clear(&mut self) {
+        self.received_at = None;
+        self.data.clear();
+        self.frames.clear();
+    }
+
+    pub fn push(&mut self, bytes: &[u8], peer: Option<SocketAddr>, truncated: bool) {
+        let offset = self.data.len() as u32;
+        self.data.extend_from_slice(bytes);
+        self.frames.push(FrameRef { offset, len: bytes.len() as u32, peer, truncated });
+    }
+
+    pub fn frame(&self, f: &FrameRef) -> &[u8] {
+        &self.data[f.offset as usize..(f.offset + f.len) as usize]
+    }
+
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+}
