@@ -53,3 +53,22 @@ impl FrameBatch {
         self.frames.is_empty()
     }
 }
+
+/// Everything one reader thread needs; one per (source, core).
+///
+/// Backpressure: a TCP reader blocks on `to_worker` (stops reading: no loss); a UDP reader
+/// uses `try_send` and counts a full queue as `sluice_dropped_messages_total{reason="queue_full"}`.
+pub struct ReaderContext {
+    pub source_index: u16,
+    pub source_name: std::sync::Arc<str>,
+    pub core: usize,
+    pub limits: crate::frame::FrameLimits,
+    /// TCP only.
+    pub framing: crate::frame::Framing,
+    /// Hand a batch to the worker once it holds this many frames (or when the socket is idle).
+    pub batch_max_frames: usize,
+    pub to_worker: crossbeam::channel::Sender<FrameBatch>,
+    /// Drained batches come back here for reuse.
+    pub recycled: crossbeam::channel::Receiver<FrameBatch>,
+    pub shutdown: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
