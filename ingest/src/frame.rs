@@ -7,7 +7,17 @@
 //! two reads is copied, into a buffer that never grows past `max_frame_bytes`.
 
 /// TCP framing (`framing = "..."` in a tcp source).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Framing {
     /// Decide per connection from the first byte: a digit means RFC 6587 octet counting.
@@ -38,7 +48,10 @@ pub struct FrameLimits {
 
 impl Default for FrameLimits {
     fn default() -> Self {
-        FrameLimits { max_frame_bytes: 256 * 1024, oversize: OversizePolicy::Truncate }
+        FrameLimits {
+            max_frame_bytes: 256 * 1024,
+            oversize: OversizePolicy::Truncate,
+        }
     }
 }
 
@@ -80,7 +93,11 @@ enum State {
     Count { value: usize, digits: u32 },
     /// Octet mode: inside a frame of `len` bytes of which `done` have been consumed; the first
     /// `keep` bytes are delivered (the rest, if any, is oversize and skipped without buffering).
-    Body { len: usize, done: usize, keep: usize },
+    Body {
+        len: usize,
+        done: usize,
+        keep: usize,
+    },
     /// Octet mode: a malformed count; discarding up to the next LF.
     Resync { skipped: usize },
 }
@@ -96,14 +113,22 @@ pub struct StreamFramer {
 
 impl StreamFramer {
     pub fn new(framing: Framing, limits: FrameLimits) -> Self {
-        StreamFramer { framing, limits, state: Self::initial_state(framing), buf: Vec::new() }
+        StreamFramer {
+            framing,
+            limits,
+            state: Self::initial_state(framing),
+            buf: Vec::new(),
+        }
     }
 
     fn initial_state(framing: Framing) -> State {
         match framing {
             Framing::Auto => State::Undecided,
             Framing::Lf => State::Line,
-            Framing::Octet => State::Count { value: 0, digits: 0 },
+            Framing::Octet => State::Count {
+                value: 0,
+                digits: 0,
+            },
         }
     }
 
@@ -132,7 +157,12 @@ impl StreamFramer {
                     match rest[0] {
                         // Blank lines before the first message say nothing about the framing.
                         b'\n' | b'\r' => pos += 1,
-                        b'1'..=b'9' => self.state = State::Count { value: 0, digits: 0 },
+                        b'1'..=b'9' => {
+                            self.state = State::Count {
+                                value: 0,
+                                digits: 0,
+                            }
+                        }
                         _ => self.state = State::Line,
                     }
                 }
@@ -170,7 +200,10 @@ impl StreamFramer {
                             let len = self.buf.len() + rest.len();
                             self.push_partial(&rest[..room]);
                             if self.limits.oversize == OversizePolicy::Truncate {
-                                emit(FrameEvent::Frame { bytes: &self.buf, truncated: true });
+                                emit(FrameEvent::Frame {
+                                    bytes: &self.buf,
+                                    truncated: true,
+                                });
                             }
                             self.buf.clear();
                             self.state = State::LineSkip { len };
@@ -187,7 +220,9 @@ impl StreamFramer {
                     }
                     None => {
                         pos = data.len();
-                        self.state = State::LineSkip { len: len + rest.len() };
+                        self.state = State::LineSkip {
+                            len: len + rest.len(),
+                        };
                     }
                 },
                 State::Count { value, digits } => {
@@ -197,31 +232,58 @@ impl StreamFramer {
                         // Stray line ends between frames (some senders add them) carry nothing.
                         b'\n' | b'\r' if digits == 0 => {}
                         b'1'..=b'9' if digits == 0 => {
-                            self.state = State::Count { value: (byte - b'0') as usize, digits: 1 }
+                            self.state = State::Count {
+                                value: (byte - b'0') as usize,
+                                digits: 1,
+                            }
                         }
                         b'0'..=b'9' if digits > 0 && digits < MAX_OCTET_COUNT_DIGITS => {
-                            let value = value.saturating_mul(10).saturating_add((byte - b'0') as usize);
-                            self.state = State::Count { value, digits: digits + 1 };
+                            let value = value
+                                .saturating_mul(10)
+                                .saturating_add((byte - b'0') as usize);
+                            self.state = State::Count {
+                                value,
+                                digits: digits + 1,
+                            };
                         }
                         b' ' if digits > 0 => self.start_body(value, emit),
                         b'\n' => {
-                            emit(FrameEvent::Desync { skipped: digits as usize + 1 });
-                            self.state = State::Count { value: 0, digits: 0 };
+                            emit(FrameEvent::Desync {
+                                skipped: digits as usize + 1,
+                            });
+                            self.state = State::Count {
+                                value: 0,
+                                digits: 0,
+                            };
                         }
-                        _ => self.state = State::Resync { skipped: digits as usize + 1 },
+                        _ => {
+                            self.state = State::Resync {
+                                skipped: digits as usize + 1,
+                            }
+                        }
                     }
                 }
-                State::Body { len, mut done, keep } => {
+                State::Body {
+                    len,
+                    mut done,
+                    keep,
+                } => {
                     let truncated = keep < len;
                     if done < keep {
                         let want = keep - done;
                         let take = want.min(rest.len());
                         if self.buf.is_empty() && take == want {
-                            emit(FrameEvent::Frame { bytes: &rest[..want], truncated });
+                            emit(FrameEvent::Frame {
+                                bytes: &rest[..want],
+                                truncated,
+                            });
                         } else {
                             self.push_partial(&rest[..take]);
                             if take == want {
-                                emit(FrameEvent::Frame { bytes: &self.buf, truncated });
+                                emit(FrameEvent::Frame {
+                                    bytes: &self.buf,
+                                    truncated,
+                                });
                                 self.buf.clear();
                             }
                         }
@@ -233,18 +295,31 @@ impl StreamFramer {
                         pos += skip;
                         done += skip;
                     }
-                    self.state =
-                        if done == len { State::Count { value: 0, digits: 0 } } else { State::Body { len, done, keep } };
+                    self.state = if done == len {
+                        State::Count {
+                            value: 0,
+                            digits: 0,
+                        }
+                    } else {
+                        State::Body { len, done, keep }
+                    };
                 }
                 State::Resync { skipped } => match memchr::memchr(b'\n', rest) {
                     Some(nl) => {
                         pos += nl + 1;
-                        emit(FrameEvent::Desync { skipped: skipped + nl + 1 });
-                        self.state = State::Count { value: 0, digits: 0 };
+                        emit(FrameEvent::Desync {
+                            skipped: skipped + nl + 1,
+                        });
+                        self.state = State::Count {
+                            value: 0,
+                            digits: 0,
+                        };
                     }
                     None => {
                         pos = data.len();
-                        self.state = State::Resync { skipped: skipped + rest.len() };
+                        self.state = State::Resync {
+                            skipped: skipped + rest.len(),
+                        };
                     }
                 },
             }
@@ -264,12 +339,17 @@ impl StreamFramer {
             }
             State::Count { digits, .. } => {
                 if digits > 0 {
-                    emit(FrameEvent::Desync { skipped: digits as usize });
+                    emit(FrameEvent::Desync {
+                        skipped: digits as usize,
+                    });
                 }
             }
             State::Body { done, keep, .. } => {
                 if done < keep && done > 0 {
-                    emit(FrameEvent::Frame { bytes: &self.buf, truncated: true });
+                    emit(FrameEvent::Frame {
+                        bytes: &self.buf,
+                        truncated: true,
+                    });
                 }
             }
             State::Resync { skipped } => emit(FrameEvent::Desync { skipped }),
@@ -307,14 +387,25 @@ impl StreamFramer {
 fn emit_line(line: &[u8], emit: &mut dyn FnMut(FrameEvent<'_>)) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if !line.is_empty() {
-        emit(FrameEvent::Frame { bytes: line, truncated: false });
+        emit(FrameEvent::Frame {
+            bytes: line,
+            truncated: false,
+        });
     }
 }
 
 /// An oversize line whose end is in view: `kept` is its first `max_frame_bytes`, `len` its length.
-fn emit_oversize(kept: &[u8], len: usize, policy: OversizePolicy, emit: &mut dyn FnMut(FrameEvent<'_>)) {
+fn emit_oversize(
+    kept: &[u8],
+    len: usize,
+    policy: OversizePolicy,
+    emit: &mut dyn FnMut(FrameEvent<'_>),
+) {
     match policy {
-        OversizePolicy::Truncate => emit(FrameEvent::Frame { bytes: kept, truncated: true }),
+        OversizePolicy::Truncate => emit(FrameEvent::Frame {
+            bytes: kept,
+            truncated: true,
+        }),
         OversizePolicy::Reject => emit(FrameEvent::Rejected { len }),
     }
 }

@@ -17,7 +17,8 @@ fn data_dir() -> PathBuf {
 }
 
 fn load<T: for<'de> Deserialize<'de>>(name: &str) -> T {
-    let text = std::fs::read_to_string(data_dir().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let text =
+        std::fs::read_to_string(data_dir().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
@@ -56,7 +57,10 @@ fn opt_str(v: &Value) -> Option<&str> {
 /// so that no expectation is silently ignored.
 fn check(case: &HeaderCase, input: &str, check_raw_sd: bool) {
     let received = Timestamp::from_unix_nanos(rfc3339_nanos(&case.received_at));
-    let options = ParseOptions { default_offset_secs: case.default_offset_secs, ..ParseOptions::default() };
+    let options = ParseOptions {
+        default_offset_secs: case.default_offset_secs,
+        ..ParseOptions::default()
+    };
     let (h, body) = parse_header(input, received, &options);
     let id = &case.id;
     for (key, want) in &case.expect {
@@ -69,7 +73,11 @@ fn check(case: &HeaderCase, input: &str, check_raw_sd: bool) {
                 };
                 assert_eq!(Some(got), want.as_str(), "{id}: format");
             }
-            "pri" => assert_eq!(h.pri.map(|p| u64::from(p.value())), want.as_u64(), "{id}: pri"),
+            "pri" => assert_eq!(
+                h.pri.map(|p| u64::from(p.value())),
+                want.as_u64(),
+                "{id}: pri"
+            ),
             "version" => assert_eq!(h.version.map(u64::from), want.as_u64(), "{id}: version"),
             "timestamp" => assert_eq!(
                 h.timestamp.map(|t| t.unix_nanos),
@@ -89,11 +97,17 @@ fn check(case: &HeaderCase, input: &str, check_raw_sd: bool) {
             "body" => assert_eq!(Some(body), opt_str(want), "{id}: body"),
             "structured_data_raw" => {
                 if check_raw_sd {
-                    assert_eq!(h.structured_data, opt_str(want), "{id}: structured_data_raw");
+                    assert_eq!(
+                        h.structured_data,
+                        opt_str(want),
+                        "{id}: structured_data_raw"
+                    );
                 }
             }
             "structured_data" => {
-                let raw = h.structured_data.unwrap_or_else(|| panic!("{id}: no structured data"));
+                let raw = h
+                    .structured_data
+                    .unwrap_or_else(|| panic!("{id}: no structured data"));
                 let got: Vec<_> = structured_data(raw).collect();
                 let want = want.as_array().unwrap();
                 assert_eq!(got.len(), want.len(), "{id}: SD element count in {raw}");
@@ -104,7 +118,11 @@ fn check(case: &HeaderCase, input: &str, check_raw_sd: bool) {
                     }
                     let g = g.as_ref().unwrap_or_else(|e| panic!("{id}: {e}"));
                     assert_eq!(g.id, w["id"].as_str().unwrap(), "{id}: SD-ID");
-                    let params: Vec<(&str, &str)> = g.params.iter().map(|p| (p.name, p.value.as_ref())).collect();
+                    let params: Vec<(&str, &str)> = g
+                        .params
+                        .iter()
+                        .map(|p| (p.name, p.value.as_ref()))
+                        .collect();
                     let want_params: Vec<(&str, &str)> = w["params"]
                         .as_array()
                         .unwrap()
@@ -131,7 +149,12 @@ fn run_header_cases(file: &str) -> Vec<HeaderCase> {
             let opts = ParseOptions::default();
             let (a, a_body) = parse_header(&case.input, received, &opts);
             let (b, b_body) = parse_header(same, received, &opts);
-            assert_eq!(format!("{a:?}{a_body}"), format!("{b:?}{b_body}"), "{}", case.id);
+            assert_eq!(
+                format!("{a:?}{a_body}"),
+                format!("{b:?}{b_body}"),
+                "{}",
+                case.id
+            );
             assert_eq!(a.format, SyslogFormat::Rfc5424, "{}", case.id);
         }
     }
@@ -151,16 +174,28 @@ fn public_header_cases_all_asserted() {
     let vrl: Vec<SourceCase> = load("vector_vrl_syslog_cases.json");
     assert_eq!((loose.len(), vrl.len()), (32, 18));
     for source in loose.iter().chain(&vrl) {
-        assert!(covered.contains(source.id.as_str()), "no expectation for {}", source.id);
+        assert!(
+            covered.contains(source.id.as_str()),
+            "no expectation for {}",
+            source.id
+        );
     }
     for case in &cases {
-        assert!(!case.expect.is_empty() || case.same_as.is_some(), "{}: nothing asserted", case.id);
+        assert!(
+            !case.expect.is_empty() || case.same_as.is_some(),
+            "{}: nothing asserted",
+            case.id
+        );
     }
     // Every deliberate difference is documented.
     let doc_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/syslog.md");
     let doc = std::fs::read_to_string(&doc_path).expect("docs/syslog.md");
     for case in cases.iter().filter(|c| c.differs.is_some()) {
-        assert!(doc.contains(&case.id), "{} differs but is not in docs/syslog.md", case.id);
+        assert!(
+            doc.contains(&case.id),
+            "{} differs but is not in docs/syslog.md",
+            case.id
+        );
     }
 }
 
@@ -173,11 +208,25 @@ fn own_real_world_header_cases() {
 #[test]
 fn header_fields_borrow_the_input() {
     let text = "<165>1 2022-02-12T19:10:23+00:00 host darktrace 12 ID [a b=\"c\"] {\"x\":1}";
-    let (h, body) = parse_header(text, Timestamp::from_unix_nanos(0), &ParseOptions::default());
+    let (h, body) = parse_header(
+        text,
+        Timestamp::from_unix_nanos(0),
+        &ParseOptions::default(),
+    );
     let range = text.as_bytes().as_ptr_range();
-    for field in [h.hostname, h.app_name, h.proc_id, h.msg_id, h.structured_data, Some(body)] {
+    for field in [
+        h.hostname,
+        h.app_name,
+        h.proc_id,
+        h.msg_id,
+        h.structured_data,
+        Some(body),
+    ] {
         let field = field.unwrap();
-        assert!(range.contains(&field.as_ptr()), "{field} is not a view into the input");
+        assert!(
+            range.contains(&field.as_ptr()),
+            "{field} is not a view into the input"
+        );
     }
 }
 
@@ -185,12 +234,21 @@ fn header_fields_borrow_the_input() {
 #[test]
 fn full_parser_sees_darktrace_json_body() {
     use sluice::event::{Body, Received};
-    let raw = b"<165>Aug  5 03:34:46 example.cloud.darktrace.com darktrace {\"model\":{\"name\":\"x\"}}";
+    let raw =
+        b"<165>Aug  5 03:34:46 example.cloud.darktrace.com darktrace {\"model\":{\"name\":\"x\"}}";
     let mut parser = sluice::parse::Parser::new(ParseOptions::default());
-    let received = Received { source: "t", peer: None, received_at: Timestamp::from_unix_nanos(1_659_670_000_000_000_000) };
+    let received = Received {
+        source: "t",
+        peer: None,
+        received_at: Timestamp::from_unix_nanos(1_659_670_000_000_000_000),
+    };
     let event = parser.parse(received, raw);
     assert_eq!(event.syslog.app_name, Some("darktrace"));
-    assert!(!matches!(event.body, Body::Text(_)), "JSON body was not recognised: {:?}", event.body);
+    assert!(
+        !matches!(event.body, Body::Text(_)),
+        "JSON body was not recognised: {:?}",
+        event.body
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -221,7 +279,13 @@ fn cut(s: &str) -> Ev {
 }
 
 fn framer(framing: Framing, max: usize, oversize: OversizePolicy) -> StreamFramer {
-    StreamFramer::new(framing, FrameLimits { max_frame_bytes: max, oversize })
+    StreamFramer::new(
+        framing,
+        FrameLimits {
+            max_frame_bytes: max,
+            oversize,
+        },
+    )
 }
 
 /// Events after each chunk, then after `finish`.
@@ -243,7 +307,10 @@ fn all_events(f: &mut StreamFramer, chunks: &[&[u8]]) -> Vec<Ev> {
     let mut evs = Vec::new();
     for chunk in chunks {
         f.feed(chunk, &mut |e| evs.push(own(e)));
-        assert!(f.buffered_bytes() <= f.limits.max_frame_bytes, "buffer over the limit");
+        assert!(
+            f.buffered_bytes() <= f.limits.max_frame_bytes,
+            "buffer over the limit"
+        );
     }
     f.finish(&mut |e| evs.push(own(e)));
     evs
@@ -258,7 +325,10 @@ struct FramingCase {
 }
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 #[test]
@@ -266,7 +336,8 @@ fn vector_octet_counting_cases() {
     use OversizePolicy::{Reject, Truncate};
     let cases: Vec<FramingCase> = load("vector_octet_counting_framing_cases.json");
     assert_eq!(cases.len(), 9);
-    let long = "32thisshouldbelongerthanthmaxframeasizewhichmeansthesyslogparserwillnotbeabletodecodeit";
+    let long =
+        "32thisshouldbelongerthanthmaxframeasizewhichmeansthesyslogparserwillnotbeabletodecodeit";
     let mut asserted = BTreeSet::new();
     for case in &cases {
         let chunks: Vec<Vec<u8>> = match (&case.chunks, &case.chunks_hex) {
@@ -279,7 +350,13 @@ fn vector_octet_counting_cases() {
         // Per case: events after each chunk, and after finish().
         let (truncate, reject): (Vec<Vec<Ev>>, Vec<Vec<Ev>>) = match name {
             "non_octet_decode_works_with_multiple_frames" => {
-                let f = vec![vec![], vec![frame("<57>Mar 25 21:47:46 gleichner6005 quaerat[2444]: There were 8 penguins in the shop.")], vec![]];
+                let f = vec![
+                    vec![],
+                    vec![frame(
+                        "<57>Mar 25 21:47:46 gleichner6005 quaerat[2444]: There were 8 penguins in the shop.",
+                    )],
+                    vec![],
+                ];
                 (f.clone(), f)
             }
             "octet_decode_works_with_multiple_frames" => {
@@ -301,8 +378,14 @@ fn vector_octet_counting_cases() {
                 (f.clone(), f)
             }
             "octet_decode_rejects_exceeded_frame_length" => (
-                vec![vec![cut("abcdefghijklmnop")], vec![Ev::Desync("and here we are".len())]],
-                vec![vec![Ev::Rejected(26)], vec![Ev::Desync("and here we are".len())]],
+                vec![
+                    vec![cut("abcdefghijklmnop")],
+                    vec![Ev::Desync("and here we are".len())],
+                ],
+                vec![
+                    vec![Ev::Rejected(26)],
+                    vec![Ev::Desync("and here we are".len())],
+                ],
             ),
             "octet_decode_rejects_exceeded_frame_length_multiple_frames" => (
                 vec![vec![], vec![cut("abcdefghijklmnop")], vec![Ev::Desync(15)]],
@@ -310,17 +393,25 @@ fn vector_octet_counting_cases() {
             ),
             // After resync, `32 something valid` is an oversize frame of which 15 bytes arrive.
             "octet_decode_moves_past_exceeded_frame_length_multiple_frames" => (
-                vec![vec![], vec![Ev::Desync(long.len() + "wemustcontinuetodiscard\n".len())], vec![cut("something valid")]],
                 vec![
                     vec![],
-                    vec![Ev::Desync(long.len() + "wemustcontinuetodiscard\n".len()), Ev::Rejected(32)],
+                    vec![Ev::Desync(long.len() + "wemustcontinuetodiscard\n".len())],
+                    vec![cut("something valid")],
+                ],
+                vec![
+                    vec![],
+                    vec![
+                        Ev::Desync(long.len() + "wemustcontinuetodiscard\n".len()),
+                        Ev::Rejected(32),
+                    ],
                     vec![],
                 ],
             ),
             // 26 announced, 6 arrive: kept (marked truncated) when the stream ends.
-            "octet_decode_discard_partial_frame_underflow" => {
-                (vec![vec![], vec![], vec![cut("abcdef")]], vec![vec![Ev::Rejected(26)], vec![], vec![]])
-            }
+            "octet_decode_discard_partial_frame_underflow" => (
+                vec![vec![], vec![], vec![cut("abcdef")]],
+                vec![vec![Ev::Rejected(26)], vec![], vec![]],
+            ),
             other => panic!("unasserted framing case {other}"),
         };
         assert_eq!(run(Truncate), truncate, "{} (truncate)", case.id);
@@ -341,17 +432,30 @@ fn datagram_strips_trailing_line_ends_and_nuls() {
 #[test]
 fn lf_mode_strips_cr_and_skips_blank_lines() {
     let mut f = framer(Framing::Auto, 1024, OversizePolicy::Truncate);
-    assert_eq!(all_events(&mut f, &[b"\r\n<13>a\r\n\n<13>b\n<13>c"]), vec![frame("<13>a"), frame("<13>b"), frame("<13>c")]);
-    assert_eq!(f.detected_framing(), Framing::Auto, "finish resets the framer");
+    assert_eq!(
+        all_events(&mut f, &[b"\r\n<13>a\r\n\n<13>b\n<13>c"]),
+        vec![frame("<13>a"), frame("<13>b"), frame("<13>c")]
+    );
+    assert_eq!(
+        f.detected_framing(),
+        Framing::Auto,
+        "finish resets the framer"
+    );
 }
 
 #[test]
 fn lf_oversize_truncates_or_rejects_and_stays_in_sync() {
     let input: &[&[u8]] = &[b"abcdefgh\nok\nxyzxyzxyz", b"xyz\nend\n"];
     let mut f = framer(Framing::Lf, 4, OversizePolicy::Truncate);
-    assert_eq!(all_events(&mut f, input), vec![cut("abcd"), frame("ok"), cut("xyzx"), frame("end")]);
+    assert_eq!(
+        all_events(&mut f, input),
+        vec![cut("abcd"), frame("ok"), cut("xyzx"), frame("end")]
+    );
     let mut f = framer(Framing::Lf, 4, OversizePolicy::Reject);
-    assert_eq!(all_events(&mut f, input), vec![Ev::Rejected(8), frame("ok"), Ev::Rejected(12), frame("end")]);
+    assert_eq!(
+        all_events(&mut f, input),
+        vec![Ev::Rejected(8), frame("ok"), Ev::Rejected(12), frame("end")]
+    );
     // An oversize line cut off by the end of the stream.
     let mut f = framer(Framing::Lf, 4, OversizePolicy::Reject);
     assert_eq!(all_events(&mut f, &[b"abcdefgh"]), vec![Ev::Rejected(8)]);
@@ -367,29 +471,50 @@ fn octet_oversize_skips_exactly_len_without_buffering() {
         f.feed(&block, &mut |e| evs.push(own(e)));
         assert!(f.buffered_bytes() <= 8);
     }
-    f.feed(&block[..3_000_000 - 2 * (1 << 20)], &mut |e| evs.push(own(e)));
+    f.feed(&block[..3_000_000 - 2 * (1 << 20)], &mut |e| {
+        evs.push(own(e))
+    });
     f.feed(b"5 after", &mut |e| evs.push(own(e)));
     assert_eq!(evs, vec![cut("xxxxxxxx"), frame("after")]);
 
     let mut f = framer(Framing::Octet, 8, OversizePolicy::Reject);
-    assert_eq!(all_events(&mut f, &[b"12 abcdefghijkl3 abc"]), vec![Ev::Rejected(12), frame("abc")]);
+    assert_eq!(
+        all_events(&mut f, &[b"12 abcdefghijkl3 abc"]),
+        vec![Ev::Rejected(12), frame("abc")]
+    );
 }
 
 #[test]
 fn octet_malformed_counts_desync_and_resync_at_lf() {
     let mut f = framer(Framing::Auto, 64, OversizePolicy::Truncate);
     // A frame, garbage instead of a count, an overlong count, a leading zero, then good frames.
-    let evs = all_events(&mut f, &[b"5 hello<13>garbage\n12345678901 x\n05 zero\n5 world\n3 end"]);
+    let evs = all_events(
+        &mut f,
+        &[b"5 hello<13>garbage\n12345678901 x\n05 zero\n5 world\n3 end"],
+    );
     assert_eq!(
         evs,
-        vec![frame("hello"), Ev::Desync(12), Ev::Desync(14), Ev::Desync(8), frame("world"), frame("end")]
+        vec![
+            frame("hello"),
+            Ev::Desync(12),
+            Ev::Desync(14),
+            Ev::Desync(8),
+            frame("world"),
+            frame("end")
+        ]
     );
     // Stray line ends between octet frames carry nothing and are not errors.
     let mut f = framer(Framing::Octet, 64, OversizePolicy::Truncate);
-    assert_eq!(all_events(&mut f, &[b"2 ab\n\r\n2 cd"]), vec![frame("ab"), frame("cd")]);
+    assert_eq!(
+        all_events(&mut f, &[b"2 ab\n\r\n2 cd"]),
+        vec![frame("ab"), frame("cd")]
+    );
     // A count cut off by the end of the stream.
     let mut f = framer(Framing::Octet, 64, OversizePolicy::Truncate);
-    assert_eq!(all_events(&mut f, &[b"2 ab12"]), vec![frame("ab"), Ev::Desync(2)]);
+    assert_eq!(
+        all_events(&mut f, &[b"2 ab12"]),
+        vec![frame("ab"), Ev::Desync(2)]
+    );
 }
 
 #[test]

@@ -34,7 +34,11 @@ const MAX_HOST_BYTES: usize = 255;
 ///
 /// Never fails: text without a recognisable header comes back whole as the body with
 /// [`SyslogFormat::None`]. Whitespace around the message is not part of it.
-pub fn parse_header<'a>(text: &'a str, received_at: Timestamp, options: &ParseOptions) -> (SyslogHeader<'a>, &'a str) {
+pub fn parse_header<'a>(
+    text: &'a str,
+    received_at: Timestamp,
+    options: &ParseOptions,
+) -> (SyslogHeader<'a>, &'a str) {
     let text = text.trim_ascii();
     let (pri, after_pri) = match parse_pri(text.as_bytes()) {
         Some((pri, end)) => (Some(pri), end),
@@ -50,7 +54,11 @@ pub fn parse_header<'a>(text: &'a str, received_at: Timestamp, options: &ParseOp
 }
 
 fn header<'a>(format: SyslogFormat, pri: Option<Pri>) -> SyslogHeader<'a> {
-    SyslogHeader { format, pri, ..crate::parse::no_header() }
+    SyslogHeader {
+        format,
+        pri,
+        ..crate::parse::no_header()
+    }
 }
 
 /// `<PRIVAL>` with 1–3 digits and a value the facility/severity encoding allows (0–191).
@@ -58,11 +66,17 @@ fn parse_pri(b: &[u8]) -> Option<(Pri, usize)> {
     if b.first() != Some(&b'<') {
         return None;
     }
-    let digits = b[1..].iter().take(4).take_while(|c| c.is_ascii_digit()).count();
+    let digits = b[1..]
+        .iter()
+        .take(4)
+        .take_while(|c| c.is_ascii_digit())
+        .count();
     if !(1..=3).contains(&digits) || b.get(1 + digits) != Some(&b'>') {
         return None;
     }
-    let value = b[1..1 + digits].iter().fold(0u16, |v, c| v * 10 + u16::from(c - b'0'));
+    let value = b[1..1 + digits]
+        .iter()
+        .fold(0u16, |v, c| v * 10 + u16::from(c - b'0'));
     let pri = Pri::from_value(u8::try_from(value).ok()?)?;
     Some((pri, digits + 2))
 }
@@ -94,7 +108,11 @@ fn parse_5424<'a>(
     options: &ParseOptions,
 ) -> Option<(SyslogHeader<'a>, &'a str)> {
     let b = text.as_bytes();
-    let digits = b[start..].iter().take(4).take_while(|c| c.is_ascii_digit()).count();
+    let digits = b[start..]
+        .iter()
+        .take(4)
+        .take_while(|c| c.is_ascii_digit())
+        .count();
     if !(1..=3).contains(&digits) || b[start] == b'0' || b.get(start + digits) != Some(&b' ') {
         return None;
     }
@@ -243,7 +261,9 @@ impl<'a> Iterator for SdIter<'a> {
 
 /// SD-NAME: 1+ printable US-ASCII except `=`, SP, `]` and `"` (the 32-byte cap is not enforced).
 fn sd_name_len(b: &[u8]) -> usize {
-    b.iter().take_while(|&&c| (33..=126).contains(&c) && !matches!(c, b'=' | b']' | b'"')).count()
+    b.iter()
+        .take_while(|&&c| (33..=126).contains(&c) && !matches!(c, b'=' | b']' | b'"'))
+        .count()
 }
 
 fn parse_element(inner: &str, offset: usize) -> Result<SdElement<'_>, SdError> {
@@ -252,7 +272,10 @@ fn parse_element(inner: &str, offset: usize) -> Result<SdElement<'_>, SdError> {
     if id_len == 0 || !matches!(b.get(id_len), None | Some(b' ')) {
         return Err(SdError::InvalidId { offset });
     }
-    let mut element = SdElement { id: &inner[..id_len], params: SmallVec::new() };
+    let mut element = SdElement {
+        id: &inner[..id_len],
+        params: SmallVec::new(),
+    };
     let bad = SdError::InvalidParam { offset };
     let mut pos = id_len;
     loop {
@@ -285,7 +308,11 @@ fn parse_element(inner: &str, offset: usize) -> Result<SdElement<'_>, SdError> {
             }
         }
         let raw_value = &inner[value_start..i];
-        let value = if escaped { Cow::Owned(unescape_param(raw_value)) } else { Cow::Borrowed(raw_value) };
+        let value = if escaped {
+            Cow::Owned(unescape_param(raw_value))
+        } else {
+            Cow::Borrowed(raw_value)
+        };
         element.params.push(SdParam { name, value });
         pos = i + 1;
         if !matches!(b.get(pos), None | Some(b' ')) {
@@ -353,7 +380,11 @@ fn parse_3164<'a>(
     };
 
     // Cisco-style `hh:mm:ss:` — the colon belongs to the timestamp.
-    let after_ts = if b.get(after_ts) == Some(&b':') { after_ts + 1 } else { after_ts };
+    let after_ts = if b.get(after_ts) == Some(&b':') {
+        after_ts + 1
+    } else {
+        after_ts
+    };
     let pos = skip_spaces(b, after_ts);
     if pos == b.len() || starts_body(b, pos) {
         return Some((head, &text[pos..]));
@@ -388,7 +419,11 @@ fn parse_3164<'a>(
 }
 
 /// After the TAG: rsyslog may put well-formed structured data before the message.
-fn finish_3164<'a>(text: &'a str, mut head: SyslogHeader<'a>, pos: usize) -> (SyslogHeader<'a>, &'a str) {
+fn finish_3164<'a>(
+    text: &'a str,
+    mut head: SyslogHeader<'a>,
+    pos: usize,
+) -> (SyslogHeader<'a>, &'a str) {
     let b = text.as_bytes();
     if b.get(pos) == Some(&b'[')
         && let Some(end) = scan_sd(b, pos)
@@ -397,8 +432,8 @@ fn finish_3164<'a>(text: &'a str, mut head: SyslogHeader<'a>, pos: usize) -> (Sy
         let raw = &text[pos..end];
         // Stricter than RFC 5424 here, because in RFC 3164 a `[` usually starts plain text or
         // a JSON array: every element must decode and start with a letter.
-        let plausible = structured_data(raw)
-            .all(|e| e.is_ok_and(|e| e.id.as_bytes()[0].is_ascii_alphabetic()));
+        let plausible =
+            structured_data(raw).all(|e| e.is_ok_and(|e| e.id.as_bytes()[0].is_ascii_alphabetic()));
         if plausible {
             head.structured_data = Some(raw);
             return (head, &text[skip_spaces(b, end)..]);
@@ -465,7 +500,11 @@ fn parse_tag(text: &str, pos: usize, strict: bool) -> Option<Tag<'_>> {
             _ => return None,
         }
     }
-    Some(Tag { name, pid, body_start: skip_spaces(b, i) })
+    Some(Tag {
+        name,
+        pid,
+        body_start: skip_spaces(b, i),
+    })
 }
 
 /// An RFC 3164 timestamp `Mmm dd [yyyy ]hh:mm:ss[.frac]`, not yet placed in a year.
@@ -480,12 +519,16 @@ struct BsdTimestamp {
     end: usize,
 }
 
-const MONTHS: [&[u8; 3]; 12] =
-    [b"jan", b"feb", b"mar", b"apr", b"may", b"jun", b"jul", b"aug", b"sep", b"oct", b"nov", b"dec"];
+const MONTHS: [&[u8; 3]; 12] = [
+    b"jan", b"feb", b"mar", b"apr", b"may", b"jun", b"jul", b"aug", b"sep", b"oct", b"nov", b"dec",
+];
 
 fn parse_bsd_timestamp(b: &[u8], pos: usize) -> Option<BsdTimestamp> {
     let m = b.get(pos..pos + 3)?;
-    let month = MONTHS.iter().position(|name| m.eq_ignore_ascii_case(&name[..]))? as u32 + 1;
+    let month = MONTHS
+        .iter()
+        .position(|name| m.eq_ignore_ascii_case(&name[..]))? as u32
+        + 1;
     let mut i = pos + 3;
     // The day is space-padded (`Feb  5`), zero-padded (`Apr 01`) or bare (`Jun 8`).
     let spaces = skip_spaces(b, i) - i;
@@ -510,7 +553,16 @@ fn parse_bsd_timestamp(b: &[u8], pos: usize) -> Option<BsdTimestamp> {
     if !matches!(b.get(end), None | Some(b' ' | b':')) {
         return None;
     }
-    Some(BsdTimestamp { year, month, day, hour, minute, second, nanos, end })
+    Some(BsdTimestamp {
+        year,
+        month,
+        day,
+        hour,
+        minute,
+        second,
+        nanos,
+        end,
+    })
 }
 
 impl BsdTimestamp {
@@ -519,8 +571,13 @@ impl BsdTimestamp {
     fn resolve(&self, received_at: Timestamp, offset_secs: i32) -> Option<Timestamp> {
         let at = |year: i32| -> Option<i64> {
             let date = NaiveDate::from_ymd_opt(year, self.month, self.day)?;
-            let secs = date.and_hms_opt(self.hour, self.minute, self.second)?.and_utc().timestamp();
-            secs.checked_sub(i64::from(offset_secs))?.checked_mul(1_000_000_000)?.checked_add(i64::from(self.nanos))
+            let secs = date
+                .and_hms_opt(self.hour, self.minute, self.second)?
+                .and_utc()
+                .timestamp();
+            secs.checked_sub(i64::from(offset_secs))?
+                .checked_mul(1_000_000_000)?
+                .checked_add(i64::from(self.nanos))
         };
         let unix_nanos = match self.year {
             Some(year) => at(year)?,
@@ -528,21 +585,38 @@ impl BsdTimestamp {
                 let received = received_at.unix_nanos;
                 let local_secs = received.div_euclid(1_000_000_000) + i64::from(offset_secs);
                 let year = chrono::DateTime::from_timestamp(local_secs, 0)?.year();
-                let latest_allowed = received.saturating_add(YEAR_INFERENCE_FUTURE_SKEW_SECS * 1_000_000_000);
-                [year + 1, year, year - 1].into_iter().filter_map(at).find(|&t| t <= latest_allowed)?
+                let latest_allowed =
+                    received.saturating_add(YEAR_INFERENCE_FUTURE_SKEW_SECS * 1_000_000_000);
+                [year + 1, year, year - 1]
+                    .into_iter()
+                    .filter_map(at)
+                    .find(|&t| t <= latest_allowed)?
             }
         };
-        Some(Timestamp { unix_nanos, offset_secs: None })
+        Some(Timestamp {
+            unix_nanos,
+            offset_secs: None,
+        })
     }
 }
 
 /// Up to `max` ASCII digits at `pos` (at least one): (value, count).
 fn digits(b: &[u8], pos: usize, max: usize) -> Option<(u32, usize)> {
-    let n = b.get(pos..)?.iter().take(max).take_while(|c| c.is_ascii_digit()).count();
+    let n = b
+        .get(pos..)?
+        .iter()
+        .take(max)
+        .take_while(|c| c.is_ascii_digit())
+        .count();
     if n == 0 {
         return None;
     }
-    Some((b[pos..pos + n].iter().fold(0u32, |v, c| v * 10 + u32::from(c - b'0')), n))
+    Some((
+        b[pos..pos + n]
+            .iter()
+            .fold(0u32, |v, c| v * 10 + u32::from(c - b'0')),
+        n,
+    ))
 }
 
 /// Exactly `n` digits at `pos`.
@@ -564,7 +638,10 @@ fn parse_hms(b: &[u8], pos: usize) -> Option<(u32, u32, u32, u32, usize)> {
     let mut end = pos + 8;
     let mut nanos = 0u32;
     if b.get(end) == Some(&b'.') {
-        let frac = b[end + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+        let frac = b[end + 1..]
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .count();
         if frac == 0 {
             return None;
         }
@@ -620,8 +697,16 @@ fn parse_rfc3339(b: &[u8], pos: usize, default_offset_secs: i32) -> Option<(Time
         .and_utc()
         .timestamp()
         .checked_sub(i64::from(offset.unwrap_or(default_offset_secs)))?;
-    let unix_nanos = secs.checked_mul(1_000_000_000)?.checked_add(i64::from(nanos))?;
-    Some((Timestamp { unix_nanos, offset_secs: offset }, end))
+    let unix_nanos = secs
+        .checked_mul(1_000_000_000)?
+        .checked_add(i64::from(nanos))?;
+    Some((
+        Timestamp {
+            unix_nanos,
+            offset_secs: offset,
+        },
+        end,
+    ))
 }
 
 #[cfg(test)]
@@ -648,37 +733,104 @@ mod tests {
     #[test]
     fn year_is_inferred_around_new_year() {
         let opts = ParseOptions::default();
-        let (h, _) = parse_header("<13>Dec 31 23:59:00 host app: x", at("2025-01-01T00:01:00Z"), &opts);
-        assert_eq!(h.timestamp, Some(Timestamp { unix_nanos: at("2024-12-31T23:59:00Z").unix_nanos, offset_secs: None }));
-        let (h, _) = parse_header("<13>Jan  1 00:00:30 host app: x", at("2024-12-31T23:59:00Z"), &opts);
-        assert_eq!(h.timestamp.unwrap().unix_nanos, at("2025-01-01T00:00:30Z").unix_nanos);
+        let (h, _) = parse_header(
+            "<13>Dec 31 23:59:00 host app: x",
+            at("2025-01-01T00:01:00Z"),
+            &opts,
+        );
+        assert_eq!(
+            h.timestamp,
+            Some(Timestamp {
+                unix_nanos: at("2024-12-31T23:59:00Z").unix_nanos,
+                offset_secs: None
+            })
+        );
+        let (h, _) = parse_header(
+            "<13>Jan  1 00:00:30 host app: x",
+            at("2024-12-31T23:59:00Z"),
+            &opts,
+        );
+        assert_eq!(
+            h.timestamp.unwrap().unix_nanos,
+            at("2025-01-01T00:00:30Z").unix_nanos
+        );
         // A date months ahead of the receive time belongs to last year.
-        let (h, _) = parse_header("<13>Jul 20 10:00:00 host app: x", at("2024-06-30T00:00:00Z"), &opts);
-        assert_eq!(h.timestamp.unwrap().unix_nanos, at("2023-07-20T10:00:00Z").unix_nanos);
+        let (h, _) = parse_header(
+            "<13>Jul 20 10:00:00 host app: x",
+            at("2024-06-30T00:00:00Z"),
+            &opts,
+        );
+        assert_eq!(
+            h.timestamp.unwrap().unix_nanos,
+            at("2023-07-20T10:00:00Z").unix_nanos
+        );
         // Feb 29 in a span of non-leap years: no plausible year, header still parsed.
-        let (h, body) = parse_header("<13>Feb 29 10:00:00 host app: x", at("2023-03-01T00:00:00Z"), &opts);
+        let (h, body) = parse_header(
+            "<13>Feb 29 10:00:00 host app: x",
+            at("2023-03-01T00:00:00Z"),
+            &opts,
+        );
         assert_eq!((h.timestamp, h.hostname, body), (None, Some("host"), "x"));
     }
 
     #[test]
     fn default_offset_applies_to_unzoned_times_only() {
-        let opts = ParseOptions { default_offset_secs: 3600, ..ParseOptions::default() };
-        let (h, _) = parse_header("<13>Feb  5 10:00:00 h a: x", at("2024-03-01T00:00:00Z"), &opts);
-        assert_eq!(h.timestamp, Some(Timestamp { unix_nanos: at("2024-02-05T09:00:00Z").unix_nanos, offset_secs: None }));
-        let (h, _) = parse_header("<13>1 2024-02-05T10:00:00+02:00 h a - - - x", at("2024-03-01T00:00:00Z"), &opts);
-        assert_eq!(h.timestamp, Some(Timestamp { unix_nanos: at("2024-02-05T08:00:00Z").unix_nanos, offset_secs: Some(7200) }));
+        let opts = ParseOptions {
+            default_offset_secs: 3600,
+            ..ParseOptions::default()
+        };
+        let (h, _) = parse_header(
+            "<13>Feb  5 10:00:00 h a: x",
+            at("2024-03-01T00:00:00Z"),
+            &opts,
+        );
+        assert_eq!(
+            h.timestamp,
+            Some(Timestamp {
+                unix_nanos: at("2024-02-05T09:00:00Z").unix_nanos,
+                offset_secs: None
+            })
+        );
+        let (h, _) = parse_header(
+            "<13>1 2024-02-05T10:00:00+02:00 h a - - - x",
+            at("2024-03-01T00:00:00Z"),
+            &opts,
+        );
+        assert_eq!(
+            h.timestamp,
+            Some(Timestamp {
+                unix_nanos: at("2024-02-05T08:00:00Z").unix_nanos,
+                offset_secs: Some(7200)
+            })
+        );
     }
 
     #[test]
     fn cef_is_never_a_tag() {
         let (h, body) = parse("<134>CEF:0|Darktrace|DCIP|6|1|n|5|a=b");
-        assert_eq!((h.format, h.app_name, body), (SyslogFormat::Rfc3164, None, "CEF:0|Darktrace|DCIP|6|1|n|5|a=b"));
+        assert_eq!(
+            (h.format, h.app_name, body),
+            (
+                SyslogFormat::Rfc3164,
+                None,
+                "CEF:0|Darktrace|DCIP|6|1|n|5|a=b"
+            )
+        );
         let (h, body) = parse("CEF:0|Darktrace|DCIP|6|1|n|5|a=b");
-        assert_eq!((h.format, body), (SyslogFormat::None, "CEF:0|Darktrace|DCIP|6|1|n|5|a=b"));
+        assert_eq!(
+            (h.format, body),
+            (SyslogFormat::None, "CEF:0|Darktrace|DCIP|6|1|n|5|a=b")
+        );
         let (h, body) = parse("<134>Feb  5 10:00:00 dt01 CEF:0|Darktrace|DCIP|6|1|n|5|a=b");
-        assert_eq!((h.hostname, h.app_name, body), (Some("dt01"), None, "CEF:0|Darktrace|DCIP|6|1|n|5|a=b"));
+        assert_eq!(
+            (h.hostname, h.app_name, body),
+            (Some("dt01"), None, "CEF:0|Darktrace|DCIP|6|1|n|5|a=b")
+        );
         let (h, body) = parse("<134>Feb  5 10:00:00 CEF:0|Darktrace|DCIP|6|1|n|5|a=b");
-        assert_eq!((h.hostname, h.app_name, body), (None, None, "CEF:0|Darktrace|DCIP|6|1|n|5|a=b"));
+        assert_eq!(
+            (h.hostname, h.app_name, body),
+            (None, None, "CEF:0|Darktrace|DCIP|6|1|n|5|a=b")
+        );
     }
 
     #[test]
@@ -693,13 +845,27 @@ mod tests {
         assert!(els[1].as_ref().unwrap().params.is_empty());
         assert_eq!(els[2], Err(SdError::InvalidParam { offset: 28 }));
         assert_eq!(els[3].as_ref().unwrap().params[0].value, "\\n");
-        assert_eq!(structured_data("[open x=\"1\"").collect::<Vec<_>>(), vec![Err(SdError::Unterminated { offset: 0 })]);
-        assert_eq!(structured_data("x").collect::<Vec<_>>(), vec![Err(SdError::ExpectedElement { offset: 0 })]);
+        assert_eq!(
+            structured_data("[open x=\"1\"").collect::<Vec<_>>(),
+            vec![Err(SdError::Unterminated { offset: 0 })]
+        );
+        assert_eq!(
+            structured_data("x").collect::<Vec<_>>(),
+            vec![Err(SdError::ExpectedElement { offset: 0 })]
+        );
     }
 
     #[test]
     fn never_panics_on_multibyte_edges() {
-        for s in ["<1>é", "<13>Feb 5 10:00:00 ü", "<13>1 ü ü ü ü ü ü", "<13>1 - - - - - [é", "ü[", "<13>Feb  5 10:00:00 h t[é]: x", r#"<13>1 - - - - - [a k="\"] x"#] {
+        for s in [
+            "<1>é",
+            "<13>Feb 5 10:00:00 ü",
+            "<13>1 ü ü ü ü ü ü",
+            "<13>1 - - - - - [é",
+            "ü[",
+            "<13>Feb  5 10:00:00 h t[é]: x",
+            r#"<13>1 - - - - - [a k="\"] x"#,
+        ] {
             let _ = parse(s);
         }
     }
