@@ -7,7 +7,8 @@
 //! **Forged fields.** A sender that does not escape `=` makes `msg=a src=1.1.1.1` ambiguous, and
 //! attacker-controlled text (URLs, messages) could then add fields. The extension tokenizer
 //! therefore splits a new field only at ` key=` when
-//! 1. `key` is key-shaped (`[A-Za-z0-9_.,\[\]]+`) and preceded by a space, and
+//! 1. `key` is key-shaped (`[A-Za-z0-9_.,\[\]]+`), preceded by a space, and its `=` is not
+//!    followed by another `=` (base64 padding, `a==b`), and
 //! 2. `key` has not been seen before in this record, and
 //! 3. no unescaped `=` that failed rules 1–2 has occurred earlier in the current value.
 //!
@@ -221,7 +222,12 @@ fn parse_extensions(ext: &str) -> Result<SmallVec<[Extension<'_>; 24]>, CefError
             while s > value_start && is_key_byte(bytes[s - 1]) {
                 s -= 1;
             }
-            if s < p && s > value_start && bytes[s - 1] == b' ' && !seen.contains(&ext[s..p]) {
+            if s < p
+                && s > value_start
+                && bytes[s - 1] == b' '
+                && bytes.get(p + 1) != Some(&b'=')
+                && !seen.contains(&ext[s..p])
+            {
                 next = Some((s, p));
             }
             // Either a boundary, or a stray `=`: the sender does not escape, so the value
@@ -472,6 +478,82 @@ pub fn full_custom_name(ck: CustomKey) -> Option<String> {
     Some(format!("{base}{}{}", ck.index, if ck.label { "Label" } else { "" }))
 }
 
+/// Parses a CEF time value (`rt`, `start`, `end`, `deviceCustomDate*`) into Unix milliseconds.
+///
+/// Accepted: epoch milliseconds; `MMM dd yyyy HH:mm:ss[.SSS][ zone]`; RFC 3339. A zone is `Z`,
+/// `UTC`, `GMT`, `±hh:mm`, `±hhmm` or an IANA name; without one, `dtz` (the record's device time
+/// zone, same forms) applies, and without that, UTC.
+pub fn parse_timestamp(text: &str, dtz: Option<&str>) -> Option<i64> {
+    let text = text.trim();
+    if !text.is_empty() && text.len() <= 16 && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().ok();
+    }
+    if text.as_bytes().get(4) == Some(&b'-') {
+        return chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_millis());
+    }
+    let mut parts = text.splitn(5, ' ');
+    let month = month_number(parts.next()?)?;
+    let day: u32 = parts.next()?.parse().ok()?;
+    let year: i32 = parts.next()?.parse().ok()?;
+    let clock = parts.next()?;
+    let zone = parts.next().map(str::trim).filter(|z| !z.is_empty()).or(dtz);
+    let (hms, frac) = match clock.split_once('.') {
+        Some((hms, frac)) => (hms, frac),
+        None => (clock, ""),
+    };
+    let mut hms_parts = hms.splitn(3, ':');
+    let hour: u32 = hms_parts.next()?.parse().ok()?;
+    let minute: u32 = hms_parts.next()?.parse().ok()?;
+    let second: u32 = hms_parts.next()?.parse().ok()?;
+    if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let millis: i64 = if frac.is_empty() { 0 } else { format!("{frac:0<3}")[..3].parse().ok()? };
+    let civil = chrono::NaiveDate::from_ymd_opt(year, month, day)?.and_hms_opt(hour, minute, second)?;
+    let local_millis = civil.and_utc().timestamp() * 1000 + millis;
+    let offset_secs = match zone {
+        None => 0,
+        Some(z) => zone_offset_secs(z, civil)?,
+    };
+    Some(local_millis - i64::from(offset_secs) * 1000)
+}
+
+fn month_number(name: &str) -> Option<u32> {
+    const MONTHS: [&str; 12] = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+    let lower = name.get(..3)?.to_ascii_lowercase();
+    MONTHS.iter().position(|m| *m == lower).map(|i| i as u32 + 1)
+}
+
+/// Offset east of UTC, in seconds, of `zone` at the local wall-clock time `civil`.
+fn zone_offset_secs(zone: &str, civil: chrono::NaiveDateTime) -> Option<i32> {
+    if matches!(zone, "Z" | "UTC" | "GMT" | "Etc/UTC") {
+        return Some(0);
+    }
+    let bytes = zone.as_bytes();
+    if matches!(bytes.first(), Some(b'+' | b'-')) {
+        let digits: String = zone[1..].chars().filter(|c| *c != ':').collect();
+        if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let secs = digits[..2].parse::<i32>().ok()? * 3600 + digits[2..].parse::<i32>().ok()? * 60;
+        return Some(if bytes[0] == b'-' { -secs } else { secs });
+    }
+    use chrono::{Datelike, Timelike};
+    let tz = jiff::tz::TimeZone::get(zone).ok()?;
+    let dt = jiff::civil::DateTime::new(
+        i16::try_from(civil.year()).ok()?,
+        civil.month() as i8,
+        civil.day() as i8,
+        civil.hour() as i8,
+        civil.minute() as i8,
+        civil.second() as i8,
+        0,
+    )
+    .ok()?;
+    let zoned = dt.to_zoned(tz).ok()?;
+    Some(zoned.offset().seconds())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -542,6 +624,21 @@ mod tests {
         assert_eq!(c.extensions.len(), 100);
         assert_eq!(c.get("k99"), Some("v99 k3=forged"));
         assert_eq!(c.get("k3"), Some("v3"));
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(parse_timestamp("1543270652000", None), Some(1_543_270_652_000));
+        // logstash dtz_rt_zoneless: zone-less rt, dtz supplies Europe/Moscow (UTC+3).
+        assert_eq!(
+            parse_timestamp("Jul 19 2017 10:50:21.127", Some("Europe/Moscow")),
+            Some(1_500_450_621_127)
+        );
+        assert_eq!(parse_timestamp("Sep 07 2018 14:50:39", None), Some(1_536_331_839_000));
+        assert_eq!(parse_timestamp("Sep 07 2018 14:50:39 +02:00", Some("UTC")), Some(1_536_324_639_000));
+        assert_eq!(parse_timestamp("2025-06-29T23:35:00Z", None), Some(1_751_240_100_000));
+        assert_eq!(parse_timestamp("Foo 07 2018 14:50:39", None), None);
+        assert_eq!(parse_timestamp("Sep 07 2018 14:50:39", Some("Nowhere/Land")), None);
     }
 
     #[test]
