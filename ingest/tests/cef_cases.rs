@@ -13,36 +13,105 @@ use proptest::prelude::*;
 use serde_json::Value;
 use sluice::event::Cef;
 use sluice::parse::cef::{
-    custom_fields, custom_key, escape_extension_value, escape_header_field, find_cef_start, full_custom_name,
-    full_name, parse, parse_timestamp,
+    custom_fields, custom_key, escape_extension_value, escape_header_field, find_cef_start,
+    full_custom_name, full_name, parse, parse_timestamp,
 };
 
 /// Cases where Sluice deliberately behaves differently from the source project's expectation.
 /// Keep in sync with the table in `docs/cef.md`.
 const DELIBERATE: &[(&str, &str)] = &[
-    ("vrl/test_strip_quotes", "quotes are kept verbatim (as Logstash and Beats)"),
-    ("vrl/test_extension_newline", "`\\r` decodes to CR, not LF (as Logstash and Beats)"),
-    ("vrl/test_unescaped_equals_in_value", "forged-field rule: value with a stray `=` runs to the end"),
-    ("vrl/test_unescaped_equals_in_url_value", "forged-field rule: value with a stray `=` runs to the end"),
-    ("vrl/test_function/non_strict_unescaped_equals", "forged-field rule: stray `=`"),
-    ("vrl/test_function/missing_key", "` =0.0.0.0` is a stray `=` kept in the value, not an error"),
-    ("vrl/test_function/missing_custom_label", "an unlabeled custom field is kept, not an error"),
-    ("vrl/test_function/duplicate_value", "a repeated key is not a boundary; no error"),
-    ("beats/emptyExtensionValue", "empty values are kept as empty strings (typing is the mapper's job)"),
-    ("beats/equalsSignWithNoValueInHeader", "no remove_empty_values option; empty values are kept"),
-    ("beats/errorEscapedPipeInExtension", "`\\|` in an extension value is kept verbatim (as Logstash, VRL)"),
-    ("beats/errorEqualsInMessage", "stray `=` kept inside the value (as Logstash)"),
-    ("beats/errorMalformedExtensionEscape", "forged-field rule: stray `=` swallows the rest"),
-    ("beats/errorMultipleMalformedExtensionValues", "forged-field rule: stray `=` swallows the rest"),
-    ("beats/padded", "trailing spaces of a value are trimmed (as VRL, Logstash)"),
-    ("beats/no_tab_as_separator", "tab is not a separator; the stray `=` keeps `\\tsrc=…` inside msg"),
-    ("beats/error_recovery_with_escape", "forged-field rule: stray `=` swallows the rest"),
-    ("beats/truncatedHeader", "fewer than 7 header fields is an error; the raw text is kept"),
-    ("logstash/unescaped_newlines", "raw newlines are kept inside a value (as Beats), not an error"),
-    ("logstash/malformed_unescaped_equals", "forged-field rule: stray `=` swallows the rest"),
-    ("sekoia-cef/cisco_esa_cef.json", "quotes are kept verbatim (Sekoia strips them from cs4)"),
-    ("sekoia-cef/fortigate_antivirus.CEF.json", "`\\=` is unescaped to `=` (Sekoia keeps the backslash)"),
-    ("sekoia-cef/pan_ngfw_auth_cef.json", "`\\\\` is unescaped to `\\` (Sekoia keeps both)"),
+    (
+        "vrl/test_strip_quotes",
+        "quotes are kept verbatim (as Logstash and Beats)",
+    ),
+    (
+        "vrl/test_extension_newline",
+        "`\\r` decodes to CR, not LF (as Logstash and Beats)",
+    ),
+    (
+        "vrl/test_unescaped_equals_in_value",
+        "forged-field rule: value with a stray `=` runs to the end",
+    ),
+    (
+        "vrl/test_unescaped_equals_in_url_value",
+        "forged-field rule: value with a stray `=` runs to the end",
+    ),
+    (
+        "vrl/test_function/non_strict_unescaped_equals",
+        "forged-field rule: stray `=`",
+    ),
+    (
+        "vrl/test_function/missing_key",
+        "` =0.0.0.0` is a stray `=` kept in the value, not an error",
+    ),
+    (
+        "vrl/test_function/missing_custom_label",
+        "an unlabeled custom field is kept, not an error",
+    ),
+    (
+        "vrl/test_function/duplicate_value",
+        "a repeated key is not a boundary; no error",
+    ),
+    (
+        "beats/emptyExtensionValue",
+        "empty values are kept as empty strings (typing is the mapper's job)",
+    ),
+    (
+        "beats/equalsSignWithNoValueInHeader",
+        "no remove_empty_values option; empty values are kept",
+    ),
+    (
+        "beats/errorEscapedPipeInExtension",
+        "`\\|` in an extension value is kept verbatim (as Logstash, VRL)",
+    ),
+    (
+        "beats/errorEqualsInMessage",
+        "stray `=` kept inside the value (as Logstash)",
+    ),
+    (
+        "beats/errorMalformedExtensionEscape",
+        "forged-field rule: stray `=` swallows the rest",
+    ),
+    (
+        "beats/errorMultipleMalformedExtensionValues",
+        "forged-field rule: stray `=` swallows the rest",
+    ),
+    (
+        "beats/padded",
+        "trailing spaces of a value are trimmed (as VRL, Logstash)",
+    ),
+    (
+        "beats/no_tab_as_separator",
+        "tab is not a separator; the stray `=` keeps `\\tsrc=…` inside msg",
+    ),
+    (
+        "beats/error_recovery_with_escape",
+        "forged-field rule: stray `=` swallows the rest",
+    ),
+    (
+        "beats/truncatedHeader",
+        "fewer than 7 header fields is an error; the raw text is kept",
+    ),
+    (
+        "logstash/unescaped_newlines",
+        "raw newlines are kept inside a value (as Beats), not an error",
+    ),
+    (
+        "logstash/malformed_unescaped_equals",
+        "forged-field rule: stray `=` swallows the rest",
+    ),
+    (
+        "sekoia-cef/cisco_esa_cef.json",
+        "quotes are kept verbatim (Sekoia strips them from cs4)",
+    ),
+    (
+        "sekoia-cef/fortigate_antivirus.CEF.json",
+        "`\\=` is unescaped to `=` (Sekoia keeps the backslash)",
+    ),
+    (
+        "sekoia-cef/pan_ngfw_auth_cef.json",
+        "`\\\\` is unescaped to `\\` (Sekoia keeps both)",
+    ),
 ];
 
 fn deliberate(id: &str) -> bool {
@@ -59,11 +128,22 @@ fn header(cef: &Cef<'_>, version_as_number: bool) -> Fields {
     } else {
         Value::from(cef.version)
     };
-    f.insert(if version_as_number { "version" } else { "cefVersion" }.into(), version);
+    f.insert(
+        if version_as_number {
+            "version"
+        } else {
+            "cefVersion"
+        }
+        .into(),
+        version,
+    );
     f.insert("deviceVendor".into(), cef.device_vendor.as_ref().into());
     f.insert("deviceProduct".into(), cef.device_product.as_ref().into());
     f.insert("deviceVersion".into(), cef.device_version.as_ref().into());
-    f.insert("deviceEventClassId".into(), cef.signature_id.as_ref().into());
+    f.insert(
+        "deviceEventClassId".into(),
+        cef.signature_id.as_ref().into(),
+    );
     f.insert("name".into(), cef.name.as_ref().into());
     f.insert("severity".into(), cef.severity.as_ref().into());
     f
@@ -106,7 +186,11 @@ fn observed(id: &str, options: &Value, cef: &Cef<'_>) -> (Fields, Check) {
                 }
                 for (ck, label, value) in custom_fields(cef) {
                     let name = label.map(str::to_string).unwrap_or_else(|| {
-                        if ck.label { String::new() } else { format!("{:?}{}", ck.kind, ck.index) }
+                        if ck.label {
+                            String::new()
+                        } else {
+                            format!("{:?}{}", ck.kind, ck.index)
+                        }
                     });
                     f.insert(name, value.into());
                 }
@@ -135,7 +219,11 @@ fn observed(id: &str, options: &Value, cef: &Cef<'_>) -> (Fields, Check) {
             let mut ext = serde_json::Map::new();
             let full = options["full_extension_names"] == true;
             for e in &cef.extensions {
-                let key = if full { full_name(e.key).unwrap_or(e.key) } else { e.key };
+                let key = if full {
+                    full_name(e.key).unwrap_or(e.key)
+                } else {
+                    e.key
+                };
                 ext.insert(key.into(), e.value.as_ref().into());
             }
             f.insert("extensions".into(), Value::Object(ext));
@@ -145,7 +233,10 @@ fn observed(id: &str, options: &Value, cef: &Cef<'_>) -> (Fields, Check) {
             let mut f = Fields::new();
             f.insert("observer.vendor".into(), cef.device_vendor.as_ref().into());
             f.insert("observer.type".into(), cef.device_product.as_ref().into());
-            f.insert("observer.version".into(), cef.device_version.as_ref().into());
+            f.insert(
+                "observer.version".into(),
+                cef.device_version.as_ref().into(),
+            );
             f.insert("rule.id".into(), cef.signature_id.as_ref().into());
             f.insert("cef.Name".into(), cef.name.as_ref().into());
             f.insert("event.severity".into(), cef.severity.as_ref().into());
@@ -162,7 +253,9 @@ fn observed(id: &str, options: &Value, cef: &Cef<'_>) -> (Fields, Check) {
 /// (header, `cef.*`), the rest of it being Sekoia's own ECS enrichment.
 fn expected(id: &str, fields: &Value) -> Fields {
     let mut f = Fields::new();
-    let Some(obj) = fields.as_object() else { return f };
+    let Some(obj) = fields.as_object() else {
+        return f;
+    };
     if id.contains("sekoia-cef/") {
         for (path, key) in [
             (&["observer", "vendor"][..], "observer.vendor"),
@@ -196,7 +289,11 @@ fn expected(id: &str, fields: &Value) -> Fields {
 fn same(expected: &Value, observed: &Value) -> bool {
     match (expected, observed) {
         (Value::Number(n), Value::String(s)) => s.parse::<f64>().ok() == n.as_f64(),
-        (Value::Object(e), Value::Object(o)) => e.len() == o.len() && e.iter().all(|(k, v)| o.get(k).is_some_and(|ov| same(v, ov))),
+        (Value::Object(e), Value::Object(o)) => {
+            e.len() == o.len()
+                && e.iter()
+                    .all(|(k, v)| o.get(k).is_some_and(|ov| same(v, ov)))
+        }
         (e, o) => e == o,
     }
 }
@@ -207,13 +304,17 @@ fn check_case(case: &Value) -> Vec<String> {
     let input = case["input"].as_str().expect("case input");
     let parsed = find_cef_start(input).map(|start| parse(&input[start..], &input[..start]));
     if case.get("expected_fields").is_none() {
-        let must_parse = case["note"].as_str().is_some_and(|n| n.contains("without error"));
+        let must_parse = case["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("without error"));
         return match (&parsed, case.get("expected_error")) {
             (Some(Err(e)), _) if must_parse => vec![format!("expected a parse, got error {e}")],
             (None, _) if must_parse => vec!["expected a parse, found no CEF".into()],
             // No expectation, or `null`: only "must not panic or hang" is asserted.
             (_, None | Some(Value::Null)) => vec![],
-            (Some(Ok(cef)), Some(err)) => vec![format!("expected error {err}, parsed {:?}", cef.extensions)],
+            (Some(Ok(cef)), Some(err)) => {
+                vec![format!("expected error {err}, parsed {:?}", cef.extensions)]
+            }
             (_, Some(_)) => vec![],
         };
     }
@@ -228,7 +329,10 @@ fn check_case(case: &Value) -> Vec<String> {
     for (k, v) in &exp {
         match obs.get(k) {
             Some(o) if same(v, o) => {}
-            o => problems.push(format!("{k}: expected {v}, observed {}", o.map_or("nothing".into(), |o| o.to_string()))),
+            o => problems.push(format!(
+                "{k}: expected {v}, observed {}",
+                o.map_or("nothing".into(), |o| o.to_string())
+            )),
         }
     }
     if matches!(check, Check::Exact) {
@@ -247,10 +351,18 @@ fn run_cases(cases: &[Value]) {
         match (problems.is_empty(), deliberate(id)) {
             (true, false) | (false, true) => {}
             (false, false) => failures.push(format!("{id}:\n    {}", problems.join("\n    "))),
-            (true, true) => failures.push(format!("{id}: listed as deliberate difference but matches; unlist it")),
+            (true, true) => failures.push(format!(
+                "{id}: listed as deliberate difference but matches; unlist it"
+            )),
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 fn load(path: &std::path::Path) -> Vec<Value> {
@@ -260,15 +372,21 @@ fn load(path: &std::path::Path) -> Vec<Value> {
 
 #[test]
 fn in_repo_cases() {
-    let cases = load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cef/cases.json"));
+    let cases =
+        load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/cef/cases.json"));
     assert!(cases.len() >= 80, "case file truncated: {}", cases.len());
     run_cases(&cases);
 }
 
 #[test]
 fn shared_cases_when_present() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/samples/cef/all_cef_cases.json");
-    let path = if path.exists() { path } else { std::path::PathBuf::from("/work/shared/samples/cef/all_cef_cases.json") };
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/samples/cef/all_cef_cases.json");
+    let path = if path.exists() {
+        path
+    } else {
+        std::path::PathBuf::from("/work/shared/samples/cef/all_cef_cases.json")
+    };
     if !path.exists() {
         eprintln!("skipping: {} absent", path.display());
         return;
@@ -284,30 +402,70 @@ fn deliberate_differences_behave_as_documented() {
     let ext = |rec: &str| -> Vec<(String, String)> {
         let start = find_cef_start(rec).unwrap();
         let c = parse(&rec[start..], &rec[..start]).unwrap();
-        c.extensions.iter().map(|e| (e.key.to_string(), e.value.to_string())).collect()
+        c.extensions
+            .iter()
+            .map(|e| (e.key.to_string(), e.value.to_string()))
+            .collect()
     };
     let kv = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     };
     let h = "CEF:0|v|p|1|id|n|5|";
-    assert_eq!(ext(&format!("{h}src=\"10.0.0.1\"")), kv(&[("src", "\"10.0.0.1\"")]));
+    assert_eq!(
+        ext(&format!("{h}src=\"10.0.0.1\"")),
+        kv(&[("src", "\"10.0.0.1\"")])
+    );
     assert_eq!(ext(&format!("{h}msg=a\\rb")), kv(&[("msg", "a\rb")]));
     assert_eq!(
-        ext(&format!("{h}src=1.1.1.1 msg=status=ok reason=none dst=2.2.2.2")),
-        kv(&[("src", "1.1.1.1"), ("msg", "status=ok reason=none dst=2.2.2.2")])
+        ext(&format!(
+            "{h}src=1.1.1.1 msg=status=ok reason=none dst=2.2.2.2"
+        )),
+        kv(&[
+            ("src", "1.1.1.1"),
+            ("msg", "status=ok reason=none dst=2.2.2.2")
+        ])
     );
-    assert_eq!(ext(&format!("{h}act=Accept =0.0.0.0")), kv(&[("act", "Accept =0.0.0.0")]));
-    assert_eq!(ext(&format!("{h}moo=this\\|has")), kv(&[("moo", "this\\|has")]));
-    assert_eq!(ext(&format!("{h}a=x   b=y ")), kv(&[("a", "x"), ("b", "y")]));
-    assert_eq!(ext(&format!("{h}spt=1 msg=x\tsrc=1.2.3.4")), kv(&[("spt", "1"), ("msg", "x\tsrc=1.2.3.4")]));
-    assert_eq!(ext(&format!("{h}dst= spt=1")), kv(&[("dst", ""), ("spt", "1")]));
-    assert_eq!(ext(&format!("{h}msg=line1\nline2 src=1.1.1.1")), kv(&[("msg", "line1\nline2"), ("src", "1.1.1.1")]));
+    assert_eq!(
+        ext(&format!("{h}act=Accept =0.0.0.0")),
+        kv(&[("act", "Accept =0.0.0.0")])
+    );
+    assert_eq!(
+        ext(&format!("{h}moo=this\\|has")),
+        kv(&[("moo", "this\\|has")])
+    );
+    assert_eq!(
+        ext(&format!("{h}a=x   b=y ")),
+        kv(&[("a", "x"), ("b", "y")])
+    );
+    assert_eq!(
+        ext(&format!("{h}spt=1 msg=x\tsrc=1.2.3.4")),
+        kv(&[("spt", "1"), ("msg", "x\tsrc=1.2.3.4")])
+    );
+    assert_eq!(
+        ext(&format!("{h}dst= spt=1")),
+        kv(&[("dst", ""), ("spt", "1")])
+    );
+    assert_eq!(
+        ext(&format!("{h}msg=line1\nline2 src=1.1.1.1")),
+        kv(&[("msg", "line1\nline2"), ("src", "1.1.1.1")])
+    );
     assert_eq!(ext(&format!("{h}a=\\h \\xc3")), kv(&[("a", "\\h \\xc3")]));
     assert!(parse("CEF:0|SentinelOne|Mgmt|activityID=1", "").is_err());
 }
 
 /// Free-text keys an attacker can fill through the sender.
-const FREE_TEXT_KEYS: &[&str] = &["msg", "request", "requestContext", "cs1", "reason", "suser", "fname"];
+const FREE_TEXT_KEYS: &[&str] = &[
+    "msg",
+    "request",
+    "requestContext",
+    "cs1",
+    "reason",
+    "suser",
+    "fname",
+];
 
 fn key_strategy() -> impl Strategy<Value = String> {
     prop_oneof![

@@ -50,7 +50,10 @@ pub fn find_cef_start(body: &str) -> Option<usize> {
     let mut from = 0;
     while let Some(off) = finder.find(&bytes[from..]) {
         let start = from + off;
-        let digits = bytes[start + 4..].iter().take_while(|b| b.is_ascii_digit()).count();
+        let digits = bytes[start + 4..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
         if digits > 0 && bytes.get(start + 4 + digits) == Some(&b'|') {
             return Some(start);
         }
@@ -93,7 +96,9 @@ pub fn parse<'a>(record: &'a str, prefix: &'a str) -> Result<Cef<'a>, CefError> 
     if !bytes.starts_with(b"CEF:") {
         return Err(CefError::NotCef);
     }
-    let version_end = memchr(b'|', &bytes[4..]).map(|i| i + 4).ok_or(CefError::IncompleteHeader(0))?;
+    let version_end = memchr(b'|', &bytes[4..])
+        .map(|i| i + 4)
+        .ok_or(CefError::IncompleteHeader(0))?;
     let version = &record[4..version_end];
     if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) {
         return Err(CefError::NotCef);
@@ -106,7 +111,14 @@ pub fn parse<'a>(record: &'a str, prefix: &'a str) -> Result<Cef<'a>, CefError> 
         *field = value;
         pos = next;
     }
-    let [device_vendor, device_product, device_version, signature_id, name, severity] = fields;
+    let [
+        device_vendor,
+        device_product,
+        device_version,
+        signature_id,
+        name,
+        severity,
+    ] = fields;
     let extensions = parse_extensions(&record[pos..])?;
     Ok(Cef {
         prefix: prefix.trim(),
@@ -132,7 +144,11 @@ fn header_field(record: &str, start: usize) -> Option<(Cow<'_, str>, usize)> {
         let p = pos + off;
         if bytes[p] == b'|' {
             let raw = &record[start..p];
-            let value = if escaped { Cow::Owned(unescape_header(raw)) } else { Cow::Borrowed(raw) };
+            let value = if escaped {
+                Cow::Owned(unescape_header(raw))
+            } else {
+                Cow::Borrowed(raw)
+            };
             return Some((value, p + 1));
         }
         escaped = true;
@@ -184,7 +200,11 @@ fn unescape_with(raw: &str, decode: impl Fn(u8) -> Option<char>) -> String {
 }
 
 fn value_cow(raw: &str, has_backslash: bool) -> Cow<'_, str> {
-    if has_backslash { Cow::Owned(unescape_value(raw)) } else { Cow::Borrowed(raw) }
+    if has_backslash {
+        Cow::Owned(unescape_value(raw))
+    } else {
+        Cow::Borrowed(raw)
+    }
 }
 
 /// Tokenises the extension (record text after the 7th pipe, trailing whitespace removed).
@@ -241,15 +261,22 @@ fn parse_extensions(ext: &str) -> Result<SmallVec<[Extension<'_>; 24]>, CefError
                     value_end -= 1;
                 }
                 let raw = &ext[value_start..value_end];
-                out.push(Extension { key, value: value_cow(raw, has_backslash) });
+                out.push(Extension {
+                    key,
+                    value: value_cow(raw, has_backslash),
+                });
                 key = &ext[s..p];
                 seen.insert(key);
                 value_start = p + 1;
             }
             None => {
                 let raw = &ext[value_start..];
-                let has_backslash = has_backslash || memchr(b'\\', &bytes[pos.min(bytes.len())..]).is_some();
-                out.push(Extension { key, value: value_cow(raw, has_backslash) });
+                let has_backslash =
+                    has_backslash || memchr(b'\\', &bytes[pos.min(bytes.len())..]).is_some();
+                out.push(Extension {
+                    key,
+                    value: value_cow(raw, has_backslash),
+                });
                 return Ok(out);
             }
         }
@@ -303,7 +330,10 @@ pub fn escape_header_field(text: &str) -> Cow<'_, str> {
 /// Escapes text for a CEF extension value (`\`, `=`, LF as `\n`, CR as `\r`). Inverse of the
 /// value unescaping; the result never contains an unescaped `=`, so it cannot start a field.
 pub fn escape_extension_value(text: &str) -> Cow<'_, str> {
-    if !text.bytes().any(|b| matches!(b, b'\\' | b'=' | b'\n' | b'\r')) {
+    if !text
+        .bytes()
+        .any(|b| matches!(b, b'\\' | b'=' | b'\n' | b'\r'))
+    {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
@@ -377,7 +407,8 @@ pub fn custom_key(key: &str) -> Option<CustomKey> {
     };
     for (prefix, kind) in PREFIXES {
         if let Some(digits) = base.strip_prefix(prefix) {
-            if digits.is_empty() || digits.len() > 2 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            if digits.is_empty() || digits.len() > 2 || !digits.bytes().all(|b| b.is_ascii_digit())
+            {
                 return None;
             }
             let index: u8 = digits.parse().ok()?;
@@ -390,7 +421,9 @@ pub fn custom_key(key: &str) -> Option<CustomKey> {
 /// Custom fields paired with their labels, in the order the values appear; the label may come
 /// before or after the value. Values without a label yield `label: None`; labels without a value
 /// are not returned.
-pub fn custom_fields<'c>(cef: &'c Cef<'_>) -> impl Iterator<Item = (CustomKey, Option<&'c str>, &'c str)> + 'c {
+pub fn custom_fields<'c>(
+    cef: &'c Cef<'_>,
+) -> impl Iterator<Item = (CustomKey, Option<&'c str>, &'c str)> + 'c {
     cef.extensions.iter().filter_map(move |e| {
         let ck = custom_key(e.key)?;
         if ck.label {
@@ -475,7 +508,11 @@ pub fn full_custom_name(ck: CustomKey) -> Option<String> {
         CustomKind::Ipv6Address => "deviceCustomIPv6Address",
         _ => return None,
     };
-    Some(format!("{base}{}{}", ck.index, if ck.label { "Label" } else { "" }))
+    Some(format!(
+        "{base}{}{}",
+        ck.index,
+        if ck.label { "Label" } else { "" }
+    ))
 }
 
 /// Parses a CEF time value (`rt`, `start`, `end`, `deviceCustomDate*`) into Unix milliseconds.
@@ -489,14 +526,20 @@ pub fn parse_timestamp(text: &str, dtz: Option<&str>) -> Option<i64> {
         return text.parse().ok();
     }
     if text.as_bytes().get(4) == Some(&b'-') {
-        return chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_millis());
+        return chrono::DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(|t| t.timestamp_millis());
     }
     let mut parts = text.splitn(5, ' ');
     let month = month_number(parts.next()?)?;
     let day: u32 = parts.next()?.parse().ok()?;
     let year: i32 = parts.next()?.parse().ok()?;
     let clock = parts.next()?;
-    let zone = parts.next().map(str::trim).filter(|z| !z.is_empty()).or(dtz);
+    let zone = parts
+        .next()
+        .map(str::trim)
+        .filter(|z| !z.is_empty())
+        .or(dtz);
     let (hms, frac) = match clock.split_once('.') {
         Some((hms, frac)) => (hms, frac),
         None => (clock, ""),
@@ -508,8 +551,13 @@ pub fn parse_timestamp(text: &str, dtz: Option<&str>) -> Option<i64> {
     if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let millis: i64 = if frac.is_empty() { 0 } else { format!("{frac:0<3}")[..3].parse().ok()? };
-    let civil = chrono::NaiveDate::from_ymd_opt(year, month, day)?.and_hms_opt(hour, minute, second)?;
+    let millis: i64 = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<3}")[..3].parse().ok()?
+    };
+    let civil =
+        chrono::NaiveDate::from_ymd_opt(year, month, day)?.and_hms_opt(hour, minute, second)?;
     let local_millis = civil.and_utc().timestamp() * 1000 + millis;
     let offset_secs = match zone {
         None => 0,
@@ -519,9 +567,14 @@ pub fn parse_timestamp(text: &str, dtz: Option<&str>) -> Option<i64> {
 }
 
 fn month_number(name: &str) -> Option<u32> {
-    const MONTHS: [&str; 12] = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+    const MONTHS: [&str; 12] = [
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    ];
     let lower = name.get(..3)?.to_ascii_lowercase();
-    MONTHS.iter().position(|m| *m == lower).map(|i| i as u32 + 1)
+    MONTHS
+        .iter()
+        .position(|m| *m == lower)
+        .map(|i| i as u32 + 1)
 }
 
 /// Offset east of UTC, in seconds, of `zone` at the local wall-clock time `civil`.
@@ -559,7 +612,10 @@ mod tests {
     use super::*;
 
     fn ext<'a>(c: &'a Cef<'_>) -> Vec<(&'a str, &'a str)> {
-        c.extensions.iter().map(|e| (e.key, e.value.as_ref())).collect()
+        c.extensions
+            .iter()
+            .map(|e| (e.key, e.value.as_ref()))
+            .collect()
     }
 
     #[test]
@@ -582,8 +638,14 @@ mod tests {
 
     #[test]
     fn incomplete_header_counts_fields() {
-        assert_eq!(parse("CEF:0|a|b|c|", "").unwrap_err(), CefError::IncompleteHeader(4));
-        assert_eq!(parse("CEF:x|a|b|c|d|e|f|", "").unwrap_err(), CefError::NotCef);
+        assert_eq!(
+            parse("CEF:0|a|b|c|", "").unwrap_err(),
+            CefError::IncompleteHeader(4)
+        );
+        assert_eq!(
+            parse("CEF:x|a|b|c|d|e|f|", "").unwrap_err(),
+            CefError::NotCef
+        );
     }
 
     #[test]
@@ -595,14 +657,24 @@ mod tests {
 
     #[test]
     fn repeated_key_is_not_a_boundary() {
-        let c = parse("CEF:0|v|p|1|id|n|5|src=1.1.1.1 msg=hi src=6.6.6.6 dst=2.2.2.2", "").unwrap();
-        assert_eq!(ext(&c), vec![("src", "1.1.1.1"), ("msg", "hi src=6.6.6.6 dst=2.2.2.2")]);
+        let c = parse(
+            "CEF:0|v|p|1|id|n|5|src=1.1.1.1 msg=hi src=6.6.6.6 dst=2.2.2.2",
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            ext(&c),
+            vec![("src", "1.1.1.1"), ("msg", "hi src=6.6.6.6 dst=2.2.2.2")]
+        );
     }
 
     #[test]
     fn escaped_injection_stays_in_value() {
         let text = "https://x/?a=1 src=6.6.6.6\nline2 \\ end";
-        let rec = format!("CEF:0|v|p|1|id|n|5|request={} dst=2.2.2.2", escape_extension_value(text));
+        let rec = format!(
+            "CEF:0|v|p|1|id|n|5|request={} dst=2.2.2.2",
+            escape_extension_value(text)
+        );
         let c = parse(&rec, "").unwrap();
         assert_eq!(ext(&c), vec![("request", text), ("dst", "2.2.2.2")]);
     }
@@ -628,30 +700,60 @@ mod tests {
 
     #[test]
     fn timestamps() {
-        assert_eq!(parse_timestamp("1543270652000", None), Some(1_543_270_652_000));
+        assert_eq!(
+            parse_timestamp("1543270652000", None),
+            Some(1_543_270_652_000)
+        );
         // logstash dtz_rt_zoneless: zone-less rt, dtz supplies Europe/Moscow (UTC+3).
         assert_eq!(
             parse_timestamp("Jul 19 2017 10:50:21.127", Some("Europe/Moscow")),
             Some(1_500_450_621_127)
         );
-        assert_eq!(parse_timestamp("Sep 07 2018 14:50:39", None), Some(1_536_331_839_000));
-        assert_eq!(parse_timestamp("Sep 07 2018 14:50:39 +02:00", Some("UTC")), Some(1_536_324_639_000));
-        assert_eq!(parse_timestamp("2025-06-29T23:35:00Z", None), Some(1_751_240_100_000));
+        assert_eq!(
+            parse_timestamp("Sep 07 2018 14:50:39", None),
+            Some(1_536_331_839_000)
+        );
+        assert_eq!(
+            parse_timestamp("Sep 07 2018 14:50:39 +02:00", Some("UTC")),
+            Some(1_536_324_639_000)
+        );
+        assert_eq!(
+            parse_timestamp("2025-06-29T23:35:00Z", None),
+            Some(1_751_240_100_000)
+        );
         assert_eq!(parse_timestamp("Foo 07 2018 14:50:39", None), None);
-        assert_eq!(parse_timestamp("Sep 07 2018 14:50:39", Some("Nowhere/Land")), None);
+        assert_eq!(
+            parse_timestamp("Sep 07 2018 14:50:39", Some("Nowhere/Land")),
+            None
+        );
     }
 
     #[test]
     fn custom_keys_and_pairs() {
         assert_eq!(
             custom_key("cfp15Label"),
-            Some(CustomKey { kind: CustomKind::FloatingPoint, index: 15, label: true })
+            Some(CustomKey {
+                kind: CustomKind::FloatingPoint,
+                index: 15,
+                label: true
+            })
         );
         assert_eq!(custom_key("cs"), None);
         assert_eq!(custom_key("csx1"), None);
         assert_eq!(custom_key("cnt"), None);
-        let c = parse("CEF:0|v|p|1|id|n|5|cn1=12 cs2Label=L2 cs2=v2 cfp1=1.5 cn1Label=Count", "").unwrap();
+        let c = parse(
+            "CEF:0|v|p|1|id|n|5|cn1=12 cs2Label=L2 cs2=v2 cfp1=1.5 cn1Label=Count",
+            "",
+        )
+        .unwrap();
         let pairs: Vec<_> = custom_fields(&c).map(|(k, l, v)| (k.index, l, v)).collect();
-        assert_eq!(pairs, vec![(1, Some("Count"), "12"), (2, Some("L2"), "v2"), (1, None, "1.5")]);
+        assert_eq!(
+            pairs,
+            vec![
+                (1, Some("Count"), "12"),
+                (2, Some("L2"), "v2"),
+                (1, None, "1.5")
+            ]
+        );
     }
 }

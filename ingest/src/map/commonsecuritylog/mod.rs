@@ -20,7 +20,9 @@ pub fn write(event: &Event<'_>, out: &mut Vec<u8>) {
         Body::Json(json) => darktrace::write(event, json, out),
         Body::Cef(cef) => write_cef(event, cef, out),
         Body::Text(text) => write_text(event, text, None, out),
-        Body::Error { kind, detail, text } => write_text(event, text, Some((kind.as_str(), detail)), out),
+        Body::Error { kind, detail, text } => {
+            write_text(event, text, Some((kind.as_str(), detail)), out)
+        }
     }
 }
 
@@ -137,12 +139,23 @@ fn custom_column(key: &str) -> Option<(&'static str, Type)> {
     let i = ck.index as usize - 1;
     macro_rules! pick {
         ($values:expr, $labels:expr, $ty:expr) => {
-            if ck.label { ($labels[i], Str) } else { ($values[i], $ty) }
+            if ck.label {
+                ($labels[i], Str)
+            } else {
+                ($values[i], $ty)
+            }
         };
     }
     Some(match ck.kind {
         CustomKind::String => pick!(
-            ["DeviceCustomString1", "DeviceCustomString2", "DeviceCustomString3", "DeviceCustomString4", "DeviceCustomString5", "DeviceCustomString6"],
+            [
+                "DeviceCustomString1",
+                "DeviceCustomString2",
+                "DeviceCustomString3",
+                "DeviceCustomString4",
+                "DeviceCustomString5",
+                "DeviceCustomString6"
+            ],
             [
                 "DeviceCustomString1Label",
                 "DeviceCustomString2Label",
@@ -154,15 +167,32 @@ fn custom_column(key: &str) -> Option<(&'static str, Type)> {
             Str
         ),
         CustomKind::Number => {
-            const LONG: [&str; 3] = ["FieldDeviceCustomNumber1", "FieldDeviceCustomNumber2", "FieldDeviceCustomNumber3"];
+            const LONG: [&str; 3] = [
+                "FieldDeviceCustomNumber1",
+                "FieldDeviceCustomNumber2",
+                "FieldDeviceCustomNumber3",
+            ];
             pick!(
-                ["DeviceCustomNumber1", "DeviceCustomNumber2", "DeviceCustomNumber3"],
-                ["DeviceCustomNumber1Label", "DeviceCustomNumber2Label", "DeviceCustomNumber3Label"],
+                [
+                    "DeviceCustomNumber1",
+                    "DeviceCustomNumber2",
+                    "DeviceCustomNumber3"
+                ],
+                [
+                    "DeviceCustomNumber1Label",
+                    "DeviceCustomNumber2Label",
+                    "DeviceCustomNumber3Label"
+                ],
                 CustomNumber(LONG[i])
             )
         }
         CustomKind::FloatingPoint => pick!(
-            ["DeviceCustomFloatingPoint1", "DeviceCustomFloatingPoint2", "DeviceCustomFloatingPoint3", "DeviceCustomFloatingPoint4"],
+            [
+                "DeviceCustomFloatingPoint1",
+                "DeviceCustomFloatingPoint2",
+                "DeviceCustomFloatingPoint3",
+                "DeviceCustomFloatingPoint4"
+            ],
             [
                 "DeviceCustomFloatingPoint1Label",
                 "DeviceCustomFloatingPoint2Label",
@@ -172,7 +202,12 @@ fn custom_column(key: &str) -> Option<(&'static str, Type)> {
             Real
         ),
         CustomKind::Ipv6Address => pick!(
-            ["DeviceCustomIPv6Address1", "DeviceCustomIPv6Address2", "DeviceCustomIPv6Address3", "DeviceCustomIPv6Address4"],
+            [
+                "DeviceCustomIPv6Address1",
+                "DeviceCustomIPv6Address2",
+                "DeviceCustomIPv6Address3",
+                "DeviceCustomIPv6Address4"
+            ],
             [
                 "DeviceCustomIPv6Address1Label",
                 "DeviceCustomIPv6Address2Label",
@@ -181,17 +216,35 @@ fn custom_column(key: &str) -> Option<(&'static str, Type)> {
             ],
             Str
         ),
-        CustomKind::FlexString => pick!(["FlexString1", "FlexString2"], ["FlexString1Label", "FlexString2Label"], Str),
-        CustomKind::FlexNumber => pick!(["FlexNumber1", "FlexNumber2"], ["FlexNumber1Label", "FlexNumber2Label"], Int),
+        CustomKind::FlexString => pick!(
+            ["FlexString1", "FlexString2"],
+            ["FlexString1Label", "FlexString2Label"],
+            Str
+        ),
+        CustomKind::FlexNumber => pick!(
+            ["FlexNumber1", "FlexNumber2"],
+            ["FlexNumber1Label", "FlexNumber2Label"],
+            Int
+        ),
         CustomKind::DeviceCustomDate => {
-            pick!(["DeviceCustomDate1", "DeviceCustomDate2"], ["DeviceCustomDate1Label", "DeviceCustomDate2Label"], Str)
+            pick!(
+                ["DeviceCustomDate1", "DeviceCustomDate2"],
+                ["DeviceCustomDate1Label", "DeviceCustomDate2Label"],
+                Str
+            )
         }
         CustomKind::FlexDate => pick!(["FlexDate1"], ["FlexDate1Label"], Str),
     })
 }
 
 /// Writes the value to its column; `false` when it does not fit the column's type.
-fn write_typed(o: &mut ObjectWriter<'_>, col: &'static str, ty: Type, value: &str, dtz: Option<&str>) -> bool {
+fn write_typed(
+    o: &mut ObjectWriter<'_>,
+    col: &'static str,
+    ty: Type,
+    value: &str,
+    dtz: Option<&str>,
+) -> bool {
     let v = value.trim();
     match ty {
         Type::Str => {
@@ -244,7 +297,11 @@ fn write_typed(o: &mut ObjectWriter<'_>, col: &'static str, ty: Type, value: &st
 fn log_severity(severity: &str) -> &str {
     const WORDS: [&str; 5] = ["Unknown", "Low", "Medium", "High", "Very-High"];
     let s = severity.trim();
-    WORDS.iter().find(|w| w.eq_ignore_ascii_case(s)).copied().unwrap_or(s)
+    WORDS
+        .iter()
+        .find(|w| w.eq_ignore_ascii_case(s))
+        .copied()
+        .unwrap_or(s)
 }
 
 fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
@@ -252,7 +309,10 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
     let rt = cef.get("rt");
     let rt_millis = rt.and_then(|rt| parse_timestamp(rt, dtz));
     let mut o = ObjectWriter::begin(out);
-    write_rfc3339_millis(o.key("TimeGenerated"), rt_millis.unwrap_or_else(|| event.received.received_at.unix_millis()));
+    write_rfc3339_millis(
+        o.key("TimeGenerated"),
+        rt_millis.unwrap_or_else(|| event.received.received_at.unix_millis()),
+    );
     if let Some(host) = event.syslog.hostname {
         o.str("Computer", host);
     }
@@ -389,29 +449,52 @@ mod tests {
         let mut syslog = crate::parse::no_header();
         syslog.hostname = Some("dt-master");
         syslog.timestamp = Some(Timestamp::from_unix_nanos(1_600_000_000_000_000_000));
-        let received = Received { source: "t", peer: None, received_at: Timestamp::from_unix_nanos(1_700_000_000_123_000_000) };
+        let received = Received {
+            source: "t",
+            peer: None,
+            received_at: Timestamp::from_unix_nanos(1_700_000_000_123_000_000),
+        };
         let parsed = match crate::parse::cef::find_cef_start(body) {
             Some(start) => match crate::parse::cef::parse(&body[start..], &body[..start]) {
                 Ok(c) => Body::Cef(c),
-                Err(e) => Body::Error { kind: e.kind(), detail: e.to_string(), text: body },
+                Err(e) => Body::Error {
+                    kind: e.kind(),
+                    detail: e.to_string(),
+                    text: body,
+                },
             },
             None => Body::Text(body),
         };
-        Event { received, raw: body, syslog, body: parsed }
+        Event {
+            received,
+            raw: body,
+            syslog,
+            body: parsed,
+        }
     }
 
     fn row(body: &str) -> serde_json::Value {
         let mut out = Vec::new();
         write(&event(body), &mut out);
-        serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
+        serde_json::from_slice(&out)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
     }
 
     #[test]
     fn rfc3339_matches_chrono() {
-        for ms in [0i64, 1_500_450_621_127, -1, 951_782_400_000, 4_102_444_799_999] {
+        for ms in [
+            0i64,
+            1_500_450_621_127,
+            -1,
+            951_782_400_000,
+            4_102_444_799_999,
+        ] {
             let mut out = Vec::new();
             write_rfc3339_millis(&mut out, ms);
-            let want = chrono::DateTime::from_timestamp_millis(ms).unwrap().format("\"%Y-%m-%dT%H:%M:%S%.3fZ\"").to_string();
+            let want = chrono::DateTime::from_timestamp_millis(ms)
+                .unwrap()
+                .format("\"%Y-%m-%dT%H:%M:%S%.3fZ\"")
+                .to_string();
             assert_eq!(String::from_utf8(out).unwrap(), want);
         }
     }
@@ -429,7 +512,10 @@ mod tests {
         assert_eq!(r["Computer"], "dt-master");
         assert_eq!(r["DeviceVendor"], "Darktrace");
         assert_eq!(r["DeviceEventClassID"], "537");
-        assert_eq!(r["Activity"], "Antigena/Network/Compliance/Antigena RDP Block");
+        assert_eq!(
+            r["Activity"],
+            "Antigena/Network/Compliance/Antigena RDP Block"
+        );
         assert_eq!(r["LogSeverity"], "Low");
         assert_eq!(r["ExternalID"], 1462565);
         assert_eq!(r["DeviceAddress"], "10.0.0.1");
@@ -469,6 +555,11 @@ mod tests {
         assert_eq!(r["TimeGenerated"], "2020-09-13T12:26:40.000Z");
         let r = row("CEF:0|a|b|c|");
         assert!(r["Message"].as_str().unwrap().contains("CEF:0|a|b|c|"));
-        assert!(r["AdditionalExtensions"].as_str().unwrap().starts_with("sluiceParseError=cef_header;"));
+        assert!(
+            r["AdditionalExtensions"]
+                .as_str()
+                .unwrap()
+                .starts_with("sluiceParseError=cef_header;")
+        );
     }
 }

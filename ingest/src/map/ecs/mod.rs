@@ -19,7 +19,9 @@ pub fn write(event: &Event<'_>, out: &mut Vec<u8>) {
         Body::Json(json) => darktrace::write(event, json, out),
         Body::Cef(cef) => write_cef(event, cef, out),
         Body::Text(text) => write_text(event, text, None, out),
-        Body::Error { kind, detail, text } => write_text(event, text, Some((kind.as_str(), detail)), out),
+        Body::Error { kind, detail, text } => {
+            write_text(event, text, Some((kind.as_str(), detail)), out)
+        }
     }
 }
 
@@ -111,11 +113,10 @@ fn port(value: Option<&str>) -> Option<u16> {
 
 fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
     let p = Picked::from(cef);
-    let millis = p
-        .rt
-        .and_then(|rt| parse_timestamp(rt, p.dtz))
-        .or_else(|| event.syslog.timestamp.map(|t| t.unix_millis()))
-        .unwrap_or_else(|| event.received.received_at.unix_millis());
+    let millis =
+        p.rt.and_then(|rt| parse_timestamp(rt, p.dtz))
+            .or_else(|| event.syslog.timestamp.map(|t| t.unix_millis()))
+            .unwrap_or_else(|| event.received.received_at.unix_millis());
     let mut o = ObjectWriter::begin(out);
     write_rfc3339_millis(o.key("@timestamp"), millis);
     o.opt_str("message", p.msg);
@@ -174,8 +175,24 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
         obs.end();
     }
 
-    endpoint(&mut o, "source", ip(p.src), port(p.spt), p.shost, p.smac, p.suser);
-    endpoint(&mut o, "destination", ip(p.dst), port(p.dpt), p.dhost, p.dmac, p.duser);
+    endpoint(
+        &mut o,
+        "source",
+        ip(p.src),
+        port(p.spt),
+        p.shost,
+        p.smac,
+        p.suser,
+    );
+    endpoint(
+        &mut o,
+        "destination",
+        ip(p.dst),
+        port(p.dpt),
+        p.dhost,
+        p.dmac,
+        p.duser,
+    );
 
     if p.proto.is_some() || p.app.is_some() {
         let mut n = o.object("network");
@@ -281,7 +298,14 @@ fn write_text(event: &Event<'_>, text: &str, error: Option<(&str, &String)>, out
     o.str("message", text);
     {
         let mut ev = o.object("event");
-        ev.str("kind", if error.is_some() { "pipeline_error" } else { "event" });
+        ev.str(
+            "kind",
+            if error.is_some() {
+                "pipeline_error"
+            } else {
+                "event"
+            },
+        );
         ev.end();
     }
     if let Some((kind, detail)) = error {
@@ -305,18 +329,32 @@ mod tests {
         syslog.app_name = Some("darktrace");
         syslog.pri = Pri::from_value(165);
         syslog.timestamp = Some(Timestamp::from_unix_nanos(1_600_000_000_000_000_000));
-        let received = Received { source: "t", peer: None, received_at: Timestamp::from_unix_nanos(1_700_000_000_000_000_000) };
+        let received = Received {
+            source: "t",
+            peer: None,
+            received_at: Timestamp::from_unix_nanos(1_700_000_000_000_000_000),
+        };
         let parsed = match crate::parse::cef::find_cef_start(body) {
             Some(start) => match crate::parse::cef::parse(&body[start..], &body[..start]) {
                 Ok(c) => Body::Cef(c),
-                Err(e) => Body::Error { kind: e.kind(), detail: e.to_string(), text: body },
+                Err(e) => Body::Error {
+                    kind: e.kind(),
+                    detail: e.to_string(),
+                    text: body,
+                },
             },
             None => Body::Text(body),
         };
-        let event = Event { received, raw: body, syslog, body: parsed };
+        let event = Event {
+            received,
+            raw: body,
+            syslog,
+            body: parsed,
+        };
         let mut out = Vec::new();
         write(&event, &mut out);
-        serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
+        serde_json::from_slice(&out)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
     }
 
     #[test]
@@ -334,7 +372,10 @@ mod tests {
         assert_eq!(d["cef"]["severity"], "Low");
         assert_eq!(d["cef"]["extensions"]["sourceAddress"], "10.0.0.5");
         assert_eq!(d["cef"]["extensions"]["deviceCustomString1Label"], "Reason");
-        assert_eq!(d["cef"]["extensions"]["ad.darktraceUrl"], "https://master.example/#modelbreach/1462565");
+        assert_eq!(
+            d["cef"]["extensions"]["ad.darktraceUrl"],
+            "https://master.example/#modelbreach/1462565"
+        );
         assert_eq!(d["event"]["code"], "537");
         assert_eq!(d["event"]["severity"], 0);
         assert_eq!(d["observer"]["vendor"], "Darktrace");
@@ -356,7 +397,10 @@ mod tests {
     fn invalid_ip_is_not_an_ecs_ip() {
         let d = doc("CEF:0|V|P|1|1|n|7|src=not-an-ip dst=10.0.0.#28445");
         assert!(d.get("source").is_none());
-        assert_eq!(d["cef"]["extensions"]["destinationAddress"], "10.0.0.#28445");
+        assert_eq!(
+            d["cef"]["extensions"]["destinationAddress"],
+            "10.0.0.#28445"
+        );
         assert_eq!(d["event"]["severity"], 7);
         assert_eq!(d["@timestamp"], "2020-09-13T12:26:40.000Z");
     }
@@ -369,7 +413,12 @@ mod tests {
         let d = doc("CEF:0|only|four|");
         assert_eq!(d["event"]["kind"], "pipeline_error");
         assert_eq!(d["error"]["type"], "cef_header");
-        assert!(d["error"]["message"].as_str().unwrap().contains("pipe-terminated"));
+        assert!(
+            d["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("pipe-terminated")
+        );
         assert_eq!(d["message"], "CEF:0|only|four|");
     }
 }
