@@ -441,62 +441,67 @@ pub fn custom_fields<'c>(
 /// The ArcSight full name of a CEF key (`src` → `sourceAddress`), for keys whose full name differs
 /// from the key. Custom fields: use [`full_custom_name`].
 pub fn full_name(key: &str) -> Option<&'static str> {
-    Some(match key {
-        "act" => "deviceAction",
-        "agt" => "agentAddress",
-        "ahost" => "agentHostName",
-        "aid" => "agentId",
-        "amac" => "agentMacAddress",
-        "app" => "applicationProtocol",
-        "art" => "agentReceiptTime",
-        "at" => "agentType",
-        "atz" => "agentTimeZone",
-        "av" => "agentVersion",
-        "cat" => "deviceEventCategory",
-        "cnt" => "baseEventCount",
-        "dhost" => "destinationHostName",
-        "dlat" => "destinationGeoLatitude",
-        "dlong" => "destinationGeoLongitude",
-        "dmac" => "destinationMacAddress",
-        "dntdom" => "destinationNtDomain",
-        "dpid" => "destinationProcessId",
-        "dpriv" => "destinationUserPrivileges",
-        "dproc" => "destinationProcessName",
-        "dpt" => "destinationPort",
-        "dst" => "destinationAddress",
-        "dtz" => "deviceTimeZone",
-        "duid" => "destinationUserId",
-        "duser" => "destinationUserName",
-        "dvc" => "deviceAddress",
-        "dvchost" => "deviceHostName",
-        "dvcmac" => "deviceMacAddress",
-        "dvcpid" => "deviceProcessId",
-        "end" => "endTime",
-        "fname" => "fileName",
-        "fsize" => "fileSize",
-        "in" => "bytesIn",
-        "msg" => "message",
-        "out" => "bytesOut",
-        "outcome" => "eventOutcome",
-        "proto" => "transportProtocol",
-        "request" => "requestUrl",
-        "rt" => "deviceReceiptTime",
-        "shost" => "sourceHostName",
-        "slat" => "sourceGeoLatitude",
-        "slong" => "sourceGeoLongitude",
-        "smac" => "sourceMacAddress",
-        "sntdom" => "sourceNtDomain",
-        "spid" => "sourceProcessId",
-        "spriv" => "sourceUserPrivileges",
-        "sproc" => "sourceProcessName",
-        "spt" => "sourcePort",
-        "src" => "sourceAddress",
-        "start" => "startTime",
-        "suid" => "sourceUserId",
-        "suser" => "sourceUserName",
-        _ => return None,
-    })
+    FULL_NAMES
+        .binary_search_by(|(k, _)| k.as_bytes().cmp(key.as_bytes()))
+        .ok()
+        .map(|i| FULL_NAMES[i].1)
 }
+
+/// Short key → full name, sorted by key for binary search.
+static FULL_NAMES: &[(&str, &str)] = &[
+    ("act", "deviceAction"),
+    ("agt", "agentAddress"),
+    ("ahost", "agentHostName"),
+    ("aid", "agentId"),
+    ("amac", "agentMacAddress"),
+    ("app", "applicationProtocol"),
+    ("art", "agentReceiptTime"),
+    ("at", "agentType"),
+    ("atz", "agentTimeZone"),
+    ("av", "agentVersion"),
+    ("cat", "deviceEventCategory"),
+    ("cnt", "baseEventCount"),
+    ("dhost", "destinationHostName"),
+    ("dlat", "destinationGeoLatitude"),
+    ("dlong", "destinationGeoLongitude"),
+    ("dmac", "destinationMacAddress"),
+    ("dntdom", "destinationNtDomain"),
+    ("dpid", "destinationProcessId"),
+    ("dpriv", "destinationUserPrivileges"),
+    ("dproc", "destinationProcessName"),
+    ("dpt", "destinationPort"),
+    ("dst", "destinationAddress"),
+    ("dtz", "deviceTimeZone"),
+    ("duid", "destinationUserId"),
+    ("duser", "destinationUserName"),
+    ("dvc", "deviceAddress"),
+    ("dvchost", "deviceHostName"),
+    ("dvcmac", "deviceMacAddress"),
+    ("dvcpid", "deviceProcessId"),
+    ("end", "endTime"),
+    ("fname", "fileName"),
+    ("fsize", "fileSize"),
+    ("in", "bytesIn"),
+    ("msg", "message"),
+    ("out", "bytesOut"),
+    ("outcome", "eventOutcome"),
+    ("proto", "transportProtocol"),
+    ("request", "requestUrl"),
+    ("rt", "deviceReceiptTime"),
+    ("shost", "sourceHostName"),
+    ("slat", "sourceGeoLatitude"),
+    ("slong", "sourceGeoLongitude"),
+    ("smac", "sourceMacAddress"),
+    ("sntdom", "sourceNtDomain"),
+    ("spid", "sourceProcessId"),
+    ("spriv", "sourceUserPrivileges"),
+    ("sproc", "sourceProcessName"),
+    ("spt", "sourcePort"),
+    ("src", "sourceAddress"),
+    ("start", "startTime"),
+    ("suid", "sourceUserId"),
+    ("suser", "sourceUserName"),
+];
 
 /// Full name of a custom field key (`cs1Label` → `deviceCustomString1Label`, `cfp15` →
 /// `deviceCustomFloatingPoint15`); flex/deviceCustomDate keys are already full names.
@@ -696,6 +701,18 @@ mod tests {
         assert_eq!(c.extensions.len(), 100);
         assert_eq!(c.get("k99"), Some("v99 k3=forged"));
         assert_eq!(c.get("k3"), Some("v3"));
+    }
+
+    #[test]
+    fn full_names_are_sorted() {
+        assert!(
+            FULL_NAMES
+                .windows(2)
+                .all(|w| w[0].0.as_bytes() < w[1].0.as_bytes())
+        );
+        assert_eq!(full_name("src"), Some("sourceAddress"));
+        assert_eq!(full_name("suser"), Some("sourceUserName"));
+        assert_eq!(full_name("darktraceUrl"), None);
     }
 
     #[test]

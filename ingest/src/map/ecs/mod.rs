@@ -53,40 +53,112 @@ struct Picked<'c> {
     external_id: Option<&'c str>,
 }
 
+/// Slots of [`Picked`].
+const SRC: usize = 0;
+const SPT: usize = 1;
+const SHOST: usize = 2;
+const SMAC: usize = 3;
+const SUSER: usize = 4;
+const DST: usize = 5;
+const DPT: usize = 6;
+const DHOST: usize = 7;
+const DMAC: usize = 8;
+const DUSER: usize = 9;
+const DVC: usize = 10;
+const DVCHOST: usize = 11;
+const MSG: usize = 12;
+const ACT: usize = 13;
+const PROTO: usize = 14;
+const APP: usize = 15;
+const REQUEST: usize = 16;
+const METHOD: usize = 17;
+const USER_AGENT: usize = 18;
+const FNAME: usize = 19;
+const RT: usize = 20;
+const DTZ: usize = 21;
+const EXTERNAL_ID: usize = 22;
+const SLOTS: usize = 23;
+
+/// Extension key → slot, sorted by key for binary search.
+static PICK: &[(&str, usize)] = &[
+    ("act", ACT),
+    ("app", APP),
+    ("applicationProtocol", APP),
+    ("destinationAddress", DST),
+    ("destinationHostName", DHOST),
+    ("destinationMacAddress", DMAC),
+    ("destinationPort", DPT),
+    ("destinationUserName", DUSER),
+    ("deviceAction", ACT),
+    ("deviceAddress", DVC),
+    ("deviceHostName", DVCHOST),
+    ("deviceReceiptTime", RT),
+    ("deviceTimeZone", DTZ),
+    ("dhost", DHOST),
+    ("dmac", DMAC),
+    ("dpt", DPT),
+    ("dst", DST),
+    ("dtz", DTZ),
+    ("duser", DUSER),
+    ("dvc", DVC),
+    ("dvchost", DVCHOST),
+    ("externalId", EXTERNAL_ID),
+    ("fileName", FNAME),
+    ("fname", FNAME),
+    ("message", MSG),
+    ("msg", MSG),
+    ("proto", PROTO),
+    ("request", REQUEST),
+    ("requestClientApplication", USER_AGENT),
+    ("requestMethod", METHOD),
+    ("requestUrl", REQUEST),
+    ("rt", RT),
+    ("shost", SHOST),
+    ("smac", SMAC),
+    ("sourceAddress", SRC),
+    ("sourceHostName", SHOST),
+    ("sourceMacAddress", SMAC),
+    ("sourcePort", SPT),
+    ("sourceUserName", SUSER),
+    ("spt", SPT),
+    ("src", SRC),
+    ("suser", SUSER),
+    ("transportProtocol", PROTO),
+];
+
 impl<'c> Picked<'c> {
     fn from(cef: &'c Cef<'_>) -> Self {
-        let mut p = Picked::default();
+        let mut slots = [None; SLOTS];
         for e in &cef.extensions {
-            let v = Some(e.value.as_ref()).filter(|v| !v.is_empty());
-            let slot = match e.key {
-                "src" | "sourceAddress" => &mut p.src,
-                "spt" | "sourcePort" => &mut p.spt,
-                "shost" | "sourceHostName" => &mut p.shost,
-                "smac" | "sourceMacAddress" => &mut p.smac,
-                "suser" | "sourceUserName" => &mut p.suser,
-                "dst" | "destinationAddress" => &mut p.dst,
-                "dpt" | "destinationPort" => &mut p.dpt,
-                "dhost" | "destinationHostName" => &mut p.dhost,
-                "dmac" | "destinationMacAddress" => &mut p.dmac,
-                "duser" | "destinationUserName" => &mut p.duser,
-                "dvc" | "deviceAddress" => &mut p.dvc,
-                "dvchost" | "deviceHostName" => &mut p.dvchost,
-                "msg" | "message" => &mut p.msg,
-                "act" | "deviceAction" => &mut p.act,
-                "proto" | "transportProtocol" => &mut p.proto,
-                "app" | "applicationProtocol" => &mut p.app,
-                "request" | "requestUrl" => &mut p.request,
-                "requestMethod" => &mut p.method,
-                "requestClientApplication" => &mut p.user_agent,
-                "fname" | "fileName" => &mut p.fname,
-                "rt" | "deviceReceiptTime" => &mut p.rt,
-                "dtz" | "deviceTimeZone" => &mut p.dtz,
-                "externalId" => &mut p.external_id,
-                _ => continue,
-            };
-            *slot = v;
+            if let Ok(i) = PICK.binary_search_by(|(k, _)| k.as_bytes().cmp(e.key.as_bytes())) {
+                slots[PICK[i].1] = Some(e.value.as_ref()).filter(|v| !v.is_empty());
+            }
         }
-        p
+        Picked {
+            src: slots[SRC],
+            spt: slots[SPT],
+            shost: slots[SHOST],
+            smac: slots[SMAC],
+            suser: slots[SUSER],
+            dst: slots[DST],
+            dpt: slots[DPT],
+            dhost: slots[DHOST],
+            dmac: slots[DMAC],
+            duser: slots[DUSER],
+            dvc: slots[DVC],
+            dvchost: slots[DVCHOST],
+            msg: slots[MSG],
+            act: slots[ACT],
+            proto: slots[PROTO],
+            app: slots[APP],
+            request: slots[REQUEST],
+            method: slots[METHOD],
+            user_agent: slots[USER_AGENT],
+            fname: slots[FNAME],
+            rt: slots[RT],
+            dtz: slots[DTZ],
+            external_id: slots[EXTERNAL_ID],
+        }
     }
 }
 
@@ -355,6 +427,14 @@ mod tests {
         write(&event, &mut out);
         serde_json::from_slice(&out)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
+    }
+
+    #[test]
+    fn pick_table_is_sorted() {
+        assert!(
+            PICK.windows(2)
+                .all(|w| w[0].0.as_bytes() < w[1].0.as_bytes())
+        );
     }
 
     #[test]
