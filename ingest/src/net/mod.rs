@@ -4,9 +4,12 @@
 //! end to end plus one [`FrameRef`] per message) and pushes it on its core's bounded queue.
 //! Workers return drained batches through a recycle queue so steady state allocates nothing.
 
+pub mod portable;
+
 use std::net::SocketAddr;
 
 use crate::event::Timestamp;
+pub use crate::metrics::ReaderCounters;
 
 /// One message inside a [`FrameBatch`].
 #[derive(Debug, Clone, Copy)]
@@ -71,4 +74,137 @@ pub struct ReaderContext {
     /// Drained batches come back here for reuse.
     pub recycled: crossbeam::channel::Receiver<FrameBatch>,
     pub shutdown: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// TCP only: open connections this reader (listener) may hold at once.
+    pub max_connections: usize,
+    /// Pin threads the reader spawns (TCP connections) to `core`.
+    pub pin: bool,
+    /// Loss and framing counters of this source; add per batch, not per message.
+    pub counters: ReaderCounters,
+}
+
+/// How long a reader may block before it looks at `shutdown` again.
+pub const SHUTDOWN_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The socket-reading implementation in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Blocking std sockets: batched `recvmmsg` for UDP, a thread per TCP connection.
+    Portable,
+}
+
+impl Backend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Portable => "portable",
+        }
+    }
+
+    /// Runs until `ctx.shutdown` is set (then returns once everything read is handed over).
+    pub fn run_udp(self, socket: std::net::UdpSocket, ctx: ReaderContext) -> std::io::Result<()> {
+        match self {
+            Backend::Portable => portable::run_udp(socket, ctx),
+        }
+    }
+
+    /// Runs until `ctx.shutdown` is set; returns after every connection it accepted has ended.
+    pub fn run_tcp(self, listener: std::net::TcpListener, ctx: ReaderContext) -> std::io::Result<()> {
+        match self {
+            Backend::Portable => portable::run_tcp(listener, ctx),
+        }
+    }
+}
+
+/// Picks the fastest usable backend and says why. The io_uring backend plugs in here:
+/// `match uring::probe() { Ok(()) => return (Backend::Uring, ...), Err(why) => ... }`.
+pub fn select_backend() -> (Backend, String) {
+    (Backend::Portable, "the io_uring backend is not built into this binary".to_string())
+}
+
+/// Binds one SO_REUSEPORT UDP socket. Asks for `receive_buffer_bytes` (forcing past
+/// `net.core.rmem_max` when privileged) and enables SO_RXQ_OVFL so every datagram carries the
+/// socket's kernel drop count. Returns the socket and the effective receive buffer size.
+pub fn bind_udp(listen: SocketAddr, receive_buffer_bytes: usize) -> std::io::Result<(std::net::UdpSocket, usize)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(listen), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    let effective = set_receive_buffer(&socket, receive_buffer_bytes)?;
+    set_int_option(&socket, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1)?;
+    socket.bind(&listen.into()).map_err(|e| bind_error(e, "udp", listen))?;
+    Ok((socket.into(), effective))
+}
+
+/// Binds one SO_REUSEPORT TCP listener.
+pub fn bind_tcp(listen: SocketAddr, receive_buffer_bytes: usize) -> std::io::Result<(std::net::TcpListener, usize)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(listen), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    // Accepted sockets inherit the listener's buffer size.
+    let effective = set_receive_buffer(&socket, receive_buffer_bytes)?;
+    socket.bind(&listen.into()).map_err(|e| bind_error(e, "tcp", listen))?;
+    socket.listen(1024)?;
+    Ok((socket.into(), effective))
+}
+
+fn bind_error(e: std::io::Error, proto: &str, listen: SocketAddr) -> std::io::Error {
+    let hint = match e.kind() {
+        std::io::ErrorKind::PermissionDenied if listen.port() < 1024 => format!(
+            "ports below 1024 need privileges: run as root, grant the binary CAP_NET_BIND_SERVICE \
+             (`sudo setcap cap_net_bind_service=+ep $(command -v sluice)`), or use a config \
+             (`sluice run --config FILE`) whose sources listen on a port >= 1024, e.g. {}:5514",
+            listen.ip()
+        ),
+        std::io::ErrorKind::AddrInUse => "another program (or another source) already uses it".to_string(),
+        std::io::ErrorKind::AddrNotAvailable => "no local interface has that address".to_string(),
+        _ => String::new(),
+    };
+    let sep = if hint.is_empty() { "" } else { "; " };
+    std::io::Error::new(e.kind(), format!("cannot listen on {proto} {listen}: {e}{sep}{hint}"))
+}
+
+/// Sets SO_RCVBUF, trying SO_RCVBUFFORCE first (works with CAP_NET_ADMIN), and returns the size
+/// the kernel granted (it reports twice the usable size; halved here).
+fn set_receive_buffer(socket: &socket2::Socket, bytes: usize) -> std::io::Result<usize> {
+    let want = bytes.min(i32::MAX as usize) as libc::c_int;
+    if set_int_option(socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, want).is_err() {
+        socket.set_recv_buffer_size(bytes)?;
+    }
+    Ok(socket.recv_buffer_size()? / 2)
+}
+
+fn set_int_option(socket: &socket2::Socket, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `value` outlives the call and its size is passed; the fd is owned by `socket`.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reuseport_allows_one_socket_per_core() {
+        let (a, size) = bind_udp("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
+        let addr = a.local_addr().unwrap();
+        let (_b, _) = bind_udp(addr, 1 << 20).unwrap();
+        assert!(size > 0);
+        let (l, _) = bind_tcp("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
+        let (_l2, _) = bind_tcp(l.local_addr().unwrap(), 1 << 20).unwrap();
+    }
+
+    #[test]
+    fn privileged_port_error_explains_the_fix() {
+        let e = bind_error(std::io::Error::from(std::io::ErrorKind::PermissionDenied), "udp", "0.0.0.0:514".parse().unwrap());
+        let text = e.to_string();
+        assert!(text.contains("CAP_NET_BIND_SERVICE") && text.contains("root") && text.contains("--config"), "{text}");
+    }
 }
