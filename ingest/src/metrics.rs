@@ -24,8 +24,9 @@ pub const TCP_CONNECTIONS_OPEN: &str = "sluice_tcp_connections_open";
 pub const TCP_CONNECTIONS: &str = "sluice_tcp_connections_total";
 /// Messages waiting, by queue (`worker` per core, `sink` per sink).
 pub const QUEUE_DEPTH: &str = "sluice_queue_depth_batches";
-/// Host-wide UDP `RcvbufErrors` from `/proc/net/snmp` (includes other programs' sockets).
-pub const HOST_UDP_RCVBUF_ERRORS: &str = "sluice_host_udp_rcvbuf_errors";
+/// UDP `RcvbufErrors` of the network namespace from `/proc/net/snmp` (all sockets, not only
+/// Sluice's; per-socket drops are in `sluice_dropped_messages_total{reason="kernel_rcvbuf"}`).
+pub const HOST_UDP_RCVBUF_ERRORS: &str = "sluice_kernel_udp_rcvbuf_errors";
 pub const SINK_EVENTS: &str = "sluice_sink_events_total";
 pub const SINK_BATCHES: &str = "sluice_sink_batches_total";
 pub const SINK_BYTES: &str = "sluice_sink_bytes_total";
@@ -57,8 +58,8 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
 
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(RECEIVED_MESSAGES, "Messages handed to the parser, by source");
-    describe_counter!(RECEIVED_BYTES, Unit::Bytes, "Message bytes handed to the parser, by source");
+    describe_counter!(RECEIVED_MESSAGES, "Messages taken off the socket, by source (including those then dropped)");
+    describe_counter!(RECEIVED_BYTES, Unit::Bytes, "Bytes taken off the socket, by source");
     describe_counter!(PARSE_ERRORS, "Messages whose body could not be parsed (kept as error events)");
     describe_counter!(DROPPED_MESSAGES, "Messages lost, by source and reason (kernel_rcvbuf, queue_full, oversize)");
     describe_counter!(TRUNCATED_MESSAGES, "Messages cut to max_message_bytes");
@@ -75,12 +76,15 @@ fn describe() {
     describe_histogram!(STAGE_SECONDS, Unit::Seconds, "Time per batch spent in each pipeline stage");
 }
 
-/// Handles a reader updates (all per source).
+/// Handles a reader updates (all per source). `received_*` count everything taken off the
+/// socket, including messages then dropped (`oversize`, `queue_full`), so
+/// received = delivered to sinks' batches + dropped (per routed sink).
 #[derive(Clone)]
 pub struct ReaderCounters {
+    pub received_messages: Counter,
+    pub received_bytes: Counter,
     pub dropped_queue_full: Counter,
     pub dropped_oversize: Counter,
-    pub dropped_kernel_rcvbuf: Counter,
     pub truncated: Counter,
     pub framing_errors: Counter,
     pub connections_open: Gauge,
@@ -92,9 +96,10 @@ impl ReaderCounters {
         let s = source.to_string();
         let dropped = |reason: &'static str| metrics::counter!(DROPPED_MESSAGES, "source" => s.clone(), "reason" => reason);
         ReaderCounters {
+            received_messages: metrics::counter!(RECEIVED_MESSAGES, "source" => s.clone()),
+            received_bytes: metrics::counter!(RECEIVED_BYTES, "source" => s.clone()),
             dropped_queue_full: dropped(DROP_QUEUE_FULL),
             dropped_oversize: dropped(DROP_OVERSIZE),
-            dropped_kernel_rcvbuf: dropped(DROP_KERNEL_RCVBUF),
             truncated: metrics::counter!(TRUNCATED_MESSAGES, "source" => s.clone()),
             framing_errors: metrics::counter!(FRAMING_ERRORS, "source" => s.clone()),
             connections_open: metrics::gauge!(TCP_CONNECTIONS_OPEN, "source" => s.clone()),
@@ -105,29 +110,14 @@ impl ReaderCounters {
     /// Handles that record nothing (tests, tools).
     pub fn noop() -> Self {
         ReaderCounters {
+            received_messages: Counter::noop(),
+            received_bytes: Counter::noop(),
             dropped_queue_full: Counter::noop(),
             dropped_oversize: Counter::noop(),
-            dropped_kernel_rcvbuf: Counter::noop(),
             truncated: Counter::noop(),
             framing_errors: Counter::noop(),
             connections_open: Gauge::noop(),
             connections: Counter::noop(),
-        }
-    }
-}
-
-/// Handles a parser worker updates for one source.
-#[derive(Clone)]
-pub struct SourceCounters {
-    pub received_messages: Counter,
-    pub received_bytes: Counter,
-}
-
-impl SourceCounters {
-    pub fn register(source: &str) -> Self {
-        SourceCounters {
-            received_messages: metrics::counter!(RECEIVED_MESSAGES, "source" => source.to_string()),
-            received_bytes: metrics::counter!(RECEIVED_BYTES, "source" => source.to_string()),
         }
     }
 }
@@ -190,7 +180,12 @@ pub fn host_udp_rcvbuf_errors() -> Option<u64> {
 
 /// Serves `/metrics` and `/health` on a plain std listener thread (a handful of scrapes a
 /// minute do not need an async runtime). `healthy` turns false once shutdown begins.
-pub fn serve(listen: SocketAddr, handle: PrometheusHandle, healthy: Arc<AtomicBool>) -> std::io::Result<SocketAddr> {
+pub fn serve(
+    listen: SocketAddr,
+    handle: PrometheusHandle,
+    healthy: Arc<AtomicBool>,
+    token: Option<crate::config::Secret>,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(listen).map_err(|e| {
         std::io::Error::new(e.kind(), format!("metrics endpoint: cannot listen on {listen}: {e} (set [metrics] listen to a free address)"))
     })?;
@@ -198,7 +193,7 @@ pub fn serve(listen: SocketAddr, handle: PrometheusHandle, healthy: Arc<AtomicBo
     std::thread::Builder::new().name("sluice-metrics".into()).spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { continue };
-            if let Err(e) = respond(stream, &handle, &healthy) {
+            if let Err(e) = respond(stream, &handle, &healthy, token.as_ref()) {
                 tracing::debug!("metrics endpoint: {e}");
             }
         }
@@ -206,7 +201,12 @@ pub fn serve(listen: SocketAddr, handle: PrometheusHandle, healthy: Arc<AtomicBo
     Ok(local)
 }
 
-fn respond(stream: TcpStream, handle: &PrometheusHandle, healthy: &AtomicBool) -> std::io::Result<()> {
+fn respond(
+    stream: TcpStream,
+    handle: &PrometheusHandle,
+    healthy: &AtomicBool,
+    token: Option<&crate::config::Secret>,
+) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
@@ -214,13 +214,21 @@ fn respond(stream: TcpStream, handle: &PrometheusHandle, healthy: &AtomicBool) -
     reader.read_line(&mut request_line)?;
     // Drain the headers so the client sees an orderly close.
     let mut line = String::new();
+    let mut authorized = token.is_none();
     while reader.read_line(&mut line)? > 2 {
+        if let (Some(token), Some((name, value))) = (token, line.split_once(':'))
+            && name.trim().eq_ignore_ascii_case("authorization")
+            && value.trim().strip_prefix("Bearer ").is_some_and(|v| constant_time_eq(v.trim().as_bytes(), token.expose().as_bytes()))
+        {
+            authorized = true;
+        }
         line.clear();
     }
     let mut parts = request_line.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
     let (status, content_type, body) = match (method, path) {
+        ("GET", "/metrics") if !authorized => ("401 Unauthorized", "text/plain", "bearer token required\n".to_string()),
         ("GET", "/metrics") => {
             handle.run_upkeep();
             ("200 OK", "text/plain; version=0.0.4", handle.render())
@@ -240,6 +248,11 @@ fn respond(stream: TcpStream, handle: &PrometheusHandle, healthy: &AtomicBool) -
     stream.flush()
 }
 
+/// Compares without an early exit, so response timing does not reveal a token prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,14 +270,19 @@ mod tests {
         let counter = metrics::with_local_recorder(&recorder, || metrics::counter!(RECEIVED_MESSAGES, "source" => "t"));
         counter.increment(7);
         let healthy = Arc::new(AtomicBool::new(true));
-        let addr = serve("127.0.0.1:0".parse().unwrap(), handle, healthy.clone()).unwrap();
-        let get = |path: &str| {
+        let token = crate::config::Secret::new("tok");
+        let addr = serve("127.0.0.1:0".parse().unwrap(), handle, healthy.clone(), Some(token)).unwrap();
+        let get_with = |path: &str, auth: &str| {
             let mut s = TcpStream::connect(addr).unwrap();
-            write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\n").unwrap();
             let mut out = String::new();
             std::io::Read::read_to_string(&mut s, &mut out).unwrap();
             out
         };
+        let get = |path: &str| get_with(path, "Authorization: Bearer tok\r\n");
+        assert!(get_with("/metrics", "").starts_with("HTTP/1.1 401"));
+        assert!(get_with("/metrics", "Authorization: Bearer tok2\r\n").starts_with("HTTP/1.1 401"));
+        assert!(get_with("/health", "").starts_with("HTTP/1.1 200"));
         let m = get("/metrics");
         assert!(m.starts_with("HTTP/1.1 200"), "{m}");
         assert!(m.contains("sluice_received_messages_total{source=\"t\"} 7"), "{m}");

@@ -41,7 +41,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let healthy = Arc::new(AtomicBool::new(true));
     if config.metrics.enabled {
         let handle = crate::metrics::install()?;
-        let addr = crate::metrics::serve(config.metrics.listen, handle, healthy.clone())?;
+        let token = config.metrics.token().map_err(|e| anyhow::anyhow!("[metrics] {e}"))?;
+        let addr = crate::metrics::serve(config.metrics.listen, handle, healthy.clone(), token)?;
         tracing::info!("metrics on http://{addr}/metrics, health on http://{addr}/health");
     }
 
@@ -71,5 +72,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }

@@ -69,11 +69,37 @@ pub struct MetricsConfig {
     pub listen: SocketAddr,
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// Require `Authorization: Bearer <token>` on `/metrics` (`/health` stays open). Give it
+    /// inline, as `bearer_token_file` or as `bearer_token_env`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token_env: Option<String>,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig { listen: default_metrics_listen(), enabled: true }
+        MetricsConfig {
+            listen: default_metrics_listen(),
+            enabled: true,
+            bearer_token: None,
+            bearer_token_file: None,
+            bearer_token_env: None,
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// The token `/metrics` requires, loaded from wherever it is configured.
+    pub fn token(&self) -> Result<Option<Secret>, String> {
+        Secret::resolve(
+            "bearer_token",
+            self.bearer_token.as_ref(),
+            self.bearer_token_file.as_ref(),
+            self.bearer_token_env.as_deref(),
+        )
     }
 }
 
@@ -388,6 +414,13 @@ impl Config {
         if self.sources.len() > u16::MAX as usize {
             return Err(("sources".into(), "too many sources".into()));
         }
+        if let Err(message) = self.metrics.token() {
+            let key = ["bearer_token_file", "bearer_token_env", "bearer_token"]
+                .into_iter()
+                .find(|k| message.contains(&format!("`{k}`")))
+                .unwrap_or("bearer_token");
+            return Err((format!("metrics.{key}"), message));
+        }
         positive("parse.json_max_depth".into(), self.parse.json_max_depth)?;
         positive("parse.json_max_bytes".into(), self.parse.json_max_bytes)?;
         if self.parse.default_offset_secs.abs() > 24 * 3600 {
@@ -431,14 +464,15 @@ impl Config {
             positive(format!("{prefix}.batch_max_frames"), batch_max_frames)?;
             let listen = source.net_settings().listen;
             let ports = if matches!(source, SourceConfig::Udp(_)) { &mut udp_ports } else { &mut tcp_ports };
-            if !ports.insert(listen.port()) {
+            // Port 0 (the kernel picks one; tests use it) never conflicts.
+            if listen.port() != 0 && !ports.insert(listen.port()) {
                 return Err((
                     format!("{prefix}.listen"),
                     format!("another {} source already listens on port {}", source.type_name(), listen.port()),
                 ));
             }
         }
-        if self.metrics.enabled && tcp_ports.contains(&self.metrics.listen.port()) {
+        if self.metrics.enabled && self.metrics.listen.port() != 0 && tcp_ports.contains(&self.metrics.listen.port()) {
             return Err(("metrics.listen".into(), format!("port {} is also a tcp source", self.metrics.listen.port())));
         }
 
@@ -641,6 +675,20 @@ kinds = ["cef", "darktrace_model_breach"]
             + "[sources.dup]\ntype = \"tcp\"\nlisten = \"0.0.0.0:5515\"\n";
         let err = Config::from_toml(&text, "bad.toml").unwrap_err().to_string();
         assert!(err.contains("sources.") && err.contains("port 5515"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_and_resolved() {
+        let text = format!("[metrics]\nbearer_token = \"s3cr3t-value\"\n{GOOD}");
+        let c = Config::from_toml(&text, "x").unwrap();
+        let shown = c.to_redacted_toml();
+        assert!(!shown.contains("s3cr3t-value") && shown.contains(secret::REDACTED), "{shown}");
+        assert!(!format!("{c:?}").contains("s3cr3t-value"));
+        assert_eq!(c.metrics.token().unwrap().unwrap().expose(), "s3cr3t-value");
+
+        let text = format!("[metrics]\nbearer_token_file = \"/nonexistent/token\"\n{GOOD}");
+        let err = Config::from_toml(&text, "x.toml").unwrap_err().to_string();
+        assert!(err.starts_with("x.toml:2: `metrics.bearer_token_file`"), "{err}");
     }
 
     #[test]

@@ -120,6 +120,56 @@ pub fn select_backend() -> (Backend, String) {
     (Backend::Portable, "the io_uring backend is not built into this binary".to_string())
 }
 
+/// Per-socket kernel drop counter (`sk_drops`: datagrams dropped because the receive buffer was
+/// full), polled by the pipeline's maintenance thread and added to
+/// `sluice_dropped_messages_total{reason="kernel_rcvbuf"}`. Readers never count kernel drops
+/// themselves (SO_RXQ_OVFL is for prompt warnings only), so each drop is counted once.
+pub struct SocketDrops {
+    /// A duplicate of the reader's socket, so the count stays readable whatever the reader does.
+    fd: std::os::fd::OwnedFd,
+    last: u32,
+    counter: metrics::Counter,
+}
+
+impl SocketDrops {
+    /// Call before the socket goes to its reader; the socket's current count is the baseline.
+    pub fn new(socket: &impl std::os::fd::AsFd, counter: metrics::Counter) -> std::io::Result<Self> {
+        let fd = socket.as_fd().try_clone_to_owned()?;
+        let last = socket_drops(&fd)?;
+        Ok(SocketDrops { fd, last, counter })
+    }
+
+    /// Adds the drops since the last call to the counter and returns them.
+    pub fn poll(&mut self) -> std::io::Result<u64> {
+        let now = socket_drops(&self.fd)?;
+        let delta = u64::from(now.wrapping_sub(self.last));
+        self.last = now;
+        if delta > 0 {
+            self.counter.increment(delta);
+        }
+        Ok(delta)
+    }
+}
+
+/// `sk_drops` via SO_MEMINFO (Linux ≥ 3.13).
+fn socket_drops(fd: &impl std::os::fd::AsRawFd) -> std::io::Result<u32> {
+    const SK_MEMINFO_VARS: usize = 9;
+    const SK_MEMINFO_DROPS: usize = 8;
+    let mut info = [0u32; SK_MEMINFO_VARS];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: `info` is writable for `len` bytes and `len` is passed by pointer as the API wants.
+    let rc = unsafe {
+        libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_MEMINFO, info.as_mut_ptr().cast(), &mut len)
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if (len as usize) < (SK_MEMINFO_DROPS + 1) * 4 {
+        return Err(std::io::Error::other("SO_MEMINFO returned no drop counter"));
+    }
+    Ok(info[SK_MEMINFO_DROPS])
+}
+
 /// Binds one SO_REUSEPORT UDP socket. Asks for `receive_buffer_bytes` (forcing past
 /// `net.core.rmem_max` when privileged) and enables SO_RXQ_OVFL so every datagram carries the
 /// socket's kernel drop count. Returns the socket and the effective receive buffer size.
@@ -199,6 +249,25 @@ mod tests {
         assert!(size > 0);
         let (l, _) = bind_tcp("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
         let (_l2, _) = bind_tcp(l.local_addr().unwrap(), 1 << 20).unwrap();
+    }
+
+    #[test]
+    fn socket_drops_are_counted() {
+        let (socket, _) = bind_udp("127.0.0.1:0".parse().unwrap(), 4096).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let counter = metrics::with_local_recorder(&recorder, || metrics::counter!("drops"));
+        let mut drops = SocketDrops::new(&socket, counter).unwrap();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // Nobody reads: a tiny buffer overflows after a few datagrams.
+        for _ in 0..200 {
+            client.send_to(&[b'x'; 1000], addr).unwrap();
+        }
+        let dropped = drops.poll().unwrap();
+        assert!(dropped > 0, "expected kernel drops with a 4 KiB buffer");
+        assert_eq!(drops.poll().unwrap(), 0);
+        assert!(handle.render().contains(&format!("drops {dropped}")), "{}", handle.render());
     }
 
     #[test]

@@ -10,7 +10,10 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// At most one kernel-drop warning per socket this often.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 use crossbeam::channel::{Receiver, Sender, TrySendError};
 
@@ -151,7 +154,8 @@ pub fn run_udp(socket: UdpSocket, ctx: ReaderContext) -> std::io::Result<()> {
     let slots = ctx.batch_max_frames.clamp(1, UDP_MAX_SLOTS);
     let slot_bytes = ctx.limits.max_frame_bytes.clamp(1, 65_535);
     let mut bufs = MmsgBuffers::new(slots, slot_bytes);
-    let mut last_kernel_drops: Option<u32> = None;
+    let mut last_kernel_drops: u32 = 0;
+    let mut last_warned: Option<Instant> = None;
     let mut spare: Option<FrameBatch> = None;
 
     while !ctx.shutdown.load(Ordering::Relaxed) {
@@ -176,32 +180,37 @@ pub fn run_udp(socket: UdpSocket, ctx: ReaderContext) -> std::io::Result<()> {
             None => fresh_batch(&ctx.recycled, ctx.source_index),
         };
         batch.received_at = Some(Timestamp::now());
-        let (mut truncated, mut rejected) = (0u64, 0u64);
+        let (mut truncated, mut rejected, mut messages, mut bytes) = (0u64, 0u64, 0u64, 0u64);
         for i in 0..n as usize {
             if let Some(drops) = bufs.kernel_drops(i) {
-                if let Some(last) = last_kernel_drops {
-                    let delta = drops.wrapping_sub(last);
-                    if delta > 0 && delta < u32::MAX / 2 {
-                        ctx.counters.dropped_kernel_rcvbuf.increment(delta as u64);
-                    }
-                } else if drops > 0 {
-                    ctx.counters.dropped_kernel_rcvbuf.increment(drops as u64);
+                // Counted by the periodic per-socket poll; here only reported promptly.
+                if drops != last_kernel_drops && last_warned.is_none_or(|t: Instant| t.elapsed() >= WARN_EVERY) {
+                    tracing::warn!(
+                        source = %ctx.source_name, core = ctx.core, socket_drops = drops,
+                        "kernel dropped datagrams: receive buffer full (raise receive_buffer_bytes or add threads)"
+                    );
+                    last_warned = Some(Instant::now());
                 }
-                last_kernel_drops = Some(drops);
+                last_kernel_drops = drops;
             }
+            let payload = bufs.payload(i);
+            let message = crate::frame::datagram(payload);
+            if message.is_empty() {
+                // An empty datagram carries no message (keep-alives from some senders).
+                continue;
+            }
+            messages += 1;
+            bytes += payload.len() as u64;
             let cut = bufs.truncated(i);
             if cut && ctx.limits.oversize == OversizePolicy::Reject {
                 rejected += 1;
                 continue;
             }
-            let message = crate::frame::datagram(bufs.payload(i));
-            if message.is_empty() {
-                // An empty datagram carries no message (keep-alives from some senders).
-                continue;
-            }
             truncated += cut as u64;
             batch.push(message, bufs.peer(i), cut);
         }
+        ctx.counters.received_messages.increment(messages);
+        ctx.counters.received_bytes.increment(bytes);
         if truncated > 0 {
             ctx.counters.truncated.increment(truncated);
         }
@@ -342,6 +351,7 @@ fn read_connection(mut stream: TcpStream, peer: SocketAddr, ctx: &ConnectionCont
                 break Ok(());
             }
             Ok(n) => {
+                stats.bytes += n as u64;
                 framer.feed(&buf[..n], &mut |ev| collect(ev, &mut batch, peer, &mut stats));
                 let full = batch.len() >= ctx.batch_max_frames || batch.data.len() >= TCP_BATCH_MAX_BYTES;
                 if (full || n < buf.len()) && !batch.is_empty() && !hand_over(&mut batch, ctx, &mut stats) {
@@ -366,6 +376,8 @@ fn read_connection(mut stream: TcpStream, peer: SocketAddr, ctx: &ConnectionCont
 
 #[derive(Default)]
 struct FrameStats {
+    messages: u64,
+    bytes: u64,
     truncated: u64,
     rejected: u64,
     desync: u64,
@@ -373,6 +385,12 @@ struct FrameStats {
 
 impl FrameStats {
     fn flush(&mut self, counters: &ReaderCounters) {
+        if self.messages > 0 {
+            counters.received_messages.increment(std::mem::take(&mut self.messages));
+        }
+        if self.bytes > 0 {
+            counters.received_bytes.increment(std::mem::take(&mut self.bytes));
+        }
         if self.truncated > 0 {
             counters.truncated.increment(std::mem::take(&mut self.truncated));
         }
@@ -391,10 +409,14 @@ fn collect(event: FrameEvent<'_>, batch: &mut FrameBatch, peer: SocketAddr, stat
             if batch.received_at.is_none() {
                 batch.received_at = Some(Timestamp::now());
             }
+            stats.messages += 1;
             stats.truncated += truncated as u64;
             batch.push(bytes, Some(peer), truncated);
         }
-        FrameEvent::Rejected { .. } => stats.rejected += 1,
+        FrameEvent::Rejected { .. } => {
+            stats.messages += 1;
+            stats.rejected += 1;
+        }
         FrameEvent::Desync { .. } => stats.desync += 1,
     }
 }

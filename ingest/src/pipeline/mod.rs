@@ -29,7 +29,10 @@ pub type PeriodicTask = Box<dyn FnMut() + Send>;
 /// Counts kept beside the metrics so the daemon can report them at exit.
 #[derive(Debug, Default)]
 pub struct Totals {
+    /// Counted by the readers (everything taken off the sockets).
     pub received_messages: AtomicU64,
+    /// Counted by the workers (everything handed over by the readers).
+    pub parsed_messages: AtomicU64,
     pub received_bytes: AtomicU64,
     pub parse_errors: AtomicU64,
     pub dropped_queue_full: AtomicU64,
@@ -44,6 +47,7 @@ pub struct Totals {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
     pub received_messages: u64,
+    pub parsed_messages: u64,
     pub received_bytes: u64,
     pub parse_errors: u64,
     pub dropped_queue_full: u64,
@@ -59,6 +63,7 @@ impl Totals {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Summary {
             received_messages: l(&self.received_messages),
+            parsed_messages: l(&self.parsed_messages),
             received_bytes: l(&self.received_bytes),
             parse_errors: l(&self.parse_errors),
             dropped_queue_full: l(&self.dropped_queue_full),
@@ -90,6 +95,13 @@ impl metrics::CounterFn for TeeCounter {
 
 fn tee(inner: metrics::Counter, total: &Arc<Totals>, field: fn(&Totals) -> &AtomicU64) -> metrics::Counter {
     metrics::Counter::from_arc(Arc::new(TeeCounter { inner, total: total.clone(), field }))
+}
+
+fn kernel_drop_counter(source: &str, totals: &Arc<Totals>) -> metrics::Counter {
+    let inner = metrics::counter!(
+        crate::metrics::DROPPED_MESSAGES, "source" => source.to_string(), "reason" => crate::metrics::DROP_KERNEL_RCVBUF
+    );
+    tee(inner, totals, |t| &t.dropped_kernel_rcvbuf)
 }
 
 /// A bound listening socket, ready for a reader.
@@ -137,6 +149,15 @@ impl Pipeline {
                     SourceConfig::Udp(_) => {
                         let (s, r) = crate::net::bind_udp(addr, settings.receive_buffer_bytes)?;
                         addr = s.local_addr()?;
+                        let counter = kernel_drop_counter(name, &totals);
+                        match crate::net::SocketDrops::new(&s, counter) {
+                            Ok(mut drops) => periodic.push(Box::new(move || {
+                                if let Err(e) = drops.poll() {
+                                    tracing::debug!("reading the socket drop counter: {e}");
+                                }
+                            })),
+                            Err(e) => tracing::warn!(source = %name, "kernel drop counter unavailable: {e}"),
+                        }
                         (Bound::Udp(s), r)
                     }
                     SourceConfig::Tcp(_) => {
@@ -255,9 +276,10 @@ impl Pipeline {
             .iter()
             .map(|name| {
                 let mut c = ReaderCounters::register(name);
+                c.received_messages = tee(c.received_messages, &totals, |t| &t.received_messages);
+                c.received_bytes = tee(c.received_bytes, &totals, |t| &t.received_bytes);
                 c.dropped_queue_full = tee(c.dropped_queue_full, &totals, |t| &t.dropped_queue_full);
                 c.dropped_oversize = tee(c.dropped_oversize, &totals, |t| &t.dropped_oversize);
-                c.dropped_kernel_rcvbuf = tee(c.dropped_kernel_rcvbuf, &totals, |t| &t.dropped_kernel_rcvbuf);
                 c
             })
             .collect();
@@ -306,22 +328,24 @@ impl Pipeline {
             .map(|(core, (_, rx))| (crate::metrics::queue_depth_gauge("worker", core.to_string()), rx.clone()))
             .collect();
         drop(worker_queues);
-        let host_rcvbuf = crate::metrics::host_udp_rcvbuf_errors();
         let host_gauge = metrics::gauge!(crate::metrics::HOST_UDP_RCVBUF_ERRORS);
         let maintenance_stop = Arc::new(AtomicBool::new(false));
         let stop = maintenance_stop.clone();
         let maintenance = std::thread::Builder::new().name("sluice-maintenance".into()).spawn(move || {
-            let baseline = host_rcvbuf.unwrap_or(0);
-            while !stop.load(Ordering::Relaxed) {
+            loop {
+                // Runs once more after `stop` so drops during the drain are counted too.
+                let stopping = stop.load(Ordering::Relaxed);
                 for (gauge, rx) in &depth_gauges {
                     gauge.set(rx.len() as f64);
                 }
-                if let Some(now) = crate::metrics::host_udp_rcvbuf_errors() {
-                    // Since start: the host total includes history from before this process.
-                    host_gauge.set(now.saturating_sub(baseline) as f64);
+                if let Some(errors) = crate::metrics::host_udp_rcvbuf_errors() {
+                    host_gauge.set(errors as f64);
                 }
                 for task in &mut periodic {
                     task();
+                }
+                if stopping {
+                    break;
                 }
                 let until = Instant::now() + Duration::from_secs(1);
                 while !stop.load(Ordering::Relaxed) && Instant::now() < until {
@@ -399,6 +423,7 @@ impl Pipeline {
             drain_ms = began.elapsed().as_millis() as u64,
             received = s.received_messages,
             received_bytes = s.received_bytes,
+            parsed = s.parsed_messages,
             parse_errors = s.parse_errors,
             dropped_queue_full = s.dropped_queue_full,
             dropped_oversize = s.dropped_oversize,

@@ -12,7 +12,7 @@ use crate::batch::{Batcher, SealedBatch};
 use crate::config::BatchLimits;
 use crate::event::{Body, EventKind, Received, Timestamp};
 use crate::map::Schema;
-use crate::metrics::{SinkCounters, SourceCounters};
+use crate::metrics::SinkCounters;
 use crate::net::FrameBatch;
 use crate::parse::{ParseErrorKind, ParseOptions, Parser};
 use crate::pipeline::Totals;
@@ -70,7 +70,6 @@ impl WorkerSink {
 
 struct WorkerSource {
     name: Arc<str>,
-    counters: SourceCounters,
     routes: Vec<usize>,
 }
 
@@ -96,7 +95,7 @@ impl Worker {
                 .source_names
                 .iter()
                 .zip(setup.routes)
-                .map(|(name, routes)| WorkerSource { name: name.clone(), counters: SourceCounters::register(name), routes })
+                .map(|(name, routes)| WorkerSource { name: name.clone(), routes })
                 .collect(),
             sinks: setup
                 .sinks
@@ -182,12 +181,7 @@ impl Worker {
                 }
             }
         }
-        let messages = batch.len() as u64;
-        let bytes = batch.frames.iter().map(|f| f.len as u64).sum::<u64>();
-        source.counters.received_messages.increment(messages);
-        source.counters.received_bytes.increment(bytes);
-        self.totals.received_messages.fetch_add(messages, Ordering::Relaxed);
-        self.totals.received_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.totals.parsed_messages.fetch_add(batch.len() as u64, Ordering::Relaxed);
         if errors > 0 {
             self.totals.parse_errors.fetch_add(errors, Ordering::Relaxed);
             self.flush_parse_errors();
