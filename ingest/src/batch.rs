@@ -28,7 +28,13 @@ pub struct Batcher {
 
 impl Batcher {
     pub fn new(limits: BatchLimits, core: usize) -> Self {
-        Batcher { limits, core, buf: Vec::new(), events: 0, opened_at: None }
+        Batcher {
+            limits,
+            core,
+            buf: Vec::new(),
+            events: 0,
+            opened_at: None,
+        }
     }
 
     /// Appends one event: `write` appends exactly one JSON value to the buffer. A newline is
@@ -73,7 +79,11 @@ impl Batcher {
         next.clear();
         let ndjson = std::mem::replace(&mut self.buf, next);
         let events = std::mem::take(&mut self.events);
-        Some(SealedBatch { batch: Batch { events, ndjson }, core: self.core, opened_at })
+        Some(SealedBatch {
+            batch: Batch { events, ndjson },
+            core: self.core,
+            opened_at,
+        })
     }
 
     pub fn timeout(&self) -> Duration {
@@ -86,7 +96,11 @@ mod tests {
     use super::*;
 
     fn limits(max_events: usize, max_bytes: usize) -> BatchLimits {
-        BatchLimits { max_events, max_bytes, timeout: Duration::from_millis(50) }
+        BatchLimits {
+            max_events,
+            max_bytes,
+            timeout: Duration::from_millis(50),
+        }
     }
 
     #[test]

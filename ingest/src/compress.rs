@@ -91,7 +91,9 @@ mod tests {
     use std::io::Read;
 
     fn sample() -> Vec<u8> {
-        (0..2000).flat_map(|i| format!("{{\"n\":{i},\"msg\":\"hello world\"}}\n").into_bytes()).collect()
+        (0..2000)
+            .flat_map(|i| format!("{{\"n\":{i},\"msg\":\"hello world\"}}\n").into_bytes())
+            .collect()
     }
 
     #[test]
@@ -111,7 +113,9 @@ mod tests {
         let mut out = Vec::new();
         c.compress(&sample(), &mut out).unwrap();
         let mut back = Vec::new();
-        flate2::read::GzDecoder::new(&out[..]).read_to_end(&mut back).unwrap();
+        flate2::read::GzDecoder::new(&out[..])
+            .read_to_end(&mut back)
+            .unwrap();
         assert_eq!(back, sample());
     }
 

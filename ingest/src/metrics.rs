@@ -42,7 +42,8 @@ pub const DROP_QUEUE_FULL: &str = "queue_full";
 pub const DROP_OVERSIZE: &str = "oversize";
 
 const STAGE_BUCKETS: &[f64] = &[
-    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0,
 ];
 
 /// Installs the global recorder. Call once, before any handle is registered.
@@ -51,29 +52,60 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Full(STAGE_SECONDS.to_string()), STAGE_BUCKETS)?
         .build_recorder();
     let handle = recorder.handle();
-    metrics::set_global_recorder(recorder).map_err(|e| anyhow::anyhow!("installing the metrics recorder: {e}"))?;
+    metrics::set_global_recorder(recorder)
+        .map_err(|e| anyhow::anyhow!("installing the metrics recorder: {e}"))?;
     describe();
     Ok(handle)
 }
 
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(RECEIVED_MESSAGES, "Messages taken off the socket, by source (including those then dropped)");
-    describe_counter!(RECEIVED_BYTES, Unit::Bytes, "Bytes taken off the socket, by source");
-    describe_counter!(PARSE_ERRORS, "Messages whose body could not be parsed (kept as error events)");
-    describe_counter!(DROPPED_MESSAGES, "Messages lost, by source and reason (kernel_rcvbuf, queue_full, oversize)");
+    describe_counter!(
+        RECEIVED_MESSAGES,
+        "Messages taken off the socket, by source (including those then dropped)"
+    );
+    describe_counter!(
+        RECEIVED_BYTES,
+        Unit::Bytes,
+        "Bytes taken off the socket, by source"
+    );
+    describe_counter!(
+        PARSE_ERRORS,
+        "Messages whose body could not be parsed (kept as error events)"
+    );
+    describe_counter!(
+        DROPPED_MESSAGES,
+        "Messages lost, by source and reason (kernel_rcvbuf, queue_full, oversize)"
+    );
     describe_counter!(TRUNCATED_MESSAGES, "Messages cut to max_message_bytes");
-    describe_counter!(FRAMING_ERRORS, "TCP framing errors (bytes skipped to resynchronise)");
+    describe_counter!(
+        FRAMING_ERRORS,
+        "TCP framing errors (bytes skipped to resynchronise)"
+    );
     describe_gauge!(TCP_CONNECTIONS_OPEN, "Open TCP connections");
     describe_counter!(TCP_CONNECTIONS, "Accepted TCP connections");
     describe_gauge!(QUEUE_DEPTH, "Batches waiting in a queue");
-    describe_gauge!(HOST_UDP_RCVBUF_ERRORS, "UDP RcvbufErrors of the whole host (/proc/net/snmp)");
+    describe_gauge!(
+        HOST_UDP_RCVBUF_ERRORS,
+        "UDP RcvbufErrors of the whole host (/proc/net/snmp)"
+    );
     describe_counter!(SINK_EVENTS, "Events delivered, by sink");
     describe_counter!(SINK_BATCHES, "Batches delivered, by sink");
-    describe_counter!(SINK_BYTES, Unit::Bytes, "Bytes delivered, by sink and stage (raw, compressed)");
+    describe_counter!(
+        SINK_BYTES,
+        Unit::Bytes,
+        "Bytes delivered, by sink and stage (raw, compressed)"
+    );
     describe_counter!(SINK_ERRORS, "Failed delivery attempts, by sink");
-    describe_counter!(SINK_DROPPED_EVENTS, "Events given up after repeated delivery failures at shutdown");
-    describe_histogram!(STAGE_SECONDS, Unit::Seconds, "Time per batch spent in each pipeline stage");
+    describe_counter!(
+        SINK_DROPPED_EVENTS,
+        "Events given up after repeated delivery failures at shutdown"
+    );
+    describe_histogram!(
+        STAGE_SECONDS,
+        Unit::Seconds,
+        "Time per batch spent in each pipeline stage"
+    );
 }
 
 /// Handles a reader updates (all per source). `received_*` count everything taken off the
@@ -174,7 +206,9 @@ pub fn host_udp_rcvbuf_errors() -> Option<u64> {
     let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
     let header = lines.next()?;
     let values = lines.next()?;
-    let index = header.split_whitespace().position(|h| h == "RcvbufErrors")?;
+    let index = header
+        .split_whitespace()
+        .position(|h| h == "RcvbufErrors")?;
     values.split_whitespace().nth(index)?.parse().ok()
 }
 
@@ -190,14 +224,16 @@ pub fn serve(
         std::io::Error::new(e.kind(), format!("metrics endpoint: cannot listen on {listen}: {e} (set [metrics] listen to a free address)"))
     })?;
     let local = listener.local_addr()?;
-    std::thread::Builder::new().name("sluice-metrics".into()).spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            if let Err(e) = respond(stream, &handle, &healthy, token.as_ref()) {
-                tracing::debug!("metrics endpoint: {e}");
+    std::thread::Builder::new()
+        .name("sluice-metrics".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                if let Err(e) = respond(stream, &handle, &healthy, token.as_ref()) {
+                    tracing::debug!("metrics endpoint: {e}");
+                }
             }
-        }
-    })?;
+        })?;
     Ok(local)
 }
 
@@ -218,7 +254,10 @@ fn respond(
     while reader.read_line(&mut line)? > 2 {
         if let (Some(token), Some((name, value))) = (token, line.split_once(':'))
             && name.trim().eq_ignore_ascii_case("authorization")
-            && value.trim().strip_prefix("Bearer ").is_some_and(|v| constant_time_eq(v.trim().as_bytes(), token.expose().as_bytes()))
+            && value
+                .trim()
+                .strip_prefix("Bearer ")
+                .is_some_and(|v| constant_time_eq(v.trim().as_bytes(), token.expose().as_bytes()))
         {
             authorized = true;
         }
@@ -228,15 +267,33 @@ fn respond(
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
     let (status, content_type, body) = match (method, path) {
-        ("GET", "/metrics") if !authorized => ("401 Unauthorized", "text/plain", "bearer token required\n".to_string()),
+        ("GET", "/metrics") if !authorized => (
+            "401 Unauthorized",
+            "text/plain",
+            "bearer token required\n".to_string(),
+        ),
         ("GET", "/metrics") => {
             handle.run_upkeep();
             ("200 OK", "text/plain; version=0.0.4", handle.render())
         }
-        ("GET", "/health") if healthy.load(Ordering::Relaxed) => ("200 OK", "text/plain", "ok\n".to_string()),
-        ("GET", "/health") => ("503 Service Unavailable", "text/plain", "shutting down\n".to_string()),
-        ("GET", _) => ("404 Not Found", "text/plain", "try /metrics or /health\n".to_string()),
-        _ => ("405 Method Not Allowed", "text/plain", "GET only\n".to_string()),
+        ("GET", "/health") if healthy.load(Ordering::Relaxed) => {
+            ("200 OK", "text/plain", "ok\n".to_string())
+        }
+        ("GET", "/health") => (
+            "503 Service Unavailable",
+            "text/plain",
+            "shutting down\n".to_string(),
+        ),
+        ("GET", _) => (
+            "404 Not Found",
+            "text/plain",
+            "try /metrics or /health\n".to_string(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_string(),
+        ),
     };
     let mut stream = stream;
     write!(
@@ -267,11 +324,20 @@ mod tests {
     fn endpoint_serves_metrics_and_health() {
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
-        let counter = metrics::with_local_recorder(&recorder, || metrics::counter!(RECEIVED_MESSAGES, "source" => "t"));
+        let counter = metrics::with_local_recorder(
+            &recorder,
+            || metrics::counter!(RECEIVED_MESSAGES, "source" => "t"),
+        );
         counter.increment(7);
         let healthy = Arc::new(AtomicBool::new(true));
         let token = crate::config::Secret::new("tok");
-        let addr = serve("127.0.0.1:0".parse().unwrap(), handle, healthy.clone(), Some(token)).unwrap();
+        let addr = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            handle,
+            healthy.clone(),
+            Some(token),
+        )
+        .unwrap();
         let get_with = |path: &str, auth: &str| {
             let mut s = TcpStream::connect(addr).unwrap();
             write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\n").unwrap();
@@ -285,7 +351,10 @@ mod tests {
         assert!(get_with("/health", "").starts_with("HTTP/1.1 200"));
         let m = get("/metrics");
         assert!(m.starts_with("HTTP/1.1 200"), "{m}");
-        assert!(m.contains("sluice_received_messages_total{source=\"t\"} 7"), "{m}");
+        assert!(
+            m.contains("sluice_received_messages_total{source=\"t\"} 7"),
+            "{m}"
+        );
         assert!(get("/health").starts_with("HTTP/1.1 200"));
         healthy.store(false, Ordering::Relaxed);
         assert!(get("/health").starts_with("HTTP/1.1 503"));

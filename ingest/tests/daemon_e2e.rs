@@ -80,12 +80,26 @@ impl Daemon {
                 }
             }
             if let Some(status) = child.try_wait().unwrap() {
-                panic!("sluice exited early ({status}):\n{}", log.lock().unwrap().join("\n"));
+                panic!(
+                    "sluice exited early ({status}):\n{}",
+                    log.lock().unwrap().join("\n")
+                );
             }
-            assert!(started.elapsed() < Duration::from_secs(30), "sluice did not start:\n{}", log.lock().unwrap().join("\n"));
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "sluice did not start:\n{}",
+                log.lock().unwrap().join("\n")
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Daemon { child, log, dir, udp, tcp, metrics: metrics.expect("metrics address in the log") }
+        Daemon {
+            child,
+            log,
+            dir,
+            udp,
+            tcp,
+            metrics: metrics.expect("metrics address in the log"),
+        }
     }
 
     fn out(&self) -> PathBuf {
@@ -109,7 +123,11 @@ impl Daemon {
                 assert_eq!(got, want, "{name}{labels:?}");
                 return;
             }
-            assert!(started.elapsed() < timeout, "{name}{labels:?}: {got} of {want} after {timeout:?}\n{}", self.log());
+            assert!(
+                started.elapsed() < timeout,
+                "{name}{labels:?}: {got} of {want} after {timeout:?}\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -128,7 +146,11 @@ impl Daemon {
             if let Some(status) = self.child.try_wait().unwrap() {
                 break status;
             }
-            assert!(started.elapsed() < Duration::from_secs(60), "no exit after SIGTERM:\n{}", self.log());
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no exit after SIGTERM:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
         std::thread::sleep(Duration::from_millis(50));
@@ -155,8 +177,14 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
 fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{' | b' ')))
-        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter(|l| {
+            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{' | b' '))
+        })
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .map(|v| v as u64)
         .sum()
@@ -165,7 +193,9 @@ fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
 /// Every line of every finished batch file in `dir`, decompressed.
 fn read_output(dir: &Path) -> Vec<String> {
     let mut lines = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return lines };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return lines;
+    };
     for entry in entries {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().to_string();
@@ -175,14 +205,19 @@ fn read_output(dir: &Path) -> Vec<String> {
             zstd::decode_all(&bytes[..]).unwrap()
         } else if name.ends_with(".ndjson.gz") {
             let mut out = Vec::new();
-            flate2::read::GzDecoder::new(&bytes[..]).read_to_end(&mut out).unwrap();
+            flate2::read::GzDecoder::new(&bytes[..])
+                .read_to_end(&mut out)
+                .unwrap();
             out
         } else {
             assert!(name.ends_with(".ndjson"), "unexpected file {name}");
             bytes
         };
         let text = String::from_utf8(text).unwrap();
-        assert!(text.is_empty() || text.ends_with('\n'), "{name} does not end with a newline");
+        assert!(
+            text.is_empty() || text.ends_with('\n'),
+            "{name} does not end with a newline"
+        );
         lines.extend(text.lines().map(str::to_string));
     }
     lines
@@ -190,7 +225,8 @@ fn read_output(dir: &Path) -> Vec<String> {
 
 /// The output line with the fields the daemon fills from the socket removed.
 fn canonical(line: &str) -> String {
-    let mut v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    let mut v: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
     if let Some(o) = v.as_object_mut() {
         o.remove("received_at");
         o.remove("peer");
@@ -200,7 +236,11 @@ fn canonical(line: &str) -> String {
 
 /// What the library maps `message` to (the reference the daemon's output must equal).
 fn expected(parser: &mut Parser, schema: Schema, source: &str, message: &[u8]) -> String {
-    let received = Received { source, peer: None, received_at: Timestamp::now() };
+    let received = Received {
+        source,
+        peer: None,
+        received_at: Timestamp::now(),
+    };
     let event = parser.parse(received, message);
     let mut out = Vec::new();
     sluice::map::write(schema, &event, &mut out);
@@ -216,7 +256,10 @@ fn assert_same_multiset(expected: HashMap<String, i64>, actual: &[String]) {
     diff.retain(|_, n| *n != 0);
     if !diff.is_empty() {
         let sample: Vec<_> = diff.iter().take(5).collect();
-        panic!("{} distinct lines differ (positive: missing, negative: unexpected), e.g. {sample:#?}", diff.len());
+        panic!(
+            "{} distinct lines differ (positive: missing, negative: unexpected), e.g. {sample:#?}",
+            diff.len()
+        );
     }
 }
 
@@ -237,18 +280,28 @@ fn message(i: usize) -> String {
             i % 7,
             i % 97
         ),
-        _ => format!("<13>Nov 22 10:00:02 host app[{}]: plain text message number {i}", i % 1000),
+        _ => format!(
+            "<13>Nov 22 10:00:02 host app[{}]: plain text message number {i}",
+            i % 1000
+        ),
     }
 }
 
 /// How often each distinct expected line occurs for messages `0..n`. Only the distinct
 /// messages are parsed here; the daemon parses all of them.
-fn expected_counts(n: usize, distinct: usize, schema: Schema, source: &str) -> HashMap<String, i64> {
+fn expected_counts(
+    n: usize,
+    distinct: usize,
+    schema: Schema,
+    source: &str,
+) -> HashMap<String, i64> {
     let mut parser = Parser::new(ParseOptions::default());
     let mut counts = HashMap::new();
     for d in 0..distinct.min(n) {
         let times = (n - d).div_ceil(distinct) as i64;
-        *counts.entry(expected(&mut parser, schema, source, message(d).as_bytes())).or_default() += times;
+        *counts
+            .entry(expected(&mut parser, schema, source, message(d).as_bytes()))
+            .or_default() += times;
     }
     counts
 }
@@ -257,7 +310,8 @@ fn tcp_source(framing: &str) -> String {
     format!("[sources.tcp_in]\ntype = \"tcp\"\nlisten = \"127.0.0.1:0\"\nframing = \"{framing}\"\n")
 }
 
-const UDP_SOURCE: &str = "[sources.udp_in]\ntype = \"udp\"\nlisten = \"127.0.0.1:0\"\nreceive_buffer_bytes = 33554432\n";
+const UDP_SOURCE: &str =
+    "[sources.udp_in]\ntype = \"udp\"\nlisten = \"127.0.0.1:0\"\nreceive_buffer_bytes = 33554432\n";
 
 fn file_sink(name: &str, schema: &str, compression: &str, timeout_ms: u64) -> String {
     format!(
@@ -275,7 +329,11 @@ fn tcp_million_messages_lf_and_octet_counting() {
     // Message i is sent as message(i % DISTINCT): every distinct message occurs many times and
     // each occurrence must arrive exactly once.
     const DISTINCT: usize = 30_000;
-    let daemon = Daemon::start(&format!("{}{}", tcp_source("auto"), file_sink("all", "sluice", "zstd", 500)));
+    let daemon = Daemon::start(&format!(
+        "{}{}",
+        tcp_source("auto"),
+        file_sink("all", "sluice", "zstd", 500)
+    ));
     let addr = daemon.tcp.unwrap();
     let senders: Vec<_> = (0..CONNECTIONS)
         .map(|c| {
@@ -299,19 +357,30 @@ fn tcp_million_messages_lf_and_octet_counting() {
     for s in senders {
         s.join().unwrap();
     }
-    daemon.wait_for_metric("sluice_received_messages_total", &[("source", "tcp_in")], TOTAL as u64, Duration::from_secs(120));
+    daemon.wait_for_metric(
+        "sluice_received_messages_total",
+        &[("source", "tcp_in")],
+        TOTAL as u64,
+        Duration::from_secs(120),
+    );
     let (log, daemon) = daemon.stop();
     let lines = read_output(&daemon.out().join("all"));
     assert_eq!(lines.len(), TOTAL, "{log}");
     assert_same_multiset(expected, &lines);
-    assert!(log.contains("received=1000000") && log.contains("sink_events=1000000"), "{log}");
+    assert!(
+        log.contains("received=1000000") && log.contains("sink_events=1000000"),
+        "{log}"
+    );
 }
 
 /// UDP at a moderate rate: nothing lost, and the metrics agree with the files.
 #[test]
 fn udp_moderate_rate_zero_loss_metrics_agree() {
     const TOTAL: usize = 30_000;
-    let daemon = Daemon::start(&format!("{UDP_SOURCE}{}", file_sink("all", "sluice", "gzip", 200)));
+    let daemon = Daemon::start(&format!(
+        "{UDP_SOURCE}{}",
+        file_sink("all", "sluice", "gzip", 200)
+    ));
     let addr = daemon.udp.unwrap();
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
     let started = Instant::now();
@@ -325,26 +394,77 @@ fn udp_moderate_rate_zero_loss_metrics_agree() {
             }
         }
     }
-    daemon.wait_for_metric("sluice_received_messages_total", &[("source", "udp_in")], TOTAL as u64, Duration::from_secs(60));
+    daemon.wait_for_metric(
+        "sluice_received_messages_total",
+        &[("source", "udp_in")],
+        TOTAL as u64,
+        Duration::from_secs(60),
+    );
     // Files are written within the batch timeout; then the sink counters must match them.
-    daemon.wait_for_metric("sluice_sink_events_total", &[("sink", "all")], TOTAL as u64, Duration::from_secs(30));
+    daemon.wait_for_metric(
+        "sluice_sink_events_total",
+        &[("sink", "all")],
+        TOTAL as u64,
+        Duration::from_secs(30),
+    );
     let text = daemon.metrics_text();
-    assert_eq!(metric_value(&text, "sluice_dropped_messages_total", &[]), 0, "{text}");
+    assert_eq!(
+        metric_value(&text, "sluice_dropped_messages_total", &[]),
+        0,
+        "{text}"
+    );
     let lines = read_output(&daemon.out().join("all"));
     assert_eq!(lines.len(), TOTAL);
     let raw_bytes: u64 = lines.iter().map(|l| l.len() as u64 + 1).sum();
-    assert_eq!(metric_value(&text, "sluice_sink_bytes_total", &[("sink", "all"), ("stage", "raw")]), raw_bytes);
+    assert_eq!(
+        metric_value(
+            &text,
+            "sluice_sink_bytes_total",
+            &[("sink", "all"), ("stage", "raw")]
+        ),
+        raw_bytes
+    );
     let files = std::fs::read_dir(daemon.out().join("all")).unwrap().count() as u64;
-    assert_eq!(metric_value(&text, "sluice_sink_batches_total", &[("sink", "all")]), files);
-    let compressed: u64 = std::fs::read_dir(daemon.out().join("all")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
-    assert_eq!(metric_value(&text, "sluice_sink_bytes_total", &[("sink", "all"), ("stage", "compressed")]), compressed);
+    assert_eq!(
+        metric_value(&text, "sluice_sink_batches_total", &[("sink", "all")]),
+        files
+    );
+    let compressed: u64 = std::fs::read_dir(daemon.out().join("all"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert_eq!(
+        metric_value(
+            &text,
+            "sluice_sink_bytes_total",
+            &[("sink", "all"), ("stage", "compressed")]
+        ),
+        compressed
+    );
     let sent_bytes: u64 = (0..TOTAL).map(|i| message(i).len() as u64).sum();
-    assert_eq!(metric_value(&text, "sluice_received_bytes_total", &[("source", "udp_in")]), sent_bytes);
-    assert!(text.contains("sluice_stage_duration_seconds_bucket{stage=\"compress\",sink=\"all\""), "{text}");
+    assert_eq!(
+        metric_value(
+            &text,
+            "sluice_received_bytes_total",
+            &[("source", "udp_in")]
+        ),
+        sent_bytes
+    );
+    assert!(
+        text.contains("sluice_stage_duration_seconds_bucket{stage=\"compress\",sink=\"all\""),
+        "{text}"
+    );
     let mut expected = HashMap::new();
     let mut parser = Parser::new(ParseOptions::default());
     for i in 0..TOTAL {
-        *expected.entry(self::expected(&mut parser, Schema::Sluice, "udp_in", message(i).as_bytes())).or_default() += 1;
+        *expected
+            .entry(self::expected(
+                &mut parser,
+                Schema::Sluice,
+                "udp_in",
+                message(i).as_bytes(),
+            ))
+            .or_default() += 1;
     }
     assert_same_multiset(expected, &lines);
     daemon.stop();
@@ -366,18 +486,38 @@ fn sigterm_flushes_open_batches() {
     for i in 0..TOTAL {
         writeln!(tcp, "{}", message(i)).unwrap();
         if i % 10 == 0 {
-            udp.send_to(message(i).as_bytes(), daemon.udp.unwrap()).unwrap();
+            udp.send_to(message(i).as_bytes(), daemon.udp.unwrap())
+                .unwrap();
         }
     }
     tcp.flush().unwrap();
-    daemon.wait_for_metric("sluice_received_messages_total", &[], (TOTAL + TOTAL / 10) as u64, Duration::from_secs(60));
-    assert_eq!(daemon.metric("sluice_sink_events_total", &[]), 0, "batches were due only at shutdown");
+    daemon.wait_for_metric(
+        "sluice_received_messages_total",
+        &[],
+        (TOTAL + TOTAL / 10) as u64,
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        daemon.metric("sluice_sink_events_total", &[]),
+        0,
+        "batches were due only at shutdown"
+    );
     let (log, daemon) = daemon.stop();
-    assert_eq!(read_output(&daemon.out().join("slow")).len(), TOTAL + TOTAL / 10, "{log}");
+    assert_eq!(
+        read_output(&daemon.out().join("slow")).len(),
+        TOTAL + TOTAL / 10,
+        "{log}"
+    );
     let raw = read_output(&daemon.out().join("raw"));
     assert_eq!(raw.len(), TOTAL + TOTAL / 10);
-    let mut want: Vec<String> = (0..TOTAL).map(message).chain((0..TOTAL).step_by(10).map(message)).collect();
-    let mut got: Vec<String> = raw.iter().map(|l| serde_json::from_str::<String>(l).unwrap()).collect();
+    let mut want: Vec<String> = (0..TOTAL)
+        .map(message)
+        .chain((0..TOTAL).step_by(10).map(message))
+        .collect();
+    let mut got: Vec<String> = raw
+        .iter()
+        .map(|l| serde_json::from_str::<String>(l).unwrap())
+        .collect();
     want.sort();
     got.sort();
     assert!(want == got, "raw schema must carry the messages unchanged");
@@ -392,7 +532,12 @@ fn logger_rfc3164_and_rfc5424_over_udp_and_tcp() {
         eprintln!("logger not installed; skipping");
         return;
     }
-    let tables = format!("{UDP_SOURCE}{}{}{}", tcp_source("auto"), file_sink("raw", "raw", "none", 100), file_sink("mapped", "sluice", "zstd", 100));
+    let tables = format!(
+        "{UDP_SOURCE}{}{}{}",
+        tcp_source("auto"),
+        file_sink("raw", "raw", "none", 100),
+        file_sink("mapped", "sluice", "zstd", 100)
+    );
     let daemon = Daemon::start(&tables);
     let runs: [(&str, &[&str]); 5] = [
         ("udp", &["--udp", "--rfc3164"]),
@@ -403,23 +548,47 @@ fn logger_rfc3164_and_rfc5424_over_udp_and_tcp() {
     ];
     let mut markers = Vec::new();
     for (n, (proto, flags)) in runs.iter().enumerate() {
-        let addr = if *proto == "udp" { daemon.udp.unwrap() } else { daemon.tcp.unwrap() };
+        let addr = if *proto == "udp" {
+            daemon.udp.unwrap()
+        } else {
+            daemon.tcp.unwrap()
+        };
         let marker = format!("sluice-e2e-{n}-{}", flags.join("_"));
         let status = Command::new("logger")
             .args(*flags)
-            .args(["-n", &addr.ip().to_string(), "-P", &addr.port().to_string(), "-t", "e2etag", "-p", "local3.warning"])
+            .args([
+                "-n",
+                &addr.ip().to_string(),
+                "-P",
+                &addr.port().to_string(),
+                "-t",
+                "e2etag",
+                "-p",
+                "local3.warning",
+            ])
             .arg(&marker)
             .status()
             .unwrap();
         assert!(status.success(), "logger {flags:?}");
         markers.push((marker, flags.contains(&"--rfc5424")));
     }
-    daemon.wait_for_metric("sluice_sink_events_total", &[("sink", "mapped")], runs.len() as u64, Duration::from_secs(30));
+    daemon.wait_for_metric(
+        "sluice_sink_events_total",
+        &[("sink", "mapped")],
+        runs.len() as u64,
+        Duration::from_secs(30),
+    );
     let (_, daemon) = daemon.stop();
-    let raw: Vec<String> = read_output(&daemon.out().join("raw")).iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let raw: Vec<String> = read_output(&daemon.out().join("raw"))
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(raw.len(), runs.len(), "{raw:#?}");
     for (marker, rfc5424) in &markers {
-        let m = raw.iter().find(|m| m.ends_with(marker.as_str())).unwrap_or_else(|| panic!("{marker} missing: {raw:#?}"));
+        let m = raw
+            .iter()
+            .find(|m| m.ends_with(marker.as_str()))
+            .unwrap_or_else(|| panic!("{marker} missing: {raw:#?}"));
         // local3.warning = 19 * 8 + 4.
         assert!(m.starts_with("<156>"), "{m}");
         assert_eq!(m.starts_with("<156>1 "), *rfc5424, "{m}");
@@ -429,14 +598,28 @@ fn logger_rfc3164_and_rfc5424_over_udp_and_tcp() {
     let mapped = read_output(&daemon.out().join("mapped"));
     let mut want: HashMap<String, i64> = HashMap::new();
     for m in &raw {
-        let source = if raw_came_over_udp(m, &markers, &runs) { "udp_in" } else { "tcp_in" };
-        *want.entry(self::expected(&mut parser, Schema::Sluice, source, m.as_bytes())).or_default() += 1;
+        let source = if raw_came_over_udp(m, &markers, &runs) {
+            "udp_in"
+        } else {
+            "tcp_in"
+        };
+        *want
+            .entry(self::expected(
+                &mut parser,
+                Schema::Sluice,
+                source,
+                m.as_bytes(),
+            ))
+            .or_default() += 1;
     }
     assert_same_multiset(want, &mapped);
 }
 
 fn raw_came_over_udp(message: &str, markers: &[(String, bool)], runs: &[(&str, &[&str])]) -> bool {
-    markers.iter().zip(runs).any(|((marker, _), (proto, _))| *proto == "udp" && message.ends_with(marker.as_str()))
+    markers
+        .iter()
+        .zip(runs)
+        .any(|((marker, _), (proto, _))| *proto == "udp" && message.ends_with(marker.as_str()))
 }
 
 /// A bad config is refused by both `check-config` and `run`, naming file, line and key.
@@ -450,16 +633,34 @@ fn bad_config_names_key_and_line() {
     )
     .unwrap();
     for args in [vec!["check-config"], vec!["run", "--config"]] {
-        let out = Command::new(BIN).args(&args).arg(&path).env("RUST_BACKTRACE", "0").output().unwrap();
+        let out = Command::new(BIN)
+            .args(&args)
+            .arg(&path)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
         assert!(!out.status.success(), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(&format!("{}:8: unknown field `batch_max_event`", path.display())), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "{}:8: unknown field `batch_max_event`",
+                path.display()
+            )),
+            "{args:?}: {stderr}"
+        );
     }
     std::fs::write(&path, "[sources.in]\ntype = \"udp\"\nlisten = \"127.0.0.1:0\"\nthreads = 0\n[sinks.out]\ntype = \"file\"\npath = \"/tmp/x\"\n").unwrap();
-    let out = Command::new(BIN).arg("check-config").arg(&path).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains(":4: `sources.in.threads`: must be greater than 0"), "{stderr}");
+    assert!(
+        stderr.contains(":4: `sources.in.threads`: must be greater than 0"),
+        "{stderr}"
+    );
 }
 
 /// `check-config` prints the effective config with defaults filled in and secrets redacted.
@@ -477,23 +678,56 @@ fn check_config_prints_effective_config_redacted() {
         ),
     )
     .unwrap();
-    let out = Command::new(BIN).arg("check-config").arg(&path).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!stdout.contains("inline-secret-456"), "{stdout}");
     assert!(stdout.contains("bearer_token = \"<redacted>\""), "{stdout}");
-    assert!(stdout.contains("schema = \"commonsecuritylog\"") && stdout.contains("max_message_bytes = 65535"), "{stdout}");
+    assert!(
+        stdout.contains("schema = \"commonsecuritylog\"")
+            && stdout.contains("max_message_bytes = 65535"),
+        "{stdout}"
+    );
     // The printed config is itself a valid config.
     let again = dir.path().join("again.toml");
     std::fs::write(&again, stdout.as_bytes()).unwrap();
-    assert!(Command::new(BIN).arg("check-config").arg(&again).output().unwrap().status.success());
+    assert!(
+        Command::new(BIN)
+            .arg("check-config")
+            .arg(&again)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
 
     // A token from a file is used but never shown; `/metrics` then requires it.
-    std::fs::write(&path, format!("[metrics]\nlisten = \"127.0.0.1:0\"\nbearer_token_file = {:?}\n{UDP_SOURCE}{}",
-        token_file.display().to_string(),
-        file_sink("out", "raw", "none", 100).replace("{out}", &dir.path().display().to_string()))).unwrap();
-    let out = Command::new(BIN).arg("check-config").arg(&path).output().unwrap();
-    assert!(out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("file-secret-123"));
+    std::fs::write(
+        &path,
+        format!(
+            "[metrics]\nlisten = \"127.0.0.1:0\"\nbearer_token_file = {:?}\n{UDP_SOURCE}{}",
+            token_file.display().to_string(),
+            file_sink("out", "raw", "none", 100)
+                .replace("{out}", &dir.path().display().to_string())
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("file-secret-123")
+    );
 }
 
 /// Without `--config` the embedded default binds port 514; unprivileged, the error explains
@@ -520,9 +754,17 @@ fn default_config_port_514_error_is_helpful() {
         return;
     }
     let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     if stderr.contains("already uses it") || stderr.contains("metrics endpoint") {
         return; // Another daemon (or a parallel test) owns port 514 or 9514 here.
     }
-    assert!(stderr.contains("CAP_NET_BIND_SERVICE") && stderr.contains("--config"), "{stderr}");
+    assert!(
+        stderr.contains("CAP_NET_BIND_SERVICE") && stderr.contains("--config"),
+        "{stderr}"
+    );
 }

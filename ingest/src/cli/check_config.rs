@@ -14,7 +14,10 @@ pub struct CheckConfigArgs {
 pub fn run(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
     match Config::load(&args.file) {
         Ok(config) => {
-            println!("# {}: valid. Effective config (defaults filled in, secrets redacted):", args.file.display());
+            println!(
+                "# {}: valid. Effective config (defaults filled in, secrets redacted):",
+                args.file.display()
+            );
             print!("{}", config.to_redacted_toml());
             Ok(ExitCode::SUCCESS)
         }

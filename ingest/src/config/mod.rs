@@ -28,13 +28,25 @@ pub const EMBEDDED_DEFAULT_NAME: &str = "<embedded default config>";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: cannot read: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     /// Syntax errors, unknown keys and wrong types.
     #[error("{path}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
-    Parse { path: String, line: Option<usize>, message: String },
+    Parse {
+        path: String,
+        line: Option<usize>,
+        message: String,
+    },
     /// A value that parses but is not allowed. `line` is where `key` is written, when it is.
     #[error("{path}{}: `{key}`: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
-    Invalid { path: String, key: String, line: Option<usize>, message: String },
+    Invalid {
+        path: String,
+        key: String,
+        line: Option<usize>,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -189,7 +201,9 @@ fn default_sink_queue_batches() -> usize {
 }
 
 pub fn available_cores() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 impl PipelineConfig {
@@ -290,7 +304,10 @@ impl SourceConfig {
         match self {
             SourceConfig::Udp(u) => NetSourceSettings {
                 listen: u.listen,
-                limits: FrameLimits { max_frame_bytes: u.max_message_bytes, oversize: u.oversize },
+                limits: FrameLimits {
+                    max_frame_bytes: u.max_message_bytes,
+                    oversize: u.oversize,
+                },
                 framing: Framing::Auto,
                 receive_buffer_bytes: u.receive_buffer_bytes,
                 threads: u.threads.unwrap_or_else(available_cores),
@@ -298,7 +315,10 @@ impl SourceConfig {
             },
             SourceConfig::Tcp(t) => NetSourceSettings {
                 listen: t.listen,
-                limits: FrameLimits { max_frame_bytes: t.max_message_bytes, oversize: t.oversize },
+                limits: FrameLimits {
+                    max_frame_bytes: t.max_message_bytes,
+                    oversize: t.oversize,
+                },
                 framing: t.framing,
                 receive_buffer_bytes: t.receive_buffer_bytes,
                 threads: t.threads.unwrap_or_else(available_cores),
@@ -353,7 +373,10 @@ impl SinkConfig {
     }
     pub fn routing(&self) -> Routing<'_> {
         match self {
-            SinkConfig::File(f) => Routing { inputs: &f.inputs, kinds: &f.kinds },
+            SinkConfig::File(f) => Routing {
+                inputs: &f.inputs,
+                kinds: &f.kinds,
+            },
         }
     }
     pub fn batch_limits(&self) -> BatchLimits {
@@ -373,8 +396,10 @@ impl Config {
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let display = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: display.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: display.clone(),
+            source,
+        })?;
         Config::from_toml(&text, &display)
     }
 
@@ -386,30 +411,43 @@ impl Config {
     /// Parses and validates `text`; `origin` names the file in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| parse_error(text, origin, &e))?;
-        config.validate().map_err(|(key, message)| ConfigError::Invalid {
-            path: origin.to_string(),
-            line: locate_key(text, &key),
-            key,
-            message,
-        })?;
+        config
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: origin.to_string(),
+                line: locate_key(text, &key),
+                key,
+                message,
+            })?;
         Ok(config)
     }
 
     /// The effective config as TOML, every secret replaced by [`secret::REDACTED`].
     pub fn to_redacted_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render the config: {e}\n"))
+        toml::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("# cannot render the config: {e}\n"))
     }
 
     /// Checks values serde cannot: `Err((dotted key, message))`.
     pub fn validate(&self) -> Result<(), (String, String)> {
         fn positive(key: String, v: usize) -> Result<(), (String, String)> {
-            if v == 0 { Err((key, "must be greater than 0".into())) } else { Ok(()) }
+            if v == 0 {
+                Err((key, "must be greater than 0".into()))
+            } else {
+                Ok(())
+            }
         }
         if self.sources.is_empty() {
-            return Err(("sources".into(), "at least one [sources.NAME] is required".into()));
+            return Err((
+                "sources".into(),
+                "at least one [sources.NAME] is required".into(),
+            ));
         }
         if self.sinks.is_empty() {
-            return Err(("sinks".into(), "at least one [sinks.NAME] is required".into()));
+            return Err((
+                "sinks".into(),
+                "at least one [sinks.NAME] is required".into(),
+            ));
         }
         if self.sources.len() > u16::MAX as usize {
             return Err(("sources".into(), "too many sources".into()));
@@ -424,13 +462,19 @@ impl Config {
         positive("parse.json_max_depth".into(), self.parse.json_max_depth)?;
         positive("parse.json_max_bytes".into(), self.parse.json_max_bytes)?;
         if self.parse.default_offset_secs.abs() > 24 * 3600 {
-            return Err(("parse.default_offset_secs".into(), "must be within ±86400".into()));
+            return Err((
+                "parse.default_offset_secs".into(),
+                "must be within ±86400".into(),
+            ));
         }
         if let Some(w) = self.pipeline.workers {
             positive("pipeline.workers".into(), w)?;
         }
         positive("pipeline.queue_batches".into(), self.pipeline.queue_batches)?;
-        positive("pipeline.sink_queue_batches".into(), self.pipeline.sink_queue_batches)?;
+        positive(
+            "pipeline.sink_queue_batches".into(),
+            self.pipeline.sink_queue_batches,
+        )?;
 
         let mut udp_ports = HashSet::new();
         let mut tcp_ports = HashSet::new();
@@ -439,70 +483,123 @@ impl Config {
             if name.is_empty() {
                 return Err((prefix, "a source needs a name".into()));
             }
-            let (max_message_bytes, receive_buffer_bytes, threads, batch_max_frames) = match source {
-                SourceConfig::Udp(u) => (u.max_message_bytes, u.receive_buffer_bytes, u.threads, u.batch_max_frames),
+            let (max_message_bytes, receive_buffer_bytes, threads, batch_max_frames) = match source
+            {
+                SourceConfig::Udp(u) => (
+                    u.max_message_bytes,
+                    u.receive_buffer_bytes,
+                    u.threads,
+                    u.batch_max_frames,
+                ),
                 SourceConfig::Tcp(t) => {
                     positive(format!("{prefix}.max_connections"), t.max_connections)?;
-                    (t.max_message_bytes, t.receive_buffer_bytes, t.threads, t.batch_max_frames)
+                    (
+                        t.max_message_bytes,
+                        t.receive_buffer_bytes,
+                        t.threads,
+                        t.batch_max_frames,
+                    )
                 }
             };
             positive(format!("{prefix}.max_message_bytes"), max_message_bytes)?;
             if max_message_bytes > u32::MAX as usize / 2 {
-                return Err((format!("{prefix}.max_message_bytes"), "must be below 2 GiB".into()));
+                return Err((
+                    format!("{prefix}.max_message_bytes"),
+                    "must be below 2 GiB".into(),
+                ));
             }
             if matches!(source, SourceConfig::Udp(_)) && max_message_bytes > 65_535 {
                 // A UDP datagram cannot be larger; a larger bound would only waste buffer space.
-                return Err((format!("{prefix}.max_message_bytes"), "a UDP datagram holds at most 65535 bytes".into()));
+                return Err((
+                    format!("{prefix}.max_message_bytes"),
+                    "a UDP datagram holds at most 65535 bytes".into(),
+                ));
             }
-            positive(format!("{prefix}.receive_buffer_bytes"), receive_buffer_bytes)?;
+            positive(
+                format!("{prefix}.receive_buffer_bytes"),
+                receive_buffer_bytes,
+            )?;
             if receive_buffer_bytes > i32::MAX as usize {
-                return Err((format!("{prefix}.receive_buffer_bytes"), "must be below 2 GiB".into()));
+                return Err((
+                    format!("{prefix}.receive_buffer_bytes"),
+                    "must be below 2 GiB".into(),
+                ));
             }
             if let Some(t) = threads {
                 positive(format!("{prefix}.threads"), t)?;
             }
             positive(format!("{prefix}.batch_max_frames"), batch_max_frames)?;
             let listen = source.net_settings().listen;
-            let ports = if matches!(source, SourceConfig::Udp(_)) { &mut udp_ports } else { &mut tcp_ports };
+            let ports = if matches!(source, SourceConfig::Udp(_)) {
+                &mut udp_ports
+            } else {
+                &mut tcp_ports
+            };
             // Port 0 (the kernel picks one; tests use it) never conflicts.
             if listen.port() != 0 && !ports.insert(listen.port()) {
                 return Err((
                     format!("{prefix}.listen"),
-                    format!("another {} source already listens on port {}", source.type_name(), listen.port()),
+                    format!(
+                        "another {} source already listens on port {}",
+                        source.type_name(),
+                        listen.port()
+                    ),
                 ));
             }
         }
-        if self.metrics.enabled && self.metrics.listen.port() != 0 && tcp_ports.contains(&self.metrics.listen.port()) {
-            return Err(("metrics.listen".into(), format!("port {} is also a tcp source", self.metrics.listen.port())));
+        if self.metrics.enabled
+            && self.metrics.listen.port() != 0
+            && tcp_ports.contains(&self.metrics.listen.port())
+        {
+            return Err((
+                "metrics.listen".into(),
+                format!("port {} is also a tcp source", self.metrics.listen.port()),
+            ));
         }
 
         let mut paths = HashSet::new();
         for (name, sink) in &self.sinks {
             let prefix = format!("sinks.{name}");
-            sink.validate().map_err(|(key, message)| (format!("{prefix}.{key}"), message))?;
+            sink.validate()
+                .map_err(|(key, message)| (format!("{prefix}.{key}"), message))?;
             let routing = sink.routing();
             for input in routing.inputs {
                 if !self.sources.contains_key(input) {
-                    return Err((format!("{prefix}.inputs"), format!("no source named `{input}`")));
+                    return Err((
+                        format!("{prefix}.inputs"),
+                        format!("no source named `{input}`"),
+                    ));
                 }
             }
             if let SinkConfig::File(f) = sink
                 && !paths.insert(f.path.clone())
             {
-                return Err((format!("{prefix}.path"), "another file sink writes to the same path".into()));
+                return Err((
+                    format!("{prefix}.path"),
+                    "another file sink writes to the same path".into(),
+                ));
             }
         }
         if let Some(xdp) = &self.xdp {
             if xdp.interfaces.is_empty() {
-                return Err(("xdp.interfaces".into(), "list at least one interface".into()));
+                return Err((
+                    "xdp.interfaces".into(),
+                    "list at least one interface".into(),
+                ));
             }
             for cidr in &xdp.allow {
                 if !valid_cidr(cidr) {
-                    return Err(("xdp.allow".into(), format!("`{cidr}` is not an IPv4/IPv6 address or CIDR")));
+                    return Err((
+                        "xdp.allow".into(),
+                        format!("`{cidr}` is not an IPv4/IPv6 address or CIDR"),
+                    ));
                 }
             }
             if xdp.rate_limit_pps == Some(0) {
-                return Err(("xdp.rate_limit_pps".into(), "must be greater than 0 (omit it to disable)".into()));
+                return Err((
+                    "xdp.rate_limit_pps".into(),
+                    "must be greater than 0 (omit it to disable)".into(),
+                ));
             }
         }
         Ok(())
@@ -519,10 +616,18 @@ fn line_of(text: &str, offset: usize) -> usize {
 fn parse_error(text: &str, origin: &str, e: &toml::de::Error) -> ConfigError {
     let message = e.message().trim_end().to_string();
     let Some(span) = e.span() else {
-        return ConfigError::Parse { path: origin.to_string(), line: None, message };
+        return ConfigError::Parse {
+            path: origin.to_string(),
+            line: None,
+            message,
+        };
     };
     let mut line = line_of(text, span.start);
-    let header = text[span.start.min(text.len())..].lines().next().unwrap_or("").trim();
+    let header = text[span.start.min(text.len())..]
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim();
     if header.starts_with('[') {
         let table_end = text[span.start..]
             .match_indices('\n')
@@ -536,19 +641,30 @@ fn parse_error(text: &str, origin: &str, e: &toml::de::Error) -> ConfigError {
         };
         let found = if let Some(key) = quoted("unknown field `") {
             find_line(region, |l| {
-                l.strip_prefix(key.as_str()).is_some_and(|rest| rest.trim_start().starts_with('='))
+                l.strip_prefix(key.as_str())
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
             })
         } else if let Some(value) = quoted("unknown variant `") {
-            find_line(region, |l| l.contains(&format!("\"{value}\"")) || l.contains(&format!("'{value}'")))
+            find_line(region, |l| {
+                l.contains(&format!("\"{value}\"")) || l.contains(&format!("'{value}'"))
+            })
         } else {
             None
         };
         if let Some(offset) = found {
             line = line_of(text, span.start + offset);
         }
-        return ConfigError::Parse { path: origin.to_string(), line: Some(line), message: format!("{message} (in {header})") };
+        return ConfigError::Parse {
+            path: origin.to_string(),
+            line: Some(line),
+            message: format!("{message} (in {header})"),
+        };
     }
-    ConfigError::Parse { path: origin.to_string(), line: Some(line), message }
+    ConfigError::Parse {
+        path: origin.to_string(),
+        line: Some(line),
+        message,
+    }
 }
 
 /// Offset within `region` of the first line (leading blanks trimmed) matching `pred`.
@@ -568,7 +684,9 @@ fn valid_cidr(text: &str) -> bool {
         Some((a, p)) => (a, Some(p)),
         None => (text, None),
     };
-    let Ok(ip) = addr.parse::<std::net::IpAddr>() else { return false };
+    let Ok(ip) = addr.parse::<std::net::IpAddr>() else {
+        return false;
+    };
     let max = if ip.is_ipv4() { 32 } else { 128 };
     prefix.is_none_or(|p| p.parse::<u8>().is_ok_and(|p| p <= max))
 }
@@ -581,8 +699,14 @@ pub fn locate_key(text: &str, key: &str) -> Option<usize> {
     let mut best = None;
     let parts: Vec<&str> = key.split('.').collect();
     for (i, part) in parts.iter().enumerate() {
-        let Some((k, v)) = table.get_key_value(*part) else { break };
-        let span = if k.span().start < k.span().end { k.span() } else { v.span() };
+        let Some((k, v)) = table.get_key_value(*part) else {
+            break;
+        };
+        let span = if k.span().start < k.span().end {
+            k.span()
+        } else {
+            v.span()
+        };
         best = Some(span.start);
         match v.get_ref().as_table() {
             Some(t) if i + 1 < parts.len() => table = t,
@@ -626,7 +750,13 @@ kinds = ["cef", "darktrace_model_breach"]
     #[test]
     fn parses_named_tables() {
         let c = Config::from_toml(GOOD, "good.toml").unwrap();
-        assert!(matches!(c.sources["syslog_tcp"], SourceConfig::Tcp(TcpSourceConfig { framing: Framing::Octet, .. })));
+        assert!(matches!(
+            c.sources["syslog_tcp"],
+            SourceConfig::Tcp(TcpSourceConfig {
+                framing: Framing::Octet,
+                ..
+            })
+        ));
         let sink = &c.sinks["out"];
         assert!(sink.routing().accepts_source("syslog_tcp"));
         assert!(!sink.routing().accepts_source("syslog_udp"));
@@ -639,42 +769,80 @@ kinds = ["cef", "darktrace_model_breach"]
 
     #[test]
     fn unknown_key_names_key_and_line() {
-        let text = GOOD.replace("framing = \"octet\"", "framing = \"octet\"\nframeing = \"lf\"");
-        let err = Config::from_toml(&text, "bad.toml").unwrap_err().to_string();
+        let text = GOOD.replace(
+            "framing = \"octet\"",
+            "framing = \"octet\"\nframeing = \"lf\"",
+        );
+        let err = Config::from_toml(&text, "bad.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bad.toml"), "{err}");
         assert!(err.contains("frameing"), "{err}");
-        assert!(err.starts_with("bad.toml:10: unknown field `frameing`"), "{err}");
+        assert!(
+            err.starts_with("bad.toml:10: unknown field `frameing`"),
+            "{err}"
+        );
         assert!(err.contains("[sources.syslog_tcp]"), "{err}");
     }
 
     #[test]
     fn unknown_key_in_sink_names_line() {
         let text = GOOD.replace("compression = \"gzip\"", "compresion = \"gzip\"");
-        let err = Config::from_toml(&text, "bad.toml").unwrap_err().to_string();
+        let err = Config::from_toml(&text, "bad.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("compresion"), "{err}");
-        assert!(err.starts_with("bad.toml:14: unknown field `compresion`"), "{err}");
+        assert!(
+            err.starts_with("bad.toml:14: unknown field `compresion`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn unknown_top_level_key() {
-        let err = Config::from_toml(&format!("bogus = 1\n{GOOD}"), "bad.toml").unwrap_err().to_string();
-        assert!(err.starts_with("bad.toml:1: unknown field `bogus`"), "{err}");
+        let err = Config::from_toml(&format!("bogus = 1\n{GOOD}"), "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("bad.toml:1: unknown field `bogus`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn invalid_values_name_key_and_line() {
-        let text = GOOD.replace("listen = \"127.0.0.1:5514\"\nframing", "listen = \"127.0.0.1:5514\"\nmax_message_bytes = 0\nframing");
-        let err = Config::from_toml(&text, "bad.toml").unwrap_err().to_string();
-        assert_eq!(err, "bad.toml:9: `sources.syslog_tcp.max_message_bytes`: must be greater than 0");
+        let text = GOOD.replace(
+            "listen = \"127.0.0.1:5514\"\nframing",
+            "listen = \"127.0.0.1:5514\"\nmax_message_bytes = 0\nframing",
+        );
+        let err = Config::from_toml(&text, "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "bad.toml:9: `sources.syslog_tcp.max_message_bytes`: must be greater than 0"
+        );
 
         let text = GOOD.replace("[\"syslog_tcp\"]", "[\"nope\"]");
-        let err = Config::from_toml(&text, "bad.toml").unwrap_err().to_string();
-        assert_eq!(err, "bad.toml:15: `sinks.out.inputs`: no source named `nope`");
+        let err = Config::from_toml(&text, "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "bad.toml:15: `sinks.out.inputs`: no source named `nope`"
+        );
 
-        let text = GOOD.replace("listen = \"127.0.0.1:5514\"\nframing", "listen = \"127.0.0.1:5515\"\nframing")
-            + "[sources.dup]\ntype = \"tcp\"\nlisten = \"0.0.0.0:5515\"\n";
-        let err = Config::from_toml(&text, "bad.toml").unwrap_err().to_string();
-        assert!(err.contains("sources.") && err.contains("port 5515"), "{err}");
+        let text = GOOD.replace(
+            "listen = \"127.0.0.1:5514\"\nframing",
+            "listen = \"127.0.0.1:5515\"\nframing",
+        ) + "[sources.dup]\ntype = \"tcp\"\nlisten = \"0.0.0.0:5515\"\n";
+        let err = Config::from_toml(&text, "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sources.") && err.contains("port 5515"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -682,24 +850,40 @@ kinds = ["cef", "darktrace_model_breach"]
         let text = format!("[metrics]\nbearer_token = \"s3cr3t-value\"\n{GOOD}");
         let c = Config::from_toml(&text, "x").unwrap();
         let shown = c.to_redacted_toml();
-        assert!(!shown.contains("s3cr3t-value") && shown.contains(secret::REDACTED), "{shown}");
+        assert!(
+            !shown.contains("s3cr3t-value") && shown.contains(secret::REDACTED),
+            "{shown}"
+        );
         assert!(!format!("{c:?}").contains("s3cr3t-value"));
         assert_eq!(c.metrics.token().unwrap().unwrap().expose(), "s3cr3t-value");
 
         let text = format!("[metrics]\nbearer_token_file = \"/nonexistent/token\"\n{GOOD}");
         let err = Config::from_toml(&text, "x.toml").unwrap_err().to_string();
-        assert!(err.starts_with("x.toml:2: `metrics.bearer_token_file`"), "{err}");
+        assert!(
+            err.starts_with("x.toml:2: `metrics.bearer_token_file`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn bad_enum_value() {
         let text = GOOD.replace("\"gzip\"", "\"lz4\"");
-        let err = Config::from_toml(&text, "bad.toml").unwrap_err().to_string();
-        assert!(err.starts_with("bad.toml:14: unknown variant `lz4`"), "{err}");
+        let err = Config::from_toml(&text, "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("bad.toml:14: unknown variant `lz4`"),
+            "{err}"
+        );
 
         let text = GOOD.replace("\"127.0.0.1:5514\"\nframing", "\"nowhere\"\nframing");
-        let err = Config::from_toml(&text, "bad.toml").unwrap_err().to_string();
-        assert!(err.starts_with("bad.toml:6:") && err.contains("[sources.syslog_tcp]"), "{err}");
+        let err = Config::from_toml(&text, "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("bad.toml:6:") && err.contains("[sources.syslog_tcp]"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -48,9 +48,13 @@ impl Secret {
             (None, None, Some(var)) => match std::env::var(var) {
                 Ok(v) if !v.is_empty() => Ok(Some(Secret::new(v))),
                 Ok(_) => Err(format!("`{key}_env`: environment variable {var} is empty")),
-                Err(_) => Err(format!("`{key}_env`: environment variable {var} is not set")),
+                Err(_) => Err(format!(
+                    "`{key}_env`: environment variable {var} is not set"
+                )),
             },
-            _ => Err(format!("give only one of `{key}`, `{key}_file` and `{key}_env`")),
+            _ => Err(format!(
+                "give only one of `{key}`, `{key}_file` and `{key}_env`"
+            )),
         }
     }
 }
@@ -102,11 +106,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tok");
         std::fs::write(&path, "abc\n").unwrap();
-        let s = Secret::resolve("token", None, Some(&path), None).unwrap().unwrap();
+        let s = Secret::resolve("token", None, Some(&path), None)
+            .unwrap()
+            .unwrap();
         assert_eq!(s.expose(), "abc");
         let err = Secret::resolve("token", Some(&Secret::new("x")), Some(&path), None).unwrap_err();
         assert!(err.contains("only one"), "{err}");
-        let err = Secret::resolve("token", None, None, Some("SLUICE_TEST_SURELY_UNSET_VAR")).unwrap_err();
+        let err =
+            Secret::resolve("token", None, None, Some("SLUICE_TEST_SURELY_UNSET_VAR")).unwrap_err();
         assert!(err.contains("not set"), "{err}");
         let missing = dir.path().join("missing");
         assert!(Secret::resolve("token", None, Some(&missing), None).is_err());

@@ -41,7 +41,12 @@ impl FrameBatch {
     pub fn push(&mut self, bytes: &[u8], peer: Option<SocketAddr>, truncated: bool) {
         let offset = self.data.len() as u32;
         self.data.extend_from_slice(bytes);
-        self.frames.push(FrameRef { offset, len: bytes.len() as u32, peer, truncated });
+        self.frames.push(FrameRef {
+            offset,
+            len: bytes.len() as u32,
+            peer,
+            truncated,
+        });
     }
 
     pub fn frame(&self, f: &FrameRef) -> &[u8] {
@@ -107,7 +112,11 @@ impl Backend {
     }
 
     /// Runs until `ctx.shutdown` is set; returns after every connection it accepted has ended.
-    pub fn run_tcp(self, listener: std::net::TcpListener, ctx: ReaderContext) -> std::io::Result<()> {
+    pub fn run_tcp(
+        self,
+        listener: std::net::TcpListener,
+        ctx: ReaderContext,
+    ) -> std::io::Result<()> {
         match self {
             Backend::Portable => portable::run_tcp(listener, ctx),
         }
@@ -117,7 +126,10 @@ impl Backend {
 /// Picks the fastest usable backend and says why. The io_uring backend plugs in here:
 /// `match uring::probe() { Ok(()) => return (Backend::Uring, ...), Err(why) => ... }`.
 pub fn select_backend() -> (Backend, String) {
-    (Backend::Portable, "the io_uring backend is not built into this binary".to_string())
+    (
+        Backend::Portable,
+        "the io_uring backend is not built into this binary".to_string(),
+    )
 }
 
 /// Per-socket kernel drop counter (`sk_drops`: datagrams dropped because the receive buffer was
@@ -133,7 +145,10 @@ pub struct SocketDrops {
 
 impl SocketDrops {
     /// Call before the socket goes to its reader; the socket's current count is the baseline.
-    pub fn new(socket: &impl std::os::fd::AsFd, counter: metrics::Counter) -> std::io::Result<Self> {
+    pub fn new(
+        socket: &impl std::os::fd::AsFd,
+        counter: metrics::Counter,
+    ) -> std::io::Result<Self> {
         let fd = socket.as_fd().try_clone_to_owned()?;
         let last = socket_drops(&fd)?;
         Ok(SocketDrops { fd, last, counter })
@@ -159,7 +174,13 @@ fn socket_drops(fd: &impl std::os::fd::AsRawFd) -> std::io::Result<u32> {
     let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
     // SAFETY: `info` is writable for `len` bytes and `len` is passed by pointer as the API wants.
     let rc = unsafe {
-        libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_MEMINFO, info.as_mut_ptr().cast(), &mut len)
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
     };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
@@ -173,25 +194,43 @@ fn socket_drops(fd: &impl std::os::fd::AsRawFd) -> std::io::Result<u32> {
 /// Binds one SO_REUSEPORT UDP socket. Asks for `receive_buffer_bytes` (forcing past
 /// `net.core.rmem_max` when privileged) and enables SO_RXQ_OVFL so every datagram carries the
 /// socket's kernel drop count. Returns the socket and the effective receive buffer size.
-pub fn bind_udp(listen: SocketAddr, receive_buffer_bytes: usize) -> std::io::Result<(std::net::UdpSocket, usize)> {
+pub fn bind_udp(
+    listen: SocketAddr,
+    receive_buffer_bytes: usize,
+) -> std::io::Result<(std::net::UdpSocket, usize)> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(listen), Type::DGRAM, Some(Protocol::UDP))?;
+    let socket = Socket::new(
+        Domain::for_address(listen),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
     socket.set_reuse_port(true)?;
     let effective = set_receive_buffer(&socket, receive_buffer_bytes)?;
     set_int_option(&socket, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1)?;
-    socket.bind(&listen.into()).map_err(|e| bind_error(e, "udp", listen))?;
+    socket
+        .bind(&listen.into())
+        .map_err(|e| bind_error(e, "udp", listen))?;
     Ok((socket.into(), effective))
 }
 
 /// Binds one SO_REUSEPORT TCP listener.
-pub fn bind_tcp(listen: SocketAddr, receive_buffer_bytes: usize) -> std::io::Result<(std::net::TcpListener, usize)> {
+pub fn bind_tcp(
+    listen: SocketAddr,
+    receive_buffer_bytes: usize,
+) -> std::io::Result<(std::net::TcpListener, usize)> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(listen), Type::STREAM, Some(Protocol::TCP))?;
+    let socket = Socket::new(
+        Domain::for_address(listen),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     // Accepted sockets inherit the listener's buffer size.
     let effective = set_receive_buffer(&socket, receive_buffer_bytes)?;
-    socket.bind(&listen.into()).map_err(|e| bind_error(e, "tcp", listen))?;
+    socket
+        .bind(&listen.into())
+        .map_err(|e| bind_error(e, "tcp", listen))?;
     socket.listen(1024)?;
     Ok((socket.into(), effective))
 }
@@ -204,12 +243,17 @@ fn bind_error(e: std::io::Error, proto: &str, listen: SocketAddr) -> std::io::Er
              (`sluice run --config FILE`) whose sources listen on a port >= 1024, e.g. {}:5514",
             listen.ip()
         ),
-        std::io::ErrorKind::AddrInUse => "another program (or another source) already uses it".to_string(),
+        std::io::ErrorKind::AddrInUse => {
+            "another program (or another source) already uses it".to_string()
+        }
         std::io::ErrorKind::AddrNotAvailable => "no local interface has that address".to_string(),
         _ => String::new(),
     };
     let sep = if hint.is_empty() { "" } else { "; " };
-    std::io::Error::new(e.kind(), format!("cannot listen on {proto} {listen}: {e}{sep}{hint}"))
+    std::io::Error::new(
+        e.kind(),
+        format!("cannot listen on {proto} {listen}: {e}{sep}{hint}"),
+    )
 }
 
 /// Sets SO_RCVBUF, trying SO_RCVBUFFORCE first (works with CAP_NET_ADMIN), and returns the size
@@ -222,7 +266,12 @@ fn set_receive_buffer(socket: &socket2::Socket, bytes: usize) -> std::io::Result
     Ok(socket.recv_buffer_size()? / 2)
 }
 
-fn set_int_option(socket: &socket2::Socket, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> std::io::Result<()> {
+fn set_int_option(
+    socket: &socket2::Socket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: `value` outlives the call and its size is passed; the fd is owned by `socket`.
     let rc = unsafe {
@@ -234,7 +283,11 @@ fn set_int_option(socket: &socket2::Socket, level: libc::c_int, name: libc::c_in
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 #[cfg(test)]
@@ -267,13 +320,26 @@ mod tests {
         let dropped = drops.poll().unwrap();
         assert!(dropped > 0, "expected kernel drops with a 4 KiB buffer");
         assert_eq!(drops.poll().unwrap(), 0);
-        assert!(handle.render().contains(&format!("drops {dropped}")), "{}", handle.render());
+        assert!(
+            handle.render().contains(&format!("drops {dropped}")),
+            "{}",
+            handle.render()
+        );
     }
 
     #[test]
     fn privileged_port_error_explains_the_fix() {
-        let e = bind_error(std::io::Error::from(std::io::ErrorKind::PermissionDenied), "udp", "0.0.0.0:514".parse().unwrap());
+        let e = bind_error(
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            "udp",
+            "0.0.0.0:514".parse().unwrap(),
+        );
         let text = e.to_string();
-        assert!(text.contains("CAP_NET_BIND_SERVICE") && text.contains("root") && text.contains("--config"), "{text}");
+        assert!(
+            text.contains("CAP_NET_BIND_SERVICE")
+                && text.contains("root")
+                && text.contains("--config"),
+            "{text}"
+        );
     }
 }

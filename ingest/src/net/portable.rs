@@ -59,10 +59,14 @@ impl MmsgBuffers {
         for i in 0..slots {
             // SAFETY: `i * slot_bytes` is within the allocation of `slots * slot_bytes` bytes.
             let iov_base = unsafe { base.add(i * slot_bytes) };
-            b.iovecs.push(libc::iovec { iov_base: iov_base.cast(), iov_len: slot_bytes });
+            b.iovecs.push(libc::iovec {
+                iov_base: iov_base.cast(),
+                iov_len: slot_bytes,
+            });
         }
         // SAFETY: an all-zero mmsghdr is valid; `reset` fills in the pointers.
-        b.headers.resize_with(slots, || unsafe { std::mem::zeroed() });
+        b.headers
+            .resize_with(slots, || unsafe { std::mem::zeroed() });
         b.reset();
         b
     }
@@ -106,8 +110,11 @@ impl MmsgBuffers {
         unsafe {
             let mut cmsg = libc::CMSG_FIRSTHDR(h);
             while !cmsg.is_null() {
-                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SO_RXQ_OVFL {
-                    return Some(std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<u32>()));
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SO_RXQ_OVFL
+                {
+                    return Some(std::ptr::read_unaligned(
+                        libc::CMSG_DATA(cmsg).cast::<u32>(),
+                    ));
                 }
                 cmsg = libc::CMSG_NXTHDR(h, cmsg);
             }
@@ -120,15 +127,23 @@ fn sockaddr_to_std(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Op
     match storage.ss_family as libc::c_int {
         libc::AF_INET if len as usize >= std::mem::size_of::<libc::sockaddr_in>() => {
             // SAFETY: the family says the storage holds a sockaddr_in; storage is large and aligned enough.
-            let a = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let a =
+                unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
             let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
             Some(SocketAddr::from((ip, u16::from_be(a.sin_port))))
         }
         libc::AF_INET6 if len as usize >= std::mem::size_of::<libc::sockaddr_in6>() => {
             // SAFETY: as above, for sockaddr_in6.
-            let a = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let a = unsafe {
+                &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
             let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
-            Some(SocketAddr::V6(std::net::SocketAddrV6::new(ip, u16::from_be(a.sin6_port), a.sin6_flowinfo, a.sin6_scope_id)))
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                ip,
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
         }
         _ => None,
     }
@@ -163,12 +178,20 @@ pub fn run_udp(socket: UdpSocket, ctx: ReaderContext) -> std::io::Result<()> {
         // SAFETY: `headers` holds `slots` initialised mmsghdr pointing at live buffers owned by
         // `bufs`, which outlives the call.
         let n = unsafe {
-            libc::recvmmsg(fd, bufs.headers.as_mut_ptr(), slots as libc::c_uint, libc::MSG_WAITFORONE, std::ptr::null_mut())
+            libc::recvmmsg(
+                fd,
+                bufs.headers.as_mut_ptr(),
+                slots as libc::c_uint,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
         };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             match e.kind() {
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted => continue,
+                std::io::ErrorKind::WouldBlock
+                | std::io::ErrorKind::TimedOut
+                | std::io::ErrorKind::Interrupted => continue,
                 _ => return Err(e),
             }
         }
@@ -184,7 +207,9 @@ pub fn run_udp(socket: UdpSocket, ctx: ReaderContext) -> std::io::Result<()> {
         for i in 0..n as usize {
             if let Some(drops) = bufs.kernel_drops(i) {
                 // Counted by the periodic per-socket poll; here only reported promptly.
-                if drops != last_kernel_drops && last_warned.is_none_or(|t: Instant| t.elapsed() >= WARN_EVERY) {
+                if drops != last_kernel_drops
+                    && last_warned.is_none_or(|t: Instant| t.elapsed() >= WARN_EVERY)
+                {
                     tracing::warn!(
                         source = %ctx.source_name, core = ctx.core, socket_drops = drops,
                         "kernel dropped datagrams: receive buffer full (raise receive_buffer_bytes or add threads)"
@@ -289,14 +314,16 @@ pub fn run_tcp(listener: TcpListener, ctx: ReaderContext) -> std::io::Result<()>
                 open_now.fetch_add(1, Ordering::Relaxed);
                 conn.counters.connections.increment(1);
                 conn.counters.connections_open.increment(1.0);
-                let spawned = std::thread::Builder::new().name(format!("sluice-tcp-{}", ctx.core)).spawn(move || {
-                    pin(conn.core, conn.pin);
-                    if let Err(e) = read_connection(stream, peer, &conn) {
-                        tracing::debug!(%peer, "connection ended: {e}");
-                    }
-                    conn.counters.connections_open.decrement(1.0);
-                    open_now.fetch_sub(1, Ordering::Relaxed);
-                });
+                let spawned = std::thread::Builder::new()
+                    .name(format!("sluice-tcp-{}", ctx.core))
+                    .spawn(move || {
+                        pin(conn.core, conn.pin);
+                        if let Err(e) = read_connection(stream, peer, &conn) {
+                            tracing::debug!(%peer, "connection ended: {e}");
+                        }
+                        conn.counters.connections_open.decrement(1.0);
+                        open_now.fetch_sub(1, Ordering::Relaxed);
+                    });
                 match spawned {
                     Ok(handle) => connections.push(handle),
                     Err(e) => {
@@ -307,7 +334,9 @@ pub fn run_tcp(listener: TcpListener, ctx: ReaderContext) -> std::io::Result<()>
                     }
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
                 // EMFILE/ENFILE/ENOBUFS: back off instead of spinning; the connection stays queued.
                 tracing::warn!(source = %ctx.source_name, "accept failed: {e}");
@@ -322,19 +351,31 @@ pub fn run_tcp(listener: TcpListener, ctx: ReaderContext) -> std::io::Result<()>
 }
 
 fn wait_readable(fd: std::os::fd::RawFd, timeout: Duration) -> std::io::Result<bool> {
-    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd for the duration of the call.
     let rc = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
     if rc < 0 {
         let e = std::io::Error::last_os_error();
-        return if e.kind() == std::io::ErrorKind::Interrupted { Ok(false) } else { Err(e) };
+        return if e.kind() == std::io::ErrorKind::Interrupted {
+            Ok(false)
+        } else {
+            Err(e)
+        };
     }
     Ok(rc > 0)
 }
 
 /// Frames one connection into batches. Hands a batch over when it is full, when the socket has
 /// no more data for now, and at the end; blocks while the worker queue is full.
-fn read_connection(mut stream: TcpStream, peer: SocketAddr, ctx: &ConnectionContext) -> std::io::Result<()> {
+fn read_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    ctx: &ConnectionContext,
+) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(SHUTDOWN_POLL))?;
     let mut framer = StreamFramer::new(ctx.framing, ctx.limits);
@@ -352,13 +393,24 @@ fn read_connection(mut stream: TcpStream, peer: SocketAddr, ctx: &ConnectionCont
             }
             Ok(n) => {
                 stats.bytes += n as u64;
-                framer.feed(&buf[..n], &mut |ev| collect(ev, &mut batch, peer, &mut stats));
-                let full = batch.len() >= ctx.batch_max_frames || batch.data.len() >= TCP_BATCH_MAX_BYTES;
-                if (full || n < buf.len()) && !batch.is_empty() && !hand_over(&mut batch, ctx, &mut stats) {
+                framer.feed(&buf[..n], &mut |ev| {
+                    collect(ev, &mut batch, peer, &mut stats)
+                });
+                let full =
+                    batch.len() >= ctx.batch_max_frames || batch.data.len() >= TCP_BATCH_MAX_BYTES;
+                if (full || n < buf.len())
+                    && !batch.is_empty()
+                    && !hand_over(&mut batch, ctx, &mut stats)
+                {
                     return Ok(());
                 }
             }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
                 if !batch.is_empty() && !hand_over(&mut batch, ctx, &mut stats) {
                     return Ok(());
                 }
@@ -386,24 +438,39 @@ struct FrameStats {
 impl FrameStats {
     fn flush(&mut self, counters: &ReaderCounters) {
         if self.messages > 0 {
-            counters.received_messages.increment(std::mem::take(&mut self.messages));
+            counters
+                .received_messages
+                .increment(std::mem::take(&mut self.messages));
         }
         if self.bytes > 0 {
-            counters.received_bytes.increment(std::mem::take(&mut self.bytes));
+            counters
+                .received_bytes
+                .increment(std::mem::take(&mut self.bytes));
         }
         if self.truncated > 0 {
-            counters.truncated.increment(std::mem::take(&mut self.truncated));
+            counters
+                .truncated
+                .increment(std::mem::take(&mut self.truncated));
         }
         if self.rejected > 0 {
-            counters.dropped_oversize.increment(std::mem::take(&mut self.rejected));
+            counters
+                .dropped_oversize
+                .increment(std::mem::take(&mut self.rejected));
         }
         if self.desync > 0 {
-            counters.framing_errors.increment(std::mem::take(&mut self.desync));
+            counters
+                .framing_errors
+                .increment(std::mem::take(&mut self.desync));
         }
     }
 }
 
-fn collect(event: FrameEvent<'_>, batch: &mut FrameBatch, peer: SocketAddr, stats: &mut FrameStats) {
+fn collect(
+    event: FrameEvent<'_>,
+    batch: &mut FrameBatch,
+    peer: SocketAddr,
+    stats: &mut FrameStats,
+) {
     match event {
         FrameEvent::Frame { bytes, truncated } => {
             if batch.received_at.is_none() {
@@ -435,12 +502,19 @@ mod tests {
     use super::*;
     use crossbeam::channel::bounded;
 
-    fn context(to_worker: Sender<FrameBatch>, recycled: Receiver<FrameBatch>, shutdown: Arc<AtomicBool>) -> ReaderContext {
+    fn context(
+        to_worker: Sender<FrameBatch>,
+        recycled: Receiver<FrameBatch>,
+        shutdown: Arc<AtomicBool>,
+    ) -> ReaderContext {
         ReaderContext {
             source_index: 3,
             source_name: Arc::from("test"),
             core: 0,
-            limits: FrameLimits { max_frame_bytes: 16, oversize: OversizePolicy::Truncate },
+            limits: FrameLimits {
+                max_frame_bytes: 16,
+                oversize: OversizePolicy::Truncate,
+            },
             framing: Framing::Lf,
             batch_max_frames: 8,
             to_worker,
@@ -475,7 +549,13 @@ mod tests {
                 frames.push((b.frame(f).to_vec(), f.truncated));
             }
         }
-        assert_eq!(frames, vec![(b"hello".to_vec(), false), (b"0123456789abcdef".to_vec(), true)]);
+        assert_eq!(
+            frames,
+            vec![
+                (b"hello".to_vec(), false),
+                (b"0123456789abcdef".to_vec(), true)
+            ]
+        );
         shutdown.store(true, Ordering::Relaxed);
         reader.join().unwrap().unwrap();
     }
@@ -504,6 +584,9 @@ mod tests {
         reader.join().unwrap().unwrap();
         assert_eq!(rx.len(), 1);
         let text = handle.render();
-        assert!(text.contains("sluice_dropped_messages_total{source=\"q\",reason=\"queue_full\"} 2"), "{text}");
+        assert!(
+            text.contains("sluice_dropped_messages_total{source=\"q\",reason=\"queue_full\"} 2"),
+            "{text}"
+        );
     }
 }

@@ -93,8 +93,16 @@ impl metrics::CounterFn for TeeCounter {
     }
 }
 
-fn tee(inner: metrics::Counter, total: &Arc<Totals>, field: fn(&Totals) -> &AtomicU64) -> metrics::Counter {
-    metrics::Counter::from_arc(Arc::new(TeeCounter { inner, total: total.clone(), field }))
+fn tee(
+    inner: metrics::Counter,
+    total: &Arc<Totals>,
+    field: fn(&Totals) -> &AtomicU64,
+) -> metrics::Counter {
+    metrics::Counter::from_arc(Arc::new(TeeCounter {
+        inner,
+        total: total.clone(),
+        field,
+    }))
 }
 
 fn kernel_drop_counter(source: &str, totals: &Arc<Totals>) -> metrics::Counter {
@@ -131,14 +139,22 @@ impl Pipeline {
     /// socket cannot be bound or any sink cannot be opened.
     pub fn start(config: &Config, mut periodic: Vec<PeriodicTask>) -> anyhow::Result<Pipeline> {
         let (backend, why) = crate::net::select_backend();
-        tracing::info!(backend = backend.name(), "socket reader backend: {} ({why})", backend.name());
+        tracing::info!(
+            backend = backend.name(),
+            "socket reader backend: {} ({why})",
+            backend.name()
+        );
         let cores = available_cores();
         let worker_count = config.pipeline.worker_count();
         let pin = config.pipeline.pin_threads;
         let totals = Arc::new(Totals::default());
 
         // Sockets first: a port conflict must fail before any thread starts.
-        let source_names: Vec<Arc<str>> = config.sources.keys().map(|k| Arc::from(k.as_str())).collect();
+        let source_names: Vec<Arc<str>> = config
+            .sources
+            .keys()
+            .map(|k| Arc::from(k.as_str()))
+            .collect();
         let mut bound = Vec::new();
         let mut listening = Vec::new();
         for (index, (name, source)) in config.sources.iter().enumerate() {
@@ -156,7 +172,9 @@ impl Pipeline {
                                     tracing::debug!("reading the socket drop counter: {e}");
                                 }
                             })),
-                            Err(e) => tracing::warn!(source = %name, "kernel drop counter unavailable: {e}"),
+                            Err(e) => {
+                                tracing::warn!(source = %name, "kernel drop counter unavailable: {e}")
+                            }
                         }
                         (Bound::Udp(s), r)
                     }
@@ -188,8 +206,9 @@ impl Pipeline {
         for (name, sink) in &config.sinks {
             let stage = match sink {
                 SinkConfig::File(f) => {
-                    let file = FileSink::new(name, f.clone())
-                        .with_context(|| format!("sink `{name}`: cannot open directory {}", f.path.display()))?;
+                    let file = FileSink::new(name, f.clone()).with_context(|| {
+                        format!("sink `{name}`: cannot open directory {}", f.path.display())
+                    })?;
                     sink_stage::SinkTarget::File(Arc::new(file))
                 }
             };
@@ -197,7 +216,8 @@ impl Pipeline {
                 SinkConfig::File(f) => f.compression_threads,
             };
             let (tx, rx) = bounded(config.pipeline.sink_queue_batches);
-            let (spare_tx, spare_rx) = bounded(config.pipeline.sink_queue_batches + worker_count + threads);
+            let (spare_tx, spare_rx) =
+                bounded(config.pipeline.sink_queue_batches + worker_count + threads);
             let counters = crate::metrics::SinkCounters::register(name);
             for t in 0..threads {
                 let stage = sink_stage::SinkStage {
@@ -210,7 +230,9 @@ impl Pipeline {
                     draining: sink_draining.clone(),
                 };
                 sink_handles.push(
-                    std::thread::Builder::new().name(format!("sluice-sink-{name}-{t}")).spawn(move || stage.run())?,
+                    std::thread::Builder::new()
+                        .name(format!("sluice-sink-{name}-{t}"))
+                        .spawn(move || stage.run())?,
                 );
             }
             sink_ports.push(worker::SinkPort {
@@ -228,7 +250,13 @@ impl Pipeline {
             .sources
             .keys()
             .map(|source| {
-                config.sinks.values().enumerate().filter(|(_, s)| s.routing().accepts_source(source)).map(|(j, _)| j).collect()
+                config
+                    .sinks
+                    .values()
+                    .enumerate()
+                    .filter(|(_, s)| s.routing().accepts_source(source))
+                    .map(|(j, _)| j)
+                    .collect()
             })
             .collect();
         for (source, r) in config.sources.keys().zip(&routes) {
@@ -259,12 +287,20 @@ impl Pipeline {
                 totals: totals.clone(),
             });
             let pin_core = core % cores;
-            worker_handles.push(std::thread::Builder::new().name(format!("sluice-worker-{core}")).spawn(move || {
-                if pin && !core_affinity::set_for_current(core_affinity::CoreId { id: pin_core }) {
-                    tracing::debug!(core = pin_core, "could not pin worker thread");
-                }
-                w.run()
-            })?);
+            worker_handles.push(
+                std::thread::Builder::new()
+                    .name(format!("sluice-worker-{core}"))
+                    .spawn(move || {
+                        if pin
+                            && !core_affinity::set_for_current(core_affinity::CoreId {
+                                id: pin_core,
+                            })
+                        {
+                            tracing::debug!(core = pin_core, "could not pin worker thread");
+                        }
+                        w.run()
+                    })?,
+            );
             worker_queues.push((tx, rx));
             recycle_receivers.push(recyclers);
         }
@@ -278,7 +314,8 @@ impl Pipeline {
                 let mut c = ReaderCounters::register(name);
                 c.received_messages = tee(c.received_messages, &totals, |t| &t.received_messages);
                 c.received_bytes = tee(c.received_bytes, &totals, |t| &t.received_bytes);
-                c.dropped_queue_full = tee(c.dropped_queue_full, &totals, |t| &t.dropped_queue_full);
+                c.dropped_queue_full =
+                    tee(c.dropped_queue_full, &totals, |t| &t.dropped_queue_full);
                 c.dropped_oversize = tee(c.dropped_oversize, &totals, |t| &t.dropped_oversize);
                 c
             })
@@ -308,15 +345,17 @@ impl Pipeline {
             };
             let name = format!("{}-{thread}", source_names[index]);
             let core = ctx.core;
-            let handle = std::thread::Builder::new().name(format!("sluice-read-{name}")).spawn(move || {
-                if pin && !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
-                    tracing::debug!(core, "could not pin reader thread");
-                }
-                match socket {
-                    Bound::Udp(s) => backend.run_udp(s, ctx),
-                    Bound::Tcp(l) => backend.run_tcp(l, ctx),
-                }
-            })?;
+            let handle = std::thread::Builder::new()
+                .name(format!("sluice-read-{name}"))
+                .spawn(move || {
+                    if pin && !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                        tracing::debug!(core, "could not pin reader thread");
+                    }
+                    match socket {
+                        Bound::Udp(s) => backend.run_udp(s, ctx),
+                        Bound::Tcp(l) => backend.run_tcp(l, ctx),
+                    }
+                })?;
             readers.push((name, handle));
         }
 
@@ -325,34 +364,41 @@ impl Pipeline {
         let depth_gauges: Vec<_> = worker_queues
             .iter()
             .enumerate()
-            .map(|(core, (_, rx))| (crate::metrics::queue_depth_gauge("worker", core.to_string()), rx.clone()))
+            .map(|(core, (_, rx))| {
+                (
+                    crate::metrics::queue_depth_gauge("worker", core.to_string()),
+                    rx.clone(),
+                )
+            })
             .collect();
         drop(worker_queues);
         let host_gauge = metrics::gauge!(crate::metrics::HOST_UDP_RCVBUF_ERRORS);
         let maintenance_stop = Arc::new(AtomicBool::new(false));
         let stop = maintenance_stop.clone();
-        let maintenance = std::thread::Builder::new().name("sluice-maintenance".into()).spawn(move || {
-            loop {
-                // Runs once more after `stop` so drops during the drain are counted too.
-                let stopping = stop.load(Ordering::Relaxed);
-                for (gauge, rx) in &depth_gauges {
-                    gauge.set(rx.len() as f64);
+        let maintenance = std::thread::Builder::new()
+            .name("sluice-maintenance".into())
+            .spawn(move || {
+                loop {
+                    // Runs once more after `stop` so drops during the drain are counted too.
+                    let stopping = stop.load(Ordering::Relaxed);
+                    for (gauge, rx) in &depth_gauges {
+                        gauge.set(rx.len() as f64);
+                    }
+                    if let Some(errors) = crate::metrics::host_udp_rcvbuf_errors() {
+                        host_gauge.set(errors as f64);
+                    }
+                    for task in &mut periodic {
+                        task();
+                    }
+                    if stopping {
+                        break;
+                    }
+                    let until = Instant::now() + Duration::from_secs(1);
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
                 }
-                if let Some(errors) = crate::metrics::host_udp_rcvbuf_errors() {
-                    host_gauge.set(errors as f64);
-                }
-                for task in &mut periodic {
-                    task();
-                }
-                if stopping {
-                    break;
-                }
-                let until = Instant::now() + Duration::from_secs(1);
-                while !stop.load(Ordering::Relaxed) && Instant::now() < until {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
-        })?;
+            })?;
 
         for (name, proto, addr) in &listening {
             tracing::debug!(source = %name, "listening on {proto} {addr}");
@@ -388,7 +434,10 @@ impl Pipeline {
 
     /// True once a reader or worker thread has ended on its own (a fatal socket error).
     pub fn failed(&self) -> Option<String> {
-        self.readers.iter().find(|(_, h)| h.is_finished()).map(|(name, _)| format!("reader {name} stopped"))
+        self.readers
+            .iter()
+            .find(|(_, h)| h.is_finished())
+            .map(|(name, _)| format!("reader {name} stopped"))
     }
 
     /// Stops reading, drains every queue, writes every batch; returns the totals.

@@ -50,18 +50,29 @@ impl SinkStage {
         loop {
             let started = Instant::now();
             let result = match &self.target {
-                SinkTarget::File(file) => file.write_batch(batch, sealed.core).map(|w| (w.compressed_bytes, w.compress_time)),
+                SinkTarget::File(file) => file
+                    .write_batch(batch, sealed.core)
+                    .map(|w| (w.compressed_bytes, w.compress_time)),
             };
             match result {
                 Ok((compressed, compress_time)) => {
                     self.counters.compress.record(compress_time.as_secs_f64());
-                    self.counters.write.record(started.elapsed().saturating_sub(compress_time).as_secs_f64());
-                    self.counters.end_to_end.record(sealed.opened_at.elapsed().as_secs_f64());
+                    self.counters.write.record(
+                        started
+                            .elapsed()
+                            .saturating_sub(compress_time)
+                            .as_secs_f64(),
+                    );
+                    self.counters
+                        .end_to_end
+                        .record(sealed.opened_at.elapsed().as_secs_f64());
                     self.counters.events.increment(batch.events);
                     self.counters.batches.increment(1);
                     self.counters.bytes_raw.increment(batch.ndjson.len() as u64);
                     self.counters.bytes_compressed.increment(compressed);
-                    self.totals.sink_events.fetch_add(batch.events, Ordering::Relaxed);
+                    self.totals
+                        .sink_events
+                        .fetch_add(batch.events, Ordering::Relaxed);
                     self.totals.sink_batches.fetch_add(1, Ordering::Relaxed);
                     if failing_since.is_some() {
                         tracing::info!(sink = %self.name, "sink recovered");
@@ -74,10 +85,14 @@ impl SinkStage {
                         tracing::error!(sink = %self.name, events = batch.events, "delivery failed, retrying: {e}");
                     }
                     let since = *failing_since.get_or_insert_with(Instant::now);
-                    if self.draining.load(Ordering::Relaxed) && since.elapsed() >= SHUTDOWN_RETRY_BUDGET {
+                    if self.draining.load(Ordering::Relaxed)
+                        && since.elapsed() >= SHUTDOWN_RETRY_BUDGET
+                    {
                         tracing::error!(sink = %self.name, events = batch.events, "giving up on a batch at shutdown: {e}");
                         self.counters.dropped_events.increment(batch.events);
-                        self.totals.sink_dropped_events.fetch_add(batch.events, Ordering::Relaxed);
+                        self.totals
+                            .sink_dropped_events
+                            .fetch_add(batch.events, Ordering::Relaxed);
                         return;
                     }
                     std::thread::sleep(backoff);

@@ -56,14 +56,20 @@ impl WorkerSink {
     }
 
     fn seal(&mut self, totals: &Totals) {
-        let Some(sealed) = self.batcher.seal(self.spare.try_recv().ok()) else { return };
-        self.counters.batch_fill.record(sealed.opened_at.elapsed().as_secs_f64());
+        let Some(sealed) = self.batcher.seal(self.spare.try_recv().ok()) else {
+            return;
+        };
+        self.counters
+            .batch_fill
+            .record(sealed.opened_at.elapsed().as_secs_f64());
         let events = sealed.batch.events;
         // Blocks while the delivery stage is behind: backpressure reaches the readers.
         if self.queue.send(sealed).is_err() {
             tracing::error!(events, "sink delivery threads are gone; batch lost");
             self.counters.dropped_events.increment(events);
-            totals.sink_dropped_events.fetch_add(events, Ordering::Relaxed);
+            totals
+                .sink_dropped_events
+                .fetch_add(events, Ordering::Relaxed);
         }
     }
 }
@@ -95,7 +101,10 @@ impl Worker {
                 .source_names
                 .iter()
                 .zip(setup.routes)
-                .map(|(name, routes)| WorkerSource { name: name.clone(), routes })
+                .map(|(name, routes)| WorkerSource {
+                    name: name.clone(),
+                    routes,
+                })
                 .collect(),
             sinks: setup
                 .sinks
@@ -122,7 +131,10 @@ impl Worker {
             let deadline = self.sinks.iter().filter_map(|s| s.batcher.deadline()).min();
             let received = match deadline {
                 Some(d) => self.queue.recv_deadline(d),
-                None => self.queue.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                None => self
+                    .queue
+                    .recv()
+                    .map_err(|_| RecvTimeoutError::Disconnected),
             };
             match received {
                 Ok(batch) => self.process(batch),
@@ -150,13 +162,21 @@ impl Worker {
     fn process(&mut self, mut batch: FrameBatch) {
         let started = Instant::now();
         let Some(source) = self.sources.get(batch.source as usize) else {
-            tracing::error!(source = batch.source, frames = batch.len(), "batch from an unknown source index");
+            tracing::error!(
+                source = batch.source,
+                frames = batch.len(),
+                "batch from an unknown source index"
+            );
             return;
         };
         let received_at = batch.received_at.unwrap_or_else(Timestamp::now);
         let mut errors = 0u64;
         for frame in &batch.frames {
-            let received = Received { source: &source.name, peer: frame.peer, received_at };
+            let received = Received {
+                source: &source.name,
+                peer: frame.peer,
+                received_at,
+            };
             let event = self.parser.parse(received, batch.frame(frame));
             let kind = event.kind();
             if let Body::Error { kind: error, .. } = &event.body {
@@ -165,7 +185,8 @@ impl Worker {
                 match self.parse_errors.get_mut(&key) {
                     Some((_, n)) => *n += 1,
                     None => {
-                        let counter = crate::metrics::parse_error_counter(&source.name, error.as_str());
+                        let counter =
+                            crate::metrics::parse_error_counter(&source.name, error.as_str());
                         self.parse_errors.insert(key, (counter, 1));
                     }
                 }
@@ -176,17 +197,25 @@ impl Worker {
                     continue;
                 }
                 let schema = sink.schema;
-                if sink.batcher.push_with(|out| crate::map::write(schema, &event, out)) {
+                if sink
+                    .batcher
+                    .push_with(|out| crate::map::write(schema, &event, out))
+                {
                     sink.seal(&self.totals);
                 }
             }
         }
-        self.totals.parsed_messages.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.totals
+            .parsed_messages
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         if errors > 0 {
-            self.totals.parse_errors.fetch_add(errors, Ordering::Relaxed);
+            self.totals
+                .parse_errors
+                .fetch_add(errors, Ordering::Relaxed);
             self.flush_parse_errors();
         }
-        self.parse_map_seconds.record(started.elapsed().as_secs_f64());
+        self.parse_map_seconds
+            .record(started.elapsed().as_secs_f64());
         let index = batch.source as usize;
         batch.clear();
         let _ = self.recycle[index].try_send(batch);

@@ -60,7 +60,8 @@ fn default_batch_timeout_ms() -> u64 {
 
 impl FileSinkConfig {
     pub fn level(&self) -> i32 {
-        self.compression_level.unwrap_or_else(|| self.compression.default_level())
+        self.compression_level
+            .unwrap_or_else(|| self.compression.default_level())
     }
 
     pub fn batch_limits(&self) -> BatchLimits {
@@ -95,7 +96,12 @@ impl FileSinkConfig {
         {
             return Err((
                 "compression_level".into(),
-                format!("{level} is outside {}..={} for {:?}", range.start(), range.end(), self.compression),
+                format!(
+                    "{level} is outside {}..={} for {:?}",
+                    range.start(),
+                    range.end(),
+                    self.compression
+                ),
             ));
         }
         Ok(())

@@ -51,7 +51,12 @@ impl FileSink {
         }
         // Probe: fail at start-up rather than at the first batch.
         Compressor::new(config.compression, config.level())?;
-        Ok(FileSink { name: name.to_string(), config, seq: AtomicU64::new(0), pool: Mutex::new(Vec::new()) })
+        Ok(FileSink {
+            name: name.to_string(),
+            config,
+            seq: AtomicU64::new(0),
+            pool: Mutex::new(Vec::new()),
+        })
     }
 
     pub fn config(&self) -> &FileSinkConfig {
@@ -67,19 +72,31 @@ impl FileSink {
         let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let (mut compressor, mut out) = match pooled {
             Some(p) => p,
-            None => (Compressor::new(self.config.compression, self.config.level())?, Vec::new()),
+            None => (
+                Compressor::new(self.config.compression, self.config.level())?,
+                Vec::new(),
+            ),
         };
         let started = std::time::Instant::now();
-        let result = compressor.compress(&batch.ndjson, &mut out).map(|_| started.elapsed());
+        let result = compressor
+            .compress(&batch.ndjson, &mut out)
+            .map(|_| started.elapsed());
         let result = result.and_then(|compress_time| {
             let path = self.write_file(&out, core)?;
-            Ok(WrittenFile { path, compressed_bytes: out.len() as u64, compress_time })
+            Ok(WrittenFile {
+                path,
+                compressed_bytes: out.len() as u64,
+                compress_time,
+            })
         });
         // Keep big buffers from pinning memory after a burst of large batches.
         if out.capacity() > 4 * self.config.batch_max_bytes.max(1 << 20) {
             out = Vec::new();
         }
-        self.pool.lock().unwrap_or_else(|p| p.into_inner()).push((compressor, out));
+        self.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((compressor, out));
         result
     }
 
@@ -91,8 +108,17 @@ impl FileSink {
             let name = format!("{time}-{core}-{seq:06}.ndjson{ext}");
             let final_path = self.config.path.join(&name);
             let temp_path = self.config.path.join(format!("{TEMP_PREFIX}{name}"));
-            let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&temp_path)?;
-            let written = file.write_all(bytes).and_then(|_| if self.config.fsync { file.sync_all() } else { Ok(()) });
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&temp_path)?;
+            let written = file.write_all(bytes).and_then(|_| {
+                if self.config.fsync {
+                    file.sync_all()
+                } else {
+                    Ok(())
+                }
+            });
             drop(file);
             if let Err(e) = written {
                 let _ = std::fs::remove_file(&temp_path);
@@ -130,7 +156,10 @@ impl Sink for FileSink {
         let core = DELIVERY_CORE.with(|c| c.get());
         match self.write_batch(batch, core) {
             Ok(_) => Delivery::Delivered,
-            Err(e) => Delivery::Retry { after: None, reason: format!("writing {}: {e}", self.config.path.display()) },
+            Err(e) => Delivery::Retry {
+                after: None,
+                reason: format!("writing {}: {e}", self.config.path.display()),
+            },
         }
     }
 }
@@ -142,16 +171,23 @@ mod tests {
     use std::io::Read;
 
     fn config(dir: &Path, compression: Compression) -> FileSinkConfig {
-        let text = format!("path = {:?}\ncompression = \"{}\"\n", dir.display().to_string(), match compression {
-            Compression::Zstd => "zstd",
-            Compression::Gzip => "gzip",
-            Compression::None => "none",
-        });
+        let text = format!(
+            "path = {:?}\ncompression = \"{}\"\n",
+            dir.display().to_string(),
+            match compression {
+                Compression::Zstd => "zstd",
+                Compression::Gzip => "gzip",
+                Compression::None => "none",
+            }
+        );
         toml::from_str(&text).unwrap()
     }
 
     fn batch() -> Batch {
-        Batch { events: 2, ndjson: b"{\"a\":1}\n{\"a\":2}\n".to_vec() }
+        Batch {
+            events: 2,
+            ndjson: b"{\"a\":1}\n{\"a\":2}\n".to_vec(),
+        }
     }
 
     #[test]
@@ -165,9 +201,18 @@ mod tests {
         assert_ne!(a.path, b.path);
         let name = a.path.file_name().unwrap().to_string_lossy().to_string();
         assert!(name.ends_with("-3-000000.ndjson.zst"), "{name}");
-        assert_eq!(zstd::decode_all(std::fs::File::open(&a.path).unwrap()).unwrap(), batch().ndjson);
-        assert_eq!(a.compressed_bytes, std::fs::metadata(&a.path).unwrap().len());
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(
+            zstd::decode_all(std::fs::File::open(&a.path).unwrap()).unwrap(),
+            batch().ndjson
+        );
+        assert_eq!(
+            a.compressed_bytes,
+            std::fs::metadata(&a.path).unwrap().len()
+        );
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 2, "no temp files left: {names:?}");
     }
 
@@ -178,7 +223,9 @@ mod tests {
         let f = sink.write_batch(&batch(), 0).unwrap();
         assert!(f.path.to_string_lossy().ends_with(".ndjson.gz"));
         let mut back = Vec::new();
-        flate2::read::GzDecoder::new(std::fs::File::open(&f.path).unwrap()).read_to_end(&mut back).unwrap();
+        flate2::read::GzDecoder::new(std::fs::File::open(&f.path).unwrap())
+            .read_to_end(&mut back)
+            .unwrap();
         assert_eq!(back, batch().ndjson);
 
         let dir = tempfile::tempdir().unwrap();
