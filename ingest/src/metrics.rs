@@ -1,1 +1,363 @@
-//! Prometheus metrics: names and registration.
+//! Prometheus metrics: names, handle bundles, and the `/metrics` + `/health` endpoint.
+//!
+//! Hot-path rule: threads register their labelled handles once at start and add locally
+//! accumulated counts per batch; nothing formats labels per message.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const RECEIVED_MESSAGES: &str = "sluice_received_messages_total";
+pub const RECEIVED_BYTES: &str = "sluice_received_bytes_total";
+pub const PARSE_ERRORS: &str = "sluice_parse_errors_total";
+pub const DROPPED_MESSAGES: &str = "sluice_dropped_messages_total";
+/// Frames cut to `max_message_bytes` (kept, marked truncated).
+pub const TRUNCATED_MESSAGES: &str = "sluice_truncated_messages_total";
+/// TCP byte ranges skipped because the stream broke its framing.
+pub const FRAMING_ERRORS: &str = "sluice_framing_errors_total";
+pub const TCP_CONNECTIONS_OPEN: &str = "sluice_tcp_connections_open";
+pub const TCP_CONNECTIONS: &str = "sluice_tcp_connections_total";
+/// Messages waiting, by queue (`worker` per core, `sink` per sink).
+pub const QUEUE_DEPTH: &str = "sluice_queue_depth_batches";
+/// UDP `RcvbufErrors` of the network namespace from `/proc/net/snmp` (all sockets, not only
+/// Sluice's; per-socket drops are in `sluice_dropped_messages_total{reason="kernel_rcvbuf"}`).
+pub const HOST_UDP_RCVBUF_ERRORS: &str = "sluice_kernel_udp_rcvbuf_errors";
+pub const SINK_EVENTS: &str = "sluice_sink_events_total";
+pub const SINK_BATCHES: &str = "sluice_sink_batches_total";
+pub const SINK_BYTES: &str = "sluice_sink_bytes_total";
+pub const SINK_ERRORS: &str = "sluice_sink_errors_total";
+/// Events given up on after a sink kept failing through shutdown.
+pub const SINK_DROPPED_EVENTS: &str = "sluice_sink_dropped_events_total";
+/// Seconds spent per stage, per batch: `parse_map` (one reader batch), `batch_fill` (first event
+/// to seal), `compress`, `write`, `end_to_end` (first event to file in place).
+pub const STAGE_SECONDS: &str = "sluice_stage_duration_seconds";
+
+pub const DROP_KERNEL_RCVBUF: &str = "kernel_rcvbuf";
+pub const DROP_QUEUE_FULL: &str = "queue_full";
+pub const DROP_OVERSIZE: &str = "oversize";
+
+const STAGE_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0,
+];
+
+/// Installs the global recorder. Call once, before any handle is registered.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(STAGE_SECONDS.to_string()), STAGE_BUCKETS)?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder)
+        .map_err(|e| anyhow::anyhow!("installing the metrics recorder: {e}"))?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        RECEIVED_MESSAGES,
+        "Messages taken off the socket, by source (including those then dropped)"
+    );
+    describe_counter!(
+        RECEIVED_BYTES,
+        Unit::Bytes,
+        "Bytes taken off the socket, by source"
+    );
+    describe_counter!(
+        PARSE_ERRORS,
+        "Messages whose body could not be parsed (kept as error events)"
+    );
+    describe_counter!(
+        DROPPED_MESSAGES,
+        "Messages lost, by source and reason (kernel_rcvbuf, queue_full, oversize)"
+    );
+    describe_counter!(TRUNCATED_MESSAGES, "Messages cut to max_message_bytes");
+    describe_counter!(
+        FRAMING_ERRORS,
+        "TCP framing errors (bytes skipped to resynchronise)"
+    );
+    describe_gauge!(TCP_CONNECTIONS_OPEN, "Open TCP connections");
+    describe_counter!(TCP_CONNECTIONS, "Accepted TCP connections");
+    describe_gauge!(QUEUE_DEPTH, "Batches waiting in a queue");
+    describe_gauge!(
+        HOST_UDP_RCVBUF_ERRORS,
+        "UDP RcvbufErrors of the whole host (/proc/net/snmp)"
+    );
+    describe_counter!(SINK_EVENTS, "Events delivered, by sink");
+    describe_counter!(SINK_BATCHES, "Batches delivered, by sink");
+    describe_counter!(
+        SINK_BYTES,
+        Unit::Bytes,
+        "Bytes delivered, by sink and stage (raw, compressed)"
+    );
+    describe_counter!(SINK_ERRORS, "Failed delivery attempts, by sink");
+    describe_counter!(
+        SINK_DROPPED_EVENTS,
+        "Events given up after repeated delivery failures at shutdown"
+    );
+    describe_histogram!(
+        STAGE_SECONDS,
+        Unit::Seconds,
+        "Time per batch spent in each pipeline stage"
+    );
+}
+
+/// Handles a reader updates (all per source). `received_*` count everything taken off the
+/// socket, including messages then dropped (`oversize`, `queue_full`), so
+/// received = delivered to sinks' batches + dropped (per routed sink).
+#[derive(Clone)]
+pub struct ReaderCounters {
+    pub received_messages: Counter,
+    pub received_bytes: Counter,
+    pub dropped_queue_full: Counter,
+    pub dropped_oversize: Counter,
+    pub truncated: Counter,
+    pub framing_errors: Counter,
+    pub connections_open: Gauge,
+    pub connections: Counter,
+}
+
+impl ReaderCounters {
+    pub fn register(source: &str) -> Self {
+        let s = source.to_string();
+        let dropped = |reason: &'static str| metrics::counter!(DROPPED_MESSAGES, "source" => s.clone(), "reason" => reason);
+        ReaderCounters {
+            received_messages: metrics::counter!(RECEIVED_MESSAGES, "source" => s.clone()),
+            received_bytes: metrics::counter!(RECEIVED_BYTES, "source" => s.clone()),
+            dropped_queue_full: dropped(DROP_QUEUE_FULL),
+            dropped_oversize: dropped(DROP_OVERSIZE),
+            truncated: metrics::counter!(TRUNCATED_MESSAGES, "source" => s.clone()),
+            framing_errors: metrics::counter!(FRAMING_ERRORS, "source" => s.clone()),
+            connections_open: metrics::gauge!(TCP_CONNECTIONS_OPEN, "source" => s.clone()),
+            connections: metrics::counter!(TCP_CONNECTIONS, "source" => s),
+        }
+    }
+
+    /// Handles that record nothing (tests, tools).
+    pub fn noop() -> Self {
+        ReaderCounters {
+            received_messages: Counter::noop(),
+            received_bytes: Counter::noop(),
+            dropped_queue_full: Counter::noop(),
+            dropped_oversize: Counter::noop(),
+            truncated: Counter::noop(),
+            framing_errors: Counter::noop(),
+            connections_open: Gauge::noop(),
+            connections: Counter::noop(),
+        }
+    }
+}
+
+pub fn parse_error_counter(source: &str, kind: &'static str) -> Counter {
+    metrics::counter!(PARSE_ERRORS, "source" => source.to_string(), "kind" => kind)
+}
+
+/// Handles a sink's delivery stage updates.
+#[derive(Clone)]
+pub struct SinkCounters {
+    pub events: Counter,
+    pub batches: Counter,
+    pub bytes_raw: Counter,
+    pub bytes_compressed: Counter,
+    pub errors: Counter,
+    pub dropped_events: Counter,
+    pub batch_fill: Histogram,
+    pub compress: Histogram,
+    pub write: Histogram,
+    pub end_to_end: Histogram,
+}
+
+impl SinkCounters {
+    pub fn register(sink: &str) -> Self {
+        let s = sink.to_string();
+        let stage = |stage: &'static str| metrics::histogram!(STAGE_SECONDS, "stage" => stage, "sink" => s.clone());
+        SinkCounters {
+            events: metrics::counter!(SINK_EVENTS, "sink" => s.clone()),
+            batches: metrics::counter!(SINK_BATCHES, "sink" => s.clone()),
+            bytes_raw: metrics::counter!(SINK_BYTES, "sink" => s.clone(), "stage" => "raw"),
+            bytes_compressed: metrics::counter!(SINK_BYTES, "sink" => s.clone(), "stage" => "compressed"),
+            errors: metrics::counter!(SINK_ERRORS, "sink" => s.clone()),
+            dropped_events: metrics::counter!(SINK_DROPPED_EVENTS, "sink" => s.clone()),
+            batch_fill: stage("batch_fill"),
+            compress: stage("compress"),
+            write: stage("write"),
+            end_to_end: stage("end_to_end"),
+        }
+    }
+}
+
+pub fn parse_map_histogram(core: usize) -> Histogram {
+    metrics::histogram!(STAGE_SECONDS, "stage" => "parse_map", "core" => core.to_string())
+}
+
+pub fn queue_depth_gauge(queue: &'static str, name: String) -> Gauge {
+    metrics::gauge!(QUEUE_DEPTH, "queue" => queue, "name" => name)
+}
+
+/// `RcvbufErrors` from the `Udp:` lines of `/proc/net/snmp`.
+pub fn host_udp_rcvbuf_errors() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
+    let header = lines.next()?;
+    let values = lines.next()?;
+    let index = header
+        .split_whitespace()
+        .position(|h| h == "RcvbufErrors")?;
+    values.split_whitespace().nth(index)?.parse().ok()
+}
+
+/// Serves `/metrics` and `/health` on a plain std listener thread (a handful of scrapes a
+/// minute do not need an async runtime). `healthy` turns false once shutdown begins.
+pub fn serve(
+    listen: SocketAddr,
+    handle: PrometheusHandle,
+    healthy: Arc<AtomicBool>,
+    token: Option<crate::config::Secret>,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(listen).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("metrics endpoint: cannot listen on {listen}: {e} (set [metrics] listen to a free address)"))
+    })?;
+    let local = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("sluice-metrics".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                if let Err(e) = respond(stream, &handle, &healthy, token.as_ref()) {
+                    tracing::debug!("metrics endpoint: {e}");
+                }
+            }
+        })?;
+    Ok(local)
+}
+
+fn respond(
+    stream: TcpStream,
+    handle: &PrometheusHandle,
+    healthy: &AtomicBool,
+    token: Option<&crate::config::Secret>,
+) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    // Drain the headers so the client sees an orderly close.
+    let mut line = String::new();
+    let mut authorized = token.is_none();
+    while reader.read_line(&mut line)? > 2 {
+        if let (Some(token), Some((name, value))) = (token, line.split_once(':'))
+            && name.trim().eq_ignore_ascii_case("authorization")
+            && value
+                .trim()
+                .strip_prefix("Bearer ")
+                .is_some_and(|v| constant_time_eq(v.trim().as_bytes(), token.expose().as_bytes()))
+        {
+            authorized = true;
+        }
+        line.clear();
+    }
+    let mut parts = request_line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let (status, content_type, body) = match (method, path) {
+        ("GET", "/metrics") if !authorized => (
+            "401 Unauthorized",
+            "text/plain",
+            "bearer token required\n".to_string(),
+        ),
+        ("GET", "/metrics") => {
+            handle.run_upkeep();
+            ("200 OK", "text/plain; version=0.0.4", handle.render())
+        }
+        ("GET", "/health") if healthy.load(Ordering::Relaxed) => {
+            ("200 OK", "text/plain", "ok\n".to_string())
+        }
+        ("GET", "/health") => (
+            "503 Service Unavailable",
+            "text/plain",
+            "shutting down\n".to_string(),
+        ),
+        ("GET", _) => (
+            "404 Not Found",
+            "text/plain",
+            "try /metrics or /health\n".to_string(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_string(),
+        ),
+    };
+    let mut stream = stream;
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    stream.write_all(body.as_bytes())?;
+    stream.flush()
+}
+
+/// Compares without an early exit, so response timing does not reveal a token prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_host_rcvbuf_errors() {
+        // Present on every Linux with IPv4.
+        assert!(host_udp_rcvbuf_errors().is_some());
+    }
+
+    #[test]
+    fn endpoint_serves_metrics_and_health() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let counter = metrics::with_local_recorder(
+            &recorder,
+            || metrics::counter!(RECEIVED_MESSAGES, "source" => "t"),
+        );
+        counter.increment(7);
+        let healthy = Arc::new(AtomicBool::new(true));
+        let token = crate::config::Secret::new("tok");
+        let addr = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            handle,
+            healthy.clone(),
+            Some(token),
+        )
+        .unwrap();
+        let get_with = |path: &str, auth: &str| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}\r\n").unwrap();
+            let mut out = String::new();
+            std::io::Read::read_to_string(&mut s, &mut out).unwrap();
+            out
+        };
+        let get = |path: &str| get_with(path, "Authorization: Bearer tok\r\n");
+        assert!(get_with("/metrics", "").starts_with("HTTP/1.1 401"));
+        assert!(get_with("/metrics", "Authorization: Bearer tok2\r\n").starts_with("HTTP/1.1 401"));
+        assert!(get_with("/health", "").starts_with("HTTP/1.1 200"));
+        let m = get("/metrics");
+        assert!(m.starts_with("HTTP/1.1 200"), "{m}");
+        assert!(
+            m.contains("sluice_received_messages_total{source=\"t\"} 7"),
+            "{m}"
+        );
+        assert!(get("/health").starts_with("HTTP/1.1 200"));
+        healthy.store(false, Ordering::Relaxed);
+        assert!(get("/health").starts_with("HTTP/1.1 503"));
+        assert!(get("/nope").starts_with("HTTP/1.1 404"));
+    }
+}

@@ -1,1 +1,896 @@
-//! config: see the module map in the README.
+//! The configuration file: TOML with Vector-style named tables (`[sources.NAME]`, `[sinks.NAME]`).
+//!
+//! Every table denies unknown keys; every error names the file, the key and the line. The file
+//! is validated once at start-up ([`Config::validate`]); the running daemon trusts it.
+
+pub mod secret;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::EventKind;
+use crate::frame::{FrameLimits, Framing, OversizePolicy};
+use crate::map::Schema;
+use crate::parse::ParseOptions;
+use crate::sink::file::FileSinkConfig;
+use crate::xdp::XdpConfig;
+
+pub use secret::Secret;
+
+/// The configuration `sluice run` uses without `--config`.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../../deploy/sluice.toml");
+/// How the embedded default is named in messages.
+pub const EMBEDDED_DEFAULT_NAME: &str = "<embedded default config>";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// Syntax errors, unknown keys and wrong types.
+    #[error("{path}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Parse {
+        path: String,
+        line: Option<usize>,
+        message: String,
+    },
+    /// A value that parses but is not allowed. `line` is where `key` is written, when it is.
+    #[error("{path}{}: `{key}`: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Invalid {
+        path: String,
+        key: String,
+        line: Option<usize>,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where state (spool, dead letters) lives.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub parse: ParseConfig,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xdp: Option<XdpConfig>,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./sluice-data")
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `/metrics` (Prometheus text) and `/health`.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Require `Authorization: Bearer <token>` on `/metrics` (`/health` stays open). Give it
+    /// inline, as `bearer_token_file` or as `bearer_token_env`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token_env: Option<String>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: default_metrics_listen(),
+            enabled: true,
+            bearer_token: None,
+            bearer_token_file: None,
+            bearer_token_env: None,
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// The token `/metrics` requires, loaded from wherever it is configured.
+    pub fn token(&self) -> Result<Option<Secret>, String> {
+        Secret::resolve(
+            "bearer_token",
+            self.bearer_token.as_ref(),
+            self.bearer_token_file.as_ref(),
+            self.bearer_token_env.as_deref(),
+        )
+    }
+}
+
+fn default_metrics_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9514))
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[parse]`: bounds applied to every message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParseConfig {
+    #[serde(default = "default_json_max_depth")]
+    pub json_max_depth: usize,
+    #[serde(default = "default_json_max_bytes")]
+    pub json_max_bytes: usize,
+    /// Seconds east of UTC assumed for RFC 3164 timestamps, which carry no zone.
+    #[serde(default)]
+    pub default_offset_secs: i32,
+}
+
+impl Default for ParseConfig {
+    fn default() -> Self {
+        ParseConfig {
+            json_max_depth: default_json_max_depth(),
+            json_max_bytes: default_json_max_bytes(),
+            default_offset_secs: 0,
+        }
+    }
+}
+
+fn default_json_max_depth() -> usize {
+    ParseOptions::default().json_max_depth
+}
+fn default_json_max_bytes() -> usize {
+    ParseOptions::default().json_max_bytes
+}
+
+impl ParseConfig {
+    pub fn options(&self) -> ParseOptions {
+        ParseOptions {
+            json_max_depth: self.json_max_depth,
+            json_max_bytes: self.json_max_bytes,
+            default_offset_secs: self.default_offset_secs,
+        }
+    }
+}
+
+/// `[pipeline]`: the per-core parse/map stage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Parser workers (one per core by default). Readers of core `i` feed worker `i % workers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+    /// Capacity of each worker's input queue, in reader batches. When full, TCP readers wait and
+    /// UDP readers drop (counted as `queue_full`).
+    #[serde(default = "default_queue_batches")]
+    pub queue_batches: usize,
+    /// Capacity of each sink's queue of finished batches waiting for compression and delivery.
+    #[serde(default = "default_sink_queue_batches")]
+    pub sink_queue_batches: usize,
+    /// Pin readers and workers to their core.
+    #[serde(default = "yes")]
+    pub pin_threads: bool,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            workers: None,
+            queue_batches: default_queue_batches(),
+            sink_queue_batches: default_sink_queue_batches(),
+            pin_threads: true,
+        }
+    }
+}
+
+fn default_queue_batches() -> usize {
+    256
+}
+fn default_sink_queue_batches() -> usize {
+    8
+}
+
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+impl PipelineConfig {
+    pub fn worker_count(&self) -> usize {
+        self.workers.unwrap_or_else(available_cores)
+    }
+}
+
+/// `[sources.NAME]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SourceConfig {
+    Udp(UdpSourceConfig),
+    Tcp(TcpSourceConfig),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UdpSourceConfig {
+    pub listen: SocketAddr,
+    #[serde(default = "default_udp_max_message_bytes")]
+    pub max_message_bytes: usize,
+    #[serde(default)]
+    pub oversize: OversizePolicy,
+    /// SO_RCVBUF per socket (SO_RCVBUFFORCE when permitted); the effective size is logged.
+    #[serde(default = "default_receive_buffer_bytes")]
+    pub receive_buffer_bytes: usize,
+    /// Reader sockets/threads (SO_REUSEPORT); default: one per core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
+    /// Datagrams per hand-off to the worker.
+    #[serde(default = "default_batch_max_frames")]
+    pub batch_max_frames: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpSourceConfig {
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub framing: Framing,
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    #[serde(default)]
+    pub oversize: OversizePolicy,
+    #[serde(default = "default_tcp_receive_buffer_bytes")]
+    pub receive_buffer_bytes: usize,
+    /// Listener sockets (SO_REUSEPORT); default: one per core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
+    /// Open connections accepted at once (over all listeners); more wait in the backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Frames per hand-off to the worker.
+    #[serde(default = "default_batch_max_frames")]
+    pub batch_max_frames: usize,
+}
+
+fn default_max_message_bytes() -> usize {
+    256 * 1024
+}
+fn default_udp_max_message_bytes() -> usize {
+    65_535
+}
+fn default_receive_buffer_bytes() -> usize {
+    64 * 1024 * 1024
+}
+fn default_tcp_receive_buffer_bytes() -> usize {
+    4 * 1024 * 1024
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_batch_max_frames() -> usize {
+    256
+}
+
+/// What a reader needs from a network source, whatever its protocol.
+#[derive(Debug, Clone, Copy)]
+pub struct NetSourceSettings {
+    pub listen: SocketAddr,
+    pub limits: FrameLimits,
+    pub framing: Framing,
+    pub receive_buffer_bytes: usize,
+    pub threads: usize,
+    pub batch_max_frames: usize,
+}
+
+impl SourceConfig {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SourceConfig::Udp(_) => "udp",
+            SourceConfig::Tcp(_) => "tcp",
+        }
+    }
+
+    pub fn net_settings(&self) -> NetSourceSettings {
+        match self {
+            SourceConfig::Udp(u) => NetSourceSettings {
+                listen: u.listen,
+                limits: FrameLimits {
+                    max_frame_bytes: u.max_message_bytes,
+                    oversize: u.oversize,
+                },
+                framing: Framing::Auto,
+                receive_buffer_bytes: u.receive_buffer_bytes,
+                threads: u.threads.unwrap_or_else(available_cores),
+                batch_max_frames: u.batch_max_frames,
+            },
+            SourceConfig::Tcp(t) => NetSourceSettings {
+                listen: t.listen,
+                limits: FrameLimits {
+                    max_frame_bytes: t.max_message_bytes,
+                    oversize: t.oversize,
+                },
+                framing: t.framing,
+                receive_buffer_bytes: t.receive_buffer_bytes,
+                threads: t.threads.unwrap_or_else(available_cores),
+                batch_max_frames: t.batch_max_frames,
+            },
+        }
+    }
+}
+
+/// `[sinks.NAME]`: one variant per sink type.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SinkConfig {
+    File(FileSinkConfig),
+}
+
+/// Which events a sink takes. Empty lists mean "all".
+#[derive(Debug, Clone, Copy)]
+pub struct Routing<'a> {
+    /// Source names (`[sources.NAME]`).
+    pub inputs: &'a [String],
+    pub kinds: &'a [EventKind],
+}
+
+impl Routing<'_> {
+    pub fn accepts_source(&self, source: &str) -> bool {
+        self.inputs.is_empty() || self.inputs.iter().any(|s| s == source)
+    }
+    pub fn accepts_kind(&self, kind: EventKind) -> bool {
+        self.kinds.is_empty() || self.kinds.contains(&kind)
+    }
+}
+
+/// When a sink's per-core batch is sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    pub max_events: usize,
+    pub max_bytes: usize,
+    pub timeout: std::time::Duration,
+}
+
+impl SinkConfig {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SinkConfig::File(_) => "file",
+        }
+    }
+    pub fn schema(&self) -> Schema {
+        match self {
+            SinkConfig::File(f) => f.schema,
+        }
+    }
+    pub fn routing(&self) -> Routing<'_> {
+        match self {
+            SinkConfig::File(f) => Routing {
+                inputs: &f.inputs,
+                kinds: &f.kinds,
+            },
+        }
+    }
+    pub fn batch_limits(&self) -> BatchLimits {
+        match self {
+            SinkConfig::File(f) => f.batch_limits(),
+        }
+    }
+    /// Type-specific checks: `Err((key, message))`.
+    fn validate(&self) -> Result<(), (String, String)> {
+        match self {
+            SinkConfig::File(f) => f.validate(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let display = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: display.clone(),
+            source,
+        })?;
+        Config::from_toml(&text, &display)
+    }
+
+    /// The embedded default, parsed and validated.
+    pub fn embedded_default() -> Result<Config, ConfigError> {
+        Config::from_toml(EMBEDDED_DEFAULT, EMBEDDED_DEFAULT_NAME)
+    }
+
+    /// Parses and validates `text`; `origin` names the file in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| parse_error(text, origin, &e))?;
+        config
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: origin.to_string(),
+                line: locate_key(text, &key),
+                key,
+                message,
+            })?;
+        Ok(config)
+    }
+
+    /// The effective config as TOML, every secret replaced by [`secret::REDACTED`].
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("# cannot render the config: {e}\n"))
+    }
+
+    /// Checks values serde cannot: `Err((dotted key, message))`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        fn positive(key: String, v: usize) -> Result<(), (String, String)> {
+            if v == 0 {
+                Err((key, "must be greater than 0".into()))
+            } else {
+                Ok(())
+            }
+        }
+        if self.sources.is_empty() {
+            return Err((
+                "sources".into(),
+                "at least one [sources.NAME] is required".into(),
+            ));
+        }
+        if self.sinks.is_empty() {
+            return Err((
+                "sinks".into(),
+                "at least one [sinks.NAME] is required".into(),
+            ));
+        }
+        if self.sources.len() > u16::MAX as usize {
+            return Err(("sources".into(), "too many sources".into()));
+        }
+        if let Err(message) = self.metrics.token() {
+            let key = ["bearer_token_file", "bearer_token_env", "bearer_token"]
+                .into_iter()
+                .find(|k| message.contains(&format!("`{k}`")))
+                .unwrap_or("bearer_token");
+            return Err((format!("metrics.{key}"), message));
+        }
+        positive("parse.json_max_depth".into(), self.parse.json_max_depth)?;
+        positive("parse.json_max_bytes".into(), self.parse.json_max_bytes)?;
+        if self.parse.default_offset_secs.abs() > 24 * 3600 {
+            return Err((
+                "parse.default_offset_secs".into(),
+                "must be within ±86400".into(),
+            ));
+        }
+        if let Some(w) = self.pipeline.workers {
+            positive("pipeline.workers".into(), w)?;
+        }
+        positive("pipeline.queue_batches".into(), self.pipeline.queue_batches)?;
+        positive(
+            "pipeline.sink_queue_batches".into(),
+            self.pipeline.sink_queue_batches,
+        )?;
+
+        let mut udp_ports = HashSet::new();
+        let mut tcp_ports = HashSet::new();
+        for (name, source) in &self.sources {
+            let prefix = format!("sources.{name}");
+            if name.is_empty() {
+                return Err((prefix, "a source needs a name".into()));
+            }
+            let (max_message_bytes, receive_buffer_bytes, threads, batch_max_frames) = match source
+            {
+                SourceConfig::Udp(u) => (
+                    u.max_message_bytes,
+                    u.receive_buffer_bytes,
+                    u.threads,
+                    u.batch_max_frames,
+                ),
+                SourceConfig::Tcp(t) => {
+                    positive(format!("{prefix}.max_connections"), t.max_connections)?;
+                    (
+                        t.max_message_bytes,
+                        t.receive_buffer_bytes,
+                        t.threads,
+                        t.batch_max_frames,
+                    )
+                }
+            };
+            positive(format!("{prefix}.max_message_bytes"), max_message_bytes)?;
+            if max_message_bytes > u32::MAX as usize / 2 {
+                return Err((
+                    format!("{prefix}.max_message_bytes"),
+                    "must be below 2 GiB".into(),
+                ));
+            }
+            if matches!(source, SourceConfig::Udp(_)) && max_message_bytes > 65_535 {
+                // A UDP datagram cannot be larger; a larger bound would only waste buffer space.
+                return Err((
+                    format!("{prefix}.max_message_bytes"),
+                    "a UDP datagram holds at most 65535 bytes".into(),
+                ));
+            }
+            positive(
+                format!("{prefix}.receive_buffer_bytes"),
+                receive_buffer_bytes,
+            )?;
+            if receive_buffer_bytes > i32::MAX as usize {
+                return Err((
+                    format!("{prefix}.receive_buffer_bytes"),
+                    "must be below 2 GiB".into(),
+                ));
+            }
+            if let Some(t) = threads {
+                positive(format!("{prefix}.threads"), t)?;
+            }
+            positive(format!("{prefix}.batch_max_frames"), batch_max_frames)?;
+            let listen = source.net_settings().listen;
+            let ports = if matches!(source, SourceConfig::Udp(_)) {
+                &mut udp_ports
+            } else {
+                &mut tcp_ports
+            };
+            // Port 0 (the kernel picks one; tests use it) never conflicts.
+            if listen.port() != 0 && !ports.insert(listen.port()) {
+                return Err((
+                    format!("{prefix}.listen"),
+                    format!(
+                        "another {} source already listens on port {}",
+                        source.type_name(),
+                        listen.port()
+                    ),
+                ));
+            }
+        }
+        if self.metrics.enabled
+            && self.metrics.listen.port() != 0
+            && tcp_ports.contains(&self.metrics.listen.port())
+        {
+            return Err((
+                "metrics.listen".into(),
+                format!("port {} is also a tcp source", self.metrics.listen.port()),
+            ));
+        }
+
+        let mut paths = HashSet::new();
+        for (name, sink) in &self.sinks {
+            let prefix = format!("sinks.{name}");
+            sink.validate()
+                .map_err(|(key, message)| (format!("{prefix}.{key}"), message))?;
+            let routing = sink.routing();
+            for input in routing.inputs {
+                if !self.sources.contains_key(input) {
+                    return Err((
+                        format!("{prefix}.inputs"),
+                        format!("no source named `{input}`"),
+                    ));
+                }
+            }
+            if let SinkConfig::File(f) = sink
+                && !paths.insert(f.path.clone())
+            {
+                return Err((
+                    format!("{prefix}.path"),
+                    "another file sink writes to the same path".into(),
+                ));
+            }
+        }
+        if let Some(xdp) = &self.xdp {
+            if xdp.interfaces.is_empty() {
+                return Err((
+                    "xdp.interfaces".into(),
+                    "list at least one interface".into(),
+                ));
+            }
+            for cidr in &xdp.allow {
+                if !valid_cidr(cidr) {
+                    return Err((
+                        "xdp.allow".into(),
+                        format!("`{cidr}` is not an IPv4/IPv6 address or CIDR"),
+                    ));
+                }
+            }
+            if xdp.rate_limit_pps == Some(0) {
+                return Err((
+                    "xdp.rate_limit_pps".into(),
+                    "must be greater than 0 (omit it to disable)".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Turns a TOML error into one line naming file, line and key. Tables read through an
+/// internally tagged enum (`[sources.X]`, `[sinks.X]`) lose their inner spans in serde, so the
+/// parser points at the table header; the offending key is then looked up inside that table.
+fn parse_error(text: &str, origin: &str, e: &toml::de::Error) -> ConfigError {
+    let message = e.message().trim_end().to_string();
+    let Some(span) = e.span() else {
+        return ConfigError::Parse {
+            path: origin.to_string(),
+            line: None,
+            message,
+        };
+    };
+    let mut line = line_of(text, span.start);
+    let header = text[span.start.min(text.len())..]
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim();
+    if header.starts_with('[') {
+        let table_end = text[span.start..]
+            .match_indices('\n')
+            .map(|(i, _)| span.start + i + 1)
+            .find(|&i| text[i..].trim_start().starts_with('['))
+            .unwrap_or(text.len());
+        let region = &text[span.start..table_end];
+        let quoted = |prefix: &str| {
+            let rest = message.strip_prefix(prefix)?;
+            Some(rest[..rest.find('`')?].to_string())
+        };
+        let found = if let Some(key) = quoted("unknown field `") {
+            find_line(region, |l| {
+                l.strip_prefix(key.as_str())
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
+            })
+        } else if let Some(value) = quoted("unknown variant `") {
+            find_line(region, |l| {
+                l.contains(&format!("\"{value}\"")) || l.contains(&format!("'{value}'"))
+            })
+        } else {
+            None
+        };
+        if let Some(offset) = found {
+            line = line_of(text, span.start + offset);
+        }
+        return ConfigError::Parse {
+            path: origin.to_string(),
+            line: Some(line),
+            message: format!("{message} (in {header})"),
+        };
+    }
+    ConfigError::Parse {
+        path: origin.to_string(),
+        line: Some(line),
+        message,
+    }
+}
+
+/// Offset within `region` of the first line (leading blanks trimmed) matching `pred`.
+fn find_line(region: &str, pred: impl Fn(&str) -> bool) -> Option<usize> {
+    let mut offset = 0;
+    for l in region.split_inclusive('\n') {
+        if pred(l.trim_start()) {
+            return Some(offset);
+        }
+        offset += l.len();
+    }
+    None
+}
+
+fn valid_cidr(text: &str) -> bool {
+    let (addr, prefix) = match text.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (text, None),
+    };
+    let Ok(ip) = addr.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    prefix.is_none_or(|p| p.parse::<u8>().is_ok_and(|p| p <= max))
+}
+
+/// The 1-based line where dotted `key` (e.g. `sinks.out.path`) is written, or where its closest
+/// written ancestor is (a missing key is reported at its table).
+pub fn locate_key(text: &str, key: &str) -> Option<usize> {
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut table = doc.get_ref();
+    let mut best = None;
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let Some((k, v)) = table.get_key_value(*part) else {
+            break;
+        };
+        let span = if k.span().start < k.span().end {
+            k.span()
+        } else {
+            v.span()
+        };
+        best = Some(span.start);
+        match v.get_ref().as_table() {
+            Some(t) if i + 1 < parts.len() => table = t,
+            _ => break,
+        }
+    }
+    best.map(|offset| line_of(text, offset))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+data_dir = "/tmp/x"
+[sources.syslog_udp]
+type = "udp"
+listen = "127.0.0.1:5514"
+[sources.syslog_tcp]
+type = "tcp"
+listen = "127.0.0.1:5514"
+framing = "octet"
+[sinks.out]
+type = "file"
+path = "/tmp/x/out"
+schema = "commonsecuritylog"
+compression = "gzip"
+inputs = ["syslog_tcp"]
+kinds = ["cef", "darktrace_model_breach"]
+"#;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::embedded_default().unwrap();
+        assert_eq!(c.sources.len(), 2);
+        assert_eq!(c.metrics.listen, "127.0.0.1:9514".parse().unwrap());
+        let SinkConfig::File(f) = &c.sinks.values().next().unwrap();
+        assert_eq!(f.schema, Schema::Sluice);
+    }
+
+    #[test]
+    fn parses_named_tables() {
+        let c = Config::from_toml(GOOD, "good.toml").unwrap();
+        assert!(matches!(
+            c.sources["syslog_tcp"],
+            SourceConfig::Tcp(TcpSourceConfig {
+                framing: Framing::Octet,
+                ..
+            })
+        ));
+        let sink = &c.sinks["out"];
+        assert!(sink.routing().accepts_source("syslog_tcp"));
+        assert!(!sink.routing().accepts_source("syslog_udp"));
+        assert!(sink.routing().accepts_kind(EventKind::Cef));
+        assert!(!sink.routing().accepts_kind(EventKind::Json));
+        // The effective config round-trips.
+        let again = Config::from_toml(&c.to_redacted_toml(), "again").unwrap();
+        assert_eq!(again.sinks["out"].schema(), Schema::Commonsecuritylog);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = GOOD.replace(
+            "framing = \"octet\"",
+            "framing = \"octet\"\nframeing = \"lf\"",
+        );
+        let err = Config::from_toml(&text, "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bad.toml"), "{err}");
+        assert!(err.contains("frameing"), "{err}");
+        assert!(
+            err.starts_with("bad.toml:10: unknown field `frameing`"),
+            "{err}"
+        );
+        assert!(err.contains("[sources.syslog_tcp]"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_in_sink_names_line() {
+        let text = GOOD.replace("compression = \"gzip\"", "compresion = \"gzip\"");
+        let err = Config::from_toml(&text, "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("compresion"), "{err}");
+        assert!(
+            err.starts_with("bad.toml:14: unknown field `compresion`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_top_level_key() {
+        let err = Config::from_toml(&format!("bogus = 1\n{GOOD}"), "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("bad.toml:1: unknown field `bogus`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn invalid_values_name_key_and_line() {
+        let text = GOOD.replace(
+            "listen = \"127.0.0.1:5514\"\nframing",
+            "listen = \"127.0.0.1:5514\"\nmax_message_bytes = 0\nframing",
+        );
+        let err = Config::from_toml(&text, "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "bad.toml:9: `sources.syslog_tcp.max_message_bytes`: must be greater than 0"
+        );
+
+        let text = GOOD.replace("[\"syslog_tcp\"]", "[\"nope\"]");
+        let err = Config::from_toml(&text, "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "bad.toml:15: `sinks.out.inputs`: no source named `nope`"
+        );
+
+        let text = GOOD.replace(
+            "listen = \"127.0.0.1:5514\"\nframing",
+            "listen = \"127.0.0.1:5515\"\nframing",
+        ) + "[sources.dup]\ntype = \"tcp\"\nlisten = \"0.0.0.0:5515\"\n";
+        let err = Config::from_toml(&text, "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sources.") && err.contains("port 5515"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn secrets_are_redacted_and_resolved() {
+        let text = format!("[metrics]\nbearer_token = \"s3cr3t-value\"\n{GOOD}");
+        let c = Config::from_toml(&text, "x").unwrap();
+        let shown = c.to_redacted_toml();
+        assert!(
+            !shown.contains("s3cr3t-value") && shown.contains(secret::REDACTED),
+            "{shown}"
+        );
+        assert!(!format!("{c:?}").contains("s3cr3t-value"));
+        assert_eq!(c.metrics.token().unwrap().unwrap().expose(), "s3cr3t-value");
+
+        let text = format!("[metrics]\nbearer_token_file = \"/nonexistent/token\"\n{GOOD}");
+        let err = Config::from_toml(&text, "x.toml").unwrap_err().to_string();
+        assert!(
+            err.starts_with("x.toml:2: `metrics.bearer_token_file`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_enum_value() {
+        let text = GOOD.replace("\"gzip\"", "\"lz4\"");
+        let err = Config::from_toml(&text, "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("bad.toml:14: unknown variant `lz4`"),
+            "{err}"
+        );
+
+        let text = GOOD.replace("\"127.0.0.1:5514\"\nframing", "\"nowhere\"\nframing");
+        let err = Config::from_toml(&text, "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("bad.toml:6:") && err.contains("[sources.syslog_tcp]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn locate_key_finds_lines() {
+        assert_eq!(locate_key(GOOD, "sinks.out.schema"), Some(13));
+        assert_eq!(locate_key(GOOD, "sources.syslog_tcp"), Some(6));
+        assert_eq!(locate_key(GOOD, "data_dir"), Some(2));
+        assert_eq!(locate_key(GOOD, "sinks.out.nonexistent"), Some(10));
+    }
+}

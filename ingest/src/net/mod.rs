@@ -4,9 +4,12 @@
 //! end to end plus one [`FrameRef`] per message) and pushes it on its core's bounded queue.
 //! Workers return drained batches through a recycle queue so steady state allocates nothing.
 
+pub mod portable;
+
 use std::net::SocketAddr;
 
 use crate::event::Timestamp;
+pub use crate::metrics::ReaderCounters;
 
 /// One message inside a [`FrameBatch`].
 #[derive(Debug, Clone, Copy)]
@@ -38,7 +41,12 @@ impl FrameBatch {
     pub fn push(&mut self, bytes: &[u8], peer: Option<SocketAddr>, truncated: bool) {
         let offset = self.data.len() as u32;
         self.data.extend_from_slice(bytes);
-        self.frames.push(FrameRef { offset, len: bytes.len() as u32, peer, truncated });
+        self.frames.push(FrameRef {
+            offset,
+            len: bytes.len() as u32,
+            peer,
+            truncated,
+        });
     }
 
     pub fn frame(&self, f: &FrameRef) -> &[u8] {
@@ -71,4 +79,267 @@ pub struct ReaderContext {
     /// Drained batches come back here for reuse.
     pub recycled: crossbeam::channel::Receiver<FrameBatch>,
     pub shutdown: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// TCP only: open connections this reader (listener) may hold at once.
+    pub max_connections: usize,
+    /// Pin threads the reader spawns (TCP connections) to `core`.
+    pub pin: bool,
+    /// Loss and framing counters of this source; add per batch, not per message.
+    pub counters: ReaderCounters,
+}
+
+/// How long a reader may block before it looks at `shutdown` again.
+pub const SHUTDOWN_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The socket-reading implementation in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Blocking std sockets: batched `recvmmsg` for UDP, a thread per TCP connection.
+    Portable,
+}
+
+impl Backend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Portable => "portable",
+        }
+    }
+
+    /// Runs until `ctx.shutdown` is set (then returns once everything read is handed over).
+    pub fn run_udp(self, socket: std::net::UdpSocket, ctx: ReaderContext) -> std::io::Result<()> {
+        match self {
+            Backend::Portable => portable::run_udp(socket, ctx),
+        }
+    }
+
+    /// Runs until `ctx.shutdown` is set; returns after every connection it accepted has ended.
+    pub fn run_tcp(
+        self,
+        listener: std::net::TcpListener,
+        ctx: ReaderContext,
+    ) -> std::io::Result<()> {
+        match self {
+            Backend::Portable => portable::run_tcp(listener, ctx),
+        }
+    }
+}
+
+/// Picks the fastest usable backend and says why. The io_uring backend plugs in here:
+/// `match uring::probe() { Ok(()) => return (Backend::Uring, ...), Err(why) => ... }`.
+pub fn select_backend() -> (Backend, String) {
+    (
+        Backend::Portable,
+        "the io_uring backend is not built into this binary".to_string(),
+    )
+}
+
+/// Per-socket kernel drop counter (`sk_drops`: datagrams dropped because the receive buffer was
+/// full), polled by the pipeline's maintenance thread and added to
+/// `sluice_dropped_messages_total{reason="kernel_rcvbuf"}`. Readers never count kernel drops
+/// themselves (SO_RXQ_OVFL is for prompt warnings only), so each drop is counted once.
+pub struct SocketDrops {
+    /// A duplicate of the reader's socket, so the count stays readable whatever the reader does.
+    fd: std::os::fd::OwnedFd,
+    last: u32,
+    counter: metrics::Counter,
+}
+
+impl SocketDrops {
+    /// Call before the socket goes to its reader; the socket's current count is the baseline.
+    pub fn new(
+        socket: &impl std::os::fd::AsFd,
+        counter: metrics::Counter,
+    ) -> std::io::Result<Self> {
+        let fd = socket.as_fd().try_clone_to_owned()?;
+        let last = socket_drops(&fd)?;
+        Ok(SocketDrops { fd, last, counter })
+    }
+
+    /// Adds the drops since the last call to the counter and returns them.
+    pub fn poll(&mut self) -> std::io::Result<u64> {
+        let now = socket_drops(&self.fd)?;
+        let delta = u64::from(now.wrapping_sub(self.last));
+        self.last = now;
+        if delta > 0 {
+            self.counter.increment(delta);
+        }
+        Ok(delta)
+    }
+}
+
+/// `sk_drops` via SO_MEMINFO (Linux ≥ 3.13).
+fn socket_drops(fd: &impl std::os::fd::AsRawFd) -> std::io::Result<u32> {
+    const SK_MEMINFO_VARS: usize = 9;
+    const SK_MEMINFO_DROPS: usize = 8;
+    let mut info = [0u32; SK_MEMINFO_VARS];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: `info` is writable for `len` bytes and `len` is passed by pointer as the API wants.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if (len as usize) < (SK_MEMINFO_DROPS + 1) * 4 {
+        return Err(std::io::Error::other("SO_MEMINFO returned no drop counter"));
+    }
+    Ok(info[SK_MEMINFO_DROPS])
+}
+
+/// Binds one SO_REUSEPORT UDP socket. Asks for `receive_buffer_bytes` (forcing past
+/// `net.core.rmem_max` when privileged) and enables SO_RXQ_OVFL so every datagram carries the
+/// socket's kernel drop count. Returns the socket and the effective receive buffer size.
+pub fn bind_udp(
+    listen: SocketAddr,
+    receive_buffer_bytes: usize,
+) -> std::io::Result<(std::net::UdpSocket, usize)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(listen),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    socket.set_reuse_port(true)?;
+    let effective = set_receive_buffer(&socket, receive_buffer_bytes)?;
+    set_int_option(&socket, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1)?;
+    socket
+        .bind(&listen.into())
+        .map_err(|e| bind_error(e, "udp", listen))?;
+    Ok((socket.into(), effective))
+}
+
+/// Binds one SO_REUSEPORT TCP listener.
+pub fn bind_tcp(
+    listen: SocketAddr,
+    receive_buffer_bytes: usize,
+) -> std::io::Result<(std::net::TcpListener, usize)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(listen),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    // Accepted sockets inherit the listener's buffer size.
+    let effective = set_receive_buffer(&socket, receive_buffer_bytes)?;
+    socket
+        .bind(&listen.into())
+        .map_err(|e| bind_error(e, "tcp", listen))?;
+    socket.listen(1024)?;
+    Ok((socket.into(), effective))
+}
+
+fn bind_error(e: std::io::Error, proto: &str, listen: SocketAddr) -> std::io::Error {
+    let hint = match e.kind() {
+        std::io::ErrorKind::PermissionDenied if listen.port() < 1024 => format!(
+            "ports below 1024 need privileges: run as root, grant the binary CAP_NET_BIND_SERVICE \
+             (`sudo setcap cap_net_bind_service=+ep $(command -v sluice)`), or use a config \
+             (`sluice run --config FILE`) whose sources listen on a port >= 1024, e.g. {}:5514",
+            listen.ip()
+        ),
+        std::io::ErrorKind::AddrInUse => {
+            "another program (or another source) already uses it".to_string()
+        }
+        std::io::ErrorKind::AddrNotAvailable => "no local interface has that address".to_string(),
+        _ => String::new(),
+    };
+    let sep = if hint.is_empty() { "" } else { "; " };
+    std::io::Error::new(
+        e.kind(),
+        format!("cannot listen on {proto} {listen}: {e}{sep}{hint}"),
+    )
+}
+
+/// Sets SO_RCVBUF, trying SO_RCVBUFFORCE first (works with CAP_NET_ADMIN), and returns the size
+/// the kernel granted (it reports twice the usable size; halved here).
+fn set_receive_buffer(socket: &socket2::Socket, bytes: usize) -> std::io::Result<usize> {
+    let want = bytes.min(i32::MAX as usize) as libc::c_int;
+    if set_int_option(socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, want).is_err() {
+        socket.set_recv_buffer_size(bytes)?;
+    }
+    Ok(socket.recv_buffer_size()? / 2)
+}
+
+fn set_int_option(
+    socket: &socket2::Socket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `value` outlives the call and its size is passed; the fd is owned by `socket`.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reuseport_allows_one_socket_per_core() {
+        let (a, size) = bind_udp("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
+        let addr = a.local_addr().unwrap();
+        let (_b, _) = bind_udp(addr, 1 << 20).unwrap();
+        assert!(size > 0);
+        let (l, _) = bind_tcp("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
+        let (_l2, _) = bind_tcp(l.local_addr().unwrap(), 1 << 20).unwrap();
+    }
+
+    #[test]
+    fn socket_drops_are_counted() {
+        let (socket, _) = bind_udp("127.0.0.1:0".parse().unwrap(), 4096).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let counter = metrics::with_local_recorder(&recorder, || metrics::counter!("drops"));
+        let mut drops = SocketDrops::new(&socket, counter).unwrap();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // Nobody reads: a tiny buffer overflows after a few datagrams.
+        for _ in 0..200 {
+            client.send_to(&[b'x'; 1000], addr).unwrap();
+        }
+        let dropped = drops.poll().unwrap();
+        assert!(dropped > 0, "expected kernel drops with a 4 KiB buffer");
+        assert_eq!(drops.poll().unwrap(), 0);
+        assert!(
+            handle.render().contains(&format!("drops {dropped}")),
+            "{}",
+            handle.render()
+        );
+    }
+
+    #[test]
+    fn privileged_port_error_explains_the_fix() {
+        let e = bind_error(
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            "udp",
+            "0.0.0.0:514".parse().unwrap(),
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("CAP_NET_BIND_SERVICE")
+                && text.contains("root")
+                && text.contains("--config"),
+            "{text}"
+        );
+    }
 }

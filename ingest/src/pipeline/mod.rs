@@ -1,1 +1,487 @@
-//! pipeline: see the module map in the README.
+//! The per-core pipeline: readers → bounded queues → parser workers (parse, route, map, batch)
+//! → per-sink delivery threads (compress, write). Control flow for start-up and shutdown.
+//!
+//! Shutdown drains front to back: readers stop and hand over what they read; their queue
+//! senders drop, so each worker sees its queue disconnect once it is empty, seals its batches
+//! and exits; that drops the sink queue senders, so the delivery threads finish the last batches.
+
+mod sink_stage;
+mod worker;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use crossbeam::channel::bounded;
+
+use crate::config::{Config, SinkConfig, SourceConfig, available_cores};
+use crate::metrics::ReaderCounters;
+use crate::net::{Backend, FrameBatch, ReaderContext};
+use crate::sink::file::FileSink;
+
+/// A task the maintenance thread runs about once a second (e.g. reading per-socket kernel drop
+/// counters, refreshing gauges).
+pub type PeriodicTask = Box<dyn FnMut() + Send>;
+
+/// Counts kept beside the metrics so the daemon can report them at exit.
+#[derive(Debug, Default)]
+pub struct Totals {
+    /// Counted by the readers (everything taken off the sockets).
+    pub received_messages: AtomicU64,
+    /// Counted by the workers (everything handed over by the readers).
+    pub parsed_messages: AtomicU64,
+    pub received_bytes: AtomicU64,
+    pub parse_errors: AtomicU64,
+    pub dropped_queue_full: AtomicU64,
+    pub dropped_oversize: AtomicU64,
+    pub dropped_kernel_rcvbuf: AtomicU64,
+    pub sink_events: AtomicU64,
+    pub sink_batches: AtomicU64,
+    pub sink_dropped_events: AtomicU64,
+}
+
+/// A snapshot of [`Totals`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    pub received_messages: u64,
+    pub parsed_messages: u64,
+    pub received_bytes: u64,
+    pub parse_errors: u64,
+    pub dropped_queue_full: u64,
+    pub dropped_oversize: u64,
+    pub dropped_kernel_rcvbuf: u64,
+    pub sink_events: u64,
+    pub sink_batches: u64,
+    pub sink_dropped_events: u64,
+}
+
+impl Totals {
+    pub fn summary(&self) -> Summary {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Summary {
+            received_messages: l(&self.received_messages),
+            parsed_messages: l(&self.parsed_messages),
+            received_bytes: l(&self.received_bytes),
+            parse_errors: l(&self.parse_errors),
+            dropped_queue_full: l(&self.dropped_queue_full),
+            dropped_oversize: l(&self.dropped_oversize),
+            dropped_kernel_rcvbuf: l(&self.dropped_kernel_rcvbuf),
+            sink_events: l(&self.sink_events),
+            sink_batches: l(&self.sink_batches),
+            sink_dropped_events: l(&self.sink_dropped_events),
+        }
+    }
+}
+
+/// A counter that also adds into one of the [`Totals`].
+struct TeeCounter {
+    inner: metrics::Counter,
+    total: Arc<Totals>,
+    field: fn(&Totals) -> &AtomicU64,
+}
+
+impl metrics::CounterFn for TeeCounter {
+    fn increment(&self, value: u64) {
+        self.inner.increment(value);
+        (self.field)(&self.total).fetch_add(value, Ordering::Relaxed);
+    }
+    fn absolute(&self, value: u64) {
+        self.inner.absolute(value);
+    }
+}
+
+fn tee(
+    inner: metrics::Counter,
+    total: &Arc<Totals>,
+    field: fn(&Totals) -> &AtomicU64,
+) -> metrics::Counter {
+    metrics::Counter::from_arc(Arc::new(TeeCounter {
+        inner,
+        total: total.clone(),
+        field,
+    }))
+}
+
+fn kernel_drop_counter(source: &str, totals: &Arc<Totals>) -> metrics::Counter {
+    let inner = metrics::counter!(
+        crate::metrics::DROPPED_MESSAGES, "source" => source.to_string(), "reason" => crate::metrics::DROP_KERNEL_RCVBUF
+    );
+    tee(inner, totals, |t| &t.dropped_kernel_rcvbuf)
+}
+
+/// A bound listening socket, ready for a reader.
+enum Bound {
+    Udp(std::net::UdpSocket),
+    Tcp(std::net::TcpListener),
+}
+
+/// The running pipeline.
+pub struct Pipeline {
+    backend: Backend,
+    /// Where each source listens, in config order (several entries per source: one per thread).
+    pub listening: Vec<(String, &'static str, SocketAddr)>,
+    reader_stop: Arc<AtomicBool>,
+    sink_draining: Arc<AtomicBool>,
+    maintenance_stop: Arc<AtomicBool>,
+    readers: Vec<(String, JoinHandle<std::io::Result<()>>)>,
+    workers: Vec<JoinHandle<()>>,
+    sinks: Vec<JoinHandle<()>>,
+    maintenance: Option<JoinHandle<()>>,
+    totals: Arc<Totals>,
+    started: Instant,
+}
+
+impl Pipeline {
+    /// Binds every socket, then starts sinks, workers and readers. Nothing is started if any
+    /// socket cannot be bound or any sink cannot be opened.
+    pub fn start(config: &Config, mut periodic: Vec<PeriodicTask>) -> anyhow::Result<Pipeline> {
+        let (backend, why) = crate::net::select_backend();
+        tracing::info!(
+            backend = backend.name(),
+            "socket reader backend: {} ({why})",
+            backend.name()
+        );
+        let cores = available_cores();
+        let worker_count = config.pipeline.worker_count();
+        let pin = config.pipeline.pin_threads;
+        let totals = Arc::new(Totals::default());
+
+        // Sockets first: a port conflict must fail before any thread starts.
+        let source_names: Vec<Arc<str>> = config
+            .sources
+            .keys()
+            .map(|k| Arc::from(k.as_str()))
+            .collect();
+        let mut bound = Vec::new();
+        let mut listening = Vec::new();
+        for (index, (name, source)) in config.sources.iter().enumerate() {
+            let settings = source.net_settings();
+            let mut addr = settings.listen;
+            for thread in 0..settings.threads {
+                let (socket, rcvbuf) = match source {
+                    SourceConfig::Udp(_) => {
+                        let (s, r) = crate::net::bind_udp(addr, settings.receive_buffer_bytes)?;
+                        addr = s.local_addr()?;
+                        let counter = kernel_drop_counter(name, &totals);
+                        match crate::net::SocketDrops::new(&s, counter) {
+                            Ok(mut drops) => periodic.push(Box::new(move || {
+                                if let Err(e) = drops.poll() {
+                                    tracing::debug!("reading the socket drop counter: {e}");
+                                }
+                            })),
+                            Err(e) => {
+                                tracing::warn!(source = %name, "kernel drop counter unavailable: {e}")
+                            }
+                        }
+                        (Bound::Udp(s), r)
+                    }
+                    SourceConfig::Tcp(_) => {
+                        let (s, r) = crate::net::bind_tcp(addr, settings.receive_buffer_bytes)?;
+                        addr = s.local_addr()?;
+                        (Bound::Tcp(s), r)
+                    }
+                };
+                if thread == 0 {
+                    if rcvbuf < settings.receive_buffer_bytes {
+                        tracing::warn!(
+                            source = %name, requested = settings.receive_buffer_bytes, effective = rcvbuf,
+                            "receive buffer smaller than configured: raise net.core.rmem_max or run with CAP_NET_ADMIN"
+                        );
+                    } else {
+                        tracing::info!(source = %name, effective = rcvbuf, "receive buffer");
+                    }
+                }
+                listening.push((name.clone(), source.type_name(), addr));
+                bound.push((index, thread, socket));
+            }
+        }
+
+        // Sinks.
+        let sink_draining = Arc::new(AtomicBool::new(false));
+        let mut sink_handles = Vec::new();
+        let mut sink_ports = Vec::new();
+        for (name, sink) in &config.sinks {
+            let stage = match sink {
+                SinkConfig::File(f) => {
+                    let file = FileSink::new(name, f.clone()).with_context(|| {
+                        format!("sink `{name}`: cannot open directory {}", f.path.display())
+                    })?;
+                    sink_stage::SinkTarget::File(Arc::new(file))
+                }
+            };
+            let threads = match sink {
+                SinkConfig::File(f) => f.compression_threads,
+            };
+            let (tx, rx) = bounded(config.pipeline.sink_queue_batches);
+            let (spare_tx, spare_rx) =
+                bounded(config.pipeline.sink_queue_batches + worker_count + threads);
+            let counters = crate::metrics::SinkCounters::register(name);
+            for t in 0..threads {
+                let stage = sink_stage::SinkStage {
+                    name: name.clone(),
+                    target: stage.clone(),
+                    queue: rx.clone(),
+                    spare: spare_tx.clone(),
+                    counters: counters.clone(),
+                    totals: totals.clone(),
+                    draining: sink_draining.clone(),
+                };
+                sink_handles.push(
+                    std::thread::Builder::new()
+                        .name(format!("sluice-sink-{name}-{t}"))
+                        .spawn(move || stage.run())?,
+                );
+            }
+            sink_ports.push(worker::SinkPort {
+                schema: sink.schema(),
+                kinds: sink.routing().kinds.to_vec(),
+                limits: sink.batch_limits(),
+                queue: tx,
+                spare: spare_rx,
+                counters,
+            });
+        }
+
+        // Workers and their queues.
+        let routes: Vec<Vec<usize>> = config
+            .sources
+            .keys()
+            .map(|source| {
+                config
+                    .sinks
+                    .values()
+                    .enumerate()
+                    .filter(|(_, s)| s.routing().accepts_source(source))
+                    .map(|(j, _)| j)
+                    .collect()
+            })
+            .collect();
+        for (source, r) in config.sources.keys().zip(&routes) {
+            if r.is_empty() {
+                tracing::warn!(source = %source, "no sink takes events from this source; they are counted and discarded");
+            }
+        }
+        let mut worker_queues = Vec::new();
+        let mut recycle_receivers = Vec::new();
+        let mut worker_handles = Vec::new();
+        for core in 0..worker_count {
+            let (tx, rx) = bounded::<FrameBatch>(config.pipeline.queue_batches);
+            let mut recycle_senders = Vec::new();
+            let mut recyclers = Vec::new();
+            for _ in &source_names {
+                let (rtx, rrx) = bounded::<FrameBatch>(config.pipeline.queue_batches + 8);
+                recycle_senders.push(rtx);
+                recyclers.push(rrx);
+            }
+            let w = worker::Worker::new(worker::WorkerSetup {
+                core,
+                queue: rx.clone(),
+                recycle: recycle_senders,
+                source_names: source_names.clone(),
+                routes: routes.clone(),
+                sinks: &sink_ports,
+                parse: config.parse.options(),
+                totals: totals.clone(),
+            });
+            let pin_core = core % cores;
+            worker_handles.push(
+                std::thread::Builder::new()
+                    .name(format!("sluice-worker-{core}"))
+                    .spawn(move || {
+                        if pin
+                            && !core_affinity::set_for_current(core_affinity::CoreId {
+                                id: pin_core,
+                            })
+                        {
+                            tracing::debug!(core = pin_core, "could not pin worker thread");
+                        }
+                        w.run()
+                    })?,
+            );
+            worker_queues.push((tx, rx));
+            recycle_receivers.push(recyclers);
+        }
+        drop(sink_ports);
+
+        // Readers.
+        let reader_stop = Arc::new(AtomicBool::new(false));
+        let reader_counters: Vec<ReaderCounters> = source_names
+            .iter()
+            .map(|name| {
+                let mut c = ReaderCounters::register(name);
+                c.received_messages = tee(c.received_messages, &totals, |t| &t.received_messages);
+                c.received_bytes = tee(c.received_bytes, &totals, |t| &t.received_bytes);
+                c.dropped_queue_full =
+                    tee(c.dropped_queue_full, &totals, |t| &t.dropped_queue_full);
+                c.dropped_oversize = tee(c.dropped_oversize, &totals, |t| &t.dropped_oversize);
+                c
+            })
+            .collect();
+        let mut readers = Vec::new();
+        let sources: Vec<&SourceConfig> = config.sources.values().collect();
+        for (index, thread, socket) in bound {
+            let settings = sources[index].net_settings();
+            let worker = thread % worker_count;
+            let max_connections = match sources[index] {
+                SourceConfig::Tcp(t) => t.max_connections.div_ceil(settings.threads),
+                SourceConfig::Udp(_) => 0,
+            };
+            let ctx = ReaderContext {
+                source_index: index as u16,
+                source_name: source_names[index].clone(),
+                core: thread % cores,
+                limits: settings.limits,
+                framing: settings.framing,
+                batch_max_frames: settings.batch_max_frames,
+                to_worker: worker_queues[worker].0.clone(),
+                recycled: recycle_receivers[worker][index].clone(),
+                shutdown: reader_stop.clone(),
+                max_connections,
+                pin,
+                counters: reader_counters[index].clone(),
+            };
+            let name = format!("{}-{thread}", source_names[index]);
+            let core = ctx.core;
+            let handle = std::thread::Builder::new()
+                .name(format!("sluice-read-{name}"))
+                .spawn(move || {
+                    if pin && !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                        tracing::debug!(core, "could not pin reader thread");
+                    }
+                    match socket {
+                        Bound::Udp(s) => backend.run_udp(s, ctx),
+                        Bound::Tcp(l) => backend.run_tcp(l, ctx),
+                    }
+                })?;
+            readers.push((name, handle));
+        }
+
+        // Maintenance: gauges and periodic tasks. Only receivers are kept here: holding a
+        // sender would keep the queues from disconnecting at shutdown.
+        let depth_gauges: Vec<_> = worker_queues
+            .iter()
+            .enumerate()
+            .map(|(core, (_, rx))| {
+                (
+                    crate::metrics::queue_depth_gauge("worker", core.to_string()),
+                    rx.clone(),
+                )
+            })
+            .collect();
+        drop(worker_queues);
+        let host_gauge = metrics::gauge!(crate::metrics::HOST_UDP_RCVBUF_ERRORS);
+        let maintenance_stop = Arc::new(AtomicBool::new(false));
+        let stop = maintenance_stop.clone();
+        let maintenance = std::thread::Builder::new()
+            .name("sluice-maintenance".into())
+            .spawn(move || {
+                loop {
+                    // Runs once more after `stop` so drops during the drain are counted too.
+                    let stopping = stop.load(Ordering::Relaxed);
+                    for (gauge, rx) in &depth_gauges {
+                        gauge.set(rx.len() as f64);
+                    }
+                    if let Some(errors) = crate::metrics::host_udp_rcvbuf_errors() {
+                        host_gauge.set(errors as f64);
+                    }
+                    for task in &mut periodic {
+                        task();
+                    }
+                    if stopping {
+                        break;
+                    }
+                    let until = Instant::now() + Duration::from_secs(1);
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            })?;
+
+        for (name, proto, addr) in &listening {
+            tracing::debug!(source = %name, "listening on {proto} {addr}");
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (name, proto, addr) in &listening {
+            if seen.insert((name.clone(), *proto, *addr)) {
+                tracing::info!(source = %name, "listening on {proto} {addr}");
+            }
+        }
+        Ok(Pipeline {
+            backend,
+            listening,
+            reader_stop,
+            sink_draining,
+            maintenance_stop,
+            readers,
+            workers: worker_handles,
+            sinks: sink_handles,
+            maintenance: Some(maintenance),
+            totals,
+            started: Instant::now(),
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn totals(&self) -> &Arc<Totals> {
+        &self.totals
+    }
+
+    /// True once a reader or worker thread has ended on its own (a fatal socket error).
+    pub fn failed(&self) -> Option<String> {
+        self.readers
+            .iter()
+            .find(|(_, h)| h.is_finished())
+            .map(|(name, _)| format!("reader {name} stopped"))
+    }
+
+    /// Stops reading, drains every queue, writes every batch; returns the totals.
+    pub fn shutdown(mut self) -> Summary {
+        let began = Instant::now();
+        self.reader_stop.store(true, Ordering::Relaxed);
+        for (name, handle) in self.readers.drain(..) {
+            match handle.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(reader = %name, "reader failed: {e}"),
+                Err(_) => tracing::error!(reader = %name, "reader panicked"),
+            }
+        }
+        self.sink_draining.store(true, Ordering::Relaxed);
+        for handle in self.workers.drain(..) {
+            if handle.join().is_err() {
+                tracing::error!("a worker panicked");
+            }
+        }
+        for handle in self.sinks.drain(..) {
+            if handle.join().is_err() {
+                tracing::error!("a sink thread panicked");
+            }
+        }
+        self.maintenance_stop.store(true, Ordering::Relaxed);
+        if let Some(m) = self.maintenance.take() {
+            let _ = m.join();
+        }
+        let s = self.totals.summary();
+        tracing::info!(
+            uptime_s = self.started.elapsed().as_secs(),
+            drain_ms = began.elapsed().as_millis() as u64,
+            received = s.received_messages,
+            received_bytes = s.received_bytes,
+            parsed = s.parsed_messages,
+            parse_errors = s.parse_errors,
+            dropped_queue_full = s.dropped_queue_full,
+            dropped_oversize = s.dropped_oversize,
+            dropped_kernel_rcvbuf = s.dropped_kernel_rcvbuf,
+            sink_events = s.sink_events,
+            sink_batches = s.sink_batches,
+            sink_dropped_events = s.sink_dropped_events,
+            "shut down"
+        );
+        s
+    }
+}

@@ -1,0 +1,592 @@
+//! The portable reader backend: blocking std sockets, used where io_uring is unavailable.
+//!
+//! UDP: one thread per SO_REUSEPORT socket receives up to `batch_max_frames` datagrams per
+//! `recvmmsg` call and hands them over as one [`FrameBatch`]. TCP: the listener thread accepts
+//! (bounded by `max_connections`) and runs one thread per connection, which blocks on the
+//! worker queue when it is full, so a slow pipeline slows the sender instead of losing data.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// At most one kernel-drop warning per socket this often.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+use crossbeam::channel::{Receiver, Sender, TrySendError};
+
+use crate::event::Timestamp;
+use crate::frame::{FrameEvent, FrameLimits, Framing, OversizePolicy, StreamFramer};
+use crate::metrics::ReaderCounters;
+use crate::net::{FrameBatch, ReaderContext, SHUTDOWN_POLL};
+
+/// Bytes read from a TCP connection per `read` call.
+const TCP_READ_BYTES: usize = 64 * 1024;
+/// A TCP reader hands its batch over once it holds this many bytes, whatever the frame count.
+const TCP_BATCH_MAX_BYTES: usize = 1 << 20;
+/// Most datagrams one `recvmmsg` call may return.
+const UDP_MAX_SLOTS: usize = 1024;
+/// Room for the SO_RXQ_OVFL control message (one u32) with alignment slack.
+const CONTROL_BYTES: usize = 64;
+
+/// Receive buffers for one `recvmmsg` call: `slots` regions of `slot_bytes` each, with the
+/// per-message headers pointing into them.
+struct MmsgBuffers {
+    slot_bytes: usize,
+    /// Only the part the kernel writes becomes resident: an idle slot costs no memory.
+    data: Vec<u8>,
+    iovecs: Vec<libc::iovec>,
+    names: Vec<libc::sockaddr_storage>,
+    controls: Vec<[u64; CONTROL_BYTES / 8]>,
+    headers: Vec<libc::mmsghdr>,
+}
+
+impl MmsgBuffers {
+    fn new(slots: usize, slot_bytes: usize) -> Box<Self> {
+        // SAFETY: all-zero is a valid sockaddr_storage / mmsghdr / iovec.
+        let zeroed_name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut b = Box::new(MmsgBuffers {
+            slot_bytes,
+            data: Vec::with_capacity(slots * slot_bytes),
+            iovecs: Vec::with_capacity(slots),
+            names: vec![zeroed_name; slots],
+            controls: vec![[0u64; CONTROL_BYTES / 8]; slots],
+            headers: Vec::with_capacity(slots),
+        });
+        let base = b.data.as_mut_ptr();
+        for i in 0..slots {
+            // SAFETY: `i * slot_bytes` is within the allocation of `slots * slot_bytes` bytes.
+            let iov_base = unsafe { base.add(i * slot_bytes) };
+            b.iovecs.push(libc::iovec {
+                iov_base: iov_base.cast(),
+                iov_len: slot_bytes,
+            });
+        }
+        // SAFETY: an all-zero mmsghdr is valid; `reset` fills in the pointers.
+        b.headers
+            .resize_with(slots, || unsafe { std::mem::zeroed() });
+        b.reset();
+        b
+    }
+
+    /// Points every header at its buffers again (the kernel overwrites lengths and flags).
+    fn reset(&mut self) {
+        for i in 0..self.headers.len() {
+            let h = &mut self.headers[i].msg_hdr;
+            h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_iov = &mut self.iovecs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = self.controls[i].as_mut_ptr().cast();
+            h.msg_controllen = CONTROL_BYTES as _;
+            h.msg_flags = 0;
+            self.headers[i].msg_len = 0;
+        }
+    }
+
+    /// The datagram received into slot `i` by the last call.
+    fn payload(&self, i: usize) -> &[u8] {
+        let len = (self.headers[i].msg_len as usize).min(self.slot_bytes);
+        // SAFETY: the kernel wrote `msg_len` bytes (at most `slot_bytes`) at the start of slot
+        // `i`, which lies within `data`'s allocation; written bytes are initialised.
+        unsafe { std::slice::from_raw_parts(self.data.as_ptr().add(i * self.slot_bytes), len) }
+    }
+
+    fn truncated(&self, i: usize) -> bool {
+        self.headers[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0
+    }
+
+    fn peer(&self, i: usize) -> Option<SocketAddr> {
+        sockaddr_to_std(&self.names[i], self.headers[i].msg_hdr.msg_namelen)
+    }
+
+    /// The socket's cumulative kernel drop count attached to this datagram (SO_RXQ_OVFL).
+    fn kernel_drops(&self, i: usize) -> Option<u32> {
+        let h = &self.headers[i].msg_hdr;
+        // SAFETY: `h` describes the control buffer of slot `i` as filled in by the kernel; the
+        // CMSG_* helpers stay within `msg_controllen`.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(h);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SO_RXQ_OVFL
+                {
+                    return Some(std::ptr::read_unaligned(
+                        libc::CMSG_DATA(cmsg).cast::<u32>(),
+                    ));
+                }
+                cmsg = libc::CMSG_NXTHDR(h, cmsg);
+            }
+        }
+        None
+    }
+}
+
+fn sockaddr_to_std(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    match storage.ss_family as libc::c_int {
+        libc::AF_INET if len as usize >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says the storage holds a sockaddr_in; storage is large and aligned enough.
+            let a =
+                unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SocketAddr::from((ip, u16::from_be(a.sin_port))))
+        }
+        libc::AF_INET6 if len as usize >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, for sockaddr_in6.
+            let a = unsafe {
+                &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                ip,
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+fn fresh_batch(recycled: &Receiver<FrameBatch>, source: u16) -> FrameBatch {
+    let mut b = recycled.try_recv().unwrap_or_default();
+    b.clear();
+    b.source = source;
+    b
+}
+
+fn pin(core: usize, enabled: bool) {
+    if enabled && !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+        tracing::debug!(core, "could not pin reader thread");
+    }
+}
+
+/// Receives datagrams until shutdown. One datagram is one message.
+pub fn run_udp(socket: UdpSocket, ctx: ReaderContext) -> std::io::Result<()> {
+    socket.set_read_timeout(Some(SHUTDOWN_POLL))?;
+    let fd = socket.as_raw_fd();
+    let slots = ctx.batch_max_frames.clamp(1, UDP_MAX_SLOTS);
+    let slot_bytes = ctx.limits.max_frame_bytes.clamp(1, 65_535);
+    let mut bufs = MmsgBuffers::new(slots, slot_bytes);
+    let mut last_kernel_drops: u32 = 0;
+    let mut last_warned: Option<Instant> = None;
+    let mut spare: Option<FrameBatch> = None;
+
+    while !ctx.shutdown.load(Ordering::Relaxed) {
+        bufs.reset();
+        // SAFETY: `headers` holds `slots` initialised mmsghdr pointing at live buffers owned by
+        // `bufs`, which outlives the call.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                bufs.headers.as_mut_ptr(),
+                slots as libc::c_uint,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.kind() {
+                std::io::ErrorKind::WouldBlock
+                | std::io::ErrorKind::TimedOut
+                | std::io::ErrorKind::Interrupted => continue,
+                _ => return Err(e),
+            }
+        }
+        let mut batch = match spare.take() {
+            Some(mut b) => {
+                b.clear();
+                b
+            }
+            None => fresh_batch(&ctx.recycled, ctx.source_index),
+        };
+        batch.received_at = Some(Timestamp::now());
+        let (mut truncated, mut rejected, mut messages, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+        for i in 0..n as usize {
+            if let Some(drops) = bufs.kernel_drops(i) {
+                // Counted by the periodic per-socket poll; here only reported promptly.
+                if drops != last_kernel_drops
+                    && last_warned.is_none_or(|t: Instant| t.elapsed() >= WARN_EVERY)
+                {
+                    tracing::warn!(
+                        source = %ctx.source_name, core = ctx.core, socket_drops = drops,
+                        "kernel dropped datagrams: receive buffer full (raise receive_buffer_bytes or add threads)"
+                    );
+                    last_warned = Some(Instant::now());
+                }
+                last_kernel_drops = drops;
+            }
+            let payload = bufs.payload(i);
+            let message = crate::frame::datagram(payload);
+            if message.is_empty() {
+                // An empty datagram carries no message (keep-alives from some senders).
+                continue;
+            }
+            messages += 1;
+            bytes += payload.len() as u64;
+            let cut = bufs.truncated(i);
+            if cut && ctx.limits.oversize == OversizePolicy::Reject {
+                rejected += 1;
+                continue;
+            }
+            truncated += cut as u64;
+            batch.push(message, bufs.peer(i), cut);
+        }
+        ctx.counters.received_messages.increment(messages);
+        ctx.counters.received_bytes.increment(bytes);
+        if truncated > 0 {
+            ctx.counters.truncated.increment(truncated);
+        }
+        if rejected > 0 {
+            ctx.counters.dropped_oversize.increment(rejected);
+        }
+        if batch.is_empty() {
+            spare = Some(batch);
+            continue;
+        }
+        match ctx.to_worker.try_send(batch) {
+            Ok(()) => {}
+            Err(TrySendError::Full(b)) => {
+                ctx.counters.dropped_queue_full.increment(b.len() as u64);
+                spare = Some(b);
+            }
+            Err(TrySendError::Disconnected(_)) => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// What a connection thread needs (a per-connection share of the [`ReaderContext`]).
+#[derive(Clone)]
+struct ConnectionContext {
+    source_index: u16,
+    core: usize,
+    pin: bool,
+    limits: FrameLimits,
+    framing: Framing,
+    batch_max_frames: usize,
+    to_worker: Sender<FrameBatch>,
+    recycled: Receiver<FrameBatch>,
+    shutdown: Arc<AtomicBool>,
+    counters: ReaderCounters,
+}
+
+/// Accepts connections until shutdown, then waits for every connection thread to hand over
+/// what it has read.
+pub fn run_tcp(listener: TcpListener, ctx: ReaderContext) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let shared = ConnectionContext {
+        source_index: ctx.source_index,
+        core: ctx.core,
+        pin: ctx.pin,
+        limits: ctx.limits,
+        framing: ctx.framing,
+        batch_max_frames: ctx.batch_max_frames.max(1),
+        to_worker: ctx.to_worker,
+        recycled: ctx.recycled,
+        shutdown: ctx.shutdown,
+        counters: ctx.counters,
+    };
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut connections: Vec<std::thread::JoinHandle<()>> = Vec::new();
+    let mut full_logged = false;
+    while !shared.shutdown.load(Ordering::Relaxed) {
+        connections.retain(|h| !h.is_finished());
+        if open.load(Ordering::Relaxed) >= ctx.max_connections.max(1) {
+            // Leave further connections in the kernel backlog until one closes.
+            if !full_logged {
+                tracing::warn!(source = %ctx.source_name, limit = ctx.max_connections, "max_connections reached; new connections wait");
+                full_logged = true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        full_logged = false;
+        if !wait_readable(listener.as_raw_fd(), SHUTDOWN_POLL)? {
+            continue;
+        }
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                let conn = shared.clone();
+                let open_now = open.clone();
+                open_now.fetch_add(1, Ordering::Relaxed);
+                conn.counters.connections.increment(1);
+                conn.counters.connections_open.increment(1.0);
+                let spawned = std::thread::Builder::new()
+                    .name(format!("sluice-tcp-{}", ctx.core))
+                    .spawn(move || {
+                        pin(conn.core, conn.pin);
+                        if let Err(e) = read_connection(stream, peer, &conn) {
+                            tracing::debug!(%peer, "connection ended: {e}");
+                        }
+                        conn.counters.connections_open.decrement(1.0);
+                        open_now.fetch_sub(1, Ordering::Relaxed);
+                    });
+                match spawned {
+                    Ok(handle) => connections.push(handle),
+                    Err(e) => {
+                        // The stream moved into the failed closure and is closed with it.
+                        open.fetch_sub(1, Ordering::Relaxed);
+                        shared.counters.connections_open.decrement(1.0);
+                        tracing::error!(%peer, "cannot start a connection thread, connection closed: {e}");
+                    }
+                }
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                // EMFILE/ENFILE/ENOBUFS: back off instead of spinning; the connection stays queued.
+                tracing::warn!(source = %ctx.source_name, "accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    for handle in connections {
+        let _ = handle.join();
+    }
+    Ok(())
+}
+
+fn wait_readable(fd: std::os::fd::RawFd, timeout: Duration) -> std::io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let rc = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        return if e.kind() == std::io::ErrorKind::Interrupted {
+            Ok(false)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(rc > 0)
+}
+
+/// Frames one connection into batches. Hands a batch over when it is full, when the socket has
+/// no more data for now, and at the end; blocks while the worker queue is full.
+fn read_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    ctx: &ConnectionContext,
+) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(SHUTDOWN_POLL))?;
+    let mut framer = StreamFramer::new(ctx.framing, ctx.limits);
+    let mut buf = vec![0u8; TCP_READ_BYTES];
+    let mut batch = fresh_batch(&ctx.recycled, ctx.source_index);
+    let mut stats = FrameStats::default();
+    let result = loop {
+        if ctx.shutdown.load(Ordering::Relaxed) {
+            break Ok(());
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => {
+                framer.finish(&mut |ev| collect(ev, &mut batch, peer, &mut stats));
+                break Ok(());
+            }
+            Ok(n) => {
+                stats.bytes += n as u64;
+                framer.feed(&buf[..n], &mut |ev| {
+                    collect(ev, &mut batch, peer, &mut stats)
+                });
+                let full =
+                    batch.len() >= ctx.batch_max_frames || batch.data.len() >= TCP_BATCH_MAX_BYTES;
+                if (full || n < buf.len())
+                    && !batch.is_empty()
+                    && !hand_over(&mut batch, ctx, &mut stats)
+                {
+                    return Ok(());
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if !batch.is_empty() && !hand_over(&mut batch, ctx, &mut stats) {
+                    return Ok(());
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
+    if !batch.is_empty() {
+        hand_over(&mut batch, ctx, &mut stats);
+    }
+    stats.flush(&ctx.counters);
+    result
+}
+
+#[derive(Default)]
+struct FrameStats {
+    messages: u64,
+    bytes: u64,
+    truncated: u64,
+    rejected: u64,
+    desync: u64,
+}
+
+impl FrameStats {
+    fn flush(&mut self, counters: &ReaderCounters) {
+        if self.messages > 0 {
+            counters
+                .received_messages
+                .increment(std::mem::take(&mut self.messages));
+        }
+        if self.bytes > 0 {
+            counters
+                .received_bytes
+                .increment(std::mem::take(&mut self.bytes));
+        }
+        if self.truncated > 0 {
+            counters
+                .truncated
+                .increment(std::mem::take(&mut self.truncated));
+        }
+        if self.rejected > 0 {
+            counters
+                .dropped_oversize
+                .increment(std::mem::take(&mut self.rejected));
+        }
+        if self.desync > 0 {
+            counters
+                .framing_errors
+                .increment(std::mem::take(&mut self.desync));
+        }
+    }
+}
+
+fn collect(
+    event: FrameEvent<'_>,
+    batch: &mut FrameBatch,
+    peer: SocketAddr,
+    stats: &mut FrameStats,
+) {
+    match event {
+        FrameEvent::Frame { bytes, truncated } => {
+            if batch.received_at.is_none() {
+                batch.received_at = Some(Timestamp::now());
+            }
+            stats.messages += 1;
+            stats.truncated += truncated as u64;
+            batch.push(bytes, Some(peer), truncated);
+        }
+        FrameEvent::Rejected { .. } => {
+            stats.messages += 1;
+            stats.rejected += 1;
+        }
+        FrameEvent::Desync { .. } => stats.desync += 1,
+    }
+}
+
+/// Sends the batch (blocking while the queue is full) and starts a new one. False when the
+/// pipeline is gone.
+fn hand_over(batch: &mut FrameBatch, ctx: &ConnectionContext, stats: &mut FrameStats) -> bool {
+    stats.flush(&ctx.counters);
+    let next = fresh_batch(&ctx.recycled, ctx.source_index);
+    let full = std::mem::replace(batch, next);
+    ctx.to_worker.send(full).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crossbeam::channel::bounded;
+
+    fn context(
+        to_worker: Sender<FrameBatch>,
+        recycled: Receiver<FrameBatch>,
+        shutdown: Arc<AtomicBool>,
+    ) -> ReaderContext {
+        ReaderContext {
+            source_index: 3,
+            source_name: Arc::from("test"),
+            core: 0,
+            limits: FrameLimits {
+                max_frame_bytes: 16,
+                oversize: OversizePolicy::Truncate,
+            },
+            framing: Framing::Lf,
+            batch_max_frames: 8,
+            to_worker,
+            recycled,
+            shutdown,
+            max_connections: 4,
+            pin: false,
+            counters: ReaderCounters::noop(),
+        }
+    }
+
+    #[test]
+    fn udp_batches_datagrams_with_peer_and_truncation() {
+        let (socket, _) = crate::net::bind_udp("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let (tx, rx) = bounded(16);
+        let (_rtx, rrx) = bounded(16);
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let ctx = context(tx, rrx, shutdown.clone());
+        let reader = std::thread::spawn(move || run_udp(socket, ctx));
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.send_to(b"hello\n", addr).unwrap();
+        client.send_to(b"", addr).unwrap();
+        client.send_to(b"0123456789abcdefXYZ", addr).unwrap();
+        let mut frames = Vec::new();
+        while frames.len() < 2 {
+            let b = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            assert_eq!(b.source, 3);
+            assert!(b.received_at.is_some());
+            for f in &b.frames {
+                assert_eq!(f.peer, Some(client.local_addr().unwrap()));
+                frames.push((b.frame(f).to_vec(), f.truncated));
+            }
+        }
+        assert_eq!(
+            frames,
+            vec![
+                (b"hello".to_vec(), false),
+                (b"0123456789abcdef".to_vec(), true)
+            ]
+        );
+        shutdown.store(true, Ordering::Relaxed);
+        reader.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn udp_counts_queue_full() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let counters = metrics::with_local_recorder(&recorder, || ReaderCounters::register("q"));
+        let (socket, _) = crate::net::bind_udp("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let (tx, rx) = bounded(1);
+        let (_rtx, rrx) = bounded(1);
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let mut ctx = context(tx, rrx, shutdown.clone());
+        ctx.counters = counters;
+        ctx.batch_max_frames = 1;
+        let reader = std::thread::spawn(move || run_udp(socket, ctx));
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..3 {
+            client.send_to(b"x", addr).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        shutdown.store(true, Ordering::Relaxed);
+        reader.join().unwrap().unwrap();
+        assert_eq!(rx.len(), 1);
+        let text = handle.render();
+        assert!(
+            text.contains("sluice_dropped_messages_total{source=\"q\",reason=\"queue_full\"} 2"),
+            "{text}"
+        );
+    }
+}
