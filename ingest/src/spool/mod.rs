@@ -522,9 +522,9 @@ impl Spool {
         let (events, orphaned, segment) = (entry.events, entry.orphaned, entry.segment);
         st.stats.in_flight -= 1;
         st.stats.acked_records += 1;
+        st.stats.records -= 1;
+        st.stats.events -= events;
         if !orphaned {
-            st.stats.records -= 1;
-            st.stats.events -= events;
             if let Some(seg) = st.segments.iter_mut().find(|s| s.id == segment) {
                 seg.pending_records -= 1;
                 seg.pending_events -= events;
