@@ -489,7 +489,6 @@ impl<S: Sink> Upload<S> {
     }
 
     fn dead_letter(&self, seq: u64, part: usize, rejected: &Rejected) {
-        self.metrics.dead_lettered(rejected.batch.events);
         tracing::error!(sink = %self.sink.name(), events = rejected.batch.events,
             status = ?rejected.status, reason = %rejected.reason, "events dead-lettered");
         let stem = format!("{}-{seq}-{part}", now_ms());
@@ -509,6 +508,7 @@ impl<S: Sink> Upload<S> {
             f.write_all(meta.to_string().as_bytes())?;
             f.sync_all()
         })();
+        self.metrics.dead_lettered(rejected.batch.events);
         if let Err(e) = result {
             // The record is acked anyway: retrying an upload the service refuses cannot help,
             // and the log line above keeps the reason.
