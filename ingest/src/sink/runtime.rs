@@ -162,14 +162,16 @@ impl SinkMetrics {
     fn dead_lettered(&self, events: u64) {
         metrics::counter!("sluice_sink_dead_letter_events_total", "sink" => self.sink.clone())
             .increment(events);
-        self.dead_lettered_events.fetch_add(events, Ordering::Relaxed);
+        self.dead_lettered_events
+            .fetch_add(events, Ordering::Relaxed);
     }
 
     fn enqueue_dropped(&self, events: u64, reason: &'static str) {
         metrics::counter!("sluice_sink_spool_dropped_events_total", "sink" => self.sink.clone(),
             "reason" => reason)
         .increment(events);
-        self.enqueue_dropped_events.fetch_add(events, Ordering::Relaxed);
+        self.enqueue_dropped_events
+            .fetch_add(events, Ordering::Relaxed);
     }
 
     fn spool_gauges(&self, s: &SpoolStats, previous: &mut SpoolStats) {
@@ -210,14 +212,21 @@ impl SinkMetrics {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// What [`SinkHandle::enqueue`] did with a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
     /// On disk; `dropped_*` older events were deleted to make room (`drop_oldest`).
-    Accepted { dropped_records: u64, dropped_events: u64, waited: Duration },
+    Accepted {
+        dropped_records: u64,
+        dropped_events: u64,
+        waited: Duration,
+    },
     /// Not taken (larger than the spool bound, or shutting down); counted.
     Refused,
 }
@@ -243,7 +252,10 @@ impl SinkRuntime {
         metrics: Arc<SinkMetrics>,
     ) -> Result<SinkHandle, SpoolError> {
         let name = sink.name().to_owned();
-        let spool = Arc::new(Spool::open(&data_dir.join("spool").join(&name), spool_config)?);
+        let spool = Arc::new(Spool::open(
+            &data_dir.join("spool").join(&name),
+            spool_config,
+        )?);
         let dead_letter_dir = data_dir.join("dead_letter").join(&name);
         let (stop_tx, stop_rx) = watch::channel(false);
         let driver = Driver {
@@ -255,7 +267,13 @@ impl SinkRuntime {
             stop: stop_rx,
         };
         let task = tokio::spawn(driver.run());
-        Ok(SinkHandle { name, spool, metrics, stop: stop_tx, task: Some(task) })
+        Ok(SinkHandle {
+            name,
+            spool,
+            metrics,
+            stop: stop_tx,
+            task: Some(task),
+        })
     }
 }
 
@@ -276,7 +294,12 @@ impl SinkHandle {
     /// thread until there is room: call it from a pipeline thread, not from async code
     /// (use [`SinkHandle::enqueue_async`] there).
     pub fn enqueue(&self, batch: &Batch) -> Enqueued {
-        SinkHandleRef { name: &self.name, spool: &self.spool, metrics: &self.metrics }.enqueue(batch)
+        SinkHandleRef {
+            name: &self.name,
+            spool: &self.spool,
+            metrics: &self.metrics,
+        }
+        .enqueue(batch)
     }
 
     pub async fn enqueue_async(&self, batch: Batch) -> Enqueued {
@@ -284,7 +307,11 @@ impl SinkHandle {
         let metrics = self.metrics.clone();
         let name = self.name.clone();
         tokio::task::spawn_blocking(move || {
-            let handle = SinkHandleRef { name: &name, spool: &spool, metrics: &metrics };
+            let handle = SinkHandleRef {
+                name: &name,
+                spool: &spool,
+                metrics: &metrics,
+            };
             handle.enqueue(&batch)
         })
         .await
@@ -292,7 +319,10 @@ impl SinkHandle {
     }
 
     pub fn stats(&self) -> SinkStats {
-        SinkStats { spool: self.spool.stats(), sink: self.metrics.snapshot() }
+        SinkStats {
+            spool: self.spool.stats(),
+            sink: self.metrics.snapshot(),
+        }
     }
 
     pub fn metrics(&self) -> &Arc<SinkMetrics> {
@@ -332,12 +362,22 @@ struct SinkHandleRef<'a> {
 impl SinkHandleRef<'_> {
     fn enqueue(&self, batch: &Batch) -> Enqueued {
         if batch.events == 0 {
-            return Enqueued::Accepted { dropped_records: 0, dropped_events: 0, waited: Duration::ZERO };
+            return Enqueued::Accepted {
+                dropped_records: 0,
+                dropped_events: 0,
+                waited: Duration::ZERO,
+            };
         }
         match self.spool.append(batch) {
-            Ok(Appended { dropped_records, dropped_events, waited }) => {
-                Enqueued::Accepted { dropped_records, dropped_events, waited }
-            }
+            Ok(Appended {
+                dropped_records,
+                dropped_events,
+                waited,
+            }) => Enqueued::Accepted {
+                dropped_records,
+                dropped_events,
+                waited,
+            },
             Err(e) => {
                 let reason = match e {
                     SpoolError::TooLarge { .. } => "too_large",
@@ -415,11 +455,13 @@ impl<S: Sink + 'static> Driver<S> {
                 drop(permit);
             });
             while uploads.try_join_next().is_some() {}
-            self.metrics.spool_gauges(&self.spool.stats(), &mut gauges_prev);
+            self.metrics
+                .spool_gauges(&self.spool.stats(), &mut gauges_prev);
         }
         // Graceful stop: let started uploads finish (the caller bounds this with a timeout).
         while uploads.join_next().await.is_some() {}
-        self.metrics.spool_gauges(&self.spool.stats(), &mut gauges_prev);
+        self.metrics
+            .spool_gauges(&self.spool.stats(), &mut gauges_prev);
     }
 }
 
@@ -441,29 +483,44 @@ impl<S: Sink> Upload<S> {
             let outcome = self.sink.deliver(&current).await;
             let (retry_batch, after, reason) = match outcome {
                 Delivery::Delivered => {
-                    self.metrics.delivered(current.events, current.ndjson.len() as u64);
+                    self.metrics
+                        .delivered(current.events, current.ndjson.len() as u64);
                     break;
                 }
                 Delivery::Retry { after, reason } => (current, after, reason),
-                Delivery::Reject { status, reason, response_body } => {
-                    let rejected = Rejected { batch: current, status, reason, response_body };
+                Delivery::Reject {
+                    status,
+                    reason,
+                    response_body,
+                } => {
+                    let rejected = Rejected {
+                        batch: current,
+                        status,
+                        reason,
+                        response_body,
+                    };
                     self.dead_letter(id.seq, 0, &rejected);
                     break;
                 }
-                Delivery::Partial { retry, after, reason, rejected } => {
+                Delivery::Partial {
+                    retry,
+                    after,
+                    reason,
+                    rejected,
+                } => {
                     let mut rejected_events = 0;
                     for (i, r) in rejected.iter().enumerate() {
                         self.dead_letter(id.seq, attempt as usize * 1000 + i, r);
                         rejected_events += r.batch.events;
                     }
                     let retry_events = retry.as_ref().map_or(0, |b| b.events);
-                    let accepted = current.events.saturating_sub(rejected_events + retry_events);
+                    let accepted = current
+                        .events
+                        .saturating_sub(rejected_events + retry_events);
                     // Bytes are approximate for a partial: proportional to events.
-                    let bytes = if current.events == 0 {
-                        0
-                    } else {
-                        current.ndjson.len() as u64 * accepted / current.events
-                    };
+                    let bytes = (current.ndjson.len() as u64 * accepted)
+                        .checked_div(current.events)
+                        .unwrap_or(0);
                     self.metrics.delivered(accepted, bytes);
                     match retry {
                         Some(b) if b.events > 0 => (b, after, reason),
@@ -494,7 +551,8 @@ impl<S: Sink> Upload<S> {
         let stem = format!("{}-{seq}-{part}", now_ms());
         let result = (|| -> std::io::Result<()> {
             std::fs::create_dir_all(&self.dead_letter_dir)?;
-            let mut data = std::fs::File::create(self.dead_letter_dir.join(format!("{stem}.ndjson")))?;
+            let mut data =
+                std::fs::File::create(self.dead_letter_dir.join(format!("{stem}.ndjson")))?;
             data.write_all(&rejected.batch.ndjson)?;
             data.sync_all()?;
             let meta = serde_json::json!({
@@ -515,5 +573,134 @@ impl<S: Sink> Upload<S> {
             tracing::error!(sink = %self.sink.name(), dir = %self.dead_letter_dir.display(),
                 error = %e, "cannot write dead letter");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_jittered_and_capped() {
+        let r = RetryConfig {
+            initial_backoff_ms: 100,
+            max_backoff_ms: 1000,
+            ..RetryConfig::default()
+        };
+        for attempt in 0..40 {
+            let base = (100u64 << attempt.min(20)).min(1000);
+            let d = r.backoff(attempt).as_millis() as u64;
+            assert!(
+                d >= base / 2 && d <= base,
+                "attempt {attempt}: {d} vs {base}"
+            );
+        }
+        assert_eq!(
+            r.delay(0, Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            r.delay(0, Some(Duration::from_secs(86_400))),
+            Duration::from_secs(600)
+        );
+    }
+
+    /// Counts concurrent deliveries; fails every batch's first attempt; rejects events "bad".
+    struct Probe {
+        running: AtomicUsize,
+        peak: AtomicUsize,
+        attempts: std::sync::Mutex<std::collections::HashMap<Vec<u8>, u32>>,
+    }
+
+    impl Sink for Probe {
+        fn name(&self) -> &str {
+            "probe"
+        }
+
+        async fn deliver(&self, batch: &Batch) -> Delivery {
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            let first = {
+                let mut a = self.attempts.lock().unwrap();
+                let n = a.entry(batch.ndjson.clone()).or_insert(0);
+                *n += 1;
+                *n == 1
+            };
+            if first {
+                return Delivery::Retry {
+                    after: None,
+                    reason: "first attempt".into(),
+                };
+            }
+            let (bad, good): (Vec<&[u8]>, Vec<&[u8]>) =
+                batch.lines().partition(|l| *l == b"\"bad\"");
+            if bad.is_empty() {
+                return Delivery::Delivered;
+            }
+            let _ = good;
+            Delivery::Partial {
+                retry: None,
+                after: None,
+                reason: String::new(),
+                rejected: vec![Rejected {
+                    batch: Batch::from_lines(bad),
+                    status: Some(400),
+                    reason: "bad".into(),
+                    response_body: "{}".into(),
+                }],
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrency_is_limited_and_partial_rejections_are_dead_lettered() {
+        let dir = tempfile::tempdir().unwrap();
+        let probe = Arc::new(Probe {
+            running: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            attempts: Default::default(),
+        });
+        let retry = RetryConfig {
+            concurrency: 3,
+            initial_backoff_ms: 10,
+            max_backoff_ms: 20,
+            ..RetryConfig::default()
+        };
+        let metrics = SinkMetrics::new("probe");
+        let handle = SinkRuntime::spawn(
+            probe.clone(),
+            dir.path(),
+            SpoolConfig::default(),
+            retry,
+            metrics,
+        )
+        .unwrap();
+        for i in 0..20 {
+            let b = Batch::from_lines([format!("{{\"i\":{i}}}").as_bytes(), b"\"bad\""]);
+            assert!(matches!(
+                handle.enqueue_async(b).await,
+                Enqueued::Accepted { .. }
+            ));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while handle.stats().spool.records > 0 {
+            assert!(std::time::Instant::now() < deadline, "{:?}", handle.stats());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let s = handle.stats().sink;
+        assert_eq!(
+            (s.delivered_events, s.dead_lettered_events, s.retries),
+            (20, 20, 20)
+        );
+        assert_eq!(probe.peak.load(Ordering::SeqCst), 3);
+        let files = std::fs::read_dir(dir.path().join("dead_letter/probe"))
+            .unwrap()
+            .count();
+        assert_eq!(files, 40, "data + metadata per rejection");
+        handle.shutdown(Duration::from_secs(1)).await;
     }
 }

@@ -22,7 +22,9 @@ impl Secret {
     pub fn load(key: &str, file: Option<&Path>, env: Option<&str>) -> Result<Secret, SecretError> {
         let value = match (file, env) {
             (Some(_), Some(_)) => {
-                return Err(SecretError::Ambiguous { key: key.to_owned() });
+                return Err(SecretError::Ambiguous {
+                    key: key.to_owned(),
+                });
             }
             (Some(path), None) => {
                 let text = std::fs::read_to_string(path).map_err(|source| SecretError::File {
@@ -36,15 +38,23 @@ impl Secret {
                 key: key.to_owned(),
                 var: var.to_owned(),
             })?,
-            (None, None) => return Err(SecretError::Missing { key: key.to_owned() }),
+            (None, None) => {
+                return Err(SecretError::Missing {
+                    key: key.to_owned(),
+                });
+            }
         };
         if value.is_empty() {
-            return Err(SecretError::Empty { key: key.to_owned() });
+            return Err(SecretError::Empty {
+                key: key.to_owned(),
+            });
         }
         if value.bytes().any(|b| b.is_ascii_control()) {
             // A control byte cannot go into an HTTP header; failing here beats a confusing
             // request-building error on every upload.
-            return Err(SecretError::ControlCharacter { key: key.to_owned() });
+            return Err(SecretError::ControlCharacter {
+                key: key.to_owned(),
+            });
         }
         Ok(Secret(value))
     }
@@ -83,7 +93,11 @@ pub enum SecretError {
     #[error("secret `{key}`: neither `{key}_file` nor `{key}_env` is set")]
     Missing { key: String },
     #[error("secret `{key}`: cannot read {path}: {source}")]
-    File { key: String, path: PathBuf, source: std::io::Error },
+    File {
+        key: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("secret `{key}`: environment variable `{var}` is not set or not UTF-8")]
     Env { key: String, var: String },
     #[error("secret `{key}` is empty")]
@@ -109,13 +123,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("key");
         std::fs::write(&path, "abc123\n").unwrap();
-        assert_eq!(Secret::load("token", Some(&path), None).unwrap().expose(), "abc123");
+        assert_eq!(
+            Secret::load("token", Some(&path), None).unwrap().expose(),
+            "abc123"
+        );
         let missing = Secret::load("token", None, None).unwrap_err().to_string();
         assert!(missing.contains("token_file"), "{missing}");
         let both = Secret::load("token", Some(&path), Some("X")).unwrap_err();
         assert!(matches!(both, SecretError::Ambiguous { .. }));
         std::fs::write(&path, "\n").unwrap();
-        assert!(matches!(Secret::load("token", Some(&path), None), Err(SecretError::Empty { .. })));
+        assert!(matches!(
+            Secret::load("token", Some(&path), None),
+            Err(SecretError::Empty { .. })
+        ));
         std::fs::write(&path, "a\tb").unwrap();
         assert!(matches!(
             Secret::load("token", Some(&path), None),
@@ -127,6 +147,9 @@ mod tests {
     fn env_secret() {
         // Only the unset case: `set_var` races with other test threads reading the environment.
         let var = "SLUICE_TEST_SECRET_ENV_ONLY_HERE";
-        assert!(matches!(Secret::load("k", None, Some(var)), Err(SecretError::Env { .. })));
+        assert!(matches!(
+            Secret::load("k", None, Some(var)),
+            Err(SecretError::Env { .. })
+        ));
     }
 }

@@ -88,7 +88,11 @@ pub enum FsyncPolicy {
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
     #[error("spool {dir}: {op}: {source}")]
-    Io { dir: PathBuf, op: &'static str, source: io::Error },
+    Io {
+        dir: PathBuf,
+        op: &'static str,
+        source: io::Error,
+    },
     #[error("batch of {len} bytes exceeds the spool bound of {max} bytes")]
     TooLarge { len: u64, max: u64 },
     #[error("spool is closed")]
@@ -195,7 +199,10 @@ const CURSOR_FILE: &str = "cursor";
 const QUARANTINE_DIR: &str = "quarantine";
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -209,7 +216,11 @@ impl Spool {
     pub fn open(dir: &Path, config: SpoolConfig) -> Result<Spool, SpoolError> {
         let io_err = |op: &'static str| {
             let dir = dir.to_owned();
-            move |source| SpoolError::Io { dir: dir.clone(), op, source }
+            move |source| SpoolError::Io {
+                dir: dir.clone(),
+                op,
+                source,
+            }
         };
         fs::create_dir_all(dir).map_err(io_err("create directory"))?;
         let acked_upto = read_cursor(dir);
@@ -281,8 +292,8 @@ impl Spool {
         }
 
         let next_segment_id = ids.last().map_or(1, |id| id + 1);
-        let (writer, active) = create_segment(dir, next_segment_id, config.fsync)
-            .map_err(io_err("create segment"))?;
+        let (writer, active) =
+            create_segment(dir, next_segment_id, config.fsync).map_err(io_err("create segment"))?;
         segments.push_back(active);
         let state = State {
             segments,
@@ -329,7 +340,11 @@ impl Spool {
     }
 
     fn io_err(&self, op: &'static str) -> impl Fn(io::Error) -> SpoolError + '_ {
-        move |source| SpoolError::Io { dir: self.dir.clone(), op, source }
+        move |source| SpoolError::Io {
+            dir: self.dir.clone(),
+            op,
+            source,
+        }
     }
 
     /// Appends a batch, applying `when_full`. Blocks (this thread) under `block`: call it from
@@ -337,7 +352,10 @@ impl Spool {
     pub fn append(&self, batch: &Batch) -> Result<Appended, SpoolError> {
         let len = record::encoded_len(batch.ndjson.len());
         if len > self.config.max_bytes {
-            return Err(SpoolError::TooLarge { len, max: self.config.max_bytes });
+            return Err(SpoolError::TooLarge {
+                len,
+                max: self.config.max_bytes,
+            });
         }
         let mut st = self.lock();
         let mut outcome = Appended::default();
@@ -397,7 +415,9 @@ impl Spool {
         }
         match self.config.fsync {
             FsyncPolicy::Always | FsyncPolicy::Batch => {
-                st.writer.sync_data().map_err(self.io_err("fsync segment"))?;
+                st.writer
+                    .sync_data()
+                    .map_err(self.io_err("fsync segment"))?;
             }
             FsyncPolicy::Interval => {
                 st.unsynced = true;
@@ -429,7 +449,9 @@ impl Spool {
         if st.unsynced
             && st.last_fsync.elapsed() >= Duration::from_millis(self.config.fsync_interval_ms)
         {
-            st.writer.sync_data().map_err(self.io_err("fsync segment"))?;
+            st.writer
+                .sync_data()
+                .map_err(self.io_err("fsync segment"))?;
             st.unsynced = false;
             st.last_fsync = Instant::now();
         }
@@ -451,7 +473,11 @@ impl Spool {
             if st.reader.is_none() {
                 let first = st.segments.front().expect("active segment always present");
                 let file = File::open(&first.path).map_err(self.io_err("open segment"))?;
-                st.reader = Some(Reader { segment: first.id, offset: 0, file });
+                st.reader = Some(Reader {
+                    segment: first.id,
+                    offset: 0,
+                    file,
+                });
             }
             let reader = st.reader.as_mut().expect("reader");
             let Some(idx) = st.segments.iter().position(|s| s.id == reader.segment) else {
@@ -470,7 +496,11 @@ impl Spool {
                     }
                     let next = &st.segments[idx + 1];
                     let file = File::open(&next.path).map_err(self.io_err("open segment"))?;
-                    st.reader = Some(Reader { segment: next.id, offset: 0, file });
+                    st.reader = Some(Reader {
+                        segment: next.id,
+                        offset: 0,
+                        file,
+                    });
                     self.reclaim(st, false)?;
                 }
                 ReadOutcome::Corrupt { start, end } => {
@@ -502,9 +532,15 @@ impl Spool {
                     });
                     st.stats.in_flight += 1;
                     return Ok(Some(SpooledRecord {
-                        id: RecordId { seq: r.seq, segment },
+                        id: RecordId {
+                            seq: r.seq,
+                            segment,
+                        },
                         created_ms: r.created_ms,
-                        batch: Batch { events: r.events, ndjson: r.ndjson },
+                        batch: Batch {
+                            events: r.events,
+                            ndjson: r.ndjson,
+                        },
                     }));
                 }
             }
@@ -524,11 +560,9 @@ impl Spool {
         st.stats.acked_records += 1;
         st.stats.records -= 1;
         st.stats.events -= events;
-        if !orphaned {
-            if let Some(seg) = st.segments.iter_mut().find(|s| s.id == segment) {
-                seg.pending_records -= 1;
-                seg.pending_events -= events;
-            }
+        if !orphaned && let Some(seg) = st.segments.iter_mut().find(|s| s.id == segment) {
+            seg.pending_records -= 1;
+            seg.pending_events -= events;
         }
         let mut advanced = false;
         while st.in_flight.front().is_some_and(|e| e.done) {
@@ -592,16 +626,17 @@ impl Spool {
             Some(r) => r.segment == active.id && r.offset == active.len,
             None => active.len == 0 && st.segments.len() == 1,
         };
-        if seal_drained_active
-            && active.len > 0
-            && reader_at_active_end
-            && st.in_flight.is_empty()
+        if seal_drained_active && active.len > 0 && reader_at_active_end && st.in_flight.is_empty()
         {
             self.rotate(st)?;
             // The reader moves on to the new active segment.
             let new_active = st.segments.back().expect("active");
             let file = File::open(&new_active.path).map_err(self.io_err("open segment"))?;
-            st.reader = Some(Reader { segment: new_active.id, offset: 0, file });
+            st.reader = Some(Reader {
+                segment: new_active.id,
+                offset: 0,
+                file,
+            });
         }
         let reader_segment = st.reader.as_ref().map(|r| r.segment);
         let oldest_in_flight = st.in_flight.front().map(|e| e.segment);
@@ -626,12 +661,14 @@ impl Spool {
 
     fn rotate(&self, st: &mut State) -> Result<(), SpoolError> {
         if st.unsynced {
-            st.writer.sync_data().map_err(self.io_err("fsync segment"))?;
+            st.writer
+                .sync_data()
+                .map_err(self.io_err("fsync segment"))?;
             st.unsynced = false;
         }
         let id = st.next_segment_id;
-        let (writer, seg) =
-            create_segment(&self.dir, id, self.config.fsync).map_err(self.io_err("create segment"))?;
+        let (writer, seg) = create_segment(&self.dir, id, self.config.fsync)
+            .map_err(self.io_err("create segment"))?;
         st.next_segment_id += 1;
         st.writer = writer;
         st.segments.push_back(seg);
@@ -645,7 +682,11 @@ impl Spool {
         fs::remove_file(&seg.path).map_err(self.io_err("remove segment"))?;
         let mut records = seg.pending_records;
         let mut events = seg.pending_events;
-        for e in st.in_flight.iter_mut().filter(|e| e.segment == seg.id && !e.done) {
+        for e in st
+            .in_flight
+            .iter_mut()
+            .filter(|e| e.segment == seg.id && !e.done)
+        {
             e.orphaned = true;
             records -= 1;
             events -= e.events;
@@ -665,8 +706,16 @@ impl Spool {
     }
 
     fn refresh_oldest(&self, st: &mut State) {
-        let in_flight = st.in_flight.iter().find(|e| !e.done && !e.orphaned).map(|e| e.created_ms);
-        let queued = st.segments.iter().find(|s| s.pending_records > 0).map(|s| s.first_created_ms);
+        let in_flight = st
+            .in_flight
+            .iter()
+            .find(|e| !e.done && !e.orphaned)
+            .map(|e| e.created_ms);
+        let queued = st
+            .segments
+            .iter()
+            .find(|s| s.pending_records > 0)
+            .map(|s| s.first_created_ms);
         st.stats.oldest_created_ms = match (in_flight, queued) {
             (Some(a), Some(b)) => a.min(b),
             (a, b) => a.or(b).unwrap_or(0),
@@ -725,7 +774,9 @@ fn quarantine(dir: &Path, file: &File, segment: &u64, start: u64, end: u64) -> i
 /// `cursor` = acked_upto u64 LE | crc32 of those 8 bytes. Unreadable → 0 (replay everything:
 /// duplicates, never loss).
 fn read_cursor(dir: &Path) -> u64 {
-    let Ok(bytes) = fs::read(dir.join(CURSOR_FILE)) else { return 0 };
+    let Ok(bytes) = fs::read(dir.join(CURSOR_FILE)) else {
+        return 0;
+    };
     if bytes.len() != 12 {
         tracing::warn!(spool = %dir.display(), "spool cursor unreadable; replaying everything");
         return 0;

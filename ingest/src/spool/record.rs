@@ -59,7 +59,10 @@ pub struct Record {
 pub enum ReadOutcome {
     Record(Record),
     /// Bytes `[start, end)` are not a valid record; `end` is the next valid record or the limit.
-    Corrupt { start: u64, end: u64 },
+    Corrupt {
+        start: u64,
+        end: u64,
+    },
     End,
 }
 
@@ -87,7 +90,8 @@ fn try_record(file: &File, offset: u64, limit: u64) -> io::Result<Option<Record>
         return Ok(None);
     }
     let body_len = u32::from_le_bytes(header[4..8].try_into().unwrap()) as u64;
-    if !(BODY_FIXED_LEN..=MAX_BODY_LEN).contains(&body_len) || body_len > limit - offset - HEADER_LEN
+    if !(BODY_FIXED_LEN..=MAX_BODY_LEN).contains(&body_len)
+        || body_len > limit - offset - HEADER_LEN
     {
         return Ok(None);
     }
@@ -101,7 +105,14 @@ fn try_record(file: &File, offset: u64, limit: u64) -> io::Result<Option<Record>
     let created_ms = u64::from_le_bytes(body[8..16].try_into().unwrap());
     let events = u64::from_le_bytes(body[16..24].try_into().unwrap());
     body.drain(..BODY_FIXED_LEN as usize);
-    Ok(Some(Record { offset, len: HEADER_LEN + body_len, seq, created_ms, events, ndjson: body }))
+    Ok(Some(Record {
+        offset,
+        len: HEADER_LEN + body_len,
+        seq,
+        created_ms,
+        events,
+        ndjson: body,
+    }))
 }
 
 /// First offset ≥ `from` holding a valid record, or `limit`.
@@ -151,8 +162,13 @@ mod tests {
         all.extend_from_slice(&b);
         let (_t, f) = file_with(&all);
         let len = all.len() as u64;
-        let ReadOutcome::Record(r) = read_at(&f, 0, len).unwrap() else { panic!() };
-        assert_eq!((r.seq, r.created_ms, r.events, r.ndjson.as_slice()), (1, 10, 2, &b"\"x\"\n\"y\""[..]));
+        let ReadOutcome::Record(r) = read_at(&f, 0, len).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (r.seq, r.created_ms, r.events, r.ndjson.as_slice()),
+            (1, 10, 2, &b"\"x\"\n\"y\""[..])
+        );
         assert_eq!(r.len, a.len() as u64);
 
         // Flip one bit in the first body: the first record is corrupt up to the second.
@@ -161,9 +177,14 @@ mod tests {
         let (_t, f) = file_with(&damaged);
         assert_eq!(
             read_at(&f, 0, len).unwrap(),
-            ReadOutcome::Corrupt { start: 0, end: a.len() as u64 }
+            ReadOutcome::Corrupt {
+                start: 0,
+                end: a.len() as u64
+            }
         );
-        let ReadOutcome::Record(r) = read_at(&f, a.len() as u64, len).unwrap() else { panic!() };
+        let ReadOutcome::Record(r) = read_at(&f, a.len() as u64, len).unwrap() else {
+            panic!()
+        };
         assert_eq!(r.seq, 2);
 
         // Truncated tail: the second record is cut; corrupt to the limit.
@@ -171,7 +192,10 @@ mod tests {
         let cut = len - 3;
         assert_eq!(
             read_at(&f, a.len() as u64, cut).unwrap(),
-            ReadOutcome::Corrupt { start: a.len() as u64, end: cut }
+            ReadOutcome::Corrupt {
+                start: a.len() as u64,
+                end: cut
+            }
         );
         assert_eq!(read_at(&f, cut, cut).unwrap(), ReadOutcome::End);
     }

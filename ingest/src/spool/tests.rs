@@ -20,7 +20,13 @@ fn tag_of(b: &Batch) -> u64 {
 }
 
 fn config(max_bytes: u64, segment_bytes: u64, when_full: WhenFull) -> SpoolConfig {
-    SpoolConfig { max_bytes, segment_bytes, when_full, fsync: FsyncPolicy::Never, fsync_interval_ms: 10 }
+    SpoolConfig {
+        max_bytes,
+        segment_bytes,
+        when_full,
+        fsync: FsyncPolicy::Never,
+        fsync_interval_ms: 10,
+    }
 }
 
 fn drain(spool: &Spool) -> Vec<u64> {
@@ -113,12 +119,20 @@ fn truncated_tail_and_bit_flip_are_quarantined_and_the_rest_replayed() {
     assert_eq!(s.quarantined_bytes, record_len + record_len / 2);
     assert_eq!(s.records, 8);
     assert_eq!(drain(&spool), vec![0, 1, 2, 4, 5, 6, 7, 8]);
-    let mut quarantined: Vec<_> =
-        fs::read_dir(dir.path().join("quarantine")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut quarantined: Vec<_> = fs::read_dir(dir.path().join("quarantine"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     quarantined.sort();
     assert_eq!(quarantined.len(), 2);
-    let sizes: Vec<u64> = quarantined.iter().map(|p| fs::metadata(p).unwrap().len()).collect();
-    assert!(sizes.contains(&record_len) && sizes.contains(&(record_len / 2)), "{sizes:?}");
+    let sizes: Vec<u64> = quarantined
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .collect();
+    assert!(
+        sizes.contains(&record_len) && sizes.contains(&(record_len / 2)),
+        "{sizes:?}"
+    );
     // Appends after recovery go to a fresh segment and are delivered too.
     spool.append(&batch(99, 10)).unwrap();
     assert_eq!(drain(&spool), vec![99]);
@@ -194,7 +208,8 @@ fn drop_oldest_does_not_count_records_in_flight() {
 #[test]
 fn block_waits_for_acks_then_proceeds() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Arc::new(Spool::open(dir.path(), config(32 << 10, 8 << 10, WhenFull::Block)).unwrap());
+    let spool =
+        Arc::new(Spool::open(dir.path(), config(32 << 10, 8 << 10, WhenFull::Block)).unwrap());
     let writer = {
         let spool = spool.clone();
         std::thread::spawn(move || {
@@ -228,16 +243,22 @@ fn block_waits_for_acks_then_proceeds() {
 #[test]
 fn close_releases_a_blocked_writer() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Arc::new(Spool::open(dir.path(), config(16 << 10, 4 << 10, WhenFull::Block)).unwrap());
+    let spool =
+        Arc::new(Spool::open(dir.path(), config(16 << 10, 4 << 10, WhenFull::Block)).unwrap());
     let writer = {
         let spool = spool.clone();
         std::thread::spawn(move || {
-            (0..100).map(|t| spool.append(&batch(t, 900))).find(|r| r.is_err())
+            (0..100)
+                .map(|t| spool.append(&batch(t, 900)))
+                .find(|r| r.is_err())
         })
     };
     std::thread::sleep(Duration::from_millis(100));
     spool.close();
-    assert!(matches!(writer.join().unwrap(), Some(Err(SpoolError::Closed))));
+    assert!(matches!(
+        writer.join().unwrap(),
+        Some(Err(SpoolError::Closed))
+    ));
 }
 
 #[test]
@@ -383,7 +404,7 @@ proptest! {
         };
         prop_assert_eq!(got, expected);
         let s = spool.stats();
-        let torn = !flip && pos % record_len != 0;
+        let torn = !flip && !pos.is_multiple_of(record_len);
         prop_assert_eq!(s.quarantined_ranges, u64::from(flip || torn));
     }
 }

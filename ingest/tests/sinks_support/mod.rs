@@ -97,7 +97,9 @@ fn serve_on(listener: TcpListener, handler: Handler) -> Server {
     let (f, s) = (faults.clone(), seen.clone());
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let (handler, faults, seen) = (handler.clone(), f.clone(), s.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -121,7 +123,12 @@ fn serve_on(listener: TcpListener, handler: Handler) -> Server {
             });
         }
     });
-    Server { addr, faults, seen, task }
+    Server {
+        addr,
+        faults,
+        seen,
+        task,
+    }
 }
 
 fn inject(faults: &Faults) -> Option<Reply> {
@@ -145,6 +152,7 @@ fn header<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
 }
 
 /// Decodes the body per `Content-Encoding`; `Err` is the reply for an unsupported one.
+#[allow(clippy::result_large_err)]
 fn decode(parts: &Parts, body: &[u8]) -> Result<Vec<u8>, Reply> {
     match header(parts, "content-encoding") {
         None | Some("identity") => Ok(body.to_vec()),
@@ -155,7 +163,10 @@ fn decode(parts: &Parts, body: &[u8]) -> Result<Vec<u8>, Reply> {
                 .map_err(|_| reply(400, r#"{"error":"invalid gzip body"}"#))?;
             Ok(out)
         }
-        Some(other) => Err(reply(415, format!(r#"{{"error":"unsupported content-encoding {other}"}}"#))),
+        Some(other) => Err(reply(
+            415,
+            format!(r#"{{"error":"unsupported content-encoding {other}"}}"#),
+        )),
     }
 }
 
@@ -178,7 +189,11 @@ impl Accepted {
             .lock()
             .unwrap()
             .iter()
-            .map(|e| e[field].as_u64().unwrap_or_else(|| panic!("no {field} in {e}")))
+            .map(|e| {
+                e[field]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("no {field} in {e}"))
+            })
             .collect();
         ids.sort_unstable();
         ids
@@ -234,14 +249,21 @@ impl AzureFake {
             {
                 return reply(400, r#"{"error":"invalid_request"}"#);
             }
-            if get("client_id") != Some(me.client_id) || get("client_secret") != Some(me.client_secret) {
-                return reply(401, r#"{"error":"invalid_client","error_description":"AADSTS7000215"}"#);
+            if get("client_id") != Some(me.client_id)
+                || get("client_secret") != Some(me.client_secret)
+            {
+                return reply(
+                    401,
+                    r#"{"error":"invalid_client","error_description":"AADSTS7000215"}"#,
+                );
             }
             let n = me.tokens_issued.fetch_add(1, Ordering::SeqCst) + 1;
             let life = me.token_lifetime.load(Ordering::SeqCst);
             reply(
                 200,
-                format!(r#"{{"token_type":"Bearer","expires_in":{life},"ext_expires_in":{life},"access_token":"tok-{n}"}}"#),
+                format!(
+                    r#"{{"token_type":"Bearer","expires_in":{life},"ext_expires_in":{life},"access_token":"tok-{n}"}}"#
+                ),
             )
         })
     }
@@ -249,7 +271,8 @@ impl AzureFake {
     pub fn ingestion_handler(self: &Arc<Self>) -> Handler {
         let me = self.clone();
         Arc::new(move |parts, body| {
-            me.max_body_seen.fetch_max(body.len() as u64, Ordering::SeqCst);
+            me.max_body_seen
+                .fetch_max(body.len() as u64, Ordering::SeqCst);
             let expected_path = format!("/dataCollectionRules/{}/streams/{}", me.dcr, me.stream);
             if parts.method != hyper::Method::POST || parts.uri.path() != expected_path {
                 return reply(404, r#"{"error":{"code":"NotFound"}}"#);
@@ -277,7 +300,10 @@ impl AzureFake {
                 return reply(400, r#"{"error":{"code":"InvalidJson"}}"#);
             };
             if rows.iter().any(|r| !r.is_object()) {
-                return reply(400, r#"{"error":{"code":"InvalidJson","message":"rows must be objects"}}"#);
+                return reply(
+                    400,
+                    r#"{"error":{"code":"InvalidJson","message":"rows must be objects"}}"#,
+                );
             }
             me.accepted.requests.fetch_add(1, Ordering::SeqCst);
             me.accepted.events.lock().unwrap().extend(rows);
@@ -323,7 +349,10 @@ pub struct SekoiaFake {
 
 impl SekoiaFake {
     pub fn new() -> Arc<SekoiaFake> {
-        Arc::new(SekoiaFake { key: "intake-key-abc", accepted: Accepted::default() })
+        Arc::new(SekoiaFake {
+            key: "intake-key-abc",
+            accepted: Accepted::default(),
+        })
     }
 
     pub fn handler(self: &Arc<Self>) -> Handler {
@@ -403,7 +432,9 @@ impl SplunkFake {
                     };
                     let mut events = Vec::new();
                     let mut envelopes = Vec::new();
-                    for v in serde_json::Deserializer::from_slice(&data).into_iter::<serde_json::Value>() {
+                    for v in
+                        serde_json::Deserializer::from_slice(&data).into_iter::<serde_json::Value>()
+                    {
                         let Ok(v) = v else {
                             return reply(400, r#"{"text":"Invalid data format","code":6}"#);
                         };
@@ -422,7 +453,10 @@ impl SplunkFake {
                     if me.ack_enabled {
                         let id = me.next_ack.fetch_add(1, Ordering::SeqCst);
                         me.pending_acks.lock().unwrap().insert(id, 2);
-                        reply(200, format!(r#"{{"text":"Success","code":0,"ackId":{id}}}"#))
+                        reply(
+                            200,
+                            format!(r#"{{"text":"Success","code":0,"ackId":{id}}}"#),
+                        )
                     } else {
                         reply(200, r#"{"text":"Success","code":0}"#)
                     }
@@ -434,7 +468,12 @@ impl SplunkFake {
                     };
                     let mut pending = me.pending_acks.lock().unwrap();
                     let mut answer = serde_json::Map::new();
-                    for id in req["acks"].as_array().into_iter().flatten().filter_map(|v| v.as_u64()) {
+                    for id in req["acks"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|v| v.as_u64())
+                    {
                         let done = match pending.get_mut(&id) {
                             Some(0) => true,
                             Some(n) => {
@@ -447,7 +486,10 @@ impl SplunkFake {
                     }
                     reply(200, serde_json::json!({ "acks": answer }).to_string())
                 }
-                _ => reply(404, r#"{"text":"The requested URL was not found on this server.","code":404}"#),
+                _ => reply(
+                    404,
+                    r#"{"text":"The requested URL was not found on this server.","code":404}"#,
+                ),
             }
         })
     }
@@ -479,37 +521,60 @@ impl ElasticFake {
                 return reply(404, r#"{"error":"no handler"}"#);
             }
             if header(parts, "authorization") != Some(&format!("ApiKey {}", me.api_key)) {
-                return reply(401, r#"{"error":{"type":"security_exception"},"status":401}"#);
+                return reply(
+                    401,
+                    r#"{"error":{"type":"security_exception"},"status":401}"#,
+                );
             }
-            if !header(parts, "content-type").is_some_and(|c| c.starts_with("application/x-ndjson")) {
-                return reply(406, r#"{"error":"Content-Type header is not supported","status":406}"#);
+            if !header(parts, "content-type").is_some_and(|c| c.starts_with("application/x-ndjson"))
+            {
+                return reply(
+                    406,
+                    r#"{"error":"Content-Type header is not supported","status":406}"#,
+                );
             }
             let data = match decode(parts, body) {
                 Ok(d) => d,
                 Err(r) => return r,
             };
             if data.last() != Some(&b'\n') {
-                return reply(400, r#"{"error":{"type":"illegal_argument_exception","reason":"The bulk request must be terminated by a newline [\\n]"},"status":400}"#);
+                return reply(
+                    400,
+                    r#"{"error":{"type":"illegal_argument_exception","reason":"The bulk request must be terminated by a newline [\\n]"},"status":400}"#,
+                );
             }
-            let lines: Vec<&[u8]> = data.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
-            if lines.len() % 2 != 0 {
-                return reply(400, r#"{"error":{"type":"action_request_validation_exception"},"status":400}"#);
+            let lines: Vec<&[u8]> = data
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+                .collect();
+            if !lines.len().is_multiple_of(2) {
+                return reply(
+                    400,
+                    r#"{"error":{"type":"action_request_validation_exception"},"status":400}"#,
+                );
             }
             let mut items = Vec::new();
             let mut errors = false;
             let mut docs = Vec::new();
             for pair in lines.chunks(2) {
                 let Ok(action) = serde_json::from_slice::<serde_json::Value>(pair[0]) else {
-                    return reply(400, r#"{"error":{"type":"x_content_parse_exception"},"status":400}"#);
+                    return reply(
+                        400,
+                        r#"{"error":{"type":"x_content_parse_exception"},"status":400}"#,
+                    );
                 };
                 if action["create"]["_index"].as_str().is_none() {
-                    return reply(400, r#"{"error":{"type":"illegal_argument_exception","reason":"Malformed action"},"status":400}"#);
+                    return reply(
+                        400,
+                        r#"{"error":{"type":"illegal_argument_exception","reason":"Malformed action"},"status":400}"#,
+                    );
                 }
                 let doc = serde_json::from_slice::<serde_json::Value>(pair[1]);
                 let (status, error) = match doc {
-                    Ok(d) if d.is_object() && d["reject"] == true => {
-                        (400, Some(r#"{"type":"mapper_parsing_exception","reason":"failed to parse"}"#))
-                    }
+                    Ok(d) if d.is_object() && d["reject"] == true => (
+                        400,
+                        Some(r#"{"type":"mapper_parsing_exception","reason":"failed to parse"}"#),
+                    ),
                     Ok(d) if d.is_object() && d["flaky"] == true => {
                         let id = d["ExternalID"].as_u64().unwrap_or(0);
                         let mut flaky = me.flaky_failures.lock().unwrap();
@@ -536,7 +601,13 @@ impl ElasticFake {
             }
             me.accepted.requests.fetch_add(1, Ordering::SeqCst);
             me.accepted.events.lock().unwrap().extend(docs);
-            reply(200, format!(r#"{{"took":3,"errors":{errors},"items":[{}]}}"#, items.join(",")))
+            reply(
+                200,
+                format!(
+                    r#"{{"took":3,"errors":{errors},"items":[{}]}}"#,
+                    items.join(",")
+                ),
+            )
         })
     }
 }
@@ -551,7 +622,10 @@ pub struct RelayFake {
 
 impl RelayFake {
     pub fn new() -> Arc<RelayFake> {
-        Arc::new(RelayFake { key: "relay-key", accepted: Accepted::default() })
+        Arc::new(RelayFake {
+            key: "relay-key",
+            accepted: Accepted::default(),
+        })
     }
 
     pub fn handler(self: &Arc<Self>) -> Handler {

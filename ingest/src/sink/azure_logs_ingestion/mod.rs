@@ -75,7 +75,11 @@ impl AzureLogsIngestionSink {
             ("client_id", &config.client_id),
         ] {
             if value.is_empty() || value.contains(['/', '?', '#']) {
-                return Err(bad(key, value.clone(), "must be non-empty and contain no '/', '?' or '#'"));
+                return Err(bad(
+                    key,
+                    value.clone(),
+                    "must be non-empty and contain no '/', '?' or '#'",
+                ));
             }
         }
         let mut url = common::check_url(
@@ -88,18 +92,26 @@ impl AzureLogsIngestionSink {
                 config.stream
             ),
         )?;
-        url.query_pairs_mut().append_pair("api-version", &config.api_version);
+        url.query_pairs_mut()
+            .append_pair("api-version", &config.api_version);
         let token_url = common::check_url(
             name,
             "authority",
-            &format!("{}/{}/oauth2/v2.0/token", config.authority.trim_end_matches('/'), config.tenant_id),
+            &format!(
+                "{}/{}/oauth2/v2.0/token",
+                config.authority.trim_end_matches('/'),
+                config.tenant_id
+            ),
         )?;
         let client_secret = Secret::load(
             "client_secret",
             config.client_secret_file.as_deref(),
             config.client_secret_env.as_deref(),
         )
-        .map_err(|source| SinkBuildError::Secret { sink: name.to_owned(), source })?;
+        .map_err(|source| SinkBuildError::Secret {
+            sink: name.to_owned(),
+            source,
+        })?;
         Ok(AzureLogsIngestionSink {
             name: name.to_owned(),
             url,
@@ -133,7 +145,9 @@ impl AzureLogsIngestionSink {
             ("scope", self.scope.as_str()),
         ];
         let req = self.client.post(self.token_url.clone()).form(&form);
-        let r = common::execute(&self.metrics, req, 0).await.map_err(|e| format!("token endpoint: {e}"))?;
+        let r = common::execute(&self.metrics, req, 0)
+            .await
+            .map_err(|e| format!("token endpoint: {e}"))?;
         if r.status != 200 {
             return Err(format!(
                 "token endpoint answered HTTP {}: {}",
@@ -181,14 +195,18 @@ impl AzureLogsIngestionSink {
         if n == 0 {
             return (Cow::Borrowed(line), 0);
         }
-        (Cow::Owned(serde_json::to_vec(&value).expect("Value serialises")), n)
+        (
+            Cow::Owned(serde_json::to_vec(&value).expect("Value serialises")),
+            n,
+        )
     }
 
     /// Cuts `lines` into chunks expected to compress under the limit.
     fn plan<'a>(&self, lines: &[&'a [u8]]) -> Vec<Vec<&'a [u8]>> {
         let ratio = self.ratio_ppm.load(Ordering::Relaxed).max(10_000) as f64 / 1e6;
         // 80 % of the limit: ratios vary between batches; an overshoot costs a recompression.
-        let target = ((self.max_request_bytes as f64 * 0.8 / ratio) as usize).min(self.max_uncompressed);
+        let target =
+            ((self.max_request_bytes as f64 * 0.8 / ratio) as usize).min(self.max_uncompressed);
         let mut chunks = Vec::new();
         let mut current = Vec::new();
         let mut size = 2;
@@ -240,20 +258,36 @@ impl ChunkSender for AzureLogsIngestionSink {
     async fn send(&self, lines: &[&[u8]]) -> Attempt {
         let json = common::json_array(lines.iter().copied());
         if json.len() > self.max_uncompressed {
-            return too_large_or_reject(lines.len(), "uncompressed", json.len(), self.max_uncompressed);
+            return too_large_or_reject(
+                lines.len(),
+                "uncompressed",
+                json.len(),
+                self.max_uncompressed,
+            );
         }
         let body = common::gzip(&json);
         let ratio = (body.len() as u64 * 1_000_000 / json.len().max(1) as u64).max(1);
         let old = self.ratio_ppm.load(Ordering::Relaxed);
-        self.ratio_ppm.store((old * 3 + ratio) / 4, Ordering::Relaxed);
+        self.ratio_ppm
+            .store((old * 3 + ratio) / 4, Ordering::Relaxed);
         if body.len() > self.max_request_bytes {
-            return too_large_or_reject(lines.len(), "compressed", body.len(), self.max_request_bytes);
+            return too_large_or_reject(
+                lines.len(),
+                "compressed",
+                body.len(),
+                self.max_request_bytes,
+            );
         }
         let mut fresh_token_tried = false;
         loop {
             let r = match self.post(body.clone()).await {
                 Ok(r) => r,
-                Err(reason) => return Attempt::Retry { after: None, reason },
+                Err(reason) => {
+                    return Attempt::Retry {
+                        after: None,
+                        reason,
+                    };
+                }
             };
             if r.status == 401 && !fresh_token_tried {
                 // The token may have been revoked or expired early: one retry with a new one.
@@ -269,7 +303,10 @@ impl ChunkSender for AzureLogsIngestionSink {
 fn too_large_or_reject(lines: usize, what: &str, size: usize, limit: usize) -> Attempt {
     if lines > 1 {
         // Not sent: `deliver_chunks` halves the chunk.
-        Attempt::TooLarge { status: 413, body: String::new() }
+        Attempt::TooLarge {
+            status: 413,
+            body: String::new(),
+        }
     } else {
         Attempt::Reject {
             status: None,

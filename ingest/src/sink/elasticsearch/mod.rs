@@ -33,13 +33,20 @@ pub struct ElasticsearchSink {
 }
 
 impl ElasticsearchSink {
-    pub fn new(name: &str, config: &ElasticsearchConfig, metrics: Arc<SinkMetrics>) -> Result<Self, SinkBuildError> {
+    pub fn new(
+        name: &str,
+        config: &ElasticsearchConfig,
+        metrics: Arc<SinkMetrics>,
+    ) -> Result<Self, SinkBuildError> {
         let base = config.endpoint.trim_end_matches('/');
         let mut url = common::check_url(name, "endpoint", &format!("{base}/_bulk"))?;
         if let Some(p) = &config.pipeline {
             url.query_pairs_mut().append_pair("pipeline", p);
         }
-        let secret_err = |source| SinkBuildError::Secret { sink: name.to_owned(), source };
+        let secret_err = |source| SinkBuildError::Secret {
+            sink: name.to_owned(),
+            source,
+        };
         let has_api_key = config.api_key_file.is_some() || config.api_key_env.is_some();
         let auth = match (has_api_key, &config.username) {
             (true, Some(_)) => {
@@ -47,13 +54,18 @@ impl ElasticsearchSink {
                     sink: name.to_owned(),
                     key: "username",
                     value: config.username.clone().unwrap_or_default(),
-                    reason: "set either api_key_file/api_key_env or username/password_file, not both"
-                        .to_owned(),
+                    reason:
+                        "set either api_key_file/api_key_env or username/password_file, not both"
+                            .to_owned(),
                 });
             }
             (true, None) => {
-                let key = Secret::load("api_key", config.api_key_file.as_deref(), config.api_key_env.as_deref())
-                    .map_err(secret_err)?;
+                let key = Secret::load(
+                    "api_key",
+                    config.api_key_file.as_deref(),
+                    config.api_key_env.as_deref(),
+                )
+                .map_err(secret_err)?;
                 Some(format!("ApiKey {}", key.expose()))
             }
             (false, Some(user)) => {
@@ -63,7 +75,8 @@ impl ElasticsearchSink {
                     config.password_env.as_deref(),
                 )
                 .map_err(secret_err)?;
-                let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{}", pw.expose()));
+                let basic = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{user}:{}", pw.expose()));
                 Some(format!("Basic {basic}"))
             }
             (false, None) => None,
@@ -97,7 +110,8 @@ impl ElasticsearchSink {
     }
 
     fn body(&self, lines: &[&[u8]]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(lines.iter().map(|l| l.len() + self.action.len() + 16).sum());
+        let mut out =
+            Vec::with_capacity(lines.iter().map(|l| l.len() + self.action.len() + 16).sum());
         for line in lines {
             out.extend_from_slice(&self.action);
             if line.first() == Some(&b'{') {
@@ -116,10 +130,16 @@ impl ElasticsearchSink {
     async fn send(&self, lines: &[&[u8]]) -> BulkOutcome {
         let body = self.compression.compress(&self.body(lines));
         if body.len() > self.max_request_bytes && lines.len() > 1 {
-            return BulkOutcome::Whole(Attempt::TooLarge { status: 413, body: String::new() });
+            return BulkOutcome::Whole(Attempt::TooLarge {
+                status: 413,
+                body: String::new(),
+            });
         }
         let len = body.len();
-        let mut req = self.client.post(self.url.clone()).header(CONTENT_TYPE, "application/x-ndjson");
+        let mut req = self
+            .client
+            .post(self.url.clone())
+            .header(CONTENT_TYPE, "application/x-ndjson");
         if let Some(auth) = &self.auth {
             req = req.header(AUTHORIZATION, auth.clone());
         }
@@ -128,7 +148,12 @@ impl ElasticsearchSink {
         }
         let r = match common::execute(&self.metrics, req.body(body), len).await {
             Ok(r) => r,
-            Err(reason) => return BulkOutcome::Whole(Attempt::Retry { after: None, reason }),
+            Err(reason) => {
+                return BulkOutcome::Whole(Attempt::Retry {
+                    after: None,
+                    reason,
+                });
+            }
         };
         let attempt = common::classify(r.status, &r.headers, &r.body);
         if !matches!(attempt, Attempt::Accepted) {
@@ -146,13 +171,19 @@ impl ElasticsearchSink {
         if reply.items.len() != lines.len() {
             return BulkOutcome::Whole(Attempt::Retry {
                 after: None,
-                reason: format!("_bulk reply has {} items for {} documents", reply.items.len(), lines.len()),
+                reason: format!(
+                    "_bulk reply has {} items for {} documents",
+                    reply.items.len(),
+                    lines.len()
+                ),
             });
         }
         let mut retry = Vec::new();
         let mut rejected = Vec::new();
         for (i, item) in reply.items.iter().enumerate() {
-            let Some(result) = item.values().next() else { continue };
+            let Some(result) = item.values().next() else {
+                continue;
+            };
             match result.status {
                 200..=299 => {}
                 429 | 500..=599 => retry.push(i),
@@ -166,7 +197,10 @@ impl ElasticsearchSink {
 enum BulkOutcome {
     Whole(Attempt),
     /// Indices (into the lines sent) to retry and to reject.
-    Items { retry: Vec<usize>, rejected: Vec<(usize, u16, String)> },
+    Items {
+        retry: Vec<usize>,
+        rejected: Vec<(usize, u16, String)>,
+    },
 }
 
 #[derive(serde::Deserialize)]
@@ -214,8 +248,17 @@ impl Sink for ElasticsearchSink {
                         });
                     }
                 }
-                BulkOutcome::Whole(Attempt::Reject { status, reason, body }) => {
-                    rejected.push(Rejected { batch: Batch::from_lines(chunk), status, reason, response_body: body });
+                BulkOutcome::Whole(Attempt::Reject {
+                    status,
+                    reason,
+                    body,
+                }) => {
+                    rejected.push(Rejected {
+                        batch: Batch::from_lines(chunk),
+                        status,
+                        reason,
+                        response_body: body,
+                    });
                 }
                 BulkOutcome::Whole(Attempt::Retry { after, reason }) => {
                     retry_lines.extend(chunk);
@@ -225,10 +268,14 @@ impl Sink for ElasticsearchSink {
                     retry_reason = reason;
                     retry_after = after;
                 }
-                BulkOutcome::Items { retry, rejected: item_errors } => {
+                BulkOutcome::Items {
+                    retry,
+                    rejected: item_errors,
+                } => {
                     accepted_any |= retry.len() + item_errors.len() < chunk.len();
                     if !retry.is_empty() {
-                        retry_reason = format!("{} documents failed with a retryable status", retry.len());
+                        retry_reason =
+                            format!("{} documents failed with a retryable status", retry.len());
                     }
                     retry_lines.extend(retry.iter().map(|&i| chunk[i]));
                     for (i, status, error) in item_errors {
@@ -246,13 +293,29 @@ impl Sink for ElasticsearchSink {
             return Delivery::Delivered;
         }
         if !accepted_any && rejected.is_empty() && retry_lines.len() == total {
-            return Delivery::Retry { after: retry_after, reason: retry_reason };
+            return Delivery::Retry {
+                after: retry_after,
+                reason: retry_reason,
+            };
         }
-        if !accepted_any && retry_lines.is_empty() && rejected.len() == 1 && rejected[0].batch.events as usize == total {
+        if !accepted_any
+            && retry_lines.is_empty()
+            && rejected.len() == 1
+            && rejected[0].batch.events as usize == total
+        {
             let r = rejected.pop().expect("one");
-            return Delivery::Reject { status: r.status, reason: r.reason, response_body: r.response_body };
+            return Delivery::Reject {
+                status: r.status,
+                reason: r.reason,
+                response_body: r.response_body,
+            };
         }
         let retry = (!retry_lines.is_empty()).then(|| Batch::from_lines(retry_lines));
-        Delivery::Partial { retry, after: retry_after, reason: retry_reason, rejected }
+        Delivery::Partial {
+            retry,
+            after: retry_after,
+            reason: retry_reason,
+            rejected,
+        }
     }
 }

@@ -15,9 +15,17 @@ pub enum SinkBuildError {
     #[error("sink `{sink}`: {source}")]
     Secret { sink: String, source: SecretError },
     #[error("sink `{sink}`: `{key}` = {value:?}: {reason}")]
-    Config { sink: String, key: &'static str, value: String, reason: String },
+    Config {
+        sink: String,
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
     #[error("sink `{sink}`: HTTP client: {source}")]
-    Client { sink: String, source: reqwest::Error },
+    Client {
+        sink: String,
+        source: reqwest::Error,
+    },
 }
 
 /// Body compression (`compression = "gzip" | "zstd" | "none"`).
@@ -43,7 +51,9 @@ impl Compression {
         match self {
             Compression::None => data.to_vec(),
             Compression::Gzip => gzip(data),
-            Compression::Zstd => zstd::bulk::compress(data, 3).expect("zstd into a Vec cannot fail"),
+            Compression::Zstd => {
+                zstd::bulk::compress(data, 3).expect("zstd into a Vec cannot fail")
+            }
         }
     }
 }
@@ -59,7 +69,11 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 
 /// Validates an endpoint URL; plain `http://` is allowed (tests, internal relays) with a
 /// warning because credentials and events then cross the network in clear.
-pub fn check_url(sink: &str, key: &'static str, value: &str) -> Result<reqwest::Url, SinkBuildError> {
+pub fn check_url(
+    sink: &str,
+    key: &'static str,
+    value: &str,
+) -> Result<reqwest::Url, SinkBuildError> {
     let url = reqwest::Url::parse(value).map_err(|e| SinkBuildError::Config {
         sink: sink.to_owned(),
         key,
@@ -89,12 +103,19 @@ pub fn client(sink: &str, timeout: Duration) -> Result<reqwest::Client, SinkBuil
         .pool_idle_timeout(Duration::from_secs(60))
         .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|source| SinkBuildError::Client { sink: sink.to_owned(), source })
+        .map_err(|source| SinkBuildError::Client {
+            sink: sink.to_owned(),
+            source,
+        })
 }
 
 /// `Retry-After`: delay-seconds or an HTTP-date.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
@@ -108,9 +129,19 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 pub enum Attempt {
     Accepted,
     /// 413: the body is too large; split and try the halves.
-    TooLarge { status: u16, body: String },
-    Retry { after: Option<Duration>, reason: String },
-    Reject { status: Option<u16>, reason: String, body: String },
+    TooLarge {
+        status: u16,
+        body: String,
+    },
+    Retry {
+        after: Option<Duration>,
+        reason: String,
+    },
+    Reject {
+        status: Option<u16>,
+        reason: String,
+        body: String,
+    },
 }
 
 /// The usual reading of a status code for an intake API.
@@ -118,7 +149,10 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> Attempt {
     let body_text = || String::from_utf8_lossy(&body[..body.len().min(64 * 1024)]).into_owned();
     match status {
         200..=299 => Attempt::Accepted,
-        413 => Attempt::TooLarge { status, body: body_text() },
+        413 => Attempt::TooLarge {
+            status,
+            body: body_text(),
+        },
         // 408/429 and every 5xx can succeed later; so can 404 during a rolling restart of a
         // relay, but a wrong path never will — still, retrying keeps the data, and the
         // requests_total{status="404"} metric makes the misconfiguration visible.
@@ -161,7 +195,11 @@ pub async fn execute(
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let body = resp.bytes().await?.to_vec();
-        Ok::<_, reqwest::Error>(Response { status, headers, body })
+        Ok::<_, reqwest::Error>(Response {
+            status,
+            headers,
+            body,
+        })
     }
     .await;
     match result {
@@ -220,7 +258,11 @@ pub async fn deliver_chunks<C: ChunkSender>(
                     });
                 }
             }
-            Attempt::Reject { status, reason, body } => rejected.push(Rejected {
+            Attempt::Reject {
+                status,
+                reason,
+                body,
+            } => rejected.push(Rejected {
                 batch: Batch::from_lines(chunk),
                 status,
                 reason,
@@ -245,9 +287,18 @@ pub async fn deliver_chunks<C: ChunkSender>(
     }
     if !accepted_any && rejected.len() == 1 {
         let r = rejected.pop().expect("one");
-        return Delivery::Reject { status: r.status, reason: r.reason, response_body: r.response_body };
+        return Delivery::Reject {
+            status: r.status,
+            reason: r.reason,
+            response_body: r.response_body,
+        };
     }
-    Delivery::Partial { retry: None, after: None, reason: String::new(), rejected }
+    Delivery::Partial {
+        retry: None,
+        after: None,
+        reason: String::new(),
+        rejected,
+    }
 }
 
 /// Appends `line` to a JSON array body as a JSON string: as-is if it already is one (schema

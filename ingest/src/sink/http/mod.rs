@@ -14,9 +14,9 @@ use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, Hea
 pub use common::{Compression, SinkBuildError};
 pub use config::{HttpFormat, HttpSinkConfig, default_timeout_ms as config_default_timeout_ms};
 
-use common::{Attempt, ChunkSender};
 use crate::sink::runtime::SinkMetrics;
 use crate::sink::{Batch, Delivery, Sink};
+use common::{Attempt, ChunkSender};
 
 pub struct HttpSink {
     name: String,
@@ -29,7 +29,11 @@ pub struct HttpSink {
 }
 
 impl HttpSink {
-    pub fn new(name: &str, config: &HttpSinkConfig, metrics: Arc<SinkMetrics>) -> Result<Self, SinkBuildError> {
+    pub fn new(
+        name: &str,
+        config: &HttpSinkConfig,
+        metrics: Arc<SinkMetrics>,
+    ) -> Result<Self, SinkBuildError> {
         let url = common::check_url(name, "url", &config.url)?;
         let bad = |key: &'static str, value: &str, reason: String| SinkBuildError::Config {
             sink: name.to_owned(),
@@ -39,7 +43,8 @@ impl HttpSink {
         };
         let mut headers = HeaderMap::new();
         for (k, v) in &config.headers {
-            let hn = HeaderName::from_bytes(k.as_bytes()).map_err(|e| bad("headers", k, e.to_string()))?;
+            let hn = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| bad("headers", k, e.to_string()))?;
             let hv = HeaderValue::from_str(v).map_err(|e| bad("headers", k, e.to_string()))?;
             headers.insert(hn, hv);
         }
@@ -48,7 +53,10 @@ impl HttpSink {
                 .map_err(|e| bad("secret_headers", k, e.to_string()))?;
             let value = secret
                 .load(&format!("secret_headers.{k}"))
-                .map_err(|source| SinkBuildError::Secret { sink: name.to_owned(), source })?;
+                .map_err(|source| SinkBuildError::Secret {
+                    sink: name.to_owned(),
+                    source,
+                })?;
             let mut hv = HeaderValue::from_str(value.expose())
                 .map_err(|_| bad("secret_headers", k, "not a valid header value".to_owned()))?;
             hv.set_sensitive(true);
@@ -77,7 +85,10 @@ impl ChunkSender for HttpSink {
                 }
                 (body, "application/x-ndjson")
             }
-            HttpFormat::JsonArray => (common::json_array(lines.iter().copied()), "application/json"),
+            HttpFormat::JsonArray => (
+                common::json_array(lines.iter().copied()),
+                "application/json",
+            ),
         };
         let body = self.compression.compress(&body);
         let len = body.len();
@@ -91,7 +102,10 @@ impl ChunkSender for HttpSink {
         }
         match common::execute(&self.metrics, req.body(body), len).await {
             Ok(r) => common::classify(r.status, &r.headers, &r.body),
-            Err(reason) => Attempt::Retry { after: None, reason },
+            Err(reason) => Attempt::Retry {
+                after: None,
+                reason,
+            },
         }
     }
 }

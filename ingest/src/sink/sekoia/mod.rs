@@ -31,7 +31,11 @@ pub struct SekoiaSink {
 }
 
 impl SekoiaSink {
-    pub fn new(name: &str, config: &SekoiaConfig, metrics: Arc<SinkMetrics>) -> Result<Self, SinkBuildError> {
+    pub fn new(
+        name: &str,
+        config: &SekoiaConfig,
+        metrics: Arc<SinkMetrics>,
+    ) -> Result<Self, SinkBuildError> {
         let url = common::check_url(
             name,
             "url",
@@ -42,7 +46,10 @@ impl SekoiaSink {
             config.intake_key_file.as_deref(),
             config.intake_key_env.as_deref(),
         )
-        .map_err(|source| SinkBuildError::Secret { sink: name.to_owned(), source })?;
+        .map_err(|source| SinkBuildError::Secret {
+            sink: name.to_owned(),
+            source,
+        })?;
         let mut key = HeaderValue::from_str(key.expose()).map_err(|_| SinkBuildError::Config {
             sink: name.to_owned(),
             key: "intake_key_file",
@@ -79,7 +86,10 @@ impl ChunkSender for SekoiaSink {
     async fn send(&self, lines: &[&[u8]]) -> Attempt {
         let body = self.compression.compress(&Self::body(lines));
         if body.len() > self.max_request_bytes && lines.len() > 1 {
-            return Attempt::TooLarge { status: 413, body: "split before sending".to_owned() };
+            return Attempt::TooLarge {
+                status: 413,
+                body: "split before sending".to_owned(),
+            };
         }
         let len = body.len();
         let mut req = self
@@ -92,14 +102,22 @@ impl ChunkSender for SekoiaSink {
         }
         let r = match common::execute(&self.metrics, req.body(body), len).await {
             Ok(r) => r,
-            Err(reason) => return Attempt::Retry { after: None, reason },
+            Err(reason) => {
+                return Attempt::Retry {
+                    after: None,
+                    reason,
+                };
+            }
         };
         let attempt = common::classify(r.status, &r.headers, &r.body);
         if matches!(attempt, Attempt::Accepted) {
             // The intake returns one id per accepted event; fewer means it dropped some.
             let ids = serde_json::from_slice::<serde_json::Value>(&r.body)
                 .ok()
-                .and_then(|v| v.get("event_ids").and_then(|ids| ids.as_array().map(Vec::len)));
+                .and_then(|v| {
+                    v.get("event_ids")
+                        .and_then(|ids| ids.as_array().map(Vec::len))
+                });
             if let Some(n) = ids
                 && n != lines.len()
             {

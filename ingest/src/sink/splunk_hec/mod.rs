@@ -45,28 +45,48 @@ fn random_guid() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 impl SplunkHecSink {
-    pub fn new(name: &str, config: &SplunkHecConfig, metrics: Arc<SinkMetrics>) -> Result<Self, SinkBuildError> {
+    pub fn new(
+        name: &str,
+        config: &SplunkHecConfig,
+        metrics: Arc<SinkMetrics>,
+    ) -> Result<Self, SinkBuildError> {
         let base = config.endpoint.trim_end_matches('/');
-        let event_url = common::check_url(name, "endpoint", &format!("{base}/services/collector/event"))?;
-        let ack_url = common::check_url(name, "endpoint", &format!("{base}/services/collector/ack"))?;
+        let event_url = common::check_url(
+            name,
+            "endpoint",
+            &format!("{base}/services/collector/event"),
+        )?;
+        let ack_url =
+            common::check_url(name, "endpoint", &format!("{base}/services/collector/ack"))?;
         let token = crate::sink::secret::Secret::load(
             "token",
             config.token_file.as_deref(),
             config.token_env.as_deref(),
         )
-        .map_err(|source| SinkBuildError::Secret { sink: name.to_owned(), source })?;
-        let mut auth = HeaderValue::from_str(&format!("Splunk {}", token.expose())).map_err(|_| {
-            SinkBuildError::Config {
-                sink: name.to_owned(),
-                key: "token_file",
-                value: "***".to_owned(),
-                reason: "not a valid header value".to_owned(),
-            }
+        .map_err(|source| SinkBuildError::Secret {
+            sink: name.to_owned(),
+            source,
         })?;
+        let mut auth =
+            HeaderValue::from_str(&format!("Splunk {}", token.expose())).map_err(|_| {
+                SinkBuildError::Config {
+                    sink: name.to_owned(),
+                    key: "token_file",
+                    value: "***".to_owned(),
+                    reason: "not a valid header value".to_owned(),
+                }
+            })?;
         auth.set_sensitive(true);
         let mut tail = Vec::new();
         for (key, value) in [
@@ -112,8 +132,15 @@ impl SplunkHecSink {
     }
 
     fn post(&self, url: &reqwest::Url) -> reqwest::RequestBuilder {
-        let req = self.client.post(url.clone()).header(AUTHORIZATION, self.auth.clone());
-        if self.ack { req.header(CHANNEL_HEADER, &self.channel) } else { req }
+        let req = self
+            .client
+            .post(url.clone())
+            .header(AUTHORIZATION, self.auth.clone());
+        if self.ack {
+            req.header(CHANNEL_HEADER, &self.channel)
+        } else {
+            req
+        }
     }
 
     /// Polls until `ack_id` is indexed. `Err` = give up and resend.
@@ -121,7 +148,10 @@ impl SplunkHecSink {
         let deadline = Instant::now() + self.ack_timeout;
         let body = format!("{{\"acks\":[{ack_id}]}}");
         loop {
-            let req = self.post(&self.ack_url).header(CONTENT_TYPE, "application/json").body(body.clone());
+            let req = self
+                .post(&self.ack_url)
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.clone());
             match common::execute(&self.metrics, req, body.len()).await {
                 Ok(r) if r.status == 200 => {
                     let acked = serde_json::from_slice::<serde_json::Value>(&r.body)
@@ -138,7 +168,10 @@ impl SplunkHecSink {
                 Err(e) => tracing::warn!(sink = %self.name, error = %e, "HEC ack poll failed"),
             }
             if Instant::now() >= deadline {
-                return Err(format!("ackId {ack_id} not acknowledged within {:?}", self.ack_timeout));
+                return Err(format!(
+                    "ackId {ack_id} not acknowledged within {:?}",
+                    self.ack_timeout
+                ));
             }
             tokio::time::sleep(self.ack_poll).await;
         }
@@ -149,16 +182,26 @@ impl ChunkSender for SplunkHecSink {
     async fn send(&self, lines: &[&[u8]]) -> Attempt {
         let body = self.compression.compress(&self.body(lines));
         if body.len() > self.max_request_bytes && lines.len() > 1 {
-            return Attempt::TooLarge { status: 413, body: "split before sending".to_owned() };
+            return Attempt::TooLarge {
+                status: 413,
+                body: "split before sending".to_owned(),
+            };
         }
         let len = body.len();
-        let mut req = self.post(&self.event_url).header(CONTENT_TYPE, "application/json");
+        let mut req = self
+            .post(&self.event_url)
+            .header(CONTENT_TYPE, "application/json");
         if let Some(enc) = self.compression.content_encoding() {
             req = req.header(CONTENT_ENCODING, enc);
         }
         let r = match common::execute(&self.metrics, req.body(body), len).await {
             Ok(r) => r,
-            Err(reason) => return Attempt::Retry { after: None, reason },
+            Err(reason) => {
+                return Attempt::Retry {
+                    after: None,
+                    reason,
+                };
+            }
         };
         // HEC answers 503 "server is busy" (code 9) under load and 400 for unparseable data.
         let attempt = common::classify(r.status, &r.headers, &r.body);
@@ -178,7 +221,10 @@ impl ChunkSender for SplunkHecSink {
         };
         match self.wait_for_ack(ack_id).await {
             Ok(()) => Attempt::Accepted,
-            Err(reason) => Attempt::Retry { after: None, reason },
+            Err(reason) => Attempt::Retry {
+                after: None,
+                reason,
+            },
         }
     }
 }
