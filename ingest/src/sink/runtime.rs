@@ -382,7 +382,7 @@ impl SinkHandleRef<'_> {
                 let reason = match e {
                     SpoolError::TooLarge { .. } => "too_large",
                     SpoolError::Closed => "closed",
-                    SpoolError::Io { .. } => "io_error",
+                    SpoolError::Io { .. } | SpoolError::Locked { .. } => "io_error",
                 };
                 tracing::error!(sink = %self.name, events = batch.events, error = %e,
                     "batch not spooled");

@@ -97,6 +97,8 @@ pub enum SpoolError {
     TooLarge { len: u64, max: u64 },
     #[error("spool is closed")]
     Closed,
+    #[error("spool {dir} is in use by another process (lock held on {dir}/lock)")]
+    Locked { dir: PathBuf },
 }
 
 /// Result of a successful [`Spool::append`].
@@ -189,6 +191,8 @@ struct State {
 
 pub struct Spool {
     dir: PathBuf,
+    /// Held (flock) for the spool's lifetime: two writers on one spool would corrupt it.
+    _lock: File,
     config: SpoolConfig,
     state: Mutex<State>,
     space_freed: Condvar,
@@ -223,6 +227,11 @@ impl Spool {
             }
         };
         fs::create_dir_all(dir).map_err(io_err("create directory"))?;
+        let lock = lock_dir(dir)
+            .map_err(io_err("lock"))?
+            .ok_or_else(|| SpoolError::Locked {
+                dir: dir.to_owned(),
+            })?;
         let acked_upto = read_cursor(dir);
 
         let mut ids = Vec::new();
@@ -313,6 +322,7 @@ impl Spool {
         };
         let spool = Spool {
             dir: dir.to_owned(),
+            _lock: lock,
             config,
             state: Mutex::new(state),
             space_freed: Condvar::new(),
@@ -750,6 +760,33 @@ fn create_segment(dir: &Path, id: u64, fsync: FsyncPolicy) -> io::Result<(File, 
         quarantined: Vec::new(),
     };
     Ok((writer, seg))
+}
+
+/// Takes an exclusive `flock` on `dir/lock`. Waits up to 5 s: a previous owner in this
+/// process (an aborted runtime) may still be releasing it. `None` = held by someone else.
+fn lock_dir(dir: &Path) -> io::Result<Option<File>> {
+    use std::os::fd::AsRawFd;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(Some(file));
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(err);
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {

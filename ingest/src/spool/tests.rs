@@ -262,6 +262,19 @@ fn close_releases_a_blocked_writer() {
 }
 
 #[test]
+fn a_spool_in_use_cannot_be_opened_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(1 << 20, 1 << 20, WhenFull::Block);
+    let first = Spool::open(dir.path(), cfg.clone()).unwrap();
+    let started = std::time::Instant::now();
+    let err = Spool::open(dir.path(), cfg.clone()).err().unwrap();
+    assert!(matches!(err, SpoolError::Locked { .. }), "{err}");
+    assert!(started.elapsed() >= Duration::from_secs(4));
+    drop(first);
+    Spool::open(dir.path(), cfg).unwrap();
+}
+
+#[test]
 fn oversize_batch_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path(), config(16 << 10, 4 << 10, WhenFull::Block)).unwrap();
