@@ -4,7 +4,14 @@
 //! value per line, uncompressed). The sink answers with a [`Delivery`]; only `Delivered` lets
 //! the batch leave the spool.
 
+pub mod azure_logs_ingestion;
+pub mod elasticsearch;
 pub mod file;
+pub mod http;
+pub mod runtime;
+pub mod secret;
+pub mod sekoia;
+pub mod splunk_hec;
 
 use std::time::Duration;
 
@@ -24,6 +31,42 @@ pub enum Delivery {
     Retry { after: Option<Duration>, reason: String },
     /// Cannot succeed (400, 401, 403, 413 at one event): goes to the dead-letter directory.
     Reject { status: Option<u16>, reason: String, response_body: String },
+    /// Part of the batch was accepted (the sink split it, or the service answered per event):
+    /// `retry` still has to go (after `after`), each of `rejected` goes to the dead-letter
+    /// directory. Nothing accepted is in either.
+    Partial {
+        retry: Option<Batch>,
+        after: Option<Duration>,
+        reason: String,
+        rejected: Vec<Rejected>,
+    },
+}
+
+/// Events the service refused for good, with its answer.
+#[derive(Debug)]
+pub struct Rejected {
+    pub batch: Batch,
+    pub status: Option<u16>,
+    pub reason: String,
+    pub response_body: String,
+}
+
+impl Batch {
+    /// The non-empty lines of `ndjson`, one per event.
+    pub fn lines(&self) -> impl Iterator<Item = &[u8]> {
+        self.ndjson.split(|&b| b == b'\n').filter(|l| !l.is_empty())
+    }
+
+    /// Builds a batch from event lines (each one JSON value, no newline inside).
+    pub fn from_lines<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> Batch {
+        let mut batch = Batch::default();
+        for line in lines {
+            batch.ndjson.extend_from_slice(line);
+            batch.ndjson.push(b'\n');
+            batch.events += 1;
+        }
+        batch
+    }
 }
 
 /// A destination for batches. Implementations must be safe to call concurrently up to the

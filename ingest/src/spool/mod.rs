@@ -1,1 +1,848 @@
-//! spool: see the module map in the README.
+//! Crash-safe disk spool, one per sink, under `data_dir/spool/<sink>/`.
+//!
+//! Every batch is appended to a segment file (`<id>.seg`, framing in [`record`]) before it is
+//! uploaded. The reader hands records out in order; acks may come back out of order (several
+//! uploads run at once), so the spool tracks in-flight records and advances a durable cursor
+//! (`cursor`: the highest sequence number below which everything is acked, replaced atomically
+//! by rename) only over the acked prefix. A segment is deleted once the reader has passed it
+//! and none of its records is in flight. After a crash, records above the cursor are replayed:
+//! delivery is at-least-once.
+//!
+//! Replay streams record by record (one record in memory at a time). Damaged bytes — a torn
+//! tail after a crash, a flipped bit — are copied to `quarantine/<segment>-<offset>.bad`,
+//! counted, and skipped up to the next record that validates.
+
+pub mod record;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use record::ReadOutcome;
+
+use crate::sink::Batch;
+
+/// `[sinks.NAME.spool]`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Bound on the spool's files for this sink, bytes.
+    pub max_bytes: u64,
+    /// A segment is sealed and a new one started past this size. Clamped to `max_bytes / 4`
+    /// so that acked segments can always be reclaimed before the bound is hit.
+    pub segment_bytes: u64,
+    pub when_full: WhenFull,
+    pub fsync: FsyncPolicy,
+    /// For `fsync = "interval"`: longest time appended data may stay unsynced.
+    pub fsync_interval_ms: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            max_bytes: 1 << 30,
+            segment_bytes: 32 << 20,
+            when_full: WhenFull::Block,
+            fsync: FsyncPolicy::Batch,
+            fsync_interval_ms: 1000,
+        }
+    }
+}
+
+impl SpoolConfig {
+    fn effective_segment_bytes(&self) -> u64 {
+        self.segment_bytes.min(self.max_bytes / 4).max(4096)
+    }
+}
+
+/// What `append` does when the spool is at `max_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// The caller waits for uploads to free space (TCP readers stop reading: backpressure).
+    Block,
+    /// The oldest sealed segment is deleted and its records counted as dropped.
+    DropOldest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// fsync every append, every cursor update and every directory change.
+    Always,
+    /// fsync every appended batch; the cursor is renamed without fsync (a lost cursor update
+    /// only means redelivery, never loss).
+    Batch,
+    /// fsync appended data at most every `fsync_interval_ms`.
+    Interval,
+    /// Leave it to the kernel.
+    Never,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool {dir}: {op}: {source}")]
+    Io {
+        dir: PathBuf,
+        op: &'static str,
+        source: io::Error,
+    },
+    #[error("batch of {len} bytes exceeds the spool bound of {max} bytes")]
+    TooLarge { len: u64, max: u64 },
+    #[error("spool is closed")]
+    Closed,
+    #[error("spool {dir} is in use by another process (lock held on {dir}/lock)")]
+    Locked { dir: PathBuf },
+}
+
+/// Result of a successful [`Spool::append`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Appended {
+    /// Records (batches) and events deleted to make room under `drop_oldest`.
+    pub dropped_records: u64,
+    pub dropped_events: u64,
+    /// Time spent waiting for space under `block`.
+    pub waited: Duration,
+}
+
+/// Identifies a handed-out record for [`Spool::ack`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RecordId {
+    pub seq: u64,
+    segment: u64,
+}
+
+#[derive(Debug)]
+pub struct SpooledRecord {
+    pub id: RecordId,
+    pub created_ms: u64,
+    pub batch: Batch,
+}
+
+/// Point-in-time view for metrics and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SpoolStats {
+    /// Bytes of segment files on disk (acked records included until their segment goes).
+    pub bytes: u64,
+    /// Records and events not yet acked (in flight included).
+    pub records: u64,
+    pub events: u64,
+    /// Creation time of the oldest unacked record, Unix ms (0 when empty).
+    pub oldest_created_ms: u64,
+    pub in_flight: u64,
+    pub dropped_records: u64,
+    pub dropped_events: u64,
+    pub quarantined_ranges: u64,
+    pub quarantined_bytes: u64,
+    pub appended_records: u64,
+    pub acked_records: u64,
+}
+
+struct Segment {
+    id: u64,
+    path: PathBuf,
+    /// Committed length: appends are complete up to here.
+    len: u64,
+    pending_records: u64,
+    pending_events: u64,
+    first_created_ms: u64,
+    /// Damaged ranges already copied to quarantine (by start offset).
+    quarantined: Vec<u64>,
+}
+
+struct InFlight {
+    seq: u64,
+    segment: u64,
+    events: u64,
+    created_ms: u64,
+    done: bool,
+    /// Its segment was dropped (`drop_oldest`) while it was being uploaded.
+    orphaned: bool,
+}
+
+struct Reader {
+    segment: u64,
+    offset: u64,
+    file: File,
+}
+
+struct State {
+    segments: VecDeque<Segment>,
+    writer: File,
+    reader: Option<Reader>,
+    next_seq: u64,
+    next_segment_id: u64,
+    acked_upto: u64,
+    persisted_cursor: u64,
+    in_flight: VecDeque<InFlight>,
+    stats: SpoolStats,
+    last_fsync: Instant,
+    unsynced: bool,
+    blocked_writers: usize,
+    closed: bool,
+    encode_buf: Vec<u8>,
+}
+
+pub struct Spool {
+    dir: PathBuf,
+    /// Held (flock) for the spool's lifetime: two writers on one spool would corrupt it.
+    _lock: File,
+    config: SpoolConfig,
+    state: Mutex<State>,
+    space_freed: Condvar,
+    data_ready: tokio::sync::Notify,
+}
+
+const CURSOR_FILE: &str = "cursor";
+const QUARANTINE_DIR: &str = "quarantine";
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:016x}.seg"))
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool in `dir`, scanning existing segments record by
+    /// record to rebuild counts and quarantine damage. Always starts a fresh segment for
+    /// appends, so a torn tail is never written after.
+    pub fn open(dir: &Path, config: SpoolConfig) -> Result<Spool, SpoolError> {
+        let io_err = |op: &'static str| {
+            let dir = dir.to_owned();
+            move |source| SpoolError::Io {
+                dir: dir.clone(),
+                op,
+                source,
+            }
+        };
+        fs::create_dir_all(dir).map_err(io_err("create directory"))?;
+        let lock = lock_dir(dir)
+            .map_err(io_err("lock"))?
+            .ok_or_else(|| SpoolError::Locked {
+                dir: dir.to_owned(),
+            })?;
+        let acked_upto = read_cursor(dir);
+
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(dir).map_err(io_err("list segments"))? {
+            let entry = entry.map_err(io_err("list segments"))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(hex) = name.strip_suffix(".seg")
+                && let Ok(id) = u64::from_str_radix(hex, 16)
+            {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+
+        let mut stats = SpoolStats::default();
+        let mut segments = VecDeque::new();
+        let mut max_seq = acked_upto;
+        for id in &ids {
+            let path = segment_path(dir, *id);
+            let file = File::open(&path).map_err(io_err("open segment"))?;
+            let len = file.metadata().map_err(io_err("stat segment"))?.len();
+            let mut seg = Segment {
+                id: *id,
+                path,
+                len,
+                pending_records: 0,
+                pending_events: 0,
+                first_created_ms: 0,
+                quarantined: Vec::new(),
+            };
+            let mut offset = 0;
+            loop {
+                match record::read_at(&file, offset, len).map_err(io_err("scan segment"))? {
+                    ReadOutcome::End => break,
+                    ReadOutcome::Record(r) => {
+                        max_seq = max_seq.max(r.seq);
+                        if r.seq > acked_upto {
+                            seg.pending_records += 1;
+                            seg.pending_events += r.events;
+                            if seg.first_created_ms == 0 {
+                                seg.first_created_ms = r.created_ms;
+                            }
+                        }
+                        offset += r.len;
+                    }
+                    ReadOutcome::Corrupt { start, end } => {
+                        quarantine(dir, &file, id, start, end).map_err(io_err("quarantine"))?;
+                        tracing::warn!(spool = %dir.display(), segment = id, start, end,
+                            "damaged spool bytes quarantined");
+                        stats.quarantined_ranges += 1;
+                        stats.quarantined_bytes += end - start;
+                        seg.quarantined.push(start);
+                        offset = end;
+                    }
+                }
+            }
+            if seg.pending_records == 0 {
+                // Fully acked (or only damage, already quarantined): nothing to replay.
+                fs::remove_file(&seg.path).map_err(io_err("remove acked segment"))?;
+                continue;
+            }
+            stats.bytes += seg.len;
+            stats.records += seg.pending_records;
+            stats.events += seg.pending_events;
+            segments.push_back(seg);
+        }
+
+        let next_segment_id = ids.last().map_or(1, |id| id + 1);
+        let (writer, active) =
+            create_segment(dir, next_segment_id, config.fsync).map_err(io_err("create segment"))?;
+        segments.push_back(active);
+        let state = State {
+            segments,
+            writer,
+            reader: None,
+            next_seq: max_seq + 1,
+            next_segment_id: next_segment_id + 1,
+            acked_upto,
+            persisted_cursor: acked_upto,
+            in_flight: VecDeque::new(),
+            stats,
+            last_fsync: Instant::now(),
+            unsynced: false,
+            blocked_writers: 0,
+            closed: false,
+            encode_buf: Vec::new(),
+        };
+        let spool = Spool {
+            dir: dir.to_owned(),
+            _lock: lock,
+            config,
+            state: Mutex::new(state),
+            space_freed: Condvar::new(),
+            data_ready: tokio::sync::Notify::new(),
+        };
+        {
+            let mut st = spool.lock();
+            spool.refresh_oldest(&mut st);
+        }
+        Ok(spool)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &SpoolConfig {
+        &self.config
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves counters possibly stale but the files intact;
+        // continuing is better than poisoning every later upload.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn io_err(&self, op: &'static str) -> impl Fn(io::Error) -> SpoolError + '_ {
+        move |source| SpoolError::Io {
+            dir: self.dir.clone(),
+            op,
+            source,
+        }
+    }
+
+    /// Appends a batch, applying `when_full`. Blocks (this thread) under `block`: call it from
+    /// a pipeline thread, or via `spawn_blocking` from async code.
+    pub fn append(&self, batch: &Batch) -> Result<Appended, SpoolError> {
+        let len = record::encoded_len(batch.ndjson.len());
+        if len > self.config.max_bytes {
+            return Err(SpoolError::TooLarge {
+                len,
+                max: self.config.max_bytes,
+            });
+        }
+        let mut st = self.lock();
+        let mut outcome = Appended::default();
+        let started = Instant::now();
+        loop {
+            if st.closed {
+                return Err(SpoolError::Closed);
+            }
+            if st.stats.bytes + len <= self.config.max_bytes {
+                break;
+            }
+            // Everything acked but the active segment still holds bytes: seal and reclaim it.
+            self.reclaim(&mut st, true)?;
+            if st.stats.bytes + len <= self.config.max_bytes {
+                break;
+            }
+            match self.config.when_full {
+                WhenFull::Block => {
+                    st.blocked_writers += 1;
+                    st = self
+                        .space_freed
+                        .wait_timeout(st, Duration::from_millis(200))
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                    st.blocked_writers -= 1;
+                }
+                WhenFull::DropOldest => {
+                    if st.segments.len() == 1 {
+                        self.rotate(&mut st)?;
+                    }
+                    let (records, events) = self.drop_oldest_segment(&mut st)?;
+                    outcome.dropped_records += records;
+                    outcome.dropped_events += events;
+                }
+            }
+        }
+        outcome.waited = started.elapsed();
+
+        let active_len = st.segments.back().map_or(0, |s| s.len);
+        if active_len > 0 && active_len + len > self.config.effective_segment_bytes() {
+            self.rotate(&mut st)?;
+        }
+        let seq = st.next_seq;
+        let created_ms = now_ms();
+        let mut buf = std::mem::take(&mut st.encode_buf);
+        record::encode(seq, created_ms, batch.events, &batch.ndjson, &mut buf);
+        // One write per record: a crash leaves at most one torn record at the tail.
+        let written = st.writer.write_all(&buf);
+        let buf_cap_ok = buf.capacity() <= 8 << 20;
+        st.encode_buf = if buf_cap_ok { buf } else { Vec::new() };
+        if let Err(e) = written {
+            // Whatever part of the record reached the file is caught by the CRC on replay;
+            // keep appends going at the committed length.
+            let committed = st.segments.back().map_or(0, |s| s.len);
+            let _ = st.writer.set_len(committed);
+            return Err(self.io_err("append")(e));
+        }
+        match self.config.fsync {
+            FsyncPolicy::Always | FsyncPolicy::Batch => {
+                st.writer
+                    .sync_data()
+                    .map_err(self.io_err("fsync segment"))?;
+            }
+            FsyncPolicy::Interval => {
+                st.unsynced = true;
+                self.sync_if_due(&mut st)?;
+            }
+            FsyncPolicy::Never => {}
+        }
+        st.next_seq += 1;
+        let seg = st.segments.back_mut().expect("active segment");
+        seg.len += len;
+        seg.pending_records += 1;
+        seg.pending_events += batch.events;
+        if seg.first_created_ms == 0 {
+            seg.first_created_ms = created_ms;
+        }
+        st.stats.bytes += len;
+        st.stats.records += 1;
+        st.stats.events += batch.events;
+        st.stats.appended_records += 1;
+        if st.stats.oldest_created_ms == 0 {
+            st.stats.oldest_created_ms = created_ms;
+        }
+        drop(st);
+        self.data_ready.notify_one();
+        Ok(outcome)
+    }
+
+    fn sync_if_due(&self, st: &mut State) -> Result<(), SpoolError> {
+        if st.unsynced
+            && st.last_fsync.elapsed() >= Duration::from_millis(self.config.fsync_interval_ms)
+        {
+            st.writer
+                .sync_data()
+                .map_err(self.io_err("fsync segment"))?;
+            st.unsynced = false;
+            st.last_fsync = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// For `fsync = "interval"`: the runtime calls this on a timer so quiet periods get synced.
+    pub fn flush_if_due(&self) -> Result<(), SpoolError> {
+        let mut st = self.lock();
+        self.sync_if_due(&mut st)
+    }
+
+    /// The next record not yet handed out, or `None` when the reader is at the end.
+    /// Reads one record from disk (page cache in the common case).
+    pub fn next(&self) -> Result<Option<SpooledRecord>, SpoolError> {
+        let mut st = self.lock();
+        loop {
+            let st = &mut *st;
+            if st.reader.is_none() {
+                let first = st.segments.front().expect("active segment always present");
+                let file = File::open(&first.path).map_err(self.io_err("open segment"))?;
+                st.reader = Some(Reader {
+                    segment: first.id,
+                    offset: 0,
+                    file,
+                });
+            }
+            let reader = st.reader.as_mut().expect("reader");
+            let Some(idx) = st.segments.iter().position(|s| s.id == reader.segment) else {
+                // Its segment was dropped; restart at the oldest remaining one.
+                st.reader = None;
+                continue;
+            };
+            let is_active = idx + 1 == st.segments.len();
+            let seg_len = st.segments[idx].len;
+            match record::read_at(&reader.file, reader.offset, seg_len)
+                .map_err(self.io_err("read segment"))?
+            {
+                ReadOutcome::End => {
+                    if is_active {
+                        return Ok(None);
+                    }
+                    let next = &st.segments[idx + 1];
+                    let file = File::open(&next.path).map_err(self.io_err("open segment"))?;
+                    st.reader = Some(Reader {
+                        segment: next.id,
+                        offset: 0,
+                        file,
+                    });
+                    self.reclaim(st, false)?;
+                }
+                ReadOutcome::Corrupt { start, end } => {
+                    let seg = &mut st.segments[idx];
+                    if !seg.quarantined.contains(&start) {
+                        quarantine(&self.dir, &reader.file, &seg.id, start, end)
+                            .map_err(self.io_err("quarantine"))?;
+                        tracing::warn!(spool = %self.dir.display(), segment = seg.id, start, end,
+                            "damaged spool bytes quarantined");
+                        seg.quarantined.push(start);
+                        st.stats.quarantined_ranges += 1;
+                        st.stats.quarantined_bytes += end - start;
+                    }
+                    reader.offset = end;
+                }
+                ReadOutcome::Record(r) => {
+                    reader.offset += r.len;
+                    if r.seq <= st.acked_upto {
+                        continue; // delivered before a restart; the cursor says so
+                    }
+                    let segment = reader.segment;
+                    st.in_flight.push_back(InFlight {
+                        seq: r.seq,
+                        segment,
+                        events: r.events,
+                        created_ms: r.created_ms,
+                        done: false,
+                        orphaned: false,
+                    });
+                    st.stats.in_flight += 1;
+                    return Ok(Some(SpooledRecord {
+                        id: RecordId {
+                            seq: r.seq,
+                            segment,
+                        },
+                        created_ms: r.created_ms,
+                        batch: Batch {
+                            events: r.events,
+                            ndjson: r.ndjson,
+                        },
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Marks a handed-out record as accepted by the sink (or dead-lettered). Advances and
+    /// persists the cursor over the acked prefix and deletes segments no longer needed.
+    pub fn ack(&self, id: RecordId) -> Result<(), SpoolError> {
+        let mut st = self.lock();
+        let Some(entry) = st.in_flight.iter_mut().find(|e| e.seq == id.seq && !e.done) else {
+            return Ok(()); // unknown or already acked: idempotent
+        };
+        entry.done = true;
+        let (events, orphaned, segment) = (entry.events, entry.orphaned, entry.segment);
+        st.stats.in_flight -= 1;
+        st.stats.acked_records += 1;
+        st.stats.records -= 1;
+        st.stats.events -= events;
+        if !orphaned && let Some(seg) = st.segments.iter_mut().find(|s| s.id == segment) {
+            seg.pending_records -= 1;
+            seg.pending_events -= events;
+        }
+        let mut advanced = false;
+        while st.in_flight.front().is_some_and(|e| e.done) {
+            let e = st.in_flight.pop_front().expect("front");
+            st.acked_upto = st.acked_upto.max(e.seq);
+            advanced = true;
+        }
+        if advanced {
+            self.persist_cursor(&mut st)?;
+        }
+        let seal = st.blocked_writers > 0;
+        self.reclaim(&mut st, seal)?;
+        self.refresh_oldest(&mut st);
+        drop(st);
+        self.space_freed.notify_all();
+        Ok(())
+    }
+
+    /// Wakes blocked appenders with [`SpoolError::Closed`]; files stay for the next start.
+    pub fn close(&self) {
+        let mut st = self.lock();
+        st.closed = true;
+        if st.unsynced {
+            let _ = st.writer.sync_data();
+            st.unsynced = false;
+        }
+        drop(st);
+        self.space_freed.notify_all();
+        self.data_ready.notify_waiters();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    pub fn stats(&self) -> SpoolStats {
+        self.lock().stats
+    }
+
+    /// Notified after every append; the runtime waits on it when [`Spool::next`] is empty.
+    pub fn data_ready(&self) -> &tokio::sync::Notify {
+        &self.data_ready
+    }
+
+    fn persist_cursor(&self, st: &mut State) -> Result<(), SpoolError> {
+        if st.acked_upto == st.persisted_cursor {
+            return Ok(());
+        }
+        let durable = self.config.fsync == FsyncPolicy::Always;
+        write_cursor(&self.dir, st.acked_upto, durable).map_err(self.io_err("write cursor"))?;
+        st.persisted_cursor = st.acked_upto;
+        Ok(())
+    }
+
+    /// Deletes sealed segments the reader has passed with nothing in flight. With
+    /// `seal_drained_active`, also seals the active segment when everything in it is acked, so
+    /// its bytes can go too.
+    fn reclaim(&self, st: &mut State, seal_drained_active: bool) -> Result<(), SpoolError> {
+        let active = st.segments.back().expect("active segment");
+        let reader_at_active_end = match &st.reader {
+            Some(r) => r.segment == active.id && r.offset == active.len,
+            None => active.len == 0 && st.segments.len() == 1,
+        };
+        if seal_drained_active && active.len > 0 && reader_at_active_end && st.in_flight.is_empty()
+        {
+            self.rotate(st)?;
+            // The reader moves on to the new active segment.
+            let new_active = st.segments.back().expect("active");
+            let file = File::open(&new_active.path).map_err(self.io_err("open segment"))?;
+            st.reader = Some(Reader {
+                segment: new_active.id,
+                offset: 0,
+                file,
+            });
+        }
+        let reader_segment = st.reader.as_ref().map(|r| r.segment);
+        let oldest_in_flight = st.in_flight.front().map(|e| e.segment);
+        let mut removed = false;
+        while st.segments.len() > 1 {
+            let front = st.segments.front().expect("segment");
+            let passed = reader_segment.is_some_and(|r| r > front.id);
+            let none_in_flight = oldest_in_flight.is_none_or(|s| s > front.id);
+            if !(passed && none_in_flight) {
+                break;
+            }
+            let seg = st.segments.pop_front().expect("segment");
+            fs::remove_file(&seg.path).map_err(self.io_err("remove segment"))?;
+            st.stats.bytes -= seg.len;
+            removed = true;
+        }
+        if removed && self.config.fsync == FsyncPolicy::Always {
+            sync_dir(&self.dir).map_err(self.io_err("fsync directory"))?;
+        }
+        Ok(())
+    }
+
+    fn rotate(&self, st: &mut State) -> Result<(), SpoolError> {
+        if st.unsynced {
+            st.writer
+                .sync_data()
+                .map_err(self.io_err("fsync segment"))?;
+            st.unsynced = false;
+        }
+        let id = st.next_segment_id;
+        let (writer, seg) = create_segment(&self.dir, id, self.config.fsync)
+            .map_err(self.io_err("create segment"))?;
+        st.next_segment_id += 1;
+        st.writer = writer;
+        st.segments.push_back(seg);
+        Ok(())
+    }
+
+    /// Deletes the oldest sealed segment; returns the records/events lost with it (records
+    /// currently being uploaded are not counted: their upload may still succeed).
+    fn drop_oldest_segment(&self, st: &mut State) -> Result<(u64, u64), SpoolError> {
+        let seg = st.segments.pop_front().expect("a sealed segment");
+        fs::remove_file(&seg.path).map_err(self.io_err("remove segment"))?;
+        let mut records = seg.pending_records;
+        let mut events = seg.pending_events;
+        for e in st
+            .in_flight
+            .iter_mut()
+            .filter(|e| e.segment == seg.id && !e.done)
+        {
+            e.orphaned = true;
+            records -= 1;
+            events -= e.events;
+        }
+        st.stats.bytes -= seg.len;
+        st.stats.records -= records;
+        st.stats.events -= events;
+        st.stats.dropped_records += records;
+        st.stats.dropped_events += events;
+        if st.reader.as_ref().is_some_and(|r| r.segment == seg.id) {
+            st.reader = None;
+        }
+        tracing::warn!(spool = %self.dir.display(), records, events,
+            "spool full: dropped oldest segment (when_full = drop_oldest)");
+        self.refresh_oldest(st);
+        Ok((records, events))
+    }
+
+    fn refresh_oldest(&self, st: &mut State) {
+        let in_flight = st
+            .in_flight
+            .iter()
+            .find(|e| !e.done && !e.orphaned)
+            .map(|e| e.created_ms);
+        let queued = st
+            .segments
+            .iter()
+            .find(|s| s.pending_records > 0)
+            .map(|s| s.first_created_ms);
+        st.stats.oldest_created_ms = match (in_flight, queued) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or(0),
+        };
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        if st.unsynced {
+            let _ = st.writer.sync_data();
+        }
+    }
+}
+
+fn create_segment(dir: &Path, id: u64, fsync: FsyncPolicy) -> io::Result<(File, Segment)> {
+    let path = segment_path(dir, id);
+    let writer = OpenOptions::new().create(true).append(true).open(&path)?;
+    // A stale file of the same id can only come from an older, fully acked run.
+    writer.set_len(0)?;
+    if fsync == FsyncPolicy::Always {
+        sync_dir(dir)?;
+    }
+    let seg = Segment {
+        id,
+        path,
+        len: 0,
+        pending_records: 0,
+        pending_events: 0,
+        first_created_ms: 0,
+        quarantined: Vec::new(),
+    };
+    Ok((writer, seg))
+}
+
+/// Takes an exclusive `flock` on `dir/lock`. Waits up to 5 s: a previous owner in this
+/// process (an aborted runtime) may still be releasing it. `None` = held by someone else.
+fn lock_dir(dir: &Path) -> io::Result<Option<File>> {
+    use std::os::fd::AsRawFd;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(Some(file));
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(err);
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn quarantine(dir: &Path, file: &File, segment: &u64, start: u64, end: u64) -> io::Result<()> {
+    let qdir = dir.join(QUARANTINE_DIR);
+    fs::create_dir_all(&qdir)?;
+    let mut out = File::create(qdir.join(format!("{segment:016x}-{start}.bad")))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pos = start;
+    while pos < end {
+        let n = buf.len().min((end - pos) as usize);
+        file.read_exact_at(&mut buf[..n], pos)?;
+        out.write_all(&buf[..n])?;
+        pos += n as u64;
+    }
+    out.sync_all()
+}
+
+/// `cursor` = acked_upto u64 LE | crc32 of those 8 bytes. Unreadable → 0 (replay everything:
+/// duplicates, never loss).
+fn read_cursor(dir: &Path) -> u64 {
+    let Ok(bytes) = fs::read(dir.join(CURSOR_FILE)) else {
+        return 0;
+    };
+    if bytes.len() != 12 {
+        tracing::warn!(spool = %dir.display(), "spool cursor unreadable; replaying everything");
+        return 0;
+    }
+    let value: [u8; 8] = bytes[..8].try_into().expect("8 bytes");
+    let crc = u32::from_le_bytes(bytes[8..].try_into().expect("4 bytes"));
+    if crc32fast::hash(&value) != crc {
+        tracing::warn!(spool = %dir.display(), "spool cursor checksum mismatch; replaying everything");
+        return 0;
+    }
+    u64::from_le_bytes(value)
+}
+
+fn write_cursor(dir: &Path, acked_upto: u64, durable: bool) -> io::Result<()> {
+    let value = acked_upto.to_le_bytes();
+    let mut bytes = [0u8; 12];
+    bytes[..8].copy_from_slice(&value);
+    bytes[8..].copy_from_slice(&crc32fast::hash(&value).to_le_bytes());
+    let tmp = dir.join("cursor.tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        if durable {
+            f.sync_all()?;
+        }
+    }
+    fs::rename(&tmp, dir.join(CURSOR_FILE))?;
+    if durable {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,49 @@
+use super::*;
+
+fn config(extra: &str) -> ElasticsearchConfig {
+    toml::from_str(&format!(
+        "endpoint = \"https://es.example:9200\"\nindex = \"logs-dt\"\n{extra}"
+    ))
+    .unwrap()
+}
+
+#[test]
+fn bulk_body_pairs_actions_and_documents() {
+    let s = ElasticsearchSink::new("es", &config(""), SinkMetrics::new("es")).unwrap();
+    let body = s.body(&[br#"{"a":1}"#, br#""raw line""#]);
+    let text = String::from_utf8(body).unwrap();
+    assert_eq!(
+        text,
+        "{\"create\":{\"_index\":\"logs-dt\"}}\n{\"a\":1}\n{\"create\":{\"_index\":\"logs-dt\"}}\n{\"message\":\"raw line\"}\n"
+    );
+    assert!(s.auth.is_none());
+}
+
+#[test]
+fn auth_is_api_key_or_basic_never_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("secret");
+    std::fs::write(&f, "pw\n").unwrap();
+    let p = f.display();
+    let s = ElasticsearchSink::new(
+        "es",
+        &config(&format!("api_key_file = \"{p}\"")),
+        SinkMetrics::new("es"),
+    )
+    .unwrap();
+    assert_eq!(s.auth.unwrap().to_str().unwrap(), "ApiKey pw");
+    let s = ElasticsearchSink::new(
+        "es",
+        &config(&format!(
+            "username = \"elastic\"\npassword_file = \"{p}\"\npipeline = \"p1\""
+        )),
+        SinkMetrics::new("es"),
+    )
+    .unwrap();
+    assert_eq!(s.auth.unwrap().to_str().unwrap(), "Basic ZWxhc3RpYzpwdw==");
+    assert_eq!(s.url.as_str(), "https://es.example:9200/_bulk?pipeline=p1");
+    let both = config(&format!(
+        "api_key_file = \"{p}\"\nusername = \"u\"\npassword_file = \"{p}\""
+    ));
+    assert!(ElasticsearchSink::new("es", &both, SinkMetrics::new("es")).is_err());
+}

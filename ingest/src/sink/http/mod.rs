@@ -1,0 +1,122 @@
+//! Generic HTTP sink (`type = "http"`): POSTs each batch as NDJSON or a JSON array, with
+//! headers from config, optional compression; 413 splits the batch.
+
+pub mod common;
+mod config;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+
+pub use common::{Compression, SinkBuildError};
+pub use config::{HttpFormat, HttpSinkConfig, default_timeout_ms as config_default_timeout_ms};
+
+use crate::sink::runtime::SinkMetrics;
+use crate::sink::{Batch, Delivery, Sink};
+use common::{Attempt, ChunkSender};
+
+pub struct HttpSink {
+    name: String,
+    url: reqwest::Url,
+    headers: HeaderMap,
+    format: HttpFormat,
+    compression: Compression,
+    client: reqwest::Client,
+    metrics: Arc<SinkMetrics>,
+}
+
+impl HttpSink {
+    pub fn new(
+        name: &str,
+        config: &HttpSinkConfig,
+        metrics: Arc<SinkMetrics>,
+    ) -> Result<Self, SinkBuildError> {
+        let url = common::check_url(name, "url", &config.url)?;
+        let bad = |key: &'static str, value: &str, reason: String| SinkBuildError::Config {
+            sink: name.to_owned(),
+            key,
+            value: value.to_owned(),
+            reason,
+        };
+        let mut headers = HeaderMap::new();
+        for (k, v) in &config.headers {
+            let hn = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| bad("headers", k, e.to_string()))?;
+            let hv = HeaderValue::from_str(v).map_err(|e| bad("headers", k, e.to_string()))?;
+            headers.insert(hn, hv);
+        }
+        for (k, secret) in &config.secret_headers {
+            let hn = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| bad("secret_headers", k, e.to_string()))?;
+            let value = secret
+                .load(&format!("secret_headers.{k}"))
+                .map_err(|source| SinkBuildError::Secret {
+                    sink: name.to_owned(),
+                    source,
+                })?;
+            let mut hv = HeaderValue::from_str(value.expose())
+                .map_err(|_| bad("secret_headers", k, "not a valid header value".to_owned()))?;
+            hv.set_sensitive(true);
+            headers.insert(hn, hv);
+        }
+        Ok(HttpSink {
+            name: name.to_owned(),
+            url,
+            headers,
+            format: config.format,
+            compression: config.compression,
+            client: common::client(name, Duration::from_millis(config.timeout_ms))?,
+            metrics,
+        })
+    }
+}
+
+impl ChunkSender for HttpSink {
+    async fn send(&self, lines: &[&[u8]]) -> Attempt {
+        let (body, content_type) = match self.format {
+            HttpFormat::Ndjson => {
+                let mut body = Vec::new();
+                for line in lines {
+                    body.extend_from_slice(line);
+                    body.push(b'\n');
+                }
+                (body, "application/x-ndjson")
+            }
+            HttpFormat::JsonArray => (
+                common::json_array(lines.iter().copied()),
+                "application/json",
+            ),
+        };
+        let body = self.compression.compress(&body);
+        let len = body.len();
+        let mut req = self
+            .client
+            .post(self.url.clone())
+            .headers(self.headers.clone())
+            .header(CONTENT_TYPE, content_type);
+        if let Some(enc) = self.compression.content_encoding() {
+            req = req.header(CONTENT_ENCODING, enc);
+        }
+        match common::execute(&self.metrics, req.body(body), len).await {
+            Ok(r) => common::classify(r.status, &r.headers, &r.body),
+            Err(reason) => Attempt::Retry {
+                after: None,
+                reason,
+            },
+        }
+    }
+}
+
+impl Sink for HttpSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn deliver(&self, batch: &Batch) -> Delivery {
+        let lines: Vec<&[u8]> = batch.lines().collect();
+        common::deliver_chunks(self, vec![lines], Vec::new()).await
+    }
+}

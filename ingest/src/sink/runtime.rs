@@ -1,0 +1,706 @@
+//! The delivery driver of one sink: pipeline → spool → `Sink::deliver`, with retries, backoff,
+//! dead-lettering and a concurrency limit.
+//!
+//! ```text
+//! SinkHandle::enqueue(batch) ──append──▶ Spool ──next──▶ dispatcher ──(≤ concurrency)──▶ deliver
+//!                                          ▲                                              │
+//!                                          └───────────── ack (delivered / dead-lettered) ◀┘
+//! ```
+//! A record leaves the spool only when the sink delivered it or it was written to the
+//! dead-letter directory. Dropping a [`SinkHandle`] without [`SinkHandle::shutdown`] aborts
+//! uploads mid-flight, exactly like a crash: what was not acked is replayed on the next start.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use super::{Batch, Delivery, Rejected, Sink};
+use crate::spool::{Appended, Spool, SpoolConfig, SpoolError, SpoolStats, SpooledRecord};
+
+/// `[sinks.NAME.retry]`: how failed uploads are retried.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Uploads of this sink running at once.
+    pub concurrency: usize,
+    /// First backoff; doubles per failed attempt up to `max_backoff_ms`.
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// Longest `Retry-After` honoured; a larger one is clamped (a bogus header must not park
+    /// the sink for a day).
+    pub max_retry_after_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            concurrency: 4,
+            initial_backoff_ms: 500,
+            max_backoff_ms: 60_000,
+            max_retry_after_ms: 600_000,
+        }
+    }
+}
+
+impl RetryConfig {
+    /// Backoff before attempt `attempt + 1` (0-based failures so far), with jitter in
+    /// [50 %, 100 %] of the exponential value so that sinks recovering together spread out.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let base = self
+            .initial_backoff_ms
+            .saturating_mul(1u64 << attempt.min(30))
+            .min(self.max_backoff_ms);
+        let jittered = base / 2 + fastrand::u64(0..=base / 2);
+        Duration::from_millis(jittered)
+    }
+
+    /// Delay before the next attempt: `Retry-After` when the service sent one (clamped),
+    /// otherwise the jittered backoff.
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        match retry_after {
+            Some(after) => after.min(Duration::from_millis(self.max_retry_after_ms)),
+            None => self.backoff(attempt),
+        }
+    }
+}
+
+/// Counters of one sink. Mirrors every value into the `metrics` facade (`sluice_sink_*`) and
+/// keeps atomics for `sluice top`, tests and [`SinkHandle::stats`].
+pub struct SinkMetrics {
+    sink: String,
+    requests_ok: AtomicU64,
+    requests_failed: AtomicU64,
+    retries: AtomicU64,
+    dead_lettered_events: AtomicU64,
+    delivered_events: AtomicU64,
+    delivered_bytes: AtomicU64,
+    sent_bytes: AtomicU64,
+    truncated_fields: AtomicU64,
+    enqueue_dropped_events: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SinkMetricsSnapshot {
+    pub requests_ok: u64,
+    pub requests_failed: u64,
+    pub retries: u64,
+    pub dead_lettered_events: u64,
+    pub delivered_events: u64,
+    /// Uncompressed NDJSON bytes of delivered events.
+    pub delivered_bytes: u64,
+    /// Request bodies as sent (compressed), all attempts.
+    pub sent_bytes: u64,
+    pub truncated_fields: u64,
+    /// Events refused by `enqueue` (batch larger than the spool bound, spool closed).
+    pub enqueue_dropped_events: u64,
+}
+
+impl SinkMetrics {
+    pub fn new(sink: &str) -> Arc<SinkMetrics> {
+        Arc::new(SinkMetrics {
+            sink: sink.to_owned(),
+            requests_ok: AtomicU64::new(0),
+            requests_failed: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            dead_lettered_events: AtomicU64::new(0),
+            delivered_events: AtomicU64::new(0),
+            delivered_bytes: AtomicU64::new(0),
+            sent_bytes: AtomicU64::new(0),
+            truncated_fields: AtomicU64::new(0),
+            enqueue_dropped_events: AtomicU64::new(0),
+        })
+    }
+
+    pub fn sink(&self) -> &str {
+        &self.sink
+    }
+
+    /// One HTTP request: `status` is the code, or `None` for a transport error.
+    pub fn request(&self, status: Option<u16>, latency: Duration, body_bytes: u64) {
+        let label = status.map_or_else(|| "error".to_owned(), |s| s.to_string());
+        metrics::counter!("sluice_sink_requests_total", "sink" => self.sink.clone(), "status" => label)
+            .increment(1);
+        metrics::histogram!("sluice_sink_upload_seconds", "sink" => self.sink.clone())
+            .record(latency.as_secs_f64());
+        metrics::counter!("sluice_sink_sent_bytes_total", "sink" => self.sink.clone())
+            .increment(body_bytes);
+        self.sent_bytes.fetch_add(body_bytes, Ordering::Relaxed);
+        if status.is_some_and(|s| (200..300).contains(&s)) {
+            self.requests_ok.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.requests_failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn truncated_fields(&self, n: u64) {
+        if n > 0 {
+            metrics::counter!("sluice_sink_truncated_fields_total", "sink" => self.sink.clone())
+                .increment(n);
+            self.truncated_fields.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    fn retry(&self) {
+        metrics::counter!("sluice_sink_retries_total", "sink" => self.sink.clone()).increment(1);
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn delivered(&self, events: u64, bytes: u64) {
+        metrics::counter!("sluice_sink_delivered_events_total", "sink" => self.sink.clone())
+            .increment(events);
+        metrics::counter!("sluice_sink_delivered_bytes_total", "sink" => self.sink.clone())
+            .increment(bytes);
+        self.delivered_events.fetch_add(events, Ordering::Relaxed);
+        self.delivered_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn dead_lettered(&self, events: u64) {
+        metrics::counter!("sluice_sink_dead_letter_events_total", "sink" => self.sink.clone())
+            .increment(events);
+        self.dead_lettered_events
+            .fetch_add(events, Ordering::Relaxed);
+    }
+
+    fn enqueue_dropped(&self, events: u64, reason: &'static str) {
+        metrics::counter!("sluice_sink_spool_dropped_events_total", "sink" => self.sink.clone(),
+            "reason" => reason)
+        .increment(events);
+        self.enqueue_dropped_events
+            .fetch_add(events, Ordering::Relaxed);
+    }
+
+    fn spool_gauges(&self, s: &SpoolStats, previous: &mut SpoolStats) {
+        let sink = self.sink.clone();
+        metrics::gauge!("sluice_sink_spool_bytes", "sink" => sink.clone()).set(s.bytes as f64);
+        metrics::gauge!("sluice_sink_spool_records", "sink" => sink.clone()).set(s.records as f64);
+        metrics::gauge!("sluice_sink_spool_events", "sink" => sink.clone()).set(s.events as f64);
+        let age = if s.oldest_created_ms == 0 {
+            0.0
+        } else {
+            (now_ms().saturating_sub(s.oldest_created_ms)) as f64 / 1000.0
+        };
+        metrics::gauge!("sluice_sink_spool_oldest_age_seconds", "sink" => sink.clone()).set(age);
+        metrics::counter!("sluice_sink_spool_dropped_events_total", "sink" => sink.clone(),
+            "reason" => "drop_oldest")
+        .increment(s.dropped_events - previous.dropped_events);
+        metrics::counter!("sluice_sink_spool_quarantined_total", "sink" => sink.clone())
+            .increment(s.quarantined_ranges - previous.quarantined_ranges);
+        metrics::counter!("sluice_sink_spool_quarantined_bytes_total", "sink" => sink)
+            .increment(s.quarantined_bytes - previous.quarantined_bytes);
+        *previous = *s;
+    }
+
+    pub fn snapshot(&self) -> SinkMetricsSnapshot {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        SinkMetricsSnapshot {
+            requests_ok: get(&self.requests_ok),
+            requests_failed: get(&self.requests_failed),
+            retries: get(&self.retries),
+            dead_lettered_events: get(&self.dead_lettered_events),
+            delivered_events: get(&self.delivered_events),
+            delivered_bytes: get(&self.delivered_bytes),
+            sent_bytes: get(&self.sent_bytes),
+            truncated_fields: get(&self.truncated_fields),
+            enqueue_dropped_events: get(&self.enqueue_dropped_events),
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What [`SinkHandle::enqueue`] did with a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// On disk; `dropped_*` older events were deleted to make room (`drop_oldest`).
+    Accepted {
+        dropped_records: u64,
+        dropped_events: u64,
+        waited: Duration,
+    },
+    /// Not taken (larger than the spool bound, or shutting down); counted.
+    Refused,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SinkStats {
+    pub spool: SpoolStats,
+    pub sink: SinkMetricsSnapshot,
+}
+
+/// Entry point: `SinkRuntime::spawn(...)` → [`SinkHandle`].
+pub struct SinkRuntime;
+
+impl SinkRuntime {
+    /// Opens `data_dir/spool/<name>/` (replaying what a previous run left) and starts the
+    /// delivery tasks on the current tokio runtime. Dead letters go to
+    /// `data_dir/dead_letter/<name>/`.
+    pub fn spawn<S: Sink + 'static>(
+        sink: Arc<S>,
+        data_dir: &Path,
+        spool_config: SpoolConfig,
+        retry: RetryConfig,
+        metrics: Arc<SinkMetrics>,
+    ) -> Result<SinkHandle, SpoolError> {
+        let name = sink.name().to_owned();
+        let spool = Arc::new(Spool::open(
+            &data_dir.join("spool").join(&name),
+            spool_config,
+        )?);
+        let dead_letter_dir = data_dir.join("dead_letter").join(&name);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let driver = Driver {
+            sink,
+            spool: spool.clone(),
+            retry,
+            metrics: metrics.clone(),
+            dead_letter_dir,
+            stop: stop_rx,
+        };
+        let task = tokio::spawn(driver.run());
+        Ok(SinkHandle {
+            name,
+            spool,
+            metrics,
+            stop: stop_tx,
+            task: Some(task),
+        })
+    }
+}
+
+pub struct SinkHandle {
+    name: String,
+    spool: Arc<Spool>,
+    metrics: Arc<SinkMetrics>,
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl SinkHandle {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Writes `batch` to the spool. Under `when_full = "block"` this blocks the calling
+    /// thread until there is room: call it from a pipeline thread, not from async code
+    /// (use [`SinkHandle::enqueue_async`] there).
+    pub fn enqueue(&self, batch: &Batch) -> Enqueued {
+        SinkHandleRef {
+            name: &self.name,
+            spool: &self.spool,
+            metrics: &self.metrics,
+        }
+        .enqueue(batch)
+    }
+
+    pub async fn enqueue_async(&self, batch: Batch) -> Enqueued {
+        let spool = self.spool.clone();
+        let metrics = self.metrics.clone();
+        let name = self.name.clone();
+        tokio::task::spawn_blocking(move || {
+            let handle = SinkHandleRef {
+                name: &name,
+                spool: &spool,
+                metrics: &metrics,
+            };
+            handle.enqueue(&batch)
+        })
+        .await
+        .unwrap_or(Enqueued::Refused)
+    }
+
+    pub fn stats(&self) -> SinkStats {
+        SinkStats {
+            spool: self.spool.stats(),
+            sink: self.metrics.snapshot(),
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<SinkMetrics> {
+        &self.metrics
+    }
+
+    /// Stops taking records, lets uploads in flight finish for up to `grace`, then aborts
+    /// them (they stay in the spool). Blocked `enqueue` callers get `Refused`.
+    pub async fn shutdown(mut self, grace: Duration) {
+        let _ = self.stop.send(true);
+        self.spool.close();
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(grace, &mut task).await.is_err()
+        {
+            tracing::warn!(sink = %self.name, "uploads still running after the grace period; \
+                aborted, they stay spooled");
+            task.abort();
+        }
+    }
+}
+
+impl Drop for SinkHandle {
+    fn drop(&mut self) {
+        // Not shut down: behave like a crash (nothing more is acked).
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+struct SinkHandleRef<'a> {
+    name: &'a str,
+    spool: &'a Spool,
+    metrics: &'a SinkMetrics,
+}
+
+impl SinkHandleRef<'_> {
+    fn enqueue(&self, batch: &Batch) -> Enqueued {
+        if batch.events == 0 {
+            return Enqueued::Accepted {
+                dropped_records: 0,
+                dropped_events: 0,
+                waited: Duration::ZERO,
+            };
+        }
+        match self.spool.append(batch) {
+            Ok(Appended {
+                dropped_records,
+                dropped_events,
+                waited,
+            }) => Enqueued::Accepted {
+                dropped_records,
+                dropped_events,
+                waited,
+            },
+            Err(e) => {
+                let reason = match e {
+                    SpoolError::TooLarge { .. } => "too_large",
+                    SpoolError::Closed => "closed",
+                    SpoolError::Io { .. } | SpoolError::Locked { .. } => "io_error",
+                };
+                tracing::error!(sink = %self.name, events = batch.events, error = %e,
+                    "batch not spooled");
+                self.metrics.enqueue_dropped(batch.events, reason);
+                Enqueued::Refused
+            }
+        }
+    }
+}
+
+struct Driver<S> {
+    sink: Arc<S>,
+    spool: Arc<Spool>,
+    retry: RetryConfig,
+    metrics: Arc<SinkMetrics>,
+    dead_letter_dir: PathBuf,
+    stop: watch::Receiver<bool>,
+}
+
+impl<S: Sink + 'static> Driver<S> {
+    async fn run(self) {
+        let permits = Arc::new(Semaphore::new(self.retry.concurrency.max(1)));
+        let mut uploads = JoinSet::new();
+        let mut stop = self.stop.clone();
+        let mut gauges_prev = SpoolStats::default();
+        let mut tick = tokio::time::interval(Duration::from_millis(
+            self.spool.config().fsync_interval_ms.clamp(50, 1000),
+        ));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        'dispatch: loop {
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+                _ = stop.changed() => break 'dispatch,
+            };
+            let record = loop {
+                let ready = self.spool.data_ready().notified();
+                tokio::pin!(ready);
+                ready.as_mut().enable();
+                match self.spool.next() {
+                    Ok(Some(r)) => break r,
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(sink = %self.sink.name(), error = %e, "spool read failed");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+                tokio::select! {
+                    _ = &mut ready => {}
+                    _ = tick.tick() => {
+                        if let Err(e) = self.spool.flush_if_due() {
+                            tracing::error!(sink = %self.sink.name(), error = %e, "spool fsync failed");
+                        }
+                        self.metrics.spool_gauges(&self.spool.stats(), &mut gauges_prev);
+                    }
+                    _ = stop.changed() => break 'dispatch,
+                }
+                while uploads.try_join_next().is_some() {}
+            };
+            let upload = Upload {
+                sink: self.sink.clone(),
+                spool: self.spool.clone(),
+                retry: self.retry.clone(),
+                metrics: self.metrics.clone(),
+                dead_letter_dir: self.dead_letter_dir.clone(),
+                stop: self.stop.clone(),
+            };
+            uploads.spawn(async move {
+                upload.run(record).await;
+                drop(permit);
+            });
+            while uploads.try_join_next().is_some() {}
+            self.metrics
+                .spool_gauges(&self.spool.stats(), &mut gauges_prev);
+        }
+        // Graceful stop: let started uploads finish (the caller bounds this with a timeout).
+        while uploads.join_next().await.is_some() {}
+        self.metrics
+            .spool_gauges(&self.spool.stats(), &mut gauges_prev);
+    }
+}
+
+struct Upload<S> {
+    sink: Arc<S>,
+    spool: Arc<Spool>,
+    retry: RetryConfig,
+    metrics: Arc<SinkMetrics>,
+    dead_letter_dir: PathBuf,
+    stop: watch::Receiver<bool>,
+}
+
+impl<S: Sink> Upload<S> {
+    async fn run(mut self, record: SpooledRecord) {
+        let id = record.id;
+        let mut current = record.batch;
+        let mut attempt: u32 = 0;
+        loop {
+            let outcome = self.sink.deliver(&current).await;
+            let (retry_batch, after, reason) = match outcome {
+                Delivery::Delivered => {
+                    self.metrics
+                        .delivered(current.events, current.ndjson.len() as u64);
+                    break;
+                }
+                Delivery::Retry { after, reason } => (current, after, reason),
+                Delivery::Reject {
+                    status,
+                    reason,
+                    response_body,
+                } => {
+                    let rejected = Rejected {
+                        batch: current,
+                        status,
+                        reason,
+                        response_body,
+                    };
+                    self.dead_letter(id.seq, 0, &rejected);
+                    break;
+                }
+                Delivery::Partial {
+                    retry,
+                    after,
+                    reason,
+                    rejected,
+                } => {
+                    let mut rejected_events = 0;
+                    for (i, r) in rejected.iter().enumerate() {
+                        self.dead_letter(id.seq, attempt as usize * 1000 + i, r);
+                        rejected_events += r.batch.events;
+                    }
+                    let retry_events = retry.as_ref().map_or(0, |b| b.events);
+                    let accepted = current
+                        .events
+                        .saturating_sub(rejected_events + retry_events);
+                    // Bytes are approximate for a partial: proportional to events.
+                    let bytes = (current.ndjson.len() as u64 * accepted)
+                        .checked_div(current.events)
+                        .unwrap_or(0);
+                    self.metrics.delivered(accepted, bytes);
+                    match retry {
+                        Some(b) if b.events > 0 => (b, after, reason),
+                        _ => break,
+                    }
+                }
+            };
+            self.metrics.retry();
+            let delay = self.retry.delay(attempt, after);
+            tracing::warn!(sink = %self.sink.name(), seq = id.seq, attempt, ?delay, %reason,
+                "upload failed; will retry");
+            attempt = attempt.saturating_add(1);
+            current = retry_batch;
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                // Shutting down: the record stays in the spool for the next start.
+                _ = self.stop.wait_for(|s| *s) => return,
+            }
+        }
+        if let Err(e) = self.spool.ack(id) {
+            tracing::error!(sink = %self.sink.name(), error = %e, "spool ack failed");
+        }
+    }
+
+    fn dead_letter(&self, seq: u64, part: usize, rejected: &Rejected) {
+        tracing::error!(sink = %self.sink.name(), events = rejected.batch.events,
+            status = ?rejected.status, reason = %rejected.reason, "events dead-lettered");
+        let stem = format!("{}-{seq}-{part}", now_ms());
+        let result = (|| -> std::io::Result<()> {
+            std::fs::create_dir_all(&self.dead_letter_dir)?;
+            let mut data =
+                std::fs::File::create(self.dead_letter_dir.join(format!("{stem}.ndjson")))?;
+            data.write_all(&rejected.batch.ndjson)?;
+            data.sync_all()?;
+            let meta = serde_json::json!({
+                "sink": self.sink.name(),
+                "events": rejected.batch.events,
+                "status": rejected.status,
+                "reason": rejected.reason,
+                "response_body": rejected.response_body,
+            });
+            let mut f = std::fs::File::create(self.dead_letter_dir.join(format!("{stem}.json")))?;
+            f.write_all(meta.to_string().as_bytes())?;
+            f.sync_all()
+        })();
+        self.metrics.dead_lettered(rejected.batch.events);
+        if let Err(e) = result {
+            // The record is acked anyway: retrying an upload the service refuses cannot help,
+            // and the log line above keeps the reason.
+            tracing::error!(sink = %self.sink.name(), dir = %self.dead_letter_dir.display(),
+                error = %e, "cannot write dead letter");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_jittered_and_capped() {
+        let r = RetryConfig {
+            initial_backoff_ms: 100,
+            max_backoff_ms: 1000,
+            ..RetryConfig::default()
+        };
+        for attempt in 0..40 {
+            let base = (100u64 << attempt.min(20)).min(1000);
+            let d = r.backoff(attempt).as_millis() as u64;
+            assert!(
+                d >= base / 2 && d <= base,
+                "attempt {attempt}: {d} vs {base}"
+            );
+        }
+        assert_eq!(
+            r.delay(0, Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            r.delay(0, Some(Duration::from_secs(86_400))),
+            Duration::from_secs(600)
+        );
+    }
+
+    /// Counts concurrent deliveries; fails every batch's first attempt; rejects events "bad".
+    struct Probe {
+        running: AtomicUsize,
+        peak: AtomicUsize,
+        attempts: std::sync::Mutex<std::collections::HashMap<Vec<u8>, u32>>,
+    }
+
+    impl Sink for Probe {
+        fn name(&self) -> &str {
+            "probe"
+        }
+
+        async fn deliver(&self, batch: &Batch) -> Delivery {
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            let first = {
+                let mut a = self.attempts.lock().unwrap();
+                let n = a.entry(batch.ndjson.clone()).or_insert(0);
+                *n += 1;
+                *n == 1
+            };
+            if first {
+                return Delivery::Retry {
+                    after: None,
+                    reason: "first attempt".into(),
+                };
+            }
+            let (bad, good): (Vec<&[u8]>, Vec<&[u8]>) =
+                batch.lines().partition(|l| *l == b"\"bad\"");
+            if bad.is_empty() {
+                return Delivery::Delivered;
+            }
+            let _ = good;
+            Delivery::Partial {
+                retry: None,
+                after: None,
+                reason: String::new(),
+                rejected: vec![Rejected {
+                    batch: Batch::from_lines(bad),
+                    status: Some(400),
+                    reason: "bad".into(),
+                    response_body: "{}".into(),
+                }],
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrency_is_limited_and_partial_rejections_are_dead_lettered() {
+        let dir = tempfile::tempdir().unwrap();
+        let probe = Arc::new(Probe {
+            running: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            attempts: Default::default(),
+        });
+        let retry = RetryConfig {
+            concurrency: 3,
+            initial_backoff_ms: 10,
+            max_backoff_ms: 20,
+            ..RetryConfig::default()
+        };
+        let metrics = SinkMetrics::new("probe");
+        let handle = SinkRuntime::spawn(
+            probe.clone(),
+            dir.path(),
+            SpoolConfig::default(),
+            retry,
+            metrics,
+        )
+        .unwrap();
+        for i in 0..20 {
+            let b = Batch::from_lines([format!("{{\"i\":{i}}}").as_bytes(), b"\"bad\""]);
+            assert!(matches!(
+                handle.enqueue_async(b).await,
+                Enqueued::Accepted { .. }
+            ));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while handle.stats().spool.records > 0 {
+            assert!(std::time::Instant::now() < deadline, "{:?}", handle.stats());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let s = handle.stats().sink;
+        assert_eq!(
+            (s.delivered_events, s.dead_lettered_events, s.retries),
+            (20, 20, 20)
+        );
+        assert_eq!(probe.peak.load(Ordering::SeqCst), 3);
+        let files = std::fs::read_dir(dir.path().join("dead_letter/probe"))
+            .unwrap()
+            .count();
+        assert_eq!(files, 40, "data + metadata per rejection");
+        handle.shutdown(Duration::from_secs(1)).await;
+    }
+}

@@ -1,0 +1,141 @@
+//! Sekoia.io intake (`type = "sekoia"`): `POST {url}/jsons` with `X-SEKOIAIO-INTAKE-KEY`,
+//! body a JSON array of raw event strings (Sekoia parses server-side), gzip. The intake
+//! answers `{"event_ids": [...]}`.
+
+mod config;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
+
+pub use config::SekoiaConfig;
+
+use crate::sink::http::common::{self, Attempt, ChunkSender};
+use crate::sink::http::{Compression, SinkBuildError};
+use crate::sink::runtime::SinkMetrics;
+use crate::sink::{Batch, Delivery, Sink};
+
+pub const INTAKE_KEY_HEADER: &str = "X-SEKOIAIO-INTAKE-KEY";
+
+pub struct SekoiaSink {
+    name: String,
+    url: reqwest::Url,
+    key: HeaderValue,
+    compression: Compression,
+    max_request_bytes: usize,
+    client: reqwest::Client,
+    metrics: Arc<SinkMetrics>,
+}
+
+impl SekoiaSink {
+    pub fn new(
+        name: &str,
+        config: &SekoiaConfig,
+        metrics: Arc<SinkMetrics>,
+    ) -> Result<Self, SinkBuildError> {
+        let url = common::check_url(
+            name,
+            "url",
+            &format!("{}/jsons", config.url.trim_end_matches('/')),
+        )?;
+        let key = crate::sink::secret::Secret::load(
+            "intake_key",
+            config.intake_key_file.as_deref(),
+            config.intake_key_env.as_deref(),
+        )
+        .map_err(|source| SinkBuildError::Secret {
+            sink: name.to_owned(),
+            source,
+        })?;
+        let mut key = HeaderValue::from_str(key.expose()).map_err(|_| SinkBuildError::Config {
+            sink: name.to_owned(),
+            key: "intake_key_file",
+            value: "***".to_owned(),
+            reason: "not a valid header value".to_owned(),
+        })?;
+        key.set_sensitive(true);
+        Ok(SekoiaSink {
+            name: name.to_owned(),
+            url,
+            key,
+            compression: config.compression,
+            max_request_bytes: config.max_request_bytes.max(1024),
+            client: common::client(name, Duration::from_millis(config.timeout_ms))?,
+            metrics,
+        })
+    }
+
+    fn body(lines: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum::<usize>() + 2);
+        out.push(b'[');
+        for (i, line) in lines.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            common::push_as_json_string(line, &mut out);
+        }
+        out.push(b']');
+        out
+    }
+}
+
+impl ChunkSender for SekoiaSink {
+    async fn send(&self, lines: &[&[u8]]) -> Attempt {
+        let body = self.compression.compress(&Self::body(lines));
+        if body.len() > self.max_request_bytes && lines.len() > 1 {
+            return Attempt::TooLarge {
+                status: 413,
+                body: "split before sending".to_owned(),
+            };
+        }
+        let len = body.len();
+        let mut req = self
+            .client
+            .post(self.url.clone())
+            .header(INTAKE_KEY_HEADER, self.key.clone())
+            .header(CONTENT_TYPE, "application/json");
+        if let Some(enc) = self.compression.content_encoding() {
+            req = req.header(CONTENT_ENCODING, enc);
+        }
+        let r = match common::execute(&self.metrics, req.body(body), len).await {
+            Ok(r) => r,
+            Err(reason) => {
+                return Attempt::Retry {
+                    after: None,
+                    reason,
+                };
+            }
+        };
+        let attempt = common::classify(r.status, &r.headers, &r.body);
+        if matches!(attempt, Attempt::Accepted) {
+            // The intake returns one id per accepted event; fewer means it dropped some.
+            let ids = serde_json::from_slice::<serde_json::Value>(&r.body)
+                .ok()
+                .and_then(|v| {
+                    v.get("event_ids")
+                        .and_then(|ids| ids.as_array().map(Vec::len))
+                });
+            if let Some(n) = ids
+                && n != lines.len()
+            {
+                tracing::warn!(sink = %self.name, sent = lines.len(), ids = n,
+                    "Sekoia intake returned a different number of event ids");
+            }
+        }
+        attempt
+    }
+}
+
+impl Sink for SekoiaSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn deliver(&self, batch: &Batch) -> Delivery {
+        let lines: Vec<&[u8]> = batch.lines().collect();
+        common::deliver_chunks(self, vec![lines], Vec::new()).await
+    }
+}

@@ -1,0 +1,241 @@
+//! Splunk HTTP Event Collector (`type = "splunk_hec"`): `POST {endpoint}/services/collector/event`
+//! with `Authorization: Splunk <token>`, body = concatenated event envelopes
+//! `{"event":…,"index":…,"sourcetype":…}`, gzip. With `ack = true`, every request carries
+//! `X-Splunk-Request-Channel`, its `ackId` is polled on `/services/collector/ack`, and the
+//! batch is reported delivered only once indexed.
+
+mod config;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
+
+pub use config::SplunkHecConfig;
+
+use crate::sink::http::common::{self, Attempt, ChunkSender};
+use crate::sink::http::{Compression, SinkBuildError};
+use crate::sink::runtime::SinkMetrics;
+use crate::sink::{Batch, Delivery, Sink};
+
+pub const CHANNEL_HEADER: &str = "X-Splunk-Request-Channel";
+
+pub struct SplunkHecSink {
+    name: String,
+    event_url: reqwest::Url,
+    ack_url: reqwest::Url,
+    auth: HeaderValue,
+    channel: String,
+    /// `,"index":"…","sourcetype":"…"…}` appended after each event, prebuilt once.
+    envelope_tail: Vec<u8>,
+    ack: bool,
+    ack_poll: Duration,
+    ack_timeout: Duration,
+    compression: Compression,
+    max_request_bytes: usize,
+    client: reqwest::Client,
+    metrics: Arc<SinkMetrics>,
+}
+
+fn random_guid() -> String {
+    let mut b = [0u8; 16];
+    fastrand::fill(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+impl SplunkHecSink {
+    pub fn new(
+        name: &str,
+        config: &SplunkHecConfig,
+        metrics: Arc<SinkMetrics>,
+    ) -> Result<Self, SinkBuildError> {
+        let base = config.endpoint.trim_end_matches('/');
+        let event_url = common::check_url(
+            name,
+            "endpoint",
+            &format!("{base}/services/collector/event"),
+        )?;
+        let ack_url =
+            common::check_url(name, "endpoint", &format!("{base}/services/collector/ack"))?;
+        let token = crate::sink::secret::Secret::load(
+            "token",
+            config.token_file.as_deref(),
+            config.token_env.as_deref(),
+        )
+        .map_err(|source| SinkBuildError::Secret {
+            sink: name.to_owned(),
+            source,
+        })?;
+        let mut auth =
+            HeaderValue::from_str(&format!("Splunk {}", token.expose())).map_err(|_| {
+                SinkBuildError::Config {
+                    sink: name.to_owned(),
+                    key: "token_file",
+                    value: "***".to_owned(),
+                    reason: "not a valid header value".to_owned(),
+                }
+            })?;
+        auth.set_sensitive(true);
+        let mut tail = Vec::new();
+        for (key, value) in [
+            ("index", &config.index),
+            ("sourcetype", &config.sourcetype),
+            ("source", &config.source),
+            ("host", &config.host),
+        ] {
+            if let Some(v) = value {
+                tail.extend_from_slice(b",\"");
+                tail.extend_from_slice(key.as_bytes());
+                tail.extend_from_slice(b"\":");
+                serde_json::to_writer(&mut tail, v).expect("Vec write");
+            }
+        }
+        tail.push(b'}');
+        Ok(SplunkHecSink {
+            name: name.to_owned(),
+            event_url,
+            ack_url,
+            auth,
+            channel: config.channel.clone().unwrap_or_else(random_guid),
+            envelope_tail: tail,
+            ack: config.ack,
+            ack_poll: Duration::from_millis(config.ack_poll_interval_ms.max(10)),
+            ack_timeout: Duration::from_millis(config.ack_timeout_ms),
+            compression: config.compression,
+            max_request_bytes: config.max_request_bytes.max(1024),
+            client: common::client(name, Duration::from_millis(config.timeout_ms))?,
+            metrics,
+        })
+    }
+
+    fn body(&self, lines: &[&[u8]]) -> Vec<u8> {
+        let per_event = 10 + self.envelope_tail.len();
+        let mut out = Vec::with_capacity(lines.iter().map(|l| l.len() + per_event).sum());
+        for line in lines {
+            out.extend_from_slice(b"{\"event\":");
+            out.extend_from_slice(line);
+            out.extend_from_slice(&self.envelope_tail);
+        }
+        out
+    }
+
+    fn post(&self, url: &reqwest::Url) -> reqwest::RequestBuilder {
+        let req = self
+            .client
+            .post(url.clone())
+            .header(AUTHORIZATION, self.auth.clone());
+        if self.ack {
+            req.header(CHANNEL_HEADER, &self.channel)
+        } else {
+            req
+        }
+    }
+
+    /// Polls until `ack_id` is indexed. `Err` = give up and resend.
+    async fn wait_for_ack(&self, ack_id: u64) -> Result<(), String> {
+        let deadline = Instant::now() + self.ack_timeout;
+        let body = format!("{{\"acks\":[{ack_id}]}}");
+        loop {
+            let req = self
+                .post(&self.ack_url)
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.clone());
+            match common::execute(&self.metrics, req, body.len()).await {
+                Ok(r) if r.status == 200 => {
+                    let acked = serde_json::from_slice::<serde_json::Value>(&r.body)
+                        .ok()
+                        .and_then(|v| v.get("acks")?.get(ack_id.to_string())?.as_bool())
+                        .unwrap_or(false);
+                    if acked {
+                        return Ok(());
+                    }
+                }
+                Ok(r) => {
+                    tracing::warn!(sink = %self.name, status = r.status, "HEC ack poll failed");
+                }
+                Err(e) => tracing::warn!(sink = %self.name, error = %e, "HEC ack poll failed"),
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "ackId {ack_id} not acknowledged within {:?}",
+                    self.ack_timeout
+                ));
+            }
+            tokio::time::sleep(self.ack_poll).await;
+        }
+    }
+}
+
+impl ChunkSender for SplunkHecSink {
+    async fn send(&self, lines: &[&[u8]]) -> Attempt {
+        let body = self.compression.compress(&self.body(lines));
+        if body.len() > self.max_request_bytes && lines.len() > 1 {
+            return Attempt::TooLarge {
+                status: 413,
+                body: "split before sending".to_owned(),
+            };
+        }
+        let len = body.len();
+        let mut req = self
+            .post(&self.event_url)
+            .header(CONTENT_TYPE, "application/json");
+        if let Some(enc) = self.compression.content_encoding() {
+            req = req.header(CONTENT_ENCODING, enc);
+        }
+        let r = match common::execute(&self.metrics, req.body(body), len).await {
+            Ok(r) => r,
+            Err(reason) => {
+                return Attempt::Retry {
+                    after: None,
+                    reason,
+                };
+            }
+        };
+        // HEC answers 503 "server is busy" (code 9) under load and 400 for unparseable data.
+        let attempt = common::classify(r.status, &r.headers, &r.body);
+        if !self.ack || !matches!(attempt, Attempt::Accepted) {
+            return attempt;
+        }
+        let ack_id = serde_json::from_slice::<serde_json::Value>(&r.body)
+            .ok()
+            .and_then(|v| v.get("ackId")?.as_u64());
+        let Some(ack_id) = ack_id else {
+            return Attempt::Retry {
+                after: None,
+                reason: "indexer acknowledgement enabled but the reply has no ackId \
+                    (is useACK on for this token?)"
+                    .to_owned(),
+            };
+        };
+        match self.wait_for_ack(ack_id).await {
+            Ok(()) => Attempt::Accepted,
+            Err(reason) => Attempt::Retry {
+                after: None,
+                reason,
+            },
+        }
+    }
+}
+
+impl Sink for SplunkHecSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn deliver(&self, batch: &Batch) -> Delivery {
+        let lines: Vec<&[u8]> = batch.lines().collect();
+        common::deliver_chunks(self, vec![lines], Vec::new()).await
+    }
+}

@@ -1,0 +1,1063 @@
+//! Acceptance tests of the HTTP sinks behind the spool and the delivery runtime, against
+//! in-process fakes of each service (see `sinks_support`).
+
+mod sinks_support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use sinks_support::*;
+use sluice::sink::Sink;
+use sluice::sink::azure_logs_ingestion::{AzureLogsIngestionConfig, AzureLogsIngestionSink};
+use sluice::sink::elasticsearch::{ElasticsearchConfig, ElasticsearchSink};
+use sluice::sink::http::{HttpSink, HttpSinkConfig};
+use sluice::sink::runtime::{Enqueued, RetryConfig, SinkHandle, SinkMetrics, SinkRuntime};
+use sluice::sink::sekoia::{SekoiaConfig, SekoiaSink};
+use sluice::sink::splunk_hec::{SplunkHecConfig, SplunkHecSink};
+use sluice::spool::{FsyncPolicy, SpoolConfig, WhenFull};
+
+fn fast_retry() -> RetryConfig {
+    RetryConfig {
+        concurrency: 4,
+        initial_backoff_ms: 50,
+        max_backoff_ms: 400,
+        max_retry_after_ms: 10_000,
+    }
+}
+
+fn spool_config() -> SpoolConfig {
+    SpoolConfig {
+        max_bytes: 256 << 20,
+        segment_bytes: 1 << 20,
+        when_full: WhenFull::Block,
+        fsync: FsyncPolicy::Batch,
+        fsync_interval_ms: 100,
+    }
+}
+
+fn spawn<S: Sink + 'static>(
+    sink: S,
+    metrics: Arc<SinkMetrics>,
+    data_dir: &Path,
+    spool: SpoolConfig,
+) -> SinkHandle {
+    SinkRuntime::spawn(Arc::new(sink), data_dir, spool, fast_retry(), metrics).unwrap()
+}
+
+async fn enqueue(handle: &SinkHandle, batch: sluice::sink::Batch) -> Enqueued {
+    let e = handle.enqueue_async(batch).await;
+    assert!(matches!(e, Enqueued::Accepted { .. }), "{e:?}");
+    e
+}
+
+fn dead_letters(data_dir: &Path, sink: &str) -> Vec<(String, serde_json::Value)> {
+    let dir = data_dir.join("dead_letter").join(sink);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "json") {
+            let meta: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+            let data = std::fs::read_to_string(p.with_extension("ndjson")).unwrap();
+            out.push((data, meta));
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Azure Monitor Logs Ingestion (Microsoft Sentinel)
+
+struct Azure {
+    fake: Arc<AzureFake>,
+    token: Server,
+    ingest: Server,
+}
+
+async fn azure() -> Azure {
+    let fake = AzureFake::new();
+    let token = serve(fake.token_handler()).await;
+    let ingest = serve(fake.ingestion_handler()).await;
+    Azure {
+        fake,
+        token,
+        ingest,
+    }
+}
+
+fn azure_config(az: &Azure, dir: &Path, secret: &str, extra: &str) -> AzureLogsIngestionConfig {
+    let secret_path = secret_file(dir, "azure-secret", secret);
+    toml::from_str(&format!(
+        r#"
+        endpoint = "{}"
+        dcr_immutable_id = "{}"
+        tenant_id = "{}"
+        client_id = "{}"
+        client_secret_file = "{}"
+        authority = "{}"
+        {extra}
+        "#,
+        az.ingest.url(),
+        az.fake.dcr,
+        az.fake.tenant,
+        az.fake.client_id,
+        secret_path.display(),
+        az.token.url(),
+    ))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_healthy_path_delivers_exactly_n_rows_with_a_cached_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let az = azure().await;
+    let cfg = azure_config(&az, dir.path(), az.fake.client_secret, "");
+    assert_eq!(cfg.stream, "Microsoft-CommonSecurityLog");
+    let metrics = SinkMetrics::new("sentinel");
+    let sink = AzureLogsIngestionSink::new("sentinel", &cfg, metrics.clone()).unwrap();
+    let handle = spawn(sink, metrics, dir.path(), spool_config());
+    const N: u64 = 5000;
+    for start in (0..N).step_by(500) {
+        enqueue(&handle, csl_batch(start..start + 500)).await;
+    }
+    wait_for("all rows", Duration::from_secs(30), || {
+        az.fake.accepted.count() as u64 >= N
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        az.fake.accepted.ids("ExternalID"),
+        (0..N).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        az.fake.tokens_issued.load(Ordering::SeqCst),
+        1,
+        "token is cached"
+    );
+    let row = az.fake.accepted.events.lock().unwrap()[0].clone();
+    assert_eq!(row["DeviceVendor"], "Darktrace");
+    let stats = handle.stats();
+    assert_eq!(stats.sink.delivered_events, N);
+    wait_for("spool drained", Duration::from_secs(5), || {
+        handle.stats().spool.records == 0
+    })
+    .await;
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_token_is_refreshed_before_it_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let az = azure().await;
+    // A 2 s token is refreshed at half-life: the second upload, 1.5 s later, needs a new one.
+    az.fake.token_lifetime.store(2, Ordering::SeqCst);
+    let cfg = azure_config(&az, dir.path(), az.fake.client_secret, "");
+    let metrics = SinkMetrics::new("sentinel");
+    let sink = AzureLogsIngestionSink::new("sentinel", &cfg, metrics.clone()).unwrap();
+    let handle = spawn(sink, metrics, dir.path(), spool_config());
+    enqueue(&handle, csl_batch(0..10)).await;
+    wait_for("first", Duration::from_secs(10), || {
+        az.fake.accepted.count() == 10
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    enqueue(&handle, csl_batch(10..20)).await;
+    wait_for("second", Duration::from_secs(10), || {
+        az.fake.accepted.count() == 20
+    })
+    .await;
+    assert_eq!(az.fake.tokens_issued.load(Ordering::SeqCst), 2);
+    assert!(
+        az.ingest.seen().iter().all(|s| s.status == 204),
+        "no request was refused"
+    );
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+fn random_hex(len: usize) -> String {
+    (0..len)
+        .map(|_| char::from_digit(fastrand::u32(0..16), 16).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_never_sends_a_body_over_1_mb_whatever_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let az = azure().await;
+    let cfg = azure_config(&az, dir.path(), az.fake.client_secret, "");
+    let metrics = SinkMetrics::new("sentinel");
+    let sink = AzureLogsIngestionSink::new("sentinel", &cfg, metrics.clone()).unwrap();
+    let handle = spawn(sink, metrics, dir.path(), spool_config());
+
+    // One enormous batch: 20,000 rows of poorly compressible data (~9 MB as JSON).
+    let mut ndjson = Vec::new();
+    for id in 0..20_000u64 {
+        let row = serde_json::json!({"ExternalID": id, "Message": random_hex(400)});
+        ndjson.extend_from_slice(row.to_string().as_bytes());
+        ndjson.push(b'\n');
+    }
+    // A row with a 3 MB field: truncated to 64 KB, then it fits.
+    let big = serde_json::json!({"ExternalID": 20_000u64, "Message": random_hex(3 << 20)});
+    ndjson.extend_from_slice(big.to_string().as_bytes());
+    ndjson.push(b'\n');
+    // A row that cannot fit even after truncation: 40 fields of 60 KB random data.
+    let mut huge = serde_json::Map::new();
+    huge.insert("ExternalID".into(), 20_001u64.into());
+    for i in 0..40 {
+        huge.insert(format!("Field{i}"), random_hex(60_000).into());
+    }
+    ndjson.extend_from_slice(serde_json::Value::Object(huge).to_string().as_bytes());
+    ndjson.push(b'\n');
+    enqueue(
+        &handle,
+        sluice::sink::Batch {
+            events: 20_002,
+            ndjson,
+        },
+    )
+    .await;
+
+    wait_for("rows delivered", Duration::from_secs(60), || {
+        az.fake.accepted.count() >= 20_001
+    })
+    .await;
+    wait_for("spool drained", Duration::from_secs(10), || {
+        handle.stats().spool.records == 0
+    })
+    .await;
+    let seen = az.ingest.seen();
+    assert!(
+        seen.iter().all(|s| s.status == 204),
+        "a request was refused: {:?}",
+        seen.iter().filter(|s| s.status != 204).collect::<Vec<_>>()
+    );
+    let max = az.fake.max_body_seen.load(Ordering::SeqCst);
+    assert!(max <= 1_000_000, "largest body {max}");
+    assert!(
+        seen.len() >= 5,
+        "the batch was split: {} requests",
+        seen.len()
+    );
+    assert_eq!(
+        az.fake.accepted.ids("ExternalID"),
+        (0..=20_000).collect::<Vec<_>>()
+    );
+    let truncated = az
+        .fake
+        .accepted
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|e| e["ExternalID"] == 20_000)
+        .unwrap()["Message"]
+        .as_str()
+        .unwrap()
+        .len();
+    assert_eq!(truncated, 64 * 1024);
+    let stats = handle.stats();
+    assert_eq!(stats.sink.truncated_fields, 1);
+    assert_eq!(stats.sink.dead_lettered_events, 1);
+    let dl = dead_letters(dir.path(), "sentinel");
+    assert_eq!(dl.len(), 1);
+    assert!(dl[0].0.contains("\"ExternalID\":20001"));
+    assert!(
+        dl[0].1["reason"]
+            .as_str()
+            .unwrap()
+            .contains("request limit"),
+        "{}",
+        dl[0].1
+    );
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_wrong_client_secret_keeps_events_spooled_until_fixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let az = azure().await;
+    let cfg = azure_config(&az, dir.path(), "wrong-secret", "");
+    let metrics = SinkMetrics::new("sentinel");
+    let sink = AzureLogsIngestionSink::new("sentinel", &cfg, metrics.clone()).unwrap();
+    let handle = spawn(sink, metrics, dir.path(), spool_config());
+    enqueue(&handle, csl_batch(0..100)).await;
+    wait_for("retries", Duration::from_secs(10), || {
+        handle.stats().sink.retries >= 3
+    })
+    .await;
+    assert_eq!(az.fake.accepted.count(), 0);
+    assert!(az.token.seen().iter().all(|s| s.status == 401));
+    assert_eq!(handle.stats().spool.events, 100);
+    drop(handle);
+
+    // Fixed configuration, same data directory: the spooled events go out.
+    let cfg = azure_config(&az, dir.path(), az.fake.client_secret, "");
+    let metrics = SinkMetrics::new("sentinel");
+    let sink = AzureLogsIngestionSink::new("sentinel", &cfg, metrics.clone()).unwrap();
+    let handle = spawn(sink, metrics, dir.path(), spool_config());
+    wait_for("delivery", Duration::from_secs(10), || {
+        az.fake.accepted.count() == 100
+    })
+    .await;
+    assert_eq!(
+        az.fake.accepted.ids("ExternalID"),
+        (0..100).collect::<Vec<_>>()
+    );
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sekoia.io
+
+fn sekoia_config(url: &str, key_path: &Path) -> SekoiaConfig {
+    toml::from_str(&format!(
+        "url = \"{url}\"\nintake_key_file = \"{}\"",
+        key_path.display()
+    ))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sekoia_healthy_path_sends_raw_event_strings() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = SekoiaFake::new();
+    let server = serve(fake.handler()).await;
+    let default: SekoiaConfig = toml::from_str("intake_key_env = \"X\"").unwrap();
+    assert_eq!(default.url, "https://intake.sekoia.io");
+    let cfg = sekoia_config(&server.url(), &secret_file(dir.path(), "key", fake.key));
+    let metrics = SinkMetrics::new("sekoia");
+    let handle = spawn(
+        SekoiaSink::new("sekoia", &cfg, metrics.clone()).unwrap(),
+        metrics,
+        dir.path(),
+        spool_config(),
+    );
+    const N: u64 = 3000;
+    for start in (0..N).step_by(300) {
+        enqueue(&handle, raw_batch(start..start + 300)).await;
+    }
+    wait_for("events", Duration::from_secs(30), || {
+        fake.accepted.count() as u64 >= N
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let events = fake.accepted.events.lock().unwrap().clone();
+    assert_eq!(events.len() as u64, N);
+    let mut uuids: Vec<u64> = events
+        .iter()
+        .map(|e| {
+            let s = e.as_str().unwrap();
+            assert!(
+                s.starts_with("<134>1 2026-11-22T10:00:00Z dt-master darktrace"),
+                "{s}"
+            );
+            let json_start = s.find('{').unwrap();
+            let v: serde_json::Value = serde_json::from_str(&s[json_start..]).unwrap();
+            v["uuid"].as_str().unwrap().parse().unwrap()
+        })
+        .collect();
+    uuids.sort_unstable();
+    assert_eq!(uuids, (0..N).collect::<Vec<_>>());
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sekoia_wrong_key_is_dead_lettered_with_the_response() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = SekoiaFake::new();
+    let server = serve(fake.handler()).await;
+    let cfg = sekoia_config(
+        &server.url(),
+        &secret_file(dir.path(), "key", "not-the-key"),
+    );
+    let metrics = SinkMetrics::new("sekoia");
+    let handle = spawn(
+        SekoiaSink::new("sekoia", &cfg, metrics.clone()).unwrap(),
+        metrics,
+        dir.path(),
+        spool_config(),
+    );
+    enqueue(&handle, raw_batch(0..25)).await;
+    wait_for("dead letter", Duration::from_secs(10), || {
+        handle.stats().sink.dead_lettered_events == 25
+    })
+    .await;
+    let dl = dead_letters(dir.path(), "sekoia");
+    assert_eq!(dl.len(), 1);
+    assert_eq!(dl[0].1["status"], 401);
+    assert!(
+        dl[0].1["response_body"]
+            .as_str()
+            .unwrap()
+            .contains("invalid intake key")
+    );
+    assert_eq!(dl[0].0.lines().count(), 25);
+    wait_for("acked", Duration::from_secs(5), || {
+        handle.stats().spool.records == 0
+    })
+    .await;
+    assert_eq!(fake.accepted.count(), 0);
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Splunk HEC
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splunk_hec_with_indexer_acknowledgement() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = SplunkFake::new(true);
+    let server = serve(fake.handler()).await;
+    let token = secret_file(dir.path(), "hec", fake.token);
+    let cfg: SplunkHecConfig = toml::from_str(&format!(
+        "endpoint = \"{}\"\ntoken_file = \"{}\"\nindex = \"security\"\nsourcetype = \"darktrace:cef\"\nack = true\nack_poll_interval_ms = 20",
+        server.url(),
+        token.display()
+    ))
+    .unwrap();
+    let metrics = SinkMetrics::new("splunk");
+    let handle = spawn(
+        SplunkHecSink::new("splunk", &cfg, metrics.clone()).unwrap(),
+        metrics,
+        dir.path(),
+        spool_config(),
+    );
+    const N: u64 = 2000;
+    for start in (0..N).step_by(250) {
+        enqueue(&handle, csl_batch(start..start + 250)).await;
+    }
+    wait_for("spool drained", Duration::from_secs(30), || {
+        handle.stats().spool.records == 0 && handle.stats().spool.appended_records == 8
+    })
+    .await;
+    assert_eq!(fake.accepted.ids("ExternalID"), (0..N).collect::<Vec<_>>());
+    assert!(
+        fake.ack_polls.load(Ordering::SeqCst) >= 8 * 3,
+        "every batch waited for its ack"
+    );
+    let env = fake.envelopes.lock().unwrap()[0].clone();
+    assert_eq!(env["index"], "security");
+    assert_eq!(env["sourcetype"], "darktrace:cef");
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splunk_hec_without_ack_and_wrong_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = SplunkFake::new(false);
+    let server = serve(fake.handler()).await;
+    for (name, token, ok) in [
+        ("good", fake.token, true),
+        ("bad", "00000000-dead-beef", false),
+    ] {
+        let token = secret_file(dir.path(), name, token);
+        let cfg: SplunkHecConfig = toml::from_str(&format!(
+            "endpoint = \"{}/\"\ntoken_file = \"{}\"",
+            server.url(),
+            token.display()
+        ))
+        .unwrap();
+        let metrics = SinkMetrics::new(name);
+        let handle = spawn(
+            SplunkHecSink::new(name, &cfg, metrics.clone()).unwrap(),
+            metrics,
+            dir.path(),
+            spool_config(),
+        );
+        enqueue(&handle, csl_batch(0..50)).await;
+        wait_for("settled", Duration::from_secs(10), || {
+            handle.stats().spool.records == 0
+        })
+        .await;
+        let s = handle.stats().sink;
+        if ok {
+            assert_eq!((s.delivered_events, s.dead_lettered_events), (50, 0));
+        } else {
+            assert_eq!((s.delivered_events, s.dead_lettered_events), (0, 50));
+            assert!(
+                dead_letters(dir.path(), name)[0].1["response_body"]
+                    .as_str()
+                    .unwrap()
+                    .contains("Invalid token")
+            );
+        }
+        handle.shutdown(Duration::from_secs(5)).await;
+    }
+    assert_eq!(fake.accepted.count(), 50);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Elasticsearch
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elasticsearch_bulk_retries_and_dead_letters_item_by_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = ElasticFake::new();
+    let server = serve(fake.handler()).await;
+    let key = secret_file(dir.path(), "es", fake.api_key);
+    let cfg: ElasticsearchConfig = toml::from_str(&format!(
+        "endpoint = \"{}\"\nindex = \"logs-darktrace-default\"\napi_key_file = \"{}\"",
+        server.url(),
+        key.display()
+    ))
+    .unwrap();
+    let metrics = SinkMetrics::new("elastic");
+    let handle = spawn(
+        ElasticsearchSink::new("elastic", &cfg, metrics.clone()).unwrap(),
+        metrics,
+        dir.path(),
+        spool_config(),
+    );
+    // 300 documents: every 50th is unmappable (400 per item), every 7th hits a per-item 429 twice.
+    let mut ndjson = Vec::new();
+    let mut rejected = Vec::new();
+    for id in 0..300u64 {
+        let mut row: serde_json::Value = serde_json::from_str(&csl_row(id)).unwrap();
+        if id % 50 == 0 {
+            row["reject"] = true.into();
+            rejected.push(id);
+        } else if id % 7 == 0 {
+            row["flaky"] = true.into();
+        }
+        ndjson.extend_from_slice(row.to_string().as_bytes());
+        ndjson.push(b'\n');
+    }
+    enqueue(
+        &handle,
+        sluice::sink::Batch {
+            events: 300,
+            ndjson,
+        },
+    )
+    .await;
+    wait_for("settled", Duration::from_secs(20), || {
+        handle.stats().spool.records == 0
+    })
+    .await;
+    let expected: Vec<u64> = (0..300).filter(|id| id % 50 != 0).collect();
+    assert_eq!(fake.accepted.ids("ExternalID"), expected);
+    let stats = handle.stats().sink;
+    assert_eq!(stats.dead_lettered_events, rejected.len() as u64);
+    assert_eq!(stats.delivered_events, 300 - rejected.len() as u64);
+    assert!(stats.retries >= 2);
+    let dl = dead_letters(dir.path(), "elastic");
+    assert_eq!(
+        dl.len(),
+        rejected.len(),
+        "one dead letter per rejected document"
+    );
+    assert!(dl.iter().all(|(data, meta)| {
+        data.lines().count() == 1
+            && meta["response_body"]
+                .as_str()
+                .unwrap()
+                .contains("mapper_parsing_exception")
+    }));
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generic HTTP
+
+fn relay_config(url: &str, format: &str, compression: &str) -> HttpSinkConfig {
+    toml::from_str(&format!(
+        "url = \"{url}/ingest\"\nformat = \"{format}\"\ncompression = \"{compression}\"\n[headers]\nX-Api-Key = \"relay-key\""
+    ))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_sink_ndjson_and_json_array() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = RelayFake::new();
+    let server = serve(fake.handler()).await;
+    for (name, format, compression) in [("a", "ndjson", "gzip"), ("b", "json_array", "none")] {
+        let cfg = relay_config(&server.url(), format, compression);
+        let metrics = SinkMetrics::new(name);
+        let handle = spawn(
+            HttpSink::new(name, &cfg, metrics.clone()).unwrap(),
+            metrics,
+            dir.path(),
+            spool_config(),
+        );
+        enqueue(&handle, csl_batch(0..400)).await;
+        wait_for("settled", Duration::from_secs(10), || {
+            handle.stats().spool.records == 0
+        })
+        .await;
+        assert_eq!(handle.stats().sink.delivered_events, 400);
+        handle.shutdown(Duration::from_secs(5)).await;
+    }
+    let mut expected: Vec<u64> = (0..400).chain(0..400).collect();
+    expected.sort_unstable();
+    assert_eq!(fake.accepted.ids("ExternalID"), expected);
+    // zstd is refused by this relay (415 is not retryable): dead-lettered, not lost.
+    let cfg = relay_config(&server.url(), "ndjson", "zstd");
+    let metrics = SinkMetrics::new("c");
+    let handle = spawn(
+        HttpSink::new("c", &cfg, metrics.clone()).unwrap(),
+        metrics,
+        dir.path(),
+        spool_config(),
+    );
+    enqueue(&handle, csl_batch(0..10)).await;
+    wait_for("dead letter", Duration::from_secs(10), || {
+        handle.stats().sink.dead_lettered_events == 10
+    })
+    .await;
+    assert_eq!(dead_letters(dir.path(), "c")[0].1["status"], 415);
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Failures and recovery
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_500_for_30_s_then_200_delivers_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = RelayFake::new();
+    let server = serve(fake.handler()).await;
+    let outage = Duration::from_secs(30);
+    *server.faults.fail_until.lock().unwrap() = Some((Instant::now() + outage, 500));
+    let cfg = relay_config(&server.url(), "ndjson", "gzip");
+    let metrics = SinkMetrics::new("relay");
+    let sink = HttpSink::new("relay", &cfg, metrics.clone()).unwrap();
+    let retry = RetryConfig {
+        concurrency: 2,
+        initial_backoff_ms: 200,
+        max_backoff_ms: 2_000,
+        max_retry_after_ms: 10_000,
+    };
+    let handle =
+        SinkRuntime::spawn(Arc::new(sink), dir.path(), spool_config(), retry, metrics).unwrap();
+    const N: u64 = 10_000;
+    let started = Instant::now();
+    for start in (0..N).step_by(1000) {
+        enqueue(&handle, csl_batch(start..start + 1000)).await;
+    }
+    wait_for("delivery", outage + Duration::from_secs(20), || {
+        fake.accepted.count() as u64 >= N
+    })
+    .await;
+    assert!(started.elapsed() >= outage);
+    wait_for("spool drained", Duration::from_secs(5), || {
+        handle.stats().spool.records == 0
+    })
+    .await;
+    assert_eq!(fake.accepted.ids("ExternalID"), (0..N).collect::<Vec<_>>());
+    let seen = server.seen();
+    assert!(seen.iter().filter(|s| s.status == 500).count() >= 10);
+    let stats = handle.stats().sink;
+    assert!(stats.retries >= 10);
+    assert_eq!(stats.dead_lettered_events, 0);
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_2_s_is_honoured() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = SekoiaFake::new();
+    let server = serve(fake.handler()).await;
+    server
+        .faults
+        .next
+        .lock()
+        .unwrap()
+        .push_back((429, Some("2")));
+    let cfg = sekoia_config(&server.url(), &secret_file(dir.path(), "key", fake.key));
+    let metrics = SinkMetrics::new("sekoia");
+    let mut spool = spool_config();
+    spool.max_bytes = 64 << 20;
+    let sink = SekoiaSink::new("sekoia", &cfg, metrics.clone()).unwrap();
+    let retry = RetryConfig {
+        concurrency: 1,
+        ..fast_retry()
+    };
+    let handle = SinkRuntime::spawn(Arc::new(sink), dir.path(), spool, retry, metrics).unwrap();
+    enqueue(&handle, raw_batch(0..100)).await;
+    wait_for("delivery", Duration::from_secs(10), || {
+        fake.accepted.count() == 100
+    })
+    .await;
+    let seen = server.seen();
+    assert_eq!(seen[0].status, 429);
+    assert_eq!(seen[1].status, 200);
+    let gap = seen[1].at - seen[0].at;
+    assert!(gap >= Duration::from_secs(2), "next attempt after {gap:?}");
+    assert!(gap < Duration::from_secs(4), "next attempt after {gap:?}");
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_sink_grows_the_spool_then_drains_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = RelayFake::new();
+    let addr = free_addr();
+    let cfg = relay_config(&format!("http://{addr}"), "ndjson", "gzip");
+    let metrics = SinkMetrics::new("relay");
+    let handle = spawn(
+        HttpSink::new("relay", &cfg, metrics.clone()).unwrap(),
+        metrics,
+        dir.path(),
+        spool_config(),
+    );
+    const N: u64 = 5000;
+    for start in (0..N).step_by(500) {
+        enqueue(&handle, csl_batch(start..start + 500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = handle.stats();
+    assert_eq!(during.spool.events, N, "{during:?}");
+    assert!(during.spool.bytes > N * 300);
+    assert!(during.spool.oldest_created_ms > 0);
+    assert!(during.sink.requests_failed >= 4, "{during:?}");
+    let _server = serve_at(addr, fake.handler()).await;
+    wait_for("delivery", Duration::from_secs(20), || {
+        fake.accepted.count() as u64 >= N
+    })
+    .await;
+    wait_for("spool drained", Duration::from_secs(5), || {
+        handle.stats().spool.records == 0
+    })
+    .await;
+    assert_eq!(fake.accepted.ids("ExternalID"), (0..N).collect::<Vec<_>>());
+    let after = handle.stats();
+    assert_eq!((after.spool.events, after.spool.oldest_created_ms), (0, 0));
+    assert!(after.spool.bytes < during.spool.bytes);
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_while_sink_down_then_restart_delivers_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = RelayFake::new();
+    let server = serve(fake.handler()).await;
+    *server.faults.fail_until.lock().unwrap() =
+        Some((Instant::now() + Duration::from_secs(3600), 503));
+    let cfg = relay_config(&server.url(), "ndjson", "gzip");
+    const N: u64 = 4000;
+    {
+        let metrics = SinkMetrics::new("relay");
+        let handle = spawn(
+            HttpSink::new("relay", &cfg, metrics.clone()).unwrap(),
+            metrics,
+            dir.path(),
+            spool_config(),
+        );
+        for start in (0..N).step_by(400) {
+            enqueue(&handle, csl_batch(start..start + 400)).await;
+        }
+        wait_for("attempts", Duration::from_secs(10), || {
+            handle.stats().sink.retries >= 8
+        })
+        .await;
+        // No shutdown: the tasks are aborted mid-retry, as a kill -9 would.
+        drop(handle);
+    }
+    *server.faults.fail_until.lock().unwrap() = None;
+    let metrics = SinkMetrics::new("relay");
+    let handle = spawn(
+        HttpSink::new("relay", &cfg, metrics.clone()).unwrap(),
+        metrics,
+        dir.path(),
+        spool_config(),
+    );
+    assert_eq!(handle.stats().spool.events, N, "replayed from disk");
+    wait_for("delivery", Duration::from_secs(20), || {
+        fake.accepted.count() as u64 >= N
+    })
+    .await;
+    wait_for("spool drained", Duration::from_secs(5), || {
+        handle.stats().spool.records == 0
+    })
+    .await;
+    assert_eq!(fake.accepted.ids("ExternalID"), (0..N).collect::<Vec<_>>());
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_full_drop_oldest_counts_every_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = RelayFake::new();
+    let server = serve(fake.handler()).await;
+    *server.faults.fail_until.lock().unwrap() =
+        Some((Instant::now() + Duration::from_secs(3600), 503));
+    let cfg = relay_config(&server.url(), "ndjson", "gzip");
+    let metrics = SinkMetrics::new("relay");
+    let spool = SpoolConfig {
+        max_bytes: 256 << 10,
+        segment_bytes: 32 << 10,
+        when_full: WhenFull::DropOldest,
+        ..spool_config()
+    };
+    let handle = spawn(
+        HttpSink::new("relay", &cfg, metrics.clone()).unwrap(),
+        metrics,
+        dir.path(),
+        spool,
+    );
+    const N: u64 = 5000;
+    let mut dropped_reported = 0;
+    for start in (0..N).step_by(10) {
+        if let Enqueued::Accepted { dropped_events, .. } =
+            enqueue(&handle, csl_batch(start..start + 10)).await
+        {
+            dropped_reported += dropped_events;
+        }
+    }
+    let full = handle.stats();
+    assert!(full.spool.bytes <= 256 << 10, "{full:?}");
+    assert_eq!(full.spool.dropped_events, dropped_reported);
+    assert!(dropped_reported > 0);
+    *server.faults.fail_until.lock().unwrap() = None;
+    wait_for("spool drained", Duration::from_secs(20), || {
+        handle.stats().spool.records == 0
+    })
+    .await;
+    let ids = fake.accepted.ids("ExternalID");
+    let mut unique = ids.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len(), "no duplicates");
+    assert_eq!(
+        ids.len() as u64 + dropped_reported,
+        N,
+        "delivered + dropped = sent"
+    );
+    // The newest events are the ones kept.
+    assert_eq!(*ids.last().unwrap(), N - 1);
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_full_block_holds_the_producer_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = RelayFake::new();
+    let server = serve(fake.handler()).await;
+    *server.faults.fail_until.lock().unwrap() =
+        Some((Instant::now() + Duration::from_secs(3600), 503));
+    let cfg = relay_config(&server.url(), "ndjson", "gzip");
+    let metrics = SinkMetrics::new("relay");
+    let spool = SpoolConfig {
+        max_bytes: 256 << 10,
+        segment_bytes: 32 << 10,
+        when_full: WhenFull::Block,
+        ..spool_config()
+    };
+    let handle = Arc::new(spawn(
+        HttpSink::new("relay", &cfg, metrics.clone()).unwrap(),
+        metrics,
+        dir.path(),
+        spool,
+    ));
+    const N: u64 = 5000;
+    let producer = {
+        let handle = handle.clone();
+        std::thread::spawn(move || {
+            for start in (0..N).step_by(10) {
+                assert!(matches!(
+                    handle.enqueue(&csl_batch(start..start + 10)),
+                    Enqueued::Accepted { .. }
+                ));
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!producer.is_finished(), "the producer is held back");
+    let held = handle.stats();
+    assert!(
+        held.spool.bytes <= 256 << 10 && held.spool.events < N,
+        "{held:?}"
+    );
+    *server.faults.fail_until.lock().unwrap() = None;
+    wait_for("producer", Duration::from_secs(30), || {
+        producer.is_finished()
+    })
+    .await;
+    producer.join().unwrap();
+    wait_for("spool drained", Duration::from_secs(20), || {
+        handle.stats().spool.records == 0
+    })
+    .await;
+    assert_eq!(fake.accepted.ids("ExternalID"), (0..N).collect::<Vec<_>>());
+    assert_eq!(handle.stats().spool.dropped_events, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_and_bit_flipped_segments_are_quarantined_and_the_rest_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = RelayFake::new();
+    let server = serve(fake.handler()).await;
+    *server.faults.fail_until.lock().unwrap() =
+        Some((Instant::now() + Duration::from_secs(3600), 503));
+    let cfg = relay_config(&server.url(), "ndjson", "gzip");
+    let spool = SpoolConfig {
+        segment_bytes: 16 << 10,
+        ..spool_config()
+    };
+    const N: u64 = 1000;
+    {
+        let metrics = SinkMetrics::new("relay");
+        let handle = spawn(
+            HttpSink::new("relay", &cfg, metrics.clone()).unwrap(),
+            metrics,
+            dir.path(),
+            spool.clone(),
+        );
+        for start in (0..N).step_by(10) {
+            enqueue(&handle, csl_batch(start..start + 10)).await;
+        }
+        drop(handle);
+    }
+    let spool_dir = dir.path().join("spool").join("relay");
+    let mut segments: Vec<_> = std::fs::read_dir(&spool_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "seg") && std::fs::metadata(p).unwrap().len() > 0
+        })
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 3);
+    let first = &segments[0];
+    let mut bytes = std::fs::read(first).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x20;
+    std::fs::write(first, &bytes).unwrap();
+    let last = segments.last().unwrap();
+    let len = std::fs::metadata(last).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(last)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+
+    *server.faults.fail_until.lock().unwrap() = None;
+    let metrics = SinkMetrics::new("relay");
+    let handle = spawn(
+        HttpSink::new("relay", &cfg, metrics.clone()).unwrap(),
+        metrics,
+        dir.path(),
+        spool,
+    );
+    let stats = handle.stats().spool;
+    assert_eq!(stats.quarantined_ranges, 2, "{stats:?}");
+    assert_eq!(stats.events, N - 20);
+    wait_for("spool drained", Duration::from_secs(20), || {
+        handle.stats().spool.records == 0
+    })
+    .await;
+    let ids = fake.accepted.ids("ExternalID");
+    assert_eq!(ids.len() as u64, N - 20);
+    // The last batch was torn; one whole batch of 10 from the first segment is gone.
+    assert!(!ids.contains(&(N - 1)));
+    assert_eq!(
+        std::fs::read_dir(spool_dir.join("quarantine"))
+            .unwrap()
+            .count(),
+        2
+    );
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Throughput (a measurement, not a pass/fail bound: run with `--ignored --nocapture`). The
+// machine is shared, so CPU time of the whole process (sink + spool + fake server) is reported
+// beside wall time.
+
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Counts events without parsing them, so the measurement is about the sink.
+fn counting_handler(count: Arc<std::sync::atomic::AtomicU64>, array: bool) -> Handler {
+    Arc::new(move |parts, body| {
+        let mut data = Vec::new();
+        if parts.headers.get("content-encoding").is_some() {
+            use std::io::Read;
+            flate2::read::GzDecoder::new(body)
+                .read_to_end(&mut data)
+                .unwrap();
+        } else {
+            data.extend_from_slice(body);
+        }
+        // One `"ExternalID":` per row in both formats.
+        let n = memchr::memmem::find_iter(&data, b"\"ExternalID\":").count() as u64;
+        count.fetch_add(n, Ordering::SeqCst);
+        reply(if array { 204 } else { 200 }, "")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn throughput_to_local_sinks() {
+    for (kind, fsync) in [
+        ("http", FsyncPolicy::Batch),
+        ("azure", FsyncPolicy::Batch),
+        ("azure", FsyncPolicy::Interval),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let spool_config = || SpoolConfig {
+            fsync,
+            ..spool_config()
+        };
+        const N: u64 = 200_000;
+        let batches: Vec<_> = (0..N)
+            .step_by(2000)
+            .map(|s| csl_batch(s..s + 2000))
+            .collect();
+        let raw_bytes: usize = batches.iter().map(|b| b.ndjson.len()).sum();
+        let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let az = azure().await;
+        let server = serve(counting_handler(count.clone(), kind == "azure")).await;
+        let metrics = SinkMetrics::new(kind);
+        let handle = if kind == "http" {
+            let cfg = relay_config(&server.url(), "ndjson", "gzip");
+            spawn(
+                HttpSink::new(kind, &cfg, metrics.clone()).unwrap(),
+                metrics,
+                dir.path(),
+                spool_config(),
+            )
+        } else {
+            let mut cfg = azure_config(&az, dir.path(), az.fake.client_secret, "");
+            cfg.endpoint = server.url();
+            spawn(
+                AzureLogsIngestionSink::new(kind, &cfg, metrics.clone()).unwrap(),
+                metrics,
+                dir.path(),
+                spool_config(),
+            )
+        };
+        let (start, cpu0) = (Instant::now(), cpu_seconds());
+        for b in batches {
+            handle.enqueue_async(b).await;
+        }
+        wait_for("delivery", Duration::from_secs(300), || {
+            count.load(Ordering::SeqCst) >= N
+        })
+        .await;
+        let (secs, cpu) = (start.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+        let s = handle.stats().sink;
+        println!(
+            "{kind} (fsync {fsync:?}): {N} events ({:.1} MB NDJSON, {:.1} MB gzip) in {secs:.2}s wall / {cpu:.2} CPU-s: \
+             {:.0} events/s, {:.1} MB/s compressed, {:.1} requests/s; {:.0} events per CPU-second",
+            raw_bytes as f64 / 1e6,
+            s.sent_bytes as f64 / 1e6,
+            N as f64 / secs,
+            s.sent_bytes as f64 / 1e6 / secs,
+            s.requests_ok as f64 / secs,
+            N as f64 / cpu,
+        );
+        handle.shutdown(Duration::from_secs(5)).await;
+    }
+}
