@@ -307,7 +307,7 @@ impl<'a> SeenKeys<'a> {
     fn contains(&self, key: &str) -> bool {
         match &self.large {
             Some(set) => set.contains(key),
-            None => self.small.iter().any(|k| *k == key),
+            None => self.small.contains(&key),
         }
     }
 }
