@@ -307,7 +307,7 @@ impl<'a> SeenKeys<'a> {
     fn contains(&self, key: &str) -> bool {
         match &self.large {
             Some(set) => set.contains(key),
-            None => self.small.iter().any(|k| *k == key),
+            None => self.small.contains(&key),
         }
     }
 }
@@ -442,66 +442,83 @@ pub fn custom_fields<'c>(
 /// from the key. Custom fields: use [`full_custom_name`].
 pub fn full_name(key: &str) -> Option<&'static str> {
     FULL_NAMES
-        .binary_search_by(|(k, _)| k.as_bytes().cmp(key.as_bytes()))
+        .binary_search_by(|(k, _)| key_order(k, key))
         .ok()
         .map(|i| FULL_NAMES[i].1)
 }
 
-/// Short key → full name, sorted by key for binary search.
+/// Short key → full name, sorted by [`key_order`] for binary search.
 static FULL_NAMES: &[(&str, &str)] = &[
+    ("at", "agentType"),
+    ("av", "agentVersion"),
+    ("in", "bytesIn"),
+    ("rt", "deviceReceiptTime"),
     ("act", "deviceAction"),
     ("agt", "agentAddress"),
-    ("ahost", "agentHostName"),
     ("aid", "agentId"),
-    ("amac", "agentMacAddress"),
     ("app", "applicationProtocol"),
     ("art", "agentReceiptTime"),
-    ("at", "agentType"),
     ("atz", "agentTimeZone"),
-    ("av", "agentVersion"),
     ("cat", "deviceEventCategory"),
     ("cnt", "baseEventCount"),
-    ("dhost", "destinationHostName"),
-    ("dlat", "destinationGeoLatitude"),
-    ("dlong", "destinationGeoLongitude"),
-    ("dmac", "destinationMacAddress"),
-    ("dntdom", "destinationNtDomain"),
-    ("dpid", "destinationProcessId"),
-    ("dpriv", "destinationUserPrivileges"),
-    ("dproc", "destinationProcessName"),
     ("dpt", "destinationPort"),
     ("dst", "destinationAddress"),
     ("dtz", "deviceTimeZone"),
-    ("duid", "destinationUserId"),
-    ("duser", "destinationUserName"),
     ("dvc", "deviceAddress"),
-    ("dvchost", "deviceHostName"),
-    ("dvcmac", "deviceMacAddress"),
-    ("dvcpid", "deviceProcessId"),
     ("end", "endTime"),
-    ("fname", "fileName"),
-    ("fsize", "fileSize"),
-    ("in", "bytesIn"),
     ("msg", "message"),
     ("out", "bytesOut"),
-    ("outcome", "eventOutcome"),
-    ("proto", "transportProtocol"),
-    ("request", "requestUrl"),
-    ("rt", "deviceReceiptTime"),
-    ("shost", "sourceHostName"),
-    ("slat", "sourceGeoLatitude"),
-    ("slong", "sourceGeoLongitude"),
-    ("smac", "sourceMacAddress"),
-    ("sntdom", "sourceNtDomain"),
-    ("spid", "sourceProcessId"),
-    ("spriv", "sourceUserPrivileges"),
-    ("sproc", "sourceProcessName"),
     ("spt", "sourcePort"),
     ("src", "sourceAddress"),
-    ("start", "startTime"),
+    ("amac", "agentMacAddress"),
+    ("dlat", "destinationGeoLatitude"),
+    ("dmac", "destinationMacAddress"),
+    ("dpid", "destinationProcessId"),
+    ("duid", "destinationUserId"),
+    ("slat", "sourceGeoLatitude"),
+    ("smac", "sourceMacAddress"),
+    ("spid", "sourceProcessId"),
     ("suid", "sourceUserId"),
+    ("ahost", "agentHostName"),
+    ("dhost", "destinationHostName"),
+    ("dlong", "destinationGeoLongitude"),
+    ("dpriv", "destinationUserPrivileges"),
+    ("dproc", "destinationProcessName"),
+    ("duser", "destinationUserName"),
+    ("fname", "fileName"),
+    ("fsize", "fileSize"),
+    ("proto", "transportProtocol"),
+    ("shost", "sourceHostName"),
+    ("slong", "sourceGeoLongitude"),
+    ("spriv", "sourceUserPrivileges"),
+    ("sproc", "sourceProcessName"),
+    ("start", "startTime"),
     ("suser", "sourceUserName"),
+    ("dntdom", "destinationNtDomain"),
+    ("dvcmac", "deviceMacAddress"),
+    ("dvcpid", "deviceProcessId"),
+    ("sntdom", "sourceNtDomain"),
+    ("dvchost", "deviceHostName"),
+    ("outcome", "eventOutcome"),
+    ("request", "requestUrl"),
 ];
+
+/// Order of the static key tables: by length, then by the first 8 bytes as one integer, then
+/// bytewise. Most comparisons end on the length or the integer, without a `memcmp` call.
+#[inline]
+pub fn key_order(a: &str, b: &str) -> std::cmp::Ordering {
+    fn prefix(s: &[u8]) -> u64 {
+        let mut buf = [0u8; 8];
+        let n = s.len().min(8);
+        buf[..n].copy_from_slice(&s[..n]);
+        u64::from_be_bytes(buf)
+    }
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len()
+        .cmp(&b.len())
+        .then_with(|| prefix(a).cmp(&prefix(b)))
+        .then_with(|| a.cmp(b))
+}
 
 /// Full name of a custom field key (`cs1Label` → `deviceCustomString1Label`, `cfp15` →
 /// `deviceCustomFloatingPoint15`); flex/deviceCustomDate keys are already full names.
@@ -708,7 +725,7 @@ mod tests {
         assert!(
             FULL_NAMES
                 .windows(2)
-                .all(|w| w[0].0.as_bytes() < w[1].0.as_bytes())
+                .all(|w| crate::parse::cef::key_order(w[0].0, w[1].0).is_lt())
         );
         assert_eq!(full_name("src"), Some("sourceAddress"));
         assert_eq!(full_name("suser"), Some("sourceUserName"));

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use crate::event::{Body, Cef, Event, SyslogHeader};
 use crate::map::commonsecuritylog::write_rfc3339_millis;
 use crate::map::json_writer::ObjectWriter;
-use crate::parse::cef::{custom_key, full_custom_name, full_name, parse_timestamp};
+use crate::parse::cef::{custom_key, full_custom_name, full_name, key_order, parse_timestamp};
 
 pub fn write(event: &Event<'_>, out: &mut Vec<u8>) {
     match &event.body {
@@ -81,56 +81,56 @@ const SLOTS: usize = 23;
 
 /// Extension key → slot, sorted by key for binary search.
 static PICK: &[(&str, usize)] = &[
+    ("rt", RT),
     ("act", ACT),
     ("app", APP),
-    ("applicationProtocol", APP),
-    ("destinationAddress", DST),
-    ("destinationHostName", DHOST),
-    ("destinationMacAddress", DMAC),
-    ("destinationPort", DPT),
-    ("destinationUserName", DUSER),
-    ("deviceAction", ACT),
-    ("deviceAddress", DVC),
-    ("deviceHostName", DVCHOST),
-    ("deviceReceiptTime", RT),
-    ("deviceTimeZone", DTZ),
-    ("dhost", DHOST),
-    ("dmac", DMAC),
     ("dpt", DPT),
     ("dst", DST),
     ("dtz", DTZ),
-    ("duser", DUSER),
     ("dvc", DVC),
-    ("dvchost", DVCHOST),
-    ("externalId", EXTERNAL_ID),
-    ("fileName", FNAME),
-    ("fname", FNAME),
-    ("message", MSG),
     ("msg", MSG),
-    ("proto", PROTO),
-    ("request", REQUEST),
-    ("requestClientApplication", USER_AGENT),
-    ("requestMethod", METHOD),
-    ("requestUrl", REQUEST),
-    ("rt", RT),
-    ("shost", SHOST),
-    ("smac", SMAC),
-    ("sourceAddress", SRC),
-    ("sourceHostName", SHOST),
-    ("sourceMacAddress", SMAC),
-    ("sourcePort", SPT),
-    ("sourceUserName", SUSER),
     ("spt", SPT),
     ("src", SRC),
+    ("dmac", DMAC),
+    ("smac", SMAC),
+    ("dhost", DHOST),
+    ("duser", DUSER),
+    ("fname", FNAME),
+    ("proto", PROTO),
+    ("shost", SHOST),
     ("suser", SUSER),
+    ("dvchost", DVCHOST),
+    ("message", MSG),
+    ("request", REQUEST),
+    ("fileName", FNAME),
+    ("externalId", EXTERNAL_ID),
+    ("requestUrl", REQUEST),
+    ("sourcePort", SPT),
+    ("deviceAction", ACT),
+    ("deviceAddress", DVC),
+    ("requestMethod", METHOD),
+    ("sourceAddress", SRC),
+    ("deviceHostName", DVCHOST),
+    ("deviceTimeZone", DTZ),
+    ("sourceHostName", SHOST),
+    ("sourceUserName", SUSER),
+    ("destinationPort", DPT),
+    ("sourceMacAddress", SMAC),
+    ("deviceReceiptTime", RT),
     ("transportProtocol", PROTO),
+    ("destinationAddress", DST),
+    ("applicationProtocol", APP),
+    ("destinationHostName", DHOST),
+    ("destinationUserName", DUSER),
+    ("destinationMacAddress", DMAC),
+    ("requestClientApplication", USER_AGENT),
 ];
 
 impl<'c> Picked<'c> {
     fn from(cef: &'c Cef<'_>) -> Self {
         let mut slots = [None; SLOTS];
         for e in &cef.extensions {
-            if let Ok(i) = PICK.binary_search_by(|(k, _)| k.as_bytes().cmp(e.key.as_bytes())) {
+            if let Ok(i) = PICK.binary_search_by(|(k, _)| key_order(k, e.key)) {
                 slots[PICK[i].1] = Some(e.value.as_ref()).filter(|v| !v.is_empty());
             }
         }
@@ -433,7 +433,7 @@ mod tests {
     fn pick_table_is_sorted() {
         assert!(
             PICK.windows(2)
-                .all(|w| w[0].0.as_bytes() < w[1].0.as_bytes())
+                .all(|w| crate::parse::cef::key_order(w[0].0, w[1].0).is_lt())
         );
     }
 
