@@ -25,7 +25,7 @@
 use simd_json::{Buffers, Node, StaticNode, Tape};
 use smallvec::SmallVec;
 
-use crate::event::EventKind;
+use crate::event::{EventKind, Timestamp};
 use crate::parse::{ParseErrorKind, ParseOptions};
 
 /// Reusable buffers for [`parse`]; one per worker.
@@ -272,6 +272,43 @@ impl<'t, 'a> JsonRef<'t, 'a> {
             Node::Static(StaticNode::U64(n)) => Some(*n as f64),
             Node::Static(StaticNode::F64(f)) => Some(*f),
             Node::String(s) => s.trim().parse::<f64>().ok().filter(|f| f.is_finite()),
+            _ => None,
+        }
+    }
+
+    /// A Darktrace time in any of the forms it sends: epoch milliseconds, epoch seconds
+    /// (integer or float, e.g. `1658110810.556194`), either as a number or a numeric string, a
+    /// zone-less `"2022-07-11 11:47:51"` (taken as UTC, offset unknown) or RFC 3339.
+    /// Numbers from 10^11 up are milliseconds (10^11 s is the year 5138).
+    pub fn timestamp(&self) -> Option<Timestamp> {
+        let epoch = |n: f64| -> Option<Timestamp> {
+            if !n.is_finite() || n < 0.0 {
+                return None;
+            }
+            let nanos = if n >= 1.0e11 { n * 1.0e6 } else { n * 1.0e9 };
+            (nanos < 9.0e18).then(|| Timestamp::from_unix_nanos(nanos.round() as i64))
+        };
+        match self.node()? {
+            Node::Static(StaticNode::I64(n)) if *n >= 100_000_000_000 => Some(Timestamp::from_unix_nanos(n.checked_mul(1_000_000)?)),
+            Node::Static(StaticNode::I64(n)) if *n >= 0 => Some(Timestamp::from_unix_nanos(n.checked_mul(1_000_000_000)?)),
+            Node::Static(StaticNode::U64(n)) => epoch(*n as f64),
+            Node::Static(StaticNode::F64(f)) => epoch(*f),
+            Node::String(s) => {
+                let s = s.trim();
+                if let Ok(n) = s.parse::<f64>() {
+                    return epoch(n);
+                }
+                if let Ok(dt) = chrono::DateTime::parse_from_rfc3339(s) {
+                    return Some(Timestamp {
+                        unix_nanos: dt.timestamp_nanos_opt()?,
+                        offset_secs: Some(dt.offset().local_minus_utc()),
+                    });
+                }
+                let naive = chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f")
+                    .or_else(|_| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f"))
+                    .ok()?;
+                Some(Timestamp { unix_nanos: naive.and_utc().timestamp_nanos_opt()?, offset_secs: None })
+            }
             _ => None,
         }
     }
@@ -598,6 +635,23 @@ mod tests {
         assert_eq!(r.get("b").unwrap().f64_lenient(), Some(72.9));
         assert_eq!(r.get("c").unwrap().f64_lenient(), None);
         assert_eq!(r.get("d").unwrap().i64(), Some(7));
+    }
+
+    #[test]
+    fn times_in_every_darktrace_form() {
+        let mut scratch = JsonScratch::default();
+        let text = r#"{"ms":1657748807000,"s":1618760651,"fs":1658110810.556194,"str":"2022-07-11 11:47:51","iso":"2021-08-03T14:48:09.240+02:00","sms":"1657748807000","bad":"yesterday","neg":-5}"#;
+        let body = parse(text, &ParseOptions::default(), &mut scratch).unwrap();
+        let t = |k: &str| body.root().get(k).unwrap().timestamp().map(|t| t.unix_nanos);
+        assert_eq!(t("ms"), Some(1_657_748_807_000_000_000));
+        assert_eq!(t("s"), Some(1_618_760_651_000_000_000));
+        assert!((t("fs").unwrap() / 1000 - 1_658_110_810_556_194).abs() <= 1);
+        assert_eq!(t("str"), Some(1_657_540_071_000_000_000));
+        assert_eq!(body.root().get("str").unwrap().timestamp().unwrap().offset_secs, None);
+        assert_eq!(t("iso"), Some(1_627_994_889_240_000_000));
+        assert_eq!(t("sms"), Some(1_657_748_807_000_000_000));
+        assert_eq!(t("bad"), None);
+        assert_eq!(t("neg"), None);
     }
 
     #[test]
