@@ -197,8 +197,68 @@ fn kind_from_log_type(log_type: &str) -> Option<EventKind> {
     }
 }
 
+/// The model definition of a model breach: `model{…}`, or in the legacy form
+/// `model{then{…},now{…}}` the current definition (`now`, else `then`).
+pub fn darktrace_model<'t, 'a>(root: JsonRef<'t, 'a>) -> Option<JsonRef<'t, 'a>> {
+    let model = root.get("model")?;
+    for version in ["now", "then"] {
+        if let Some(m) = model.get(version).filter(JsonRef::is_object) {
+            return Some(m);
+        }
+    }
+    model.is_object().then_some(model)
+}
+
+/// When the event happened, from the field each Darktrace event type carries it in.
+pub fn darktrace_event_time(kind: EventKind, root: JsonRef<'_, '_>) -> Option<Timestamp> {
+    let field = |k: &str| root.get(k).and_then(|v| v.timestamp());
+    match kind {
+        EventKind::DarktraceModelBreach => field("time").or_else(|| field("creationTime")),
+        EventKind::DarktraceAiAnalyst => field("createdAt"),
+        EventKind::DarktraceSystemStatus => field("last_updated").or_else(|| field("last_updated_status")),
+        EventKind::DarktraceAudit => field("time").or_else(|| field("timestamp")),
+        _ => None,
+    }
+}
+
+/// The connection a model breach fired on, from the values its triggered filters displayed.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TriggeredConnection<'t, 'a> {
+    pub destination_ip: Option<JsonRef<'t, 'a>>,
+    pub destination_host: Option<JsonRef<'t, 'a>>,
+    pub destination_port: Option<JsonRef<'t, 'a>>,
+    /// A metric label mentions connections (Elastic adds `network`/`connection` for these).
+    pub connection_metric: bool,
+}
+
+pub fn darktrace_triggered_connection<'t, 'a>(root: JsonRef<'t, 'a>) -> TriggeredConnection<'t, 'a> {
+    let mut c = TriggeredConnection::default();
+    let Some(components) = root.get("triggeredComponents") else { return c };
+    for component in components.items() {
+        if let Some(label) = component.path(&["metric", "label"]).and_then(|l| l.str())
+            && label.to_ascii_lowercase().contains("connection")
+        {
+            c.connection_metric = true;
+        }
+        let Some(filters) = component.get("triggeredFilters") else { continue };
+        for filter in filters.items() {
+            let Some(value) = filter.path(&["trigger", "value"]) else { continue };
+            let slot = match filter.get("filterType").and_then(|t| t.str()) {
+                Some("Destination IP") => &mut c.destination_ip,
+                Some("Connection hostname") => &mut c.destination_host,
+                Some("Destination port") => &mut c.destination_port,
+                _ => continue,
+            };
+            if slot.is_none() && !value.is_null() {
+                *slot = Some(value);
+            }
+        }
+    }
+    c
+}
+
 /// A view of one value on a tape: the slice starts at the value's node and covers its span.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub struct JsonRef<'t, 'a>(&'t [Node<'a>]);
 
 /// Number of tape nodes a value occupies, its own node included.
@@ -285,8 +345,9 @@ impl<'t, 'a> JsonRef<'t, 'a> {
             if !n.is_finite() || n < 0.0 {
                 return None;
             }
-            let nanos = if n >= 1.0e11 { n * 1.0e6 } else { n * 1.0e9 };
-            (nanos < 9.0e18).then(|| Timestamp::from_unix_nanos(nanos.round() as i64))
+            // Microsecond resolution: an f64 holds ~16 digits, so nanoseconds would be noise.
+            let micros = if n >= 1.0e11 { n * 1.0e3 } else { n * 1.0e6 };
+            (micros < 9.0e15).then(|| Timestamp::from_unix_nanos(micros.round() as i64 * 1000))
         };
         match self.node()? {
             Node::Static(StaticNode::I64(n)) if *n >= 100_000_000_000 => Some(Timestamp::from_unix_nanos(n.checked_mul(1_000_000)?)),
@@ -645,7 +706,7 @@ mod tests {
         let t = |k: &str| body.root().get(k).unwrap().timestamp().map(|t| t.unix_nanos);
         assert_eq!(t("ms"), Some(1_657_748_807_000_000_000));
         assert_eq!(t("s"), Some(1_618_760_651_000_000_000));
-        assert!((t("fs").unwrap() / 1000 - 1_658_110_810_556_194).abs() <= 1);
+        assert_eq!(t("fs"), Some(1_658_110_810_556_194_000));
         assert_eq!(t("str"), Some(1_657_540_071_000_000_000));
         assert_eq!(body.root().get("str").unwrap().timestamp().unwrap().offset_secs, None);
         assert_eq!(t("iso"), Some(1_627_994_889_240_000_000));
