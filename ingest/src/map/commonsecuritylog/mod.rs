@@ -1,16 +1,565 @@
-//! `commonsecuritylog` schema. Dispatch by body; CEF here, Darktrace JSON in `darktrace.rs`.
-//! PLACEHOLDER until the real mapping lands.
+//! `commonsecuritylog` schema: one Microsoft Sentinel CommonSecurityLog row per event.
+//! Dispatch by body; CEF, text and errors here, Darktrace JSON in `darktrace.rs`.
+//!
+//! Key → column follows `cef-to-commonsecuritylog.md` (newer doc revision), with the casing of
+//! the real table where the doc misprints it (`DeviceCustomFloatingPoint1Label`,
+//! `DeviceExternalID`, `ProcessID`, `DestinationMACAddress`). Column types follow the table:
+//! a value that does not fit its numeric or datetime column is not dropped but written to
+//! `AdditionalExtensions` under its CEF key. See `docs/cef.md`.
 
 mod darktrace;
 
-use crate::event::{Body, Event};
-use crate::map::json_writer::ObjectWriter;
+use smallvec::SmallVec;
+
+use crate::event::{Body, Cef, Event};
+use crate::map::json_writer::{ObjectWriter, write_str_contents};
+use crate::parse::cef::{CustomKind, custom_key, parse_timestamp};
 
 pub fn write(event: &Event<'_>, out: &mut Vec<u8>) {
-    if let Body::Json(json) = &event.body {
-        return darktrace::write(event, json, out);
+    match &event.body {
+        Body::Json(json) => darktrace::write(event, json, out),
+        Body::Cef(cef) => write_cef(event, cef, out),
+        Body::Text(text) => write_text(event, text, None, out),
+        Body::Error { kind, detail, text } => {
+            write_text(event, text, Some((kind.as_str(), detail)), out)
+        }
     }
+}
+
+/// How a column's value is typed in the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Type {
+    Str,
+    /// `int`: 32-bit signed.
+    Int,
+    /// `long`: 64-bit signed.
+    Long,
+    Real,
+    DateTime,
+    /// `cn1..3`: `DeviceCustomNumberN` (int), or `FieldDeviceCustomNumberN` (long) when it
+    /// does not fit 32 bits.
+    CustomNumber(&'static str),
+}
+
+/// The column a CEF key is written to, or `None` for `AdditionalExtensions`.
+fn column(key: &str) -> Option<(&'static str, Type)> {
+    use Type::*;
+    let c = match key {
+        "act" | "deviceAction" => ("DeviceAction", Str),
+        "app" | "applicationProtocol" => ("ApplicationProtocol", Str),
+        "cat" | "deviceEventCategory" => ("DeviceEventCategory", Str),
+        "cnt" | "baseEventCount" => ("EventCount", Int),
+        "destinationDnsDomain" => ("DestinationDnsDomain", Str),
+        "destinationServiceName" => ("DestinationServiceName", Str),
+        "destinationTranslatedAddress" => ("DestinationTranslatedAddress", Str),
+        "destinationTranslatedPort" => ("DestinationTranslatedPort", Int),
+        "deviceDirection" => ("CommunicationDirection", Str),
+        "deviceDnsDomain" => ("DeviceDnsDomain", Str),
+        "deviceExternalId" => ("DeviceExternalID", Str),
+        "deviceFacility" => ("DeviceFacility", Str),
+        "deviceInboundInterface" => ("DeviceInboundInterface", Str),
+        "deviceNtDomain" => ("DeviceNtDomain", Str),
+        "deviceOutboundInterface" => ("DeviceOutboundInterface", Str),
+        "devicePayloadId" => ("DevicePayloadId", Str),
+        "deviceProcessName" => ("ProcessName", Str),
+        "deviceTranslatedAddress" => ("DeviceTranslatedAddress", Str),
+        "dhost" | "destinationHostName" => ("DestinationHostName", Str),
+        "dmac" | "destinationMacAddress" => ("DestinationMACAddress", Str),
+        "dntdom" | "destinationNtDomain" => ("DestinationNTDomain", Str),
+        "dpid" | "destinationProcessId" => ("DestinationProcessId", Int),
+        "dpriv" | "destinationUserPrivileges" => ("DestinationUserPrivileges", Str),
+        "dproc" | "destinationProcessName" => ("DestinationProcessName", Str),
+        "dpt" | "destinationPort" => ("DestinationPort", Int),
+        "dst" | "destinationAddress" => ("DestinationIP", Str),
+        "dtz" | "deviceTimeZone" => ("DeviceTimeZone", Str),
+        "duid" | "destinationUserId" => ("DestinationUserID", Str),
+        "duser" | "destinationUserName" => ("DestinationUserName", Str),
+        "dvc" | "deviceAddress" => ("DeviceAddress", Str),
+        "dvchost" | "deviceHostName" => ("DeviceName", Str),
+        "dvcmac" | "deviceMacAddress" => ("DeviceMacAddress", Str),
+        "dvcpid" | "deviceProcessId" => ("ProcessID", Int),
+        "end" | "endTime" => ("EndTime", DateTime),
+        "externalId" => ("ExternalID", Int),
+        "fileCreateTime" => ("FileCreateTime", Str),
+        "fileHash" => ("FileHash", Str),
+        "fileId" => ("FileID", Str),
+        "fileModificationTime" => ("FileModificationTime", Str),
+        "filePath" => ("FilePath", Str),
+        "filePermission" => ("FilePermission", Str),
+        "fileType" => ("FileType", Str),
+        "fname" | "fileName" => ("FileName", Str),
+        "fsize" | "fileSize" => ("FileSize", Int),
+        "in" | "bytesIn" => ("ReceivedBytes", Long),
+        "msg" | "message" => ("Message", Str),
+        "oldFileCreateTime" => ("OldFileCreateTime", Str),
+        "oldFileHash" => ("OldFileHash", Str),
+        "oldFileId" => ("OldFileID", Str),
+        "oldFileModificationTime" => ("OldFileModificationTime", Str),
+        "oldFileName" => ("OldFileName", Str),
+        "oldFilePath" => ("OldFilePath", Str),
+        "oldFilePermission" => ("OldFilePermission", Str),
+        "oldFileSize" => ("OldFileSize", Int),
+        "oldFileType" => ("OldFileType", Str),
+        "out" | "bytesOut" => ("SentBytes", Long),
+        "outcome" | "eventOutcome" => ("EventOutcome", Str),
+        "proto" | "transportProtocol" => ("Protocol", Str),
+        "reason" => ("Reason", Str),
+        "request" | "requestUrl" => ("RequestURL", Str),
+        "requestClientApplication" => ("RequestClientApplication", Str),
+        "requestContext" => ("RequestContext", Str),
+        "requestCookies" => ("RequestCookies", Str),
+        "requestMethod" => ("RequestMethod", Str),
+        "shost" | "sourceHostName" => ("SourceHostName", Str),
+        "smac" | "sourceMacAddress" => ("SourceMACAddress", Str),
+        "sntdom" | "sourceNtDomain" => ("SourceNTDomain", Str),
+        "sourceDnsDomain" => ("SourceDnsDomain", Str),
+        "sourceServiceName" => ("SourceServiceName", Str),
+        "sourceTranslatedAddress" => ("SourceTranslatedAddress", Str),
+        "sourceTranslatedPort" => ("SourceTranslatedPort", Int),
+        "spid" | "sourceProcessId" => ("SourceProcessId", Int),
+        "spriv" | "sourceUserPrivileges" => ("SourceUserPrivileges", Str),
+        "sproc" | "sourceProcessName" => ("SourceProcessName", Str),
+        "spt" | "sourcePort" => ("SourcePort", Int),
+        "src" | "sourceAddress" => ("SourceIP", Str),
+        "start" | "startTime" => ("StartTime", DateTime),
+        "suid" | "sourceUserId" => ("SourceUserID", Str),
+        "suser" | "sourceUserName" => ("SourceUserName", Str),
+        "type" => ("EventType", Int),
+        _ => return custom_column(key),
+    };
+    Some(c)
+}
+
+fn custom_column(key: &str) -> Option<(&'static str, Type)> {
+    use Type::*;
+    let ck = custom_key(key)?;
+    if !ck.in_spec() {
+        return None;
+    }
+    let i = ck.index as usize - 1;
+    macro_rules! pick {
+        ($values:expr, $labels:expr, $ty:expr) => {
+            if ck.label {
+                ($labels[i], Str)
+            } else {
+                ($values[i], $ty)
+            }
+        };
+    }
+    Some(match ck.kind {
+        CustomKind::String => pick!(
+            [
+                "DeviceCustomString1",
+                "DeviceCustomString2",
+                "DeviceCustomString3",
+                "DeviceCustomString4",
+                "DeviceCustomString5",
+                "DeviceCustomString6"
+            ],
+            [
+                "DeviceCustomString1Label",
+                "DeviceCustomString2Label",
+                "DeviceCustomString3Label",
+                "DeviceCustomString4Label",
+                "DeviceCustomString5Label",
+                "DeviceCustomString6Label"
+            ],
+            Str
+        ),
+        CustomKind::Number => {
+            const LONG: [&str; 3] = [
+                "FieldDeviceCustomNumber1",
+                "FieldDeviceCustomNumber2",
+                "FieldDeviceCustomNumber3",
+            ];
+            pick!(
+                [
+                    "DeviceCustomNumber1",
+                    "DeviceCustomNumber2",
+                    "DeviceCustomNumber3"
+                ],
+                [
+                    "DeviceCustomNumber1Label",
+                    "DeviceCustomNumber2Label",
+                    "DeviceCustomNumber3Label"
+                ],
+                CustomNumber(LONG[i])
+            )
+        }
+        CustomKind::FloatingPoint => pick!(
+            [
+                "DeviceCustomFloatingPoint1",
+                "DeviceCustomFloatingPoint2",
+                "DeviceCustomFloatingPoint3",
+                "DeviceCustomFloatingPoint4"
+            ],
+            [
+                "DeviceCustomFloatingPoint1Label",
+                "DeviceCustomFloatingPoint2Label",
+                "DeviceCustomFloatingPoint3Label",
+                "DeviceCustomFloatingPoint4Label"
+            ],
+            Real
+        ),
+        CustomKind::Ipv6Address => pick!(
+            [
+                "DeviceCustomIPv6Address1",
+                "DeviceCustomIPv6Address2",
+                "DeviceCustomIPv6Address3",
+                "DeviceCustomIPv6Address4"
+            ],
+            [
+                "DeviceCustomIPv6Address1Label",
+                "DeviceCustomIPv6Address2Label",
+                "DeviceCustomIPv6Address3Label",
+                "DeviceCustomIPv6Address4Label"
+            ],
+            Str
+        ),
+        CustomKind::FlexString => pick!(
+            ["FlexString1", "FlexString2"],
+            ["FlexString1Label", "FlexString2Label"],
+            Str
+        ),
+        CustomKind::FlexNumber => pick!(
+            ["FlexNumber1", "FlexNumber2"],
+            ["FlexNumber1Label", "FlexNumber2Label"],
+            Int
+        ),
+        CustomKind::DeviceCustomDate => {
+            pick!(
+                ["DeviceCustomDate1", "DeviceCustomDate2"],
+                ["DeviceCustomDate1Label", "DeviceCustomDate2Label"],
+                Str
+            )
+        }
+        CustomKind::FlexDate => pick!(["FlexDate1"], ["FlexDate1Label"], Str),
+    })
+}
+
+/// Writes the value to its column; `false` when it does not fit the column's type.
+fn write_typed(
+    o: &mut ObjectWriter<'_>,
+    col: &'static str,
+    ty: Type,
+    value: &str,
+    dtz: Option<&str>,
+) -> bool {
+    let v = value.trim();
+    match ty {
+        Type::Str => {
+            o.str(col, value);
+            true
+        }
+        Type::Int => match v.parse::<i32>() {
+            Ok(n) => {
+                o.i64(col, i64::from(n));
+                true
+            }
+            Err(_) => false,
+        },
+        Type::Long => match v.parse::<i64>() {
+            Ok(n) => {
+                o.i64(col, n);
+                true
+            }
+            Err(_) => false,
+        },
+        Type::Real => match v.parse::<f64>() {
+            Ok(f) if f.is_finite() => {
+                o.f64(col, f);
+                true
+            }
+            _ => false,
+        },
+        Type::DateTime => match parse_timestamp(v, dtz) {
+            Some(ms) => {
+                let out = o.key(col);
+                write_rfc3339_millis(out, ms);
+                true
+            }
+            None => false,
+        },
+        Type::CustomNumber(long_col) => match v.parse::<i64>() {
+            Ok(n) => {
+                match i32::try_from(n) {
+                    Ok(small) => o.i64(col, i64::from(small)),
+                    Err(_) => o.i64(long_col, n),
+                }
+                true
+            }
+            Err(_) => false,
+        },
+    }
+}
+
+/// `LogSeverity`: the header severity as sent, with the doc's words in the doc's spelling.
+fn log_severity(severity: &str) -> &str {
+    const WORDS: [&str; 5] = ["Unknown", "Low", "Medium", "High", "Very-High"];
+    let s = severity.trim();
+    WORDS
+        .iter()
+        .find(|w| w.eq_ignore_ascii_case(s))
+        .copied()
+        .unwrap_or(s)
+}
+
+fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
+    let dtz = cef.get("dtz");
+    let rt = cef.get("rt");
+    let rt_millis = rt.and_then(|rt| parse_timestamp(rt, dtz));
     let mut o = ObjectWriter::begin(out);
-    o.str("message", event.raw);
+    write_rfc3339_millis(
+        o.key("TimeGenerated"),
+        rt_millis.unwrap_or_else(|| event.received.received_at.unix_millis()),
+    );
+    if let Some(host) = event.syslog.hostname {
+        o.str("Computer", host);
+    }
+    o.str("DeviceVendor", &cef.device_vendor);
+    o.str("DeviceProduct", &cef.device_product);
+    o.str("DeviceVersion", &cef.device_version);
+    o.str("DeviceEventClassID", &cef.signature_id);
+    o.str("Activity", &cef.name);
+    o.str("LogSeverity", log_severity(&cef.severity));
+    match (rt, rt_millis) {
+        (_, Some(ms)) => write_rfc3339_millis(o.key("ReceiptTime"), ms),
+        (Some(rt), None) => o.str("ReceiptTime", rt),
+        (None, None) => {}
+    }
+
+    // Which extensions did not get a column, so AdditionalExtensions needs no allocation.
+    let mut additional: SmallVec<[u32; 16]> = SmallVec::new();
+    for (i, e) in cef.extensions.iter().enumerate() {
+        // `rt` is already ReceiptTime; an empty value carries nothing to keep.
+        if e.key == "rt" || e.value.is_empty() {
+            continue;
+        }
+        let written = match column(e.key) {
+            Some((col, ty)) => write_typed(&mut o, col, ty, &e.value, dtz),
+            None => false,
+        };
+        if !written {
+            additional.push(i as u32);
+        }
+    }
+    if !additional.is_empty() {
+        let out = o.key("AdditionalExtensions");
+        out.push(b'"');
+        for (n, &i) in additional.iter().enumerate() {
+            let e = &cef.extensions[i as usize];
+            if n > 0 {
+                out.push(b';');
+            }
+            write_str_contents(out, e.key);
+            out.push(b'=');
+            write_additional_value(out, &e.value);
+        }
+        out.push(b'"');
+    }
     o.end();
+}
+
+/// A value inside `AdditionalExtensions`: `\`, `;` and `=` are backslash-escaped (and the text
+/// JSON-escaped) so that the `key=value;key=value` list splits unambiguously.
+fn write_additional_value(out: &mut Vec<u8>, value: &str) {
+    let bytes = value.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if matches!(b, b'\\' | b';' | b'=') {
+            write_str_contents(out, &value[start..i]);
+            out.extend_from_slice(if b == b'\\' { b"\\\\\\\\" } else { b"\\\\" });
+            if b != b'\\' {
+                out.push(b);
+            }
+            start = i + 1;
+        }
+    }
+    write_str_contents(out, &value[start..]);
+}
+
+fn write_text(event: &Event<'_>, text: &str, error: Option<(&str, &String)>, out: &mut Vec<u8>) {
+    let mut o = ObjectWriter::begin(out);
+    let time = event.syslog.timestamp.unwrap_or(event.received.received_at);
+    write_rfc3339_millis(o.key("TimeGenerated"), time.unix_millis());
+    if let Some(host) = event.syslog.hostname {
+        o.str("Computer", host);
+    }
+    o.str("DeviceVendor", "");
+    o.str("DeviceProduct", "");
+    o.str("Message", text);
+    if let Some((kind, detail)) = error {
+        let out = o.key("AdditionalExtensions");
+        out.extend_from_slice(b"\"sluiceParseError=");
+        write_additional_value(out, kind);
+        out.extend_from_slice(b";sluiceParseErrorDetail=");
+        write_additional_value(out, detail);
+        out.push(b'"');
+    }
+    o.end();
+}
+
+/// Appends `"YYYY-MM-DDTHH:MM:SS.mmmZ"` (quoted) for Unix milliseconds.
+pub(crate) fn write_rfc3339_millis(out: &mut Vec<u8>, millis: i64) {
+    let secs = millis.div_euclid(1000);
+    let ms = millis.rem_euclid(1000) as u32;
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400) as u32;
+    let (y, m, d) = civil_from_days(days);
+    let mut buf = *b"\"0000-00-00T00:00:00.000Z\"";
+    let y = y.clamp(0, 9999) as u32;
+    put_digits(&mut buf[1..5], y);
+    put_digits(&mut buf[6..8], m);
+    put_digits(&mut buf[9..11], d);
+    put_digits(&mut buf[12..14], sod / 3600);
+    put_digits(&mut buf[15..17], sod / 60 % 60);
+    put_digits(&mut buf[18..20], sod % 60);
+    put_digits(&mut buf[21..24], ms);
+    out.extend_from_slice(&buf);
+}
+
+fn put_digits(slot: &mut [u8], mut n: u32) {
+    for b in slot.iter_mut().rev() {
+        *b = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Received, Timestamp};
+
+    /// An event as the syslog parser hands it over: host `dt-master`, body parsed here.
+    fn event(body: &str) -> Event<'_> {
+        let mut syslog = crate::parse::no_header();
+        syslog.hostname = Some("dt-master");
+        syslog.timestamp = Some(Timestamp::from_unix_nanos(1_600_000_000_000_000_000));
+        let received = Received {
+            source: "t",
+            peer: None,
+            received_at: Timestamp::from_unix_nanos(1_700_000_000_123_000_000),
+        };
+        let parsed = match crate::parse::cef::find_cef_start(body) {
+            Some(start) => match crate::parse::cef::parse(&body[start..], &body[..start]) {
+                Ok(c) => Body::Cef(c),
+                Err(e) => Body::Error {
+                    kind: e.kind(),
+                    detail: e.to_string(),
+                    text: body,
+                },
+            },
+            None => Body::Text(body),
+        };
+        Event {
+            received,
+            raw: body,
+            syslog,
+            body: parsed,
+        }
+    }
+
+    fn row(body: &str) -> serde_json::Value {
+        let mut out = Vec::new();
+        write(&event(body), &mut out);
+        serde_json::from_slice(&out)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
+    }
+
+    #[test]
+    fn rfc3339_matches_chrono() {
+        for ms in [
+            0i64,
+            1_500_450_621_127,
+            -1,
+            951_782_400_000,
+            4_102_444_799_999,
+        ] {
+            let mut out = Vec::new();
+            write_rfc3339_millis(&mut out, ms);
+            let want = chrono::DateTime::from_timestamp_millis(ms)
+                .unwrap()
+                .format("\"%Y-%m-%dT%H:%M:%S%.3fZ\"")
+                .to_string();
+            assert_eq!(String::from_utf8(out).unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn darktrace_cef_row() {
+        let r = row(concat!(
+            "CEF:0|Darktrace|DCIP|6.1|537|Antigena/Network/Compliance/Antigena RDP Block|low| ",
+            "externalId=1462565 dvc=10.0.0.1 dvchost=master.example dst=10.0.0.9 dpt=3389 dhost=ws9 ",
+            "darktraceUrl=https://master.example/#modelbreach/1462565 rt=1709633472000 cs1=Model\\=RDP cs1Label=Reason ",
+            "cn1=5000000000 cn1Label=Big cfp15=3.5 spt=notaport aid=3mAvC02UBABCAa72iNm4jZA\\=\\= msg=a;b"
+        ));
+        assert_eq!(r["TimeGenerated"], "2024-03-05T10:11:12.000Z");
+        assert_eq!(r["ReceiptTime"], "2024-03-05T10:11:12.000Z");
+        assert_eq!(r["Computer"], "dt-master");
+        assert_eq!(r["DeviceVendor"], "Darktrace");
+        assert_eq!(r["DeviceEventClassID"], "537");
+        assert_eq!(
+            r["Activity"],
+            "Antigena/Network/Compliance/Antigena RDP Block"
+        );
+        assert_eq!(r["LogSeverity"], "Low");
+        assert_eq!(r["ExternalID"], 1462565);
+        assert_eq!(r["DeviceAddress"], "10.0.0.1");
+        assert_eq!(r["DeviceName"], "master.example");
+        assert_eq!(r["DestinationIP"], "10.0.0.9");
+        assert_eq!(r["DestinationPort"], 3389);
+        assert_eq!(r["DestinationHostName"], "ws9");
+        assert_eq!(r["DeviceCustomString1"], "Model=RDP");
+        assert_eq!(r["DeviceCustomString1Label"], "Reason");
+        assert_eq!(r["FieldDeviceCustomNumber1"], 5_000_000_000i64);
+        assert_eq!(r["DeviceCustomNumber1Label"], "Big");
+        assert_eq!(r["Message"], "a;b");
+        assert!(r.get("SourcePort").is_none());
+        assert_eq!(
+            r["AdditionalExtensions"],
+            "darktraceUrl=https://master.example/#modelbreach/1462565;cfp15=3.5;spt=notaport;aid=3mAvC02UBABCAa72iNm4jZA\\=\\="
+        );
+    }
+
+    #[test]
+    fn zoneless_rt_uses_dtz_and_falls_back_to_receive_time() {
+        let r = row("CEF:0|V|P|1|1|n|Very-High| rt=Jul 19 2017 10:50:21.127 dtz=Europe/Moscow");
+        assert_eq!(r["TimeGenerated"], "2017-07-19T07:50:21.127Z");
+        assert_eq!(r["DeviceTimeZone"], "Europe/Moscow");
+        let r = row("CEF:0|V|P|1|1|n|7| rt=yesterday");
+        assert_eq!(r["TimeGenerated"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(r["ReceiptTime"], "yesterday");
+        assert_eq!(r["LogSeverity"], "7");
+    }
+
+    #[test]
+    fn text_and_error_rows_keep_the_text() {
+        let r = row("hello world");
+        assert_eq!(r["Message"], "hello world");
+        assert_eq!(r["DeviceVendor"], "");
+        assert_eq!(r["Computer"], "dt-master");
+        assert_eq!(r["TimeGenerated"], "2020-09-13T12:26:40.000Z");
+        let r = row("CEF:0|a|b|c|");
+        assert!(r["Message"].as_str().unwrap().contains("CEF:0|a|b|c|"));
+        assert!(
+            r["AdditionalExtensions"]
+                .as_str()
+                .unwrap()
+                .starts_with("sluiceParseError=cef_header;")
+        );
+    }
 }

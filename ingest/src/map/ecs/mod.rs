@@ -1,16 +1,424 @@
-//! `ecs` schema. Dispatch by body; CEF here, Darktrace JSON in `darktrace.rs`.
-//! PLACEHOLDER until the real mapping lands.
+//! `ecs` schema (Elastic Common Schema). Dispatch by body; CEF, text and errors here, Darktrace
+//! JSON in `darktrace.rs`.
+//!
+//! CEF follows the conventions of Elastic's `decode_cef` processor: the whole record under
+//! `cef.*` (extensions under `cef.extensions.<ArcSight full name>`, values as sent), plus the ECS
+//! fields that CEF populates unambiguously. See `docs/cef.md`.
 
 mod darktrace;
 
-use crate::event::{Body, Event};
+use std::net::IpAddr;
+
+use crate::event::{Body, Cef, Event, SyslogHeader};
+use crate::map::commonsecuritylog::write_rfc3339_millis;
 use crate::map::json_writer::ObjectWriter;
+use crate::parse::cef::{custom_key, full_custom_name, full_name, parse_timestamp};
 
 pub fn write(event: &Event<'_>, out: &mut Vec<u8>) {
-    if let Body::Json(json) = &event.body {
-        return darktrace::write(event, json, out);
+    match &event.body {
+        Body::Json(json) => darktrace::write(event, json, out),
+        Body::Cef(cef) => write_cef(event, cef, out),
+        Body::Text(text) => write_text(event, text, None, out),
+        Body::Error { kind, detail, text } => {
+            write_text(event, text, Some((kind.as_str(), detail)), out)
+        }
     }
+}
+
+/// Extension keys that feed ECS fields, collected in one pass over the record.
+#[derive(Default)]
+struct Picked<'c> {
+    src: Option<&'c str>,
+    spt: Option<&'c str>,
+    shost: Option<&'c str>,
+    smac: Option<&'c str>,
+    suser: Option<&'c str>,
+    dst: Option<&'c str>,
+    dpt: Option<&'c str>,
+    dhost: Option<&'c str>,
+    dmac: Option<&'c str>,
+    duser: Option<&'c str>,
+    dvc: Option<&'c str>,
+    dvchost: Option<&'c str>,
+    msg: Option<&'c str>,
+    act: Option<&'c str>,
+    proto: Option<&'c str>,
+    app: Option<&'c str>,
+    request: Option<&'c str>,
+    method: Option<&'c str>,
+    user_agent: Option<&'c str>,
+    fname: Option<&'c str>,
+    rt: Option<&'c str>,
+    dtz: Option<&'c str>,
+    external_id: Option<&'c str>,
+}
+
+impl<'c> Picked<'c> {
+    fn from(cef: &'c Cef<'_>) -> Self {
+        let mut p = Picked::default();
+        for e in &cef.extensions {
+            let v = Some(e.value.as_ref()).filter(|v| !v.is_empty());
+            let slot = match e.key {
+                "src" | "sourceAddress" => &mut p.src,
+                "spt" | "sourcePort" => &mut p.spt,
+                "shost" | "sourceHostName" => &mut p.shost,
+                "smac" | "sourceMacAddress" => &mut p.smac,
+                "suser" | "sourceUserName" => &mut p.suser,
+                "dst" | "destinationAddress" => &mut p.dst,
+                "dpt" | "destinationPort" => &mut p.dpt,
+                "dhost" | "destinationHostName" => &mut p.dhost,
+                "dmac" | "destinationMacAddress" => &mut p.dmac,
+                "duser" | "destinationUserName" => &mut p.duser,
+                "dvc" | "deviceAddress" => &mut p.dvc,
+                "dvchost" | "deviceHostName" => &mut p.dvchost,
+                "msg" | "message" => &mut p.msg,
+                "act" | "deviceAction" => &mut p.act,
+                "proto" | "transportProtocol" => &mut p.proto,
+                "app" | "applicationProtocol" => &mut p.app,
+                "request" | "requestUrl" => &mut p.request,
+                "requestMethod" => &mut p.method,
+                "requestClientApplication" => &mut p.user_agent,
+                "fname" | "fileName" => &mut p.fname,
+                "rt" | "deviceReceiptTime" => &mut p.rt,
+                "dtz" | "deviceTimeZone" => &mut p.dtz,
+                "externalId" => &mut p.external_id,
+                _ => continue,
+            };
+            *slot = v;
+        }
+        p
+    }
+}
+
+/// `event.severity` from the header: a number 0–10, or the word's lowest number per the CEF
+/// severity ranges (Low 0–3, Medium 4–6, High 7–8, Very-High 9–10).
+fn severity_number(severity: &str) -> Option<i64> {
+    let s = severity.trim();
+    if let Ok(n) = s.parse::<i64>() {
+        return Some(n);
+    }
+    [("Low", 0), ("Medium", 4), ("High", 7), ("Very-High", 9)]
+        .iter()
+        .find(|(w, _)| w.eq_ignore_ascii_case(s))
+        .map(|(_, n)| *n)
+}
+
+fn ip(value: Option<&str>) -> Option<&str> {
+    value.filter(|v| v.parse::<IpAddr>().is_ok())
+}
+
+fn port(value: Option<&str>) -> Option<u16> {
+    value.and_then(|v| v.trim().parse().ok())
+}
+
+fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
+    let p = Picked::from(cef);
+    let millis =
+        p.rt.and_then(|rt| parse_timestamp(rt, p.dtz))
+            .or_else(|| event.syslog.timestamp.map(|t| t.unix_millis()))
+            .unwrap_or_else(|| event.received.received_at.unix_millis());
     let mut o = ObjectWriter::begin(out);
-    o.str("message", event.raw);
+    write_rfc3339_millis(o.key("@timestamp"), millis);
+    o.opt_str("message", p.msg);
+
+    {
+        let mut c = o.object("cef");
+        c.str("version", cef.version);
+        let mut device = c.object("device");
+        device.str("vendor", &cef.device_vendor);
+        device.str("product", &cef.device_product);
+        device.str("version", &cef.device_version);
+        device.str("event_class_id", &cef.signature_id);
+        device.end();
+        c.str("name", &cef.name);
+        c.str("severity", &cef.severity);
+        if !cef.extensions.is_empty() {
+            let mut x = c.object("extensions");
+            for e in &cef.extensions {
+                match full_name(e.key) {
+                    Some(name) => x.str(name, &e.value),
+                    None => match custom_key(e.key).and_then(full_custom_name) {
+                        Some(name) => x.str(&name, &e.value),
+                        None => x.str(e.key, &e.value),
+                    },
+                }
+            }
+            x.end();
+        }
+        c.end();
+    }
+
+    {
+        let mut ev = o.object("event");
+        ev.str("kind", "event");
+        ev.str("code", &cef.signature_id);
+        if let Some(n) = severity_number(&cef.severity) {
+            ev.i64("severity", n);
+        }
+        ev.opt_str("action", p.act);
+        ev.opt_str("id", p.external_id);
+        ev.end();
+    }
+
+    {
+        let mut obs = o.object("observer");
+        obs.str("vendor", &cef.device_vendor);
+        obs.str("product", &cef.device_product);
+        obs.str("version", &cef.device_version);
+        obs.opt_str("hostname", p.dvchost);
+        if let Some(dvc) = ip(p.dvc) {
+            let out = obs.key("ip");
+            out.push(b'[');
+            crate::map::json_writer::write_str(out, dvc);
+            out.push(b']');
+        }
+        obs.end();
+    }
+
+    endpoint(
+        &mut o,
+        "source",
+        ip(p.src),
+        port(p.spt),
+        p.shost,
+        p.smac,
+        p.suser,
+    );
+    endpoint(
+        &mut o,
+        "destination",
+        ip(p.dst),
+        port(p.dpt),
+        p.dhost,
+        p.dmac,
+        p.duser,
+    );
+
+    if p.proto.is_some() || p.app.is_some() {
+        let mut n = o.object("network");
+        if let Some(proto) = p.proto {
+            n.str("transport", &proto.to_ascii_lowercase());
+        }
+        if let Some(app) = p.app {
+            n.str("protocol", &app.to_ascii_lowercase());
+        }
+        n.end();
+    }
+    if let Some(url) = p.request {
+        let mut u = o.object("url");
+        u.str("original", url);
+        u.end();
+    }
+    if let Some(method) = p.method {
+        let mut h = o.object("http");
+        let mut r = h.object("request");
+        r.str("method", method);
+        r.end();
+        h.end();
+    }
+    if let Some(ua) = p.user_agent {
+        let mut u = o.object("user_agent");
+        u.str("original", ua);
+        u.end();
+    }
+    if let Some(fname) = p.fname {
+        let mut f = o.object("file");
+        f.str("name", fname);
+        f.end();
+    }
+    write_syslog(&mut o, &event.syslog);
     o.end();
+}
+
+fn endpoint(
+    o: &mut ObjectWriter<'_>,
+    name: &str,
+    ip: Option<&str>,
+    port: Option<u16>,
+    host: Option<&str>,
+    mac: Option<&str>,
+    user: Option<&str>,
+) {
+    if ip.is_none() && port.is_none() && host.is_none() && mac.is_none() && user.is_none() {
+        return;
+    }
+    let mut e = o.object(name);
+    e.opt_str("ip", ip);
+    if let Some(port) = port {
+        e.u64("port", u64::from(port));
+    }
+    e.opt_str("domain", host);
+    e.opt_str("mac", mac);
+    if let Some(user) = user {
+        let mut u = e.object("user");
+        u.str("name", user);
+        u.end();
+    }
+    e.end();
+}
+
+/// `host.hostname` and `log.syslog.*` from the syslog header.
+fn write_syslog(o: &mut ObjectWriter<'_>, syslog: &SyslogHeader<'_>) {
+    if let Some(host) = syslog.hostname {
+        let mut h = o.object("host");
+        h.str("hostname", host);
+        h.end();
+    }
+    if syslog.pri.is_none() && syslog.hostname.is_none() && syslog.app_name.is_none() {
+        return;
+    }
+    let mut log = o.object("log");
+    let mut s = log.object("syslog");
+    if let Some(pri) = syslog.pri {
+        s.u64("priority", u64::from(pri.value()));
+        let mut f = s.object("facility");
+        f.u64("code", u64::from(pri.facility));
+        f.str("name", pri.facility_name());
+        f.end();
+        let mut sev = s.object("severity");
+        sev.u64("code", u64::from(pri.severity));
+        sev.str("name", pri.severity_name());
+        sev.end();
+    }
+    s.opt_str("appname", syslog.app_name);
+    s.opt_str("hostname", syslog.hostname);
+    s.opt_str("procid", syslog.proc_id);
+    s.opt_str("msgid", syslog.msg_id);
+    if let Some(v) = syslog.version {
+        s.u64("version", u64::from(v));
+    }
+    s.end();
+    log.end();
+}
+
+fn write_text(event: &Event<'_>, text: &str, error: Option<(&str, &String)>, out: &mut Vec<u8>) {
+    let mut o = ObjectWriter::begin(out);
+    let time = event.syslog.timestamp.unwrap_or(event.received.received_at);
+    write_rfc3339_millis(o.key("@timestamp"), time.unix_millis());
+    o.str("message", text);
+    {
+        let mut ev = o.object("event");
+        ev.str(
+            "kind",
+            if error.is_some() {
+                "pipeline_error"
+            } else {
+                "event"
+            },
+        );
+        ev.end();
+    }
+    if let Some((kind, detail)) = error {
+        let mut e = o.object("error");
+        e.str("type", kind);
+        e.str("message", detail);
+        e.end();
+    }
+    write_syslog(&mut o, &event.syslog);
+    o.end();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Pri, Received, Timestamp};
+
+    fn doc(body: &str) -> serde_json::Value {
+        let mut syslog = crate::parse::no_header();
+        syslog.hostname = Some("dt-master");
+        syslog.app_name = Some("darktrace");
+        syslog.pri = Pri::from_value(165);
+        syslog.timestamp = Some(Timestamp::from_unix_nanos(1_600_000_000_000_000_000));
+        let received = Received {
+            source: "t",
+            peer: None,
+            received_at: Timestamp::from_unix_nanos(1_700_000_000_000_000_000),
+        };
+        let parsed = match crate::parse::cef::find_cef_start(body) {
+            Some(start) => match crate::parse::cef::parse(&body[start..], &body[..start]) {
+                Ok(c) => Body::Cef(c),
+                Err(e) => Body::Error {
+                    kind: e.kind(),
+                    detail: e.to_string(),
+                    text: body,
+                },
+            },
+            None => Body::Text(body),
+        };
+        let event = Event {
+            received,
+            raw: body,
+            syslog,
+            body: parsed,
+        };
+        let mut out = Vec::new();
+        write(&event, &mut out);
+        serde_json::from_slice(&out)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
+    }
+
+    #[test]
+    fn cef_document() {
+        let d = doc(concat!(
+            "CEF:0|Darktrace|DCIP|6.1|537|Antigena/Network/Compliance/Antigena RDP Block|Low| externalId=1462565 ",
+            "dvc=10.0.0.1 dvchost=master.example src=10.0.0.5 spt=50123 dst=10.0.0.9 dpt=3389 dhost=ws9 ",
+            "ad.darktraceUrl=https://master.example/#modelbreach/1462565 rt=1709633472000 cs1=x cs1Label=Reason msg=hello"
+        ));
+        assert_eq!(d["@timestamp"], "2024-03-05T10:11:12.000Z");
+        assert_eq!(d["message"], "hello");
+        assert_eq!(d["cef"]["version"], "0");
+        assert_eq!(d["cef"]["device"]["vendor"], "Darktrace");
+        assert_eq!(d["cef"]["device"]["event_class_id"], "537");
+        assert_eq!(d["cef"]["severity"], "Low");
+        assert_eq!(d["cef"]["extensions"]["sourceAddress"], "10.0.0.5");
+        assert_eq!(d["cef"]["extensions"]["deviceCustomString1Label"], "Reason");
+        assert_eq!(
+            d["cef"]["extensions"]["ad.darktraceUrl"],
+            "https://master.example/#modelbreach/1462565"
+        );
+        assert_eq!(d["event"]["code"], "537");
+        assert_eq!(d["event"]["severity"], 0);
+        assert_eq!(d["observer"]["vendor"], "Darktrace");
+        assert_eq!(d["observer"]["hostname"], "master.example");
+        assert_eq!(d["observer"]["ip"][0], "10.0.0.1");
+        assert_eq!(d["source"]["ip"], "10.0.0.5");
+        assert_eq!(d["source"]["port"], 50123);
+        assert_eq!(d["destination"]["ip"], "10.0.0.9");
+        assert_eq!(d["destination"]["port"], 3389);
+        assert_eq!(d["destination"]["domain"], "ws9");
+        assert_eq!(d["host"]["hostname"], "dt-master");
+        assert_eq!(d["log"]["syslog"]["priority"], 165);
+        assert_eq!(d["log"]["syslog"]["facility"]["name"], "local4");
+        assert_eq!(d["log"]["syslog"]["severity"]["name"], "notice");
+        assert_eq!(d["log"]["syslog"]["appname"], "darktrace");
+    }
+
+    #[test]
+    fn invalid_ip_is_not_an_ecs_ip() {
+        let d = doc("CEF:0|V|P|1|1|n|7|src=not-an-ip dst=10.0.0.#28445");
+        assert!(d.get("source").is_none());
+        assert_eq!(
+            d["cef"]["extensions"]["destinationAddress"],
+            "10.0.0.#28445"
+        );
+        assert_eq!(d["event"]["severity"], 7);
+        assert_eq!(d["@timestamp"], "2020-09-13T12:26:40.000Z");
+    }
+
+    #[test]
+    fn text_and_error_documents() {
+        let d = doc("plain words");
+        assert_eq!(d["message"], "plain words");
+        assert_eq!(d["event"]["kind"], "event");
+        let d = doc("CEF:0|only|four|");
+        assert_eq!(d["event"]["kind"], "pipeline_error");
+        assert_eq!(d["error"]["type"], "cef_header");
+        assert!(
+            d["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("pipe-terminated")
+        );
+        assert_eq!(d["message"], "CEF:0|only|four|");
+    }
 }
