@@ -33,7 +33,7 @@ use smallvec::SmallVec;
 
 use crate::event::{Event, EventKind, SyslogFormat, Timestamp};
 use crate::map::json_writer::{ObjectWriter, write_str};
-use crate::map::sluice::{write_structured_data, write_timestamp};
+use crate::map::sluice::{write_structured_data, write_timestamp as write_timestamp_full};
 use crate::parse::json::{self, JsonBody};
 
 const ECS_VERSION: &str = "8.11.0";
@@ -44,6 +44,12 @@ fn push_unique<'s>(list: &mut Strs<'s>, value: &'s str) {
     if !value.is_empty() && !list.contains(&value) {
         list.push(value);
     }
+}
+
+/// ECS dates as Elasticsearch's `date` type stores them: milliseconds (as Elastic's
+/// integration writes them), truncated.
+fn write_timestamp(out: &mut Vec<u8>, ts: Timestamp) {
+    write_timestamp_full(out, Timestamp { unix_nanos: ts.unix_nanos.div_euclid(1_000_000) * 1_000_000, ..ts });
 }
 
 fn is_ip(s: &str) -> bool {
