@@ -475,7 +475,8 @@ fn write_key(out: &mut Vec<u8>, key: &str, style: KeyStyle) {
 }
 
 /// `camelCase` / `kebab-case` → `snake_case`, escaped for a JSON string. An upper-case run is
-/// one word (`techniqueID` → `technique_id`).
+/// one word (`techniqueID` → `technique_id`). Writes straight into `out`: ECS output converts
+/// hundreds of keys per event.
 pub fn write_snake_case(out: &mut Vec<u8>, key: &str) {
     let bytes = key.as_bytes();
     if !bytes.iter().any(|b| b.is_ascii_uppercase() || *b == b'-') {
@@ -483,23 +484,29 @@ pub fn write_snake_case(out: &mut Vec<u8>, key: &str) {
         return;
     }
     let mut prev_lower_or_digit = false;
-    let mut buf = String::with_capacity(key.len() + 4);
-    for ch in key.chars() {
-        if ch.is_ascii_uppercase() {
-            if prev_lower_or_digit {
-                buf.push('_');
-            }
-            buf.push(ch.to_ascii_lowercase());
-            prev_lower_or_digit = false;
-        } else if ch == '-' {
-            buf.push('_');
-            prev_lower_or_digit = false;
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let replacement: Option<&[u8]> = if b.is_ascii_uppercase() {
+            Some(if prev_lower_or_digit { b"_" } else { b"" })
+        } else if b == b'-' {
+            Some(b"_")
         } else {
-            buf.push(ch);
-            prev_lower_or_digit = ch.is_ascii_lowercase() || ch.is_ascii_digit();
+            None
+        };
+        match replacement {
+            Some(prefix) => {
+                crate::map::json_writer::write_str_contents(out, &key[start..i]);
+                out.extend_from_slice(prefix);
+                if b != b'-' {
+                    out.push(b.to_ascii_lowercase());
+                }
+                start = i + 1;
+                prev_lower_or_digit = false;
+            }
+            None => prev_lower_or_digit = b.is_ascii_lowercase() || b.is_ascii_digit(),
         }
     }
-    crate::map::json_writer::write_str_contents(out, &buf);
+    crate::map::json_writer::write_str_contents(out, &key[start..]);
 }
 
 fn write_static(out: &mut Vec<u8>, s: &StaticNode) {
@@ -718,7 +725,7 @@ mod tests {
     #[test]
     fn snake_case_keys() {
         let mut out = Vec::new();
-        for (k, want) in [("aiaScore", "aia_score"), ("techniqueID", "technique_id"), ("iris-event-type", "iris_event_type"), ("ip6", "ip6"), ("log_type", "log_type"), ("pbid", "pbid")] {
+        for (k, want) in [("aiaScore", "aia_score"), ("techniqueID", "technique_id"), ("iris-event-type", "iris_event_type"), ("ip6", "ip6"), ("log_type", "log_type"), ("pbid", "pbid"), ("aB\"c", "a_b\\\"c"), ("ÉtatX", "État_x")] {
             out.clear();
             write_snake_case(&mut out, k);
             assert_eq!(std::str::from_utf8(&out).unwrap(), want);
