@@ -17,7 +17,11 @@ const BODY: &str = include_str!("../../ingest/tests/data/darktrace/model_breach_
 const LINE: &str = include_str!("../../ingest/tests/data/darktrace/model_breach_rfc5424.log");
 
 fn received() -> Received<'static> {
-    Received { source: "bench", peer: None, received_at: Timestamp::from_unix_nanos(1_700_000_000_000_000_000) }
+    Received {
+        source: "bench",
+        peer: None,
+        received_at: Timestamp::from_unix_nanos(1_700_000_000_000_000_000),
+    }
 }
 
 fn parse_benches(c: &mut Criterion) {
@@ -78,7 +82,12 @@ fn map_benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("darktrace_json_map");
     g.throughput(Throughput::Bytes(line.len() as u64));
     let mut out = Vec::with_capacity(64 * 1024);
-    for schema in [Schema::Commonsecuritylog, Schema::Ecs, Schema::Sluice, Schema::Raw] {
+    for schema in [
+        Schema::Commonsecuritylog,
+        Schema::Ecs,
+        Schema::Sluice,
+        Schema::Raw,
+    ] {
         g.bench_function(schema.as_str(), |b| {
             b.iter(|| {
                 out.clear();

@@ -8,15 +8,26 @@ use sluice::event::{Body, EventKind, Received, SyslogFormat, Timestamp};
 use sluice::map::{self, Schema};
 use sluice::parse::{ParseErrorKind, ParseOptions, Parser};
 
-const SCHEMAS: [Schema; 4] = [Schema::Sluice, Schema::Commonsecuritylog, Schema::Ecs, Schema::Raw];
+const SCHEMAS: [Schema; 4] = [
+    Schema::Sluice,
+    Schema::Commonsecuritylog,
+    Schema::Ecs,
+    Schema::Raw,
+];
 
 fn data(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/darktrace").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/darktrace")
+        .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn received() -> Received<'static> {
-    Received { source: "darktrace", peer: None, received_at: Timestamp::from_unix_nanos(1_700_000_000_000_000_000) }
+    Received {
+        source: "darktrace",
+        peer: None,
+        received_at: Timestamp::from_unix_nanos(1_700_000_000_000_000_000),
+    }
 }
 
 /// Parses one message and renders it in every schema; each rendering must be valid JSON.
@@ -26,8 +37,12 @@ fn render(parser: &mut Parser, line: &str) -> (EventKind, [Value; 4]) {
     let docs = SCHEMAS.map(|schema| {
         let mut out = Vec::new();
         map::write(schema, &event, &mut out);
-        serde_json::from_slice::<Value>(&out)
-            .unwrap_or_else(|e| panic!("{schema:?} output is not JSON ({e}): {}", String::from_utf8_lossy(&out)))
+        serde_json::from_slice::<Value>(&out).unwrap_or_else(|e| {
+            panic!(
+                "{schema:?} output is not JSON ({e}): {}",
+                String::from_utf8_lossy(&out)
+            )
+        })
     });
     (kind, docs)
 }
@@ -54,7 +69,12 @@ fn syslog_wrapped_messages_parse_to_their_event_type() {
             assert_eq!(raw, Value::String(line.to_string()));
             // The native schema keeps the JSON body exactly (incl. literal backslash-n text).
             assert_eq!(native["json"], body_of(line), "{file}:{}", n + 1);
-            assert_eq!(native["syslog"]["hostname"], "dt-master.corp.example", "{file}:{}", n + 1);
+            assert_eq!(
+                native["syslog"]["hostname"],
+                "dt-master.corp.example",
+                "{file}:{}",
+                n + 1
+            );
             assert_eq!(native["syslog"]["priority"], 165);
             assert_eq!(csl["Computer"], "dt-master.corp.example");
             assert_eq!(csl["DeviceVendor"], "Darktrace");
@@ -71,11 +91,20 @@ fn model_breach_fields() {
     let line = line.trim_end();
     let (_, [native, csl, ecs, _]) = render(&mut parser, line);
     let description = native["json"]["model"]["description"].as_str().unwrap();
-    assert!(description.contains(r"a literal \\n must survive"), "{description}");
-    assert!(description.contains(r".\n\nAction"), "not unescaped twice: {description}");
+    assert!(
+        description.contains(r"a literal \\n must survive"),
+        "{description}"
+    );
+    assert!(
+        description.contains(r".\n\nAction"),
+        "not unescaped twice: {description}"
+    );
 
     assert_eq!(csl["TimeGenerated"], "2023-06-29T00:53:22.000Z");
-    assert_eq!(csl["Activity"], "Anomalous Connection::Data Sent to Rare Domain");
+    assert_eq!(
+        csl["Activity"],
+        "Anomalous Connection::Data Sent to Rare Domain"
+    );
     assert_eq!(csl["ExternalID"], 9001);
     assert_eq!(csl["LogSeverity"], "9");
     assert_eq!(csl["SourceIP"], "198.51.100.23");
@@ -83,19 +112,34 @@ fn model_breach_fields() {
     assert_eq!(csl["DestinationIP"], "203.0.113.77");
     assert_eq!(csl["DestinationPort"], 8443);
     assert_eq!(csl["DestinationHostName"], "files.rare-domain.example");
-    assert_eq!(csl["RequestURL"], "https://dt-master.corp.example/#modelbreach/9001");
+    assert_eq!(
+        csl["RequestURL"],
+        "https://dt-master.corp.example/#modelbreach/9001"
+    );
     assert_eq!(csl["Message"], description);
 
     assert_eq!(ecs["@timestamp"], "2023-06-29T00:53:22.000Z");
     assert_eq!(ecs["event"]["kind"], "alert");
-    assert_eq!(ecs["event"]["category"], serde_json::json!(["threat", "network"]));
+    assert_eq!(
+        ecs["event"]["category"],
+        serde_json::json!(["threat", "network"])
+    );
     assert_eq!(ecs["event"]["risk_score"], 0.87);
     assert_eq!(ecs["host"]["id"], "42");
     assert_eq!(ecs["host"]["hostname"], "ws-0042.corp.example");
     assert_eq!(ecs["host"]["mac"], "02-00-5E-10-00-2A");
-    assert_eq!(ecs["rule"]["name"], "Anomalous Connection::Data Sent to Rare Domain");
-    assert_eq!(ecs["darktrace"]["model_breach_alert"]["model"]["description"], description);
-    assert_eq!(ecs["darktrace"]["model_breach_alert"]["mitre_techniques"][0]["technique_id"], "T1041");
+    assert_eq!(
+        ecs["rule"]["name"],
+        "Anomalous Connection::Data Sent to Rare Domain"
+    );
+    assert_eq!(
+        ecs["darktrace"]["model_breach_alert"]["model"]["description"],
+        description
+    );
+    assert_eq!(
+        ecs["darktrace"]["model_breach_alert"]["mitre_techniques"][0]["technique_id"],
+        "T1041"
+    );
 }
 
 #[test]
@@ -103,11 +147,27 @@ fn legacy_and_drifting_shapes() {
     let mut parser = Parser::new(ParseOptions::default());
     let (_, [_, csl, ecs, _]) = render(&mut parser, data("model_breach_legacy.log").trim_end());
     assert_eq!(csl["Activity"], "Compliance::Remote Desktop");
-    assert_eq!(ecs["event"]["kind"], "event", "compliance models are events");
-    assert_eq!(ecs["rule"]["version"], "13", "model.now wins over model.then");
+    assert_eq!(
+        ecs["event"]["kind"], "event",
+        "compliance models are events"
+    );
+    assert_eq!(
+        ecs["rule"]["version"], "13",
+        "model.now wins over model.then"
+    );
     assert!(ecs["host"].get("hostname").is_none());
-    assert!(ecs["related"]["ip"].as_array().unwrap().contains(&Value::from("198.51.100.99")));
-    assert!(!ecs["related"]["ip"].as_array().unwrap().contains(&Value::from("10.0.0.#28445")));
+    assert!(
+        ecs["related"]["ip"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("198.51.100.99"))
+    );
+    assert!(
+        !ecs["related"]["ip"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("10.0.0.#28445"))
+    );
 
     let (_, [_, _, ecs, _]) = render(&mut parser, data("model_breach_rfc3164.log").trim_end());
     assert!(ecs["host"].get("id").is_none(), "did -1 is no id");
@@ -117,13 +177,25 @@ fn legacy_and_drifting_shapes() {
     let (_, [_, csl, ecs, _]) = render(&mut parser, lines.next().unwrap());
     assert_eq!(ecs["@timestamp"], "2023-06-30T04:40:00.123Z");
     assert_eq!(ecs["event"]["risk_score"], 87);
-    assert_eq!(ecs["event"]["start"], serde_json::json!(["2023-06-30T01:53:20.000Z"]));
-    assert_eq!(ecs["event"]["duration"], serde_json::json!([5_000_000_000_000i64]));
+    assert_eq!(
+        ecs["event"]["start"],
+        serde_json::json!(["2023-06-30T01:53:20.000Z"])
+    );
+    assert_eq!(
+        ecs["event"]["duration"],
+        serde_json::json!([5_000_000_000_000i64])
+    );
     assert_eq!(ecs["darktrace"]["ai_analyst_alert"]["group_score"], "72.5");
-    assert_eq!(ecs["related"]["ip"], serde_json::json!(["198.51.100.23", "203.0.113.77"]));
+    assert_eq!(
+        ecs["related"]["ip"],
+        serde_json::json!(["198.51.100.23", "203.0.113.77"])
+    );
     assert_eq!(csl["SourceHostName"], "ws-0042.corp.example");
     let (_, [_, csl, ecs, _]) = render(&mut parser, lines.next().unwrap());
-    assert_eq!(ecs["event"]["url"], "https://dt-master.corp.example/#aiaincidentevent/a1b2c3d4-0000-4000-8000-00000000aaab");
+    assert_eq!(
+        ecs["event"]["url"],
+        "https://dt-master.corp.example/#aiaincidentevent/a1b2c3d4-0000-4000-8000-00000000aaab"
+    );
     assert_eq!(csl["RequestURL"], ecs["event"]["url"]);
 
     let lines = data("system_status.log");
@@ -140,8 +212,14 @@ fn legacy_and_drifting_shapes() {
 #[test]
 fn sc4s_lines() {
     let mut parser = Parser::new(ParseOptions::default());
-    let kinds: Vec<EventKind> = data("sc4s.log").lines().map(|l| render(&mut parser, l).0).collect();
-    assert_eq!(kinds, [EventKind::DarktraceAudit, EventKind::DarktraceSystemStatus]);
+    let kinds: Vec<EventKind> = data("sc4s.log")
+        .lines()
+        .map(|l| render(&mut parser, l).0)
+        .collect();
+    assert_eq!(
+        kinds,
+        [EventKind::DarktraceAudit, EventKind::DarktraceSystemStatus]
+    );
 }
 
 /// API responses are arrays; a pulling source hands each element on as one event.
@@ -149,13 +227,19 @@ fn sc4s_lines() {
 fn api_response_elements() {
     let mut parser = Parser::new(ParseOptions::default());
     for (file, want, count) in [
-        ("modelbreaches_response.txt", EventKind::DarktraceModelBreach, 1),
+        (
+            "modelbreaches_response.txt",
+            EventKind::DarktraceModelBreach,
+            1,
+        ),
         ("aianalyst_response.txt", EventKind::DarktraceAiAnalyst, 16),
     ] {
         let text = data(file);
         let (whole, _) = render(&mut parser, &text);
         assert_eq!(whole, EventKind::Json, "an array is not one event");
-        let Value::Array(items) = serde_json::from_str::<Value>(&text).unwrap() else { panic!("{file}") };
+        let Value::Array(items) = serde_json::from_str::<Value>(&text).unwrap() else {
+            panic!("{file}")
+        };
         assert_eq!(items.len(), count);
         for item in items {
             let body = serde_json::to_string(&item).unwrap();
@@ -169,12 +253,19 @@ fn api_response_elements() {
 #[test]
 fn broken_bodies_become_error_events_with_the_raw_text() {
     let header = "<165>1 2023-06-29T01:00:05+00:00 dt-master.corp.example darktrace - - - ";
-    let options = ParseOptions { json_max_depth: 16, json_max_bytes: 4096, ..ParseOptions::default() };
+    let options = ParseOptions {
+        json_max_depth: 16,
+        json_max_bytes: 4096,
+        ..ParseOptions::default()
+    };
     let mut parser = Parser::new(options);
     let deep = format!("{}{}", "[".repeat(17), "]".repeat(17));
     let big = format!("{{\"a\":\"{}\"}}", "x".repeat(5000));
     for (body, want) in [
-        (r#"{"pbid":1,"model":"#.to_string(), ParseErrorKind::JsonSyntax),
+        (
+            r#"{"pbid":1,"model":"#.to_string(),
+            ParseErrorKind::JsonSyntax,
+        ),
         (deep, ParseErrorKind::JsonDepth),
         (big, ParseErrorKind::JsonSize),
     ] {
@@ -194,8 +285,16 @@ fn broken_bodies_become_error_events_with_the_raw_text() {
         assert_eq!(native["raw"], line.as_str());
         assert_eq!(raw, line.as_str());
         // The SIEM schemas also carry the message rather than dropping it.
-        assert!(csl.to_string().contains("pbid") || csl.to_string().contains("[[") || csl.to_string().contains("xxxx"));
-        assert!(ecs.to_string().contains("pbid") || ecs.to_string().contains("[[") || ecs.to_string().contains("xxxx"));
+        assert!(
+            csl.to_string().contains("pbid")
+                || csl.to_string().contains("[[")
+                || csl.to_string().contains("xxxx")
+        );
+        assert!(
+            ecs.to_string().contains("pbid")
+                || ecs.to_string().contains("[[")
+                || ecs.to_string().contains("xxxx")
+        );
     }
 }
 

@@ -11,7 +11,9 @@ use std::process::{Command, Stdio};
 use serde_json::Value;
 
 fn data(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/darktrace").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/darktrace")
+        .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -37,14 +39,26 @@ fn sluice_parse(args: &[&str], input: &[u8]) -> (bool, Vec<Value>, String) {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();
-    (output.status.success(), docs, String::from_utf8_lossy(&output.stderr).into_owned())
+    (
+        output.status.success(),
+        docs,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 fn all_test_messages() -> String {
-    ["model_breach_rfc5424.log", "model_breach_rfc3164.log", "model_breach_legacy.log", "ai_analyst.log", "system_status.log", "audit.log", "sc4s.log"]
-        .iter()
-        .map(|f| data(f))
-        .collect()
+    [
+        "model_breach_rfc5424.log",
+        "model_breach_rfc3164.log",
+        "model_breach_legacy.log",
+        "ai_analyst.log",
+        "system_status.log",
+        "audit.log",
+        "sc4s.log",
+    ]
+    .iter()
+    .map(|f| data(f))
+    .collect()
 }
 
 #[test]
@@ -57,7 +71,10 @@ fn every_schema_gives_one_json_object_per_message() {
         assert_eq!(docs.len(), messages, "{schema}");
         if schema == "raw" {
             let lines: Vec<&str> = input.lines().collect();
-            assert_eq!(docs, lines.iter().map(|l| Value::from(*l)).collect::<Vec<_>>());
+            assert_eq!(
+                docs,
+                lines.iter().map(|l| Value::from(*l)).collect::<Vec<_>>()
+            );
         }
     }
     let (_, docs, _) = sluice_parse(&[], input.as_bytes());
@@ -90,22 +107,40 @@ fn unparsable_messages_are_reported_not_dropped() {
         sluice_parse(&["--json-max-depth", "8", "--json-max-bytes", "32"], &input);
     assert!(ok, "{stderr}");
     assert_eq!(docs.len(), 4);
-    let errors: Vec<&str> = docs.iter().take(3).map(|d| d["error"]["kind"].as_str().unwrap()).collect();
+    let errors: Vec<&str> = docs
+        .iter()
+        .take(3)
+        .map(|d| d["error"]["kind"].as_str().unwrap())
+        .collect();
     assert_eq!(errors, ["json_syntax", "json_depth", "json_size"]);
-    assert_eq!(docs[0]["raw"], "<165>1 2023-06-29T01:00:05Z host darktrace - - - {\"pbid\":1,\"model\":");
-    assert!(docs[3]["text"].as_str().unwrap().contains("not utf-8"), "{}", docs[3]);
+    assert_eq!(
+        docs[0]["raw"],
+        "<165>1 2023-06-29T01:00:05Z host darktrace - - - {\"pbid\":1,\"model\":"
+    );
+    assert!(
+        docs[3]["text"].as_str().unwrap().contains("not utf-8"),
+        "{}",
+        docs[3]
+    );
 
     for schema in ["commonsecuritylog", "ecs"] {
         let (ok, docs, _) = sluice_parse(&["--schema", schema, "--json-max-depth", "8"], &input);
         assert!(ok);
         assert_eq!(docs.len(), 4, "{schema}");
-        assert!(docs[0].to_string().contains("pbid"), "{schema} keeps the raw text: {}", docs[0]);
+        assert!(
+            docs[0].to_string().contains("pbid"),
+            "{schema} keeps the raw text: {}",
+            docs[0]
+        );
     }
 }
 
 #[test]
 fn octet_counted_framing() {
-    let messages = ["<165>1 2023-06-29T01:00:05Z h darktrace - - - {\"aiaScore\":5}", "<13>Jul  1 00:00:00 h app: multi\nline"];
+    let messages = [
+        "<165>1 2023-06-29T01:00:05Z h darktrace - - - {\"aiaScore\":5}",
+        "<13>Jul  1 00:00:00 h app: multi\nline",
+    ];
     let mut input = Vec::new();
     for m in messages {
         input.extend_from_slice(format!("{} {m}", m.len()).as_bytes());
@@ -119,7 +154,10 @@ fn octet_counted_framing() {
 
 #[test]
 fn long_messages_are_cut_to_the_limit() {
-    let (ok, docs, _) = sluice_parse(&["--max-message-bytes", "64"], format!("{}\nnext\n", "y".repeat(1000)).as_bytes());
+    let (ok, docs, _) = sluice_parse(
+        &["--max-message-bytes", "64"],
+        format!("{}\nnext\n", "y".repeat(1000)).as_bytes(),
+    );
     assert!(ok);
     assert_eq!(docs.len(), 2);
     assert_eq!(docs[0]["text"].as_str().unwrap().len(), 64);
@@ -150,7 +188,12 @@ fn a_closed_stdout_ends_quietly() {
     let status = child.wait().unwrap();
     writer.join().unwrap();
     let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(status.success(), "{status:?} {stderr}");
 }
@@ -181,17 +224,44 @@ fn real_samples_when_available() {
             want.push(kind);
         }
     };
-    add(&read("elastic/model_breach_alert.log"), "darktrace_model_breach", &mut input);
-    add(&read("elastic/ai_analyst_alert.log"), "darktrace_ai_analyst", &mut input);
-    add(&read("elastic/system_status_alert.log"), "darktrace_system_status", &mut input);
-    add(&read("elastic/pipeline-test-ai-analyst-alert.log"), "darktrace_ai_analyst", &mut input);
-    add(&read("elastic/pipeline-test-system-status-alert.log"), "darktrace_system_status", &mut input);
+    add(
+        &read("elastic/model_breach_alert.log"),
+        "darktrace_model_breach",
+        &mut input,
+    );
+    add(
+        &read("elastic/ai_analyst_alert.log"),
+        "darktrace_ai_analyst",
+        &mut input,
+    );
+    add(
+        &read("elastic/system_status_alert.log"),
+        "darktrace_system_status",
+        &mut input,
+    );
+    add(
+        &read("elastic/pipeline-test-ai-analyst-alert.log"),
+        "darktrace_ai_analyst",
+        &mut input,
+    );
+    add(
+        &read("elastic/pipeline-test-system-status-alert.log"),
+        "darktrace_system_status",
+        &mut input,
+    );
     for folder in ["sekoia-intake", "sekoia-intake-legacy"] {
-        let mut names: Vec<_> = std::fs::read_dir(dir.join(folder)).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut names: Vec<_> = std::fs::read_dir(dir.join(folder))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         names.sort();
         for path in names {
-            let case: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-            let message = case["input"]["message"].as_str().unwrap().replace('\n', " ");
+            let case: Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let message = case["input"]["message"]
+                .as_str()
+                .unwrap()
+                .replace('\n', " ");
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
             let kind = if name.contains("aianalyst") {
                 "darktrace_ai_analyst"
@@ -203,28 +273,66 @@ fn real_samples_when_available() {
             add(&message, kind, &mut input);
         }
     }
-    for (file, kind) in [("api-responses/modelbreaches_response.txt", "darktrace_model_breach"), ("api-responses/aianalyst_response.txt", "darktrace_ai_analyst")] {
-        let Value::Array(items) = serde_json::from_str(&read(file)).unwrap() else { panic!("{file}") };
+    for (file, kind) in [
+        (
+            "api-responses/modelbreaches_response.txt",
+            "darktrace_model_breach",
+        ),
+        (
+            "api-responses/aianalyst_response.txt",
+            "darktrace_ai_analyst",
+        ),
+    ] {
+        let Value::Array(items) = serde_json::from_str(&read(file)).unwrap() else {
+            panic!("{file}")
+        };
         for item in items {
             add(&serde_json::to_string(&item).unwrap(), kind, &mut input);
         }
     }
-    let other: Value = serde_json::from_str(&read("other/darktrace_other_public_samples.json")).unwrap();
-    for (sample, kind) in other.as_array().unwrap().iter().zip(["cef", "darktrace_audit", "darktrace_system_status"]) {
-        add(&format!("<165>{}", sample["raw"].as_str().unwrap()), kind, &mut input);
+    let other: Value =
+        serde_json::from_str(&read("other/darktrace_other_public_samples.json")).unwrap();
+    for (sample, kind) in
+        other
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(["cef", "darktrace_audit", "darktrace_system_status"])
+    {
+        add(
+            &format!("<165>{}", sample["raw"].as_str().unwrap()),
+            kind,
+            &mut input,
+        );
     }
 
     let (ok, docs, stderr) = sluice_parse(&[], input.as_bytes());
     assert!(ok, "{stderr}");
     let got: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-        assert_eq!(g, w, "message {}: {}", i + 1, input.lines().nth(i).unwrap().chars().take(160).collect::<String>());
+        assert_eq!(
+            g,
+            w,
+            "message {}: {}",
+            i + 1,
+            input
+                .lines()
+                .nth(i)
+                .unwrap()
+                .chars()
+                .take(160)
+                .collect::<String>()
+        );
     }
     assert_eq!(got.len(), want.len());
 
     // ECS against Elastic's expected documents.
-    let (_, ecs, _) = sluice_parse(&["--schema", "ecs"], read("elastic/ai_analyst_alert.log").as_bytes());
-    let expected: Value = serde_json::from_str(&read("elastic/ai_analyst_alert.sample_event.json")).unwrap();
+    let (_, ecs, _) = sluice_parse(
+        &["--schema", "ecs"],
+        read("elastic/ai_analyst_alert.log").as_bytes(),
+    );
+    let expected: Value =
+        serde_json::from_str(&read("elastic/ai_analyst_alert.sample_event.json")).unwrap();
     let got = &ecs[0];
     for path in [
         "/@timestamp",
@@ -253,18 +361,48 @@ fn real_samples_when_available() {
         "/darktrace/ai_analyst_alert/summariser",
         "/darktrace/ai_analyst_alert/aia_score",
     ] {
-        assert_eq!(got.pointer(path), expected.pointer(path), "ai_analyst {path}");
+        assert_eq!(
+            got.pointer(path),
+            expected.pointer(path),
+            "ai_analyst {path}"
+        );
     }
 
-    let (_, ecs, _) = sluice_parse(&["--schema", "ecs"], read("elastic/pipeline-test-system-status-alert.log").as_bytes());
-    let expected: Value = serde_json::from_str(&read("elastic/pipeline-test-system-status-alert.log-expected.json")).unwrap();
+    let (_, ecs, _) = sluice_parse(
+        &["--schema", "ecs"],
+        read("elastic/pipeline-test-system-status-alert.log").as_bytes(),
+    );
+    let expected: Value = serde_json::from_str(&read(
+        "elastic/pipeline-test-system-status-alert.log-expected.json",
+    ))
+    .unwrap();
     let expected = expected["expected"].as_array().unwrap();
     assert_eq!(ecs.len(), expected.len());
     for (got, expected) in ecs.iter().zip(expected) {
-        for path in ["/@timestamp", "/event/kind", "/event/id", "/event/reason", "/event/type", "/event/url", "/host/hostname", "/host/ip", "/related/hosts", "/related/ip"] {
-            assert_eq!(got.pointer(path), expected.pointer(path), "system status {path}");
+        for path in [
+            "/@timestamp",
+            "/event/kind",
+            "/event/id",
+            "/event/reason",
+            "/event/type",
+            "/event/url",
+            "/host/hostname",
+            "/host/ip",
+            "/related/hosts",
+            "/related/ip",
+        ] {
+            assert_eq!(
+                got.pointer(path),
+                expected.pointer(path),
+                "system status {path}"
+            );
         }
         // Elastic writes the priority as a float (43.0); compare numerically.
-        assert_eq!(got.pointer("/event/risk_score").and_then(Value::as_f64), expected.pointer("/event/risk_score").and_then(Value::as_f64));
+        assert_eq!(
+            got.pointer("/event/risk_score").and_then(Value::as_f64),
+            expected
+                .pointer("/event/risk_score")
+                .and_then(Value::as_f64)
+        );
     }
 }

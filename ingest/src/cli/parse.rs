@@ -61,7 +61,11 @@ impl<W: Write> Emitter<'_, W> {
         if raw.is_empty() {
             return Ok(());
         }
-        let received = Received { source: self.source, peer: None, received_at: Timestamp::now() };
+        let received = Received {
+            source: self.source,
+            peer: None,
+            received_at: Timestamp::now(),
+        };
         {
             let event = self.parser.parse(received, raw);
             map::write(self.schema, &event, &mut self.buf);
@@ -108,14 +112,22 @@ pub fn process<R: Read, W: Write>(args: &ParseArgs, mut input: R, output: W) -> 
     let mut chunk = vec![0u8; READ_BYTES];
 
     if args.framing != Framing::Lf {
-        let mut framer = StreamFramer::new(args.framing, FrameLimits { max_frame_bytes: max, oversize: OversizePolicy::Truncate });
+        let mut framer = StreamFramer::new(
+            args.framing,
+            FrameLimits {
+                max_frame_bytes: max,
+                oversize: OversizePolicy::Truncate,
+            },
+        );
         let mut failure: Option<io::Error> = None;
         loop {
             let n = read_some(&mut input, &mut chunk)?;
             if n == 0 {
                 break;
             }
-            framer.feed(&chunk[..n], &mut |ev| on_frame(&mut emitter, &mut failure, ev));
+            framer.feed(&chunk[..n], &mut |ev| {
+                on_frame(&mut emitter, &mut failure, ev)
+            });
             if failure.is_some() {
                 break;
             }
@@ -174,7 +186,11 @@ pub fn process<R: Read, W: Write>(args: &ParseArgs, mut input: R, output: W) -> 
 }
 
 /// Handles one framer event; remembers the first output error and ignores frames after it.
-fn on_frame<W: Write>(emitter: &mut Emitter<'_, W>, failure: &mut Option<io::Error>, ev: FrameEvent<'_>) {
+fn on_frame<W: Write>(
+    emitter: &mut Emitter<'_, W>,
+    failure: &mut Option<io::Error>,
+    ev: FrameEvent<'_>,
+) {
     if failure.is_some() {
         return;
     }
@@ -235,8 +251,20 @@ mod tests {
 
     fn run_lines(input: &str, max: usize, step: usize) -> Vec<serde_json::Value> {
         let mut out = Vec::new();
-        process(&args(Schema::Sluice, max), Trickle { data: input.as_bytes(), step }, &mut out).unwrap();
-        String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        process(
+            &args(Schema::Sluice, max),
+            Trickle {
+                data: input.as_bytes(),
+                step,
+            },
+            &mut out,
+        )
+        .unwrap();
+        String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 
     #[test]
@@ -245,7 +273,16 @@ mod tests {
         for step in [1, 2, 7, 1 << 20] {
             let v = run_lines(input, 1024, step);
             let kinds: Vec<&str> = v.iter().map(|e| e["kind"].as_str().unwrap()).collect();
-            assert_eq!(kinds, ["darktrace_ai_analyst", "text", "error", "darktrace_model_breach"], "step {step}");
+            assert_eq!(
+                kinds,
+                [
+                    "darktrace_ai_analyst",
+                    "text",
+                    "error",
+                    "darktrace_model_breach"
+                ],
+                "step {step}"
+            );
             assert_eq!(v[2]["raw"], "{\"broken\":");
             assert_eq!(v[0]["source"], "test");
         }

@@ -147,9 +147,9 @@ pub(crate) fn write_timestamp(out: &mut Vec<u8>, ts: Timestamp) {
     push(b':');
     two(sod % 60, &mut push);
     push(b'.');
-    let (frac, digits) = if nanos % 1_000_000 == 0 {
+    let (frac, digits) = if nanos.is_multiple_of(1_000_000) {
         (nanos / 1_000_000, 3)
-    } else if nanos % 1_000 == 0 {
+    } else if nanos.is_multiple_of(1_000) {
         (nanos / 1_000, 6)
     } else {
         (nanos, 9)
@@ -271,14 +271,26 @@ mod tests {
     #[test]
     fn timestamps_format_as_rfc3339_utc() {
         assert_eq!(ts_string(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(ts_string(1_628_002_089_240_000_000), "2021-08-03T14:48:09.240Z");
-        assert_eq!(ts_string(1_658_110_810_556_194_000), "2022-07-18T02:20:10.556194Z");
-        assert_eq!(ts_string(951_782_400_000_000_001), "2000-02-29T00:00:00.000000001Z");
+        assert_eq!(
+            ts_string(1_628_002_089_240_000_000),
+            "2021-08-03T14:48:09.240Z"
+        );
+        assert_eq!(
+            ts_string(1_658_110_810_556_194_000),
+            "2022-07-18T02:20:10.556194Z"
+        );
+        assert_eq!(
+            ts_string(951_782_400_000_000_001),
+            "2000-02-29T00:00:00.000000001Z"
+        );
         assert_eq!(ts_string(-1_000_000), "1969-12-31T23:59:59.999Z");
         // Cross-check a spread of days against chrono.
         for day in (-25_000i64..100_000).step_by(97) {
             let secs = day * 86_400 + 12_345;
-            let want = chrono::DateTime::from_timestamp(secs, 0).unwrap().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+            let want = chrono::DateTime::from_timestamp(secs, 0)
+                .unwrap()
+                .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+                .to_string();
             assert_eq!(ts_string(secs * 1_000_000_000), want);
         }
     }
@@ -286,12 +298,15 @@ mod tests {
     fn sd(text: &str) -> serde_json::Value {
         let mut out = Vec::new();
         write_structured_data(&mut out, text);
-        serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
+        serde_json::from_slice(&out)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
     }
 
     #[test]
     fn structured_data_is_decoded() {
-        let v = sd(r#"[exampleSDID@32473 iut="3" eventSource="App \"q\" \] \\x"][examplePriority@32473 class="high"]"#);
+        let v = sd(
+            r#"[exampleSDID@32473 iut="3" eventSource="App \"q\" \] \\x"][examplePriority@32473 class="high"]"#,
+        );
         assert_eq!(v["exampleSDID@32473"]["iut"], "3");
         assert_eq!(v["exampleSDID@32473"]["eventSource"], r#"App "q" ] \x"#);
         assert_eq!(v["examplePriority@32473"]["class"], "high");
@@ -318,7 +333,8 @@ mod tests {
         event.syslog.structured_data = Some(r#"[meta k="v"]"#);
         let mut out = Vec::new();
         write(&event, &mut out);
-        serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
+        serde_json::from_slice(&out)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
     }
 
     #[test]

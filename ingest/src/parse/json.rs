@@ -20,6 +20,7 @@
 //!    (Antigena state-change events carry `pbid` but `model` is a string: they stay generic JSON.)
 //! 4. System status alert: `alert_name`, `priority_level` or `last_updated_status`.
 //! 5. Audit event (`darktrace_audit` syslog tag): `endpoint` together with `method`.
+//!
 //! Anything else, and any top-level array (an API response page), is [`EventKind::Json`].
 
 use simd_json::{Buffers, Node, StaticNode, Tape};
@@ -53,7 +54,9 @@ impl Default for JsonScratch {
 
 impl std::fmt::Debug for JsonScratch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JsonScratch").field("input_capacity", &self.input.capacity()).finish()
+        f.debug_struct("JsonScratch")
+            .field("input_capacity", &self.input.capacity())
+            .finish()
     }
 }
 
@@ -83,7 +86,10 @@ impl Drop for JsonBody<'_> {
 
 impl std::fmt::Debug for JsonBody<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JsonBody").field("kind", &self.kind).field("nodes", &self.tape.len()).finish()
+        f.debug_struct("JsonBody")
+            .field("kind", &self.kind)
+            .field("nodes", &self.tape.len())
+            .finish()
     }
 }
 
@@ -108,11 +114,23 @@ impl JsonError {
 }
 
 /// Parses `text` as one JSON document and recognises its Darktrace event type.
-pub fn parse<'a>(text: &'a str, options: &ParseOptions, scratch: &'a mut JsonScratch) -> Result<JsonBody<'a>, JsonError> {
+pub fn parse<'a>(
+    text: &'a str,
+    options: &ParseOptions,
+    scratch: &'a mut JsonScratch,
+) -> Result<JsonBody<'a>, JsonError> {
     if text.len() > options.json_max_bytes {
-        return Err(JsonError::Size { len: text.len(), limit: options.json_max_bytes });
+        return Err(JsonError::Size {
+            len: text.len(),
+            limit: options.json_max_bytes,
+        });
     }
-    let JsonScratch { input, buffers, buffers_depth, tape: home } = scratch;
+    let JsonScratch {
+        input,
+        buffers,
+        buffers_depth,
+        tape: home,
+    } = scratch;
     if *buffers_depth != options.json_max_depth {
         *buffers = Buffers::with_max_depth(text.len(), options.json_max_depth);
         *buffers_depth = options.json_max_depth;
@@ -126,12 +144,21 @@ pub fn parse<'a>(text: &'a str, options: &ParseOptions, scratch: &'a mut JsonScr
     if let Err(e) = simd_json::fill_tape_padded(input, text.len(), buffers, &mut tape) {
         *home = tape.reset().0;
         return Err(match e.error() {
-            simd_json::ErrorType::DepthLimitExceeded => JsonError::Depth { limit: options.json_max_depth },
-            _ => JsonError::Syntax { offset: e.index(), message: format!("{:?}", e.error()) },
+            simd_json::ErrorType::DepthLimitExceeded => JsonError::Depth {
+                limit: options.json_max_depth,
+            },
+            _ => JsonError::Syntax {
+                offset: e.index(),
+                message: format!("{:?}", e.error()),
+            },
         });
     }
     let kind = classify(JsonRef(&tape.0));
-    Ok(JsonBody { kind, tape: tape.0, home: Some(home) })
+    Ok(JsonBody {
+        kind,
+        tape: tape.0,
+        home: Some(home),
+    })
 }
 
 /// Recognises the Darktrace event type from the top-level keys (see the module docs).
@@ -215,7 +242,9 @@ pub fn darktrace_event_time(kind: EventKind, root: JsonRef<'_, '_>) -> Option<Ti
     match kind {
         EventKind::DarktraceModelBreach => field("time").or_else(|| field("creationTime")),
         EventKind::DarktraceAiAnalyst => field("createdAt"),
-        EventKind::DarktraceSystemStatus => field("last_updated").or_else(|| field("last_updated_status")),
+        EventKind::DarktraceSystemStatus => {
+            field("last_updated").or_else(|| field("last_updated_status"))
+        }
         EventKind::DarktraceAudit => field("time").or_else(|| field("timestamp")),
         _ => None,
     }
@@ -231,18 +260,26 @@ pub struct TriggeredConnection<'t, 'a> {
     pub connection_metric: bool,
 }
 
-pub fn darktrace_triggered_connection<'t, 'a>(root: JsonRef<'t, 'a>) -> TriggeredConnection<'t, 'a> {
+pub fn darktrace_triggered_connection<'t, 'a>(
+    root: JsonRef<'t, 'a>,
+) -> TriggeredConnection<'t, 'a> {
     let mut c = TriggeredConnection::default();
-    let Some(components) = root.get("triggeredComponents") else { return c };
+    let Some(components) = root.get("triggeredComponents") else {
+        return c;
+    };
     for component in components.items() {
         if let Some(label) = component.path(&["metric", "label"]).and_then(|l| l.str())
             && label.to_ascii_lowercase().contains("connection")
         {
             c.connection_metric = true;
         }
-        let Some(filters) = component.get("triggeredFilters") else { continue };
+        let Some(filters) = component.get("triggeredFilters") else {
+            continue;
+        };
         for filter in filters.items() {
-            let Some(value) = filter.path(&["trigger", "value"]) else { continue };
+            let Some(value) = filter.path(&["trigger", "value"]) else {
+                continue;
+            };
             let slot = match filter.get("filterType").and_then(|t| t.str()) {
                 Some("Destination IP") => &mut c.destination_ip,
                 Some("Connection hostname") => &mut c.destination_host,
@@ -320,7 +357,9 @@ impl<'t, 'a> JsonRef<'t, 'a> {
         match self.node()? {
             Node::Static(StaticNode::I64(n)) => Some(*n),
             Node::Static(StaticNode::U64(n)) => i64::try_from(*n).ok(),
-            Node::Static(StaticNode::F64(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => Some(*f as i64),
+            Node::Static(StaticNode::F64(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => {
+                Some(*f as i64)
+            }
             _ => None,
         }
     }
@@ -350,8 +389,12 @@ impl<'t, 'a> JsonRef<'t, 'a> {
             (micros < 9.0e15).then(|| Timestamp::from_unix_nanos(micros.round() as i64 * 1000))
         };
         match self.node()? {
-            Node::Static(StaticNode::I64(n)) if *n >= 100_000_000_000 => Some(Timestamp::from_unix_nanos(n.checked_mul(1_000_000)?)),
-            Node::Static(StaticNode::I64(n)) if *n >= 0 => Some(Timestamp::from_unix_nanos(n.checked_mul(1_000_000_000)?)),
+            Node::Static(StaticNode::I64(n)) if *n >= 100_000_000_000 => {
+                Some(Timestamp::from_unix_nanos(n.checked_mul(1_000_000)?))
+            }
+            Node::Static(StaticNode::I64(n)) if *n >= 0 => {
+                Some(Timestamp::from_unix_nanos(n.checked_mul(1_000_000_000)?))
+            }
             Node::Static(StaticNode::U64(n)) => epoch(*n as f64),
             Node::Static(StaticNode::F64(f)) => epoch(*f),
             Node::String(s) => {
@@ -368,7 +411,10 @@ impl<'t, 'a> JsonRef<'t, 'a> {
                 let naive = chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f")
                     .or_else(|_| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f"))
                     .ok()?;
-                Some(Timestamp { unix_nanos: naive.and_utc().timestamp_nanos_opt()?, offset_secs: None })
+                Some(Timestamp {
+                    unix_nanos: naive.and_utc().timestamp_nanos_opt()?,
+                    offset_secs: None,
+                })
             }
             _ => None,
         }
@@ -377,7 +423,10 @@ impl<'t, 'a> JsonRef<'t, 'a> {
     /// Members of an object, in document order; empty for anything else.
     pub fn entries(&self) -> Entries<'t, 'a> {
         match self.node() {
-            Some(Node::Object { len, .. }) => Entries { rest: &self.0[1..], left: *len },
+            Some(Node::Object { len, .. }) => Entries {
+                rest: &self.0[1..],
+                left: *len,
+            },
             _ => Entries { rest: &[], left: 0 },
         }
     }
@@ -385,7 +434,10 @@ impl<'t, 'a> JsonRef<'t, 'a> {
     /// Elements of an array; empty for anything else.
     pub fn items(&self) -> Items<'t, 'a> {
         match self.node() {
-            Some(Node::Array { len, .. }) => Items { rest: &self.0[1..], left: *len },
+            Some(Node::Array { len, .. }) => Items {
+                rest: &self.0[1..],
+                left: *len,
+            },
             _ => Items { rest: &[], left: 0 },
         }
     }
@@ -516,7 +568,9 @@ fn write_static(out: &mut Vec<u8>, s: &StaticNode) {
         StaticNode::Bool(false) => out.extend_from_slice(b"false"),
         StaticNode::I64(n) => out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes()),
         StaticNode::U64(n) => out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes()),
-        StaticNode::F64(f) if f.is_finite() => out.extend_from_slice(ryu::Buffer::new().format_finite(*f).as_bytes()),
+        StaticNode::F64(f) if f.is_finite() => {
+            out.extend_from_slice(ryu::Buffer::new().format_finite(*f).as_bytes())
+        }
         StaticNode::F64(_) => out.extend_from_slice(b"null"),
     }
 }
@@ -602,24 +656,57 @@ mod tests {
 
     #[test]
     fn recognises_event_types_by_shape() {
-        assert_eq!(kind_of(r#"{"pbid":1,"model":{"name":"x"},"score":0.5}"#), EventKind::DarktraceModelBreach);
-        assert_eq!(kind_of(r#"{"pbid":1,"model":{"then":{"name":"x"},"now":{"name":"x"}}}"#), EventKind::DarktraceModelBreach);
-        assert_eq!(kind_of(r#"{"breachUrl":"https://x/#modelbreach/1"}"#), EventKind::DarktraceModelBreach);
-        assert_eq!(kind_of(r#"{"aiaScore":98,"title":"t"}"#), EventKind::DarktraceAiAnalyst);
-        assert_eq!(kind_of(r#"{"summariser":"S","periods":[]}"#), EventKind::DarktraceAiAnalyst);
-        assert_eq!(kind_of(r#"{"alert_name":"Probe Down","status":"Active"}"#), EventKind::DarktraceSystemStatus);
-        assert_eq!(kind_of(r#"{"username":"u","method":"POST","endpoint":"/login"}"#), EventKind::DarktraceAudit);
+        assert_eq!(
+            kind_of(r#"{"pbid":1,"model":{"name":"x"},"score":0.5}"#),
+            EventKind::DarktraceModelBreach
+        );
+        assert_eq!(
+            kind_of(r#"{"pbid":1,"model":{"then":{"name":"x"},"now":{"name":"x"}}}"#),
+            EventKind::DarktraceModelBreach
+        );
+        assert_eq!(
+            kind_of(r#"{"breachUrl":"https://x/#modelbreach/1"}"#),
+            EventKind::DarktraceModelBreach
+        );
+        assert_eq!(
+            kind_of(r#"{"aiaScore":98,"title":"t"}"#),
+            EventKind::DarktraceAiAnalyst
+        );
+        assert_eq!(
+            kind_of(r#"{"summariser":"S","periods":[]}"#),
+            EventKind::DarktraceAiAnalyst
+        );
+        assert_eq!(
+            kind_of(r#"{"alert_name":"Probe Down","status":"Active"}"#),
+            EventKind::DarktraceSystemStatus
+        );
+        assert_eq!(
+            kind_of(r#"{"username":"u","method":"POST","endpoint":"/login"}"#),
+            EventKind::DarktraceAudit
+        );
         // Antigena state change: pbid but a string model.
-        assert_eq!(kind_of(r#"{"pbid":0,"model":"m","action":"CREATE"}"#), EventKind::Json);
+        assert_eq!(
+            kind_of(r#"{"pbid":0,"model":"m","action":"CREATE"}"#),
+            EventKind::Json
+        );
         assert_eq!(kind_of(r#"[{"pbid":1,"model":{}}]"#), EventKind::Json);
         assert_eq!(kind_of(r#""just a string""#), EventKind::Json);
     }
 
     #[test]
     fn log_type_wins_over_sniffing() {
-        assert_eq!(kind_of(r#"{"pbid":1,"model":{},"log_type":"aianalyst"}"#), EventKind::DarktraceAiAnalyst);
-        assert_eq!(kind_of(r#"{"aiaScore":1,"log_type":"modelbreaches"}"#), EventKind::DarktraceModelBreach);
-        assert_eq!(kind_of(r#"{"log_type":"unknown","aiaScore":1}"#), EventKind::DarktraceAiAnalyst);
+        assert_eq!(
+            kind_of(r#"{"pbid":1,"model":{},"log_type":"aianalyst"}"#),
+            EventKind::DarktraceAiAnalyst
+        );
+        assert_eq!(
+            kind_of(r#"{"aiaScore":1,"log_type":"modelbreaches"}"#),
+            EventKind::DarktraceModelBreach
+        );
+        assert_eq!(
+            kind_of(r#"{"log_type":"unknown","aiaScore":1}"#),
+            EventKind::DarktraceAiAnalyst
+        );
     }
 
     #[test]
@@ -636,12 +723,18 @@ mod tests {
     #[test]
     fn scalar_roots_serialise() {
         assert_eq!(parse_with("42", &ParseOptions::default()).unwrap().1, "42");
-        assert_eq!(parse_with(" \"x\" ", &ParseOptions::default()).unwrap().1, "\"x\"");
+        assert_eq!(
+            parse_with(" \"x\" ", &ParseOptions::default()).unwrap().1,
+            "\"x\""
+        );
     }
 
     #[test]
     fn depth_limit_is_enforced_without_recursion() {
-        let options = ParseOptions { json_max_depth: 8, ..ParseOptions::default() };
+        let options = ParseOptions {
+            json_max_depth: 8,
+            ..ParseOptions::default()
+        };
         let ok = format!("{}{}", "[".repeat(8), "]".repeat(8));
         assert!(parse_with(&ok, &options).is_ok());
         let deep = format!("{}{}", "[".repeat(9), "]".repeat(9));
@@ -650,13 +743,23 @@ mod tests {
 
         // Very deep input with the default limit: an error, not a stack overflow.
         let huge = format!("{}{}", "[{\"a\":".repeat(200_000), "}]".repeat(200_000));
-        let options = ParseOptions { json_max_bytes: 8 << 20, ..ParseOptions::default() };
-        assert_eq!(parse_with(&huge, &options).unwrap_err().kind(), ParseErrorKind::JsonDepth);
+        let options = ParseOptions {
+            json_max_bytes: 8 << 20,
+            ..ParseOptions::default()
+        };
+        assert_eq!(
+            parse_with(&huge, &options).unwrap_err().kind(),
+            ParseErrorKind::JsonDepth
+        );
     }
 
     #[test]
     fn a_deep_but_allowed_document_writes_back_iteratively() {
-        let options = ParseOptions { json_max_depth: 100_000, json_max_bytes: 8 << 20, ..ParseOptions::default() };
+        let options = ParseOptions {
+            json_max_depth: 100_000,
+            json_max_bytes: 8 << 20,
+            ..ParseOptions::default()
+        };
         let deep = format!("{}1{}", "[".repeat(50_000), "]".repeat(50_000));
         let (_, out) = parse_with(&deep, &options).unwrap();
         assert_eq!(out, deep);
@@ -664,7 +767,10 @@ mod tests {
 
     #[test]
     fn size_limit_is_enforced() {
-        let options = ParseOptions { json_max_bytes: 10, ..ParseOptions::default() };
+        let options = ParseOptions {
+            json_max_bytes: 10,
+            ..ParseOptions::default()
+        };
         assert!(parse_with(r#"{"a":"b"}"#, &options).is_ok());
         let err = parse_with(r#"{"a":"bcdefg"}"#, &options).unwrap_err();
         assert_eq!(err.kind(), ParseErrorKind::JsonSize);
@@ -672,7 +778,13 @@ mod tests {
 
     #[test]
     fn syntax_errors_are_reported() {
-        for bad in [r#"{"a":}"#, r#"{"a":1"#, r#"{"a":1} trailing"#, "[1,2,,]", r#"{"a":"\x"}"#] {
+        for bad in [
+            r#"{"a":}"#,
+            r#"{"a":1"#,
+            r#"{"a":1} trailing"#,
+            "[1,2,,]",
+            r#"{"a":"\x"}"#,
+        ] {
             let err = parse_with(bad, &ParseOptions::default()).unwrap_err();
             assert_eq!(err.kind(), ParseErrorKind::JsonSyntax, "{bad}: {err}");
         }
@@ -685,19 +797,35 @@ mod tests {
         for i in 0..3 {
             let text = format!(r#"{{"pbid":{i},"model":{{"name":"m{i}"}}}}"#);
             let body = parse(&text, &options, &mut scratch).unwrap();
-            assert_eq!(body.root().path(&["model", "name"]).and_then(|v| v.str()), Some(format!("m{i}").as_str()));
+            assert_eq!(
+                body.root().path(&["model", "name"]).and_then(|v| v.str()),
+                Some(format!("m{i}").as_str())
+            );
             assert_eq!(body.root().get("pbid").and_then(|v| v.i64()), Some(i));
         }
-        assert!(scratch.tape.capacity() > 0, "tape allocation returned to the scratch");
+        assert!(
+            scratch.tape.capacity() > 0,
+            "tape allocation returned to the scratch"
+        );
         // An error in between leaves the scratch usable.
         assert!(parse("{", &options, &mut scratch).is_err());
-        assert_eq!(parse("{\"aiaScore\":1}", &options, &mut scratch).unwrap().kind, EventKind::DarktraceAiAnalyst);
+        assert_eq!(
+            parse("{\"aiaScore\":1}", &options, &mut scratch)
+                .unwrap()
+                .kind,
+            EventKind::DarktraceAiAnalyst
+        );
     }
 
     #[test]
     fn lenient_numbers_accept_strings() {
         let mut scratch = JsonScratch::default();
-        let body = parse(r#"{"a":"72.9","b":72.9,"c":"x","d":7}"#, &ParseOptions::default(), &mut scratch).unwrap();
+        let body = parse(
+            r#"{"a":"72.9","b":72.9,"c":"x","d":7}"#,
+            &ParseOptions::default(),
+            &mut scratch,
+        )
+        .unwrap();
         let r = body.root();
         assert_eq!(r.get("a").unwrap().f64_lenient(), Some(72.9));
         assert_eq!(r.get("b").unwrap().f64_lenient(), Some(72.9));
@@ -710,12 +838,26 @@ mod tests {
         let mut scratch = JsonScratch::default();
         let text = r#"{"ms":1657748807000,"s":1618760651,"fs":1658110810.556194,"str":"2022-07-11 11:47:51","iso":"2021-08-03T14:48:09.240+02:00","sms":"1657748807000","bad":"yesterday","neg":-5}"#;
         let body = parse(text, &ParseOptions::default(), &mut scratch).unwrap();
-        let t = |k: &str| body.root().get(k).unwrap().timestamp().map(|t| t.unix_nanos);
+        let t = |k: &str| {
+            body.root()
+                .get(k)
+                .unwrap()
+                .timestamp()
+                .map(|t| t.unix_nanos)
+        };
         assert_eq!(t("ms"), Some(1_657_748_807_000_000_000));
         assert_eq!(t("s"), Some(1_618_760_651_000_000_000));
         assert_eq!(t("fs"), Some(1_658_110_810_556_194_000));
         assert_eq!(t("str"), Some(1_657_540_071_000_000_000));
-        assert_eq!(body.root().get("str").unwrap().timestamp().unwrap().offset_secs, None);
+        assert_eq!(
+            body.root()
+                .get("str")
+                .unwrap()
+                .timestamp()
+                .unwrap()
+                .offset_secs,
+            None
+        );
         assert_eq!(t("iso"), Some(1_627_994_889_240_000_000));
         assert_eq!(t("sms"), Some(1_657_748_807_000_000_000));
         assert_eq!(t("bad"), None);
@@ -725,7 +867,16 @@ mod tests {
     #[test]
     fn snake_case_keys() {
         let mut out = Vec::new();
-        for (k, want) in [("aiaScore", "aia_score"), ("techniqueID", "technique_id"), ("iris-event-type", "iris_event_type"), ("ip6", "ip6"), ("log_type", "log_type"), ("pbid", "pbid"), ("aB\"c", "a_b\\\"c"), ("ÉtatX", "État_x")] {
+        for (k, want) in [
+            ("aiaScore", "aia_score"),
+            ("techniqueID", "technique_id"),
+            ("iris-event-type", "iris_event_type"),
+            ("ip6", "ip6"),
+            ("log_type", "log_type"),
+            ("pbid", "pbid"),
+            ("aB\"c", "a_b\\\"c"),
+            ("ÉtatX", "État_x"),
+        ] {
             out.clear();
             write_snake_case(&mut out, k);
             assert_eq!(std::str::from_utf8(&out).unwrap(), want);

@@ -46,7 +46,11 @@ pub(super) fn write(event: &Event<'_>, body: &JsonBody<'_>, out: &mut Vec<u8>) {
     write_timestamp(o.key("TimeGenerated"), time);
     o.opt_str("Computer", event.syslog.hostname);
 
-    let str_at = |path: &[&str]| root.path(path).and_then(|v| v.str()).filter(|s| !s.is_empty());
+    let str_at = |path: &[&str]| {
+        root.path(path)
+            .and_then(|v| v.str())
+            .filter(|s| !s.is_empty())
+    };
     let mut skip: &[&str] = &[];
     if kind != EventKind::Json {
         o.str("DeviceVendor", "Darktrace");
@@ -55,7 +59,12 @@ pub(super) fn write(event: &Event<'_>, body: &JsonBody<'_>, out: &mut Vec<u8>) {
     match kind {
         EventKind::DarktraceModelBreach => {
             let model = json::darktrace_model(root);
-            let model_str = |k: &str| model.and_then(|m| m.get(k)).and_then(|v| v.str()).filter(|s| !s.is_empty());
+            let model_str = |k: &str| {
+                model
+                    .and_then(|m| m.get(k))
+                    .and_then(|v| v.str())
+                    .filter(|s| !s.is_empty())
+            };
             if let Some(pid) = model.and_then(|m| m.get("pid")) {
                 text_column(&mut o, "DeviceEventClassID", pid);
             }
@@ -82,18 +91,31 @@ pub(super) fn write(event: &Event<'_>, body: &JsonBody<'_>, out: &mut Vec<u8>) {
             }
             o.opt_str("RequestURL", str_at(&["breachUrl"]));
             o.opt_str("Message", model_str("description"));
-            skip = &["pbid", "breachUrl", "device.ip", "device.hostname", "device.macaddress"];
+            skip = &[
+                "pbid",
+                "breachUrl",
+                "device.ip",
+                "device.hostname",
+                "device.macaddress",
+            ];
         }
         EventKind::DarktraceAiAnalyst => {
             o.opt_str("DeviceEventClassID", str_at(&["summariser"]));
             o.opt_str("Activity", str_at(&["title"]));
             o.opt_str("DeviceEventCategory", str_at(&["category"]));
-            if let Some(score) = root.get("aiaScore").or_else(|| root.get("groupScore")).and_then(|v| v.f64_lenient()) {
+            if let Some(score) = root
+                .get("aiaScore")
+                .or_else(|| root.get("groupScore"))
+                .and_then(|v| v.f64_lenient())
+            {
                 severity(&mut o, score / 10.0);
             }
             if let Some(device) = root.get("breachDevices").and_then(|d| d.items().next()) {
                 o.opt_str("SourceIP", device.get("ip").and_then(|v| v.str()));
-                o.opt_str("SourceHostName", device.get("hostname").and_then(|v| v.str()));
+                o.opt_str(
+                    "SourceHostName",
+                    device.get("hostname").and_then(|v| v.str()),
+                );
                 o.opt_str("SourceMacAddress", device.get("mac").and_then(|v| v.str()));
             }
             o.opt_str("RequestURL", str_at(&["incidentEventUrl"]));
@@ -111,7 +133,15 @@ pub(super) fn write(event: &Event<'_>, body: &JsonBody<'_>, out: &mut Vec<u8>) {
             o.opt_str("DeviceName", str_at(&["hostname"]));
             o.opt_str("RequestURL", str_at(&["url"]));
             o.opt_str("Message", str_at(&["message"]));
-            skip = &["name", "alert_name", "priority_level", "ip_address", "hostname", "url", "message"];
+            skip = &[
+                "name",
+                "alert_name",
+                "priority_level",
+                "ip_address",
+                "hostname",
+                "url",
+                "message",
+            ];
         }
         EventKind::DarktraceAudit => {
             o.str("DeviceEventClassID", "audit");
@@ -193,11 +223,10 @@ fn write_flattened(out: &mut Vec<u8>, root: JsonRef<'_, '_>, skip: &[&str]) {
                 path.push_str(k);
                 v
             }),
-            Level::Array(items, index) => items.next().map(|v| {
+            Level::Array(items, index) => items.next().inspect(|_| {
                 path.push('.');
                 path.push_str(itoa::Buffer::new().format(*index));
                 *index += 1;
-                v
             }),
         };
         let Some(value) = value else {
@@ -243,23 +272,30 @@ mod tests {
 
     fn csl(body: &str) -> serde_json::Value {
         let mut parser = Parser::new(ParseOptions::default());
-        let received = Received { source: "t", peer: None, received_at: Timestamp::from_unix_nanos(1_700_000_000_000_000_000) };
+        let received = Received {
+            source: "t",
+            peer: None,
+            received_at: Timestamp::from_unix_nanos(1_700_000_000_000_000_000),
+        };
         let event = parser.parse(received, body.as_bytes());
         let mut out = Vec::new();
         write(Schema::Commonsecuritylog, &event, &mut out);
-        serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
+        serde_json::from_slice(&out)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
     }
 
     #[test]
     fn model_breach_row() {
-        let v = csl(r#"{"pbid":123,"time":1657748807000,"score":0.674,"breachUrl":"https://dt/#modelbreach/123",
+        let v = csl(
+            r#"{"pbid":123,"time":1657748807000,"score":0.674,"breachUrl":"https://dt/#modelbreach/123",
             "model":{"name":"Device::Attack and Recon Tools","pid":135,"category":"Suspicious","description":"A\\nB"},
             "device":{"did":7,"ip":"81.2.69.192","hostname":"host.local","macaddress":"00:00:5e:00:53:00","ips":[{"ip":"175.16.199.2"}]},
             "triggeredComponents":[{"metric":{"label":"Connections"},"triggeredFilters":[
                {"filterType":"Destination IP","trigger":{"value":"175.16.199.9"}},
                {"filterType":"Destination port","trigger":{"value":"443"}},
                {"filterType":"Connection hostname","trigger":{"value":"evil.example"}},
-               {"filterType":"Message","trigger":{"value":"a;b\\c=d"}}]}]}"#);
+               {"filterType":"Message","trigger":{"value":"a;b\\c=d"}}]}]}"#,
+        );
         assert_eq!(v["TimeGenerated"], "2022-07-13T21:46:47.000Z");
         assert_eq!(v["DeviceVendor"], "Darktrace");
         assert_eq!(v["DeviceProduct"], "DCIP");
@@ -280,31 +316,45 @@ mod tests {
         assert!(ext.contains("device.ips.0.ip=175.16.199.2;"), "{ext}");
         assert!(ext.contains("model.pid=135;"), "{ext}");
         assert!(ext.contains(r"trigger.value=a\;b\\c=d;"), "{ext}");
-        assert!(!ext.contains("pbid="), "mapped fields are not repeated: {ext}");
+        assert!(
+            !ext.contains("pbid="),
+            "mapped fields are not repeated: {ext}"
+        );
         assert!(v.get("Computer").is_none());
     }
 
     #[test]
     fn ai_analyst_row_with_string_score() {
-        let v = csl(r#"{"aiaScore":"98.0","createdAt":1628002089240,"title":"Extensive SSH","summariser":"AdminConnSummary",
-            "id":"eabc0011","category":"critical","summary":"s","breachDevices":[{"ip":"81.2.69.144","hostname":null,"mac":null}]}"#);
+        let v = csl(
+            r#"{"aiaScore":"98.0","createdAt":1628002089240,"title":"Extensive SSH","summariser":"AdminConnSummary",
+            "id":"eabc0011","category":"critical","summary":"s","breachDevices":[{"ip":"81.2.69.144","hostname":null,"mac":null}]}"#,
+        );
         assert_eq!(v["TimeGenerated"], "2021-08-03T14:48:09.240Z");
         assert_eq!(v["Activity"], "Extensive SSH");
         assert_eq!(v["LogSeverity"], "10");
         assert_eq!(v["SourceIP"], "81.2.69.144");
         assert!(v.get("SourceHostName").is_none());
-        assert!(v["AdditionalExtensions"].as_str().unwrap().contains("id=eabc0011;"));
+        assert!(
+            v["AdditionalExtensions"]
+                .as_str()
+                .unwrap()
+                .contains("id=eabc0011;")
+        );
     }
 
     #[test]
     fn system_status_and_audit_rows() {
-        let v = csl(r#"{"last_updated":1658110810.556194,"priority":98,"priority_level":"critical","hostname":"probe","ip_address":"175.16.199.1","alert_name":"Probe Down","name":"probe_down-0","message":"lost","status":"Active"}"#);
+        let v = csl(
+            r#"{"last_updated":1658110810.556194,"priority":98,"priority_level":"critical","hostname":"probe","ip_address":"175.16.199.1","alert_name":"Probe Down","name":"probe_down-0","message":"lost","status":"Active"}"#,
+        );
         assert_eq!(v["TimeGenerated"], "2022-07-18T02:20:10.556194Z");
         assert_eq!(v["LogSeverity"], "10");
         assert_eq!(v["DeviceName"], "probe");
         assert_eq!(v["DeviceAddress"], "175.16.199.1");
         assert_eq!(v["Activity"], "Probe Down");
-        let v = csl(r#"{"username":"jsmith","method":"POST","endpoint":"/login","ip":"10.72.62.2","status":302,"description":"Failed login"}"#);
+        let v = csl(
+            r#"{"username":"jsmith","method":"POST","endpoint":"/login","ip":"10.72.62.2","status":302,"description":"Failed login"}"#,
+        );
         assert_eq!(v["SourceUserName"], "jsmith");
         assert_eq!(v["RequestMethod"], "POST");
         assert_eq!(v["Activity"], "Failed login");

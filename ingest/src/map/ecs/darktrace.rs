@@ -49,7 +49,13 @@ fn push_unique<'s>(list: &mut Strs<'s>, value: &'s str) {
 /// ECS dates as Elasticsearch's `date` type stores them: milliseconds (as Elastic's
 /// integration writes them), truncated.
 fn write_timestamp(out: &mut Vec<u8>, ts: Timestamp) {
-    write_timestamp_full(out, Timestamp { unix_nanos: ts.unix_nanos.div_euclid(1_000_000) * 1_000_000, ..ts });
+    write_timestamp_full(
+        out,
+        Timestamp {
+            unix_nanos: ts.unix_nanos.div_euclid(1_000_000) * 1_000_000,
+            ..ts
+        },
+    );
 }
 
 fn is_ip(s: &str) -> bool {
@@ -89,7 +95,11 @@ pub(super) fn write(event: &Event<'_>, body: &JsonBody<'_>, out: &mut Vec<u8>) {
         EventKind::DarktraceAudit => "audit",
         _ => "",
     };
-    let str_at = |path: &[&str]| root.path(path).and_then(|v| v.str()).filter(|s| !s.is_empty());
+    let str_at = |path: &[&str]| {
+        root.path(path)
+            .and_then(|v| v.str())
+            .filter(|s| !s.is_empty())
+    };
     let time = json::darktrace_event_time(kind, root)
         .or(event.syslog.timestamp)
         .unwrap_or(event.received.received_at);
@@ -110,7 +120,10 @@ pub(super) fn write(event: &Event<'_>, body: &JsonBody<'_>, out: &mut Vec<u8>) {
         EventKind::DarktraceModelBreach => {
             let model = json::darktrace_model(root);
             let model_get = |k: &str| model.and_then(|m| m.get(k));
-            let category = model_get("category").and_then(|c| c.str()).unwrap_or("").to_ascii_lowercase();
+            let category = model_get("category")
+                .and_then(|c| c.str())
+                .unwrap_or("")
+                .to_ascii_lowercase();
             let is_event = category == "compliance" || category == "informational";
             let conn = json::darktrace_triggered_connection(root);
             {
@@ -142,7 +155,11 @@ pub(super) fn write(event: &Event<'_>, body: &JsonBody<'_>, out: &mut Vec<u8>) {
                     write_timestamp(e.key("created"), created);
                 }
                 let mut starts: SmallVec<[i64; 4]> = SmallVec::new();
-                for c in root.get("triggeredComponents").iter().flat_map(|c| c.items()) {
+                for c in root
+                    .get("triggeredComponents")
+                    .iter()
+                    .flat_map(|c| c.items())
+                {
                     if let Some(t) = c.get("time").and_then(|t| t.timestamp())
                         && !starts.contains(&t.unix_nanos)
                     {
@@ -169,7 +186,11 @@ pub(super) fn write(event: &Event<'_>, body: &JsonBody<'_>, out: &mut Vec<u8>) {
                 {
                     h.str("id", itoa::Buffer::new().format(did));
                 }
-                if let Some(name) = device.get("hostname").and_then(|v| v.str()).filter(|s| !s.is_empty()) {
+                if let Some(name) = device
+                    .get("hostname")
+                    .and_then(|v| v.str())
+                    .filter(|s| !s.is_empty())
+                {
                     if is_ip(name) {
                         push_unique(&mut related_ip, name);
                     } else {
@@ -187,9 +208,21 @@ pub(super) fn write(event: &Event<'_>, body: &JsonBody<'_>, out: &mut Vec<u8>) {
                 if !ips.is_empty() {
                     write_str_array(h.key("ip"), &ips);
                 }
-                if let Some(mac) = device.get("macaddress").and_then(|v| v.str()).filter(|s| !s.is_empty()) {
-                    let normalised: String =
-                        mac.chars().map(|c| if c == ':' || c == '.' { '-' } else { c.to_ascii_uppercase() }).collect();
+                if let Some(mac) = device
+                    .get("macaddress")
+                    .and_then(|v| v.str())
+                    .filter(|s| !s.is_empty())
+                {
+                    let normalised: String = mac
+                        .chars()
+                        .map(|c| {
+                            if c == ':' || c == '.' {
+                                '-'
+                            } else {
+                                c.to_ascii_uppercase()
+                            }
+                        })
+                        .collect();
                     h.str("mac", &normalised);
                 }
                 h.opt_str("type", device.get("typename").and_then(|v| v.str()));
@@ -303,7 +336,12 @@ pub(super) fn write(event: &Event<'_>, body: &JsonBody<'_>, out: &mut Vec<u8>) {
                 h.end();
             }
             // Devices named in the incident's detail sections.
-            for section in root.get("details").iter().flat_map(|d| d.items()).flat_map(|s| s.items()) {
+            for section in root
+                .get("details")
+                .iter()
+                .flat_map(|d| d.items())
+                .flat_map(|s| s.items())
+            {
                 for content in section.get("contents").iter().flat_map(|c| c.items()) {
                     if content.get("type").and_then(|t| t.str()) != Some("device") {
                         continue;
@@ -328,7 +366,12 @@ pub(super) fn write(event: &Event<'_>, body: &JsonBody<'_>, out: &mut Vec<u8>) {
                 r.end();
             }
             let group = str_at(&["currentGroup"]);
-            let children: Strs<'_> = root.get("children").iter().flat_map(|c| c.items()).filter_map(|c| c.str()).collect();
+            let children: Strs<'_> = root
+                .get("children")
+                .iter()
+                .flat_map(|c| c.items())
+                .filter_map(|c| c.str())
+                .collect();
             if group.is_some() || !children.is_empty() {
                 let mut t = o.object("threat");
                 if !children.is_empty() {
@@ -508,7 +551,16 @@ pub(crate) fn write_log(o: &mut ObjectWriter<'_>, event: &Event<'_>) {
 
 /// Severity names as Elastic writes them (`Notice`, not `notice`).
 fn severity_title(severity: u8) -> &'static str {
-    const NAMES: [&str; 8] = ["Emergency", "Alert", "Critical", "Error", "Warning", "Notice", "Informational", "Debug"];
+    const NAMES: [&str; 8] = [
+        "Emergency",
+        "Alert",
+        "Critical",
+        "Error",
+        "Warning",
+        "Notice",
+        "Informational",
+        "Debug",
+    ];
     NAMES[(severity & 7) as usize]
 }
 
@@ -532,33 +584,54 @@ mod tests {
         event.syslog.hostname = Some("example.cloud.darktrace.com");
         let mut out = Vec::new();
         write(Schema::Ecs, &event, &mut out);
-        serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
+        serde_json::from_slice(&out)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
     }
 
     #[test]
     fn model_breach_follows_elastic() {
-        let v = ecs(r#"{"pbid":1,"time":1657748807000,"creationTime":1657748806000,"score":0.674,"breachUrl":"https://dt/#modelbreach/1",
+        let v = ecs(
+            r#"{"pbid":1,"time":1657748807000,"creationTime":1657748806000,"score":0.674,"breachUrl":"https://dt/#modelbreach/1",
             "model":{"then":{"name":"Old"},"now":{"name":"Compromise::Beaconing","uuid":"u-1","version":7,"priority":4,"category":"Critical","tags":["AP: C2"]}},
             "device":{"did":7,"ip":"81.2.69.192","hostname":"10.0.0.1","macaddress":"00:00:5e:00:53:aa","typename":"desktop","ips":[{"ip":"175.16.199.2"},{"ip":"10.0.0.#28445"}]},
-            "triggeredComponents":[{"time":1657748807000,"metric":{"label":"External Connections"}}]}"#);
+            "triggeredComponents":[{"time":1657748807000,"metric":{"label":"External Connections"}}]}"#,
+        );
         assert_eq!(v["@timestamp"], "2022-07-13T21:46:47.000Z");
         assert_eq!(v["event"]["kind"], "alert");
-        assert_eq!(v["event"]["category"], serde_json::json!(["threat", "network"]));
-        assert_eq!(v["event"]["type"], serde_json::json!(["info", "connection"]));
+        assert_eq!(
+            v["event"]["category"],
+            serde_json::json!(["threat", "network"])
+        );
+        assert_eq!(
+            v["event"]["type"],
+            serde_json::json!(["info", "connection"])
+        );
         assert_eq!(v["event"]["severity"], 4);
         assert_eq!(v["event"]["risk_score"], 0.674);
         assert_eq!(v["event"]["url"], "https://dt/#modelbreach/1");
         assert_eq!(v["event"]["created"], "2022-07-13T21:46:46.000Z");
-        assert_eq!(v["event"]["start"], serde_json::json!(["2022-07-13T21:46:47.000Z"]));
+        assert_eq!(
+            v["event"]["start"],
+            serde_json::json!(["2022-07-13T21:46:47.000Z"])
+        );
         assert_eq!(v["host"]["id"], "7");
-        assert!(v["host"].get("hostname").is_none(), "an IP is not a hostname");
+        assert!(
+            v["host"].get("hostname").is_none(),
+            "an IP is not a hostname"
+        );
         assert_eq!(v["host"]["ip"], serde_json::json!(["81.2.69.192"]));
         assert_eq!(v["host"]["mac"], "00-00-5E-00-53-AA");
-        assert_eq!(v["related"]["ip"], serde_json::json!(["10.0.0.1", "81.2.69.192", "175.16.199.2"]));
+        assert_eq!(
+            v["related"]["ip"],
+            serde_json::json!(["10.0.0.1", "81.2.69.192", "175.16.199.2"])
+        );
         assert_eq!(v["rule"]["name"], "Compromise::Beaconing");
         assert_eq!(v["rule"]["version"], "7");
         assert_eq!(v["rule"]["ruleset"], serde_json::json!(["AP: C2"]));
-        assert_eq!(v["darktrace"]["model_breach_alert"]["creation_time"], 1657748806000u64);
+        assert_eq!(
+            v["darktrace"]["model_breach_alert"]["creation_time"],
+            1657748806000u64
+        );
         assert_eq!(v["log"]["syslog"]["priority"], 165);
         assert_eq!(v["log"]["syslog"]["severity"]["name"], "Notice");
         assert_eq!(v["log"]["syslog"]["facility"]["name"], "local4");
@@ -567,7 +640,9 @@ mod tests {
 
     #[test]
     fn informational_models_are_events() {
-        let v = ecs(r#"{"pbid":1,"model":{"name":"x","category":"Informational"},"device":{"did":-1}}"#);
+        let v = ecs(
+            r#"{"pbid":1,"model":{"name":"x","category":"Informational"},"device":{"did":-1}}"#,
+        );
         assert_eq!(v["event"]["kind"], "event");
         assert!(v["event"].get("category").is_none());
         assert!(v["host"].get("id").is_none());
@@ -575,7 +650,9 @@ mod tests {
 
     #[test]
     fn audit_event() {
-        let v = ecs(r#"{"username":"jsmith","method":"POST","endpoint":"/login","ip":"10.72.62.2","status":302,"description":"Failed login"}"#);
+        let v = ecs(
+            r#"{"username":"jsmith","method":"POST","endpoint":"/login","ip":"10.72.62.2","status":302,"description":"Failed login"}"#,
+        );
         assert_eq!(v["event"]["outcome"], "failure");
         assert_eq!(v["event"]["action"], "POST /login");
         assert_eq!(v["user"]["name"], "jsmith");
