@@ -57,8 +57,9 @@ impl Default for ParseOptions {
 pub struct Scratch {
     /// Holds a lossy UTF-8 copy when the input is not valid UTF-8.
     utf8: String,
-    /// simd-json parses in place, so the JSON body is copied here first.
-    json: Vec<u8>,
+    /// simd-json parses in place, so the JSON body is copied here first; also holds the
+    /// reusable simd-json buffers and tape.
+    json: json::JsonScratch,
 }
 
 /// A per-core parser: options plus scratch buffers.
@@ -90,7 +91,7 @@ impl Parser {
 }
 
 /// Decides what the body is (JSON, CEF or text) and parses it.
-pub fn parse_body<'a>(body: &'a str, options: &ParseOptions, json_scratch: &'a mut Vec<u8>) -> Body<'a> {
+pub fn parse_body<'a>(body: &'a str, options: &ParseOptions, json_scratch: &'a mut json::JsonScratch) -> Body<'a> {
     let trimmed = body.trim_start();
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
         return match json::parse(trimmed, options, json_scratch) {
