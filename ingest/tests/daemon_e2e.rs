@@ -125,8 +125,13 @@ impl Daemon {
             }
             assert!(
                 started.elapsed() < timeout,
-                "{name}{labels:?}: {got} of {want} after {timeout:?}\n{}",
-                self.log()
+                "{name}{labels:?}: {got} of {want} after {timeout:?}\n{}\n{}",
+                self.log(),
+                self.metrics_text()
+                    .lines()
+                    .filter(|l| l.starts_with("sluice_") && !l.contains("_bucket"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -250,7 +255,11 @@ fn canonical(line: &str) -> String {
             out.push_str(&line[member_start..value_end]);
             first = false;
         }
-        i = if b.get(value_end) == Some(&b',') { value_end + 1 } else { value_end };
+        i = if b.get(value_end) == Some(&b',') {
+            value_end + 1
+        } else {
+            value_end
+        };
     }
     out.push('}');
     out
@@ -389,7 +398,10 @@ fn file_sink(name: &str, schema: &str, compression: &str, timeout_ms: u64) -> St
 #[test]
 fn canonical_removes_receive_fields() {
     let line = r#"{"received_at":"2026-01-01T00:00:00Z","source":"s","peer":"127.0.0.1:5","x":{"a":[1,"},"]},"y":"q\"","z":2}"#;
-    assert_eq!(canonical(line), r#"{"source":"s","x":{"a":[1,"},"]},"y":"q\"","z":2}"#);
+    assert_eq!(
+        canonical(line),
+        r#"{"source":"s","x":{"a":[1,"},"]},"y":"q\"","z":2}"#
+    );
     let v: serde_json::Value = serde_json::from_str(&canonical(line)).unwrap();
     assert_eq!(v["z"], 2);
     assert_eq!(canonical(r#"{"peer":"x"}"#), "{}");
@@ -553,6 +565,82 @@ fn udp_moderate_rate_zero_loss_metrics_agree() {
     }
     assert_same_multiset(expected, &lines);
     daemon.stop();
+}
+
+/// UDP overload with a tiny receive buffer and oversize datagrams: every datagram sent is
+/// either received or counted as a kernel drop, and every received one is in a file or
+/// counted as dropped (`oversize`, `queue_full`). Nothing disappears silently.
+#[test]
+fn udp_overload_every_loss_is_counted() {
+    const TOTAL: usize = 50_000;
+    let tables = format!(
+        "[sources.udp_in]\ntype = \"udp\"\nlisten = \"127.0.0.1:0\"\nthreads = 1\nreceive_buffer_bytes = 8192\n\
+         max_message_bytes = 512\noversize = \"reject\"\n{}",
+        file_sink("all", "raw", "none", 100)
+    );
+    let daemon = Daemon::start(&tables);
+    let addr = daemon.udp.unwrap();
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut oversize_sent = 0u64;
+    for i in 0..TOTAL {
+        let mut m = message(i);
+        if i % 100 == 7 {
+            m.push_str(&" pad".repeat(200));
+            oversize_sent += 1;
+        }
+        client.send_to(m.as_bytes(), addr).unwrap();
+    }
+    // Kernel drops are polled about once a second.
+    let started = Instant::now();
+    let (received, kernel) = loop {
+        let text = daemon.metrics_text();
+        let received = metric_value(&text, "sluice_received_messages_total", &[]);
+        let kernel = metric_value(
+            &text,
+            "sluice_dropped_messages_total",
+            &[("reason", "kernel_rcvbuf")],
+        );
+        if received + kernel >= TOTAL as u64 {
+            break (received, kernel);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "received {received} + kernel drops {kernel} < {TOTAL}\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(received + kernel, TOTAL as u64);
+    assert!(
+        kernel > 0,
+        "an 8 KiB receive buffer should overflow under a blast of {TOTAL} datagrams"
+    );
+    let (log, daemon) = daemon.stop();
+    let oversize = log_total(&log, "dropped_oversize");
+    let queue_full = log_total(&log, "dropped_queue_full");
+    assert!(oversize > 0 && oversize <= oversize_sent, "{log}");
+    let lines = read_output(&daemon.out().join("all"));
+    assert_eq!(
+        lines.len() as u64,
+        received - oversize - queue_full,
+        "{log}"
+    );
+    assert_eq!(log_total(&log, "dropped_kernel_rcvbuf"), kernel, "{log}");
+    assert!(
+        lines.iter().all(|l| l.len() < 600),
+        "no oversize message was written"
+    );
+}
+
+/// A `key=value` total from the daemon's exit log line.
+fn log_total(log: &str, key: &str) -> u64 {
+    let line = log
+        .lines()
+        .find(|l| l.contains("shut down"))
+        .expect("exit log line");
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{key} missing in {line}"))
 }
 
 /// SIGTERM writes every accepted message even though no batch is due yet.
