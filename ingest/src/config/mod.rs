@@ -180,6 +180,19 @@ pub struct PipelineConfig {
     /// Pin readers and workers to their core.
     #[serde(default = "yes")]
     pub pin_threads: bool,
+    /// Socket reader implementation: `auto` (io_uring when usable, else portable),
+    /// `portable`, or `io_uring` (fail at start-up when unusable).
+    #[serde(default)]
+    pub io_backend: IoBackend,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoBackend {
+    #[default]
+    Auto,
+    Portable,
+    IoUring,
 }
 
 impl Default for PipelineConfig {
@@ -189,12 +202,14 @@ impl Default for PipelineConfig {
             queue_batches: default_queue_batches(),
             sink_queue_batches: default_sink_queue_batches(),
             pin_threads: true,
+            io_backend: IoBackend::Auto,
         }
     }
 }
 
 fn default_queue_batches() -> usize {
-    256
+    // With ~256 frames or 256 KiB per batch: at most ~16 MiB queued per worker.
+    64
 }
 fn default_sink_queue_batches() -> usize {
     8

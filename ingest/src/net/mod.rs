@@ -123,13 +123,28 @@ impl Backend {
     }
 }
 
-/// Picks the fastest usable backend and says why. The io_uring backend plugs in here:
-/// `match uring::probe() { Ok(()) => return (Backend::Uring, ...), Err(why) => ... }`.
-pub fn select_backend() -> (Backend, String) {
-    (
-        Backend::Portable,
-        "the io_uring backend is not built into this binary".to_string(),
-    )
+/// The io_uring backend, when this kernel lets us use it. At merge this becomes
+/// `uring::probe().map(|()| Backend::Uring)`.
+fn io_uring_backend() -> Result<Backend, String> {
+    Err("the io_uring backend is not built into this binary".to_string())
+}
+
+/// Picks the backend for `preference` and says why; `Err` when an explicit `io_uring`
+/// preference cannot be honoured.
+pub fn select_backend(preference: crate::config::IoBackend) -> Result<(Backend, String), String> {
+    use crate::config::IoBackend;
+    match preference {
+        IoBackend::Portable => Ok((Backend::Portable, "chosen in the config".to_string())),
+        IoBackend::Auto => match io_uring_backend() {
+            Ok(backend) => Ok((backend, "io_uring is usable".to_string())),
+            Err(why) => Ok((Backend::Portable, format!("io_uring unavailable: {why}"))),
+        },
+        IoBackend::IoUring => io_uring_backend()
+            .map(|backend| (backend, "chosen in the config".to_string()))
+            .map_err(|why| {
+                format!("io_backend = \"io_uring\", but io_uring is unavailable: {why}")
+            }),
+    }
 }
 
 /// Per-socket kernel drop counter (`sk_drops`: datagrams dropped because the receive buffer was
@@ -325,6 +340,20 @@ mod tests {
             "{}",
             handle.render()
         );
+    }
+
+    #[test]
+    fn backend_selection_honours_the_config() {
+        use crate::config::IoBackend;
+        assert_eq!(
+            select_backend(IoBackend::Portable).unwrap().0,
+            Backend::Portable
+        );
+        let (backend, why) = select_backend(IoBackend::Auto).unwrap();
+        assert!(!why.is_empty());
+        if backend == Backend::Portable {
+            assert!(select_backend(IoBackend::IoUring).is_err());
+        }
     }
 
     #[test]

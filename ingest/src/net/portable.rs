@@ -24,8 +24,9 @@ use crate::net::{FrameBatch, ReaderContext, SHUTDOWN_POLL};
 
 /// Bytes read from a TCP connection per `read` call.
 const TCP_READ_BYTES: usize = 64 * 1024;
-/// A TCP reader hands its batch over once it holds this many bytes, whatever the frame count.
-const TCP_BATCH_MAX_BYTES: usize = 1 << 20;
+/// A TCP reader hands its batch over once it holds this many bytes, whatever the frame count
+/// (bounds the memory a full worker queue can hold).
+const TCP_BATCH_MAX_BYTES: usize = 256 * 1024;
 /// Most datagrams one `recvmmsg` call may return.
 const UDP_MAX_SLOTS: usize = 1024;
 /// Room for the SO_RXQ_OVFL control message (one u32) with alignment slack.
@@ -171,7 +172,10 @@ pub fn run_udp(socket: UdpSocket, ctx: ReaderContext) -> std::io::Result<()> {
     let mut bufs = MmsgBuffers::new(slots, slot_bytes);
     let mut last_kernel_drops: u32 = 0;
     let mut last_warned: Option<Instant> = None;
-    let mut spare: Option<FrameBatch> = None;
+    // The batch being filled. When the worker queue is full it is kept and filled further (up
+    // to a cap), so a burst coalesces into fewer, larger hand-overs instead of being dropped.
+    let mut batch = fresh_batch(&ctx.recycled, ctx.source_index);
+    let max_pending_frames = slots.saturating_mul(UDP_PENDING_FACTOR);
 
     while !ctx.shutdown.load(Ordering::Relaxed) {
         bufs.reset();
@@ -191,18 +195,18 @@ pub fn run_udp(socket: UdpSocket, ctx: ReaderContext) -> std::io::Result<()> {
             match e.kind() {
                 std::io::ErrorKind::WouldBlock
                 | std::io::ErrorKind::TimedOut
-                | std::io::ErrorKind::Interrupted => continue,
+                | std::io::ErrorKind::Interrupted => {
+                    if !batch.is_empty() && !offer(&mut batch, &ctx, usize::MAX, usize::MAX) {
+                        return Ok(());
+                    }
+                    continue;
+                }
                 _ => return Err(e),
             }
         }
-        let mut batch = match spare.take() {
-            Some(mut b) => {
-                b.clear();
-                b
-            }
-            None => fresh_batch(&ctx.recycled, ctx.source_index),
-        };
-        batch.received_at = Some(Timestamp::now());
+        if batch.received_at.is_none() {
+            batch.received_at = Some(Timestamp::now());
+        }
         let (mut truncated, mut rejected, mut messages, mut bytes) = (0u64, 0u64, 0u64, 0u64);
         for i in 0..n as usize {
             if let Some(drops) = bufs.kernel_drops(i) {
@@ -242,20 +246,53 @@ pub fn run_udp(socket: UdpSocket, ctx: ReaderContext) -> std::io::Result<()> {
         if rejected > 0 {
             ctx.counters.dropped_oversize.increment(rejected);
         }
-        if batch.is_empty() {
-            spare = Some(batch);
-            continue;
+        if !batch.is_empty() && !offer(&mut batch, &ctx, max_pending_frames, UDP_PENDING_MAX_BYTES)
+        {
+            return Ok(());
         }
-        match ctx.to_worker.try_send(batch) {
-            Ok(()) => {}
-            Err(TrySendError::Full(b)) => {
-                ctx.counters.dropped_queue_full.increment(b.len() as u64);
-                spare = Some(b);
-            }
-            Err(TrySendError::Disconnected(_)) => return Ok(()),
+    }
+    // Shutdown: the workers are still draining, so what was read is handed over.
+    if !batch.is_empty() {
+        let frames = batch.len() as u64;
+        if ctx
+            .to_worker
+            .send_timeout(batch, UDP_SHUTDOWN_GRACE)
+            .is_err()
+        {
+            ctx.counters.dropped_queue_full.increment(frames);
         }
     }
     Ok(())
+}
+
+/// A full batch may grow to this many times `batch_max_frames` while the queue is full.
+const UDP_PENDING_FACTOR: usize = 16;
+const UDP_PENDING_MAX_BYTES: usize = 8 << 20;
+const UDP_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Offers `batch` to the worker without waiting. On success `batch` becomes a fresh one. On a
+/// full queue it is kept to be filled further, unless it has reached the cap, in which case
+/// its messages are dropped and counted as `queue_full`. False when the worker is gone.
+fn offer(batch: &mut FrameBatch, ctx: &ReaderContext, max_frames: usize, max_bytes: usize) -> bool {
+    let full = std::mem::take(batch);
+    match ctx.to_worker.try_send(full) {
+        Ok(()) => {
+            *batch = fresh_batch(&ctx.recycled, ctx.source_index);
+            true
+        }
+        Err(TrySendError::Full(back)) => {
+            *batch = back;
+            if batch.len() >= max_frames || batch.data.len() >= max_bytes {
+                ctx.counters
+                    .dropped_queue_full
+                    .increment(batch.len() as u64);
+                batch.clear();
+                batch.source = ctx.source_index;
+            }
+            true
+        }
+        Err(TrySendError::Disconnected(_)) => false,
+    }
 }
 
 /// What a connection thread needs (a per-connection share of the [`ReaderContext`]).
@@ -561,7 +598,7 @@ mod tests {
     }
 
     #[test]
-    fn udp_counts_queue_full() {
+    fn udp_coalesces_then_counts_queue_full() {
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         let counters = metrics::with_local_recorder(&recorder, || ReaderCounters::register("q"));
@@ -572,21 +609,44 @@ mod tests {
         let shutdown = Arc::new(AtomicBool::new(false));
         let mut ctx = context(tx, rrx, shutdown.clone());
         ctx.counters = counters;
+        // One datagram per recvmmsg; a held batch may reach 16 frames before it is dropped.
         ctx.batch_max_frames = 1;
         let reader = std::thread::spawn(move || run_udp(socket, ctx));
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();
-        for _ in 0..3 {
-            client.send_to(b"x", addr).unwrap();
-            std::thread::sleep(Duration::from_millis(20));
+        for i in 0..20 {
+            client.send_to(format!("m{i}").as_bytes(), addr).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
         }
-        std::thread::sleep(Duration::from_millis(100));
+        let dropped = |text: &str| {
+            text.contains("sluice_dropped_messages_total{source=\"q\",reason=\"queue_full\"} 16")
+        };
+        let started = std::time::Instant::now();
+        while !dropped(&handle.render()) {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{}",
+                handle.render()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // At shutdown the held batch is handed over once the queue has room.
         shutdown.store(true, Ordering::Relaxed);
+        let first = rx.recv_timeout(Duration::from_secs(1)).unwrap();
+        let last = rx.recv_timeout(Duration::from_secs(5)).unwrap();
         reader.join().unwrap().unwrap();
-        assert_eq!(rx.len(), 1);
-        let text = handle.render();
+        let names = |b: &FrameBatch| {
+            b.frames
+                .iter()
+                .map(|f| String::from_utf8(b.frame(f).to_vec()).unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&first), ["m0"]);
+        assert_eq!(names(&last), ["m17", "m18", "m19"]);
+        assert!(dropped(&handle.render()), "{}", handle.render());
         assert!(
-            text.contains("sluice_dropped_messages_total{source=\"q\",reason=\"queue_full\"} 2"),
-            "{text}"
+            handle
+                .render()
+                .contains("sluice_received_messages_total{source=\"q\"} 20")
         );
     }
 }

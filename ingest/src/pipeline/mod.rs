@@ -112,6 +112,9 @@ fn kernel_drop_counter(source: &str, totals: &Arc<Totals>) -> metrics::Counter {
     tee(inner, totals, |t| &t.dropped_kernel_rcvbuf)
 }
 
+/// Reads the current length of one queue.
+type QueueLen = Box<dyn Fn() -> usize + Send>;
+
 /// A bound listening socket, ready for a reader.
 enum Bound {
     Udp(std::net::UdpSocket),
@@ -138,7 +141,8 @@ impl Pipeline {
     /// Binds every socket, then starts sinks, workers and readers. Nothing is started if any
     /// socket cannot be bound or any sink cannot be opened.
     pub fn start(config: &Config, mut periodic: Vec<PeriodicTask>) -> anyhow::Result<Pipeline> {
-        let (backend, why) = crate::net::select_backend();
+        let (backend, why) = crate::net::select_backend(config.pipeline.io_backend)
+            .map_err(|e| anyhow::anyhow!(e))?;
         tracing::info!(
             backend = backend.name(),
             "socket reader backend: {} ({why})",
@@ -203,6 +207,7 @@ impl Pipeline {
         let sink_draining = Arc::new(AtomicBool::new(false));
         let mut sink_handles = Vec::new();
         let mut sink_ports = Vec::new();
+        let mut depth_gauges: Vec<(metrics::Gauge, QueueLen)> = Vec::new();
         for (name, sink) in &config.sinks {
             let stage = match sink {
                 SinkConfig::File(f) => {
@@ -216,6 +221,11 @@ impl Pipeline {
                 SinkConfig::File(f) => f.compression_threads,
             };
             let (tx, rx) = bounded(config.pipeline.sink_queue_batches);
+            let depth = rx.clone();
+            depth_gauges.push((
+                crate::metrics::queue_depth_gauge("sink", name.clone()),
+                Box::new(move || depth.len()),
+            ));
             let (spare_tx, spare_rx) =
                 bounded(config.pipeline.sink_queue_batches + worker_count + threads);
             let counters = crate::metrics::SinkCounters::register(name);
@@ -361,16 +371,13 @@ impl Pipeline {
 
         // Maintenance: gauges and periodic tasks. Only receivers are kept here: holding a
         // sender would keep the queues from disconnecting at shutdown.
-        let depth_gauges: Vec<_> = worker_queues
-            .iter()
-            .enumerate()
-            .map(|(core, (_, rx))| {
-                (
-                    crate::metrics::queue_depth_gauge("worker", core.to_string()),
-                    rx.clone(),
-                )
-            })
-            .collect();
+        for (core, (_, rx)) in worker_queues.iter().enumerate() {
+            let depth = rx.clone();
+            depth_gauges.push((
+                crate::metrics::queue_depth_gauge("worker", core.to_string()),
+                Box::new(move || depth.len()),
+            ));
+        }
         drop(worker_queues);
         let host_gauge = metrics::gauge!(crate::metrics::HOST_UDP_RCVBUF_ERRORS);
         let maintenance_stop = Arc::new(AtomicBool::new(false));
@@ -381,8 +388,8 @@ impl Pipeline {
                 loop {
                     // Runs once more after `stop` so drops during the drain are counted too.
                     let stopping = stop.load(Ordering::Relaxed);
-                    for (gauge, rx) in &depth_gauges {
-                        gauge.set(rx.len() as f64);
+                    for (gauge, len) in &depth_gauges {
+                        gauge.set(len() as f64);
                     }
                     if let Some(errors) = crate::metrics::host_udp_rcvbuf_errors() {
                         host_gauge.set(errors as f64);
