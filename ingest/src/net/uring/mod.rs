@@ -13,6 +13,7 @@ mod udp;
 use std::io;
 use std::time::{Duration, Instant};
 
+pub use handoff::Totals as ReaderTotals;
 pub use tcp::{ConnectionFramer, run_tcp, run_tcp_with};
 pub use udp::{run_udp, run_udp_with};
 
@@ -171,7 +172,9 @@ fn explain_setup_error(e: &io::Error, sysctl: Option<&str>) -> String {
 pub(crate) fn kernel_version(release: &str) -> Option<(u32, u32)> {
     let mut parts = release.trim().split(['.', '-']);
     let major = parts.next()?.parse().ok()?;
-    let minor = parts.next()?.trim_end_matches(|c: char| !c.is_ascii_digit()).parse().ok()?;
+    let minor = parts.next()?;
+    let digits = minor.find(|c: char| !c.is_ascii_digit()).unwrap_or(minor.len());
+    let minor = minor[..digits].parse().ok()?;
     Some((major, minor))
 }
 

@@ -92,6 +92,7 @@ pub fn run_tcp_with<F: ConnectionFramer>(
         accept_armed: false,
         accept_retry_at: None,
         rearm: Vec::new(),
+        waiting: std::collections::VecDeque::new(),
         new_framer,
         error: None,
         dropped_desync: metrics::counter!(
@@ -159,6 +160,9 @@ struct TcpReader<'c, F, N> {
     accept_armed: bool,
     /// Set after a resource error: accept again only after this instant.
     accept_retry_at: Option<Instant>,
+    /// Accepted beyond the limit (in the window before a cancelled accept stopped); opened as
+    /// slots free up. At most the few the kernel accepted before the cancellation.
+    waiting: std::collections::VecDeque<TcpStream>,
     /// Connections whose multishot receive ended without the connection ending.
     rearm: Vec<usize>,
     new_framer: N,
@@ -171,7 +175,7 @@ struct TcpReader<'c, F, N> {
 impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
     fn arm(&mut self, ring: &mut IoUring) -> io::Result<()> {
         let accept_due = self.accept_retry_at.is_none_or(|t| Instant::now() >= t);
-        if !self.accept_armed && self.active < self.max_connections && accept_due {
+        if !self.accept_armed && self.active < self.max_connections && self.waiting.is_empty() && accept_due {
             let accept = opcode::AcceptMulti::new(types::Fd(self.listener_fd)).flags(libc::SOCK_CLOEXEC).build().user_data(ACCEPT);
             // SAFETY: multishot accept without an address buffer references no user memory.
             unsafe { push_sqe(ring, &accept)? };
@@ -242,13 +246,23 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
         }
         // SAFETY: a non-negative accept result is a new descriptor owned by nobody else.
         let stream = unsafe { TcpStream::from_raw_fd(result) };
-        if self.active >= self.max_connections || self.ctx.shutdown.load(Ordering::Relaxed) {
-            // Accepted in the window before the accept was cancelled.
-            if self.limit_log.ready() {
-                tracing::warn!(source = %self.ctx.source_name, limit = self.max_connections, "connection limit reached; closing a new connection");
-            }
+        if self.active >= self.max_connections {
+            // Accepted by the multishot accept before its cancellation took effect: the client
+            // may already have sent data, so it waits for a free slot rather than being closed.
+            self.waiting.push_back(stream);
             return Ok(());
         }
+        self.open(stream);
+        if self.active >= self.max_connections && self.accept_armed {
+            if self.limit_log.ready() {
+                tracing::warn!(source = %self.ctx.source_name, limit = self.max_connections, "connection limit reached; new connections wait in the backlog");
+            }
+            self.cancel_accept(ring)?;
+        }
+        Ok(())
+    }
+
+    fn open(&mut self, stream: TcpStream) {
         let peer = stream.peer_addr().ok();
         let slot = self.free_slots.pop().unwrap_or_else(|| {
             self.connections.push(None);
@@ -259,13 +273,6 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
         self.connections[slot] = Some(Connection { stream, peer, framer: (self.new_framer)(), generation, armed: false });
         self.active += 1;
         self.rearm.push(slot);
-        if self.active >= self.max_connections && self.accept_armed {
-            if self.limit_log.ready() {
-                tracing::warn!(source = %self.ctx.source_name, limit = self.max_connections, "connection limit reached; new connections wait in the backlog");
-            }
-            self.cancel_accept(ring)?;
-        }
-        Ok(())
     }
 
     fn cancel_accept(&mut self, ring: &mut IoUring) -> io::Result<()> {
@@ -361,6 +368,11 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
         self.generations[slot] = self.generations[slot].wrapping_add(1) & 0xff_ffff;
         self.free_slots.push(slot);
         self.active -= 1;
+        if !self.ctx.shutdown.load(Ordering::Relaxed)
+            && let Some(stream) = self.waiting.pop_front()
+        {
+            self.open(stream);
+        }
     }
 
     fn feed(&mut self, slot: usize, data: &[u8]) {

@@ -52,7 +52,11 @@ pub fn run_udp_with(socket: UdpSocket, ctx: ReaderContext, options: &UringOption
     let mut msghdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
     msghdr.msg_namelen = NAME_BYTES as libc::socklen_t;
     msghdr.msg_controllen = RXQ_OVFL_CMSG_SPACE as _;
-    let recv = opcode::RecvMsgMulti::new(types::Fd(socket.as_raw_fd()), &*msghdr, bufs.bgid()).build().user_data(RECV);
+    // MSG_TRUNC: report a cut datagram's real length, so received bytes count what was sent.
+    let recv = opcode::RecvMsgMulti::new(types::Fd(socket.as_raw_fd()), &*msghdr, bufs.bgid())
+        .flags(libc::MSG_TRUNC as u32)
+        .build()
+        .user_data(RECV);
 
     let mut reader = UdpReader {
         handoff: Handoff::new(&ctx, options.batch_max_bytes),
