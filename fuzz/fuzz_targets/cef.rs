@@ -1,0 +1,20 @@
+//! CEF parser: never panics on any text.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use sluice::parse::cef;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let (prefix, record) = match cef::find_cef_start(text) {
+        Some(start) => (&text[..start], &text[start..]),
+        None => ("", text),
+    };
+    if let Ok(parsed) = cef::parse(record, prefix) {
+        for ext in &parsed.extensions {
+            assert!(!ext.key.is_empty());
+        }
+    }
+});
