@@ -389,3 +389,57 @@ fn tcp_connection_limit_defers_instead_of_losing() {
     let options = UringOptions { max_connections: 2, ..Default::default() };
     tcp_lines(4, 2_000, 16, false, options);
 }
+
+/// The production entry point with the real framer: octet counting and LF on parallel
+/// connections (framing `auto` detects each), every message once and in order.
+#[test]
+fn tcp_run_tcp_with_stream_framer_auto() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut h = harness(64, 128, FrameLimits::default());
+    let mut ctx = h.ctx.take().unwrap();
+    ctx.framing = Framing::Auto;
+    let reader = thread::spawn(move || uring::run_tcp(listener, ctx));
+    const LINES: usize = 10_000;
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            thread::spawn(move || {
+                let mut stream = TcpStream::connect(addr).unwrap();
+                let mut out = Vec::new();
+                for i in 0..LINES {
+                    let msg = line(c, i);
+                    if c % 2 == 0 {
+                        out.extend_from_slice(format!("{} {msg}", msg.len()).as_bytes());
+                    } else {
+                        out.extend_from_slice(msg.as_bytes());
+                        out.push(b'\n');
+                    }
+                }
+                // Odd-sized writes split frames across receives.
+                for chunk in out.chunks(7777) {
+                    stream.write_all(chunk).unwrap();
+                }
+                stream.local_addr().unwrap()
+            })
+        })
+        .collect();
+    let mut next: HashMap<SocketAddr, usize> = HashMap::new();
+    let mut seen = 0;
+    while seen < 4 * LINES {
+        let batch = h.batches.recv_timeout(Duration::from_secs(20)).expect("messages stopped arriving");
+        for f in &batch.frames {
+            let text = std::str::from_utf8(batch.frame(f)).unwrap();
+            let conn: usize = text.split(' ').nth(1).unwrap().parse().unwrap();
+            let i = next.entry(f.peer.unwrap()).or_insert(0);
+            assert_eq!(text, line(conn, *i));
+            assert!(!f.truncated);
+            *i += 1;
+            seen += 1;
+        }
+    }
+    for c in clients {
+        assert_eq!(next[&c.join().unwrap()], LINES);
+    }
+    h.shutdown.store(true, Ordering::Relaxed);
+    reader.join().unwrap().unwrap();
+}
