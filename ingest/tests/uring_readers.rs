@@ -36,7 +36,12 @@ fn harness(queue: usize, batch_max_frames: usize, limits: FrameLimits) -> Harnes
         recycled,
         shutdown: shutdown.clone(),
     };
-    Harness { ctx: Some(ctx), batches, recycle, shutdown }
+    Harness {
+        ctx: Some(ctx),
+        batches,
+        recycle,
+        shutdown,
+    }
 }
 
 fn udp_socket(rcvbuf: usize) -> UdpSocket {
@@ -56,7 +61,9 @@ fn udp_socket(rcvbuf: usize) -> UdpSocket {
     if !forced {
         socket.set_recv_buffer_size(rcvbuf).unwrap();
     }
-    socket.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
     socket.into()
 }
 
@@ -85,12 +92,21 @@ fn udp_200k_datagrams_arrive_intact_with_peers() {
     let mut kernel_drops = KernelDrops::new(&rx, "test").unwrap();
     // The queue holds more batches than the window has datagrams: the worker never lags enough
     // to fill it (a full queue is counted, not lost silently: see udp_full_queue_drops_and_counts).
-    let mut h = harness(2048, 512, FrameLimits { max_frame_bytes: 65536, oversize: OversizePolicy::Truncate });
+    let mut h = harness(
+        2048,
+        512,
+        FrameLimits {
+            max_frame_bytes: 65536,
+            oversize: OversizePolicy::Truncate,
+        },
+    );
     let ctx = h.ctx.take().unwrap();
     let reader = thread::spawn(move || uring::run_udp_with(rx, ctx, &UringOptions::default()));
 
     let delivered = Arc::new(AtomicU64::new(0));
-    let senders: Vec<UdpSocket> = (0..SENDERS).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+    let senders: Vec<UdpSocket> = (0..SENDERS)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
     let peers: Vec<SocketAddr> = senders.iter().map(|s| s.local_addr().unwrap()).collect();
 
     // Loopback may reorder datagrams of one sender (its thread can move between CPUs, each
@@ -111,7 +127,8 @@ fn udp_200k_datagrams_arrive_intact_with_peers() {
         }
     }
     let worker = {
-        let (batches, recycle, delivered) = (h.batches.clone(), h.recycle.clone(), delivered.clone());
+        let (batches, recycle, delivered) =
+            (h.batches.clone(), h.recycle.clone(), delivered.clone());
         thread::spawn(move || {
             let mut seen = 0u64;
             let mut batch_count = 0u64;
@@ -126,8 +143,14 @@ fn udp_200k_datagrams_arrive_intact_with_peers() {
                 for f in &batch.frames {
                     let peer = f.peer.expect("every datagram has its source address");
                     let left = expected.get_mut(&(peer, digest(batch.frame(f))));
-                    let left = left.unwrap_or_else(|| panic!("unexpected datagram of {} bytes from {peer}", f.len));
-                    assert!(*left > 0, "datagram of {} bytes from {peer} delivered twice", f.len);
+                    let left = left.unwrap_or_else(|| {
+                        panic!("unexpected datagram of {} bytes from {peer}", f.len)
+                    });
+                    assert!(
+                        *left > 0,
+                        "datagram of {} bytes from {peer} delivered twice",
+                        f.len
+                    );
                     *left -= 1;
                     assert!(!f.truncated);
                     seen += 1;
@@ -135,7 +158,11 @@ fn udp_200k_datagrams_arrive_intact_with_peers() {
                 delivered.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 let _ = recycle.try_send(batch);
             }
-            (seen, batch_count, expected.values().map(|n| u64::from(*n)).sum::<u64>())
+            (
+                seen,
+                batch_count,
+                expected.values().map(|n| u64::from(*n)).sum::<u64>(),
+            )
         })
     };
 
@@ -149,7 +176,8 @@ fn udp_200k_datagrams_arrive_intact_with_peers() {
             s.spawn(move || {
                 let mut buf = Vec::new();
                 for i in 0..PER_SENDER {
-                    while sent.load(Ordering::Relaxed) >= delivered.load(Ordering::Relaxed) + WINDOW {
+                    while sent.load(Ordering::Relaxed) >= delivered.load(Ordering::Relaxed) + WINDOW
+                    {
                         // The worker stops on a mismatch or a stall: stop sending, report below.
                         if worker.is_finished() || Instant::now() > deadline {
                             return;
@@ -167,7 +195,11 @@ fn udp_200k_datagrams_arrive_intact_with_peers() {
     let drops = kernel_drops.poll().unwrap();
     h.shutdown.store(true, Ordering::Relaxed);
     let totals: ReaderTotals = reader.join().unwrap().unwrap();
-    assert_eq!((seen, missing, drops), (SENDERS * PER_SENDER, 0, 0), "delivered, missing, kernel drops; reader {totals:?}");
+    assert_eq!(
+        (seen, missing, drops),
+        (SENDERS * PER_SENDER, 0, 0),
+        "delivered, missing, kernel drops; reader {totals:?}"
+    );
     assert_eq!(totals.messages, SENDERS * PER_SENDER);
     let bytes: u64 = (0..PER_SENDER).map(|i| udp_size(i) as u64).sum::<u64>() * SENDERS;
     assert_eq!(totals.bytes, bytes);
@@ -176,7 +208,11 @@ fn udp_200k_datagrams_arrive_intact_with_peers() {
     assert!(batch_count < SENDERS * PER_SENDER, "datagrams are batched");
 }
 
-fn udp_one_shot(options: UringOptions, limits: FrameLimits, datagrams: &[&[u8]]) -> (Vec<(Vec<u8>, bool)>, ReaderTotals) {
+fn udp_one_shot(
+    options: UringOptions,
+    limits: FrameLimits,
+    datagrams: &[&[u8]],
+) -> (Vec<(Vec<u8>, bool)>, ReaderTotals) {
     let rx = udp_socket(1 << 20);
     let target = rx.local_addr().unwrap();
     let mut h = harness(16, 64, limits);
@@ -208,21 +244,37 @@ fn udp_one_shot(options: UringOptions, limits: FrameLimits, datagrams: &[&[u8]])
 #[test]
 fn udp_truncation_is_flagged() {
     let big = vec![b'x'; 2000];
-    let limits = FrameLimits { max_frame_bytes: 65536, oversize: OversizePolicy::Truncate };
+    let limits = FrameLimits {
+        max_frame_bytes: 65536,
+        oversize: OversizePolicy::Truncate,
+    };
     // A 1 KiB buffer cannot hold a 2000-byte datagram: the kernel cuts it (MSG_TRUNC).
-    let small_buffers = UringOptions { udp_buffer_bytes: 1024, ..Default::default() };
+    let small_buffers = UringOptions {
+        udp_buffer_bytes: 1024,
+        ..Default::default()
+    };
     let (frames, totals) = udp_one_shot(small_buffers, limits, &[b"short\n", &big]);
     assert_eq!(frames.len(), 2);
     assert_eq!(frames[0], (b"short".to_vec(), false));
     assert!(frames[1].1, "cut by the kernel");
     assert!(frames[1].0.len() < 1024 && frames[1].0.iter().all(|b| *b == b'x'));
-    assert_eq!(totals.bytes, 6 + 2000, "bytes count what was sent, not what fitted");
+    assert_eq!(
+        totals.bytes,
+        6 + 2000,
+        "bytes count what was sent, not what fitted"
+    );
 
     // Longer than max_frame_bytes: truncated to the limit, or rejected and counted.
-    let limits = FrameLimits { max_frame_bytes: 100, oversize: OversizePolicy::Truncate };
+    let limits = FrameLimits {
+        max_frame_bytes: 100,
+        oversize: OversizePolicy::Truncate,
+    };
     let (frames, _) = udp_one_shot(UringOptions::default(), limits, &[&big]);
     assert_eq!(frames, vec![(vec![b'x'; 100], true)]);
-    let limits = FrameLimits { max_frame_bytes: 100, oversize: OversizePolicy::Reject };
+    let limits = FrameLimits {
+        max_frame_bytes: 100,
+        oversize: OversizePolicy::Reject,
+    };
     let (frames, totals) = udp_one_shot(UringOptions::default(), limits, &[&big, b"ok"]);
     assert_eq!(frames, vec![(b"ok".to_vec(), false)]);
     assert_eq!((totals.messages, totals.dropped_oversize), (2, 1));
@@ -238,7 +290,8 @@ fn udp_full_queue_drops_and_counts() {
     let reader = thread::spawn(move || uring::run_udp_with(rx, ctx, &UringOptions::default()));
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
     for i in 0..500 {
-        tx.send_to(format!("message {i}").as_bytes(), target).unwrap();
+        tx.send_to(format!("message {i}").as_bytes(), target)
+            .unwrap();
     }
     thread::sleep(Duration::from_millis(300));
     h.shutdown.store(true, Ordering::Relaxed);
@@ -257,21 +310,29 @@ fn readers_stop_within_200ms() {
         let reader = if tcp {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
-            let r = thread::spawn(move || uring::run_tcp_with(listener, ctx, &UringOptions::default(), LineFramer::default));
+            let r = thread::spawn(move || {
+                uring::run_tcp_with(listener, ctx, &UringOptions::default(), LineFramer::default)
+            });
             // An idle open connection must not hold shutdown up.
             let conn = TcpStream::connect(addr).unwrap();
             thread::sleep(Duration::from_millis(150));
             (r, Some(conn))
         } else {
             let rx = udp_socket(1 << 20);
-            (thread::spawn(move || uring::run_udp_with(rx, ctx, &UringOptions::default())), None)
+            (
+                thread::spawn(move || uring::run_udp_with(rx, ctx, &UringOptions::default())),
+                None,
+            )
         };
         thread::sleep(Duration::from_millis(100));
         let asked = Instant::now();
         h.shutdown.store(true, Ordering::Relaxed);
         reader.0.join().unwrap().unwrap();
         let took = asked.elapsed();
-        assert!(took < Duration::from_millis(200), "tcp={tcp}: shutdown took {took:?}");
+        assert!(
+            took < Duration::from_millis(200),
+            "tcp={tcp}: shutdown took {took:?}"
+        );
     }
 }
 
@@ -285,10 +346,16 @@ impl ConnectionFramer for LineFramer {
     fn feed(&mut self, mut data: &[u8], emit: &mut dyn FnMut(FrameEvent<'_>)) {
         while let Some(at) = data.iter().position(|b| *b == b'\n') {
             if self.partial.is_empty() {
-                emit(FrameEvent::Frame { bytes: &data[..at], truncated: false });
+                emit(FrameEvent::Frame {
+                    bytes: &data[..at],
+                    truncated: false,
+                });
             } else {
                 self.partial.extend_from_slice(&data[..at]);
-                emit(FrameEvent::Frame { bytes: &self.partial, truncated: false });
+                emit(FrameEvent::Frame {
+                    bytes: &self.partial,
+                    truncated: false,
+                });
                 self.partial.clear();
             }
             data = &data[at + 1..];
@@ -298,7 +365,10 @@ impl ConnectionFramer for LineFramer {
 
     fn finish(&mut self, emit: &mut dyn FnMut(FrameEvent<'_>)) {
         if !self.partial.is_empty() {
-            emit(FrameEvent::Frame { bytes: &self.partial, truncated: false });
+            emit(FrameEvent::Frame {
+                bytes: &self.partial,
+                truncated: false,
+            });
             self.partial.clear();
         }
     }
@@ -310,12 +380,19 @@ fn line(conn: usize, i: usize) -> String {
 
 /// Several connections; every line arrives once, in order per connection, with its peer.
 /// `queue` of 1 with a slow worker exercises backpressure (nothing may be lost).
-fn tcp_lines(connections: usize, lines: usize, queue: usize, slow_worker: bool, options: UringOptions) {
+fn tcp_lines(
+    connections: usize,
+    lines: usize,
+    queue: usize,
+    slow_worker: bool,
+    options: UringOptions,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let mut h = harness(queue, 256, FrameLimits::default());
     let ctx = h.ctx.take().unwrap();
-    let reader = thread::spawn(move || uring::run_tcp_with(listener, ctx, &options, LineFramer::default));
+    let reader =
+        thread::spawn(move || uring::run_tcp_with(listener, ctx, &options, LineFramer::default));
 
     let clients: Vec<_> = (0..connections)
         .map(|c| {
@@ -344,7 +421,10 @@ fn tcp_lines(connections: usize, lines: usize, queue: usize, slow_worker: bool, 
     let total = connections * lines;
     let mut seen = 0;
     while seen < total {
-        let batch = h.batches.recv_timeout(Duration::from_secs(20)).expect("lines stopped arriving");
+        let batch = h
+            .batches
+            .recv_timeout(Duration::from_secs(20))
+            .expect("lines stopped arriving");
         if slow_worker {
             thread::sleep(Duration::from_millis(2));
         }
@@ -352,7 +432,11 @@ fn tcp_lines(connections: usize, lines: usize, queue: usize, slow_worker: bool, 
             let peer = f.peer.expect("peer recorded at accept");
             let text = std::str::from_utf8(batch.frame(f)).unwrap();
             let conn: usize = text.split(' ').nth(1).unwrap().parse().unwrap();
-            assert_eq!(*which.entry(peer).or_insert(conn), conn, "one peer, one connection");
+            assert_eq!(
+                *which.entry(peer).or_insert(conn),
+                conn,
+                "one peer, one connection"
+            );
             let i = next.entry(peer).or_insert(0);
             assert_eq!(text, line(conn, *i));
             *i += 1;
@@ -367,7 +451,10 @@ fn tcp_lines(connections: usize, lines: usize, queue: usize, slow_worker: bool, 
     h.shutdown.store(true, Ordering::Relaxed);
     let totals = reader.join().unwrap().unwrap();
     assert_eq!(totals.messages as usize, total);
-    assert!(h.batches.try_recv().is_err(), "nothing beyond what was sent");
+    assert!(
+        h.batches.try_recv().is_err(),
+        "nothing beyond what was sent"
+    );
 }
 
 #[test]
@@ -379,14 +466,21 @@ fn tcp_connections_exactly_once_in_order() {
 fn tcp_backpressure_loses_nothing() {
     // Few small buffers and a one-batch queue drained slowly: receives run out of buffers
     // (ENOBUFS) and must be re-armed; TCP flow control holds the senders.
-    let options = UringOptions { tcp_buffers: 4, tcp_buffer_bytes: 1024, ..Default::default() };
+    let options = UringOptions {
+        tcp_buffers: 4,
+        tcp_buffer_bytes: 1024,
+        ..Default::default()
+    };
     tcp_lines(3, 5_000, 1, true, options);
 }
 
 #[test]
 fn tcp_connection_limit_defers_instead_of_losing() {
     // Four connections through a reader that serves two at a time.
-    let options = UringOptions { max_connections: 2, ..Default::default() };
+    let options = UringOptions {
+        max_connections: 2,
+        ..Default::default()
+    };
     tcp_lines(4, 2_000, 16, false, options);
 }
 
@@ -426,7 +520,10 @@ fn tcp_run_tcp_with_stream_framer_auto() {
     let mut next: HashMap<SocketAddr, usize> = HashMap::new();
     let mut seen = 0;
     while seen < 4 * LINES {
-        let batch = h.batches.recv_timeout(Duration::from_secs(20)).expect("messages stopped arriving");
+        let batch = h
+            .batches
+            .recv_timeout(Duration::from_secs(20))
+            .expect("messages stopped arriving");
         for f in &batch.frames {
             let text = std::str::from_utf8(batch.frame(f)).unwrap();
             let conn: usize = text.split(' ').nth(1).unwrap().parse().unwrap();

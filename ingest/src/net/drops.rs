@@ -34,11 +34,16 @@ pub fn enable_rxq_ovfl(fd: BorrowedFd<'_>) -> io::Result<()> {
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Control-message space a receive needs for the `SO_RXQ_OVFL` counter.
-pub const RXQ_OVFL_CMSG_SPACE: usize = cmsg_align(std::mem::size_of::<libc::cmsghdr>()) + cmsg_align(4);
+pub const RXQ_OVFL_CMSG_SPACE: usize =
+    cmsg_align(std::mem::size_of::<libc::cmsghdr>()) + cmsg_align(4);
 
 const fn cmsg_align(len: usize) -> usize {
     let a = std::mem::size_of::<usize>();
@@ -73,7 +78,13 @@ pub fn socket_drops(fd: BorrowedFd<'_>) -> io::Result<u32> {
     let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
     // SAFETY: `info` is a writable buffer of `len` bytes; the kernel writes at most `len`.
     let rc = unsafe {
-        libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_MEMINFO, info.as_mut_ptr().cast(), &mut len)
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
     };
     if rc != 0 {
         return Err(io::Error::last_os_error());
@@ -124,7 +135,13 @@ impl KernelDrops {
             "source" => source.to_string(),
             "reason" => "kernel_rcvbuf"
         );
-        let mut this = KernelDrops { fd, inode, last: None, counter, total: 0 };
+        let mut this = KernelDrops {
+            fd,
+            inode,
+            last: None,
+            counter,
+            total: 0,
+        };
         this.last = this.read().ok();
         Ok(this)
     }
@@ -134,7 +151,10 @@ impl KernelDrops {
             Ok(v) => Ok(v),
             Err(e) => {
                 for table in ["/proc/net/udp", "/proc/net/udp6"] {
-                    if let Some(v) = std::fs::read_to_string(table).ok().and_then(|t| proc_udp_drops(&t, self.inode)) {
+                    if let Some(v) = std::fs::read_to_string(table)
+                        .ok()
+                        .and_then(|t| proc_udp_drops(&t, self.inode))
+                    {
                         return Ok(v as u32);
                     }
                 }
@@ -199,7 +219,10 @@ impl Default for SystemUdpErrors {
 
 impl SystemUdpErrors {
     pub fn new() -> Self {
-        let mut this = SystemUdpErrors { last: None, gauge: metrics::gauge!("sluice_kernel_udp_rcvbuf_errors") };
+        let mut this = SystemUdpErrors {
+            last: None,
+            gauge: metrics::gauge!("sluice_kernel_udp_rcvbuf_errors"),
+        };
         this.last = Self::read();
         this
     }
@@ -235,7 +258,9 @@ mod tests {
         assert_eq!(parse_rcvbuf_errors(snmp, snmp6), Some(8));
         assert_eq!(parse_rcvbuf_errors(snmp, ""), Some(5));
         assert_eq!(parse_rcvbuf_errors("", ""), None);
-        assert!(parse_rcvbuf_errors(&std::fs::read_to_string("/proc/net/snmp").unwrap(), "").is_some());
+        assert!(
+            parse_rcvbuf_errors(&std::fs::read_to_string("/proc/net/snmp").unwrap(), "").is_some()
+        );
     }
 
     #[test]
@@ -250,7 +275,8 @@ mod tests {
     fn cmsg_parsing() {
         let mut buf = vec![0u8; RXQ_OVFL_CMSG_SPACE + 3];
         let w = std::mem::size_of::<usize>();
-        buf[1..1 + w].copy_from_slice(&(cmsg_align(std::mem::size_of::<libc::cmsghdr>()) + 4).to_ne_bytes());
+        buf[1..1 + w]
+            .copy_from_slice(&(cmsg_align(std::mem::size_of::<libc::cmsghdr>()) + 4).to_ne_bytes());
         buf[1 + w..1 + w + 4].copy_from_slice(&libc::SOL_SOCKET.to_ne_bytes());
         buf[1 + w + 4..1 + w + 8].copy_from_slice(&libc::SO_RXQ_OVFL.to_ne_bytes());
         let data = 1 + cmsg_align(std::mem::size_of::<libc::cmsghdr>());
@@ -271,14 +297,24 @@ mod tests {
         use std::net::UdpSocket;
         let rx = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
         rx.set_recv_buffer_size(4096).unwrap();
-        rx.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+        rx.bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
         let rx: UdpSocket = rx.into();
         enable_rxq_ovfl(rx.as_fd()).unwrap();
         let mut drops = KernelDrops::new(&rx, "test").unwrap();
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
         let sent = 500u64;
         for i in 0..sent {
-            tx.send_to(format!("datagram {i:06} {}", "x".repeat(200)).as_bytes(), rx.local_addr().unwrap()).unwrap();
+            tx.send_to(
+                format!("datagram {i:06} {}", "x".repeat(200)).as_bytes(),
+                rx.local_addr().unwrap(),
+            )
+            .unwrap();
         }
         let dropped = drops.poll().unwrap();
         assert!(dropped > 0, "a 4 KiB buffer cannot hold {sent} datagrams");
@@ -292,7 +328,10 @@ mod tests {
         let mut buf = [0u8; 512];
         let mut cmsg = [0u8; 64];
         loop {
-            let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+            let mut iov = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            };
             // SAFETY: a zeroed msghdr is valid; every pointer set below targets a live local.
             let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
             msg.msg_iov = &mut iov;
@@ -310,9 +349,13 @@ mod tests {
         assert_eq!(received + dropped, sent);
         // Datagrams queued after the loss carry the socket's drop count, equal to SO_MEMINFO's.
         let before_loss = last_ovfl;
-        tx.send_to(b"after the loss", rx.local_addr().unwrap()).unwrap();
+        tx.send_to(b"after the loss", rx.local_addr().unwrap())
+            .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
-        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
         // SAFETY: as above.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_iov = &mut iov;
@@ -321,7 +364,10 @@ mod tests {
         msg.msg_controllen = cmsg.len();
         // SAFETY: msg describes live buffers of the stated sizes.
         assert_eq!(unsafe { libc::recvmsg(rx.as_raw_fd(), &mut msg, 0) }, 14);
-        assert_eq!(rxq_ovfl_from_cmsgs(&cmsg[..msg.msg_controllen]).map(u64::from), Some(dropped));
+        assert_eq!(
+            rxq_ovfl_from_cmsgs(&cmsg[..msg.msg_controllen]).map(u64::from),
+            Some(dropped)
+        );
         assert!(before_loss.is_none_or(|v| u64::from(v) <= dropped));
         assert_eq!(drops.poll().unwrap(), 0);
         assert_eq!(drops.total, dropped);

@@ -53,7 +53,9 @@ impl BufRing {
         if entries == 0 || !entries.is_power_of_two() || entries > 32768 || buf_len == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("buffer ring of {entries} x {buf_len} bytes: need a power-of-two count up to 32768"),
+                format!(
+                    "buffer ring of {entries} x {buf_len} bytes: need a power-of-two count up to 32768"
+                ),
             ));
         }
         let ring_bytes = usize::from(entries) * std::mem::size_of::<BufRingEntry>();
@@ -67,7 +69,16 @@ impl BufRing {
                 return Err(e);
             }
         };
-        let mut this = BufRing { ring, ring_bytes, bufs, bufs_bytes, buf_len: buf_len as usize, entries, bgid, tail: 0 };
+        let mut this = BufRing {
+            ring,
+            ring_bytes,
+            bufs,
+            bufs_bytes,
+            buf_len: buf_len as usize,
+            entries,
+            bgid,
+            tail: 0,
+        };
         for bid in 0..entries {
             this.recycle(bid);
         }
@@ -84,7 +95,14 @@ impl BufRing {
         // SAFETY: the descriptor memory is a page-aligned mapping of `entries` descriptors that
         // lives as long as `self`; callers keep `self` alive past the io_uring (field order in
         // the readers, and `probe` unregisters explicitly).
-        unsafe { submitter.register_buf_ring_with_flags(self.ring.as_ptr() as u64, self.entries, self.bgid, 0)? };
+        unsafe {
+            submitter.register_buf_ring_with_flags(
+                self.ring.as_ptr() as u64,
+                self.entries,
+                self.bgid,
+                0,
+            )?
+        };
         self.publish();
         Ok(())
     }
@@ -99,7 +117,9 @@ impl BufRing {
         // mapping. The kernel wrote this buffer before posting the CQE that named it and will
         // not touch it again until `recycle(bid)` hands it back, so nothing writes it while
         // the returned borrow (tied to `&self`) is alive.
-        Some(unsafe { std::slice::from_raw_parts(self.bufs.as_ptr().add(usize::from(bid) * self.buf_len), len) })
+        Some(unsafe {
+            std::slice::from_raw_parts(self.bufs.as_ptr().add(usize::from(bid) * self.buf_len), len)
+        })
     }
 
     /// Gives buffer `bid` back to the kernel (visible after the next [`BufRing::publish`]).

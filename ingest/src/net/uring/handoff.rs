@@ -44,9 +44,7 @@ pub struct Totals {
 impl Handoff {
     pub fn new(ctx: &ReaderContext, batch_max_bytes: usize) -> Self {
         let source = ctx.source_name.to_string();
-        let dropped = |reason: &'static str| {
-            metrics::counter!("sluice_dropped_messages_total", "source" => source.clone(), "reason" => reason)
-        };
+        let dropped = |reason: &'static str| metrics::counter!("sluice_dropped_messages_total", "source" => source.clone(), "reason" => reason);
         let mut handoff = Handoff {
             batch: FrameBatch::default(),
             batch_max_frames: ctx.batch_max_frames.max(1),
@@ -171,7 +169,8 @@ impl Handoff {
                 Err(SendTimeoutError::Timeout(back)) => {
                     batch = back;
                     if ctx.shutdown.load(Ordering::Relaxed) {
-                        let deadline = *grace_until.get_or_insert_with(|| Instant::now() + SHUTDOWN_SEND_GRACE);
+                        let deadline = *grace_until
+                            .get_or_insert_with(|| Instant::now() + SHUTDOWN_SEND_GRACE);
                         if Instant::now() >= deadline {
                             tracing::error!(
                                 source = %ctx.source_name,
@@ -195,5 +194,8 @@ impl Handoff {
 }
 
 fn worker_gone() -> io::Error {
-    io::Error::new(io::ErrorKind::BrokenPipe, "the parser worker's queue is closed")
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "the parser worker's queue is closed",
+    )
 }

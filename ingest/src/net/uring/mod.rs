@@ -69,11 +69,19 @@ impl UringOptions {
     pub fn validate(&self) -> io::Result<()> {
         let bad = |what: String| Err(io::Error::new(io::ErrorKind::InvalidInput, what));
         if !(8..=4096).contains(&self.ring_entries) {
-            return bad(format!("io_uring ring_entries {} outside 8..=4096", self.ring_entries));
+            return bad(format!(
+                "io_uring ring_entries {} outside 8..=4096",
+                self.ring_entries
+            ));
         }
-        for (name, count) in [("udp_buffers", self.udp_buffers), ("tcp_buffers", self.tcp_buffers)] {
+        for (name, count) in [
+            ("udp_buffers", self.udp_buffers),
+            ("tcp_buffers", self.tcp_buffers),
+        ] {
             if count == 0 || !count.is_power_of_two() || count > 32768 {
-                return bad(format!("io_uring {name} {count} must be a power of two in 1..=32768"));
+                return bad(format!(
+                    "io_uring {name} {count} must be a power of two in 1..=32768"
+                ));
             }
         }
         if !(udp::MIN_BUFFER_BYTES..=UDP_MAX_BUFFER_BYTES).contains(&self.udp_buffer_bytes) {
@@ -85,13 +93,22 @@ impl UringOptions {
             ));
         }
         if !(512..=1024 * 1024).contains(&self.tcp_buffer_bytes) {
-            return bad(format!("io_uring tcp_buffer_bytes {} outside 512..=1048576", self.tcp_buffer_bytes));
+            return bad(format!(
+                "io_uring tcp_buffer_bytes {} outside 512..=1048576",
+                self.tcp_buffer_bytes
+            ));
         }
         if !(1..=1_000_000).contains(&self.max_connections) {
-            return bad(format!("io_uring max_connections {} outside 1..=1000000", self.max_connections));
+            return bad(format!(
+                "io_uring max_connections {} outside 1..=1000000",
+                self.max_connections
+            ));
         }
         if !(4096..=256 * 1024 * 1024).contains(&self.batch_max_bytes) {
-            return bad(format!("io_uring batch_max_bytes {} outside 4096..=268435456", self.batch_max_bytes));
+            return bad(format!(
+                "io_uring batch_max_bytes {} outside 4096..=268435456",
+                self.batch_max_bytes
+            ));
         }
         Ok(())
     }
@@ -125,17 +142,23 @@ pub fn probe() -> Result<(), String> {
         (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
     ] {
         if !probe.is_supported(code) {
-            return Err(format!("io_uring opcode {name} is not supported by this kernel"));
+            return Err(format!(
+                "io_uring opcode {name} is not supported by this kernel"
+            ));
         }
     }
     if !ring.params().is_feature_ext_arg() {
-        return Err("io_uring lacks IORING_FEAT_EXT_ARG (wait with timeout); Linux 5.11+ needed".into());
+        return Err(
+            "io_uring lacks IORING_FEAT_EXT_ARG (wait with timeout); Linux 5.11+ needed".into(),
+        );
     }
     // Provided buffer rings (5.19+) are what the multishot receives draw from; register one
     // for real rather than trusting the version number (distribution kernels backport).
-    let bufs = BufRing::new(1, 4096, 0).map_err(|e| format!("cannot map an io_uring buffer ring: {e}"))?;
-    bufs.register(&ring.submitter())
-        .map_err(|e| format!("io_uring provided buffer rings unavailable (register_buf_ring: {e})"))?;
+    let bufs =
+        BufRing::new(1, 4096, 0).map_err(|e| format!("cannot map an io_uring buffer ring: {e}"))?;
+    bufs.register(&ring.submitter()).map_err(|e| {
+        format!("io_uring provided buffer rings unavailable (register_buf_ring: {e})")
+    })?;
     let _ = ring.submitter().unregister_buf_ring(0);
     Ok(())
 }
@@ -158,10 +181,14 @@ fn explain_setup_error(e: &io::Error, sysctl: Option<&str>) -> String {
     match e.raw_os_error() {
         Some(libc::ENOSYS) => "io_uring is not available in this kernel (ENOSYS)".into(),
         Some(libc::EPERM) | Some(libc::EACCES) => match sysctl.map(str::trim) {
-            Some("1") => "io_uring is restricted by sysctl kernel.io_uring_disabled=1 and this process \
+            Some("1") => {
+                "io_uring is restricted by sysctl kernel.io_uring_disabled=1 and this process \
                           is neither in kernel.io_uring_group nor has CAP_SYS_ADMIN"
-                .into(),
-            _ => format!("io_uring setup not permitted ({e}); a seccomp filter or container policy may block it"),
+                    .into()
+            }
+            _ => format!(
+                "io_uring setup not permitted ({e}); a seccomp filter or container policy may block it"
+            ),
         },
         Some(libc::ENOMEM) => format!("io_uring setup failed ({e}); RLIMIT_MEMLOCK may be too low"),
         _ => format!("io_uring setup failed: {e}"),
@@ -173,7 +200,9 @@ pub(crate) fn kernel_version(release: &str) -> Option<(u32, u32)> {
     let mut parts = release.trim().split(['.', '-']);
     let major = parts.next()?.parse().ok()?;
     let minor = parts.next()?;
-    let digits = minor.find(|c: char| !c.is_ascii_digit()).unwrap_or(minor.len());
+    let digits = minor
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(minor.len());
     let minor = minor[..digits].parse().ok()?;
     Some((major, minor))
 }
@@ -188,9 +217,9 @@ pub(crate) fn build_ring(sq_entries: u32, cq_entries: u32) -> io::Result<IoUring
         .build(sq_entries);
     match tuned {
         Ok(ring) => Ok(ring),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            IoUring::builder().setup_cqsize(cq_entries).build(sq_entries)
-        }
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::builder()
+            .setup_cqsize(cq_entries)
+            .build(sq_entries),
         Err(e) => Err(e),
     }
 }
@@ -201,7 +230,14 @@ pub(crate) fn wait_for_completions(ring: &IoUring, timeout: Duration) -> io::Res
     let args = io_uring::types::SubmitArgs::new().timespec(&ts);
     match ring.submitter().submit_with_args(1, &args) {
         Ok(_) => Ok(()),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)) => Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+            ) =>
+        {
+            Ok(())
+        }
         Err(e) => Err(e),
     }
 }
@@ -210,7 +246,10 @@ pub(crate) fn wait_for_completions(ring: &IoUring, timeout: Duration) -> io::Res
 ///
 /// # Safety
 /// Any memory `entry` points at must stay valid until the operation's last completion.
-pub(crate) unsafe fn push_sqe(ring: &mut IoUring, entry: &io_uring::squeue::Entry) -> io::Result<()> {
+pub(crate) unsafe fn push_sqe(
+    ring: &mut IoUring,
+    entry: &io_uring::squeue::Entry,
+) -> io::Result<()> {
     loop {
         // SAFETY: forwarded from this function's contract.
         if unsafe { ring.submission().push(entry) }.is_ok() {
@@ -250,7 +289,11 @@ pub(crate) struct RateLimit {
 
 impl RateLimit {
     pub fn new(interval: Duration) -> Self {
-        RateLimit { interval, last: None, suppressed: 0 }
+        RateLimit {
+            interval,
+            last: None,
+            suppressed: 0,
+        }
     }
 
     /// True when the caller should log now; `suppressed` then says how many were skipped.
@@ -297,11 +340,20 @@ mod tests {
     #[test]
     fn options_bounds() {
         UringOptions::default().validate().unwrap();
-        let o = UringOptions { udp_buffers: 3, ..Default::default() };
+        let o = UringOptions {
+            udp_buffers: 3,
+            ..Default::default()
+        };
         assert!(o.validate().is_err());
-        let o = UringOptions { udp_buffer_bytes: 100_000, ..Default::default() };
+        let o = UringOptions {
+            udp_buffer_bytes: 100_000,
+            ..Default::default()
+        };
         assert!(o.validate().is_err());
-        let o = UringOptions { max_connections: 0, ..Default::default() };
+        let o = UringOptions {
+            max_connections: 0,
+            ..Default::default()
+        };
         assert!(o.validate().is_err());
     }
 
@@ -312,7 +364,9 @@ mod tests {
         for addr in [v4, v6] {
             let raw = socket2::SockAddr::from(addr);
             // SAFETY: as_ptr points at `len()` initialised bytes of the sockaddr storage.
-            let bytes = unsafe { std::slice::from_raw_parts(raw.as_ptr() as *const u8, raw.len() as usize) };
+            let bytes = unsafe {
+                std::slice::from_raw_parts(raw.as_ptr() as *const u8, raw.len() as usize)
+            };
             assert_eq!(sockaddr_from_bytes(bytes), Some(addr));
         }
         assert_eq!(sockaddr_from_bytes(&[0u8; 3]), None);
@@ -322,7 +376,9 @@ mod tests {
     #[test]
     fn probe_ok_here() {
         // This machine runs 6.18 with io_uring enabled; a failure here names the reason.
-        if std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|s| s.trim() != "0") {
+        if std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+            .is_ok_and(|s| s.trim() != "0")
+        {
             assert!(probe().is_err());
             return;
         }

@@ -62,7 +62,10 @@ struct Connection<F> {
 /// Runs until `ctx.shutdown` is set; see [`run_tcp_with`].
 pub fn run_tcp(listener: TcpListener, ctx: ReaderContext) -> io::Result<()> {
     let (framing, limits) = (ctx.framing, ctx.limits);
-    run_tcp_with(listener, ctx, &UringOptions::default(), move || StreamFramer::new(framing, limits)).map(drop)
+    run_tcp_with(listener, ctx, &UringOptions::default(), move || {
+        StreamFramer::new(framing, limits)
+    })
+    .map(drop)
 }
 
 /// Accepts and reads connections on `listener` until `ctx.shutdown` is set. `new_framer` makes
@@ -113,7 +116,9 @@ pub fn run_tcp_with<F: ConnectionFramer>(
     })();
 
     // Cancel everything, then consume what arrived before the cancellation took effect.
-    let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any()).build().user_data(CANCEL);
+    let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+        .build()
+        .user_data(CANCEL);
     let mut settled = false;
     // SAFETY: a cancel request carries no pointers.
     if unsafe { push_sqe(&mut ring, &cancel) }.is_ok() {
@@ -144,7 +149,10 @@ pub fn run_tcp_with<F: ConnectionFramer>(
     let totals = reader.handoff.totals;
     tracing::debug!(source = %ctx.source_name, core = ctx.core, ?totals, "io_uring TCP reader stopped");
     let error = reader.error.take();
-    result.and(flushed).and(error.map_or(Ok(()), Err)).map(|()| totals)
+    result
+        .and(flushed)
+        .and(error.map_or(Ok(()), Err))
+        .map(|()| totals)
 }
 
 struct TcpReader<'c, F, N> {
@@ -175,15 +183,24 @@ struct TcpReader<'c, F, N> {
 impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
     fn arm(&mut self, ring: &mut IoUring) -> io::Result<()> {
         let accept_due = self.accept_retry_at.is_none_or(|t| Instant::now() >= t);
-        if !self.accept_armed && self.active < self.max_connections && self.waiting.is_empty() && accept_due {
-            let accept = opcode::AcceptMulti::new(types::Fd(self.listener_fd)).flags(libc::SOCK_CLOEXEC).build().user_data(ACCEPT);
+        if !self.accept_armed
+            && self.active < self.max_connections
+            && self.waiting.is_empty()
+            && accept_due
+        {
+            let accept = opcode::AcceptMulti::new(types::Fd(self.listener_fd))
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+                .user_data(ACCEPT);
             // SAFETY: multishot accept without an address buffer references no user memory.
             unsafe { push_sqe(ring, &accept)? };
             self.accept_armed = true;
             self.accept_retry_at = None;
         }
         while let Some(slot) = self.rearm.pop() {
-            let Some(conn) = self.connections.get_mut(slot).and_then(Option::as_mut) else { continue };
+            let Some(conn) = self.connections.get_mut(slot).and_then(Option::as_mut) else {
+                continue;
+            };
             if conn.armed {
                 continue;
             }
@@ -270,7 +287,13 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
             self.connections.len() - 1
         });
         let generation = self.generations[slot];
-        self.connections[slot] = Some(Connection { stream, peer, framer: (self.new_framer)(), generation, armed: false });
+        self.connections[slot] = Some(Connection {
+            stream,
+            peer,
+            framer: (self.new_framer)(),
+            generation,
+            armed: false,
+        });
         self.active += 1;
         self.rearm.push(slot);
     }
@@ -287,7 +310,11 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
         let result = cqe.result();
         let buffer = cqueue::buffer_select(cqe.flags());
         let more = cqueue::more(cqe.flags());
-        let live = self.connections.get(slot).and_then(Option::as_ref).is_some_and(|c| c.generation == generation);
+        let live = self
+            .connections
+            .get(slot)
+            .and_then(Option::as_ref)
+            .is_some_and(|c| c.generation == generation);
         if !live {
             if let Some(bid) = buffer {
                 bufs.recycle(bid);
@@ -298,7 +325,11 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
             if let Some(bid) = buffer {
                 match bufs.buffer(bid, result as usize) {
                     Some(data) => self.feed(slot, data),
-                    None => self.error = Some(io::Error::other(format!("recv completion names buffer {bid} of length {result}"))),
+                    None => {
+                        self.error = Some(io::Error::other(format!(
+                            "recv completion names buffer {bid} of length {result}"
+                        )))
+                    }
                 }
                 bufs.recycle(bid);
             }
@@ -352,18 +383,34 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
 
     /// Finishes the framer (its unterminated tail becomes a frame) and frees the slot.
     fn close(&mut self, slot: usize) {
-        let Some(conn) = self.connections[slot].as_mut() else { return };
+        let Some(conn) = self.connections[slot].as_mut() else {
+            return;
+        };
         if conn.armed {
             // Only reached at shutdown if a cancellation was not confirmed in time: keep the
             // descriptor open (the kernel may still complete into it) but flush the framer.
             let peer = conn.peer;
             let mut framer = std::mem::replace(&mut conn.framer, (self.new_framer)());
-            Self::run_framer(&mut self.handoff, &mut self.error, &self.dropped_desync, self.ctx, peer, |emit| framer.finish(emit));
+            Self::run_framer(
+                &mut self.handoff,
+                &mut self.error,
+                &self.dropped_desync,
+                self.ctx,
+                peer,
+                |emit| framer.finish(emit),
+            );
             return;
         }
         let mut conn = self.connections[slot].take().expect("checked above");
         let peer = conn.peer;
-        Self::run_framer(&mut self.handoff, &mut self.error, &self.dropped_desync, self.ctx, peer, |emit| conn.framer.finish(emit));
+        Self::run_framer(
+            &mut self.handoff,
+            &mut self.error,
+            &self.dropped_desync,
+            self.ctx,
+            peer,
+            |emit| conn.framer.finish(emit),
+        );
         // Completions still queued for the old connection must not reach the next one.
         self.generations[slot] = self.generations[slot].wrapping_add(1) & 0xff_ffff;
         self.free_slots.push(slot);
@@ -376,11 +423,20 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
     }
 
     fn feed(&mut self, slot: usize, data: &[u8]) {
-        let Some(conn) = self.connections[slot].as_mut() else { return };
+        let Some(conn) = self.connections[slot].as_mut() else {
+            return;
+        };
         self.handoff.received_bytes(data.len());
         let peer = conn.peer;
         let framer = &mut conn.framer;
-        Self::run_framer(&mut self.handoff, &mut self.error, &self.dropped_desync, self.ctx, peer, |emit| framer.feed(data, emit));
+        Self::run_framer(
+            &mut self.handoff,
+            &mut self.error,
+            &self.dropped_desync,
+            self.ctx,
+            peer,
+            |emit| framer.feed(data, emit),
+        );
     }
 
     fn run_framer(

@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, types};
 
 use super::handoff::{Handoff, Totals};
-use super::{BufRing, RateLimit, UringOptions, build_ring, push_sqe, sockaddr_from_bytes, wait_for_completions};
+use super::{
+    BufRing, RateLimit, UringOptions, build_ring, push_sqe, sockaddr_from_bytes,
+    wait_for_completions,
+};
 use crate::frame::{OversizePolicy, datagram};
 use crate::net::ReaderContext;
 use crate::net::drops::{RXQ_OVFL_CMSG_SPACE, enable_rxq_ovfl, rxq_ovfl_from_cmsgs};
@@ -20,7 +23,8 @@ const RECVMSG_OUT_BYTES: usize = 16;
 /// Address field: room for a `sockaddr_in6` (28 bytes), kept 8-byte aligned.
 const NAME_BYTES: usize = 32;
 /// The smallest buffer accepted: header, address, control message and some payload.
-pub(crate) const MIN_BUFFER_BYTES: u32 = (RECVMSG_OUT_BYTES + NAME_BYTES + RXQ_OVFL_CMSG_SPACE + 64) as u32;
+pub(crate) const MIN_BUFFER_BYTES: u32 =
+    (RECVMSG_OUT_BYTES + NAME_BYTES + RXQ_OVFL_CMSG_SPACE + 64) as u32;
 
 const RECV: u64 = 1;
 const CANCEL: u64 = 2;
@@ -34,7 +38,11 @@ pub fn run_udp(socket: UdpSocket, ctx: ReaderContext) -> io::Result<()> {
 
 /// Reads datagrams from `socket` until `ctx.shutdown` is set, handing batches to the worker
 /// with `try_send` (a full queue drops the batch and counts it). Returns the reader's totals.
-pub fn run_udp_with(socket: UdpSocket, ctx: ReaderContext, options: &UringOptions) -> io::Result<Totals> {
+pub fn run_udp_with(
+    socket: UdpSocket,
+    ctx: ReaderContext,
+    options: &UringOptions,
+) -> io::Result<Totals> {
     options.validate()?;
     if let Err(e) = enable_rxq_ovfl(socket.as_fd()) {
         tracing::warn!(source = %ctx.source_name, "SO_RXQ_OVFL unavailable ({e}); kernel drops only seen by the periodic poll");
@@ -121,7 +129,12 @@ struct UdpReader<'c> {
 impl UdpReader<'_> {
     /// Processes every completion that is ready, returns the buffers, then hands over the
     /// partial batch: the socket had nothing more for us.
-    fn drain(&mut self, ring: &mut io_uring::IoUring, bufs: &mut BufRing, msghdr: &libc::msghdr) -> io::Result<()> {
+    fn drain(
+        &mut self,
+        ring: &mut io_uring::IoUring,
+        bufs: &mut BufRing,
+        msghdr: &libc::msghdr,
+    ) -> io::Result<()> {
         let mut outcome = Ok(());
         for cqe in ring.completion() {
             if cqe.user_data() != RECV {
@@ -144,13 +157,17 @@ impl UdpReader<'_> {
                 continue;
             }
             let Some(bid) = cqueue::buffer_select(cqe.flags()) else {
-                outcome = Err(io::Error::other("recvmsg completion without a provided buffer"));
+                outcome = Err(io::Error::other(
+                    "recvmsg completion without a provided buffer",
+                ));
                 continue;
             };
             let full = match bufs.buffer(bid, result as usize) {
                 Some(buf) => self.datagram(buf, msghdr),
                 None => {
-                    outcome = Err(io::Error::other(format!("recvmsg completion names buffer {bid} of length {result}")));
+                    outcome = Err(io::Error::other(format!(
+                        "recvmsg completion names buffer {bid} of length {result}"
+                    )));
                     false
                 }
             };
@@ -187,7 +204,8 @@ impl UdpReader<'_> {
             self.last_kernel_drops = drops;
         }
         let peer = sockaddr_from_bytes(out.name_data());
-        self.handoff.received_bytes(out.incoming_payload_len() as usize);
+        self.handoff
+            .received_bytes(out.incoming_payload_len() as usize);
         let frame = datagram(out.payload_data());
         let limits = self.ctx.limits;
         if out.is_payload_truncated() || frame.len() > limits.max_frame_bytes {
