@@ -5,6 +5,8 @@
 //! Workers return drained batches through a recycle queue so steady state allocates nothing.
 
 pub mod portable;
+pub mod drops;
+pub mod uring;
 
 use std::net::SocketAddr;
 

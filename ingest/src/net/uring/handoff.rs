@@ -1,0 +1,201 @@
+//! The reader side of the reader → worker queue: fills a [`FrameBatch`], hands it over, and
+//! keeps the receive / drop counters (incremented per batch, not per message).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{SendTimeoutError, TrySendError};
+use metrics::Counter;
+
+use crate::event::Timestamp;
+use crate::net::{FrameBatch, ReaderContext};
+
+/// After shutdown is requested a blocked TCP reader keeps offering its last batch this long
+/// (workers are still draining then); past it the batch is dropped and counted.
+const SHUTDOWN_SEND_GRACE: Duration = Duration::from_secs(5);
+
+pub(crate) struct Handoff {
+    batch: FrameBatch,
+    batch_max_frames: usize,
+    batch_max_bytes: usize,
+    /// Messages and bytes taken off the socket since the last flush (including rejected ones).
+    pending_messages: u64,
+    pending_bytes: u64,
+    pending_oversize: u64,
+    received_messages: Counter,
+    received_bytes: Counter,
+    dropped_queue_full: Counter,
+    dropped_oversize: Counter,
+    /// Totals for the exit log line and tests.
+    pub totals: Totals,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub messages: u64,
+    pub bytes: u64,
+    pub batches: u64,
+    pub dropped_queue_full: u64,
+    pub dropped_oversize: u64,
+}
+
+impl Handoff {
+    pub fn new(ctx: &ReaderContext, batch_max_bytes: usize) -> Self {
+        let source = ctx.source_name.to_string();
+        let dropped = |reason: &'static str| metrics::counter!("sluice_dropped_messages_total", "source" => source.clone(), "reason" => reason);
+        let mut handoff = Handoff {
+            batch: FrameBatch::default(),
+            batch_max_frames: ctx.batch_max_frames.max(1),
+            batch_max_bytes,
+            pending_messages: 0,
+            pending_bytes: 0,
+            pending_oversize: 0,
+            received_messages: metrics::counter!("sluice_received_messages_total", "source" => source.clone()),
+            received_bytes: metrics::counter!("sluice_received_bytes_total", "source" => source.clone()),
+            dropped_queue_full: dropped("queue_full"),
+            dropped_oversize: dropped("oversize"),
+            totals: Totals::default(),
+        };
+        handoff.fresh_batch(ctx);
+        handoff
+    }
+
+    fn fresh_batch(&mut self, ctx: &ReaderContext) {
+        let mut batch = ctx.recycled.try_recv().unwrap_or_default();
+        batch.clear();
+        batch.source = ctx.source_index;
+        self.batch = batch;
+    }
+
+    /// Counts `raw_bytes` taken off the socket.
+    pub fn received_bytes(&mut self, raw_bytes: usize) {
+        self.pending_bytes += raw_bytes as u64;
+    }
+
+    /// Appends one message; true when the batch should be handed over now.
+    pub fn push(&mut self, bytes: &[u8], peer: Option<SocketAddr>, truncated: bool) -> bool {
+        if self.batch.received_at.is_none() {
+            self.batch.received_at = Some(Timestamp::now());
+        }
+        self.batch.push(bytes, peer, truncated);
+        self.pending_messages += 1;
+        self.is_full()
+    }
+
+    /// A message dropped for its size (`oversize = "reject"`).
+    pub fn rejected_oversize(&mut self) {
+        self.pending_messages += 1;
+        self.pending_oversize += 1;
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.batch.len() >= self.batch_max_frames || self.batch.data.len() >= self.batch_max_bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+
+    fn count(&mut self) {
+        if self.pending_messages > 0 {
+            self.received_messages.increment(self.pending_messages);
+            self.totals.messages += self.pending_messages;
+            self.pending_messages = 0;
+        }
+        if self.pending_bytes > 0 {
+            self.received_bytes.increment(self.pending_bytes);
+            self.totals.bytes += self.pending_bytes;
+            self.pending_bytes = 0;
+        }
+        if self.pending_oversize > 0 {
+            self.dropped_oversize.increment(self.pending_oversize);
+            self.totals.dropped_oversize += self.pending_oversize;
+            self.pending_oversize = 0;
+        }
+    }
+
+    fn drop_batch(&mut self) {
+        let n = self.batch.len() as u64;
+        self.dropped_queue_full.increment(n);
+        self.totals.dropped_queue_full += n;
+        self.batch.clear();
+    }
+
+    /// UDP: never wait; a full queue drops the batch (counted). Reusing the refused batch keeps
+    /// its allocation.
+    pub fn flush_lossy(&mut self, ctx: &ReaderContext) -> io::Result<()> {
+        self.count();
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        match ctx.to_worker.try_send(batch) {
+            Ok(()) => {
+                self.totals.batches += 1;
+                self.fresh_batch(ctx);
+                Ok(())
+            }
+            Err(TrySendError::Full(batch)) => {
+                self.batch = batch;
+                self.drop_batch();
+                Ok(())
+            }
+            Err(TrySendError::Disconnected(batch)) => {
+                self.batch = batch;
+                self.drop_batch();
+                Err(worker_gone())
+            }
+        }
+    }
+
+    /// TCP: wait for room (the reader stops reading meanwhile, so TCP flow control pushes back
+    /// on the sender), waking regularly to notice shutdown.
+    pub fn flush_blocking(&mut self, ctx: &ReaderContext) -> io::Result<()> {
+        self.count();
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut grace_until: Option<Instant> = None;
+        loop {
+            match ctx.to_worker.send_timeout(batch, super::SHUTDOWN_POLL) {
+                Ok(()) => {
+                    self.totals.batches += 1;
+                    self.fresh_batch(ctx);
+                    return Ok(());
+                }
+                Err(SendTimeoutError::Timeout(back)) => {
+                    batch = back;
+                    if ctx.shutdown.load(Ordering::Relaxed) {
+                        let deadline = *grace_until
+                            .get_or_insert_with(|| Instant::now() + SHUTDOWN_SEND_GRACE);
+                        if Instant::now() >= deadline {
+                            tracing::error!(
+                                source = %ctx.source_name,
+                                frames = batch.len(),
+                                "worker queue still full at shutdown; dropping the reader's last batch"
+                            );
+                            self.batch = batch;
+                            self.drop_batch();
+                            return Ok(());
+                        }
+                    }
+                }
+                Err(SendTimeoutError::Disconnected(back)) => {
+                    self.batch = back;
+                    self.drop_batch();
+                    return Err(worker_gone());
+                }
+            }
+        }
+    }
+}
+
+fn worker_gone() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "the parser worker's queue is closed",
+    )
+}

@@ -1,0 +1,466 @@
+//! TCP reader: multishot accept on the core's listener and one multishot `recv` per
+//! connection, all drawing from one provided-buffer ring; a framer per connection.
+//!
+//! Backpressure without loss: when the worker queue is full the reader waits in
+//! [`Handoff::flush_blocking`]; meanwhile completions are not consumed, buffers are not
+//! returned, the kernel ends the receives with ENOBUFS and leaves data in the socket buffers,
+//! so TCP flow control slows the senders. Receives are re-armed once buffers are back.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use io_uring::{IoUring, cqueue, opcode, types};
+
+use super::handoff::{Handoff, Totals};
+use super::{BufRing, RateLimit, UringOptions, build_ring, push_sqe, wait_for_completions};
+use crate::frame::{FrameEvent, StreamFramer};
+use crate::net::ReaderContext;
+
+/// What the TCP reader needs from a framer; implemented by [`StreamFramer`]. Generic so
+/// the reader can be exercised and benchmarked independently of the framing rules.
+pub trait ConnectionFramer {
+    fn feed(&mut self, data: &[u8], emit: &mut dyn FnMut(FrameEvent<'_>));
+    fn finish(&mut self, emit: &mut dyn FnMut(FrameEvent<'_>));
+}
+
+impl ConnectionFramer for StreamFramer {
+    fn feed(&mut self, data: &[u8], emit: &mut dyn FnMut(FrameEvent<'_>)) {
+        StreamFramer::feed(self, data, emit)
+    }
+
+    fn finish(&mut self, emit: &mut dyn FnMut(FrameEvent<'_>)) {
+        StreamFramer::finish(self, emit)
+    }
+}
+
+const KIND_SHIFT: u32 = 56;
+const ACCEPT: u64 = 1 << KIND_SHIFT;
+const RECV: u64 = 2 << KIND_SHIFT;
+const CANCEL: u64 = 3 << KIND_SHIFT;
+const KIND_MASK: u64 = 0xff << KIND_SHIFT;
+
+/// Back-off before re-arming accept after a resource error (EMFILE, ENFILE, ENOMEM…).
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// How long shutdown waits for the kernel to confirm every operation is cancelled.
+const CANCEL_WAIT: Duration = Duration::from_millis(150);
+
+fn recv_user_data(slot: usize, generation: u32) -> u64 {
+    RECV | (u64::from(generation & 0xff_ffff) << 32) | slot as u64
+}
+
+struct Connection<F> {
+    stream: TcpStream,
+    peer: Option<SocketAddr>,
+    framer: F,
+    generation: u32,
+    armed: bool,
+}
+
+/// Runs until `ctx.shutdown` is set; see [`run_tcp_with`].
+pub fn run_tcp(listener: TcpListener, ctx: ReaderContext) -> io::Result<()> {
+    let (framing, limits) = (ctx.framing, ctx.limits);
+    run_tcp_with(listener, ctx, &UringOptions::default(), move || {
+        StreamFramer::new(framing, limits)
+    })
+    .map(drop)
+}
+
+/// Accepts and reads connections on `listener` until `ctx.shutdown` is set. `new_framer` makes
+/// the framer of each new connection. Returns the reader's totals.
+pub fn run_tcp_with<F: ConnectionFramer>(
+    listener: TcpListener,
+    ctx: ReaderContext,
+    options: &UringOptions,
+    new_framer: impl FnMut() -> F,
+) -> io::Result<Totals> {
+    options.validate()?;
+    // Declared before the ring so they are dropped after it (the kernel writes the buffers).
+    let mut bufs = BufRing::new(options.tcp_buffers, options.tcp_buffer_bytes, 1)?;
+    let cq_entries = (u32::from(options.tcp_buffers) * 2).max(1024);
+    let mut ring = build_ring(options.ring_entries, cq_entries)?;
+    bufs.register(&ring.submitter())?;
+
+    let mut reader = TcpReader {
+        handoff: Handoff::new(&ctx, options.batch_max_bytes),
+        ctx: &ctx,
+        max_connections: options.max_connections,
+        listener_fd: listener.as_raw_fd(),
+        connections: Vec::new(),
+        generations: Vec::new(),
+        free_slots: Vec::new(),
+        active: 0,
+        accept_armed: false,
+        accept_retry_at: None,
+        rearm: Vec::new(),
+        waiting: std::collections::VecDeque::new(),
+        new_framer,
+        error: None,
+        dropped_desync: metrics::counter!(
+            "sluice_dropped_messages_total",
+            "source" => ctx.source_name.to_string(),
+            "reason" => "framing_desync"
+        ),
+        limit_log: RateLimit::new(Duration::from_secs(10)),
+    };
+
+    let result = (|| -> io::Result<()> {
+        while !ctx.shutdown.load(Ordering::Relaxed) {
+            reader.arm(&mut ring)?;
+            wait_for_completions(&ring, super::SHUTDOWN_POLL)?;
+            reader.drain(&mut ring, &mut bufs)?;
+        }
+        Ok(())
+    })();
+
+    // Cancel everything, then consume what arrived before the cancellation took effect.
+    let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+        .build()
+        .user_data(CANCEL);
+    let mut settled = false;
+    // SAFETY: a cancel request carries no pointers.
+    if unsafe { push_sqe(&mut ring, &cancel) }.is_ok() {
+        let deadline = Instant::now() + CANCEL_WAIT;
+        loop {
+            settled = !reader.accept_armed && reader.connections.iter().flatten().all(|c| !c.armed);
+            if settled || Instant::now() >= deadline {
+                break;
+            }
+            if wait_for_completions(&ring, Duration::from_millis(10)).is_err() {
+                break;
+            }
+            if let Err(e) = reader.drain(&mut ring, &mut bufs) {
+                tracing::debug!("draining at shutdown: {e}");
+                break;
+            }
+        }
+    }
+    // Connections still open end here: their unterminated tails become frames too.
+    for slot in 0..reader.connections.len() {
+        reader.close(slot);
+    }
+    let flushed = reader.handoff.flush_blocking(&ctx);
+    if settled {
+        let _ = ring.submitter().unregister_buf_ring(bufs.bgid());
+    }
+    drop(ring);
+    let totals = reader.handoff.totals;
+    tracing::debug!(source = %ctx.source_name, core = ctx.core, ?totals, "io_uring TCP reader stopped");
+    let error = reader.error.take();
+    result
+        .and(flushed)
+        .and(error.map_or(Ok(()), Err))
+        .map(|()| totals)
+}
+
+struct TcpReader<'c, F, N> {
+    handoff: Handoff,
+    ctx: &'c ReaderContext,
+    max_connections: usize,
+    listener_fd: i32,
+    connections: Vec<Option<Connection<F>>>,
+    /// Per slot; tags receive completions so a reused slot ignores its predecessor's.
+    generations: Vec<u32>,
+    free_slots: Vec<usize>,
+    active: usize,
+    accept_armed: bool,
+    /// Set after a resource error: accept again only after this instant.
+    accept_retry_at: Option<Instant>,
+    /// Accepted beyond the limit (in the window before a cancelled accept stopped); opened as
+    /// slots free up. At most the few the kernel accepted before the cancellation.
+    waiting: std::collections::VecDeque<TcpStream>,
+    /// Connections whose multishot receive ended without the connection ending.
+    rearm: Vec<usize>,
+    new_framer: N,
+    /// A worker-queue failure seen inside a framer callback.
+    error: Option<io::Error>,
+    dropped_desync: metrics::Counter,
+    limit_log: RateLimit,
+}
+
+impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
+    fn arm(&mut self, ring: &mut IoUring) -> io::Result<()> {
+        let accept_due = self.accept_retry_at.is_none_or(|t| Instant::now() >= t);
+        if !self.accept_armed
+            && self.active < self.max_connections
+            && self.waiting.is_empty()
+            && accept_due
+        {
+            let accept = opcode::AcceptMulti::new(types::Fd(self.listener_fd))
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+                .user_data(ACCEPT);
+            // SAFETY: multishot accept without an address buffer references no user memory.
+            unsafe { push_sqe(ring, &accept)? };
+            self.accept_armed = true;
+            self.accept_retry_at = None;
+        }
+        while let Some(slot) = self.rearm.pop() {
+            let Some(conn) = self.connections.get_mut(slot).and_then(Option::as_mut) else {
+                continue;
+            };
+            if conn.armed {
+                continue;
+            }
+            let recv = opcode::RecvMulti::new(types::Fd(conn.stream.as_raw_fd()), 1)
+                .build()
+                .user_data(recv_user_data(slot, conn.generation));
+            // SAFETY: the receive writes only into the provided buffers of group 1, which
+            // outlive the ring; the connection's fd stays open until its final completion.
+            unsafe { push_sqe(ring, &recv)? };
+            conn.armed = true;
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self, ring: &mut IoUring, bufs: &mut BufRing) -> io::Result<()> {
+        // Completions are copied out first: handling one may block on the worker queue, and
+        // the completion queue borrow must not be held across that.
+        let mut any = true;
+        while any {
+            any = false;
+            let cqes: Vec<cqueue::Entry> = ring.completion().take(256).collect();
+            for cqe in cqes {
+                any = true;
+                match cqe.user_data() & KIND_MASK {
+                    ACCEPT => self.accepted(ring, &cqe)?,
+                    RECV => self.received(&cqe, bufs),
+                    _ => {}
+                }
+                if let Some(e) = self.error.take() {
+                    bufs.publish();
+                    return Err(e);
+                }
+            }
+            bufs.publish();
+        }
+        if !self.handoff.is_empty() {
+            self.handoff.flush_blocking(self.ctx)?;
+        }
+        Ok(())
+    }
+
+    fn accepted(&mut self, ring: &mut IoUring, cqe: &cqueue::Entry) -> io::Result<()> {
+        if !cqueue::more(cqe.flags()) {
+            self.accept_armed = false;
+        }
+        let result = cqe.result();
+        if result < 0 {
+            match -result {
+                libc::ECANCELED | libc::EINTR | libc::EAGAIN | libc::ECONNABORTED => {}
+                errno => {
+                    let e = io::Error::from_raw_os_error(errno);
+                    tracing::warn!(source = %self.ctx.source_name, "accept failed: {e}; retrying in {ACCEPT_RETRY:?}");
+                    self.accept_retry_at = Some(Instant::now() + ACCEPT_RETRY);
+                    if self.accept_armed {
+                        self.cancel_accept(ring)?;
+                    }
+                }
+            }
+            return Ok(());
+        }
+        // SAFETY: a non-negative accept result is a new descriptor owned by nobody else.
+        let stream = unsafe { TcpStream::from_raw_fd(result) };
+        if self.active >= self.max_connections {
+            // Accepted by the multishot accept before its cancellation took effect: the client
+            // may already have sent data, so it waits for a free slot rather than being closed.
+            self.waiting.push_back(stream);
+            return Ok(());
+        }
+        self.open(stream);
+        if self.active >= self.max_connections && self.accept_armed {
+            if self.limit_log.ready() {
+                tracing::warn!(source = %self.ctx.source_name, limit = self.max_connections, "connection limit reached; new connections wait in the backlog");
+            }
+            self.cancel_accept(ring)?;
+        }
+        Ok(())
+    }
+
+    fn open(&mut self, stream: TcpStream) {
+        let peer = stream.peer_addr().ok();
+        let slot = self.free_slots.pop().unwrap_or_else(|| {
+            self.connections.push(None);
+            self.generations.push(0);
+            self.connections.len() - 1
+        });
+        let generation = self.generations[slot];
+        self.connections[slot] = Some(Connection {
+            stream,
+            peer,
+            framer: (self.new_framer)(),
+            generation,
+            armed: false,
+        });
+        self.active += 1;
+        self.rearm.push(slot);
+    }
+
+    fn cancel_accept(&mut self, ring: &mut IoUring) -> io::Result<()> {
+        let cancel = opcode::AsyncCancel::new(ACCEPT).build().user_data(CANCEL);
+        // SAFETY: a cancel request carries no pointers.
+        unsafe { push_sqe(ring, &cancel) }
+    }
+
+    fn received(&mut self, cqe: &cqueue::Entry, bufs: &mut BufRing) {
+        let slot = (cqe.user_data() & 0xffff_ffff) as usize;
+        let generation = ((cqe.user_data() >> 32) & 0xff_ffff) as u32;
+        let result = cqe.result();
+        let buffer = cqueue::buffer_select(cqe.flags());
+        let more = cqueue::more(cqe.flags());
+        let live = self
+            .connections
+            .get(slot)
+            .and_then(Option::as_ref)
+            .is_some_and(|c| c.generation == generation);
+        if !live {
+            if let Some(bid) = buffer {
+                bufs.recycle(bid);
+            }
+            return;
+        }
+        if result > 0 {
+            if let Some(bid) = buffer {
+                match bufs.buffer(bid, result as usize) {
+                    Some(data) => self.feed(slot, data),
+                    None => {
+                        self.error = Some(io::Error::other(format!(
+                            "recv completion names buffer {bid} of length {result}"
+                        )))
+                    }
+                }
+                bufs.recycle(bid);
+            }
+            if !more {
+                self.disarmed(slot);
+            }
+            return;
+        }
+        if let Some(bid) = buffer {
+            bufs.recycle(bid);
+        }
+        match -result {
+            // The buffers ran out (the worker queue is backed up or traffic outpaced us):
+            // receive again once they are back, the data waits in the socket.
+            libc::ENOBUFS if !more => self.disarmed(slot),
+            libc::ENOBUFS | libc::EINTR | libc::EAGAIN => {}
+            libc::ECANCELED if !self.ctx.shutdown.load(Ordering::Relaxed) => self.disarmed(slot),
+            0 | libc::ECANCELED => self.end(slot, more),
+            errno => {
+                tracing::debug!(
+                    source = %self.ctx.source_name,
+                    peer = ?self.connections[slot].as_ref().and_then(|c| c.peer),
+                    "connection ended: {}",
+                    io::Error::from_raw_os_error(errno)
+                );
+                self.end(slot, more)
+            }
+        }
+    }
+
+    fn disarmed(&mut self, slot: usize) {
+        if let Some(conn) = self.connections[slot].as_mut() {
+            conn.armed = false;
+            if !self.ctx.shutdown.load(Ordering::Relaxed) {
+                self.rearm.push(slot);
+            }
+        }
+    }
+
+    /// End of stream (EOF, reset, cancellation at shutdown). The descriptor is closed only
+    /// after the receive's final completion.
+    fn end(&mut self, slot: usize, more: bool) {
+        if more {
+            return;
+        }
+        if let Some(conn) = self.connections[slot].as_mut() {
+            conn.armed = false;
+        }
+        self.close(slot);
+    }
+
+    /// Finishes the framer (its unterminated tail becomes a frame) and frees the slot.
+    fn close(&mut self, slot: usize) {
+        let Some(conn) = self.connections[slot].as_mut() else {
+            return;
+        };
+        if conn.armed {
+            // Only reached at shutdown if a cancellation was not confirmed in time: keep the
+            // descriptor open (the kernel may still complete into it) but flush the framer.
+            let peer = conn.peer;
+            let mut framer = std::mem::replace(&mut conn.framer, (self.new_framer)());
+            Self::run_framer(
+                &mut self.handoff,
+                &mut self.error,
+                &self.dropped_desync,
+                self.ctx,
+                peer,
+                |emit| framer.finish(emit),
+            );
+            return;
+        }
+        let mut conn = self.connections[slot].take().expect("checked above");
+        let peer = conn.peer;
+        Self::run_framer(
+            &mut self.handoff,
+            &mut self.error,
+            &self.dropped_desync,
+            self.ctx,
+            peer,
+            |emit| conn.framer.finish(emit),
+        );
+        // Completions still queued for the old connection must not reach the next one.
+        self.generations[slot] = self.generations[slot].wrapping_add(1) & 0xff_ffff;
+        self.free_slots.push(slot);
+        self.active -= 1;
+        if !self.ctx.shutdown.load(Ordering::Relaxed)
+            && let Some(stream) = self.waiting.pop_front()
+        {
+            self.open(stream);
+        }
+    }
+
+    fn feed(&mut self, slot: usize, data: &[u8]) {
+        let Some(conn) = self.connections[slot].as_mut() else {
+            return;
+        };
+        self.handoff.received_bytes(data.len());
+        let peer = conn.peer;
+        let framer = &mut conn.framer;
+        Self::run_framer(
+            &mut self.handoff,
+            &mut self.error,
+            &self.dropped_desync,
+            self.ctx,
+            peer,
+            |emit| framer.feed(data, emit),
+        );
+    }
+
+    fn run_framer(
+        handoff: &mut Handoff,
+        error: &mut Option<io::Error>,
+        dropped_desync: &metrics::Counter,
+        ctx: &ReaderContext,
+        peer: Option<SocketAddr>,
+        run: impl FnOnce(&mut dyn FnMut(FrameEvent<'_>)),
+    ) {
+        let mut emit = |event: FrameEvent<'_>| match event {
+            FrameEvent::Frame { bytes, truncated } => {
+                if handoff.push(bytes, peer, truncated)
+                    && let Err(e) = handoff.flush_blocking(ctx)
+                {
+                    error.get_or_insert(e);
+                }
+            }
+            FrameEvent::Rejected { .. } => handoff.rejected_oversize(),
+            FrameEvent::Desync { skipped } => {
+                dropped_desync.increment(1);
+                tracing::warn!(source = %ctx.source_name, ?peer, skipped, "framing error; skipped to the next line");
+            }
+        };
+        run(&mut emit);
+    }
+}

@@ -1,0 +1,226 @@
+//! UDP reader: one multishot `recvmsg` on the core's SO_REUSEPORT socket, receiving into a
+//! provided-buffer ring; every completion is one datagram with its source address.
+
+use std::io;
+use std::net::UdpSocket;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use io_uring::{cqueue, opcode, types};
+
+use super::handoff::{Handoff, Totals};
+use super::{
+    BufRing, RateLimit, UringOptions, build_ring, push_sqe, sockaddr_from_bytes,
+    wait_for_completions,
+};
+use crate::frame::{OversizePolicy, datagram};
+use crate::net::ReaderContext;
+use crate::net::drops::{RXQ_OVFL_CMSG_SPACE, enable_rxq_ovfl, rxq_ovfl_from_cmsgs};
+
+/// `struct io_uring_recvmsg_out` that the kernel writes first in every buffer.
+const RECVMSG_OUT_BYTES: usize = 16;
+/// Address field: room for a `sockaddr_in6` (28 bytes), kept 8-byte aligned.
+const NAME_BYTES: usize = 32;
+/// The smallest buffer accepted: header, address, control message and some payload.
+pub(crate) const MIN_BUFFER_BYTES: u32 =
+    (RECVMSG_OUT_BYTES + NAME_BYTES + RXQ_OVFL_CMSG_SPACE + 64) as u32;
+
+const RECV: u64 = 1;
+const CANCEL: u64 = 2;
+/// How long shutdown waits for the kernel to confirm the receive is cancelled.
+const CANCEL_WAIT: Duration = Duration::from_millis(100);
+
+/// Runs until `ctx.shutdown` is set; see [`run_udp_with`].
+pub fn run_udp(socket: UdpSocket, ctx: ReaderContext) -> io::Result<()> {
+    run_udp_with(socket, ctx, &UringOptions::default()).map(drop)
+}
+
+/// Reads datagrams from `socket` until `ctx.shutdown` is set, handing batches to the worker
+/// with `try_send` (a full queue drops the batch and counts it). Returns the reader's totals.
+pub fn run_udp_with(
+    socket: UdpSocket,
+    ctx: ReaderContext,
+    options: &UringOptions,
+) -> io::Result<Totals> {
+    options.validate()?;
+    if let Err(e) = enable_rxq_ovfl(socket.as_fd()) {
+        tracing::warn!(source = %ctx.source_name, "SO_RXQ_OVFL unavailable ({e}); kernel drops only seen by the periodic poll");
+    }
+    // Declared before the ring so it is dropped after it: the kernel may write to the buffers
+    // until the ring is gone.
+    let mut bufs = BufRing::new(options.udp_buffers, options.udp_buffer_bytes, 0)?;
+    let cq_entries = (u32::from(options.udp_buffers) * 2).max(256);
+    let mut ring = build_ring(options.ring_entries, cq_entries)?;
+    bufs.register(&ring.submitter())?;
+
+    // The kernel reads only the name and control lengths from this header; boxed so its address
+    // is stable for the life of the multishot request.
+    // SAFETY: msghdr is plain data for which all-zero is a valid value.
+    let mut msghdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+    msghdr.msg_namelen = NAME_BYTES as libc::socklen_t;
+    msghdr.msg_controllen = RXQ_OVFL_CMSG_SPACE as _;
+    // MSG_TRUNC: report a cut datagram's real length, so received bytes count what was sent.
+    let recv = opcode::RecvMsgMulti::new(types::Fd(socket.as_raw_fd()), &*msghdr, bufs.bgid())
+        .flags(libc::MSG_TRUNC as u32)
+        .build()
+        .user_data(RECV);
+
+    let mut reader = UdpReader {
+        handoff: Handoff::new(&ctx, options.batch_max_bytes),
+        ctx: &ctx,
+        armed: false,
+        last_kernel_drops: 0,
+        kernel_drop_log: RateLimit::new(Duration::from_secs(10)),
+        error_log: RateLimit::new(Duration::from_secs(10)),
+        enobufs: 0,
+    };
+
+    let result = (|| -> io::Result<()> {
+        while !ctx.shutdown.load(Ordering::Relaxed) {
+            if !reader.armed {
+                // SAFETY: the request reads `msghdr` and writes into `bufs`, both declared
+                // before `ring` and so alive until the ring is dropped.
+                unsafe { push_sqe(&mut ring, &recv)? };
+                reader.armed = true;
+            }
+            wait_for_completions(&ring, super::SHUTDOWN_POLL)?;
+            reader.drain(&mut ring, &mut bufs, &msghdr)?;
+        }
+        Ok(())
+    })();
+
+    // Stop the receive and keep what it delivered before the cancel took effect.
+    if reader.armed {
+        let cancel = opcode::AsyncCancel::new(RECV).build().user_data(CANCEL);
+        // SAFETY: a cancel request carries no pointers.
+        if unsafe { push_sqe(&mut ring, &cancel) }.is_ok() {
+            let deadline = Instant::now() + CANCEL_WAIT;
+            while reader.armed && Instant::now() < deadline {
+                wait_for_completions(&ring, Duration::from_millis(10))?;
+                if let Err(e) = reader.drain(&mut ring, &mut bufs, &msghdr) {
+                    tracing::debug!("draining at shutdown: {e}");
+                    break;
+                }
+            }
+        }
+    }
+    let flushed = reader.handoff.flush_lossy(&ctx);
+    if !reader.armed {
+        let _ = ring.submitter().unregister_buf_ring(bufs.bgid());
+    }
+    drop(ring);
+    let totals = reader.handoff.totals;
+    tracing::debug!(source = %ctx.source_name, core = ctx.core, ?totals, enobufs = reader.enobufs, "io_uring UDP reader stopped");
+    result.and(flushed).map(|()| totals)
+}
+
+struct UdpReader<'c> {
+    handoff: Handoff,
+    ctx: &'c ReaderContext,
+    armed: bool,
+    last_kernel_drops: u32,
+    kernel_drop_log: RateLimit,
+    error_log: RateLimit,
+    /// Times the receive stopped because every buffer was waiting to be processed.
+    enobufs: u64,
+}
+
+impl UdpReader<'_> {
+    /// Processes every completion that is ready, returns the buffers, then hands over the
+    /// partial batch: the socket had nothing more for us.
+    fn drain(
+        &mut self,
+        ring: &mut io_uring::IoUring,
+        bufs: &mut BufRing,
+        msghdr: &libc::msghdr,
+    ) -> io::Result<()> {
+        let mut outcome = Ok(());
+        for cqe in ring.completion() {
+            if cqe.user_data() != RECV {
+                continue;
+            }
+            if !cqueue::more(cqe.flags()) {
+                self.armed = false;
+            }
+            let result = cqe.result();
+            if result < 0 {
+                match -result {
+                    libc::ENOBUFS => self.enobufs += 1,
+                    libc::ECANCELED | libc::EINTR | libc::EAGAIN => {}
+                    errno => {
+                        let e = io::Error::from_raw_os_error(errno);
+                        tracing::error!(source = %self.ctx.source_name, "io_uring recvmsg failed: {e}");
+                        outcome = Err(e);
+                    }
+                }
+                continue;
+            }
+            let Some(bid) = cqueue::buffer_select(cqe.flags()) else {
+                outcome = Err(io::Error::other(
+                    "recvmsg completion without a provided buffer",
+                ));
+                continue;
+            };
+            let full = match bufs.buffer(bid, result as usize) {
+                Some(buf) => self.datagram(buf, msghdr),
+                None => {
+                    outcome = Err(io::Error::other(format!(
+                        "recvmsg completion names buffer {bid} of length {result}"
+                    )));
+                    false
+                }
+            };
+            bufs.recycle(bid);
+            if full {
+                self.handoff.flush_lossy(self.ctx)?;
+            }
+        }
+        bufs.publish();
+        self.handoff.flush_lossy(self.ctx)?;
+        outcome
+    }
+
+    /// One datagram; true when the batch is full.
+    fn datagram(&mut self, buf: &[u8], msghdr: &libc::msghdr) -> bool {
+        let Ok(out) = io_uring::types::RecvMsgOut::parse(buf, msghdr) else {
+            if self.error_log.ready() {
+                tracing::error!(source = %self.ctx.source_name, "malformed recvmsg result of {} bytes", buf.len());
+            }
+            return false;
+        };
+        if let Some(drops) = rxq_ovfl_from_cmsgs(out.control_data())
+            && drops != self.last_kernel_drops
+        {
+            if self.kernel_drop_log.ready() {
+                tracing::warn!(
+                    source = %self.ctx.source_name,
+                    core = self.ctx.core,
+                    socket_drops = drops,
+                    "the kernel dropped datagrams: this socket's receive buffer overflowed \
+                     (raise receive_buffer_bytes and net.core.rmem_max)"
+                );
+            }
+            self.last_kernel_drops = drops;
+        }
+        let peer = sockaddr_from_bytes(out.name_data());
+        self.handoff
+            .received_bytes(out.incoming_payload_len() as usize);
+        let frame = datagram(out.payload_data());
+        let limits = self.ctx.limits;
+        if out.is_payload_truncated() || frame.len() > limits.max_frame_bytes {
+            match limits.oversize {
+                OversizePolicy::Reject => {
+                    self.handoff.rejected_oversize();
+                    false
+                }
+                OversizePolicy::Truncate => {
+                    let keep = frame.len().min(limits.max_frame_bytes);
+                    self.handoff.push(&frame[..keep], peer, true)
+                }
+            }
+        } else {
+            self.handoff.push(frame, peer, false)
+        }
+    }
+}
