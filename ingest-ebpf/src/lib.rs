@@ -35,7 +35,7 @@ pub const PROG_XDP: &str = "sluice_xdp";
 pub const PROG_REUSEPORT: &str = "sluice_steer";
 
 /// What the XDP program did with a packet to a configured port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum Action {
     Pass = 0,
@@ -55,7 +55,7 @@ impl Action {
 }
 
 /// Transport protocol of a counted packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum Proto {
     Udp = 0,
