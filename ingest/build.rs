@@ -16,15 +16,22 @@ fn main() {
     for input in ["src", "Cargo.toml", "Cargo.lock"] {
         println!("cargo::rerun-if-changed={}", ebpf_dir.join(input).display());
     }
-    println!("cargo::rerun-if-changed={}", manifest_dir.join("../xtask/src/ebpf.rs").display());
+    println!(
+        "cargo::rerun-if-changed={}",
+        manifest_dir.join("../xtask/src/ebpf.rs").display()
+    );
 
     let object = match std::env::var_os("SLUICE_EBPF_OBJECT") {
         Some(path) => PathBuf::from(path),
         None => build(&ebpf_dir),
     };
-    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo")).join("sluice-xdp.o");
+    let out =
+        PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo")).join("sluice-xdp.o");
     if let Err(error) = std::fs::copy(&object, &out) {
-        fail(&format!("cannot copy the eBPF object {}: {error}", object.display()));
+        fail(&format!(
+            "cannot copy the eBPF object {}: {error}",
+            object.display()
+        ));
     }
     println!("cargo::rustc-env=SLUICE_XDP_OBJECT={}", out.display());
 }

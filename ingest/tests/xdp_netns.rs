@@ -41,8 +41,15 @@ fn is_root() -> bool {
 }
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("iproute2 `ip` is required");
-    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("iproute2 `ip` is required");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Two namespaces joined by a veth pair; deleted on drop (also when the test panics).
@@ -56,7 +63,11 @@ struct Netns {
 impl Netns {
     fn new() -> Netns {
         static NEXT: AtomicU32 = AtomicU32::new(0);
-        let id = format!("{}x{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed));
+        let id = format!(
+            "{}x{}",
+            std::process::id() % 100_000,
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         let ns = Netns {
             sender: format!("slxa{id}"),
             receiver: format!("slxb{id}"),
@@ -66,10 +77,41 @@ impl Netns {
         let sender_if = format!("vxa{id}");
         ip(&["netns", "add", &ns.sender]);
         ip(&["netns", "add", &ns.receiver]);
-        ip(&["link", "add", &sender_if, "address", SENDER_MAC, "netns", &ns.sender, "type", "veth", "peer", "name", &ns.receiver_if, "address", RECEIVER_MAC, "netns", &ns.receiver]);
+        ip(&[
+            "link",
+            "add",
+            &sender_if,
+            "address",
+            SENDER_MAC,
+            "netns",
+            &ns.sender,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &ns.receiver_if,
+            "address",
+            RECEIVER_MAC,
+            "netns",
+            &ns.receiver,
+        ]);
         for (netns, dev, addrs) in [
-            (&ns.sender, &sender_if, vec!["10.200.0.1/24", "10.200.0.3/24", "10.200.0.9/24", "fd00:200::1/64", "fd00:200::3/64"]),
-            (&ns.receiver, &ns.receiver_if, vec!["10.200.0.2/24", "fd00:200::2/64"]),
+            (
+                &ns.sender,
+                &sender_if,
+                vec![
+                    "10.200.0.1/24",
+                    "10.200.0.3/24",
+                    "10.200.0.9/24",
+                    "fd00:200::1/64",
+                    "fd00:200::3/64",
+                ],
+            ),
+            (
+                &ns.receiver,
+                &ns.receiver_if,
+                vec!["10.200.0.2/24", "fd00:200::2/64"],
+            ),
         ] {
             for addr in addrs {
                 let mut args = vec!["-n", netns, "addr", "add", addr, "dev", dev];
@@ -83,10 +125,40 @@ impl Netns {
         }
         // Static neighbours: no ARP/ND resolution queue may drop the first datagrams of a burst.
         for addr in ["10.200.0.2", "fd00:200::2"] {
-            ip(&["-n", &ns.sender, "neigh", "replace", addr, "lladdr", RECEIVER_MAC, "dev", &sender_if, "nud", "permanent"]);
+            ip(&[
+                "-n",
+                &ns.sender,
+                "neigh",
+                "replace",
+                addr,
+                "lladdr",
+                RECEIVER_MAC,
+                "dev",
+                &sender_if,
+                "nud",
+                "permanent",
+            ]);
         }
-        for addr in ["10.200.0.1", "10.200.0.3", "10.200.0.9", "fd00:200::1", "fd00:200::3"] {
-            ip(&["-n", &ns.receiver, "neigh", "replace", addr, "lladdr", SENDER_MAC, "dev", &ns.receiver_if, "nud", "permanent"]);
+        for addr in [
+            "10.200.0.1",
+            "10.200.0.3",
+            "10.200.0.9",
+            "fd00:200::1",
+            "fd00:200::3",
+        ] {
+            ip(&[
+                "-n",
+                &ns.receiver,
+                "neigh",
+                "replace",
+                addr,
+                "lladdr",
+                SENDER_MAC,
+                "dev",
+                &ns.receiver_if,
+                "nud",
+                "permanent",
+            ]);
         }
         ns
     }
@@ -100,7 +172,17 @@ impl Netns {
     }
 
     fn xdp_attached(&self) -> bool {
-        let out = Command::new("ip").args(["-n", &self.receiver, "link", "show", "dev", &self.receiver_if]).output().unwrap();
+        let out = Command::new("ip")
+            .args([
+                "-n",
+                &self.receiver,
+                "link",
+                "show",
+                "dev",
+                &self.receiver_if,
+            ])
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).contains("xdp")
     }
 }
@@ -112,7 +194,11 @@ impl Drop for Netns {
             let _ = Command::new("ip").args(["netns", "del", netns]).status();
         }
         if self.pin_path.exists() {
-            for entry in std::fs::read_dir(&self.pin_path).into_iter().flatten().flatten() {
+            for entry in std::fs::read_dir(&self.pin_path)
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 let _ = std::fs::remove_file(entry.path());
             }
             let _ = std::fs::remove_dir(&self.pin_path);
@@ -145,7 +231,11 @@ fn udp_from(addr: IpAddr) -> UdpSocket {
 }
 
 fn udp_receiver(addr: IpAddr, port: u16, reuseport: bool) -> UdpSocket {
-    let domain = if addr.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
     let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).unwrap();
     if addr.is_ipv6() {
         socket.set_only_v6(true).unwrap();
@@ -153,7 +243,9 @@ fn udp_receiver(addr: IpAddr, port: u16, reuseport: bool) -> UdpSocket {
     socket.set_reuse_port(reuseport).unwrap();
     socket.set_recv_buffer_size(16 << 20).unwrap();
     socket.bind(&SocketAddr::new(addr, port).into()).unwrap();
-    socket.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     socket.into()
 }
 
@@ -186,17 +278,31 @@ impl Capture {
     fn open(interface: &str) -> Capture {
         // SAFETY: plain socket syscalls on fds we own; sockaddr_ll is zero-initialised.
         unsafe {
-            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK, (libc::ETH_P_ALL as u16).to_be() as i32);
+            let fd = libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK,
+                (libc::ETH_P_ALL as u16).to_be() as i32,
+            );
             assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
             let fd = OwnedFd::from_raw_fd(fd);
             let size: libc::c_int = 64 << 20;
-            libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, (&size as *const libc::c_int).cast(), 4);
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                4,
+            );
             let name = std::ffi::CString::new(interface).unwrap();
             let mut addr: libc::sockaddr_ll = std::mem::zeroed();
             addr.sll_family = libc::AF_PACKET as u16;
             addr.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
             addr.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
-            let rc = libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32);
+            let rc = libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
             assert_eq!(rc, 0, "bind AF_PACKET: {}", std::io::Error::last_os_error());
             Capture(fd)
         }
@@ -211,7 +317,14 @@ impl Capture {
             let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
             // SAFETY: buffer and address out-parameters are ours and sized as declared.
             let n = unsafe {
-                libc::recvfrom(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0, (&mut from as *mut libc::sockaddr_ll).cast(), &mut len)
+                libc::recvfrom(
+                    self.0.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                    (&mut from as *mut libc::sockaddr_ll).cast(),
+                    &mut len,
+                )
             };
             if n < 0 {
                 break;
@@ -223,12 +336,24 @@ impl Capture {
             let (src, proto, ip_len, l4) = match packet.first().map(|b| b >> 4) {
                 Some(4) if packet.len() >= 20 => {
                     let ihl = (packet[0] & 0x0f) as usize * 4;
-                    let src = IpAddr::V4(Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]));
-                    (src, packet[9], u16::from_be_bytes([packet[2], packet[3]]) as u64, ihl)
+                    let src = IpAddr::V4(Ipv4Addr::new(
+                        packet[12], packet[13], packet[14], packet[15],
+                    ));
+                    (
+                        src,
+                        packet[9],
+                        u16::from_be_bytes([packet[2], packet[3]]) as u64,
+                        ihl,
+                    )
                 }
                 Some(6) if packet.len() >= 40 => {
                     let src: [u8; 16] = packet[8..24].try_into().unwrap();
-                    (IpAddr::V6(src.into()), packet[6], u16::from_be_bytes([packet[4], packet[5]]) as u64 + 40, 40)
+                    (
+                        IpAddr::V6(src.into()),
+                        packet[6],
+                        u16::from_be_bytes([packet[4], packet[5]]) as u64 + 40,
+                        40,
+                    )
                 }
                 _ => continue,
             };
@@ -237,7 +362,8 @@ impl Capture {
                 6 => Proto::Tcp,
                 _ => continue,
             };
-            if packet.len() < l4 + 4 || u16::from_be_bytes([packet[l4 + 2], packet[l4 + 3]]) != port {
+            if packet.len() < l4 + 4 || u16::from_be_bytes([packet[l4 + 2], packet[l4 + 3]]) != port
+            {
                 continue;
             }
             let entry = seen.entry((src, proto)).or_default();
@@ -258,7 +384,10 @@ fn per_source_counts_are_exact_for_udp_and_tcp_v4_and_v6() {
         return;
     }
     let ns = Netns::new();
-    let config = XdpConfig { ports: vec![PORT], ..ns.config() };
+    let config = XdpConfig {
+        ports: vec![PORT],
+        ..ns.config()
+    };
     let receiver_if = ns.receiver_if.clone();
     let (handle, capture, udp4, udp6, tcp4, tcp6) = in_netns(&ns.receiver, move || {
         let handle = xdp::start(&config).expect("XDP start");
@@ -270,7 +399,9 @@ fn per_source_counts_are_exact_for_udp_and_tcp_v4_and_v6() {
         (handle, capture, udp4, udp6, tcp4, tcp6)
     });
     // A listener for the port that must not be counted.
-    let other_port = in_netns(&ns.receiver, || udp_receiver(RECEIVER_V4.into(), 5140, false));
+    let other_port = in_netns(&ns.receiver, || {
+        udp_receiver(RECEIVER_V4.into(), 5140, false)
+    });
 
     let tcp_servers: Vec<_> = [tcp4, tcp6]
         .into_iter()
@@ -304,7 +435,16 @@ fn per_source_counts_are_exact_for_udp_and_tcp_v4_and_v6() {
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
-        for (target, from) in [(SocketAddr::new(RECEIVER_V4.into(), PORT), IpAddr::from(OTHER_V4)), (SocketAddr::new(RECEIVER_V6.into(), PORT), IpAddr::from(OTHER_V6))] {
+        for (target, from) in [
+            (
+                SocketAddr::new(RECEIVER_V4.into(), PORT),
+                IpAddr::from(OTHER_V4),
+            ),
+            (
+                SocketAddr::new(RECEIVER_V6.into(), PORT),
+                IpAddr::from(OTHER_V6),
+            ),
+        ] {
             let socket = Socket::new(Domain::for_address(target), Type::STREAM, None).unwrap();
             socket.bind(&SocketAddr::new(from, 0).into()).unwrap();
             socket.connect(&target.into()).unwrap();
@@ -321,26 +461,61 @@ fn per_source_counts_are_exact_for_udp_and_tcp_v4_and_v6() {
     let seen = capture.drain(PORT);
     assert_eq!(drain(&udp4).get(&IpAddr::from(SENDER_V4)), Some(&UDP_V4));
     assert_eq!(drain(&udp6).get(&IpAddr::from(SENDER_V6)), Some(&UDP_V6));
-    assert!(drain(&other_port).get(&IpAddr::from(OTHER_PORT_V4)).copied().unwrap_or(0) > 0);
+    assert!(
+        drain(&other_port)
+            .get(&IpAddr::from(OTHER_PORT_V4))
+            .copied()
+            .unwrap_or(0)
+            > 0
+    );
 
-    let udp4_source = stats.source(SENDER_V4.into()).expect("IPv4 UDP source counted");
-    assert_eq!((udp4_source.packets, udp4_source.bytes), (UDP_V4, UDP_V4 * (20 + 8 + PAYLOAD as u64)));
-    let udp6_source = stats.source(SENDER_V6.into()).expect("IPv6 UDP source counted");
-    assert_eq!((udp6_source.packets, udp6_source.bytes), (UDP_V6, UDP_V6 * (40 + 8 + PAYLOAD as u64)));
-    for (addr, family) in [(IpAddr::from(OTHER_V4), "IPv4"), (IpAddr::from(OTHER_V6), "IPv6")] {
+    let udp4_source = stats
+        .source(SENDER_V4.into())
+        .expect("IPv4 UDP source counted");
+    assert_eq!(
+        (udp4_source.packets, udp4_source.bytes),
+        (UDP_V4, UDP_V4 * (20 + 8 + PAYLOAD as u64))
+    );
+    let udp6_source = stats
+        .source(SENDER_V6.into())
+        .expect("IPv6 UDP source counted");
+    assert_eq!(
+        (udp6_source.packets, udp6_source.bytes),
+        (UDP_V6, UDP_V6 * (40 + 8 + PAYLOAD as u64))
+    );
+    for (addr, family) in [
+        (IpAddr::from(OTHER_V4), "IPv4"),
+        (IpAddr::from(OTHER_V6), "IPv6"),
+    ] {
         let oracle = seen.get(&(addr, Proto::Tcp)).copied().unwrap_or_default();
-        let counted = stats.source(addr).unwrap_or_else(|| panic!("{family} TCP source counted"));
+        let counted = stats
+            .source(addr)
+            .unwrap_or_else(|| panic!("{family} TCP source counted"));
         assert!(oracle.packets > 10, "{family} TCP capture saw {oracle:?}");
-        assert_eq!((counted.packets, counted.bytes), (oracle.packets, oracle.bytes), "{family} TCP");
+        assert_eq!(
+            (counted.packets, counted.bytes),
+            (oracle.packets, oracle.bytes),
+            "{family} TCP"
+        );
     }
-    assert!(stats.source(OTHER_PORT_V4.into()).is_none(), "traffic to other ports must not be counted");
+    assert!(
+        stats.source(OTHER_PORT_V4.into()).is_none(),
+        "traffic to other ports must not be counted"
+    );
 
     let udp_total = stats.total(Action::Pass, Proto::Udp);
     assert_eq!(udp_total.packets, UDP_V4 + UDP_V6);
     let tcp_total = stats.total(Action::Pass, Proto::Tcp);
-    let tcp_oracle: u64 = seen.iter().filter(|((_, p), _)| *p == Proto::Tcp).map(|(_, s)| s.packets).sum();
+    let tcp_oracle: u64 = seen
+        .iter()
+        .filter(|((_, p), _)| *p == Proto::Tcp)
+        .map(|(_, s)| s.packets)
+        .sum();
     assert_eq!(tcp_total.packets, tcp_oracle);
-    assert_eq!(stats.per_cpu_packets.iter().sum::<u64>(), UDP_V4 + UDP_V6 + tcp_oracle);
+    assert_eq!(
+        stats.per_cpu_packets.iter().sum::<u64>(),
+        UDP_V4 + UDP_V6 + tcp_oracle
+    );
     drop(handle);
 }
 
@@ -356,14 +531,30 @@ fn enforced_allowlist_drops_others_in_xdp_and_counts_them() {
         ..ns.config()
     };
     let (handle, udp4, udp6) = in_netns(&ns.receiver, move || {
-        (xdp::start(&config).unwrap(), udp_receiver(RECEIVER_V4.into(), PORT, false), udp_receiver(RECEIVER_V6.into(), PORT, false))
+        (
+            xdp::start(&config).unwrap(),
+            udp_receiver(RECEIVER_V4.into(), PORT, false),
+            udp_receiver(RECEIVER_V6.into(), PORT, false),
+        )
     });
     const EACH: u64 = 800;
     in_netns(&ns.sender, || {
-        let senders = [udp_from(SENDER_V4.into()), udp_from(OTHER_V4.into()), udp_from(SENDER_V6.into()), udp_from(OTHER_V6.into())];
+        let senders = [
+            udp_from(SENDER_V4.into()),
+            udp_from(OTHER_V4.into()),
+            udp_from(SENDER_V6.into()),
+            udp_from(OTHER_V6.into()),
+        ];
         for i in 0..EACH {
-            for (socket, to) in senders.iter().zip([RECEIVER_V4.into(), RECEIVER_V4.into(), RECEIVER_V6.into(), RECEIVER_V6.into()]) {
-                socket.send_to(b"<13>hello", SocketAddr::new(to, PORT)).unwrap();
+            for (socket, to) in senders.iter().zip([
+                RECEIVER_V4.into(),
+                RECEIVER_V4.into(),
+                RECEIVER_V6.into(),
+                RECEIVER_V6.into(),
+            ]) {
+                socket
+                    .send_to(b"<13>hello", SocketAddr::new(to, PORT))
+                    .unwrap();
             }
             if i % 100 == 0 {
                 std::thread::sleep(Duration::from_millis(2));
@@ -373,10 +564,26 @@ fn enforced_allowlist_drops_others_in_xdp_and_counts_them() {
     settle();
     let got4 = drain(&udp4);
     let got6 = drain(&udp6);
-    assert_eq!(got4.get(&IpAddr::from(SENDER_V4)), Some(&EACH), "allowlisted IPv4 all arrive");
-    assert_eq!(got6.get(&IpAddr::from(SENDER_V6)), Some(&EACH), "allowlisted IPv6 all arrive");
-    assert_eq!(got4.get(&IpAddr::from(OTHER_V4)), None, "non-allowlisted IPv4 never reaches the socket");
-    assert_eq!(got6.get(&IpAddr::from(OTHER_V6)), None, "non-allowlisted IPv6 never reaches the socket");
+    assert_eq!(
+        got4.get(&IpAddr::from(SENDER_V4)),
+        Some(&EACH),
+        "allowlisted IPv4 all arrive"
+    );
+    assert_eq!(
+        got6.get(&IpAddr::from(SENDER_V6)),
+        Some(&EACH),
+        "allowlisted IPv6 all arrive"
+    );
+    assert_eq!(
+        got4.get(&IpAddr::from(OTHER_V4)),
+        None,
+        "non-allowlisted IPv4 never reaches the socket"
+    );
+    assert_eq!(
+        got6.get(&IpAddr::from(OTHER_V6)),
+        None,
+        "non-allowlisted IPv6 never reaches the socket"
+    );
 
     let stats = handle.stats().unwrap();
     for denied in [IpAddr::from(OTHER_V4), IpAddr::from(OTHER_V6)] {
@@ -384,7 +591,10 @@ fn enforced_allowlist_drops_others_in_xdp_and_counts_them() {
         assert_eq!((s.packets, s.dropped_allowlist), (EACH, EACH), "{denied}");
     }
     assert_eq!(stats.source(SENDER_V4.into()).unwrap().dropped_allowlist, 0);
-    assert_eq!(stats.total(Action::DropAllowlist, Proto::Udp).packets, 2 * EACH);
+    assert_eq!(
+        stats.total(Action::DropAllowlist, Proto::Udp).packets,
+        2 * EACH
+    );
     assert_eq!(stats.total(Action::Pass, Proto::Udp).packets, 2 * EACH);
 }
 
@@ -395,8 +605,16 @@ fn rate_limit_lets_n_per_second_through_from_a_5n_sender() {
     }
     let ns = Netns::new();
     const N: u64 = 1000;
-    let config = XdpConfig { rate_limit_pps: Some(N), ..ns.config() };
-    let (handle, udp4) = in_netns(&ns.receiver, move || (xdp::start(&config).unwrap(), udp_receiver(RECEIVER_V4.into(), PORT, false)));
+    let config = XdpConfig {
+        rate_limit_pps: Some(N),
+        ..ns.config()
+    };
+    let (handle, udp4) = in_netns(&ns.receiver, move || {
+        (
+            xdp::start(&config).unwrap(),
+            udp_receiver(RECEIVER_V4.into(), PORT, false),
+        )
+    });
     let receiver = std::thread::spawn(move || {
         let mut buf = [0u8; 512];
         let mut got = 0u64;
@@ -424,9 +642,17 @@ fn rate_limit_lets_n_per_second_through_from_a_5n_sender() {
     let got = receiver.join().unwrap();
     let expected = N as f64 * elapsed.as_secs_f64();
     let ratio = got as f64 / expected;
-    eprintln!("rate limit: sent {sent} in {elapsed:?}, {got} through, expected ≈ {expected:.0} (ratio {ratio:.3})");
-    assert!(sent as f64 > 4.5 * expected, "sender too slow to test the limit: {sent}");
-    assert!((0.9..=1.1).contains(&ratio), "{got} through vs {expected:.0} expected");
+    eprintln!(
+        "rate limit: sent {sent} in {elapsed:?}, {got} through, expected ≈ {expected:.0} (ratio {ratio:.3})"
+    );
+    assert!(
+        sent as f64 > 4.5 * expected,
+        "sender too slow to test the limit: {sent}"
+    );
+    assert!(
+        (0.9..=1.1).contains(&ratio),
+        "{got} through vs {expected:.0} expected"
+    );
     let source = *handle.stats().unwrap().source(SENDER_V4.into()).unwrap();
     assert_eq!(source.packets, sent);
     assert_eq!(source.dropped_ratelimit, sent - got);
@@ -441,11 +667,25 @@ fn steering_spreads_one_sender_over_every_worker_socket() {
     const SOCKETS: usize = 4;
     const DATAGRAMS: u64 = 8000;
     let run = |steering: Steering, port: u16, ns: &Netns| -> Vec<u64> {
-        let config = XdpConfig { steering, pin_path: PathBuf::from(format!("{}-{port}", ns.pin_path.display())), ..ns.config() };
+        let config = XdpConfig {
+            steering,
+            pin_path: PathBuf::from(format!("{}-{port}", ns.pin_path.display())),
+            ..ns.config()
+        };
         let (handle, sockets) = in_netns(&ns.receiver, move || {
-            let mut handle = xdp::start(&XdpConfig { interfaces: vec![], ..config }).unwrap();
-            let sockets: Vec<UdpSocket> = (0..SOCKETS).map(|_| udp_receiver(Ipv4Addr::UNSPECIFIED.into(), port, true)).collect();
-            let fds: Vec<(usize, i32)> = sockets.iter().enumerate().map(|(cpu, s)| (cpu, s.as_raw_fd())).collect();
+            let mut handle = xdp::start(&XdpConfig {
+                interfaces: vec![],
+                ..config
+            })
+            .unwrap();
+            let sockets: Vec<UdpSocket> = (0..SOCKETS)
+                .map(|_| udp_receiver(Ipv4Addr::UNSPECIFIED.into(), port, true))
+                .collect();
+            let fds: Vec<(usize, i32)> = sockets
+                .iter()
+                .enumerate()
+                .map(|(cpu, s)| (cpu, s.as_raw_fd()))
+                .collect();
             handle.attach_reuseport(port, &fds).unwrap();
             (handle, sockets)
         });
@@ -467,10 +707,17 @@ fn steering_spreads_one_sender_over_every_worker_socket() {
     let steered = run(Steering::Random, 5515, &ns);
     eprintln!("per-socket datagrams: flow hash {baseline:?}, random steering {steered:?}");
     assert_eq!(baseline.iter().sum::<u64>(), DATAGRAMS);
-    assert_eq!(baseline.iter().filter(|c| **c > 0).count(), 1, "without steering one sender lands on one socket");
+    assert_eq!(
+        baseline.iter().filter(|c| **c > 0).count(),
+        1,
+        "without steering one sender lands on one socket"
+    );
     assert_eq!(steered.iter().sum::<u64>(), DATAGRAMS);
     let fair = DATAGRAMS / SOCKETS as u64;
-    assert!(steered.iter().all(|c| *c >= fair / 2), "every socket gets ≥ half its fair share: {steered:?}");
+    assert!(
+        steered.iter().all(|c| *c >= fair / 2),
+        "every socket gets ≥ half its fair share: {steered:?}"
+    );
 }
 
 /// Not a test on its own: the child process of `restart_after_sigkill_cleans_up_and_works`.
@@ -478,13 +725,20 @@ fn steering_spreads_one_sender_over_every_worker_socket() {
 #[test]
 #[ignore = "helper process, run by detaches_on_drop_and_restarts_after_sigkill"]
 fn sigkill_helper() {
-    let (Ok(netns), Ok(interface), Ok(pin)) =
-        (std::env::var("SLUICE_HELPER_NETNS"), std::env::var("SLUICE_HELPER_IF"), std::env::var("SLUICE_HELPER_PIN"))
-    else {
+    let (Ok(netns), Ok(interface), Ok(pin)) = (
+        std::env::var("SLUICE_HELPER_NETNS"),
+        std::env::var("SLUICE_HELPER_IF"),
+        std::env::var("SLUICE_HELPER_PIN"),
+    ) else {
         panic!("sigkill_helper only runs as a child of restart_after_sigkill_cleans_up_and_works");
     };
     enter_netns(&format!("/run/netns/{netns}"));
-    let config = XdpConfig { interfaces: vec![interface], pin_path: pin.into(), mode: XdpMode::Generic, ..XdpConfig::default() };
+    let config = XdpConfig {
+        interfaces: vec![interface],
+        pin_path: pin.into(),
+        mode: XdpMode::Generic,
+        ..XdpConfig::default()
+    };
     let handle = xdp::start(&config).unwrap();
     println!("ATTACHED");
     std::io::stdout().flush().unwrap();
@@ -501,7 +755,13 @@ fn detaches_on_drop_and_restarts_after_sigkill() {
     // Normal lifecycle: pins and attachment exist while the handle lives, vanish after.
     let config = ns.config();
     let handle = in_netns(&ns.receiver, move || xdp::start(&config).unwrap());
-    assert!(ns.pin_path.join("SL_SOURCES").exists() && ns.pin_path.join(format!("link_{}", ns.receiver_if)).exists());
+    assert!(
+        ns.pin_path.join("SL_SOURCES").exists()
+            && ns
+                .pin_path
+                .join(format!("link_{}", ns.receiver_if))
+                .exists()
+    );
     assert!(ns.xdp_attached());
     drop(handle);
     assert!(!ns.pin_path.exists(), "pins removed after exit");
@@ -509,7 +769,13 @@ fn detaches_on_drop_and_restarts_after_sigkill() {
 
     // A run killed with SIGKILL leaves its pinned link (still attached) behind.
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "sigkill_helper", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "sigkill_helper",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("SLUICE_HELPER_NETNS", &ns.receiver)
         .env("SLUICE_HELPER_IF", &ns.receiver_if)
         .env("SLUICE_HELPER_PIN", &ns.pin_path)
@@ -519,7 +785,10 @@ fn detaches_on_drop_and_restarts_after_sigkill() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let line = lines.next().expect("helper exited before attaching").unwrap();
+        let line = lines
+            .next()
+            .expect("helper exited before attaching")
+            .unwrap();
         if line.contains("ATTACHED") {
             break;
         }
@@ -527,21 +796,41 @@ fn detaches_on_drop_and_restarts_after_sigkill() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(ns.pin_path.join(format!("link_{}", ns.receiver_if)).exists(), "killed run left its link pinned");
+    assert!(
+        ns.pin_path
+            .join(format!("link_{}", ns.receiver_if))
+            .exists(),
+        "killed run left its link pinned"
+    );
     assert!(ns.xdp_attached());
 
     // The next start removes the leftovers, attaches afresh and counts from zero.
     let config = ns.config();
-    let (handle, udp4) = in_netns(&ns.receiver, move || (xdp::start(&config).unwrap(), udp_receiver(RECEIVER_V4.into(), PORT, false)));
+    let (handle, udp4) = in_netns(&ns.receiver, move || {
+        (
+            xdp::start(&config).unwrap(),
+            udp_receiver(RECEIVER_V4.into(), PORT, false),
+        )
+    });
     in_netns(&ns.sender, || {
         let socket = udp_from(SENDER_V4.into());
         for _ in 0..50 {
-            socket.send_to(b"<13>after restart", (RECEIVER_V4, PORT)).unwrap();
+            socket
+                .send_to(b"<13>after restart", (RECEIVER_V4, PORT))
+                .unwrap();
         }
     });
     settle();
     assert_eq!(drain(&udp4).get(&IpAddr::from(SENDER_V4)), Some(&50));
-    assert_eq!(handle.stats().unwrap().source(SENDER_V4.into()).unwrap().packets, 50);
+    assert_eq!(
+        handle
+            .stats()
+            .unwrap()
+            .source(SENDER_V4.into())
+            .unwrap()
+            .packets,
+        50
+    );
     drop(handle);
     assert!(!ns.pin_path.exists());
     assert!(!ns.xdp_attached());
@@ -554,7 +843,12 @@ fn pinned_maps_are_readable_by_another_reader() {
     }
     let ns = Netns::new();
     let config = ns.config();
-    let (handle, _udp4) = in_netns(&ns.receiver, move || (xdp::start(&config).unwrap(), udp_receiver(RECEIVER_V4.into(), PORT, false)));
+    let (handle, _udp4) = in_netns(&ns.receiver, move || {
+        (
+            xdp::start(&config).unwrap(),
+            udp_receiver(RECEIVER_V4.into(), PORT, false),
+        )
+    });
     in_netns(&ns.sender, || {
         let socket = udp_from(SENDER_V4.into());
         for _ in 0..77 {

@@ -53,13 +53,18 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Run { args } => {
             build_ebpf()?;
-            run(cargo().args(["run", "--release", "--bin", "sluice", "--", "run"]).args(args))
+            run(cargo()
+                .args(["run", "--release", "--bin", "sluice", "--", "run"])
+                .args(args))
         }
     }
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn cargo() -> Command {
@@ -79,7 +84,10 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
 
 fn output_of(program: &str, args: &[&str]) -> Option<String> {
     let output = Command::new(program).args(args).output().ok()?;
-    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 fn build_ebpf() -> anyhow::Result<PathBuf> {
@@ -88,7 +96,10 @@ fn build_ebpf() -> anyhow::Result<PathBuf> {
     run(&mut ebpf_build_command(&ebpf_dir))?;
     let object = ebpf_object_path(&ebpf_dir);
     if !object.is_file() {
-        bail!("the eBPF build succeeded but {} is missing", object.display());
+        bail!(
+            "the eBPF build succeeded but {} is missing",
+            object.display()
+        );
     }
     eprintln!("xtask: eBPF object at {}", object.display());
     Ok(object)
@@ -97,18 +108,44 @@ fn build_ebpf() -> anyhow::Result<PathBuf> {
 fn install_ebpf_toolchain() -> anyhow::Result<()> {
     let toolchains = output_of("rustup", &["toolchain", "list"]).context("rustup is required")?;
     if !toolchains.lines().any(|line| line.starts_with("nightly")) {
-        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
     }
-    let components =
-        output_of("rustup", &["component", "list", "--installed", "--toolchain", "nightly"]).unwrap_or_default();
+    let components = output_of(
+        "rustup",
+        &["component", "list", "--installed", "--toolchain", "nightly"],
+    )
+    .unwrap_or_default();
     if !components.lines().any(|line| line.starts_with("rust-src")) {
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     let linker = output_of("bpf-linker", &["--version"]).unwrap_or_default();
-    let wanted_minor = BPF_LINKER_VERSION.rsplit_once('.').map(|(minor, _)| minor).unwrap_or(BPF_LINKER_VERSION);
-    if !linker.trim().strip_prefix("bpf-linker ").is_some_and(|v| v.starts_with(&format!("{wanted_minor}."))) {
+    let wanted_minor = BPF_LINKER_VERSION
+        .rsplit_once('.')
+        .map(|(minor, _)| minor)
+        .unwrap_or(BPF_LINKER_VERSION);
+    if !linker
+        .trim()
+        .strip_prefix("bpf-linker ")
+        .is_some_and(|v| v.starts_with(&format!("{wanted_minor}.")))
+    {
         eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION} (takes a few minutes)");
-        run(cargo().args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked"]))?;
+        run(cargo().args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+        ]))?;
     }
     Ok(())
 }
@@ -129,7 +166,9 @@ fn install_test_prerequisites() -> anyhow::Result<()> {
         return Ok(());
     }
     run(Command::new("apt-get").arg("update"))?;
-    run(Command::new("apt-get").args(["install", "-y", "--no-install-recommends"]).args(&missing))
+    run(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing))
 }
 
 unsafe extern "C" {

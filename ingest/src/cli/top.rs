@@ -37,7 +37,10 @@ pub struct TopArgs {
 
 pub fn run(args: TopArgs) -> anyhow::Result<std::process::ExitCode> {
     let maps = PinnedMaps::open(&args.pin_path).with_context(|| {
-        format!("no running sluice XDP instance pinned under {} (root needed)", args.pin_path.display())
+        format!(
+            "no running sluice XDP instance pinned under {} (root needed)",
+            args.pin_path.display()
+        )
     })?;
     let interval = Duration::from_millis(args.interval_ms.clamp(100, 60_000));
     if args.once {
@@ -45,7 +48,10 @@ pub fn run(args: TopArgs) -> anyhow::Result<std::process::ExitCode> {
         std::thread::sleep(interval);
         let second = Sample::take(&maps)?;
         let metrics = args.metrics.as_deref().map(fetch_metrics);
-        print!("{}", render_text(&second, Some(&first), args.top, metrics.as_ref()));
+        print!(
+            "{}",
+            render_text(&second, Some(&first), args.top, metrics.as_ref())
+        );
         return Ok(std::process::ExitCode::SUCCESS);
     }
     tui::run(&maps, &args, interval)?;
@@ -61,17 +67,27 @@ pub struct Sample {
 
 impl Sample {
     pub fn take(maps: &PinnedMaps) -> anyhow::Result<Sample> {
-        Ok(Sample { at: Instant::now(), stats: maps.read()?, cpu_times: cpu_times() })
+        Ok(Sample {
+            at: Instant::now(),
+            stats: maps.read()?,
+            cpu_times: cpu_times(),
+        })
     }
 }
 
 /// (busy, total) jiffies per CPU from /proc/stat.
 fn cpu_times() -> Vec<(u64, u64)> {
-    let Ok(stat) = std::fs::read_to_string("/proc/stat") else { return Vec::new() };
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return Vec::new();
+    };
     stat.lines()
         .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
         .map(|line| {
-            let fields: Vec<u64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+            let fields: Vec<u64> = line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|f| f.parse().ok())
+                .collect();
             let total: u64 = fields.iter().sum();
             let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
             (total - idle, total)
@@ -80,15 +96,30 @@ fn cpu_times() -> Vec<(u64, u64)> {
 }
 
 fn fetch_metrics(url: &str) -> Result<String, String> {
-    let rest = url.strip_prefix("http://").ok_or("only http:// metrics URLs are supported")?;
-    let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
-    let addr = host.to_socket_addrs().map_err(|e| e.to_string())?.next().ok_or("no address")?;
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("only http:// metrics URLs are supported")?;
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let addr = host
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("no address")?;
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
-    let (head, body) = response.split_once("\r\n\r\n").ok_or("malformed HTTP response")?;
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or("malformed HTTP response")?;
     if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
         return Err(head.lines().next().unwrap_or("").to_string());
     }
@@ -98,9 +129,16 @@ fn fetch_metrics(url: &str) -> Result<String, String> {
 /// Pipeline counters worth a glance (non-XDP, non-per-source), summed over labels.
 fn pipeline_lines(metrics: &str) -> Vec<(String, f64)> {
     let mut sums: Vec<(String, f64)> = Vec::new();
-    for line in metrics.lines().filter(|l| l.starts_with("sluice_") && !l.starts_with("sluice_xdp_source")) {
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
-        let Ok(value) = value.parse::<f64>() else { continue };
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("sluice_") && !l.starts_with("sluice_xdp_source"))
+    {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
         let name = series.split('{').next().unwrap_or(series).to_string();
         match sums.iter_mut().find(|(n, _)| *n == name) {
             Some((_, sum)) => *sum += value,
@@ -111,7 +149,11 @@ fn pipeline_lines(metrics: &str) -> Vec<(String, f64)> {
 }
 
 fn rate(now: u64, before: u64, seconds: f64) -> f64 {
-    if seconds <= 0.0 { 0.0 } else { now.saturating_sub(before) as f64 / seconds }
+    if seconds <= 0.0 {
+        0.0
+    } else {
+        now.saturating_sub(before) as f64 / seconds
+    }
 }
 
 fn human(value: f64) -> String {
@@ -124,7 +166,12 @@ fn human(value: f64) -> String {
 }
 
 /// Per-source rows: (address, pps, bytes/s, packets, dropped allowlist, dropped rate limit).
-fn source_rows(now: &XdpStats, before: Option<&XdpStats>, seconds: f64, top: usize) -> Vec<[String; 6]> {
+fn source_rows(
+    now: &XdpStats,
+    before: Option<&XdpStats>,
+    seconds: f64,
+    top: usize,
+) -> Vec<[String; 6]> {
     let mut rows: Vec<(f64, [String; 6])> = now
         .sources
         .iter()
@@ -151,7 +198,12 @@ fn source_rows(now: &XdpStats, before: Option<&XdpStats>, seconds: f64, top: usi
 }
 
 /// Text snapshot (also the README sample). `before` gives rates; without it only totals.
-pub fn render_text(now: &Sample, before: Option<&Sample>, top: usize, metrics: Option<&Result<String, String>>) -> String {
+pub fn render_text(
+    now: &Sample,
+    before: Option<&Sample>,
+    top: usize,
+    metrics: Option<&Result<String, String>>,
+) -> String {
     let seconds = before.map_or(0.0, |b| now.at.duration_since(b.at).as_secs_f64());
     let mut out = render_once(&now.stats, before.map(|b| (&b.stats, seconds)), top);
     let _ = writeln!(out, "\nPER-CORE LOAD");
@@ -162,7 +214,10 @@ pub fn render_text(now: &Sample, before: Option<&Sample>, top: usize, metrics: O
                 let dt = total.saturating_sub(*b_total).max(1) as f64;
                 let xdp_before = b.stats.per_cpu_packets.get(cpu).copied().unwrap_or(0);
                 let xdp_now = now.stats.per_cpu_packets.get(cpu).copied().unwrap_or(0);
-                (100.0 * busy.saturating_sub(*b_busy) as f64 / dt, rate(xdp_now, xdp_before, seconds))
+                (
+                    100.0 * busy.saturating_sub(*b_busy) as f64 / dt,
+                    rate(xdp_now, xdp_before, seconds),
+                )
             }
             None => (0.0, 0.0),
         };
@@ -188,8 +243,20 @@ pub fn render_text(now: &Sample, before: Option<&Sample>, top: usize, metrics: O
 pub fn render_once(now: &XdpStats, before: Option<(&XdpStats, f64)>, top: usize) -> String {
     let seconds = before.map_or(0.0, |(_, s)| s);
     let mut out = String::new();
-    let _ = writeln!(out, "XDP TOTALS{}", if before.is_some() { format!(" (rates over {seconds:.1}s)") } else { String::new() });
-    let _ = writeln!(out, "{:<16} {:<5} {:>12} {:>12} {:>10} {:>10}", "action", "proto", "packets", "bytes", "pps", "B/s");
+    let _ = writeln!(
+        out,
+        "XDP TOTALS{}",
+        if before.is_some() {
+            format!(" (rates over {seconds:.1}s)")
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(
+        out,
+        "{:<16} {:<5} {:>12} {:>12} {:>10} {:>10}",
+        "action", "proto", "packets", "bytes", "pps", "B/s"
+    );
     for action in Action::ALL {
         for proto in Proto::ALL {
             let t = now.total(action, proto);
@@ -212,7 +279,12 @@ pub fn render_once(now: &XdpStats, before: Option<(&XdpStats, f64)>, top: usize)
             );
         }
     }
-    let dropped = |a: Action| Proto::ALL.iter().map(|p| now.total(a, *p).packets).sum::<u64>();
+    let dropped = |a: Action| {
+        Proto::ALL
+            .iter()
+            .map(|p| now.total(a, *p).packets)
+            .sum::<u64>()
+    };
     let _ = writeln!(
         out,
         "\nDROPS  allowlist {}  rate-limit {}",
@@ -220,9 +292,17 @@ pub fn render_once(now: &XdpStats, before: Option<(&XdpStats, f64)>, top: usize)
         dropped(Action::DropRateLimit)
     );
     let _ = writeln!(out, "\nTOP SOURCES ({} tracked)", now.sources.len());
-    let _ = writeln!(out, "{:<40} {:>9} {:>9} {:>12} {:>10} {:>10}", "source", "pps", "B/s", "packets", "drop:allow", "drop:rate");
+    let _ = writeln!(
+        out,
+        "{:<40} {:>9} {:>9} {:>12} {:>10} {:>10}",
+        "source", "pps", "B/s", "packets", "drop:allow", "drop:rate"
+    );
     for row in source_rows(now, before.map(|(b, _)| b), seconds, top) {
-        let _ = writeln!(out, "{:<40} {:>9} {:>9} {:>12} {:>10} {:>10}", row[0], row[1], row[2], row[3], row[4], row[5]);
+        let _ = writeln!(
+            out,
+            "{:<40} {:>9} {:>9} {:>12} {:>10} {:>10}",
+            row[0], row[1], row[2], row[3], row[4], row[5]
+        );
     }
     out
 }
@@ -258,7 +338,11 @@ mod tui {
                     let totals = render_once(&now.stats, Some((&before.stats, seconds)), 0);
                     let totals: String = totals.lines().take(9).collect::<Vec<_>>().join("\n");
                     frame.render_widget(
-                        Paragraph::new(totals).block(Block::default().borders(Borders::ALL).title(" sluice top — q to quit ")),
+                        Paragraph::new(totals).block(
+                            Block::default()
+                                .borders(Borders::ALL)
+                                .title(" sluice top — q to quit "),
+                        ),
                         top_area,
                     );
                     let rows = source_rows(&now.stats, Some(&before.stats), seconds, args.top)
@@ -272,20 +356,32 @@ mod tui {
                         Constraint::Length(10),
                         Constraint::Length(10),
                     ];
-                    let header = Row::new(["source", "pps", "B/s", "packets", "drop:allow", "drop:rate"])
-                        .style(Style::default().add_modifier(Modifier::BOLD));
+                    let header =
+                        Row::new(["source", "pps", "B/s", "packets", "drop:allow", "drop:rate"])
+                            .style(Style::default().add_modifier(Modifier::BOLD));
                     frame.render_widget(
                         Table::new(rows, widths)
                             .header(header)
                             .block(Block::default().borders(Borders::ALL).title(" sources ")),
                         sources_area,
                     );
-                    let [cores_area, metrics_area] =
-                        Layout::horizontal([Constraint::Percentage(40), Constraint::Percentage(60)]).areas(bottom_area);
+                    let [cores_area, metrics_area] = Layout::horizontal([
+                        Constraint::Percentage(40),
+                        Constraint::Percentage(60),
+                    ])
+                    .areas(bottom_area);
                     let text = super::render_text(&now, Some(&before), 0, None);
-                    let cores: String = text.split("PER-CORE LOAD\n").nth(1).unwrap_or("").to_string();
+                    let cores: String = text
+                        .split("PER-CORE LOAD\n")
+                        .nth(1)
+                        .unwrap_or("")
+                        .to_string();
                     frame.render_widget(
-                        Paragraph::new(cores).block(Block::default().borders(Borders::ALL).title(" per-core load ")),
+                        Paragraph::new(cores).block(
+                            Block::default()
+                                .borders(Borders::ALL)
+                                .title(" per-core load "),
+                        ),
                         cores_area,
                     );
                     let metrics_text = match &metrics {
@@ -298,7 +394,8 @@ mod tui {
                         Some(Err(e)) => format!("metrics unavailable: {e}"),
                     };
                     frame.render_widget(
-                        Paragraph::new(metrics_text).block(Block::default().borders(Borders::ALL).title(" pipeline ")),
+                        Paragraph::new(metrics_text)
+                            .block(Block::default().borders(Borders::ALL).title(" pipeline ")),
                         metrics_area,
                     );
                 })?;
@@ -307,7 +404,8 @@ mod tui {
                     if event::poll(left)?
                         && let Event::Key(key) = event::read()?
                     {
-                        let ctrl_c = key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);
+                        let ctrl_c = key.code == KeyCode::Char('c')
+                            && key.modifiers.contains(KeyModifiers::CONTROL);
                         if ctrl_c || matches!(key.code, KeyCode::Char('q') | KeyCode::Esc) {
                             return Ok(());
                         }
@@ -345,16 +443,29 @@ mod tests {
         now.sources = vec![source("10.0.0.2", 500), source("10.0.0.1", 1500)];
         let text = render_once(&now, Some((&before, 2.0)), 10);
         assert!(text.contains("allowlist 7"), "{text}");
-        let first = text.lines().position(|l| l.starts_with("10.0.0.1")).unwrap();
-        let second = text.lines().position(|l| l.starts_with("10.0.0.2")).unwrap();
+        let first = text
+            .lines()
+            .position(|l| l.starts_with("10.0.0.1"))
+            .unwrap();
+        let second = text
+            .lines()
+            .position(|l| l.starts_with("10.0.0.2"))
+            .unwrap();
         assert!(first < second, "busiest source first:\n{text}");
-        assert!(text.lines().any(|l| l.starts_with("10.0.0.1") && l.contains("750")), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("10.0.0.1") && l.contains("750")),
+            "{text}"
+        );
     }
 
     #[test]
     fn pipeline_lines_sum_over_labels_and_skip_per_source_series() {
         let body = "# HELP x\nsluice_received_total{proto=\"udp\"} 5\nsluice_received_total{proto=\"tcp\"} 7\n\
                     sluice_xdp_source_packets_total{source=\"1.2.3.4\"} 9\nother_metric 1\n";
-        assert_eq!(pipeline_lines(body), vec![("sluice_received_total".to_string(), 12.0)]);
+        assert_eq!(
+            pipeline_lines(body),
+            vec![("sluice_received_total".to_string(), 12.0)]
+        );
     }
 }

@@ -134,7 +134,10 @@ pub enum XdpError {
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("program {name}: {source}")]
-    Program { name: &'static str, source: aya::programs::ProgramError },
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
     #[error("map {name}: {reason}")]
     Map { name: &'static str, reason: String },
     #[error("attaching XDP to {interface}: {reason}")]
@@ -142,7 +145,10 @@ pub enum XdpError {
     #[error("socket steering: {0}")]
     Steering(String),
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
 }
 
 /// An allowlist entry after validation: network address (host bits cleared) and prefix length.
@@ -159,10 +165,16 @@ impl std::str::FromStr for Cidr {
             Some((addr, prefix)) => (addr, Some(prefix)),
             None => (text, None),
         };
-        let addr: IpAddr = addr_text.trim().parse().map_err(|e| format!("{text:?}: {e}"))?;
+        let addr: IpAddr = addr_text
+            .trim()
+            .parse()
+            .map_err(|e| format!("{text:?}: {e}"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix_text {
-            Some(p) => p.trim().parse::<u8>().map_err(|e| format!("{text:?}: prefix: {e}"))?,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .map_err(|e| format!("{text:?}: prefix: {e}"))?,
             None => max,
         };
         if prefix > max {
@@ -170,11 +182,19 @@ impl std::str::FromStr for Cidr {
         }
         let addr = match addr {
             IpAddr::V4(v4) => {
-                let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
+                let mask = if prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - prefix)
+                };
                 IpAddr::V4((u32::from(v4) & mask).into())
             }
             IpAddr::V6(v6) => {
-                let mask = if prefix == 0 { 0 } else { u128::MAX << (128 - prefix) };
+                let mask = if prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - prefix)
+                };
                 IpAddr::V6((u128::from(v6) & mask).into())
             }
         };
@@ -198,11 +218,17 @@ impl XdpConfig {
         let cidrs = self
             .allow
             .iter()
-            .map(|entry| entry.parse::<Cidr>().map_err(|e| XdpError::Config(format!("allow: {e}"))))
+            .map(|entry| {
+                entry
+                    .parse::<Cidr>()
+                    .map_err(|e| XdpError::Config(format!("allow: {e}")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let (v4, v6): (Vec<&Cidr>, Vec<&Cidr>) = cidrs.iter().partition(|c| c.addr.is_ipv4());
         if v4.len() > MAX_ALLOW_PREFIXES as usize || v6.len() > MAX_ALLOW_PREFIXES as usize {
-            return Err(XdpError::Config(format!("at most {MAX_ALLOW_PREFIXES} prefixes per family")));
+            return Err(XdpError::Config(format!(
+                "at most {MAX_ALLOW_PREFIXES} prefixes per family"
+            )));
         }
         if self.enforce_allowlist && cidrs.is_empty() {
             return Err(XdpError::Config(
@@ -210,16 +236,24 @@ impl XdpConfig {
             ));
         }
         if self.rate_limit_pps == Some(0) {
-            return Err(XdpError::Config("rate_limit_pps must be > 0 (omit it to disable)".into()));
+            return Err(XdpError::Config(
+                "rate_limit_pps must be > 0 (omit it to disable)".into(),
+            ));
         }
         if self.rate_limit_burst.is_some() && self.rate_limit_pps.is_none() {
-            return Err(XdpError::Config("rate_limit_burst needs rate_limit_pps".into()));
+            return Err(XdpError::Config(
+                "rate_limit_burst needs rate_limit_pps".into(),
+            ));
         }
         if self.cpu_redirect && !(1..=65_536).contains(&self.cpu_redirect_queue) {
-            return Err(XdpError::Config("cpu_redirect_queue must be within 1..=65536".into()));
+            return Err(XdpError::Config(
+                "cpu_redirect_queue must be within 1..=65536".into(),
+            ));
         }
         if self.metrics_top_sources > 10_000 {
-            return Err(XdpError::Config("metrics_top_sources must be ≤ 10000".into()));
+            return Err(XdpError::Config(
+                "metrics_top_sources must be ≤ 10000".into(),
+            ));
         }
         for name in &self.interfaces {
             if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('/') {
@@ -237,7 +271,13 @@ mod tests {
     #[test]
     fn cidr_parsing_masks_host_bits_and_rejects_bad_prefixes() {
         let c: Cidr = "10.1.2.3/8".parse().unwrap();
-        assert_eq!(c, Cidr { addr: "10.0.0.0".parse().unwrap(), prefix: 8 });
+        assert_eq!(
+            c,
+            Cidr {
+                addr: "10.0.0.0".parse().unwrap(),
+                prefix: 8
+            }
+        );
         let c: Cidr = "2001:db8::1".parse().unwrap();
         assert_eq!(c.prefix, 128);
         let c: Cidr = "2001:db8:ffff::/32".parse().unwrap();
@@ -259,6 +299,9 @@ mod tests {
         assert!(bad.validate().is_err());
         assert!(toml::from_str::<XdpConfig>("bogus = 1").is_err());
         let cfg: XdpConfig = toml::from_str("steering = \"random\"\nmode = \"generic\"").unwrap();
-        assert_eq!((cfg.steering, cfg.mode), (Steering::Random, XdpMode::Generic));
+        assert_eq!(
+            (cfg.steering, cfg.mode),
+            (Steering::Random, XdpMode::Generic)
+        );
     }
 }

@@ -54,12 +54,24 @@ fn source_addr(key: &SourceKey) -> IpAddr {
 }
 
 pub(super) fn read(ebpf: &aya::Ebpf) -> Result<XdpStats, XdpError> {
-    let totals = ebpf.map(MAP_TOTALS).ok_or(XdpError::Map { name: MAP_TOTALS, reason: "missing".into() })?;
-    let sources = ebpf.map(MAP_SOURCES).ok_or(XdpError::Map { name: MAP_SOURCES, reason: "missing".into() })?;
+    let totals = ebpf.map(MAP_TOTALS).ok_or(XdpError::Map {
+        name: MAP_TOTALS,
+        reason: "missing".into(),
+    })?;
+    let sources = ebpf.map(MAP_SOURCES).ok_or(XdpError::Map {
+        name: MAP_SOURCES,
+        reason: "missing".into(),
+    })?;
     let totals: PerCpuArray<&MapData, Totals> =
-        PerCpuArray::try_from(totals).map_err(|e| XdpError::Map { name: MAP_TOTALS, reason: e.to_string() })?;
+        PerCpuArray::try_from(totals).map_err(|e| XdpError::Map {
+            name: MAP_TOTALS,
+            reason: e.to_string(),
+        })?;
     let sources: PerCpuHashMap<&MapData, SourceKey, SourceCounters> =
-        PerCpuHashMap::try_from(sources).map_err(|e| XdpError::Map { name: MAP_SOURCES, reason: e.to_string() })?;
+        PerCpuHashMap::try_from(sources).map_err(|e| XdpError::Map {
+            name: MAP_SOURCES,
+            reason: e.to_string(),
+        })?;
     collect(&totals, &sources)
 }
 
@@ -67,11 +79,18 @@ fn collect<T: Borrow<MapData>, S: Borrow<MapData>>(
     totals: &PerCpuArray<T, Totals>,
     sources: &PerCpuHashMap<S, SourceKey, SourceCounters>,
 ) -> Result<XdpStats, XdpError> {
-    let map_err = |name: &'static str| move |e: aya::maps::MapError| XdpError::Map { name, reason: e.to_string() };
+    let map_err = |name: &'static str| {
+        move |e: aya::maps::MapError| XdpError::Map {
+            name,
+            reason: e.to_string(),
+        }
+    };
     let mut stats = XdpStats::default();
     for action in Action::ALL {
         for proto in Proto::ALL {
-            let per_cpu = totals.get(&totals_index(action, proto), 0).map_err(map_err(MAP_TOTALS))?;
+            let per_cpu = totals
+                .get(&totals_index(action, proto), 0)
+                .map_err(map_err(MAP_TOTALS))?;
             if stats.per_cpu_packets.len() < per_cpu.len() {
                 stats.per_cpu_packets.resize(per_cpu.len(), 0);
             }
@@ -101,7 +120,9 @@ fn collect<T: Borrow<MapData>, S: Borrow<MapData>>(
         }
         stats.sources.push(source);
     }
-    stats.sources.sort_by(|a, b| b.packets.cmp(&a.packets).then(a.addr.cmp(&b.addr)));
+    stats
+        .sources
+        .sort_by(|a, b| b.packets.cmp(&a.packets).then(a.addr.cmp(&b.addr)));
     Ok(stats)
 }
 
@@ -114,14 +135,23 @@ pub struct PinnedMaps {
 impl PinnedMaps {
     pub fn open(pin_dir: &Path) -> Result<Self, XdpError> {
         let open = |name: &'static str| -> Result<Map, XdpError> {
-            let data = MapData::from_pin(pin_dir.join(name))
-                .map_err(|e| XdpError::Map { name, reason: format!("opening pin in {}: {e}", pin_dir.display()) })?;
-            Map::from_map_data(data).map_err(|e| XdpError::Map { name, reason: e.to_string() })
+            let data = MapData::from_pin(pin_dir.join(name)).map_err(|e| XdpError::Map {
+                name,
+                reason: format!("opening pin in {}: {e}", pin_dir.display()),
+            })?;
+            Map::from_map_data(data).map_err(|e| XdpError::Map {
+                name,
+                reason: e.to_string(),
+            })
         };
-        let totals = PerCpuArray::try_from(open(MAP_TOTALS)?)
-            .map_err(|e| XdpError::Map { name: MAP_TOTALS, reason: e.to_string() })?;
-        let sources = PerCpuHashMap::try_from(open(MAP_SOURCES)?)
-            .map_err(|e| XdpError::Map { name: MAP_SOURCES, reason: e.to_string() })?;
+        let totals = PerCpuArray::try_from(open(MAP_TOTALS)?).map_err(|e| XdpError::Map {
+            name: MAP_TOTALS,
+            reason: e.to_string(),
+        })?;
+        let sources = PerCpuHashMap::try_from(open(MAP_SOURCES)?).map_err(|e| XdpError::Map {
+            name: MAP_SOURCES,
+            reason: e.to_string(),
+        })?;
         Ok(Self { totals, sources })
     }
 
@@ -149,13 +179,16 @@ pub(super) fn export(stats: &XdpStats, top: usize) {
         }
     }
     for (cpu, packets) in stats.per_cpu_packets.iter().enumerate() {
-        metrics::counter!("sluice_xdp_cpu_packets_total", "cpu" => cpu.to_string()).absolute(*packets);
+        metrics::counter!("sluice_xdp_cpu_packets_total", "cpu" => cpu.to_string())
+            .absolute(*packets);
     }
     metrics::gauge!("sluice_xdp_sources_tracked").set(stats.sources.len() as f64);
     for source in stats.sources.iter().take(top) {
         let addr = source.addr.to_string();
-        metrics::counter!("sluice_xdp_source_packets_total", "source" => addr.clone()).absolute(source.packets);
-        metrics::counter!("sluice_xdp_source_bytes_total", "source" => addr.clone()).absolute(source.bytes);
+        metrics::counter!("sluice_xdp_source_packets_total", "source" => addr.clone())
+            .absolute(source.packets);
+        metrics::counter!("sluice_xdp_source_bytes_total", "source" => addr.clone())
+            .absolute(source.bytes);
         metrics::counter!("sluice_xdp_source_dropped_total", "source" => addr.clone(), "reason" => "allowlist")
             .absolute(source.dropped_allowlist);
         metrics::counter!("sluice_xdp_source_dropped_total", "source" => addr, "reason" => "ratelimit")
@@ -177,7 +210,11 @@ pub fn prometheus_text(stats: &XdpStats, top: usize) -> String {
         }
     }
     for source in stats.sources.iter().take(top) {
-        let _ = writeln!(out, "sluice_xdp_source_packets_total{{source=\"{}\"}} {}", source.addr, source.packets);
+        let _ = writeln!(
+            out,
+            "sluice_xdp_source_packets_total{{source=\"{}\"}} {}",
+            source.addr, source.packets
+        );
     }
     out
 }
