@@ -226,8 +226,7 @@ fn enter_netns(path: &str) {
 }
 
 fn udp_from(addr: IpAddr) -> UdpSocket {
-    let socket = UdpSocket::bind(SocketAddr::new(addr, 0)).unwrap();
-    socket
+    UdpSocket::bind(SocketAddr::new(addr, 0)).unwrap()
 }
 
 fn udp_receiver(addr: IpAddr, port: u16, reuseport: bool) -> UdpSocket {
@@ -329,7 +328,7 @@ impl Capture {
             if n < 0 {
                 break;
             }
-            if from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+            if from.sll_pkttype == libc::PACKET_OUTGOING {
                 continue;
             }
             let packet = &buf[..n as usize];

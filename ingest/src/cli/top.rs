@@ -427,8 +427,10 @@ mod tests {
 
     #[test]
     fn text_snapshot_shows_rates_drops_and_sources() {
-        let mut before = XdpStats::default();
-        before.per_cpu_packets = vec![0, 0];
+        let mut before = XdpStats {
+            per_cpu_packets: vec![0, 0],
+            ..XdpStats::default()
+        };
         let mut now = before.clone();
         now.totals[Action::Pass as usize][Proto::Udp as usize].packets = 2000;
         now.totals[Action::DropAllowlist as usize][Proto::Udp as usize].packets = 7;
