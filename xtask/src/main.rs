@@ -1,5 +1,177 @@
 //! Project tasks: `cargo xtask <task>`.
+//!
+//! - `build-ebpf`: installs what the eBPF build needs (nightly `rust-src`, `bpf-linker` 0.10.x)
+//!   when missing, then builds `ingest-ebpf` for bpfel.
+//! - `ci`: test prerequisites (apt packages), `build-ebpf`, then `cargo test --workspace`.
+//! - `run`: `build-ebpf`, then `cargo run --release --bin sluice -- run …`.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+include!("ebpf.rs");
+
+/// bpf-linker 0.10 loads the nightly toolchain's own LLVM; newer releases default to an LLVM
+/// that this nightly cannot link against.
+const BPF_LINKER_VERSION: &str = "0.10.0";
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the XDP/SK_REUSEPORT object (installing nightly rust-src and bpf-linker if missing).
+    BuildEbpf,
+    /// Install test prerequisites, build the eBPF object, run `cargo test --workspace`.
+    Ci {
+        /// Extra arguments for `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        test_args: Vec<String>,
+    },
+    /// Build the eBPF object, then `cargo run --release --bin sluice -- run <args>`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
 
 fn main() -> anyhow::Result<()> {
-    anyhow::bail!("no tasks yet")
+    match Cli::parse().task {
+        Task::BuildEbpf => build_ebpf().map(|_| ()),
+        Task::Ci { test_args } => {
+            install_test_prerequisites()?;
+            build_ebpf()?;
+            run(cargo().args(["test", "--workspace"]).args(test_args))
+        }
+        Task::Run { args } => {
+            build_ebpf()?;
+            run(cargo()
+                .args(["run", "--release", "--bin", "sluice", "--", "run"])
+                .args(args))
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn output_of(program: &str, args: &[&str]) -> Option<String> {
+    let output = Command::new(program).args(args).output().ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn build_ebpf() -> anyhow::Result<PathBuf> {
+    install_ebpf_toolchain()?;
+    let ebpf_dir = workspace_root().join("ingest-ebpf");
+    run(&mut ebpf_build_command(&ebpf_dir))?;
+    let object = ebpf_object_path(&ebpf_dir);
+    if !object.is_file() {
+        bail!(
+            "the eBPF build succeeded but {} is missing",
+            object.display()
+        );
+    }
+    eprintln!("xtask: eBPF object at {}", object.display());
+    Ok(object)
+}
+
+fn install_ebpf_toolchain() -> anyhow::Result<()> {
+    let toolchains = output_of("rustup", &["toolchain", "list"]).context("rustup is required")?;
+    if !toolchains.lines().any(|line| line.starts_with("nightly")) {
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let components = output_of(
+        "rustup",
+        &["component", "list", "--installed", "--toolchain", "nightly"],
+    )
+    .unwrap_or_default();
+    if !components.lines().any(|line| line.starts_with("rust-src")) {
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    let linker = output_of("bpf-linker", &["--version"]).unwrap_or_default();
+    let wanted_minor = BPF_LINKER_VERSION
+        .rsplit_once('.')
+        .map(|(minor, _)| minor)
+        .unwrap_or(BPF_LINKER_VERSION);
+    if !linker
+        .trim()
+        .strip_prefix("bpf-linker ")
+        .is_some_and(|v| v.starts_with(&format!("{wanted_minor}.")))
+    {
+        eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION} (takes a few minutes)");
+        run(cargo().args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+        ]))?;
+    }
+    Ok(())
+}
+
+/// Tools the root-only network-namespace tests call: `ip` (iproute2) and `mount` (util-linux).
+fn install_test_prerequisites() -> anyhow::Result<()> {
+    let missing: Vec<&str> = [("ip", "iproute2"), ("mount", "util-linux")]
+        .into_iter()
+        .filter(|(tool, _)| output_of("sh", &["-c", &format!("command -v {tool}")]).is_none())
+        .map(|(_, package)| package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        eprintln!("xtask: not root, cannot install {missing:?}; the XDP tests will skip");
+        return Ok(());
+    }
+    run(Command::new("apt-get").arg("update"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing))
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
 }
