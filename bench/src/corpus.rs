@@ -339,7 +339,9 @@ fn cef_body(rng: &mut ChaCha8Rng, index: u64, seed: u64, epoch_ms: i64, host: &s
         ext.push(("proto".into(), pick(rng, &["TCP", "UDP"]).to_string()));
     }
     ext.push(("cat".into(), model.split('/').next().unwrap_or(model).to_string()));
-    ext.push(("msg".into(), prose(rng, 20, 900)));
+    // Mostly short descriptions with a long tail, like model-breach summaries.
+    let msg = if rng.random_range(0..10) == 0 { prose(rng, 250, 1200) } else { prose(rng, 10, 150) };
+    ext.push(("msg".into(), msg));
     ext.push(("cs1Label".into(), "Model Name".into()));
     ext.push(("cs1".into(), model.to_string()));
     ext.push(("cn1Label".into(), "Breach Score".into()));
@@ -358,7 +360,7 @@ fn cef_body(rng: &mut ChaCha8Rng, index: u64, seed: u64, epoch_ms: i64, host: &s
         let value = if key.starts_with("cn") {
             rng.random_range(-1..100_000).to_string()
         } else {
-            prose(rng, 8, 120)
+            prose(rng, 8, 60)
         };
         ext.push(((*key).to_string(), value));
     }
@@ -430,7 +432,7 @@ fn logic(rng: &mut ChaCha8Rng, depth: u32) -> Value {
 fn json_body(rng: &mut ChaCha8Rng, index: u64, epoch_ms: i64, family: JsonFamily) -> String {
     let value = match family {
         JsonFamily::ModelBreach => {
-            let components: Vec<Value> = (0..rng.random_range(1..5))
+            let components: Vec<Value> = (0..rng.random_range(3..6))
                 .map(|_| {
                     let depth = rng.random_range(1..4);
                     let filters: Vec<Value> = (0..rng.random_range(2..8))
@@ -472,7 +474,7 @@ fn json_body(rng: &mut ChaCha8Rng, index: u64, epoch_ms: i64, family: JsonFamily
             })
         }
         JsonFamily::AiAnalyst => {
-            let details: Vec<Value> = (0..rng.random_range(1..6))
+            let details: Vec<Value> = (0..rng.random_range(5..10))
                 .map(|_| {
                     json!([{"header": pick(rng, &["Breaching Device", "SSH Activity", "Connectivity", "Ports"]),
                             "contents": (0..rng.random_range(1..5)).map(|_| json!({
@@ -493,7 +495,7 @@ fn json_body(rng: &mut ChaCha8Rng, index: u64, epoch_ms: i64, family: JsonFamily
                 "activityId": format!("{:08x}", rng.random::<u32>()), "groupingIds": [format!("{:08x}", rng.random::<u32>())],
                 "groupByActivity": false, "userTriggered": false, "externalTriggered": false,
                 "aiaScore": rng.random_range(1..100),
-                "summary": format!("{}\n\n{}\n\n{}", prose(rng, 100, 600), prose(rng, 100, 400), prose(rng, 40, 200)),
+                "summary": format!("{}\n\n{}\n\n{}", prose(rng, 300, 700), prose(rng, 100, 400), prose(rng, 40, 200)),
                 "periods": [{"start": epoch_ms - 600_000, "end": epoch_ms}],
                 "breachDevices": [{"identifier": null, "hostname": null, "ip": ip(rng), "mac": null, "subnet": "VPN", "did": 10, "sid": 12}],
                 "relatedBreaches": [{"modelName": pick(rng, &MODEL_NAMES), "pbid": 100_000 + index, "threatScore": 37, "timestamp": epoch_ms}],
@@ -553,8 +555,14 @@ mod tests {
                 (Kind::Json, _) => assert!((2048..=9216).contains(&len), "json body {len}: {:?}", m.json_family),
             }
         }
+        for family in [JsonFamily::ModelBreach, JsonFamily::AiAnalyst, JsonFamily::SystemStatus] {
+            let sizes: Vec<usize> = corpus.messages.iter().filter(|m| m.json_family == Some(family)).map(|m| m.body_len).collect();
+            let mean = sizes.iter().sum::<usize>() / sizes.len().max(1);
+            eprintln!("{family:?}: n={} min={:?} mean={mean} max={:?}", sizes.len(), sizes.iter().min(), sizes.iter().max());
+        }
         let cef_only = Corpus::generate(&spec("cef"));
         let mean = cef_only.mean_size();
+        eprintln!("cef mean {mean}");
         assert!((550.0..900.0).contains(&mean), "mean CEF message {mean}");
     }
 
