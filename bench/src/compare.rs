@@ -80,7 +80,10 @@ impl Receiver {
     }
 
     fn is_sluice(self) -> bool {
-        matches!(self, Receiver::SluiceRaw | Receiver::SluiceCsl | Receiver::SluiceCslZstd)
+        matches!(
+            self,
+            Receiver::SluiceRaw | Receiver::SluiceCsl | Receiver::SluiceCslZstd
+        )
     }
 
     fn field_style(self) -> Option<OutputStyle> {
@@ -98,7 +101,12 @@ impl std::str::FromStr for Receiver {
         Receiver::ALL
             .into_iter()
             .find(|r| r.name() == s)
-            .with_context(|| format!("unknown receiver {s:?}; known: {}", Receiver::ALL.map(|r| r.name()).join(", ")))
+            .with_context(|| {
+                format!(
+                    "unknown receiver {s:?}; known: {}",
+                    Receiver::ALL.map(|r| r.name()).join(", ")
+                )
+            })
     }
 }
 
@@ -120,7 +128,9 @@ impl std::str::FromStr for Offered {
             Some(d) => (d, 1000),
             None => (s.as_str(), 1),
         };
-        let rate: u64 = digits.parse().with_context(|| format!("rate {s:?} is not a number, Nk, or max"))?;
+        let rate: u64 = digits
+            .parse()
+            .with_context(|| format!("rate {s:?} is not a number, Nk, or max"))?;
         if rate == 0 {
             bail!("rate must be positive");
         }
@@ -208,9 +218,18 @@ impl RunResult {
 
 /// What a receiver writes and how to count it.
 enum Output {
-    Drain { progress: PathBuf },
-    File { path: PathBuf, offset: u64, lines: u64 },
-    Dir { path: PathBuf, seen: HashMap<PathBuf, u64> },
+    Drain {
+        progress: PathBuf,
+    },
+    File {
+        path: PathBuf,
+        offset: u64,
+        lines: u64,
+    },
+    Dir {
+        path: PathBuf,
+        seen: HashMap<PathBuf, u64>,
+    },
 }
 
 impl Output {
@@ -220,7 +239,11 @@ impl Output {
                 .ok()
                 .and_then(|s| s.split_whitespace().next()?.parse().ok())
                 .unwrap_or(0),
-            Output::File { path, offset, lines } => {
+            Output::File {
+                path,
+                offset,
+                lines,
+            } => {
                 if let Ok(mut file) = std::fs::File::open(&path)
                     && file.seek(SeekFrom::Start(*offset)).is_ok()
                 {
@@ -251,7 +274,11 @@ impl Output {
         match self {
             Output::Drain { .. } => 0,
             Output::File { path, .. } => std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
-            Output::Dir { path, .. } => output_files(path).iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum(),
+            Output::Dir { path, .. } => output_files(path)
+                .iter()
+                .filter_map(|f| std::fs::metadata(f).ok())
+                .map(|m| m.len())
+                .sum(),
         }
     }
 
@@ -323,7 +350,11 @@ struct Running {
 }
 
 fn substitute(template: &str, pairs: &[(&str, &str)]) -> String {
-    pairs.iter().fold(template.to_string(), |text, (key, value)| text.replace(key, value))
+    pairs
+        .iter()
+        .fold(template.to_string(), |text, (key, value)| {
+            text.replace(key, value)
+        })
 }
 
 /// Restricts a child to one CPU before it execs.
@@ -342,7 +373,13 @@ fn pin_child(command: &mut Command, cpu: usize) {
     }
 }
 
-fn start_receiver(config: &CompareConfig, receiver: Receiver, proto: Proto, port: u16, work: &Path) -> anyhow::Result<Running> {
+fn start_receiver(
+    config: &CompareConfig,
+    receiver: Receiver,
+    proto: Proto,
+    port: u16,
+    work: &Path,
+) -> anyhow::Result<Running> {
     std::fs::create_dir_all(work)?;
     let port_text = port.to_string();
     let rcvbuf = config.receive_buffer_bytes.to_string();
@@ -354,15 +391,27 @@ fn start_receiver(config: &CompareConfig, receiver: Receiver, proto: Proto, port
         Receiver::Drain => {
             let progress = work.join("progress");
             let mut command = Command::new(std::env::current_exe()?);
-            command.args(["drain", "--proto", &proto.to_string(), "--listen", &format!("127.0.0.1:{port}")]);
-            command.args(["--receive-buffer-bytes", &rcvbuf, "--progress-file"]).arg(&progress);
+            command.args([
+                "drain",
+                "--proto",
+                &proto.to_string(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ]);
+            command
+                .args(["--receive-buffer-bytes", &rcvbuf, "--progress-file"])
+                .arg(&progress);
             (command, Output::Drain { progress })
         }
         Receiver::Rsyslog | Receiver::RsyslogCef => {
             let cef = receiver == Receiver::RsyslogCef;
             std::fs::write(work.join("cef.rulebase"), CEF_RULEBASE)?;
             let out = work.join("out.log");
-            let input = if proto == Proto::Udp { RSYSLOG_UDP } else { RSYSLOG_TCP };
+            let input = if proto == Proto::Udp {
+                RSYSLOG_UDP
+            } else {
+                RSYSLOG_TCP
+            };
             let conf = substitute(
                 RSYSLOG_CONF,
                 &[
@@ -377,10 +426,22 @@ fn start_receiver(config: &CompareConfig, receiver: Receiver, proto: Proto, port
             );
             std::fs::write(work.join("rsyslog.conf"), conf)?;
             let mut command = Command::new(root.join("usr/sbin/rsyslogd"));
-            command.arg("-n").arg("-f").arg(work.join("rsyslog.conf")).arg("-i").arg(work.join("rsyslog.pid"));
+            command
+                .arg("-n")
+                .arg("-f")
+                .arg(work.join("rsyslog.conf"))
+                .arg("-i")
+                .arg(work.join("rsyslog.pid"));
             command.arg("-M").arg(lib_dir.join("rsyslog"));
             command.env("LD_LIBRARY_PATH", &lib_dir);
-            (command, Output::File { path: out, offset: 0, lines: 0 })
+            (
+                command,
+                Output::File {
+                    path: out,
+                    offset: 0,
+                    lines: 0,
+                },
+            )
         }
         Receiver::SyslogNg | Receiver::SyslogNgCef => {
             let cef = receiver == Receiver::SyslogNgCef;
@@ -389,10 +450,21 @@ fn start_receiver(config: &CompareConfig, receiver: Receiver, proto: Proto, port
                 SYSLOG_NG_CONF,
                 &[
                     ("@PARSE@", if cef { SYSLOG_NG_CEF } else { "" }),
-                    ("@PARSE_REF@", if cef { "parser(p_cef_header); rewrite(r_cef_split); parser(p_cef_ext);" } else { "" }),
+                    (
+                        "@PARSE_REF@",
+                        if cef {
+                            "parser(p_cef_header); rewrite(r_cef_split); parser(p_cef_ext);"
+                        } else {
+                            ""
+                        },
+                    ),
                     (
                         "@TEMPLATE@",
-                        if cef { "$(format-json --key .cef.* --key .cefext.* --exclude .cef.ext)" } else { "${MSG}" },
+                        if cef {
+                            "$(format-json --key .cef.* --key .cefext.* --exclude .cef.ext)"
+                        } else {
+                            "${MSG}"
+                        },
                     ),
                     ("@TRANSPORT@", &proto.to_string()),
                     ("@PORT@", &port_text),
@@ -403,11 +475,32 @@ fn start_receiver(config: &CompareConfig, receiver: Receiver, proto: Proto, port
             std::fs::write(work.join("syslog-ng.conf"), conf)?;
             let mut command = Command::new(root.join("usr/sbin/syslog-ng"));
             command.arg("-F").arg("-f").arg(work.join("syslog-ng.conf"));
-            command.arg(format!("--module-path={}", root.join("usr/lib/syslog-ng/3.38").display()));
-            command.arg("-p").arg(work.join("syslog-ng.pid")).arg("-R").arg(work.join("syslog-ng.persist"));
+            command.arg(format!(
+                "--module-path={}",
+                root.join("usr/lib/syslog-ng/3.38").display()
+            ));
+            command
+                .arg("-p")
+                .arg(work.join("syslog-ng.pid"))
+                .arg("-R")
+                .arg(work.join("syslog-ng.persist"));
             command.arg("-c").arg(work.join("syslog-ng.ctl"));
-            command.env("LD_LIBRARY_PATH", format!("{}:{}", lib_dir.display(), root.join("usr/lib/syslog-ng").display()));
-            (command, Output::File { path: out, offset: 0, lines: 0 })
+            command.env(
+                "LD_LIBRARY_PATH",
+                format!(
+                    "{}:{}",
+                    lib_dir.display(),
+                    root.join("usr/lib/syslog-ng").display()
+                ),
+            );
+            (
+                command,
+                Output::File {
+                    path: out,
+                    offset: 0,
+                    lines: 0,
+                },
+            )
         }
         Receiver::SluiceRaw | Receiver::SluiceCsl | Receiver::SluiceCslZstd => {
             let out = work.join("out");
@@ -417,28 +510,68 @@ fn start_receiver(config: &CompareConfig, receiver: Receiver, proto: Proto, port
                     ("@DATA@", &work.join("data").display().to_string()),
                     ("@METRICS_PORT@", &(port + 1).to_string()),
                     ("@TYPE@", &proto.to_string()),
-                    ("@FRAMING@", if proto == Proto::Tcp { "framing = \"auto\"\n" } else { "" }),
+                    (
+                        "@FRAMING@",
+                        if proto == Proto::Tcp {
+                            "framing = \"auto\"\n"
+                        } else {
+                            ""
+                        },
+                    ),
                     ("@PORT@", &port_text),
                     ("@RCVBUF@", &rcvbuf),
                     ("@OUT@", &out.display().to_string()),
-                    ("@SCHEMA@", if receiver == Receiver::SluiceRaw { "raw" } else { "commonsecuritylog" }),
-                    ("@COMPRESSION@", if receiver == Receiver::SluiceCslZstd { "zstd" } else { "none" }),
+                    (
+                        "@SCHEMA@",
+                        if receiver == Receiver::SluiceRaw {
+                            "raw"
+                        } else {
+                            "commonsecuritylog"
+                        },
+                    ),
+                    (
+                        "@COMPRESSION@",
+                        if receiver == Receiver::SluiceCslZstd {
+                            "zstd"
+                        } else {
+                            "none"
+                        },
+                    ),
                 ],
             );
             std::fs::write(work.join("sluice.toml"), conf)?;
             let mut command = Command::new(&config.sluice_bin);
-            command.arg("run").arg("--config").arg(work.join("sluice.toml"));
-            (command, Output::Dir { path: out, seen: HashMap::new() })
+            command
+                .arg("run")
+                .arg("--config")
+                .arg(work.join("sluice.toml"));
+            (
+                command,
+                Output::Dir {
+                    path: out,
+                    seen: HashMap::new(),
+                },
+            )
         }
     };
-    command.current_dir(work).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    command
+        .current_dir(work)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
     pin_child(&mut command, config.receiver_cpu);
-    let mut child = command.spawn().with_context(|| format!("starting {}", receiver.name()))?;
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("starting {}", receiver.name()))?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(status) = child.try_wait()? {
             let log = std::fs::read_to_string(work.join("receiver.log")).unwrap_or_default();
-            bail!("{} exited during start-up ({status}): {}", receiver.name(), log.trim().lines().last().unwrap_or(""));
+            bail!(
+                "{} exited during start-up ({status}): {}",
+                receiver.name(),
+                log.trim().lines().last().unwrap_or("")
+            );
         }
         if procstat::port_bound(port, proto == Proto::Udp) {
             break;
@@ -452,7 +585,11 @@ fn start_receiver(config: &CompareConfig, receiver: Receiver, proto: Proto, port
     }
     // Let the receiver finish its start-up work (thread spawns) before the CPU baseline.
     std::thread::sleep(Duration::from_millis(300));
-    Ok(Running { child, output, work: work.to_path_buf() })
+    Ok(Running {
+        child,
+        output,
+        work: work.to_path_buf(),
+    })
 }
 
 /// SIGTERM, then wait for exit without reaping so that `/proc/<pid>/stat` still holds the
@@ -466,7 +603,14 @@ fn stop_and_measure(running: &mut Running) -> anyhow::Result<(Duration, u64)> {
     loop {
         // SAFETY: siginfo_t is plain data filled by waitid; WNOWAIT leaves the child unreaped.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let rc = unsafe { libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT) };
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
         // SAFETY: si_pid is valid to read for the WEXITED case that waitid fills.
         if rc == 0 && unsafe { info.si_pid() } == pid as i32 {
             break;
@@ -524,7 +668,13 @@ fn run_point(config: &CompareConfig, point: &Point<'_>) -> RunResult {
         standalone_zstd_cpu_secs: None,
         error: None,
     };
-    let work = config.work_dir.join(format!("{}-{}-{}-{}", point.receiver.name(), point.proto, point.offered, point.port));
+    let work = config.work_dir.join(format!(
+        "{}-{}-{}-{}",
+        point.receiver.name(),
+        point.proto,
+        point.offered,
+        point.port
+    ));
     let _ = std::fs::remove_dir_all(&work);
     if let Err(err) = measure(config, point, &work, &mut result) {
         result.error = Some(format!("{err:#}"));
@@ -533,14 +683,23 @@ fn run_point(config: &CompareConfig, point: &Point<'_>) -> RunResult {
     result
 }
 
-fn measure(config: &CompareConfig, point: &Point<'_>, work: &Path, result: &mut RunResult) -> anyhow::Result<()> {
+fn measure(
+    config: &CompareConfig,
+    point: &Point<'_>,
+    work: &Path,
+    result: &mut RunResult,
+) -> anyhow::Result<()> {
     let mut running = start_receiver(config, point.receiver, point.proto, point.port, work)?;
     let outcome = (|| -> anyhow::Result<()> {
         let pid = running.child.id();
         let cpu_before = procstat::cpu_time(pid)?;
         let drops_before = procstat::udp_rcvbuf_errors().unwrap_or(0);
         let (rate, count, duration) = match point.offered {
-            Offered::Rate(rate) => (Some(rate), rate.saturating_mul(config.duration.as_millis() as u64) / 1000, None),
+            Offered::Rate(rate) => (
+                Some(rate),
+                rate.saturating_mul(config.duration.as_millis() as u64) / 1000,
+                None,
+            ),
             Offered::Max => (None, config.max_count, Some(Duration::from_secs(60))),
         };
         let send_config = SendConfig {
@@ -569,11 +728,15 @@ fn measure(config: &CompareConfig, point: &Point<'_>, work: &Path, result: &mut 
                 last_change = Instant::now();
             }
         }
-        result.wall_secs = (last_change.min(Instant::now()) - started).as_secs_f64().max(report.elapsed_secs);
+        result.wall_secs = (last_change.min(Instant::now()) - started)
+            .as_secs_f64()
+            .max(report.elapsed_secs);
         let (cpu_after, peak) = stop_and_measure(&mut running)?;
         result.cpu_secs = (cpu_after.saturating_sub(cpu_before)).as_secs_f64();
         result.peak_rss_kib = peak;
-        result.kernel_rcvbuf_drops = procstat::udp_rcvbuf_errors().unwrap_or(0).saturating_sub(drops_before);
+        result.kernel_rcvbuf_drops = procstat::udp_rcvbuf_errors()
+            .unwrap_or(0)
+            .saturating_sub(drops_before);
         // Files are complete only after shutdown (flushes), so count again.
         result.delivered = running.output.count();
         result.output_bytes = running.output.bytes();
@@ -583,12 +746,22 @@ fn measure(config: &CompareConfig, point: &Point<'_>, work: &Path, result: &mut 
                 if lines.len() >= config.field_sample {
                     break;
                 }
-                let _ = for_each_output_line(&file, config.field_sample - lines.len(), |line| lines.push(line.to_string()));
+                let _ = for_each_output_line(&file, config.field_sample - lines.len(), |line| {
+                    lines.push(line.to_string())
+                });
             }
-            result.fields = Some(fieldcheck::check(lines.iter().map(String::as_str), point.expected, style, config.field_sample));
+            result.fields = Some(fieldcheck::check(
+                lines.iter().map(String::as_str),
+                point.expected,
+                style,
+                config.field_sample,
+            ));
         }
         if point.receiver == Receiver::SluiceCsl {
-            result.standalone_zstd_cpu_secs = Some(compress_standalone(&running.output.files(), config.zstd_level)?);
+            result.standalone_zstd_cpu_secs = Some(compress_standalone(
+                &running.output.files(),
+                config.zstd_level,
+            )?);
         }
         Ok(())
     })();
@@ -602,15 +775,26 @@ fn measure(config: &CompareConfig, point: &Point<'_>, work: &Path, result: &mut 
 
 /// Runs every point, alternating receivers within each (workload, proto, rate) so that noise
 /// from other load on the machine spreads over all of them.
-pub fn run(config: &CompareConfig, mut on_result: impl FnMut(&RunResult)) -> anyhow::Result<Vec<RunResult>> {
+pub fn run(
+    config: &CompareConfig,
+    mut on_result: impl FnMut(&RunResult),
+) -> anyhow::Result<Vec<RunResult>> {
     let mut receivers = config.receivers.clone();
     if receivers.iter().any(|r| r.is_sluice()) && !config.sluice_bin.exists() {
-        eprintln!("note: {} not found; Sluice receivers skipped", config.sluice_bin.display());
+        eprintln!(
+            "note: {} not found; Sluice receivers skipped",
+            config.sluice_bin.display()
+        );
         receivers.retain(|r| !r.is_sluice());
     }
-    let needs_peers = receivers.iter().any(|r| !r.is_sluice() && *r != Receiver::Drain);
+    let needs_peers = receivers
+        .iter()
+        .any(|r| !r.is_sluice() && *r != Receiver::Drain);
     if needs_peers && !config.peer_root.join("usr/sbin/rsyslogd").exists() {
-        eprintln!("note: peers not installed under {} (run bench/scripts/install-peers.sh); peers skipped", config.peer_root.display());
+        eprintln!(
+            "note: peers not installed under {} (run bench/scripts/install-peers.sh); peers skipped",
+            config.peer_root.display()
+        );
         receivers.retain(|r| r.is_sluice() || *r == Receiver::Drain);
     }
     if receivers.is_empty() {
@@ -621,11 +805,19 @@ pub fn run(config: &CompareConfig, mut on_result: impl FnMut(&RunResult)) -> any
         .workloads
         .iter()
         .map(|w| {
-            let spec = CorpusSpec { seed: config.seed, messages: config.corpus_messages, mix: w.mix, rfc5424_percent: 50 };
+            let spec = CorpusSpec {
+                seed: config.seed,
+                messages: config.corpus_messages,
+                mix: w.mix,
+                rfc5424_percent: 50,
+            };
             (Corpus::generate(&spec), w)
         })
         .collect();
-    let expected: Vec<HashMap<String, &Message>> = corpora.iter().map(|(c, _)| c.cef_by_external_id()).collect();
+    let expected: Vec<HashMap<String, &Message>> = corpora
+        .iter()
+        .map(|(c, _)| c.cef_by_external_id())
+        .collect();
     let mut results = Vec::new();
     let mut port = config.base_port;
     for repeat in 0..config.repeats {
@@ -637,7 +829,11 @@ pub fn run(config: &CompareConfig, mut on_result: impl FnMut(&RunResult)) -> any
                 .chain(config.tcp_rates.iter().map(|r| (Proto::Tcp, *r)));
             for (proto, offered) in points {
                 for &receiver in &receivers {
-                    port = if port >= 60_000 { config.base_port } else { port + 2 };
+                    port = if port >= 60_000 {
+                        config.base_port
+                    } else {
+                        port + 2
+                    };
                     let point = Point {
                         repeat,
                         workload,

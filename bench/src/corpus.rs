@@ -59,10 +59,9 @@ impl std::str::FromStr for Mix {
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (name, weight) = match part.split_once('=') {
                 Some((name, weight)) => {
-                    let weight: u32 = weight
-                        .trim()
-                        .parse()
-                        .with_context(|| format!("mix weight in {part:?} is not a non-negative integer"))?;
+                    let weight: u32 = weight.trim().parse().with_context(|| {
+                        format!("mix weight in {part:?} is not a non-negative integer")
+                    })?;
                     (name.trim(), weight)
                 }
                 None => (part, 1),
@@ -99,7 +98,12 @@ pub struct CorpusSpec {
 
 impl Default for CorpusSpec {
     fn default() -> Self {
-        CorpusSpec { seed: 1, messages: 4096, mix: Mix::default(), rfc5424_percent: 50 }
+        CorpusSpec {
+            seed: 1,
+            messages: 4096,
+            mix: Mix::default(),
+            rfc5424_percent: 50,
+        }
     }
 }
 
@@ -135,9 +139,16 @@ impl Corpus {
         let total = spec.mix.cef + spec.mix.json;
         let messages = (0..spec.messages.max(1))
             .map(|index| {
-                let kind = if rng.random_range(0..total) < spec.mix.cef { Kind::Cef } else { Kind::Json };
-                let header =
-                    if rng.random_range(0..100) < spec.rfc5424_percent { Header::Rfc5424 } else { Header::Rfc3164 };
+                let kind = if rng.random_range(0..total) < spec.mix.cef {
+                    Kind::Cef
+                } else {
+                    Kind::Json
+                };
+                let header = if rng.random_range(0..100) < spec.rfc5424_percent {
+                    Header::Rfc5424
+                } else {
+                    Header::Rfc3164
+                };
                 generate_message(&mut rng, index as u64, spec.seed, kind, header)
             })
             .collect();
@@ -165,9 +176,17 @@ impl Corpus {
     }
 }
 
-const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
 
-fn generate_message(rng: &mut ChaCha8Rng, index: u64, seed: u64, kind: Kind, header: Header) -> Message {
+fn generate_message(
+    rng: &mut ChaCha8Rng,
+    index: u64,
+    seed: u64,
+    kind: Kind,
+    header: Header,
+) -> Message {
     // 2026-11-01T00:00:00Z plus a deterministic offset.
     let epoch_ms: i64 = 1_793_491_200_000 + (index as i64) * 1_337 + rng.random_range(0..1000);
     let host = format!("dt-master-{:02}.corp.example.com", rng.random_range(1..6));
@@ -182,7 +201,12 @@ fn generate_message(rng: &mut ChaCha8Rng, index: u64, seed: u64, kind: Kind, hea
                 45..90 => JsonFamily::AiAnalyst,
                 _ => JsonFamily::SystemStatus,
             };
-            (json_body(rng, index, epoch_ms, family), Some(family), Vec::new(), Vec::new())
+            (
+                json_body(rng, index, epoch_ms, family),
+                Some(family),
+                Vec::new(),
+                Vec::new(),
+            )
         }
     };
     // local4.notice (165) like the Darktrace samples, with a few other priorities.
@@ -228,8 +252,17 @@ fn generate_message(rng: &mut ChaCha8Rng, index: u64, seed: u64, kind: Kind, hea
 
 fn ip(rng: &mut ChaCha8Rng) -> String {
     match rng.random_range(0..3) {
-        0 => format!("10.{}.{}.{}", rng.random_range(0..256), rng.random_range(0..256), rng.random_range(1..255)),
-        1 => format!("192.168.{}.{}", rng.random_range(0..256), rng.random_range(1..255)),
+        0 => format!(
+            "10.{}.{}.{}",
+            rng.random_range(0..256),
+            rng.random_range(0..256),
+            rng.random_range(1..255)
+        ),
+        1 => format!(
+            "192.168.{}.{}",
+            rng.random_range(0..256),
+            rng.random_range(1..255)
+        ),
         _ => format!("203.0.113.{}", rng.random_range(1..255)),
     }
 }
@@ -256,10 +289,46 @@ const MODEL_NAMES: [&str; 14] = [
 ];
 
 const WORDS: [&str; 40] = [
-    "device", "connection", "unusual", "external", "endpoint", "credential", "transfer", "domain", "beacon",
-    "activity", "observed", "rare", "internal", "server", "client", "protocol", "data", "volume", "upload",
-    "download", "subnet", "period", "baseline", "deviation", "model", "breach", "score", "tag", "host", "port",
-    "session", "admin", "remote", "certificate", "hostname", "lateral", "movement", "scan", "probe", "file",
+    "device",
+    "connection",
+    "unusual",
+    "external",
+    "endpoint",
+    "credential",
+    "transfer",
+    "domain",
+    "beacon",
+    "activity",
+    "observed",
+    "rare",
+    "internal",
+    "server",
+    "client",
+    "protocol",
+    "data",
+    "volume",
+    "upload",
+    "download",
+    "subnet",
+    "period",
+    "baseline",
+    "deviation",
+    "model",
+    "breach",
+    "score",
+    "tag",
+    "host",
+    "port",
+    "session",
+    "admin",
+    "remote",
+    "certificate",
+    "hostname",
+    "lateral",
+    "movement",
+    "scan",
+    "probe",
+    "file",
 ];
 
 /// Plain text with spaces, and now and then characters CEF must escape (`=`, `\`, newline).
@@ -326,21 +395,44 @@ fn cef_body(rng: &mut ChaCha8Rng, index: u64, seed: u64, epoch_ms: i64, host: &s
     let mut ext: Vec<(String, String)> = vec![
         ("externalId".into(), breach_id.to_string()),
         ("dvc".into(), ip(rng)),
-        ("dvchost".into(), format!("sensor-{}.corp.example.com", rng.random_range(1..40))),
+        (
+            "dvchost".into(),
+            format!("sensor-{}.corp.example.com", rng.random_range(1..40)),
+        ),
         ("dst".into(), ip(rng)),
-        ("dhost".into(), format!("{}-{}.corp.example.com", pick(rng, &WORDS), rng.random_range(1..999))),
+        (
+            "dhost".into(),
+            format!(
+                "{}-{}.corp.example.com",
+                pick(rng, &WORDS),
+                rng.random_range(1..999)
+            ),
+        ),
         ("src".into(), ip(rng)),
-        ("shost".into(), format!("ws-{:04}.corp.example.com", rng.random_range(0..9999))),
+        (
+            "shost".into(),
+            format!("ws-{:04}.corp.example.com", rng.random_range(0..9999)),
+        ),
         ("rt".into(), epoch_ms.to_string()),
     ];
     if rng.random_bool(0.7) {
         ext.push(("spt".into(), rng.random_range(1024..65535).to_string()));
-        ext.push(("dpt".into(), pick(rng, &["443", "80", "22", "3389", "445", "53"]).to_string()));
+        ext.push((
+            "dpt".into(),
+            pick(rng, &["443", "80", "22", "3389", "445", "53"]).to_string(),
+        ));
         ext.push(("proto".into(), pick(rng, &["TCP", "UDP"]).to_string()));
     }
-    ext.push(("cat".into(), model.split('/').next().unwrap_or(model).to_string()));
+    ext.push((
+        "cat".into(),
+        model.split('/').next().unwrap_or(model).to_string(),
+    ));
     // Mostly short descriptions with a long tail, like model-breach summaries.
-    let msg = if rng.random_range(0..10) == 0 { prose(rng, 250, 1200) } else { prose(rng, 10, 150) };
+    let msg = if rng.random_range(0..10) == 0 {
+        prose(rng, 250, 1200)
+    } else {
+        prose(rng, 10, 150)
+    };
     ext.push(("msg".into(), msg));
     ext.push(("cs1Label".into(), "Model Name".into()));
     ext.push(("cs1".into(), model.to_string()));
@@ -364,8 +456,15 @@ fn cef_body(rng: &mut ChaCha8Rng, index: u64, seed: u64, epoch_ms: i64, host: &s
         };
         ext.push(((*key).to_string(), value));
     }
-    let url_key = if rng.random_bool(0.5) { "ad.darktraceUrl" } else { "darktraceUrl" };
-    ext.push((url_key.into(), format!("https://{host}/#modelbreach/{breach_id}")));
+    let url_key = if rng.random_bool(0.5) {
+        "ad.darktraceUrl"
+    } else {
+        "darktraceUrl"
+    };
+    ext.push((
+        url_key.into(),
+        format!("https://{host}/#modelbreach/{breach_id}"),
+    ));
     // Darktrace leaves optional custom strings empty; an empty last value is a known peer pitfall.
     if rng.random_range(0..8) == 0 {
         ext.push(("cs6Label".into(), "Analyst Comment".into()));
@@ -522,22 +621,47 @@ mod tests {
     use super::*;
 
     fn spec(mix: &str) -> CorpusSpec {
-        CorpusSpec { seed: 42, messages: 600, mix: mix.parse().unwrap(), rfc5424_percent: 50 }
+        CorpusSpec {
+            seed: 42,
+            messages: 600,
+            mix: mix.parse().unwrap(),
+            rfc5424_percent: 50,
+        }
     }
 
     #[test]
     fn same_seed_same_corpus_other_seed_differs() {
         let a = Corpus::generate(&spec("cef=1,json=1"));
         let b = Corpus::generate(&spec("cef=1,json=1"));
-        let c = Corpus::generate(&CorpusSpec { seed: 43, ..spec("cef=1,json=1") });
-        assert!(a.messages.iter().zip(&b.messages).all(|(x, y)| x.bytes == y.bytes));
-        assert!(a.messages.iter().zip(&c.messages).any(|(x, y)| x.bytes != y.bytes));
+        let c = Corpus::generate(&CorpusSpec {
+            seed: 43,
+            ..spec("cef=1,json=1")
+        });
+        assert!(
+            a.messages
+                .iter()
+                .zip(&b.messages)
+                .all(|(x, y)| x.bytes == y.bytes)
+        );
+        assert!(
+            a.messages
+                .iter()
+                .zip(&c.messages)
+                .any(|(x, y)| x.bytes != y.bytes)
+        );
     }
 
     #[test]
     fn mix_is_respected_and_parsed() {
-        let corpus = Corpus::generate(&CorpusSpec { messages: 2000, ..spec("cef=80,json=20") });
-        let cef = corpus.messages.iter().filter(|m| m.kind == Kind::Cef).count();
+        let corpus = Corpus::generate(&CorpusSpec {
+            messages: 2000,
+            ..spec("cef=80,json=20")
+        });
+        let cef = corpus
+            .messages
+            .iter()
+            .filter(|m| m.kind == Kind::Cef)
+            .count();
         assert!((1500..1700).contains(&cef), "cef share {cef}/2000");
         assert!("cef=1,xml=2".parse::<Mix>().is_err());
         assert!("cef=0".parse::<Mix>().is_err());
@@ -551,14 +675,34 @@ mod tests {
             let len = m.body_len;
             match (m.kind, m.json_family) {
                 (Kind::Cef, _) => assert!((300..=2048).contains(&len), "cef body {len}"),
-                (Kind::Json, Some(JsonFamily::SystemStatus)) => assert!((300..=2048).contains(&len), "status {len}"),
-                (Kind::Json, _) => assert!((2048..=9216).contains(&len), "json body {len}: {:?}", m.json_family),
+                (Kind::Json, Some(JsonFamily::SystemStatus)) => {
+                    assert!((300..=2048).contains(&len), "status {len}")
+                }
+                (Kind::Json, _) => assert!(
+                    (2048..=9216).contains(&len),
+                    "json body {len}: {:?}",
+                    m.json_family
+                ),
             }
         }
-        for family in [JsonFamily::ModelBreach, JsonFamily::AiAnalyst, JsonFamily::SystemStatus] {
-            let sizes: Vec<usize> = corpus.messages.iter().filter(|m| m.json_family == Some(family)).map(|m| m.body_len).collect();
+        for family in [
+            JsonFamily::ModelBreach,
+            JsonFamily::AiAnalyst,
+            JsonFamily::SystemStatus,
+        ] {
+            let sizes: Vec<usize> = corpus
+                .messages
+                .iter()
+                .filter(|m| m.json_family == Some(family))
+                .map(|m| m.body_len)
+                .collect();
             let mean = sizes.iter().sum::<usize>() / sizes.len().max(1);
-            eprintln!("{family:?}: n={} min={:?} mean={mean} max={:?}", sizes.len(), sizes.iter().min(), sizes.iter().max());
+            eprintln!(
+                "{family:?}: n={} min={:?} mean={mean} max={:?}",
+                sizes.len(),
+                sizes.iter().min(),
+                sizes.iter().max()
+            );
         }
         let cef_only = Corpus::generate(&spec("cef"));
         let mean = cef_only.mean_size();
@@ -572,7 +716,10 @@ mod tests {
         for m in &corpus.messages {
             let text = std::str::from_utf8(&m.bytes).unwrap();
             assert!(text.starts_with('<'));
-            assert!(!text.contains('\n'), "a message must fit on one line: {text}");
+            assert!(
+                !text.contains('\n'),
+                "a message must fit on one line: {text}"
+            );
             if m.header == Header::Rfc5424 {
                 assert!(text[..8].contains(">1 "));
             }
@@ -595,7 +742,11 @@ mod tests {
             }
             if bytes[i] == b'=' {
                 let mut start = i;
-                while start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'.' || bytes[start - 1] == b'_') {
+                while start > 0
+                    && (bytes[start - 1].is_ascii_alphanumeric()
+                        || bytes[start - 1] == b'.'
+                        || bytes[start - 1] == b'_')
+                {
                     start -= 1;
                 }
                 if start == 0 || bytes[start - 1] == b' ' {
@@ -606,7 +757,10 @@ mod tests {
         }
         let mut out = Vec::new();
         for (n, &(start, eq)) in key_starts.iter().enumerate() {
-            let end = key_starts.get(n + 1).map(|&(s, _)| s - 1).unwrap_or(bytes.len());
+            let end = key_starts
+                .get(n + 1)
+                .map(|&(s, _)| s - 1)
+                .unwrap_or(bytes.len());
             let raw = &ext[eq + 1..end];
             let mut value = String::new();
             let mut chars = raw.chars();
@@ -641,26 +795,41 @@ mod tests {
             assert_eq!(decoded, m.cef_extensions, "{body}");
             saw_escape |= body.contains("\\=") && body.contains("\\\\") && body.contains("\\n");
             saw_empty_last |= body.ends_with("cs6=");
-            saw_word_severity |= ["Low", "Medium", "High", "Critical"].contains(&m.cef_header[6].as_str());
-            assert!(m.cef_extensions.iter().any(|(k, _)| k.ends_with("darktraceUrl")));
+            saw_word_severity |=
+                ["Low", "Medium", "High", "Critical"].contains(&m.cef_header[6].as_str());
+            assert!(
+                m.cef_extensions
+                    .iter()
+                    .any(|(k, _)| k.ends_with("darktraceUrl"))
+            );
         }
         assert!(saw_escape && saw_empty_last && saw_word_severity);
         let ids = corpus.cef_by_external_id();
-        assert_eq!(ids.len(), corpus.messages.len(), "externalId must be unique");
+        assert_eq!(
+            ids.len(),
+            corpus.messages.len(),
+            "externalId must be unique"
+        );
     }
 
     /// Once the library CEF parser lands it must agree with the generator's own record.
     #[test]
     fn library_cef_parser_agrees_when_implemented() {
-        let corpus = Corpus::generate(&CorpusSpec { messages: 50, ..spec("cef") });
+        let corpus = Corpus::generate(&CorpusSpec {
+            messages: 50,
+            ..spec("cef")
+        });
         for m in &corpus.messages {
             let body = std::str::from_utf8(m.body()).unwrap();
             let Ok(cef) = sluice::parse::cef::parse(body, "") else {
                 // The parsing core is not merged on this branch yet (the placeholder errors).
                 return;
             };
-            let got: Vec<(String, String)> =
-                cef.extensions.iter().map(|e| (e.key.to_string(), e.value.to_string())).collect();
+            let got: Vec<(String, String)> = cef
+                .extensions
+                .iter()
+                .map(|e| (e.key.to_string(), e.value.to_string()))
+                .collect();
             assert_eq!(got, m.cef_extensions);
         }
     }

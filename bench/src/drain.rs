@@ -59,14 +59,24 @@ extern "C" fn on_stop_signal(_: libc::c_int) {
 pub fn install_stop_handler() {
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
-        libc::signal(libc::SIGINT, on_stop_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_stop_signal as *const () as libc::sighandler_t);
+        libc::signal(
+            libc::SIGINT,
+            on_stop_signal as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            on_stop_signal as *const () as libc::sighandler_t,
+        );
     }
 }
 
 /// Runs until `stop` is set, a stop signal arrives, `expect` is reached or the idle timeout.
 /// `ready` is set once the socket is bound.
-pub fn run(config: &DrainConfig, stop: &AtomicBool, ready: &AtomicBool) -> anyhow::Result<DrainReport> {
+pub fn run(
+    config: &DrainConfig,
+    stop: &AtomicBool,
+    ready: &AtomicBool,
+) -> anyhow::Result<DrainReport> {
     let counters = Arc::new(Counters::default());
     let should_stop = {
         let counters = counters.clone();
@@ -94,7 +104,10 @@ pub fn run(config: &DrainConfig, stop: &AtomicBool, ready: &AtomicBool) -> anyho
             false
         }
     };
-    let progress = ProgressWriter { path: config.progress_file.clone(), last: Instant::now() };
+    let progress = ProgressWriter {
+        path: config.progress_file.clone(),
+        last: Instant::now(),
+    };
     match config.proto {
         Proto::Udp => drain_udp(config, &counters, ready, should_stop, progress)?,
         Proto::Tcp => drain_tcp(config, &counters, ready, should_stop, progress)?,
@@ -150,14 +163,19 @@ fn drain_udp(
     socket.set_reuse_address(true)?;
     socket.set_recv_buffer_size(config.receive_buffer_bytes)?;
     socket.set_read_timeout(Some(Duration::from_millis(50)))?;
-    socket.bind(&config.listen.into()).with_context(|| format!("binding UDP {}", config.listen))?;
+    socket
+        .bind(&config.listen.into())
+        .with_context(|| format!("binding UDP {}", config.listen))?;
     let socket: UdpSocket = socket.into();
     ready.store(true, Ordering::Release);
 
     let mut buffers = vec![0u8; UDP_BATCH * UDP_SLOT];
     let mut iovecs: Vec<libc::iovec> = buffers
         .chunks_mut(UDP_SLOT)
-        .map(|slot| libc::iovec { iov_base: slot.as_mut_ptr() as *mut libc::c_void, iov_len: slot.len() })
+        .map(|slot| libc::iovec {
+            iov_base: slot.as_mut_ptr() as *mut libc::c_void,
+            iov_len: slot.len(),
+        })
         .collect();
     let mut headers: Vec<libc::mmsghdr> = iovecs
         .iter_mut()
@@ -188,7 +206,10 @@ fn drain_udp(
                 _ => return Err(err).context("recvmmsg"),
             }
         } else {
-            let bytes: u64 = headers[..rc as usize].iter().map(|h| u64::from(h.msg_len)).sum();
+            let bytes: u64 = headers[..rc as usize]
+                .iter()
+                .map(|h| u64::from(h.msg_len))
+                .sum();
             counters.messages.fetch_add(rc as u64, Ordering::Relaxed);
             counters.bytes.fetch_add(bytes, Ordering::Relaxed);
         }
@@ -208,7 +229,9 @@ fn drain_tcp(
     let socket = Socket::new(Domain::for_address(config.listen), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_recv_buffer_size(config.receive_buffer_bytes)?;
-    socket.bind(&config.listen.into()).with_context(|| format!("binding TCP {}", config.listen))?;
+    socket
+        .bind(&config.listen.into())
+        .with_context(|| format!("binding TCP {}", config.listen))?;
     socket.listen(1024)?;
     let listener: TcpListener = socket.into();
     listener.set_nonblocking(true)?;
@@ -259,7 +282,12 @@ fn drain_connection(
                 counters.messages.fetch_add(frames, Ordering::Relaxed);
                 counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
             }
-            Err(err) if matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
                 if finished.load(Ordering::Relaxed) {
                     break;
                 }
@@ -269,7 +297,9 @@ fn drain_connection(
         }
     }
     // A last message without its LF still counts, as syslog receivers do at end of stream.
-    counters.messages.fetch_add(counter.finish(), Ordering::Relaxed);
+    counters
+        .messages
+        .fetch_add(counter.finish(), Ordering::Relaxed);
     Ok(())
 }
 
@@ -287,13 +317,22 @@ pub struct FrameCounter {
 
 impl FrameCounter {
     pub fn new(framing: CountFraming) -> Self {
-        FrameCounter { framing, skip: 0, length: None, partial: false }
+        FrameCounter {
+            framing,
+            skip: 0,
+            length: None,
+            partial: false,
+        }
     }
 
     pub fn feed(&mut self, mut data: &[u8]) -> u64 {
         if self.framing == CountFraming::Auto {
             let Some(&first) = data.first() else { return 0 };
-            self.framing = if first.is_ascii_digit() { CountFraming::Octet } else { CountFraming::Lf };
+            self.framing = if first.is_ascii_digit() {
+                CountFraming::Octet
+            } else {
+                CountFraming::Lf
+            };
         }
         match self.framing {
             CountFraming::Lf => {
@@ -319,7 +358,12 @@ impl FrameCounter {
                     data = &data[1..];
                     match (byte, self.length) {
                         (b'0'..=b'9', length) => {
-                            self.length = Some(length.unwrap_or(0).saturating_mul(10).saturating_add(usize::from(byte - b'0')))
+                            self.length = Some(
+                                length
+                                    .unwrap_or(0)
+                                    .saturating_mul(10)
+                                    .saturating_add(usize::from(byte - b'0')),
+                            )
                         }
                         (b' ', Some(length)) => {
                             self.length = None;

@@ -31,7 +31,12 @@ pub struct FieldCheck {
 
 impl FieldCheck {
     fn note(&mut self, example: String) {
-        if self.examples.len() < 4 && !self.examples.iter().any(|e| e.split(':').next() == example.split(':').next()) {
+        if self.examples.len() < 4
+            && !self
+                .examples
+                .iter()
+                .any(|e| e.split(':').next() == example.split(':').next())
+        {
             self.examples.push(example);
         }
     }
@@ -59,7 +64,10 @@ fn flatten(value: &Value, path: &mut String, out: &mut Vec<(String, String)>) {
 fn breach_id(fields: &[(String, String)]) -> Option<String> {
     fields.iter().find_map(|(_, value)| {
         let at = value.find("#modelbreach/")?;
-        let digits: String = value[at + 13..].chars().take_while(char::is_ascii_digit).collect();
+        let digits: String = value[at + 13..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
         (!digits.is_empty()).then_some(digits)
     })
 }
@@ -122,25 +130,37 @@ pub fn check<'a>(
         if result.rows as usize >= limit {
             break;
         }
-        let Ok(value) = serde_json::from_str::<Value>(line) else { continue };
+        let Ok(value) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
         fields.clear();
         flatten(&value, &mut String::new(), &mut fields);
-        let Some(id) = breach_id(&fields) else { continue };
-        let Some(message) = expected.get(&id) else { continue };
+        let Some(id) = breach_id(&fields) else {
+            continue;
+        };
+        let Some(message) = expected.get(&id) else {
+            continue;
+        };
         result.rows += 1;
         let mut row_errors = 0;
         for (key, want) in &message.cef_extensions {
             let outcome = match style {
                 OutputStyle::CefKeys => {
                     let suffix = format!(".{key}");
-                    fields.iter().find(|(path, _)| path == key || path.ends_with(&suffix)).map(|(_, v)| v.as_str())
+                    fields
+                        .iter()
+                        .find(|(path, _)| path == key || path.ends_with(&suffix))
+                        .map(|(_, v)| v.as_str())
                 }
                 OutputStyle::CommonSecurityLog => {
                     if key == "rt" {
                         continue; // converted to a timestamp column; not a string comparison
                     }
                     match csl_column(key) {
-                        Some(column) => fields.iter().find(|(path, _)| *path == column).map(|(_, v)| v.as_str()),
+                        Some(column) => fields
+                            .iter()
+                            .find(|(path, _)| *path == column)
+                            .map(|(_, v)| v.as_str()),
                         // Unmapped keys land in AdditionalExtensions: the value must appear there.
                         None => fields
                             .iter()
@@ -154,7 +174,11 @@ pub fn check<'a>(
                 None if want.is_empty() && style == OutputStyle::CommonSecurityLog => {}
                 Some(got) => {
                     row_errors += 1;
-                    result.note(format!("{key}: got {:?}, want {:?}", shorten(got), shorten(want)));
+                    result.note(format!(
+                        "{key}: got {:?}, want {:?}",
+                        shorten(got),
+                        shorten(want)
+                    ));
                 }
                 None => {
                     row_errors += 1;
@@ -177,9 +201,18 @@ mod tests {
 
     #[test]
     fn finds_wrong_and_missing_fields_and_accepts_correct_ones() {
-        let corpus = Corpus::generate(&CorpusSpec { seed: 5, messages: 20, mix: "cef".parse().unwrap(), rfc5424_percent: 50 });
+        let corpus = Corpus::generate(&CorpusSpec {
+            seed: 5,
+            messages: 20,
+            mix: "cef".parse().unwrap(),
+            rfc5424_percent: 50,
+        });
         let expected = corpus.cef_by_external_id();
-        let message = corpus.messages.iter().find(|m| m.kind == Kind::Cef).unwrap();
+        let message = corpus
+            .messages
+            .iter()
+            .find(|m| m.kind == Kind::Cef)
+            .unwrap();
         let mut ext = serde_json::Map::new();
         for (k, v) in &message.cef_extensions {
             ext.insert(k.clone(), Value::String(v.clone()));
@@ -189,7 +222,12 @@ mod tests {
         bad_ext.remove("dvc");
         bad_ext.insert("dst".into(), Value::String("wrong".into()));
         let bad = serde_json::json!({"cef": {"Extensions": bad_ext}}).to_string();
-        let check = super::check([good.as_str(), bad.as_str(), "not json"].into_iter(), &expected, OutputStyle::CefKeys, 100);
+        let check = super::check(
+            [good.as_str(), bad.as_str(), "not json"].into_iter(),
+            &expected,
+            OutputStyle::CefKeys,
+            100,
+        );
         assert_eq!(check.rows, 2);
         assert_eq!(check.rows_with_errors, 1);
         assert_eq!(check.field_errors, 2);
@@ -198,7 +236,10 @@ mod tests {
 
     #[test]
     fn commonsecuritylog_columns() {
-        assert_eq!(csl_column("cs3Label").as_deref(), Some("DeviceCustomString3Label"));
+        assert_eq!(
+            csl_column("cs3Label").as_deref(),
+            Some("DeviceCustomString3Label")
+        );
         assert_eq!(csl_column("cn2").as_deref(), Some("DeviceCustomNumber2"));
         assert_eq!(csl_column("darktraceUrl"), None);
         assert!(values_match("42", "42.0"));

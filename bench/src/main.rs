@@ -13,7 +13,10 @@ use sluice_bench::report::{self, ReportContext};
 use sluice_bench::send::{self, Proto, SendConfig, TcpFraming};
 
 #[derive(Parser)]
-#[command(name = "sluice-bench", about = "Load generator, drain-only receiver and receiver comparison")]
+#[command(
+    name = "sluice-bench",
+    about = "Load generator, drain-only receiver and receiver comparison"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -162,7 +165,18 @@ struct CompareArgs {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Send { target, proto, framing, connections, rate, count, duration, batch, cpu, corpus } => {
+        Command::Send {
+            target,
+            proto,
+            framing,
+            connections,
+            rate,
+            count,
+            duration,
+            batch,
+            cpu,
+            corpus,
+        } => {
             if count.is_none() && duration.is_none() {
                 bail!("give --count or --duration");
             }
@@ -189,10 +203,22 @@ fn main() -> anyhow::Result<()> {
                 report.elapsed_secs,
                 report.rate(),
                 report.bytes as f64 / report.elapsed_secs.max(1e-9) / 1e6,
-                if report.errors > 0 { format!(", {} refused", report.errors) } else { String::new() }
+                if report.errors > 0 {
+                    format!(", {} refused", report.errors)
+                } else {
+                    String::new()
+                }
             );
         }
-        Command::Drain { listen, proto, framing, receive_buffer_bytes, progress_file, expect, idle_exit } => {
+        Command::Drain {
+            listen,
+            proto,
+            framing,
+            receive_buffer_bytes,
+            progress_file,
+            expect,
+            idle_exit,
+        } => {
             drain::install_stop_handler();
             let config = DrainConfig {
                 listen,
@@ -204,7 +230,10 @@ fn main() -> anyhow::Result<()> {
                 idle_exit: idle_exit.map(Duration::from_secs_f64),
             };
             let report = drain::run(&config, &AtomicBool::new(false), &AtomicBool::new(false))?;
-            println!("received {} messages, {} bytes", report.messages, report.bytes);
+            println!(
+                "received {} messages, {} bytes",
+                report.messages, report.bytes
+            );
         }
         Command::Compare(args) => run_compare(args)?,
     }
@@ -233,7 +262,11 @@ fn run_compare(args: CompareArgs) -> anyhow::Result<()> {
     let receivers = if !args.receivers.is_empty() {
         args.receivers.clone()
     } else if pipeline {
-        vec![Receiver::Drain, Receiver::SluiceCsl, Receiver::SluiceCslZstd]
+        vec![
+            Receiver::Drain,
+            Receiver::SluiceCsl,
+            Receiver::SluiceCslZstd,
+        ]
     } else {
         Receiver::ALL.to_vec()
     };
@@ -245,15 +278,41 @@ fn run_compare(args: CompareArgs) -> anyhow::Result<()> {
         vec!["cef".parse()?]
     };
     let default_udp: Vec<Offered> = if pipeline || args.quick {
-        if args.quick && !pipeline { vec![Offered::Rate(50_000), Offered::Max] } else { vec![Offered::Max] }
+        if args.quick && !pipeline {
+            vec![Offered::Rate(50_000), Offered::Max]
+        } else {
+            vec![Offered::Max]
+        }
     } else {
-        vec![Offered::Rate(25_000), Offered::Rate(50_000), Offered::Rate(100_000), Offered::Max]
+        vec![
+            Offered::Rate(25_000),
+            Offered::Rate(50_000),
+            Offered::Rate(100_000),
+            Offered::Max,
+        ]
     };
-    let udp_rates = if args.udp_rates.is_empty() { default_udp } else { args.udp_rates.clone() };
-    let tcp_rates = if args.tcp_rates.is_empty() { vec![Offered::Max] } else { args.tcp_rates.clone() };
-    let (repeats, max_count, duration) =
-        if args.quick { (1, args.max_count.min(100_000), args.duration.min(1.0)) } else { (args.repeats, args.max_count, args.duration) };
-    let workloads: Vec<Workload> = mixes.iter().map(|m| Workload { name: workload_name(m), mix: *m }).collect();
+    let udp_rates = if args.udp_rates.is_empty() {
+        default_udp
+    } else {
+        args.udp_rates.clone()
+    };
+    let tcp_rates = if args.tcp_rates.is_empty() {
+        vec![Offered::Max]
+    } else {
+        args.tcp_rates.clone()
+    };
+    let (repeats, max_count, duration) = if args.quick {
+        (1, args.max_count.min(100_000), args.duration.min(1.0))
+    } else {
+        (args.repeats, args.max_count, args.duration)
+    };
+    let workloads: Vec<Workload> = mixes
+        .iter()
+        .map(|m| Workload {
+            name: workload_name(m),
+            mix: *m,
+        })
+        .collect();
     let config = CompareConfig {
         receivers: receivers.clone(),
         workloads: workloads.clone(),
@@ -280,7 +339,10 @@ fn run_compare(args: CompareArgs) -> anyhow::Result<()> {
     check_rmem(args.receive_buffer_bytes);
     let started = std::time::Instant::now();
     let results = compare::run(&config, |r| {
-        let cpu_m = r.cpu_per_million().map(|c| format!("{c:.2}")).unwrap_or_else(|| "-".into());
+        let cpu_m = r
+            .cpu_per_million()
+            .map(|c| format!("{c:.2}"))
+            .unwrap_or_else(|| "-".into());
         match &r.error {
             None => eprintln!(
                 "[{:>5.0}s] rep {} {:<5} {:<4} {:>7} {:<16} sent {:>8} ({:>7.0}/s) delivered {:>8} ({:>5.1}%) cpu {:>6.2}s = {} s/M rss {} MiB",
@@ -298,7 +360,14 @@ fn run_compare(args: CompareArgs) -> anyhow::Result<()> {
                 cpu_m,
                 r.peak_rss_kib / 1024
             ),
-            Some(err) => eprintln!("rep {} {} {} {} {}: FAILED: {err}", r.repeat, r.workload, r.proto, r.offered, r.receiver.name()),
+            Some(err) => eprintln!(
+                "rep {} {} {} {} {}: FAILED: {err}",
+                r.repeat,
+                r.workload,
+                r.proto,
+                r.offered,
+                r.receiver.name()
+            ),
         }
     })?;
 
@@ -307,16 +376,28 @@ fn run_compare(args: CompareArgs) -> anyhow::Result<()> {
     let preset = if pipeline { "pipeline" } else { "peers" };
     let dir = args.out_dir.join(format!("{stamp}-{preset}"));
     let mut versions = Vec::new();
-    let peer_dir = args.peer_root.parent().map(PathBuf::from).unwrap_or_default();
-    for (name, file) in [("rsyslog", "rsyslog.version"), ("syslog-ng", "syslog-ng.version")] {
+    let peer_dir = args
+        .peer_root
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    for (name, file) in [
+        ("rsyslog", "rsyslog.version"),
+        ("syslog-ng", "syslog-ng.version"),
+    ] {
         if let Ok(v) = std::fs::read_to_string(peer_dir.join(file)) {
             versions.push((name.to_string(), v.trim().to_string()));
         }
     }
-    if let Ok(out) = std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]).output()
+    if let Ok(out) = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
         && out.status.success()
     {
-        versions.push(("sluice".into(), format!("git {}", String::from_utf8_lossy(&out.stdout).trim())));
+        versions.push((
+            "sluice".into(),
+            format!("git {}", String::from_utf8_lossy(&out.stdout).trim()),
+        ));
     }
     let corpus_notes = workloads
         .iter()
@@ -353,7 +434,11 @@ fn run_compare(args: CompareArgs) -> anyhow::Result<()> {
     // latest.md links to copies of the plots next to it.
     let mut latest = md.clone();
     for plot in &plots {
-        let name = plot.file_name().context("plot name")?.to_string_lossy().to_string();
+        let name = plot
+            .file_name()
+            .context("plot name")?
+            .to_string_lossy()
+            .to_string();
         let latest_name = format!("latest-{preset}-{name}");
         std::fs::copy(plot, args.out_dir.join(&latest_name))?;
         latest = latest.replace(&format!("]({name})"), &format!("]({latest_name})"));
@@ -382,9 +467,16 @@ fn check_rmem(wanted: usize) {
 fn machine_description() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())))
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
 }

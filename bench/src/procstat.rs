@@ -7,7 +7,8 @@ use anyhow::{Context, bail};
 /// User + system CPU time of a process (all its threads), from `/proc/<pid>/stat`.
 /// Works on a zombie too, which is how a receiver's shutdown work gets counted.
 pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
     parse_cpu_time(&stat, clock_ticks_per_second())
 }
 
@@ -19,7 +20,10 @@ fn clock_ticks_per_second() -> u64 {
 
 fn parse_cpu_time(stat: &str, ticks_per_second: u64) -> anyhow::Result<Duration> {
     // The command name is in parentheses and may contain spaces: fields start after the last ')'.
-    let after = stat.rfind(')').map(|i| &stat[i + 1..]).context("malformed stat line")?;
+    let after = stat
+        .rfind(')')
+        .map(|i| &stat[i + 1..])
+        .context("malformed stat line")?;
     let fields: Vec<&str> = after.split_whitespace().collect();
     // After the name: state(0) ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime(11) stime(12).
     if fields.len() < 13 {
@@ -27,7 +31,9 @@ fn parse_cpu_time(stat: &str, ticks_per_second: u64) -> anyhow::Result<Duration>
     }
     let utime: u64 = fields[11].parse().context("utime")?;
     let stime: u64 = fields[12].parse().context("stime")?;
-    Ok(Duration::from_secs_f64((utime + stime) as f64 / ticks_per_second as f64))
+    Ok(Duration::from_secs_f64(
+        (utime + stime) as f64 / ticks_per_second as f64,
+    ))
 }
 
 /// Peak resident set size (VmHWM) in KiB; `None` once the process has exited.
@@ -43,15 +49,31 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
 pub fn udp_rcvbuf_errors() -> anyhow::Result<u64> {
     let snmp = std::fs::read_to_string("/proc/net/snmp")?;
     let mut udp_lines = snmp.lines().filter(|l| l.starts_with("Udp:"));
-    let names = udp_lines.next().context("no Udp header in /proc/net/snmp")?;
-    let values = udp_lines.next().context("no Udp values in /proc/net/snmp")?;
-    let index = names.split_whitespace().position(|n| n == "RcvbufErrors").context("no RcvbufErrors")?;
-    values.split_whitespace().nth(index).context("short Udp line")?.parse().context("RcvbufErrors value")
+    let names = udp_lines
+        .next()
+        .context("no Udp header in /proc/net/snmp")?;
+    let values = udp_lines
+        .next()
+        .context("no Udp values in /proc/net/snmp")?;
+    let index = names
+        .split_whitespace()
+        .position(|n| n == "RcvbufErrors")
+        .context("no RcvbufErrors")?;
+    values
+        .split_whitespace()
+        .nth(index)
+        .context("short Udp line")?
+        .parse()
+        .context("RcvbufErrors value")
 }
 
 /// Whether something is bound to `port` on loopback/any (UDP) or listening on it (TCP).
 pub fn port_bound(port: u16, udp: bool) -> bool {
-    let files: &[&str] = if udp { &["/proc/net/udp", "/proc/net/udp6"] } else { &["/proc/net/tcp", "/proc/net/tcp6"] };
+    let files: &[&str] = if udp {
+        &["/proc/net/udp", "/proc/net/udp6"]
+    } else {
+        &["/proc/net/tcp", "/proc/net/tcp6"]
+    };
     let wanted = format!(":{port:04X}");
     files.iter().any(|file| {
         std::fs::read_to_string(file).is_ok_and(|table| {
@@ -79,7 +101,8 @@ mod tests {
 
     #[test]
     fn parses_stat_with_spaces_in_the_name() {
-        let line = "1234 (rs:main Q:Reg) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 4 0 100 0 0";
+        let line =
+            "1234 (rs:main Q:Reg) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 4 0 100 0 0";
         assert_eq!(parse_cpu_time(line, 100).unwrap(), Duration::from_secs(3));
         assert!(parse_cpu_time("1 (x) S 1", 100).is_err());
     }

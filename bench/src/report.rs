@@ -45,7 +45,11 @@ pub fn median(values: &mut [f64]) -> Option<f64> {
     }
     values.sort_by(|a, b| a.total_cmp(b));
     let mid = values.len() / 2;
-    Some(if values.len() % 2 == 1 { values[mid] } else { (values[mid - 1] + values[mid]) / 2.0 })
+    Some(if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    })
 }
 
 const LIMIT_NAME: &str = "limit: drain + zstd";
@@ -53,9 +57,15 @@ const LIMIT_NAME: &str = "limit: drain + zstd";
 pub fn summarise(results: &[RunResult]) -> Vec<Summary> {
     // Drain CPU-s/M per (repeat, workload, proto, offered): the same-repetition baseline.
     let mut drain: BTreeMap<(usize, String, String, Offered), f64> = BTreeMap::new();
-    for r in results.iter().filter(|r| r.receiver == Receiver::Drain && r.error.is_none()) {
+    for r in results
+        .iter()
+        .filter(|r| r.receiver == Receiver::Drain && r.error.is_none())
+    {
         if let Some(c) = r.cpu_per_million() {
-            drain.insert((r.repeat, r.workload.clone(), r.proto.to_string(), r.offered), c);
+            drain.insert(
+                (r.repeat, r.workload.clone(), r.proto.to_string(), r.offered),
+                c,
+            );
         }
     }
     let mut groups: BTreeMap<GroupKey, Vec<(RunResult, Option<f64>)>> = BTreeMap::new();
@@ -66,8 +76,13 @@ pub fn summarise(results: &[RunResult]) -> Vec<Summary> {
             offered: r.offered,
             receiver: r.receiver.name().to_string(),
         };
-        let base = drain.get(&(r.repeat, r.workload.clone(), r.proto.to_string(), r.offered)).copied();
-        groups.entry(key.clone()).or_default().push((r.clone(), base));
+        let base = drain
+            .get(&(r.repeat, r.workload.clone(), r.proto.to_string(), r.offered))
+            .copied();
+        groups
+            .entry(key.clone())
+            .or_default()
+            .push((r.clone(), base));
         // The limit including compression: drain plus standalone zstd of Sluice's output bytes.
         if let (Some(zstd), Some(base)) = (r.standalone_zstd_cpu_secs, base)
             && r.delivered > 0
@@ -76,21 +91,31 @@ pub fn summarise(results: &[RunResult]) -> Vec<Summary> {
             limit.cpu_secs = (base + zstd / r.delivered as f64 * 1e6) * r.delivered as f64 / 1e6;
             limit.peak_rss_kib = 0;
             limit.fields = None;
-            groups.entry(GroupKey { receiver: LIMIT_NAME.into(), ..key }).or_default().push((limit, Some(base)));
+            groups
+                .entry(GroupKey {
+                    receiver: LIMIT_NAME.into(),
+                    ..key
+                })
+                .or_default()
+                .push((limit, Some(base)));
         }
     }
     groups
         .into_iter()
         .map(|(key, runs)| {
-            let ok: Vec<&(RunResult, Option<f64>)> = runs.iter().filter(|(r, _)| r.error.is_none()).collect();
+            let ok: Vec<&(RunResult, Option<f64>)> =
+                runs.iter().filter(|(r, _)| r.error.is_none()).collect();
             let collect = |f: &dyn Fn(&RunResult, Option<f64>) -> Option<f64>| -> Option<f64> {
                 let mut v: Vec<f64> = ok.iter().filter_map(|(r, b)| f(r, *b)).collect();
                 median(&mut v)
             };
-            let fields = ok.iter().filter_map(|(r, _)| r.fields.as_ref()).fold(None, |acc: Option<(u64, u64, u64)>, f| {
-                let (a, b, c) = acc.unwrap_or_default();
-                Some((a + f.rows, b + f.rows_with_errors, c + f.field_errors))
-            });
+            let fields = ok.iter().filter_map(|(r, _)| r.fields.as_ref()).fold(
+                None,
+                |acc: Option<(u64, u64, u64)>, f| {
+                    let (a, b, c) = acc.unwrap_or_default();
+                    Some((a + f.rows, b + f.rows_with_errors, c + f.field_errors))
+                },
+            );
             let mut examples: Vec<String> = Vec::new();
             for f in ok.iter().filter_map(|(r, _)| r.fields.as_ref()) {
                 for e in &f.examples {
@@ -107,8 +132,10 @@ pub fn summarise(results: &[RunResult]) -> Vec<Summary> {
                 runs: ok.len(),
                 failed: runs.len() - ok.len(),
                 send_rate: collect(&|r, _| Some(r.send_rate)).unwrap_or(0.0),
-                delivered_percent: collect(&|r, _| (r.sent > 0).then(|| 100.0 * r.delivered as f64 / r.sent as f64))
-                    .unwrap_or(0.0),
+                delivered_percent: collect(&|r, _| {
+                    (r.sent > 0).then(|| 100.0 * r.delivered as f64 / r.sent as f64)
+                })
+                .unwrap_or(0.0),
                 delivered_rate: collect(&|r, _| Some(r.delivered_rate())).unwrap_or(0.0),
                 cpu_per_million: collect(&|r, _| r.cpu_per_million()),
                 ratio_to_drain: collect(&|r, b| Some(r.cpu_per_million()? / b?)),
@@ -123,7 +150,9 @@ pub fn summarise(results: &[RunResult]) -> Vec<Summary> {
 }
 
 fn fmt_opt(value: Option<f64>, decimals: usize) -> String {
-    value.map(|v| format!("{v:.decimals$}")).unwrap_or_else(|| "–".into())
+    value
+        .map(|v| format!("{v:.decimals$}"))
+        .unwrap_or_else(|| "–".into())
 }
 
 pub struct ReportContext {
@@ -139,7 +168,11 @@ pub struct ReportContext {
 
 pub fn markdown(summaries: &[Summary], ctx: &ReportContext) -> String {
     let mut md = String::new();
-    let _ = writeln!(md, "## Throughput comparison — {} on {}\n", ctx.date, ctx.machine);
+    let _ = writeln!(
+        md,
+        "## Throughput comparison — {} on {}\n",
+        ctx.date, ctx.machine
+    );
     let _ = writeln!(
         md,
         "Medians of {} repetition(s); receivers alternate within each point; receiver pinned to one core, \
@@ -164,7 +197,11 @@ pub fn markdown(summaries: &[Summary], ctx: &ReportContext) -> String {
             Some((rows, bad, _)) => format!("{bad}/{rows}"),
             None => "n/a".into(),
         };
-        let failed = if s.failed > 0 { format!(" ({} failed)", s.failed) } else { String::new() };
+        let failed = if s.failed > 0 {
+            format!(" ({} failed)", s.failed)
+        } else {
+            String::new()
+        };
         if s.runs == 0 {
             let _ = writeln!(
                 md,
@@ -177,7 +214,11 @@ pub fn markdown(summaries: &[Summary], ctx: &ReportContext) -> String {
             );
             continue;
         }
-        let rss = if s.peak_rss_mib > 0.0 { format!("{:.1}", s.peak_rss_mib) } else { "–".into() };
+        let rss = if s.peak_rss_mib > 0.0 {
+            format!("{:.1}", s.peak_rss_mib)
+        } else {
+            "–".into()
+        };
         let _ = writeln!(
             md,
             "| {} | {} | {} | {}{} | {:.0} | {:.1} | {:.0} | {} | {} | {} | {} |",
@@ -195,13 +236,21 @@ pub fn markdown(summaries: &[Summary], ctx: &ReportContext) -> String {
             fields
         );
     }
-    let examples: Vec<&Summary> = summaries.iter().filter(|s| !s.field_examples.is_empty()).collect();
+    let examples: Vec<&Summary> = summaries
+        .iter()
+        .filter(|s| !s.field_examples.is_empty())
+        .collect();
     if !examples.is_empty() {
         let _ = writeln!(md, "\nField error examples:\n");
         let mut seen = std::collections::HashSet::new();
         for s in examples {
             if seen.insert(&s.receiver) {
-                let _ = writeln!(md, "- {}: {}", s.receiver, s.field_examples.join("; ").replace('|', "/"));
+                let _ = writeln!(
+                    md,
+                    "- {}: {}",
+                    s.receiver,
+                    s.field_examples.join("; ").replace('|', "/")
+                );
             }
         }
     }
@@ -217,7 +266,15 @@ pub fn markdown(summaries: &[Summary], ctx: &ReportContext) -> String {
         );
     }
     if !ctx.versions.is_empty() {
-        let _ = writeln!(md, "\nVersions: {}", ctx.versions.iter().map(|(n, v)| format!("{n} {v}")).collect::<Vec<_>>().join(", "));
+        let _ = writeln!(
+            md,
+            "\nVersions: {}",
+            ctx.versions
+                .iter()
+                .map(|(n, v)| format!("{n} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     for plot in &ctx.plots {
         let _ = writeln!(md, "\n![{plot}]({plot})");
@@ -238,8 +295,12 @@ fn font() -> anyhow::Result<()> {
                 .iter()
                 .find_map(|p| std::fs::read(p).ok())
                 .ok_or("no DejaVuSans.ttf found (apt-get install fonts-dejavu-core)")?;
-            plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(bytes.into_boxed_slice()))
-                .map_err(|_| "DejaVuSans.ttf is not a valid font".to_string())
+            plotters::style::register_font(
+                "sans-serif",
+                FontStyle::Normal,
+                Box::leak(bytes.into_boxed_slice()),
+            )
+            .map_err(|_| "DejaVuSans.ttf is not a valid font".to_string())
         })
         .clone()
         .map_err(anyhow::Error::msg)
@@ -258,21 +319,35 @@ const COLORS: [RGBColor; 9] = [
 ];
 
 /// Delivered msgs/s against the measured offered rate, one line per receiver.
-pub fn plot_delivered(summaries: &[Summary], workload: &str, proto: &str, path: &Path) -> anyhow::Result<()> {
+pub fn plot_delivered(
+    summaries: &[Summary],
+    workload: &str,
+    proto: &str,
+    path: &Path,
+) -> anyhow::Result<()> {
     font()?;
     let mut series: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
-    for s in summaries.iter().filter(|s| s.workload == workload && s.proto == proto && s.runs > 0) {
+    for s in summaries
+        .iter()
+        .filter(|s| s.workload == workload && s.proto == proto && s.runs > 0)
+    {
         if s.receiver == LIMIT_NAME {
             continue;
         }
-        series.entry(&s.receiver).or_default().push((s.send_rate / 1000.0, s.delivered_rate / 1000.0));
+        series
+            .entry(&s.receiver)
+            .or_default()
+            .push((s.send_rate / 1000.0, s.delivered_rate / 1000.0));
     }
     let max_x = series.values().flatten().map(|p| p.0).fold(1.0, f64::max) * 1.05;
     let max_y = series.values().flatten().map(|p| p.1).fold(1.0, f64::max) * 1.1;
     let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("Delivered vs offered — {workload}, {proto}"), ("sans-serif", 22))
+        .caption(
+            format!("Delivered vs offered — {workload}, {proto}"),
+            ("sans-serif", 22),
+        )
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
@@ -289,8 +364,14 @@ pub fn plot_delivered(summaries: &[Summary], workload: &str, proto: &str, path: 
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
             .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-        chart.draw_series(points.into_iter().map(|p| Circle::new(p, 4, color.filled())))?;
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+        chart.draw_series(
+            points
+                .into_iter()
+                .map(|p| Circle::new(p, 4, color.filled())),
+        )?;
     }
     chart
         .configure_series_labels()
@@ -299,7 +380,8 @@ pub fn plot_delivered(summaries: &[Summary], workload: &str, proto: &str, path: 
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
         .draw()?;
-    root.present().with_context(|| format!("writing {}", path.display()))?;
+    root.present()
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -309,16 +391,26 @@ pub fn plot_cpu(summaries: &[Summary], workload: &str, path: &Path) -> anyhow::R
     let mut receivers: Vec<String> = Vec::new();
     let mut bars: Vec<(usize, usize, f64)> = Vec::new();
     let protos = ["udp", "tcp"];
-    for s in summaries.iter().filter(|s| s.workload == workload && s.runs > 0) {
+    for s in summaries
+        .iter()
+        .filter(|s| s.workload == workload && s.runs > 0)
+    {
         let top = summaries
             .iter()
-            .filter(|o| o.workload == workload && o.proto == s.proto && o.receiver == s.receiver && o.runs > 0)
+            .filter(|o| {
+                o.workload == workload
+                    && o.proto == s.proto
+                    && o.receiver == s.receiver
+                    && o.runs > 0
+            })
             .map(|o| o.offered)
             .max();
         if Some(s.offered) != top {
             continue;
         }
-        let Some(cpu) = s.cpu_per_million else { continue };
+        let Some(cpu) = s.cpu_per_million else {
+            continue;
+        };
         let index = match receivers.iter().position(|r| *r == s.receiver) {
             Some(i) => i,
             None => {
@@ -334,7 +426,10 @@ pub fn plot_cpu(summaries: &[Summary], workload: &str, path: &Path) -> anyhow::R
     root.fill(&WHITE)?;
     let n = receivers.len().max(1);
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("CPU-seconds per million messages (lower is better) — {workload}"), ("sans-serif", 22))
+        .caption(
+            format!("CPU-seconds per million messages (lower is better) — {workload}"),
+            ("sans-serif", 22),
+        )
         .margin(15)
         .x_label_area_size(70)
         .y_label_area_size(60)
@@ -346,7 +441,11 @@ pub fn plot_cpu(summaries: &[Summary], workload: &str, path: &Path) -> anyhow::R
         .x_labels(n * 2 + 1)
         .x_label_formatter(&|x| {
             let i = x.floor() as usize;
-            if (x - i as f64 - 0.5).abs() < 0.01 { names.get(i).cloned().unwrap_or_default() } else { String::new() }
+            if (x - i as f64 - 0.5).abs() < 0.01 {
+                names.get(i).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
         })
         .y_desc("CPU-s / M msgs")
         .label_style(("sans-serif", 13))
@@ -362,7 +461,11 @@ pub fn plot_cpu(summaries: &[Summary], workload: &str, path: &Path) -> anyhow::R
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled()));
         chart.draw_series(bars.iter().filter(|b| b.1 == p).map(|&(i, _, v)| {
             let x0 = i as f64 + 0.1 + 0.4 * p as f64;
-            Text::new(format!("{v:.2}"), (x0, v + max_y * 0.01), ("sans-serif", 12))
+            Text::new(
+                format!("{v:.2}"),
+                (x0, v + max_y * 0.01),
+                ("sans-serif", 12),
+            )
         }))?;
     }
     chart
@@ -372,7 +475,8 @@ pub fn plot_cpu(summaries: &[Summary], workload: &str, path: &Path) -> anyhow::R
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
         .draw()?;
-    root.present().with_context(|| format!("writing {}", path.display()))?;
+    root.present()
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -383,16 +487,25 @@ pub fn write_all(
     ctx: &mut ReportContext,
 ) -> anyhow::Result<(String, Vec<PathBuf>)> {
     std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("results.json"), serde_json::to_vec_pretty(results)?)?;
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_vec_pretty(results)?,
+    )?;
     let summaries = summarise(results);
-    std::fs::write(dir.join("summary.json"), serde_json::to_vec_pretty(&summaries)?)?;
+    std::fs::write(
+        dir.join("summary.json"),
+        serde_json::to_vec_pretty(&summaries)?,
+    )?;
     let mut plots = Vec::new();
     let workloads: Vec<String> = ctx.workloads.iter().map(|(n, _)| n.clone()).collect();
     for workload in &workloads {
         for proto in [Proto::Udp, Proto::Tcp] {
             let proto = proto.to_string();
-            let points = summaries.iter().filter(|s| s.workload == *workload && s.proto == proto && s.runs > 0);
-            let distinct_rates: std::collections::BTreeSet<Offered> = points.map(|s| s.offered).collect();
+            let points = summaries
+                .iter()
+                .filter(|s| s.workload == *workload && s.proto == proto && s.runs > 0);
+            let distinct_rates: std::collections::BTreeSet<Offered> =
+                points.map(|s| s.offered).collect();
             if distinct_rates.len() < 2 {
                 continue;
             }

@@ -74,7 +74,8 @@ pub fn pin_current_thread(cpu: usize) -> anyhow::Result<()> {
         libc::CPU_ZERO(&mut set);
         libc::CPU_SET(cpu, &mut set);
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(std::io::Error::last_os_error()).with_context(|| format!("pinning to CPU {cpu}"));
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("pinning to CPU {cpu}"));
         }
     }
     Ok(())
@@ -97,7 +98,13 @@ impl Pacer {
             Some(rate) => ((rate / 1000) as usize).clamp(1, max_batch.max(1)),
             None => max_batch.max(1),
         };
-        Pacer { start, rate, batch, limit, deadline: duration.map(|d| start + d) }
+        Pacer {
+            start,
+            rate,
+            batch,
+            limit,
+            deadline: duration.map(|d| start + d),
+        }
     }
 
     /// Number of messages to send next (0 = finished).
@@ -141,9 +148,16 @@ fn send_udp(corpus: &Corpus, config: &SendConfig) -> anyhow::Result<SendReport> 
     if let Some(cpu) = config.cpu {
         pin_current_thread(cpu)?;
     }
-    let bind: SocketAddr = if config.target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
+    let bind: SocketAddr = if config.target.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()?;
     let socket = UdpSocket::bind(bind).context("binding the UDP sender")?;
-    socket.connect(config.target).with_context(|| format!("connecting to {}", config.target))?;
+    socket
+        .connect(config.target)
+        .with_context(|| format!("connecting to {}", config.target))?;
     let sndbuf = socket2::SockRef::from(&socket);
     let _ = sndbuf.set_send_buffer_size(8 << 20);
 
@@ -153,7 +167,12 @@ fn send_udp(corpus: &Corpus, config: &SendConfig) -> anyhow::Result<SendReport> 
     let messages = &corpus.messages;
     let mut cursor = 0usize;
     let mut report = SendReport::default();
-    let pacer = Pacer::new(config.rate, max_batch, config.count.unwrap_or(u64::MAX), config.duration);
+    let pacer = Pacer::new(
+        config.rate,
+        max_batch,
+        config.count.unwrap_or(u64::MAX),
+        config.duration,
+    );
     let mut attempted = 0u64;
     loop {
         let n = pacer.next(attempted);
@@ -164,7 +183,10 @@ fn send_udp(corpus: &Corpus, config: &SendConfig) -> anyhow::Result<SendReport> 
         headers.clear();
         for i in 0..n {
             let message = &messages[(cursor + i) % messages.len()];
-            iovecs.push(libc::iovec { iov_base: message.bytes.as_ptr() as *mut libc::c_void, iov_len: message.bytes.len() });
+            iovecs.push(libc::iovec {
+                iov_base: message.bytes.as_ptr() as *mut libc::c_void,
+                iov_len: message.bytes.len(),
+            });
         }
         for iov in iovecs.iter_mut() {
             // SAFETY: an all-zero mmsghdr is valid (null name, no control data).
@@ -178,7 +200,12 @@ fn send_udp(corpus: &Corpus, config: &SendConfig) -> anyhow::Result<SendReport> 
             // SAFETY: headers[done..n] point at iovecs that point into corpus messages, all of
             // which outlive the call; the socket is connected so no address is needed.
             let rc = unsafe {
-                libc::sendmmsg(socket.as_raw_fd(), headers.as_mut_ptr().add(done), (n - done) as u32, 0)
+                libc::sendmmsg(
+                    socket.as_raw_fd(),
+                    headers.as_mut_ptr().add(done),
+                    (n - done) as u32,
+                    0,
+                )
             };
             if rc < 0 {
                 let err = std::io::Error::last_os_error();
@@ -244,7 +271,10 @@ impl FramedRing {
         if end <= self.len() {
             (&self.bytes[self.starts[first]..self.starts[end]], &[])
         } else {
-            (&self.bytes[self.starts[first]..], &self.bytes[..self.starts[end - self.len()]])
+            (
+                &self.bytes[self.starts[first]..],
+                &self.bytes[..self.starts[end - self.len()]],
+            )
         }
     }
 }
@@ -258,15 +288,19 @@ fn send_tcp(corpus: &Corpus, config: &SendConfig) -> anyhow::Result<SendReport> 
             .map(|index| {
                 let ring = &ring;
                 // Split count and rate evenly; the first connections take the remainder.
-                let share = |total: u64| total / connections as u64 + u64::from((index as u64) < total % connections as u64);
+                let share = |total: u64| {
+                    total / connections as u64
+                        + u64::from((index as u64) < total % connections as u64)
+                };
                 let count = config.count.map(share).unwrap_or(u64::MAX);
                 let rate = config.rate.map(|r| share(r).max(1));
                 scope.spawn(move || -> anyhow::Result<SendReport> {
                     if let Some(cpu) = config.cpu {
                         pin_current_thread(cpu)?;
                     }
-                    let mut stream = TcpStream::connect_timeout(&config.target, Duration::from_secs(5))
-                        .with_context(|| format!("connecting to {}", config.target))?;
+                    let mut stream =
+                        TcpStream::connect_timeout(&config.target, Duration::from_secs(5))
+                            .with_context(|| format!("connecting to {}", config.target))?;
                     stream.set_nodelay(false)?;
                     let mut report = SendReport::default();
                     let pacer = Pacer::new(rate, config.batch.max(1), count, config.duration);
@@ -290,7 +324,10 @@ fn send_tcp(corpus: &Corpus, config: &SendConfig) -> anyhow::Result<SendReport> 
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("sender thread panicked")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("sender thread panicked"))
+            .collect()
     });
     let mut total = SendReport::default();
     for report in reports {

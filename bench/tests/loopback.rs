@@ -10,18 +10,37 @@ use sluice_bench::send::{self, Proto, SendConfig, TcpFraming};
 
 fn free_port(udp: bool) -> u16 {
     if udp {
-        std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
     } else {
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
     }
 }
 
 fn corpus() -> Corpus {
-    Corpus::generate(&CorpusSpec { seed: 7, messages: 257, mix: "cef=70,json=30".parse().unwrap(), rfc5424_percent: 50 })
+    Corpus::generate(&CorpusSpec {
+        seed: 7,
+        messages: 257,
+        mix: "cef=70,json=30".parse().unwrap(),
+        rfc5424_percent: 50,
+    })
 }
 
 /// Runs a drain on `proto`, sends `count` messages to it, returns (sent, received).
-fn round_trip(proto: Proto, framing: TcpFraming, connections: usize, count: u64, rate: Option<u64>) -> (u64, u64) {
+fn round_trip(
+    proto: Proto,
+    framing: TcpFraming,
+    connections: usize,
+    count: u64,
+    rate: Option<u64>,
+) -> (u64, u64) {
     let port = free_port(proto == Proto::Udp);
     let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let config = DrainConfig {
@@ -63,18 +82,27 @@ fn round_trip(proto: Proto, framing: TcpFraming, connections: usize, count: u64,
 
 #[test]
 fn tcp_lf_over_several_connections_counts_every_message() {
-    assert_eq!(round_trip(Proto::Tcp, TcpFraming::Lf, 3, 20_000, None), (20_000, 20_000));
+    assert_eq!(
+        round_trip(Proto::Tcp, TcpFraming::Lf, 3, 20_000, None),
+        (20_000, 20_000)
+    );
 }
 
 #[test]
 fn tcp_octet_counting_counts_every_message() {
-    assert_eq!(round_trip(Proto::Tcp, TcpFraming::Octet, 2, 20_000, None), (20_000, 20_000));
+    assert_eq!(
+        round_trip(Proto::Tcp, TcpFraming::Octet, 2, 20_000, None),
+        (20_000, 20_000)
+    );
 }
 
 #[test]
 fn udp_at_a_moderate_rate_arrives_whole() {
     // 8 MiB of receive buffer holds far more than this paced trickle.
-    assert_eq!(round_trip(Proto::Udp, TcpFraming::Lf, 1, 5_000, Some(20_000)), (5_000, 5_000));
+    assert_eq!(
+        round_trip(Proto::Udp, TcpFraming::Lf, 1, 5_000, Some(20_000)),
+        (5_000, 5_000)
+    );
 }
 
 #[test]
@@ -100,8 +128,16 @@ fn pacing_holds_a_low_rate() {
     drop(receiver);
     assert_eq!(report.sent, 1_000);
     // 1000 messages at 2000/s take 0.5 s; pacing sleeps, so never faster, and allow scheduler slack.
-    assert!(report.elapsed_secs >= 0.49, "too fast: {:.3} s", report.elapsed_secs);
-    assert!(report.elapsed_secs < 0.8, "too slow: {:.3} s", report.elapsed_secs);
+    assert!(
+        report.elapsed_secs >= 0.49,
+        "too fast: {:.3} s",
+        report.elapsed_secs
+    );
+    assert!(
+        report.elapsed_secs < 0.8,
+        "too slow: {:.3} s",
+        report.elapsed_secs
+    );
 }
 
 #[test]
