@@ -174,6 +174,8 @@ pub struct CompareConfig {
     pub receive_buffer_bytes: usize,
     /// Wait this long without progress before declaring the rest lost.
     pub settle: Duration,
+    /// Upper bound from the first message sent until the receiver must have settled.
+    pub max_drain_wait: Duration,
     pub peer_root: PathBuf,
     pub sluice_bin: PathBuf,
     pub work_dir: PathBuf,
@@ -720,13 +722,26 @@ fn measure(
         result.send_rate = report.rate();
         let mut last = running.output.count();
         let mut last_change = Instant::now();
-        while last < report.sent && last_change.elapsed() < config.settle {
+        let mut last_cpu = procstat::cpu_time(pid).unwrap_or_default();
+        let mut last_busy = Instant::now();
+        // A receiver that still burns CPU is still working through what it buffered (syslog-ng
+        // drops its in-memory queue on shutdown), so "settled" needs both the count and the
+        // CPU to stand still; `max_drain_wait` bounds a receiver that never settles.
+        while last < report.sent
+            && (last_change.elapsed() < config.settle || last_busy.elapsed() < config.settle)
+            && started.elapsed() < config.max_drain_wait
+        {
             std::thread::sleep(Duration::from_millis(100));
             let now = running.output.count();
             if now != last {
                 last = now;
                 last_change = Instant::now();
             }
+            let cpu = procstat::cpu_time(pid).unwrap_or_default();
+            if cpu.saturating_sub(last_cpu) > Duration::from_millis(20) {
+                last_busy = Instant::now();
+            }
+            last_cpu = cpu;
         }
         result.wall_secs = (last_change.min(Instant::now()) - started)
             .as_secs_f64()

@@ -121,7 +121,7 @@ struct CompareArgs {
     #[arg(long, default_value_t = 2.0)]
     duration: f64,
     /// Messages per as-fast-as-possible point.
-    #[arg(long, default_value_t = 300_000)]
+    #[arg(long, default_value_t = 200_000)]
     max_count: u64,
     #[arg(long, default_value_t = 4)]
     tcp_connections: usize,
@@ -134,6 +134,9 @@ struct CompareArgs {
     /// Seconds without progress after sending before the rest counts as lost.
     #[arg(long, default_value_t = 1.5)]
     settle: f64,
+    /// Seconds from the start of sending after which a still-busy receiver is stopped anyway.
+    #[arg(long, default_value_t = 120.0)]
+    max_drain_wait: f64,
     #[arg(long, default_value_t = 1)]
     receiver_cpu: usize,
     #[arg(long, default_value_t = 0)]
@@ -329,6 +332,7 @@ fn run_compare(args: CompareArgs) -> anyhow::Result<()> {
         sender_cpu: args.sender_cpu,
         receive_buffer_bytes: args.receive_buffer_bytes,
         settle: Duration::from_secs_f64(args.settle),
+        max_drain_wait: Duration::from_secs_f64(args.max_drain_wait),
         peer_root: args.peer_root.clone(),
         sluice_bin: args.sluice_bin.clone(),
         work_dir: args.work_dir.clone(),
