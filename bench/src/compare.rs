@@ -681,7 +681,10 @@ fn run_point(config: &CompareConfig, point: &Point<'_>) -> RunResult {
     if let Err(err) = measure(config, point, &work, &mut result) {
         result.error = Some(format!("{err:#}"));
     }
-    let _ = std::fs::remove_dir_all(&work);
+    // SLUICE_BENCH_KEEP=1 keeps configs, logs and outputs for inspection.
+    if std::env::var_os("SLUICE_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&work);
+    }
     result
 }
 
@@ -738,7 +741,7 @@ fn measure(
                 last_change = Instant::now();
             }
             let cpu = procstat::cpu_time(pid).unwrap_or_default();
-            if cpu.saturating_sub(last_cpu) > Duration::from_millis(20) {
+            if cpu > last_cpu {
                 last_busy = Instant::now();
             }
             last_cpu = cpu;

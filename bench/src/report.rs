@@ -138,7 +138,9 @@ pub fn summarise(results: &[RunResult]) -> Vec<Summary> {
                 .unwrap_or(0.0),
                 delivered_rate: collect(&|r, _| Some(r.delivered_rate())).unwrap_or(0.0),
                 cpu_per_million: collect(&|r, _| r.cpu_per_million()),
-                ratio_to_drain: collect(&|r, b| Some(r.cpu_per_million()? / b?)),
+                ratio_to_drain: collect(&|r, b| {
+                    Some(r.cpu_per_million()? / b.filter(|b| *b > 0.0)?)
+                }),
                 peak_rss_mib: collect(&|r, _| Some(r.peak_rss_kib as f64 / 1024.0)).unwrap_or(0.0),
                 kernel_drops: collect(&|r, _| Some(r.kernel_rcvbuf_drops as f64)).unwrap_or(0.0),
                 field_rows: fields,
