@@ -159,6 +159,9 @@ impl EventKind {
 }
 
 /// The message body after the syslog header.
+// The CEF variant is large (inline extension storage) on purpose: an event lives on the stack
+// for one message, and boxing it would put an allocation on the hot path of every message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Body<'a> {
     Cef(Cef<'a>),
