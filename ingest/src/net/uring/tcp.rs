@@ -98,6 +98,7 @@ pub fn run_tcp_with<F: ConnectionFramer>(
         waiting: std::collections::VecDeque::new(),
         new_framer,
         error: None,
+        cqes: Vec::with_capacity(256),
         dropped_desync: metrics::counter!(
             "sluice_dropped_messages_total",
             "source" => ctx.source_name.to_string(),
@@ -174,6 +175,8 @@ struct TcpReader<'c, F, N> {
     /// Connections whose multishot receive ended without the connection ending.
     rearm: Vec<usize>,
     new_framer: N,
+    /// Completions copied out of the ring, reused across wake-ups.
+    cqes: Vec<cqueue::Entry>,
     /// A worker-queue failure seen inside a framer callback.
     error: Option<io::Error>,
     dropped_desync: metrics::Counter,
@@ -221,8 +224,10 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
         let mut any = true;
         while any {
             any = false;
-            let cqes: Vec<cqueue::Entry> = ring.completion().take(256).collect();
-            for cqe in cqes {
+            let mut cqes = std::mem::take(&mut self.cqes);
+            cqes.clear();
+            cqes.extend(ring.completion().take(256));
+            for cqe in cqes.drain(..) {
                 any = true;
                 match cqe.user_data() & KIND_MASK {
                     ACCEPT => self.accepted(ring, &cqe)?,
@@ -234,6 +239,7 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
                     return Err(e);
                 }
             }
+            self.cqes = cqes;
             bufs.publish();
         }
         if !self.handoff.is_empty() {
