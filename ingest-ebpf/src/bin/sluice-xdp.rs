@@ -141,14 +141,22 @@ fn parse(ctx: &XdpContext) -> Option<Packet> {
         _ => return None,
     };
     let dport = be16_at(ctx, l4_offset + 2)?;
-    Some(Packet { source, is_v4, proto, dport, ip_len })
+    Some(Packet {
+        source,
+        is_v4,
+        proto,
+        dport,
+        ip_len,
+    })
 }
 
 #[inline(always)]
 fn allowlisted(packet: &Packet) -> bool {
     if packet.is_v4 {
         let a = &packet.source.addr;
-        SL_ALLOW_V4.get(Key::new(32, [a[12], a[13], a[14], a[15]])).is_some()
+        SL_ALLOW_V4
+            .get(Key::new(32, [a[12], a[13], a[14], a[15]]))
+            .is_some()
     } else {
         SL_ALLOW_V6.get(Key::new(128, packet.source.addr)).is_some()
     }
@@ -182,7 +190,7 @@ fn within_rate(source: &SourceKey, settings: &XdpSettings) -> bool {
 
 #[inline(always)]
 fn count(packet: &Packet, action: Action) {
-    match SL_SOURCES.get_ptr_mut(&packet.source) {
+    match SL_SOURCES.get_ptr_mut(packet.source) {
         Some(counters) => {
             // SAFETY: per-CPU value of an existing entry: only this CPU writes it, and softirq
             // context does not re-enter the XDP program on the same CPU.
@@ -202,7 +210,7 @@ fn count(packet: &Packet, action: Action) {
                 dropped_allowlist: (action == Action::DropAllowlist) as u64,
                 dropped_ratelimit: (action == Action::DropRateLimit) as u64,
             };
-            let _ = SL_SOURCES.insert(&packet.source, &fresh, 0);
+            let _ = SL_SOURCES.insert(packet.source, fresh, 0);
         }
     }
     if let Some(totals) = SL_TOTALS.get_ptr_mut(totals_index(action, packet.proto)) {
@@ -267,11 +275,18 @@ pub fn sluice_steer(ctx: SkReuseportContext) -> u32 {
             // SAFETY: bpf_get_smp_processor_id has no preconditions.
             let cpu = unsafe { bpf_get_smp_processor_id() };
             let own = if cpu < MAX_CPUS {
-                SL_STEER_CPU.get(steer.slot * MAX_CPUS + cpu).copied().unwrap_or(0)
+                SL_STEER_CPU
+                    .get(steer.slot * MAX_CPUS + cpu)
+                    .copied()
+                    .unwrap_or(0)
             } else {
                 0
             };
-            if own != 0 && own <= count { own - 1 } else { cpu % count }
+            if own != 0 && own <= count {
+                own - 1
+            } else {
+                cpu % count
+            }
         }
         // SAFETY: bpf_get_prandom_u32 has no preconditions.
         STEER_RANDOM => (unsafe { bpf_get_prandom_u32() }) % count,
@@ -285,7 +300,6 @@ pub fn sluice_steer(ctx: SkReuseportContext) -> u32 {
         Err(_) => SK_PASS,
     }
 }
-
 
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
