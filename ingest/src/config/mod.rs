@@ -862,7 +862,7 @@ kinds = ["cef", "darktrace_model_breach"]
 
     #[test]
     fn secrets_are_redacted_and_resolved() {
-        let text = format!("[metrics]\nbearer_token = \"s3cr3t-value\"\n{GOOD}");
+        let text = format!("{GOOD}[metrics]\nbearer_token = \"s3cr3t-value\"\n");
         let c = Config::from_toml(&text, "x").unwrap();
         let shown = c.to_redacted_toml();
         assert!(
@@ -872,10 +872,11 @@ kinds = ["cef", "darktrace_model_breach"]
         assert!(!format!("{c:?}").contains("s3cr3t-value"));
         assert_eq!(c.metrics.token().unwrap().unwrap().expose(), "s3cr3t-value");
 
-        let text = format!("[metrics]\nbearer_token_file = \"/nonexistent/token\"\n{GOOD}");
+        let text = format!("{GOOD}[metrics]\nbearer_token_file = \"/nonexistent/token\"\n");
         let err = Config::from_toml(&text, "x.toml").unwrap_err().to_string();
+        let line = GOOD.lines().count() + 2;
         assert!(
-            err.starts_with("x.toml:2: `metrics.bearer_token_file`"),
+            err.starts_with(&format!("x.toml:{line}: `metrics.bearer_token_file`")),
             "{err}"
         );
     }
