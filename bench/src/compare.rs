@@ -246,7 +246,7 @@ impl Output {
                 offset,
                 lines,
             } => {
-                if let Ok(mut file) = std::fs::File::open(&path)
+                if let Ok(mut file) = std::fs::File::open(path)
                     && file.seek(SeekFrom::Start(*offset)).is_ok()
                 {
                     let mut buffer = vec![0u8; 1 << 20];
@@ -262,10 +262,9 @@ impl Output {
             }
             Output::Dir { path, seen } => {
                 for file in output_files(path) {
-                    if !seen.contains_key(&file) {
-                        let lines = for_each_output_line(&file, usize::MAX, |_| {}).unwrap_or(0);
-                        seen.insert(file, lines);
-                    }
+                    seen.entry(file).or_insert_with_key(|file| {
+                        for_each_output_line(file, usize::MAX, |_| {}).unwrap_or(0)
+                    });
                 }
                 seen.values().sum()
             }
