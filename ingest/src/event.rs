@@ -115,7 +115,8 @@ pub struct Cef<'a> {
     pub signature_id: Cow<'a, str>,
     pub name: Cow<'a, str>,
     pub severity: Cow<'a, str>,
-    /// In message order. Keys are unique: a repeated key keeps its last value.
+    /// In message order. Keys are unique: a repeated key is not a field boundary, so the first
+    /// occurrence is kept (see docs/cef.md, forged fields).
     pub extensions: SmallVec<[Extension<'a>; 24]>,
 }
 
