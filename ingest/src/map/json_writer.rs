@@ -23,31 +23,72 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Appends the escaped contents of `s` without quotes.
+///
+/// Most text needs no escaping, so eight bytes are tested at a time (SWAR) and copied in runs;
+/// only a word that holds a byte to escape is walked byte by byte.
 #[inline]
 pub fn write_str_contents(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if !NEEDS_ESCAPE[b as usize] {
+    let mut i = 0;
+    while i + 8 <= bytes.len() {
+        let word = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8-byte slice"));
+        if !word_needs_escape(word) {
+            i += 8;
             continue;
         }
-        out.extend_from_slice(&bytes[start..i]);
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            _ => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[(b >> 4) as usize]);
-                out.push(HEX[(b & 15) as usize]);
+        let end = i + 8;
+        while i < end {
+            if NEEDS_ESCAPE[bytes[i] as usize] {
+                out.extend_from_slice(&bytes[start..i]);
+                write_escape(out, bytes[i]);
+                start = i + 1;
             }
+            i += 1;
         }
-        start = i + 1;
+    }
+    while i < bytes.len() {
+        if NEEDS_ESCAPE[bytes[i] as usize] {
+            out.extend_from_slice(&bytes[start..i]);
+            write_escape(out, bytes[i]);
+            start = i + 1;
+        }
+        i += 1;
     }
     out.extend_from_slice(&bytes[start..]);
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// True when some byte of `word` is a control character, `"` or `\`. The classic
+/// "has byte less than n" / "has zero byte" tests are exact as to existence (n ≤ 128), which is
+/// all this gate needs: the bytes are then checked one by one.
+#[inline]
+fn word_needs_escape(word: u64) -> bool {
+    let control = word.wrapping_sub(ONES * 0x20) & !word;
+    let quote = word ^ (ONES * b'"' as u64);
+    let quote = quote.wrapping_sub(ONES) & !quote;
+    let backslash = word ^ (ONES * b'\\' as u64);
+    let backslash = backslash.wrapping_sub(ONES) & !backslash;
+    (control | quote | backslash) & HIGHS != 0
+}
+
+#[inline]
+fn write_escape(out: &mut Vec<u8>, b: u8) {
+    match b {
+        b'"' => out.extend_from_slice(b"\\\""),
+        b'\\' => out.extend_from_slice(b"\\\\"),
+        b'\n' => out.extend_from_slice(b"\\n"),
+        b'\r' => out.extend_from_slice(b"\\r"),
+        b'\t' => out.extend_from_slice(b"\\t"),
+        _ => {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[(b >> 4) as usize]);
+            out.push(HEX[(b & 15) as usize]);
+        }
+    }
 }
 
 /// Writes one JSON object field by field, handling commas.
@@ -146,6 +187,33 @@ mod tests {
             write_str(&mut out, s);
             let back: String = serde_json::from_slice(&out).unwrap();
             assert_eq!(back, s);
+        }
+    }
+
+    proptest::proptest! {
+        // The word-at-a-time gate must never skip a byte that needs escaping, wherever it sits.
+        #[test]
+        fn escaping_matches_serde_json(s in "(?s).{0,80}", noise in proptest::collection::vec(0u8..0x80, 0..40)) {
+            let mut text = s;
+            text.push_str(&String::from_utf8(noise).unwrap());
+            let mut out = Vec::new();
+            write_str(&mut out, &text);
+            let back: String = serde_json::from_slice(&out).unwrap();
+            proptest::prop_assert_eq!(back, text);
+        }
+    }
+
+    #[test]
+    fn every_byte_position_of_every_escapable_byte_is_escaped() {
+        for b in (0u8..0x20).chain([b'"', b'\\']) {
+            for pos in 0..20 {
+                let mut text = "x".repeat(20);
+                text.replace_range(pos..pos + 1, std::str::from_utf8(&[b]).unwrap());
+                let mut out = Vec::new();
+                write_str(&mut out, &text);
+                let back: String = serde_json::from_slice(&out).unwrap();
+                assert_eq!(back, text, "byte {b:#x} at {pos}");
+            }
         }
     }
 
