@@ -5,18 +5,18 @@
 //! The hot path (net → frame → parse → map → batch) is kept apart from the control path
 //! (config, metrics endpoint, CLI).
 
-pub mod batch;
-pub mod cli;
-pub mod compress;
 pub mod config;
-pub mod event;
-pub mod frame;
-pub mod map;
-pub mod metrics;
+pub mod xdp;
 pub mod net;
+pub mod frame;
 pub mod parse;
+pub mod event;
+pub mod map;
 pub mod pipeline;
+pub mod batch;
+pub mod compress;
+pub mod spool;
 pub mod sink;
 pub mod source;
-pub mod spool;
-pub mod xdp;
+pub mod metrics;
+pub mod cli;

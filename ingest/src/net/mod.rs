@@ -4,8 +4,8 @@
 //! end to end plus one [`FrameRef`] per message) and pushes it on its core's bounded queue.
 //! Workers return drained batches through a recycle queue so steady state allocates nothing.
 
-pub mod drops;
 pub mod portable;
+pub mod drops;
 pub mod uring;
 
 use std::net::SocketAddr;
