@@ -8,7 +8,11 @@ pub mod top;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "sluice", version, about = "High-throughput syslog ingestion for security alerts")]
+#[command(
+    name = "sluice",
+    version,
+    about = "High-throughput syslog ingestion for security alerts"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -15,7 +15,14 @@ use crate::event::EventKind;
 use crate::frame::{FrameLimits, Framing, OversizePolicy};
 use crate::map::Schema;
 use crate::parse::ParseOptions;
+use crate::sink::azure_logs_ingestion::AzureLogsIngestionConfig;
+use crate::sink::elasticsearch::ElasticsearchConfig;
 use crate::sink::file::FileSinkConfig;
+use crate::sink::http::HttpSinkConfig;
+use crate::sink::runtime::RetryConfig;
+use crate::sink::sekoia::SekoiaConfig;
+use crate::sink::splunk_hec::SplunkHecConfig;
+use crate::spool::SpoolConfig;
 use crate::xdp::XdpConfig;
 
 pub use secret::Secret;
@@ -184,6 +191,20 @@ pub struct PipelineConfig {
     /// `portable`, or `io_uring` (fail at start-up when unusable).
     #[serde(default)]
     pub io_backend: IoBackend,
+    /// Threads of the tokio runtime that delivers spooled batches for every sink.
+    #[serde(default = "default_sink_runtime_threads")]
+    pub sink_runtime_threads: usize,
+    /// At shutdown, how long sinks may keep delivering what is spooled; the rest stays in
+    /// the spool and is delivered at the next start.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+}
+
+fn default_sink_runtime_threads() -> usize {
+    2
+}
+fn default_shutdown_grace_ms() -> u64 {
+    10_000
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -203,6 +224,8 @@ impl Default for PipelineConfig {
             sink_queue_batches: default_sink_queue_batches(),
             pin_threads: true,
             io_backend: IoBackend::Auto,
+            sink_runtime_threads: default_sink_runtime_threads(),
+            shutdown_grace_ms: default_shutdown_grace_ms(),
         }
     }
 }
@@ -343,11 +366,137 @@ impl SourceConfig {
     }
 }
 
-/// `[sinks.NAME]`: one variant per sink type.
+/// `[sinks.NAME]`: the keys every sink has ([`SinkCommon`]: routing, schema, batching, spool,
+/// retry) plus the keys of its `type` ([`SinkKind`]). The two are split by key name before
+/// either is deserialized, so both keep `deny_unknown_fields` (serde's `flatten` would lose it).
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    pub common: SinkCommon,
+    pub kind: SinkKind,
+}
+
+/// One variant per sink type; each struct lives in `sink/<name>/config.rs`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum SinkConfig {
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SinkKind {
     File(FileSinkConfig),
+    AzureLogsIngestion(AzureLogsIngestionConfig),
+    Sekoia(SekoiaConfig),
+    SplunkHec(SplunkHecConfig),
+    Elasticsearch(ElasticsearchConfig),
+    Http(HttpSinkConfig),
+}
+
+/// Keys shared by every sink type. Defaults that depend on the type are filled in at load, so
+/// the effective config shows them.
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkCommon {
+    pub schema: Schema,
+    pub batch_max_events: usize,
+    pub batch_max_bytes: usize,
+    pub batch_timeout_ms: u64,
+    /// Source names this sink takes; empty: all sources.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<String>,
+    /// Event kinds this sink takes; empty: all kinds.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<EventKind>,
+    pub spool: SpoolConfig,
+    pub retry: RetryConfig,
+}
+
+/// [`SinkCommon`] as written: absent keys get the type's default.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SinkCommonWritten {
+    schema: Option<Schema>,
+    batch_max_events: Option<usize>,
+    batch_max_bytes: Option<usize>,
+    batch_timeout_ms: Option<u64>,
+    #[serde(default)]
+    inputs: Vec<String>,
+    #[serde(default)]
+    kinds: Vec<EventKind>,
+    #[serde(default)]
+    spool: SpoolConfig,
+    #[serde(default)]
+    retry: RetryConfig,
+}
+
+const SINK_COMMON_KEYS: &[&str] = &[
+    "schema",
+    "batch_max_events",
+    "batch_max_bytes",
+    "batch_timeout_ms",
+    "inputs",
+    "kinds",
+    "spool",
+    "retry",
+];
+
+/// Header names whose values `check-config` hides (the generic `http` sink's `headers`).
+fn sensitive_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "authorization",
+        "token",
+        "key",
+        "secret",
+        "cookie",
+        "password",
+    ]
+    .iter()
+    .any(|s| name.contains(s))
+}
+
+impl<'de> Deserialize<'de> for SinkConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(d)?;
+        let mut common = toml::Table::new();
+        for key in SINK_COMMON_KEYS {
+            if let Some(v) = table.remove(*key) {
+                common.insert((*key).to_owned(), v);
+            }
+        }
+        let kind = SinkKind::deserialize(toml::Value::Table(table))
+            .map_err(|e| D::Error::custom(e.message().trim_end()))?;
+        let w = SinkCommonWritten::deserialize(toml::Value::Table(common))
+            .map_err(|e| D::Error::custom(e.message().trim_end()))?;
+        let common = SinkCommon {
+            schema: w.schema.unwrap_or_else(|| kind.default_schema()),
+            batch_max_events: w.batch_max_events.unwrap_or(10_000),
+            batch_max_bytes: w.batch_max_bytes.unwrap_or(4 * 1024 * 1024),
+            batch_timeout_ms: w.batch_timeout_ms.unwrap_or(1000),
+            inputs: w.inputs,
+            kinds: w.kinds,
+            spool: w.spool,
+            retry: w.retry,
+        };
+        Ok(SinkConfig { common, kind })
+    }
+}
+
+impl Serialize for SinkConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        let table = |v: toml::Value| match v {
+            toml::Value::Table(t) => Ok(t),
+            _ => Err(S::Error::custom("a sink config is not a table")),
+        };
+        let mut merged = table(toml::Value::try_from(&self.kind).map_err(S::Error::custom)?)?;
+        merged.extend(table(
+            toml::Value::try_from(&self.common).map_err(S::Error::custom)?,
+        )?);
+        if let Some(toml::Value::Table(headers)) = merged.get_mut("headers") {
+            for (name, value) in headers.iter_mut() {
+                if sensitive_header(name) {
+                    *value = toml::Value::String(secret::REDACTED.to_owned());
+                }
+            }
+        }
+        merged.serialize(s)
+    }
 }
 
 /// Which events a sink takes. Empty lists mean "all".
@@ -375,35 +524,153 @@ pub struct BatchLimits {
     pub timeout: std::time::Duration,
 }
 
-impl SinkConfig {
+impl SinkKind {
     pub fn type_name(&self) -> &'static str {
         match self {
-            SinkConfig::File(_) => "file",
+            SinkKind::File(_) => "file",
+            SinkKind::AzureLogsIngestion(_) => "azure_logs_ingestion",
+            SinkKind::Sekoia(_) => "sekoia",
+            SinkKind::SplunkHec(_) => "splunk_hec",
+            SinkKind::Elasticsearch(_) => "elasticsearch",
+            SinkKind::Http(_) => "http",
         }
+    }
+
+    /// What each service expects (see `docs/sinks.md`).
+    pub fn default_schema(&self) -> Schema {
+        match self {
+            SinkKind::AzureLogsIngestion(_) => Schema::Commonsecuritylog,
+            SinkKind::Sekoia(_) => Schema::Raw,
+            SinkKind::Elasticsearch(_) => Schema::Ecs,
+            SinkKind::File(_) | SinkKind::SplunkHec(_) | SinkKind::Http(_) => Schema::Sluice,
+        }
+    }
+
+    /// Type-specific checks: `Err((key, message))`. Secrets are loaded (then dropped) so a
+    /// missing or empty secret file fails at start-up, naming its key.
+    fn validate(&self) -> Result<(), (String, String)> {
+        use crate::sink::secret::Secret;
+        let secret = |key: &str, file: Option<&PathBuf>, env: Option<&String>| {
+            Secret::load(key, file.map(|p| p.as_path()), env.map(|s| s.as_str()))
+                .map(drop)
+                .map_err(|e| {
+                    let written = if env.is_some() && file.is_none() {
+                        format!("{key}_env")
+                    } else {
+                        format!("{key}_file")
+                    };
+                    (written, e.to_string())
+                })
+        };
+        let url = |key: &str, value: &str| match reqwest::Url::parse(value) {
+            Ok(u) if u.scheme() == "https" || u.scheme() == "http" => Ok(()),
+            Ok(u) => Err((
+                key.to_owned(),
+                format!("scheme `{}` is not http(s)", u.scheme()),
+            )),
+            Err(e) => Err((key.to_owned(), format!("`{value}` is not a URL: {e}"))),
+        };
+        match self {
+            SinkKind::File(f) => f.validate(),
+            SinkKind::AzureLogsIngestion(a) => {
+                url("endpoint", &a.endpoint)?;
+                url("authority", &a.authority)?;
+                if a.max_request_bytes > crate::sink::azure_logs_ingestion::AZURE_MAX_CALL_BYTES {
+                    return Err((
+                        "max_request_bytes".into(),
+                        "the service takes at most 1048576 bytes per call".into(),
+                    ));
+                }
+                secret(
+                    "client_secret",
+                    a.client_secret_file.as_ref(),
+                    a.client_secret_env.as_ref(),
+                )
+            }
+            SinkKind::Sekoia(k) => {
+                url("url", &k.url)?;
+                secret(
+                    "intake_key",
+                    k.intake_key_file.as_ref(),
+                    k.intake_key_env.as_ref(),
+                )
+            }
+            SinkKind::SplunkHec(h) => {
+                url("endpoint", &h.endpoint)?;
+                secret("token", h.token_file.as_ref(), h.token_env.as_ref())
+            }
+            SinkKind::Elasticsearch(e) => {
+                url("endpoint", &e.endpoint)?;
+                if e.api_key_file.is_some() || e.api_key_env.is_some() {
+                    secret("api_key", e.api_key_file.as_ref(), e.api_key_env.as_ref())
+                } else if e.username.is_some() {
+                    secret(
+                        "password",
+                        e.password_file.as_ref(),
+                        e.password_env.as_ref(),
+                    )
+                } else {
+                    Ok(())
+                }
+            }
+            SinkKind::Http(h) => {
+                url("url", &h.url)?;
+                for (name, r) in &h.secret_headers {
+                    r.load(name)
+                        .map_err(|e| (format!("secret_headers.{name}"), e.to_string()))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl SinkConfig {
+    pub fn type_name(&self) -> &'static str {
+        self.kind.type_name()
     }
     pub fn schema(&self) -> Schema {
-        match self {
-            SinkConfig::File(f) => f.schema,
-        }
+        self.common.schema
     }
     pub fn routing(&self) -> Routing<'_> {
-        match self {
-            SinkConfig::File(f) => Routing {
-                inputs: &f.inputs,
-                kinds: &f.kinds,
-            },
+        Routing {
+            inputs: &self.common.inputs,
+            kinds: &self.common.kinds,
         }
     }
     pub fn batch_limits(&self) -> BatchLimits {
-        match self {
-            SinkConfig::File(f) => f.batch_limits(),
+        BatchLimits {
+            max_events: self.common.batch_max_events,
+            max_bytes: self.common.batch_max_bytes,
+            timeout: std::time::Duration::from_millis(self.common.batch_timeout_ms),
         }
     }
-    /// Type-specific checks: `Err((key, message))`.
+    /// Type-specific and shared checks: `Err((key, message))`.
     fn validate(&self) -> Result<(), (String, String)> {
-        match self {
-            SinkConfig::File(f) => f.validate(),
+        let c = &self.common;
+        for (key, v) in [
+            ("batch_max_events", c.batch_max_events),
+            ("batch_max_bytes", c.batch_max_bytes),
+            ("batch_timeout_ms", c.batch_timeout_ms as usize),
+            ("retry.concurrency", c.retry.concurrency),
+        ] {
+            if v == 0 {
+                return Err((key.into(), "must be greater than 0".into()));
+            }
         }
+        if c.batch_max_bytes > 1 << 30 {
+            return Err(("batch_max_bytes".into(), "must be at most 1 GiB".into()));
+        }
+        if c.spool.max_bytes < 1 << 20 {
+            return Err(("spool.max_bytes".into(), "must be at least 1 MiB".into()));
+        }
+        if c.batch_max_bytes as u64 > c.spool.max_bytes / 2 {
+            return Err((
+                "batch_max_bytes".into(),
+                "must be at most half of spool.max_bytes (a batch must fit the spool)".into(),
+            ));
+        }
+        self.kind.validate()
     }
 }
 
@@ -486,6 +753,10 @@ impl Config {
             positive("pipeline.workers".into(), w)?;
         }
         positive("pipeline.queue_batches".into(), self.pipeline.queue_batches)?;
+        positive(
+            "pipeline.sink_runtime_threads".into(),
+            self.pipeline.sink_runtime_threads,
+        )?;
         positive(
             "pipeline.sink_queue_batches".into(),
             self.pipeline.sink_queue_batches,
@@ -586,7 +857,7 @@ impl Config {
                     ));
                 }
             }
-            if let SinkConfig::File(f) = sink
+            if let SinkKind::File(f) = &sink.kind
                 && !paths.insert(f.path.clone())
             {
                 return Err((
@@ -758,8 +1029,9 @@ kinds = ["cef", "darktrace_model_breach"]
         let c = Config::embedded_default().unwrap();
         assert_eq!(c.sources.len(), 2);
         assert_eq!(c.metrics.listen, "127.0.0.1:9514".parse().unwrap());
-        let SinkConfig::File(f) = &c.sinks.values().next().unwrap();
-        assert_eq!(f.schema, Schema::Sluice);
+        let sink = c.sinks.values().next().unwrap();
+        assert!(matches!(sink.kind, SinkKind::File(_)));
+        assert_eq!(sink.schema(), Schema::Sluice);
     }
 
     #[test]

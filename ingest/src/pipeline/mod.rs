@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use crossbeam::channel::bounded;
 
-use crate::config::{Config, SinkConfig, SourceConfig, available_cores};
+use crate::config::{Config, SourceConfig, available_cores};
 use crate::metrics::ReaderCounters;
 use crate::net::{Backend, FrameBatch, ReaderContext};
-use crate::sink::file::FileSink;
+use crate::sink::runtime::SinkHandle;
 
 /// A task the maintenance thread runs about once a second (e.g. reading per-socket kernel drop
 /// counters, refreshing gauges).
@@ -127,7 +127,9 @@ pub struct Pipeline {
     /// Where each source listens, in config order (several entries per source: one per thread).
     pub listening: Vec<(String, &'static str, SocketAddr)>,
     reader_stop: Arc<AtomicBool>,
-    sink_draining: Arc<AtomicBool>,
+    runtime: Option<tokio::runtime::Runtime>,
+    sink_runtimes: Vec<(String, Arc<SinkHandle>)>,
+    shutdown_grace: Duration,
     maintenance_stop: Arc<AtomicBool>,
     readers: Vec<(String, JoinHandle<std::io::Result<()>>)>,
     workers: Vec<JoinHandle<()>>,
@@ -203,23 +205,30 @@ impl Pipeline {
             }
         }
 
-        // Sinks.
-        let sink_draining = Arc::new(AtomicBool::new(false));
+        // Sinks: each behind its spool, delivered by a small tokio runtime shared by all sinks.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.pipeline.sink_runtime_threads)
+            .thread_name("sluice-sink-rt")
+            .enable_all()
+            .build()
+            .context("starting the sink runtime")?;
+        let mut sink_runtimes = Vec::new();
         let mut sink_handles = Vec::new();
         let mut sink_ports = Vec::new();
         let mut depth_gauges: Vec<(metrics::Gauge, QueueLen)> = Vec::new();
         for (name, sink) in &config.sinks {
-            let stage = match sink {
-                SinkConfig::File(f) => {
-                    let file = FileSink::new(name, f.clone()).with_context(|| {
-                        format!("sink `{name}`: cannot open directory {}", f.path.display())
-                    })?;
-                    sink_stage::SinkTarget::File(Arc::new(file))
-                }
+            let counters = crate::metrics::SinkCounters::register(name);
+            let handle = {
+                let _entered = runtime.enter();
+                Arc::new(sink_stage::start(
+                    name,
+                    sink,
+                    &config.data_dir,
+                    counters.clone(),
+                    totals.clone(),
+                )?)
             };
-            let threads = match sink {
-                SinkConfig::File(f) => f.compression_threads,
-            };
+            sink_runtimes.push((name.clone(), handle.clone()));
             let (tx, rx) = bounded(config.pipeline.sink_queue_batches);
             let depth = rx.clone();
             depth_gauges.push((
@@ -227,24 +236,20 @@ impl Pipeline {
                 Box::new(move || depth.len()),
             ));
             let (spare_tx, spare_rx) =
-                bounded(config.pipeline.sink_queue_batches + worker_count + threads);
-            let counters = crate::metrics::SinkCounters::register(name);
-            for t in 0..threads {
-                let stage = sink_stage::SinkStage {
-                    name: name.clone(),
-                    target: stage.clone(),
-                    queue: rx.clone(),
-                    spare: spare_tx.clone(),
-                    counters: counters.clone(),
-                    totals: totals.clone(),
-                    draining: sink_draining.clone(),
-                };
-                sink_handles.push(
-                    std::thread::Builder::new()
-                        .name(format!("sluice-sink-{name}-{t}"))
-                        .spawn(move || stage.run())?,
-                );
-            }
+                bounded(config.pipeline.sink_queue_batches + worker_count + 1);
+            let stage = sink_stage::SinkStage {
+                name: name.clone(),
+                handle,
+                queue: rx,
+                spare: spare_tx,
+                counters: counters.clone(),
+                totals: totals.clone(),
+            };
+            sink_handles.push(
+                std::thread::Builder::new()
+                    .name(format!("sluice-sink-{name}"))
+                    .spawn(move || stage.run())?,
+            );
             sink_ports.push(worker::SinkPort {
                 schema: sink.schema(),
                 kinds: sink.routing().kinds.to_vec(),
@@ -420,7 +425,9 @@ impl Pipeline {
             backend,
             listening,
             reader_stop,
-            sink_draining,
+            runtime: Some(runtime),
+            sink_runtimes,
+            shutdown_grace: Duration::from_millis(config.pipeline.shutdown_grace_ms),
             maintenance_stop,
             readers,
             workers: worker_handles,
@@ -429,6 +436,30 @@ impl Pipeline {
             totals,
             started: Instant::now(),
         })
+    }
+
+    /// Lets every sink deliver what is spooled until `deadline`, then stops the runtimes;
+    /// what is left stays in the spool for the next start.
+    fn drain_spools(&mut self, deadline: Instant) {
+        let Some(runtime) = self.runtime.take() else {
+            return;
+        };
+        for (name, handle) in self.sink_runtimes.drain(..) {
+            while handle.stats().spool.records > 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let left = handle.stats().spool;
+            match Arc::try_unwrap(handle) {
+                Ok(handle) => runtime
+                    .block_on(handle.shutdown(deadline.saturating_duration_since(Instant::now()))),
+                Err(_) => tracing::error!(sink = %name, "sink handle still shared at shutdown"),
+            }
+            if left.records > 0 {
+                tracing::warn!(sink = %name, records = left.records, events = left.events,
+                    "not delivered within the shutdown grace period; kept in the spool for the next start");
+            }
+        }
+        runtime.shutdown_timeout(Duration::from_secs(1));
     }
 
     pub fn backend(&self) -> Backend {
@@ -458,7 +489,6 @@ impl Pipeline {
                 Err(_) => tracing::error!(reader = %name, "reader panicked"),
             }
         }
-        self.sink_draining.store(true, Ordering::Relaxed);
         for handle in self.workers.drain(..) {
             if handle.join().is_err() {
                 tracing::error!("a worker panicked");
@@ -469,6 +499,7 @@ impl Pipeline {
                 tracing::error!("a sink thread panicked");
             }
         }
+        self.drain_spools(began + self.shutdown_grace);
         self.maintenance_stop.store(true, Ordering::Relaxed);
         if let Some(m) = self.maintenance.take() {
             let _ = m.join();

@@ -1,104 +1,199 @@
-//! Delivery threads of one sink: compress and write sealed batches, off the receive path.
+//! The pipeline's end: sealed batches go into each sink's spool ([`SinkHandle::enqueue`]); the
+//! sink runtime delivers them from there (compression and uploads happen off the receive path).
 
+use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
+use anyhow::Context;
 use crossbeam::channel::{Receiver, Sender};
 
 use crate::batch::SealedBatch;
+use crate::config::{SinkConfig, SinkKind};
 use crate::metrics::SinkCounters;
 use crate::pipeline::Totals;
-use crate::sink::file::{DELIVERY_CORE, FileSink};
+use crate::sink::runtime::{Enqueued, SinkHandle, SinkMetrics, SinkRuntime};
+use crate::sink::{Batch, Delivery, Sink};
 
-/// How long a failing sink keeps retrying once shutdown has begun before it gives up (and
-/// counts the events as dropped) so the process can exit.
-const SHUTDOWN_RETRY_BUDGET: Duration = Duration::from_secs(10);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-
-/// One variant per sink type that the pipeline drives directly.
-#[derive(Clone)]
-pub(super) enum SinkTarget {
-    File(Arc<FileSink>),
-}
-
+/// Moves sealed batches from the workers into the spool. `enqueue` blocks under
+/// `when_full = "block"`, which fills the sink queue, then the workers' queues: TCP readers
+/// stop reading (backpressure) and UDP readers count their drops.
 pub(super) struct SinkStage {
     pub name: String,
-    pub target: SinkTarget,
+    pub handle: Arc<SinkHandle>,
     pub queue: Receiver<SealedBatch>,
     pub spare: Sender<Vec<u8>>,
     pub counters: SinkCounters,
     pub totals: Arc<Totals>,
-    pub draining: Arc<AtomicBool>,
 }
 
 impl SinkStage {
     pub fn run(self) {
         for sealed in self.queue.iter() {
-            self.deliver(&sealed);
+            let events = sealed.batch.events;
+            let dropped = match self.handle.enqueue(&sealed.batch) {
+                Enqueued::Accepted { dropped_events, .. } => {
+                    if dropped_events > 0 {
+                        tracing::warn!(sink = %self.name, events = dropped_events,
+                            "spool full: dropped the oldest events (when_full = \"drop_oldest\")");
+                    }
+                    dropped_events
+                }
+                // Logged and counted by the runtime; counted here too for the exit summary.
+                Enqueued::Refused => events,
+            };
+            if dropped > 0 {
+                self.counters.dropped_events.increment(dropped);
+                self.totals
+                    .sink_dropped_events
+                    .fetch_add(dropped, Ordering::Relaxed);
+            }
             let mut buf = sealed.batch.ndjson;
             buf.clear();
             let _ = self.spare.try_send(buf);
         }
     }
+}
 
-    fn deliver(&self, sealed: &SealedBatch) {
-        DELIVERY_CORE.with(|c| c.set(sealed.core));
-        let batch = &sealed.batch;
-        let mut backoff = Duration::from_millis(100);
-        let mut failing_since: Option<Instant> = None;
-        loop {
-            let started = Instant::now();
-            let result = match &self.target {
-                SinkTarget::File(file) => file
-                    .write_batch(batch, sealed.core)
-                    .map(|w| (w.compressed_bytes, w.compress_time)),
-            };
-            match result {
-                Ok((compressed, compress_time)) => {
-                    self.counters.compress.record(compress_time.as_secs_f64());
-                    self.counters.write.record(
-                        started
-                            .elapsed()
-                            .saturating_sub(compress_time)
-                            .as_secs_f64(),
-                    );
-                    self.counters
-                        .end_to_end
-                        .record(sealed.opened_at.elapsed().as_secs_f64());
-                    self.counters.events.increment(batch.events);
-                    self.counters.batches.increment(1);
-                    self.counters.bytes_raw.increment(batch.ndjson.len() as u64);
-                    self.counters.bytes_compressed.increment(compressed);
-                    self.totals
-                        .sink_events
-                        .fetch_add(batch.events, Ordering::Relaxed);
-                    self.totals.sink_batches.fetch_add(1, Ordering::Relaxed);
-                    if failing_since.is_some() {
-                        tracing::info!(sink = %self.name, "sink recovered");
-                    }
-                    return;
-                }
-                Err(e) => {
-                    self.counters.errors.increment(1);
-                    if failing_since.is_none() {
-                        tracing::error!(sink = %self.name, events = batch.events, "delivery failed, retrying: {e}");
-                    }
-                    let since = *failing_since.get_or_insert_with(Instant::now);
-                    if self.draining.load(Ordering::Relaxed)
-                        && since.elapsed() >= SHUTDOWN_RETRY_BUDGET
-                    {
-                        tracing::error!(sink = %self.name, events = batch.events, "giving up on a batch at shutdown: {e}");
-                        self.counters.dropped_events.increment(batch.events);
-                        self.totals
-                            .sink_dropped_events
-                            .fetch_add(batch.events, Ordering::Relaxed);
-                        return;
-                    }
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
-        }
+/// Counts what the service accepted into the daemon's sink counters and exit totals.
+struct Counted<S> {
+    inner: S,
+    counters: SinkCounters,
+    totals: Arc<Totals>,
+}
+
+impl<S: Sink> Sink for Counted<S> {
+    fn name(&self) -> &str {
+        self.inner.name()
     }
+
+    async fn deliver(&self, batch: &Batch) -> Delivery {
+        let started = Instant::now();
+        let delivery = self.inner.deliver(batch).await;
+        let accepted = match &delivery {
+            Delivery::Delivered => batch.events,
+            Delivery::Partial {
+                retry, rejected, ..
+            } => {
+                let left = retry.as_ref().map_or(0, |b| b.events)
+                    + rejected.iter().map(|r| r.batch.events).sum::<u64>();
+                batch.events.saturating_sub(left)
+            }
+            Delivery::Retry { .. } | Delivery::Reject { .. } => 0,
+        };
+        if !matches!(delivery, Delivery::Delivered) {
+            self.counters.errors.increment(1);
+        }
+        if accepted > 0 {
+            self.counters.write.record(started.elapsed().as_secs_f64());
+            self.counters.events.increment(accepted);
+            self.counters.batches.increment(1);
+            self.counters.bytes_raw.increment(batch.ndjson.len() as u64);
+            self.totals
+                .sink_events
+                .fetch_add(accepted, Ordering::Relaxed);
+            self.totals.sink_batches.fetch_add(1, Ordering::Relaxed);
+        }
+        delivery
+    }
+}
+
+/// Builds the sink `name` and starts its runtime on the current tokio runtime; its spool is
+/// `data_dir/spool/<name>`, replayed first.
+pub(super) fn start(
+    name: &str,
+    config: &SinkConfig,
+    data_dir: &Path,
+    counters: SinkCounters,
+    totals: Arc<Totals>,
+) -> anyhow::Result<SinkHandle> {
+    use crate::sink::{azure_logs_ingestion, elasticsearch, file, http, sekoia, splunk_hec};
+    let metrics = SinkMetrics::new(name);
+    let spool = config.common.spool.clone();
+    let mut retry = config.common.retry.clone();
+    fn spawn<S: Sink + 'static>(
+        inner: S,
+        counters: SinkCounters,
+        totals: Arc<Totals>,
+        data_dir: &Path,
+        spool: crate::spool::SpoolConfig,
+        retry: crate::sink::runtime::RetryConfig,
+        metrics: Arc<SinkMetrics>,
+    ) -> anyhow::Result<SinkHandle> {
+        let counted = Counted {
+            inner,
+            counters,
+            totals,
+        };
+        Ok(SinkRuntime::spawn(
+            Arc::new(counted),
+            data_dir,
+            spool,
+            retry,
+            metrics,
+        )?)
+    }
+    let m = metrics.clone();
+    let handle = match &config.kind {
+        SinkKind::File(f) => {
+            retry.concurrency = f.compression_threads;
+            let sink = file::FileSink::new(name, f.clone()).with_context(|| {
+                format!("sink `{name}`: cannot open directory {}", f.path.display())
+            })?;
+            spawn(sink, counters, totals, data_dir, spool, retry, m)
+        }
+        SinkKind::AzureLogsIngestion(c) => spawn(
+            azure_logs_ingestion::AzureLogsIngestionSink::new(name, c, metrics.clone())?,
+            counters,
+            totals,
+            data_dir,
+            spool,
+            retry,
+            m,
+        ),
+        SinkKind::Sekoia(c) => spawn(
+            sekoia::SekoiaSink::new(name, c, metrics.clone())?,
+            counters,
+            totals,
+            data_dir,
+            spool,
+            retry,
+            m,
+        ),
+        SinkKind::SplunkHec(c) => spawn(
+            splunk_hec::SplunkHecSink::new(name, c, metrics.clone())?,
+            counters,
+            totals,
+            data_dir,
+            spool,
+            retry,
+            m,
+        ),
+        SinkKind::Elasticsearch(c) => spawn(
+            elasticsearch::ElasticsearchSink::new(name, c, metrics.clone())?,
+            counters,
+            totals,
+            data_dir,
+            spool,
+            retry,
+            m,
+        ),
+        SinkKind::Http(c) => spawn(
+            http::HttpSink::new(name, c, metrics.clone())?,
+            counters,
+            totals,
+            data_dir,
+            spool,
+            retry,
+            m,
+        ),
+    }
+    .with_context(|| format!("starting sink `{name}`"))?;
+    let left = handle.stats().spool;
+    if left.records > 0 {
+        tracing::info!(sink = %name, records = left.records, events = left.events,
+            "delivering what an earlier run left in the spool");
+    }
+    Ok(handle)
 }

@@ -15,6 +15,8 @@ use crate::compress::Compressor;
 use crate::sink::{Batch, Delivery, Sink};
 
 const TEMP_PREFIX: &str = ".tmp-";
+/// Output buffers larger than this are freed after use rather than pooled.
+const OUTPUT_BUFFER_KEEP_BYTES: usize = 16 << 20;
 
 /// What one delivered batch became.
 #[derive(Debug)]
@@ -90,7 +92,7 @@ impl FileSink {
             })
         });
         // Keep big buffers from pinning memory after a burst of large batches.
-        if out.capacity() > 4 * self.config.batch_max_bytes.max(1 << 20) {
+        if out.capacity() > OUTPUT_BUFFER_KEEP_BYTES {
             out = Vec::new();
         }
         self.pool
@@ -154,7 +156,16 @@ impl Sink for FileSink {
 
     async fn deliver(&self, batch: &Batch) -> Delivery {
         let core = DELIVERY_CORE.with(|c| c.get());
-        match self.write_batch(batch, core) {
+        // Compressing and writing block for milliseconds: on a multi-threaded runtime, tell
+        // tokio so other sinks' uploads move to another worker meanwhile.
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let written = if multi_thread {
+            tokio::task::block_in_place(|| self.write_batch(batch, core))
+        } else {
+            self.write_batch(batch, core)
+        };
+        match written {
             Ok(_) => Delivery::Delivered,
             Err(e) => Delivery::Retry {
                 after: None,
