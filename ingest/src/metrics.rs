@@ -200,18 +200,6 @@ pub fn queue_depth_gauge(queue: &'static str, name: String) -> Gauge {
     metrics::gauge!(QUEUE_DEPTH, "queue" => queue, "name" => name)
 }
 
-/// `RcvbufErrors` from the `Udp:` lines of `/proc/net/snmp`.
-pub fn host_udp_rcvbuf_errors() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/net/snmp").ok()?;
-    let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
-    let header = lines.next()?;
-    let values = lines.next()?;
-    let index = header
-        .split_whitespace()
-        .position(|h| h == "RcvbufErrors")?;
-    values.split_whitespace().nth(index)?.parse().ok()
-}
-
 /// Serves `/metrics` and `/health` on a plain std listener thread (a handful of scrapes a
 /// minute do not need an async runtime). `healthy` turns false once shutdown begins.
 pub fn serve(
@@ -313,12 +301,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_host_rcvbuf_errors() {
-        // Present on every Linux with IPv4.
-        assert!(host_udp_rcvbuf_errors().is_some());
-    }
 
     #[test]
     fn endpoint_serves_metrics_and_health() {

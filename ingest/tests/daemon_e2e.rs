@@ -420,6 +420,15 @@ fn tcp_million_messages_lf_and_octet_counting() {
         tcp_source("auto"),
         file_sink("all", "sluice", "zstd", 500)
     ));
+    if let Err(why) = sluice::net::uring::probe() {
+        eprintln!("io_uring unusable here ({why}): this run uses the portable readers");
+    } else {
+        let log = daemon.log();
+        assert!(
+            log.contains("socket reader backend: io_uring (io_uring is usable)"),
+            "auto must pick io_uring when the probe accepts it:\n{log}"
+        );
+    }
     let addr = daemon.tcp.unwrap();
     let t0 = Instant::now();
     let senders: Vec<_> = (0..CONNECTIONS)
@@ -940,4 +949,134 @@ fn default_config_port_514_error_is_helpful() {
         stderr.contains("CAP_NET_BIND_SERVICE") && stderr.contains("--config"),
         "{stderr}"
     );
+}
+
+/// The default (`auto`) picks io_uring wherever the kernel allows it, so the tests above run
+/// on it there; this one forces the portable readers for one UDP + TCP run (zero loss at a
+/// moderate rate, every message in the file) plus a UDP overload whose kernel drops must be
+/// counted exactly, so both backends stay covered.
+#[test]
+fn portable_backend_udp_tcp_and_kernel_drops() {
+    const UDP_TOTAL: usize = 20_000;
+    const TCP_TOTAL: usize = 100_000;
+    const BLAST: usize = 20_000;
+    let tables = format!(
+        "io_backend = \"portable\"\n{UDP_SOURCE}{}\
+         [sources.udp_small]\ntype = \"udp\"\nlisten = \"127.0.0.1:0\"\nthreads = 1\nreceive_buffer_bytes = 8192\n\
+         {}[sinks.small]\ntype = \"file\"\npath = \"{{out}}/small\"\nschema = \"raw\"\ncompression = \"none\"\n\
+         inputs = [\"udp_small\"]\n",
+        tcp_source("lf"),
+        file_sink("all", "sluice", "zstd", 200).replace(
+            "batch_max_events",
+            "inputs = [\"udp_in\", \"tcp_in\"]\nbatch_max_events"
+        ),
+    );
+    let daemon = Daemon::start(&tables);
+    let log = daemon.log();
+    assert!(
+        log.contains("socket reader backend: portable (chosen in the config)"),
+        "{log}"
+    );
+    let tcp_addr = daemon.tcp.unwrap();
+    let tcp = std::thread::spawn(move || {
+        let mut w = std::io::BufWriter::new(TcpStream::connect(tcp_addr).unwrap());
+        for i in 0..TCP_TOTAL {
+            writeln!(w, "{}", message(i % 10_000)).unwrap();
+        }
+        w.flush().unwrap();
+    });
+    let addr = daemon.udp.unwrap();
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let started = Instant::now();
+    for i in 0..UDP_TOTAL {
+        client.send_to(message(i).as_bytes(), addr).unwrap();
+        if i % 500 == 499 {
+            let due = Duration::from_micros(20 * (i as u64 + 1));
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    tcp.join().unwrap();
+    daemon.wait_for_metric(
+        "sluice_received_messages_total",
+        &[("source", "udp_in")],
+        UDP_TOTAL as u64,
+        Duration::from_secs(60),
+    );
+    daemon.wait_for_metric(
+        "sluice_received_messages_total",
+        &[("source", "tcp_in")],
+        TCP_TOTAL as u64,
+        Duration::from_secs(120),
+    );
+
+    // Overload a second socket: sent = received + kernel drops, exactly.
+    let small = daemon
+        .log()
+        .lines()
+        .filter_map(|l| l.split("listening on udp ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<SocketAddr>().ok())
+        .find(|a| Some(*a) != daemon.udp)
+        .expect("udp_small address in the log");
+    for i in 0..BLAST {
+        client.send_to(message(i).as_bytes(), small).unwrap();
+    }
+    let started = Instant::now();
+    let (received, kernel) = loop {
+        let text = daemon.metrics_text();
+        let received = metric_value(
+            &text,
+            "sluice_received_messages_total",
+            &[("source", "udp_small")],
+        );
+        let kernel = metric_value(
+            &text,
+            "sluice_dropped_messages_total",
+            &[("source", "udp_small"), ("reason", "kernel_rcvbuf")],
+        );
+        if received + kernel >= BLAST as u64 {
+            break (received, kernel);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "received {received} + kernel drops {kernel} < {BLAST}\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(received + kernel, BLAST as u64);
+    assert!(kernel > 0, "an 8 KiB buffer should overflow");
+    let text = daemon.metrics_text();
+    assert_eq!(
+        metric_value(
+            &text,
+            "sluice_dropped_messages_total",
+            &[("source", "udp_in")]
+        ) + metric_value(
+            &text,
+            "sluice_dropped_messages_total",
+            &[("source", "tcp_in")]
+        ),
+        0,
+        "{text}"
+    );
+    assert!(
+        text.contains("sluice_kernel_udp_rcvbuf_errors"),
+        "system-wide gauge exported: {text}"
+    );
+
+    let (log, daemon) = daemon.stop();
+    let lines = read_output(&daemon.out().join("all"));
+    assert_eq!(lines.len(), UDP_TOTAL + TCP_TOTAL, "{log}");
+    let mut expected = expected_counts(TCP_TOTAL, 10_000, Schema::Sluice, "tcp_in");
+    for (line, n) in expected_counts(UDP_TOTAL, UDP_TOTAL, Schema::Sluice, "udp_in") {
+        *expected.entry(line).or_default() += n;
+    }
+    assert_same_multiset(expected, &lines);
+    assert_eq!(
+        read_output(&daemon.out().join("small")).len() as u64,
+        received,
+        "{log}"
+    );
+    assert_eq!(log_total(&log, "dropped_kernel_rcvbuf"), kernel, "{log}");
 }

@@ -863,5 +863,158 @@ fn pinned_maps_are_readable_by_another_reader() {
     drop(handle);
 }
 
+/// The real `sluice run` in the receiver namespace with `[xdp]` on its veth: XDP counts both
+/// senders and drops the one outside the allowlist, steering spreads over two reader sockets,
+/// the allowed messages land in the file sink, and SIGTERM detaches and removes the pins.
+#[test]
+fn daemon_with_xdp_filters_delivers_and_cleans_up() {
+    if !is_root() {
+        return;
+    }
+    let ns = Netns::new();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let config = format!(
+        "data_dir = {data:?}\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [pipeline]\nworkers = 2\n\
+         [sources.udp_in]\ntype = \"udp\"\nlisten = \"{RECEIVER_V4}:{PORT}\"\nthreads = 2\n\
+         [sinks.raw]\ntype = \"file\"\npath = {out:?}\nschema = \"raw\"\ncompression = \"none\"\n\
+         batch_timeout_ms = 100\n\
+         [xdp]\ninterfaces = [\"{iface}\"]\nports = [{PORT}]\nallow = [\"10.200.0.0/31\"]\n\
+         enforce_allowlist = true\nsteering = \"hash\"\npin_path = {pins:?}\n",
+        data = dir.path().join("data").display().to_string(),
+        out = out.display().to_string(),
+        iface = ns.receiver_if,
+        pins = ns.pin_path.display().to_string(),
+    );
+    let config_path = dir.path().join("sluice.toml");
+    std::fs::write(&config_path, config).unwrap();
+    // `ip netns exec` execs the command, so the child's pid is the daemon's.
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.receiver, env!("CARGO_BIN_EXE_sluice")])
+        .arg("run")
+        .arg("--config")
+        .arg(&config_path)
+        .env("SLUICE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = log.clone();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let log_text = || log.lock().unwrap().join("\n");
+    let started = Instant::now();
+    while !log_text().contains(" running;") {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("sluice exited early ({status}):\n{}", log_text());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "sluice did not start:\n{}",
+            log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = log_text();
+    assert!(text.contains("XDP enabled"), "{text}");
+    assert!(text.contains("socket steering attached"), "{text}");
+    assert!(ns.xdp_attached(), "XDP program on {}", ns.receiver_if);
+    let metrics: SocketAddr = text
+        .split("metrics on http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next()?.parse().ok())
+        .expect("metrics address in the log");
+
+    const EACH: u64 = 500;
+    in_netns(&ns.sender, || {
+        let allowed = udp_from(SENDER_V4.into());
+        let denied = udp_from(OTHER_V4.into());
+        let to = SocketAddr::new(RECEIVER_V4.into(), PORT);
+        for i in 0..EACH {
+            allowed
+                .send_to(format!("<13>allowed {i}").as_bytes(), to)
+                .unwrap();
+            denied
+                .send_to(format!("<13>denied {i}").as_bytes(), to)
+                .unwrap();
+            if i % 100 == 0 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    });
+    settle();
+    let stats = xdp::PinnedMaps::open(&ns.pin_path).unwrap().read().unwrap();
+    let other = stats.source(OTHER_V4.into()).unwrap();
+    assert_eq!((other.packets, other.dropped_allowlist), (EACH, EACH));
+    let sender = stats.source(SENDER_V4.into()).unwrap();
+    assert_eq!((sender.packets, sender.dropped_allowlist), (EACH, 0));
+
+    // The daemon exports the XDP counters every 2 s.
+    let receiver = ns.receiver.clone();
+    let scrape = move || {
+        in_netns(&receiver, move || {
+            let mut stream = TcpStream::connect(metrics).unwrap();
+            write!(stream, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+            let mut body = String::new();
+            stream.read_to_string(&mut body).unwrap();
+            body
+        })
+    };
+    let started = Instant::now();
+    loop {
+        let body = scrape();
+        let dropped = body.lines().any(|l| {
+            l.starts_with("sluice_xdp_packets_total{")
+                && l.contains("action=\"drop_allowlist\"")
+                && l.contains("proto=\"udp\"")
+                && l.ends_with(&format!(" {EACH}"))
+        });
+        if body.contains("sluice_xdp_enabled 1") && dropped {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "XDP metrics not exported:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // SAFETY: kill with a pid we spawned and have not reaped.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    assert!(status.success(), "{status}\n{}", log_text());
+    assert!(
+        !ns.pin_path.exists(),
+        "pins left behind: {:?}",
+        std::fs::read_dir(&ns.pin_path).map(|d| d.count())
+    );
+    assert!(!ns.xdp_attached(), "XDP still attached after SIGTERM");
+
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(&out).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        lines.extend(
+            text.lines()
+                .map(|l| serde_json::from_str::<String>(l).unwrap()),
+        );
+    }
+    lines.sort();
+    let mut want: Vec<String> = (0..EACH).map(|i| format!("<13>allowed {i}")).collect();
+    want.sort();
+    assert_eq!(lines, want, "exactly the allowed messages, each once");
+}
+
 #[allow(dead_code)]
 fn keep_imports_used(_: &XdpHandle) {}

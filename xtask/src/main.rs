@@ -150,19 +150,24 @@ fn install_ebpf_toolchain() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Tools the root-only network-namespace tests call: `ip` (iproute2) and `mount` (util-linux).
+/// Tools the tests call: `ip` (iproute2) and `mount` (util-linux) for the root-only
+/// network-namespace tests, `logger` (bsdutils on Debian/Ubuntu) for the daemon end-to-end test.
 fn install_test_prerequisites() -> anyhow::Result<()> {
-    let missing: Vec<&str> = [("ip", "iproute2"), ("mount", "util-linux")]
-        .into_iter()
-        .filter(|(tool, _)| output_of("sh", &["-c", &format!("command -v {tool}")]).is_none())
-        .map(|(_, package)| package)
-        .collect();
+    let missing: Vec<&str> = [
+        ("ip", "iproute2"),
+        ("mount", "util-linux"),
+        ("logger", "bsdutils"),
+    ]
+    .into_iter()
+    .filter(|(tool, _)| output_of("sh", &["-c", &format!("command -v {tool}")]).is_none())
+    .map(|(_, package)| package)
+    .collect();
     if missing.is_empty() {
         return Ok(());
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc_geteuid() } != 0 {
-        eprintln!("xtask: not root, cannot install {missing:?}; the XDP tests will skip");
+        eprintln!("xtask: not root, cannot install {missing:?}; tests that need them fail or skip");
         return Ok(());
     }
     run(Command::new("apt-get").arg("update"))?;

@@ -29,11 +29,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Config::embedded_default()?
         }
     };
-    if config.xdp.is_some() {
-        tracing::warn!(
-            "[xdp] is configured but this build does not attach XDP programs yet; continuing without"
-        );
-    }
 
     // SIGINT/SIGTERM ask for a graceful drain; a second one while draining exits at once.
     let stop = Arc::new(AtomicBool::new(false));
@@ -53,22 +48,44 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         tracing::info!("metrics on http://{addr}/metrics, health on http://{addr}/health");
     }
 
-    let pipeline = Pipeline::start(&config, Vec::new()).context("starting the pipeline")?;
+    // XDP before the sockets: a config error stops here, nothing else does (see `start_xdp`).
+    let mut xdp = start_xdp(&config)?;
+    let pipeline = Pipeline::start_with(&config, Vec::new(), &mut |port, sockets| {
+        let Some(handle) = xdp.as_mut() else { return };
+        if let Err(e) = handle.attach_reuseport(port, sockets) {
+            tracing::error!(
+                port,
+                "XDP SOCKET STEERING DISABLED for this port: {e}; the kernel's flow hash spreads datagrams instead"
+            );
+        }
+    })
+    .context("starting the pipeline")?;
     tracing::info!(
         "sluice {} running; SIGINT or SIGTERM to stop",
         env!("CARGO_PKG_VERSION")
     );
     let mut failure = None;
+    let mut xdp_exported = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
         if let Some(why) = pipeline.failed() {
             failure = Some(why);
             break;
+        }
+        if let Some(handle) = &xdp
+            && xdp_exported.elapsed() >= XDP_METRICS_EVERY
+        {
+            xdp_exported = std::time::Instant::now();
+            if let Err(e) = handle.export_metrics() {
+                tracing::warn!("reading the XDP counters: {e}");
+            }
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     healthy.store(false, Ordering::Relaxed);
     tracing::info!("stopping: draining queues and writing the last batches");
     let summary = pipeline.shutdown();
+    // Detaches the program and removes the pins (an early return or unwinding drops it too).
+    drop(xdp.take());
     if let Some(why) = failure {
         anyhow::bail!("{why}; shut down after writing everything received");
     }
@@ -80,6 +97,43 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+const XDP_METRICS_EVERY: Duration = Duration::from_secs(2);
+
+/// Loads and attaches XDP when `[xdp]` is configured. An invalid `[xdp]` section is fatal;
+/// anything else (missing capabilities, no bpffs, an interface without XDP, another instance
+/// holding the pins) leaves the daemon running on plain sockets, said loudly in the log and as
+/// `sluice_xdp_enabled 0`.
+fn start_xdp(config: &Config) -> anyhow::Result<Option<crate::xdp::XdpHandle>> {
+    let Some(cfg) = &config.xdp else {
+        crate::xdp::export_disabled_metric();
+        tracing::info!("XDP not configured (no [xdp] section)");
+        return Ok(None);
+    };
+    cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    match crate::xdp::start_or_disable(cfg) {
+        Ok(Some(handle)) => {
+            tracing::info!(
+                attachments = ?handle.attachments(),
+                pins = %handle.pin_dir().display(),
+                "XDP enabled"
+            );
+            if let Err(e) = handle.export_metrics() {
+                tracing::warn!("reading the XDP counters: {e}");
+            }
+            Ok(Some(handle))
+        }
+        Ok(None) => Ok(None),
+        Err(e) => {
+            tracing::error!(
+                "XDP DISABLED: {e}; running on plain sockets without in-kernel counting, \
+                 allowlist, rate limit or steering"
+            );
+            crate::xdp::export_disabled_metric();
+            Ok(None)
+        }
+    }
 }
 
 fn init_logging() {

@@ -128,13 +128,19 @@ impl KernelDrops {
     /// Call before handing the socket to its reader so no drop is missed; the baseline is the
     /// socket's current count.
     pub fn new(socket: &impl AsFd, source: &str) -> io::Result<Self> {
+        let counter = metrics::counter!(
+            crate::metrics::DROPPED_MESSAGES,
+            "source" => source.to_string(),
+            "reason" => crate::metrics::DROP_KERNEL_RCVBUF
+        );
+        Self::with_counter(socket, counter)
+    }
+
+    /// [`KernelDrops::new`] adding into a counter the caller made (e.g. one that also keeps a
+    /// total for the exit summary).
+    pub fn with_counter(socket: &impl AsFd, counter: metrics::Counter) -> io::Result<Self> {
         let fd = socket.as_fd().try_clone_to_owned()?;
         let inode = socket_inode(fd.as_fd())?;
-        let counter = metrics::counter!(
-            "sluice_dropped_messages_total",
-            "source" => source.to_string(),
-            "reason" => "kernel_rcvbuf"
-        );
         let mut this = KernelDrops {
             fd,
             inode,
@@ -221,7 +227,7 @@ impl SystemUdpErrors {
     pub fn new() -> Self {
         let mut this = SystemUdpErrors {
             last: None,
-            gauge: metrics::gauge!("sluice_kernel_udp_rcvbuf_errors"),
+            gauge: metrics::gauge!(crate::metrics::HOST_UDP_RCVBUF_ERRORS),
         };
         this.last = Self::read();
         this

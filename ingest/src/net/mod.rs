@@ -4,8 +4,8 @@
 //! end to end plus one [`FrameRef`] per message) and pushes it on its core's bounded queue.
 //! Workers return drained batches through a recycle queue so steady state allocates nothing.
 
-pub mod portable;
 pub mod drops;
+pub mod portable;
 pub mod uring;
 
 use std::net::SocketAddr;
@@ -97,12 +97,15 @@ pub const SHUTDOWN_POLL: std::time::Duration = std::time::Duration::from_millis(
 pub enum Backend {
     /// Blocking std sockets: batched `recvmmsg` for UDP, a thread per TCP connection.
     Portable,
+    /// io_uring multishot receives into provided-buffer rings (see [`uring`]).
+    Uring,
 }
 
 impl Backend {
     pub fn name(&self) -> &'static str {
         match self {
             Backend::Portable => "portable",
+            Backend::Uring => "io_uring",
         }
     }
 
@@ -110,6 +113,7 @@ impl Backend {
     pub fn run_udp(self, socket: std::net::UdpSocket, ctx: ReaderContext) -> std::io::Result<()> {
         match self {
             Backend::Portable => portable::run_udp(socket, ctx),
+            Backend::Uring => uring::run_udp(socket, ctx),
         }
     }
 
@@ -121,14 +125,15 @@ impl Backend {
     ) -> std::io::Result<()> {
         match self {
             Backend::Portable => portable::run_tcp(listener, ctx),
+            Backend::Uring => uring::run_tcp(listener, ctx),
         }
     }
 }
 
-/// The io_uring backend, when this kernel lets us use it. At merge this becomes
-/// `uring::probe().map(|()| Backend::Uring)`.
+/// The io_uring backend, when this kernel (and its sysctls, seccomp policy) lets us use it;
+/// `Err` says why not.
 fn io_uring_backend() -> Result<Backend, String> {
-    Err("the io_uring backend is not built into this binary".to_string())
+    uring::probe().map(|()| Backend::Uring)
 }
 
 /// Picks the backend for `preference` and says why; `Err` when an explicit `io_uring`
@@ -149,65 +154,6 @@ pub fn select_backend(preference: crate::config::IoBackend) -> Result<(Backend, 
     }
 }
 
-/// Per-socket kernel drop counter (`sk_drops`: datagrams dropped because the receive buffer was
-/// full), polled by the pipeline's maintenance thread and added to
-/// `sluice_dropped_messages_total{reason="kernel_rcvbuf"}`. Readers never count kernel drops
-/// themselves (SO_RXQ_OVFL is for prompt warnings only), so each drop is counted once.
-pub struct SocketDrops {
-    /// A duplicate of the reader's socket, so the count stays readable whatever the reader does.
-    fd: std::os::fd::OwnedFd,
-    last: u32,
-    counter: metrics::Counter,
-}
-
-impl SocketDrops {
-    /// Call before the socket goes to its reader; the socket's current count is the baseline.
-    pub fn new(
-        socket: &impl std::os::fd::AsFd,
-        counter: metrics::Counter,
-    ) -> std::io::Result<Self> {
-        let fd = socket.as_fd().try_clone_to_owned()?;
-        let last = socket_drops(&fd)?;
-        Ok(SocketDrops { fd, last, counter })
-    }
-
-    /// Adds the drops since the last call to the counter and returns them.
-    pub fn poll(&mut self) -> std::io::Result<u64> {
-        let now = socket_drops(&self.fd)?;
-        let delta = u64::from(now.wrapping_sub(self.last));
-        self.last = now;
-        if delta > 0 {
-            self.counter.increment(delta);
-        }
-        Ok(delta)
-    }
-}
-
-/// `sk_drops` via SO_MEMINFO (Linux ≥ 3.13).
-fn socket_drops(fd: &impl std::os::fd::AsRawFd) -> std::io::Result<u32> {
-    const SK_MEMINFO_VARS: usize = 9;
-    const SK_MEMINFO_DROPS: usize = 8;
-    let mut info = [0u32; SK_MEMINFO_VARS];
-    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
-    // SAFETY: `info` is writable for `len` bytes and `len` is passed by pointer as the API wants.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_MEMINFO,
-            info.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if (len as usize) < (SK_MEMINFO_DROPS + 1) * 4 {
-        return Err(std::io::Error::other("SO_MEMINFO returned no drop counter"));
-    }
-    Ok(info[SK_MEMINFO_DROPS])
-}
-
 /// Binds one SO_REUSEPORT UDP socket. Asks for `receive_buffer_bytes` (forcing past
 /// `net.core.rmem_max` when privileged) and enables SO_RXQ_OVFL so every datagram carries the
 /// socket's kernel drop count. Returns the socket and the effective receive buffer size.
@@ -223,7 +169,7 @@ pub fn bind_udp(
     )?;
     socket.set_reuse_port(true)?;
     let effective = set_receive_buffer(&socket, receive_buffer_bytes)?;
-    set_int_option(&socket, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1)?;
+    drops::enable_rxq_ovfl(std::os::fd::AsFd::as_fd(&socket))?;
     socket
         .bind(&listen.into())
         .map_err(|e| bind_error(e, "udp", listen))?;
@@ -322,29 +268,6 @@ mod tests {
     }
 
     #[test]
-    fn socket_drops_are_counted() {
-        let (socket, _) = bind_udp("127.0.0.1:0".parse().unwrap(), 4096).unwrap();
-        let addr = socket.local_addr().unwrap();
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        let counter = metrics::with_local_recorder(&recorder, || metrics::counter!("drops"));
-        let mut drops = SocketDrops::new(&socket, counter).unwrap();
-        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        // Nobody reads: a tiny buffer overflows after a few datagrams.
-        for _ in 0..200 {
-            client.send_to(&[b'x'; 1000], addr).unwrap();
-        }
-        let dropped = drops.poll().unwrap();
-        assert!(dropped > 0, "expected kernel drops with a 4 KiB buffer");
-        assert_eq!(drops.poll().unwrap(), 0);
-        assert!(
-            handle.render().contains(&format!("drops {dropped}")),
-            "{}",
-            handle.render()
-        );
-    }
-
-    #[test]
     fn backend_selection_honours_the_config() {
         use crate::config::IoBackend;
         assert_eq!(
@@ -353,8 +276,16 @@ mod tests {
         );
         let (backend, why) = select_backend(IoBackend::Auto).unwrap();
         assert!(!why.is_empty());
+        // Auto must pick io_uring exactly when the probe accepts it.
+        assert_eq!(backend == Backend::Uring, uring::probe().is_ok(), "{why}");
         if backend == Backend::Portable {
             assert!(select_backend(IoBackend::IoUring).is_err());
+            assert!(why.contains("io_uring unavailable"), "{why}");
+        } else {
+            assert_eq!(
+                select_backend(IoBackend::IoUring).unwrap().0,
+                Backend::Uring
+            );
         }
     }
 

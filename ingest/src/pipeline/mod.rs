@@ -142,7 +142,19 @@ pub struct Pipeline {
 impl Pipeline {
     /// Binds every socket, then starts sinks, workers and readers. Nothing is started if any
     /// socket cannot be bound or any sink cannot be opened.
-    pub fn start(config: &Config, mut periodic: Vec<PeriodicTask>) -> anyhow::Result<Pipeline> {
+    pub fn start(config: &Config, periodic: Vec<PeriodicTask>) -> anyhow::Result<Pipeline> {
+        Self::start_with(config, periodic, &mut |_, _| {})
+    }
+
+    /// [`Pipeline::start`], calling `udp_port_bound(port, sockets)` once per UDP port after its
+    /// per-core SO_REUSEPORT sockets are bound and before any reader runs, with
+    /// `(reader core, fd)` per socket (XDP socket steering attaches there). The fds stay open
+    /// for as long as the pipeline runs.
+    pub fn start_with(
+        config: &Config,
+        mut periodic: Vec<PeriodicTask>,
+        udp_port_bound: &mut dyn FnMut(u16, &[(usize, std::os::fd::RawFd)]),
+    ) -> anyhow::Result<Pipeline> {
         let (backend, why) = crate::net::select_backend(config.pipeline.io_backend)
             .map_err(|e| anyhow::anyhow!(e))?;
         tracing::info!(
@@ -172,7 +184,7 @@ impl Pipeline {
                         let (s, r) = crate::net::bind_udp(addr, settings.receive_buffer_bytes)?;
                         addr = s.local_addr()?;
                         let counter = kernel_drop_counter(name, &totals);
-                        match crate::net::SocketDrops::new(&s, counter) {
+                        match crate::net::drops::KernelDrops::with_counter(&s, counter) {
                             Ok(mut drops) => periodic.push(Box::new(move || {
                                 if let Err(e) = drops.poll() {
                                     tracing::debug!("reading the socket drop counter: {e}");
@@ -204,6 +216,24 @@ impl Pipeline {
                 bound.push((index, thread, socket));
             }
         }
+
+        {
+            use std::os::fd::AsRawFd;
+            let mut udp_ports: std::collections::BTreeMap<u16, Vec<(usize, std::os::fd::RawFd)>> =
+                Default::default();
+            for (_, thread, socket) in &bound {
+                if let Bound::Udp(s) = socket {
+                    udp_ports
+                        .entry(s.local_addr()?.port())
+                        .or_default()
+                        .push((thread % cores, s.as_raw_fd()));
+                }
+            }
+            for (port, sockets) in &udp_ports {
+                udp_port_bound(*port, sockets);
+            }
+        }
+
 
         // Sinks: each behind its spool, delivered by a small tokio runtime shared by all sinks.
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -384,7 +414,9 @@ impl Pipeline {
             ));
         }
         drop(worker_queues);
-        let host_gauge = metrics::gauge!(crate::metrics::HOST_UDP_RCVBUF_ERRORS);
+        // Namespace-wide UDP receive-buffer errors (`/proc/net/snmp{,6}`), beside the
+        // per-socket counts: they also cover sockets that are not ours.
+        let mut host_udp_errors = crate::net::drops::SystemUdpErrors::new();
         let maintenance_stop = Arc::new(AtomicBool::new(false));
         let stop = maintenance_stop.clone();
         let maintenance = std::thread::Builder::new()
@@ -396,9 +428,7 @@ impl Pipeline {
                     for (gauge, len) in &depth_gauges {
                         gauge.set(len() as f64);
                     }
-                    if let Some(errors) = crate::metrics::host_udp_rcvbuf_errors() {
-                        host_gauge.set(errors as f64);
-                    }
+                    host_udp_errors.poll();
                     for task in &mut periodic {
                         task();
                     }
