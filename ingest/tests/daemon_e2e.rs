@@ -985,7 +985,16 @@ fn portable_backend_udp_tcp_and_kernel_drops() {
         }
         w.flush().unwrap();
     });
-    let addr = daemon.udp.unwrap();
+    let source_addr = |source: &str| -> SocketAddr {
+        daemon
+            .log()
+            .lines()
+            .filter(|l| l.contains(&format!("source={source}")))
+            .find_map(|l| l.split("listening on udp ").nth(1))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{source} address in the log"))
+    };
+    let addr = source_addr("udp_in");
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
     let started = Instant::now();
     for i in 0..UDP_TOTAL {
@@ -1012,13 +1021,7 @@ fn portable_backend_udp_tcp_and_kernel_drops() {
     );
 
     // Overload a second socket: sent = received + kernel drops, exactly.
-    let small = daemon
-        .log()
-        .lines()
-        .filter_map(|l| l.split("listening on udp ").nth(1))
-        .filter_map(|rest| rest.split_whitespace().next()?.parse::<SocketAddr>().ok())
-        .find(|a| Some(*a) != daemon.udp)
-        .expect("udp_small address in the log");
+    let small = source_addr("udp_small");
     for i in 0..BLAST {
         client.send_to(message(i).as_bytes(), small).unwrap();
     }

@@ -35,6 +35,9 @@ fn harness(queue: usize, batch_max_frames: usize, limits: FrameLimits) -> Harnes
         to_worker,
         recycled,
         shutdown: shutdown.clone(),
+        max_connections: sluice::net::uring::DEFAULT_MAX_CONNECTIONS,
+        pin: false,
+        counters: sluice::net::ReaderCounters::register("test"),
     };
     Harness {
         ctx: Some(ctx),

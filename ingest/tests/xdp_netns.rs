@@ -890,9 +890,23 @@ fn daemon_with_xdp_filters_delivers_and_cleans_up() {
     );
     let config_path = dir.path().join("sluice.toml");
     std::fs::write(&config_path, config).unwrap();
-    // `ip netns exec` execs the command, so the child's pid is the daemon's.
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.receiver, env!("CARGO_BIN_EXE_sluice")])
+    // Only the network namespace changes (setns between fork and exec): `ip netns exec` would
+    // also give the daemon a private /sys, hiding its pins from this test and from `sluice top`.
+    let netns_file = std::fs::File::open(format!("/run/netns/{}", ns.receiver)).unwrap();
+    let netns_fd = netns_file.as_raw_fd();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    // SAFETY: the closure only calls setns (async-signal-safe) on an fd that stays open until
+    // after spawn returns.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+            if libc::setns(netns_fd, libc::CLONE_NEWNET) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut child = command
         .arg("run")
         .arg("--config")
         .arg(&config_path)
@@ -902,6 +916,7 @@ fn daemon_with_xdp_filters_delivers_and_cleans_up() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    drop(netns_file);
     let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let stderr = child.stderr.take().unwrap();
     let sink = log.clone();

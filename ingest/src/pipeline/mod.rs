@@ -26,6 +26,9 @@ use crate::sink::runtime::SinkHandle;
 /// counters, refreshing gauges).
 pub type PeriodicTask = Box<dyn FnMut() + Send>;
 
+/// Called with a UDP port and its `(reader core, socket fd)` list; see [`Pipeline::start_with`].
+pub type UdpPortBound<'a> = dyn FnMut(u16, &[(usize, std::os::fd::RawFd)]) + 'a;
+
 /// Counts kept beside the metrics so the daemon can report them at exit.
 #[derive(Debug, Default)]
 pub struct Totals {
@@ -153,7 +156,7 @@ impl Pipeline {
     pub fn start_with(
         config: &Config,
         mut periodic: Vec<PeriodicTask>,
-        udp_port_bound: &mut dyn FnMut(u16, &[(usize, std::os::fd::RawFd)]),
+        udp_port_bound: &mut UdpPortBound<'_>,
     ) -> anyhow::Result<Pipeline> {
         let (backend, why) = crate::net::select_backend(config.pipeline.io_backend)
             .map_err(|e| anyhow::anyhow!(e))?;

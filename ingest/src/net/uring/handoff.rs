@@ -16,6 +16,9 @@ use crate::net::{FrameBatch, ReaderContext};
 /// (workers are still draining then); past it the batch is dropped and counted.
 const SHUTDOWN_SEND_GRACE: Duration = Duration::from_secs(5);
 
+/// How far past its bounds a UDP batch may grow while the worker queue is full.
+const COALESCE_LIMIT: usize = 8;
+
 pub(crate) struct Handoff {
     batch: FrameBatch,
     batch_max_frames: usize,
@@ -43,8 +46,6 @@ pub struct Totals {
 
 impl Handoff {
     pub fn new(ctx: &ReaderContext, batch_max_bytes: usize) -> Self {
-        let source = ctx.source_name.to_string();
-        let dropped = |reason: &'static str| metrics::counter!("sluice_dropped_messages_total", "source" => source.clone(), "reason" => reason);
         let mut handoff = Handoff {
             batch: FrameBatch::default(),
             batch_max_frames: ctx.batch_max_frames.max(1),
@@ -52,10 +53,11 @@ impl Handoff {
             pending_messages: 0,
             pending_bytes: 0,
             pending_oversize: 0,
-            received_messages: metrics::counter!("sluice_received_messages_total", "source" => source.clone()),
-            received_bytes: metrics::counter!("sluice_received_bytes_total", "source" => source.clone()),
-            dropped_queue_full: dropped("queue_full"),
-            dropped_oversize: dropped("oversize"),
+            // The pipeline's counters: they also feed the daemon's exit totals.
+            received_messages: ctx.counters.received_messages.clone(),
+            received_bytes: ctx.counters.received_bytes.clone(),
+            dropped_queue_full: ctx.counters.dropped_queue_full.clone(),
+            dropped_oversize: ctx.counters.dropped_oversize.clone(),
             totals: Totals::default(),
         };
         handoff.fresh_batch(ctx);
@@ -126,6 +128,10 @@ impl Handoff {
     /// UDP: never wait; a full queue drops the batch (counted). Reusing the refused batch keeps
     /// its allocation.
     pub fn flush_lossy(&mut self, ctx: &ReaderContext) -> io::Result<()> {
+        if ctx.shutdown.load(Ordering::Relaxed) {
+            // What was read before shutdown is handed over, as TCP's is.
+            return self.flush_blocking(ctx);
+        }
         self.count();
         if self.batch.is_empty() {
             return Ok(());
@@ -139,6 +145,13 @@ impl Handoff {
             }
             Err(TrySendError::Full(batch)) => {
                 self.batch = batch;
+                // A full queue is usually a moment's hiccup: keep filling this batch (up to
+                // COALESCE_LIMIT times its bounds) and offer it again before dropping it.
+                if self.batch.len() < self.batch_max_frames * COALESCE_LIMIT
+                    && self.batch.data.len() < self.batch_max_bytes * COALESCE_LIMIT
+                {
+                    return Ok(());
+                }
                 self.drop_batch();
                 Ok(())
             }
