@@ -1134,7 +1134,7 @@ kinds = ["cef", "darktrace_model_breach"]
 
     #[test]
     fn secrets_are_redacted_and_resolved() {
-        let text = format!("[metrics]\nbearer_token = \"s3cr3t-value\"\n{GOOD}");
+        let text = format!("{GOOD}[metrics]\nbearer_token = \"s3cr3t-value\"\n");
         let c = Config::from_toml(&text, "x").unwrap();
         let shown = c.to_redacted_toml();
         assert!(
@@ -1144,10 +1144,10 @@ kinds = ["cef", "darktrace_model_breach"]
         assert!(!format!("{c:?}").contains("s3cr3t-value"));
         assert_eq!(c.metrics.token().unwrap().unwrap().expose(), "s3cr3t-value");
 
-        let text = format!("[metrics]\nbearer_token_file = \"/nonexistent/token\"\n{GOOD}");
+        let text = format!("{GOOD}[metrics]\nbearer_token_file = \"/nonexistent/token\"\n");
         let err = Config::from_toml(&text, "x.toml").unwrap_err().to_string();
         assert!(
-            err.starts_with("x.toml:2: `metrics.bearer_token_file`"),
+            err.starts_with(&format!("x.toml:{}: `metrics.bearer_token_file`", GOOD.lines().count() + 2)),
             "{err}"
         );
     }
@@ -1171,6 +1171,44 @@ kinds = ["cef", "darktrace_model_breach"]
             err.starts_with("bad.toml:6:") && err.contains("[sources.syslog_tcp]"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn http_sinks_share_common_keys_and_keep_strict_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "k3y-value\n").unwrap();
+        let sinks = format!(
+            "[sinks.sek]\ntype = \"sekoia\"\nurl = \"http://127.0.0.1:1\"\nintake_key_file = {key:?}\n\
+             kinds = [\"json\"]\nbatch_max_events = 5\n[sinks.sek.spool]\nmax_bytes = 16777216\nwhen_full = \"drop_oldest\"\n\
+             [sinks.sek.retry]\nconcurrency = 2\n\
+             [sinks.relay]\ntype = \"http\"\nurl = \"http://127.0.0.1:2/in\"\nheaders = {{ Authorization = \"Bearer hunter2\", X-Tag = \"a\" }}\n",
+        );
+        let c = Config::from_toml(&format!("{GOOD}{sinks}"), "x").unwrap();
+        let sek = &c.sinks["sek"];
+        assert!(matches!(sek.kind, SinkKind::Sekoia(_)));
+        assert_eq!(sek.schema(), Schema::Raw);
+        assert_eq!(sek.batch_limits().max_events, 5);
+        assert_eq!(sek.common.spool.max_bytes, 16 << 20);
+        assert_eq!(sek.common.retry.concurrency, 2);
+        assert!(!sek.routing().accepts_kind(EventKind::Cef));
+        let shown = c.to_redacted_toml();
+        assert!(!shown.contains("hunter2") && shown.contains("X-Tag"), "{shown}");
+        let again = Config::from_toml(&shown.replace(secret::REDACTED, "x"), "again").unwrap();
+        assert_eq!(again.sinks["sek"].common.spool.max_bytes, 16 << 20);
+
+        // A typo in a type-specific key names key and line.
+        let bad = format!("{GOOD}{}", sinks.replace("intake_key_file", "intake_keyfile"));
+        let err = Config::from_toml(&bad, "bad.toml").unwrap_err().to_string();
+        let line = GOOD.lines().count() + 4;
+        assert!(
+            err.starts_with(&format!("bad.toml:{line}: unknown field `intake_keyfile`")),
+            "{err}"
+        );
+        // A missing secret file is an error naming the key.
+        let bad = format!("{GOOD}{}", sinks.replace(&format!("{key:?}"), "\"/nonexistent/k\""));
+        let err = Config::from_toml(&bad, "bad.toml").unwrap_err().to_string();
+        assert!(err.contains("`sinks.sek.intake_key_file`"), "{err}");
     }
 
     #[test]
