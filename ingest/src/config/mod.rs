@@ -1147,7 +1147,10 @@ kinds = ["cef", "darktrace_model_breach"]
         let text = format!("{GOOD}[metrics]\nbearer_token_file = \"/nonexistent/token\"\n");
         let err = Config::from_toml(&text, "x.toml").unwrap_err().to_string();
         assert!(
-            err.starts_with(&format!("x.toml:{}: `metrics.bearer_token_file`", GOOD.lines().count() + 2)),
+            err.starts_with(&format!(
+                "x.toml:{}: `metrics.bearer_token_file`",
+                GOOD.lines().count() + 2
+            )),
             "{err}"
         );
     }
@@ -1193,12 +1196,18 @@ kinds = ["cef", "darktrace_model_breach"]
         assert_eq!(sek.common.retry.concurrency, 2);
         assert!(!sek.routing().accepts_kind(EventKind::Cef));
         let shown = c.to_redacted_toml();
-        assert!(!shown.contains("hunter2") && shown.contains("X-Tag"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("X-Tag"),
+            "{shown}"
+        );
         let again = Config::from_toml(&shown.replace(secret::REDACTED, "x"), "again").unwrap();
         assert_eq!(again.sinks["sek"].common.spool.max_bytes, 16 << 20);
 
         // A typo in a type-specific key names key and line.
-        let bad = format!("{GOOD}{}", sinks.replace("intake_key_file", "intake_keyfile"));
+        let bad = format!(
+            "{GOOD}{}",
+            sinks.replace("intake_key_file", "intake_keyfile")
+        );
         let err = Config::from_toml(&bad, "bad.toml").unwrap_err().to_string();
         let line = GOOD.lines().count() + 4;
         assert!(
@@ -1206,7 +1215,10 @@ kinds = ["cef", "darktrace_model_breach"]
             "{err}"
         );
         // A missing secret file is an error naming the key.
-        let bad = format!("{GOOD}{}", sinks.replace(&format!("{key:?}"), "\"/nonexistent/k\""));
+        let bad = format!(
+            "{GOOD}{}",
+            sinks.replace(&format!("{key:?}"), "\"/nonexistent/k\"")
+        );
         let err = Config::from_toml(&bad, "bad.toml").unwrap_err().to_string();
         assert!(err.contains("`sinks.sek.intake_key_file`"), "{err}");
     }
