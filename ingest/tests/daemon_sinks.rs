@@ -362,3 +362,47 @@ fn routing_cef_to_one_sink_json_to_another() {
         "only JSON at the relay"
     );
 }
+
+/// Every `deploy/examples/*.toml` passes `sluice check-config` given its secret files, and the
+/// printed effective config never shows a secret.
+#[test]
+fn deploy_examples_pass_check_config() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("/run/secrets/", &format!("{}/", secrets.display()));
+        for line in text.lines() {
+            if let Some((_, value)) = line.split_once("_file = \"") {
+                let file = value.split('"').next().unwrap();
+                std::fs::write(file, "dummy-secret-value\n").unwrap();
+            }
+        }
+        let copy = dir.path().join(path.file_name().unwrap());
+        std::fs::write(&copy, text).unwrap();
+        let out = Command::new(BIN)
+            .arg("check-config")
+            .arg(&copy)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}: {}{stdout}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("[sinks.archive]"), "{stdout}");
+        assert!(!stdout.contains("dummy-secret-value"), "{stdout}");
+        checked += 1;
+    }
+    assert!(checked >= 4, "examples checked: {checked}");
+}
