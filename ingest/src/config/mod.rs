@@ -1175,6 +1175,53 @@ kinds = ["cef", "darktrace_model_breach"]
     }
 
     #[test]
+    fn http_sinks_share_common_keys_and_keep_strict_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "k3y-value\n").unwrap();
+        let sinks = format!(
+            "[sinks.sek]\ntype = \"sekoia\"\nurl = \"http://127.0.0.1:1\"\nintake_key_file = {key:?}\n\
+             kinds = [\"json\"]\nbatch_max_events = 5\n[sinks.sek.spool]\nmax_bytes = 16777216\nwhen_full = \"drop_oldest\"\n\
+             [sinks.sek.retry]\nconcurrency = 2\n\
+             [sinks.relay]\ntype = \"http\"\nurl = \"http://127.0.0.1:2/in\"\nheaders = {{ Authorization = \"Bearer hunter2\", X-Tag = \"a\" }}\n",
+        );
+        let c = Config::from_toml(&format!("{GOOD}{sinks}"), "x").unwrap();
+        let sek = &c.sinks["sek"];
+        assert!(matches!(sek.kind, SinkKind::Sekoia(_)));
+        assert_eq!(sek.schema(), Schema::Raw);
+        assert_eq!(sek.batch_limits().max_events, 5);
+        assert_eq!(sek.common.spool.max_bytes, 16 << 20);
+        assert_eq!(sek.common.retry.concurrency, 2);
+        assert!(!sek.routing().accepts_kind(EventKind::Cef));
+        let shown = c.to_redacted_toml();
+        assert!(
+            !shown.contains("hunter2") && shown.contains("X-Tag"),
+            "{shown}"
+        );
+        let again = Config::from_toml(&shown.replace(secret::REDACTED, "x"), "again").unwrap();
+        assert_eq!(again.sinks["sek"].common.spool.max_bytes, 16 << 20);
+
+        // A typo in a type-specific key names key and line.
+        let bad = format!(
+            "{GOOD}{}",
+            sinks.replace("intake_key_file", "intake_keyfile")
+        );
+        let err = Config::from_toml(&bad, "bad.toml").unwrap_err().to_string();
+        let line = GOOD.lines().count() + 4;
+        assert!(
+            err.starts_with(&format!("bad.toml:{line}: unknown field `intake_keyfile`")),
+            "{err}"
+        );
+        // A missing secret file is an error naming the key.
+        let bad = format!(
+            "{GOOD}{}",
+            sinks.replace(&format!("{key:?}"), "\"/nonexistent/k\"")
+        );
+        let err = Config::from_toml(&bad, "bad.toml").unwrap_err().to_string();
+        assert!(err.contains("`sinks.sek.intake_key_file`"), "{err}");
+    }
+
+    #[test]
     fn locate_key_finds_lines() {
         assert_eq!(locate_key(GOOD, "sinks.out.schema"), Some(13));
         assert_eq!(locate_key(GOOD, "sources.syslog_tcp"), Some(6));

@@ -138,9 +138,14 @@ pub(super) fn start(
     let handle = match &config.kind {
         SinkKind::File(f) => {
             retry.concurrency = f.compression_threads;
-            let sink = file::FileSink::new(name, f.clone()).with_context(|| {
-                format!("sink `{name}`: cannot open directory {}", f.path.display())
-            })?;
+            let sink = file::FileSink::new(name, f.clone())
+                .with_context(|| {
+                    format!("sink `{name}`: cannot open directory {}", f.path.display())
+                })?
+                .with_counters(file::FileCounters {
+                    compressed_bytes: counters.bytes_compressed.clone(),
+                    compress_seconds: counters.compress.clone(),
+                });
             spawn(sink, counters, totals, data_dir, spool, retry, m)
         }
         SinkKind::AzureLogsIngestion(c) => spawn(

@@ -32,6 +32,14 @@ pub struct FileSink {
     seq: AtomicU64,
     /// Compression contexts and output buffers, reused across batches.
     pool: Mutex<Vec<(Compressor, Vec<u8>)>>,
+    /// The daemon's per-sink counters, fed by [`Sink::deliver`].
+    counters: Option<FileCounters>,
+}
+
+/// What [`Sink::deliver`] records for the daemon: bytes written and time spent compressing.
+pub struct FileCounters {
+    pub compressed_bytes: metrics::Counter,
+    pub compress_seconds: metrics::Histogram,
 }
 
 std::thread_local! {
@@ -58,7 +66,13 @@ impl FileSink {
             config,
             seq: AtomicU64::new(0),
             pool: Mutex::new(Vec::new()),
+            counters: None,
         })
+    }
+
+    pub fn with_counters(mut self, counters: FileCounters) -> FileSink {
+        self.counters = Some(counters);
+        self
     }
 
     pub fn config(&self) -> &FileSinkConfig {
@@ -166,7 +180,13 @@ impl Sink for FileSink {
             self.write_batch(batch, core)
         };
         match written {
-            Ok(_) => Delivery::Delivered,
+            Ok(file) => {
+                if let Some(c) = &self.counters {
+                    c.compressed_bytes.increment(file.compressed_bytes);
+                    c.compress_seconds.record(file.compress_time.as_secs_f64());
+                }
+                Delivery::Delivered
+            }
             Err(e) => Delivery::Retry {
                 after: None,
                 reason: format!("writing {}: {e}", self.config.path.display()),

@@ -1,0 +1,408 @@
+//! End-to-end tests of the `sluice` binary with HTTP sinks behind the spool: real TCP input on
+//! 127.0.0.1, in-process fakes of the services (`sinks_support`), the file sink's output.
+
+mod sinks_support;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sinks_support::{RelayFake, SekoiaFake, free_addr, serve, serve_at};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+struct Daemon {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    tcp: SocketAddr,
+}
+
+impl Daemon {
+    fn start(config_path: &Path) -> Daemon {
+        let mut child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(config_path)
+            .env("SLUICE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let started = Instant::now();
+        let tcp = loop {
+            {
+                let lines = log.lock().unwrap();
+                if lines.iter().any(|l| l.contains(" running;")) {
+                    break lines
+                        .iter()
+                        .find_map(|l| l.split("listening on tcp ").nth(1))
+                        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+                        .expect("tcp address in the log");
+                }
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "sluice exited ({status}):\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "sluice did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Daemon { child, log, tcp }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    fn send(&self, lines: &[String]) {
+        let mut s = TcpStream::connect(self.tcp).unwrap();
+        for l in lines {
+            s.write_all(l.as_bytes()).unwrap();
+            s.write_all(b"\n").unwrap();
+        }
+        s.flush().unwrap();
+    }
+
+    /// SIGTERM and a clean exit.
+    fn stop(mut self) -> String {
+        // SAFETY: signalling our own child process by its pid.
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) },
+            0
+        );
+        let status = self.child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(status.success(), "exit {status}:\n{}", self.log());
+        self.log()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cef(i: usize) -> String {
+    format!(
+        "<134>Jan  1 00:00:00 dt CEF:0|Darktrace|DCIP|6.1|100|Model breach m{i}x|5|src=10.0.0.1 externalId={i}"
+    )
+}
+
+fn json(i: usize) -> String {
+    format!("<134>Jan  1 00:00:00 dt app: {{\"marker\":\"m{i}x\",\"n\":{i}}}")
+}
+
+/// How often each `m<i>x` marker occurs in `texts`.
+fn markers<'a>(texts: impl IntoIterator<Item = &'a str>) -> HashMap<usize, usize> {
+    let mut seen = HashMap::new();
+    for t in texts {
+        let mut rest = t;
+        while let Some(p) = rest.find('m') {
+            rest = &rest[p + 1..];
+            let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+            if !digits.is_empty() && rest[digits.len()..].starts_with('x') {
+                *seen.entry(digits.parse().unwrap()).or_insert(0) += 1;
+                break;
+            }
+        }
+    }
+    seen
+}
+
+fn file_lines(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with('.') {
+            continue;
+        }
+        let mut text = String::new();
+        std::fs::File::open(e.path())
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        out.extend(text.lines().map(str::to_owned));
+    }
+    out
+}
+
+fn wait_until(what: &str, daemon: &Daemon, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < timeout,
+            "{what} after {timeout:?}:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn write_config(dir: &Path, sinks: &str) -> std::path::PathBuf {
+    let config = format!(
+        "data_dir = {data:?}\n[metrics]\nlisten = \"127.0.0.1:0\"\n[pipeline]\nworkers = 2\n\
+         [sources.tcp_in]\ntype = \"tcp\"\nlisten = \"127.0.0.1:0\"\nframing = \"lf\"\n{sinks}",
+        data = dir.join("data").display().to_string(),
+    );
+    let path = dir.join("sluice.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+fn relay_sink(url: &str, extra: &str) -> String {
+    format!(
+        "[sinks.relay]\ntype = \"http\"\nurl = \"{url}/in\"\nheaders = {{ x-api-key = \"relay-key\" }}\n\
+         batch_timeout_ms = 100\n{extra}[sinks.relay.retry]\ninitial_backoff_ms = 100\nmax_backoff_ms = 500\n"
+    )
+}
+
+fn file_sink(dir: &Path) -> String {
+    format!(
+        "[sinks.archive]\ntype = \"file\"\npath = {:?}\ncompression = \"none\"\nbatch_timeout_ms = 100\n",
+        dir.join("out").display().to_string()
+    )
+}
+
+/// TCP → daemon → generic HTTP sink and file sink, both behind their spools: exactly N each,
+/// in the sluice schema.
+#[test]
+fn tcp_to_http_and_file_sinks_exactly_n() {
+    const N: usize = 3000;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let relay = RelayFake::new();
+    let server = rt.block_on(serve(relay.handler()));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!("{}{}", relay_sink(&server.url(), ""), file_sink(dir.path())),
+    );
+    let daemon = Daemon::start(&cfg);
+    let lines: Vec<String> = (0..N)
+        .map(|i| if i % 2 == 0 { cef(i) } else { json(i) })
+        .collect();
+    daemon.send(&lines);
+    wait_until("relay got N", &daemon, Duration::from_secs(60), || {
+        relay.accepted.count() >= N
+    });
+    wait_until("file has N", &daemon, Duration::from_secs(60), || {
+        file_lines(&dir.path().join("out")).len() >= N
+    });
+    let log = daemon.stop();
+    assert!(log.contains("sink_events=6000"), "{log}");
+    let events = relay.accepted.events.lock().unwrap().clone();
+    assert_eq!(events.len(), N);
+    for e in &events {
+        assert_eq!(e["source"], "tcp_in", "sluice schema: {e}");
+        assert!(e["kind"].is_string(), "sluice schema: {e}");
+    }
+    let texts: Vec<String> = events.iter().map(|e| e.to_string()).collect();
+    let seen = markers(texts.iter().map(String::as_str));
+    assert_eq!(seen.len(), N);
+    assert!(seen.values().all(|&c| c == 1));
+    let file = file_lines(&dir.path().join("out"));
+    assert_eq!(file.len(), N);
+    let seen = markers(file.iter().map(String::as_str));
+    assert_eq!(seen.len(), N);
+    // Everything delivered: the spools are empty.
+    assert!(
+        !dir.path().join("data/dead_letter/relay").exists()
+            || std::fs::read_dir(dir.path().join("data/dead_letter/relay"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+}
+
+/// `kill -9` while the HTTP sink is unreachable; restart with it up: every spooled event is
+/// delivered (duplicates are counted, none lost).
+#[test]
+fn kill_9_while_sink_down_then_restart_delivers_everything() {
+    const N: usize = 2000;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let addr = free_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &relay_sink(&format!("http://{addr}"), ""));
+    let mut daemon = Daemon::start(&cfg);
+    let lines: Vec<String> = (0..N).map(cef).collect();
+    daemon.send(&lines);
+    let spool = dir.path().join("data/spool/relay");
+    // Wait until the whole input is in the spool and the sink has failed at least once.
+    wait_until("retries logged", &daemon, Duration::from_secs(30), || {
+        let bytes: u64 = std::fs::read_dir(&spool)
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        bytes as usize > N * 100
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    drop(daemon);
+
+    let relay = RelayFake::new();
+    let _server = rt.block_on(serve_at(addr, relay.handler()));
+    let daemon = Daemon::start(&cfg);
+    wait_until(
+        "all delivered after restart",
+        &daemon,
+        Duration::from_secs(60),
+        || relay.accepted.count() >= N,
+    );
+    let log = daemon.stop();
+    assert!(log.contains("earlier run left in the spool"), "{log}");
+    let texts: Vec<String> = relay
+        .accepted
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    let seen = markers(texts.iter().map(String::as_str));
+    let missing: Vec<usize> = (0..N).filter(|i| !seen.contains_key(i)).collect();
+    assert!(
+        missing.is_empty(),
+        "lost {} events: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    let duplicates = texts.len() - N;
+    eprintln!(
+        "delivered {} for {N} sent: {duplicates} duplicates",
+        texts.len()
+    );
+}
+
+/// Routing by event kind: CEF → Sekoia only, JSON → the generic relay only.
+#[test]
+fn routing_cef_to_one_sink_json_to_another() {
+    const N: usize = 1000;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let relay = RelayFake::new();
+    let relay_server = rt.block_on(serve(relay.handler()));
+    let sekoia = SekoiaFake::new();
+    let sekoia_server = rt.block_on(serve(sekoia.handler()));
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("intake_key");
+    std::fs::write(&key, format!("{}\n", sekoia.key)).unwrap();
+    let sinks = format!(
+        "{}[sinks.sek]\ntype = \"sekoia\"\nurl = \"{}\"\nintake_key_file = {:?}\n\
+         kinds = [\"cef\"]\nbatch_timeout_ms = 100\n",
+        relay_sink(&relay_server.url(), "kinds = [\"json\"]\n"),
+        sekoia_server.url(),
+        key.display().to_string()
+    );
+    let cfg = write_config(dir.path(), &sinks);
+    let daemon = Daemon::start(&cfg);
+    let lines: Vec<String> = (0..N)
+        .map(|i| if i % 2 == 0 { cef(i) } else { json(i) })
+        .collect();
+    daemon.send(&lines);
+    wait_until(
+        "both sinks got theirs",
+        &daemon,
+        Duration::from_secs(60),
+        || relay.accepted.count() >= N / 2 && sekoia.accepted.count() >= N / 2,
+    );
+    let _ = daemon.stop();
+    let sek: Vec<String> = sekoia
+        .accepted
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().to_owned())
+        .collect();
+    let sek_seen = markers(sek.iter().map(String::as_str));
+    assert_eq!(sek.len(), N / 2);
+    assert!(sek_seen.keys().all(|i| i % 2 == 0), "only CEF at Sekoia");
+    assert!(
+        sek.iter().all(|raw| raw.contains("CEF:0|")),
+        "raw schema at Sekoia"
+    );
+    let rel: Vec<String> = relay
+        .accepted
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    let rel_seen = markers(rel.iter().map(String::as_str));
+    assert_eq!(rel.len(), N / 2);
+    assert!(
+        rel_seen.keys().all(|i| i % 2 == 1),
+        "only JSON at the relay"
+    );
+}
+
+/// Every `deploy/examples/*.toml` passes `sluice check-config` given its secret files, and the
+/// printed effective config never shows a secret.
+#[test]
+fn deploy_examples_pass_check_config() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("/run/secrets/", &format!("{}/", secrets.display()));
+        for line in text.lines() {
+            if let Some((_, value)) = line.split_once("_file = \"") {
+                let file = value.split('"').next().unwrap();
+                std::fs::write(file, "dummy-secret-value\n").unwrap();
+            }
+        }
+        let copy = dir.path().join(path.file_name().unwrap());
+        std::fs::write(&copy, text).unwrap();
+        let out = Command::new(BIN)
+            .arg("check-config")
+            .arg(&copy)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}: {}{stdout}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("[sinks.archive]"), "{stdout}");
+        assert!(!stdout.contains("dummy-secret-value"), "{stdout}");
+        checked += 1;
+    }
+    assert!(checked >= 4, "examples checked: {checked}");
+}
