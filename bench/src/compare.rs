@@ -298,7 +298,9 @@ fn output_files(dir: &Path) -> Vec<PathBuf> {
         .into_iter()
         .filter(|p| {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            name.ends_with(".ndjson") || name.ends_with(".ndjson.zst")
+            // The daemon writes `.tmp-<name>` first and links it into place when complete:
+            // counting the temp file would count a batch twice, or half of one.
+            !name.starts_with('.') && (name.ends_with(".ndjson") || name.ends_with(".ndjson.zst"))
         })
         .collect();
     files.sort();
@@ -505,6 +507,11 @@ fn start_receiver(
         }
         Receiver::SluiceRaw | Receiver::SluiceCsl | Receiver::SluiceCslZstd => {
             let out = work.join("out");
+            let zstd_level_line = if receiver == Receiver::SluiceCslZstd {
+                format!("compression_level = {}\n", config.zstd_level)
+            } else {
+                String::new()
+            };
             let conf = substitute(
                 SLUICE_CONF,
                 &[
@@ -520,8 +527,16 @@ fn start_receiver(
                         },
                     ),
                     ("@PORT@", &port_text),
+                    // A UDP datagram carries at most 65535 bytes (the daemon rejects more);
+                    // TCP gets the peers' 64 KiB.
+                    (
+                        "@MAX_MESSAGE@",
+                        if proto == Proto::Udp { "65535" } else { "65536" },
+                    ),
                     ("@RCVBUF@", &rcvbuf),
                     ("@OUT@", &out.display().to_string()),
+                    // Same zstd level as the harness's "limit including compression".
+                    ("@LEVEL@", &zstd_level_line),
                     (
                         "@SCHEMA@",
                         if receiver == Receiver::SluiceRaw {

@@ -334,7 +334,8 @@ fn run_compare(args: CompareArgs) -> anyhow::Result<()> {
         settle: Duration::from_secs_f64(args.settle),
         max_drain_wait: Duration::from_secs_f64(args.max_drain_wait),
         peer_root: args.peer_root.clone(),
-        sluice_bin: args.sluice_bin.clone(),
+        // Receivers start in their own work directory, where a relative path would not resolve.
+        sluice_bin: std::path::absolute(&args.sluice_bin)?,
         work_dir: args.work_dir.clone(),
         base_port: args.base_port,
         field_sample: args.field_sample,

@@ -131,6 +131,9 @@ fn run_uring(messages: u64, bytes: usize) -> Outcome {
         to_worker,
         recycled,
         shutdown: shutdown.clone(),
+        max_connections: 1,
+        pin: false,
+        counters: sluice::metrics::ReaderCounters::register("bench"),
     };
     let count = Arc::new(AtomicU64::new(0));
     let reader = thread::spawn(move || {
