@@ -18,7 +18,10 @@ pub struct Timestamp {
 
 impl Timestamp {
     pub fn from_unix_nanos(unix_nanos: i64) -> Self {
-        Timestamp { unix_nanos, offset_secs: Some(0) }
+        Timestamp {
+            unix_nanos,
+            offset_secs: Some(0),
+        }
     }
 
     pub fn now() -> Self {
@@ -51,22 +54,50 @@ pub struct Pri {
 
 impl Pri {
     pub fn from_value(value: u8) -> Option<Pri> {
-        (value <= 191).then_some(Pri { facility: value >> 3, severity: value & 7 })
+        (value <= 191).then_some(Pri {
+            facility: value >> 3,
+            severity: value & 7,
+        })
     }
     pub fn value(&self) -> u8 {
         (self.facility << 3) | self.severity
     }
     pub fn facility_name(&self) -> &'static str {
         const NAMES: [&str; 24] = [
-            "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
-            "authpriv", "ftp", "ntp", "security", "console", "solaris-cron", "local0", "local1",
-            "local2", "local3", "local4", "local5", "local6", "local7",
+            "kern",
+            "user",
+            "mail",
+            "daemon",
+            "auth",
+            "syslog",
+            "lpr",
+            "news",
+            "uucp",
+            "cron",
+            "authpriv",
+            "ftp",
+            "ntp",
+            "security",
+            "console",
+            "solaris-cron",
+            "local0",
+            "local1",
+            "local2",
+            "local3",
+            "local4",
+            "local5",
+            "local6",
+            "local7",
         ];
-        NAMES.get(self.facility as usize).copied().unwrap_or("unknown")
+        NAMES
+            .get(self.facility as usize)
+            .copied()
+            .unwrap_or("unknown")
     }
     pub fn severity_name(&self) -> &'static str {
-        const NAMES: [&str; 8] =
-            ["emerg", "alert", "crit", "err", "warning", "notice", "info", "debug"];
+        const NAMES: [&str; 8] = [
+            "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug",
+        ];
         NAMES[(self.severity & 7) as usize]
     }
 }
@@ -122,7 +153,10 @@ pub struct Cef<'a> {
 
 impl<'a> Cef<'a> {
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.extensions.iter().find(|e| e.key == key).map(|e| e.value.as_ref())
+        self.extensions
+            .iter()
+            .find(|e| e.key == key)
+            .map(|e| e.value.as_ref())
     }
 }
 
@@ -169,7 +203,11 @@ pub enum Body<'a> {
     Json(crate::parse::json::JsonBody<'a>),
     Text(&'a str),
     /// Parsing failed; `text` is the unparsed body.
-    Error { kind: crate::parse::ParseErrorKind, detail: String, text: &'a str },
+    Error {
+        kind: crate::parse::ParseErrorKind,
+        detail: String,
+        text: &'a str,
+    },
 }
 
 /// A fully parsed message.

@@ -5,18 +5,18 @@
 //! The hot path (net → frame → parse → map → batch) is kept apart from the control path
 //! (config, metrics endpoint, CLI).
 
-pub mod config;
-pub mod xdp;
-pub mod net;
-pub mod frame;
-pub mod parse;
-pub mod event;
-pub mod map;
-pub mod pipeline;
 pub mod batch;
+pub mod cli;
 pub mod compress;
-pub mod spool;
+pub mod config;
+pub mod event;
+pub mod frame;
+pub mod map;
+pub mod metrics;
+pub mod net;
+pub mod parse;
+pub mod pipeline;
 pub mod sink;
 pub mod source;
-pub mod metrics;
-pub mod cli;
+pub mod spool;
+pub mod xdp;

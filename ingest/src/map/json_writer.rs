@@ -181,7 +181,12 @@ mod tests {
 
     #[test]
     fn escapes_round_trip_through_serde_json() {
-        let samples = ["plain", "quote \" backslash \\ nl \n cr \r tab \t", "\u{1} \u{1f} é 🦀", ""];
+        let samples = [
+            "plain",
+            "quote \" backslash \\ nl \n cr \r tab \t",
+            "\u{1} \u{1f} é 🦀",
+            "",
+        ];
         for s in samples {
             let mut out = Vec::new();
             write_str(&mut out, s);

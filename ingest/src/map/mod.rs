@@ -10,7 +10,9 @@ pub mod sluice;
 use crate::event::Event;
 
 /// Output schema of a sink (`schema = "..."` in `[sinks.NAME]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Schema {
     /// Native: syslog header, CEF header + extensions or the JSON object, receive metadata.

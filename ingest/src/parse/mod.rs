@@ -48,7 +48,11 @@ pub struct ParseOptions {
 
 impl Default for ParseOptions {
     fn default() -> Self {
-        ParseOptions { json_max_depth: 128, json_max_bytes: 256 * 1024, default_offset_secs: 0 }
+        ParseOptions {
+            json_max_depth: 128,
+            json_max_bytes: 256 * 1024,
+            default_offset_secs: 0,
+        }
     }
 }
 
@@ -70,7 +74,10 @@ pub struct Parser {
 
 impl Parser {
     pub fn new(options: ParseOptions) -> Self {
-        Parser { options, scratch: Scratch::default() }
+        Parser {
+            options,
+            scratch: Scratch::default(),
+        }
     }
 
     /// Parses one framed message. The returned event borrows `raw` and this parser's scratch.
@@ -86,23 +93,40 @@ impl Parser {
         };
         let (syslog, body_text) = syslog::parse_header(text, received.received_at, &self.options);
         let body = parse_body(body_text, &self.options, json);
-        Event { received, raw: text, syslog, body }
+        Event {
+            received,
+            raw: text,
+            syslog,
+            body,
+        }
     }
 }
 
 /// Decides what the body is (JSON, CEF or text) and parses it.
-pub fn parse_body<'a>(body: &'a str, options: &ParseOptions, json_scratch: &'a mut json::JsonScratch) -> Body<'a> {
+pub fn parse_body<'a>(
+    body: &'a str,
+    options: &ParseOptions,
+    json_scratch: &'a mut json::JsonScratch,
+) -> Body<'a> {
     let trimmed = body.trim_start();
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
         return match json::parse(trimmed, options, json_scratch) {
             Ok(j) => Body::Json(j),
-            Err(e) => Body::Error { kind: e.kind(), detail: e.to_string(), text: body },
+            Err(e) => Body::Error {
+                kind: e.kind(),
+                detail: e.to_string(),
+                text: body,
+            },
         };
     }
     if let Some(start) = cef::find_cef_start(body) {
         return match cef::parse(&body[start..], &body[..start]) {
             Ok(c) => Body::Cef(c),
-            Err(e) => Body::Error { kind: e.kind(), detail: e.to_string(), text: body },
+            Err(e) => Body::Error {
+                kind: e.kind(),
+                detail: e.to_string(),
+                text: body,
+            },
         };
     }
     Body::Text(body)

@@ -237,7 +237,6 @@ impl Pipeline {
             }
         }
 
-
         // Sinks: each behind its spool, delivered by a small tokio runtime shared by all sinks.
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.pipeline.sink_runtime_threads)

@@ -28,9 +28,16 @@ pub struct Batch {
 pub enum Delivery {
     Delivered,
     /// Try again later (5xx, 429, network error); `after` honours `Retry-After`.
-    Retry { after: Option<Duration>, reason: String },
+    Retry {
+        after: Option<Duration>,
+        reason: String,
+    },
     /// Cannot succeed (400, 401, 403, 413 at one event): goes to the dead-letter directory.
-    Reject { status: Option<u16>, reason: String, response_body: String },
+    Reject {
+        status: Option<u16>,
+        reason: String,
+        response_body: String,
+    },
     /// Part of the batch was accepted (the sink split it, or the service answered per event):
     /// `retry` still has to go (after `after`), each of `rejected` goes to the dead-letter
     /// directory. Nothing accepted is in either.
