@@ -531,7 +531,11 @@ fn start_receiver(
                     // TCP gets the peers' 64 KiB.
                     (
                         "@MAX_MESSAGE@",
-                        if proto == Proto::Udp { "65535" } else { "65536" },
+                        if proto == Proto::Udp {
+                            "65535"
+                        } else {
+                            "65536"
+                        },
                     ),
                     ("@RCVBUF@", &rcvbuf),
                     ("@OUT@", &out.display().to_string()),
