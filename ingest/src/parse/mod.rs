@@ -119,17 +119,22 @@ pub fn parse_body<'a>(
             },
         };
     }
-    if let Some(start) = cef::find_cef_start(body) {
-        return match cef::parse(&body[start..], &body[..start]) {
+    parse_cef_or_text(body)
+}
+
+/// A body that is not JSON: CEF when it holds `CEF:<digits>|`, else plain text.
+pub fn parse_cef_or_text(body: &str) -> Body<'_> {
+    match cef::find_cef_start(body) {
+        Some(start) => match cef::parse(&body[start..], &body[..start]) {
             Ok(c) => Body::Cef(c),
             Err(e) => Body::Error {
                 kind: e.kind(),
                 detail: e.to_string(),
                 text: body,
             },
-        };
+        },
+        None => Body::Text(body),
     }
-    Body::Text(body)
 }
 
 /// A header for messages that carry none.

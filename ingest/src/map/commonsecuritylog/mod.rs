@@ -541,17 +541,7 @@ mod tests {
             peer: None,
             received_at: Timestamp::from_unix_nanos(1_700_000_000_123_000_000),
         };
-        let parsed = match crate::parse::cef::find_cef_start(body) {
-            Some(start) => match crate::parse::cef::parse(&body[start..], &body[..start]) {
-                Ok(c) => Body::Cef(c),
-                Err(e) => Body::Error {
-                    kind: e.kind(),
-                    detail: e.to_string(),
-                    text: body,
-                },
-            },
-            None => Body::Text(body),
-        };
+        let parsed = crate::parse::parse_cef_or_text(body);
         Event {
             received,
             raw: body,
