@@ -146,19 +146,10 @@ impl ElasticsearchSink {
         if let Some(enc) = self.compression.content_encoding() {
             req = req.header(CONTENT_ENCODING, enc);
         }
-        let r = match common::execute(&self.metrics, req.body(body), len).await {
+        let r = match common::execute_accepted(&self.metrics, req.body(body), len).await {
             Ok(r) => r,
-            Err(reason) => {
-                return BulkOutcome::Whole(Attempt::Retry {
-                    after: None,
-                    reason,
-                });
-            }
+            Err(attempt) => return BulkOutcome::Whole(attempt),
         };
-        let attempt = common::classify(r.status, &r.headers, &r.body);
-        if !matches!(attempt, Attempt::Accepted) {
-            return BulkOutcome::Whole(attempt);
-        }
         let Ok(reply) = serde_json::from_slice::<BulkReply>(&r.body) else {
             return BulkOutcome::Whole(Attempt::Retry {
                 after: None,

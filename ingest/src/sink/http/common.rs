@@ -214,6 +214,26 @@ pub async fn execute(
     }
 }
 
+/// Sends one request and reads it as an intake answer: `Ok` only when accepted (2xx), so the
+/// caller can go on to inspect the body; any other outcome (transport failure → retry, or the
+/// status's [`classify`] reading) comes back as the [`Attempt`] to return.
+pub async fn execute_accepted(
+    metrics: &SinkMetrics,
+    request: reqwest::RequestBuilder,
+    body_len: usize,
+) -> Result<Response, Attempt> {
+    let r = execute(metrics, request, body_len)
+        .await
+        .map_err(|reason| Attempt::Retry {
+            after: None,
+            reason,
+        })?;
+    match classify(r.status, &r.headers, &r.body) {
+        Attempt::Accepted => Ok(r),
+        other => Err(other),
+    }
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();

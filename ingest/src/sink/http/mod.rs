@@ -100,12 +100,9 @@ impl ChunkSender for HttpSink {
         if let Some(enc) = self.compression.content_encoding() {
             req = req.header(CONTENT_ENCODING, enc);
         }
-        match common::execute(&self.metrics, req.body(body), len).await {
-            Ok(r) => common::classify(r.status, &r.headers, &r.body),
-            Err(reason) => Attempt::Retry {
-                after: None,
-                reason,
-            },
+        match common::execute_accepted(&self.metrics, req.body(body), len).await {
+            Ok(_) => Attempt::Accepted,
+            Err(attempt) => attempt,
         }
     }
 }

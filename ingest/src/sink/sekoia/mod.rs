@@ -100,32 +100,24 @@ impl ChunkSender for SekoiaSink {
         if let Some(enc) = self.compression.content_encoding() {
             req = req.header(CONTENT_ENCODING, enc);
         }
-        let r = match common::execute(&self.metrics, req.body(body), len).await {
+        let r = match common::execute_accepted(&self.metrics, req.body(body), len).await {
             Ok(r) => r,
-            Err(reason) => {
-                return Attempt::Retry {
-                    after: None,
-                    reason,
-                };
-            }
+            Err(attempt) => return attempt,
         };
-        let attempt = common::classify(r.status, &r.headers, &r.body);
-        if matches!(attempt, Attempt::Accepted) {
-            // The intake returns one id per accepted event; fewer means it dropped some.
-            let ids = serde_json::from_slice::<serde_json::Value>(&r.body)
-                .ok()
-                .and_then(|v| {
-                    v.get("event_ids")
-                        .and_then(|ids| ids.as_array().map(Vec::len))
-                });
-            if let Some(n) = ids
-                && n != lines.len()
-            {
-                tracing::warn!(sink = %self.name, sent = lines.len(), ids = n,
-                    "Sekoia intake returned a different number of event ids");
-            }
+        // The intake returns one id per accepted event; fewer means it dropped some.
+        let ids = serde_json::from_slice::<serde_json::Value>(&r.body)
+            .ok()
+            .and_then(|v| {
+                v.get("event_ids")
+                    .and_then(|ids| ids.as_array().map(Vec::len))
+            });
+        if let Some(n) = ids
+            && n != lines.len()
+        {
+            tracing::warn!(sink = %self.name, sent = lines.len(), ids = n,
+                "Sekoia intake returned a different number of event ids");
         }
-        attempt
+        Attempt::Accepted
     }
 }
 

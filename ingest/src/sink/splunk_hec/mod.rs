@@ -194,19 +194,13 @@ impl ChunkSender for SplunkHecSink {
         if let Some(enc) = self.compression.content_encoding() {
             req = req.header(CONTENT_ENCODING, enc);
         }
-        let r = match common::execute(&self.metrics, req.body(body), len).await {
-            Ok(r) => r,
-            Err(reason) => {
-                return Attempt::Retry {
-                    after: None,
-                    reason,
-                };
-            }
-        };
         // HEC answers 503 "server is busy" (code 9) under load and 400 for unparseable data.
-        let attempt = common::classify(r.status, &r.headers, &r.body);
-        if !self.ack || !matches!(attempt, Attempt::Accepted) {
-            return attempt;
+        let r = match common::execute_accepted(&self.metrics, req.body(body), len).await {
+            Ok(r) => r,
+            Err(attempt) => return attempt,
+        };
+        if !self.ack {
+            return Attempt::Accepted;
         }
         let ack_id = serde_json::from_slice::<serde_json::Value>(&r.body)
             .ok()
