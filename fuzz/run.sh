@@ -13,6 +13,8 @@ if ! rustup toolchain list | grep -q '^nightly'; then
     rustup toolchain install nightly --profile minimal
 fi
 
+# Seeds from the repo's test vectors (idempotent: files are named by content hash).
+python3 seed.py
 mkdir -p "corpus/$target" "artifacts/$target"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
