@@ -117,7 +117,7 @@ async fn azure_healthy_path_delivers_exactly_n_rows_with_a_cached_token() {
     let dir = tempfile::tempdir().unwrap();
     let az = azure().await;
     let cfg = azure_config(&az, dir.path(), az.fake.client_secret, "");
-    assert_eq!(cfg.stream, "Microsoft-CommonSecurityLog");
+    assert_eq!(cfg.stream, "Custom-CommonSecurityLog");
     let metrics = SinkMetrics::new("sentinel");
     let sink = AzureLogsIngestionSink::new("sentinel", &cfg, metrics.clone()).unwrap();
     let handle = spawn(sink, metrics, dir.path(), spool_config());

@@ -223,7 +223,7 @@ impl AzureFake {
             client_id: "app-client-id",
             client_secret: "s3cr3t~value",
             dcr: "dcr-0123456789abcdef0123456789abcdef",
-            stream: "Microsoft-CommonSecurityLog",
+            stream: "Custom-CommonSecurityLog",
             tokens_issued: AtomicU64::new(0),
             token_lifetime: AtomicU64::new(3599),
             accepted: Accepted::default(),

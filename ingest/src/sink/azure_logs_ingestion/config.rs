@@ -10,8 +10,9 @@ pub struct AzureLogsIngestionConfig {
     pub endpoint: String,
     /// The DCR's immutable id, `dcr-…`.
     pub dcr_immutable_id: String,
-    /// Stream declared in the DCR. Built-in tables use `Microsoft-<Table>`; custom tables
-    /// `Custom-<Table>`.
+    /// Input stream declared in the DCR's `streamDeclarations` (always `Custom-…`); the DCR's
+    /// data flow sends it on to the table, e.g. `outputStream: Microsoft-CommonSecurityLog`.
+    /// The URL must name the declared input stream, not the output one.
     #[serde(default = "default_stream")]
     pub stream: String,
     pub tenant_id: String,
@@ -43,7 +44,7 @@ pub struct AzureLogsIngestionConfig {
 pub const AZURE_MAX_CALL_BYTES: usize = 1 << 20;
 
 fn default_stream() -> String {
-    "Microsoft-CommonSecurityLog".to_owned()
+    "Custom-CommonSecurityLog".to_owned()
 }
 
 fn default_authority() -> String {

@@ -24,7 +24,7 @@ fn defaults_and_urls() {
     assert_eq!(
         s.url.as_str(),
         "https://dce.westeurope-1.ingest.monitor.azure.com/dataCollectionRules/dcr-abc/streams/\
-         Microsoft-CommonSecurityLog?api-version=2023-01-01"
+         Custom-CommonSecurityLog?api-version=2023-01-01"
     );
     assert_eq!(
         s.token_url.as_str(),
