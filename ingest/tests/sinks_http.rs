@@ -732,16 +732,55 @@ async fn unreachable_sink_grows_the_spool_then_drains_it() {
     handle.shutdown(Duration::from_secs(5)).await;
 }
 
+/// Simulates `kill -9` of the sink's process and returns once that "process" is gone.
+///
+/// Dropping the handle only *requests* the abort: tokio drops the aborted driver later, on a
+/// worker, and the uploads it owns only then. Until that happens they keep retrying, may get a
+/// 2xx and ack (moving the cursor), and keep the spool open. A real crash is over when the
+/// process is gone, which a supervisor sees as the spool's flock being free: wait for that
+/// before touching the files or starting the next instance.
+async fn crash(handle: SinkHandle, spool_dir: &Path) {
+    use std::os::fd::AsRawFd;
+    drop(handle);
+    let lock = std::fs::File::open(spool_dir.join("lock")).unwrap();
+    wait_for(
+        "the crashed instance to let go of its spool",
+        Duration::from_secs(10),
+        || {
+            // SAFETY: flock on a descriptor we own; no memory is involved.
+            unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+        },
+    )
+    .await;
+    // Dropping `lock` releases it for the next instance.
+}
+
+/// The service while it is down: 503 to everything, for good. The crashed instance talks only
+/// to this one, so nothing it sent can be accepted: an HTTP/1 request already written to the
+/// socket when its upload was aborted is still answered by the server afterwards, and against
+/// a server that had recovered by then it would legitimately be accepted without an ack
+/// (at-least-once: replayed, delivered twice).
+async fn down_server() -> Server {
+    let down = serve(RelayFake::new().handler()).await;
+    *down.faults.fail_until.lock().unwrap() =
+        Some((Instant::now() + Duration::from_secs(3600), 503));
+    down
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_while_sink_down_then_restart_delivers_everything() {
     let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool").join("relay");
+    let down = down_server().await;
     let fake = RelayFake::new();
     let server = serve(fake.handler()).await;
+    // Still failing while the restarted instance opens its spool, so that the count read
+    // right after the restart is what was replayed from disk, not minus a first upload.
     *server.faults.fail_until.lock().unwrap() =
         Some((Instant::now() + Duration::from_secs(3600), 503));
-    let cfg = relay_config(&server.url(), "ndjson", "gzip");
     const N: u64 = 4000;
     {
+        let cfg = relay_config(&down.url(), "ndjson", "gzip");
         let metrics = SinkMetrics::new("relay");
         let handle = spawn(
             HttpSink::new("relay", &cfg, metrics.clone()).unwrap(),
@@ -757,9 +796,9 @@ async fn crash_while_sink_down_then_restart_delivers_everything() {
         })
         .await;
         // No shutdown: the tasks are aborted mid-retry, as a kill -9 would.
-        drop(handle);
+        crash(handle, &spool_dir).await;
     }
-    *server.faults.fail_until.lock().unwrap() = None;
+    let cfg = relay_config(&server.url(), "ndjson", "gzip");
     let metrics = SinkMetrics::new("relay");
     let handle = spawn(
         HttpSink::new("relay", &cfg, metrics.clone()).unwrap(),
@@ -768,6 +807,7 @@ async fn crash_while_sink_down_then_restart_delivers_everything() {
         spool_config(),
     );
     assert_eq!(handle.stats().spool.events, N, "replayed from disk");
+    *server.faults.fail_until.lock().unwrap() = None;
     wait_for("delivery", Duration::from_secs(20), || {
         fake.accepted.count() as u64 >= N
     })
@@ -776,6 +816,8 @@ async fn crash_while_sink_down_then_restart_delivers_everything() {
         handle.stats().spool.records == 0
     })
     .await;
+    // Exactly once: the crashed instance never got a 2xx, so nothing was acked before the
+    // crash and nothing reached the service twice.
     assert_eq!(fake.accepted.ids("ExternalID"), (0..N).collect::<Vec<_>>());
     handle.shutdown(Duration::from_secs(5)).await;
 }
@@ -890,17 +932,20 @@ async fn spool_full_block_holds_the_producer_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_and_bit_flipped_segments_are_quarantined_and_the_rest_delivered() {
     let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool").join("relay");
+    let down = down_server().await;
     let fake = RelayFake::new();
     let server = serve(fake.handler()).await;
+    // Failing until the restarted instance's replay count has been read.
     *server.faults.fail_until.lock().unwrap() =
         Some((Instant::now() + Duration::from_secs(3600), 503));
-    let cfg = relay_config(&server.url(), "ndjson", "gzip");
     let spool = SpoolConfig {
         segment_bytes: 16 << 10,
         ..spool_config()
     };
     const N: u64 = 1000;
     {
+        let cfg = relay_config(&down.url(), "ndjson", "gzip");
         let metrics = SinkMetrics::new("relay");
         let handle = spawn(
             HttpSink::new("relay", &cfg, metrics.clone()).unwrap(),
@@ -911,9 +956,9 @@ async fn truncated_and_bit_flipped_segments_are_quarantined_and_the_rest_deliver
         for start in (0..N).step_by(10) {
             enqueue(&handle, csl_batch(start..start + 10)).await;
         }
-        drop(handle);
+        // The files are damaged only once no task of this instance can read or ack them.
+        crash(handle, &spool_dir).await;
     }
-    let spool_dir = dir.path().join("spool").join("relay");
     let mut segments: Vec<_> = std::fs::read_dir(&spool_dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -937,7 +982,7 @@ async fn truncated_and_bit_flipped_segments_are_quarantined_and_the_rest_deliver
         .set_len(len - 100)
         .unwrap();
 
-    *server.faults.fail_until.lock().unwrap() = None;
+    let cfg = relay_config(&server.url(), "ndjson", "gzip");
     let metrics = SinkMetrics::new("relay");
     let handle = spawn(
         HttpSink::new("relay", &cfg, metrics.clone()).unwrap(),
@@ -947,7 +992,8 @@ async fn truncated_and_bit_flipped_segments_are_quarantined_and_the_rest_deliver
     );
     let stats = handle.stats().spool;
     assert_eq!(stats.quarantined_ranges, 2, "{stats:?}");
-    assert_eq!(stats.events, N - 20);
+    assert_eq!(stats.events, N - 20, "{stats:?}");
+    *server.faults.fail_until.lock().unwrap() = None;
     wait_for("spool drained", Duration::from_secs(20), || {
         handle.stats().spool.records == 0
     })
