@@ -246,7 +246,13 @@ fn serve(
     tcp.set_read_timeout(Some(SHUTDOWN_POLL))?;
     tcp.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let mut tls = ServerConnection::new(acceptor.current()).map_err(io::Error::other)?;
-    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    // A silent client must not hold its slot longer than an idle one would.
+    let timeout = ctx
+        .guard
+        .limits()
+        .idle_timeout
+        .map_or(HANDSHAKE_TIMEOUT, |idle| idle.min(HANDSHAKE_TIMEOUT));
+    let deadline = Instant::now() + timeout;
     while tls.is_handshaking() {
         if ctx.shutdown.load(Ordering::Relaxed) {
             return Ok(());
