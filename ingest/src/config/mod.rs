@@ -1374,6 +1374,64 @@ kinds = ["cef", "darktrace_model_breach"]
     }
 
     #[test]
+    fn stream_limits_allowlists_and_tls_keys_are_checked() {
+        let c = Config::from_toml(GOOD, "good.toml").unwrap();
+        let limits = c.sources["syslog_tcp"].connection_limits();
+        assert_eq!(limits.max_connections, 1024);
+        assert_eq!(limits.max_connections_per_address, 64);
+        assert_eq!(
+            limits.idle_timeout,
+            Some(std::time::Duration::from_secs(600))
+        );
+        assert_eq!(limits.max_frame_backlog_bytes, 16 << 20);
+
+        let text = GOOD.replace(
+            "framing = \"octet\"",
+            "framing = \"octet\"\nallow = [\"10.0.0.0/8\", \"10.1.2.3/40\"]",
+        );
+        let err = Config::from_toml(&text, "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("bad.toml:10: `sources.syslog_tcp.allow`: `10.1.2.3/40`"),
+            "{err}"
+        );
+        let text = GOOD.replace(
+            "framing = \"octet\"",
+            "framing = \"octet\"\nmax_frame_backlog_bytes = 1000",
+        );
+        let err = Config::from_toml(&text, "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`sources.syslog_tcp.max_frame_backlog_bytes`: must be at least"),
+            "{err}"
+        );
+        let text = GOOD.replace("type = \"udp\"", "type = \"udp\"\nidle_timeout_secs = 5");
+        let err = Config::from_toml(&text, "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `idle_timeout_secs`"), "{err}");
+
+        let tls = format!(
+            "{GOOD}[sources.secure]\ntype = \"tls\"\nlisten = \"127.0.0.1:6514\"\n\
+             cert_file = \"/nonexistent/cert.pem\"\nkey_file = \"/nonexistent/key.pem\"\n"
+        );
+        let err = Config::from_toml(&tls, "tls.toml").unwrap_err().to_string();
+        let line = GOOD.lines().count() + 4;
+        assert!(
+            err.starts_with(&format!(
+                "tls.toml:{line}: `sources.secure.cert_file`: /nonexistent/cert.pem: cannot read"
+            )),
+            "{err}"
+        );
+        let err = Config::from_toml(&tls.replace("key_file", "keyfile"), "tls.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `keyfile`"), "{err}");
+    }
+
+    #[test]
     fn locate_key_finds_lines() {
         assert_eq!(locate_key(GOOD, "sinks.out.schema"), Some(13));
         assert_eq!(locate_key(GOOD, "sources.syslog_tcp"), Some(6));
