@@ -298,7 +298,7 @@ pub struct TcpSourceConfig {
     /// Listener sockets (SO_REUSEPORT); default: one per core.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
-    /// Open connections accepted at once (over all listeners); more wait in the backlog.
+    /// Open connections at once (over all listeners); more are accepted and closed (counted).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// Frames per hand-off to the worker.

@@ -347,6 +347,12 @@ impl StallWatch {
         }
     }
 
+    /// Stops the idle clock for `by`: time the reader itself was blocked (a full worker queue)
+    /// is not the client's idleness.
+    pub fn postpone(&mut self, by: Duration) {
+        self.last_progress += by;
+    }
+
     /// `messages` is the connection's running count of completed (or rejected) messages and
     /// `unfinished` the length so far of the message being received. `Some` when a limit is hit.
     pub fn check(

@@ -114,6 +114,7 @@ pub fn run_tcp_with<F: ConnectionFramer>(
         accept_armed: false,
         accept_retry_at: None,
         rearm: Vec::new(),
+        cancels: Vec::new(),
         waiting: std::collections::VecDeque::new(),
         new_framer,
         error: None,
@@ -132,7 +133,13 @@ pub fn run_tcp_with<F: ConnectionFramer>(
         while !ctx.shutdown.load(Ordering::Relaxed) {
             reader.arm(&mut ring)?;
             wait_for_completions(&ring, super::SHUTDOWN_POLL)?;
+            let draining = Instant::now();
             reader.drain(&mut ring, &mut bufs)?;
+            let drained = draining.elapsed();
+            if drained >= IDLE_SWEEP {
+                // Blocked on a full worker queue: no connection could be read meanwhile.
+                reader.postpone_idle(drained);
+            }
             if ctx.guard.limits().idle_timeout.is_some() && Instant::now() >= next_sweep {
                 reader.sweep_idle();
                 next_sweep = Instant::now() + IDLE_SWEEP;
@@ -199,6 +206,8 @@ struct TcpReader<'c, F, N> {
     waiting: std::collections::VecDeque<(TcpStream, Admission)>,
     /// Connections whose multishot receive ended without the connection ending.
     rearm: Vec<usize>,
+    /// Receives to cancel (connections closed by a limit), as their user data.
+    cancels: Vec<u64>,
     new_framer: N,
     /// Completions copied out of the ring, reused across wake-ups.
     cqes: Vec<cqueue::Entry>,
@@ -225,6 +234,13 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
             unsafe { push_sqe(ring, &accept)? };
             self.accept_armed = true;
             self.accept_retry_at = None;
+        }
+        for user_data in self.cancels.drain(..) {
+            let cancel = opcode::AsyncCancel::new(user_data)
+                .build()
+                .user_data(CANCEL);
+            // SAFETY: a cancel request carries no pointers.
+            unsafe { push_sqe(ring, &cancel)? };
         }
         while let Some(slot) = self.rearm.pop() {
             let Some(conn) = self.connections.get_mut(slot).and_then(Option::as_mut) else {
@@ -367,6 +383,22 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
             }
             return;
         }
+        if !more
+            && let Some(conn) = self.connections[slot].as_mut()
+            && conn.closing
+        {
+            // The last completion of a connection a limit closed: whatever it carries is
+            // counted, not framed.
+            if result > 0 {
+                self.handoff.received_bytes(result as usize);
+            }
+            if let Some(bid) = buffer {
+                bufs.recycle(bid);
+            }
+            conn.armed = false;
+            self.close(slot);
+            return;
+        }
         if result > 0 {
             if let Some(bid) = buffer {
                 match bufs.buffer(bid, result as usize) {
@@ -409,7 +441,10 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
     fn disarmed(&mut self, slot: usize) {
         if let Some(conn) = self.connections[slot].as_mut() {
             conn.armed = false;
-            if !self.ctx.shutdown.load(Ordering::Relaxed) {
+            if conn.closing {
+                // A limit closed it while this receive was ending: nothing is in flight now.
+                self.close(slot);
+            } else if !self.ctx.shutdown.load(Ordering::Relaxed) {
                 self.rearm.push(slot);
             }
         }
@@ -449,6 +484,7 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
         }
         let mut conn = self.connections[slot].take().expect("checked above");
         let peer = conn.peer;
+        tracing::debug!(source = %self.ctx.source_name, ?peer, "connection closed");
         Self::run_framer(
             &mut self.handoff,
             &mut self.error,
@@ -498,6 +534,12 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
         }
     }
 
+    fn postpone_idle(&mut self, by: Duration) {
+        for conn in self.connections.iter_mut().flatten() {
+            conn.watch.postpone(by);
+        }
+    }
+
     /// Connections that completed no message within the idle timeout are closed.
     fn sweep_idle(&mut self) {
         let now = Instant::now();
@@ -518,9 +560,9 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
         }
     }
 
-    /// Closes a connection because of a limit: shutting the socket down ends its receive with
-    /// a final completion, after which the usual end-of-stream path frees the slot (and keeps
-    /// any unfinished message, marked truncated where it applies).
+    /// Closes a connection because of a limit, through the usual end-of-stream path (any
+    /// unfinished message is kept, marked truncated where it applies) once no receive is in
+    /// flight for it.
     fn close_for(&mut self, slot: usize, closure: Closure) {
         let Some(conn) = self.connections[slot].as_mut() else {
             return;
@@ -528,11 +570,15 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
         conn.closing = true;
         self.ctx.guard.closed(closure);
         tracing::debug!(source = %self.ctx.source_name, peer = ?conn.peer, reason = closure.label(), "connection closed by a limit");
-        // SAFETY: shutting down a descriptor this connection owns; it stays open until the slot
-        // is freed.
-        unsafe { libc::shutdown(conn.stream.as_raw_fd(), libc::SHUT_RDWR) };
-        if !conn.armed {
-            self.rearm.push(slot);
+        if conn.armed {
+            // The receive in flight is cancelled; its final completion frees the slot. The
+            // shutdown tells the client at once.
+            // SAFETY: shutting down a descriptor this connection owns; it stays open until
+            // the slot is freed.
+            unsafe { libc::shutdown(conn.stream.as_raw_fd(), libc::SHUT_RDWR) };
+            self.cancels.push(recv_user_data(slot, conn.generation));
+        } else {
+            self.close(slot);
         }
     }
 
