@@ -857,20 +857,20 @@ fn hostile(proto: &str, backend: &str) {
     let markers: Vec<String> = (0..good_total).map(|i| format!("good-{i:05}")).collect();
     daemon.wait_for_output(&markers, Duration::from_secs(20));
     let (rss, hwm) = daemon.memory_kib();
-    let backend_used = if daemon.log().contains("backend: io_uring") {
+    let backend_used = if proto == "tls" {
+        "thread-per-connection TLS"
+    } else if daemon.log().contains("backend: io_uring") {
         "io_uring"
     } else {
         "portable"
     };
     eprintln!(
-        "{proto}/{backend} ({backend_used} readers; limits settled {:?} after the attackers finished): ",
-        settled - attacks_joined
-    );
-    eprintln!(
-        "{proto}/{backend}: VmRSS baseline {baseline_rss} KiB, peak sampled {peak_rss} KiB, \
+        "{proto}/{backend} ({backend_used} readers; limits settled {:?} after the attackers \
+         finished): VmRSS baseline {baseline_rss} KiB, peak sampled {peak_rss} KiB, \
          after {rss} KiB, VmHWM {hwm} KiB; giant line: {} MiB sent before the daemon hung up; \
          slowloris bytes per connection {trickled:?}; flood {} connections, {refused_per_address} \
          refused per address; good client {good_total} messages, all delivered",
+        settled - attacks_joined,
         giant_sent >> 20,
         flood_conns.len(),
     );
@@ -900,6 +900,7 @@ fn hostile_clients_tcp_auto_backend() {
 
 #[test]
 fn hostile_clients_tls() {
+    // TLS connections always use the thread-per-connection readers.
     hostile("tls", "auto");
 }
 
@@ -935,4 +936,61 @@ fn udp_allowlist_drops_and_counts_other_senders() {
         daemon.metric("sluice_received_messages_total", &[("source", "udp")]),
         5
     );
+}
+
+#[test]
+fn total_limit_and_tcp_allowlist_refuse_and_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(
+        dir,
+        "io_backend = \"portable\"",
+        "[sources.tcp]\ntype = \"tcp\"\nlisten = \"127.0.0.1:0\"\nmax_connections = 2\n\
+         allow = [\"127.0.0.1/32\", \"127.0.0.2/32\"]\n",
+    );
+    let addr = daemon.addr("tcp");
+    let label = [("source", "tcp")];
+    let mut first = connect_from("127.0.0.1", addr).unwrap();
+    let mut second = connect_from("127.0.0.2", addr).unwrap();
+    first
+        .write_all(format!("{}\n", syslog("limit-first")).as_bytes())
+        .unwrap();
+    second
+        .write_all(format!("{}\n", syslog("limit-second")).as_bytes())
+        .unwrap();
+    daemon.wait_for_output(
+        &["limit-first".into(), "limit-second".into()],
+        Duration::from_secs(20),
+    );
+    // Third at once: accepted by the kernel, closed by the daemon (EOF), counted.
+    let mut third = connect_from("127.0.0.1", addr).unwrap();
+    let mut buf = [0u8; 16];
+    assert!(matches!(third.read(&mut buf), Ok(0) | Err(_)));
+    // From outside the allowlist.
+    let mut outsider = connect_from("127.0.0.9", addr).unwrap();
+    let _ = outsider.write_all(format!("{}\n", syslog("limit-outsider")).as_bytes());
+    assert!(matches!(outsider.read(&mut buf), Ok(0) | Err(_)));
+    daemon.wait_until("refusals counted", Duration::from_secs(10), |t| {
+        metric_value(
+            t,
+            "sluice_connections_refused_total",
+            &[("source", "tcp"), ("reason", "max_connections")],
+        ) == 1
+            && metric_value(
+                t,
+                "sluice_connections_refused_total",
+                &[("source", "tcp"), ("reason", "not_allowed")],
+            ) == 1
+    });
+    // A slot frees when a client leaves.
+    drop(first);
+    daemon.wait_until("slot released", Duration::from_secs(10), |t| {
+        metric_value(t, "sluice_tcp_connections_open", &label) == 1
+    });
+    let mut fourth = connect_from("127.0.0.1", addr).unwrap();
+    fourth
+        .write_all(format!("{}\n", syslog("limit-fourth")).as_bytes())
+        .unwrap();
+    daemon.wait_for_output(&["limit-fourth".into()], Duration::from_secs(20));
+    assert!(!daemon.output().iter().any(|l| l.contains("limit-outsider")));
+    drop(second);
 }

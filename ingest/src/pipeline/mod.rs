@@ -403,10 +403,10 @@ impl Pipeline {
         for (index, thread, socket) in bound {
             let settings = sources[index].net_settings();
             let worker = thread % worker_count;
-            // The source-wide limit is the guard's; a listener may take them all.
+            // The source-wide `max_connections` is enforced (refused and counted) by the
+            // guard over all listeners, not by each listener leaving clients in the backlog.
             let max_connections = match sources[index] {
-                SourceConfig::Tcp(t) => t.max_connections,
-                SourceConfig::Tls(t) => t.max_connections,
+                SourceConfig::Tcp(_) | SourceConfig::Tls(_) => usize::MAX,
                 SourceConfig::Udp(_) => 0,
             };
             let ctx = ReaderContext {
