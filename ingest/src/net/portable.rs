@@ -366,7 +366,7 @@ where
     let open = Arc::new(AtomicUsize::new(0));
     let mut connections: Vec<std::thread::JoinHandle<()>> = Vec::new();
     let mut full_logged = false;
-    let refusal_log = std::sync::Mutex::new(Instant::now() - WARN_EVERY);
+    let mut refusal_logged: Option<Instant> = None;
     while !shared.shutdown.load(Ordering::Relaxed) {
         connections.retain(|h| !h.is_finished());
         if open.load(Ordering::Relaxed) >= ctx.max_connections.max(1) {
@@ -387,9 +387,8 @@ where
                 let admission = match shared.guard.admit(Some(peer)) {
                     Ok(a) => a,
                     Err(refusal) => {
-                        let mut last = refusal_log.lock().unwrap_or_else(|e| e.into_inner());
-                        if last.elapsed() >= WARN_EVERY {
-                            *last = Instant::now();
+                        if refusal_logged.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                            refusal_logged = Some(Instant::now());
                             tracing::warn!(source = %ctx.source_name, %peer, reason = refusal.label(), "connection refused (further refusals are only counted for 10 s)");
                         }
                         drop(stream);
