@@ -137,6 +137,20 @@ impl StreamFramer {
         self.buf.len()
     }
 
+    /// Bytes of the stream consumed since the last frame boundary: the length so far of the
+    /// message being received, whether its bytes are held, already delivered truncated, or
+    /// skipped. Readers close a connection whose unfinished message grows past a bound.
+    pub fn unfinished_frame_bytes(&self) -> usize {
+        match self.state {
+            State::Undecided => 0,
+            State::Line => self.buf.len(),
+            State::LineSkip { len } => len,
+            State::Count { digits, .. } => digits as usize,
+            State::Body { done, .. } => done,
+            State::Resync { skipped } => skipped,
+        }
+    }
+
     /// The framing chosen for this connection, once known (`Auto` until the first byte).
     pub fn detected_framing(&self) -> Framing {
         match self.state {

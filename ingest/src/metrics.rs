@@ -22,6 +22,14 @@ pub const TRUNCATED_MESSAGES: &str = "sluice_truncated_messages_total";
 pub const FRAMING_ERRORS: &str = "sluice_framing_errors_total";
 pub const TCP_CONNECTIONS_OPEN: &str = "sluice_tcp_connections_open";
 pub const TCP_CONNECTIONS: &str = "sluice_tcp_connections_total";
+/// Connections refused at accept or during the TLS handshake, by source and `reason`
+/// (`not_allowed`, `max_connections`, `per_address`, `tls_handshake`).
+pub const CONNECTIONS_REFUSED: &str = "sluice_connections_refused_total";
+/// Connections the daemon closed because of a limit, by source and `reason`
+/// (`idle`, `frame_backlog`).
+pub const CONNECTIONS_CLOSED: &str = "sluice_connections_closed_total";
+/// TLS certificate reloads (SIGHUP), by source and `result` (`ok`, `error`).
+pub const TLS_RELOADS: &str = "sluice_tls_reloads_total";
 /// Messages waiting, by queue (`worker` per core, `sink` per sink).
 pub const QUEUE_DEPTH: &str = "sluice_queue_depth_batches";
 /// UDP `RcvbufErrors` of the network namespace from `/proc/net/snmp` (all sockets, not only
@@ -40,6 +48,8 @@ pub const STAGE_SECONDS: &str = "sluice_stage_duration_seconds";
 pub const DROP_KERNEL_RCVBUF: &str = "kernel_rcvbuf";
 pub const DROP_QUEUE_FULL: &str = "queue_full";
 pub const DROP_OVERSIZE: &str = "oversize";
+/// UDP datagrams from an address outside the source's `allow` list.
+pub const DROP_NOT_ALLOWED: &str = "not_allowed";
 
 const STAGE_BUCKETS: &[f64] = &[
     0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -75,7 +85,7 @@ fn describe() {
     );
     describe_counter!(
         DROPPED_MESSAGES,
-        "Messages lost, by source and reason (kernel_rcvbuf, queue_full, oversize)"
+        "Messages lost, by source and reason (kernel_rcvbuf, queue_full, oversize, not_allowed)"
     );
     describe_counter!(TRUNCATED_MESSAGES, "Messages cut to max_message_bytes");
     describe_counter!(
@@ -84,6 +94,18 @@ fn describe() {
     );
     describe_gauge!(TCP_CONNECTIONS_OPEN, "Open TCP connections");
     describe_counter!(TCP_CONNECTIONS, "Accepted TCP connections");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "TCP/TLS connections refused, by source and reason (not_allowed, max_connections, per_address, tls_handshake)"
+    );
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        "TCP/TLS connections closed by a limit, by source and reason (idle, frame_backlog)"
+    );
+    describe_counter!(
+        TLS_RELOADS,
+        "TLS certificate reloads on SIGHUP, by source and result (ok, error)"
+    );
     describe_gauge!(QUEUE_DEPTH, "Batches waiting in a queue");
     describe_gauge!(
         HOST_UDP_RCVBUF_ERRORS,
@@ -117,6 +139,8 @@ pub struct ReaderCounters {
     pub received_bytes: Counter,
     pub dropped_queue_full: Counter,
     pub dropped_oversize: Counter,
+    /// UDP datagrams from outside the source's `allow` list.
+    pub dropped_not_allowed: Counter,
     pub truncated: Counter,
     pub framing_errors: Counter,
     pub connections_open: Gauge,
@@ -132,6 +156,7 @@ impl ReaderCounters {
             received_bytes: metrics::counter!(RECEIVED_BYTES, "source" => s.clone()),
             dropped_queue_full: dropped(DROP_QUEUE_FULL),
             dropped_oversize: dropped(DROP_OVERSIZE),
+            dropped_not_allowed: dropped(DROP_NOT_ALLOWED),
             truncated: metrics::counter!(TRUNCATED_MESSAGES, "source" => s.clone()),
             framing_errors: metrics::counter!(FRAMING_ERRORS, "source" => s.clone()),
             connections_open: metrics::gauge!(TCP_CONNECTIONS_OPEN, "source" => s.clone()),
@@ -146,6 +171,7 @@ impl ReaderCounters {
             received_bytes: Counter::noop(),
             dropped_queue_full: Counter::noop(),
             dropped_oversize: Counter::noop(),
+            dropped_not_allowed: Counter::noop(),
             truncated: Counter::noop(),
             framing_errors: Counter::noop(),
             connections_open: Gauge::noop(),

@@ -38,6 +38,7 @@ fn harness(queue: usize, batch_max_frames: usize, limits: FrameLimits) -> Harnes
         max_connections: sluice::net::uring::DEFAULT_MAX_CONNECTIONS,
         pin: false,
         counters: sluice::net::ReaderCounters::register("test"),
+        guard: sluice::net::guard::ConnectionGuard::unlimited(),
     };
     Harness {
         ctx: Some(ctx),

@@ -134,6 +134,7 @@ fn run_uring(messages: u64, bytes: usize) -> Outcome {
         max_connections: 1,
         pin: false,
         counters: sluice::metrics::ReaderCounters::register("bench"),
+        guard: sluice::net::guard::ConnectionGuard::unlimited(),
     };
     let count = Arc::new(AtomicU64::new(0));
     let reader = thread::spawn(move || {

@@ -256,6 +256,8 @@ impl PipelineConfig {
 pub enum SourceConfig {
     Udp(UdpSourceConfig),
     Tcp(TcpSourceConfig),
+    /// Syslog over TLS (RFC 5425); see `docs/daemon.md`, "TLS sources".
+    Tls(TlsSourceConfig),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -275,6 +277,10 @@ pub struct UdpSourceConfig {
     /// Datagrams per hand-off to the worker.
     #[serde(default = "default_batch_max_frames")]
     pub batch_max_frames: usize,
+    /// Source CIDRs allowed to send (empty: all). Datagrams from elsewhere are dropped and
+    /// counted (`reason="not_allowed"`); XDP's `[xdp] allow` does this in the kernel instead.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -292,12 +298,84 @@ pub struct TcpSourceConfig {
     /// Listener sockets (SO_REUSEPORT); default: one per core.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
-    /// Open connections accepted at once (over all listeners); more wait in the backlog.
+    /// Open connections at once (over all listeners); more are accepted and closed (counted).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// Frames per hand-off to the worker.
     #[serde(default = "default_batch_max_frames")]
     pub batch_max_frames: usize,
+    /// Open connections from one client address (IPv6: one /64); more are refused.
+    #[serde(default = "default_max_connections_per_address")]
+    pub max_connections_per_address: usize,
+    /// Close a connection that completes no message for this long (0: never). Bytes that never
+    /// finish a message (a slowloris client) do not count as activity.
+    #[serde(default = "default_idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
+    /// Close a connection once one unfinished message reaches this many bytes (at least
+    /// `max_message_bytes`; memory stays bounded by `max_message_bytes` either way).
+    #[serde(default = "default_max_frame_backlog_bytes")]
+    pub max_frame_backlog_bytes: usize,
+    /// Source CIDRs allowed to connect (empty: all); others are refused and counted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+}
+
+/// `type = "tls"`: the tcp keys plus the certificate files. Certificate, key and CA bundle are
+/// read again on SIGHUP; established connections keep their session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSourceConfig {
+    pub listen: SocketAddr,
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM CA bundle: when set, clients must present a certificate it signs (mTLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
+    /// `auto` takes RFC 5425 octet counting and LF-delimited senders alike.
+    #[serde(default)]
+    pub framing: Framing,
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    #[serde(default)]
+    pub oversize: OversizePolicy,
+    #[serde(default = "default_tcp_receive_buffer_bytes")]
+    pub receive_buffer_bytes: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "default_batch_max_frames")]
+    pub batch_max_frames: usize,
+    #[serde(default = "default_max_connections_per_address")]
+    pub max_connections_per_address: usize,
+    #[serde(default = "default_idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
+    #[serde(default = "default_max_frame_backlog_bytes")]
+    pub max_frame_backlog_bytes: usize,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+}
+
+impl TlsSourceConfig {
+    pub fn tls_files(&self) -> crate::net::tls::TlsFiles {
+        crate::net::tls::TlsFiles {
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            client_ca_file: self.client_ca_file.clone(),
+        }
+    }
+}
+
+fn default_max_connections_per_address() -> usize {
+    64
+}
+fn default_idle_timeout_secs() -> u64 {
+    600
+}
+fn default_max_frame_backlog_bytes() -> usize {
+    16 * 1024 * 1024
 }
 
 fn default_max_message_bytes() -> usize {
@@ -335,6 +413,42 @@ impl SourceConfig {
         match self {
             SourceConfig::Udp(_) => "udp",
             SourceConfig::Tcp(_) => "tcp",
+            SourceConfig::Tls(_) => "tls",
+        }
+    }
+
+    /// The `allow` list as written.
+    pub fn allow(&self) -> &[String] {
+        match self {
+            SourceConfig::Udp(u) => &u.allow,
+            SourceConfig::Tcp(t) => &t.allow,
+            SourceConfig::Tls(t) => &t.allow,
+        }
+    }
+
+    /// Connection limits (stream sources; UDP has none).
+    pub fn connection_limits(&self) -> crate::net::guard::ConnectionLimits {
+        use crate::net::guard::ConnectionLimits;
+        let (max_connections, per_address, idle, backlog) = match self {
+            SourceConfig::Udp(_) => return ConnectionLimits::UNLIMITED,
+            SourceConfig::Tcp(t) => (
+                t.max_connections,
+                t.max_connections_per_address,
+                t.idle_timeout_secs,
+                t.max_frame_backlog_bytes,
+            ),
+            SourceConfig::Tls(t) => (
+                t.max_connections,
+                t.max_connections_per_address,
+                t.idle_timeout_secs,
+                t.max_frame_backlog_bytes,
+            ),
+        };
+        ConnectionLimits {
+            max_connections,
+            max_connections_per_address: per_address,
+            idle_timeout: (idle > 0).then(|| std::time::Duration::from_secs(idle)),
+            max_frame_backlog_bytes: backlog,
         }
     }
 
@@ -352,6 +466,17 @@ impl SourceConfig {
                 batch_max_frames: u.batch_max_frames,
             },
             SourceConfig::Tcp(t) => NetSourceSettings {
+                listen: t.listen,
+                limits: FrameLimits {
+                    max_frame_bytes: t.max_message_bytes,
+                    oversize: t.oversize,
+                },
+                framing: t.framing,
+                receive_buffer_bytes: t.receive_buffer_bytes,
+                threads: t.threads.unwrap_or_else(available_cores),
+                batch_max_frames: t.batch_max_frames,
+            },
+            SourceConfig::Tls(t) => NetSourceSettings {
                 listen: t.listen,
                 limits: FrameLimits {
                     max_frame_bytes: t.max_message_bytes,
@@ -786,7 +911,34 @@ impl Config {
                         t.batch_max_frames,
                     )
                 }
+                SourceConfig::Tls(t) => {
+                    positive(format!("{prefix}.max_connections"), t.max_connections)?;
+                    crate::net::tls::TlsAcceptor::build_config(&t.tls_files())
+                        .map_err(|e| (format!("{prefix}.{}", e.key()), e.to_string()))?;
+                    (
+                        t.max_message_bytes,
+                        t.receive_buffer_bytes,
+                        t.threads,
+                        t.batch_max_frames,
+                    )
+                }
             };
+            if let Err(message) = crate::net::guard::Allowlist::parse(source.allow()) {
+                return Err((format!("{prefix}.allow"), message));
+            }
+            if !matches!(source, SourceConfig::Udp(_)) {
+                let limits = source.connection_limits();
+                positive(
+                    format!("{prefix}.max_connections_per_address"),
+                    limits.max_connections_per_address,
+                )?;
+                if limits.max_frame_backlog_bytes < max_message_bytes {
+                    return Err((
+                        format!("{prefix}.max_frame_backlog_bytes"),
+                        format!("must be at least max_message_bytes ({max_message_bytes})"),
+                    ));
+                }
+            }
             positive(format!("{prefix}.max_message_bytes"), max_message_bytes)?;
             if max_message_bytes > u32::MAX as usize / 2 {
                 return Err((
@@ -1219,6 +1371,64 @@ kinds = ["cef", "darktrace_model_breach"]
         );
         let err = Config::from_toml(&bad, "bad.toml").unwrap_err().to_string();
         assert!(err.contains("`sinks.sek.intake_key_file`"), "{err}");
+    }
+
+    #[test]
+    fn stream_limits_allowlists_and_tls_keys_are_checked() {
+        let c = Config::from_toml(GOOD, "good.toml").unwrap();
+        let limits = c.sources["syslog_tcp"].connection_limits();
+        assert_eq!(limits.max_connections, 1024);
+        assert_eq!(limits.max_connections_per_address, 64);
+        assert_eq!(
+            limits.idle_timeout,
+            Some(std::time::Duration::from_secs(600))
+        );
+        assert_eq!(limits.max_frame_backlog_bytes, 16 << 20);
+
+        let text = GOOD.replace(
+            "framing = \"octet\"",
+            "framing = \"octet\"\nallow = [\"10.0.0.0/8\", \"10.1.2.3/40\"]",
+        );
+        let err = Config::from_toml(&text, "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("bad.toml:10: `sources.syslog_tcp.allow`: `10.1.2.3/40`"),
+            "{err}"
+        );
+        let text = GOOD.replace(
+            "framing = \"octet\"",
+            "framing = \"octet\"\nmax_frame_backlog_bytes = 1000",
+        );
+        let err = Config::from_toml(&text, "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`sources.syslog_tcp.max_frame_backlog_bytes`: must be at least"),
+            "{err}"
+        );
+        let text = GOOD.replace("type = \"udp\"", "type = \"udp\"\nidle_timeout_secs = 5");
+        let err = Config::from_toml(&text, "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `idle_timeout_secs`"), "{err}");
+
+        let tls = format!(
+            "{GOOD}[sources.secure]\ntype = \"tls\"\nlisten = \"127.0.0.1:6514\"\n\
+             cert_file = \"/nonexistent/cert.pem\"\nkey_file = \"/nonexistent/key.pem\"\n"
+        );
+        let err = Config::from_toml(&tls, "tls.toml").unwrap_err().to_string();
+        let line = GOOD.lines().count() + 4;
+        assert!(
+            err.starts_with(&format!(
+                "tls.toml:{line}: `sources.secure.cert_file`: /nonexistent/cert.pem: cannot read"
+            )),
+            "{err}"
+        );
+        let err = Config::from_toml(&tls.replace("key_file", "keyfile"), "tls.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `keyfile`"), "{err}");
     }
 
     #[test]

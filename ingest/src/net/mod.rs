@@ -5,7 +5,9 @@
 //! Workers return drained batches through a recycle queue so steady state allocates nothing.
 
 pub mod drops;
+pub mod guard;
 pub mod portable;
+pub mod tls;
 pub mod uring;
 
 use std::net::SocketAddr;
@@ -87,6 +89,9 @@ pub struct ReaderContext {
     pub pin: bool,
     /// Loss and framing counters of this source; add per batch, not per message.
     pub counters: ReaderCounters,
+    /// The source's allowlist (all protocols) and connection limits (TCP/TLS), shared by
+    /// its reader threads.
+    pub guard: std::sync::Arc<guard::ConnectionGuard>,
 }
 
 /// How long a reader may block before it looks at `shutdown` again.

@@ -20,6 +20,7 @@ use crossbeam::channel::{Receiver, Sender, TrySendError};
 use crate::event::Timestamp;
 use crate::frame::{FrameEvent, FrameLimits, Framing, OversizePolicy, StreamFramer};
 use crate::metrics::ReaderCounters;
+use crate::net::guard::{Closure, ConnectionGuard, StallWatch};
 use crate::net::{FrameBatch, ReaderContext, SHUTDOWN_POLL};
 
 /// Bytes read from a TCP connection per `read` call.
@@ -176,6 +177,7 @@ pub fn run_udp(socket: UdpSocket, ctx: ReaderContext) -> std::io::Result<()> {
     // to a cap), so a burst coalesces into fewer, larger hand-overs instead of being dropped.
     let mut batch = fresh_batch(&ctx.recycled, ctx.source_index);
     let max_pending_frames = slots.saturating_mul(UDP_PENDING_FACTOR);
+    let allow = ctx.guard.allowlist().clone();
 
     while !ctx.shutdown.load(Ordering::Relaxed) {
         bufs.reset();
@@ -208,6 +210,7 @@ pub fn run_udp(socket: UdpSocket, ctx: ReaderContext) -> std::io::Result<()> {
             batch.received_at = Some(Timestamp::now());
         }
         let (mut truncated, mut rejected, mut messages, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+        let mut not_allowed = 0u64;
         for i in 0..n as usize {
             if let Some(drops) = bufs.kernel_drops(i) {
                 // Counted by the periodic per-socket poll; here only reported promptly.
@@ -221,6 +224,12 @@ pub fn run_udp(socket: UdpSocket, ctx: ReaderContext) -> std::io::Result<()> {
                     last_warned = Some(Instant::now());
                 }
                 last_kernel_drops = drops;
+            }
+            // The user-space allowlist (what XDP does in the kernel when it is on): refused
+            // datagrams are not received, only counted as dropped.
+            if !allow.is_empty() && !bufs.peer(i).is_some_and(|p| allow.permits(p.ip())) {
+                not_allowed += 1;
+                continue;
             }
             let payload = bufs.payload(i);
             let message = crate::frame::datagram(payload);
@@ -245,6 +254,9 @@ pub fn run_udp(socket: UdpSocket, ctx: ReaderContext) -> std::io::Result<()> {
         }
         if rejected > 0 {
             ctx.counters.dropped_oversize.increment(rejected);
+        }
+        if not_allowed > 0 {
+            ctx.counters.dropped_not_allowed.increment(not_allowed);
         }
         if !batch.is_empty() && !offer(&mut batch, &ctx, max_pending_frames, UDP_PENDING_MAX_BYTES)
         {
@@ -297,8 +309,9 @@ fn offer(batch: &mut FrameBatch, ctx: &ReaderContext, max_frames: usize, max_byt
 
 /// What a connection thread needs (a per-connection share of the [`ReaderContext`]).
 #[derive(Clone)]
-struct ConnectionContext {
-    source_index: u16,
+pub(crate) struct ConnectionContext {
+    pub(crate) source_index: u16,
+    pub(crate) source_name: Arc<str>,
     core: usize,
     pin: bool,
     limits: FrameLimits,
@@ -306,16 +319,39 @@ struct ConnectionContext {
     batch_max_frames: usize,
     to_worker: Sender<FrameBatch>,
     recycled: Receiver<FrameBatch>,
-    shutdown: Arc<AtomicBool>,
+    pub(crate) shutdown: Arc<AtomicBool>,
     counters: ReaderCounters,
+    pub(crate) guard: Arc<ConnectionGuard>,
 }
 
 /// Accepts connections until shutdown, then waits for every connection thread to hand over
 /// what it has read.
 pub fn run_tcp(listener: TcpListener, ctx: ReaderContext) -> std::io::Result<()> {
+    run_stream_listener(listener, ctx, "tcp", |stream, peer, conn| {
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(SHUTDOWN_POLL))?;
+        let mut stream = stream;
+        read_stream(&mut stream, peer, conn).map(drop)
+    })
+}
+
+/// The accept loop shared by plain TCP and TLS: admits each connection through the source's
+/// [`ConnectionGuard`] (refusals are closed at once and counted) and runs `serve` on its own
+/// thread with the connection's slot held until `serve` returns.
+pub(crate) fn run_stream_listener<H>(
+    listener: TcpListener,
+    ctx: ReaderContext,
+    kind: &'static str,
+    serve: H,
+) -> std::io::Result<()>
+where
+    H: Fn(TcpStream, SocketAddr, &ConnectionContext) -> std::io::Result<()> + Send + Sync + 'static,
+{
     listener.set_nonblocking(true)?;
+    let serve = Arc::new(serve);
     let shared = ConnectionContext {
         source_index: ctx.source_index,
+        source_name: ctx.source_name.clone(),
         core: ctx.core,
         pin: ctx.pin,
         limits: ctx.limits,
@@ -325,10 +361,12 @@ pub fn run_tcp(listener: TcpListener, ctx: ReaderContext) -> std::io::Result<()>
         recycled: ctx.recycled,
         shutdown: ctx.shutdown,
         counters: ctx.counters,
+        guard: ctx.guard,
     };
     let open = Arc::new(AtomicUsize::new(0));
     let mut connections: Vec<std::thread::JoinHandle<()>> = Vec::new();
     let mut full_logged = false;
+    let mut refusal_logged: Option<Instant> = None;
     while !shared.shutdown.load(Ordering::Relaxed) {
         connections.retain(|h| !h.is_finished());
         if open.load(Ordering::Relaxed) >= ctx.max_connections.max(1) {
@@ -346,27 +384,37 @@ pub fn run_tcp(listener: TcpListener, ctx: ReaderContext) -> std::io::Result<()>
         }
         match listener.accept() {
             Ok((stream, peer)) => {
+                let admission = match shared.guard.admit(Some(peer)) {
+                    Ok(a) => a,
+                    Err(refusal) => {
+                        if refusal_logged.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                            refusal_logged = Some(Instant::now());
+                            tracing::warn!(source = %ctx.source_name, %peer, reason = refusal.label(), "connection refused (further refusals are only counted for 10 s)");
+                        }
+                        drop(stream);
+                        continue;
+                    }
+                };
                 let conn = shared.clone();
                 let open_now = open.clone();
+                let serve = serve.clone();
                 open_now.fetch_add(1, Ordering::Relaxed);
-                conn.counters.connections.increment(1);
-                conn.counters.connections_open.increment(1.0);
                 let spawned = std::thread::Builder::new()
-                    .name(format!("sluice-tcp-{}", ctx.core))
+                    .name(format!("sluice-{kind}-{}", ctx.core))
                     .spawn(move || {
                         pin(conn.core, conn.pin);
-                        if let Err(e) = read_connection(stream, peer, &conn) {
+                        if let Err(e) = serve(stream, peer, &conn) {
                             tracing::debug!(%peer, "connection ended: {e}");
                         }
-                        conn.counters.connections_open.decrement(1.0);
+                        drop(admission);
                         open_now.fetch_sub(1, Ordering::Relaxed);
                     });
                 match spawned {
                     Ok(handle) => connections.push(handle),
                     Err(e) => {
-                        // The stream moved into the failed closure and is closed with it.
+                        // The stream and its admission moved into the failed closure and are
+                        // released with it.
                         open.fetch_sub(1, Ordering::Relaxed);
-                        shared.counters.connections_open.decrement(1.0);
                         tracing::error!(%peer, "cannot start a connection thread, connection closed: {e}");
                     }
                 }
@@ -406,28 +454,36 @@ fn wait_readable(fd: std::os::fd::RawFd, timeout: Duration) -> std::io::Result<b
     Ok(rc > 0)
 }
 
-/// Frames one connection into batches. Hands a batch over when it is full, when the socket has
-/// no more data for now, and at the end; blocks while the worker queue is full.
-fn read_connection(
-    mut stream: TcpStream,
+/// How a connection's reading ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StreamEnd {
+    /// The peer closed (or shutdown began).
+    Closed,
+    /// The daemon closed it because of a limit (counted).
+    Limit(Closure),
+}
+
+/// Frames one connection into batches. Hands a batch over when it is full, when the stream has
+/// no more data for now, and at the end; blocks while the worker queue is full. `stream` must
+/// time out its reads (about [`SHUTDOWN_POLL`]) so shutdown and the idle limit are noticed.
+/// A TLS stream's end without close_notify (`UnexpectedEof`) counts as a normal end.
+pub(crate) fn read_stream<S: Read>(
+    stream: &mut S,
     peer: SocketAddr,
     ctx: &ConnectionContext,
-) -> std::io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(SHUTDOWN_POLL))?;
+) -> std::io::Result<StreamEnd> {
     let mut framer = StreamFramer::new(ctx.framing, ctx.limits);
     let mut buf = vec![0u8; TCP_READ_BYTES];
     let mut batch = fresh_batch(&ctx.recycled, ctx.source_index);
     let mut stats = FrameStats::default();
+    let limits = ctx.guard.limits().clone();
+    let mut watch = StallWatch::new(Instant::now());
     let result = loop {
         if ctx.shutdown.load(Ordering::Relaxed) {
-            break Ok(());
+            break Ok(StreamEnd::Closed);
         }
         match stream.read(&mut buf) {
-            Ok(0) => {
-                framer.finish(&mut |ev| collect(ev, &mut batch, peer, &mut stats));
-                break Ok(());
-            }
+            Ok(0) => break Ok(StreamEnd::Closed),
             Ok(n) => {
                 stats.bytes += n as u64;
                 framer.feed(&buf[..n], &mut |ev| {
@@ -439,7 +495,7 @@ fn read_connection(
                     && !batch.is_empty()
                     && !hand_over(&mut batch, ctx, &mut stats)
                 {
-                    return Ok(());
+                    return Ok(StreamEnd::Closed);
                 }
             }
             Err(e)
@@ -449,13 +505,28 @@ fn read_connection(
                 ) =>
             {
                 if !batch.is_empty() && !hand_over(&mut batch, ctx, &mut stats) {
-                    return Ok(());
+                    return Ok(StreamEnd::Closed);
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                break Ok(StreamEnd::Closed);
+            }
             Err(e) => break Err(e),
         }
+        if let Some(closure) = watch.check(
+            &limits,
+            stats.completed,
+            framer.unfinished_frame_bytes(),
+            Instant::now(),
+        ) {
+            ctx.guard.closed(closure);
+            tracing::debug!(source = %ctx.source_name, %peer, reason = closure.label(), "connection closed by a limit");
+            break Ok(StreamEnd::Limit(closure));
+        }
     };
+    // Whatever arrived of an unfinished message is kept (marked truncated where it applies).
+    framer.finish(&mut |ev| collect(ev, &mut batch, peer, &mut stats));
     if !batch.is_empty() {
         hand_over(&mut batch, ctx, &mut stats);
     }
@@ -465,6 +536,8 @@ fn read_connection(
 
 #[derive(Default)]
 struct FrameStats {
+    /// Messages completed on this connection so far (never reset; the idle clock watches it).
+    completed: u64,
     messages: u64,
     bytes: u64,
     truncated: u64,
@@ -514,11 +587,13 @@ fn collect(
                 batch.received_at = Some(Timestamp::now());
             }
             stats.messages += 1;
+            stats.completed += 1;
             stats.truncated += truncated as u64;
             batch.push(bytes, Some(peer), truncated);
         }
         FrameEvent::Rejected { .. } => {
             stats.messages += 1;
+            stats.completed += 1;
             stats.rejected += 1;
         }
         FrameEvent::Desync { .. } => stats.desync += 1,
@@ -560,6 +635,7 @@ mod tests {
             max_connections: 4,
             pin: false,
             counters: ReaderCounters::noop(),
+            guard: crate::net::guard::ConnectionGuard::unlimited(),
         }
     }
 

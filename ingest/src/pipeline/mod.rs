@@ -122,6 +122,7 @@ type QueueLen = Box<dyn Fn() -> usize + Send>;
 enum Bound {
     Udp(std::net::UdpSocket),
     Tcp(std::net::TcpListener),
+    Tls(std::net::TcpListener, Arc<crate::net::tls::TlsAcceptor>),
 }
 
 /// The running pipeline.
@@ -180,6 +181,16 @@ impl Pipeline {
         let mut listening = Vec::new();
         for (index, (name, source)) in config.sources.iter().enumerate() {
             let settings = source.net_settings();
+            let tls = match source {
+                SourceConfig::Tls(t) => {
+                    let acceptor = crate::net::tls::TlsAcceptor::new(name, t.tls_files())
+                        .map_err(|e| anyhow::anyhow!("`sources.{name}.{}`: {e}", e.key()))?;
+                    let poll = acceptor.clone();
+                    periodic.push(Box::new(move || poll.poll_reload()));
+                    Some(acceptor)
+                }
+                _ => None,
+            };
             let mut addr = settings.listen;
             for thread in 0..settings.threads {
                 let (socket, rcvbuf) = match source {
@@ -203,6 +214,12 @@ impl Pipeline {
                         let (s, r) = crate::net::bind_tcp(addr, settings.receive_buffer_bytes)?;
                         addr = s.local_addr()?;
                         (Bound::Tcp(s), r)
+                    }
+                    SourceConfig::Tls(_) => {
+                        let (s, r) = crate::net::bind_tcp(addr, settings.receive_buffer_bytes)?;
+                        addr = s.local_addr()?;
+                        let acceptor = tls.clone().expect("made above for tls sources");
+                        (Bound::Tls(s, acceptor), r)
                     }
                 };
                 if thread == 0 {
@@ -369,11 +386,27 @@ impl Pipeline {
             .collect();
         let mut readers = Vec::new();
         let sources: Vec<&SourceConfig> = config.sources.values().collect();
+        let guards: Vec<Arc<crate::net::guard::ConnectionGuard>> = config
+            .sources
+            .iter()
+            .map(|(name, source)| {
+                // Checked by Config::validate.
+                let allow = crate::net::guard::Allowlist::parse(source.allow())
+                    .map_err(|e| anyhow::anyhow!("sources.{name}.allow: {e}"))?;
+                Ok(crate::net::guard::ConnectionGuard::new(
+                    name,
+                    allow,
+                    source.connection_limits(),
+                ))
+            })
+            .collect::<anyhow::Result<_>>()?;
         for (index, thread, socket) in bound {
             let settings = sources[index].net_settings();
             let worker = thread % worker_count;
+            // The source-wide `max_connections` is enforced (refused and counted) by the
+            // guard over all listeners, not by each listener leaving clients in the backlog.
             let max_connections = match sources[index] {
-                SourceConfig::Tcp(t) => t.max_connections.div_ceil(settings.threads),
+                SourceConfig::Tcp(_) | SourceConfig::Tls(_) => usize::MAX,
                 SourceConfig::Udp(_) => 0,
             };
             let ctx = ReaderContext {
@@ -389,6 +422,7 @@ impl Pipeline {
                 max_connections,
                 pin,
                 counters: reader_counters[index].clone(),
+                guard: guards[index].clone(),
             };
             let name = format!("{}-{thread}", source_names[index]);
             let core = ctx.core;
@@ -401,6 +435,7 @@ impl Pipeline {
                     match socket {
                         Bound::Udp(s) => backend.run_udp(s, ctx),
                         Bound::Tcp(l) => backend.run_tcp(l, ctx),
+                        Bound::Tls(l, acceptor) => crate::net::tls::run_tls(l, ctx, acceptor),
                     }
                 })?;
             readers.push((name, handle));

@@ -18,12 +18,17 @@ use super::handoff::{Handoff, Totals};
 use super::{BufRing, RateLimit, UringOptions, build_ring, push_sqe, wait_for_completions};
 use crate::frame::{FrameEvent, StreamFramer};
 use crate::net::ReaderContext;
+use crate::net::guard::{Admission, Closure, StallWatch};
 
 /// What the TCP reader needs from a framer; implemented by [`StreamFramer`]. Generic so
 /// the reader can be exercised and benchmarked independently of the framing rules.
 pub trait ConnectionFramer {
     fn feed(&mut self, data: &[u8], emit: &mut dyn FnMut(FrameEvent<'_>));
     fn finish(&mut self, emit: &mut dyn FnMut(FrameEvent<'_>));
+    /// See [`StreamFramer::unfinished_frame_bytes`]; framers that cannot tell say 0.
+    fn unfinished_frame_bytes(&self) -> usize {
+        0
+    }
 }
 
 impl ConnectionFramer for StreamFramer {
@@ -33,6 +38,10 @@ impl ConnectionFramer for StreamFramer {
 
     fn finish(&mut self, emit: &mut dyn FnMut(FrameEvent<'_>)) {
         StreamFramer::finish(self, emit)
+    }
+
+    fn unfinished_frame_bytes(&self) -> usize {
+        StreamFramer::unfinished_frame_bytes(self)
     }
 }
 
@@ -57,7 +66,17 @@ struct Connection<F> {
     framer: F,
     generation: u32,
     armed: bool,
+    /// The connection's slot in the source's limits; released when the connection is dropped.
+    _admission: Admission,
+    watch: StallWatch,
+    /// Messages completed so far (the idle clock watches it).
+    completed: u64,
+    /// A limit closed it: its socket is shut down and the receive's end completion is awaited.
+    closing: bool,
 }
+
+/// How often connections are checked against the idle limit when no data arrives.
+const IDLE_SWEEP: Duration = Duration::from_millis(250);
 
 /// Runs until `ctx.shutdown` is set; see [`run_tcp_with`].
 pub fn run_tcp(listener: TcpListener, ctx: ReaderContext) -> io::Result<()> {
@@ -95,6 +114,7 @@ pub fn run_tcp_with<F: ConnectionFramer>(
         accept_armed: false,
         accept_retry_at: None,
         rearm: Vec::new(),
+        cancels: Vec::new(),
         waiting: std::collections::VecDeque::new(),
         new_framer,
         error: None,
@@ -105,13 +125,25 @@ pub fn run_tcp_with<F: ConnectionFramer>(
             "reason" => "framing_desync"
         ),
         limit_log: RateLimit::new(Duration::from_secs(10)),
+        refusal_log: RateLimit::new(Duration::from_secs(10)),
     };
 
     let result = (|| -> io::Result<()> {
+        let mut next_sweep = Instant::now() + IDLE_SWEEP;
         while !ctx.shutdown.load(Ordering::Relaxed) {
             reader.arm(&mut ring)?;
             wait_for_completions(&ring, super::SHUTDOWN_POLL)?;
+            let draining = Instant::now();
             reader.drain(&mut ring, &mut bufs)?;
+            let drained = draining.elapsed();
+            if drained >= IDLE_SWEEP {
+                // Blocked on a full worker queue: no connection could be read meanwhile.
+                reader.postpone_idle(drained);
+            }
+            if ctx.guard.limits().idle_timeout.is_some() && Instant::now() >= next_sweep {
+                reader.sweep_idle();
+                next_sweep = Instant::now() + IDLE_SWEEP;
+            }
         }
         Ok(())
     })();
@@ -171,9 +203,11 @@ struct TcpReader<'c, F, N> {
     accept_retry_at: Option<Instant>,
     /// Accepted beyond the limit (in the window before a cancelled accept stopped); opened as
     /// slots free up. At most the few the kernel accepted before the cancellation.
-    waiting: std::collections::VecDeque<TcpStream>,
+    waiting: std::collections::VecDeque<(TcpStream, Admission)>,
     /// Connections whose multishot receive ended without the connection ending.
     rearm: Vec<usize>,
+    /// Receives to cancel (connections closed by a limit), as their user data.
+    cancels: Vec<u64>,
     new_framer: N,
     /// Completions copied out of the ring, reused across wake-ups.
     cqes: Vec<cqueue::Entry>,
@@ -181,6 +215,7 @@ struct TcpReader<'c, F, N> {
     error: Option<io::Error>,
     dropped_desync: metrics::Counter,
     limit_log: RateLimit,
+    refusal_log: RateLimit,
 }
 
 impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
@@ -199,6 +234,13 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
             unsafe { push_sqe(ring, &accept)? };
             self.accept_armed = true;
             self.accept_retry_at = None;
+        }
+        for user_data in self.cancels.drain(..) {
+            let cancel = opcode::AsyncCancel::new(user_data)
+                .build()
+                .user_data(CANCEL);
+            // SAFETY: a cancel request carries no pointers.
+            unsafe { push_sqe(ring, &cancel)? };
         }
         while let Some(slot) = self.rearm.pop() {
             let Some(conn) = self.connections.get_mut(slot).and_then(Option::as_mut) else {
@@ -269,13 +311,23 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
         }
         // SAFETY: a non-negative accept result is a new descriptor owned by nobody else.
         let stream = unsafe { TcpStream::from_raw_fd(result) };
+        let admission = match self.ctx.guard.admit(stream.peer_addr().ok()) {
+            Ok(a) => a,
+            Err(refusal) => {
+                if self.refusal_log.ready() {
+                    tracing::warn!(source = %self.ctx.source_name, peer = ?stream.peer_addr().ok(), reason = refusal.label(), "connection refused (further refusals are only counted for 10 s)");
+                }
+                // Dropping the stream closes it.
+                return Ok(());
+            }
+        };
         if self.active >= self.max_connections {
             // Accepted by the multishot accept before its cancellation took effect: the client
             // may already have sent data, so it waits for a free slot rather than being closed.
-            self.waiting.push_back(stream);
+            self.waiting.push_back((stream, admission));
             return Ok(());
         }
-        self.open(stream);
+        self.open(stream, admission);
         if self.active >= self.max_connections && self.accept_armed {
             if self.limit_log.ready() {
                 tracing::warn!(source = %self.ctx.source_name, limit = self.max_connections, "connection limit reached; new connections wait in the backlog");
@@ -285,7 +337,7 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
         Ok(())
     }
 
-    fn open(&mut self, stream: TcpStream) {
+    fn open(&mut self, stream: TcpStream, admission: Admission) {
         let peer = stream.peer_addr().ok();
         let slot = self.free_slots.pop().unwrap_or_else(|| {
             self.connections.push(None);
@@ -299,6 +351,10 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
             framer: (self.new_framer)(),
             generation,
             armed: false,
+            _admission: admission,
+            watch: StallWatch::new(Instant::now()),
+            completed: 0,
+            closing: false,
         });
         self.active += 1;
         self.rearm.push(slot);
@@ -325,6 +381,22 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
             if let Some(bid) = buffer {
                 bufs.recycle(bid);
             }
+            return;
+        }
+        if !more
+            && let Some(conn) = self.connections[slot].as_mut()
+            && conn.closing
+        {
+            // The last completion of a connection a limit closed: whatever it carries is
+            // counted, not framed.
+            if result > 0 {
+                self.handoff.received_bytes(result as usize);
+            }
+            if let Some(bid) = buffer {
+                bufs.recycle(bid);
+            }
+            conn.armed = false;
+            self.close(slot);
             return;
         }
         if result > 0 {
@@ -369,7 +441,10 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
     fn disarmed(&mut self, slot: usize) {
         if let Some(conn) = self.connections[slot].as_mut() {
             conn.armed = false;
-            if !self.ctx.shutdown.load(Ordering::Relaxed) {
+            if conn.closing {
+                // A limit closed it while this receive was ending: nothing is in flight now.
+                self.close(slot);
+            } else if !self.ctx.shutdown.load(Ordering::Relaxed) {
                 self.rearm.push(slot);
             }
         }
@@ -409,6 +484,7 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
         }
         let mut conn = self.connections[slot].take().expect("checked above");
         let peer = conn.peer;
+        tracing::debug!(source = %self.ctx.source_name, ?peer, "connection closed");
         Self::run_framer(
             &mut self.handoff,
             &mut self.error,
@@ -422,9 +498,9 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
         self.free_slots.push(slot);
         self.active -= 1;
         if !self.ctx.shutdown.load(Ordering::Relaxed)
-            && let Some(stream) = self.waiting.pop_front()
+            && let Some((stream, admission)) = self.waiting.pop_front()
         {
-            self.open(stream);
+            self.open(stream, admission);
         }
     }
 
@@ -433,9 +509,13 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
             return;
         };
         self.handoff.received_bytes(data.len());
+        if conn.closing {
+            // Arrived after a limit closed the connection: counted as received, not framed.
+            return;
+        }
         let peer = conn.peer;
         let framer = &mut conn.framer;
-        Self::run_framer(
+        conn.completed += Self::run_framer(
             &mut self.handoff,
             &mut self.error,
             &self.dropped_desync,
@@ -443,6 +523,63 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
             peer,
             |emit| framer.feed(data, emit),
         );
+        let unfinished = conn.framer.unfinished_frame_bytes();
+        if let Some(closure) = conn.watch.check(
+            self.ctx.guard.limits(),
+            conn.completed,
+            unfinished,
+            Instant::now(),
+        ) {
+            self.close_for(slot, closure);
+        }
+    }
+
+    fn postpone_idle(&mut self, by: Duration) {
+        for conn in self.connections.iter_mut().flatten() {
+            conn.watch.postpone(by);
+        }
+    }
+
+    /// Connections that completed no message within the idle timeout are closed.
+    fn sweep_idle(&mut self) {
+        let now = Instant::now();
+        for slot in 0..self.connections.len() {
+            let Some(conn) = self.connections[slot].as_mut() else {
+                continue;
+            };
+            if conn.closing {
+                continue;
+            }
+            let unfinished = conn.framer.unfinished_frame_bytes();
+            if let Some(closure) =
+                conn.watch
+                    .check(self.ctx.guard.limits(), conn.completed, unfinished, now)
+            {
+                self.close_for(slot, closure);
+            }
+        }
+    }
+
+    /// Closes a connection because of a limit, through the usual end-of-stream path (any
+    /// unfinished message is kept, marked truncated where it applies) once no receive is in
+    /// flight for it.
+    fn close_for(&mut self, slot: usize, closure: Closure) {
+        let Some(conn) = self.connections[slot].as_mut() else {
+            return;
+        };
+        conn.closing = true;
+        self.ctx.guard.closed(closure);
+        tracing::debug!(source = %self.ctx.source_name, peer = ?conn.peer, reason = closure.label(), "connection closed by a limit");
+        if conn.armed {
+            // The receive in flight is cancelled; its final completion frees the slot. The
+            // shutdown tells the client at once.
+            // SAFETY: shutting down a descriptor this connection owns; it stays open until
+            // the slot is freed.
+            unsafe { libc::shutdown(conn.stream.as_raw_fd(), libc::SHUT_RDWR) };
+            self.cancels.push(recv_user_data(slot, conn.generation));
+        } else {
+            self.close(slot);
+        }
     }
 
     fn run_framer(
@@ -452,21 +589,27 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
         ctx: &ReaderContext,
         peer: Option<SocketAddr>,
         run: impl FnOnce(&mut dyn FnMut(FrameEvent<'_>)),
-    ) {
+    ) -> u64 {
+        let mut completed = 0;
         let mut emit = |event: FrameEvent<'_>| match event {
             FrameEvent::Frame { bytes, truncated } => {
+                completed += 1;
                 if handoff.push(bytes, peer, truncated)
                     && let Err(e) = handoff.flush_blocking(ctx)
                 {
                     error.get_or_insert(e);
                 }
             }
-            FrameEvent::Rejected { .. } => handoff.rejected_oversize(),
+            FrameEvent::Rejected { .. } => {
+                completed += 1;
+                handoff.rejected_oversize()
+            }
             FrameEvent::Desync { skipped } => {
                 dropped_desync.increment(1);
                 tracing::warn!(source = %ctx.source_name, ?peer, skipped, "framing error; skipped to the next line");
             }
         };
         run(&mut emit);
+        completed
     }
 }

@@ -74,6 +74,8 @@ pub fn run_udp_with(
         kernel_drop_log: RateLimit::new(Duration::from_secs(10)),
         error_log: RateLimit::new(Duration::from_secs(10)),
         enobufs: 0,
+        allow: ctx.guard.allowlist().clone(),
+        not_allowed: 0,
     };
 
     let result = (|| -> io::Result<()> {
@@ -124,6 +126,9 @@ struct UdpReader<'c> {
     error_log: RateLimit,
     /// Times the receive stopped because every buffer was waiting to be processed.
     enobufs: u64,
+    allow: crate::net::guard::Allowlist,
+    /// Refused datagrams not yet added to the counter.
+    not_allowed: u64,
 }
 
 impl UdpReader<'_> {
@@ -177,6 +182,12 @@ impl UdpReader<'_> {
             }
         }
         bufs.publish();
+        if self.not_allowed > 0 {
+            self.ctx
+                .counters
+                .dropped_not_allowed
+                .increment(std::mem::take(&mut self.not_allowed));
+        }
         self.handoff.flush_lossy(self.ctx)?;
         outcome
     }
@@ -204,6 +215,12 @@ impl UdpReader<'_> {
             self.last_kernel_drops = drops;
         }
         let peer = sockaddr_from_bytes(out.name_data());
+        // The user-space allowlist (XDP's job in the kernel when it is on): refused datagrams
+        // are not received, only counted as dropped.
+        if !self.allow.is_empty() && !peer.is_some_and(|p| self.allow.permits(p.ip())) {
+            self.not_allowed += 1;
+            return false;
+        }
         self.handoff
             .received_bytes(out.incoming_payload_len() as usize);
         let frame = datagram(out.payload_data());

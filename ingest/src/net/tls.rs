@@ -1,0 +1,317 @@
+//! Syslog over TLS (RFC 5425): rustls (ring provider) on the portable thread-per-connection
+//! accept loop, whatever the configured socket backend.
+//!
+//! The handshake runs first with its own deadline; then the decrypted stream goes through the
+//! same framer, limits and worker hand-off as plain TCP ([`portable::read_stream`]), so a full
+//! worker queue stops the reading (no loss). The certificate, key and CA bundle are read again
+//! on SIGHUP: each new connection takes the server config current at its accept, established
+//! sessions keep theirs.
+
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig, ServerConnection};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::net::guard::Refusal;
+use crate::net::portable::{self, ConnectionContext};
+use crate::net::{ReaderContext, SHUTDOWN_POLL};
+
+/// A client must finish the handshake within this (a silent client holds a slot no longer).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Writes (handshake, alerts, close_notify) to a client that does not read give up after this.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The files of a TLS source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        key: &'static str,
+        path: String,
+        source: io::Error,
+    },
+    #[error("{path}: {message}")]
+    Pem {
+        key: &'static str,
+        path: String,
+        message: String,
+    },
+    #[error("{message}")]
+    Config { key: &'static str, message: String },
+}
+
+impl TlsError {
+    /// The config key the error is about (`cert_file`, `key_file`, `client_ca_file`).
+    pub fn key(&self) -> &'static str {
+        match self {
+            TlsError::Read { key, .. }
+            | TlsError::Pem { key, .. }
+            | TlsError::Config { key, .. } => key,
+        }
+    }
+}
+
+fn pem_error(key: &'static str, path: &Path, e: rustls_pki_types::pem::Error) -> TlsError {
+    match e {
+        rustls_pki_types::pem::Error::Io(source) => TlsError::Read {
+            key,
+            path: path.display().to_string(),
+            source,
+        },
+        rustls_pki_types::pem::Error::NoItemsFound => TlsError::Pem {
+            key,
+            path: path.display().to_string(),
+            message: match key {
+                "key_file" => "no PEM private key (PKCS#8, PKCS#1 or SEC1) found".into(),
+                _ => "no PEM certificate found".into(),
+            },
+        },
+        other => TlsError::Pem {
+            key,
+            path: path.display().to_string(),
+            message: format!("malformed PEM: {other:?}"),
+        },
+    }
+}
+
+fn read_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_error(key, path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(key, path, e))?;
+    if certs.is_empty() {
+        return Err(pem_error(
+            key,
+            path,
+            rustls_pki_types::pem::Error::NoItemsFound,
+        ));
+    }
+    Ok(certs)
+}
+
+/// The TLS server state of one source, shared by its listener threads.
+pub struct TlsAcceptor {
+    source: Arc<str>,
+    files: TlsFiles,
+    current: RwLock<Arc<ServerConfig>>,
+    /// Set by SIGHUP.
+    reload_requested: Arc<AtomicBool>,
+    reloads_ok: metrics::Counter,
+    reloads_failed: metrics::Counter,
+}
+
+impl std::fmt::Debug for TlsAcceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsAcceptor")
+            .field("source", &self.source)
+            .field("files", &self.files)
+            .finish()
+    }
+}
+
+impl TlsAcceptor {
+    /// Loads the files and asks to be told of SIGHUP.
+    pub fn new(source: &str, files: TlsFiles) -> Result<Arc<TlsAcceptor>, TlsError> {
+        let config = Self::build_config(&files)?;
+        let reload_requested = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, reload_requested.clone())
+            .map_err(|e| TlsError::Config {
+                key: "cert_file",
+                message: format!("cannot watch SIGHUP for certificate reloads: {e}"),
+            })?;
+        let result = |r: &'static str| metrics::counter!(crate::metrics::TLS_RELOADS, "source" => source.to_string(), "result" => r);
+        Ok(Arc::new(TlsAcceptor {
+            source: Arc::from(source),
+            files,
+            current: RwLock::new(Arc::new(config)),
+            reload_requested,
+            reloads_ok: result("ok"),
+            reloads_failed: result("error"),
+        }))
+    }
+
+    /// A rustls server config from the files: the certificate chain and key, and when a CA
+    /// bundle is given, a verifier that requires a client certificate it signs.
+    pub fn build_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
+        let certs = read_certs("cert_file", &files.cert_file)?;
+        let key = PrivateKeyDer::from_pem_file(&files.key_file)
+            .map_err(|e| pem_error("key_file", &files.key_file, e))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config {
+                key: "cert_file",
+                message: e.to_string(),
+            })?;
+        let builder = match &files.client_ca_file {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = RootCertStore::empty();
+                for cert in read_certs("client_ca_file", ca)? {
+                    roots.add(cert).map_err(|e| TlsError::Pem {
+                        key: "client_ca_file",
+                        path: ca.display().to_string(),
+                        message: format!("not a usable CA certificate: {e}"),
+                    })?;
+                }
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                        .build()
+                        .map_err(|e| TlsError::Config {
+                            key: "client_ca_file",
+                            message: format!("{}: {e}", ca.display()),
+                        })?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        builder
+            .with_single_cert(certs, key)
+            .map_err(|e| TlsError::Config {
+                key: "key_file",
+                message: format!(
+                    "{} does not go with {}: {e}",
+                    files.key_file.display(),
+                    files.cert_file.display()
+                ),
+            })
+    }
+
+    /// Reloads the files if SIGHUP asked for it. A failed reload keeps the previous config.
+    pub fn poll_reload(&self) {
+        if self.reload_requested.swap(false, Ordering::Relaxed) {
+            self.reload();
+        }
+    }
+
+    /// Reads the files again; on error the running config stays and the error is logged.
+    pub fn reload(&self) -> bool {
+        match Self::build_config(&self.files) {
+            Ok(config) => {
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+                self.reloads_ok.increment(1);
+                tracing::info!(source = %self.source, cert = %self.files.cert_file.display(), "TLS certificate reloaded; new connections use it");
+                true
+            }
+            Err(e) => {
+                self.reloads_failed.increment(1);
+                tracing::error!(source = %self.source, "TLS reload failed, keeping the previous certificate: {e}");
+                false
+            }
+        }
+    }
+
+    /// The server config for a connection accepted now.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.poll_reload();
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Accepts TLS connections until `ctx.shutdown` is set; returns after every connection has
+/// handed over what it read.
+pub fn run_tls(
+    listener: TcpListener,
+    ctx: ReaderContext,
+    acceptor: Arc<TlsAcceptor>,
+) -> io::Result<()> {
+    portable::run_stream_listener(listener, ctx, "tls", move |stream, peer, conn| {
+        serve(&acceptor, stream, peer, conn)
+    })
+}
+
+fn serve(
+    acceptor: &TlsAcceptor,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    ctx: &ConnectionContext,
+) -> io::Result<()> {
+    tcp.set_nonblocking(false)?;
+    tcp.set_read_timeout(Some(SHUTDOWN_POLL))?;
+    tcp.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    let mut tls = ServerConnection::new(acceptor.current()).map_err(io::Error::other)?;
+    // A silent client must not hold its slot longer than an idle one would.
+    let timeout = ctx
+        .guard
+        .limits()
+        .idle_timeout
+        .map_or(HANDSHAKE_TIMEOUT, |idle| idle.min(HANDSHAKE_TIMEOUT));
+    let deadline = Instant::now() + timeout;
+    while tls.is_handshaking() {
+        if ctx.shutdown.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        match tls.complete_io(&mut tcp) {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                if Instant::now() >= deadline {
+                    ctx.guard.refused(Refusal::TlsHandshake);
+                    tracing::debug!(source = %ctx.source_name, %peer, "TLS handshake timed out");
+                    return Ok(());
+                }
+            }
+            Err(e) => {
+                // rustls has already tried to send the alert that explains the failure.
+                ctx.guard.refused(Refusal::TlsHandshake);
+                tracing::info!(source = %ctx.source_name, %peer, "TLS handshake failed: {e}");
+                return Ok(());
+            }
+        }
+    }
+    let mut stream = rustls::StreamOwned::new(tls, tcp);
+    let ended = portable::read_stream(&mut stream, peer, ctx);
+    stream.conn.send_close_notify();
+    let _ = stream.conn.complete_io(&mut stream.sock);
+    let _ = stream.sock.flush();
+    ended.map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_and_malformed_files_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not pem\n").unwrap();
+        let files = TlsFiles {
+            cert_file: dir.path().join("absent.pem"),
+            key_file: junk.clone(),
+            client_ca_file: None,
+        };
+        let e = TlsAcceptor::build_config(&files).unwrap_err();
+        assert_eq!(e.key(), "cert_file");
+        assert!(e.to_string().contains("absent.pem"), "{e}");
+        let files = TlsFiles {
+            cert_file: junk.clone(),
+            ..files
+        };
+        let e = TlsAcceptor::build_config(&files).unwrap_err();
+        assert_eq!(e.key(), "cert_file");
+        assert!(e.to_string().contains("no PEM certificate"), "{e}");
+    }
+}
