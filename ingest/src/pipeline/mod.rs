@@ -5,6 +5,7 @@
 //! senders drop, so each worker sees its queue disconnect once it is empty, seals its batches
 //! and exits; that drops the sink queue senders, so the delivery threads finish the last batches.
 
+pub mod ack;
 mod sink_stage;
 mod worker;
 
