@@ -256,6 +256,9 @@ impl PipelineConfig {
 pub enum SourceConfig {
     Udp(UdpSourceConfig),
     Tcp(TcpSourceConfig),
+    /// Polls the Darktrace API instead of listening (`source/darktrace_api/`).
+    #[serde(rename = "darktrace_api")]
+    DarktraceApi(Box<crate::source::darktrace_api::DarktraceApiConfig>),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -335,11 +338,14 @@ impl SourceConfig {
         match self {
             SourceConfig::Udp(_) => "udp",
             SourceConfig::Tcp(_) => "tcp",
+            SourceConfig::DarktraceApi(_) => "darktrace_api",
         }
     }
 
-    pub fn net_settings(&self) -> NetSourceSettings {
-        match self {
+    /// `None` for sources that do not listen on a socket (`darktrace_api`).
+    pub fn net_settings(&self) -> Option<NetSourceSettings> {
+        Some(match self {
+            SourceConfig::DarktraceApi(_) => return None,
             SourceConfig::Udp(u) => NetSourceSettings {
                 listen: u.listen,
                 limits: FrameLimits {
@@ -362,7 +368,7 @@ impl SourceConfig {
                 threads: t.threads.unwrap_or_else(available_cores),
                 batch_max_frames: t.batch_max_frames,
             },
-        }
+        })
     }
 }
 
@@ -786,6 +792,24 @@ impl Config {
                         t.batch_max_frames,
                     )
                 }
+                SourceConfig::DarktraceApi(d) => {
+                    // The name is a directory name (its checkpoints).
+                    if name == "."
+                        || name == ".."
+                        || !name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                    {
+                        return Err((
+                            prefix,
+                            "a darktrace_api source name may hold only letters, digits and `-_.`"
+                                .into(),
+                        ));
+                    }
+                    d.validate()
+                        .map_err(|(key, message)| (format!("{prefix}.{key}"), message))?;
+                    continue;
+                }
             };
             positive(format!("{prefix}.max_message_bytes"), max_message_bytes)?;
             if max_message_bytes > u32::MAX as usize / 2 {
@@ -815,7 +839,9 @@ impl Config {
                 positive(format!("{prefix}.threads"), t)?;
             }
             positive(format!("{prefix}.batch_max_frames"), batch_max_frames)?;
-            let listen = source.net_settings().listen;
+            let Some(NetSourceSettings { listen, .. }) = source.net_settings() else {
+                continue;
+            };
             let ports = if matches!(source, SourceConfig::Udp(_)) {
                 &mut udp_ports
             } else {

@@ -179,8 +179,23 @@ impl Pipeline {
             .collect();
         let mut bound = Vec::new();
         let mut listening = Vec::new();
+        // API sources: client and checkpoints ready before any thread starts (fail early).
+        let mut api_sources = Vec::new();
         for (index, (name, source)) in config.sources.iter().enumerate() {
-            let settings = source.net_settings();
+            if let SourceConfig::DarktraceApi(api) = source {
+                let prepared = crate::source::darktrace_api::DarktraceApiSource::prepare(
+                    name,
+                    api,
+                    &config.data_dir,
+                )
+                .with_context(|| format!("source `{name}`"))?;
+                api_sources.push((index, prepared));
+            }
+        }
+        for (index, (name, source)) in config.sources.iter().enumerate() {
+            let Some(settings) = source.net_settings() else {
+                continue;
+            };
             let mut addr = settings.listen;
             for thread in 0..settings.threads {
                 let (socket, rcvbuf) = match source {
@@ -205,6 +220,8 @@ impl Pipeline {
                         addr = s.local_addr()?;
                         (Bound::Tcp(s), r)
                     }
+                    // Has no net settings: skipped above.
+                    SourceConfig::DarktraceApi(_) => continue,
                 };
                 if thread == 0 {
                     if rcvbuf < settings.receive_buffer_bytes {
@@ -369,13 +386,32 @@ impl Pipeline {
             })
             .collect();
         let mut readers = Vec::new();
+        for (index, source) in api_sources {
+            let worker = index % worker_count;
+            let ctx = crate::source::darktrace_api::SourceContext {
+                source_index: index as u16,
+                source_name: source_names[index].clone(),
+                to_worker: worker_queues[worker].0.clone(),
+                recycled: recycle_receivers[worker][index].clone(),
+                shutdown: reader_stop.clone(),
+                counters: reader_counters[index].clone(),
+            };
+            tracing::info!(source = %source_names[index], "polling the Darktrace API");
+            let name = source_names[index].to_string();
+            let handle = std::thread::Builder::new()
+                .name(format!("sluice-api-{name}"))
+                .spawn(move || source.run(ctx))?;
+            readers.push((name, handle));
+        }
         let sources: Vec<&SourceConfig> = config.sources.values().collect();
         for (index, thread, socket) in bound {
-            let settings = sources[index].net_settings();
+            let Some(settings) = sources[index].net_settings() else {
+                continue;
+            };
             let worker = thread % worker_count;
             let max_connections = match sources[index] {
                 SourceConfig::Tcp(t) => t.max_connections.div_ceil(settings.threads),
-                SourceConfig::Udp(_) => 0,
+                SourceConfig::Udp(_) | SourceConfig::DarktraceApi(_) => 0,
             };
             let ctx = ReaderContext {
                 source_index: index as u16,
