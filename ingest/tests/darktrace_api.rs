@@ -226,7 +226,9 @@ async fn handle(state: Shared, req: Request<hyper::body::Incoming>) -> Response<
         return Response::builder()
             .status(302)
             .header("location", "/login")
-            .body(Full::new(Bytes::from_static(b"Found. Redirecting to /login")))
+            .body(Full::new(Bytes::from_static(
+                b"Found. Redirecting to /login",
+            )))
             .unwrap();
     }
     record("ok");
@@ -294,7 +296,13 @@ fn id_text(v: &serde_json::Value) -> String {
 }
 
 /// A copy of `template` with a new id and time.
-fn derived(template: &str, time_key: &str, id_key: &str, id: serde_json::Value, time: i64) -> StoredEvent {
+fn derived(
+    template: &str,
+    time_key: &str,
+    id_key: &str,
+    id: serde_json::Value,
+    time: i64,
+) -> StoredEvent {
     let mut v: serde_json::Value = serde_json::from_str(template).unwrap();
     v[time_key] = time.into();
     v[id_key] = id.clone();
@@ -373,12 +381,22 @@ impl Daemon {
                 break m;
             }
             if let Some(status) = child.try_wait().unwrap() {
-                panic!("sluice exited early ({status}):\n{}", log.lock().unwrap().join("\n"));
+                panic!(
+                    "sluice exited early ({status}):\n{}",
+                    log.lock().unwrap().join("\n")
+                );
             }
-            assert!(started.elapsed() < Duration::from_secs(30), "sluice did not start");
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "sluice did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
-        Daemon { child, log, metrics }
+        Daemon {
+            child,
+            log,
+            metrics,
+        }
     }
 
     fn log(&self) -> String {
@@ -391,15 +409,24 @@ impl Daemon {
         let mut text = String::new();
         s.read_to_string(&mut text).unwrap();
         text.lines()
-            .filter(|l| l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{' | b' ')))
-            .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+            .filter(|l| {
+                l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{' | b' '))
+            })
+            .filter(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
 
     fn signal(&self, signal: libc::c_int) {
         // SAFETY: signalling our own child process by its pid.
-        assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, signal) }, 0);
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as libc::pid_t, signal) },
+            0
+        );
     }
 
     /// SIGTERM and wait for a clean exit.
@@ -410,7 +437,11 @@ impl Daemon {
             if let Some(s) = self.child.try_wait().unwrap() {
                 break s;
             }
-            assert!(started.elapsed() < Duration::from_secs(30), "no exit after SIGTERM:\n{}", self.log());
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no exit after SIGTERM:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
         std::thread::sleep(Duration::from_millis(50));
@@ -450,7 +481,7 @@ fn delivered(out: &Path) -> Vec<(String, String)> {
     };
     for entry in entries {
         let path = entry.unwrap().path();
-        if !path.extension().is_some_and(|e| e == "ndjson") {
+        if path.extension().is_none_or(|e| e != "ndjson") {
             continue;
         }
         for line in std::fs::read_to_string(&path).unwrap().lines() {
@@ -470,10 +501,19 @@ fn delivered(out: &Path) -> Vec<(String, String)> {
     seen
 }
 
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool, log: impl Fn() -> String) {
+fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut done: impl FnMut() -> bool,
+    log: impl Fn() -> String,
+) {
     let started = Instant::now();
     while !done() {
-        assert!(started.elapsed() < timeout, "timed out waiting for {what}\n{}", log());
+        assert!(
+            started.elapsed() < timeout,
+            "timed out waiting for {what}\n{}",
+            log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -546,10 +586,22 @@ fn every_event_once_across_sigterm_and_sigkill() {
         || daemon.log(),
     );
     std::thread::sleep(Duration::from_millis(800));
-    assert_eq!(counted(&delivered(&out)), want1, "after the SIGTERM restart");
-    assert!(daemon.metric("sluice_darktrace_api_polls_total", &[("endpoint", "modelbreaches")]) >= 1.0);
+    assert_eq!(
+        counted(&delivered(&out)),
+        want1,
+        "after the SIGTERM restart"
+    );
     assert!(
-        daemon.metric("sluice_darktrace_api_duplicate_events_total", &[("endpoint", "modelbreaches")]) >= 1.0,
+        daemon.metric(
+            "sluice_darktrace_api_polls_total",
+            &[("endpoint", "modelbreaches")]
+        ) >= 1.0
+    );
+    assert!(
+        daemon.metric(
+            "sluice_darktrace_api_duplicate_events_total",
+            &[("endpoint", "modelbreaches")]
+        ) >= 1.0,
         "the inclusive boundary returns taken events again"
     );
     wait_until(
@@ -579,7 +631,13 @@ fn every_event_once_across_sigterm_and_sigkill() {
     let aia2: Vec<StoredEvent> = (0..7)
         .map(|i| {
             let time = if i == 0 { aia_max } else { aia_max + i * 10 };
-            derived(aia_template, "createdAt", "id", format!("sluice-test-aia-{i}").into(), time)
+            derived(
+                aia_template,
+                "createdAt",
+                "id",
+                format!("sluice-test-aia-{i}").into(),
+                time,
+            )
         })
         .collect();
     server.release("/modelbreaches", mb2.clone());
@@ -590,7 +648,11 @@ fn every_event_once_across_sigterm_and_sigkill() {
         || {
             let s = server.state.lock().unwrap();
             s.held.get("/modelbreaches").copied().unwrap_or(0) > 0
-                && s.held.get("/aianalyst/incidentevents").copied().unwrap_or(0) > 0
+                && s.held
+                    .get("/aianalyst/incidentevents")
+                    .copied()
+                    .unwrap_or(0)
+                    > 0
         },
         || daemon.log(),
     );
@@ -599,7 +661,10 @@ fn every_event_once_across_sigterm_and_sigkill() {
     server.state.lock().unwrap().hold = false;
     assert_eq!(counted(&delivered(&out)), want1, "nothing of phase 2 yet");
     for stem in ["modelbreaches", "aianalyst_incidentevents"] {
-        let cp = dir.path().join("data/checkpoints/dt").join(format!("{stem}.json"));
+        let cp = dir
+            .path()
+            .join("data/checkpoints/dt")
+            .join(format!("{stem}.json"));
         assert!(cp.exists(), "{} missing", cp.display());
     }
 
@@ -633,8 +698,10 @@ fn every_event_once_across_sigterm_and_sigkill() {
         );
     }
     assert!(
-        daemon.metric("sluice_darktrace_api_events_total", &[("endpoint", "aianalyst/incidentevents")])
-            >= aia2.len() as f64
+        daemon.metric(
+            "sluice_darktrace_api_events_total",
+            &[("endpoint", "aianalyst/incidentevents")]
+        ) >= aia2.len() as f64
     );
     let log = daemon.stop();
     assert!(!log.contains("ERROR"), "{log}");
@@ -652,7 +719,12 @@ fn signature_and_date_errors_are_explained_counted_and_backed_off() {
     std::fs::write(&ca, &server.ca_pem).unwrap();
     server.release("/modelbreaches", real(MODELBREACHES, "time", "pbid"));
 
-    let wrong = source_config(&server.url(), &ca, "not-the-private-token", r#"["modelbreaches"]"#);
+    let wrong = source_config(
+        &server.url(),
+        &ca,
+        "not-the-private-token",
+        r#"["modelbreaches"]"#,
+    );
     let daemon = Daemon::start(dir.path(), &wrong);
     let window = Duration::from_secs(6);
     std::thread::sleep(window);
@@ -665,15 +737,24 @@ fn signature_and_date_errors_are_explained_counted_and_backed_off() {
         requests.len()
     );
     assert!(requests.iter().all(|(_, v)| *v == "signature"));
-    let errors = daemon.metric("sluice_darktrace_api_errors_total", &[("kind", "signature")]);
+    let errors = daemon.metric(
+        "sluice_darktrace_api_errors_total",
+        &[("kind", "signature")],
+    );
     assert!(errors >= 2.0 && errors <= requests.len() as f64, "{errors}");
     let log = daemon.stop();
     assert!(
-        log.contains("API SIGNATURE ERROR") && log.contains("private_token") && log.contains("ERROR"),
+        log.contains("API SIGNATURE ERROR")
+            && log.contains("private_token")
+            && log.contains("ERROR"),
         "{log}"
     );
     assert!(delivered(&dir.path().join("out")).is_empty());
-    assert!(!dir.path().join("data/checkpoints/dt/modelbreaches.json").exists());
+    assert!(
+        !dir.path()
+            .join("data/checkpoints/dt/modelbreaches.json")
+            .exists()
+    );
 
     // The right tokens, but the appliance's clock is an hour ahead.
     server.state.lock().unwrap().clock_skew_secs = 3600;
@@ -686,6 +767,9 @@ fn signature_and_date_errors_are_explained_counted_and_backed_off() {
         || daemon.log(),
     );
     let log = daemon.stop();
-    assert!(log.contains("API DATE ERROR") && log.contains("clock skew"), "{log}");
+    assert!(
+        log.contains("API DATE ERROR") && log.contains("clock skew"),
+        "{log}"
+    );
     drop(server.runtime);
 }
