@@ -171,6 +171,10 @@ impl Worker {
                 frames = batch.len(),
                 "batch from an unknown source index"
             );
+            // ack hook: nothing of it was committed.
+            if let Some(ack) = &batch.ack {
+                ack.fail();
+            }
             return;
         };
         let received_at = batch.received_at.unwrap_or_else(Timestamp::now);
