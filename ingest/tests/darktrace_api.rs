@@ -756,9 +756,30 @@ fn signature_and_date_errors_are_explained_counted_and_backed_off() {
             .exists()
     );
 
-    // The right tokens, but the appliance's clock is an hour ahead.
+    // Without `ca_file` the test CA is not trusted: a TLS failure, counted, no request seen.
+    let untrusted = source_config(&server.url(), &ca, PRIVATE, r#"["modelbreaches"]"#)
+        .replace(&format!("ca_file = {:?}\n", ca.display().to_string()), "");
+    assert!(!untrusted.contains("ca_file"));
+    let seen = server.requests("/modelbreaches").len();
+    let daemon = Daemon::start(dir.path(), &untrusted);
+    wait_until(
+        "a TLS error",
+        Duration::from_secs(20),
+        || {
+            daemon.metric(
+                "sluice_darktrace_api_errors_total",
+                &[("kind", "transport")],
+            ) >= 1.0
+        },
+        || daemon.log(),
+    );
+    daemon.stop();
+    assert_eq!(server.requests("/modelbreaches").len(), seen);
+
+    // The right tokens and `verify_tls = false` (no CA), but the appliance's clock is an hour
+    // ahead.
     server.state.lock().unwrap().clock_skew_secs = 3600;
-    let right = source_config(&server.url(), &ca, PRIVATE, r#"["modelbreaches"]"#);
+    let right = format!("{untrusted}verify_tls = false\n");
     let daemon = Daemon::start(dir.path(), &right);
     wait_until(
         "a date error",
