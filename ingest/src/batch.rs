@@ -16,6 +16,10 @@ pub struct SealedBatch {
     pub core: usize,
     /// When its first event was mapped (for the batch-latency histogram).
     pub opened_at: Instant,
+    /// Commit acknowledgements of the source batches whose events are in here (API sources;
+    /// empty for socket readers). The sink stage drops them once the batch is spooled, or
+    /// fails them first (see `pipeline::ack`).
+    pub acks: Vec<crate::pipeline::ack::AckToken>,
 }
 
 pub struct Batcher {
@@ -24,6 +28,8 @@ pub struct Batcher {
     buf: Vec<u8>,
     events: u64,
     opened_at: Option<Instant>,
+    /// Moved into the sealed batch (see [`SealedBatch::acks`]).
+    acks: Vec<crate::pipeline::ack::AckToken>,
 }
 
 impl Batcher {
@@ -34,6 +40,7 @@ impl Batcher {
             buf: Vec::new(),
             events: 0,
             opened_at: None,
+            acks: Vec::new(),
         }
     }
 
@@ -83,7 +90,14 @@ impl Batcher {
             batch: Batch { events, ndjson },
             core: self.core,
             opened_at,
+            acks: std::mem::take(&mut self.acks),
         })
+    }
+
+    /// Records that the event just pushed belongs to the source batch of `token`: the token is
+    /// released only when this batch is committed. Call before sealing.
+    pub fn attach_ack(&mut self, token: &crate::pipeline::ack::AckToken) {
+        crate::pipeline::ack::attach(&mut self.acks, token);
     }
 
     pub fn timeout(&self) -> Duration {

@@ -258,6 +258,9 @@ pub enum SourceConfig {
     Tcp(TcpSourceConfig),
     /// Syslog over TLS (RFC 5425); see `docs/daemon.md`, "TLS sources".
     Tls(TlsSourceConfig),
+    /// Polls the Darktrace API instead of listening (`source/darktrace_api/`).
+    #[serde(rename = "darktrace_api")]
+    DarktraceApi(Box<crate::source::darktrace_api::DarktraceApiConfig>),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -414,6 +417,7 @@ impl SourceConfig {
             SourceConfig::Udp(_) => "udp",
             SourceConfig::Tcp(_) => "tcp",
             SourceConfig::Tls(_) => "tls",
+            SourceConfig::DarktraceApi(_) => "darktrace_api",
         }
     }
 
@@ -423,6 +427,7 @@ impl SourceConfig {
             SourceConfig::Udp(u) => &u.allow,
             SourceConfig::Tcp(t) => &t.allow,
             SourceConfig::Tls(t) => &t.allow,
+            SourceConfig::DarktraceApi(_) => &[],
         }
     }
 
@@ -430,7 +435,9 @@ impl SourceConfig {
     pub fn connection_limits(&self) -> crate::net::guard::ConnectionLimits {
         use crate::net::guard::ConnectionLimits;
         let (max_connections, per_address, idle, backlog) = match self {
-            SourceConfig::Udp(_) => return ConnectionLimits::UNLIMITED,
+            SourceConfig::Udp(_) | SourceConfig::DarktraceApi(_) => {
+                return ConnectionLimits::UNLIMITED;
+            }
             SourceConfig::Tcp(t) => (
                 t.max_connections,
                 t.max_connections_per_address,
@@ -452,8 +459,10 @@ impl SourceConfig {
         }
     }
 
-    pub fn net_settings(&self) -> NetSourceSettings {
-        match self {
+    /// `None` for sources that do not listen on a socket (`darktrace_api`).
+    pub fn net_settings(&self) -> Option<NetSourceSettings> {
+        Some(match self {
+            SourceConfig::DarktraceApi(_) => return None,
             SourceConfig::Udp(u) => NetSourceSettings {
                 listen: u.listen,
                 limits: FrameLimits {
@@ -487,7 +496,7 @@ impl SourceConfig {
                 threads: t.threads.unwrap_or_else(available_cores),
                 batch_max_frames: t.batch_max_frames,
             },
-        }
+        })
     }
 }
 
@@ -921,6 +930,23 @@ impl Config {
                         t.threads,
                         t.batch_max_frames,
                     )
+                SourceConfig::DarktraceApi(d) => {
+                    // The name is a directory name (its checkpoints).
+                    if name == "."
+                        || name == ".."
+                        || !name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                    {
+                        return Err((
+                            prefix,
+                            "a darktrace_api source name may hold only letters, digits and `-_.`"
+                                .into(),
+                        ));
+                    }
+                    d.validate()
+                        .map_err(|(key, message)| (format!("{prefix}.{key}"), message))?;
+                    continue;
                 }
             };
             if let Err(message) = crate::net::guard::Allowlist::parse(source.allow()) {
@@ -967,7 +993,9 @@ impl Config {
                 positive(format!("{prefix}.threads"), t)?;
             }
             positive(format!("{prefix}.batch_max_frames"), batch_max_frames)?;
-            let listen = source.net_settings().listen;
+            let Some(NetSourceSettings { listen, .. }) = source.net_settings() else {
+                continue;
+            };
             let ports = if matches!(source, SourceConfig::Udp(_)) {
                 &mut udp_ports
             } else {

@@ -33,6 +33,9 @@ pub struct FrameBatch {
     pub received_at: Option<Timestamp>,
     pub data: Vec<u8>,
     pub frames: Vec<FrameRef>,
+    /// Set by sources that must know when these events are committed by every routed sink
+    /// (see [`crate::pipeline::ack`]); socket readers leave it `None`.
+    pub ack: Option<crate::pipeline::ack::AckToken>,
 }
 
 impl FrameBatch {
@@ -40,6 +43,8 @@ impl FrameBatch {
         self.received_at = None;
         self.data.clear();
         self.frames.clear();
+        // Dropping the worker's clone: the per-sink batches now hold the token.
+        self.ack = None;
     }
 
     pub fn push(&mut self, bytes: &[u8], peer: Option<SocketAddr>, truncated: bool) {

@@ -5,6 +5,7 @@
 //! senders drop, so each worker sees its queue disconnect once it is empty, seals its batches
 //! and exits; that drops the sink queue senders, so the delivery threads finish the last batches.
 
+pub mod ack;
 mod sink_stage;
 mod worker;
 
@@ -179,8 +180,23 @@ impl Pipeline {
             .collect();
         let mut bound = Vec::new();
         let mut listening = Vec::new();
+        // API sources: client and checkpoints ready before any thread starts (fail early).
+        let mut api_sources = Vec::new();
         for (index, (name, source)) in config.sources.iter().enumerate() {
-            let settings = source.net_settings();
+            if let SourceConfig::DarktraceApi(api) = source {
+                let prepared = crate::source::darktrace_api::DarktraceApiSource::prepare(
+                    name,
+                    api,
+                    &config.data_dir,
+                )
+                .with_context(|| format!("source `{name}`"))?;
+                api_sources.push((index, prepared));
+            }
+        }
+        for (index, (name, source)) in config.sources.iter().enumerate() {
+            let Some(settings) = source.net_settings() else {
+                continue;
+            };
             let tls = match source {
                 SourceConfig::Tls(t) => {
                     let acceptor = crate::net::tls::TlsAcceptor::new(name, t.tls_files())
@@ -221,6 +237,8 @@ impl Pipeline {
                         let acceptor = tls.clone().expect("made above for tls sources");
                         (Bound::Tls(s, acceptor), r)
                     }
+                    // Has no net settings: skipped above.
+                    SourceConfig::DarktraceApi(_) => continue,
                 };
                 if thread == 0 {
                     if rcvbuf < settings.receive_buffer_bytes {
@@ -385,6 +403,23 @@ impl Pipeline {
             })
             .collect();
         let mut readers = Vec::new();
+        for (index, source) in api_sources {
+            let worker = index % worker_count;
+            let ctx = crate::source::darktrace_api::SourceContext {
+                source_index: index as u16,
+                source_name: source_names[index].clone(),
+                to_worker: worker_queues[worker].0.clone(),
+                recycled: recycle_receivers[worker][index].clone(),
+                shutdown: reader_stop.clone(),
+                counters: reader_counters[index].clone(),
+            };
+            tracing::info!(source = %source_names[index], "polling the Darktrace API");
+            let name = source_names[index].to_string();
+            let handle = std::thread::Builder::new()
+                .name(format!("sluice-api-{name}"))
+                .spawn(move || source.run(ctx))?;
+            readers.push((name, handle));
+        }
         let sources: Vec<&SourceConfig> = config.sources.values().collect();
         let guards: Vec<Arc<crate::net::guard::ConnectionGuard>> = config
             .sources
@@ -401,13 +436,15 @@ impl Pipeline {
             })
             .collect::<anyhow::Result<_>>()?;
         for (index, thread, socket) in bound {
-            let settings = sources[index].net_settings();
+            let Some(settings) = sources[index].net_settings() else {
+                continue;
+            };
             let worker = thread % worker_count;
             // The source-wide `max_connections` is enforced (refused and counted) by the
             // guard over all listeners, not by each listener leaving clients in the backlog.
             let max_connections = match sources[index] {
                 SourceConfig::Tcp(_) | SourceConfig::Tls(_) => usize::MAX,
-                SourceConfig::Udp(_) => 0,
+                SourceConfig::Udp(_) | SourceConfig::DarktraceApi(_) => 0,
             };
             let ctx = ReaderContext {
                 source_index: index as u16,

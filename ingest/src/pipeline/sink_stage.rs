@@ -41,8 +41,17 @@ impl SinkStage {
                     dropped_events
                 }
                 // Logged and counted by the runtime; counted here too for the exit summary.
-                Enqueued::Refused => events,
+                Enqueued::Refused => {
+                    // ack hook: a source waiting on these events must not move past them.
+                    for ack in &sealed.acks {
+                        ack.fail();
+                    }
+                    events
+                }
             };
+            // ack hook: spooled (or failed above); releasing the clones may run a source's
+            // commit callback on this thread.
+            drop(sealed.acks);
             if dropped > 0 {
                 self.counters.dropped_events.increment(dropped);
                 self.totals

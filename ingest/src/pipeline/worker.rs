@@ -64,7 +64,11 @@ impl WorkerSink {
             .record(sealed.opened_at.elapsed().as_secs_f64());
         let events = sealed.batch.events;
         // Blocks while the delivery stage is behind: backpressure reaches the readers.
-        if self.queue.send(sealed).is_err() {
+        if let Err(lost) = self.queue.send(sealed) {
+            // ack hook: the events are not committed; tell the sources that wait for it.
+            for ack in &lost.0.acks {
+                ack.fail();
+            }
             tracing::error!(events, "sink delivery threads are gone; batch lost");
             self.counters.dropped_events.increment(events);
             totals
@@ -167,6 +171,10 @@ impl Worker {
                 frames = batch.len(),
                 "batch from an unknown source index"
             );
+            // ack hook: nothing of it was committed.
+            if let Some(ack) = &batch.ack {
+                ack.fail();
+            }
             return;
         };
         let received_at = batch.received_at.unwrap_or_else(Timestamp::now);
@@ -197,10 +205,14 @@ impl Worker {
                     continue;
                 }
                 let schema = sink.schema;
-                if sink
+                let full = sink
                     .batcher
-                    .push_with(|out| crate::map::write(schema, &event, out))
-                {
+                    .push_with(|out| crate::map::write(schema, &event, out));
+                // ack hook (API sources only): this sink batch now holds events of `batch`.
+                if let Some(ack) = &batch.ack {
+                    sink.batcher.attach_ack(ack);
+                }
+                if full {
                     sink.seal(&self.totals);
                 }
             }

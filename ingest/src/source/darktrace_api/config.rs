@@ -1,0 +1,278 @@
+//! `[sources.NAME] type = "darktrace_api"`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Secret;
+
+/// An API endpoint this source polls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Endpoint {
+    #[serde(rename = "modelbreaches")]
+    ModelBreaches,
+    #[serde(rename = "aianalyst/incidentevents")]
+    AiAnalystIncidentEvents,
+}
+
+impl Endpoint {
+    /// The path on the appliance (also the `log_type` Sekoia's connector adds).
+    pub fn path(&self) -> &'static str {
+        match self {
+            Endpoint::ModelBreaches => "/modelbreaches",
+            Endpoint::AiAnalystIncidentEvents => "/aianalyst/incidentevents",
+        }
+    }
+
+    /// As written in the config, in logs and as the `endpoint` metric label.
+    pub fn name(&self) -> &'static str {
+        &self.path()[1..]
+    }
+
+    /// File-name safe form, for the checkpoint file.
+    pub fn file_stem(&self) -> &'static str {
+        match self {
+            Endpoint::ModelBreaches => "modelbreaches",
+            Endpoint::AiAnalystIncidentEvents => "aianalyst_incidentevents",
+        }
+    }
+
+    /// The event field that holds its time (epoch ms) and the one that identifies it.
+    pub fn time_and_id_fields(&self) -> (&'static str, &'static str) {
+        match self {
+            Endpoint::ModelBreaches => ("time", "pbid"),
+            Endpoint::AiAnalystIncidentEvents => ("createdAt", "id"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DarktraceApiConfig {
+    /// Base URL of the master or cloud instance, e.g. `https://example.cloud.darktrace.com`.
+    pub url: String,
+    /// Give each token inline, as `*_file` or as `*_env` (exactly one of the three).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_token: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_token_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_token_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_token: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_token_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_token_env: Option<String>,
+    #[serde(default = "default_endpoints")]
+    pub endpoints: Vec<Endpoint>,
+    /// Pause between polls once an endpoint is caught up.
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// Verify the appliance's certificate (on-prem masters often have a self-signed one: prefer
+    /// `ca_file` to turning this off).
+    #[serde(default = "yes")]
+    pub verify_tls: bool,
+    /// PEM bundle of extra CAs to trust (besides the built-in roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Requests per second over all endpoints of this source (SEKOIA's connector: 10/minute).
+    #[serde(default = "default_rate_limit")]
+    pub rate_limit_per_second: f64,
+    /// Without a checkpoint, the first poll asks for events of the last this many seconds.
+    #[serde(default = "default_first_poll_lookback_secs")]
+    pub first_poll_lookback_secs: u64,
+    /// Larger responses are refused (counted as `response_too_large`).
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
+    /// Error backoff: doubles from `initial` up to `max`, jittered.
+    #[serde(default = "default_initial_backoff_ms")]
+    pub initial_backoff_ms: u64,
+    #[serde(default = "default_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+    /// Extra query parameters sent (and signed) on every request after `starttime`, e.g.
+    /// `{ includebreachurl = "true" }`. Values must not need percent-encoding.
+    #[serde(default = "default_query")]
+    pub query: BTreeMap<String, String>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_endpoints() -> Vec<Endpoint> {
+    vec![Endpoint::ModelBreaches, Endpoint::AiAnalystIncidentEvents]
+}
+fn default_poll_interval_ms() -> u64 {
+    60_000
+}
+fn default_request_timeout_ms() -> u64 {
+    30_000
+}
+fn default_rate_limit() -> f64 {
+    10.0 / 60.0
+}
+fn default_first_poll_lookback_secs() -> u64 {
+    3600
+}
+fn default_max_response_bytes() -> usize {
+    64 << 20
+}
+fn default_initial_backoff_ms() -> u64 {
+    1000
+}
+fn default_max_backoff_ms() -> u64 {
+    300_000
+}
+/// SEKOIA's connector parameters: pinned AIA incidents would otherwise come back on every
+/// poll; `historicmodelonly=false` gives the `model.then`/`model.now` form the mappings read.
+fn default_query() -> BTreeMap<String, String> {
+    [
+        ("includeallpinned", "false"),
+        ("historicmodelonly", "false"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// Characters a query key or value may hold so that the signed bytes equal the sent bytes
+/// without any percent-encoding (RFC 3986 unreserved, plus `,` and `:`).
+fn plain_query_text(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~,:".contains(&b))
+}
+
+/// Both tokens, loaded.
+#[derive(Clone)]
+pub struct Tokens {
+    pub public: Secret,
+    pub private: Secret,
+}
+
+impl DarktraceApiConfig {
+    pub fn tokens(&self) -> Result<Tokens, (String, String)> {
+        let load = |key: &str, inline, file, env| match Secret::resolve(key, inline, file, env) {
+            Ok(Some(s)) => Ok(s),
+            Ok(None) => Err((
+                key.to_owned(),
+                format!("required: give `{key}`, `{key}_file` or `{key}_env`"),
+            )),
+            Err(message) => {
+                let written = if message.contains(&format!("`{key}_file`")) {
+                    format!("{key}_file")
+                } else if message.contains(&format!("`{key}_env`")) {
+                    format!("{key}_env")
+                } else {
+                    key.to_owned()
+                };
+                Err((written, message))
+            }
+        };
+        Ok(Tokens {
+            public: load(
+                "public_token",
+                self.public_token.as_ref(),
+                self.public_token_file.as_ref(),
+                self.public_token_env.as_deref(),
+            )?,
+            private: load(
+                "private_token",
+                self.private_token.as_ref(),
+                self.private_token_file.as_ref(),
+                self.private_token_env.as_deref(),
+            )?,
+        })
+    }
+
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// The base URL, checked: http(s), no query or fragment; the path (if any) is kept as a
+    /// prefix without its trailing `/`.
+    pub fn base_url(&self) -> Result<reqwest::Url, String> {
+        let url = reqwest::Url::parse(&self.url)
+            .map_err(|e| format!("`{}` is not a URL: {e}", self.url))?;
+        if url.scheme() != "https" && url.scheme() != "http" {
+            return Err(format!("scheme `{}` is not https or http", url.scheme()));
+        }
+        if url.host_str().is_none() {
+            return Err("the URL has no host".into());
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err("give the base URL only, without `?query` or `#fragment`".into());
+        }
+        Ok(url)
+    }
+
+    /// Checks values serde cannot: `Err((key, message))`. Loads the tokens and the CA file so
+    /// a missing secret or bundle fails at start-up.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        self.base_url().map_err(|m| ("url".to_owned(), m))?;
+        self.tokens()?;
+        if self.endpoints.is_empty() {
+            return Err(("endpoints".into(), "list at least one endpoint".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for e in &self.endpoints {
+            if !seen.insert(e) {
+                return Err((
+                    "endpoints".into(),
+                    format!("`{}` is listed twice", e.name()),
+                ));
+            }
+        }
+        for (key, v) in [
+            ("poll_interval_ms", self.poll_interval_ms),
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("initial_backoff_ms", self.initial_backoff_ms),
+            ("max_backoff_ms", self.max_backoff_ms),
+            ("max_response_bytes", self.max_response_bytes as u64),
+        ] {
+            if v == 0 {
+                return Err((key.into(), "must be greater than 0".into()));
+            }
+        }
+        if self.max_backoff_ms < self.initial_backoff_ms {
+            return Err((
+                "max_backoff_ms".into(),
+                "must be at least initial_backoff_ms".into(),
+            ));
+        }
+        if !(self.rate_limit_per_second.is_finite() && self.rate_limit_per_second > 0.0) {
+            return Err((
+                "rate_limit_per_second".into(),
+                "must be a positive number".into(),
+            ));
+        }
+        for (k, v) in &self.query {
+            if k == "starttime" || k == "endtime" {
+                return Err((
+                    format!("query.{k}"),
+                    "set by the source from its checkpoint".into(),
+                ));
+            }
+            if !plain_query_text(k) || !plain_query_text(v) {
+                return Err((
+                    format!("query.{k}"),
+                    "keys and values may hold only letters, digits and `-._~,:` (the signed \
+                     query must equal the sent one, so nothing may need percent-encoding)"
+                        .into(),
+                ));
+            }
+        }
+        if let Some(path) = &self.ca_file {
+            super::client::load_ca_bundle(path).map_err(|m| ("ca_file".to_owned(), m))?;
+        }
+        Ok(())
+    }
+}

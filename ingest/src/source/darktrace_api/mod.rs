@@ -1,0 +1,384 @@
+//! `[sources.NAME] type = "darktrace_api"`: polls a Darktrace master or cloud instance over its
+//! signed HTTP API ("direct HTTP") and feeds the events into the same pipeline as syslog.
+//!
+//! One thread per source runs a small tokio runtime with one polling task per endpoint. A poll
+//! asks for `starttime = checkpoint` (inclusive), drops the events already taken at that
+//! instant ([`checkpoint::select`]), and hands the rest to a parser worker as one
+//! [`FrameBatch`] carrying an [`AckToken`]. The checkpoint is written by the token's callback,
+//! i.e. only once every routed sink has spooled the events; the task waits for that before it
+//! polls again (right away while new events keep coming, `poll_interval_ms` once caught up).
+//!
+//! Delivery is at-least-once with no gap: a crash between a spool commit and the checkpoint
+//! rename (one fsync) repeats that page once on restart; any other stop repeats nothing.
+
+pub mod checkpoint;
+pub mod client;
+pub mod config;
+pub mod page;
+pub mod signing;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crossbeam::channel::{Receiver, Sender};
+
+use crate::event::Timestamp;
+use crate::metrics::ReaderCounters;
+use crate::net::FrameBatch;
+use crate::pipeline::ack::{AckOutcome, AckToken};
+use checkpoint::{Checkpoint, CheckpointStore, Cursor};
+use client::{Client, ErrorKind, FetchError};
+pub use config::{DarktraceApiConfig, Endpoint};
+
+pub const POLLS: &str = "sluice_darktrace_api_polls_total";
+pub const EVENTS: &str = "sluice_darktrace_api_events_total";
+pub const DUPLICATES: &str = "sluice_darktrace_api_duplicate_events_total";
+pub const ERRORS: &str = "sluice_darktrace_api_errors_total";
+pub const CHECKPOINT_AGE: &str = "sluice_darktrace_api_checkpoint_age_seconds";
+pub const CHECKPOINT_TIME: &str = "sluice_darktrace_api_checkpoint_timestamp_seconds";
+
+/// Where a source's checkpoints live: `data_dir/checkpoints/<source>/`.
+pub fn checkpoint_dir(data_dir: &Path, source: &str) -> PathBuf {
+    data_dir.join("checkpoints").join(source)
+}
+
+/// The pipeline side of a running source (like a socket reader's `ReaderContext`).
+pub struct SourceContext {
+    pub source_index: u16,
+    pub source_name: Arc<str>,
+    pub to_worker: Sender<FrameBatch>,
+    pub recycled: Receiver<FrameBatch>,
+    pub shutdown: Arc<AtomicBool>,
+    pub counters: ReaderCounters,
+}
+
+struct EndpointPoller {
+    endpoint: Endpoint,
+    store: Arc<CheckpointStore>,
+    cursor: Cursor,
+}
+
+/// A source ready to run: client built, checkpoints loaded.
+pub struct DarktraceApiSource {
+    name: Arc<str>,
+    config: DarktraceApiConfig,
+    client: Arc<Client>,
+    pollers: Vec<EndpointPoller>,
+}
+
+impl DarktraceApiSource {
+    /// Builds the client (CA bundle, tokens) and reads the checkpoints; any error stops the
+    /// start-up (a damaged checkpoint is never silently reset).
+    pub fn prepare(
+        name: &str,
+        config: &DarktraceApiConfig,
+        data_dir: &Path,
+    ) -> anyhow::Result<DarktraceApiSource> {
+        let client = Client::new(config)?;
+        let dir = checkpoint_dir(data_dir, name);
+        let mut pollers = Vec::new();
+        for &endpoint in &config.endpoints {
+            let store = Arc::new(CheckpointStore::new(&dir, endpoint));
+            let cursor = match store.load()? {
+                Some(cp) => {
+                    tracing::info!(source = %name, endpoint = endpoint.name(), starttime = cp.time_ms,
+                        "resuming from checkpoint {}", store.path().display());
+                    cp.cursor()
+                }
+                None => {
+                    let start = checkpoint::now_ms()
+                        - (config.first_poll_lookback_secs as i64).saturating_mul(1000);
+                    tracing::info!(source = %name, endpoint = endpoint.name(), starttime = start,
+                        "no checkpoint yet: starting {}s back", config.first_poll_lookback_secs);
+                    Cursor {
+                        time_ms: start,
+                        ids_at_time: Default::default(),
+                    }
+                }
+            };
+            pollers.push(EndpointPoller {
+                endpoint,
+                store,
+                cursor,
+            });
+        }
+        Ok(DarktraceApiSource {
+            name: Arc::from(name),
+            config: config.clone(),
+            client: Arc::new(client),
+            pollers,
+        })
+    }
+
+    /// Polls until `ctx.shutdown` is set. Events handed over but not yet committed are still
+    /// checkpointed when the pipeline drains them (the callback does not need this thread).
+    pub fn run(self, ctx: SourceContext) -> std::io::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let shared = Arc::new(Shared {
+            name: self.name.clone(),
+            client: self.client,
+            rate: RateLimiter::new(self.config.rate_limit_per_second),
+            poll_interval: self.config.poll_interval(),
+            backoff: crate::sink::runtime::RetryConfig {
+                initial_backoff_ms: self.config.initial_backoff_ms,
+                max_backoff_ms: self.config.max_backoff_ms,
+                ..Default::default()
+            },
+            max_backoff: Duration::from_millis(self.config.max_backoff_ms),
+            ctx,
+            commits: AtomicU64::new(0),
+        });
+        runtime.block_on(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            let mut gauges = Vec::new();
+            for poller in self.pollers {
+                gauges.push((
+                    poller.store.clone(),
+                    metrics::gauge!(CHECKPOINT_AGE, "source" => shared.name.to_string(), "endpoint" => poller.endpoint.name()),
+                    metrics::gauge!(CHECKPOINT_TIME, "source" => shared.name.to_string(), "endpoint" => poller.endpoint.name()),
+                ));
+                tasks.spawn(shared.clone().poll_endpoint(poller));
+            }
+            loop {
+                for (store, age, time) in &gauges {
+                    age.set(store.age_seconds());
+                    time.set(store.event_time_ms() as f64 / 1000.0);
+                }
+                if shared.stopping() {
+                    break;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    done = tasks.join_next() => if done.is_none() { break },
+                }
+            }
+            // Each task returns within one shutdown check of the flag.
+            while tasks.join_next().await.is_some() {}
+        });
+        tracing::debug!(source = %self.name, "darktrace_api source stopped");
+        Ok(())
+    }
+}
+
+struct Shared {
+    name: Arc<str>,
+    client: Arc<Client>,
+    rate: RateLimiter,
+    poll_interval: Duration,
+    backoff: crate::sink::runtime::RetryConfig,
+    max_backoff: Duration,
+    ctx: SourceContext,
+    /// Numbers commits so the checkpoint store never writes an older one over a newer one.
+    commits: AtomicU64,
+}
+
+/// What the commit callback reports back to the polling task.
+enum Committed {
+    Yes { checkpoint_error: Option<String> },
+    No,
+}
+
+const SHUTDOWN_CHECK: Duration = Duration::from_millis(100);
+
+impl Shared {
+    fn stopping(&self) -> bool {
+        self.ctx.shutdown.load(Ordering::Relaxed)
+    }
+
+    async fn stopped(&self) {
+        while !self.stopping() {
+            tokio::time::sleep(SHUTDOWN_CHECK).await;
+        }
+    }
+
+    /// Sleeps `d`; false when shutdown came first.
+    async fn pause(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => !self.stopping(),
+            _ = self.stopped() => false,
+        }
+    }
+
+    async fn poll_endpoint(self: Arc<Self>, mut p: EndpointPoller) {
+        let endpoint = p.endpoint.name();
+        let labels = [
+            ("source", self.name.to_string()),
+            ("endpoint", endpoint.to_owned()),
+        ];
+        let polls = metrics::counter!(POLLS, &labels);
+        let events_total = metrics::counter!(EVENTS, &labels);
+        let duplicates = metrics::counter!(DUPLICATES, &labels);
+        let error = |kind: ErrorKind| {
+            metrics::counter!(ERRORS, "source" => self.name.to_string(), "endpoint" => endpoint, "kind" => kind.as_str())
+                .increment(1);
+        };
+        let mut failures: u32 = 0;
+        loop {
+            if !self.rate.acquire(&self).await {
+                return;
+            }
+            polls.increment(1);
+            let fetched = tokio::select! {
+                r = self.client.fetch(p.endpoint, p.cursor.time_ms) => r,
+                _ = self.stopped() => return,
+            };
+            let outcome = fetched.and_then(|body| self.hand_over(&mut p, &body, &duplicates));
+            let failure = match outcome {
+                Ok(None) => {
+                    // Caught up: nothing new since the checkpoint.
+                    failures = 0;
+                    p.store.touch();
+                    if !self.pause(self.poll_interval).await {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(Some((waiting, next, n))) => {
+                    let committed = tokio::select! {
+                        c = waiting => c.unwrap_or(Committed::No),
+                        _ = self.stopped() => return,
+                    };
+                    match committed {
+                        Committed::Yes { checkpoint_error } => {
+                            p.cursor = next;
+                            events_total.increment(n);
+                            failures = 0;
+                            if let Some(message) = checkpoint_error {
+                                error(ErrorKind::CheckpointWrite);
+                                tracing::error!(source = %self.name, endpoint,
+                                    "events are spooled but the checkpoint was not written: {message}; \
+                                     a restart now would fetch them again");
+                            }
+                            // Poll again at once: more may be waiting (the rate limit paces it).
+                            continue;
+                        }
+                        Committed::No => FetchError {
+                            kind: ErrorKind::NotCommitted,
+                            message: "a sink did not take the events (see its log); they are fetched again"
+                                .into(),
+                            retry_after: None,
+                        },
+                    }
+                }
+                Err(e) => e,
+            };
+            error(failure.kind);
+            let delay = match failure.retry_after {
+                Some(after) => after.min(self.max_backoff),
+                None => self.backoff.backoff(failures),
+            };
+            failures = failures.saturating_add(1);
+            if failure.kind.needs_operator() {
+                tracing::error!(source = %self.name, endpoint, kind = failure.kind.as_str(),
+                    retry_in = ?delay, "Darktrace API: {}", failure.message);
+            } else {
+                tracing::warn!(source = %self.name, endpoint, kind = failure.kind.as_str(),
+                    retry_in = ?delay, "Darktrace API poll failed: {}", failure.message);
+            }
+            if !self.pause(delay).await {
+                return;
+            }
+        }
+    }
+
+    /// Selects the new events of `body` and sends them to the worker. `None`: nothing new.
+    #[allow(clippy::type_complexity)]
+    fn hand_over(
+        &self,
+        p: &mut EndpointPoller,
+        body: &[u8],
+        duplicates: &metrics::Counter,
+    ) -> Result<Option<(tokio::sync::oneshot::Receiver<Committed>, Cursor, u64)>, FetchError> {
+        let events = page::parse(body, p.endpoint).map_err(|e| FetchError {
+            kind: ErrorKind::BadResponse,
+            message: e.to_string(),
+            retry_after: None,
+        })?;
+        let selection = checkpoint::select(&p.cursor, &events);
+        duplicates.increment(selection.duplicates);
+        if selection.untimed > 0 {
+            tracing::warn!(source = %self.name, endpoint = p.endpoint.name(), events = selection.untimed,
+                "events without a usable time field: taken, but they cannot be de-duplicated");
+        }
+        if selection.new.is_empty() {
+            return Ok(None);
+        }
+        let mut batch = self.ctx.recycled.try_recv().unwrap_or_default();
+        batch.clear();
+        batch.source = self.ctx.source_index;
+        batch.received_at = Some(Timestamp::now());
+        let mut message = Vec::new();
+        for &i in &selection.new {
+            message.clear();
+            page::write_message(&events[i], p.endpoint, &mut message);
+            batch.push(&message, None, false);
+        }
+        let n = selection.new.len() as u64;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let store = p.store.clone();
+        let seq = self.commits.fetch_add(1, Ordering::Relaxed) + 1;
+        let cp = Checkpoint::new(p.endpoint, &selection.next);
+        // Runs on the pipeline thread that releases the last clone, possibly after this
+        // source has stopped (shutdown drain): it writes the checkpoint itself.
+        batch.ack = Some(AckToken::new(move |outcome| {
+            let reply = match outcome {
+                AckOutcome::Committed => Committed::Yes {
+                    checkpoint_error: store.commit(seq, &cp).err().map(|e| e.to_string()),
+                },
+                AckOutcome::Failed => Committed::No,
+            };
+            let _ = tx.send(reply);
+        }));
+        self.ctx.counters.received_messages.increment(n);
+        self.ctx
+            .counters
+            .received_bytes
+            .increment(batch.data.len() as u64);
+        // The worker queue is bounded: a short block here is the backpressure.
+        if let Err(e) = self.ctx.to_worker.send(batch) {
+            drop(e);
+            return Err(FetchError {
+                kind: ErrorKind::NotCommitted,
+                message: "the pipeline workers are gone".into(),
+                retry_after: None,
+            });
+        }
+        Ok(Some((rx, selection.next, n)))
+    }
+}
+
+/// Spaces requests of all endpoints of a source at least `1 / rate` apart.
+struct RateLimiter {
+    interval: Duration,
+    next: tokio::sync::Mutex<tokio::time::Instant>,
+}
+
+impl RateLimiter {
+    fn new(per_second: f64) -> RateLimiter {
+        RateLimiter {
+            interval: Duration::from_secs_f64(1.0 / per_second),
+            next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// Waits for this request's slot; false on shutdown.
+    async fn acquire(&self, shared: &Shared) -> bool {
+        let slot = {
+            let mut next = self.next.lock().await;
+            let slot = (*next).max(tokio::time::Instant::now());
+            *next = slot + self.interval;
+            slot
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(slot) => !shared.stopping(),
+            _ = shared.stopped() => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

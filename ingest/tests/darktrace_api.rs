@@ -1,0 +1,796 @@
+//! Acceptance tests of `[sources.NAME] type = "darktrace_api"` with the real `sluice` binary
+//! against an in-process HTTPS appliance on 127.0.0.1 (certificate made here with rcgen,
+//! trusted through `ca_file`).
+//!
+//! The fake appliance checks every request the documented way (HMAC-SHA1 over
+//! `path?query\npublic\ndate`, computed here independently of the code under test), answers
+//! `400 API SIGNATURE ERROR` / `400 API DATE ERROR` like the appliance, and serves the real
+//! pseudonymised responses (`tests/data/darktrace/*_response.txt`, MIT, see the README there)
+//! plus events derived from them, ascending by time from `starttime` (inclusive) and at most
+//! `PAGE` per answer, so the source has to page by `starttime`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use http_body_util::Full;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio_rustls::rustls;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+const PUBLIC: &str = "sluice-public-token";
+const PRIVATE: &str = "sluice-private-token";
+/// Events per answer at most.
+const PAGE: usize = 5;
+
+const MODELBREACHES: &str = include_str!("data/darktrace/modelbreaches_response.txt");
+const AIANALYST: &str = include_str!("data/darktrace/aianalyst_response.txt");
+
+// ------------------------------------------------------------------------------------------
+// The fake appliance
+// ------------------------------------------------------------------------------------------
+
+#[derive(Clone)]
+struct StoredEvent {
+    time: i64,
+    id: String,
+    text: String,
+}
+
+#[derive(Default)]
+struct Appliance {
+    /// Released events per endpoint path (`/modelbreaches`, ...).
+    events: HashMap<String, Vec<StoredEvent>>,
+    /// Requests per endpoint path: (starttime, verdict).
+    requests: HashMap<String, Vec<(i64, &'static str)>>,
+    /// While true, valid requests wait before they are answered.
+    hold: bool,
+    /// Requests waiting in `hold`, per endpoint path.
+    held: HashMap<String, usize>,
+    /// Added to this server's clock when checking DTAPI-Date (simulates skew).
+    clock_skew_secs: i64,
+}
+
+type Shared = Arc<Mutex<Appliance>>;
+
+struct Server {
+    addr: SocketAddr,
+    state: Shared,
+    ca_pem: String,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Server {
+    fn start() -> Server {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca, &ca_key)
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let state: Shared = Arc::default();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let st = state.clone();
+        runtime.spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(move |req| {
+                        let st = st.clone();
+                        async move { Ok::<_, std::convert::Infallible>(handle(st, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        Server {
+            addr,
+            state,
+            ca_pem: ca.pem(),
+            runtime,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.addr.port())
+    }
+
+    fn release(&self, path: &str, events: Vec<StoredEvent>) {
+        self.state
+            .lock()
+            .unwrap()
+            .events
+            .entry(path.to_owned())
+            .or_default()
+            .extend(events);
+    }
+
+    fn requests(&self, path: &str) -> Vec<(i64, &'static str)> {
+        self.state
+            .lock()
+            .unwrap()
+            .requests
+            .get(path)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+fn answer(status: u16, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(body.into()))
+        .unwrap()
+}
+
+/// The documented recipe, written here independently of the daemon's code.
+fn expected_signature(request_part: &str, public: &str, date: &str) -> String {
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(PRIVATE.as_bytes()).unwrap();
+    mac.update(format!("{request_part}\n{public}\n{date}").as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+async fn handle(state: Shared, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let path = req.uri().path().to_owned();
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let (token, date, signature) = (
+        header("DTAPI-Token"),
+        header("DTAPI-Date"),
+        header("DTAPI-Signature"),
+    );
+    let starttime = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("starttime="))
+        .and_then(|v| v.parse::<i64>().ok());
+    let record = |verdict: &'static str| {
+        state
+            .lock()
+            .unwrap()
+            .requests
+            .entry(path.clone())
+            .or_default()
+            .push((starttime.unwrap_or(-1), verdict));
+    };
+    if token != PUBLIC || signature != expected_signature(&target, &token, &date) {
+        record("signature");
+        return answer(400, r#"{"error":"API SIGNATURE ERROR"}"#);
+    }
+    let skew = state.lock().unwrap().clock_skew_secs;
+    let now = chrono::Utc::now().timestamp() + skew;
+    let sent = chrono::NaiveDateTime::parse_from_str(&date, "%Y%m%dT%H%M%S")
+        .map(|d| d.and_utc().timestamp());
+    if !sent.is_ok_and(|t| (t - now).abs() <= 300) {
+        record("date");
+        return answer(400, r#"{"error":"API DATE ERROR"}"#);
+    }
+    let Some(starttime) = starttime else {
+        record("no_starttime");
+        return answer(400, r#"{"error":"starttime required"}"#);
+    };
+    if path != "/modelbreaches" && path != "/aianalyst/incidentevents" {
+        record("endpoint");
+        return Response::builder()
+            .status(302)
+            .header("location", "/login")
+            .body(Full::new(Bytes::from_static(
+                b"Found. Redirecting to /login",
+            )))
+            .unwrap();
+    }
+    record("ok");
+    // Hold while asked to (the test kills the daemon in the meantime).
+    let mut counted = false;
+    loop {
+        {
+            let mut s = state.lock().unwrap();
+            if !s.hold {
+                if counted {
+                    *s.held.get_mut(&path).unwrap() -= 1;
+                }
+                break;
+            }
+            if !counted {
+                *s.held.entry(path.clone()).or_default() += 1;
+                counted = true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut page: Vec<StoredEvent> = state
+        .lock()
+        .unwrap()
+        .events
+        .get(&path)
+        .map(|v| v.iter().filter(|e| e.time >= starttime).cloned().collect())
+        .unwrap_or_default();
+    page.sort_by_key(|e| e.time);
+    page.truncate(PAGE);
+    let body = format!(
+        "[\n{}\n]",
+        page.iter()
+            .map(|e| e.text.as_str())
+            .collect::<Vec<_>>()
+            .join(",\n")
+    );
+    answer(200, body)
+}
+
+// ------------------------------------------------------------------------------------------
+// Events: the real responses and events derived from them
+// ------------------------------------------------------------------------------------------
+
+fn real(text: &str, time_key: &str, id_key: &str) -> Vec<StoredEvent> {
+    let items: Vec<Box<serde_json::value::RawValue>> = serde_json::from_str(text).unwrap();
+    items
+        .into_iter()
+        .map(|raw| {
+            let v: serde_json::Value = serde_json::from_str(raw.get()).unwrap();
+            StoredEvent {
+                time: v[time_key].as_i64().unwrap(),
+                id: id_text(&v[id_key]),
+                text: raw.get().to_owned(),
+            }
+        })
+        .collect()
+}
+
+fn id_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A copy of `template` with a new id and time.
+fn derived(
+    template: &str,
+    time_key: &str,
+    id_key: &str,
+    id: serde_json::Value,
+    time: i64,
+) -> StoredEvent {
+    let mut v: serde_json::Value = serde_json::from_str(template).unwrap();
+    v[time_key] = time.into();
+    v[id_key] = id.clone();
+    StoredEvent {
+        time,
+        id: id_text(&id),
+        text: serde_json::to_string_pretty(&v).unwrap(),
+    }
+}
+
+/// Model breaches derived from the real one: `n` events from `first_time`, every second pair
+/// sharing one millisecond (so pages end between events of the same instant).
+fn breaches(first_pbid: i64, n: i64, first_time: i64) -> Vec<StoredEvent> {
+    let template = real(MODELBREACHES, "time", "pbid").remove(0).text;
+    (0..n)
+        .map(|i| {
+            derived(
+                &template,
+                "time",
+                "pbid",
+                (first_pbid + i).into(),
+                first_time + (i / 2) * 1000,
+            )
+        })
+        .collect()
+}
+
+// ------------------------------------------------------------------------------------------
+// The daemon
+// ------------------------------------------------------------------------------------------
+
+struct Daemon {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    metrics: SocketAddr,
+}
+
+impl Daemon {
+    fn start(dir: &Path, source: &str) -> Daemon {
+        let config = format!(
+            "data_dir = {data:?}\n[metrics]\nlisten = \"127.0.0.1:0\"\n[pipeline]\nworkers = 2\n\
+             {source}\n\
+             [sinks.out]\ntype = \"file\"\npath = {out:?}\ncompression = \"none\"\nbatch_timeout_ms = 100\n",
+            data = dir.join("data").display().to_string(),
+            out = dir.join("out").display().to_string(),
+        );
+        let path = dir.join("sluice.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("SLUICE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let started = Instant::now();
+        let metrics = loop {
+            let found = log.lock().unwrap().iter().find_map(|l| {
+                l.split("metrics on http://")
+                    .nth(1)
+                    .and_then(|r| r.split('/').next()?.parse().ok())
+            });
+            let running = log.lock().unwrap().iter().any(|l| l.contains(" running;"));
+            if let (Some(m), true) = (found, running) {
+                break m;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "sluice exited early ({status}):\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "sluice did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Daemon {
+            child,
+            log,
+            metrics,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let mut s = TcpStream::connect(self.metrics).unwrap();
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text.lines()
+            .filter(|l| {
+                l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{' | b' '))
+            })
+            .filter(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: signalling our own child process by its pid.
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as libc::pid_t, signal) },
+            0
+        );
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    fn stop(mut self) -> String {
+        self.signal(libc::SIGTERM);
+        let started = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no exit after SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(status.success(), "exit status {status}:\n{}", self.log());
+        self.log()
+    }
+
+    fn kill(mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn source_config(url: &str, ca_file: &Path, private: &str, endpoints: &str) -> String {
+    format!(
+        "[sources.dt]\ntype = \"darktrace_api\"\nurl = {url:?}\npublic_token = {PUBLIC:?}\n\
+         private_token = {private:?}\nca_file = {ca:?}\nendpoints = {endpoints}\n\
+         poll_interval_ms = 300\nrate_limit_per_second = 20.0\n\
+         first_poll_lookback_secs = 315360000\ninitial_backoff_ms = 500\nmax_backoff_ms = 4000\n",
+        ca = ca_file.display().to_string(),
+    )
+}
+
+/// (endpoint log_type, id) of every event in the file sink's output, in no particular order;
+/// checks each line is a Darktrace event of the right kind from source `dt`.
+fn delivered(out: &Path) -> Vec<(String, String)> {
+    let mut seen = Vec::new();
+    let Ok(entries) = std::fs::read_dir(out) else {
+        return seen;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "ndjson") {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v["source"], "dt", "{line:.200}");
+            assert_eq!(v["syslog"]["format"], "none", "{line:.200}");
+            let log_type = v["json"]["log_type"].as_str().unwrap().to_owned();
+            let (kind, id_key) = match log_type.as_str() {
+                "modelbreaches" => ("darktrace_model_breach", "pbid"),
+                "aianalyst/incidentevents" => ("darktrace_ai_analyst", "id"),
+                other => panic!("log_type {other}"),
+            };
+            assert_eq!(v["kind"], kind, "{line:.200}");
+            seen.push((log_type, id_text(&v["json"][id_key])));
+        }
+    }
+    seen
+}
+
+fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut done: impl FnMut() -> bool,
+    log: impl Fn() -> String,
+) {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < timeout,
+            "timed out waiting for {what}\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn expected_set(events: &[(&str, &[StoredEvent])]) -> BTreeMap<(String, String), usize> {
+    let mut m = BTreeMap::new();
+    for (endpoint, list) in events {
+        for e in *list {
+            *m.entry((endpoint.to_string(), e.id.clone())).or_default() += 1;
+        }
+    }
+    m
+}
+
+fn counted(delivered: &[(String, String)]) -> BTreeMap<(String, String), usize> {
+    let mut m = BTreeMap::new();
+    for d in delivered {
+        *m.entry(d.clone()).or_default() += 1;
+    }
+    m
+}
+
+// ------------------------------------------------------------------------------------------
+// Tests
+// ------------------------------------------------------------------------------------------
+
+/// Every event once, across a SIGTERM mid-stream and a SIGKILL while polls are in flight with
+/// new events waiting; restarts resume from the checkpoints.
+#[test]
+fn every_event_once_across_sigterm_and_sigkill() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &server.ca_pem).unwrap();
+    let out = dir.path().join("out");
+
+    // Phase 1: the real responses plus 20 derived model breaches (pairs at one instant).
+    let aia1 = real(AIANALYST, "createdAt", "id");
+    let mut mb1 = real(MODELBREACHES, "time", "pbid");
+    mb1.extend(breaches(40_000, 20, 1_700_000_000_000));
+    server.release("/modelbreaches", mb1.clone());
+    server.release("/aianalyst/incidentevents", aia1.clone());
+    let want1 = expected_set(&[("modelbreaches", &mb1), ("aianalyst/incidentevents", &aia1)]);
+    let total1: usize = want1.values().sum();
+
+    let source = source_config(
+        &server.url(),
+        &ca,
+        PRIVATE,
+        r#"["modelbreaches", "aianalyst/incidentevents"]"#,
+    );
+    let daemon = Daemon::start(dir.path(), &source);
+    wait_until(
+        "the first events",
+        Duration::from_secs(60),
+        || delivered(&out).len() >= 8,
+        || daemon.log(),
+    );
+    // SIGTERM mid-stream (pages of 5: most events are not fetched yet).
+    let log = daemon.stop();
+    let after_term = delivered(&out).len();
+    eprintln!("delivered before SIGTERM: {after_term} of {total1}");
+    assert!(!log.contains("ERROR"), "{log}");
+
+    let daemon = Daemon::start(dir.path(), &source);
+    wait_until(
+        "every phase-1 event",
+        Duration::from_secs(60),
+        || delivered(&out).len() >= total1,
+        || daemon.log(),
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        counted(&delivered(&out)),
+        want1,
+        "after the SIGTERM restart"
+    );
+    assert!(
+        daemon.metric(
+            "sluice_darktrace_api_polls_total",
+            &[("endpoint", "modelbreaches")]
+        ) >= 1.0
+    );
+    assert!(
+        daemon.metric(
+            "sluice_darktrace_api_duplicate_events_total",
+            &[("endpoint", "modelbreaches")]
+        ) >= 1.0,
+        "the inclusive boundary returns taken events again"
+    );
+    wait_until(
+        "checkpoint age gauge",
+        Duration::from_secs(5),
+        || {
+            let text = {
+                let mut s = TcpStream::connect(daemon.metrics).unwrap();
+                write!(s, "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+                let mut t = String::new();
+                s.read_to_string(&mut t).unwrap();
+                t
+            };
+            text.contains("sluice_darktrace_api_checkpoint_age_seconds{")
+        },
+        || daemon.log(),
+    );
+
+    // Phase 2 waits behind held polls; SIGKILL while both endpoints are mid-request.
+    server.state.lock().unwrap().hold = true;
+    let mb_max = mb1.iter().map(|e| e.time).max().unwrap();
+    let aia_max = aia1.iter().map(|e| e.time).max().unwrap();
+    let mut mb2 = breaches(50_000, 9, mb_max + 1000);
+    // A new event at exactly the checkpoint instant must not be taken for a duplicate.
+    mb2.push(derived(&mb1[0].text, "time", "pbid", 59_999.into(), mb_max));
+    let aia_template = &aia1[0].text;
+    let aia2: Vec<StoredEvent> = (0..7)
+        .map(|i| {
+            let time = if i == 0 { aia_max } else { aia_max + i * 10 };
+            derived(
+                aia_template,
+                "createdAt",
+                "id",
+                format!("sluice-test-aia-{i}").into(),
+                time,
+            )
+        })
+        .collect();
+    server.release("/modelbreaches", mb2.clone());
+    server.release("/aianalyst/incidentevents", aia2.clone());
+    wait_until(
+        "both endpoints held",
+        Duration::from_secs(20),
+        || {
+            let s = server.state.lock().unwrap();
+            s.held.get("/modelbreaches").copied().unwrap_or(0) > 0
+                && s.held
+                    .get("/aianalyst/incidentevents")
+                    .copied()
+                    .unwrap_or(0)
+                    > 0
+        },
+        || daemon.log(),
+    );
+    let before_kill = server.requests("/modelbreaches").len();
+    daemon.kill();
+    server.state.lock().unwrap().hold = false;
+    assert_eq!(counted(&delivered(&out)), want1, "nothing of phase 2 yet");
+    for stem in ["modelbreaches", "aianalyst_incidentevents"] {
+        let cp = dir
+            .path()
+            .join("data/checkpoints/dt")
+            .join(format!("{stem}.json"));
+        assert!(cp.exists(), "{} missing", cp.display());
+    }
+
+    let daemon = Daemon::start(dir.path(), &source);
+    let want = expected_set(&[
+        ("modelbreaches", &mb1),
+        ("modelbreaches", &mb2),
+        ("aianalyst/incidentevents", &aia1),
+        ("aianalyst/incidentevents", &aia2),
+    ]);
+    let total: usize = want.values().sum();
+    wait_until(
+        "every event",
+        Duration::from_secs(60),
+        || delivered(&out).len() >= total,
+        || daemon.log(),
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(counted(&delivered(&out)), want, "after the SIGKILL restart");
+    // The restart resumed from the checkpoint, not from the lookback.
+    let resumed = server.requests("/modelbreaches")[before_kill].0;
+    assert_eq!(resumed, mb_max, "first starttime after the restart");
+    let resumed = server.requests("/aianalyst/incidentevents");
+    assert!(resumed.iter().any(|(t, _)| *t == aia_max));
+    // Every request of this test carried a valid signature.
+    for path in ["/modelbreaches", "/aianalyst/incidentevents"] {
+        assert!(
+            server.requests(path).iter().all(|(_, v)| *v == "ok"),
+            "{path}: {:?}",
+            server.requests(path)
+        );
+    }
+    assert!(
+        daemon.metric(
+            "sluice_darktrace_api_events_total",
+            &[("endpoint", "aianalyst/incidentevents")]
+        ) >= aia2.len() as f64
+    );
+    let log = daemon.stop();
+    assert!(!log.contains("ERROR"), "{log}");
+    drop(server.runtime);
+}
+
+/// A wrong private token: the appliance answers API SIGNATURE ERROR; the daemon says so,
+/// counts it, and backs off instead of retrying in a loop. Then a skewed appliance clock:
+/// API DATE ERROR, and the log names clock skew.
+#[test]
+fn signature_and_date_errors_are_explained_counted_and_backed_off() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &server.ca_pem).unwrap();
+    server.release("/modelbreaches", real(MODELBREACHES, "time", "pbid"));
+
+    let wrong = source_config(
+        &server.url(),
+        &ca,
+        "not-the-private-token",
+        r#"["modelbreaches"]"#,
+    );
+    let daemon = Daemon::start(dir.path(), &wrong);
+    let window = Duration::from_secs(6);
+    std::thread::sleep(window);
+    let requests = server.requests("/modelbreaches");
+    // Backoff 500 ms doubling (jittered to 50–100 %), capped at 4 s: at most 6 in 6 s; a
+    // retry loop would make hundreds.
+    assert!(
+        (2..=7).contains(&requests.len()),
+        "{} requests in {window:?}: {requests:?}",
+        requests.len()
+    );
+    assert!(requests.iter().all(|(_, v)| *v == "signature"));
+    let errors = daemon.metric(
+        "sluice_darktrace_api_errors_total",
+        &[("kind", "signature")],
+    );
+    assert!(errors >= 2.0 && errors <= requests.len() as f64, "{errors}");
+    let log = daemon.stop();
+    assert!(
+        log.contains("API SIGNATURE ERROR")
+            && log.contains("private_token")
+            && log.contains("ERROR"),
+        "{log}"
+    );
+    assert!(delivered(&dir.path().join("out")).is_empty());
+    assert!(
+        !dir.path()
+            .join("data/checkpoints/dt/modelbreaches.json")
+            .exists()
+    );
+
+    // Without `ca_file` the test CA is not trusted: a TLS failure, counted, no request seen.
+    let untrusted = source_config(&server.url(), &ca, PRIVATE, r#"["modelbreaches"]"#)
+        .replace(&format!("ca_file = {:?}\n", ca.display().to_string()), "");
+    assert!(!untrusted.contains("ca_file"));
+    let seen = server.requests("/modelbreaches").len();
+    let daemon = Daemon::start(dir.path(), &untrusted);
+    wait_until(
+        "a TLS error",
+        Duration::from_secs(20),
+        || {
+            daemon.metric(
+                "sluice_darktrace_api_errors_total",
+                &[("kind", "transport")],
+            ) >= 1.0
+        },
+        || daemon.log(),
+    );
+    daemon.stop();
+    assert_eq!(server.requests("/modelbreaches").len(), seen);
+
+    // The right tokens and `verify_tls = false` (no CA), but the appliance's clock is an hour
+    // ahead.
+    server.state.lock().unwrap().clock_skew_secs = 3600;
+    let right = format!("{untrusted}verify_tls = false\n");
+    let daemon = Daemon::start(dir.path(), &right);
+    wait_until(
+        "a date error",
+        Duration::from_secs(20),
+        || daemon.metric("sluice_darktrace_api_errors_total", &[("kind", "date")]) >= 1.0,
+        || daemon.log(),
+    );
+    let log = daemon.stop();
+    assert!(
+        log.contains("API DATE ERROR") && log.contains("clock skew"),
+        "{log}"
+    );
+    drop(server.runtime);
+}
