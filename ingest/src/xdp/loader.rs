@@ -264,6 +264,21 @@ impl XdpHandle {
         Ok(())
     }
 
+    /// Runs and total run time of the XDP program since it was loaded, as counted by the kernel
+    /// while BPF run-time statistics are enabled (`aya::sys::enable_stats`, off by default as it
+    /// costs two clock reads per run): the program's own cost, without the hook around it.
+    pub fn xdp_program_run_stats(&self) -> Result<(u64, std::time::Duration), XdpError> {
+        let program = self.ebpf.program(PROG_XDP).ok_or(XdpError::Program {
+            name: PROG_XDP,
+            source: aya::programs::ProgramError::NotLoaded,
+        })?;
+        let info = program.info().map_err(|source| XdpError::Program {
+            name: PROG_XDP,
+            source,
+        })?;
+        Ok((info.run_count(), info.run_time()))
+    }
+
     /// Current counters, summed over CPUs; sources sorted busiest first.
     pub fn stats(&self) -> Result<XdpStats, XdpError> {
         stats::read(&self.ebpf)
