@@ -265,6 +265,24 @@ fn kernel_cpu_by_core(threads: &[(usize, u64)], cores: usize) -> Vec<u64> {
     by_core
 }
 
+/// `Udp: InCsumErrors` of namespace `netns` (read from a thread inside it: /proc/thread-self/net
+/// shows the calling thread's namespace).
+fn udp_checksum_errors(netns: &str) -> u64 {
+    in_netns(netns, || {
+        let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap_or_default();
+        let udp: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Udp:")).collect();
+        let (Some(names), Some(values)) = (udp.first(), udp.get(1)) else {
+            return 0;
+        };
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(name, _)| *name == "InCsumErrors")
+            .and_then(|(_, value)| value.parse().ok())
+            .unwrap_or(0)
+    })
+}
+
 /// User + system CPU of this process (all threads). Softirq work done in a thread's context
 /// (veth transmit runs the receive path inline) is charged here.
 fn process_cpu_seconds() -> f64 {
@@ -302,6 +320,8 @@ struct Measured {
     per_core_busy: Vec<f64>,
     /// Datagrams each reader socket received (the steering balance).
     per_socket: Vec<u64>,
+    /// UDP datagrams the receiver namespace discarded for a bad checksum during the run.
+    udp_checksum_errors: u64,
 }
 
 impl Measured {
@@ -360,6 +380,7 @@ fn run_load(
         })
         .collect();
     started.wait();
+    let checksum_errors_before = udp_checksum_errors(&ns.receiver);
     let busy_before = cpu_times();
     let kthreads_before = kernel_thread_ns();
     let process_before = process_cpu_seconds();
@@ -387,6 +408,7 @@ fn run_load(
     let process_cpu = process_cpu_seconds() - process_before;
     let kthreads_after = kernel_thread_ns();
     let busy_after = cpu_times();
+    let udp_checksum_errors = udp_checksum_errors(&ns.receiver) - checksum_errors_before;
     let before = kernel_cpu_by_core(&kthreads_before, core_count);
     let after = kernel_cpu_by_core(&kthreads_after, core_count);
     let kthread_per_core: Vec<f64> = before
@@ -412,6 +434,7 @@ fn run_load(
             .map(|((b0, t0), (b1, t1))| 100.0 * (b1 - b0) as f64 / (t1 - t0).max(1) as f64)
             .collect(),
         per_socket: results.iter().map(|r| r.1).collect(),
+        udp_checksum_errors,
     }
 }
 
@@ -461,6 +484,12 @@ fn report(rep: usize, label: &str, m: &Measured) {
             .map(|b| format!("{b:.0}%"))
             .collect::<Vec<_>>()
     );
+    if m.udp_checksum_errors > 0 {
+        println!(
+            "        !! {} datagrams discarded by UDP as checksum errors in the receiver namespace",
+            m.udp_checksum_errors
+        );
+    }
 }
 
 /// One benchmark variant: how to set it up, and what to measure.
