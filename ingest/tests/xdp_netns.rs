@@ -773,6 +773,22 @@ fn steered_sockets(
     })
 }
 
+/// CPUs this process may run on (ids need not be contiguous under a cpuset).
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data filled by sched_getaffinity(0, …) for this thread;
+    // CPU_ISSET reads inside it for ids below CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+            0
+        );
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|cpu| libc::CPU_ISSET(*cpu, &set))
+            .collect()
+    }
+}
+
 fn pin_current_thread(cpu: usize) {
     // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it; sched_setaffinity(0, …)
     // changes only the calling thread.
@@ -799,13 +815,13 @@ fn cpu_steering_delivers_to_the_socket_of_the_receiving_cpu() {
     if !is_root() {
         return;
     }
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = allowed_cpus();
     let ns = Netns::new();
     const PER_CPU: u64 = 2000;
     let port = 5516;
-    let cpu_of_socket: Vec<usize> = (0..cpus).rev().collect();
+    let cpu_of_socket: Vec<usize> = cpus.iter().rev().copied().collect();
     let (handle, sockets) = steered_sockets(&ns, Steering::Cpu, port, cpu_of_socket.clone());
-    for cpu in 0..cpus {
+    for cpu in cpus {
         in_netns(&ns.sender, move || {
             pin_current_thread(cpu);
             let socket = udp_from(SENDER_V4.into());
