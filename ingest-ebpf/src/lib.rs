@@ -8,6 +8,8 @@
 pub const MAX_SOURCES: u32 = 65_536;
 /// Bound on configured destination ports.
 pub const MAX_PORTS: u32 = 64;
+/// Words of the destination-port bitmap `SL_PORTS` (65 536 bits).
+pub const PORT_WORDS: u32 = 65_536 / 64;
 /// Bound on allowlist prefixes per address family.
 pub const MAX_ALLOW_PREFIXES: u32 = 16_384;
 /// Bound on CPUs the CPUMAP redirect may target.

@@ -20,8 +20,8 @@ use aya::{
 };
 use sluice_ingest_ebpf::{
     MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CPUS, MAP_PORTS, MAP_SETTINGS, MAP_SOCKETS, MAP_STEER_CPU,
-    MAP_STEER_PORTS, MAX_CPUS, MAX_SOCKETS_PER_PORT, MAX_STEERED_PORTS, PROG_REUSEPORT, PROG_XDP,
-    STEER_CPU, STEER_HASH, STEER_RANDOM, SteerPort, XdpSettings,
+    MAP_STEER_PORTS, MAX_CPUS, MAX_SOCKETS_PER_PORT, MAX_STEERED_PORTS, PORT_WORDS, PROG_REUSEPORT,
+    PROG_XDP, STEER_CPU, STEER_HASH, STEER_RANDOM, SteerPort, XdpSettings,
 };
 
 use super::{
@@ -264,6 +264,21 @@ impl XdpHandle {
         Ok(())
     }
 
+    /// Runs and total run time of the XDP program since it was loaded, as counted by the kernel
+    /// while BPF run-time statistics are enabled (`aya::sys::enable_stats`, off by default as it
+    /// costs two clock reads per run): the program's own cost, without the hook around it.
+    pub fn xdp_program_run_stats(&self) -> Result<(u64, std::time::Duration), XdpError> {
+        let program = self.ebpf.program(PROG_XDP).ok_or(XdpError::Program {
+            name: PROG_XDP,
+            source: aya::programs::ProgramError::NotLoaded,
+        })?;
+        let info = program.info().map_err(|source| XdpError::Program {
+            name: PROG_XDP,
+            source,
+        })?;
+        Ok((info.run_count(), info.run_time()))
+    }
+
     /// Current counters, summed over CPUs; sources sorted busiest first.
     pub fn stats(&self) -> Result<XdpStats, XdpError> {
         stats::read(&self.ebpf)
@@ -328,9 +343,17 @@ fn fill_config_maps(ebpf: &mut Ebpf, config: &XdpConfig, cidrs: &[Cidr]) -> Resu
         }
     };
 
-    let mut ports: BpfHashMap<&mut MapData, u16, u8> = map_mut(ebpf, MAP_PORTS)?;
-    for port in &config.ports {
-        ports.insert(*port, 1, 0).map_err(map_err(MAP_PORTS))?;
+    {
+        let mut words = vec![0u64; PORT_WORDS as usize];
+        for port in &config.ports {
+            words[usize::from(*port >> 6)] |= 1u64 << (*port & 63);
+        }
+        let mut ports: Array<&mut MapData, u64> = map_mut(ebpf, MAP_PORTS)?;
+        for (index, word) in words.iter().enumerate().filter(|(_, w)| **w != 0) {
+            ports
+                .set(index as u32, *word, 0)
+                .map_err(map_err(MAP_PORTS))?;
+        }
     }
     {
         let mut allow_v4: LpmTrie<&mut MapData, [u8; 4], u8> = map_mut(ebpf, MAP_ALLOW_V4)?;
@@ -403,10 +426,12 @@ fn attach_xdp(
     pin_dir: &Path,
 ) -> Result<AttachedLink, XdpError> {
     let attempts: &[(AyaXdpMode, &'static str)] = match mode {
-        // CPUMAP redirects from native XDP on veth delivered nothing in our measurements
-        // (docs/xdp.md), while generic mode delivers all; so `auto` prefers generic here and
-        // native mode with redirect is only used when asked for explicitly.
-        XdpMode::Auto if cpu_redirect => {
+        // A local sender on the other end of a veth leaves the UDP checksum to offload
+        // (CHECKSUM_PARTIAL). Native XDP turns the skb into a bare frame; a CPUMAP redirect
+        // rebuilds an skb without that state, and the UDP stack then drops every datagram
+        // as a checksum error. Generic mode redirects the skb itself. Physical NICs deliver
+        // complete checksums, so they keep driver mode (docs/xdp.md).
+        XdpMode::Auto if cpu_redirect && driver_name(interface).as_deref() == Some("veth") => {
             &[(AyaXdpMode::Skb, "generic"), (AyaXdpMode::Driver, "driver")]
         }
         XdpMode::Auto => &[(AyaXdpMode::Driver, "driver"), (AyaXdpMode::Skb, "generic")],
@@ -448,6 +473,66 @@ fn attach_xdp(
         interface: interface.to_string(),
         reason: failures.join("; "),
     })
+}
+
+/// The kernel driver behind `interface` (ethtool's `driver:`), in the calling thread's network
+/// namespace; `None` when the interface is unknown or the driver does not say.
+fn driver_name(interface: &str) -> Option<String> {
+    const ETHTOOL_GDRVINFO: u32 = 3;
+    #[repr(C)]
+    struct DriverInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        version: [u8; 32],
+        fw_version: [u8; 32],
+        bus_info: [u8; 32],
+        erom_version: [u8; 32],
+        reserved: [u8; 12],
+        counts: [u32; 5],
+    }
+    /// `struct ifreq` with the `ifr_data` member of its union (40 bytes on 64-bit Linux).
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut DriverInfo,
+        _union_rest: [u8; 16],
+    }
+    let name = interface.as_bytes();
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(&0) {
+        return None;
+    }
+    let mut info = DriverInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        version: [0; 32],
+        fw_version: [0; 32],
+        bus_info: [0; 32],
+        erom_version: [0; 32],
+        reserved: [0; 12],
+        counts: [0; 5],
+    };
+    let mut request = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data: &mut info,
+        _union_rest: [0; 16],
+    };
+    request.name[..name.len()].copy_from_slice(name);
+    // SAFETY: a plain socket syscall; the returned fd is owned and closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: SIOCETHTOOL reads the NUL-terminated name and `ifr_data` from `request`, and
+    // ETHTOOL_GDRVINFO writes at most size_of::<DriverInfo>() bytes through that pointer,
+    // which points at `info`, alive and exclusively borrowed for the call.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL as _, &mut request) };
+    // SAFETY: `fd` is the socket opened above, not used afterwards.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return None;
+    }
+    let end = info.driver.iter().position(|b| *b == 0).unwrap_or(32);
+    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }
 
 /// CapEff must hold CAP_NET_ADMIN and CAP_BPF (or CAP_SYS_ADMIN, which implies it).
@@ -595,4 +680,17 @@ fn remove_pins(pin_dir: &Path) -> std::io::Result<()> {
         std::fs::remove_file(entry?.path())?;
     }
     std::fs::remove_dir(pin_dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::driver_name;
+
+    #[test]
+    fn driver_name_is_none_for_unknown_or_invalid_interfaces() {
+        assert_eq!(driver_name("sluicenoif0"), None);
+        assert_eq!(driver_name(""), None);
+        assert_eq!(driver_name("a-name-longer-than-ifnamsiz"), None);
+        assert_eq!(driver_name("bad\0name"), None);
+    }
 }
