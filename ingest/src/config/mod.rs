@@ -930,6 +930,7 @@ impl Config {
                         t.threads,
                         t.batch_max_frames,
                     )
+                }
                 SourceConfig::DarktraceApi(d) => {
                     // The name is a directory name (its checkpoints).
                     if name == "."
