@@ -181,7 +181,8 @@ pub fn drop_privileges(
     if cleanup.contains(&Capability::CAP_SETPCAP) {
         // Only execve consults the bounding set and sluice never execs; dropping it anyway
         // makes /proc/PID/status show exactly what the daemon can still do.
-        for cap in caps::all() {
+        // Only capabilities this kernel knows: dropping an unknown one fails with EINVAL.
+        for cap in caps::runtime::thread_all_supported() {
             if !keep.contains(&cap) {
                 caps::drop(None, CapSet::Bounding, cap)
                     .map_err(caps_err("dropping from the bounding set"))?;

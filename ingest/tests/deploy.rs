@@ -207,6 +207,37 @@ fn group_or_world_readable_secret_file_stops_start_up() {
     );
 }
 
+#[test]
+fn system_directory_as_data_dir_is_never_handed_over() {
+    if !is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Harmless if the guard failed: only this directory would be created and re-owned.
+    let data = "/dev/shm/sluice-deploy-guard-test";
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {data:?}\nuser = \"nobody\"\n[metrics]\nenabled = false\n\
+             [sources.u]\ntype = \"udp\"\nlisten = \"127.0.0.1:0\"\n\
+             [sinks.f]\ntype = \"file\"\npath = {out:?}\n",
+            out = dir.path().join("out"),
+        ),
+    )
+    .unwrap();
+    let out = Command::new(SLUICE)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let _ = std::fs::remove_dir_all(data);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("too close to /"), "{stderr}");
+}
+
 /// `sluice run` as a child whose stderr is collected; killed on drop if still running.
 struct Daemon {
     child: Child,

@@ -1,6 +1,6 @@
 //! `sluice run`: start the appliance and run until SIGINT/SIGTERM.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -116,6 +116,29 @@ fn privilege_target(config: &Config) -> anyhow::Result<Option<crate::privileges:
         return Ok(None);
     };
     let identity = crate::privileges::Identity::resolve(user, config.group.as_deref())?;
+    // data_dir is re-owned recursively at every start: never a system directory by mistake.
+    let absolute = std::path::absolute(&config.data_dir)?;
+    let shared = [
+        "/var/lib",
+        "/var/log",
+        "/var/cache",
+        "/var/spool",
+        "/var/tmp",
+        "/usr/local",
+    ];
+    let system = [
+        "/proc", "/sys", "/dev", "/usr", "/etc", "/boot", "/bin", "/sbin", "/lib",
+    ];
+    if absolute.components().count() < 3
+        || shared.iter().any(|d| absolute == Path::new(d))
+        || system.iter().any(|d| absolute.starts_with(d))
+    {
+        anyhow::bail!(
+            "data_dir {}: too close to / to hand over to user {user} recursively; use a \
+             directory of its own such as /var/lib/sluice",
+            absolute.display()
+        );
+    }
     for (name, sink) in &config.sinks {
         if let crate::config::SinkKind::File(file) = &sink.kind
             && !file.path.starts_with(&config.data_dir)
