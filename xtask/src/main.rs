@@ -162,12 +162,16 @@ fn install_ebpf_toolchain() -> anyhow::Result<()> {
 }
 
 /// Tools the tests call: `ip` (iproute2) and `mount` (util-linux) for the root-only
-/// network-namespace tests, `logger` (bsdutils on Debian/Ubuntu) for the daemon end-to-end test.
+/// network-namespace tests, `logger` (bsdutils on Debian/Ubuntu) for the daemon end-to-end test,
+/// and what the .deb check needs.
 fn install_test_prerequisites() -> anyhow::Result<()> {
     let missing: Vec<&str> = [
         ("ip", "iproute2"),
         ("mount", "util-linux"),
         ("logger", "bsdutils"),
+        // The package check: cargo-deb's `$auto` dependencies and `systemd-analyze verify`.
+        ("dpkg-shlibdeps", "dpkg-dev"),
+        ("systemd-analyze", "systemd"),
     ]
     .into_iter()
     .filter(|(tool, _)| output_of("sh", &["-c", &format!("command -v {tool}")]).is_none())
