@@ -5,6 +5,7 @@
 //! - `ci`: test prerequisites (apt packages), `build-ebpf`, `cargo test --workspace`, then the
 //!   package check (`deb.rs`): build the .deb, `dpkg -i` it, verify, purge it again.
 //! - `deb`: `build-ebpf`, then build the .deb (installing cargo-deb if missing).
+//! - `deb-check`: `build-ebpf`, then the package check alone.
 //! - `run`: `build-ebpf`, then `cargo run --release --bin sluice -- run …`.
 
 use std::{
@@ -42,6 +43,8 @@ enum Task {
     },
     /// Build the eBPF object, then the .deb (target/debian/).
     Deb,
+    /// What `ci` runs after the tests: build the .deb, `dpkg -i`, verify, `dpkg --purge`.
+    DebCheck,
     /// Build the eBPF object, then `cargo run --release --bin sluice -- run <args>`.
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -56,6 +59,10 @@ fn main() -> anyhow::Result<()> {
             install_test_prerequisites()?;
             build_ebpf()?;
             run(cargo().args(["test", "--workspace"]).args(test_args))?;
+            deb::check_deb_package()
+        }
+        Task::DebCheck => {
+            build_ebpf()?;
             deb::check_deb_package()
         }
         Task::Deb => {
