@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod net;
 pub mod parse;
 pub mod pipeline;
+pub mod privileges;
 pub mod sink;
 pub mod source;
 pub mod spool;

@@ -851,6 +851,12 @@ fn check_config_prints_effective_config_redacted() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "file-secret-123\n").unwrap();
+    // Secret files must be private or sluice refuses them.
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let path = dir.path().join("ok.toml");
     std::fs::write(
         &path,

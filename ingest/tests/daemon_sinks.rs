@@ -312,6 +312,8 @@ fn routing_cef_to_one_sink_json_to_another() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("intake_key");
     std::fs::write(&key, format!("{}\n", sekoia.key)).unwrap();
+    // Secret files must be private or sluice refuses them.
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let sinks = format!(
         "{}[sinks.sek]\ntype = \"sekoia\"\nurl = \"{}\"\nintake_key_file = {:?}\n\
          kinds = [\"cef\"]\nbatch_timeout_ms = 100\n",
@@ -379,11 +381,14 @@ fn deploy_examples_pass_check_config() {
         }
         let text = std::fs::read_to_string(&path)
             .unwrap()
-            .replace("/run/secrets/", &format!("{}/", secrets.display()));
+            .replace("/run/secrets/", &format!("{}/", secrets.display()))
+            .replace("/etc/sluice/secrets/", &format!("{}/", secrets.display()));
         for line in text.lines() {
             if let Some((_, value)) = line.split_once("_file = \"") {
                 let file = value.split('"').next().unwrap();
                 std::fs::write(file, "dummy-secret-value\n").unwrap();
+                std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                    .unwrap();
             }
         }
         let copy = dir.path().join(path.file_name().unwrap());

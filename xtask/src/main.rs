@@ -2,7 +2,10 @@
 //!
 //! - `build-ebpf`: installs what the eBPF build needs (nightly `rust-src`, `bpf-linker` 0.10.x)
 //!   when missing, then builds `ingest-ebpf` for bpfel.
-//! - `ci`: test prerequisites (apt packages), `build-ebpf`, then `cargo test --workspace`.
+//! - `ci`: test prerequisites (apt packages), `build-ebpf`, `cargo test --workspace`, then the
+//!   package check (`deb.rs`): build the .deb, `dpkg -i` it, verify, purge it again.
+//! - `deb`: `build-ebpf`, then build the .deb (installing cargo-deb if missing).
+//! - `deb-check`: `build-ebpf`, then the package check alone.
 //! - `run`: `build-ebpf`, then `cargo run --release --bin sluice -- run …`.
 
 use std::{
@@ -14,6 +17,8 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 include!("ebpf.rs");
+
+mod deb;
 
 /// bpf-linker 0.10 loads the nightly toolchain's own LLVM; newer releases default to an LLVM
 /// that this nightly cannot link against.
@@ -36,6 +41,10 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         test_args: Vec<String>,
     },
+    /// Build the eBPF object, then the .deb (target/debian/).
+    Deb,
+    /// What `ci` runs after the tests: build the .deb, `dpkg -i`, verify, `dpkg --purge`.
+    DebCheck,
     /// Build the eBPF object, then `cargo run --release --bin sluice -- run <args>`.
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -49,7 +58,16 @@ fn main() -> anyhow::Result<()> {
         Task::Ci { test_args } => {
             install_test_prerequisites()?;
             build_ebpf()?;
-            run(cargo().args(["test", "--workspace"]).args(test_args))
+            run(cargo().args(["test", "--workspace"]).args(test_args))?;
+            deb::check_deb_package()
+        }
+        Task::DebCheck => {
+            build_ebpf()?;
+            deb::check_deb_package()
+        }
+        Task::Deb => {
+            build_ebpf()?;
+            deb::build_deb().map(|deb| eprintln!("xtask: built {}", deb.display()))
         }
         Task::Run { args } => {
             build_ebpf()?;
@@ -151,12 +169,16 @@ fn install_ebpf_toolchain() -> anyhow::Result<()> {
 }
 
 /// Tools the tests call: `ip` (iproute2) and `mount` (util-linux) for the root-only
-/// network-namespace tests, `logger` (bsdutils on Debian/Ubuntu) for the daemon end-to-end test.
+/// network-namespace tests, `logger` (bsdutils on Debian/Ubuntu) for the daemon end-to-end test,
+/// and what the .deb check needs.
 fn install_test_prerequisites() -> anyhow::Result<()> {
     let missing: Vec<&str> = [
         ("ip", "iproute2"),
         ("mount", "util-linux"),
         ("logger", "bsdutils"),
+        // The package check: cargo-deb's `$auto` dependencies and `systemd-analyze verify`.
+        ("dpkg-shlibdeps", "dpkg-dev"),
+        ("systemd-analyze", "systemd"),
     ]
     .into_iter()
     .filter(|(tool, _)| output_of("sh", &["-c", &format!("command -v {tool}")]).is_none())

@@ -12,7 +12,15 @@ pub struct CheckConfigArgs {
 }
 
 pub fn run(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
-    match Config::load(&args.file) {
+    let loaded = Config::load(&args.file)
+        .map_err(|e| e.to_string())
+        .and_then(|config| {
+            config
+                .check_secret_file_modes()
+                .map_err(|e| format!("{}: {e}", args.file.display()))
+                .map(|()| config)
+        });
+    match loaded {
         Ok(config) => {
             println!(
                 "# {}: valid. Effective config (defaults filled in, secrets redacted):",

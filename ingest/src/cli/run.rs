@@ -1,6 +1,6 @@
 //! `sluice run`: start the appliance and run until SIGINT/SIGTERM.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +29,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Config::embedded_default()?
         }
     };
+    config
+        .check_secret_file_modes()
+        .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
+    let identity = privilege_target(&config)?;
 
     // SIGINT/SIGTERM ask for a graceful drain; a second one while draining exits at once.
     let stop = Arc::new(AtomicBool::new(false));
@@ -60,6 +64,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     })
     .context("starting the pipeline")?;
+    if let Some(identity) = &identity
+        && let Err(e) = drop_root(&config, identity, xdp.as_ref())
+    {
+        pipeline.shutdown();
+        return Err(e);
+    }
     tracing::info!(
         "sluice {} running; SIGINT or SIGTERM to stop",
         env!("CARGO_PKG_VERSION")
@@ -97,6 +107,72 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The identity `user`/`group` name, checked before anything is bound: the user exists, the
+/// process may switch to it, and it will be able to write where file sinks write.
+fn privilege_target(config: &Config) -> anyhow::Result<Option<crate::privileges::Identity>> {
+    let Some(user) = &config.user else {
+        return Ok(None);
+    };
+    let identity = crate::privileges::Identity::resolve(user, config.group.as_deref())?;
+    // data_dir is re-owned recursively at every start: never a system directory by mistake.
+    let absolute = std::path::absolute(&config.data_dir)?;
+    let shared = [
+        "/var/lib",
+        "/var/log",
+        "/var/cache",
+        "/var/spool",
+        "/var/tmp",
+        "/usr/local",
+    ];
+    let system = [
+        "/proc", "/sys", "/dev", "/usr", "/etc", "/boot", "/bin", "/sbin", "/lib",
+    ];
+    if absolute.components().count() < 3
+        || shared.iter().any(|d| absolute == Path::new(d))
+        || system.iter().any(|d| absolute.starts_with(d))
+    {
+        anyhow::bail!(
+            "data_dir {}: too close to / to hand over to user {user} recursively; use a \
+             directory of its own such as /var/lib/sluice",
+            absolute.display()
+        );
+    }
+    for (name, sink) in &config.sinks {
+        if let crate::config::SinkKind::File(file) = &sink.kind
+            && !file.path.starts_with(&config.data_dir)
+            && !identity.can_write_dir(&file.path)
+        {
+            anyhow::bail!(
+                "sinks.{name}.path: {} is not a directory user {user} can write; \
+                 create it and `chown {user} {}`, or put it under data_dir ({}), which sluice hands to {user}",
+                file.path.display(),
+                file.path.display(),
+                config.data_dir.display()
+            );
+        }
+    }
+    Ok(Some(identity))
+}
+
+/// Capabilities kept after the switch: none without XDP; with XDP `CAP_BPF`, which kernels
+/// before 6.5 require for any `bpf()` call by a non-root process when
+/// `kernel.unprivileged_bpf_disabled` is set (Debian's default) — the counter reads behind
+/// `sluice_xdp_*`. Detaching needs nothing (bpf_link fds; the pins are handed to the user).
+fn drop_root(
+    config: &Config,
+    identity: &crate::privileges::Identity,
+    xdp: Option<&crate::xdp::XdpHandle>,
+) -> anyhow::Result<()> {
+    let mut own = vec![config.data_dir.clone()];
+    let mut keep = Vec::new();
+    if let Some(handle) = xdp {
+        own.push(handle.pin_dir().to_path_buf());
+        keep.push(caps::Capability::CAP_BPF);
+    }
+    crate::privileges::drop_privileges(identity, &keep, &own)
+        .with_context(|| format!("switching to user {}", identity.user))
 }
 
 const XDP_METRICS_EVERY: Duration = Duration::from_secs(2);

@@ -62,6 +62,13 @@ pub struct Config {
     /// Where state (spool, dead letters) lives.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// Started as root, switch to this user once sockets are bound and XDP is loaded
+    /// (see `crate::privileges`). Unset: keep the identity sluice was started with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Primary group after the switch; default: the user's login group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     #[serde(default)]
     pub metrics: MetricsConfig,
     #[serde(default)]
@@ -838,6 +845,11 @@ impl Config {
         Ok(config)
     }
 
+    /// Refuses to go on when a secret file (`*_file`) is accessible by group or others.
+    pub fn check_secret_file_modes(&self) -> Result<(), String> {
+        secret::check_secret_file_modes(&secret::secret_files(self))
+    }
+
     /// The effective config as TOML, every secret replaced by [`secret::REDACTED`].
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self)
@@ -864,6 +876,9 @@ impl Config {
                 "sinks".into(),
                 "at least one [sinks.NAME] is required".into(),
             ));
+        }
+        if self.group.is_some() && self.user.is_none() {
+            return Err(("group".into(), "`group` needs `user`".into()));
         }
         if self.sources.len() > u16::MAX as usize {
             return Err(("sources".into(), "too many sources".into()));

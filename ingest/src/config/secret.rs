@@ -59,6 +59,77 @@ impl Secret {
     }
 }
 
+/// `*_file` keys that name public material (certificates, CA bundles): any mode is fine.
+fn is_public_file_key(key: &str) -> bool {
+    key.ends_with("cert_file") || key.ends_with("ca_file")
+}
+
+/// Every secret file the config names, as `(dotted key, path)`: keys ending in `_file` (except
+/// certificates and CA bundles) and `file` inside `secret_headers`. Found by walking the
+/// serialized config, so a table added later is covered without a list to keep in sync.
+pub fn secret_files(config: &impl serde::Serialize) -> Vec<(String, PathBuf)> {
+    fn walk(
+        value: &toml::Value,
+        key: &str,
+        in_secret_table: bool,
+        out: &mut Vec<(String, PathBuf)>,
+    ) {
+        match value {
+            toml::Value::Table(table) => {
+                for (name, child) in table {
+                    let dotted = if key.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{key}.{name}")
+                    };
+                    let secret_table = in_secret_table || name == "secret_headers";
+                    walk(child, &dotted, secret_table, out);
+                }
+            }
+            toml::Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    walk(child, &format!("{key}[{i}]"), in_secret_table, out);
+                }
+            }
+            toml::Value::String(path) => {
+                let last = key.rsplit('.').next().unwrap_or(key);
+                let secret = (last.ends_with("_file") && !is_public_file_key(last))
+                    || (in_secret_table && last == "file");
+                if secret {
+                    out.push((key.to_owned(), PathBuf::from(path)));
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(value) = toml::Value::try_from(config) {
+        walk(&value, "", false, &mut out);
+    }
+    out
+}
+
+/// Refuses secret files that group or others may access: the first offender, with the fix.
+pub fn check_secret_file_modes(files: &[(String, PathBuf)]) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    for (key, path) in files {
+        let mode = std::fs::metadata(path)
+            .map_err(|e| format!("`{key}`: cannot stat {}: {e}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "`{key}`: secret file {} is accessible by group or others (mode {:04o}); \
+                 restrict it with `chmod 600 {}` (owned by the user sluice runs as, or root)",
+                path.display(),
+                mode & 0o7777,
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Secret({REDACTED})")
@@ -99,6 +170,49 @@ mod tests {
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(json, format!("\"{REDACTED}\""));
         assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn secret_files_are_found_and_loose_modes_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        let header = dir.path().join("header");
+        let cert = dir.path().join("cert.pem");
+        for p in [&token, &header, &cert] {
+            std::fs::write(p, "x\n").unwrap();
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let config: toml::Value = toml::from_str(&format!(
+            "[metrics]\nbearer_token_file = {token:?}\n\
+             [sources.t]\ncert_file = {cert:?}\n\
+             [sinks.h.secret_headers.X-Key]\nfile = {header:?}\n"
+        ))
+        .unwrap();
+        let mut found = secret_files(&config);
+        found.sort();
+        assert_eq!(
+            found,
+            vec![
+                ("metrics.bearer_token_file".to_string(), token.clone()),
+                (
+                    "sinks.h.secret_headers.X-Key.file".to_string(),
+                    header.clone()
+                ),
+            ]
+        );
+        check_secret_file_modes(&found).unwrap();
+        std::fs::set_permissions(&header, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = check_secret_file_modes(&found).unwrap_err();
+        assert!(err.contains("sinks.h.secret_headers.X-Key.file"), "{err}");
+        assert!(err.contains("mode 0644"), "{err}");
+        assert!(
+            err.contains(&format!("chmod 600 {}", header.display())),
+            "{err}"
+        );
+        std::fs::set_permissions(&header, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(check_secret_file_modes(&found).is_err());
     }
 
     #[test]
