@@ -3,8 +3,8 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use crossbeam::channel::{Receiver, Sender};
@@ -14,7 +14,16 @@ use crate::config::{SinkConfig, SinkKind};
 use crate::metrics::SinkCounters;
 use crate::pipeline::Totals;
 use crate::sink::runtime::{Enqueued, SinkHandle, SinkMetrics, SinkRuntime};
+use crate::sink::file::FileSink;
 use crate::sink::{Batch, Delivery, Sink};
+
+/// Unix ms of `at` (an `Instant` in the past).
+fn unix_ms(at: Instant) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    now.saturating_sub(at.elapsed().as_millis() as u64)
+}
 
 /// Moves sealed batches from the workers into the spool. `enqueue` blocks under
 /// `when_full = "block"`, which fills the sink queue, then the workers' queues: TCP readers
@@ -32,7 +41,10 @@ impl SinkStage {
     pub fn run(self) {
         for sealed in self.queue.iter() {
             let events = sealed.batch.events;
-            let dropped = match self.handle.enqueue(&sealed.batch) {
+            let dropped = match self
+                .handle
+                .enqueue_created(&sealed.batch, unix_ms(sealed.opened_at))
+            {
                 Enqueued::Accepted { dropped_events, .. } => {
                     if dropped_events > 0 {
                         tracing::warn!(sink = %self.name, events = dropped_events,
@@ -52,6 +64,79 @@ impl SinkStage {
             let mut buf = sealed.batch.ndjson;
             buf.clear();
             let _ = self.spare.try_send(buf);
+        }
+    }
+}
+
+/// A file sink without a spool (`use_spool = false`, the default): each of its
+/// `compression_threads` threads takes sealed batches straight from the sink queue, compresses
+/// and writes them. The batch files are themselves the durable copy; a spool in front would
+/// write every byte twice, fsync it and read it back. A failing write is retried (the queue
+/// fills meanwhile: TCP readers stop, UDP readers pause and the kernel buffer absorbs), and
+/// given up on only once shutdown has lasted `grace` (counted as sink-dropped).
+pub(super) struct FileStage {
+    pub name: String,
+    pub sink: Arc<FileSink>,
+    pub queue: Receiver<SealedBatch>,
+    pub spare: Sender<Vec<u8>>,
+    pub counters: SinkCounters,
+    pub totals: Arc<Totals>,
+    pub stopping: Arc<AtomicBool>,
+    pub grace: Duration,
+}
+
+impl FileStage {
+    pub fn run(self) {
+        for sealed in self.queue.iter() {
+            self.write(&sealed);
+            let mut buf = sealed.batch.ndjson;
+            buf.clear();
+            let _ = self.spare.try_send(buf);
+        }
+    }
+
+    fn write(&self, sealed: &SealedBatch) {
+        let batch = &sealed.batch;
+        let mut backoff = Duration::from_millis(50);
+        let mut stop_seen: Option<Instant> = None;
+        loop {
+            let started = Instant::now();
+            match self.sink.write_batch(batch, sealed.core) {
+                Ok(file) => {
+                    let c = &self.counters;
+                    c.compress.record(file.compress_time.as_secs_f64());
+                    c.write
+                        .record(started.elapsed().saturating_sub(file.compress_time).as_secs_f64());
+                    c.end_to_end
+                        .record(sealed.opened_at.elapsed().as_secs_f64());
+                    c.events.increment(batch.events);
+                    c.batches.increment(1);
+                    c.bytes_raw.increment(batch.ndjson.len() as u64);
+                    c.bytes_compressed.increment(file.compressed_bytes);
+                    self.totals
+                        .sink_events
+                        .fetch_add(batch.events, Ordering::Relaxed);
+                    self.totals.sink_batches.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Err(e) => {
+                    self.counters.errors.increment(1);
+                    if self.stopping.load(Ordering::Relaxed)
+                        && stop_seen.get_or_insert_with(Instant::now).elapsed() >= self.grace
+                    {
+                        tracing::error!(sink = %self.name, events = batch.events,
+                            "writing a batch still fails after the shutdown grace period; dropped: {e}");
+                        self.counters.dropped_events.increment(batch.events);
+                        self.totals
+                            .sink_dropped_events
+                            .fetch_add(batch.events, Ordering::Relaxed);
+                        return;
+                    }
+                    tracing::warn!(sink = %self.name, retry_in = ?backoff, "writing a batch failed: {e}");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
         }
     }
 }
