@@ -597,3 +597,22 @@ impl Pipeline {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pinning_stays_inside_the_affinity_mask() {
+        let all = super::allowed_cpus();
+        assert!(!all.is_empty());
+        // As if started under `taskset -c <last>`: only that CPU may be used.
+        let last = *all.last().unwrap();
+        std::thread::spawn(move || {
+            assert!(core_affinity::set_for_current(core_affinity::CoreId {
+                id: last
+            }));
+            assert_eq!(super::allowed_cpus(), vec![last]);
+        })
+        .join()
+        .unwrap();
+    }
+}

@@ -287,3 +287,81 @@ pub(super) fn start(
     }
     Ok(handle)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::file::FileSinkConfig;
+
+    #[test]
+    fn file_stage_names_files_by_core_and_records_end_to_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let config: FileSinkConfig = toml::from_str(&format!(
+            "path = {:?}\ncompression = \"none\"\n",
+            dir.path().display().to_string()
+        ))
+        .unwrap();
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let counters = metrics::with_local_recorder(&recorder, || SinkCounters::register("f"));
+        let totals = Arc::new(Totals::default());
+        let (tx, rx) = crossbeam::channel::bounded(2);
+        let (spare_tx, spare_rx) = crossbeam::channel::bounded(2);
+        let stage = FileStage {
+            name: "f".into(),
+            sink: Arc::new(FileSink::new("f", config).unwrap()),
+            queue: rx,
+            spare: spare_tx,
+            counters,
+            totals: totals.clone(),
+            stopping: Arc::new(AtomicBool::new(false)),
+            grace: Duration::from_secs(1),
+        };
+        for core in [1usize, 3] {
+            tx.send(SealedBatch {
+                batch: Batch {
+                    events: 2,
+                    ndjson: format!("{{\"c\":{core}}}\n{{\"c\":{core}}}\n").into_bytes(),
+                },
+                core,
+                opened_at: Instant::now() - Duration::from_millis(30),
+            })
+            .unwrap();
+        }
+        drop(tx);
+        stage.run();
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort_by_key(|n| n.contains("-3-"));
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names[0].ends_with("-1-000000.ndjson"), "{names:?}");
+        assert!(names[1].ends_with("-3-000001.ndjson"), "{names:?}");
+        assert_eq!(
+            std::fs::read(dir.path().join(&names[1])).unwrap(),
+            b"{\"c\":3}\n{\"c\":3}\n"
+        );
+        let s = totals.summary();
+        assert_eq!((s.sink_events, s.sink_batches), (4, 2));
+        assert_eq!(spare_rx.try_iter().filter(|b| b.is_empty()).count(), 2);
+        let text = handle.render();
+        let count = text
+            .lines()
+            .find(|l| {
+                l.starts_with("sluice_stage_duration_seconds_count")
+                    && l.contains("stage=\"end_to_end\"")
+            })
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(count.ends_with(" 2"), "{count}");
+        let sum = text
+            .lines()
+            .find(|l| {
+                l.starts_with("sluice_stage_duration_seconds_sum")
+                    && l.contains("stage=\"end_to_end\"")
+            })
+            .unwrap();
+        let sum: f64 = sum.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(sum >= 0.06, "both batches waited ≥ 30 ms: {sum}");
+    }
+}
