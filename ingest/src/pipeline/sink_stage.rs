@@ -13,8 +13,8 @@ use crate::batch::SealedBatch;
 use crate::config::{SinkConfig, SinkKind};
 use crate::metrics::SinkCounters;
 use crate::pipeline::Totals;
-use crate::sink::runtime::{Enqueued, SinkHandle, SinkMetrics, SinkRuntime};
 use crate::sink::file::FileSink;
+use crate::sink::runtime::{Enqueued, SinkHandle, SinkMetrics, SinkRuntime};
 use crate::sink::{Batch, Delivery, Sink};
 
 /// Unix ms of `at` (an `Instant` in the past).
@@ -105,8 +105,12 @@ impl FileStage {
                 Ok(file) => {
                     let c = &self.counters;
                     c.compress.record(file.compress_time.as_secs_f64());
-                    c.write
-                        .record(started.elapsed().saturating_sub(file.compress_time).as_secs_f64());
+                    c.write.record(
+                        started
+                            .elapsed()
+                            .saturating_sub(file.compress_time)
+                            .as_secs_f64(),
+                    );
                     c.end_to_end
                         .record(sealed.opened_at.elapsed().as_secs_f64());
                     c.events.increment(batch.events);
