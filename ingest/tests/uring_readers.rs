@@ -95,7 +95,7 @@ fn udp_200k_datagrams_arrive_intact_with_peers() {
     let target = rx.local_addr().unwrap();
     let mut kernel_drops = KernelDrops::new(&rx, "test").unwrap();
     // The queue holds more batches than the window has datagrams: the worker never lags enough
-    // to fill it (a full queue is counted, not lost silently: see udp_full_queue_drops_and_counts).
+    // to fill it (a full queue pauses the reader: see udp_full_queue_pauses_reading_and_loses_nothing).
     let mut h = harness(
         2048,
         512,
@@ -285,10 +285,11 @@ fn udp_truncation_is_flagged() {
 }
 
 #[test]
-fn udp_full_queue_drops_and_counts() {
+fn udp_full_queue_pauses_reading_and_loses_nothing() {
     let rx = udp_socket(8 << 20);
     let target = rx.local_addr().unwrap();
-    // One-batch queue and nobody draining it.
+    // One-batch queue and, at first, nobody draining it: the reader must stop reading and
+    // leave the rest in the socket's receive buffer instead of reading and dropping.
     let mut h = harness(1, 10, FrameLimits::default());
     let ctx = h.ctx.take().unwrap();
     let reader = thread::spawn(move || uring::run_udp_with(rx, ctx, &UringOptions::default()));
@@ -298,12 +299,20 @@ fn udp_full_queue_drops_and_counts() {
             .unwrap();
     }
     thread::sleep(Duration::from_millis(300));
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while seen.len() < 500 && Instant::now() < deadline {
+        if let Ok(batch) = h.batches.recv_timeout(Duration::from_millis(100)) {
+            for f in &batch.frames {
+                seen.push(String::from_utf8(batch.frame(f).to_vec()).unwrap());
+            }
+        }
+    }
     h.shutdown.store(true, Ordering::Relaxed);
     let totals = reader.join().unwrap().unwrap();
-    let queued: u64 = h.batches.try_iter().map(|b| b.len() as u64).sum();
-    assert_eq!(totals.messages, 500);
-    assert!(totals.dropped_queue_full > 0);
-    assert_eq!(queued + totals.dropped_queue_full, 500);
+    let want: Vec<String> = (0..500).map(|i| format!("message {i}")).collect();
+    assert_eq!(seen, want);
+    assert_eq!((totals.messages, totals.dropped_queue_full), (500, 0));
 }
 
 #[test]

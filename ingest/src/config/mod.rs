@@ -184,11 +184,15 @@ pub struct PipelineConfig {
     /// Parser workers (one per core by default). Readers of core `i` feed worker `i % workers`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
-    /// Capacity of each worker's input queue, in reader batches. When full, TCP readers wait and
-    /// UDP readers drop (counted as `queue_full`).
+    /// Capacity of each worker's input queue, in reader batches (each at most `batch_max_frames`
+    /// frames or 256 KiB). When full, readers stop reading: TCP pushes back on the sender, UDP
+    /// leaves datagrams in the socket's receive buffer (`receive_buffer_bytes`), whose
+    /// overflow the kernel counts (`reason="kernel_rcvbuf"`).
     #[serde(default = "default_queue_batches")]
     pub queue_batches: usize,
     /// Capacity of each sink's queue of finished batches waiting for compression and delivery.
+    /// Each holds up to the sink's `batch_max_bytes`, so this multiplies memory: with the
+    /// defaults, (workers + this + compression threads) × 4 MiB per sink at most.
     #[serde(default = "default_sink_queue_batches")]
     pub sink_queue_batches: usize,
     /// Pin readers and workers to their core.
@@ -238,11 +242,12 @@ impl Default for PipelineConfig {
 }
 
 fn default_queue_batches() -> usize {
-    // With ~256 frames or 256 KiB per batch: at most ~16 MiB queued per worker.
-    64
+    // At most 256 frames or 256 KiB per batch: ≤ 4 MiB queued per worker. Bursts beyond it
+    // wait in the socket buffers (kernel memory, sized by `receive_buffer_bytes`).
+    16
 }
 fn default_sink_queue_batches() -> usize {
-    8
+    2
 }
 
 pub fn available_cores() -> usize {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 /// At most one kernel-drop warning per socket this often.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
-use crossbeam::channel::{Receiver, Sender, TrySendError};
+use crossbeam::channel::{Receiver, SendTimeoutError, Sender};
 
 use crate::event::Timestamp;
 use crate::frame::{FrameEvent, FrameLimits, Framing, OversizePolicy, StreamFramer};
@@ -173,10 +173,7 @@ pub fn run_udp(socket: UdpSocket, ctx: ReaderContext) -> std::io::Result<()> {
     let mut bufs = MmsgBuffers::new(slots, slot_bytes);
     let mut last_kernel_drops: u32 = 0;
     let mut last_warned: Option<Instant> = None;
-    // The batch being filled. When the worker queue is full it is kept and filled further (up
-    // to a cap), so a burst coalesces into fewer, larger hand-overs instead of being dropped.
     let mut batch = fresh_batch(&ctx.recycled, ctx.source_index);
-    let max_pending_frames = slots.saturating_mul(UDP_PENDING_FACTOR);
     let allow = ctx.guard.allowlist().clone();
 
     while !ctx.shutdown.load(Ordering::Relaxed) {
@@ -198,7 +195,7 @@ pub fn run_udp(socket: UdpSocket, ctx: ReaderContext) -> std::io::Result<()> {
                 std::io::ErrorKind::WouldBlock
                 | std::io::ErrorKind::TimedOut
                 | std::io::ErrorKind::Interrupted => {
-                    if !batch.is_empty() && !offer(&mut batch, &ctx, usize::MAX, usize::MAX) {
+                    if !batch.is_empty() && !hand_over_udp(&mut batch, &ctx) {
                         return Ok(());
                     }
                     continue;
@@ -258,8 +255,7 @@ pub fn run_udp(socket: UdpSocket, ctx: ReaderContext) -> std::io::Result<()> {
         if not_allowed > 0 {
             ctx.counters.dropped_not_allowed.increment(not_allowed);
         }
-        if !batch.is_empty() && !offer(&mut batch, &ctx, max_pending_frames, UDP_PENDING_MAX_BYTES)
-        {
+        if !batch.is_empty() && !hand_over_udp(&mut batch, &ctx) {
             return Ok(());
         }
     }
@@ -277,33 +273,31 @@ pub fn run_udp(socket: UdpSocket, ctx: ReaderContext) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A full batch may grow to this many times `batch_max_frames` while the queue is full.
-const UDP_PENDING_FACTOR: usize = 16;
-const UDP_PENDING_MAX_BYTES: usize = 8 << 20;
 const UDP_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Offers `batch` to the worker without waiting. On success `batch` becomes a fresh one. On a
-/// full queue it is kept to be filled further, unless it has reached the cap, in which case
-/// its messages are dropped and counted as `queue_full`. False when the worker is gone.
-fn offer(batch: &mut FrameBatch, ctx: &ReaderContext, max_frames: usize, max_bytes: usize) -> bool {
-    let full = std::mem::take(batch);
-    match ctx.to_worker.try_send(full) {
-        Ok(()) => {
-            *batch = fresh_batch(&ctx.recycled, ctx.source_index);
-            true
-        }
-        Err(TrySendError::Full(back)) => {
-            *batch = back;
-            if batch.len() >= max_frames || batch.data.len() >= max_bytes {
-                ctx.counters
-                    .dropped_queue_full
-                    .increment(batch.len() as u64);
-                batch.clear();
-                batch.source = ctx.source_index;
+/// Hands `batch` to the worker, waiting while its queue is full: the reader stops reading, so
+/// the socket's receive buffer (`receive_buffer_bytes`) absorbs the burst and only what
+/// overflows it is lost, counted by the kernel (`reason="kernel_rcvbuf"`). Reading on and
+/// dropping here would lose datagrams while that buffer sat empty. On success `batch` becomes
+/// a fresh one; at shutdown it is left in place for the final hand-over. False when the worker
+/// is gone.
+fn hand_over_udp(batch: &mut FrameBatch, ctx: &ReaderContext) -> bool {
+    let mut full = std::mem::take(batch);
+    loop {
+        match ctx.to_worker.send_timeout(full, SHUTDOWN_POLL) {
+            Ok(()) => {
+                *batch = fresh_batch(&ctx.recycled, ctx.source_index);
+                return true;
             }
-            true
+            Err(SendTimeoutError::Timeout(back)) => {
+                if ctx.shutdown.load(Ordering::Relaxed) {
+                    *batch = back;
+                    return true;
+                }
+                full = back;
+            }
+            Err(SendTimeoutError::Disconnected(_)) => return false,
         }
-        Err(TrySendError::Disconnected(_)) => false,
     }
 }
 
@@ -674,7 +668,7 @@ mod tests {
     }
 
     #[test]
-    fn udp_coalesces_then_counts_queue_full() {
+    fn udp_pauses_on_a_full_queue_and_loses_nothing() {
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         let counters = metrics::with_local_recorder(&recorder, || ReaderCounters::register("q"));
@@ -685,44 +679,44 @@ mod tests {
         let shutdown = Arc::new(AtomicBool::new(false));
         let mut ctx = context(tx, rrx, shutdown.clone());
         ctx.counters = counters;
-        // One datagram per recvmmsg; a held batch may reach 16 frames before it is dropped.
         ctx.batch_max_frames = 1;
         let reader = std::thread::spawn(move || run_udp(socket, ctx));
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();
         for i in 0..20 {
             client.send_to(format!("m{i}").as_bytes(), addr).unwrap();
-            std::thread::sleep(Duration::from_millis(5));
         }
-        let dropped = |text: &str| {
-            text.contains("sluice_dropped_messages_total{source=\"q\",reason=\"queue_full\"} 16")
+        // Nobody takes from the queue: the reader holds one batch, the queue one, and the
+        // rest waits in the socket's receive buffer instead of being read and dropped.
+        std::thread::sleep(Duration::from_millis(300));
+        let no_queue_full = |text: &str| {
+            text.lines()
+                .filter(|l| l.contains("reason=\"queue_full\""))
+                .all(|l| l.ends_with(" 0"))
         };
-        let started = std::time::Instant::now();
-        while !dropped(&handle.render()) {
-            assert!(
-                started.elapsed() < Duration::from_secs(5),
-                "{}",
-                handle.render()
+        let text = handle.render();
+        assert!(no_queue_full(&text), "{text}");
+        let received = |text: &str| {
+            text.lines()
+                .find(|l| l.starts_with("sluice_received_messages_total{source=\"q\"}"))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        assert!(received(&text) <= 2, "{text}");
+        let mut names = Vec::new();
+        while names.len() < 20 {
+            let b = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            names.extend(
+                b.frames
+                    .iter()
+                    .map(|f| String::from_utf8(b.frame(f).to_vec()).unwrap()),
             );
-            std::thread::sleep(Duration::from_millis(10));
         }
-        // At shutdown the held batch is handed over once the queue has room.
+        let want: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+        assert_eq!(names, want);
         shutdown.store(true, Ordering::Relaxed);
-        let first = rx.recv_timeout(Duration::from_secs(1)).unwrap();
-        let last = rx.recv_timeout(Duration::from_secs(5)).unwrap();
         reader.join().unwrap().unwrap();
-        let names = |b: &FrameBatch| {
-            b.frames
-                .iter()
-                .map(|f| String::from_utf8(b.frame(f).to_vec()).unwrap())
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(names(&first), ["m0"]);
-        assert_eq!(names(&last), ["m17", "m18", "m19"]);
-        assert!(dropped(&handle.render()), "{}", handle.render());
-        assert!(
-            handle
-                .render()
-                .contains("sluice_received_messages_total{source=\"q\"} 20")
-        );
+        let text = handle.render();
+        assert_eq!(received(&text), 20, "{text}");
+        assert!(no_queue_full(&text), "{text}");
     }
 }

@@ -116,6 +116,16 @@ fn kernel_drop_counter(source: &str, totals: &Arc<Totals>) -> metrics::Counter {
     tee(inner, totals, |t| &t.dropped_kernel_rcvbuf)
 }
 
+/// The CPUs this process may run on (its affinity mask at start-up), in order. Threads are
+/// pinned to these, so a daemon started under `taskset -c 1` (or in a cpuset) stays inside its
+/// set instead of moving to CPU 0.
+fn allowed_cpus() -> Vec<usize> {
+    core_affinity::get_core_ids()
+        .map(|ids| ids.into_iter().map(|c| c.id).collect::<Vec<_>>())
+        .filter(|ids| !ids.is_empty())
+        .unwrap_or_else(|| (0..available_cores()).collect())
+}
+
 /// Reads the current length of one queue.
 type QueueLen = Box<dyn Fn() -> usize + Send>;
 
@@ -168,6 +178,7 @@ impl Pipeline {
             backend.name()
         );
         let cores = available_cores();
+        let cpus = allowed_cpus();
         let worker_count = config.pipeline.worker_count();
         let pin = config.pipeline.pin_threads;
         let totals = Arc::new(Totals::default());
@@ -283,40 +294,72 @@ impl Pipeline {
         let mut sink_handles = Vec::new();
         let mut sink_ports = Vec::new();
         let mut depth_gauges: Vec<(metrics::Gauge, QueueLen)> = Vec::new();
+        let reader_stop = Arc::new(AtomicBool::new(false));
+        let shutdown_grace = Duration::from_millis(config.pipeline.shutdown_grace_ms);
         for (name, sink) in &config.sinks {
             let counters = crate::metrics::SinkCounters::register(name);
-            let handle = {
-                let _entered = runtime.enter();
-                Arc::new(sink_stage::start(
-                    name,
-                    sink,
-                    &config.data_dir,
-                    counters.clone(),
-                    totals.clone(),
-                )?)
-            };
-            sink_runtimes.push((name.clone(), handle.clone()));
             let (tx, rx) = bounded(config.pipeline.sink_queue_batches);
             let depth = rx.clone();
             depth_gauges.push((
                 crate::metrics::queue_depth_gauge("sink", name.clone()),
                 Box::new(move || depth.len()),
             ));
+            // Emptied batch buffers go back to the workers; one per batch that can be in
+            // flight at once is enough, more would only pin memory.
             let (spare_tx, spare_rx) =
                 bounded(config.pipeline.sink_queue_batches + worker_count + 1);
-            let stage = sink_stage::SinkStage {
-                name: name.clone(),
-                handle,
-                queue: rx,
-                spare: spare_tx,
-                counters: counters.clone(),
-                totals: totals.clone(),
-            };
-            sink_handles.push(
-                std::thread::Builder::new()
-                    .name(format!("sluice-sink-{name}"))
-                    .spawn(move || stage.run())?,
-            );
+            match &sink.kind {
+                crate::config::SinkKind::File(f) if !f.use_spool => {
+                    let file = Arc::new(
+                        crate::sink::file::FileSink::new(name, f.clone()).with_context(|| {
+                            format!("sink `{name}`: cannot open directory {}", f.path.display())
+                        })?,
+                    );
+                    for thread in 0..f.compression_threads {
+                        let stage = sink_stage::FileStage {
+                            name: name.clone(),
+                            sink: file.clone(),
+                            queue: rx.clone(),
+                            spare: spare_tx.clone(),
+                            counters: counters.clone(),
+                            totals: totals.clone(),
+                            stopping: reader_stop.clone(),
+                            grace: shutdown_grace,
+                        };
+                        sink_handles.push(
+                            std::thread::Builder::new()
+                                .name(format!("sluice-file-{name}-{thread}"))
+                                .spawn(move || stage.run())?,
+                        );
+                    }
+                }
+                _ => {
+                    let handle = {
+                        let _entered = runtime.enter();
+                        Arc::new(sink_stage::start(
+                            name,
+                            sink,
+                            &config.data_dir,
+                            counters.clone(),
+                            totals.clone(),
+                        )?)
+                    };
+                    sink_runtimes.push((name.clone(), handle.clone()));
+                    let stage = sink_stage::SinkStage {
+                        name: name.clone(),
+                        handle,
+                        queue: rx,
+                        spare: spare_tx,
+                        counters: counters.clone(),
+                        totals: totals.clone(),
+                    };
+                    sink_handles.push(
+                        std::thread::Builder::new()
+                            .name(format!("sluice-sink-{name}"))
+                            .spawn(move || stage.run())?,
+                    );
+                }
+            }
             sink_ports.push(worker::SinkPort {
                 schema: sink.schema(),
                 kinds: sink.routing().kinds.to_vec(),
@@ -368,7 +411,7 @@ impl Pipeline {
                 parse: config.parse.options(),
                 totals: totals.clone(),
             });
-            let pin_core = core % cores;
+            let pin_core = cpus[core % cpus.len()];
             worker_handles.push(
                 std::thread::Builder::new()
                     .name(format!("sluice-worker-{core}"))
@@ -389,7 +432,6 @@ impl Pipeline {
         drop(sink_ports);
 
         // Readers.
-        let reader_stop = Arc::new(AtomicBool::new(false));
         let reader_counters: Vec<ReaderCounters> = source_names
             .iter()
             .map(|name| {
@@ -449,7 +491,7 @@ impl Pipeline {
             let ctx = ReaderContext {
                 source_index: index as u16,
                 source_name: source_names[index].clone(),
-                core: thread % cores,
+                core: cpus[thread % cpus.len()],
                 limits: settings.limits,
                 framing: settings.framing,
                 batch_max_frames: settings.batch_max_frames,
@@ -531,7 +573,7 @@ impl Pipeline {
             reader_stop,
             runtime: Some(runtime),
             sink_runtimes,
-            shutdown_grace: Duration::from_millis(config.pipeline.shutdown_grace_ms),
+            shutdown_grace,
             maintenance_stop,
             readers,
             workers: worker_handles,
@@ -625,5 +667,24 @@ impl Pipeline {
             "shut down"
         );
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pinning_stays_inside_the_affinity_mask() {
+        let all = super::allowed_cpus();
+        assert!(!all.is_empty());
+        // As if started under `taskset -c <last>`: only that CPU may be used.
+        let last = *all.last().unwrap();
+        std::thread::spawn(move || {
+            assert!(core_affinity::set_for_current(core_affinity::CoreId {
+                id: last
+            }));
+            assert_eq!(super::allowed_cpus(), vec![last]);
+        })
+        .join()
+        .unwrap();
     }
 }

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use crossbeam::channel::{Receiver, Sender};
@@ -13,8 +13,17 @@ use crate::batch::SealedBatch;
 use crate::config::{SinkConfig, SinkKind};
 use crate::metrics::SinkCounters;
 use crate::pipeline::Totals;
+use crate::sink::file::FileSink;
 use crate::sink::runtime::{Enqueued, SinkHandle, SinkMetrics, SinkRuntime};
 use crate::sink::{Batch, Delivery, Sink};
+
+/// Unix ms of `at` (an `Instant` in the past).
+fn unix_ms(at: Instant) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    now.saturating_sub(at.elapsed().as_millis() as u64)
+}
 
 /// Moves sealed batches from the workers into the spool. `enqueue` blocks under
 /// `when_full = "block"`, which fills the sink queue, then the workers' queues: TCP readers
@@ -32,7 +41,10 @@ impl SinkStage {
     pub fn run(self) {
         for sealed in self.queue.iter() {
             let events = sealed.batch.events;
-            let dropped = match self.handle.enqueue(&sealed.batch) {
+            let dropped = match self
+                .handle
+                .enqueue_created(&sealed.batch, unix_ms(sealed.opened_at))
+            {
                 Enqueued::Accepted { dropped_events, .. } => {
                     if dropped_events > 0 {
                         tracing::warn!(sink = %self.name, events = dropped_events,
@@ -61,6 +73,83 @@ impl SinkStage {
             let mut buf = sealed.batch.ndjson;
             buf.clear();
             let _ = self.spare.try_send(buf);
+        }
+    }
+}
+
+/// A file sink without a spool (`use_spool = false`, the default): each of its
+/// `compression_threads` threads takes sealed batches straight from the sink queue, compresses
+/// and writes them. The batch files are themselves the durable copy; a spool in front would
+/// write every byte twice, fsync it and read it back. A failing write is retried (the queue
+/// fills meanwhile: TCP readers stop, UDP readers pause and the kernel buffer absorbs), and
+/// given up on only once shutdown has lasted `grace` (counted as sink-dropped).
+pub(super) struct FileStage {
+    pub name: String,
+    pub sink: Arc<FileSink>,
+    pub queue: Receiver<SealedBatch>,
+    pub spare: Sender<Vec<u8>>,
+    pub counters: SinkCounters,
+    pub totals: Arc<Totals>,
+    pub stopping: Arc<AtomicBool>,
+    pub grace: Duration,
+}
+
+impl FileStage {
+    pub fn run(self) {
+        for sealed in self.queue.iter() {
+            self.write(&sealed);
+            let mut buf = sealed.batch.ndjson;
+            buf.clear();
+            let _ = self.spare.try_send(buf);
+        }
+    }
+
+    fn write(&self, sealed: &SealedBatch) {
+        let batch = &sealed.batch;
+        let mut backoff = Duration::from_millis(50);
+        let mut stop_seen: Option<Instant> = None;
+        loop {
+            let started = Instant::now();
+            match self.sink.write_batch(batch, sealed.core) {
+                Ok(file) => {
+                    let c = &self.counters;
+                    c.compress.record(file.compress_time.as_secs_f64());
+                    c.write.record(
+                        started
+                            .elapsed()
+                            .saturating_sub(file.compress_time)
+                            .as_secs_f64(),
+                    );
+                    c.end_to_end
+                        .record(sealed.opened_at.elapsed().as_secs_f64());
+                    c.events.increment(batch.events);
+                    c.batches.increment(1);
+                    c.bytes_raw.increment(batch.ndjson.len() as u64);
+                    c.bytes_compressed.increment(file.compressed_bytes);
+                    self.totals
+                        .sink_events
+                        .fetch_add(batch.events, Ordering::Relaxed);
+                    self.totals.sink_batches.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Err(e) => {
+                    self.counters.errors.increment(1);
+                    if self.stopping.load(Ordering::Relaxed)
+                        && stop_seen.get_or_insert_with(Instant::now).elapsed() >= self.grace
+                    {
+                        tracing::error!(sink = %self.name, events = batch.events,
+                            "writing a batch still fails after the shutdown grace period; dropped: {e}");
+                        self.counters.dropped_events.increment(batch.events);
+                        self.totals
+                            .sink_dropped_events
+                            .fetch_add(batch.events, Ordering::Relaxed);
+                        return;
+                    }
+                    tracing::warn!(sink = %self.name, retry_in = ?backoff, "writing a batch failed: {e}");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
         }
     }
 }
@@ -210,4 +299,82 @@ pub(super) fn start(
             "delivering what an earlier run left in the spool");
     }
     Ok(handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::file::FileSinkConfig;
+
+    #[test]
+    fn file_stage_names_files_by_core_and_records_end_to_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let config: FileSinkConfig = toml::from_str(&format!(
+            "path = {:?}\ncompression = \"none\"\n",
+            dir.path().display().to_string()
+        ))
+        .unwrap();
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let counters = metrics::with_local_recorder(&recorder, || SinkCounters::register("f"));
+        let totals = Arc::new(Totals::default());
+        let (tx, rx) = crossbeam::channel::bounded(2);
+        let (spare_tx, spare_rx) = crossbeam::channel::bounded(2);
+        let stage = FileStage {
+            name: "f".into(),
+            sink: Arc::new(FileSink::new("f", config).unwrap()),
+            queue: rx,
+            spare: spare_tx,
+            counters,
+            totals: totals.clone(),
+            stopping: Arc::new(AtomicBool::new(false)),
+            grace: Duration::from_secs(1),
+        };
+        for core in [1usize, 3] {
+            tx.send(SealedBatch {
+                batch: Batch {
+                    events: 2,
+                    ndjson: format!("{{\"c\":{core}}}\n{{\"c\":{core}}}\n").into_bytes(),
+                },
+                core,
+                opened_at: Instant::now() - Duration::from_millis(30),
+            })
+            .unwrap();
+        }
+        drop(tx);
+        stage.run();
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort_by_key(|n| n.contains("-3-"));
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names[0].ends_with("-1-000000.ndjson"), "{names:?}");
+        assert!(names[1].ends_with("-3-000001.ndjson"), "{names:?}");
+        assert_eq!(
+            std::fs::read(dir.path().join(&names[1])).unwrap(),
+            b"{\"c\":3}\n{\"c\":3}\n"
+        );
+        let s = totals.summary();
+        assert_eq!((s.sink_events, s.sink_batches), (4, 2));
+        assert_eq!(spare_rx.try_iter().filter(|b| b.is_empty()).count(), 2);
+        let text = handle.render();
+        let count = text
+            .lines()
+            .find(|l| {
+                l.starts_with("sluice_stage_duration_seconds_count")
+                    && l.contains("stage=\"end_to_end\"")
+            })
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(count.ends_with(" 2"), "{count}");
+        let sum = text
+            .lines()
+            .find(|l| {
+                l.starts_with("sluice_stage_duration_seconds_sum")
+                    && l.contains("stage=\"end_to_end\"")
+            })
+            .unwrap();
+        let sum: f64 = sum.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(sum >= 0.06, "both batches waited ≥ 30 ms: {sum}");
+    }
 }

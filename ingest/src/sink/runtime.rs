@@ -82,6 +82,8 @@ pub struct SinkMetrics {
     sent_bytes: AtomicU64,
     truncated_fields: AtomicU64,
     enqueue_dropped_events: AtomicU64,
+    /// First event of a batch mapped (or enqueued) → delivered.
+    end_to_end: metrics::Histogram,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -113,6 +115,8 @@ impl SinkMetrics {
             sent_bytes: AtomicU64::new(0),
             truncated_fields: AtomicU64::new(0),
             enqueue_dropped_events: AtomicU64::new(0),
+            end_to_end: metrics::histogram!(crate::metrics::STAGE_SECONDS,
+                "stage" => "end_to_end", "sink" => sink.to_owned()),
         })
     }
 
@@ -294,12 +298,18 @@ impl SinkHandle {
     /// thread until there is room: call it from a pipeline thread, not from async code
     /// (use [`SinkHandle::enqueue_async`] there).
     pub fn enqueue(&self, batch: &Batch) -> Enqueued {
+        self.enqueue_created(batch, now_ms())
+    }
+
+    /// [`SinkHandle::enqueue`] for a batch whose first event was taken at `created_ms` (Unix
+    /// ms); the end-to-end latency of its delivery is measured from there.
+    pub fn enqueue_created(&self, batch: &Batch, created_ms: u64) -> Enqueued {
         SinkHandleRef {
             name: &self.name,
             spool: &self.spool,
             metrics: &self.metrics,
         }
-        .enqueue(batch)
+        .enqueue(batch, created_ms)
     }
 
     pub async fn enqueue_async(&self, batch: Batch) -> Enqueued {
@@ -312,7 +322,7 @@ impl SinkHandle {
                 spool: &spool,
                 metrics: &metrics,
             };
-            handle.enqueue(&batch)
+            handle.enqueue(&batch, now_ms())
         })
         .await
         .unwrap_or(Enqueued::Refused)
@@ -360,7 +370,7 @@ struct SinkHandleRef<'a> {
 }
 
 impl SinkHandleRef<'_> {
-    fn enqueue(&self, batch: &Batch) -> Enqueued {
+    fn enqueue(&self, batch: &Batch, created_ms: u64) -> Enqueued {
         if batch.events == 0 {
             return Enqueued::Accepted {
                 dropped_records: 0,
@@ -368,7 +378,7 @@ impl SinkHandleRef<'_> {
                 waited: Duration::ZERO,
             };
         }
-        match self.spool.append(batch) {
+        match self.spool.append_created(batch, created_ms) {
             Ok(Appended {
                 dropped_records,
                 dropped_events,
@@ -477,6 +487,7 @@ struct Upload<S> {
 impl<S: Sink> Upload<S> {
     async fn run(mut self, record: SpooledRecord) {
         let id = record.id;
+        let created_ms = record.created_ms;
         let mut current = record.batch;
         let mut attempt: u32 = 0;
         loop {
@@ -485,6 +496,9 @@ impl<S: Sink> Upload<S> {
                 Delivery::Delivered => {
                     self.metrics
                         .delivered(current.events, current.ndjson.len() as u64);
+                    self.metrics
+                        .end_to_end
+                        .record(now_ms().saturating_sub(created_ms) as f64 / 1000.0);
                     break;
                 }
                 Delivery::Retry { after, reason } => (current, after, reason),

@@ -360,6 +360,13 @@ impl Spool {
     /// Appends a batch, applying `when_full`. Blocks (this thread) under `block`: call it from
     /// a pipeline thread, or via `spawn_blocking` from async code.
     pub fn append(&self, batch: &Batch) -> Result<Appended, SpoolError> {
+        self.append_created(batch, now_ms())
+    }
+
+    /// [`Spool::append`] with the record's creation time given (Unix ms): the pipeline passes
+    /// when the batch's first event was mapped, so end-to-end latency and the oldest-record age
+    /// cover the time a batch spent filling, not only its time in the spool.
+    pub fn append_created(&self, batch: &Batch, created_ms: u64) -> Result<Appended, SpoolError> {
         let len = record::encoded_len(batch.ndjson.len());
         if len > self.config.max_bytes {
             return Err(SpoolError::TooLarge {
@@ -409,7 +416,6 @@ impl Spool {
             self.rotate(&mut st)?;
         }
         let seq = st.next_seq;
-        let created_ms = now_ms();
         let mut buf = std::mem::take(&mut st.encode_buf);
         record::encode(seq, created_ms, batch.events, &batch.ndjson, &mut buf);
         // One write per record: a crash leaves at most one torn record at the tail.

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{SendTimeoutError, TrySendError};
+use crossbeam::channel::SendTimeoutError;
 use metrics::Counter;
 
 use crate::event::Timestamp;
@@ -15,9 +15,6 @@ use crate::net::{FrameBatch, ReaderContext};
 /// After shutdown is requested a blocked TCP reader keeps offering its last batch this long
 /// (workers are still draining then); past it the batch is dropped and counted.
 const SHUTDOWN_SEND_GRACE: Duration = Duration::from_secs(5);
-
-/// How far past its bounds a UDP batch may grow while the worker queue is full.
-const COALESCE_LIMIT: usize = 8;
 
 pub(crate) struct Handoff {
     batch: FrameBatch,
@@ -125,46 +122,11 @@ impl Handoff {
         self.batch.clear();
     }
 
-    /// UDP: never wait; a full queue drops the batch (counted). Reusing the refused batch keeps
-    /// its allocation.
-    pub fn flush_lossy(&mut self, ctx: &ReaderContext) -> io::Result<()> {
-        if ctx.shutdown.load(Ordering::Relaxed) {
-            // What was read before shutdown is handed over, as TCP's is.
-            return self.flush_blocking(ctx);
-        }
-        self.count();
-        if self.batch.is_empty() {
-            return Ok(());
-        }
-        let batch = std::mem::take(&mut self.batch);
-        match ctx.to_worker.try_send(batch) {
-            Ok(()) => {
-                self.totals.batches += 1;
-                self.fresh_batch(ctx);
-                Ok(())
-            }
-            Err(TrySendError::Full(batch)) => {
-                self.batch = batch;
-                // A full queue is usually a moment's hiccup: keep filling this batch (up to
-                // COALESCE_LIMIT times its bounds) and offer it again before dropping it.
-                if self.batch.len() < self.batch_max_frames * COALESCE_LIMIT
-                    && self.batch.data.len() < self.batch_max_bytes * COALESCE_LIMIT
-                {
-                    return Ok(());
-                }
-                self.drop_batch();
-                Ok(())
-            }
-            Err(TrySendError::Disconnected(batch)) => {
-                self.batch = batch;
-                self.drop_batch();
-                Err(worker_gone())
-            }
-        }
-    }
-
-    /// TCP: wait for room (the reader stops reading meanwhile, so TCP flow control pushes back
-    /// on the sender), waking regularly to notice shutdown.
+    /// Waits for room in the worker queue, waking regularly to notice shutdown. The reader
+    /// stops reading meanwhile: for TCP, flow control pushes back on the sender; for UDP, the
+    /// socket's receive buffer (`receive_buffer_bytes`) absorbs the burst, and only what
+    /// overflows it is lost, counted by the kernel (`reason="kernel_rcvbuf"`). Reading on and
+    /// dropping here instead would lose datagrams while that buffer sat empty.
     pub fn flush_blocking(&mut self, ctx: &ReaderContext) -> io::Result<()> {
         self.count();
         if self.batch.is_empty() {

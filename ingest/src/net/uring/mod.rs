@@ -60,7 +60,9 @@ impl Default for UringOptions {
             tcp_buffers: 256,
             tcp_buffer_bytes: 16 * 1024,
             max_connections: DEFAULT_MAX_CONNECTIONS,
-            batch_max_bytes: 4 * 1024 * 1024,
+            // With `queue_batches` per worker queue this bounds what a backlog holds in memory
+            // (16 × 256 KiB = 4 MiB by default), whatever the message size.
+            batch_max_bytes: 256 * 1024,
         }
     }
 }

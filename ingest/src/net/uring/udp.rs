@@ -36,8 +36,10 @@ pub fn run_udp(socket: UdpSocket, ctx: ReaderContext) -> io::Result<()> {
     run_udp_with(socket, ctx, &UringOptions::default()).map(drop)
 }
 
-/// Reads datagrams from `socket` until `ctx.shutdown` is set, handing batches to the worker
-/// with `try_send` (a full queue drops the batch and counts it). Returns the reader's totals.
+/// Reads datagrams from `socket` until `ctx.shutdown` is set, handing batches to the worker.
+/// While the worker queue is full the reader pauses (see [`Handoff::flush_blocking`]): the
+/// kernel keeps filling the provided buffers, then the socket's receive buffer. Returns the
+/// reader's totals.
 pub fn run_udp_with(
     socket: UdpSocket,
     ctx: ReaderContext,
@@ -107,7 +109,7 @@ pub fn run_udp_with(
             }
         }
     }
-    let flushed = reader.handoff.flush_lossy(&ctx);
+    let flushed = reader.handoff.flush_blocking(&ctx);
     if !reader.armed {
         let _ = ring.submitter().unregister_buf_ring(bufs.bgid());
     }
@@ -178,7 +180,7 @@ impl UdpReader<'_> {
             };
             bufs.recycle(bid);
             if full {
-                self.handoff.flush_lossy(self.ctx)?;
+                self.handoff.flush_blocking(self.ctx)?;
             }
         }
         bufs.publish();
@@ -188,7 +190,7 @@ impl UdpReader<'_> {
                 .dropped_not_allowed
                 .increment(std::mem::take(&mut self.not_allowed));
         }
-        self.handoff.flush_lossy(self.ctx)?;
+        self.handoff.flush_blocking(self.ctx)?;
         outcome
     }
 

@@ -16,12 +16,18 @@ pub struct FileSinkConfig {
     /// Codec level; default: [`Compression::default_level`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression_level: Option<i32>,
-    /// Batches compressed and written at once (off the receive path, after the spool).
+    /// Batches compressed and written at once (threads of their own, off the receive and parse path).
     #[serde(default = "default_threads")]
     pub compression_threads: usize,
     /// fsync each file (and the directory) before it is renamed into place.
     #[serde(default)]
     pub fsync: bool,
+    /// Put the sink's disk spool (`[sinks.NAME.spool]`) in front of the files. Off by default:
+    /// the batch files are themselves the durable copy, and the spool would write every byte
+    /// twice, fsync it and read it back. On, the files are written by the sink runtime with
+    /// its retries, like the HTTP sinks.
+    #[serde(default)]
+    pub use_spool: bool,
 }
 fn default_threads() -> usize {
     1

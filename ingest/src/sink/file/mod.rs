@@ -85,6 +85,15 @@ impl FileSink {
 
     /// Compresses and writes `batch` atomically. Safe to call from several threads.
     pub fn write_batch(&self, batch: &Batch, core: usize) -> std::io::Result<WrittenFile> {
+        if self.config.compression == crate::compress::Compression::None {
+            // Straight from the batch buffer: a compressor would only copy it.
+            let path = self.write_file(&batch.ndjson, core)?;
+            return Ok(WrittenFile {
+                path,
+                compressed_bytes: batch.ndjson.len() as u64,
+                compress_time: std::time::Duration::ZERO,
+            });
+        }
         let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let (mut compressor, mut out) = match pooled {
             Some(p) => p,
