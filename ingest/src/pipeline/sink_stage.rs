@@ -97,14 +97,22 @@ pub(super) struct FileStage {
 impl FileStage {
     pub fn run(self) {
         for sealed in self.queue.iter() {
-            self.write(&sealed);
+            if !self.write(&sealed) {
+                // ack hook: a source waiting on these events must not move past them.
+                for ack in &sealed.acks {
+                    ack.fail();
+                }
+            }
+            // ack hook: written (or failed above); releasing the clones may run a source's
+            // commit callback on this thread.
             let mut buf = sealed.batch.ndjson;
             buf.clear();
             let _ = self.spare.try_send(buf);
         }
     }
 
-    fn write(&self, sealed: &SealedBatch) {
+    /// `false` when the batch was given up on (counted as dropped).
+    fn write(&self, sealed: &SealedBatch) -> bool {
         let batch = &sealed.batch;
         let mut backoff = Duration::from_millis(50);
         let mut stop_seen: Option<Instant> = None;
@@ -130,7 +138,7 @@ impl FileStage {
                         .sink_events
                         .fetch_add(batch.events, Ordering::Relaxed);
                     self.totals.sink_batches.fetch_add(1, Ordering::Relaxed);
-                    return;
+                    return true;
                 }
                 Err(e) => {
                     self.counters.errors.increment(1);
@@ -143,7 +151,7 @@ impl FileStage {
                         self.totals
                             .sink_dropped_events
                             .fetch_add(batch.events, Ordering::Relaxed);
-                        return;
+                        return false;
                     }
                     tracing::warn!(sink = %self.name, retry_in = ?backoff, "writing a batch failed: {e}");
                     std::thread::sleep(backoff);
@@ -338,6 +346,7 @@ mod tests {
                 },
                 core,
                 opened_at: Instant::now() - Duration::from_millis(30),
+                acks: Vec::new(),
             })
             .unwrap();
         }
