@@ -662,7 +662,7 @@ fn sigterm_flushes_open_batches() {
         file_sink("slow", "sluice", "zstd", 600_000),
         file_sink("raw", "raw", "none", 600_000)
     );
-    let daemon = Daemon::start(&tables);
+    let mut daemon = Daemon::start(&tables);
     let mut tcp = TcpStream::connect(daemon.tcp.unwrap()).unwrap();
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
     for i in 0..TOTAL {
@@ -684,6 +684,20 @@ fn sigterm_flushes_open_batches() {
         0,
         "batches were due only at shutdown"
     );
+    // SIGHUP (`systemctl reload`) reloads TLS certificates; without TLS sources it must be
+    // harmless, never the default "terminate".
+    let hup = Command::new("kill")
+        .args(["-HUP", &daemon.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "SIGHUP stopped the daemon: {}",
+        daemon.log()
+    );
+    assert!(http_get(daemon.metrics, "/health").contains("200"));
     let (log, daemon) = daemon.stop();
     assert_eq!(
         read_output(&daemon.out().join("slow")).len(),

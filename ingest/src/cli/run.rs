@@ -40,6 +40,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         signal_hook::flag::register_conditional_shutdown(signal, 130, stop.clone())?;
         signal_hook::flag::register(signal, stop.clone())?;
     }
+    // SIGHUP (systemd's `reload`, logrotate habits) must never kill the forwarder: TLS sources
+    // reload their certificates on it (net/tls.rs registers its own flag); nothing else reloads.
+    signal_hook::flag::register(
+        signal_hook::consts::SIGHUP,
+        Arc::new(AtomicBool::new(false)),
+    )?;
 
     let healthy = Arc::new(AtomicBool::new(true));
     if config.metrics.enabled {
