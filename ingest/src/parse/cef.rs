@@ -46,10 +46,15 @@ impl CefError {
 /// Byte offset of `CEF:<digits>|` in `body`, if any.
 pub fn find_cef_start(body: &str) -> Option<usize> {
     let bytes = body.as_bytes();
-    let finder = memchr::memmem::Finder::new(b"CEF:");
     let mut from = 0;
-    while let Some(off) = finder.find(&bytes[from..]) {
+    // `memchr` on the first byte: a searcher for the whole needle would be built per call,
+    // and the record nearly always starts within a few bytes.
+    while let Some(off) = memchr(b'C', &bytes[from..]) {
         let start = from + off;
+        if !bytes[start..].starts_with(b"CEF:") {
+            from = start + 1;
+            continue;
+        }
         let digits = bytes[start + 4..]
             .iter()
             .take_while(|b| b.is_ascii_digit())
@@ -285,14 +290,23 @@ fn parse_extensions(ext: &str) -> Result<SmallVec<[Extension<'_>; 24]>, CefError
 
 /// Keys already used in the record. Linear search for typical records; a hash set only for
 /// records with very many keys so that a crafted message cannot make tokenising quadratic.
+/// A 128-bit filter of key hashes answers "not seen" for nearly every new key without a string
+/// comparison; only a filter hit looks at the keys themselves.
 #[derive(Default)]
 struct SeenKeys<'a> {
+    filter: u128,
     small: SmallVec<[&'a str; 32]>,
     large: Option<std::collections::HashSet<&'a str>>,
 }
 
+#[inline]
+fn filter_bit(key: &str) -> u128 {
+    1u128 << (key_hash(key.as_bytes()) >> 57)
+}
+
 impl<'a> SeenKeys<'a> {
     fn insert(&mut self, key: &'a str) {
+        self.filter |= filter_bit(key);
         if let Some(set) = &mut self.large {
             set.insert(key);
         } else if self.small.len() < 32 {
@@ -305,6 +319,9 @@ impl<'a> SeenKeys<'a> {
     }
 
     fn contains(&self, key: &str) -> bool {
+        if self.filter & filter_bit(key) == 0 {
+            return false;
+        }
         match &self.large {
             Some(set) => set.contains(key),
             None => self.small.contains(&key),
@@ -502,6 +519,86 @@ static FULL_NAMES: &[(&str, &str)] = &[
     ("outcome", "eventOutcome"),
     ("request", "requestUrl"),
 ];
+
+/// Exact lookup of CEF keys in a fixed table, one hash and (almost always) one comparison per
+/// lookup: mappers look up every extension key of every record. Built once; the first
+/// occurrence of a repeated key wins.
+pub struct KeyIndex<T> {
+    /// Index into `entries` + 1; 0 marks an empty slot. Open addressing, linear probing.
+    slots: Box<[u16]>,
+    shift: u32,
+    entries: Vec<(Box<str>, T)>,
+}
+
+impl<T> KeyIndex<T> {
+    pub fn new(items: impl IntoIterator<Item = (impl Into<Box<str>>, T)>) -> Self {
+        let mut entries: Vec<(Box<str>, T)> = Vec::new();
+        for (key, value) in items {
+            let key = key.into();
+            if !entries.iter().any(|(k, _)| *k == key) {
+                entries.push((key, value));
+            }
+        }
+        assert!(
+            entries.len() < usize::from(u16::MAX) / 4,
+            "key table too large"
+        );
+        // At most a quarter full, so probe runs stay short.
+        let bits = (entries.len() * 4)
+            .next_power_of_two()
+            .trailing_zeros()
+            .max(4);
+        let mut slots = vec![0u16; 1 << bits].into_boxed_slice();
+        let mask = slots.len() - 1;
+        for (i, (key, _)) in entries.iter().enumerate() {
+            let mut slot = (key_hash(key.as_bytes()) >> (64 - bits)) as usize;
+            while slots[slot] != 0 {
+                slot = (slot + 1) & mask;
+            }
+            slots[slot] = i as u16 + 1;
+        }
+        KeyIndex {
+            slots,
+            shift: 64 - bits,
+            entries,
+        }
+    }
+
+    #[inline]
+    pub fn get(&self, key: &str) -> Option<&T> {
+        let mask = self.slots.len() - 1;
+        let mut slot = (key_hash(key.as_bytes()) >> self.shift) as usize;
+        loop {
+            let i = self.slots[slot];
+            if i == 0 {
+                return None;
+            }
+            let (k, v) = &self.entries[usize::from(i - 1)];
+            if k.as_ref() == key {
+                return Some(v);
+            }
+            slot = (slot + 1) & mask;
+        }
+    }
+}
+
+/// Hash of a short key: its first and last eight bytes and its length, multiplied together.
+#[inline]
+fn key_hash(k: &[u8]) -> u64 {
+    let n = k.len();
+    let (head, tail) = if n >= 8 {
+        (
+            u64::from_le_bytes(k[..8].try_into().expect("8 bytes")),
+            u64::from_le_bytes(k[n - 8..].try_into().expect("8 bytes")),
+        )
+    } else {
+        let mut buf = [0u8; 8];
+        buf[..n].copy_from_slice(k);
+        (u64::from_le_bytes(buf), 0)
+    };
+    (head.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ tail.rotate_left(29) ^ n as u64)
+        .wrapping_mul(0xd6e8_feb8_6659_fd93)
+}
 
 /// Order of the static key tables: by length, then by the first 8 bytes as one integer, then
 /// bytewise. Most comparisons end on the length or the integer, without a `memcmp` call.

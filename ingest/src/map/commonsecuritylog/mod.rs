@@ -13,7 +13,7 @@ use smallvec::SmallVec;
 
 use crate::event::{Body, Cef, Event};
 use crate::map::json_writer::{ObjectWriter, write_str_contents};
-use crate::parse::cef::{CustomKind, custom_key, key_order, parse_timestamp};
+use crate::parse::cef::{CustomKind, KeyIndex, custom_key, key_order, parse_timestamp};
 
 pub fn write(event: &Event<'_>, out: &mut Vec<u8>) {
     match &event.body {
@@ -211,6 +211,42 @@ static COLUMNS: &[(&str, &str, Type)] = &[
 
 /// The column a CEF key is written to, or `None` for `AdditionalExtensions`.
 fn column(key: &str) -> Option<(&'static str, Type)> {
+    match COLUMN_INDEX.get(key) {
+        Some(&hit) => Some(hit),
+        // Non-canonical custom spellings (`cs01`) and keys without a column.
+        None => custom_column(key),
+    }
+}
+
+/// [`COLUMNS`] plus every canonical custom-field key (`cs1`, `cn2Label`, …), each with the
+/// answer [`column_by_search`] gives for it, hashed for one-probe lookups.
+static COLUMN_INDEX: std::sync::LazyLock<KeyIndex<(&'static str, Type)>> =
+    std::sync::LazyLock::new(|| {
+        let mut keys: Vec<String> = COLUMNS.iter().map(|(k, _, _)| (*k).to_owned()).collect();
+        for prefix in [
+            "cs",
+            "cn",
+            "cfp",
+            "c6a",
+            "flexString",
+            "flexNumber",
+            "deviceCustomDate",
+            "flexDate",
+        ] {
+            for index in 1..=6 {
+                for label in ["", "Label"] {
+                    keys.push(format!("{prefix}{index}{label}"));
+                }
+            }
+        }
+        KeyIndex::new(
+            keys.into_iter()
+                .filter_map(|k| column_by_search(&k).map(|hit| (k, hit))),
+        )
+    });
+
+/// The reference lookup the index is built from (and tested against).
+fn column_by_search(key: &str) -> Option<(&'static str, Type)> {
     match COLUMNS.binary_search_by(|(k, _, _)| key_order(k, key)) {
         Ok(i) => Some((COLUMNS[i].1, COLUMNS[i].2)),
         Err(_) => custom_column(key),
@@ -572,6 +608,28 @@ mod tests {
         );
         assert_eq!(column("cfp15"), None);
         assert_eq!(column("darktraceUrl"), None);
+        assert_eq!(column("cs01"), Some(("DeviceCustomString1", Type::Str)));
+        // The hashed index answers exactly as the reference search, for every key it holds
+        // and for near misses.
+        for (k, _, _) in COLUMNS {
+            assert_eq!(column(k), column_by_search(k), "{k}");
+            let upper = k.to_ascii_uppercase();
+            assert_eq!(column(&upper), column_by_search(&upper), "{upper}");
+            let longer = format!("{k}x");
+            assert_eq!(column(&longer), column_by_search(&longer), "{longer}");
+        }
+        for k in [
+            "cs6Label",
+            "cn3",
+            "cn4",
+            "c6a4Label",
+            "flexDate1",
+            "flexDate2",
+            "",
+            "x",
+        ] {
+            assert_eq!(column(k), column_by_search(k), "{k}");
+        }
     }
 
     #[test]
