@@ -31,6 +31,24 @@ pub fn write_str_contents(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     let mut start = 0;
     let mut i = 0;
+    // Sixteen bytes at a time first: the branch-free test below compiles to a few SIMD
+    // compares per block on x86-64 (SSE2 is baseline there), no `unsafe` needed.
+    while i + 16 <= bytes.len() {
+        let block: &[u8; 16] = bytes[i..i + 16].try_into().expect("16-byte slice");
+        if !block_needs_escape(block) {
+            i += 16;
+            continue;
+        }
+        let end = i + 16;
+        while i < end {
+            if NEEDS_ESCAPE[bytes[i] as usize] {
+                out.extend_from_slice(&bytes[start..i]);
+                write_escape(out, bytes[i]);
+                start = i + 1;
+            }
+            i += 1;
+        }
+    }
     while i + 8 <= bytes.len() {
         let word = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8-byte slice"));
         if !word_needs_escape(word) {
@@ -72,6 +90,15 @@ fn word_needs_escape(word: u64) -> bool {
     let backslash = word ^ (ONES * b'\\' as u64);
     let backslash = backslash.wrapping_sub(ONES) & !backslash;
     (control | quote | backslash) & HIGHS != 0
+}
+
+#[inline]
+fn block_needs_escape(block: &[u8; 16]) -> bool {
+    let mut any = 0u8;
+    for &b in block {
+        any |= u8::from(b < 0x20) | u8::from(b == b'"') | u8::from(b == b'\\');
+    }
+    any != 0
 }
 
 #[inline]
@@ -211,8 +238,9 @@ mod tests {
     #[test]
     fn every_byte_position_of_every_escapable_byte_is_escaped() {
         for b in (0u8..0x20).chain([b'"', b'\\']) {
-            for pos in 0..20 {
-                let mut text = "x".repeat(20);
+            // 40 bytes: positions in a 16-byte block, an 8-byte word and the byte-wise tail.
+            for pos in 0..40 {
+                let mut text = "x".repeat(40);
                 text.replace_range(pos..pos + 1, std::str::from_utf8(&[b]).unwrap());
                 let mut out = Vec::new();
                 write_str(&mut out, &text);

@@ -18,7 +18,7 @@
 
 use std::borrow::Cow;
 
-use memchr::{memchr, memchr2};
+use memchr::{memchr, memchr2, memchr2_iter};
 use smallvec::SmallVec;
 
 use crate::event::{Cef, Extension};
@@ -213,6 +213,9 @@ fn value_cow(raw: &str, has_backslash: bool) -> Cow<'_, str> {
 }
 
 /// Tokenises the extension (record text after the 7th pipe, trailing whitespace removed).
+///
+/// One `memchr2` iterator walks every `=` and `\` of the extension once; an event inside an
+/// escape (`\=`, `\\`) is passed over.
 fn parse_extensions(ext: &str) -> Result<SmallVec<[Extension<'_>; 24]>, CefError> {
     let bytes = ext.as_bytes();
     let mut out: SmallVec<[Extension<'_>; 24]> = SmallVec::new();
@@ -232,60 +235,56 @@ fn parse_extensions(ext: &str) -> Result<SmallVec<[Extension<'_>; 24]>, CefError
     let mut value_start = key_end + 1;
     let mut seen = SeenKeys::default();
     seen.insert(key);
-    loop {
-        let mut pos = value_start;
-        let mut has_backslash = false;
-        let mut next: Option<(usize, usize)> = None; // (key start, '=' offset)
-        while let Some(off) = memchr2(b'=', b'\\', &bytes[pos..]) {
-            let p = pos + off;
-            if bytes[p] == b'\\' {
-                has_backslash = true;
-                pos = (p + 2).min(bytes.len());
-                continue;
-            }
-            let mut s = p;
-            while s > value_start && is_key_byte(bytes[s - 1]) {
-                s -= 1;
-            }
-            if s < p
-                && s > value_start
-                && bytes[s - 1] == b' '
-                && bytes.get(p + 1) != Some(&b'=')
-                && !seen.contains(&ext[s..p])
-            {
-                next = Some((s, p));
-            }
-            // Either a boundary, or a stray `=`: the sender does not escape, so the value
-            // runs to the end of the record (see the module docs).
-            break;
+    // Events before `pos` are the first key's `=` or the byte after a backslash.
+    let mut pos = value_start;
+    let mut has_backslash = false;
+    for p in memchr2_iter(b'=', b'\\', bytes) {
+        if p < pos {
+            continue;
         }
-        match next {
-            Some((s, p)) => {
-                let mut value_end = s - 1;
-                while value_end > value_start && bytes[value_end - 1] == b' ' {
-                    value_end -= 1;
-                }
-                let raw = &ext[value_start..value_end];
-                out.push(Extension {
-                    key,
-                    value: value_cow(raw, has_backslash),
-                });
-                key = &ext[s..p];
-                seen.insert(key);
-                value_start = p + 1;
-            }
-            None => {
-                let raw = &ext[value_start..];
-                let has_backslash =
-                    has_backslash || memchr(b'\\', &bytes[pos.min(bytes.len())..]).is_some();
-                out.push(Extension {
-                    key,
-                    value: value_cow(raw, has_backslash),
-                });
-                return Ok(out);
-            }
+        if bytes[p] == b'\\' {
+            has_backslash = true;
+            pos = p + 2;
+            continue;
         }
+        let mut s = p;
+        while s > value_start && is_key_byte(bytes[s - 1]) {
+            s -= 1;
+        }
+        let boundary = s < p
+            && s > value_start
+            && bytes[s - 1] == b' '
+            && bytes.get(p + 1) != Some(&b'=')
+            && !seen.contains(&ext[s..p]);
+        if !boundary {
+            // A stray `=`: the sender does not escape, so the value runs to the end of the
+            // record (see the module docs).
+            let has_backslash = has_backslash || memchr(b'\\', &bytes[p..]).is_some();
+            out.push(Extension {
+                key,
+                value: value_cow(&ext[value_start..], has_backslash),
+            });
+            return Ok(out);
+        }
+        let mut value_end = s - 1;
+        while value_end > value_start && bytes[value_end - 1] == b' ' {
+            value_end -= 1;
+        }
+        out.push(Extension {
+            key,
+            value: value_cow(&ext[value_start..value_end], has_backslash),
+        });
+        key = &ext[s..p];
+        seen.insert(key);
+        value_start = p + 1;
+        pos = value_start;
+        has_backslash = false;
     }
+    out.push(Extension {
+        key,
+        value: value_cow(&ext[value_start..], has_backslash),
+    });
+    Ok(out)
 }
 
 /// Keys already used in the record. Linear search for typical records; a hash set only for

@@ -31,6 +31,8 @@
 //! list splits unambiguously. Unrecognised JSON bodies get only TimeGenerated, Computer,
 //! Message (the body) and AdditionalExtensions.
 
+use smallvec::SmallVec;
+
 use crate::event::{Event, EventKind};
 use crate::map::json_writer::{ObjectWriter, write_str_contents};
 use crate::map::sluice::write_timestamp;
@@ -209,8 +211,9 @@ enum Level<'t, 'a> {
 /// Writes every scalar leaf under `root` as `path=value;` (escaped for a JSON string), except
 /// the top-level paths in `skip`. Iterative, so nesting depth costs heap, not stack.
 fn write_flattened(out: &mut Vec<u8>, root: JsonRef<'_, '_>, skip: &[&str]) {
-    let mut path = String::new();
-    let mut stack: Vec<(Level<'_, '_>, usize)> = vec![(Level::Object(root.entries()), 0)];
+    let mut path = String::with_capacity(256);
+    let mut stack: SmallVec<[(Level<'_, '_>, usize); 16]> = SmallVec::new();
+    stack.push((Level::Object(root.entries()), 0));
     let mut value_text = Vec::new();
     while let Some((level, base)) = stack.last_mut() {
         let base = *base;
@@ -242,11 +245,17 @@ fn write_flattened(out: &mut Vec<u8>, root: JsonRef<'_, '_>, skip: &[&str]) {
             stack.push((Level::Array(value.items(), 0), path.len()));
         } else if !value.is_null() {
             write_escaped_part(out, &path);
-            write_str_contents(out, "=");
-            value_text.clear();
-            value.write_text(&mut value_text);
-            write_escaped_part(out, &String::from_utf8_lossy(&value_text));
-            write_str_contents(out, ";");
+            out.push(b'=');
+            match value.str() {
+                // Strings are written as they are; only numbers and booleans need rendering.
+                Some(text) => write_escaped_part(out, text),
+                None => {
+                    value_text.clear();
+                    value.write_text(&mut value_text);
+                    write_escaped_part(out, &String::from_utf8_lossy(&value_text));
+                }
+            }
+            out.push(b';');
         }
     }
 }
@@ -254,12 +263,11 @@ fn write_flattened(out: &mut Vec<u8>, root: JsonRef<'_, '_>, skip: &[&str]) {
 /// `\` → `\\`, `;` → `\;`, then JSON string escaping.
 fn write_escaped_part(out: &mut Vec<u8>, s: &str) {
     let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
-        if b == b'\\' || b == b';' {
-            write_str_contents(out, &s[start..i]);
-            write_str_contents(out, "\\");
-            start = i;
-        }
+    for i in memchr::memchr2_iter(b'\\', b';', s.as_bytes()) {
+        write_str_contents(out, &s[start..i]);
+        // The JSON form of the added backslash.
+        out.extend_from_slice(b"\\\\");
+        start = i;
     }
     write_str_contents(out, &s[start..]);
 }

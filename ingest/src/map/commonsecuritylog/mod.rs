@@ -428,8 +428,16 @@ fn log_severity(severity: &str) -> &str {
 }
 
 fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
-    let dtz = cef.get("dtz");
-    let rt = cef.get("rt");
+    // One pass for both (the first of each, as `Cef::get` finds it); byte-pattern matches
+    // compile to inline compares.
+    let (mut dtz, mut rt) = (None, None);
+    for e in &cef.extensions {
+        match e.key.as_bytes() {
+            b"dtz" if dtz.is_none() => dtz = Some(e.value.as_ref()),
+            b"rt" if rt.is_none() => rt = Some(e.value.as_ref()),
+            _ => {}
+        }
+    }
     let rt_millis = rt.and_then(|rt| parse_timestamp(rt, dtz));
     let mut o = ObjectWriter::begin(out);
     write_rfc3339_millis(
@@ -455,7 +463,7 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
     let mut additional: SmallVec<[u32; 16]> = SmallVec::new();
     for (i, e) in cef.extensions.iter().enumerate() {
         // `rt` is already ReceiptTime; an empty value carries nothing to keep.
-        if e.key == "rt" || e.value.is_empty() {
+        if e.key.as_bytes() == b"rt" || e.value.is_empty() {
             continue;
         }
         let written = match column(e.key) {
@@ -488,15 +496,14 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
 fn write_additional_value(out: &mut Vec<u8>, value: &str) {
     let bytes = value.as_bytes();
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if matches!(b, b'\\' | b';' | b'=') {
-            write_str_contents(out, &value[start..i]);
-            out.extend_from_slice(if b == b'\\' { b"\\\\\\\\" } else { b"\\\\" });
-            if b != b'\\' {
-                out.push(b);
-            }
-            start = i + 1;
+    for i in memchr::memchr3_iter(b'\\', b';', b'=', bytes) {
+        let b = bytes[i];
+        write_str_contents(out, &value[start..i]);
+        out.extend_from_slice(if b == b'\\' { b"\\\\\\\\" } else { b"\\\\" });
+        if b != b'\\' {
+            out.push(b);
         }
+        start = i + 1;
     }
     write_str_contents(out, &value[start..]);
 }
