@@ -92,6 +92,56 @@ fn word_needs_escape(word: u64) -> bool {
     (control | quote | backslash) & HIGHS != 0
 }
 
+/// Writes `s` as the contents of a JSON string after backslash-escaping `\\` and the two
+/// `extra` bytes (a `key=value;key=value` list inside one JSON string): `a;b` → `a\;b`, then
+/// JSON escaping (`a\\;b`). Same 16-byte gate as [`write_str_contents`], so clean text is
+/// copied in runs and never looked at twice.
+#[inline]
+pub fn write_backslashed_contents(out: &mut Vec<u8>, s: &str, extra: [u8; 2]) {
+    let bytes = s.as_bytes();
+    let special = |b: u8| b == b'\\' || b == extra[0] || b == extra[1];
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if i + 16 <= bytes.len() {
+            let block: &[u8; 16] = bytes[i..i + 16].try_into().expect("16-byte slice");
+            let mut any = 0u8;
+            for &b in block {
+                any |= u8::from(b < 0x20)
+                    | u8::from(b == b'"')
+                    | u8::from(b == b'\\')
+                    | u8::from(b == extra[0])
+                    | u8::from(b == extra[1]);
+            }
+            if any == 0 {
+                i += 16;
+                continue;
+            }
+        }
+        let end = (i + 16).min(bytes.len());
+        while i < end {
+            let b = bytes[i];
+            if special(b) {
+                out.extend_from_slice(&bytes[start..i]);
+                // The added backslash, in its JSON form.
+                out.extend_from_slice(b"\\\\");
+                if NEEDS_ESCAPE[b as usize] {
+                    write_escape(out, b);
+                } else {
+                    out.push(b);
+                }
+                start = i + 1;
+            } else if NEEDS_ESCAPE[b as usize] {
+                out.extend_from_slice(&bytes[start..i]);
+                write_escape(out, b);
+                start = i + 1;
+            }
+            i += 1;
+        }
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
 #[inline]
 fn block_needs_escape(block: &[u8; 16]) -> bool {
     let mut any = 0u8;
@@ -232,6 +282,32 @@ mod tests {
             write_str(&mut out, &text);
             let back: String = serde_json::from_slice(&out).unwrap();
             proptest::prop_assert_eq!(back, text);
+        }
+    }
+
+    /// The list escaping as first written: split at each special byte, JSON-escape the parts.
+    fn backslashed_reference(s: &str, extra: [u8; 2]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        for (i, b) in s.bytes().enumerate() {
+            if b == b'\\' || extra.contains(&b) {
+                write_str_contents(&mut out, &s[start..i]);
+                write_str_contents(&mut out, "\\");
+                start = i;
+            }
+        }
+        write_str_contents(&mut out, &s[start..]);
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn backslashed_contents_match_reference(s in "(?s)[a-z;=\\\\\"\n\u{1}é ]{0,60}") {
+            for extra in [[b';', b';'], [b';', b'=']] {
+                let mut out = Vec::new();
+                write_backslashed_contents(&mut out, &s, extra);
+                proptest::prop_assert_eq!(&out, &backslashed_reference(&s, extra));
+            }
         }
     }
 

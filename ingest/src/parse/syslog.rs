@@ -449,12 +449,31 @@ fn starts_body(b: &[u8], pos: usize) -> bool {
         || rest.starts_with(b"LEEF:")
 }
 
+/// Byte classes of hostnames (bit 0) and tags (bit 1), as a table: every header byte is
+/// tested, and a load beats the chain of comparisons.
+static HEADER_BYTE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        let host =
+            c > b' ' && c != 0x7f && !matches!(c, b'{' | b'}' | b'[' | b']' | b'|' | b'=' | b'"');
+        if host {
+            t[i] = if c == b':' { 1 } else { 3 };
+        }
+        i += 1;
+    }
+    t
+};
+
+#[inline]
 fn is_host_byte(c: u8) -> bool {
-    c > b' ' && c != 0x7f && !matches!(c, b'{' | b'}' | b'[' | b']' | b'|' | b'=' | b'"')
+    HEADER_BYTE[c as usize] & 1 != 0
 }
 
+#[inline]
 fn is_tag_byte(c: u8) -> bool {
-    is_host_byte(c) && c != b':'
+    HEADER_BYTE[c as usize] & 2 != 0
 }
 
 struct Tag<'a> {
@@ -797,6 +816,17 @@ mod tests {
                 i64::from(want),
                 "{secs}"
             );
+        }
+    }
+
+    #[test]
+    fn byte_class_table_matches_the_rules() {
+        for c in 0..=255u8 {
+            let host = c > b' '
+                && c != 0x7f
+                && !matches!(c, b'{' | b'}' | b'[' | b']' | b'|' | b'=' | b'"');
+            assert_eq!(is_host_byte(c), host, "{c:#x}");
+            assert_eq!(is_tag_byte(c), host && c != b':', "{c:#x}");
         }
     }
 

@@ -34,7 +34,7 @@
 use smallvec::SmallVec;
 
 use crate::event::{Event, EventKind};
-use crate::map::json_writer::{ObjectWriter, write_str_contents};
+use crate::map::json_writer::{ObjectWriter, write_backslashed_contents};
 use crate::map::sluice::write_timestamp;
 use crate::parse::json::{self, JsonBody, JsonRef};
 
@@ -215,6 +215,11 @@ fn write_flattened(out: &mut Vec<u8>, root: JsonRef<'_, '_>, skip: &[&str]) {
     let mut stack: SmallVec<[(Level<'_, '_>, usize); 16]> = SmallVec::new();
     stack.push((Level::Object(root.entries()), 0));
     let mut value_text = Vec::new();
+    let skip_depth = skip
+        .iter()
+        .map(|p| 1 + memchr::memchr_iter(b'.', p.as_bytes()).count())
+        .max()
+        .unwrap_or(0);
     while let Some((level, base)) = stack.last_mut() {
         let base = *base;
         path.truncate(base);
@@ -236,7 +241,9 @@ fn write_flattened(out: &mut Vec<u8>, root: JsonRef<'_, '_>, skip: &[&str]) {
             stack.pop();
             continue;
         };
-        if skip.contains(&path.as_str()) {
+        // A path `depth` levels down has at least `depth - 1` dots, so deeper paths cannot
+        // be in `skip`.
+        if stack.len() <= skip_depth && skip.contains(&path.as_str()) {
             continue;
         }
         if value.is_object() {
@@ -261,15 +268,9 @@ fn write_flattened(out: &mut Vec<u8>, root: JsonRef<'_, '_>, skip: &[&str]) {
 }
 
 /// `\` → `\\`, `;` → `\;`, then JSON string escaping.
+#[inline]
 fn write_escaped_part(out: &mut Vec<u8>, s: &str) {
-    let mut start = 0;
-    for i in memchr::memchr2_iter(b'\\', b';', s.as_bytes()) {
-        write_str_contents(out, &s[start..i]);
-        // The JSON form of the added backslash.
-        out.extend_from_slice(b"\\\\");
-        start = i;
-    }
-    write_str_contents(out, &s[start..]);
+    write_backslashed_contents(out, s, [b';', b';']);
 }
 
 #[cfg(test)]

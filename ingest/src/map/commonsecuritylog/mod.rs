@@ -12,7 +12,7 @@ mod darktrace;
 use smallvec::SmallVec;
 
 use crate::event::{Body, Cef, Event};
-use crate::map::json_writer::{ObjectWriter, write_str_contents};
+use crate::map::json_writer::{ObjectWriter, write_backslashed_contents, write_str_contents};
 use crate::parse::cef::{CustomKind, KeyIndex, custom_key, key_order, parse_timestamp};
 
 pub fn write(event: &Event<'_>, out: &mut Vec<u8>) {
@@ -493,19 +493,9 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
 
 /// A value inside `AdditionalExtensions`: `\`, `;` and `=` are backslash-escaped (and the text
 /// JSON-escaped) so that the `key=value;key=value` list splits unambiguously.
+#[inline]
 fn write_additional_value(out: &mut Vec<u8>, value: &str) {
-    let bytes = value.as_bytes();
-    let mut start = 0;
-    for i in memchr::memchr3_iter(b'\\', b';', b'=', bytes) {
-        let b = bytes[i];
-        write_str_contents(out, &value[start..i]);
-        out.extend_from_slice(if b == b'\\' { b"\\\\\\\\" } else { b"\\\\" });
-        if b != b'\\' {
-            out.push(b);
-        }
-        start = i + 1;
-    }
-    write_str_contents(out, &value[start..]);
+    write_backslashed_contents(out, value, [b';', b'=']);
 }
 
 fn write_text(event: &Event<'_>, text: &str, error: Option<(&str, &String)>, out: &mut Vec<u8>) {
