@@ -192,6 +192,29 @@ impl<'o> ObjectWriter<'o> {
         self.out
     }
 
+    /// Writes `"key":` for a key from the mapper's own tables, which needs no escaping (a
+    /// test of each table checks that), and returns the buffer for the value.
+    #[inline]
+    pub fn clean_key(&mut self, key: &'static str) -> &mut Vec<u8> {
+        debug_assert!(!key.bytes().any(|b| NEEDS_ESCAPE[b as usize]), "{key:?}");
+        self.out.reserve(key.len() + 4);
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        self.out.push(b'"');
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\":");
+        self.out
+    }
+
+    /// [`ObjectWriter::str`] for a key that needs no escaping (see [`ObjectWriter::clean_key`]).
+    #[inline]
+    pub fn clean_str(&mut self, key: &'static str, value: &str) {
+        let out = self.clean_key(key);
+        write_str(out, value);
+    }
+
     #[inline]
     pub fn str(&mut self, key: &str, value: &str) {
         let out = self.key(key);
@@ -324,6 +347,21 @@ mod tests {
                 assert_eq!(back, text, "byte {b:#x} at {pos}");
             }
         }
+    }
+
+    #[test]
+    fn clean_keys_write_what_escaped_keys_write() {
+        let mut a = Vec::new();
+        let mut o = ObjectWriter::begin(&mut a);
+        o.clean_str("DeviceVendor", "x\"y");
+        o.clean_key("n").push(b'1');
+        o.end();
+        let mut b = Vec::new();
+        let mut o = ObjectWriter::begin(&mut b);
+        o.str("DeviceVendor", "x\"y");
+        o.key("n").push(b'1');
+        o.end();
+        assert_eq!(a, b);
     }
 
     #[test]

@@ -368,46 +368,49 @@ fn write_typed(
     value: &str,
     dtz: Option<&str>,
 ) -> bool {
-    let v = value.trim();
+    let int = |o: &mut ObjectWriter<'_>, col: &'static str, n: i64| {
+        o.clean_key(col)
+            .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    };
     match ty {
         Type::Str => {
-            o.str(col, value);
+            o.clean_str(col, value);
             true
         }
-        Type::Int => match v.parse::<i32>() {
+        Type::Int => match value.trim().parse::<i32>() {
             Ok(n) => {
-                o.i64(col, i64::from(n));
+                int(o, col, i64::from(n));
                 true
             }
             Err(_) => false,
         },
-        Type::Long => match v.parse::<i64>() {
+        Type::Long => match value.trim().parse::<i64>() {
             Ok(n) => {
-                o.i64(col, n);
+                int(o, col, n);
                 true
             }
             Err(_) => false,
         },
-        Type::Real => match v.parse::<f64>() {
+        Type::Real => match value.trim().parse::<f64>() {
             Ok(f) if f.is_finite() => {
-                o.f64(col, f);
+                o.clean_key(col)
+                    .extend_from_slice(ryu::Buffer::new().format_finite(f).as_bytes());
                 true
             }
             _ => false,
         },
-        Type::DateTime => match parse_timestamp(v, dtz) {
+        Type::DateTime => match parse_timestamp(value.trim(), dtz) {
             Some(ms) => {
-                let out = o.key(col);
-                write_rfc3339_millis(out, ms);
+                write_rfc3339_millis(o.clean_key(col), ms);
                 true
             }
             None => false,
         },
-        Type::CustomNumber(long_col) => match v.parse::<i64>() {
+        Type::CustomNumber(long_col) => match value.trim().parse::<i64>() {
             Ok(n) => {
                 match i32::try_from(n) {
-                    Ok(small) => o.i64(col, i64::from(small)),
-                    Err(_) => o.i64(long_col, n),
+                    Ok(small) => int(o, col, i64::from(small)),
+                    Err(_) => int(o, long_col, n),
                 }
                 true
             }
@@ -441,21 +444,21 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
     let rt_millis = rt.and_then(|rt| parse_timestamp(rt, dtz));
     let mut o = ObjectWriter::begin(out);
     write_rfc3339_millis(
-        o.key("TimeGenerated"),
+        o.clean_key("TimeGenerated"),
         rt_millis.unwrap_or_else(|| event.received.received_at.unix_millis()),
     );
     if let Some(host) = event.syslog.hostname {
-        o.str("Computer", host);
+        o.clean_str("Computer", host);
     }
-    o.str("DeviceVendor", &cef.device_vendor);
-    o.str("DeviceProduct", &cef.device_product);
-    o.str("DeviceVersion", &cef.device_version);
-    o.str("DeviceEventClassID", &cef.signature_id);
-    o.str("Activity", &cef.name);
-    o.str("LogSeverity", log_severity(&cef.severity));
+    o.clean_str("DeviceVendor", &cef.device_vendor);
+    o.clean_str("DeviceProduct", &cef.device_product);
+    o.clean_str("DeviceVersion", &cef.device_version);
+    o.clean_str("DeviceEventClassID", &cef.signature_id);
+    o.clean_str("Activity", &cef.name);
+    o.clean_str("LogSeverity", log_severity(&cef.severity));
     match (rt, rt_millis) {
-        (_, Some(ms)) => write_rfc3339_millis(o.key("ReceiptTime"), ms),
-        (Some(rt), None) => o.str("ReceiptTime", rt),
+        (_, Some(ms)) => write_rfc3339_millis(o.clean_key("ReceiptTime"), ms),
+        (Some(rt), None) => o.clean_str("ReceiptTime", rt),
         (None, None) => {}
     }
 
@@ -475,7 +478,7 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
         }
     }
     if !additional.is_empty() {
-        let out = o.key("AdditionalExtensions");
+        let out = o.clean_key("AdditionalExtensions");
         out.push(b'"');
         for (n, &i) in additional.iter().enumerate() {
             let e = &cef.extensions[i as usize];
@@ -626,6 +629,22 @@ mod tests {
             "x",
         ] {
             assert_eq!(column(k), column_by_search(k), "{k}");
+        }
+    }
+
+    #[test]
+    fn column_names_need_no_json_escaping() {
+        let clean = |s: &str| s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\');
+        assert!(COLUMNS.iter().all(|(_, col, _)| clean(col)));
+        for (key, _, _) in COLUMNS {
+            for k in [key.to_string(), format!("cs{}", key.len() % 7)] {
+                if let Some((col, ty)) = column(&k) {
+                    assert!(clean(col), "{col}");
+                    if let Type::CustomNumber(long) = ty {
+                        assert!(clean(long), "{long}");
+                    }
+                }
+            }
         }
     }
 
