@@ -124,8 +124,9 @@ pub fn parse<'a>(record: &'a str, prefix: &'a str) -> Result<Cef<'a>, CefError> 
         name,
         severity,
     ] = fields;
-    let extensions = parse_extensions(&record[pos..])?;
-    Ok(Cef {
+    // Tokenised straight into the record's own vector: the inline storage is ~1 KB, and
+    // building it elsewhere would copy it on every record.
+    let mut cef = Cef {
         prefix: prefix.trim(),
         version,
         device_vendor,
@@ -134,8 +135,10 @@ pub fn parse<'a>(record: &'a str, prefix: &'a str) -> Result<Cef<'a>, CefError> 
         signature_id,
         name,
         severity,
-        extensions,
-    })
+        extensions: SmallVec::new(),
+    };
+    parse_extensions(&record[pos..], &mut cef.extensions)?;
+    Ok(cef)
 }
 
 /// One header field from `start` to the next unescaped `|`; returns it and the offset after the
@@ -216,15 +219,17 @@ fn value_cow(raw: &str, has_backslash: bool) -> Cow<'_, str> {
 ///
 /// One `memchr2` iterator walks every `=` and `\` of the extension once; an event inside an
 /// escape (`\=`, `\\`) is passed over.
-fn parse_extensions(ext: &str) -> Result<SmallVec<[Extension<'_>; 24]>, CefError> {
+fn parse_extensions<'a>(
+    ext: &'a str,
+    out: &mut SmallVec<[Extension<'a>; 24]>,
+) -> Result<(), CefError> {
     let bytes = ext.as_bytes();
-    let mut out: SmallVec<[Extension<'_>; 24]> = SmallVec::new();
     let mut i = 0;
     while i < bytes.len() && bytes[i] == b' ' {
         i += 1;
     }
     if i == bytes.len() {
-        return Ok(out);
+        return Ok(());
     }
     let key_end = i + bytes[i..].iter().take_while(|&&b| is_key_byte(b)).count();
     if key_end == i || bytes.get(key_end) != Some(&b'=') {
@@ -234,7 +239,7 @@ fn parse_extensions(ext: &str) -> Result<SmallVec<[Extension<'_>; 24]>, CefError
     let mut key = &ext[i..key_end];
     let mut value_start = key_end + 1;
     let mut seen = SeenKeys::default();
-    seen.insert(key);
+    seen.insert(key, filter_bit(key));
     // Events before `pos` are the first key's `=` or the byte after a backslash.
     let mut pos = value_start;
     let mut has_backslash = false;
@@ -251,11 +256,16 @@ fn parse_extensions(ext: &str) -> Result<SmallVec<[Extension<'_>; 24]>, CefError
         while s > value_start && is_key_byte(bytes[s - 1]) {
             s -= 1;
         }
+        let candidate = &ext[s..p];
+        let mut bit = 0;
         let boundary = s < p
             && s > value_start
             && bytes[s - 1] == b' '
             && bytes.get(p + 1) != Some(&b'=')
-            && !seen.contains(&ext[s..p]);
+            && {
+                bit = filter_bit(candidate);
+                !seen.contains(candidate, bit)
+            };
         if !boundary {
             // A stray `=`: the sender does not escape, so the value runs to the end of the
             // record (see the module docs).
@@ -264,7 +274,7 @@ fn parse_extensions(ext: &str) -> Result<SmallVec<[Extension<'_>; 24]>, CefError
                 key,
                 value: value_cow(&ext[value_start..], has_backslash),
             });
-            return Ok(out);
+            return Ok(());
         }
         let mut value_end = s - 1;
         while value_end > value_start && bytes[value_end - 1] == b' ' {
@@ -274,8 +284,8 @@ fn parse_extensions(ext: &str) -> Result<SmallVec<[Extension<'_>; 24]>, CefError
             key,
             value: value_cow(&ext[value_start..value_end], has_backslash),
         });
-        key = &ext[s..p];
-        seen.insert(key);
+        key = candidate;
+        seen.insert(key, bit);
         value_start = p + 1;
         pos = value_start;
         has_backslash = false;
@@ -284,7 +294,7 @@ fn parse_extensions(ext: &str) -> Result<SmallVec<[Extension<'_>; 24]>, CefError
         key,
         value: value_cow(&ext[value_start..], has_backslash),
     });
-    Ok(out)
+    Ok(())
 }
 
 /// Keys already used in the record. Linear search for typical records; a hash set only for
@@ -304,8 +314,9 @@ fn filter_bit(key: &str) -> u128 {
 }
 
 impl<'a> SeenKeys<'a> {
-    fn insert(&mut self, key: &'a str) {
-        self.filter |= filter_bit(key);
+    /// `bit` is [`filter_bit`] of `key`, computed once by the caller for both calls.
+    fn insert(&mut self, key: &'a str, bit: u128) {
+        self.filter |= bit;
         if let Some(set) = &mut self.large {
             set.insert(key);
         } else if self.small.len() < 32 {
@@ -317,8 +328,8 @@ impl<'a> SeenKeys<'a> {
         }
     }
 
-    fn contains(&self, key: &str) -> bool {
-        if self.filter & filter_bit(key) == 0 {
+    fn contains(&self, key: &str, bit: u128) -> bool {
+        if self.filter & bit == 0 {
             return false;
         }
         match &self.large {
