@@ -24,46 +24,25 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
 
 /// Appends the escaped contents of `s` without quotes.
 ///
-/// Most text needs no escaping, so eight bytes are tested at a time (SWAR) and copied in runs;
-/// only a word that holds a byte to escape is walked byte by byte.
+/// Eight bytes are tested at a time (SWAR) with exact per-byte results, so clean runs are
+/// copied whole and, in a word that holds bytes to escape, only those bytes are visited
+/// (JSON text, full of quotes, stays fast too).
 #[inline]
 pub fn write_str_contents(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     let mut start = 0;
     let mut i = 0;
-    // Sixteen bytes at a time first: the branch-free test below compiles to a few SIMD
-    // compares per block on x86-64 (SSE2 is baseline there), no `unsafe` needed.
-    while i + 16 <= bytes.len() {
-        let block: &[u8; 16] = bytes[i..i + 16].try_into().expect("16-byte slice");
-        if !block_needs_escape(block) {
-            i += 16;
-            continue;
-        }
-        let end = i + 16;
-        while i < end {
-            if NEEDS_ESCAPE[bytes[i] as usize] {
-                out.extend_from_slice(&bytes[start..i]);
-                write_escape(out, bytes[i]);
-                start = i + 1;
-            }
-            i += 1;
-        }
-    }
     while i + 8 <= bytes.len() {
         let word = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8-byte slice"));
-        if !word_needs_escape(word) {
-            i += 8;
-            continue;
+        let mut hits = escape_bits(word);
+        while hits != 0 {
+            let p = i + (hits.trailing_zeros() / 8) as usize;
+            out.extend_from_slice(&bytes[start..p]);
+            write_escape(out, bytes[p]);
+            start = p + 1;
+            hits &= hits - 1;
         }
-        let end = i + 8;
-        while i < end {
-            if NEEDS_ESCAPE[bytes[i] as usize] {
-                out.extend_from_slice(&bytes[start..i]);
-                write_escape(out, bytes[i]);
-                start = i + 1;
-            }
-            i += 1;
-        }
+        i += 8;
     }
     while i < bytes.len() {
         if NEEDS_ESCAPE[bytes[i] as usize] {
@@ -76,79 +55,67 @@ pub fn write_str_contents(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&bytes[start..]);
 }
 
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGHS: u64 = 0x8080_8080_8080_8080;
-
-/// True when some byte of `word` is a control character, `"` or `\`. The classic
-/// "has byte less than n" / "has zero byte" tests are exact as to existence (n ≤ 128), which is
-/// all this gate needs: the bytes are then checked one by one.
-#[inline]
-fn word_needs_escape(word: u64) -> bool {
-    let control = word.wrapping_sub(ONES * 0x20) & !word;
-    let quote = word ^ (ONES * b'"' as u64);
-    let quote = quote.wrapping_sub(ONES) & !quote;
-    let backslash = word ^ (ONES * b'\\' as u64);
-    let backslash = backslash.wrapping_sub(ONES) & !backslash;
-    (control | quote | backslash) & HIGHS != 0
-}
-
 /// Writes `s` as the contents of a JSON string after backslash-escaping `\\` and the two
 /// `extra` bytes (a `key=value;key=value` list inside one JSON string): `a;b` → `a\;b`, then
-/// JSON escaping (`a\\;b`). Same 16-byte gate as [`write_str_contents`], so clean text is
-/// copied in runs and never looked at twice.
+/// JSON escaping (`a\\;b`). Same word-at-a-time scan as [`write_str_contents`].
 #[inline]
 pub fn write_backslashed_contents(out: &mut Vec<u8>, s: &str, extra: [u8; 2]) {
     let bytes = s.as_bytes();
-    let special = |b: u8| b == b'\\' || b == extra[0] || b == extra[1];
     let mut start = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        if i + 16 <= bytes.len() {
-            let block: &[u8; 16] = bytes[i..i + 16].try_into().expect("16-byte slice");
-            let mut any = 0u8;
-            for &b in block {
-                any |= u8::from(b < 0x20)
-                    | u8::from(b == b'"')
-                    | u8::from(b == b'\\')
-                    | u8::from(b == extra[0])
-                    | u8::from(b == extra[1]);
-            }
-            if any == 0 {
-                i += 16;
-                continue;
-            }
-        }
-        let end = (i + 16).min(bytes.len());
-        while i < end {
-            let b = bytes[i];
-            if special(b) {
-                out.extend_from_slice(&bytes[start..i]);
-                // The added backslash, in its JSON form.
-                out.extend_from_slice(b"\\\\");
-                if NEEDS_ESCAPE[b as usize] {
-                    write_escape(out, b);
-                } else {
-                    out.push(b);
-                }
-                start = i + 1;
-            } else if NEEDS_ESCAPE[b as usize] {
-                out.extend_from_slice(&bytes[start..i]);
+    let emit = |out: &mut Vec<u8>, p: usize, start: &mut usize| {
+        let b = bytes[p];
+        out.extend_from_slice(&bytes[*start..p]);
+        if b == b'\\' || b == extra[0] || b == extra[1] {
+            // The added backslash, in its JSON form.
+            out.extend_from_slice(b"\\\\");
+            if NEEDS_ESCAPE[b as usize] {
                 write_escape(out, b);
-                start = i + 1;
+            } else {
+                out.push(b);
             }
-            i += 1;
+        } else {
+            write_escape(out, b);
         }
+        *start = p + 1;
+    };
+    let mut i = 0;
+    while i + 8 <= bytes.len() {
+        let word = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8-byte slice"));
+        let mut hits = escape_bits(word) | eq_bits(word, extra[0]) | eq_bits(word, extra[1]);
+        while hits != 0 {
+            emit(out, i + (hits.trailing_zeros() / 8) as usize, &mut start);
+            hits &= hits - 1;
+        }
+        i += 8;
+    }
+    while i < bytes.len() {
+        let b = bytes[i];
+        if NEEDS_ESCAPE[b as usize] || b == extra[0] || b == extra[1] {
+            emit(out, i, &mut start);
+        }
+        i += 1;
     }
     out.extend_from_slice(&bytes[start..]);
 }
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+
+/// The high bit of every byte of `word` equal to `c`, and only those: the low seven bits are
+/// added without carries leaving the byte, unlike the classic "has zero byte" test, whose
+/// borrows can flag a byte after a real hit.
 #[inline]
-fn block_needs_escape(block: &[u8; 16]) -> bool {
-    let mut any = 0u8;
-    for &b in block {
-        any |= u8::from(b < 0x20) | u8::from(b == b'"') | u8::from(b == b'\\');
-    }
-    any != 0
+fn eq_bits(word: u64, c: u8) -> u64 {
+    let y = word ^ (ONES * u64::from(c));
+    !(((y & LOW7) + LOW7) | y) & HIGHS
+}
+
+/// The high bit of every byte of `word` that JSON needs escaped: controls, `"` and `\\`.
+#[inline]
+fn escape_bits(word: u64) -> u64 {
+    let control = !(((word & LOW7) + ONES * 0x60) | word) & HIGHS;
+    control | eq_bits(word, b'"') | eq_bits(word, b'\\')
 }
 
 #[inline]
@@ -330,6 +297,31 @@ mod tests {
                 let mut out = Vec::new();
                 write_backslashed_contents(&mut out, &s, extra);
                 proptest::prop_assert_eq!(&out, &backslashed_reference(&s, extra));
+            }
+        }
+    }
+
+    #[test]
+    fn word_tests_are_exact_for_every_byte_in_every_position() {
+        for fill in [0u8, b'"', b'\\', 0x1f, 0x20, 0x7f, 0x80, 0xff, b'a'] {
+            for b in 0..=255u8 {
+                for pos in 0..8 {
+                    let mut bytes = [fill; 8];
+                    bytes[pos] = b;
+                    let word = u64::from_le_bytes(bytes);
+                    let mut want_escape = 0u64;
+                    let mut want_eq = 0u64;
+                    for (k, &x) in bytes.iter().enumerate() {
+                        if NEEDS_ESCAPE[x as usize] {
+                            want_escape |= 0x80 << (8 * k);
+                        }
+                        if x == b';' {
+                            want_eq |= 0x80 << (8 * k);
+                        }
+                    }
+                    assert_eq!(escape_bits(word), want_escape, "{bytes:?}");
+                    assert_eq!(eq_bits(word, b';'), want_eq, "{bytes:?}");
+                }
             }
         }
     }
