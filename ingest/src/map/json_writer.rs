@@ -24,8 +24,9 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
 
 /// Appends the escaped contents of `s` without quotes.
 ///
-/// Most text needs no escaping, so eight bytes are tested at a time (SWAR) and copied in runs;
-/// only a word that holds a byte to escape is walked byte by byte.
+/// Eight bytes are tested at a time (SWAR) with exact per-byte results, so clean runs are
+/// copied whole and, in a word that holds bytes to escape, only those bytes are visited
+/// (JSON text, full of quotes, stays fast too).
 #[inline]
 pub fn write_str_contents(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
@@ -33,19 +34,15 @@ pub fn write_str_contents(out: &mut Vec<u8>, s: &str) {
     let mut i = 0;
     while i + 8 <= bytes.len() {
         let word = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8-byte slice"));
-        if !word_needs_escape(word) {
-            i += 8;
-            continue;
+        let mut hits = escape_bits(word);
+        while hits != 0 {
+            let p = i + (hits.trailing_zeros() / 8) as usize;
+            out.extend_from_slice(&bytes[start..p]);
+            write_escape(out, bytes[p]);
+            start = p + 1;
+            hits &= hits - 1;
         }
-        let end = i + 8;
-        while i < end {
-            if NEEDS_ESCAPE[bytes[i] as usize] {
-                out.extend_from_slice(&bytes[start..i]);
-                write_escape(out, bytes[i]);
-                start = i + 1;
-            }
-            i += 1;
-        }
+        i += 8;
     }
     while i < bytes.len() {
         if NEEDS_ESCAPE[bytes[i] as usize] {
@@ -58,20 +55,67 @@ pub fn write_str_contents(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&bytes[start..]);
 }
 
+/// Writes `s` as the contents of a JSON string after backslash-escaping `\\` and the two
+/// `extra` bytes (a `key=value;key=value` list inside one JSON string): `a;b` → `a\;b`, then
+/// JSON escaping (`a\\;b`). Same word-at-a-time scan as [`write_str_contents`].
+#[inline]
+pub fn write_backslashed_contents(out: &mut Vec<u8>, s: &str, extra: [u8; 2]) {
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    let emit = |out: &mut Vec<u8>, p: usize, start: &mut usize| {
+        let b = bytes[p];
+        out.extend_from_slice(&bytes[*start..p]);
+        if b == b'\\' || b == extra[0] || b == extra[1] {
+            // The added backslash, in its JSON form.
+            out.extend_from_slice(b"\\\\");
+            if NEEDS_ESCAPE[b as usize] {
+                write_escape(out, b);
+            } else {
+                out.push(b);
+            }
+        } else {
+            write_escape(out, b);
+        }
+        *start = p + 1;
+    };
+    let mut i = 0;
+    while i + 8 <= bytes.len() {
+        let word = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8-byte slice"));
+        let mut hits = escape_bits(word) | eq_bits(word, extra[0]) | eq_bits(word, extra[1]);
+        while hits != 0 {
+            emit(out, i + (hits.trailing_zeros() / 8) as usize, &mut start);
+            hits &= hits - 1;
+        }
+        i += 8;
+    }
+    while i < bytes.len() {
+        let b = bytes[i];
+        if NEEDS_ESCAPE[b as usize] || b == extra[0] || b == extra[1] {
+            emit(out, i, &mut start);
+        }
+        i += 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
+const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
 
-/// True when some byte of `word` is a control character, `"` or `\`. The classic
-/// "has byte less than n" / "has zero byte" tests are exact as to existence (n ≤ 128), which is
-/// all this gate needs: the bytes are then checked one by one.
+/// The high bit of every byte of `word` equal to `c`, and only those: the low seven bits are
+/// added without carries leaving the byte, unlike the classic "has zero byte" test, whose
+/// borrows can flag a byte after a real hit.
 #[inline]
-fn word_needs_escape(word: u64) -> bool {
-    let control = word.wrapping_sub(ONES * 0x20) & !word;
-    let quote = word ^ (ONES * b'"' as u64);
-    let quote = quote.wrapping_sub(ONES) & !quote;
-    let backslash = word ^ (ONES * b'\\' as u64);
-    let backslash = backslash.wrapping_sub(ONES) & !backslash;
-    (control | quote | backslash) & HIGHS != 0
+fn eq_bits(word: u64, c: u8) -> u64 {
+    let y = word ^ (ONES * u64::from(c));
+    !(((y & LOW7) + LOW7) | y) & HIGHS
+}
+
+/// The high bit of every byte of `word` that JSON needs escaped: controls, `"` and `\\`.
+#[inline]
+fn escape_bits(word: u64) -> u64 {
+    let control = !(((word & LOW7) + ONES * 0x60) | word) & HIGHS;
+    control | eq_bits(word, b'"') | eq_bits(word, b'\\')
 }
 
 #[inline]
@@ -113,6 +157,29 @@ impl<'o> ObjectWriter<'o> {
         write_str(self.out, key);
         self.out.push(b':');
         self.out
+    }
+
+    /// Writes `"key":` for a key from the mapper's own tables, which needs no escaping (a
+    /// test of each table checks that), and returns the buffer for the value.
+    #[inline]
+    pub fn clean_key(&mut self, key: &'static str) -> &mut Vec<u8> {
+        debug_assert!(!key.bytes().any(|b| NEEDS_ESCAPE[b as usize]), "{key:?}");
+        self.out.reserve(key.len() + 4);
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        self.out.push(b'"');
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\":");
+        self.out
+    }
+
+    /// [`ObjectWriter::str`] for a key that needs no escaping (see [`ObjectWriter::clean_key`]).
+    #[inline]
+    pub fn clean_str(&mut self, key: &'static str, value: &str) {
+        let out = self.clean_key(key);
+        write_str(out, value);
     }
 
     #[inline]
@@ -208,11 +275,63 @@ mod tests {
         }
     }
 
+    /// The list escaping as first written: split at each special byte, JSON-escape the parts.
+    fn backslashed_reference(s: &str, extra: [u8; 2]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        for (i, b) in s.bytes().enumerate() {
+            if b == b'\\' || extra.contains(&b) {
+                write_str_contents(&mut out, &s[start..i]);
+                write_str_contents(&mut out, "\\");
+                start = i;
+            }
+        }
+        write_str_contents(&mut out, &s[start..]);
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn backslashed_contents_match_reference(s in "(?s)[a-z;=\\\\\"\n\u{1}é ]{0,60}") {
+            for extra in [[b';', b';'], [b';', b'=']] {
+                let mut out = Vec::new();
+                write_backslashed_contents(&mut out, &s, extra);
+                proptest::prop_assert_eq!(&out, &backslashed_reference(&s, extra));
+            }
+        }
+    }
+
+    #[test]
+    fn word_tests_are_exact_for_every_byte_in_every_position() {
+        for fill in [0u8, b'"', b'\\', 0x1f, 0x20, 0x7f, 0x80, 0xff, b'a'] {
+            for b in 0..=255u8 {
+                for pos in 0..8 {
+                    let mut bytes = [fill; 8];
+                    bytes[pos] = b;
+                    let word = u64::from_le_bytes(bytes);
+                    let mut want_escape = 0u64;
+                    let mut want_eq = 0u64;
+                    for (k, &x) in bytes.iter().enumerate() {
+                        if NEEDS_ESCAPE[x as usize] {
+                            want_escape |= 0x80 << (8 * k);
+                        }
+                        if x == b';' {
+                            want_eq |= 0x80 << (8 * k);
+                        }
+                    }
+                    assert_eq!(escape_bits(word), want_escape, "{bytes:?}");
+                    assert_eq!(eq_bits(word, b';'), want_eq, "{bytes:?}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn every_byte_position_of_every_escapable_byte_is_escaped() {
         for b in (0u8..0x20).chain([b'"', b'\\']) {
-            for pos in 0..20 {
-                let mut text = "x".repeat(20);
+            // 40 bytes: positions in a 16-byte block, an 8-byte word and the byte-wise tail.
+            for pos in 0..40 {
+                let mut text = "x".repeat(40);
                 text.replace_range(pos..pos + 1, std::str::from_utf8(&[b]).unwrap());
                 let mut out = Vec::new();
                 write_str(&mut out, &text);
@@ -220,6 +339,21 @@ mod tests {
                 assert_eq!(back, text, "byte {b:#x} at {pos}");
             }
         }
+    }
+
+    #[test]
+    fn clean_keys_write_what_escaped_keys_write() {
+        let mut a = Vec::new();
+        let mut o = ObjectWriter::begin(&mut a);
+        o.clean_str("DeviceVendor", "x\"y");
+        o.clean_key("n").push(b'1');
+        o.end();
+        let mut b = Vec::new();
+        let mut o = ObjectWriter::begin(&mut b);
+        o.str("DeviceVendor", "x\"y");
+        o.key("n").push(b'1');
+        o.end();
+        assert_eq!(a, b);
     }
 
     #[test]

@@ -7,6 +7,9 @@ pub mod json_writer;
 pub mod raw;
 pub mod sluice;
 
+#[cfg(test)]
+mod golden;
+
 use crate::event::Event;
 
 /// Output schema of a sink (`schema = "..."` in `[sinks.NAME]`).

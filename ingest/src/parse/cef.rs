@@ -18,7 +18,7 @@
 
 use std::borrow::Cow;
 
-use memchr::{memchr, memchr2};
+use memchr::{memchr, memchr2, memchr2_iter};
 use smallvec::SmallVec;
 
 use crate::event::{Cef, Extension};
@@ -46,10 +46,15 @@ impl CefError {
 /// Byte offset of `CEF:<digits>|` in `body`, if any.
 pub fn find_cef_start(body: &str) -> Option<usize> {
     let bytes = body.as_bytes();
-    let finder = memchr::memmem::Finder::new(b"CEF:");
     let mut from = 0;
-    while let Some(off) = finder.find(&bytes[from..]) {
+    // `memchr` on the first byte: a searcher for the whole needle would be built per call,
+    // and the record nearly always starts within a few bytes.
+    while let Some(off) = memchr(b'C', &bytes[from..]) {
         let start = from + off;
+        if !bytes[start..].starts_with(b"CEF:") {
+            from = start + 1;
+            continue;
+        }
         let digits = bytes[start + 4..]
             .iter()
             .take_while(|b| b.is_ascii_digit())
@@ -119,8 +124,9 @@ pub fn parse<'a>(record: &'a str, prefix: &'a str) -> Result<Cef<'a>, CefError> 
         name,
         severity,
     ] = fields;
-    let extensions = parse_extensions(&record[pos..])?;
-    Ok(Cef {
+    // Tokenised straight into the record's own vector: the inline storage is ~1 KB, and
+    // building it elsewhere would copy it on every record.
+    let mut cef = Cef {
         prefix: prefix.trim(),
         version,
         device_vendor,
@@ -129,8 +135,10 @@ pub fn parse<'a>(record: &'a str, prefix: &'a str) -> Result<Cef<'a>, CefError> 
         signature_id,
         name,
         severity,
-        extensions,
-    })
+        extensions: SmallVec::new(),
+    };
+    parse_extensions(&record[pos..], &mut cef.extensions)?;
+    Ok(cef)
 }
 
 /// One header field from `start` to the next unescaped `|`; returns it and the offset after the
@@ -208,15 +216,20 @@ fn value_cow(raw: &str, has_backslash: bool) -> Cow<'_, str> {
 }
 
 /// Tokenises the extension (record text after the 7th pipe, trailing whitespace removed).
-fn parse_extensions(ext: &str) -> Result<SmallVec<[Extension<'_>; 24]>, CefError> {
+///
+/// One `memchr2` iterator walks every `=` and `\` of the extension once; an event inside an
+/// escape (`\=`, `\\`) is passed over.
+fn parse_extensions<'a>(
+    ext: &'a str,
+    out: &mut SmallVec<[Extension<'a>; 24]>,
+) -> Result<(), CefError> {
     let bytes = ext.as_bytes();
-    let mut out: SmallVec<[Extension<'_>; 24]> = SmallVec::new();
     let mut i = 0;
     while i < bytes.len() && bytes[i] == b' ' {
         i += 1;
     }
     if i == bytes.len() {
-        return Ok(out);
+        return Ok(());
     }
     let key_end = i + bytes[i..].iter().take_while(|&&b| is_key_byte(b)).count();
     if key_end == i || bytes.get(key_end) != Some(&b'=') {
@@ -226,73 +239,84 @@ fn parse_extensions(ext: &str) -> Result<SmallVec<[Extension<'_>; 24]>, CefError
     let mut key = &ext[i..key_end];
     let mut value_start = key_end + 1;
     let mut seen = SeenKeys::default();
-    seen.insert(key);
-    loop {
-        let mut pos = value_start;
-        let mut has_backslash = false;
-        let mut next: Option<(usize, usize)> = None; // (key start, '=' offset)
-        while let Some(off) = memchr2(b'=', b'\\', &bytes[pos..]) {
-            let p = pos + off;
-            if bytes[p] == b'\\' {
-                has_backslash = true;
-                pos = (p + 2).min(bytes.len());
-                continue;
-            }
-            let mut s = p;
-            while s > value_start && is_key_byte(bytes[s - 1]) {
-                s -= 1;
-            }
-            if s < p
-                && s > value_start
-                && bytes[s - 1] == b' '
-                && bytes.get(p + 1) != Some(&b'=')
-                && !seen.contains(&ext[s..p])
-            {
-                next = Some((s, p));
-            }
-            // Either a boundary, or a stray `=`: the sender does not escape, so the value
-            // runs to the end of the record (see the module docs).
-            break;
+    seen.insert(key, filter_bit(key));
+    // Events before `pos` are the first key's `=` or the byte after a backslash.
+    let mut pos = value_start;
+    let mut has_backslash = false;
+    for p in memchr2_iter(b'=', b'\\', bytes) {
+        if p < pos {
+            continue;
         }
-        match next {
-            Some((s, p)) => {
-                let mut value_end = s - 1;
-                while value_end > value_start && bytes[value_end - 1] == b' ' {
-                    value_end -= 1;
-                }
-                let raw = &ext[value_start..value_end];
-                out.push(Extension {
-                    key,
-                    value: value_cow(raw, has_backslash),
-                });
-                key = &ext[s..p];
-                seen.insert(key);
-                value_start = p + 1;
-            }
-            None => {
-                let raw = &ext[value_start..];
-                let has_backslash =
-                    has_backslash || memchr(b'\\', &bytes[pos.min(bytes.len())..]).is_some();
-                out.push(Extension {
-                    key,
-                    value: value_cow(raw, has_backslash),
-                });
-                return Ok(out);
-            }
+        if bytes[p] == b'\\' {
+            has_backslash = true;
+            pos = p + 2;
+            continue;
         }
+        let mut s = p;
+        while s > value_start && is_key_byte(bytes[s - 1]) {
+            s -= 1;
+        }
+        let candidate = &ext[s..p];
+        let mut bit = 0;
+        let boundary = s < p
+            && s > value_start
+            && bytes[s - 1] == b' '
+            && bytes.get(p + 1) != Some(&b'=')
+            && {
+                bit = filter_bit(candidate);
+                !seen.contains(candidate, bit)
+            };
+        if !boundary {
+            // A stray `=`: the sender does not escape, so the value runs to the end of the
+            // record (see the module docs).
+            let has_backslash = has_backslash || memchr(b'\\', &bytes[p..]).is_some();
+            out.push(Extension {
+                key,
+                value: value_cow(&ext[value_start..], has_backslash),
+            });
+            return Ok(());
+        }
+        let mut value_end = s - 1;
+        while value_end > value_start && bytes[value_end - 1] == b' ' {
+            value_end -= 1;
+        }
+        out.push(Extension {
+            key,
+            value: value_cow(&ext[value_start..value_end], has_backslash),
+        });
+        key = candidate;
+        seen.insert(key, bit);
+        value_start = p + 1;
+        pos = value_start;
+        has_backslash = false;
     }
+    out.push(Extension {
+        key,
+        value: value_cow(&ext[value_start..], has_backslash),
+    });
+    Ok(())
 }
 
 /// Keys already used in the record. Linear search for typical records; a hash set only for
 /// records with very many keys so that a crafted message cannot make tokenising quadratic.
+/// A 128-bit filter of key hashes answers "not seen" for nearly every new key without a string
+/// comparison; only a filter hit looks at the keys themselves.
 #[derive(Default)]
 struct SeenKeys<'a> {
+    filter: u128,
     small: SmallVec<[&'a str; 32]>,
     large: Option<std::collections::HashSet<&'a str>>,
 }
 
+#[inline]
+fn filter_bit(key: &str) -> u128 {
+    1u128 << (key_hash(key.as_bytes()) >> 57)
+}
+
 impl<'a> SeenKeys<'a> {
-    fn insert(&mut self, key: &'a str) {
+    /// `bit` is [`filter_bit`] of `key`, computed once by the caller for both calls.
+    fn insert(&mut self, key: &'a str, bit: u128) {
+        self.filter |= bit;
         if let Some(set) = &mut self.large {
             set.insert(key);
         } else if self.small.len() < 32 {
@@ -304,7 +328,10 @@ impl<'a> SeenKeys<'a> {
         }
     }
 
-    fn contains(&self, key: &str) -> bool {
+    fn contains(&self, key: &str, bit: u128) -> bool {
+        if self.filter & bit == 0 {
+            return false;
+        }
         match &self.large {
             Some(set) => set.contains(key),
             None => self.small.contains(&key),
@@ -502,6 +529,86 @@ static FULL_NAMES: &[(&str, &str)] = &[
     ("outcome", "eventOutcome"),
     ("request", "requestUrl"),
 ];
+
+/// Exact lookup of CEF keys in a fixed table, one hash and (almost always) one comparison per
+/// lookup: mappers look up every extension key of every record. Built once; the first
+/// occurrence of a repeated key wins.
+pub struct KeyIndex<T> {
+    /// Index into `entries` + 1; 0 marks an empty slot. Open addressing, linear probing.
+    slots: Box<[u16]>,
+    shift: u32,
+    entries: Vec<(Box<str>, T)>,
+}
+
+impl<T> KeyIndex<T> {
+    pub fn new(items: impl IntoIterator<Item = (impl Into<Box<str>>, T)>) -> Self {
+        let mut entries: Vec<(Box<str>, T)> = Vec::new();
+        for (key, value) in items {
+            let key = key.into();
+            if !entries.iter().any(|(k, _)| *k == key) {
+                entries.push((key, value));
+            }
+        }
+        assert!(
+            entries.len() < usize::from(u16::MAX) / 4,
+            "key table too large"
+        );
+        // At most a quarter full, so probe runs stay short.
+        let bits = (entries.len() * 4)
+            .next_power_of_two()
+            .trailing_zeros()
+            .max(4);
+        let mut slots = vec![0u16; 1 << bits].into_boxed_slice();
+        let mask = slots.len() - 1;
+        for (i, (key, _)) in entries.iter().enumerate() {
+            let mut slot = (key_hash(key.as_bytes()) >> (64 - bits)) as usize;
+            while slots[slot] != 0 {
+                slot = (slot + 1) & mask;
+            }
+            slots[slot] = i as u16 + 1;
+        }
+        KeyIndex {
+            slots,
+            shift: 64 - bits,
+            entries,
+        }
+    }
+
+    #[inline]
+    pub fn get(&self, key: &str) -> Option<&T> {
+        let mask = self.slots.len() - 1;
+        let mut slot = (key_hash(key.as_bytes()) >> self.shift) as usize;
+        loop {
+            let i = self.slots[slot];
+            if i == 0 {
+                return None;
+            }
+            let (k, v) = &self.entries[usize::from(i - 1)];
+            if k.as_ref() == key {
+                return Some(v);
+            }
+            slot = (slot + 1) & mask;
+        }
+    }
+}
+
+/// Hash of a short key: its first and last eight bytes and its length, multiplied together.
+#[inline]
+fn key_hash(k: &[u8]) -> u64 {
+    let n = k.len();
+    let (head, tail) = if n >= 8 {
+        (
+            u64::from_le_bytes(k[..8].try_into().expect("8 bytes")),
+            u64::from_le_bytes(k[n - 8..].try_into().expect("8 bytes")),
+        )
+    } else {
+        let mut buf = [0u8; 8];
+        buf[..n].copy_from_slice(k);
+        (u64::from_le_bytes(buf), 0)
+    };
+    (head.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ tail.rotate_left(29) ^ n as u64)
+        .wrapping_mul(0xd6e8_feb8_6659_fd93)
+}
 
 /// Order of the static key tables: by length, then by the first 8 bytes as one integer, then
 /// bytewise. Most comparisons end on the length or the integer, without a `memcmp` call.

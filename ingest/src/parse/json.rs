@@ -210,18 +210,28 @@ pub fn classify(root: JsonRef<'_, '_>) -> EventKind {
 }
 
 fn kind_from_log_type(log_type: &str) -> Option<EventKind> {
-    let l = log_type.to_ascii_lowercase();
-    if l.contains("breach") {
+    let l = |word: &str| contains_ignore_ascii_case(log_type, word);
+    if l("breach") {
         Some(EventKind::DarktraceModelBreach)
-    } else if l.contains("analyst") || l.contains("aia") || l.contains("incident") {
+    } else if l("analyst") || l("aia") || l("incident") {
         Some(EventKind::DarktraceAiAnalyst)
-    } else if l.contains("status") {
+    } else if l("status") {
         Some(EventKind::DarktraceSystemStatus)
-    } else if l.contains("audit") {
+    } else if l("audit") {
         Some(EventKind::DarktraceAudit)
     } else {
         None
     }
+}
+
+/// `haystack.to_ascii_lowercase().contains(word)` for a lower-case ASCII `word`, without
+/// allocating the lower-cased copy.
+pub fn contains_ignore_ascii_case(haystack: &str, word: &str) -> bool {
+    haystack
+        .as_bytes()
+        .windows(word.len().max(1))
+        .any(|w| w.eq_ignore_ascii_case(word.as_bytes()))
+        || word.is_empty()
 }
 
 /// The model definition of a model breach: `model{…}`, or in the legacy form
@@ -269,7 +279,7 @@ pub fn darktrace_triggered_connection<'t, 'a>(
     };
     for component in components.items() {
         if let Some(label) = component.path(&["metric", "label"]).and_then(|l| l.str())
-            && label.to_ascii_lowercase().contains("connection")
+            && contains_ignore_ascii_case(label, "connection")
         {
             c.connection_metric = true;
         }
@@ -641,6 +651,26 @@ fn write_nodes(nodes: &[Node<'_>], out: &mut Vec<u8>, style: KeyStyle) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn case_insensitive_contains_matches_lowercase_copy() {
+        for hay in [
+            "",
+            "Connections",
+            "ext CONNECTION",
+            "conn",
+            "Ünïcode connection",
+            "xConnectio",
+        ] {
+            for word in ["connection", "", "c", "n"] {
+                assert_eq!(
+                    contains_ignore_ascii_case(hay, word),
+                    hay.to_ascii_lowercase().contains(word),
+                    "{hay:?} {word:?}"
+                );
+            }
+        }
+    }
 
     fn parse_with(text: &str, options: &ParseOptions) -> Result<(EventKind, String), JsonError> {
         let mut scratch = JsonScratch::default();

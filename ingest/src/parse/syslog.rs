@@ -12,7 +12,6 @@
 
 use std::borrow::Cow;
 
-use chrono::{Datelike as _, NaiveDate};
 use smallvec::SmallVec;
 
 use crate::event::{Pri, SyslogFormat, SyslogHeader, Timestamp};
@@ -450,12 +449,31 @@ fn starts_body(b: &[u8], pos: usize) -> bool {
         || rest.starts_with(b"LEEF:")
 }
 
+/// Byte classes of hostnames (bit 0) and tags (bit 1), as a table: every header byte is
+/// tested, and a load beats the chain of comparisons.
+static HEADER_BYTE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        let host =
+            c > b' ' && c != 0x7f && !matches!(c, b'{' | b'}' | b'[' | b']' | b'|' | b'=' | b'"');
+        if host {
+            t[i] = if c == b':' { 1 } else { 3 };
+        }
+        i += 1;
+    }
+    t
+};
+
+#[inline]
 fn is_host_byte(c: u8) -> bool {
-    c > b' ' && c != 0x7f && !matches!(c, b'{' | b'}' | b'[' | b']' | b'|' | b'=' | b'"')
+    HEADER_BYTE[c as usize] & 1 != 0
 }
 
+#[inline]
 fn is_tag_byte(c: u8) -> bool {
-    is_host_byte(c) && c != b':'
+    HEADER_BYTE[c as usize] & 2 != 0
 }
 
 struct Tag<'a> {
@@ -570,11 +588,14 @@ impl BsdTimestamp {
     /// default zone. `None` when no plausible year makes the date valid (e.g. Feb 29).
     fn resolve(&self, received_at: Timestamp, offset_secs: i32) -> Option<Timestamp> {
         let at = |year: i32| -> Option<i64> {
-            let date = NaiveDate::from_ymd_opt(year, self.month, self.day)?;
-            let secs = date
-                .and_hms_opt(self.hour, self.minute, self.second)?
-                .and_utc()
-                .timestamp();
+            let secs = civil_secs(
+                i64::from(year),
+                self.month,
+                self.day,
+                self.hour,
+                self.minute,
+                self.second,
+            )?;
             secs.checked_sub(i64::from(offset_secs))?
                 .checked_mul(1_000_000_000)?
                 .checked_add(i64::from(self.nanos))
@@ -584,7 +605,7 @@ impl BsdTimestamp {
             None => {
                 let received = received_at.unix_nanos;
                 let local_secs = received.div_euclid(1_000_000_000) + i64::from(offset_secs);
-                let year = chrono::DateTime::from_timestamp(local_secs, 0)?.year();
+                let year = year_of_days(local_secs.div_euclid(86_400)) as i32;
                 let latest_allowed =
                     received.saturating_add(YEAR_INFERENCE_FUTURE_SKEW_SECS * 1_000_000_000);
                 [year + 1, year, year - 1]
@@ -598,6 +619,53 @@ impl BsdTimestamp {
             offset_secs: None,
         })
     }
+}
+
+/// Seconds since the Unix epoch of a UTC civil time, or `None` for a date or time that does
+/// not exist (Feb 30, hour 24, …). Plain arithmetic: this runs for every message, and a
+/// calendar library call costs more than the rest of the header.
+fn civil_secs(year: i64, month: u32, day: u32, hour: u32, minute: u32, second: u32) -> Option<i64> {
+    if !(1..=12).contains(&month)
+        || day == 0
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return None;
+    }
+    Some(days_from_civil(year, month, day) * 86_400 + i64::from(hour * 3600 + minute * 60 + second))
+}
+
+fn days_in_month(year: i64, month: u32) -> u32 {
+    match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The civil year that day `days` (since 1970-01-01) falls in.
+fn year_of_days(days: i64) -> i64 {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    yoe + era * 400 + i64::from(mp >= 10)
 }
 
 /// Up to `max` ASCII digits at `pos` (at least one): (value, count).
@@ -692,10 +760,7 @@ fn parse_rfc3339(b: &[u8], pos: usize, default_offset_secs: i32) -> Option<(Time
         }
         _ => None,
     };
-    let secs = NaiveDate::from_ymd_opt(year as i32, month, day)?
-        .and_hms_opt(hour, minute, second)?
-        .and_utc()
-        .timestamp()
+    let secs = civil_secs(i64::from(year), month, day, hour, minute, second)?
         .checked_sub(i64::from(offset.unwrap_or(default_offset_secs)))?;
     let unix_nanos = secs
         .checked_mul(1_000_000_000)?
@@ -719,6 +784,50 @@ mod tests {
 
     fn parse(text: &str) -> (SyslogHeader<'_>, &str) {
         parse_header(text, at("2024-03-01T00:00:00Z"), &ParseOptions::default())
+    }
+
+    #[test]
+    fn civil_arithmetic_matches_chrono() {
+        use chrono::{Datelike as _, NaiveDate};
+        for year in [
+            -400i64, 0, 1, 1899, 1900, 1969, 1970, 1999, 2000, 2023, 2024, 2100, 9999,
+        ] {
+            for month in 0..=13u32 {
+                for day in 0..=32u32 {
+                    for (h, mi, se) in
+                        [(0, 0, 0), (23, 59, 59), (24, 0, 0), (12, 60, 0), (1, 2, 60)]
+                    {
+                        let want = NaiveDate::from_ymd_opt(year as i32, month, day)
+                            .and_then(|d| d.and_hms_opt(h, mi, se))
+                            .map(|t| t.and_utc().timestamp());
+                        assert_eq!(
+                            civil_secs(year, month, day, h, mi, se),
+                            want,
+                            "{year}-{month}-{day} {h}:{mi}:{se}"
+                        );
+                    }
+                }
+            }
+        }
+        for secs in (-20_000_000_000i64..20_000_000_000).step_by(7_777_777) {
+            let want = chrono::DateTime::from_timestamp(secs, 0).unwrap().year();
+            assert_eq!(
+                year_of_days(secs.div_euclid(86_400)),
+                i64::from(want),
+                "{secs}"
+            );
+        }
+    }
+
+    #[test]
+    fn byte_class_table_matches_the_rules() {
+        for c in 0..=255u8 {
+            let host = c > b' '
+                && c != 0x7f
+                && !matches!(c, b'{' | b'}' | b'[' | b']' | b'|' | b'=' | b'"');
+            assert_eq!(is_host_byte(c), host, "{c:#x}");
+            assert_eq!(is_tag_byte(c), host && c != b':', "{c:#x}");
+        }
     }
 
     #[test]

@@ -31,8 +31,10 @@
 //! list splits unambiguously. Unrecognised JSON bodies get only TimeGenerated, Computer,
 //! Message (the body) and AdditionalExtensions.
 
+use smallvec::SmallVec;
+
 use crate::event::{Event, EventKind};
-use crate::map::json_writer::{ObjectWriter, write_str_contents};
+use crate::map::json_writer::{ObjectWriter, write_backslashed_contents};
 use crate::map::sluice::write_timestamp;
 use crate::parse::json::{self, JsonBody, JsonRef};
 
@@ -209,9 +211,15 @@ enum Level<'t, 'a> {
 /// Writes every scalar leaf under `root` as `path=value;` (escaped for a JSON string), except
 /// the top-level paths in `skip`. Iterative, so nesting depth costs heap, not stack.
 fn write_flattened(out: &mut Vec<u8>, root: JsonRef<'_, '_>, skip: &[&str]) {
-    let mut path = String::new();
-    let mut stack: Vec<(Level<'_, '_>, usize)> = vec![(Level::Object(root.entries()), 0)];
+    let mut path = String::with_capacity(256);
+    let mut stack: SmallVec<[(Level<'_, '_>, usize); 16]> = SmallVec::new();
+    stack.push((Level::Object(root.entries()), 0));
     let mut value_text = Vec::new();
+    let skip_depth = skip
+        .iter()
+        .map(|p| 1 + memchr::memchr_iter(b'.', p.as_bytes()).count())
+        .max()
+        .unwrap_or(0);
     while let Some((level, base)) = stack.last_mut() {
         let base = *base;
         path.truncate(base);
@@ -233,7 +241,9 @@ fn write_flattened(out: &mut Vec<u8>, root: JsonRef<'_, '_>, skip: &[&str]) {
             stack.pop();
             continue;
         };
-        if skip.contains(&path.as_str()) {
+        // A path `depth` levels down has at least `depth - 1` dots, so deeper paths cannot
+        // be in `skip`.
+        if stack.len() <= skip_depth && skip.contains(&path.as_str()) {
             continue;
         }
         if value.is_object() {
@@ -242,26 +252,25 @@ fn write_flattened(out: &mut Vec<u8>, root: JsonRef<'_, '_>, skip: &[&str]) {
             stack.push((Level::Array(value.items(), 0), path.len()));
         } else if !value.is_null() {
             write_escaped_part(out, &path);
-            write_str_contents(out, "=");
-            value_text.clear();
-            value.write_text(&mut value_text);
-            write_escaped_part(out, &String::from_utf8_lossy(&value_text));
-            write_str_contents(out, ";");
+            out.push(b'=');
+            match value.str() {
+                // Strings are written as they are; only numbers and booleans need rendering.
+                Some(text) => write_escaped_part(out, text),
+                None => {
+                    value_text.clear();
+                    value.write_text(&mut value_text);
+                    write_escaped_part(out, &String::from_utf8_lossy(&value_text));
+                }
+            }
+            out.push(b';');
         }
     }
 }
 
 /// `\` → `\\`, `;` → `\;`, then JSON string escaping.
+#[inline]
 fn write_escaped_part(out: &mut Vec<u8>, s: &str) {
-    let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
-        if b == b'\\' || b == b';' {
-            write_str_contents(out, &s[start..i]);
-            write_str_contents(out, "\\");
-            start = i;
-        }
-    }
-    write_str_contents(out, &s[start..]);
+    write_backslashed_contents(out, s, [b';', b';']);
 }
 
 #[cfg(test)]

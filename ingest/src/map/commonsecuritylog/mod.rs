@@ -12,8 +12,8 @@ mod darktrace;
 use smallvec::SmallVec;
 
 use crate::event::{Body, Cef, Event};
-use crate::map::json_writer::{ObjectWriter, write_str_contents};
-use crate::parse::cef::{CustomKind, custom_key, key_order, parse_timestamp};
+use crate::map::json_writer::{ObjectWriter, write_backslashed_contents, write_str_contents};
+use crate::parse::cef::{CustomKind, KeyIndex, custom_key, key_order, parse_timestamp};
 
 pub fn write(event: &Event<'_>, out: &mut Vec<u8>) {
     match &event.body {
@@ -211,6 +211,42 @@ static COLUMNS: &[(&str, &str, Type)] = &[
 
 /// The column a CEF key is written to, or `None` for `AdditionalExtensions`.
 fn column(key: &str) -> Option<(&'static str, Type)> {
+    match COLUMN_INDEX.get(key) {
+        Some(&hit) => Some(hit),
+        // Non-canonical custom spellings (`cs01`) and keys without a column.
+        None => custom_column(key),
+    }
+}
+
+/// [`COLUMNS`] plus every canonical custom-field key (`cs1`, `cn2Label`, …), each with the
+/// answer [`column_by_search`] gives for it, hashed for one-probe lookups.
+static COLUMN_INDEX: std::sync::LazyLock<KeyIndex<(&'static str, Type)>> =
+    std::sync::LazyLock::new(|| {
+        let mut keys: Vec<String> = COLUMNS.iter().map(|(k, _, _)| (*k).to_owned()).collect();
+        for prefix in [
+            "cs",
+            "cn",
+            "cfp",
+            "c6a",
+            "flexString",
+            "flexNumber",
+            "deviceCustomDate",
+            "flexDate",
+        ] {
+            for index in 1..=6 {
+                for label in ["", "Label"] {
+                    keys.push(format!("{prefix}{index}{label}"));
+                }
+            }
+        }
+        KeyIndex::new(
+            keys.into_iter()
+                .filter_map(|k| column_by_search(&k).map(|hit| (k, hit))),
+        )
+    });
+
+/// The reference lookup the index is built from (and tested against).
+fn column_by_search(key: &str) -> Option<(&'static str, Type)> {
     match COLUMNS.binary_search_by(|(k, _, _)| key_order(k, key)) {
         Ok(i) => Some((COLUMNS[i].1, COLUMNS[i].2)),
         Err(_) => custom_column(key),
@@ -332,46 +368,49 @@ fn write_typed(
     value: &str,
     dtz: Option<&str>,
 ) -> bool {
-    let v = value.trim();
+    let int = |o: &mut ObjectWriter<'_>, col: &'static str, n: i64| {
+        o.clean_key(col)
+            .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    };
     match ty {
         Type::Str => {
-            o.str(col, value);
+            o.clean_str(col, value);
             true
         }
-        Type::Int => match v.parse::<i32>() {
+        Type::Int => match value.trim().parse::<i32>() {
             Ok(n) => {
-                o.i64(col, i64::from(n));
+                int(o, col, i64::from(n));
                 true
             }
             Err(_) => false,
         },
-        Type::Long => match v.parse::<i64>() {
+        Type::Long => match value.trim().parse::<i64>() {
             Ok(n) => {
-                o.i64(col, n);
+                int(o, col, n);
                 true
             }
             Err(_) => false,
         },
-        Type::Real => match v.parse::<f64>() {
+        Type::Real => match value.trim().parse::<f64>() {
             Ok(f) if f.is_finite() => {
-                o.f64(col, f);
+                o.clean_key(col)
+                    .extend_from_slice(ryu::Buffer::new().format_finite(f).as_bytes());
                 true
             }
             _ => false,
         },
-        Type::DateTime => match parse_timestamp(v, dtz) {
+        Type::DateTime => match parse_timestamp(value.trim(), dtz) {
             Some(ms) => {
-                let out = o.key(col);
-                write_rfc3339_millis(out, ms);
+                write_rfc3339_millis(o.clean_key(col), ms);
                 true
             }
             None => false,
         },
-        Type::CustomNumber(long_col) => match v.parse::<i64>() {
+        Type::CustomNumber(long_col) => match value.trim().parse::<i64>() {
             Ok(n) => {
                 match i32::try_from(n) {
-                    Ok(small) => o.i64(col, i64::from(small)),
-                    Err(_) => o.i64(long_col, n),
+                    Ok(small) => int(o, col, i64::from(small)),
+                    Err(_) => int(o, long_col, n),
                 }
                 true
             }
@@ -392,26 +431,34 @@ fn log_severity(severity: &str) -> &str {
 }
 
 fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
-    let dtz = cef.get("dtz");
-    let rt = cef.get("rt");
+    // One pass for both (the first of each, as `Cef::get` finds it); byte-pattern matches
+    // compile to inline compares.
+    let (mut dtz, mut rt) = (None, None);
+    for e in &cef.extensions {
+        match e.key.as_bytes() {
+            b"dtz" if dtz.is_none() => dtz = Some(e.value.as_ref()),
+            b"rt" if rt.is_none() => rt = Some(e.value.as_ref()),
+            _ => {}
+        }
+    }
     let rt_millis = rt.and_then(|rt| parse_timestamp(rt, dtz));
     let mut o = ObjectWriter::begin(out);
     write_rfc3339_millis(
-        o.key("TimeGenerated"),
+        o.clean_key("TimeGenerated"),
         rt_millis.unwrap_or_else(|| event.received.received_at.unix_millis()),
     );
     if let Some(host) = event.syslog.hostname {
-        o.str("Computer", host);
+        o.clean_str("Computer", host);
     }
-    o.str("DeviceVendor", &cef.device_vendor);
-    o.str("DeviceProduct", &cef.device_product);
-    o.str("DeviceVersion", &cef.device_version);
-    o.str("DeviceEventClassID", &cef.signature_id);
-    o.str("Activity", &cef.name);
-    o.str("LogSeverity", log_severity(&cef.severity));
+    o.clean_str("DeviceVendor", &cef.device_vendor);
+    o.clean_str("DeviceProduct", &cef.device_product);
+    o.clean_str("DeviceVersion", &cef.device_version);
+    o.clean_str("DeviceEventClassID", &cef.signature_id);
+    o.clean_str("Activity", &cef.name);
+    o.clean_str("LogSeverity", log_severity(&cef.severity));
     match (rt, rt_millis) {
-        (_, Some(ms)) => write_rfc3339_millis(o.key("ReceiptTime"), ms),
-        (Some(rt), None) => o.str("ReceiptTime", rt),
+        (_, Some(ms)) => write_rfc3339_millis(o.clean_key("ReceiptTime"), ms),
+        (Some(rt), None) => o.clean_str("ReceiptTime", rt),
         (None, None) => {}
     }
 
@@ -419,7 +466,7 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
     let mut additional: SmallVec<[u32; 16]> = SmallVec::new();
     for (i, e) in cef.extensions.iter().enumerate() {
         // `rt` is already ReceiptTime; an empty value carries nothing to keep.
-        if e.key == "rt" || e.value.is_empty() {
+        if e.key.as_bytes() == b"rt" || e.value.is_empty() {
             continue;
         }
         let written = match column(e.key) {
@@ -431,7 +478,7 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
         }
     }
     if !additional.is_empty() {
-        let out = o.key("AdditionalExtensions");
+        let out = o.clean_key("AdditionalExtensions");
         out.push(b'"');
         for (n, &i) in additional.iter().enumerate() {
             let e = &cef.extensions[i as usize];
@@ -449,20 +496,9 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
 
 /// A value inside `AdditionalExtensions`: `\`, `;` and `=` are backslash-escaped (and the text
 /// JSON-escaped) so that the `key=value;key=value` list splits unambiguously.
+#[inline]
 fn write_additional_value(out: &mut Vec<u8>, value: &str) {
-    let bytes = value.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if matches!(b, b'\\' | b';' | b'=') {
-            write_str_contents(out, &value[start..i]);
-            out.extend_from_slice(if b == b'\\' { b"\\\\\\\\" } else { b"\\\\" });
-            if b != b'\\' {
-                out.push(b);
-            }
-            start = i + 1;
-        }
-    }
-    write_str_contents(out, &value[start..]);
+    write_backslashed_contents(out, value, [b';', b'=']);
 }
 
 fn write_text(event: &Event<'_>, text: &str, error: Option<(&str, &String)>, out: &mut Vec<u8>) {
@@ -572,6 +608,44 @@ mod tests {
         );
         assert_eq!(column("cfp15"), None);
         assert_eq!(column("darktraceUrl"), None);
+        assert_eq!(column("cs01"), Some(("DeviceCustomString1", Type::Str)));
+        // The hashed index answers exactly as the reference search, for every key it holds
+        // and for near misses.
+        for (k, _, _) in COLUMNS {
+            assert_eq!(column(k), column_by_search(k), "{k}");
+            let upper = k.to_ascii_uppercase();
+            assert_eq!(column(&upper), column_by_search(&upper), "{upper}");
+            let longer = format!("{k}x");
+            assert_eq!(column(&longer), column_by_search(&longer), "{longer}");
+        }
+        for k in [
+            "cs6Label",
+            "cn3",
+            "cn4",
+            "c6a4Label",
+            "flexDate1",
+            "flexDate2",
+            "",
+            "x",
+        ] {
+            assert_eq!(column(k), column_by_search(k), "{k}");
+        }
+    }
+
+    #[test]
+    fn column_names_need_no_json_escaping() {
+        let clean = |s: &str| s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\');
+        assert!(COLUMNS.iter().all(|(_, col, _)| clean(col)));
+        for (key, _, _) in COLUMNS {
+            for k in [key.to_string(), format!("cs{}", key.len() % 7)] {
+                if let Some((col, ty)) = column(&k) {
+                    assert!(clean(col), "{col}");
+                    if let Type::CustomNumber(long) = ty {
+                        assert!(clean(long), "{long}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
