@@ -5,8 +5,9 @@
 //! (`map::write(schema, parse(msg))`), ignoring the receive-time and peer fields, which the
 //! daemon fills from the socket.
 
+mod daemon_support;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -50,15 +51,7 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let log = daemon_support::collect_stderr(&mut child);
         let started = Instant::now();
         let (mut udp, mut tcp, mut metrics) = (None, None, None);
         loop {

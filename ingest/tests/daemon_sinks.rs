@@ -1,10 +1,11 @@
 //! End-to-end tests of the `sluice` binary with HTTP sinks behind the spool: real TCP input on
 //! 127.0.0.1, in-process fakes of the services (`sinks_support`), the file sink's output.
 
+mod daemon_support;
 mod sinks_support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -32,15 +33,7 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let log = daemon_support::collect_stderr(&mut child);
         let started = Instant::now();
         let tcp = loop {
             {

@@ -9,8 +9,9 @@
 //! plus events derived from them, ascending by time from `starttime` (inclusive) and at most
 //! `PAGE` per answer, so the source has to page by `starttime`.
 
+mod daemon_support;
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -360,15 +361,7 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let log = daemon_support::collect_stderr(&mut child);
         let started = Instant::now();
         let metrics = loop {
             let found = log.lock().unwrap().iter().find_map(|l| {

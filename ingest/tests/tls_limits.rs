@@ -6,7 +6,8 @@
 //! secret is committed. Run: `cargo test -p sluice-ingest --test tls_limits -- --nocapture`
 //! (the hostile-client tests print the daemon's memory figures).
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod daemon_support;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -68,15 +69,7 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let log = daemon_support::collect_stderr(&mut child);
         let started = Instant::now();
         loop {
             if log.lock().unwrap().iter().any(|l| l.contains(" running;")) {
