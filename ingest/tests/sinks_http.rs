@@ -762,9 +762,14 @@ async fn crash(handle: SinkHandle, spool_dir: &Path) {
 /// (at-least-once: replayed, delivered twice).
 async fn down_server() -> Server {
     let down = serve(RelayFake::new().handler()).await;
-    *down.faults.fail_until.lock().unwrap() =
-        Some((Instant::now() + Duration::from_secs(3600), 503));
+    answer_503_for_an_hour(&down);
     down
+}
+
+/// The service is down (503) until the test clears `fail_until`.
+fn answer_503_for_an_hour(server: &Server) {
+    *server.faults.fail_until.lock().unwrap() =
+        Some((Instant::now() + Duration::from_secs(3600), 503));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -776,8 +781,7 @@ async fn crash_while_sink_down_then_restart_delivers_everything() {
     let server = serve(fake.handler()).await;
     // Still failing while the restarted instance opens its spool, so that the count read
     // right after the restart is what was replayed from disk, not minus a first upload.
-    *server.faults.fail_until.lock().unwrap() =
-        Some((Instant::now() + Duration::from_secs(3600), 503));
+    answer_503_for_an_hour(&server);
     const N: u64 = 4000;
     {
         let cfg = relay_config(&down.url(), "ndjson", "gzip");
@@ -827,8 +831,7 @@ async fn spool_full_drop_oldest_counts_every_drop() {
     let dir = tempfile::tempdir().unwrap();
     let fake = RelayFake::new();
     let server = serve(fake.handler()).await;
-    *server.faults.fail_until.lock().unwrap() =
-        Some((Instant::now() + Duration::from_secs(3600), 503));
+    answer_503_for_an_hour(&server);
     let cfg = relay_config(&server.url(), "ndjson", "gzip");
     let metrics = SinkMetrics::new("relay");
     let spool = SpoolConfig {
@@ -880,8 +883,7 @@ async fn spool_full_block_holds_the_producer_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let fake = RelayFake::new();
     let server = serve(fake.handler()).await;
-    *server.faults.fail_until.lock().unwrap() =
-        Some((Instant::now() + Duration::from_secs(3600), 503));
+    answer_503_for_an_hour(&server);
     let cfg = relay_config(&server.url(), "ndjson", "gzip");
     let metrics = SinkMetrics::new("relay");
     let spool = SpoolConfig {
@@ -937,8 +939,7 @@ async fn truncated_and_bit_flipped_segments_are_quarantined_and_the_rest_deliver
     let fake = RelayFake::new();
     let server = serve(fake.handler()).await;
     // Failing until the restarted instance's replay count has been read.
-    *server.faults.fail_until.lock().unwrap() =
-        Some((Instant::now() + Duration::from_secs(3600), 503));
+    answer_503_for_an_hour(&server);
     let spool = SpoolConfig {
         segment_bytes: 16 << 10,
         ..spool_config()
