@@ -3,13 +3,14 @@
 //! partial file and a crash leaves at most a stale `.tmp-*` (removed at the next start).
 
 mod config;
+mod direct;
 
 pub use config::FileSinkConfig;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::compress::Compressor;
 use crate::sink::{Batch, Delivery, Sink};
@@ -32,6 +33,10 @@ pub struct FileSink {
     seq: AtomicU64,
     /// Compression contexts and output buffers, reused across batches.
     pool: Mutex<Vec<(Compressor, Vec<u8>)>>,
+    /// Aligned scratch buffers for direct writes, one per concurrent writer.
+    bounces: Mutex<Vec<direct::Bounce>>,
+    /// Cleared for good, with one warning, once the filesystem refuses `O_DIRECT`.
+    direct_io: AtomicBool,
     /// The daemon's per-sink counters, fed by [`Sink::deliver`].
     counters: Option<FileCounters>,
 }
@@ -63,9 +68,11 @@ impl FileSink {
         Compressor::new(config.compression, config.level())?;
         Ok(FileSink {
             name: name.to_string(),
+            direct_io: AtomicBool::new(config.direct_io),
             config,
             seq: AtomicU64::new(0),
             pool: Mutex::new(Vec::new()),
+            bounces: Mutex::new(Vec::new()),
             counters: None,
         })
     }
@@ -133,18 +140,7 @@ impl FileSink {
             let name = format!("{time}-{core}-{seq:06}.ndjson{ext}");
             let final_path = self.config.path.join(&name);
             let temp_path = self.config.path.join(format!("{TEMP_PREFIX}{name}"));
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&temp_path)?;
-            let written = file.write_all(bytes).and_then(|_| {
-                if self.config.fsync {
-                    file.sync_all()
-                } else {
-                    Ok(())
-                }
-            });
-            drop(file);
+            let written = self.write_new(&temp_path, bytes);
             if let Err(e) = written {
                 let _ = std::fs::remove_file(&temp_path);
                 return Err(e);
@@ -168,6 +164,52 @@ impl FileSink {
                     return Err(e);
                 }
             }
+        }
+    }
+}
+
+impl FileSink {
+    /// Creates `path` and writes `bytes` into it (fsync'd if configured), directly if allowed.
+    fn write_new(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        let file = match direct::create(path, self.direct_io.load(Ordering::Relaxed))? {
+            direct::Opened::Direct(mut file) => {
+                let mut bounce = self
+                    .bounces
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .pop()
+                    .unwrap_or_default();
+                let result = direct::write_all(&mut file, bytes, &mut bounce);
+                self.bounces
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(bounce);
+                if !result? {
+                    self.give_up_direct_io();
+                }
+                file
+            }
+            direct::Opened::Buffered(mut file) => {
+                if self.direct_io.load(Ordering::Relaxed) {
+                    self.give_up_direct_io();
+                }
+                file.write_all(bytes)?;
+                file
+            }
+        };
+        if self.config.fsync {
+            file.sync_all()?;
+        }
+        Ok(())
+    }
+
+    fn give_up_direct_io(&self) {
+        if self.direct_io.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                sink = %self.name,
+                path = %self.config.path.display(),
+                "the filesystem refuses O_DIRECT; writing batch files through the page cache (set direct_io = false to silence this)"
+            );
         }
     }
 }
