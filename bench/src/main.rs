@@ -157,8 +157,9 @@ struct CompareArgs {
     /// Parsed output rows checked for field errors per run.
     #[arg(long, default_value_t = 300)]
     field_sample: usize,
-    /// zstd level of the standalone compression in the "limit including compression".
-    #[arg(long, default_value_t = 3)]
+    /// zstd level of sluice-csl-zstd and of the standalone compression in the "limit including
+    /// compression"; default: the daemon's own default, since that is what operators run.
+    #[arg(long, default_value_t = sluice::compress::Compression::Zstd.default_level())]
     zstd_level: i32,
     /// A short validation run: 1 repeat, fewer rates, smaller counts.
     #[arg(long)]
