@@ -252,7 +252,8 @@ impl<'o> ObjectWriter<'o> {
 
     /// Writes `"key":` for a key from the mapper's own tables, which needs no escaping (a
     /// test of each table checks that), and returns the buffer for the value.
-    #[inline]
+    // Always inlined: the call cost more than the few stores of a short key.
+    #[inline(always)]
     pub fn clean_key(&mut self, key: &'static str) -> &mut Vec<u8> {
         debug_assert!(!key.bytes().any(|b| NEEDS_ESCAPE[b as usize]), "{key:?}");
         self.out.reserve(key.len() + 4);

@@ -207,6 +207,8 @@ fn unescape_with(raw: &str, decode: impl Fn(u8) -> Option<char>) -> String {
     out
 }
 
+// Inlined: called once per extension, and the borrowed case is a two-word move.
+#[inline(always)]
 fn value_cow(raw: &str, has_backslash: bool) -> Cow<'_, str> {
     if has_backslash {
         Cow::Owned(unescape_value(raw))
@@ -315,7 +317,7 @@ fn filter_bit(hash: u64) -> u128 {
 
 impl<'a> SeenKeys<'a> {
     /// `hash` is [`key_hash`] of `key`, computed once by the caller for both calls.
-    #[inline]
+    #[inline(always)]
     fn insert(&mut self, key: &'a str, hash: u64) {
         self.filter |= filter_bit(hash);
         if let Some(set) = &mut self.large {
