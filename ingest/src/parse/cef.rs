@@ -207,6 +207,8 @@ fn unescape_with(raw: &str, decode: impl Fn(u8) -> Option<char>) -> String {
     out
 }
 
+// Inlined: called once per extension, and the borrowed case is a two-word move.
+#[inline(always)]
 fn value_cow(raw: &str, has_backslash: bool) -> Cow<'_, str> {
     if has_backslash {
         Cow::Owned(unescape_value(raw))
@@ -239,7 +241,7 @@ fn parse_extensions<'a>(
     let mut key = &ext[i..key_end];
     let mut value_start = key_end + 1;
     let mut seen = SeenKeys::default();
-    seen.insert(key, filter_bit(key));
+    seen.insert(key, key_hash(key.as_bytes()));
     // Events before `pos` are the first key's `=` or the byte after a backslash.
     let mut pos = value_start;
     let mut has_backslash = false;
@@ -257,14 +259,14 @@ fn parse_extensions<'a>(
             s -= 1;
         }
         let candidate = &ext[s..p];
-        let mut bit = 0;
+        let mut hash = 0;
         let boundary = s < p
             && s > value_start
             && bytes[s - 1] == b' '
             && bytes.get(p + 1) != Some(&b'=')
             && {
-                bit = filter_bit(candidate);
-                !seen.contains(candidate, bit)
+                hash = key_hash(candidate.as_bytes());
+                !seen.contains(candidate, hash)
             };
         if !boundary {
             // A stray `=`: the sender does not escape, so the value runs to the end of the
@@ -285,7 +287,7 @@ fn parse_extensions<'a>(
             value: value_cow(&ext[value_start..value_end], has_backslash),
         });
         key = candidate;
-        seen.insert(key, bit);
+        seen.insert(key, hash);
         value_start = p + 1;
         pos = value_start;
         has_backslash = false;
@@ -300,41 +302,47 @@ fn parse_extensions<'a>(
 /// Keys already used in the record. Linear search for typical records; a hash set only for
 /// records with very many keys so that a crafted message cannot make tokenising quadratic.
 /// A 128-bit filter of key hashes answers "not seen" for nearly every new key without a string
-/// comparison; only a filter hit looks at the keys themselves.
+/// comparison; on a filter hit the stored full hashes are compared before any key bytes.
 #[derive(Default)]
 struct SeenKeys<'a> {
     filter: u128,
-    small: SmallVec<[&'a str; 32]>,
+    small: SmallVec<[(u64, &'a str); 32]>,
     large: Option<std::collections::HashSet<&'a str>>,
 }
 
 #[inline]
-fn filter_bit(key: &str) -> u128 {
-    1u128 << (key_hash(key.as_bytes()) >> 57)
+fn filter_bit(hash: u64) -> u128 {
+    1u128 << (hash >> 57)
 }
 
 impl<'a> SeenKeys<'a> {
-    /// `bit` is [`filter_bit`] of `key`, computed once by the caller for both calls.
-    fn insert(&mut self, key: &'a str, bit: u128) {
-        self.filter |= bit;
+    /// `hash` is [`key_hash`] of `key`, computed once by the caller for both calls.
+    #[inline(always)]
+    fn insert(&mut self, key: &'a str, hash: u64) {
+        self.filter |= filter_bit(hash);
         if let Some(set) = &mut self.large {
             set.insert(key);
         } else if self.small.len() < 32 {
-            self.small.push(key);
+            self.small.push((hash, key));
         } else {
-            let mut set: std::collections::HashSet<&'a str> = self.small.drain(..).collect();
+            let mut set: std::collections::HashSet<&'a str> =
+                self.small.drain(..).map(|(_, k)| k).collect();
             set.insert(key);
             self.large = Some(set);
         }
     }
 
-    fn contains(&self, key: &str, bit: u128) -> bool {
-        if self.filter & bit == 0 {
+    #[inline]
+    fn contains(&self, key: &str, hash: u64) -> bool {
+        if self.filter & filter_bit(hash) == 0 {
             return false;
         }
         match &self.large {
             Some(set) => set.contains(key),
-            None => self.small.contains(&key),
+            None => self
+                .small
+                .iter()
+                .any(|&(h, k)| h == hash && short_eq(k.as_bytes(), key.as_bytes())),
         }
     }
 }
@@ -538,6 +546,8 @@ pub struct KeyIndex<T> {
     slots: Box<[u16]>,
     shift: u32,
     entries: Vec<(Box<str>, T)>,
+    /// [`key_hash`] of each entry's key: a probe compares these before any key bytes.
+    hashes: Vec<u64>,
 }
 
 impl<T> KeyIndex<T> {
@@ -567,47 +577,87 @@ impl<T> KeyIndex<T> {
             }
             slots[slot] = i as u16 + 1;
         }
+        let hashes = entries
+            .iter()
+            .map(|(k, _)| key_hash(k.as_bytes()))
+            .collect();
         KeyIndex {
             slots,
             shift: 64 - bits,
             entries,
+            hashes,
         }
     }
 
     #[inline]
     pub fn get(&self, key: &str) -> Option<&T> {
         let mask = self.slots.len() - 1;
-        let mut slot = (key_hash(key.as_bytes()) >> self.shift) as usize;
+        let hash = key_hash(key.as_bytes());
+        let mut slot = (hash >> self.shift) as usize;
         loop {
             let i = self.slots[slot];
             if i == 0 {
                 return None;
             }
-            let (k, v) = &self.entries[usize::from(i - 1)];
-            if k.as_ref() == key {
-                return Some(v);
+            let i = usize::from(i - 1);
+            if self.hashes[i] == hash {
+                let (k, v) = &self.entries[i];
+                if short_eq(k.as_bytes(), key.as_bytes()) {
+                    return Some(v);
+                }
             }
             slot = (slot + 1) & mask;
         }
     }
 }
 
-/// Hash of a short key: its first and last eight bytes and its length, multiplied together.
+#[inline(always)]
+fn load8(k: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(k[at..at + 8].try_into().expect("8 bytes"))
+}
+
+#[inline(always)]
+fn load4(k: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(k[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// Hash of a short key: its first and last eight bytes (for shorter keys, overlapping 4-byte or
+/// single-byte loads) and its length, multiplied together. Fixed-size loads only: copying a
+/// short key into a padded buffer compiled to a `memcpy` call per key.
 #[inline]
 fn key_hash(k: &[u8]) -> u64 {
     let n = k.len();
     let (head, tail) = if n >= 8 {
+        (load8(k, 0), load8(k, n - 8))
+    } else if n >= 4 {
+        (u64::from(load4(k, 0)) | u64::from(load4(k, n - 4)) << 32, 0)
+    } else if n > 0 {
         (
-            u64::from_le_bytes(k[..8].try_into().expect("8 bytes")),
-            u64::from_le_bytes(k[n - 8..].try_into().expect("8 bytes")),
+            u64::from(k[0]) | u64::from(k[n / 2]) << 8 | u64::from(k[n - 1]) << 16,
+            0,
         )
     } else {
-        let mut buf = [0u8; 8];
-        buf[..n].copy_from_slice(k);
-        (u64::from_le_bytes(buf), 0)
+        (0, 0)
     };
     (head.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ tail.rotate_left(29) ^ n as u64)
         .wrapping_mul(0xd6e8_feb8_6659_fd93)
+}
+
+/// Byte equality for keys, inline for up to 16 bytes (overlapping fixed-size loads) instead of
+/// a `bcmp` call per lookup.
+#[inline]
+fn short_eq(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    match n {
+        0 => true,
+        1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
+        4..=7 => load4(a, 0) == load4(b, 0) && load4(a, n - 4) == load4(b, n - 4),
+        8..=16 => load8(a, 0) == load8(b, 0) && load8(a, n - 8) == load8(b, n - 8),
+        _ => a == b,
+    }
 }
 
 /// Order of the static key tables: by length, then by the first 8 bytes as one integer, then
@@ -825,6 +875,38 @@ mod tests {
         assert_eq!(c.extensions.len(), 100);
         assert_eq!(c.get("k99"), Some("v99 k3=forged"));
         assert_eq!(c.get("k3"), Some("v3"));
+    }
+
+    #[test]
+    fn short_eq_matches_slice_equality() {
+        let keys: Vec<Vec<u8>> = (0..=20usize)
+            .map(|n| (0..n).map(|i| b'a' + (i % 26) as u8).collect())
+            .collect();
+        for a in &keys {
+            assert!(short_eq(a, a));
+            for pos in 0..a.len() {
+                let mut b = a.clone();
+                b[pos] ^= 0x20;
+                assert!(!short_eq(a, &b), "{a:?} vs {b:?}");
+            }
+            for b in &keys {
+                assert_eq!(short_eq(a, b), a == b);
+            }
+        }
+    }
+
+    #[test]
+    fn key_index_finds_every_key_and_no_other() {
+        let keys: Vec<String> = (0..200)
+            .map(|i| format!("k{i}"))
+            .chain(["", "a", "ab", "abc", "abcd", "deviceCustomString1Label"].map(String::from))
+            .collect();
+        let index = KeyIndex::new(keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)));
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(index.get(k), Some(&i), "{k}");
+            assert_eq!(index.get(&format!("{k}x")), None);
+            assert_eq!(index.get(&format!("x{k}")), None);
+        }
     }
 
     #[test]

@@ -12,7 +12,9 @@ mod darktrace;
 use smallvec::SmallVec;
 
 use crate::event::{Body, Cef, Event};
-use crate::map::json_writer::{ObjectWriter, write_backslashed_contents, write_str_contents};
+use crate::map::json_writer::{
+    ObjectWriter, extend_small, write_backslashed_contents, write_str_contents,
+};
 use crate::parse::cef::{CustomKind, KeyIndex, custom_key, key_order, parse_timestamp};
 
 pub fn write(event: &Event<'_>, out: &mut Vec<u8>) {
@@ -369,8 +371,7 @@ fn write_typed(
     dtz: Option<&str>,
 ) -> bool {
     let int = |o: &mut ObjectWriter<'_>, col: &'static str, n: i64| {
-        o.clean_key(col)
-            .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        extend_small(o.clean_key(col), itoa::Buffer::new().format(n).as_bytes());
     };
     match ty {
         Type::Str => {
@@ -393,8 +394,10 @@ fn write_typed(
         },
         Type::Real => match value.trim().parse::<f64>() {
             Ok(f) if f.is_finite() => {
-                o.clean_key(col)
-                    .extend_from_slice(ryu::Buffer::new().format_finite(f).as_bytes());
+                extend_small(
+                    o.clean_key(col),
+                    ryu::Buffer::new().format_finite(f).as_bytes(),
+                );
                 true
             }
             _ => false,
@@ -443,10 +446,11 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
     }
     let rt_millis = rt.and_then(|rt| parse_timestamp(rt, dtz));
     let mut o = ObjectWriter::begin(out);
-    write_rfc3339_millis(
-        o.clean_key("TimeGenerated"),
-        rt_millis.unwrap_or_else(|| event.received.received_at.unix_millis()),
-    );
+    // Formatted once: with a valid `rt` it is both TimeGenerated and ReceiptTime.
+    let time_generated =
+        rfc3339_millis(rt_millis.unwrap_or_else(|| event.received.received_at.unix_millis()));
+    o.clean_key("TimeGenerated")
+        .extend_from_slice(&time_generated);
     if let Some(host) = event.syslog.hostname {
         o.clean_str("Computer", host);
     }
@@ -457,7 +461,9 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
     o.clean_str("Activity", &cef.name);
     o.clean_str("LogSeverity", log_severity(&cef.severity));
     match (rt, rt_millis) {
-        (_, Some(ms)) => write_rfc3339_millis(o.clean_key("ReceiptTime"), ms),
+        (_, Some(_)) => o
+            .clean_key("ReceiptTime")
+            .extend_from_slice(&time_generated),
         (Some(rt), None) => o.clean_str("ReceiptTime", rt),
         (None, None) => {}
     }
@@ -524,6 +530,11 @@ fn write_text(event: &Event<'_>, text: &str, error: Option<(&str, &String)>, out
 
 /// Appends `"YYYY-MM-DDTHH:MM:SS.mmmZ"` (quoted) for Unix milliseconds.
 pub(crate) fn write_rfc3339_millis(out: &mut Vec<u8>, millis: i64) {
+    out.extend_from_slice(&rfc3339_millis(millis));
+}
+
+/// `"YYYY-MM-DDTHH:MM:SS.mmmZ"` (quoted) for Unix milliseconds.
+fn rfc3339_millis(millis: i64) -> [u8; 26] {
     let secs = millis.div_euclid(1000);
     let ms = millis.rem_euclid(1000) as u32;
     let days = secs.div_euclid(86_400);
@@ -538,7 +549,7 @@ pub(crate) fn write_rfc3339_millis(out: &mut Vec<u8>, millis: i64) {
     put_digits(&mut buf[15..17], sod / 60 % 60);
     put_digits(&mut buf[18..20], sod % 60);
     put_digits(&mut buf[21..24], ms);
-    out.extend_from_slice(&buf);
+    buf
 }
 
 fn put_digits(slot: &mut [u8], mut n: u32) {
