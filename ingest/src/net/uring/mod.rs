@@ -210,18 +210,39 @@ pub(crate) fn kernel_version(release: &str) -> Option<(u32, u32)> {
 }
 
 /// Builds a ring, preferring the flags that cut interrupts on a busy single-threaded reader
-/// and falling back to a plain ring on kernels that reject them.
+/// and falling back to plainer rings on kernels that reject them.
+///
+/// `DEFER_TASKRUN` (6.1+): the receive work a packet arrival triggers is queued on the ring and
+/// run in a batch inside the reader's own `io_uring_enter`, instead of interrupting the reader
+/// (or whatever else runs on its core) once per wake-up; completions are then posted without
+/// the completion-queue lock. It requires that only the thread that built the ring enters it,
+/// which holds: every reader builds, submits to and waits on its ring on its own thread.
 pub(crate) fn build_ring(sq_entries: u32, cq_entries: u32) -> io::Result<IoUring> {
-    let tuned = IoUring::builder()
+    let deferred = IoUring::builder()
         .setup_cqsize(cq_entries)
-        .setup_coop_taskrun()
         .setup_single_issuer()
+        .setup_defer_taskrun()
         .build(sq_entries);
-    match tuned {
-        Ok(ring) => Ok(ring),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::builder()
+    let cooperative = || {
+        IoUring::builder()
             .setup_cqsize(cq_entries)
-            .build(sq_entries),
+            .setup_coop_taskrun()
+            .setup_single_issuer()
+            .build(sq_entries)
+    };
+    let plain = || {
+        IoUring::builder()
+            .setup_cqsize(cq_entries)
+            .build(sq_entries)
+    };
+    let rejected = |e: &io::Error| e.raw_os_error() == Some(libc::EINVAL);
+    match deferred {
+        Ok(ring) => Ok(ring),
+        Err(e) if rejected(&e) => match cooperative() {
+            Ok(ring) => Ok(ring),
+            Err(e) if rejected(&e) => plain(),
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     }
 }

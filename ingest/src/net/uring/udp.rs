@@ -37,9 +37,9 @@ pub fn run_udp(socket: UdpSocket, ctx: ReaderContext) -> io::Result<()> {
 }
 
 /// Reads datagrams from `socket` until `ctx.shutdown` is set, handing batches to the worker.
-/// While the worker queue is full the reader pauses (see [`Handoff::flush_blocking`]): the
-/// kernel keeps filling the provided buffers, then the socket's receive buffer. Returns the
-/// reader's totals.
+/// While the worker queue is full the reader pauses (see [`Handoff::flush_blocking`]):
+/// datagrams wait in the socket's receive buffer (and in whatever provided buffers a ring
+/// without deferred task running still fills meanwhile). Returns the reader's totals.
 pub fn run_udp_with(
     socket: UdpSocket,
     ctx: ReaderContext,
