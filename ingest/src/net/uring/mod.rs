@@ -45,6 +45,15 @@ pub struct UringOptions {
     pub max_connections: usize,
     /// Hand a batch over once its bytes reach this, even below `batch_max_frames`.
     pub batch_max_bytes: usize,
+    /// UDP at moderate rates: after a wake-up that received some datagrams but fewer than
+    /// `udp_linger_datagrams`, the next wait returns once that many completed or `udp_linger`
+    /// passed, whichever comes first. This turns a wake-up (and a worker hand-off) every few
+    /// datagrams into one per few dozen, at the cost of at most `udp_linger` of latency;
+    /// meanwhile datagrams wait in the socket's receive buffer. Heavier traffic (a wake-up
+    /// that found at least that many) and idle sockets wait for one datagram as before.
+    /// `udp_linger_datagrams = 1` turns lingering off.
+    pub udp_linger_datagrams: u32,
+    pub udp_linger: Duration,
 }
 
 /// Largest UDP payload (IPv4 and IPv6 without jumbograms) plus the recvmsg-multishot header,
@@ -63,6 +72,8 @@ impl Default for UringOptions {
             // With `queue_batches` per worker queue this bounds what a backlog holds in memory
             // (16 × 256 KiB = 4 MiB by default), whatever the message size.
             batch_max_bytes: 256 * 1024,
+            udp_linger_datagrams: 32,
+            udp_linger: Duration::from_micros(500),
         }
     }
 }
@@ -110,6 +121,18 @@ impl UringOptions {
             return bad(format!(
                 "io_uring batch_max_bytes {} outside 4096..=268435456",
                 self.batch_max_bytes
+            ));
+        }
+        if !(1..=u32::from(self.udp_buffers)).contains(&self.udp_linger_datagrams) {
+            return bad(format!(
+                "io_uring udp_linger_datagrams {} outside 1..=udp_buffers ({})",
+                self.udp_linger_datagrams, self.udp_buffers
+            ));
+        }
+        if self.udp_linger > Duration::from_millis(100) {
+            return bad(format!(
+                "io_uring udp_linger {:?} above 100 ms",
+                self.udp_linger
             ));
         }
         Ok(())
@@ -210,27 +233,54 @@ pub(crate) fn kernel_version(release: &str) -> Option<(u32, u32)> {
 }
 
 /// Builds a ring, preferring the flags that cut interrupts on a busy single-threaded reader
-/// and falling back to a plain ring on kernels that reject them.
+/// and falling back to plainer rings on kernels that reject them.
+///
+/// `DEFER_TASKRUN` (6.1+): the receive work a packet arrival triggers is queued on the ring and
+/// run in a batch inside the reader's own `io_uring_enter`, instead of interrupting the reader
+/// (or whatever else runs on its core) once per wake-up; completions are then posted without
+/// the completion-queue lock. It requires that only the thread that built the ring enters it,
+/// which holds: every reader builds, submits to and waits on its ring on its own thread.
 pub(crate) fn build_ring(sq_entries: u32, cq_entries: u32) -> io::Result<IoUring> {
-    let tuned = IoUring::builder()
+    let deferred = IoUring::builder()
         .setup_cqsize(cq_entries)
-        .setup_coop_taskrun()
         .setup_single_issuer()
+        .setup_defer_taskrun()
         .build(sq_entries);
-    match tuned {
-        Ok(ring) => Ok(ring),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::builder()
+    let cooperative = || {
+        IoUring::builder()
             .setup_cqsize(cq_entries)
-            .build(sq_entries),
+            .setup_coop_taskrun()
+            .setup_single_issuer()
+            .build(sq_entries)
+    };
+    let plain = || {
+        IoUring::builder()
+            .setup_cqsize(cq_entries)
+            .build(sq_entries)
+    };
+    let rejected = |e: &io::Error| e.raw_os_error() == Some(libc::EINVAL);
+    match deferred {
+        Ok(ring) => Ok(ring),
+        Err(e) if rejected(&e) => match cooperative() {
+            Ok(ring) => Ok(ring),
+            Err(e) if rejected(&e) => plain(),
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     }
 }
 
 /// Waits up to `timeout` for at least one completion. Timeouts and signals are not errors.
 pub(crate) fn wait_for_completions(ring: &IoUring, timeout: Duration) -> io::Result<()> {
+    wait_for_at_least(ring, 1, timeout)
+}
+
+/// Waits up to `timeout` for `want` completions; returns earlier only when they are there.
+/// Timeouts and signals are not errors: the caller handles whatever did complete.
+pub(crate) fn wait_for_at_least(ring: &IoUring, want: usize, timeout: Duration) -> io::Result<()> {
     let ts = io_uring::types::Timespec::from(timeout);
     let args = io_uring::types::SubmitArgs::new().timespec(&ts);
-    match ring.submitter().submit_with_args(1, &args) {
+    match ring.submitter().submit_with_args(want.max(1), &args) {
         Ok(_) => Ok(()),
         Err(e)
             if matches!(
@@ -354,6 +404,18 @@ mod tests {
         assert!(o.validate().is_err());
         let o = UringOptions {
             max_connections: 0,
+            ..Default::default()
+        };
+        assert!(o.validate().is_err());
+        for linger_datagrams in [0, 257] {
+            let o = UringOptions {
+                udp_linger_datagrams: linger_datagrams,
+                ..Default::default()
+            };
+            assert!(o.validate().is_err(), "{linger_datagrams}");
+        }
+        let o = UringOptions {
+            udp_linger: Duration::from_secs(1),
             ..Default::default()
         };
         assert!(o.validate().is_err());

@@ -2,9 +2,10 @@
 //! connection, all drawing from one provided-buffer ring; a framer per connection.
 //!
 //! Backpressure without loss: when the worker queue is full the reader waits in
-//! [`Handoff::flush_blocking`]; meanwhile completions are not consumed, buffers are not
-//! returned, the kernel ends the receives with ENOBUFS and leaves data in the socket buffers,
-//! so TCP flow control slows the senders. Receives are re-armed once buffers are back.
+//! [`Handoff::flush_blocking`]; meanwhile the ring is not entered, so deferred receive work
+//! does not run (or, on rings without it, completions are not consumed, buffers are not
+//! returned and the kernel ends the receives with ENOBUFS): data stays in the socket buffers
+//! and TCP flow control slows the senders. Receives are re-armed once buffers are back.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -11,7 +11,7 @@ use io_uring::{cqueue, opcode, types};
 
 use super::handoff::{Handoff, Totals};
 use super::{
-    BufRing, RateLimit, UringOptions, build_ring, push_sqe, sockaddr_from_bytes,
+    BufRing, RateLimit, UringOptions, build_ring, push_sqe, sockaddr_from_bytes, wait_for_at_least,
     wait_for_completions,
 };
 use crate::frame::{OversizePolicy, datagram};
@@ -37,9 +37,9 @@ pub fn run_udp(socket: UdpSocket, ctx: ReaderContext) -> io::Result<()> {
 }
 
 /// Reads datagrams from `socket` until `ctx.shutdown` is set, handing batches to the worker.
-/// While the worker queue is full the reader pauses (see [`Handoff::flush_blocking`]): the
-/// kernel keeps filling the provided buffers, then the socket's receive buffer. Returns the
-/// reader's totals.
+/// While the worker queue is full the reader pauses (see [`Handoff::flush_blocking`]):
+/// datagrams wait in the socket's receive buffer (and in whatever provided buffers a ring
+/// without deferred task running still fills meanwhile). Returns the reader's totals.
 pub fn run_udp_with(
     socket: UdpSocket,
     ctx: ReaderContext,
@@ -81,6 +81,7 @@ pub fn run_udp_with(
     };
 
     let result = (|| -> io::Result<()> {
+        let mut lingering = false;
         while !ctx.shutdown.load(Ordering::Relaxed) {
             if !reader.armed {
                 // SAFETY: the request reads `msghdr` and writes into `bufs`, both declared
@@ -88,8 +89,19 @@ pub fn run_udp_with(
                 unsafe { push_sqe(&mut ring, &recv)? };
                 reader.armed = true;
             }
-            wait_for_completions(&ring, super::SHUTDOWN_POLL)?;
-            reader.drain(&mut ring, &mut bufs, &msghdr)?;
+            if lingering {
+                wait_for_at_least(
+                    &ring,
+                    options.udp_linger_datagrams as usize,
+                    options.udp_linger,
+                )?;
+            } else {
+                wait_for_completions(&ring, super::SHUTDOWN_POLL)?;
+            }
+            // Only a trickle lingers: a wake-up that already found a batch's worth is traffic
+            // heavy enough to batch by itself, and waiting then would only idle the buffers.
+            let datagrams = reader.drain(&mut ring, &mut bufs, &msghdr)?;
+            lingering = datagrams > 0 && datagrams < options.udp_linger_datagrams as usize;
         }
         Ok(())
     })();
@@ -135,14 +147,16 @@ struct UdpReader<'c> {
 
 impl UdpReader<'_> {
     /// Processes every completion that is ready, returns the buffers, then hands over the
-    /// partial batch: the socket had nothing more for us.
+    /// partial batch: the socket had nothing more for us. Returns how many datagrams
+    /// completed (received or refused).
     fn drain(
         &mut self,
         ring: &mut io_uring::IoUring,
         bufs: &mut BufRing,
         msghdr: &libc::msghdr,
-    ) -> io::Result<()> {
+    ) -> io::Result<usize> {
         let mut outcome = Ok(());
+        let mut datagrams = 0;
         for cqe in ring.completion() {
             if cqe.user_data() != RECV {
                 continue;
@@ -169,6 +183,7 @@ impl UdpReader<'_> {
                 ));
                 continue;
             };
+            datagrams += 1;
             let full = match bufs.buffer(bid, result as usize) {
                 Some(buf) => self.datagram(buf, msghdr),
                 None => {
@@ -191,7 +206,7 @@ impl UdpReader<'_> {
                 .increment(std::mem::take(&mut self.not_allowed));
         }
         self.handoff.flush_blocking(self.ctx)?;
-        outcome
+        outcome.map(|()| datagrams)
     }
 
     /// One datagram; true when the batch is full.
