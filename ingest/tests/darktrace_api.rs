@@ -474,7 +474,11 @@ fn delivered(out: &Path) -> Vec<(String, String)> {
     };
     for entry in entries {
         let path = entry.unwrap().path();
-        if path.extension().is_none_or(|e| e != "ndjson") {
+        // `.tmp-*` files are batches still being written (renamed into place when complete).
+        let hidden = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if hidden || path.extension().is_none_or(|e| e != "ndjson") {
             continue;
         }
         for line in std::fs::read_to_string(&path).unwrap().lines() {

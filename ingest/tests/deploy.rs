@@ -403,6 +403,13 @@ fn file_sink_lines(out: &Path) -> Vec<String> {
     let mut lines = Vec::new();
     for entry in std::fs::read_dir(out).into_iter().flatten() {
         let path = entry.unwrap().path();
+        // `.tmp-*`: a batch still being written, renamed into place when complete.
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        {
+            continue;
+        }
         if let Ok(text) = std::fs::read_to_string(&path) {
             lines.extend(text.lines().map(str::to_owned));
         }
