@@ -923,6 +923,29 @@ fn check_config_prints_effective_config_redacted() {
     assert!(
         out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("file-secret-123")
     );
+
+    // A `user` this machine lacks is valid config (it may be checked on a build host) but
+    // is warned about, since `run` would fail here.
+    std::fs::write(
+        &path,
+        format!(
+            "user = \"sluice-test-no-such-user\"\n{UDP_SOURCE}{}",
+            file_sink("out", "raw", "none", 100)
+                .replace("{out}", &dir.path().display().to_string())
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning:") && stderr.contains("sluice-test-no-such-user"),
+        "{stderr}"
+    );
 }
 
 /// Without `--config` the embedded default binds port 514; unprivileged, the error explains

@@ -27,6 +27,16 @@ pub fn run(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
                 args.file.display()
             );
             print!("{}", config.to_redacted_toml());
+            // Not an error: configs are often checked on another machine than the one they
+            // run on (CI, a build host). On this one, start-up would fail.
+            if let Some(user) = &config.user
+                && let Err(e) = crate::privileges::Identity::resolve(user, config.group.as_deref())
+            {
+                eprintln!(
+                    "warning: {}: user/group: {e}; `sluice run` with this config would fail on this machine",
+                    args.file.display()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
