@@ -83,6 +83,22 @@ fn escape_mask16(bytes: &[u8], at: usize) -> u32 {
     }
 }
 
+/// [`escape_mask16`] plus the bytes equal to either of `extra`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn escape_or_mask16(bytes: &[u8], at: usize, extra: [u8; 2]) -> u32 {
+    use std::arch::x86_64::*;
+    let chunk: &[u8; 16] = bytes[at..at + 16].try_into().expect("16-byte slice");
+    // SAFETY: SSE2 is part of the x86_64 baseline; the unaligned load reads exactly `chunk`.
+    let extra_mask = unsafe {
+        let v = _mm_loadu_si128(chunk.as_ptr().cast::<__m128i>());
+        let a = _mm_cmpeq_epi8(v, _mm_set1_epi8(extra[0] as i8));
+        let b = _mm_cmpeq_epi8(v, _mm_set1_epi8(extra[1] as i8));
+        _mm_movemask_epi8(_mm_or_si128(a, b)) as u32
+    };
+    escape_mask16(bytes, at) | extra_mask
+}
+
 /// Appends the escaped contents of `s` without quotes.
 ///
 /// Sixteen bytes are tested at a time (SSE2 on x86_64), then eight (SWAR), with exact per-byte
@@ -170,6 +186,17 @@ pub fn write_backslashed_contents(out: &mut Vec<u8>, s: &str, extra: [u8; 2]) {
         *start = p + 1;
     };
     let mut i = 0;
+    // Long values (Darktrace JSON flattened into AdditionalExtensions) are mostly clean:
+    // sixteen bytes per test, then eight, then one.
+    #[cfg(target_arch = "x86_64")]
+    while i + 16 <= bytes.len() {
+        let mut hits = escape_or_mask16(bytes, i, extra);
+        while hits != 0 {
+            emit(out, i + hits.trailing_zeros() as usize, &mut start);
+            hits &= hits - 1;
+        }
+        i += 16;
+    }
     while i + 8 <= bytes.len() {
         let word = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8-byte slice"));
         let mut hits = escape_bits(word) | eq_bits(word, extra[0]) | eq_bits(word, extra[1]);
@@ -492,6 +519,45 @@ mod tests {
                         .filter(|(_, x)| NEEDS_ESCAPE[**x as usize])
                         .fold(0u32, |m, (k, _)| m | 1 << k);
                     assert_eq!(escape_mask16(&bytes, 3), want, "{bytes:?}");
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn sse2_mask_with_extra_bytes_is_exact_for_every_byte_in_every_position() {
+        for extra in [[b';', b'='], [b';', b';']] {
+            for fill in [0u8, b'"', b'\\', b';', b'=', 0x1f, 0x20, 0x80, 0xff, b'a'] {
+                for b in 0..=255u8 {
+                    for pos in 0..16 {
+                        let mut bytes = [fill; 19];
+                        bytes[3 + pos] = b;
+                        let want = bytes[3..19]
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, x)| NEEDS_ESCAPE[**x as usize] || extra.contains(x))
+                            .fold(0u32, |m, (k, _)| m | 1 << k);
+                        assert_eq!(escape_or_mask16(&bytes, 3, extra), want, "{bytes:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn backslashed_runs_crossing_chunk_boundaries_match_reference() {
+        for len in 0..80 {
+            for start in 0..len {
+                for run in 1..=5.min(len - start) {
+                    let mut text = vec![b'q'; len];
+                    for (k, b) in text[start..start + run].iter_mut().enumerate() {
+                        *b = [b';', b'\\', b'=', b'"', 0x01][k % 5];
+                    }
+                    let s = std::str::from_utf8(&text).unwrap();
+                    let mut out = Vec::new();
+                    write_backslashed_contents(&mut out, s, [b';', b'=']);
+                    assert_eq!(out, backslashed_reference(s, [b';', b'=']), "{s:?}");
                 }
             }
         }
