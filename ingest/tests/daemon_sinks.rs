@@ -5,7 +5,7 @@ mod daemon_support;
 mod sinks_support;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -122,27 +122,6 @@ fn markers<'a>(texts: impl IntoIterator<Item = &'a str>) -> HashMap<usize, usize
     seen
 }
 
-fn file_lines(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries {
-        let e = e.unwrap();
-        let name = e.file_name().to_string_lossy().to_string();
-        if name.starts_with('.') {
-            continue;
-        }
-        let mut text = String::new();
-        std::fs::File::open(e.path())
-            .unwrap()
-            .read_to_string(&mut text)
-            .unwrap();
-        out.extend(text.lines().map(str::to_owned));
-    }
-    out
-}
-
 fn wait_until(what: &str, daemon: &Daemon, timeout: Duration, mut done: impl FnMut() -> bool) {
     let started = Instant::now();
     while !done() {
@@ -202,7 +181,7 @@ fn tcp_to_http_and_file_sinks_exactly_n() {
         relay.accepted.count() >= N
     });
     wait_until("file has N", &daemon, Duration::from_secs(60), || {
-        file_lines(&dir.path().join("out")).len() >= N
+        daemon_support::finished_batch_lines(&dir.path().join("out")).len() >= N
     });
     let log = daemon.stop();
     assert!(log.contains("sink_events=6000"), "{log}");
@@ -216,7 +195,7 @@ fn tcp_to_http_and_file_sinks_exactly_n() {
     let seen = markers(texts.iter().map(String::as_str));
     assert_eq!(seen.len(), N);
     assert!(seen.values().all(|&c| c == 1));
-    let file = file_lines(&dir.path().join("out"));
+    let file = daemon_support::finished_batch_lines(&dir.path().join("out"));
     assert_eq!(file.len(), N);
     let seen = markers(file.iter().map(String::as_str));
     assert_eq!(seen.len(), N);

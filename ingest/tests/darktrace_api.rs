@@ -469,31 +469,19 @@ fn source_config(url: &str, ca_file: &Path, private: &str, endpoints: &str) -> S
 /// checks each line is a Darktrace event of the right kind from source `dt`.
 fn delivered(out: &Path) -> Vec<(String, String)> {
     let mut seen = Vec::new();
-    let Ok(entries) = std::fs::read_dir(out) else {
-        return seen;
-    };
-    for entry in entries {
-        let path = entry.unwrap().path();
-        // `.tmp-*` files are batches still being written (renamed into place when complete).
-        let hidden = path
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
-        if hidden || path.extension().is_none_or(|e| e != "ndjson") {
-            continue;
-        }
-        for line in std::fs::read_to_string(&path).unwrap().lines() {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            assert_eq!(v["source"], "dt", "{line:.200}");
-            assert_eq!(v["syslog"]["format"], "none", "{line:.200}");
-            let log_type = v["json"]["log_type"].as_str().unwrap().to_owned();
-            let (kind, id_key) = match log_type.as_str() {
-                "modelbreaches" => ("darktrace_model_breach", "pbid"),
-                "aianalyst/incidentevents" => ("darktrace_ai_analyst", "id"),
-                other => panic!("log_type {other}"),
-            };
-            assert_eq!(v["kind"], kind, "{line:.200}");
-            seen.push((log_type, id_text(&v["json"][id_key])));
-        }
+    for line in daemon_support::finished_batch_lines(out) {
+        let line = line.as_str();
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["source"], "dt", "{line:.200}");
+        assert_eq!(v["syslog"]["format"], "none", "{line:.200}");
+        let log_type = v["json"]["log_type"].as_str().unwrap().to_owned();
+        let (kind, id_key) = match log_type.as_str() {
+            "modelbreaches" => ("darktrace_model_breach", "pbid"),
+            "aianalyst/incidentevents" => ("darktrace_ai_analyst", "id"),
+            other => panic!("log_type {other}"),
+        };
+        assert_eq!(v["kind"], kind, "{line:.200}");
+        seen.push((log_type, id_text(&v["json"][id_key])));
     }
     seen
 }

@@ -6,6 +6,8 @@
 //!
 //! The root-only tests print SKIPPED and return when not run as root.
 
+mod daemon_support;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -399,24 +401,6 @@ fn assert_owned_by_nobody(dir: &Path) {
     }
 }
 
-fn file_sink_lines(out: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    for entry in std::fs::read_dir(out).into_iter().flatten() {
-        let path = entry.unwrap().path();
-        // `.tmp-*`: a batch still being written, renamed into place when complete.
-        if path
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-        {
-            continue;
-        }
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            lines.extend(text.lines().map(str::to_owned));
-        }
-    }
-    lines
-}
-
 fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let started = Instant::now();
     while !done() {
@@ -497,7 +481,7 @@ fn daemon_as_nobody_without_xdp_has_no_capabilities_and_keeps_delivering() {
     wait_for(
         "all messages in the file sink",
         Duration::from_secs(20),
-        || file_sink_lines(&out).len() >= N,
+        || daemon_support::finished_batch_lines(&out).len() >= N,
     );
     // New spool segments and output files, written by nobody's threads.
     let body = scrape(daemon.metrics_addr(), Some("s3cret-value"));
@@ -506,7 +490,7 @@ fn daemon_as_nobody_without_xdp_has_no_capabilities_and_keeps_delivering() {
     assert_dropped_to_nobody(daemon.pid(), 0, &daemon.log_text());
     daemon.stop();
     assert_owned_by_nobody(&data);
-    let mut lines = file_sink_lines(&out);
+    let mut lines = daemon_support::finished_batch_lines(&out);
     lines.sort();
     lines.dedup();
     assert_eq!(lines.len(), N);
@@ -820,7 +804,7 @@ fn xdp_daemon_as_nobody_keeps_cap_bpf_only_and_exports_every_dashboard_metric() 
         }
     });
     wait_for("the file sink", Duration::from_secs(20), || {
-        file_sink_lines(&out).len() >= N + 10
+        daemon_support::finished_batch_lines(&out).len() >= N + 10
     });
     wait_for(
         "HTTP deliveries after a 503",

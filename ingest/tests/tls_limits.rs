@@ -176,20 +176,7 @@ impl Daemon {
 
     /// Every line the file sink has written so far (finished files only).
     fn output(&self) -> Vec<String> {
-        let mut lines = Vec::new();
-        let Ok(entries) = std::fs::read_dir(self.dir.path().join("out")) else {
-            return lines;
-        };
-        for entry in entries {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_string_lossy().to_string();
-            if name.starts_with('.') {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).unwrap();
-            lines.extend(text.lines().map(str::to_string));
-        }
-        lines
+        daemon_support::finished_batch_lines(&self.dir.path().join("out"))
     }
 
     /// Waits until the output holds a line containing each of `markers`.
