@@ -69,6 +69,19 @@ pub fn extend_small(out: &mut Vec<u8>, s: &[u8]) {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn escape_mask16(bytes: &[u8], at: usize) -> u32 {
+    mask16(bytes, at, None)
+}
+
+/// [`escape_mask16`] plus the bytes equal to either of `extra`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn escape_or_mask16(bytes: &[u8], at: usize, extra: [u8; 2]) -> u32 {
+    mask16(bytes, at, Some(extra))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn mask16(bytes: &[u8], at: usize, extra: Option<[u8; 2]>) -> u32 {
     use std::arch::x86_64::*;
     let chunk: &[u8; 16] = bytes[at..at + 16].try_into().expect("16-byte slice");
     // SAFETY: SSE2 is part of the x86_64 baseline, so the intrinsics are always available;
@@ -79,24 +92,14 @@ fn escape_mask16(bytes: &[u8], at: usize) -> u32 {
         let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
         // Unsigned `v <= 0x1f`: the minimum equals `v` only for control bytes.
         let control = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v);
-        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)) as u32
+        let mut hits = _mm_or_si128(_mm_or_si128(quote, backslash), control);
+        if let Some([a, b]) = extra {
+            let a = _mm_cmpeq_epi8(v, _mm_set1_epi8(a as i8));
+            let b = _mm_cmpeq_epi8(v, _mm_set1_epi8(b as i8));
+            hits = _mm_or_si128(hits, _mm_or_si128(a, b));
+        }
+        _mm_movemask_epi8(hits) as u32
     }
-}
-
-/// [`escape_mask16`] plus the bytes equal to either of `extra`.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn escape_or_mask16(bytes: &[u8], at: usize, extra: [u8; 2]) -> u32 {
-    use std::arch::x86_64::*;
-    let chunk: &[u8; 16] = bytes[at..at + 16].try_into().expect("16-byte slice");
-    // SAFETY: SSE2 is part of the x86_64 baseline; the unaligned load reads exactly `chunk`.
-    let extra_mask = unsafe {
-        let v = _mm_loadu_si128(chunk.as_ptr().cast::<__m128i>());
-        let a = _mm_cmpeq_epi8(v, _mm_set1_epi8(extra[0] as i8));
-        let b = _mm_cmpeq_epi8(v, _mm_set1_epi8(extra[1] as i8));
-        _mm_movemask_epi8(_mm_or_si128(a, b)) as u32
-    };
-    escape_mask16(bytes, at) | extra_mask
 }
 
 /// Appends the escaped contents of `s` without quotes.
@@ -507,7 +510,21 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn sse2_mask_is_exact_for_every_byte_in_every_position() {
-        for fill in [0u8, b'"', b'\\', 0x1f, 0x20, 0x7f, 0x80, 0xff, b'a'] {
+        assert_mask16_exact(escape_mask16, |x| NEEDS_ESCAPE[x as usize]);
+        for extra in [[b';', b'='], [b';', b';']] {
+            assert_mask16_exact(
+                |bytes, at| escape_or_mask16(bytes, at, extra),
+                |x| NEEDS_ESCAPE[x as usize] || extra.contains(&x),
+            );
+        }
+    }
+
+    /// Every byte value at every position among each filler, loaded unaligned.
+    #[cfg(target_arch = "x86_64")]
+    fn assert_mask16_exact(mask: impl Fn(&[u8], usize) -> u32, hit: impl Fn(u8) -> bool) {
+        for fill in [
+            0u8, b'"', b'\\', b';', b'=', 0x1f, 0x20, 0x7f, 0x80, 0xff, b'a',
+        ] {
             for b in 0..=255u8 {
                 for pos in 0..16 {
                     // At an odd offset inside a larger buffer: the load is unaligned.
@@ -516,30 +533,9 @@ mod tests {
                     let want = bytes[3..19]
                         .iter()
                         .enumerate()
-                        .filter(|(_, x)| NEEDS_ESCAPE[**x as usize])
+                        .filter(|(_, x)| hit(**x))
                         .fold(0u32, |m, (k, _)| m | 1 << k);
-                    assert_eq!(escape_mask16(&bytes, 3), want, "{bytes:?}");
-                }
-            }
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn sse2_mask_with_extra_bytes_is_exact_for_every_byte_in_every_position() {
-        for extra in [[b';', b'='], [b';', b';']] {
-            for fill in [0u8, b'"', b'\\', b';', b'=', 0x1f, 0x20, 0x80, 0xff, b'a'] {
-                for b in 0..=255u8 {
-                    for pos in 0..16 {
-                        let mut bytes = [fill; 19];
-                        bytes[3 + pos] = b;
-                        let want = bytes[3..19]
-                            .iter()
-                            .enumerate()
-                            .filter(|(_, x)| NEEDS_ESCAPE[**x as usize] || extra.contains(x))
-                            .fold(0u32, |m, (k, _)| m | 1 << k);
-                        assert_eq!(escape_or_mask16(&bytes, 3, extra), want, "{bytes:?}");
-                    }
+                    assert_eq!(mask(&bytes, 3), want, "{bytes:?}");
                 }
             }
         }
