@@ -69,19 +69,6 @@ pub fn extend_small(out: &mut Vec<u8>, s: &[u8]) {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn escape_mask16(bytes: &[u8], at: usize) -> u32 {
-    mask16(bytes, at, None)
-}
-
-/// [`escape_mask16`] plus the bytes equal to either of `extra`.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn escape_or_mask16(bytes: &[u8], at: usize, extra: [u8; 2]) -> u32 {
-    mask16(bytes, at, Some(extra))
-}
-
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn mask16(bytes: &[u8], at: usize, extra: Option<[u8; 2]>) -> u32 {
     use std::arch::x86_64::*;
     let chunk: &[u8; 16] = bytes[at..at + 16].try_into().expect("16-byte slice");
     // SAFETY: SSE2 is part of the x86_64 baseline, so the intrinsics are always available;
@@ -92,14 +79,26 @@ fn mask16(bytes: &[u8], at: usize, extra: Option<[u8; 2]>) -> u32 {
         let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
         // Unsigned `v <= 0x1f`: the minimum equals `v` only for control bytes.
         let control = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v);
-        let mut hits = _mm_or_si128(_mm_or_si128(quote, backslash), control);
-        if let Some([a, b]) = extra {
-            let a = _mm_cmpeq_epi8(v, _mm_set1_epi8(a as i8));
-            let b = _mm_cmpeq_epi8(v, _mm_set1_epi8(b as i8));
-            hits = _mm_or_si128(hits, _mm_or_si128(a, b));
-        }
-        _mm_movemask_epi8(hits) as u32
+        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)) as u32
     }
+}
+
+/// [`escape_mask16`] plus the bytes equal to either of `extra`. The 16 bytes are loaded twice
+/// in the source; once inlined, the compiler keeps one load (a single-function version with an
+/// optional `extra` measured 0.6 % more instructions per CEF row under callgrind).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn escape_or_mask16(bytes: &[u8], at: usize, extra: [u8; 2]) -> u32 {
+    use std::arch::x86_64::*;
+    let chunk: &[u8; 16] = bytes[at..at + 16].try_into().expect("16-byte slice");
+    // SAFETY: SSE2 is part of the x86_64 baseline; the unaligned load reads exactly `chunk`.
+    let extra_mask = unsafe {
+        let v = _mm_loadu_si128(chunk.as_ptr().cast::<__m128i>());
+        let a = _mm_cmpeq_epi8(v, _mm_set1_epi8(extra[0] as i8));
+        let b = _mm_cmpeq_epi8(v, _mm_set1_epi8(extra[1] as i8));
+        _mm_movemask_epi8(_mm_or_si128(a, b)) as u32
+    };
+    escape_mask16(bytes, at) | extra_mask
 }
 
 /// Appends the escaped contents of `s` without quotes.
