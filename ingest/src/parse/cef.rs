@@ -18,11 +18,12 @@
 
 use std::borrow::Cow;
 
-use memchr::{memchr, memchr2, memchr2_iter};
+use memchr::{memchr, memchr2};
 use smallvec::SmallVec;
 
 use crate::event::{Cef, Extension};
 use crate::parse::ParseErrorKind;
+use crate::parse::bytescan::Positions2;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CefError {
@@ -219,7 +220,7 @@ fn value_cow(raw: &str, has_backslash: bool) -> Cow<'_, str> {
 
 /// Tokenises the extension (record text after the 7th pipe, trailing whitespace removed).
 ///
-/// One `memchr2` iterator walks every `=` and `\` of the extension once; an event inside an
+/// One pass over the bitmasks of `=` and `\` visits each of them once; an event inside an
 /// escape (`\=`, `\\`) is passed over.
 fn parse_extensions<'a>(
     ext: &'a str,
@@ -245,7 +246,7 @@ fn parse_extensions<'a>(
     // Events before `pos` are the first key's `=` or the byte after a backslash.
     let mut pos = value_start;
     let mut has_backslash = false;
-    for p in memchr2_iter(b'=', b'\\', bytes) {
+    for p in Positions2::new(bytes, b'=', b'\\') {
         if p < pos {
             continue;
         }
@@ -254,10 +255,7 @@ fn parse_extensions<'a>(
             pos = p + 2;
             continue;
         }
-        let mut s = p;
-        while s > value_start && is_key_byte(bytes[s - 1]) {
-            s -= 1;
-        }
+        let s = key_start(bytes, value_start, p);
         let candidate = &ext[s..p];
         let mut hash = 0;
         let boundary = s < p
@@ -297,6 +295,26 @@ fn parse_extensions<'a>(
         value: value_cow(&ext[value_start..], has_backslash),
     });
     Ok(())
+}
+
+/// Start of the run of key bytes that ends at `end` (an `=`), not before `floor`.
+#[inline(always)]
+fn key_start(bytes: &[u8], floor: usize, end: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if end >= 16 {
+        // The 16 bytes before the `=` hold nearly every key whole: the last non-key byte
+        // among them bounds it (a key of 16 or more bytes takes the byte loop below).
+        let non_key = !crate::parse::bytescan::key_byte_mask16(bytes, end - 16) & 0xffff;
+        if non_key != 0 {
+            let after_last_non_key = end - 16 + (32 - non_key.leading_zeros()) as usize;
+            return after_last_non_key.max(floor);
+        }
+    }
+    let mut s = end;
+    while s > floor && is_key_byte(bytes[s - 1]) {
+        s -= 1;
+    }
+    s
 }
 
 /// Keys already used in the record. Linear search for typical records; a hash set only for
@@ -856,6 +874,35 @@ mod tests {
         );
         let c = parse(&rec, "").unwrap();
         assert_eq!(ext(&c), vec![("request", text), ("dst", "2.2.2.2")]);
+    }
+
+    /// [`key_start`]'s 16-byte window against the byte loop it shortcuts, for keys around the
+    /// window's length, every floor, and non-key bytes of each kind just before the key.
+    #[test]
+    fn key_start_matches_the_byte_loop() {
+        let reference = |bytes: &[u8], floor: usize, end: usize| {
+            let mut s = end;
+            while s > floor && is_key_byte(bytes[s - 1]) {
+                s -= 1;
+            }
+            s
+        };
+        for before in [b' ', b'=', b'\\', b'/', 0xc3, b'-', b'a'] {
+            for key_len in 0..40 {
+                let mut text = vec![b'v'; 20];
+                text.push(before);
+                text.extend((0..key_len).map(|k| b"aZ09_.,[]"[k % 9]));
+                let end = text.len();
+                text.push(b'=');
+                for floor in 0..=end {
+                    assert_eq!(
+                        key_start(&text, floor, end),
+                        reference(&text, floor, end),
+                        "byte {before:#04x}, key of {key_len}, floor {floor}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
