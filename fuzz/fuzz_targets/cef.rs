@@ -1,4 +1,4 @@
-//! CEF parser: never panics on any text.
+//! CEF parser: never panics on any text, and never marks a value JSON-clean that is not.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -15,6 +15,12 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(parsed) = cef::parse(record, prefix) {
         for ext in &parsed.extensions {
             assert!(!ext.key.is_empty());
+            if ext.json_clean {
+                assert!(
+                    !ext.value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\'),
+                    "{ext:?}"
+                );
+            }
         }
     }
 });

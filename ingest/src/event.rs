@@ -132,6 +132,9 @@ pub struct SyslogHeader<'a> {
 pub struct Extension<'a> {
     pub key: &'a str,
     pub value: Cow<'a, str>,
+    /// `value` holds no byte that JSON escapes (`"`, `\`, control): writers may copy it as is.
+    /// `false` only means "not known", so it is always safe.
+    pub json_clean: bool,
 }
 
 /// A parsed CEF record. Header fields are unescaped (`\|`, `\\`).

@@ -303,6 +303,22 @@ impl<'o> ObjectWriter<'o> {
         write_str(out, value);
     }
 
+    /// [`ObjectWriter::clean_str`] for a value known to need no JSON escaping (a parser saw no
+    /// `"`, `\` or control byte in it, e.g. [`crate::event::Extension::json_clean`]): copied
+    /// without the escape scan.
+    #[inline]
+    pub fn clean_str_verbatim(&mut self, key: &'static str, value: &str) {
+        debug_assert!(
+            !value.bytes().any(|b| NEEDS_ESCAPE[b as usize]),
+            "{value:?}"
+        );
+        let out = self.clean_key(key);
+        out.reserve(value.len() + 2);
+        out.push(b'"');
+        extend_small(out, value.as_bytes());
+        out.push(b'"');
+    }
+
     #[inline]
     pub fn str(&mut self, key: &str, value: &str) {
         let out = self.key(key);

@@ -5,30 +5,30 @@
 //! a time (SSE2, part of the x86_64 baseline; a byte loop elsewhere) and the hits are taken from
 //! the block's bitmask.
 
-/// Positions of the bytes equal to `a` or `b`, in ascending order.
-pub struct Positions2<'a> {
+/// Positions of the bytes a block classifier marks, in ascending order.
+pub struct Positions<'a, C> {
     bytes: &'a [u8],
     /// Offset of the block `hits` describes.
     base: usize,
     /// Bit `k`: byte `base + k` is a hit not yet returned.
     hits: u64,
-    a: u8,
-    b: u8,
+    classify: C,
 }
 
-impl<'a> Positions2<'a> {
-    pub fn new(bytes: &'a [u8], a: u8, b: u8) -> Self {
-        Positions2 {
+impl<'a, C: Fn(&[u8; 64]) -> u64> Positions<'a, C> {
+    /// `classify` sets bit `k` for each byte `k` of interest in a 64-byte block.
+    pub fn new(bytes: &'a [u8], classify: C) -> Self {
+        let hits = block_mask(bytes, 0, &classify);
+        Positions {
             bytes,
             base: 0,
-            hits: block_mask2(bytes, 0, a, b),
-            a,
-            b,
+            hits,
+            classify,
         }
     }
 }
 
-impl Iterator for Positions2<'_> {
+impl<C: Fn(&[u8; 64]) -> u64> Iterator for Positions<'_, C> {
     type Item = usize;
 
     #[inline]
@@ -38,7 +38,7 @@ impl Iterator for Positions2<'_> {
             if self.base >= self.bytes.len() {
                 return None;
             }
-            self.hits = block_mask2(self.bytes, self.base, self.a, self.b);
+            self.hits = block_mask(self.bytes, self.base, &self.classify);
         }
         let p = self.base + self.hits.trailing_zeros() as usize;
         self.hits &= self.hits - 1;
@@ -46,32 +46,39 @@ impl Iterator for Positions2<'_> {
     }
 }
 
-/// Bit `k` set when `bytes[at + k]` is `a` or `b`, for the up to 64 bytes from `at`.
+/// The classifier's mask of the up to 64 bytes from `at`.
 #[inline]
-fn block_mask2(bytes: &[u8], at: usize, a: u8, b: u8) -> u64 {
+fn block_mask(bytes: &[u8], at: usize, classify: &impl Fn(&[u8; 64]) -> u64) -> u64 {
     let rest = bytes.get(at..).unwrap_or_default();
     if rest.len() >= 64 {
         let block: &[u8; 64] = rest[..64].try_into().expect("64-byte slice");
-        return eq2_mask64(block, a, b);
+        return classify(block);
     }
     // The last partial block of the text: padded, and the padding's bits cleared.
     let mut block = [0u8; 64];
     block[..rest.len()].copy_from_slice(rest);
-    eq2_mask64(&block, a, b) & ((1u64 << rest.len()) - 1)
+    classify(&block) & ((1u64 << rest.len()) - 1)
 }
 
+/// The bytes a CEF extension tokenizer stops at: `=` and `\` delimit fields and escapes; `"`
+/// and control bytes are where a value will need JSON escaping.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn eq2_mask64(block: &[u8; 64], a: u8, b: u8) -> u64 {
+pub fn cef_extension_events(block: &[u8; 64]) -> u64 {
     use std::arch::x86_64::*;
     let mut mask = 0u64;
     // SAFETY: SSE2 is part of the x86_64 baseline; each unaligned load reads 16 bytes inside
     // `block` (offsets 0, 16, 32, 48 of 64).
     unsafe {
-        let (va, vb) = (_mm_set1_epi8(a as i8), _mm_set1_epi8(b as i8));
+        let eq = |v: __m128i, c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
         for lane in 0..4 {
             let v = _mm_loadu_si128(block.as_ptr().add(lane * 16).cast::<__m128i>());
-            let hit = _mm_or_si128(_mm_cmpeq_epi8(v, va), _mm_cmpeq_epi8(v, vb));
+            // Unsigned `v <= 0x1f`: the minimum equals `v` only for control bytes.
+            let control = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v);
+            let hit = _mm_or_si128(
+                _mm_or_si128(eq(v, b'='), eq(v, b'\\')),
+                _mm_or_si128(eq(v, b'"'), control),
+            );
             mask |= u64::from(_mm_movemask_epi8(hit) as u16) << (lane * 16);
         }
     }
@@ -80,11 +87,16 @@ fn eq2_mask64(block: &[u8; 64], a: u8, b: u8) -> u64 {
 
 #[cfg(not(target_arch = "x86_64"))]
 #[inline]
-fn eq2_mask64(block: &[u8; 64], a: u8, b: u8) -> u64 {
-    block
-        .iter()
-        .enumerate()
-        .fold(0, |m, (k, &c)| m | (u64::from(c == a || c == b) << k))
+pub fn cef_extension_events(block: &[u8; 64]) -> u64 {
+    block.iter().enumerate().fold(0, |m, (k, &c)| {
+        m | (u64::from(is_cef_extension_event(c)) << k)
+    })
+}
+
+/// The byte-at-a-time definition of [`cef_extension_events`].
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+fn is_cef_extension_event(c: u8) -> bool {
+    matches!(c, b'=' | b'\\' | b'"') || c < 0x20
 }
 
 /// Bit `k` set when `bytes[at + k]` (k < 16) is a CEF key byte: ASCII alphanumeric or one of
@@ -120,6 +132,12 @@ pub fn key_byte_mask16(bytes: &[u8], at: usize) -> u32 {
 mod tests {
     use super::*;
 
+    fn reference(text: &[u8]) -> Vec<usize> {
+        (0..text.len())
+            .filter(|&k| is_cef_extension_event(text[k]))
+            .collect()
+    }
+
     #[test]
     fn positions_match_a_byte_loop_at_every_length_and_offset() {
         // Lengths around the block size, hits at every offset including the last byte.
@@ -129,35 +147,47 @@ mod tests {
                 if len > 0 {
                     text[hit] = b'=';
                     text[(hit * 7 + 3) % len] = b'\\';
+                    text[(hit * 5 + 1) % len] = b'"';
                 }
-                let expected: Vec<usize> = (0..len)
-                    .filter(|&k| text[k] == b'=' || text[k] == b'\\')
-                    .collect();
-                let found: Vec<usize> = Positions2::new(&text, b'=', b'\\').collect();
-                assert_eq!(found, expected, "len {len} hit {hit}");
+                let found: Vec<usize> = Positions::new(&text, cef_extension_events).collect();
+                assert_eq!(found, reference(&text), "len {len} hit {hit}");
             }
         }
     }
 
     #[test]
     fn positions_find_every_byte_of_a_dense_text() {
-        let text: Vec<u8> = (0..300)
-            .map(|k| if k % 3 == 0 { b'=' } else { b'\\' })
-            .collect();
+        let text: Vec<u8> = (0..300).map(|k| b"=\\\"\n"[k % 4]).collect();
         assert_eq!(
-            Positions2::new(&text, b'=', b'\\').collect::<Vec<_>>(),
+            Positions::new(&text, cef_extension_events).collect::<Vec<_>>(),
             (0..300).collect::<Vec<_>>()
         );
     }
 
     #[test]
     fn padding_never_counts_as_a_hit() {
-        // A zero needle would match the padding of the last block if it were not masked off.
-        let text = [1u8, 0, 2, 0, 3];
+        // NUL is a control byte, so the zero padding of the last block would match if its
+        // bits were not masked off.
+        let text = [b'a', 0, b'b', 0, b'c'];
         assert_eq!(
-            Positions2::new(&text, 0, 0xff).collect::<Vec<_>>(),
+            Positions::new(&text, cef_extension_events).collect::<Vec<_>>(),
             vec![1, 3]
         );
+    }
+
+    #[test]
+    fn extension_events_are_exact_for_every_byte_in_every_position() {
+        for byte in 0..=255u8 {
+            for pos in 0..64 {
+                let mut block = [b'a'; 64];
+                block[pos] = byte;
+                assert_eq!(
+                    cef_extension_events(&block),
+                    u64::from(is_cef_extension_event(byte)) << pos,
+                    "byte {byte:#04x} at {pos}"
+                );
+            }
+        }
     }
 
     #[cfg(target_arch = "x86_64")]

@@ -23,7 +23,7 @@ use smallvec::SmallVec;
 
 use crate::event::{Cef, Extension};
 use crate::parse::ParseErrorKind;
-use crate::parse::bytescan::Positions2;
+use crate::parse::bytescan::{Positions, cef_extension_events};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CefError {
@@ -220,8 +220,8 @@ fn value_cow(raw: &str, has_backslash: bool) -> Cow<'_, str> {
 
 /// Tokenises the extension (record text after the 7th pipe, trailing whitespace removed).
 ///
-/// One pass over the bitmasks of `=` and `\` visits each of them once; an event inside an
-/// escape (`\=`, `\\`) is passed over.
+/// One pass over the bitmasks of `=`, `\`, `"` and control bytes visits each of them once; an
+/// event inside an escape (`\=`, `\\`) is passed over.
 fn parse_extensions<'a>(
     ext: &'a str,
     out: &mut SmallVec<[Extension<'a>; 24]>,
@@ -246,14 +246,23 @@ fn parse_extensions<'a>(
     // Events before `pos` are the first key's `=` or the byte after a backslash.
     let mut pos = value_start;
     let mut has_backslash = false;
-    for p in Positions2::new(bytes, b'=', b'\\') {
+    // A `"` or control byte seen in the current value.
+    let mut needs_json_escape = false;
+    for p in Positions::new(bytes, cef_extension_events) {
         if p < pos {
             continue;
         }
-        if bytes[p] == b'\\' {
-            has_backslash = true;
-            pos = p + 2;
-            continue;
+        match bytes[p] {
+            b'=' => {}
+            b'\\' => {
+                has_backslash = true;
+                pos = p + 2;
+                continue;
+            }
+            _ => {
+                needs_json_escape = true;
+                continue;
+            }
         }
         let s = key_start(bytes, value_start, p);
         let candidate = &ext[s..p];
@@ -273,6 +282,8 @@ fn parse_extensions<'a>(
             out.push(Extension {
                 key,
                 value: value_cow(&ext[value_start..], has_backslash),
+                // Not worth a scan of the rest: the writer escapes as usual.
+                json_clean: false,
             });
             return Ok(());
         }
@@ -283,16 +294,20 @@ fn parse_extensions<'a>(
         out.push(Extension {
             key,
             value: value_cow(&ext[value_start..value_end], has_backslash),
+            // An unescaped value may hold a decoded line break.
+            json_clean: !has_backslash && !needs_json_escape,
         });
         key = candidate;
         seen.insert(key, hash);
         value_start = p + 1;
         pos = value_start;
         has_backslash = false;
+        needs_json_escape = false;
     }
     out.push(Extension {
         key,
         value: value_cow(&ext[value_start..], has_backslash),
+        json_clean: !has_backslash && !needs_json_escape,
     });
     Ok(())
 }
@@ -903,6 +918,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    proptest::proptest! {
+        /// A value marked JSON-clean has no byte that JSON escapes, wherever quotes, escapes,
+        /// control bytes and stray `=` fall relative to the 64-byte blocks.
+        #[test]
+        fn json_clean_values_need_no_escaping(
+            ext in "(?s)([a-c]{1,3}=[a-z \"\\\\=\t\n\u{1}é]{0,40} ){1,12}"
+        ) {
+            let record = format!("CEF:0|v|p|1|s|n|5|{ext}");
+            if let Ok(cef) = parse(&record, "") {
+                for e in &cef.extensions {
+                    if e.json_clean {
+                        proptest::prop_assert!(
+                            !e.value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\'),
+                            "{:?}", e
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn values_without_escapes_are_json_clean() {
+        let cef = parse(
+            r#"CEF:0|v|p|1|s|n|5|a=plain b=with "quote" c=back\\slash d=x"#,
+            "",
+        )
+        .unwrap();
+        let clean: Vec<bool> = cef.extensions.iter().map(|e| e.json_clean).collect();
+        assert_eq!(clean, [true, false, false, true]);
     }
 
     #[test]

@@ -11,7 +11,7 @@ mod darktrace;
 
 use smallvec::SmallVec;
 
-use crate::event::{Body, Cef, Event};
+use crate::event::{Body, Cef, Event, Extension};
 use crate::map::json_writer::{
     ObjectWriter, extend_small, write_backslashed_contents, write_str_contents,
 };
@@ -362,20 +362,25 @@ fn custom_column(key: &str) -> Option<(&'static str, Type)> {
     })
 }
 
-/// Writes the value to its column; `false` when it does not fit the column's type.
+/// Writes the extension's value to its column; `false` when it does not fit the column's type.
 fn write_typed(
     o: &mut ObjectWriter<'_>,
     col: &'static str,
     ty: Type,
-    value: &str,
+    extension: &Extension<'_>,
     dtz: Option<&str>,
 ) -> bool {
+    let value: &str = &extension.value;
     let int = |o: &mut ObjectWriter<'_>, col: &'static str, n: i64| {
         extend_small(o.clean_key(col), itoa::Buffer::new().format(n).as_bytes());
     };
     match ty {
         Type::Str => {
-            o.clean_str(col, value);
+            if extension.json_clean {
+                o.clean_str_verbatim(col, value);
+            } else {
+                o.clean_str(col, value);
+            }
             true
         }
         Type::Int => match value.trim().parse::<i32>() {
@@ -476,7 +481,7 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
             continue;
         }
         let written = match column(e.key) {
-            Some((col, ty)) => write_typed(&mut o, col, ty, &e.value, dtz),
+            Some((col, ty)) => write_typed(&mut o, col, ty, e, dtz),
             None => false,
         };
         if !written {
