@@ -7,6 +7,7 @@
 //! (the hostile-client tests print the daemon's memory figures).
 
 mod daemon_support;
+use daemon_support::metric_value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -70,21 +71,8 @@ impl Daemon {
             .spawn()
             .unwrap();
         let log = daemon_support::collect_stderr(&mut child);
-        let started = Instant::now();
-        loop {
-            if log.lock().unwrap().iter().any(|l| l.contains(" running;")) {
-                break;
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "sluice exited early ({status}):\n{}",
-                    log.lock().unwrap().join("\n")
-                );
-            }
-            assert!(started.elapsed() < Duration::from_secs(30), "no start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let (mut listen, mut metrics) = (Vec::new(), None);
+        daemon_support::wait_until_running(&mut child, &log, Duration::from_secs(30));
+        let mut listen = Vec::new();
         for line in log.lock().unwrap().iter() {
             for proto in ["tcp", "tls", "udp"] {
                 if let Some(rest) = line.split(&format!("listening on {proto} ")).nth(1)
@@ -93,16 +81,14 @@ impl Daemon {
                     listen.push((proto.to_string(), addr));
                 }
             }
-            if let Some(rest) = line.split("metrics on http://").nth(1) {
-                metrics = rest.split('/').next().and_then(|a| a.parse().ok());
-            }
         }
         Daemon {
+            metrics: daemon_support::logged_addr(&log, "metrics on http://")
+                .expect("metrics address in the log"),
             child,
             log,
             dir,
             listen,
-            metrics: metrics.expect("metrics address in the log"),
         }
     }
 
@@ -115,19 +101,11 @@ impl Daemon {
     }
 
     fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        daemon_support::log_text(&self.log)
     }
 
     fn metrics_text(&self) -> String {
-        let mut s = TcpStream::connect(self.metrics).unwrap();
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
+        daemon_support::scrape_metrics(self.metrics, None)
     }
 
     fn metric(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
@@ -206,22 +184,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{' | b' '))
-        })
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
 }
 
 fn sluice_lines(text: &str) -> String {

@@ -1,10 +1,14 @@
 //! What every test that runs the real `sluice` binary needs: its log lines, collected as they
-//! come, so a test can wait for start-up lines and print the log when an assertion fails.
+//! come, so a test can wait for start-up lines and print the log when an assertion fails; the
+//! start-up and SIGTERM waits, so every daemon test has the same bounds; and the `/metrics`
+//! reader, so the tests count series the same way.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::Child;
+use std::process::{Child, ExitStatus};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Takes the child's piped stderr and collects its lines on a thread until the pipe closes.
 #[allow(dead_code)] // deploy.rs reads only sink output
@@ -42,4 +46,110 @@ pub fn finished_batch_lines(dir: &Path) -> Vec<String> {
         lines.extend(text.lines().map(str::to_owned));
     }
     lines
+}
+
+/// The collected log as one text: every failure message in these tests ends with it, since
+/// the daemon's own words are usually what explains the failure.
+#[allow(dead_code)] // not every test binary keeps a log
+pub fn log_text(log: &Mutex<Vec<String>>) -> String {
+    log.lock().unwrap().join("\n")
+}
+
+/// Waits for the daemon's " running;" line, which comes only after every listener and the
+/// metrics endpoint are bound, so the addresses in the log are final. An early exit or no start
+/// within `timeout` fails with the log instead of leaving the test to time out on a socket.
+#[allow(dead_code)] // not every test binary starts the daemon itself
+pub fn wait_until_running(child: &mut Child, log: &Mutex<Vec<String>>, timeout: Duration) {
+    let started = Instant::now();
+    while !log.lock().unwrap().iter().any(|l| l.contains(" running;")) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("sluice exited early ({status}):\n{}", log_text(log));
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "sluice did not start:\n{}",
+            log_text(log)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The address logged right after `marker` (`"listening on tcp "`, `"metrics on http://"`):
+/// the config asks for port 0, so the log is the only place the kernel's choice shows.
+#[allow(dead_code)] // not every test binary reads addresses from the log
+pub fn logged_addr(log: &Mutex<Vec<String>>, marker: &str) -> Option<SocketAddr> {
+    log.lock().unwrap().iter().find_map(|line| {
+        let rest = line.split(marker).nth(1)?;
+        rest.split(|c: char| c == '/' || c.is_whitespace())
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+/// SIGTERM, then waits up to `timeout` for the exit, which must be clean: a clean exit after
+/// SIGTERM is part of what the daemon promises (batches flushed, XDP detached). A daemon that
+/// does not exit is killed before the test fails, so it never outlives the test. The short
+/// pause afterwards lets the stderr reader take the last lines before anyone reads the log.
+#[allow(dead_code)] // not every test binary stops the daemon with SIGTERM
+pub fn stop_cleanly(child: &mut Child, log: &Mutex<Vec<String>>, timeout: Duration) -> ExitStatus {
+    // SAFETY: signalling our own child process by its pid; it is not reaped yet.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0, "SIGTERM: {}", std::io::Error::last_os_error());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() >= timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "no exit after SIGTERM within {timeout:?}:\n{}",
+                log_text(log)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(status.success(), "exit status {status}:\n{}", log_text(log));
+    status
+}
+
+/// The `/metrics` exposition, with the bearer token when the config sets one.
+/// `Connection: close` because the body is read to EOF.
+#[allow(dead_code)] // not every test binary reads metrics
+pub fn scrape_metrics(addr: SocketAddr, bearer_token: Option<&str>) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let auth = bearer_token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{auth}\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// Sum of every series of `name` whose labels include each `label="value"` in `labels`
+/// (all series of `name` when `labels` is empty): tests assert per source or reason without
+/// knowing which other labels the series carries. Values are whole counts here.
+#[allow(dead_code)] // not every test binary reads metrics
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{' | b' '))
+        })
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
 }
