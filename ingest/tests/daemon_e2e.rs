@@ -12,7 +12,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sluice::event::{Received, Timestamp};
@@ -24,7 +23,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 /// A running `sluice run` with its log captured.
 struct Daemon {
     child: Child,
-    log: Arc<Mutex<Vec<String>>>,
+    log: daemon_support::Log,
     dir: tempfile::TempDir,
     udp: Option<SocketAddr>,
     tcp: Option<SocketAddr>,
@@ -42,18 +41,12 @@ impl Daemon {
         );
         let path = dir.path().join("sluice.toml");
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&path)
-            .env("SLUICE_LOG", "info")
-            .env("RUST_BACKTRACE", "0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = daemon_support::collect_stderr(&mut child);
-        daemon_support::wait_until_running(&mut child, &log, Duration::from_secs(30));
+        let (child, log) = daemon_support::started(
+            daemon_support::run_command(&path)
+                .env("RUST_BACKTRACE", "0")
+                .spawn()
+                .unwrap(),
+        );
         Daemon {
             udp: daemon_support::logged_addr(&log, "listening on udp "),
             tcp: daemon_support::logged_addr(&log, "listening on tcp "),

@@ -8,8 +8,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use sinks_support::{RelayFake, SekoiaFake, free_addr, serve, serve_at};
@@ -18,23 +17,14 @@ const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
 struct Daemon {
     child: Child,
-    log: Arc<Mutex<Vec<String>>>,
+    log: daemon_support::Log,
     tcp: SocketAddr,
 }
 
 impl Daemon {
     fn start(config_path: &Path) -> Daemon {
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(config_path)
-            .env("SLUICE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = daemon_support::collect_stderr(&mut child);
-        daemon_support::wait_until_running(&mut child, &log, Duration::from_secs(30));
+        let (child, log) =
+            daemon_support::started(daemon_support::run_command(config_path).spawn().unwrap());
         let tcp =
             daemon_support::logged_addr(&log, "listening on tcp ").expect("tcp address in the log");
         Daemon { child, log, tcp }

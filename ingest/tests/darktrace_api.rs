@@ -13,7 +13,7 @@ mod daemon_support;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,6 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio_rustls::rustls;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const PUBLIC: &str = "sluice-public-token";
 const PRIVATE: &str = "sluice-private-token";
 /// Events per answer at most.
@@ -336,7 +335,7 @@ fn breaches(first_pbid: i64, n: i64, first_time: i64) -> Vec<StoredEvent> {
 
 struct Daemon {
     child: Child,
-    log: Arc<Mutex<Vec<String>>>,
+    log: daemon_support::Log,
     metrics: SocketAddr,
 }
 
@@ -351,17 +350,8 @@ impl Daemon {
         );
         let path = dir.join("sluice.toml");
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&path)
-            .env("SLUICE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = daemon_support::collect_stderr(&mut child);
-        daemon_support::wait_until_running(&mut child, &log, Duration::from_secs(30));
+        let (child, log) =
+            daemon_support::started(daemon_support::run_command(&path).spawn().unwrap());
         Daemon {
             metrics: daemon_support::logged_addr(&log, "metrics on http://")
                 .expect("metrics address in the log"),

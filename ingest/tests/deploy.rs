@@ -15,8 +15,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use netns_support::{Netns, in_netns};
@@ -244,26 +244,16 @@ fn system_directory_as_data_dir_is_never_handed_over() {
 /// `sluice run` as a child whose stderr is collected; killed on drop if still running.
 struct Daemon {
     child: Child,
-    log: Arc<Mutex<Vec<String>>>,
+    log: daemon_support::Log,
 }
 
 impl Daemon {
     fn start(config: &Path, netns: Option<&str>) -> Daemon {
-        let mut command = Command::new(SLUICE);
-        command
-            .arg("run")
-            .arg("--config")
-            .arg(config)
-            .env("SLUICE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = match netns {
+        let mut command = daemon_support::run_command(config);
+        let (child, log) = daemon_support::started(match netns {
             Some(netns) => netns_support::spawn_in_netns(&mut command, netns),
             None => command.spawn().unwrap(),
-        };
-        let log = daemon_support::collect_stderr(&mut child);
-        daemon_support::wait_until_running(&mut child, &log, Duration::from_secs(30));
+        });
         Daemon { child, log }
     }
 

@@ -12,8 +12,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
@@ -27,7 +27,7 @@ const OPENSSL: &str = "/usr/bin/openssl";
 
 struct Daemon {
     child: Child,
-    log: Arc<Mutex<Vec<String>>>,
+    log: daemon_support::Log,
     dir: tempfile::TempDir,
     listen: Vec<(String, SocketAddr)>,
     metrics: SocketAddr,
@@ -57,21 +57,16 @@ impl Daemon {
             "check-config failed:\n{}",
             String::from_utf8_lossy(&check.stderr)
         );
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&path)
-            .env(
-                "SLUICE_LOG",
-                std::env::var("TLS_LIMITS_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .env("RUST_BACKTRACE", "0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = daemon_support::collect_stderr(&mut child);
-        daemon_support::wait_until_running(&mut child, &log, Duration::from_secs(30));
+        let (child, log) = daemon_support::started(
+            daemon_support::run_command(&path)
+                .env(
+                    "SLUICE_LOG",
+                    std::env::var("TLS_LIMITS_LOG").unwrap_or_else(|_| "info".into()),
+                )
+                .env("RUST_BACKTRACE", "0")
+                .spawn()
+                .unwrap(),
+        );
         let mut listen = Vec::new();
         for line in log.lock().unwrap().iter() {
             for proto in ["tcp", "tls", "udp"] {

@@ -988,18 +988,10 @@ fn daemon_with_xdp_filters_delivers_and_cleans_up() {
     );
     let config_path = dir.path().join("sluice.toml");
     std::fs::write(&config_path, config).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    command
-        .arg("run")
-        .arg("--config")
-        .arg(&config_path)
-        .env("SLUICE_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = spawn_in_netns(&mut command, &ns.receiver);
-    let log = daemon_support::collect_stderr(&mut child);
-    daemon_support::wait_until_running(&mut child, &log, Duration::from_secs(30));
+    let (mut child, log) = daemon_support::started(spawn_in_netns(
+        &mut daemon_support::run_command(&config_path),
+        &ns.receiver,
+    ));
     let text = daemon_support::log_text(&log);
     assert!(text.contains("XDP enabled"), "{text}");
     assert!(text.contains("socket steering attached"), "{text}");

@@ -6,13 +6,40 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Lines of the daemon's stderr, appended by a reader thread as they come.
+pub type Log = Arc<Mutex<Vec<String>>>;
+
+/// `sluice run --config <config>` set up the way [`started`] expects: stderr piped for the
+/// log, stdin and stdout closed so the daemon never waits on the test's terminal. Callers add
+/// their own environment before spawning.
+#[allow(dead_code)] // not every test binary starts the daemon itself
+pub fn run_command(config: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command
+        .args(["run", "--config"])
+        .arg(config)
+        .env("SLUICE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// The spawned daemon with its log collected, once it runs: start-up (bind, privilege drop,
+/// XDP attach) is over, so what a test sees afterwards is the steady state.
+#[allow(dead_code)] // not every test binary starts the daemon itself
+pub fn started(mut child: Child) -> (Child, Log) {
+    let log = collect_stderr(&mut child);
+    wait_until_running(&mut child, &log, Duration::from_secs(30));
+    (child, log)
+}
+
 /// Takes the child's piped stderr and collects its lines on a thread until the pipe closes.
-#[allow(dead_code)] // deploy.rs reads only sink output
-pub fn collect_stderr(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
+fn collect_stderr(child: &mut Child) -> Log {
     let log = Arc::new(Mutex::new(Vec::new()));
     let stderr = child.stderr.take().expect("stderr is piped");
     let sink = log.clone();
@@ -58,8 +85,7 @@ pub fn log_text(log: &Mutex<Vec<String>>) -> String {
 /// Waits for the daemon's " running;" line, which comes only after every listener and the
 /// metrics endpoint are bound, so the addresses in the log are final. An early exit or no start
 /// within `timeout` fails with the log instead of leaving the test to time out on a socket.
-#[allow(dead_code)] // not every test binary starts the daemon itself
-pub fn wait_until_running(child: &mut Child, log: &Mutex<Vec<String>>, timeout: Duration) {
+fn wait_until_running(child: &mut Child, log: &Mutex<Vec<String>>, timeout: Duration) {
     let started = Instant::now();
     while !log.lock().unwrap().iter().any(|l| l.contains(" running;")) {
         if let Some(status) = child.try_wait().unwrap() {
