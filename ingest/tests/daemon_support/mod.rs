@@ -16,7 +16,6 @@ pub type Log = Arc<Mutex<Vec<String>>>;
 /// `sluice run --config <config>` set up the way [`started`] expects: stderr piped for the
 /// log, stdin and stdout closed so the daemon never waits on the test's terminal. Callers add
 /// their own environment before spawning.
-#[allow(dead_code)] // not every test binary starts the daemon itself
 pub fn run_command(config: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
     command
@@ -31,7 +30,6 @@ pub fn run_command(config: &Path) -> Command {
 
 /// The spawned daemon with its log collected, once it runs: start-up (bind, privilege drop,
 /// XDP attach) is over, so what a test sees afterwards is the steady state.
-#[allow(dead_code)] // not every test binary starts the daemon itself
 pub fn started(mut child: Child) -> (Child, Log) {
     let log = collect_stderr(&mut child);
     wait_until_running(&mut child, &log, Duration::from_secs(30));
@@ -77,7 +75,6 @@ pub fn finished_batch_lines(dir: &Path) -> Vec<String> {
 
 /// The collected log as one text: every failure message in these tests ends with it, since
 /// the daemon's own words are usually what explains the failure.
-#[allow(dead_code)] // not every test binary keeps a log
 pub fn log_text(log: &Mutex<Vec<String>>) -> String {
     log.lock().unwrap().join("\n")
 }
@@ -102,7 +99,6 @@ fn wait_until_running(child: &mut Child, log: &Mutex<Vec<String>>, timeout: Dura
 
 /// The address logged right after `marker` (`"listening on tcp "`, `"metrics on http://"`):
 /// the config asks for port 0, so the log is the only place the kernel's choice shows.
-#[allow(dead_code)] // not every test binary reads addresses from the log
 pub fn logged_addr(log: &Mutex<Vec<String>>, marker: &str) -> Option<SocketAddr> {
     log.lock().unwrap().iter().find_map(|line| {
         let rest = line.split(marker).nth(1)?;
@@ -162,7 +158,8 @@ pub fn scrape_metrics(addr: SocketAddr, bearer_token: Option<&str>) -> String {
 
 /// Sum of every series of `name` whose labels include each `label="value"` in `labels`
 /// (all series of `name` when `labels` is empty): tests assert per source or reason without
-/// knowing which other labels the series carries. Values are whole counts here.
+/// knowing which other labels the series carries. Each value is truncated to a whole number:
+/// the series read here are counts.
 #[allow(dead_code)] // not every test binary reads metrics
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
     text.lines()
