@@ -364,24 +364,11 @@ struct TlsFilesWritten {
     client_ca_file: Option<PathBuf>,
 }
 
-/// By hand because `#[serde(flatten)]` ignores `deny_unknown_fields`: the table is split into
-/// the certificate keys and the rest, and the rest must be a valid `tcp` source, so a
-/// misspelt key is still refused (as for sinks, see [`SinkConfig`]).
+/// By hand because `#[serde(flatten)]` ignores `deny_unknown_fields`: the certificate keys are
+/// split off and the rest must be a valid `tcp` source, so a misspelt key is still refused.
 impl<'de> Deserialize<'de> for TlsSourceConfig {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        let mut table = toml::Table::deserialize(d)?;
-        let mut files = toml::Table::new();
-        for key in TLS_FILE_KEYS {
-            if let Some(v) = table.remove(*key) {
-                files.insert((*key).to_owned(), v);
-            }
-        }
-        // The tcp keys first: an unknown key is a likelier mistake than a missing file.
-        let tcp = TcpSourceConfig::deserialize(toml::Value::Table(table))
-            .map_err(|e| D::Error::custom(e.message().trim_end()))?;
-        let files = TlsFilesWritten::deserialize(toml::Value::Table(files))
-            .map_err(|e| D::Error::custom(e.message().trim_end()))?;
+        let (tcp, files) = split_table::<_, TcpSourceConfig, TlsFilesWritten>(d, TLS_FILE_KEYS)?;
         Ok(TlsSourceConfig {
             tcp,
             cert_file: files.cert_file,
@@ -597,20 +584,33 @@ fn sensitive_header(name: &str) -> bool {
     .any(|s| name.contains(s))
 }
 
+/// Reads one table as two structs: `keys` into `Keys`, the rest into `Rest`, each with
+/// `deny_unknown_fields` (which `#[serde(flatten)]` would ignore). `Rest` is read first, so a
+/// misspelt key is reported as unknown rather than as a missing one of `keys`.
+fn split_table<'de, D, Rest, Keys>(d: D, keys: &[&str]) -> Result<(Rest, Keys), D::Error>
+where
+    D: serde::Deserializer<'de>,
+    Rest: serde::de::DeserializeOwned,
+    Keys: serde::de::DeserializeOwned,
+{
+    use serde::de::Error;
+    let mut rest = toml::Table::deserialize(d)?;
+    let mut taken = toml::Table::new();
+    for key in keys {
+        if let Some(v) = rest.remove(*key) {
+            taken.insert((*key).to_owned(), v);
+        }
+    }
+    let rest = Rest::deserialize(toml::Value::Table(rest))
+        .map_err(|e| D::Error::custom(e.message().trim_end()))?;
+    let taken = Keys::deserialize(toml::Value::Table(taken))
+        .map_err(|e| D::Error::custom(e.message().trim_end()))?;
+    Ok((rest, taken))
+}
+
 impl<'de> Deserialize<'de> for SinkConfig {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        let mut table = toml::Table::deserialize(d)?;
-        let mut common = toml::Table::new();
-        for key in SINK_COMMON_KEYS {
-            if let Some(v) = table.remove(*key) {
-                common.insert((*key).to_owned(), v);
-            }
-        }
-        let kind = SinkKind::deserialize(toml::Value::Table(table))
-            .map_err(|e| D::Error::custom(e.message().trim_end()))?;
-        let w = SinkCommonWritten::deserialize(toml::Value::Table(common))
-            .map_err(|e| D::Error::custom(e.message().trim_end()))?;
+        let (kind, w) = split_table::<_, SinkKind, SinkCommonWritten>(d, SINK_COMMON_KEYS)?;
         let common = SinkCommon {
             schema: w.schema.unwrap_or_else(|| kind.default_schema()),
             batch_max_events: w.batch_max_events.unwrap_or(10_000),
