@@ -6,12 +6,12 @@
 //! daemon fills from the socket.
 
 mod daemon_support;
+use daemon_support::metric_value;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sluice::event::{Received, Timestamp};
@@ -23,7 +23,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 /// A running `sluice run` with its log captured.
 struct Daemon {
     child: Child,
-    log: Arc<Mutex<Vec<String>>>,
+    log: daemon_support::Log,
     dir: tempfile::TempDir,
     udp: Option<SocketAddr>,
     tcp: Option<SocketAddr>,
@@ -41,57 +41,20 @@ impl Daemon {
         );
         let path = dir.path().join("sluice.toml");
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&path)
-            .env("SLUICE_LOG", "info")
-            .env("RUST_BACKTRACE", "0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = daemon_support::collect_stderr(&mut child);
-        let started = Instant::now();
-        let (mut udp, mut tcp, mut metrics) = (None, None, None);
-        loop {
-            {
-                let lines = log.lock().unwrap();
-                for line in lines.iter() {
-                    if let Some(rest) = line.split("listening on udp ").nth(1) {
-                        udp = rest.split_whitespace().next().and_then(|a| a.parse().ok());
-                    }
-                    if let Some(rest) = line.split("listening on tcp ").nth(1) {
-                        tcp = rest.split_whitespace().next().and_then(|a| a.parse().ok());
-                    }
-                    if let Some(rest) = line.split("metrics on http://").nth(1) {
-                        metrics = rest.split('/').next().and_then(|a| a.parse().ok());
-                    }
-                }
-                if lines.iter().any(|l| l.contains(" running;")) {
-                    break;
-                }
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "sluice exited early ({status}):\n{}",
-                    log.lock().unwrap().join("\n")
-                );
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "sluice did not start:\n{}",
-                log.lock().unwrap().join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let (child, log) = daemon_support::started(
+            daemon_support::run_command(&path)
+                .env("RUST_BACKTRACE", "0")
+                .spawn()
+                .unwrap(),
+        );
         Daemon {
+            udp: daemon_support::logged_addr(&log, "listening on udp "),
+            tcp: daemon_support::logged_addr(&log, "listening on tcp "),
+            metrics: daemon_support::logged_addr(&log, "metrics on http://")
+                .expect("metrics address in the log"),
             child,
             log,
             dir,
-            udp,
-            tcp,
-            metrics: metrics.expect("metrics address in the log"),
         }
     }
 
@@ -100,7 +63,7 @@ impl Daemon {
     }
 
     fn metrics_text(&self) -> String {
-        http_get(self.metrics, "/metrics")
+        daemon_support::scrape_metrics(self.metrics, None)
     }
 
     /// Sum of all series of `name` whose labels contain every `label=value` in `labels`.
@@ -131,28 +94,12 @@ impl Daemon {
     }
 
     fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        daemon_support::log_text(&self.log)
     }
 
     /// SIGTERM, then wait for a clean exit.
     fn stop(mut self) -> (String, Self) {
-        // SAFETY: signalling our own child process by its pid.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        assert_eq!(rc, 0);
-        let started = Instant::now();
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "no exit after SIGTERM:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(status.success(), "exit status {status}:\n{}", self.log());
+        daemon_support::stop_cleanly(&mut self.child, &self.log, Duration::from_secs(60));
         (self.log(), self)
     }
 }
@@ -170,22 +117,6 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
-}
-
-fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{' | b' '))
-        })
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
 }
 
 /// Every line of every finished batch file in `dir`, decompressed.

@@ -8,8 +8,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use sinks_support::{RelayFake, SekoiaFake, free_addr, serve, serve_at};
@@ -18,51 +17,21 @@ const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
 struct Daemon {
     child: Child,
-    log: Arc<Mutex<Vec<String>>>,
+    log: daemon_support::Log,
     tcp: SocketAddr,
 }
 
 impl Daemon {
     fn start(config_path: &Path) -> Daemon {
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(config_path)
-            .env("SLUICE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = daemon_support::collect_stderr(&mut child);
-        let started = Instant::now();
-        let tcp = loop {
-            {
-                let lines = log.lock().unwrap();
-                if lines.iter().any(|l| l.contains(" running;")) {
-                    break lines
-                        .iter()
-                        .find_map(|l| l.split("listening on tcp ").nth(1))
-                        .and_then(|r| r.split_whitespace().next()?.parse().ok())
-                        .expect("tcp address in the log");
-                }
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "sluice exited ({status}):\n{}",
-                    log.lock().unwrap().join("\n")
-                );
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "sluice did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let (child, log) =
+            daemon_support::started(daemon_support::run_command(config_path).spawn().unwrap());
+        let tcp =
+            daemon_support::logged_addr(&log, "listening on tcp ").expect("tcp address in the log");
         Daemon { child, log, tcp }
     }
 
     fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        daemon_support::log_text(&self.log)
     }
 
     fn send(&self, lines: &[String]) {
@@ -76,14 +45,7 @@ impl Daemon {
 
     /// SIGTERM and a clean exit.
     fn stop(mut self) -> String {
-        // SAFETY: signalling our own child process by its pid.
-        assert_eq!(
-            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) },
-            0
-        );
-        let status = self.child.wait().unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(status.success(), "exit {status}:\n{}", self.log());
+        daemon_support::stop_cleanly(&mut self.child, &self.log, Duration::from_secs(60));
         self.log()
     }
 }

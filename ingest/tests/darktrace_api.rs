@@ -11,10 +11,9 @@
 
 mod daemon_support;
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,7 +24,6 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio_rustls::rustls;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const PUBLIC: &str = "sluice-public-token";
 const PRIVATE: &str = "sluice-private-token";
 /// Events per answer at most.
@@ -337,7 +335,7 @@ fn breaches(first_pbid: i64, n: i64, first_time: i64) -> Vec<StoredEvent> {
 
 struct Daemon {
     child: Child,
-    log: Arc<Mutex<Vec<String>>>,
+    log: daemon_support::Log,
     metrics: SocketAddr,
 }
 
@@ -352,66 +350,26 @@ impl Daemon {
         );
         let path = dir.join("sluice.toml");
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&path)
-            .env("SLUICE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = daemon_support::collect_stderr(&mut child);
-        let started = Instant::now();
-        let metrics = loop {
-            let found = log.lock().unwrap().iter().find_map(|l| {
-                l.split("metrics on http://")
-                    .nth(1)
-                    .and_then(|r| r.split('/').next()?.parse().ok())
-            });
-            let running = log.lock().unwrap().iter().any(|l| l.contains(" running;"));
-            if let (Some(m), true) = (found, running) {
-                break m;
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "sluice exited early ({status}):\n{}",
-                    log.lock().unwrap().join("\n")
-                );
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "sluice did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let (child, log) =
+            daemon_support::started(daemon_support::run_command(&path).spawn().unwrap());
         Daemon {
+            metrics: daemon_support::logged_addr(&log, "metrics on http://")
+                .expect("metrics address in the log"),
             child,
             log,
-            metrics,
         }
     }
 
     fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        daemon_support::log_text(&self.log)
     }
 
-    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let mut s = TcpStream::connect(self.metrics).unwrap();
-        write!(s, "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        text.lines()
-            .filter(|l| {
-                l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{' | b' '))
-            })
-            .filter(|l| {
-                labels
-                    .iter()
-                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+    fn metrics_text(&self) -> String {
+        daemon_support::scrape_metrics(self.metrics, None)
+    }
+
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        daemon_support::metric_value(&self.metrics_text(), name, labels)
     }
 
     fn signal(&self, signal: libc::c_int) {
@@ -424,21 +382,7 @@ impl Daemon {
 
     /// SIGTERM and wait for a clean exit.
     fn stop(mut self) -> String {
-        self.signal(libc::SIGTERM);
-        let started = Instant::now();
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "no exit after SIGTERM:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(status.success(), "exit status {status}:\n{}", self.log());
+        daemon_support::stop_cleanly(&mut self.child, &self.log, Duration::from_secs(30));
         self.log()
     }
 
@@ -580,27 +524,22 @@ fn every_event_once_across_sigterm_and_sigkill() {
         daemon.metric(
             "sluice_darktrace_api_polls_total",
             &[("endpoint", "modelbreaches")]
-        ) >= 1.0
+        ) >= 1
     );
     assert!(
         daemon.metric(
             "sluice_darktrace_api_duplicate_events_total",
             &[("endpoint", "modelbreaches")]
-        ) >= 1.0,
+        ) >= 1,
         "the inclusive boundary returns taken events again"
     );
     wait_until(
         "checkpoint age gauge",
         Duration::from_secs(5),
         || {
-            let text = {
-                let mut s = TcpStream::connect(daemon.metrics).unwrap();
-                write!(s, "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
-                let mut t = String::new();
-                s.read_to_string(&mut t).unwrap();
-                t
-            };
-            text.contains("sluice_darktrace_api_checkpoint_age_seconds{")
+            daemon
+                .metrics_text()
+                .contains("sluice_darktrace_api_checkpoint_age_seconds{")
         },
         || daemon.log(),
     );
@@ -686,7 +625,7 @@ fn every_event_once_across_sigterm_and_sigkill() {
         daemon.metric(
             "sluice_darktrace_api_events_total",
             &[("endpoint", "aianalyst/incidentevents")]
-        ) >= aia2.len() as f64
+        ) >= aia2.len() as u64
     );
     let log = daemon.stop();
     assert!(!log.contains("ERROR"), "{log}");
@@ -726,7 +665,7 @@ fn signature_and_date_errors_are_explained_counted_and_backed_off() {
         "sluice_darktrace_api_errors_total",
         &[("kind", "signature")],
     );
-    assert!(errors >= 2.0 && errors <= requests.len() as f64, "{errors}");
+    assert!(errors >= 2 && errors <= requests.len() as u64, "{errors}");
     let log = daemon.stop();
     assert!(
         log.contains("API SIGNATURE ERROR")
@@ -754,7 +693,7 @@ fn signature_and_date_errors_are_explained_counted_and_backed_off() {
             daemon.metric(
                 "sluice_darktrace_api_errors_total",
                 &[("kind", "transport")],
-            ) >= 1.0
+            ) >= 1
         },
         || daemon.log(),
     );
@@ -769,7 +708,7 @@ fn signature_and_date_errors_are_explained_counted_and_backed_off() {
     wait_until(
         "a date error",
         Duration::from_secs(20),
-        || daemon.metric("sluice_darktrace_api_errors_total", &[("kind", "date")]) >= 1.0,
+        || daemon.metric("sluice_darktrace_api_errors_total", &[("kind", "date")]) >= 1,
         || daemon.log(),
     );
     let log = daemon.stop();

@@ -7,18 +7,19 @@
 //! The root-only tests print SKIPPED and return when not run as root.
 
 mod daemon_support;
+mod netns_support;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use netns_support::{Netns, in_netns};
 use sluice::privileges::TaskStatus;
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
@@ -243,69 +244,21 @@ fn system_directory_as_data_dir_is_never_handed_over() {
 /// `sluice run` as a child whose stderr is collected; killed on drop if still running.
 struct Daemon {
     child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
+    log: daemon_support::Log,
 }
 
 impl Daemon {
     fn start(config: &Path, netns: Option<&str>) -> Daemon {
-        let mut command = Command::new(SLUICE);
-        let netns_file = netns.map(|ns| std::fs::File::open(format!("/run/netns/{ns}")).unwrap());
-        if let Some(file) = &netns_file {
-            let fd = file.as_raw_fd();
-            // SAFETY: only setns (async-signal-safe) on an fd open until spawn returns. Only the
-            // network namespace changes, so the test sees the daemon's pins and files.
-            unsafe {
-                std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
-                    if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
-                    }
-                });
-            }
-        }
-        let mut child = command
-            .arg("run")
-            .arg("--config")
-            .arg(config)
-            .env("SLUICE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        drop(netns_file);
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
+        let mut command = daemon_support::run_command(config);
+        let (child, log) = daemon_support::started(match netns {
+            Some(netns) => netns_support::spawn_in_netns(&mut command, netns),
+            None => command.spawn().unwrap(),
         });
-        let mut daemon = Daemon {
-            child,
-            log,
-            reader: Some(reader),
-        };
-        let started = Instant::now();
-        while !daemon.log_text().contains(" running;") {
-            if let Some(status) = daemon.child.try_wait().unwrap() {
-                panic!("sluice exited early ({status}):\n{}", daemon.log_text());
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "sluice did not start:\n{}",
-                daemon.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        daemon
+        Daemon { child, log }
     }
 
     fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        daemon_support::log_text(&self.log)
     }
 
     fn pid(&self) -> u32 {
@@ -313,27 +266,14 @@ impl Daemon {
     }
 
     fn metrics_addr(&self) -> SocketAddr {
-        self.log_text()
-            .split("metrics on http://")
-            .nth(1)
-            .and_then(|rest| rest.split('/').next()?.parse().ok())
+        daemon_support::logged_addr(&self.log, "metrics on http://")
             .expect("metrics address in the log")
     }
 
     /// SIGTERM, then the exit status must be success.
     fn stop(mut self) -> String {
-        // SAFETY: kill on the pid of our unreaped child.
-        assert_eq!(
-            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) },
-            0
-        );
-        let status = self.child.wait().unwrap();
-        if let Some(reader) = self.reader.take() {
-            reader.join().unwrap();
-        }
-        let log = self.log_text();
-        assert!(status.success(), "{status}\n{log}");
-        log
+        daemon_support::stop_cleanly(&mut self.child, &self.log, Duration::from_secs(60));
+        self.log_text()
     }
 }
 
@@ -409,17 +349,6 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn scrape(addr: SocketAddr, token: Option<&str>) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: x\r\n{auth}\r\n").unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).unwrap();
-    body
-}
-
 /// Names of the series in a Prometheus text exposition (`_bucket` etc. included as written).
 fn exported_names(exposition: &str) -> BTreeSet<String> {
     exposition
@@ -484,7 +413,7 @@ fn daemon_as_nobody_without_xdp_has_no_capabilities_and_keeps_delivering() {
         || daemon_support::finished_batch_lines(&out).len() >= N,
     );
     // New spool segments and output files, written by nobody's threads.
-    let body = scrape(daemon.metrics_addr(), Some("s3cret-value"));
+    let body = daemon_support::scrape_metrics(daemon.metrics_addr(), Some("s3cret-value"));
     assert!(body.contains("sluice_received_messages_total"), "{body}");
     // Threads started later (none expected) would show up here too.
     assert_dropped_to_nobody(daemon.pid(), 0, &daemon.log_text());
@@ -501,120 +430,15 @@ fn daemon_as_nobody_without_xdp_has_no_capabilities_and_keeps_delivering() {
 const RECEIVER_V4: &str = "10.201.0.2";
 const SENDER_V4: &str = "10.201.0.1";
 
-struct Netns {
-    sender: String,
-    receiver: String,
-    receiver_if: String,
-    pin_path: PathBuf,
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 impl Netns {
     fn new() -> Netns {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let id = format!(
-            "{}d{}",
-            std::process::id() % 100_000,
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let ns = Netns {
-            sender: format!("slda{id}"),
-            receiver: format!("sldb{id}"),
-            receiver_if: format!("vdb{id}"),
-            pin_path: PathBuf::from(format!("/sys/fs/bpf/sluice-deploy-test-{id}")),
-        };
-        let sender_if = format!("vda{id}");
-        ip(&["netns", "add", &ns.sender]);
-        ip(&["netns", "add", &ns.receiver]);
-        ip(&[
-            "link",
-            "add",
-            &sender_if,
-            "netns",
-            &ns.sender,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &ns.receiver_if,
-            "netns",
-            &ns.receiver,
-        ]);
-        for (netns, dev, addr) in [
-            (&ns.sender, &sender_if, SENDER_V4),
-            (&ns.receiver, &ns.receiver_if, RECEIVER_V4),
-        ] {
-            ip(&[
-                "-n",
-                netns,
-                "addr",
-                "add",
-                &format!("{addr}/24"),
-                "dev",
-                dev,
-            ]);
-            ip(&["-n", netns, "link", "set", dev, "up"]);
-            ip(&["-n", netns, "link", "set", "lo", "up"]);
-        }
-        ns
+        Netns::create(
+            'd',
+            None,
+            &[&format!("{SENDER_V4}/24")],
+            &[&format!("{RECEIVER_V4}/24")],
+        )
     }
-
-    fn xdp_attached(&self) -> bool {
-        let out = Command::new("ip")
-            .args([
-                "-n",
-                &self.receiver,
-                "link",
-                "show",
-                "dev",
-                &self.receiver_if,
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).contains("xdp")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for netns in [&self.sender, &self.receiver] {
-            let _ = Command::new("ip").args(["netns", "del", netns]).status();
-        }
-        if self.pin_path.exists() {
-            for entry in std::fs::read_dir(&self.pin_path)
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let _ = std::fs::remove_file(entry.path());
-            }
-            let _ = std::fs::remove_dir(&self.pin_path);
-        }
-    }
-}
-
-/// Runs `f` on a fresh thread inside namespace `name`; sockets made there stay in it.
-fn in_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{name}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap();
-        // SAFETY: setns on an fd we own, affecting only this thread.
-        assert_eq!(
-            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
-        f()
-    })
-    .join()
-    .unwrap()
 }
 
 /// A minimal HTTP/1.1 endpoint for the `http` sink: answers 503 to the first request (so the
@@ -815,22 +639,20 @@ fn xdp_daemon_as_nobody_keeps_cap_bpf_only_and_exports_every_dashboard_metric() 
     let metrics = daemon.metrics_addr();
     let receiver = ns.receiver.clone();
     // Exported every 2 s from the pinned maps: readable after the drop with CAP_BPF alone.
-    let xdp_udp_passed = |exposition: &str| -> f64 {
-        exposition
-            .lines()
-            .filter(|l| {
-                l.starts_with("sluice_xdp_packets_total{")
-                    && l.contains("action=\"pass\"")
-                    && l.contains("proto=\"udp\"")
-            })
-            .filter_map(|l| l.split(' ').next_back()?.parse::<f64>().ok())
-            .sum()
+    let xdp_udp_passed = |exposition: &str| {
+        daemon_support::metric_value(
+            exposition,
+            "sluice_xdp_packets_total",
+            &[("action", "pass"), ("proto", "udp")],
+        )
     };
     let started = Instant::now();
     let exposition = loop {
         let receiver = receiver.clone();
-        let exposition = in_netns(&receiver, move || scrape(metrics, None));
-        if xdp_udp_passed(&exposition) >= N as f64 {
+        let exposition = in_netns(&receiver, move || {
+            daemon_support::scrape_metrics(metrics, None)
+        });
+        if xdp_udp_passed(&exposition) >= N as u64 {
             break exposition;
         }
         assert!(

@@ -7,12 +7,13 @@
 //! (the hostile-client tests print the daemon's memory figures).
 
 mod daemon_support;
+use daemon_support::metric_value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
@@ -26,7 +27,7 @@ const OPENSSL: &str = "/usr/bin/openssl";
 
 struct Daemon {
     child: Child,
-    log: Arc<Mutex<Vec<String>>>,
+    log: daemon_support::Log,
     dir: tempfile::TempDir,
     listen: Vec<(String, SocketAddr)>,
     metrics: SocketAddr,
@@ -56,35 +57,17 @@ impl Daemon {
             "check-config failed:\n{}",
             String::from_utf8_lossy(&check.stderr)
         );
-        let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&path)
-            .env(
-                "SLUICE_LOG",
-                std::env::var("TLS_LIMITS_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .env("RUST_BACKTRACE", "0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = daemon_support::collect_stderr(&mut child);
-        let started = Instant::now();
-        loop {
-            if log.lock().unwrap().iter().any(|l| l.contains(" running;")) {
-                break;
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "sluice exited early ({status}):\n{}",
-                    log.lock().unwrap().join("\n")
-                );
-            }
-            assert!(started.elapsed() < Duration::from_secs(30), "no start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let (mut listen, mut metrics) = (Vec::new(), None);
+        let (child, log) = daemon_support::started(
+            daemon_support::run_command(&path)
+                .env(
+                    "SLUICE_LOG",
+                    std::env::var("TLS_LIMITS_LOG").unwrap_or_else(|_| "info".into()),
+                )
+                .env("RUST_BACKTRACE", "0")
+                .spawn()
+                .unwrap(),
+        );
+        let mut listen = Vec::new();
         for line in log.lock().unwrap().iter() {
             for proto in ["tcp", "tls", "udp"] {
                 if let Some(rest) = line.split(&format!("listening on {proto} ")).nth(1)
@@ -93,16 +76,14 @@ impl Daemon {
                     listen.push((proto.to_string(), addr));
                 }
             }
-            if let Some(rest) = line.split("metrics on http://").nth(1) {
-                metrics = rest.split('/').next().and_then(|a| a.parse().ok());
-            }
         }
         Daemon {
+            metrics: daemon_support::logged_addr(&log, "metrics on http://")
+                .expect("metrics address in the log"),
             child,
             log,
             dir,
             listen,
-            metrics: metrics.expect("metrics address in the log"),
         }
     }
 
@@ -115,19 +96,11 @@ impl Daemon {
     }
 
     fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        daemon_support::log_text(&self.log)
     }
 
     fn metrics_text(&self) -> String {
-        let mut s = TcpStream::connect(self.metrics).unwrap();
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
+        daemon_support::scrape_metrics(self.metrics, None)
     }
 
     fn metric(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
@@ -206,22 +179,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{' | b' '))
-        })
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
 }
 
 fn sluice_lines(text: &str) -> String {

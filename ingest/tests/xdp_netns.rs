@@ -5,6 +5,9 @@
 //! namespace `…b` (receiver 10.200.0.2, fd00:200::2, XDP attached to its veth end).
 //! An AF_PACKET capture on the receiving veth is the independent oracle for exact counts.
 
+mod daemon_support;
+mod netns_support;
+
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader, Read, Write},
@@ -12,10 +15,10 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::PathBuf,
     process::{Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
+use netns_support::{Netns, enter_netns, in_netns, ip, spawn_in_netns};
 use sluice::xdp::{self, Steering, XdpConfig, XdpHandle, XdpMode};
 use sluice_ingest_ebpf::{Action, Proto};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -40,89 +43,20 @@ fn is_root() -> bool {
     root
 }
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("iproute2 `ip` is required");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Two namespaces joined by a veth pair; deleted on drop (also when the test panics).
-struct Netns {
-    sender: String,
-    receiver: String,
-    receiver_if: String,
-    pin_path: PathBuf,
-}
-
 impl Netns {
     fn new() -> Netns {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let id = format!(
-            "{}x{}",
-            std::process::id() % 100_000,
-            NEXT.fetch_add(1, Ordering::Relaxed)
+        let ns = Netns::create(
+            'x',
+            Some((SENDER_MAC, RECEIVER_MAC)),
+            &[
+                "10.200.0.1/24",
+                "10.200.0.3/24",
+                "10.200.0.9/24",
+                "fd00:200::1/64",
+                "fd00:200::3/64",
+            ],
+            &["10.200.0.2/24", "fd00:200::2/64"],
         );
-        let ns = Netns {
-            sender: format!("slxa{id}"),
-            receiver: format!("slxb{id}"),
-            receiver_if: format!("vxb{id}"),
-            pin_path: PathBuf::from(format!("/sys/fs/bpf/sluice-test-{id}")),
-        };
-        let sender_if = format!("vxa{id}");
-        ip(&["netns", "add", &ns.sender]);
-        ip(&["netns", "add", &ns.receiver]);
-        ip(&[
-            "link",
-            "add",
-            &sender_if,
-            "address",
-            SENDER_MAC,
-            "netns",
-            &ns.sender,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &ns.receiver_if,
-            "address",
-            RECEIVER_MAC,
-            "netns",
-            &ns.receiver,
-        ]);
-        for (netns, dev, addrs) in [
-            (
-                &ns.sender,
-                &sender_if,
-                vec![
-                    "10.200.0.1/24",
-                    "10.200.0.3/24",
-                    "10.200.0.9/24",
-                    "fd00:200::1/64",
-                    "fd00:200::3/64",
-                ],
-            ),
-            (
-                &ns.receiver,
-                &ns.receiver_if,
-                vec!["10.200.0.2/24", "fd00:200::2/64"],
-            ),
-        ] {
-            for addr in addrs {
-                let mut args = vec!["-n", netns, "addr", "add", addr, "dev", dev];
-                if addr.contains(':') {
-                    args.push("nodad");
-                }
-                ip(&args);
-            }
-            ip(&["-n", netns, "link", "set", dev, "up"]);
-            ip(&["-n", netns, "link", "set", "lo", "up"]);
-        }
         // Static neighbours: no ARP/ND resolution queue may drop the first datagrams of a burst.
         for addr in ["10.200.0.2", "fd00:200::2"] {
             ip(&[
@@ -134,7 +68,7 @@ impl Netns {
                 "lladdr",
                 RECEIVER_MAC,
                 "dev",
-                &sender_if,
+                &ns.sender_if,
                 "nud",
                 "permanent",
             ]);
@@ -171,21 +105,6 @@ impl Netns {
         }
     }
 
-    fn xdp_attached(&self) -> bool {
-        let out = Command::new("ip")
-            .args([
-                "-n",
-                &self.receiver,
-                "link",
-                "show",
-                "dev",
-                &self.receiver_if,
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).contains("xdp")
-    }
-
     /// Detach happens when the last reference to the bpf_link goes; a process another test
     /// thread is forking at that moment holds a copy of every fd until it execs, so allow the
     /// kernel a moment instead of sampling once.
@@ -199,44 +118,6 @@ impl Netns {
         }
         true
     }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Deleting a namespace destroys its veth end, which detaches any XDP program on it.
-        for netns in [&self.sender, &self.receiver] {
-            let _ = Command::new("ip").args(["netns", "del", netns]).status();
-        }
-        if self.pin_path.exists() {
-            for entry in std::fs::read_dir(&self.pin_path)
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let _ = std::fs::remove_file(entry.path());
-            }
-            let _ = std::fs::remove_dir(&self.pin_path);
-        }
-    }
-}
-
-/// Runs `f` on a fresh thread inside namespace `name` (setns affects only the calling thread,
-/// so the test thread itself never changes namespace). Sockets created there stay bound to it.
-fn in_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{name}");
-    std::thread::spawn(move || {
-        enter_netns(&path);
-        f()
-    })
-    .join()
-    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
-
-fn enter_netns(path: &str) {
-    let file = std::fs::File::open(path).unwrap();
-    // SAFETY: setns on an open namespace fd; affects only this thread.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
 }
 
 fn udp_from(addr: IpAddr) -> UdpSocket {
@@ -1107,62 +988,15 @@ fn daemon_with_xdp_filters_delivers_and_cleans_up() {
     );
     let config_path = dir.path().join("sluice.toml");
     std::fs::write(&config_path, config).unwrap();
-    // Only the network namespace changes (setns between fork and exec): `ip netns exec` would
-    // also give the daemon a private /sys, hiding its pins from this test and from `sluice top`.
-    let netns_file = std::fs::File::open(format!("/run/netns/{}", ns.receiver)).unwrap();
-    let netns_fd = netns_file.as_raw_fd();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    // SAFETY: the closure only calls setns (async-signal-safe) on an fd that stays open until
-    // after spawn returns.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
-            if libc::setns(netns_fd, libc::CLONE_NEWNET) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
-    let mut child = command
-        .arg("run")
-        .arg("--config")
-        .arg(&config_path)
-        .env("SLUICE_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(netns_file);
-    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let stderr = child.stderr.take().unwrap();
-    let sink = log.clone();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let log_text = || log.lock().unwrap().join("\n");
-    let started = Instant::now();
-    while !log_text().contains(" running;") {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("sluice exited early ({status}):\n{}", log_text());
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "sluice did not start:\n{}",
-            log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let text = log_text();
+    let (mut child, log) = daemon_support::started(spawn_in_netns(
+        &mut daemon_support::run_command(&config_path),
+        &ns.receiver,
+    ));
+    let text = daemon_support::log_text(&log);
     assert!(text.contains("XDP enabled"), "{text}");
     assert!(text.contains("socket steering attached"), "{text}");
     assert!(ns.xdp_attached(), "XDP program on {}", ns.receiver_if);
-    let metrics: SocketAddr = text
-        .split("metrics on http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next()?.parse().ok())
+    let metrics = daemon_support::logged_addr(&log, "metrics on http://")
         .expect("metrics address in the log");
 
     const EACH: u64 = 500;
@@ -1193,22 +1027,17 @@ fn daemon_with_xdp_filters_delivers_and_cleans_up() {
     let receiver = ns.receiver.clone();
     let scrape = move || {
         in_netns(&receiver, move || {
-            let mut stream = TcpStream::connect(metrics).unwrap();
-            write!(stream, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-            let mut body = String::new();
-            stream.read_to_string(&mut body).unwrap();
-            body
+            daemon_support::scrape_metrics(metrics, None)
         })
     };
     let started = Instant::now();
     loop {
         let body = scrape();
-        let dropped = body.lines().any(|l| {
-            l.starts_with("sluice_xdp_packets_total{")
-                && l.contains("action=\"drop_allowlist\"")
-                && l.contains("proto=\"udp\"")
-                && l.ends_with(&format!(" {EACH}"))
-        });
+        let dropped = daemon_support::metric_value(
+            &body,
+            "sluice_xdp_packets_total",
+            &[("action", "drop_allowlist"), ("proto", "udp")],
+        ) == EACH;
         if body.contains("sluice_xdp_enabled 1") && dropped {
             break;
         }
@@ -1219,14 +1048,7 @@ fn daemon_with_xdp_filters_delivers_and_cleans_up() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    // SAFETY: kill with a pid we spawned and have not reaped.
-    assert_eq!(
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
-        0
-    );
-    let status = child.wait().unwrap();
-    reader.join().unwrap();
-    assert!(status.success(), "{status}\n{}", log_text());
+    daemon_support::stop_cleanly(&mut child, &log, Duration::from_secs(60));
     assert!(
         !ns.pin_path.exists(),
         "pins left behind: {:?}",

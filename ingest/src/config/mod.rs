@@ -302,6 +302,7 @@ pub struct UdpSourceConfig {
 #[serde(deny_unknown_fields)]
 pub struct TcpSourceConfig {
     pub listen: SocketAddr,
+    /// `auto` takes octet-counted (RFC 5425/6587) and LF-delimited senders alike.
     #[serde(default)]
     pub framing: Framing,
     #[serde(default = "default_max_message_bytes")]
@@ -337,40 +338,44 @@ pub struct TcpSourceConfig {
 
 /// `type = "tls"`: the tcp keys plus the certificate files. Certificate, key and CA bundle are
 /// read again on SIGHUP; established connections keep their session.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize)]
 pub struct TlsSourceConfig {
-    pub listen: SocketAddr,
+    /// Every key of a `tcp` source means the same here, so it is one struct.
+    #[serde(flatten)]
+    pub tcp: TcpSourceConfig,
     /// PEM certificate chain, leaf first.
     pub cert_file: PathBuf,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key_file: PathBuf,
     /// PEM CA bundle: when set, clients must present a certificate it signs (mTLS).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_ca_file: Option<PathBuf>,
-    /// `auto` takes RFC 5425 octet counting and LF-delimited senders alike.
+}
+
+/// The keys a `tls` source has beyond the `tcp` ones.
+const TLS_FILE_KEYS: &[&str] = &["cert_file", "key_file", "client_ca_file"];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFilesWritten {
+    cert_file: PathBuf,
+    key_file: PathBuf,
     #[serde(default)]
-    pub framing: Framing,
-    #[serde(default = "default_max_message_bytes")]
-    pub max_message_bytes: usize,
-    #[serde(default)]
-    pub oversize: OversizePolicy,
-    #[serde(default = "default_tcp_receive_buffer_bytes")]
-    pub receive_buffer_bytes: usize,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub threads: Option<usize>,
-    #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
-    #[serde(default = "default_batch_max_frames")]
-    pub batch_max_frames: usize,
-    #[serde(default = "default_max_connections_per_address")]
-    pub max_connections_per_address: usize,
-    #[serde(default = "default_idle_timeout_secs")]
-    pub idle_timeout_secs: u64,
-    #[serde(default = "default_max_frame_backlog_bytes")]
-    pub max_frame_backlog_bytes: usize,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub allow: Vec<String>,
+    client_ca_file: Option<PathBuf>,
+}
+
+/// By hand because `#[serde(flatten)]` ignores `deny_unknown_fields`: the certificate keys are
+/// split off and the rest must be a valid `tcp` source, so a misspelt key is still refused.
+impl<'de> Deserialize<'de> for TlsSourceConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (tcp, files) = split_table::<_, TcpSourceConfig, TlsFilesWritten>(d, TLS_FILE_KEYS)?;
+        Ok(TlsSourceConfig {
+            tcp,
+            cert_file: files.cert_file,
+            key_file: files.key_file,
+            client_ca_file: files.client_ca_file,
+        })
+    }
 }
 
 impl TlsSourceConfig {
@@ -437,8 +442,7 @@ impl SourceConfig {
     pub fn allow(&self) -> &[String] {
         match self {
             SourceConfig::Udp(u) => &u.allow,
-            SourceConfig::Tcp(t) => &t.allow,
-            SourceConfig::Tls(t) => &t.allow,
+            SourceConfig::Tcp(t) | SourceConfig::Tls(TlsSourceConfig { tcp: t, .. }) => &t.allow,
             SourceConfig::DarktraceApi(_) => &[],
         }
     }
@@ -450,13 +454,7 @@ impl SourceConfig {
             SourceConfig::Udp(_) | SourceConfig::DarktraceApi(_) => {
                 return ConnectionLimits::UNLIMITED;
             }
-            SourceConfig::Tcp(t) => (
-                t.max_connections,
-                t.max_connections_per_address,
-                t.idle_timeout_secs,
-                t.max_frame_backlog_bytes,
-            ),
-            SourceConfig::Tls(t) => (
+            SourceConfig::Tcp(t) | SourceConfig::Tls(TlsSourceConfig { tcp: t, .. }) => (
                 t.max_connections,
                 t.max_connections_per_address,
                 t.idle_timeout_secs,
@@ -486,28 +484,19 @@ impl SourceConfig {
                 threads: u.threads.unwrap_or_else(available_cores),
                 batch_max_frames: u.batch_max_frames,
             },
-            SourceConfig::Tcp(t) => NetSourceSettings {
-                listen: t.listen,
-                limits: FrameLimits {
-                    max_frame_bytes: t.max_message_bytes,
-                    oversize: t.oversize,
-                },
-                framing: t.framing,
-                receive_buffer_bytes: t.receive_buffer_bytes,
-                threads: t.threads.unwrap_or_else(available_cores),
-                batch_max_frames: t.batch_max_frames,
-            },
-            SourceConfig::Tls(t) => NetSourceSettings {
-                listen: t.listen,
-                limits: FrameLimits {
-                    max_frame_bytes: t.max_message_bytes,
-                    oversize: t.oversize,
-                },
-                framing: t.framing,
-                receive_buffer_bytes: t.receive_buffer_bytes,
-                threads: t.threads.unwrap_or_else(available_cores),
-                batch_max_frames: t.batch_max_frames,
-            },
+            SourceConfig::Tcp(t) | SourceConfig::Tls(TlsSourceConfig { tcp: t, .. }) => {
+                NetSourceSettings {
+                    listen: t.listen,
+                    limits: FrameLimits {
+                        max_frame_bytes: t.max_message_bytes,
+                        oversize: t.oversize,
+                    },
+                    framing: t.framing,
+                    receive_buffer_bytes: t.receive_buffer_bytes,
+                    threads: t.threads.unwrap_or_else(available_cores),
+                    batch_max_frames: t.batch_max_frames,
+                }
+            }
         })
     }
 }
@@ -595,20 +584,33 @@ fn sensitive_header(name: &str) -> bool {
     .any(|s| name.contains(s))
 }
 
+/// Reads one table as two structs: `keys` into `Keys`, the rest into `Rest`, each with
+/// `deny_unknown_fields` (which `#[serde(flatten)]` would ignore). `Rest` is read first, so a
+/// misspelt key is reported as unknown rather than as a missing one of `keys`.
+fn split_table<'de, D, Rest, Keys>(d: D, keys: &[&str]) -> Result<(Rest, Keys), D::Error>
+where
+    D: serde::Deserializer<'de>,
+    Rest: serde::de::DeserializeOwned,
+    Keys: serde::de::DeserializeOwned,
+{
+    use serde::de::Error;
+    let mut rest = toml::Table::deserialize(d)?;
+    let mut taken = toml::Table::new();
+    for key in keys {
+        if let Some(v) = rest.remove(*key) {
+            taken.insert((*key).to_owned(), v);
+        }
+    }
+    let rest = Rest::deserialize(toml::Value::Table(rest))
+        .map_err(|e| D::Error::custom(e.message().trim_end()))?;
+    let taken = Keys::deserialize(toml::Value::Table(taken))
+        .map_err(|e| D::Error::custom(e.message().trim_end()))?;
+    Ok((rest, taken))
+}
+
 impl<'de> Deserialize<'de> for SinkConfig {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        let mut table = toml::Table::deserialize(d)?;
-        let mut common = toml::Table::new();
-        for key in SINK_COMMON_KEYS {
-            if let Some(v) = table.remove(*key) {
-                common.insert((*key).to_owned(), v);
-            }
-        }
-        let kind = SinkKind::deserialize(toml::Value::Table(table))
-            .map_err(|e| D::Error::custom(e.message().trim_end()))?;
-        let w = SinkCommonWritten::deserialize(toml::Value::Table(common))
-            .map_err(|e| D::Error::custom(e.message().trim_end()))?;
+        let (kind, w) = split_table::<_, SinkKind, SinkCommonWritten>(d, SINK_COMMON_KEYS)?;
         let common = SinkCommon {
             schema: w.schema.unwrap_or_else(|| kind.default_schema()),
             batch_max_events: w.batch_max_events.unwrap_or(10_000),
@@ -931,19 +933,12 @@ impl Config {
                     u.threads,
                     u.batch_max_frames,
                 ),
-                SourceConfig::Tcp(t) => {
+                SourceConfig::Tcp(t) | SourceConfig::Tls(TlsSourceConfig { tcp: t, .. }) => {
                     positive(format!("{prefix}.max_connections"), t.max_connections)?;
-                    (
-                        t.max_message_bytes,
-                        t.receive_buffer_bytes,
-                        t.threads,
-                        t.batch_max_frames,
-                    )
-                }
-                SourceConfig::Tls(t) => {
-                    positive(format!("{prefix}.max_connections"), t.max_connections)?;
-                    crate::net::tls::TlsAcceptor::build_config(&t.tls_files())
-                        .map_err(|e| (format!("{prefix}.{}", e.key()), e.to_string()))?;
+                    if let SourceConfig::Tls(tls) = source {
+                        crate::net::tls::TlsAcceptor::build_config(&tls.tls_files())
+                            .map_err(|e| (format!("{prefix}.{}", e.key()), e.to_string()))?;
+                    }
                     (
                         t.max_message_bytes,
                         t.receive_buffer_bytes,
@@ -1478,6 +1473,45 @@ kinds = ["cef", "darktrace_model_breach"]
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `keyfile`"), "{err}");
+    }
+
+    /// A `tls` source is read by hand (see its `Deserialize`): every tcp key still applies,
+    /// and the printed config reads back the same.
+    #[test]
+    fn tls_source_takes_every_tcp_key_and_round_trips() {
+        let text = "type = \"tls\"\nlisten = \"127.0.0.1:6514\"\nframing = \"lf\"\n\
+                    max_connections = 7\nidle_timeout_secs = 9\nallow = [\"10.0.0.0/8\"]\n\
+                    cert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\nclient_ca_file = \"/ca.pem\"\n";
+        let check = |source: &SourceConfig| {
+            let SourceConfig::Tls(t) = source else {
+                panic!("{source:?}")
+            };
+            assert_eq!(t.tcp.listen, "127.0.0.1:6514".parse().unwrap());
+            assert_eq!(t.tcp.framing, Framing::Lf);
+            assert_eq!(t.tcp.max_connections, 7);
+            assert_eq!(t.tcp.idle_timeout_secs, 9);
+            assert_eq!(
+                t.tcp.max_frame_backlog_bytes,
+                default_max_frame_backlog_bytes()
+            );
+            assert_eq!(source.allow(), ["10.0.0.0/8"]);
+            assert_eq!(t.cert_file, Path::new("/c.pem"));
+            assert_eq!(t.key_file, Path::new("/k.pem"));
+            assert_eq!(t.client_ca_file.as_deref(), Some(Path::new("/ca.pem")));
+        };
+        let source: SourceConfig = toml::from_str(text).unwrap();
+        check(&source);
+        let printed = toml::to_string(&source).unwrap();
+        check(&toml::from_str(&printed).unwrap());
+
+        let err = toml::from_str::<SourceConfig>(&text.replace("cert_file", "certfile"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `certfile`"), "{err}");
+        let err = toml::from_str::<SourceConfig>(&text.replace("key_file = \"/k.pem\"\n", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing field `key_file`"), "{err}");
     }
 
     #[test]

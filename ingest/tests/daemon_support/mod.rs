@@ -1,14 +1,43 @@
 //! What every test that runs the real `sluice` binary needs: its log lines, collected as they
-//! come, so a test can wait for start-up lines and print the log when an assertion fails.
+//! come, so a test can wait for start-up lines and print the log when an assertion fails; the
+//! start-up and SIGTERM waits, so every daemon test has the same bounds; and the `/metrics`
+//! reader, so the tests count series the same way.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::Child;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Lines of the daemon's stderr, appended by a reader thread as they come.
+pub type Log = Arc<Mutex<Vec<String>>>;
+
+/// `sluice run --config <config>` set up the way [`started`] expects: stderr piped for the
+/// log, stdin and stdout closed so the daemon never waits on the test's terminal. Callers add
+/// their own environment before spawning.
+pub fn run_command(config: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command
+        .args(["run", "--config"])
+        .arg(config)
+        .env("SLUICE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// The spawned daemon with its log collected, once it runs: start-up (bind, privilege drop,
+/// XDP attach) is over, so what a test sees afterwards is the steady state.
+pub fn started(mut child: Child) -> (Child, Log) {
+    let log = collect_stderr(&mut child);
+    wait_until_running(&mut child, &log, Duration::from_secs(30));
+    (child, log)
+}
 
 /// Takes the child's piped stderr and collects its lines on a thread until the pipe closes.
-#[allow(dead_code)] // deploy.rs reads only sink output
-pub fn collect_stderr(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
+fn collect_stderr(child: &mut Child) -> Log {
     let log = Arc::new(Mutex::new(Vec::new()));
     let stderr = child.stderr.take().expect("stderr is piped");
     let sink = log.clone();
@@ -42,4 +71,108 @@ pub fn finished_batch_lines(dir: &Path) -> Vec<String> {
         lines.extend(text.lines().map(str::to_owned));
     }
     lines
+}
+
+/// The collected log as one text: every failure message in these tests ends with it, since
+/// the daemon's own words are usually what explains the failure.
+pub fn log_text(log: &Mutex<Vec<String>>) -> String {
+    log.lock().unwrap().join("\n")
+}
+
+/// Waits for the daemon's " running;" line, which comes only after every listener and the
+/// metrics endpoint are bound, so the addresses in the log are final. An early exit or no start
+/// within `timeout` fails with the log instead of leaving the test to time out on a socket.
+fn wait_until_running(child: &mut Child, log: &Mutex<Vec<String>>, timeout: Duration) {
+    let started = Instant::now();
+    while !log.lock().unwrap().iter().any(|l| l.contains(" running;")) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("sluice exited early ({status}):\n{}", log_text(log));
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "sluice did not start:\n{}",
+            log_text(log)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The address logged right after `marker` (`"listening on tcp "`, `"metrics on http://"`):
+/// the config asks for port 0, so the log is the only place the kernel's choice shows.
+pub fn logged_addr(log: &Mutex<Vec<String>>, marker: &str) -> Option<SocketAddr> {
+    log.lock().unwrap().iter().find_map(|line| {
+        let rest = line.split(marker).nth(1)?;
+        rest.split(|c: char| c == '/' || c.is_whitespace())
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+/// SIGTERM, then waits up to `timeout` for the exit, which must be clean: a clean exit after
+/// SIGTERM is part of what the daemon promises (batches flushed, XDP detached). A daemon that
+/// does not exit is killed before the test fails, so it never outlives the test. The short
+/// pause afterwards lets the stderr reader take the last lines before anyone reads the log.
+#[allow(dead_code)] // not every test binary stops the daemon with SIGTERM
+pub fn stop_cleanly(child: &mut Child, log: &Mutex<Vec<String>>, timeout: Duration) -> ExitStatus {
+    // SAFETY: signalling our own child process by its pid; it is not reaped yet.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0, "SIGTERM: {}", std::io::Error::last_os_error());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() >= timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "no exit after SIGTERM within {timeout:?}:\n{}",
+                log_text(log)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(status.success(), "exit status {status}:\n{}", log_text(log));
+    status
+}
+
+/// The `/metrics` exposition, with the bearer token when the config sets one.
+/// `Connection: close` because the body is read to EOF.
+#[allow(dead_code)] // not every test binary reads metrics
+pub fn scrape_metrics(addr: SocketAddr, bearer_token: Option<&str>) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let auth = bearer_token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{auth}\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// Sum of every series of `name` whose labels include each `label="value"` in `labels`
+/// (all series of `name` when `labels` is empty): tests assert per source or reason without
+/// knowing which other labels the series carries. Each value is truncated to a whole number:
+/// the series read here are counts.
+#[allow(dead_code)] // not every test binary reads metrics
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b'{' | b' '))
+        })
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
 }
