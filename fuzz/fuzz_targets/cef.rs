@@ -1,4 +1,5 @@
-//! CEF parser: never panics on any text, and never marks a value JSON-clean that is not.
+//! CEF parser: never panics on any text, and never marks a value JSON-clean that is not, and
+//! stores each key's own hash.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -15,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(parsed) = cef::parse(record, prefix) {
         for ext in &parsed.extensions {
             assert!(!ext.key.is_empty());
+            assert_eq!(ext.key_hash, cef::key_hash32(ext.key));
             if ext.json_clean {
                 assert!(
                     !ext.value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\'),

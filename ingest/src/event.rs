@@ -135,6 +135,9 @@ pub struct Extension<'a> {
     /// `value` holds no byte that JSON escapes (`"`, `\`, control): writers may copy it as is.
     /// `false` only means "not known", so it is always safe.
     pub json_clean: bool,
+    /// [`crate::parse::cef::key_hash32`] of `key`, computed while tokenising: mappers look the
+    /// key up in their tables without hashing it again.
+    pub key_hash: u32,
 }
 
 /// A parsed CEF record. Header fields are unescaped (`\|`, `\\`).

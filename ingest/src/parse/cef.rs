@@ -240,9 +240,10 @@ fn parse_extensions<'a>(
         return Err(CefError::KeylessExtension(shown));
     }
     let mut key = &ext[i..key_end];
+    let mut hash_of_key = key_hash(key.as_bytes());
     let mut value_start = key_end + 1;
     let mut seen = SeenKeys::default();
-    seen.insert(key, key_hash(key.as_bytes()));
+    seen.insert(key, hash_of_key);
     // Events before `pos` are the first key's `=` or the byte after a backslash.
     let mut pos = value_start;
     let mut has_backslash = false;
@@ -284,6 +285,7 @@ fn parse_extensions<'a>(
                 value: value_cow(&ext[value_start..], has_backslash),
                 // Not worth a scan of the rest: the writer escapes as usual.
                 json_clean: false,
+                key_hash: (hash_of_key >> 32) as u32,
             });
             return Ok(());
         }
@@ -296,8 +298,10 @@ fn parse_extensions<'a>(
             value: value_cow(&ext[value_start..value_end], has_backslash),
             // An unescaped value may hold a decoded line break.
             json_clean: !has_backslash && !needs_json_escape,
+            key_hash: (hash_of_key >> 32) as u32,
         });
         key = candidate;
+        hash_of_key = hash;
         seen.insert(key, hash);
         value_start = p + 1;
         pos = value_start;
@@ -308,6 +312,7 @@ fn parse_extensions<'a>(
         key,
         value: value_cow(&ext[value_start..], has_backslash),
         json_clean: !has_backslash && !needs_json_escape,
+        key_hash: (hash_of_key >> 32) as u32,
     });
     Ok(())
 }
@@ -579,8 +584,8 @@ pub struct KeyIndex<T> {
     slots: Box<[u16]>,
     shift: u32,
     entries: Vec<(Box<str>, T)>,
-    /// [`key_hash`] of each entry's key: a probe compares these before any key bytes.
-    hashes: Vec<u64>,
+    /// [`key_hash32`] of each entry's key: a probe compares these before any key bytes.
+    hashes: Vec<u32>,
 }
 
 impl<T> KeyIndex<T> {
@@ -604,19 +609,16 @@ impl<T> KeyIndex<T> {
         let mut slots = vec![0u16; 1 << bits].into_boxed_slice();
         let mask = slots.len() - 1;
         for (i, (key, _)) in entries.iter().enumerate() {
-            let mut slot = (key_hash(key.as_bytes()) >> (64 - bits)) as usize;
+            let mut slot = (key_hash32(key) >> (32 - bits)) as usize;
             while slots[slot] != 0 {
                 slot = (slot + 1) & mask;
             }
             slots[slot] = i as u16 + 1;
         }
-        let hashes = entries
-            .iter()
-            .map(|(k, _)| key_hash(k.as_bytes()))
-            .collect();
+        let hashes = entries.iter().map(|(k, _)| key_hash32(k)).collect();
         KeyIndex {
             slots,
-            shift: 64 - bits,
+            shift: 32 - bits,
             entries,
             hashes,
         }
@@ -624,8 +626,14 @@ impl<T> KeyIndex<T> {
 
     #[inline]
     pub fn get(&self, key: &str) -> Option<&T> {
+        self.get_hashed(key, key_hash32(key))
+    }
+
+    /// [`KeyIndex::get`] with the key's [`key_hash32`] already known (the CEF tokenizer stores
+    /// it in [`Extension::key_hash`]).
+    #[inline]
+    pub fn get_hashed(&self, key: &str, hash: u32) -> Option<&T> {
         let mask = self.slots.len() - 1;
-        let hash = key_hash(key.as_bytes());
         let mut slot = (hash >> self.shift) as usize;
         loop {
             let i = self.slots[slot];
@@ -674,6 +682,12 @@ fn key_hash(k: &[u8]) -> u64 {
     };
     (head.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ tail.rotate_left(29) ^ n as u64)
         .wrapping_mul(0xd6e8_feb8_6659_fd93)
+}
+
+/// The 32-bit key hash that [`KeyIndex`] and [`Extension::key_hash`] use.
+#[inline]
+pub fn key_hash32(key: &str) -> u32 {
+    (key_hash(key.as_bytes()) >> 32) as u32
 }
 
 /// Byte equality for keys, inline for up to 16 bytes (overlapping fixed-size loads) instead of
@@ -922,7 +936,8 @@ mod tests {
 
     proptest::proptest! {
         /// A value marked JSON-clean has no byte that JSON escapes, wherever quotes, escapes,
-        /// control bytes and stray `=` fall relative to the 64-byte blocks.
+        /// control bytes and stray `=` fall relative to the 64-byte blocks; every stored key
+        /// hash is the key's.
         #[test]
         fn json_clean_values_need_no_escaping(
             ext in "(?s)([a-c]{1,3}=[a-z \"\\\\=\t\n\u{1}é]{0,40} ){1,12}"
@@ -930,6 +945,7 @@ mod tests {
             let record = format!("CEF:0|v|p|1|s|n|5|{ext}");
             if let Ok(cef) = parse(&record, "") {
                 for e in &cef.extensions {
+                    proptest::prop_assert_eq!(e.key_hash, key_hash32(e.key));
                     if e.json_clean {
                         proptest::prop_assert!(
                             !e.value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\'),

@@ -212,8 +212,14 @@ static COLUMNS: &[(&str, &str, Type)] = &[
 ];
 
 /// The column a CEF key is written to, or `None` for `AdditionalExtensions`.
+#[cfg(test)]
 fn column(key: &str) -> Option<(&'static str, Type)> {
-    match COLUMN_INDEX.get(key) {
+    column_hashed(key, crate::parse::cef::key_hash32(key))
+}
+
+/// [`column`] for a key whose [`crate::parse::cef::key_hash32`] is known.
+fn column_hashed(key: &str, hash: u32) -> Option<(&'static str, Type)> {
+    match COLUMN_INDEX.get_hashed(key, hash) {
         Some(&hit) => Some(hit),
         // Non-canonical custom spellings (`cs01`) and keys without a column.
         None => custom_column(key),
@@ -480,7 +486,7 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
         if e.key.as_bytes() == b"rt" || e.value.is_empty() {
             continue;
         }
-        let written = match column(e.key) {
+        let written = match column_hashed(e.key, e.key_hash) {
             Some((col, ty)) => write_typed(&mut o, col, ty, e, dtz),
             None => false,
         };
