@@ -644,6 +644,75 @@ fn sigterm_flushes_open_batches() {
     assert!(log.contains("shut down"), "{log}");
 }
 
+/// What a TCP sender already handed to the kernel when SIGTERM arrives was acknowledged to it,
+/// so shutdown must read it rather than drop it with the socket. The daemon is stopped
+/// (SIGSTOP) while the sender writes, so all of it sits in the socket's receive buffer when
+/// SIGTERM and SIGCONT arrive together; both socket reader backends.
+#[test]
+fn sigterm_reads_what_tcp_senders_already_sent() {
+    const TOTAL: usize = 150_000;
+    for backend in ["io_uring", "portable"] {
+        let tables = format!(
+            "io_backend = \"{backend}\"\n{}receive_buffer_bytes = 16777216\n{}",
+            tcp_source("lf"),
+            file_sink("raw", "raw", "none", 600_000)
+        );
+        let mut daemon = Daemon::start(&tables);
+        let target = daemon.tcp.unwrap();
+        let signal = |name: &str, pid: u32| {
+            let status = Command::new("kill")
+                .args([name, &pid.to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success(), "kill {name}");
+        };
+        let pid = daemon.child.id();
+        signal("-STOP", pid);
+        let writer = std::thread::spawn(move || {
+            let mut tcp = TcpStream::connect(target).unwrap();
+            let mut text = String::new();
+            for i in 0..TOTAL {
+                text.push_str(&format!(
+                    "<13>Nov 22 10:00:02 host app: buffered at shutdown {i}\n"
+                ));
+            }
+            tcp.write_all(text.as_bytes()).unwrap();
+            tcp.flush().unwrap();
+            // Kept open: the daemon, not the sender, ends the connection.
+            tcp
+        });
+        let started = Instant::now();
+        while !writer.is_finished() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{backend}: {TOTAL} messages did not fit the socket buffers"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _connection = writer.join().unwrap();
+        // One SIGTERM only: a second one makes the daemon exit at once.
+        signal("-TERM", pid);
+        signal("-CONT", pid);
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = daemon.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{backend}: no exit after SIGTERM: {}",
+                daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        let log = daemon.log();
+        assert!(status.success(), "{backend}: {status}: {log}");
+        let lines = read_output(&daemon.out().join("raw"));
+        assert_eq!(lines.len(), TOTAL, "{backend}: {log}");
+    }
+}
+
 /// util-linux `logger` as a real client: UDP and TCP, RFC 3164 and RFC 5424. The raw sink keeps
 /// what arrived; the sluice sink must hold exactly the library's mapping of those messages.
 #[test]

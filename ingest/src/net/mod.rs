@@ -102,6 +102,11 @@ pub struct ReaderContext {
 /// How long a reader may block before it looks at `shutdown` again.
 pub const SHUTDOWN_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// At shutdown, TCP readers keep reading what the kernel already holds for each connection
+/// (acknowledged to the sender, so dropping it would lose it silently) until the socket has
+/// nothing more, for at most this long: a sender that never pauses cannot hold shutdown up.
+pub const SHUTDOWN_TCP_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The socket-reading implementation in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

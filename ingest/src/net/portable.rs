@@ -21,7 +21,7 @@ use crate::event::Timestamp;
 use crate::frame::{FrameEvent, FrameLimits, Framing, OversizePolicy, StreamFramer};
 use crate::metrics::ReaderCounters;
 use crate::net::guard::{Closure, ConnectionGuard, StallWatch};
-use crate::net::{FrameBatch, ReaderContext, SHUTDOWN_POLL};
+use crate::net::{FrameBatch, ReaderContext, SHUTDOWN_POLL, SHUTDOWN_TCP_DRAIN};
 
 /// Bytes read from a TCP connection per `read` call.
 const TCP_READ_BYTES: usize = 64 * 1024;
@@ -472,8 +472,14 @@ pub(crate) fn read_stream<S: Read>(
     let mut stats = FrameStats::default();
     let limits = ctx.guard.limits().clone();
     let mut watch = StallWatch::new(Instant::now());
+    // Set at shutdown: read on until the stream has nothing buffered (see SHUTDOWN_TCP_DRAIN).
+    let mut drain_until: Option<Instant> = None;
     let result = loop {
-        if ctx.shutdown.load(Ordering::Relaxed) {
+        if drain_until.is_none() && ctx.shutdown.load(Ordering::Relaxed) {
+            drain_until = Some(Instant::now() + SHUTDOWN_TCP_DRAIN);
+        }
+        if drain_until.is_some_and(|d| Instant::now() >= d) {
+            tracing::warn!(source = %ctx.source_name, %peer, "TCP sender was still sending at shutdown; what arrived after the drain budget was not read");
             break Ok(StreamEnd::Closed);
         }
         match stream.read(&mut buf) {
@@ -498,6 +504,10 @@ pub(crate) fn read_stream<S: Read>(
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
+                if drain_until.is_some() {
+                    // Nothing more buffered: the drain is complete.
+                    break Ok(StreamEnd::Closed);
+                }
                 if !batch.is_empty() && !hand_over(&mut batch, ctx, &mut stats) {
                     return Ok(StreamEnd::Closed);
                 }

@@ -156,13 +156,18 @@ pub fn run_tcp_with<F: ConnectionFramer>(
     let mut settled = false;
     // SAFETY: a cancel request carries no pointers.
     if unsafe { push_sqe(&mut ring, &cancel) }.is_ok() {
-        let deadline = Instant::now() + CANCEL_WAIT;
+        // Only time spent waiting for the kernel counts: handing over what the last receives
+        // brought can block on a full worker queue for longer than the whole allowance.
+        let mut waited = Duration::ZERO;
         loop {
             settled = !reader.accept_armed && reader.connections.iter().flatten().all(|c| !c.armed);
-            if settled || Instant::now() >= deadline {
+            if settled || waited >= CANCEL_WAIT {
                 break;
             }
-            if wait_for_completions(&ring, Duration::from_millis(10)).is_err() {
+            let waiting = Instant::now();
+            let woke = wait_for_completions(&ring, Duration::from_millis(10));
+            waited += waiting.elapsed();
+            if woke.is_err() {
                 break;
             }
             if let Err(e) = reader.drain(&mut ring, &mut bufs) {
@@ -171,6 +176,9 @@ pub fn run_tcp_with<F: ConnectionFramer>(
             }
         }
     }
+    // A connection whose receive is not confirmed cancelled is skipped (a read beside it could
+    // reorder its bytes).
+    reader.drain_buffered(crate::net::SHUTDOWN_TCP_DRAIN);
     // Connections still open end here: their unterminated tails become frames too.
     for slot in 0..reader.connections.len() {
         reader.close(slot);
@@ -425,8 +433,10 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
             // receive again once they are back, the data waits in the socket.
             libc::ENOBUFS if !more => self.disarmed(slot),
             libc::ENOBUFS | libc::EINTR | libc::EAGAIN => {}
-            libc::ECANCELED if !self.ctx.shutdown.load(Ordering::Relaxed) => self.disarmed(slot),
-            0 | libc::ECANCELED => self.end(slot, more),
+            // Not the end of the stream: at shutdown, what is still buffered for this
+            // connection is read by `drain_buffered` before it is closed.
+            libc::ECANCELED => self.disarmed(slot),
+            0 => self.end(slot, more),
             errno => {
                 tracing::debug!(
                     source = %self.ctx.source_name,
@@ -461,6 +471,56 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
             conn.armed = false;
         }
         self.close(slot);
+    }
+
+    /// Shutdown, after every receive is cancelled: reads what the kernel already buffered for
+    /// each open connection (data the sender saw acknowledged) with non-blocking reads until
+    /// the socket is empty, within `budget` for all of them.
+    fn drain_buffered(&mut self, budget: Duration) {
+        let deadline = Instant::now() + budget;
+        let mut buf = vec![0u8; 64 * 1024];
+        for slot in 0..self.connections.len() {
+            let Some(conn) = self.connections[slot].as_mut() else {
+                continue;
+            };
+            if conn.armed || conn.closing {
+                continue;
+            }
+            let fd = conn.stream.as_raw_fd();
+            let mut total = 0usize;
+            while Instant::now() < deadline {
+                // SAFETY: `fd` is the open socket of `conn`, which stays in its slot during
+                // this call; `buf` is a writable buffer of `buf.len()` bytes.
+                let n = unsafe {
+                    libc::recv(
+                        fd,
+                        buf.as_mut_ptr().cast::<libc::c_void>(),
+                        buf.len(),
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if n > 0 {
+                    total += n as usize;
+                    self.feed(slot, &buf[..n as usize]);
+                    continue;
+                }
+                if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // 0: the peer closed; EAGAIN: nothing more buffered; anything else ends it too.
+                break;
+            }
+            if total > 0 {
+                tracing::debug!(source = %self.ctx.source_name, slot, bytes = total, "read buffered data at shutdown");
+            }
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                source = %self.ctx.source_name,
+                budget_ms = budget.as_millis() as u64,
+                "TCP senders were still sending at shutdown; what arrived after the drain budget was not read"
+            );
+        }
     }
 
     /// Finishes the framer (its unterminated tail becomes a frame) and frees the slot.
