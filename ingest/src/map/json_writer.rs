@@ -319,6 +319,29 @@ impl<'o> ObjectWriter<'o> {
         out.push(b'"');
     }
 
+    /// Writes `"key":"value"` copying both as they are: for text a parser already found free of
+    /// bytes JSON escapes (CEF extension keys are key bytes only; values marked
+    /// [`crate::event::Extension::json_clean`]).
+    #[inline]
+    pub fn verbatim_str(&mut self, key: &str, value: &str) {
+        debug_assert!(
+            !key.bytes()
+                .chain(value.bytes())
+                .any(|b| NEEDS_ESCAPE[b as usize]),
+            "{key:?}: {value:?}"
+        );
+        self.out.reserve(key.len() + value.len() + 6);
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        self.out.push(b'"');
+        extend_small(self.out, key.as_bytes());
+        self.out.extend_from_slice(b"\":\"");
+        extend_small(self.out, value.as_bytes());
+        self.out.push(b'"');
+    }
+
     #[inline]
     pub fn str(&mut self, key: &str, value: &str) {
         let out = self.key(key);
@@ -382,6 +405,26 @@ impl<'o> ObjectWriter<'o> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verbatim_fields_write_what_escaped_fields_write() {
+        for (key, value) in [
+            ("a", ""),
+            ("cs1Label", "plain value é"),
+            ("k", &"x".repeat(40)),
+        ] {
+            let (mut verbatim, mut escaped) = (Vec::new(), Vec::new());
+            let mut o = ObjectWriter::begin(&mut verbatim);
+            o.verbatim_str(key, value);
+            o.verbatim_str(key, value);
+            o.end();
+            let mut o = ObjectWriter::begin(&mut escaped);
+            o.str(key, value);
+            o.str(key, value);
+            o.end();
+            assert_eq!(verbatim, escaped, "{key}: {value}");
+        }
+    }
 
     #[test]
     fn escapes_round_trip_through_serde_json() {

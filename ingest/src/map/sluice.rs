@@ -62,7 +62,12 @@ pub fn write(event: &Event<'_>, out: &mut Vec<u8>) {
             }
             let mut x = c.object("extensions");
             for e in &cef.extensions {
-                x.str(e.key, &e.value);
+                // CEF keys are key bytes only: just the value may need escaping.
+                if e.json_clean {
+                    x.verbatim_str(e.key, &e.value);
+                } else {
+                    x.str(e.key, &e.value);
+                }
             }
             x.end();
             c.end();

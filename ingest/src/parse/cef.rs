@@ -285,7 +285,7 @@ fn parse_extensions<'a>(
                 value: value_cow(&ext[value_start..], has_backslash),
                 // Not worth a scan of the rest: the writer escapes as usual.
                 json_clean: false,
-                key_hash: (hash_of_key >> 32) as u32,
+                key_hash: upper32(hash_of_key),
             });
             return Ok(());
         }
@@ -298,7 +298,7 @@ fn parse_extensions<'a>(
             value: value_cow(&ext[value_start..value_end], has_backslash),
             // An unescaped value may hold a decoded line break.
             json_clean: !has_backslash && !needs_json_escape,
-            key_hash: (hash_of_key >> 32) as u32,
+            key_hash: upper32(hash_of_key),
         });
         key = candidate;
         hash_of_key = hash;
@@ -312,7 +312,7 @@ fn parse_extensions<'a>(
         key,
         value: value_cow(&ext[value_start..], has_backslash),
         json_clean: !has_backslash && !needs_json_escape,
-        key_hash: (hash_of_key >> 32) as u32,
+        key_hash: upper32(hash_of_key),
     });
     Ok(())
 }
@@ -687,7 +687,13 @@ fn key_hash(k: &[u8]) -> u64 {
 /// The 32-bit key hash that [`KeyIndex`] and [`Extension::key_hash`] use.
 #[inline]
 pub fn key_hash32(key: &str) -> u32 {
-    (key_hash(key.as_bytes()) >> 32) as u32
+    upper32(key_hash(key.as_bytes()))
+}
+
+/// The 32 bits of a [`key_hash`] kept by [`key_hash32`] (the better-mixed upper half).
+#[inline(always)]
+fn upper32(hash: u64) -> u32 {
+    (hash >> 32) as u32
 }
 
 /// Byte equality for keys, inline for up to 16 bytes (overlapping fixed-size loads) instead of
