@@ -520,6 +520,11 @@ pub fn full_name(key: &str) -> Option<&'static str> {
         .map(|i| FULL_NAMES[i].1)
 }
 
+/// Every short key with its full name (see [`full_name`]).
+pub fn full_names() -> &'static [(&'static str, &'static str)] {
+    FULL_NAMES
+}
+
 /// Short key → full name, sorted by [`key_order`] for binary search.
 static FULL_NAMES: &[(&str, &str)] = &[
     ("at", "agentType"),

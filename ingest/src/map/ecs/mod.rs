@@ -12,7 +12,10 @@ use std::net::IpAddr;
 use crate::event::{Body, Cef, Event, SyslogHeader};
 use crate::map::commonsecuritylog::write_rfc3339_millis;
 use crate::map::json_writer::ObjectWriter;
-use crate::parse::cef::{custom_key, full_custom_name, full_name, key_order, parse_timestamp};
+use crate::parse::cef::{
+    CustomKey, CustomKind, KeyIndex, custom_key, full_custom_name, full_name, full_names,
+    parse_timestamp,
+};
 
 pub fn write(event: &Event<'_>, out: &mut Vec<u8>) {
     match &event.body {
@@ -79,7 +82,7 @@ const DTZ: usize = 21;
 const EXTERNAL_ID: usize = 22;
 const SLOTS: usize = 23;
 
-/// Extension key → slot, sorted by key for binary search.
+/// Extension key → slot.
 static PICK: &[(&str, usize)] = &[
     ("rt", RT),
     ("act", ACT),
@@ -126,12 +129,55 @@ static PICK: &[(&str, usize)] = &[
     ("requestClientApplication", USER_AGENT),
 ];
 
+/// [`PICK`], hashed: every extension of every record is looked up.
+static PICK_INDEX: std::sync::LazyLock<KeyIndex<usize>> =
+    std::sync::LazyLock::new(|| KeyIndex::new(PICK.iter().copied()));
+
+/// The `cef.extensions` field name of each key that has one in a table: the full name of
+/// every short key, and of every canonically spelled custom key (`cs1` →
+/// `deviceCustomString1`). Looked up with the tokenizer's key hash; other keys take
+/// [`extension_name_slow`].
+static EXTENSION_NAMES: std::sync::LazyLock<KeyIndex<Box<str>>> = std::sync::LazyLock::new(|| {
+    let mut names: Vec<(String, Box<str>)> = full_names()
+        .iter()
+        .map(|&(key, name)| (key.to_owned(), name.into()))
+        .collect();
+    let kinds = [
+        (CustomKind::String, "cs"),
+        (CustomKind::Number, "cn"),
+        (CustomKind::FloatingPoint, "cfp"),
+        (CustomKind::Ipv6Address, "c6a"),
+    ];
+    for (kind, prefix) in kinds {
+        for index in 1..=15u8 {
+            for label in [false, true] {
+                let key = format!("{prefix}{index}{}", if label { "Label" } else { "" });
+                if let Some(name) = full_custom_name(CustomKey { kind, index, label }) {
+                    names.push((key, name.into()));
+                }
+            }
+        }
+    }
+    KeyIndex::new(names)
+});
+
+/// The field name for keys not in [`EXTENSION_NAMES`] (the rules it was built from).
+fn extension_name_slow(key: &str) -> std::borrow::Cow<'_, str> {
+    match full_name(key) {
+        Some(name) => name.into(),
+        None => match custom_key(key).and_then(full_custom_name) {
+            Some(name) => name.into(),
+            None => key.into(),
+        },
+    }
+}
+
 impl<'c> Picked<'c> {
     fn from(cef: &'c Cef<'_>) -> Self {
         let mut slots = [None; SLOTS];
         for e in &cef.extensions {
-            if let Ok(i) = PICK.binary_search_by(|(k, _)| key_order(k, e.key)) {
-                slots[PICK[i].1] = Some(e.value.as_ref()).filter(|v| !v.is_empty());
+            if let Some(&slot) = PICK_INDEX.get_hashed(e.key, e.key_hash) {
+                slots[slot] = Some(e.value.as_ref()).filter(|v| !v.is_empty());
             }
         }
         Picked {
@@ -207,12 +253,19 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
         if !cef.extensions.is_empty() {
             let mut x = c.object("extensions");
             for e in &cef.extensions {
-                match full_name(e.key) {
-                    Some(name) => x.str(name, &e.value),
-                    None => match custom_key(e.key).and_then(full_custom_name) {
-                        Some(name) => x.str(&name, &e.value),
-                        None => x.str(e.key, &e.value),
-                    },
+                let slow;
+                let name = match EXTENSION_NAMES.get_hashed(e.key, e.key_hash) {
+                    Some(name) => &**name,
+                    None => {
+                        slow = extension_name_slow(e.key);
+                        &*slow
+                    }
+                };
+                // Names are key bytes or table entries: only the value may need escaping.
+                if e.json_clean {
+                    x.verbatim_str(name, &e.value);
+                } else {
+                    x.str(name, &e.value);
                 }
             }
             x.end();
@@ -420,10 +473,50 @@ mod tests {
     }
 
     #[test]
-    fn pick_table_is_sorted() {
-        assert!(
-            PICK.windows(2)
-                .all(|w| crate::parse::cef::key_order(w[0].0, w[1].0).is_lt())
+    fn pick_index_finds_every_key_of_the_table_and_no_other() {
+        let keys: std::collections::HashSet<&str> = PICK.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys.len(), PICK.len(), "a repeated key would be shadowed");
+        for &(key, slot) in PICK {
+            assert_eq!(PICK_INDEX.get(key), Some(&slot), "{key}");
+        }
+        for key in ["sr", "srcx", "Src", "darktraceUrl", ""] {
+            assert_eq!(PICK_INDEX.get(key), None, "{key}");
+        }
+    }
+
+    /// The index answers what the rules it was built from answer for every key in it (a miss
+    /// takes the rules themselves, so it is only slower), and holds the common keys.
+    #[test]
+    fn extension_names_index_agrees_with_the_rules() {
+        for &(key, _) in full_names() {
+            assert!(EXTENSION_NAMES.get(key).is_some(), "{key}");
+        }
+        for index in 1..=15 {
+            for key in [
+                format!("cs{index}"),
+                format!("cn{index}Label"),
+                format!("cfp{index}"),
+            ] {
+                assert!(EXTENSION_NAMES.get(&key).is_some(), "{key}");
+            }
+        }
+        let mut keys: Vec<String> = full_names().iter().map(|(k, _)| k.to_string()).collect();
+        for prefix in ["cs", "cn", "cfp", "c6a", "flexString", "deviceCustomDate"] {
+            for index in 0..=16 {
+                keys.push(format!("{prefix}{index}"));
+                keys.push(format!("{prefix}{index}Label"));
+            }
+        }
+        keys.extend(["cs01", "darktraceUrl", "ad.name[1]", "rt", ""].map(String::from));
+        for key in &keys {
+            let slow = extension_name_slow(key);
+            if let Some(name) = EXTENSION_NAMES.get(key) {
+                assert_eq!(&**name, &*slow, "{key}");
+            }
+        }
+        assert_eq!(
+            EXTENSION_NAMES.get("cs3Label").map(|n| &**n),
+            Some("deviceCustomString3Label")
         );
     }
 
