@@ -111,6 +111,11 @@ fn escape_or_mask16(bytes: &[u8], at: usize, extra: [u8; 2]) -> u32 {
 pub fn write_str_contents(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     let n = bytes.len();
+    // Keys and most values are short and clean: one test of the whole string, then one copy.
+    if n <= 16 && !short_needs_escape(bytes) {
+        extend_small(out, bytes);
+        return;
+    }
     let mut start = 0;
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
@@ -236,6 +241,23 @@ fn eq_bits(word: u64, c: u8) -> u64 {
 fn escape_bits(word: u64) -> u64 {
     let control = !(((word & LOW7) + ONES * 0x60) | word) & HIGHS;
     control | eq_bits(word, b'"') | eq_bits(word, b'\\')
+}
+
+/// Whether any byte of `bytes` (at most 16) needs escaping, tested as two overlapping words.
+#[inline(always)]
+fn short_needs_escape(bytes: &[u8]) -> bool {
+    let n = bytes.len();
+    debug_assert!(n <= 16);
+    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    let half = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    let bits = if n >= 8 {
+        escape_bits(word(0)) | escape_bits(word(n - 8))
+    } else if n >= 4 {
+        escape_bits(u64::from(half(0)) | u64::from(half(n - 4)) << 32)
+    } else {
+        return bytes.iter().any(|&b| NEEDS_ESCAPE[b as usize]);
+    };
+    bits != 0
 }
 
 #[inline]
@@ -405,6 +427,24 @@ impl<'o> ObjectWriter<'o> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_strings_are_tested_exactly_at_every_length_and_position() {
+        for n in 0..=16 {
+            assert!(!short_needs_escape(&vec![b'a'; n]));
+            for pos in 0..n {
+                for byte in 0..=255u8 {
+                    let mut s = vec![b'a'; n];
+                    s[pos] = byte;
+                    assert_eq!(
+                        short_needs_escape(&s),
+                        NEEDS_ESCAPE[byte as usize],
+                        "byte {byte:#04x} at {pos} of {n}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn verbatim_fields_write_what_escaped_fields_write() {
