@@ -259,7 +259,13 @@ fn write_flattened(out: &mut Vec<u8>, root: JsonRef<'_, '_>, skip: &[&str]) {
                 None => {
                     value_text.clear();
                     value.write_text(&mut value_text);
-                    write_escaped_part(out, &String::from_utf8_lossy(&value_text));
+                    // Rendered numbers and booleans are ASCII: the strict check takes its ASCII
+                    // fast path, where the lossy one walked the text in chunks (1.8 % of a
+                    // Darktrace JSON → CSL event).
+                    match std::str::from_utf8(&value_text) {
+                        Ok(text) => write_escaped_part(out, text),
+                        Err(_) => write_escaped_part(out, &String::from_utf8_lossy(&value_text)),
+                    }
                 }
             }
             out.push(b';');
