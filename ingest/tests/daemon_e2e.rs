@@ -693,21 +693,12 @@ fn sigterm_reads_what_tcp_senders_already_sent() {
         // One SIGTERM only: a second one makes the daemon exit at once.
         signal("-TERM", pid);
         signal("-CONT", pid);
-        let started = Instant::now();
-        let status = loop {
-            if let Some(status) = daemon.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "{backend}: no exit after SIGTERM: {}",
-                daemon.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        std::thread::sleep(Duration::from_millis(50));
+        daemon_support::wait_for_clean_exit(
+            &mut daemon.child,
+            &daemon.log,
+            Duration::from_secs(60),
+        );
         let log = daemon.log();
-        assert!(status.success(), "{backend}: {status}: {log}");
         let lines = read_output(&daemon.out().join("raw"));
         assert_eq!(lines.len(), TOTAL, "{backend}: {log}");
     }
@@ -839,11 +830,7 @@ fn bad_config_names_key_and_line() {
         );
     }
     std::fs::write(&path, "[sources.in]\ntype = \"udp\"\nlisten = \"127.0.0.1:0\"\nthreads = 0\n[sinks.out]\ntype = \"file\"\npath = \"/tmp/x\"\n").unwrap();
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = daemon_support::check_config(&path);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -873,11 +860,7 @@ fn check_config_prints_effective_config_redacted() {
         ),
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = daemon_support::check_config(&path);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -894,15 +877,7 @@ fn check_config_prints_effective_config_redacted() {
     // The printed config is itself a valid config.
     let again = dir.path().join("again.toml");
     std::fs::write(&again, stdout.as_bytes()).unwrap();
-    assert!(
-        Command::new(BIN)
-            .arg("check-config")
-            .arg(&again)
-            .output()
-            .unwrap()
-            .status
-            .success()
-    );
+    assert!(daemon_support::check_config(&again).status.success());
 
     // A token from a file is used but never shown; `/metrics` then requires it.
     std::fs::write(
@@ -915,11 +890,7 @@ fn check_config_prints_effective_config_redacted() {
         ),
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = daemon_support::check_config(&path);
     assert!(
         out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("file-secret-123")
     );
@@ -935,11 +906,7 @@ fn check_config_prints_effective_config_redacted() {
         ),
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = daemon_support::check_config(&path);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(

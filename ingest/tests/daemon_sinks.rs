@@ -8,12 +8,10 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use sinks_support::{RelayFake, SekoiaFake, free_addr, serve, serve_at};
-
-const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
 struct Daemon {
     child: Child,
@@ -327,11 +325,7 @@ fn deploy_examples_pass_check_config() {
         }
         let copy = dir.path().join(path.file_name().unwrap());
         std::fs::write(&copy, text).unwrap();
-        let out = Command::new(BIN)
-            .arg("check-config")
-            .arg(&copy)
-            .output()
-            .unwrap();
+        let out = daemon_support::check_config(&copy);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),

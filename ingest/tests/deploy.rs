@@ -95,11 +95,7 @@ fn every_shipped_config_passes_check_config() {
         }
         let copy = dir.path().join(config.file_name().unwrap());
         std::fs::write(&copy, rewritten).unwrap();
-        let out = Command::new(SLUICE)
-            .arg("check-config")
-            .arg(&copy)
-            .output()
-            .unwrap();
+        let out = daemon_support::check_config(&copy);
         assert!(
             out.status.success(),
             "{}: {}",
@@ -198,11 +194,7 @@ fn group_or_world_readable_secret_file_stops_start_up() {
     }
     // Mode 600 is accepted.
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let out = Command::new(SLUICE)
-        .arg("check-config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = daemon_support::check_config(&config);
     assert!(
         out.status.success(),
         "{}",

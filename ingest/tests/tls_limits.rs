@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const OPENSSL: &str = "/usr/bin/openssl";
 
 // ---------------------------------------------------------------------------------------------
@@ -47,11 +46,7 @@ impl Daemon {
         );
         let path = dir.path().join("sluice.toml");
         std::fs::write(&path, config).unwrap();
-        let check = Command::new(BIN)
-            .arg("check-config")
-            .arg(&path)
-            .output()
-            .unwrap();
+        let check = daemon_support::check_config(&path);
         assert!(
             check.status.success(),
             "check-config failed:\n{}",

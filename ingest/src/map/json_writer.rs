@@ -639,45 +639,39 @@ mod tests {
         }
     }
 
-    #[test]
-    fn backslashed_runs_crossing_chunk_boundaries_match_reference() {
+    /// Every text of up to 80 bytes holding one run of up to `run_bytes.len()` special bytes
+    /// (cycling through `run_bytes`) at every offset: the runs straddle the 16/8-byte scans and
+    /// the overlapping tail.
+    fn for_each_run_crossing_chunks(run_bytes: &[u8], mut check: impl FnMut(&str)) {
         for len in 0..80 {
             for start in 0..len {
-                for run in 1..=5.min(len - start) {
+                for run in 1..=run_bytes.len().min(len - start) {
                     let mut text = vec![b'q'; len];
                     for (k, b) in text[start..start + run].iter_mut().enumerate() {
-                        *b = [b';', b'\\', b'=', b'"', 0x01][k % 5];
+                        *b = run_bytes[k % run_bytes.len()];
                     }
-                    let s = std::str::from_utf8(&text).unwrap();
-                    let mut out = Vec::new();
-                    write_backslashed_contents(&mut out, s, [b';', b'=']);
-                    assert_eq!(out, backslashed_reference(s, [b';', b'=']), "{s:?}");
+                    check(std::str::from_utf8(&text).unwrap());
                 }
             }
         }
     }
 
     #[test]
+    fn backslashed_runs_crossing_chunk_boundaries_match_reference() {
+        for_each_run_crossing_chunks(&[b';', b'\\', b'=', b'"', 0x01], |s| {
+            let mut out = Vec::new();
+            write_backslashed_contents(&mut out, s, [b';', b'=']);
+            assert_eq!(out, backslashed_reference(s, [b';', b'=']), "{s:?}");
+        });
+    }
+
+    #[test]
     fn escapes_crossing_chunk_boundaries_match_reference() {
-        // Runs of escapable bytes straddling the 16/8-byte scan and overlapping tail.
-        for len in 0..80 {
-            for start in 0..len {
-                for run in 1..=4.min(len - start) {
-                    let mut text = vec![b'q'; len];
-                    for (k, b) in text[start..start + run].iter_mut().enumerate() {
-                        *b = [b'"', b'\\', b'\n', 0x01][k % 4];
-                    }
-                    let s = std::str::from_utf8(&text).unwrap();
-                    let mut out = Vec::new();
-                    write_str_contents(&mut out, s);
-                    assert_eq!(
-                        out,
-                        escaped_reference(&text),
-                        "len {len} start {start} run {run}"
-                    );
-                }
-            }
-        }
+        for_each_run_crossing_chunks(&[b'"', b'\\', b'\n', 0x01], |s| {
+            let mut out = Vec::new();
+            write_str_contents(&mut out, s);
+            assert_eq!(out, escaped_reference(s.as_bytes()), "{s:?}");
+        });
     }
 
     #[test]

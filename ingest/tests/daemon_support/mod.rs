@@ -28,6 +28,16 @@ pub fn run_command(config: &Path) -> Command {
     command
 }
 
+/// `sluice check-config <config>`, run to completion.
+#[allow(dead_code)] // not every test binary checks configs
+pub fn check_config(config: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("check-config")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
 /// The spawned daemon with its log collected, once it runs: start-up (bind, privilege drop,
 /// XDP attach) is over, so what a test sees afterwards is the steady state.
 pub fn started(mut child: Child) -> (Child, Log) {
@@ -118,6 +128,17 @@ pub fn stop_cleanly(child: &mut Child, log: &Mutex<Vec<String>>, timeout: Durati
     // SAFETY: signalling our own child process by its pid; it is not reaped yet.
     let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     assert_eq!(rc, 0, "SIGTERM: {}", std::io::Error::last_os_error());
+    wait_for_clean_exit(child, log, timeout)
+}
+
+/// The second half of [`stop_cleanly`], for a test that delivered the SIGTERM itself (a second
+/// one would make the daemon exit at once).
+#[allow(dead_code)] // not every test binary stops the daemon with SIGTERM
+pub fn wait_for_clean_exit(
+    child: &mut Child,
+    log: &Mutex<Vec<String>>,
+    timeout: Duration,
+) -> ExitStatus {
     let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
