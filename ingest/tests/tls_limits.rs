@@ -470,6 +470,43 @@ fn tls_delivers_from_openssl_and_rustls_clients() {
     );
 }
 
+/// A sender that writes and closes without ever reading must leave no unread bytes behind:
+/// closing over unread data makes its kernel send a reset and discard what it had not yet
+/// transmitted (this lost the last messages of the test above, intermittently, while the
+/// server still sent TLS 1.3 session tickets).
+#[test]
+fn tls_server_sends_nothing_after_the_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    pki.leaf("server", "ca", true);
+    let daemon = Daemon::start(dir, "", &tls_source(&pki, ""));
+    let addr = daemon.addr("tls");
+
+    let config = tls_client_config(&pki, None);
+    let mut stream = tls_connect(&config, "127.0.0.1", addr).unwrap();
+    stream
+        .write_all(&octet(&syslog("write-only-sender")))
+        .unwrap();
+    stream.flush().unwrap();
+    daemon.wait_for_output(&["write-only-sender".into()], Duration::from_secs(20));
+    // The message was read, so anything the server sends after the handshake has been sent.
+    stream
+        .sock
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut unread = [0u8; 512];
+    match stream.sock.peek(&mut unread) {
+        Ok(n) => panic!("the server sent {n} bytes after the handshake"),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{e}"
+        ),
+    }
+}
+
 #[test]
 fn mtls_refuses_clients_without_a_valid_certificate() {
     let dir = tempfile::tempdir().unwrap();

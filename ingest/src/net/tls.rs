@@ -178,7 +178,7 @@ impl TlsAcceptor {
                 builder.with_client_cert_verifier(verifier)
             }
         };
-        builder
+        let mut config = builder
             .with_single_cert(certs, key)
             .map_err(|e| TlsError::Config {
                 key: "key_file",
@@ -187,7 +187,14 @@ impl TlsAcceptor {
                     files.key_file.display(),
                     files.cert_file.display()
                 ),
-            })
+            })?;
+        // Syslog senders only write. TLS 1.3 session tickets would be the one thing the server
+        // sends unasked after the handshake; a sender that closes with them unread makes its
+        // kernel reset the connection and discard what it had not yet transmitted (seen: the
+        // last messages before a client's close lost). Long-lived syslog sessions gain little
+        // from resumption.
+        config.send_tls13_tickets = 0;
+        Ok(config)
     }
 
     /// Reloads the files if SIGHUP asked for it. A failed reload keeps the previous config.
