@@ -1,7 +1,8 @@
 //! Builds the `ingest-ebpf` object (bpfel, nightly) and hands its path to `xdp/` via
 //! `SLUICE_XDP_OBJECT`, so the daemon embeds exactly the programs of this checkout.
 //!
-//! Set `SLUICE_EBPF_OBJECT=/path/to/object` to embed a prebuilt object instead.
+//! Set `SLUICE_EBPF_OBJECT=/path/to/object` to embed a prebuilt object instead. Without the
+//! `xdp` cargo feature (default on) nothing is built or embedded.
 //! When the eBPF toolchain is missing the build fails with the command that installs it
 //! (`cargo xtask build-ebpf`): a daemon silently built without its XDP half would be worse.
 
@@ -20,6 +21,10 @@ fn main() {
         "cargo::rerun-if-changed={}",
         manifest_dir.join("../xtask/src/ebpf.rs").display()
     );
+    if std::env::var_os("CARGO_FEATURE_XDP").is_none() {
+        // Built without the `xdp` feature: nothing to embed (see `xdp::PROGRAM_EMBEDDED`).
+        return;
+    }
 
     let object = match std::env::var_os("SLUICE_EBPF_OBJECT") {
         Some(path) => PathBuf::from(path),

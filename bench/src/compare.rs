@@ -165,6 +165,8 @@ pub struct CompareConfig {
     pub duration: Duration,
     /// Messages of an as-fast-as-possible point.
     pub max_count: u64,
+    /// Messages per as-fast-as-possible TCP point.
+    pub tcp_max_count: u64,
     pub tcp_connections: usize,
     pub tcp_framing: TcpFraming,
     pub seed: u64,
@@ -729,7 +731,13 @@ fn measure(
                 rate.saturating_mul(config.duration.as_millis() as u64) / 1000,
                 None,
             ),
-            Offered::Max => (None, config.max_count, Some(Duration::from_secs(60))),
+            Offered::Max => {
+                let count = match point.proto {
+                    Proto::Udp => config.max_count,
+                    Proto::Tcp => config.tcp_max_count,
+                };
+                (None, count, Some(Duration::from_secs(60)))
+            }
         };
         let send_config = SendConfig {
             target: SocketAddr::from(([127, 0, 0, 1], point.port)),

@@ -122,9 +122,15 @@ struct CompareArgs {
     /// Seconds of sending per paced point.
     #[arg(long, default_value_t = 2.0)]
     duration: f64,
-    /// Messages per as-fast-as-possible point.
+    /// Messages per as-fast-as-possible UDP point: more than the 64 MiB receive buffer holds
+    /// (~75k at 850 B), so that a slow receiver's loss shows.
     #[arg(long, default_value_t = 200_000)]
     max_count: u64,
+    /// Messages per as-fast-as-possible TCP point. TCP loses nothing, so only the CPU figure
+    /// needs them: 100k is ≥ 0.8 s of work for the fastest receiver (CPU times have 10 ms
+    /// ticks) and 9 s for the slowest peer.
+    #[arg(long, default_value_t = 100_000)]
+    tcp_max_count: u64,
     #[arg(long, default_value_t = 4)]
     tcp_connections: usize,
     #[arg(long, value_enum, default_value_t = TcpFraming::Lf)]
@@ -317,10 +323,20 @@ fn run_compare(args: CompareArgs) -> anyhow::Result<()> {
     } else {
         args.tcp_rates.clone()
     };
-    let (repeats, max_count, duration) = if args.quick {
-        (1, args.max_count.min(100_000), args.duration.min(1.0))
+    let (repeats, max_count, tcp_max_count, duration) = if args.quick {
+        (
+            1,
+            args.max_count.min(100_000),
+            args.tcp_max_count.min(100_000),
+            args.duration.min(1.0),
+        )
     } else {
-        (args.repeats, args.max_count, args.duration)
+        (
+            args.repeats,
+            args.max_count,
+            args.tcp_max_count,
+            args.duration,
+        )
     };
     let workloads: Vec<Workload> = mixes
         .iter()
@@ -337,6 +353,7 @@ fn run_compare(args: CompareArgs) -> anyhow::Result<()> {
         repeats: repeats.max(1),
         duration: Duration::from_secs_f64(duration),
         max_count,
+        tcp_max_count,
         tcp_connections: args.tcp_connections,
         tcp_framing: args.tcp_framing,
         seed: args.seed,

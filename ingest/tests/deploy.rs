@@ -561,6 +561,7 @@ fn grafana_dashboard_has_the_schema_basics() {
 /// The real daemon in a namespace with XDP on its veth, an HTTP sink and a file sink, running
 /// as nobody: the main thread keeps CAP_BPF only, every other thread nothing; the XDP counters
 /// are still read; every metric the Grafana dashboard queries is in `/metrics`; SIGTERM detaches.
+#[cfg(feature = "xdp")]
 #[test]
 fn xdp_daemon_as_nobody_keeps_cap_bpf_only_and_exports_every_dashboard_metric() {
     if !is_root() {

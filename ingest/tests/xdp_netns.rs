@@ -4,6 +4,7 @@
 //! Layout per test: namespace `…a` (senders, 10.200.0.1/.3/.9, fd00:200::1/::3) ⇄ veth ⇄
 //! namespace `…b` (receiver 10.200.0.2, fd00:200::2, XDP attached to its veth end).
 //! An AF_PACKET capture on the receiving veth is the independent oracle for exact counts.
+#![cfg(feature = "xdp")]
 
 mod daemon_support;
 mod netns_support;

@@ -1063,6 +1063,9 @@ impl Config {
             }
         }
         if let Some(xdp) = &self.xdp {
+            if !crate::xdp::PROGRAM_EMBEDDED {
+                return Err(("xdp".into(), crate::xdp::XdpError::NotEmbedded.to_string()));
+            }
             if xdp.interfaces.is_empty() {
                 return Err((
                     "xdp.interfaces".into(),
@@ -1228,6 +1231,22 @@ kinds = ["cef", "darktrace_model_breach"]
         let sink = c.sinks.values().next().unwrap();
         assert!(matches!(sink.kind, SinkKind::File(_)));
         assert_eq!(sink.schema(), Schema::Sluice);
+    }
+
+    /// Both builds take the same `[xdp]` section; only the one with the program accepts it.
+    #[test]
+    fn xdp_section_needs_the_embedded_program() {
+        let text = format!("{GOOD}[xdp]\ninterfaces = [\"eth0\"]\n");
+        let result = Config::from_toml(&text, "x.toml");
+        if cfg!(feature = "xdp") {
+            assert!(result.unwrap().xdp.is_some());
+        } else {
+            let err = result.unwrap_err().to_string();
+            assert!(
+                err.starts_with("x.toml:17: `xdp`: this sluice was built without its XDP program"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

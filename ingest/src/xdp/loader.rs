@@ -31,13 +31,25 @@ use super::{
 
 /// The object built from `ingest-ebpf` by `build.rs`. The ELF parser reads its headers in place,
 /// so the embedded bytes must be aligned like the largest header field.
+#[cfg(feature = "xdp")]
 #[repr(C, align(32))]
 struct Aligned<Bytes: ?Sized> {
     bytes: Bytes,
 }
+#[cfg(feature = "xdp")]
 static OBJECT: &Aligned<[u8]> = &Aligned {
     bytes: *include_bytes!(env!("SLUICE_XDP_OBJECT")),
 };
+
+#[cfg(feature = "xdp")]
+fn embedded_object() -> Result<&'static [u8], XdpError> {
+    Ok(&OBJECT.bytes)
+}
+
+#[cfg(not(feature = "xdp"))]
+fn embedded_object() -> Result<&'static [u8], XdpError> {
+    Err(XdpError::NotEmbedded)
+}
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const BPFFS_ROOT: &str = "/sys/fs/bpf";
@@ -99,6 +111,7 @@ pub fn start_or_disable(config: &XdpConfig) -> Result<Option<XdpHandle>, XdpErro
 
 /// Loads and attaches the programs described by `config`.
 pub fn start(config: &XdpConfig) -> Result<XdpHandle, XdpError> {
+    let object = embedded_object()?;
     let cidrs = config.validate()?;
     if !has_xdp_capabilities() {
         return Err(XdpError::PermissionDenied);
@@ -112,7 +125,7 @@ pub fn start(config: &XdpConfig) -> Result<XdpHandle, XdpError> {
         source,
     })?;
 
-    let mut ebpf = EbpfLoader::new().load(&OBJECT.bytes).map_err(|error| {
+    let mut ebpf = EbpfLoader::new().load(object).map_err(|error| {
         if is_permission_error(&error) {
             XdpError::PermissionDenied
         } else {

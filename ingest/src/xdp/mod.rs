@@ -118,8 +118,16 @@ pub enum XdpMode {
     Generic,
 }
 
+/// Whether this binary carries the XDP program (cargo feature `xdp`, on by default).
+pub const PROGRAM_EMBEDDED: bool = cfg!(feature = "xdp");
+
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
+    #[error(
+        "this sluice was built without its XDP program (cargo feature `xdp` off); remove the \
+         [xdp] section or use a default build"
+    )]
+    NotEmbedded,
     #[error(
         "missing privileges for XDP (need CAP_BPF or CAP_SYS_ADMIN, and CAP_NET_ADMIN); \
          running without XDP"
