@@ -497,6 +497,66 @@ fn tcp_connection_limit_defers_instead_of_losing() {
     tcp_lines(4, 2_000, 16, false, options);
 }
 
+/// Connections held in the listen backlog by the reader's connection cap when shutdown comes
+/// (in the daemon: connections that arrive while it stops): their senders saw the data
+/// acknowledged, so each reader backend accepts and reads them before it stops.
+#[test]
+fn tcp_shutdown_reads_the_listen_backlog() {
+    shutdown_reads_the_listen_backlog(|listener, ctx| {
+        let options = UringOptions {
+            max_connections: 1,
+            ..Default::default()
+        };
+        uring::run_tcp_with(listener, ctx, &options, LineFramer::default).map(|t| t.messages)
+    });
+    shutdown_reads_the_listen_backlog(|listener, mut ctx| {
+        ctx.max_connections = 1;
+        sluice::net::portable::run_tcp(listener, ctx).map(|()| 0)
+    });
+}
+
+/// `run` returns the messages it counted, or 0 when it does not count.
+fn shutdown_reads_the_listen_backlog(
+    run: impl FnOnce(TcpListener, ReaderContext) -> std::io::Result<u64> + Send + 'static,
+) {
+    const WAITING: usize = 12;
+    const LINES: usize = 500;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut h = harness(1024, 256, FrameLimits::default());
+    let ctx = h.ctx.take().unwrap();
+    let reader = thread::spawn(move || run(listener, ctx));
+    // Takes the one slot and keeps it.
+    let mut first = TcpStream::connect(addr).unwrap();
+    first
+        .write_all(format!("{}\n", line(0, 0)).as_bytes())
+        .unwrap();
+    let batch = h.batches.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(batch.frames.len(), 1);
+    let waiting: Vec<TcpStream> = (1..=WAITING)
+        .map(|c| {
+            let mut stream = TcpStream::connect(addr).unwrap();
+            let text: String = (0..LINES).map(|i| format!("{}\n", line(c, i))).collect();
+            stream.write_all(text.as_bytes()).unwrap();
+            stream
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(200));
+    assert!(h.batches.try_recv().is_err(), "the limit holds them back");
+    h.shutdown.store(true, Ordering::Relaxed);
+    let counted = reader.join().unwrap().unwrap();
+    drop((first, waiting));
+    let mut lines = 0;
+    while let Ok(batch) = h.batches.try_recv() {
+        lines += batch.frames.len();
+    }
+    assert_eq!(lines, WAITING * LINES);
+    assert!(
+        counted == 0 || counted as usize == 1 + WAITING * LINES,
+        "{counted}"
+    );
+}
+
 /// The production entry point with the real framer: octet counting and LF on parallel
 /// connections (framing `auto` detects each), every message once and in order.
 #[test]

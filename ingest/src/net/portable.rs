@@ -361,6 +361,46 @@ where
     let mut connections: Vec<std::thread::JoinHandle<()>> = Vec::new();
     let mut full_logged = false;
     let mut refusal_logged: Option<Instant> = None;
+    // The thread serving the connection, unless it was refused or could not start.
+    let serve_accepted = |stream: TcpStream,
+                          peer: SocketAddr,
+                          refusal_logged: &mut Option<Instant>| {
+        let admission = match shared.guard.admit(Some(peer)) {
+            Ok(a) => a,
+            Err(refusal) => {
+                if refusal_logged.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                    *refusal_logged = Some(Instant::now());
+                    tracing::warn!(source = %ctx.source_name, %peer, reason = refusal.label(), "connection refused (further refusals are only counted for 10 s)");
+                }
+                drop(stream);
+                return None;
+            }
+        };
+        let conn = shared.clone();
+        let open_now = open.clone();
+        let serve = serve.clone();
+        open_now.fetch_add(1, Ordering::Relaxed);
+        let spawned = std::thread::Builder::new()
+            .name(format!("sluice-{kind}-{}", ctx.core))
+            .spawn(move || {
+                pin(conn.core, conn.pin);
+                if let Err(e) = serve(stream, peer, &conn) {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                }
+                drop(admission);
+                open_now.fetch_sub(1, Ordering::Relaxed);
+            });
+        match spawned {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                // The stream and its admission moved into the failed closure and are
+                // released with it.
+                open.fetch_sub(1, Ordering::Relaxed);
+                tracing::error!(%peer, "cannot start a connection thread, connection closed: {e}");
+                None
+            }
+        }
+    };
     while !shared.shutdown.load(Ordering::Relaxed) {
         connections.retain(|h| !h.is_finished());
         if open.load(Ordering::Relaxed) >= ctx.max_connections.max(1) {
@@ -378,40 +418,7 @@ where
         }
         match listener.accept() {
             Ok((stream, peer)) => {
-                let admission = match shared.guard.admit(Some(peer)) {
-                    Ok(a) => a,
-                    Err(refusal) => {
-                        if refusal_logged.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-                            refusal_logged = Some(Instant::now());
-                            tracing::warn!(source = %ctx.source_name, %peer, reason = refusal.label(), "connection refused (further refusals are only counted for 10 s)");
-                        }
-                        drop(stream);
-                        continue;
-                    }
-                };
-                let conn = shared.clone();
-                let open_now = open.clone();
-                let serve = serve.clone();
-                open_now.fetch_add(1, Ordering::Relaxed);
-                let spawned = std::thread::Builder::new()
-                    .name(format!("sluice-{kind}-{}", ctx.core))
-                    .spawn(move || {
-                        pin(conn.core, conn.pin);
-                        if let Err(e) = serve(stream, peer, &conn) {
-                            tracing::debug!(%peer, "connection ended: {e}");
-                        }
-                        drop(admission);
-                        open_now.fetch_sub(1, Ordering::Relaxed);
-                    });
-                match spawned {
-                    Ok(handle) => connections.push(handle),
-                    Err(e) => {
-                        // The stream and its admission moved into the failed closure and are
-                        // released with it.
-                        open.fetch_sub(1, Ordering::Relaxed);
-                        tracing::error!(%peer, "cannot start a connection thread, connection closed: {e}");
-                    }
-                }
+                connections.extend(serve_accepted(stream, peer, &mut refusal_logged));
             }
             Err(e)
                 if e.kind() == std::io::ErrorKind::WouldBlock
@@ -422,6 +429,29 @@ where
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+    }
+    // Connections still in the listen backlog had their data acknowledged to the sender:
+    // accept and read them too (the connection threads drain and close at once now), within
+    // the connection limit and the shutdown drain budget.
+    let deadline = Instant::now() + SHUTDOWN_TCP_DRAIN;
+    let mut from_backlog = 0usize;
+    while Instant::now() < deadline {
+        if open.load(Ordering::Relaxed) >= ctx.max_connections.max(1) {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                from_backlog += 1;
+                connections.extend(serve_accepted(stream, peer, &mut refusal_logged));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // WouldBlock: the backlog is empty.
+            Err(_) => break,
+        }
+    }
+    if from_backlog > 0 {
+        tracing::info!(source = %ctx.source_name, connections = from_backlog, "read connections from the listen backlog at shutdown");
     }
     for handle in connections {
         let _ = handle.join();

@@ -178,10 +178,14 @@ pub fn run_tcp_with<F: ConnectionFramer>(
     }
     // A connection whose receive is not confirmed cancelled is skipped (a read beside it could
     // reorder its bytes).
-    reader.drain_buffered(crate::net::SHUTDOWN_TCP_DRAIN);
+    let deadline = Instant::now() + crate::net::SHUTDOWN_TCP_DRAIN;
+    reader.drain_buffered(deadline);
     // Connections still open end here: their unterminated tails become frames too.
-    for slot in 0..reader.connections.len() {
-        reader.close(slot);
+    reader.close_all();
+    if settled {
+        reader.drain_backlog(&listener, deadline);
+    } else {
+        tracing::warn!(source = %ctx.source_name, "accept cancellation not confirmed at shutdown; connections still in the listen backlog are not read");
     }
     let flushed = reader.handoff.flush_blocking(&ctx);
     if settled {
@@ -476,8 +480,7 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
     /// Shutdown, after every receive is cancelled: reads what the kernel already buffered for
     /// each open connection (data the sender saw acknowledged) with non-blocking reads until
     /// the socket is empty, within `budget` for all of them.
-    fn drain_buffered(&mut self, budget: Duration) {
-        let deadline = Instant::now() + budget;
+    fn drain_buffered(&mut self, deadline: Instant) {
         let mut buf = vec![0u8; 64 * 1024];
         for slot in 0..self.connections.len() {
             let Some(conn) = self.connections[slot].as_mut() else {
@@ -517,9 +520,63 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
         if Instant::now() >= deadline {
             tracing::warn!(
                 source = %self.ctx.source_name,
-                budget_ms = budget.as_millis() as u64,
+                budget_ms = crate::net::SHUTDOWN_TCP_DRAIN.as_millis() as u64,
                 "TCP senders were still sending at shutdown; what arrived after the drain budget was not read"
             );
+        }
+    }
+
+    fn close_all(&mut self) {
+        for slot in 0..self.connections.len() {
+            self.close(slot);
+        }
+    }
+
+    /// Shutdown, after the open connections are read and closed and the multishot accept is
+    /// confirmed cancelled: the connections waiting for a slot and those still in the listen
+    /// backlog had their data acknowledged to the sender, so they are opened, read until empty
+    /// and closed too — in rounds within `max_connections`, until `deadline`.
+    fn drain_backlog(&mut self, listener: &TcpListener, deadline: Instant) {
+        if let Err(e) = listener.set_nonblocking(true) {
+            tracing::warn!(source = %self.ctx.source_name, "listen backlog not read at shutdown: {e}");
+            return;
+        }
+        let mut backlog_empty = false;
+        let mut from_backlog = 0usize;
+        while Instant::now() < deadline {
+            while self.active < self.max_connections {
+                if let Some((stream, admission)) = self.waiting.pop_front() {
+                    self.open(stream, admission);
+                    continue;
+                }
+                if backlog_empty {
+                    break;
+                }
+                match listener.accept() {
+                    // A refusal is counted by the guard; dropping the stream closes it.
+                    Ok((stream, peer)) => {
+                        if let Ok(admission) = self.ctx.guard.admit(Some(peer)) {
+                            from_backlog += 1;
+                            self.open(stream, admission);
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    // WouldBlock: the backlog is empty.
+                    Err(_) => backlog_empty = true,
+                }
+            }
+            if self.active == 0 {
+                break;
+            }
+            self.drain_buffered(deadline);
+            self.close_all();
+            if self.active > 0 {
+                // A receive whose cancellation was not confirmed keeps its slot (see `close`).
+                break;
+            }
+        }
+        if from_backlog > 0 {
+            tracing::info!(source = %self.ctx.source_name, connections = from_backlog, "read connections from the listen backlog at shutdown");
         }
     }
 
