@@ -6,7 +6,8 @@
 # Other arguments go to `sluice-bench compare --preset peers` (see `sluice-bench compare --help`).
 # Installs what it needs, idempotently: the peers privately (install-peers.sh) and a font for
 # the plots. Builds release (without the XDP program, which no receiver here uses), raises
-# net.core.rmem_max for the run and restores it afterwards, and writes bench/results/<stamp>-<preset>/ plus bench/results/latest*.md and latest-*.png.
+# net.core.rmem_max for the run and restores it afterwards, and writes
+# bench/results/<stamp>-<preset>/ plus bench/results/latest*.md and latest-*.png.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 STARTED=$(date +%s)

@@ -186,6 +186,14 @@ fn sluice_lines(text: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // Certificates (openssl CLI, P-256, valid one day)
 
+/// A temporary directory with a CA and the daemon's certificate for `localhost` signed by it.
+fn server_pki() -> (tempfile::TempDir, Pki) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    pki.leaf("server", "ca", true);
+    (dir, pki)
+}
+
 struct Pki {
     dir: PathBuf,
 }
@@ -415,9 +423,7 @@ fn tls_source(pki: &Pki, extra: &str) -> String {
 
 #[test]
 fn tls_delivers_from_openssl_and_rustls_clients() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path());
-    pki.leaf("server", "ca", true);
+    let (dir, pki) = server_pki();
     let daemon = Daemon::start(dir, "", &tls_source(&pki, ""));
     let addr = daemon.addr("tls");
 
@@ -476,9 +482,7 @@ fn tls_delivers_from_openssl_and_rustls_clients() {
 /// server still sent TLS 1.3 session tickets).
 #[test]
 fn tls_server_sends_nothing_after_the_handshake() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path());
-    pki.leaf("server", "ca", true);
+    let (dir, pki) = server_pki();
     let daemon = Daemon::start(dir, "", &tls_source(&pki, ""));
     let addr = daemon.addr("tls");
 
@@ -509,9 +513,7 @@ fn tls_server_sends_nothing_after_the_handshake() {
 
 #[test]
 fn mtls_refuses_clients_without_a_valid_certificate() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path());
-    pki.leaf("server", "ca", true);
+    let (dir, pki) = server_pki();
     pki.leaf("client", "ca", false);
     // A client certificate from a CA the daemon does not trust.
     pki.ca("rogue-ca", "Rogue CA");
@@ -576,9 +578,7 @@ fn mtls_refuses_clients_without_a_valid_certificate() {
 
 #[test]
 fn sighup_reload_serves_the_new_certificate_and_keeps_old_sessions() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path());
-    pki.leaf("server", "ca", true);
+    let (dir, pki) = server_pki();
     pki.leaf("server2", "ca", true);
     let first = pki.cert_der("server");
     let second = pki.cert_der("server2");
@@ -674,9 +674,7 @@ const PER_ADDRESS: usize = 8;
 /// Slowloris, a connection flood and a 100 MB line without a newline, all at once, while a
 /// well-behaved client keeps sending; checks delivery, memory and the counters.
 fn hostile(proto: &str, backend: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path());
-    pki.leaf("server", "ca", true);
+    let (dir, pki) = server_pki();
     let limits = format!(
         "max_message_bytes = 65536\nmax_connections = 256\nmax_connections_per_address = {PER_ADDRESS}\n\
          idle_timeout_secs = 2\nmax_frame_backlog_bytes = 1048576\n\

@@ -479,7 +479,7 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
 
     /// Shutdown, after every receive is cancelled: reads what the kernel already buffered for
     /// each open connection (data the sender saw acknowledged) with non-blocking reads until
-    /// the socket is empty, within `budget` for all of them.
+    /// the socket is empty, until `deadline` for all of them.
     fn drain_buffered(&mut self, deadline: Instant) {
         let mut buf = vec![0u8; 64 * 1024];
         for slot in 0..self.connections.len() {
