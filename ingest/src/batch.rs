@@ -22,6 +22,10 @@ pub struct SealedBatch {
     pub acks: Vec<crate::pipeline::ack::AckToken>,
 }
 
+/// Room reserved past `max_bytes` for the event that fills a batch; a larger one (a rare
+/// multi-KiB JSON alert) regrows the buffer once.
+const LAST_EVENT_HEADROOM: usize = 64 * 1024;
+
 pub struct Batcher {
     limits: BatchLimits,
     core: usize,
@@ -50,10 +54,12 @@ impl Batcher {
     pub fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) -> bool {
         if self.opened_at.is_none() {
             self.opened_at = Some(Instant::now());
-            if self.buf.capacity() == 0 {
-                // A full batch is max_bytes plus at most one event over; reserving the bound once
-                // per batch keeps the buffer from being regrown while it fills.
-                self.buf.reserve(self.limits.max_bytes.min(64 << 20));
+            // A full batch is max_bytes plus the one event that crossed it. Reserving both
+            // once keeps the buffer from being regrown while it fills: the crossing event
+            // used to double a 4 MiB buffer, copying it into 8 MiB of fresh pages.
+            let wanted = self.limits.max_bytes.min(64 << 20) + LAST_EVENT_HEADROOM;
+            if self.buf.capacity() < wanted {
+                self.buf.reserve(wanted);
             }
         }
         write(&mut self.buf);
@@ -128,6 +134,20 @@ mod tests {
         assert_eq!(s.batch.ndjson, b"1\n2\n3\n");
         assert_eq!(s.core, 1);
         assert!(b.is_empty() && b.seal(None).is_none());
+    }
+
+    #[test]
+    fn the_event_that_fills_a_batch_does_not_regrow_it() {
+        let mut b = Batcher::new(limits(100, 1000), 0);
+        let event = [b'x'; 299];
+        b.push_with(|o| o.extend_from_slice(&event));
+        let first = b.buf.as_ptr();
+        let mut full = false;
+        while !full {
+            full = b.push_with(|o| o.extend_from_slice(&event));
+        }
+        assert!(b.buf.len() > 1000);
+        assert_eq!(b.buf.as_ptr(), first, "the buffer was reallocated");
     }
 
     #[test]

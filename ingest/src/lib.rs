@@ -12,6 +12,7 @@ pub mod config;
 pub mod event;
 pub mod frame;
 pub mod map;
+pub mod memory;
 pub mod metrics;
 pub mod net;
 pub mod parse;

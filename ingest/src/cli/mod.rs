@@ -32,6 +32,10 @@ pub enum Command {
 
 pub fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
+    if let Err(e) = crate::memory::disable_transparent_huge_pages() {
+        // Only slower start-up bursts: not worth refusing to run for.
+        eprintln!("warning: could not turn transparent huge pages off: {e}");
+    }
     match cli.command {
         Command::Run(args) => run::run(args),
         Command::CheckConfig(args) => check_config::run(args),
