@@ -821,7 +821,8 @@ mod tests {
         });
         for m in &corpus.messages {
             let body = std::str::from_utf8(m.body()).unwrap();
-            let Ok(cef) = sluice::parse::cef::parse(body, "") else {
+            let mut scratch = String::new();
+            let Ok(cef) = sluice::parse::cef::parse(body, "", &mut scratch) else {
                 // The parsing core is not merged on this branch yet (the placeholder errors).
                 return;
             };

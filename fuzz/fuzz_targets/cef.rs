@@ -13,7 +13,8 @@ fuzz_target!(|data: &[u8]| {
         Some(start) => (&text[..start], &text[start..]),
         None => ("", text),
     };
-    if let Ok(parsed) = cef::parse(record, prefix) {
+    let mut scratch = String::new();
+    if let Ok(parsed) = cef::parse(record, prefix, &mut scratch) {
         for ext in &parsed.extensions {
             assert!(!ext.key.is_empty());
             assert_eq!(ext.key_hash, cef::key_hash32(ext.key));

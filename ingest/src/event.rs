@@ -1,8 +1,8 @@
 //! The internal event: one received syslog message, parsed, borrowing from the receive buffer.
 //!
-//! Every parser returns views into the message text; only unescaping allocates (`Cow::Owned`).
+//! Every parser returns views into the message text, or for text that held escapes into the
+//! parser's reusable scratch buffers.
 
-use std::borrow::Cow;
 use std::net::SocketAddr;
 
 use smallvec::SmallVec;
@@ -131,7 +131,7 @@ pub struct SyslogHeader<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Extension<'a> {
     pub key: &'a str,
-    pub value: Cow<'a, str>,
+    pub value: &'a str,
     /// `value` holds no byte that JSON escapes (`"`, `\`, control): writers may copy it as is.
     /// `false` only means "not known", so it is always safe.
     pub json_clean: bool,
@@ -146,12 +146,12 @@ pub struct Cef<'a> {
     /// Any text before `CEF:` that is not part of the syslog header.
     pub prefix: &'a str,
     pub version: &'a str,
-    pub device_vendor: Cow<'a, str>,
-    pub device_product: Cow<'a, str>,
-    pub device_version: Cow<'a, str>,
-    pub signature_id: Cow<'a, str>,
-    pub name: Cow<'a, str>,
-    pub severity: Cow<'a, str>,
+    pub device_vendor: &'a str,
+    pub device_product: &'a str,
+    pub device_version: &'a str,
+    pub signature_id: &'a str,
+    pub name: &'a str,
+    pub severity: &'a str,
     /// In message order. Keys are unique: a repeated key is not a field boundary, so the first
     /// occurrence is kept (see docs/cef.md, forged fields).
     pub extensions: SmallVec<[Extension<'a>; 24]>,
@@ -162,7 +162,7 @@ impl<'a> Cef<'a> {
         self.extensions
             .iter()
             .find(|e| e.key == key)
-            .map(|e| e.value.as_ref())
+            .map(|e| e.value)
     }
 }
 

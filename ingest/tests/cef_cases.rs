@@ -137,15 +137,12 @@ fn header(cef: &Cef<'_>, version_as_number: bool) -> Fields {
         .into(),
         version,
     );
-    f.insert("deviceVendor".into(), cef.device_vendor.as_ref().into());
-    f.insert("deviceProduct".into(), cef.device_product.as_ref().into());
-    f.insert("deviceVersion".into(), cef.device_version.as_ref().into());
-    f.insert(
-        "deviceEventClassId".into(),
-        cef.signature_id.as_ref().into(),
-    );
-    f.insert("name".into(), cef.name.as_ref().into());
-    f.insert("severity".into(), cef.severity.as_ref().into());
+    f.insert("deviceVendor".into(), cef.device_vendor.into());
+    f.insert("deviceProduct".into(), cef.device_product.into());
+    f.insert("deviceVersion".into(), cef.device_version.into());
+    f.insert("deviceEventClassId".into(), cef.signature_id.into());
+    f.insert("name".into(), cef.name.into());
+    f.insert("severity".into(), cef.severity.into());
     f
 }
 
@@ -181,7 +178,7 @@ fn observed(id: &str, options: &Value, cef: &Cef<'_>) -> (Fields, Check) {
             if options["translate_custom_fields"] == true {
                 for e in &cef.extensions {
                     if custom_key(e.key).is_none() {
-                        f.insert(e.key.into(), e.value.as_ref().into());
+                        f.insert(e.key.into(), e.value.into());
                     }
                 }
                 for (ck, label, value) in custom_fields(cef) {
@@ -196,7 +193,7 @@ fn observed(id: &str, options: &Value, cef: &Cef<'_>) -> (Fields, Check) {
                 }
             } else {
                 for e in &cef.extensions {
-                    f.insert(e.key.into(), e.value.as_ref().into());
+                    f.insert(e.key.into(), e.value.into());
                 }
             }
             (f, Check::Exact)
@@ -205,7 +202,7 @@ fn observed(id: &str, options: &Value, cef: &Cef<'_>) -> (Fields, Check) {
             let mut f = header(cef, false);
             f.insert("syslog".into(), cef.prefix.into());
             for e in &cef.extensions {
-                f.insert(logstash_name(e.key), e.value.as_ref().into());
+                f.insert(logstash_name(e.key), e.value.into());
             }
             if let Some(rt) = cef.get("rt")
                 && let Some(ms) = parse_timestamp(rt, cef.get("dtz"))
@@ -224,24 +221,21 @@ fn observed(id: &str, options: &Value, cef: &Cef<'_>) -> (Fields, Check) {
                 } else {
                     e.key
                 };
-                ext.insert(key.into(), e.value.as_ref().into());
+                ext.insert(key.into(), e.value.into());
             }
             f.insert("extensions".into(), Value::Object(ext));
             (f, Check::Subset)
         }
         "sekoia-cef" => {
             let mut f = Fields::new();
-            f.insert("observer.vendor".into(), cef.device_vendor.as_ref().into());
-            f.insert("observer.type".into(), cef.device_product.as_ref().into());
-            f.insert(
-                "observer.version".into(),
-                cef.device_version.as_ref().into(),
-            );
-            f.insert("rule.id".into(), cef.signature_id.as_ref().into());
-            f.insert("cef.Name".into(), cef.name.as_ref().into());
-            f.insert("event.severity".into(), cef.severity.as_ref().into());
+            f.insert("observer.vendor".into(), cef.device_vendor.into());
+            f.insert("observer.type".into(), cef.device_product.into());
+            f.insert("observer.version".into(), cef.device_version.into());
+            f.insert("rule.id".into(), cef.signature_id.into());
+            f.insert("cef.Name".into(), cef.name.into());
+            f.insert("event.severity".into(), cef.severity.into());
             for e in &cef.extensions {
-                f.insert(format!("cef.{}", e.key), e.value.as_ref().into());
+                f.insert(format!("cef.{}", e.key), e.value.into());
             }
             (f, Check::Subset)
         }
@@ -302,7 +296,9 @@ fn same(expected: &Value, observed: &Value) -> bool {
 fn check_case(case: &Value) -> Vec<String> {
     let id = case["id"].as_str().expect("case id");
     let input = case["input"].as_str().expect("case input");
-    let parsed = find_cef_start(input).map(|start| parse(&input[start..], &input[..start]));
+    let mut scratch = String::new();
+    let parsed =
+        find_cef_start(input).map(|start| parse(&input[start..], &input[..start], &mut scratch));
     if case.get("expected_fields").is_none() {
         let must_parse = case["note"]
             .as_str()
@@ -401,7 +397,8 @@ fn shared_cases_when_present() {
 fn deliberate_differences_behave_as_documented() {
     let ext = |rec: &str| -> Vec<(String, String)> {
         let start = find_cef_start(rec).unwrap();
-        let c = parse(&rec[start..], &rec[..start]).unwrap();
+        let mut scratch = String::new();
+        let c = parse(&rec[start..], &rec[..start], &mut scratch).unwrap();
         c.extensions
             .iter()
             .map(|e| (e.key.to_string(), e.value.to_string()))
@@ -453,7 +450,14 @@ fn deliberate_differences_behave_as_documented() {
         kv(&[("msg", "line1\nline2"), ("src", "1.1.1.1")])
     );
     assert_eq!(ext(&format!("{h}a=\\h \\xc3")), kv(&[("a", "\\h \\xc3")]));
-    assert!(parse("CEF:0|SentinelOne|Mgmt|activityID=1", "").is_err());
+    assert!(
+        parse(
+            "CEF:0|SentinelOne|Mgmt|activityID=1",
+            "",
+            &mut String::new()
+        )
+        .is_err()
+    );
 }
 
 /// Free-text keys an attacker can fill through the sender.
@@ -483,8 +487,9 @@ proptest! {
     #[test]
     fn header_field_round_trips(text in "[^\r\n]{0,40}") {
         let rec = format!("CEF:0|{}|p|1|id|n|5|", escape_header_field(&text));
-        let c = parse(&rec, "").unwrap();
-        prop_assert_eq!(c.device_vendor.as_ref(), text.as_str());
+        let mut scratch = String::new();
+        let c = parse(&rec, "", &mut scratch).unwrap();
+        prop_assert_eq!(c.device_vendor, text.as_str());
     }
 
     /// Any value survives escaping and parsing, unless it ends with a space (CEF has no escape
@@ -493,7 +498,8 @@ proptest! {
     fn extension_value_round_trips(text in "\\PC{0,60}", key in "[a-y]{1,6}") {
         prop_assume!(!text.ends_with(' '));
         let rec = format!("CEF:0|v|p|1|id|n|5|{key}={} zz=end", escape_extension_value(&text));
-        let c = parse(&rec, "").unwrap();
+        let mut scratch = String::new();
+        let c = parse(&rec, "", &mut scratch).unwrap();
         prop_assert_eq!(c.extensions.len(), 2);
         prop_assert_eq!(c.get(&key), Some(text.as_str()));
         prop_assert_eq!(c.get("zz"), Some("end"));
@@ -516,7 +522,8 @@ proptest! {
         let payload = format!("{head}{stray} {forged_key}={forged_value} {tail}");
         let value = if escaped { escape_extension_value(&payload).into_owned() } else { payload.trim_end().to_string() };
         let rec = format!("CEF:0|v|p|1|id|n|5|{before} {victim}={value}");
-        let c = parse(&rec, "").unwrap();
+        let mut scratch = String::new();
+        let c = parse(&rec, "", &mut scratch).unwrap();
         let keys: Vec<&str> = c.extensions.iter().map(|e| e.key).collect();
         let mut want = vec!["src", "dst"];
         if !want.contains(&victim) { want.push(victim); }
@@ -529,7 +536,8 @@ proptest! {
     #[test]
     fn repeated_key_never_overrides(victim in prop::sample::select(FREE_TEXT_KEYS), text in "[a-zA-Z0-9 .]{0,20}") {
         let rec = format!("CEF:0|v|p|1|id|n|5|src=1.1.1.1 {victim}=x{text} src=6.6.6.6");
-        let c = parse(&rec, "").unwrap();
+        let mut scratch = String::new();
+        let c = parse(&rec, "", &mut scratch).unwrap();
         prop_assert_eq!(c.get("src"), Some("1.1.1.1"));
         prop_assert_eq!(c.extensions.len(), 2);
     }
@@ -538,7 +546,7 @@ proptest! {
     #[test]
     fn arbitrary_input_never_panics(text in "\\PC{0,120}") {
         let rec = format!("CEF:0|{text}");
-        let _ = parse(&rec, "");
+        let _ = parse(&rec, "", &mut String::new());
         let _ = find_cef_start(&text);
     }
 }

@@ -51,12 +51,12 @@ pub fn write(event: &Event<'_>, out: &mut Vec<u8>) {
         Body::Cef(cef) => {
             let mut c = o.object("cef");
             c.str("version", cef.version);
-            c.str("device_vendor", &cef.device_vendor);
-            c.str("device_product", &cef.device_product);
-            c.str("device_version", &cef.device_version);
-            c.str("signature_id", &cef.signature_id);
-            c.str("name", &cef.name);
-            c.str("severity", &cef.severity);
+            c.str("device_vendor", cef.device_vendor);
+            c.str("device_product", cef.device_product);
+            c.str("device_version", cef.device_version);
+            c.str("signature_id", cef.signature_id);
+            c.str("name", cef.name);
+            c.str("severity", cef.severity);
             if !cef.prefix.is_empty() {
                 c.str("prefix", cef.prefix);
             }
@@ -64,9 +64,9 @@ pub fn write(event: &Event<'_>, out: &mut Vec<u8>) {
             for e in &cef.extensions {
                 // CEF keys are key bytes only: just the value may need escaping.
                 if e.json_clean {
-                    x.verbatim_str(e.key, &e.value);
+                    x.verbatim_str(e.key, e.value);
                 } else {
-                    x.str(e.key, &e.value);
+                    x.str(e.key, e.value);
                 }
             }
             x.end();

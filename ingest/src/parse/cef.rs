@@ -90,8 +90,32 @@ fn is_trailing_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | b'\n')
 }
 
+/// Where a field's text is: in the record, or (it held escapes) unescaped in the arena.
+#[derive(Clone, Copy)]
+enum Span {
+    Record,
+    /// Byte range in the arena.
+    Unescaped(u32, u32),
+}
+
+/// Appends the unescaped `raw` to `arena` and returns where it went.
+fn unescape_into(arena: &mut String, raw: &str, decode: impl Fn(u8) -> Option<char>) -> Span {
+    let start = arena.len();
+    unescape_with(raw, decode, arena);
+    Span::Unescaped(start as u32, arena.len() as u32)
+}
+
 /// Parses a record starting at `CEF:`; `prefix` is the text that preceded it (kept trimmed).
-pub fn parse<'a>(record: &'a str, prefix: &'a str) -> Result<Cef<'a>, CefError> {
+///
+/// Fields that hold escapes are unescaped into `unescaped` (cleared first), a buffer the caller
+/// keeps from record to record: unescaping allocates nothing once it has grown to the largest
+/// record, and the parsed record needs no destructor.
+pub fn parse<'a>(
+    record: &'a str,
+    prefix: &'a str,
+    unescaped: &'a mut String,
+) -> Result<Cef<'a>, CefError> {
+    unescaped.clear();
     let bytes = record.as_bytes();
     let mut end = bytes.len();
     while end > 0 && is_trailing_ws(bytes[end - 1]) {
@@ -110,41 +134,67 @@ pub fn parse<'a>(record: &'a str, prefix: &'a str) -> Result<Cef<'a>, CefError> 
         return Err(CefError::NotCef);
     }
 
-    let mut fields: [Cow<'a, str>; 6] = Default::default();
+    let mut fields: [&'a str; 6] = [""; 6];
+    let mut field_spans = [Span::Record; 6];
     let mut pos = version_end + 1;
-    for (n, field) in fields.iter_mut().enumerate() {
-        let (value, next) = header_field(record, pos).ok_or(CefError::IncompleteHeader(n + 1))?;
-        *field = value;
-        pos = next;
+    for n in 0..6 {
+        let (end, escaped) = header_field(record, pos).ok_or(CefError::IncompleteHeader(n + 1))?;
+        let raw = &record[pos..end];
+        if escaped {
+            field_spans[n] = unescape_into(unescaped, raw, decode_header_escape);
+        } else {
+            fields[n] = raw;
+        }
+        pos = end + 1;
     }
-    let [
-        device_vendor,
-        device_product,
-        device_version,
-        signature_id,
-        name,
-        severity,
-    ] = fields;
     // Tokenised straight into the record's own vector: the inline storage is ~1 KB, and
     // building it elsewhere would copy it on every record.
     let mut cef = Cef {
         prefix: prefix.trim(),
         version,
-        device_vendor,
-        device_product,
-        device_version,
-        signature_id,
-        name,
-        severity,
+        device_vendor: fields[0],
+        device_product: fields[1],
+        device_version: fields[2],
+        signature_id: fields[3],
+        name: fields[4],
+        severity: fields[5],
         extensions: SmallVec::new(),
     };
-    parse_extensions(&record[pos..], &mut cef.extensions)?;
+    let mut value_spans = SmallVec::<[(u32, Span); 8]>::new();
+    parse_extensions(
+        &record[pos..],
+        &mut cef.extensions,
+        unescaped,
+        &mut value_spans,
+    )?;
+    // The arena is complete: hand out the unescaped text.
+    let arena: &'a str = unescaped.as_str();
+    let text = |span: Span| match span {
+        Span::Record => "",
+        Span::Unescaped(start, end) => &arena[start as usize..end as usize],
+    };
+    for (n, span) in field_spans.into_iter().enumerate() {
+        if let Span::Unescaped(..) = span {
+            let field = match n {
+                0 => &mut cef.device_vendor,
+                1 => &mut cef.device_product,
+                2 => &mut cef.device_version,
+                3 => &mut cef.signature_id,
+                4 => &mut cef.name,
+                _ => &mut cef.severity,
+            };
+            *field = text(span);
+        }
+    }
+    for (index, span) in value_spans {
+        cef.extensions[index as usize].value = text(span);
+    }
     Ok(cef)
 }
 
-/// One header field from `start` to the next unescaped `|`; returns it and the offset after the
-/// pipe, or `None` when no pipe terminates it.
-fn header_field(record: &str, start: usize) -> Option<(Cow<'_, str>, usize)> {
+/// The header field that starts at `start` runs to the next unescaped `|`: returns the pipe's
+/// offset and whether the field holds a backslash, or `None` when no pipe terminates it.
+fn header_field(record: &str, start: usize) -> Option<(usize, bool)> {
     let bytes = record.as_bytes();
     let mut pos = start;
     let mut escaped = false;
@@ -152,42 +202,37 @@ fn header_field(record: &str, start: usize) -> Option<(Cow<'_, str>, usize)> {
         let off = memchr2(b'|', b'\\', &bytes[pos..])?;
         let p = pos + off;
         if bytes[p] == b'|' {
-            let raw = &record[start..p];
-            let value = if escaped {
-                Cow::Owned(unescape_header(raw))
-            } else {
-                Cow::Borrowed(raw)
-            };
-            return Some((value, p + 1));
+            return Some((p, escaped));
         }
         escaped = true;
         pos = (p + 2).min(bytes.len());
     }
 }
 
-/// `\|` → `|`, `\\` → `\`; any other backslash is kept verbatim.
-fn unescape_header(raw: &str) -> String {
-    unescape_with(raw, |c| match c {
+/// Header escapes: `\|` → `|`, `\\` → `\`; any other backslash is kept verbatim.
+fn decode_header_escape(c: u8) -> Option<char> {
+    match c {
         b'|' => Some('|'),
         b'\\' => Some('\\'),
         _ => None,
-    })
+    }
 }
 
-/// `\=` → `=`, `\\` → `\`, `\n` → LF, `\r` → CR; any other backslash is kept verbatim.
-fn unescape_value(raw: &str) -> String {
-    unescape_with(raw, |c| match c {
+/// Extension value escapes: `\=` → `=`, `\\` → `\`, `\n` → LF, `\r` → CR; any other backslash
+/// is kept verbatim.
+fn decode_value_escape(c: u8) -> Option<char> {
+    match c {
         b'=' => Some('='),
         b'\\' => Some('\\'),
         b'n' => Some('\n'),
         b'r' => Some('\r'),
         _ => None,
-    })
+    }
 }
 
-fn unescape_with(raw: &str, decode: impl Fn(u8) -> Option<char>) -> String {
+/// Appends `raw` to `out` with its escapes decoded.
+fn unescape_with(raw: &str, decode: impl Fn(u8) -> Option<char>, out: &mut String) {
     let bytes = raw.as_bytes();
-    let mut out = String::with_capacity(raw.len());
     let mut start = 0;
     while let Some(off) = memchr(b'\\', &bytes[start..]) {
         let p = start + off;
@@ -205,16 +250,24 @@ fn unescape_with(raw: &str, decode: impl Fn(u8) -> Option<char>) -> String {
         }
     }
     out.push_str(&raw[start..]);
-    out
 }
 
+/// The value `raw` of extension number `index`: borrowed from the record, or unescaped into
+/// the arena (and patched in by [`parse`] once the arena is complete).
 // Inlined: called once per extension, and the borrowed case is a two-word move.
 #[inline(always)]
-fn value_cow(raw: &str, has_backslash: bool) -> Cow<'_, str> {
+fn value_text<'a>(
+    raw: &'a str,
+    has_backslash: bool,
+    index: usize,
+    arena: &mut String,
+    spans: &mut SmallVec<[(u32, Span); 8]>,
+) -> &'a str {
     if has_backslash {
-        Cow::Owned(unescape_value(raw))
+        spans.push((index as u32, unescape_into(arena, raw, decode_value_escape)));
+        ""
     } else {
-        Cow::Borrowed(raw)
+        raw
     }
 }
 
@@ -225,6 +278,8 @@ fn value_cow(raw: &str, has_backslash: bool) -> Cow<'_, str> {
 fn parse_extensions<'a>(
     ext: &'a str,
     out: &mut SmallVec<[Extension<'a>; 24]>,
+    arena: &mut String,
+    spans: &mut SmallVec<[(u32, Span); 8]>,
 ) -> Result<(), CefError> {
     let bytes = ext.as_bytes();
     let mut i = 0;
@@ -273,7 +328,11 @@ fn parse_extensions<'a>(
             && bytes[s - 1] == b' '
             && bytes.get(p + 1) != Some(&b'=')
             && {
-                hash = key_hash(candidate.as_bytes());
+                hash = if p >= 16 {
+                    key_hash_window(window16(bytes, p), p - s)
+                } else {
+                    key_hash(candidate.as_bytes())
+                };
                 !seen.contains(candidate, hash)
             };
         if !boundary {
@@ -282,7 +341,7 @@ fn parse_extensions<'a>(
             let has_backslash = has_backslash || memchr(b'\\', &bytes[p..]).is_some();
             out.push(Extension {
                 key,
-                value: value_cow(&ext[value_start..], has_backslash),
+                value: value_text(&ext[value_start..], has_backslash, out.len(), arena, spans),
                 // Not worth a scan of the rest: the writer escapes as usual.
                 json_clean: false,
                 key_hash: upper32(hash_of_key),
@@ -295,7 +354,13 @@ fn parse_extensions<'a>(
         }
         out.push(Extension {
             key,
-            value: value_cow(&ext[value_start..value_end], has_backslash),
+            value: value_text(
+                &ext[value_start..value_end],
+                has_backslash,
+                out.len(),
+                arena,
+                spans,
+            ),
             // An unescaped value may hold a decoded line break.
             json_clean: !has_backslash && !needs_json_escape,
             key_hash: upper32(hash_of_key),
@@ -310,7 +375,7 @@ fn parse_extensions<'a>(
     }
     out.push(Extension {
         key,
-        value: value_cow(&ext[value_start..], has_backslash),
+        value: value_text(&ext[value_start..], has_backslash, out.len(), arena, spans),
         json_clean: !has_backslash && !needs_json_escape,
         key_hash: upper32(hash_of_key),
     });
@@ -343,21 +408,25 @@ fn key_start(bytes: &[u8], floor: usize, end: usize) -> usize {
 /// comparison; on a filter hit the stored full hashes are compared before any key bytes.
 #[derive(Default)]
 struct SeenKeys<'a> {
-    filter: u128,
+    /// One bit per hash value's top 7 bits, as two words (a `u128` shift cost a few percent of
+    /// the whole parse).
+    filter: [u64; 2],
     small: SmallVec<[(u64, &'a str); 32]>,
     large: Option<std::collections::HashSet<&'a str>>,
 }
 
-#[inline]
-fn filter_bit(hash: u64) -> u128 {
-    1u128 << (hash >> 57)
+/// The word of [`SeenKeys::filter`] and the bit in it for `hash`.
+#[inline(always)]
+fn filter_bit(hash: u64) -> (usize, u64) {
+    ((hash >> 63) as usize, 1u64 << ((hash >> 57) & 63))
 }
 
 impl<'a> SeenKeys<'a> {
     /// `hash` is [`key_hash`] of `key`, computed once by the caller for both calls.
     #[inline(always)]
     fn insert(&mut self, key: &'a str, hash: u64) {
-        self.filter |= filter_bit(hash);
+        let (word, bit) = filter_bit(hash);
+        self.filter[word] |= bit;
         if let Some(set) = &mut self.large {
             set.insert(key);
         } else if self.small.len() < 32 {
@@ -372,7 +441,8 @@ impl<'a> SeenKeys<'a> {
 
     #[inline]
     fn contains(&self, key: &str, hash: u64) -> bool {
-        if self.filter & filter_bit(hash) == 0 {
+        let (word, bit) = filter_bit(hash);
+        if self.filter[word] & bit == 0 {
             return false;
         }
         match &self.large {
@@ -506,8 +576,8 @@ pub fn custom_fields<'c>(
             .extensions
             .iter()
             .find(|l| custom_key(l.key) == Some(CustomKey { label: true, ..ck }))
-            .map(|l| l.value.as_ref());
-        Some((ck, label, e.value.as_ref()))
+            .map(|l| l.value);
+        Some((ck, label, e.value))
     })
 }
 
@@ -667,25 +737,32 @@ fn load4(k: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(k[at..at + 4].try_into().expect("4 bytes"))
 }
 
-/// Hash of a short key: its first and last eight bytes (for shorter keys, overlapping 4-byte or
-/// single-byte loads) and its length, multiplied together. Fixed-size loads only: copying a
-/// short key into a padded buffer compiled to a `memcpy` call per key.
-#[inline]
+/// Hash of a key: its last (up to) 16 bytes, zero-padded in front, and its length. See
+/// [`key_hash_window`], which the tokenizer uses on the bytes it already has in front of each `=`.
 fn key_hash(k: &[u8]) -> u64 {
     let n = k.len();
-    let (head, tail) = if n >= 8 {
-        (load8(k, 0), load8(k, n - 8))
-    } else if n >= 4 {
-        (u64::from(load4(k, 0)) | u64::from(load4(k, n - 4)) << 32, 0)
-    } else if n > 0 {
-        (
-            u64::from(k[0]) | u64::from(k[n / 2]) << 8 | u64::from(k[n - 1]) << 16,
-            0,
-        )
-    } else {
-        (0, 0)
-    };
-    (head.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ tail.rotate_left(29) ^ n as u64)
+    let take = n.min(16);
+    let mut window = [0u8; 16];
+    window[16 - take..].copy_from_slice(&k[n - take..]);
+    key_hash_window(u128::from_le_bytes(window), n)
+}
+
+/// The 16 bytes of `bytes` that end at `end` (`end >= 16`) as one little-endian integer: a key
+/// that ends at `end` sits in its high bytes.
+#[inline(always)]
+fn window16(bytes: &[u8], end: usize) -> u128 {
+    u128::from_le_bytes(bytes[end - 16..end].try_into().expect("16 bytes"))
+}
+
+/// [`key_hash`] of the `len`-byte key at the end of `window` (bytes before the key are masked
+/// off). Branch-free: key lengths change from one extension to the next, and the old
+/// length-class branches were mispredicted on real records.
+#[inline(always)]
+fn key_hash_window(window: u128, len: usize) -> u64 {
+    let pad = (16usize.saturating_sub(len) * 8) as u32;
+    let key = window & u128::MAX.checked_shl(pad).unwrap_or(0);
+    let (lo, hi) = (key as u64, (key >> 64) as u64);
+    (hi.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ lo.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ len as u64)
         .wrapping_mul(0xd6e8_feb8_6659_fd93)
 }
 
@@ -849,10 +926,7 @@ mod tests {
     use super::*;
 
     fn ext<'a>(c: &'a Cef<'_>) -> Vec<(&'a str, &'a str)> {
-        c.extensions
-            .iter()
-            .map(|e| (e.key, e.value.as_ref()))
-            .collect()
+        c.extensions.iter().map(|e| (e.key, e.value)).collect()
     }
 
     #[test]
@@ -864,39 +938,57 @@ mod tests {
 
     #[test]
     fn header_values_borrow_unless_escaped() {
-        let c = parse(r"CEF:0|Dark\|trace|DCIP|6.1|537|a\\b|Low| src=1.2.3.4", "").unwrap();
-        assert!(matches!(c.device_vendor, Cow::Owned(_)));
+        let record = r"CEF:0|Dark\|trace|DCIP|6.1|537|a\\b|Low| src=1.2.3.4 msg=x\=y";
+        let mut scratch = String::new();
+        let c = parse(record, "", &mut scratch).unwrap();
+        let within = |text: &str, whole: &str| {
+            let range = whole.as_bytes().as_ptr_range();
+            range.contains(&text.as_ptr()) || text.as_ptr() == range.end
+        };
         assert_eq!(c.device_vendor, "Dark|trace");
-        assert!(matches!(c.device_product, Cow::Borrowed(_)));
+        assert!(!within(c.device_vendor, record));
+        assert!(within(c.device_product, record));
         assert_eq!(c.name, r"a\b");
+        assert!(!within(c.name, record));
         assert_eq!(c.severity, "Low");
-        assert!(matches!(c.extensions[0].value, Cow::Borrowed(_)));
+        assert!(within(c.extensions[0].value, record));
+        assert_eq!(c.extensions[1].value, "x=y");
+        assert!(!within(c.extensions[1].value, record));
     }
 
     #[test]
     fn incomplete_header_counts_fields() {
+        let mut scratch = String::new();
         assert_eq!(
-            parse("CEF:0|a|b|c|", "").unwrap_err(),
+            parse("CEF:0|a|b|c|", "", &mut scratch).unwrap_err(),
             CefError::IncompleteHeader(4)
         );
         assert_eq!(
-            parse("CEF:x|a|b|c|d|e|f|", "").unwrap_err(),
+            parse("CEF:x|a|b|c|d|e|f|", "", &mut scratch).unwrap_err(),
             CefError::NotCef
         );
     }
 
     #[test]
     fn forged_field_via_unescaped_query_is_swallowed() {
-        let c = parse("CEF:0|v|p|1|id|n|5|request=https://x/?a=1 src=6.6.6.6", "").unwrap();
+        let mut scratch = String::new();
+        let c = parse(
+            "CEF:0|v|p|1|id|n|5|request=https://x/?a=1 src=6.6.6.6",
+            "",
+            &mut scratch,
+        )
+        .unwrap();
         assert_eq!(ext(&c), vec![("request", "https://x/?a=1 src=6.6.6.6")]);
         assert_eq!(c.get("src"), None);
     }
 
     #[test]
     fn repeated_key_is_not_a_boundary() {
+        let mut scratch = String::new();
         let c = parse(
             "CEF:0|v|p|1|id|n|5|src=1.1.1.1 msg=hi src=6.6.6.6 dst=2.2.2.2",
             "",
+            &mut scratch,
         )
         .unwrap();
         assert_eq!(
@@ -907,12 +999,13 @@ mod tests {
 
     #[test]
     fn escaped_injection_stays_in_value() {
+        let mut scratch = String::new();
         let text = "https://x/?a=1 src=6.6.6.6\nline2 \\ end";
         let rec = format!(
             "CEF:0|v|p|1|id|n|5|request={} dst=2.2.2.2",
             escape_extension_value(text)
         );
-        let c = parse(&rec, "").unwrap();
+        let c = parse(&rec, "", &mut scratch).unwrap();
         assert_eq!(ext(&c), vec![("request", text), ("dst", "2.2.2.2")]);
     }
 
@@ -954,7 +1047,8 @@ mod tests {
             ext in "(?s)([a-c]{1,3}=[a-z \"\\\\=\t\n\u{1}é]{0,40} ){1,12}"
         ) {
             let record = format!("CEF:0|v|p|1|s|n|5|{ext}");
-            if let Ok(cef) = parse(&record, "") {
+            let mut scratch = String::new();
+            if let Ok(cef) = parse(&record, "", &mut scratch) {
                 for e in &cef.extensions {
                     proptest::prop_assert_eq!(e.key_hash, key_hash32(e.key));
                     if e.json_clean {
@@ -970,9 +1064,11 @@ mod tests {
 
     #[test]
     fn values_without_escapes_are_json_clean() {
+        let mut scratch = String::new();
         let cef = parse(
             r#"CEF:0|v|p|1|s|n|5|a=plain b=with "quote" c=back\\slash d=x"#,
             "",
+            &mut scratch,
         )
         .unwrap();
         let clean: Vec<bool> = cef.extensions.iter().map(|e| e.json_clean).collect();
@@ -981,21 +1077,66 @@ mod tests {
 
     #[test]
     fn keyless_extension_is_an_error() {
-        let e = parse("CEF:0|v|p|1|id|n|5|just words", "").unwrap_err();
+        let mut scratch = String::new();
+        let e = parse("CEF:0|v|p|1|id|n|5|just words", "", &mut scratch).unwrap_err();
         assert_eq!(e.kind(), ParseErrorKind::CefExtension);
     }
 
     #[test]
     fn many_keys_use_the_hash_set_and_still_detect_repeats() {
+        let mut scratch = String::new();
         let mut rec = String::from("CEF:0|v|p|1|id|n|5|");
         for i in 0..100 {
             rec.push_str(&format!("k{i}=v{i} "));
         }
         rec.push_str("k3=forged");
-        let c = parse(&rec, "").unwrap();
+        let c = parse(&rec, "", &mut scratch).unwrap();
         assert_eq!(c.extensions.len(), 100);
         assert_eq!(c.get("k99"), Some("v99 k3=forged"));
         assert_eq!(c.get("k3"), Some("v3"));
+    }
+
+    #[test]
+    fn window_hash_equals_key_hash_whatever_precedes_the_key() {
+        let keys = [
+            "a",
+            "rt",
+            "dvc",
+            "cs1",
+            "dhost",
+            "cn1Label",
+            "externalId",
+            "deviceCustomDate1Label",
+            "destinationTranslatedAddress",
+            "0123456789abcdef",
+            "0123456789abcdefg",
+            "ad.x[1]",
+        ];
+        for key in keys {
+            for prefix in [
+                "",
+                " ",
+                "x=1 ",
+                "garbage=\\= with spaces ",
+                "0123456789abcdefXYZ ",
+            ] {
+                let text = format!("{prefix}{key}");
+                let end = text.len();
+                if end < 16 {
+                    continue;
+                }
+                assert_eq!(
+                    key_hash_window(window16(text.as_bytes(), end), key.len()),
+                    key_hash(key.as_bytes()),
+                    "{text:?}"
+                );
+            }
+        }
+        // Keys that share their last 16 bytes differ by length.
+        assert_ne!(
+            key_hash(b"x0123456789abcdef"),
+            key_hash(b"0123456789abcdef")
+        );
     }
 
     #[test]
@@ -1074,6 +1215,7 @@ mod tests {
 
     #[test]
     fn custom_keys_and_pairs() {
+        let mut scratch = String::new();
         assert_eq!(
             custom_key("cfp15Label"),
             Some(CustomKey {
@@ -1088,6 +1230,7 @@ mod tests {
         let c = parse(
             "CEF:0|v|p|1|id|n|5|cn1=12 cs2Label=L2 cs2=v2 cfp1=1.5 cn1Label=Count",
             "",
+            &mut scratch,
         )
         .unwrap();
         let pairs: Vec<_> = custom_fields(&c).map(|(k, l, v)| (k.index, l, v)).collect();

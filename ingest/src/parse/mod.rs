@@ -65,6 +65,8 @@ pub struct Scratch {
     /// simd-json parses in place, so the JSON body is copied here first; also holds the
     /// reusable simd-json buffers and tape.
     json: json::JsonScratch,
+    /// CEF fields that held escapes, unescaped.
+    cef: String,
 }
 
 /// A per-core parser: options plus scratch buffers.
@@ -83,7 +85,7 @@ impl Parser {
 
     /// Parses one framed message. The returned event borrows `raw` and this parser's scratch.
     pub fn parse<'a>(&'a mut self, received: Received<'a>, raw: &'a [u8]) -> Event<'a> {
-        let Scratch { utf8, json } = &mut self.scratch;
+        let Scratch { utf8, json, cef } = &mut self.scratch;
         let text: &'a str = match simdutf8::basic::from_utf8(raw) {
             Ok(s) => s,
             Err(_) => {
@@ -93,7 +95,7 @@ impl Parser {
             }
         };
         let (syslog, body_text) = syslog::parse_header(text, received.received_at, &self.options);
-        let body = parse_body(body_text, &self.options, json);
+        let body = parse_body(body_text, &self.options, json, cef);
         Event {
             received,
             raw: text,
@@ -108,6 +110,7 @@ pub fn parse_body<'a>(
     body: &'a str,
     options: &ParseOptions,
     json_scratch: &'a mut json::JsonScratch,
+    cef_scratch: &'a mut String,
 ) -> Body<'a> {
     let trimmed = body.trim_start();
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
@@ -120,13 +123,14 @@ pub fn parse_body<'a>(
             },
         };
     }
-    parse_cef_or_text(body)
+    parse_cef_or_text(body, cef_scratch)
 }
 
-/// A body that is not JSON: CEF when it holds `CEF:<digits>|`, else plain text.
-pub fn parse_cef_or_text(body: &str) -> Body<'_> {
+/// A body that is not JSON: CEF when it holds `CEF:<digits>|`, else plain text. `scratch`
+/// receives CEF fields that held escapes (see [`cef::parse`]).
+pub fn parse_cef_or_text<'a>(body: &'a str, scratch: &'a mut String) -> Body<'a> {
     match cef::find_cef_start(body) {
-        Some(start) => match cef::parse(&body[start..], &body[..start]) {
+        Some(start) => match cef::parse(&body[start..], &body[..start], scratch) {
             Ok(c) => Body::Cef(c),
             Err(e) => Body::Error {
                 kind: e.kind(),

@@ -376,7 +376,7 @@ fn write_typed(
     extension: &Extension<'_>,
     dtz: Option<&str>,
 ) -> bool {
-    let value: &str = &extension.value;
+    let value: &str = extension.value;
     let int = |o: &mut ObjectWriter<'_>, col: &'static str, n: i64| {
         extend_small(o.clean_key(col), itoa::Buffer::new().format(n).as_bytes());
     };
@@ -450,8 +450,8 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
     let (mut dtz, mut rt) = (None, None);
     for e in &cef.extensions {
         match e.key.as_bytes() {
-            b"dtz" if dtz.is_none() => dtz = Some(e.value.as_ref()),
-            b"rt" if rt.is_none() => rt = Some(e.value.as_ref()),
+            b"dtz" if dtz.is_none() => dtz = Some(e.value),
+            b"rt" if rt.is_none() => rt = Some(e.value),
             _ => {}
         }
     }
@@ -465,12 +465,12 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
     if let Some(host) = event.syslog.hostname {
         o.clean_str("Computer", host);
     }
-    o.clean_str("DeviceVendor", &cef.device_vendor);
-    o.clean_str("DeviceProduct", &cef.device_product);
-    o.clean_str("DeviceVersion", &cef.device_version);
-    o.clean_str("DeviceEventClassID", &cef.signature_id);
-    o.clean_str("Activity", &cef.name);
-    o.clean_str("LogSeverity", log_severity(&cef.severity));
+    o.clean_str("DeviceVendor", cef.device_vendor);
+    o.clean_str("DeviceProduct", cef.device_product);
+    o.clean_str("DeviceVersion", cef.device_version);
+    o.clean_str("DeviceEventClassID", cef.signature_id);
+    o.clean_str("Activity", cef.name);
+    o.clean_str("LogSeverity", log_severity(cef.severity));
     match (rt, rt_millis) {
         (_, Some(_)) => o
             .clean_key("ReceiptTime")
@@ -504,7 +504,7 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
             }
             write_str_contents(out, e.key);
             out.push(b'=');
-            write_additional_value(out, &e.value);
+            write_additional_value(out, e.value);
         }
         out.push(b'"');
     }
@@ -590,7 +590,7 @@ mod tests {
     use crate::event::{Received, Timestamp};
 
     /// An event as the syslog parser hands it over: host `dt-master`, body parsed here.
-    fn event(body: &str) -> Event<'_> {
+    fn event<'a>(body: &'a str, scratch: &'a mut String) -> Event<'a> {
         let mut syslog = crate::parse::no_header();
         syslog.hostname = Some("dt-master");
         syslog.timestamp = Some(Timestamp::from_unix_nanos(1_600_000_000_000_000_000));
@@ -599,7 +599,7 @@ mod tests {
             peer: None,
             received_at: Timestamp::from_unix_nanos(1_700_000_000_123_000_000),
         };
-        let parsed = crate::parse::parse_cef_or_text(body);
+        let parsed = crate::parse::parse_cef_or_text(body, scratch);
         Event {
             received,
             raw: body,
@@ -610,7 +610,7 @@ mod tests {
 
     fn row(body: &str) -> serde_json::Value {
         let mut out = Vec::new();
-        write(&event(body), &mut out);
+        write(&event(body, &mut String::new()), &mut out);
         serde_json::from_slice(&out)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
     }

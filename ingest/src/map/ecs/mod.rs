@@ -177,7 +177,7 @@ impl<'c> Picked<'c> {
         let mut slots = [None; SLOTS];
         for e in &cef.extensions {
             if let Some(&slot) = PICK_INDEX.get_hashed(e.key, e.key_hash) {
-                slots[slot] = Some(e.value.as_ref()).filter(|v| !v.is_empty());
+                slots[slot] = Some(e.value).filter(|v| !v.is_empty());
             }
         }
         Picked {
@@ -243,13 +243,13 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
         let mut c = o.object("cef");
         c.str("version", cef.version);
         let mut device = c.object("device");
-        device.str("vendor", &cef.device_vendor);
-        device.str("product", &cef.device_product);
-        device.str("version", &cef.device_version);
-        device.str("event_class_id", &cef.signature_id);
+        device.str("vendor", cef.device_vendor);
+        device.str("product", cef.device_product);
+        device.str("version", cef.device_version);
+        device.str("event_class_id", cef.signature_id);
         device.end();
-        c.str("name", &cef.name);
-        c.str("severity", &cef.severity);
+        c.str("name", cef.name);
+        c.str("severity", cef.severity);
         if !cef.extensions.is_empty() {
             let mut x = c.object("extensions");
             for e in &cef.extensions {
@@ -263,9 +263,9 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
                 };
                 // Names are key bytes or table entries: only the value may need escaping.
                 if e.json_clean {
-                    x.verbatim_str(name, &e.value);
+                    x.verbatim_str(name, e.value);
                 } else {
-                    x.str(name, &e.value);
+                    x.str(name, e.value);
                 }
             }
             x.end();
@@ -276,8 +276,8 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
     {
         let mut ev = o.object("event");
         ev.str("kind", "event");
-        ev.str("code", &cef.signature_id);
-        if let Some(n) = severity_number(&cef.severity) {
+        ev.str("code", cef.signature_id);
+        if let Some(n) = severity_number(cef.severity) {
             ev.i64("severity", n);
         }
         ev.opt_str("action", p.act);
@@ -287,9 +287,9 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
 
     {
         let mut obs = o.object("observer");
-        obs.str("vendor", &cef.device_vendor);
-        obs.str("product", &cef.device_product);
-        obs.str("version", &cef.device_version);
+        obs.str("vendor", cef.device_vendor);
+        obs.str("product", cef.device_product);
+        obs.str("version", cef.device_version);
         obs.opt_str("hostname", p.dvchost);
         if let Some(dvc) = ip(p.dvc) {
             let out = obs.key("ip");
@@ -459,7 +459,8 @@ mod tests {
             peer: None,
             received_at: Timestamp::from_unix_nanos(1_700_000_000_000_000_000),
         };
-        let parsed = crate::parse::parse_cef_or_text(body);
+        let mut scratch = String::new();
+        let parsed = crate::parse::parse_cef_or_text(body, &mut scratch);
         let event = Event {
             received,
             raw: body,
