@@ -13,34 +13,158 @@ static NEEDS_ESCAPE: [bool; 256] = {
     t
 };
 
-/// Appends `s` as a quoted, escaped JSON string.
-#[inline]
-pub fn write_str(out: &mut Vec<u8>, s: &str) {
-    out.reserve(s.len() + 2);
-    out.push(b'"');
-    write_str_contents(out, s);
-    out.push(b'"');
+/// Where JSON text is written: a `Vec<u8>` or a [`Cursor`] over one. The escaping routines
+/// are generic over it, so the row writers that use a cursor share them.
+pub trait ByteSink {
+    fn push(&mut self, b: u8);
+    /// Appends bytes of any length.
+    fn extend(&mut self, s: &[u8]);
+    /// Appends bytes, fastest for up to 32 of them.
+    fn extend_small(&mut self, s: &[u8]);
 }
 
-/// Appends `s` to `out`; up to 32 bytes are copied with fixed-size loads and stores instead of
-/// a `memcpy` call (keys, short values and the clean runs between escapes are mostly short).
-#[inline(always)]
-pub fn extend_small(out: &mut Vec<u8>, s: &[u8]) {
-    let n = s.len();
-    if n > 32 {
-        out.extend_from_slice(s);
-        return;
+impl ByteSink for Vec<u8> {
+    #[inline(always)]
+    fn push(&mut self, b: u8) {
+        Vec::push(self, b);
     }
-    out.reserve(n);
-    let len = out.len();
+    #[inline(always)]
+    fn extend(&mut self, s: &[u8]) {
+        self.extend_from_slice(s);
+    }
+    #[inline(always)]
+    fn extend_small(&mut self, s: &[u8]) {
+        extend_small(self, s);
+    }
+}
+
+/// Appends to a `Vec<u8>` through a write pointer kept in a local, so that the compiler can
+/// hold it in a register: every `Vec::push` re-reads the vector's length and capacity from
+/// memory, since a byte store may alias them. The length is set when the cursor is dropped.
+pub struct Cursor<'v> {
+    vec: &'v mut Vec<u8>,
+    /// Next byte to write, inside `vec`'s allocation.
+    pos: *mut u8,
+    /// End of `vec`'s allocation.
+    end: *mut u8,
+}
+
+impl<'v> Cursor<'v> {
+    /// A cursor at the end of `vec`, with room for `room` bytes reserved up front (it grows
+    /// `vec` when a write needs more).
+    pub fn new(vec: &'v mut Vec<u8>, room: usize) -> Self {
+        vec.reserve(room);
+        let range = vec.spare_capacity_mut().as_mut_ptr_range();
+        Cursor {
+            pos: range.start.cast(),
+            end: range.end.cast(),
+            vec,
+        }
+    }
+
+    /// Bytes written through this cursor and before it.
+    #[inline(always)]
+    fn len(&self) -> usize {
+        // SAFETY: `pos` is inside (or one past) the allocation that starts at `as_ptr()`.
+        unsafe { self.pos.offset_from(self.vec.as_ptr()) as usize }
+    }
+
+    /// Makes room for `n` more bytes.
+    #[inline(always)]
+    fn room(&mut self, n: usize) {
+        // SAFETY: `pos` and `end` point into (or one past) the same allocation, pos <= end.
+        if (unsafe { self.end.offset_from(self.pos) } as usize) < n {
+            self.grow(n);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self, n: usize) {
+        let len = self.len();
+        // SAFETY: every byte before `pos` was written through this cursor or was already
+        // part of the vector.
+        unsafe { self.vec.set_len(len) };
+        self.vec.reserve(n.max(4096));
+        let range = self.vec.spare_capacity_mut().as_mut_ptr_range();
+        self.pos = range.start.cast();
+        self.end = range.end.cast();
+    }
+
+    /// Copies a zero-padded table entry whole (a fixed-size copy, no branch on its length) and
+    /// keeps its first `len` bytes.
+    #[inline(always)]
+    pub fn put_padded(&mut self, padded: &[u8; 48], len: usize) {
+        debug_assert!(len <= 48);
+        self.room(48);
+        // SAFETY: `room(48)` leaves 48 writable bytes at `pos`; `padded` is a shared borrow
+        // of a table, so it cannot overlap the vector's allocation (borrowed uniquely).
+        unsafe {
+            std::ptr::copy_nonoverlapping(padded.as_ptr(), self.pos, 48);
+            self.pos = self.pos.add(len.min(48));
+        }
+    }
+}
+
+impl ByteSink for Cursor<'_> {
+    #[inline(always)]
+    fn push(&mut self, b: u8) {
+        self.room(1);
+        // SAFETY: `room(1)` leaves one writable byte at `pos`.
+        unsafe {
+            *self.pos = b;
+            self.pos = self.pos.add(1);
+        }
+    }
+
+    #[inline(always)]
+    fn extend(&mut self, s: &[u8]) {
+        self.room(s.len());
+        // SAFETY: room for `s.len()` bytes at `pos`; `s` is a shared borrow, so it cannot
+        // overlap the vector's allocation.
+        unsafe {
+            std::ptr::copy_nonoverlapping(s.as_ptr(), self.pos, s.len());
+            self.pos = self.pos.add(s.len());
+        }
+    }
+
+    #[inline(always)]
+    fn extend_small(&mut self, s: &[u8]) {
+        let n = s.len();
+        if n > 32 {
+            return self.extend(s);
+        }
+        self.room(32);
+        // SAFETY: room for 32 bytes at `pos`, and `copy_small` writes only `dst[0..n]`,
+        // n <= 32, reading `s[0..n]`.
+        unsafe {
+            copy_small(s, self.pos);
+            self.pos = self.pos.add(n);
+        }
+    }
+}
+
+impl Drop for Cursor<'_> {
+    fn drop(&mut self) {
+        let len = self.len();
+        // SAFETY: every byte up to `pos` was written through this cursor (or was already part
+        // of the vector), and `pos` never passes the allocation's end.
+        unsafe { self.vec.set_len(len) };
+    }
+}
+
+/// Copies `s` (at most 32 bytes) to `dst` with fixed-size loads and stores: the head and tail
+/// copies of each size class overlap rather than overrun.
+///
+/// # Safety
+/// `dst` must be valid for writing `s.len()` bytes and must not overlap `s`.
+#[inline(always)]
+unsafe fn copy_small(s: &[u8], dst: *mut u8) {
+    let n = s.len();
+    debug_assert!(n <= 32);
     let src = s.as_ptr();
-    // SAFETY: `reserve(n)` leaves room for `n` more bytes after `len`. Every store lands in
-    // `dst[0..n]`: the head and tail copies of each size class overlap rather than overrun,
-    // and every load reads `s[0..n]`. `s` is a shared borrow, so it cannot alias the buffer
-    // behind `out` (a unique borrow). Together the stores initialise all of `dst[0..n]`
-    // before `set_len`.
+    // SAFETY: loads read `s[0..n]`, stores write `dst[0..n]` (the caller's promise).
     unsafe {
-        let dst = out.as_mut_ptr().add(len);
         if n >= 16 {
             let head = std::ptr::read_unaligned(src.cast::<u128>());
             let tail = std::ptr::read_unaligned(src.add(n - 16).cast::<u128>());
@@ -61,6 +185,34 @@ pub fn extend_small(out: &mut Vec<u8>, s: &[u8]) {
             *dst.add(n / 2) = *src.add(n / 2);
             *dst.add(n - 1) = *src.add(n - 1);
         }
+    }
+}
+
+/// Appends `s` as a quoted, escaped JSON string.
+#[inline]
+pub fn write_str(out: &mut Vec<u8>, s: &str) {
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    write_str_contents(out, s);
+    out.push(b'"');
+}
+
+/// Appends `s` to `out`; up to 32 bytes are copied with fixed-size loads and stores instead of
+/// a `memcpy` call (keys, short values and the clean runs between escapes are mostly short).
+#[inline(always)]
+pub fn extend_small(out: &mut Vec<u8>, s: &[u8]) {
+    let n = s.len();
+    if n > 32 {
+        out.extend_from_slice(s);
+        return;
+    }
+    out.reserve(n);
+    let len = out.len();
+    // SAFETY: `reserve(n)` leaves room for `n` more bytes after `len`; `s` is a shared borrow,
+    // so it cannot alias the buffer behind `out` (a unique borrow). `copy_small` initialises
+    // all of `dst[0..n]` before `set_len`.
+    unsafe {
+        copy_small(s, out.as_mut_ptr().add(len));
         out.set_len(len + n);
     }
 }
@@ -108,12 +260,12 @@ fn escape_or_mask16(bytes: &[u8], at: usize, extra: [u8; 2]) -> u32 {
 /// full of quotes, stays fast too). The last partial word is tested as the overlapping final
 /// eight bytes, with the bytes already seen masked off.
 #[inline]
-pub fn write_str_contents(out: &mut Vec<u8>, s: &str) {
+pub fn write_str_contents<S: ByteSink + ?Sized>(out: &mut S, s: &str) {
     let bytes = s.as_bytes();
     let n = bytes.len();
     // Keys and most values are short and clean: one test of the whole string, then one copy.
     if n <= 16 && !short_needs_escape(bytes) {
-        extend_small(out, bytes);
+        out.extend_small(bytes);
         return;
     }
     let mut start = 0;
@@ -123,7 +275,7 @@ pub fn write_str_contents(out: &mut Vec<u8>, s: &str) {
         let mut hits = escape_mask16(bytes, i);
         while hits != 0 {
             let p = i + hits.trailing_zeros() as usize;
-            extend_small(out, &bytes[start..p]);
+            out.extend_small(&bytes[start..p]);
             write_escape(out, bytes[p]);
             start = p + 1;
             hits &= hits - 1;
@@ -135,7 +287,7 @@ pub fn write_str_contents(out: &mut Vec<u8>, s: &str) {
         let mut hits = escape_bits(word);
         while hits != 0 {
             let p = i + (hits.trailing_zeros() / 8) as usize;
-            extend_small(out, &bytes[start..p]);
+            out.extend_small(&bytes[start..p]);
             write_escape(out, bytes[p]);
             start = p + 1;
             hits &= hits - 1;
@@ -150,7 +302,7 @@ pub fn write_str_contents(out: &mut Vec<u8>, s: &str) {
             let mut hits = escape_bits(word) & (!0u64 << ((i - base) * 8));
             while hits != 0 {
                 let p = base + (hits.trailing_zeros() / 8) as usize;
-                extend_small(out, &bytes[start..p]);
+                out.extend_small(&bytes[start..p]);
                 write_escape(out, bytes[p]);
                 start = p + 1;
                 hits &= hits - 1;
@@ -158,7 +310,7 @@ pub fn write_str_contents(out: &mut Vec<u8>, s: &str) {
         } else {
             while i < n {
                 if NEEDS_ESCAPE[bytes[i] as usize] {
-                    extend_small(out, &bytes[start..i]);
+                    out.extend_small(&bytes[start..i]);
                     write_escape(out, bytes[i]);
                     start = i + 1;
                 }
@@ -166,22 +318,22 @@ pub fn write_str_contents(out: &mut Vec<u8>, s: &str) {
             }
         }
     }
-    extend_small(out, &bytes[start..]);
+    out.extend_small(&bytes[start..]);
 }
 
 /// Writes `s` as the contents of a JSON string after backslash-escaping `\\` and the two
 /// `extra` bytes (a `key=value;key=value` list inside one JSON string): `a;b` → `a\;b`, then
 /// JSON escaping (`a\\;b`). Same word-at-a-time scan as [`write_str_contents`].
 #[inline]
-pub fn write_backslashed_contents(out: &mut Vec<u8>, s: &str, extra: [u8; 2]) {
+pub fn write_backslashed_contents<S: ByteSink + ?Sized>(out: &mut S, s: &str, extra: [u8; 2]) {
     let bytes = s.as_bytes();
     let mut start = 0;
-    let emit = |out: &mut Vec<u8>, p: usize, start: &mut usize| {
+    let emit = |out: &mut S, p: usize, start: &mut usize| {
         let b = bytes[p];
-        extend_small(out, &bytes[*start..p]);
+        out.extend_small(&bytes[*start..p]);
         if b == b'\\' || b == extra[0] || b == extra[1] {
             // The added backslash, in its JSON form.
-            out.extend_from_slice(b"\\\\");
+            out.extend(b"\\\\");
             if NEEDS_ESCAPE[b as usize] {
                 write_escape(out, b);
             } else {
@@ -220,7 +372,7 @@ pub fn write_backslashed_contents(out: &mut Vec<u8>, s: &str, extra: [u8; 2]) {
         }
         i += 1;
     }
-    extend_small(out, &bytes[start..]);
+    out.extend_small(&bytes[start..]);
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;
@@ -261,16 +413,16 @@ fn short_needs_escape(bytes: &[u8]) -> bool {
 }
 
 #[inline]
-fn write_escape(out: &mut Vec<u8>, b: u8) {
+fn write_escape<S: ByteSink + ?Sized>(out: &mut S, b: u8) {
     match b {
-        b'"' => out.extend_from_slice(b"\\\""),
-        b'\\' => out.extend_from_slice(b"\\\\"),
-        b'\n' => out.extend_from_slice(b"\\n"),
-        b'\r' => out.extend_from_slice(b"\\r"),
-        b'\t' => out.extend_from_slice(b"\\t"),
+        b'"' => out.extend(b"\\\""),
+        b'\\' => out.extend(b"\\\\"),
+        b'\n' => out.extend(b"\\n"),
+        b'\r' => out.extend(b"\\r"),
+        b'\t' => out.extend(b"\\t"),
         _ => {
             const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.extend_from_slice(b"\\u00");
+            out.extend(b"\\u00");
             out.push(HEX[(b >> 4) as usize]);
             out.push(HEX[(b & 15) as usize]);
         }
@@ -444,6 +596,36 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn cursor_writes_what_vec_writes_and_grows() {
+        let pieces: Vec<Vec<u8>> = (0..300)
+            .map(|i| vec![b'a' + (i % 26) as u8; i % 70])
+            .collect();
+        let mut padded = [0u8; 48];
+        padded[..5].copy_from_slice(b",\"k\":");
+        let mut want = b"prefix".to_vec();
+        let mut got = b"prefix".to_vec();
+        {
+            // Room for one piece: the cursor must grow many times.
+            let mut w = Cursor::new(&mut got, 1);
+            for p in &pieces {
+                w.extend_small(p);
+                w.push(b'|');
+                w.extend(p);
+                w.put_padded(&padded, 5);
+                write_str_contents(&mut w, "q\"\u{1}");
+            }
+        }
+        for p in &pieces {
+            want.extend_from_slice(p);
+            want.push(b'|');
+            want.extend_from_slice(p);
+            want.extend_from_slice(b",\"k\":");
+            write_str_contents(&mut want, "q\"\u{1}");
+        }
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use smallvec::SmallVec;
 
 use crate::event::{Body, Cef, Event, Extension};
 use crate::map::json_writer::{
-    ObjectWriter, extend_small, write_backslashed_contents, write_str_contents,
+    ByteSink, Cursor, ObjectWriter, write_backslashed_contents, write_str_contents,
 };
 use crate::parse::cef::{CustomKind, KeyIndex, custom_key, key_order, parse_timestamp};
 
@@ -214,44 +214,105 @@ static COLUMNS: &[(&str, &str, Type)] = &[
 /// The column a CEF key is written to, or `None` for `AdditionalExtensions`.
 #[cfg(test)]
 fn column(key: &str) -> Option<(&'static str, Type)> {
-    column_hashed(key, crate::parse::cef::key_hash32(key))
+    column_hashed(key, crate::parse::cef::key_hash32(key)).map(|c| (c.name, c.ty))
+}
+
+/// A column as the row writer needs it: its name, its type and `,"Name":"` ready to copy.
+#[derive(Debug)]
+struct Column {
+    name: &'static str,
+    ty: Type,
+    /// `,"Name":"`, zero-padded: copied whole, then [`Column::key_len`] or one byte more
+    /// (string columns take the opening quote too).
+    prefix: [u8; 48],
+    /// Length of `,"Name":`.
+    key_len: u8,
+}
+
+impl Column {
+    fn new((name, ty): (&'static str, Type)) -> Column {
+        let text = format!(",\"{name}\":\"");
+        let mut prefix = [0u8; 48];
+        prefix[..text.len()].copy_from_slice(text.as_bytes());
+        Column {
+            name,
+            ty,
+            prefix,
+            key_len: (text.len() - 1) as u8,
+        }
+    }
+
+    /// Writes `,"Name":`, plus the opening quote when `quoted`.
+    #[inline(always)]
+    fn write_key(&self, w: &mut Cursor<'_>, quoted: bool) {
+        w.put_padded(
+            &self.prefix,
+            usize::from(self.key_len) + usize::from(quoted),
+        );
+    }
 }
 
 /// [`column`] for a key whose [`crate::parse::cef::key_hash32`] is known.
-fn column_hashed(key: &str, hash: u32) -> Option<(&'static str, Type)> {
+fn column_hashed(key: &str, hash: u32) -> Option<&'static Column> {
     match COLUMN_INDEX.get_hashed(key, hash) {
-        Some(&hit) => Some(hit),
+        Some(hit) => Some(hit),
         // Non-canonical custom spellings (`cs01`) and keys without a column.
-        None => custom_column(key),
+        None => custom_column_uncommon(key),
     }
+}
+
+/// [`custom_column`] for a spelling the index does not hold (`cs01`): rare, so looked up in a
+/// table of every column by name.
+#[cold]
+fn custom_column_uncommon(key: &str) -> Option<&'static Column> {
+    let (name, _) = custom_column(key)?;
+    COLUMN_BY_NAME
+        .binary_search_by(|c| c.name.cmp(name))
+        .ok()
+        .map(|i| &COLUMN_BY_NAME[i])
 }
 
 /// [`COLUMNS`] plus every canonical custom-field key (`cs1`, `cn2Label`, …), each with the
 /// answer [`column_by_search`] gives for it, hashed for one-probe lookups.
-static COLUMN_INDEX: std::sync::LazyLock<KeyIndex<(&'static str, Type)>> =
-    std::sync::LazyLock::new(|| {
-        let mut keys: Vec<String> = COLUMNS.iter().map(|(k, _, _)| (*k).to_owned()).collect();
-        for prefix in [
-            "cs",
-            "cn",
-            "cfp",
-            "c6a",
-            "flexString",
-            "flexNumber",
-            "deviceCustomDate",
-            "flexDate",
-        ] {
-            for index in 1..=6 {
-                for label in ["", "Label"] {
-                    keys.push(format!("{prefix}{index}{label}"));
-                }
+static COLUMN_INDEX: std::sync::LazyLock<KeyIndex<Column>> = std::sync::LazyLock::new(|| {
+    KeyIndex::new(
+        indexed_keys()
+            .into_iter()
+            .filter_map(|k| column_by_search(&k).map(|hit| (k, Column::new(hit)))),
+    )
+});
+
+/// Every column the index can answer, by name (the custom-spelling fallback's table).
+static COLUMN_BY_NAME: std::sync::LazyLock<Vec<Column>> = std::sync::LazyLock::new(|| {
+    let mut hits: Vec<(&'static str, Type)> = indexed_keys()
+        .iter()
+        .filter_map(|k| column_by_search(k))
+        .collect();
+    hits.sort_by_key(|(name, _)| *name);
+    hits.dedup_by_key(|(name, _)| *name);
+    hits.into_iter().map(Column::new).collect()
+});
+
+fn indexed_keys() -> Vec<String> {
+    let mut keys: Vec<String> = COLUMNS.iter().map(|(k, _, _)| (*k).to_owned()).collect();
+    for prefix in [
+        "cs",
+        "cn",
+        "cfp",
+        "c6a",
+        "flexString",
+        "flexNumber",
+        "deviceCustomDate",
+        "flexDate",
+    ] {
+        for index in 1..=6 {
+            for label in ["", "Label"] {
+                keys.push(format!("{prefix}{index}{label}"));
             }
         }
-        KeyIndex::new(
-            keys.into_iter()
-                .filter_map(|k| column_by_search(&k).map(|hit| (k, hit))),
-        )
-    });
+    }
+    keys
+}
 
 /// The reference lookup the index is built from (and tested against).
 fn column_by_search(key: &str) -> Option<(&'static str, Type)> {
@@ -370,52 +431,54 @@ fn custom_column(key: &str) -> Option<(&'static str, Type)> {
 
 /// Writes the extension's value to its column; `false` when it does not fit the column's type.
 fn write_typed(
-    o: &mut ObjectWriter<'_>,
-    col: &'static str,
-    ty: Type,
+    w: &mut Cursor<'_>,
+    col: &Column,
     extension: &Extension<'_>,
     dtz: Option<&str>,
 ) -> bool {
     let value: &str = extension.value;
-    let int = |o: &mut ObjectWriter<'_>, col: &'static str, n: i64| {
-        extend_small(o.clean_key(col), itoa::Buffer::new().format(n).as_bytes());
+    let int = |w: &mut Cursor<'_>, n: i64| {
+        w.extend_small(itoa::Buffer::new().format(n).as_bytes());
     };
-    match ty {
+    match col.ty {
         Type::Str => {
+            col.write_key(w, true);
             if extension.json_clean {
-                o.clean_str_verbatim(col, value);
+                w.extend_small(value.as_bytes());
             } else {
-                o.clean_str(col, value);
+                write_str_contents(w, value);
             }
+            w.push(b'"');
             true
         }
         Type::Int => match value.trim().parse::<i32>() {
             Ok(n) => {
-                int(o, col, i64::from(n));
+                col.write_key(w, false);
+                int(w, i64::from(n));
                 true
             }
             Err(_) => false,
         },
         Type::Long => match value.trim().parse::<i64>() {
             Ok(n) => {
-                int(o, col, n);
+                col.write_key(w, false);
+                int(w, n);
                 true
             }
             Err(_) => false,
         },
         Type::Real => match value.trim().parse::<f64>() {
             Ok(f) if f.is_finite() => {
-                extend_small(
-                    o.clean_key(col),
-                    ryu::Buffer::new().format_finite(f).as_bytes(),
-                );
+                col.write_key(w, false);
+                w.extend_small(ryu::Buffer::new().format_finite(f).as_bytes());
                 true
             }
             _ => false,
         },
         Type::DateTime => match parse_timestamp(value.trim(), dtz) {
             Some(ms) => {
-                write_rfc3339_millis(o.clean_key(col), ms);
+                col.write_key(w, false);
+                w.extend_small(&rfc3339_millis(ms));
                 true
             }
             None => false,
@@ -423,8 +486,16 @@ fn write_typed(
         Type::CustomNumber(long_col) => match value.trim().parse::<i64>() {
             Ok(n) => {
                 match i32::try_from(n) {
-                    Ok(small) => int(o, col, i64::from(small)),
-                    Err(_) => int(o, long_col, n),
+                    Ok(small) => {
+                        col.write_key(w, false);
+                        int(w, i64::from(small));
+                    }
+                    Err(_) => {
+                        w.extend(b",\"");
+                        w.extend(long_col.as_bytes());
+                        w.extend(b"\":");
+                        int(w, n);
+                    }
                 }
                 true
             }
@@ -456,26 +527,34 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
         }
     }
     let rt_millis = rt.and_then(|rt| parse_timestamp(rt, dtz));
-    let mut o = ObjectWriter::begin(out);
+    // Room for a typical row; the cursor grows the buffer if a row needs more.
+    let mut w = Cursor::new(out, 2 * event.raw.len() + 1024);
     // Formatted once: with a valid `rt` it is both TimeGenerated and ReceiptTime.
     let time_generated =
         rfc3339_millis(rt_millis.unwrap_or_else(|| event.received.received_at.unix_millis()));
-    o.clean_key("TimeGenerated")
-        .extend_from_slice(&time_generated);
+    w.extend(b"{\"TimeGenerated\":");
+    w.extend_small(&time_generated);
+    // `,"Key":"value"` for the header's text fields, keys from this file.
+    let text = |w: &mut Cursor<'_>, key: &'static [u8], value: &str| {
+        w.extend_small(key);
+        write_str_contents(w, value);
+        w.push(b'"');
+    };
     if let Some(host) = event.syslog.hostname {
-        o.clean_str("Computer", host);
+        text(&mut w, b",\"Computer\":\"", host);
     }
-    o.clean_str("DeviceVendor", cef.device_vendor);
-    o.clean_str("DeviceProduct", cef.device_product);
-    o.clean_str("DeviceVersion", cef.device_version);
-    o.clean_str("DeviceEventClassID", cef.signature_id);
-    o.clean_str("Activity", cef.name);
-    o.clean_str("LogSeverity", log_severity(cef.severity));
+    text(&mut w, b",\"DeviceVendor\":\"", cef.device_vendor);
+    text(&mut w, b",\"DeviceProduct\":\"", cef.device_product);
+    text(&mut w, b",\"DeviceVersion\":\"", cef.device_version);
+    text(&mut w, b",\"DeviceEventClassID\":\"", cef.signature_id);
+    text(&mut w, b",\"Activity\":\"", cef.name);
+    text(&mut w, b",\"LogSeverity\":\"", log_severity(cef.severity));
     match (rt, rt_millis) {
-        (_, Some(_)) => o
-            .clean_key("ReceiptTime")
-            .extend_from_slice(&time_generated),
-        (Some(rt), None) => o.clean_str("ReceiptTime", rt),
+        (_, Some(_)) => {
+            w.extend_small(b",\"ReceiptTime\":");
+            w.extend_small(&time_generated);
+        }
+        (Some(rt), None) => text(&mut w, b",\"ReceiptTime\":\"", rt),
         (None, None) => {}
     }
 
@@ -487,7 +566,7 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
             continue;
         }
         let written = match column_hashed(e.key, e.key_hash) {
-            Some((col, ty)) => write_typed(&mut o, col, ty, e, dtz),
+            Some(col) => write_typed(&mut w, col, e, dtz),
             None => false,
         };
         if !written {
@@ -495,26 +574,25 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
         }
     }
     if !additional.is_empty() {
-        let out = o.clean_key("AdditionalExtensions");
-        out.push(b'"');
+        w.extend_small(b",\"AdditionalExtensions\":\"");
         for (n, &i) in additional.iter().enumerate() {
             let e = &cef.extensions[i as usize];
             if n > 0 {
-                out.push(b';');
+                w.push(b';');
             }
-            write_str_contents(out, e.key);
-            out.push(b'=');
-            write_additional_value(out, e.value);
+            write_str_contents(&mut w, e.key);
+            w.push(b'=');
+            write_additional_value(&mut w, e.value);
         }
-        out.push(b'"');
+        w.push(b'"');
     }
-    o.end();
+    w.push(b'}');
 }
 
 /// A value inside `AdditionalExtensions`: `\`, `;` and `=` are backslash-escaped (and the text
 /// JSON-escaped) so that the `key=value;key=value` list splits unambiguously.
 #[inline]
-fn write_additional_value(out: &mut Vec<u8>, value: &str) {
+fn write_additional_value<S: ByteSink + ?Sized>(out: &mut S, value: &str) {
     write_backslashed_contents(out, value, [b';', b'=']);
 }
 
