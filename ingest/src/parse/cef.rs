@@ -829,12 +829,34 @@ pub fn full_custom_name(ck: CustomKey) -> Option<String> {
     ))
 }
 
+/// The value of 1 to 16 ASCII digits, else `None`.
+#[inline]
+fn epoch_digits(b: &[u8]) -> Option<i64> {
+    if b.is_empty() || b.len() > 16 {
+        return None;
+    }
+    let mut value = 0i64;
+    let mut bad = 0u8;
+    for &c in b {
+        let digit = c.wrapping_sub(b'0');
+        // No early exit: one test at the end instead of a branch per digit.
+        bad |= u8::from(digit > 9);
+        value = value * 10 + i64::from(digit);
+    }
+    (bad == 0).then_some(value)
+}
+
 /// Parses a CEF time value (`rt`, `start`, `end`, `deviceCustomDate*`) into Unix milliseconds.
 ///
 /// Accepted: epoch milliseconds; `MMM dd yyyy HH:mm:ss[.SSS][ zone]`; RFC 3339. A zone is `Z`,
 /// `UTC`, `GMT`, `±hh:mm`, `±hhmm` or an IANA name; without one, `dtz` (the record's device time
 /// zone, same forms) applies, and without that, UTC.
 pub fn parse_timestamp(text: &str, dtz: Option<&str>) -> Option<i64> {
+    // Epoch milliseconds, as Darktrace and most senders write `rt`: no trimming or generic
+    // integer parsing needed.
+    if let Some(millis) = epoch_digits(text.as_bytes()) {
+        return Some(millis);
+    }
     let text = text.trim();
     if !text.is_empty() && text.len() <= 16 && text.bytes().all(|b| b.is_ascii_digit()) {
         return text.parse().ok();

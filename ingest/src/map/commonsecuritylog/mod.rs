@@ -631,21 +631,28 @@ fn rfc3339_millis(millis: i64) -> [u8; 26] {
     let (y, m, d) = civil_from_days(days);
     let mut buf = *b"\"0000-00-00T00:00:00.000Z\"";
     let y = y.clamp(0, 9999) as u32;
-    put_digits(&mut buf[1..5], y);
-    put_digits(&mut buf[6..8], m);
-    put_digits(&mut buf[9..11], d);
-    put_digits(&mut buf[12..14], sod / 3600);
-    put_digits(&mut buf[15..17], sod / 60 % 60);
-    put_digits(&mut buf[18..20], sod % 60);
-    put_digits(&mut buf[21..24], ms);
+    put2(&mut buf, 1, y / 100);
+    put2(&mut buf, 3, y % 100);
+    put2(&mut buf, 6, m);
+    put2(&mut buf, 9, d);
+    put2(&mut buf, 12, sod / 3600);
+    put2(&mut buf, 15, sod / 60 % 60);
+    put2(&mut buf, 18, sod % 60);
+    buf[21] = b'0' + (ms / 100) as u8;
+    put2(&mut buf, 22, ms % 100);
     buf
 }
 
-fn put_digits(slot: &mut [u8], mut n: u32) {
-    for b in slot.iter_mut().rev() {
-        *b = b'0' + (n % 10) as u8;
-        n /= 10;
-    }
+/// Writes `n` (< 100) as two digits at `buf[at..at + 2]`.
+#[inline(always)]
+fn put2(buf: &mut [u8], at: usize, n: u32) {
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
+    let i = 2 * n as usize;
+    buf[at..at + 2].copy_from_slice(&PAIRS[i..i + 2]);
 }
 
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
