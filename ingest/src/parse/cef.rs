@@ -298,7 +298,7 @@ fn parse_extensions<'a>(
     let mut hash_of_key = key_hash(key.as_bytes());
     let mut value_start = key_end + 1;
     let mut seen = SeenKeys::default();
-    seen.insert(key, hash_of_key);
+    seen.insert(key, hash_of_key, out);
     // Events before `pos` are the first key's `=` or the byte after a backslash.
     let mut pos = value_start;
     let mut has_backslash = false;
@@ -333,7 +333,7 @@ fn parse_extensions<'a>(
                 } else {
                     key_hash(candidate.as_bytes())
                 };
-                !seen.contains(candidate, hash)
+                !seen.contains(candidate, hash, key, out)
             };
         if !boundary {
             // A stray `=`: the sender does not escape, so the value runs to the end of the
@@ -367,7 +367,7 @@ fn parse_extensions<'a>(
         });
         key = candidate;
         hash_of_key = hash;
-        seen.insert(key, hash);
+        seen.insert(key, hash, out);
         value_start = p + 1;
         pos = value_start;
         has_backslash = false;
@@ -402,16 +402,16 @@ fn key_start(bytes: &[u8], floor: usize, end: usize) -> usize {
     s
 }
 
-/// Keys already used in the record. Linear search for typical records; a hash set only for
-/// records with very many keys so that a crafted message cannot make tokenising quadratic.
-/// A 128-bit filter of key hashes answers "not seen" for nearly every new key without a string
-/// comparison; on a filter hit the stored full hashes are compared before any key bytes.
+/// Keys already used in the record: the keys of the extensions tokenised so far plus the
+/// current one, so nothing is stored twice. A 128-bit filter of key hashes answers "not seen"
+/// for nearly every new key without a comparison; on a filter hit the stored 32-bit hashes
+/// are compared before any key bytes. Past [`SEEN_LINEAR_MAX`] keys a hash set takes over, so
+/// that a crafted message cannot make tokenising quadratic.
 #[derive(Default)]
 struct SeenKeys<'a> {
     /// One bit per hash value's top 7 bits, as two words (a `u128` shift cost a few percent of
     /// the whole parse).
     filter: [u64; 2],
-    small: SmallVec<[(u64, &'a str); 32]>,
     large: Option<std::collections::HashSet<&'a str>>,
 }
 
@@ -421,36 +421,46 @@ fn filter_bit(hash: u64) -> (usize, u64) {
     ((hash >> 63) as usize, 1u64 << ((hash >> 57) & 63))
 }
 
+/// Keys searched linearly before [`SeenKeys`] switches to a hash set.
+const SEEN_LINEAR_MAX: usize = 32;
+
 impl<'a> SeenKeys<'a> {
-    /// `hash` is [`key_hash`] of `key`, computed once by the caller for both calls.
+    /// Records `key` (hash `hash`, see [`key_hash`]) as the current key; `done` holds the
+    /// extensions before it.
     #[inline(always)]
-    fn insert(&mut self, key: &'a str, hash: u64) {
+    fn insert(&mut self, key: &'a str, hash: u64, done: &[Extension<'a>]) {
         let (word, bit) = filter_bit(hash);
         self.filter[word] |= bit;
         if let Some(set) = &mut self.large {
             set.insert(key);
-        } else if self.small.len() < 32 {
-            self.small.push((hash, key));
-        } else {
-            let mut set: std::collections::HashSet<&'a str> =
-                self.small.drain(..).map(|(_, k)| k).collect();
-            set.insert(key);
-            self.large = Some(set);
+        } else if done.len() >= SEEN_LINEAR_MAX {
+            self.switch_to_set(key, done);
         }
     }
 
+    #[cold]
+    fn switch_to_set(&mut self, key: &'a str, done: &[Extension<'a>]) {
+        let mut set: std::collections::HashSet<&'a str> = done.iter().map(|e| e.key).collect();
+        set.insert(key);
+        self.large = Some(set);
+    }
+
+    /// Whether `key` (hash `hash`) is the current key `current` or one of `done`'s.
     #[inline]
-    fn contains(&self, key: &str, hash: u64) -> bool {
+    fn contains(&self, key: &str, hash: u64, current: &str, done: &[Extension<'_>]) -> bool {
         let (word, bit) = filter_bit(hash);
         if self.filter[word] & bit == 0 {
             return false;
         }
         match &self.large {
             Some(set) => set.contains(key),
-            None => self
-                .small
-                .iter()
-                .any(|&(h, k)| h == hash && short_eq(k.as_bytes(), key.as_bytes())),
+            None => {
+                let hash = upper32(hash);
+                short_eq(current.as_bytes(), key.as_bytes())
+                    || done
+                        .iter()
+                        .any(|e| e.key_hash == hash && short_eq(e.key.as_bytes(), key.as_bytes()))
+            }
         }
     }
 }
