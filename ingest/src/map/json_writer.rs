@@ -453,46 +453,6 @@ impl<'o> ObjectWriter<'o> {
         self.out
     }
 
-    /// Writes `"key":` for a key from the mapper's own tables, which needs no escaping (a
-    /// test of each table checks that), and returns the buffer for the value.
-    // Always inlined: the call cost more than the few stores of a short key.
-    #[inline(always)]
-    pub fn clean_key(&mut self, key: &'static str) -> &mut Vec<u8> {
-        debug_assert!(!key.bytes().any(|b| NEEDS_ESCAPE[b as usize]), "{key:?}");
-        self.out.reserve(key.len() + 4);
-        if !self.first {
-            self.out.push(b',');
-        }
-        self.first = false;
-        self.out.push(b'"');
-        extend_small(self.out, key.as_bytes());
-        self.out.extend_from_slice(b"\":");
-        self.out
-    }
-
-    /// [`ObjectWriter::str`] for a key that needs no escaping (see [`ObjectWriter::clean_key`]).
-    #[inline]
-    pub fn clean_str(&mut self, key: &'static str, value: &str) {
-        let out = self.clean_key(key);
-        write_str(out, value);
-    }
-
-    /// [`ObjectWriter::clean_str`] for a value known to need no JSON escaping (a parser saw no
-    /// `"`, `\` or control byte in it, e.g. [`crate::event::Extension::json_clean`]): copied
-    /// without the escape scan.
-    #[inline]
-    pub fn clean_str_verbatim(&mut self, key: &'static str, value: &str) {
-        debug_assert!(
-            !value.bytes().any(|b| NEEDS_ESCAPE[b as usize]),
-            "{value:?}"
-        );
-        let out = self.clean_key(key);
-        out.reserve(value.len() + 2);
-        out.push(b'"');
-        extend_small(out, value.as_bytes());
-        out.push(b'"');
-    }
-
     /// Writes `"key":"value"` copying both as they are: for text a parser already found free of
     /// bytes JSON escapes (CEF extension keys are key bytes only; values marked
     /// [`crate::event::Extension::json_clean`]).
@@ -870,21 +830,6 @@ mod tests {
                 assert_eq!(out, want, "prefix {prefix} n {n}");
             }
         }
-    }
-
-    #[test]
-    fn clean_keys_write_what_escaped_keys_write() {
-        let mut a = Vec::new();
-        let mut o = ObjectWriter::begin(&mut a);
-        o.clean_str("DeviceVendor", "x\"y");
-        o.clean_key("n").push(b'1');
-        o.end();
-        let mut b = Vec::new();
-        let mut o = ObjectWriter::begin(&mut b);
-        o.str("DeviceVendor", "x\"y");
-        o.key("n").push(b'1');
-        o.end();
-        assert_eq!(a, b);
     }
 
     #[test]
