@@ -542,23 +542,38 @@ impl CustomKey {
     }
 }
 
+/// The key prefix of each kind of custom field, longest first where one is a prefix of another.
+pub const CUSTOM_KEY_PREFIXES: [(&str, CustomKind); 8] = [
+    ("deviceCustomDate", CustomKind::DeviceCustomDate),
+    ("flexString", CustomKind::FlexString),
+    ("flexNumber", CustomKind::FlexNumber),
+    ("flexDate", CustomKind::FlexDate),
+    ("c6a", CustomKind::Ipv6Address),
+    ("cfp", CustomKind::FloatingPoint),
+    ("cs", CustomKind::String),
+    ("cn", CustomKind::Number),
+];
+
+impl CustomKey {
+    /// The canonical spelling of this key (`cs1`, `cfp2Label`): what [`custom_key`] parses
+    /// back to it, without leading zeros.
+    pub fn key(&self) -> String {
+        let prefix = CUSTOM_KEY_PREFIXES
+            .iter()
+            .find(|(_, kind)| *kind == self.kind)
+            .map_or("", |(prefix, _)| prefix);
+        let label = if self.label { "Label" } else { "" };
+        format!("{prefix}{}{label}", self.index)
+    }
+}
+
 /// Recognises `cs1`, `cs1Label`, `cn7`, `cfp15Label`, `flexString2`, `deviceCustomDate1`, …
 pub fn custom_key(key: &str) -> Option<CustomKey> {
-    const PREFIXES: [(&str, CustomKind); 8] = [
-        ("deviceCustomDate", CustomKind::DeviceCustomDate),
-        ("flexString", CustomKind::FlexString),
-        ("flexNumber", CustomKind::FlexNumber),
-        ("flexDate", CustomKind::FlexDate),
-        ("c6a", CustomKind::Ipv6Address),
-        ("cfp", CustomKind::FloatingPoint),
-        ("cs", CustomKind::String),
-        ("cn", CustomKind::Number),
-    ];
     let (base, label) = match key.strip_suffix("Label") {
         Some(b) => (b, true),
         None => (key, false),
     };
-    for (prefix, kind) in PREFIXES {
+    for (prefix, kind) in CUSTOM_KEY_PREFIXES {
         if let Some(digits) = base.strip_prefix(prefix) {
             if digits.is_empty() || digits.len() > 2 || !digits.bytes().all(|b| b.is_ascii_digit())
             {
@@ -1126,6 +1141,22 @@ mod tests {
         assert_eq!(c.extensions.len(), 100);
         assert_eq!(c.get("k99"), Some("v99 k3=forged"));
         assert_eq!(c.get("k3"), Some("v3"));
+    }
+
+    #[test]
+    fn canonical_custom_keys_parse_back() {
+        for (_, kind) in CUSTOM_KEY_PREFIXES {
+            for index in 1..=99 {
+                for label in [false, true] {
+                    let ck = CustomKey { kind, index, label };
+                    assert_eq!(custom_key(&ck.key()), Some(ck), "{}", ck.key());
+                }
+            }
+        }
+        assert_eq!(
+            custom_key("cs01").map(|ck| ck.key()).as_deref(),
+            Some("cs1")
+        );
     }
 
     #[test]

@@ -15,7 +15,9 @@ use crate::event::{Body, Cef, Event, Extension};
 use crate::map::json_writer::{
     ByteSink, Cursor, ObjectWriter, write_backslashed_contents, write_str_contents,
 };
-use crate::parse::cef::{CustomKind, KeyIndex, custom_key, key_order, parse_timestamp};
+use crate::parse::cef::{
+    CUSTOM_KEY_PREFIXES, CustomKey, CustomKind, KeyIndex, custom_key, key_order, parse_timestamp,
+};
 
 pub fn write(event: &Event<'_>, out: &mut Vec<u8>) {
     match &event.body {
@@ -214,13 +216,12 @@ static COLUMNS: &[(&str, &str, Type)] = &[
 /// The column a CEF key is written to, or `None` for `AdditionalExtensions`.
 #[cfg(test)]
 fn column(key: &str) -> Option<(&'static str, Type)> {
-    column_hashed(key, crate::parse::cef::key_hash32(key)).map(|c| (c.name, c.ty))
+    column_hashed(key, crate::parse::cef::key_hash32(key)).map(|c| (c.name(), c.ty))
 }
 
-/// A column as the row writer needs it: its name, its type and `,"Name":"` ready to copy.
+/// A column as the row writer needs it: its type and `,"Name":"` ready to copy.
 #[derive(Debug)]
 struct Column {
-    name: &'static str,
     ty: Type,
     /// `,"Name":"`, zero-padded: copied whole, then [`Column::key_len`] or one byte more
     /// (string columns take the opening quote too).
@@ -235,11 +236,16 @@ impl Column {
         let mut prefix = [0u8; 48];
         prefix[..text.len()].copy_from_slice(text.as_bytes());
         Column {
-            name,
             ty,
             prefix,
             key_len: (text.len() - 1) as u8,
         }
+    }
+
+    /// The column's name, read back from the prefix.
+    #[cfg(test)]
+    fn name(&self) -> &str {
+        std::str::from_utf8(&self.prefix[2..usize::from(self.key_len) - 2]).expect("ASCII name")
     }
 
     /// Writes `,"Name":`, plus the opening quote when `quoted`.
@@ -261,15 +267,11 @@ fn column_hashed(key: &str, hash: u32) -> Option<&'static Column> {
     }
 }
 
-/// [`custom_column`] for a spelling the index does not hold (`cs01`): rare, so looked up in a
-/// table of every column by name.
+/// [`custom_column`] for a spelling the index does not hold (`cs01`): rare, so answered by the
+/// index entry of the canonical spelling (`cs1`), which holds the same column.
 #[cold]
 fn custom_column_uncommon(key: &str) -> Option<&'static Column> {
-    let (name, _) = custom_column(key)?;
-    COLUMN_BY_NAME
-        .binary_search_by(|c| c.name.cmp(name))
-        .ok()
-        .map(|i| &COLUMN_BY_NAME[i])
+    COLUMN_INDEX.get(&custom_key(key)?.key())
 }
 
 /// [`COLUMNS`] plus every canonical custom-field key (`cs1`, `cn2Label`, …), each with the
@@ -282,32 +284,12 @@ static COLUMN_INDEX: std::sync::LazyLock<KeyIndex<Column>> = std::sync::LazyLock
     )
 });
 
-/// Every column the index can answer, by name (the custom-spelling fallback's table).
-static COLUMN_BY_NAME: std::sync::LazyLock<Vec<Column>> = std::sync::LazyLock::new(|| {
-    let mut hits: Vec<(&'static str, Type)> = indexed_keys()
-        .iter()
-        .filter_map(|k| column_by_search(k))
-        .collect();
-    hits.sort_by_key(|(name, _)| *name);
-    hits.dedup_by_key(|(name, _)| *name);
-    hits.into_iter().map(Column::new).collect()
-});
-
 fn indexed_keys() -> Vec<String> {
     let mut keys: Vec<String> = COLUMNS.iter().map(|(k, _, _)| (*k).to_owned()).collect();
-    for prefix in [
-        "cs",
-        "cn",
-        "cfp",
-        "c6a",
-        "flexString",
-        "flexNumber",
-        "deviceCustomDate",
-        "flexDate",
-    ] {
+    for (_, kind) in CUSTOM_KEY_PREFIXES {
         for index in 1..=6 {
-            for label in ["", "Label"] {
-                keys.push(format!("{prefix}{index}{label}"));
+            for label in [false, true] {
+                keys.push(CustomKey { kind, index, label }.key());
             }
         }
     }

@@ -13,7 +13,7 @@ use crate::event::{Body, Cef, Event, SyslogHeader};
 use crate::map::commonsecuritylog::write_rfc3339_millis;
 use crate::map::json_writer::ObjectWriter;
 use crate::parse::cef::{
-    CustomKey, CustomKind, KeyIndex, custom_key, full_custom_name, full_name, full_names,
+    CUSTOM_KEY_PREFIXES, CustomKey, KeyIndex, custom_key, full_custom_name, full_name, full_names,
     parse_timestamp,
 };
 
@@ -142,18 +142,13 @@ static EXTENSION_NAMES: std::sync::LazyLock<KeyIndex<Box<str>>> = std::sync::Laz
         .iter()
         .map(|&(key, name)| (key.to_owned(), name.into()))
         .collect();
-    let kinds = [
-        (CustomKind::String, "cs"),
-        (CustomKind::Number, "cn"),
-        (CustomKind::FloatingPoint, "cfp"),
-        (CustomKind::Ipv6Address, "c6a"),
-    ];
-    for (kind, prefix) in kinds {
+    // Only the kinds with a distinct full name get one (`full_custom_name`).
+    for (_, kind) in CUSTOM_KEY_PREFIXES {
         for index in 1..=15u8 {
             for label in [false, true] {
-                let key = format!("{prefix}{index}{}", if label { "Label" } else { "" });
-                if let Some(name) = full_custom_name(CustomKey { kind, index, label }) {
-                    names.push((key, name.into()));
+                let ck = CustomKey { kind, index, label };
+                if let Some(name) = full_custom_name(ck) {
+                    names.push((ck.key(), name.into()));
                 }
             }
         }
