@@ -90,19 +90,14 @@ fn is_trailing_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | b'\n')
 }
 
-/// Where a field's text is: in the record, or (it held escapes) unescaped in the arena.
-#[derive(Clone, Copy)]
-enum Span {
-    Record,
-    /// Byte range in the arena.
-    Unescaped(u32, u32),
-}
+/// A byte range in the arena of unescaped text.
+type ArenaRange = (u32, u32);
 
 /// Appends the unescaped `raw` to `arena` and returns where it went.
-fn unescape_into(arena: &mut String, raw: &str, decode: impl Fn(u8) -> Option<char>) -> Span {
+fn unescape_into(arena: &mut String, raw: &str, decode: impl Fn(u8) -> Option<char>) -> ArenaRange {
     let start = arena.len();
     unescape_with(raw, decode, arena);
-    Span::Unescaped(start as u32, arena.len() as u32)
+    (start as u32, arena.len() as u32)
 }
 
 /// Parses a record starting at `CEF:`; `prefix` is the text that preceded it (kept trimmed).
@@ -135,13 +130,14 @@ pub fn parse<'a>(
     }
 
     let mut fields: [&'a str; 6] = [""; 6];
-    let mut field_spans = [Span::Record; 6];
+    // The fields that held escapes: where their unescaped text is.
+    let mut unescaped_fields: [Option<ArenaRange>; 6] = [None; 6];
     let mut pos = version_end + 1;
     for n in 0..6 {
         let (end, escaped) = header_field(record, pos).ok_or(CefError::IncompleteHeader(n + 1))?;
         let raw = &record[pos..end];
         if escaped {
-            field_spans[n] = unescape_into(unescaped, raw, decode_header_escape);
+            unescaped_fields[n] = Some(unescape_into(unescaped, raw, decode_header_escape));
         } else {
             fields[n] = raw;
         }
@@ -160,34 +156,32 @@ pub fn parse<'a>(
         severity: fields[5],
         extensions: SmallVec::new(),
     };
-    let mut value_spans = SmallVec::<[(u32, Span); 8]>::new();
+    // (extension index, range) of the values that held escapes.
+    let mut unescaped_values = SmallVec::<[(u32, ArenaRange); 8]>::new();
     parse_extensions(
         &record[pos..],
         &mut cef.extensions,
         unescaped,
-        &mut value_spans,
+        &mut unescaped_values,
     )?;
     // The arena is complete: hand out the unescaped text.
     let arena: &'a str = unescaped.as_str();
-    let text = |span: Span| match span {
-        Span::Record => "",
-        Span::Unescaped(start, end) => &arena[start as usize..end as usize],
-    };
-    for (n, span) in field_spans.into_iter().enumerate() {
-        if let Span::Unescaped(..) = span {
-            let field = match n {
-                0 => &mut cef.device_vendor,
-                1 => &mut cef.device_product,
-                2 => &mut cef.device_version,
-                3 => &mut cef.signature_id,
-                4 => &mut cef.name,
-                _ => &mut cef.severity,
-            };
-            *field = text(span);
+    let text = |(start, end): ArenaRange| &arena[start as usize..end as usize];
+    let fields = [
+        &mut cef.device_vendor,
+        &mut cef.device_product,
+        &mut cef.device_version,
+        &mut cef.signature_id,
+        &mut cef.name,
+        &mut cef.severity,
+    ];
+    for (field, range) in fields.into_iter().zip(unescaped_fields) {
+        if let Some(range) = range {
+            *field = text(range);
         }
     }
-    for (index, span) in value_spans {
-        cef.extensions[index as usize].value = text(span);
+    for (index, range) in unescaped_values {
+        cef.extensions[index as usize].value = text(range);
     }
     Ok(cef)
 }
@@ -261,7 +255,7 @@ fn value_text<'a>(
     has_backslash: bool,
     index: usize,
     arena: &mut String,
-    spans: &mut SmallVec<[(u32, Span); 8]>,
+    spans: &mut SmallVec<[(u32, ArenaRange); 8]>,
 ) -> &'a str {
     if has_backslash {
         spans.push((index as u32, unescape_into(arena, raw, decode_value_escape)));
@@ -279,7 +273,7 @@ fn parse_extensions<'a>(
     ext: &'a str,
     out: &mut SmallVec<[Extension<'a>; 24]>,
     arena: &mut String,
-    spans: &mut SmallVec<[(u32, Span); 8]>,
+    spans: &mut SmallVec<[(u32, ArenaRange); 8]>,
 ) -> Result<(), CefError> {
     let bytes = ext.as_bytes();
     let mut i = 0;
