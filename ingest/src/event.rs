@@ -5,8 +5,6 @@
 
 use std::net::SocketAddr;
 
-use smallvec::SmallVec;
-
 /// A point in time: nanoseconds since the Unix epoch (UTC) plus the offset it was written with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp {
@@ -154,7 +152,7 @@ pub struct Cef<'a> {
     pub severity: &'a str,
     /// In message order. Keys are unique: a repeated key is not a field boundary, so the first
     /// occurrence is kept (see docs/cef.md, forged fields).
-    pub extensions: SmallVec<[Extension<'a>; 24]>,
+    pub extensions: Vec<Extension<'a>>,
 }
 
 impl<'a> Cef<'a> {

@@ -66,10 +66,10 @@ impl<W: Write> Emitter<'_, W> {
             peer: None,
             received_at: Timestamp::now(),
         };
-        {
-            let event = self.parser.parse(received, raw);
-            map::write(self.schema, &event, &mut self.buf);
-        }
+        let event = self.parser.parse(received, raw);
+        map::write(self.schema, &event, &mut self.buf);
+        let storage = event.into_storage();
+        self.parser.recycle(storage);
         self.buf.push(b'\n');
         if self.buf.len() >= FLUSH_BYTES {
             self.flush()?;

@@ -99,6 +99,58 @@ fn is_cef_extension_event(c: u8) -> bool {
     matches!(c, b'=' | b'\\' | b'"') || c < 0x20
 }
 
+/// `|` and `\` in a CEF header, the bytes its field tokenizer stops at.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub fn cef_header_events(block: &[u8; 64]) -> u64 {
+    use std::arch::x86_64::*;
+    let mut mask = 0u64;
+    // SAFETY: as in `cef_extension_events`.
+    unsafe {
+        let eq = |v: __m128i, c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
+        for lane in 0..4 {
+            let v = _mm_loadu_si128(block.as_ptr().add(lane * 16).cast::<__m128i>());
+            let hit = _mm_or_si128(eq(v, b'|'), eq(v, b'\\'));
+            mask |= u64::from(_mm_movemask_epi8(hit) as u16) << (lane * 16);
+        }
+    }
+    mask
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+pub fn cef_header_events(block: &[u8; 64]) -> u64 {
+    block.iter().enumerate().fold(0, |m, (k, &c)| {
+        m | (u64::from(c == b'|' || c == b'\\') << k)
+    })
+}
+
+/// Backslashes, where an unescaper stops.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub fn backslash_events(block: &[u8; 64]) -> u64 {
+    use std::arch::x86_64::*;
+    let mut mask = 0u64;
+    // SAFETY: as in `cef_extension_events`.
+    unsafe {
+        for lane in 0..4 {
+            let v = _mm_loadu_si128(block.as_ptr().add(lane * 16).cast::<__m128i>());
+            let hit = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+            mask |= u64::from(_mm_movemask_epi8(hit) as u16) << (lane * 16);
+        }
+    }
+    mask
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+pub fn backslash_events(block: &[u8; 64]) -> u64 {
+    block
+        .iter()
+        .enumerate()
+        .fold(0, |m, (k, &c)| m | (u64::from(c == b'\\') << k))
+}
+
 /// Bit `k` set when `bytes[at + k]` (k < 16) is a CEF key byte: ASCII alphanumeric or one of
 /// `_ . , [ ]` (see `cef::KEY_BYTE`).
 #[cfg(target_arch = "x86_64")]
@@ -184,6 +236,36 @@ mod tests {
                 assert_eq!(
                     cef_extension_events(&block),
                     u64::from(is_cef_extension_event(byte)) << pos,
+                    "byte {byte:#04x} at {pos}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn backslash_events_are_exact_for_every_byte_in_every_position() {
+        for byte in 0..=255u8 {
+            for pos in 0..64 {
+                let mut block = [b'a'; 64];
+                block[pos] = byte;
+                assert_eq!(
+                    backslash_events(&block),
+                    u64::from(byte == b'\\') << pos,
+                    "byte {byte:#04x} at {pos}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn header_events_are_exact_for_every_byte_in_every_position() {
+        for byte in 0..=255u8 {
+            for pos in 0..64 {
+                let mut block = [b'a'; 64];
+                block[pos] = byte;
+                assert_eq!(
+                    cef_header_events(&block),
+                    u64::from(byte == b'|' || byte == b'\\') << pos,
                     "byte {byte:#04x} at {pos}"
                 );
             }
