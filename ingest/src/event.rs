@@ -150,12 +150,23 @@ pub struct Cef<'a> {
     pub signature_id: &'a str,
     pub name: &'a str,
     pub severity: &'a str,
+    /// Bit `n` set when header field `n` (0 = `device_vendor` … 5 = `severity`) holds no byte
+    /// that JSON escapes: writers may copy it as is. Unset only means "not known".
+    pub header_json_clean: u8,
     /// In message order. Keys are unique: a repeated key is not a field boundary, so the first
     /// occurrence is kept (see docs/cef.md, forged fields).
     pub extensions: Vec<Extension<'a>>,
 }
 
 impl<'a> Cef<'a> {
+    /// [`Cef::header_json_clean`] bits.
+    pub const VENDOR_CLEAN: u8 = 1;
+    pub const PRODUCT_CLEAN: u8 = 1 << 1;
+    pub const VERSION_CLEAN: u8 = 1 << 2;
+    pub const SIGNATURE_ID_CLEAN: u8 = 1 << 3;
+    pub const NAME_CLEAN: u8 = 1 << 4;
+    pub const SEVERITY_CLEAN: u8 = 1 << 5;
+
     pub fn get(&self, key: &str) -> Option<&str> {
         self.extensions
             .iter()

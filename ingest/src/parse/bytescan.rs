@@ -54,7 +54,15 @@ fn block_mask(bytes: &[u8], at: usize, classify: &impl Fn(&[u8; 64]) -> u64) -> 
         let block: &[u8; 64] = rest[..64].try_into().expect("64-byte slice");
         return classify(block);
     }
-    // The last partial block of the text: padded, and the padding's bits cleared.
+    // The last partial block of a longer text: the 64 bytes that end the text, shifted down.
+    // Reading them from the text costs less than copying the rest into a padded block, whose
+    // loads would wait for that copy's stores.
+    if !rest.is_empty() && at >= 64 - rest.len() {
+        let end = at + rest.len();
+        let block: &[u8; 64] = bytes[end - 64..end].try_into().expect("64-byte slice");
+        return classify(block) >> (64 - rest.len());
+    }
+    // A text shorter than a block: padded, and the padding's bits cleared.
     let mut block = [0u8; 64];
     block[..rest.len()].copy_from_slice(rest);
     classify(&block) & ((1u64 << rest.len()) - 1)
@@ -99,7 +107,8 @@ fn is_cef_extension_event(c: u8) -> bool {
     matches!(c, b'=' | b'\\' | b'"') || c < 0x20
 }
 
-/// `|` and `\` in a CEF header, the bytes its field tokenizer stops at.
+/// `|` and `\` in a CEF header, the bytes its field tokenizer stops at, and `"` and control
+/// bytes, which make a field need JSON escaping.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub fn cef_header_events(block: &[u8; 64]) -> u64 {
@@ -110,7 +119,12 @@ pub fn cef_header_events(block: &[u8; 64]) -> u64 {
         let eq = |v: __m128i, c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
         for lane in 0..4 {
             let v = _mm_loadu_si128(block.as_ptr().add(lane * 16).cast::<__m128i>());
-            let hit = _mm_or_si128(eq(v, b'|'), eq(v, b'\\'));
+            // Unsigned `v <= 0x1f`: the minimum equals `v` only for control bytes.
+            let control = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v);
+            let hit = _mm_or_si128(
+                _mm_or_si128(eq(v, b'|'), eq(v, b'\\')),
+                _mm_or_si128(eq(v, b'"'), control),
+            );
             mask |= u64::from(_mm_movemask_epi8(hit) as u16) << (lane * 16);
         }
     }
@@ -120,35 +134,38 @@ pub fn cef_header_events(block: &[u8; 64]) -> u64 {
 #[cfg(not(target_arch = "x86_64"))]
 #[inline]
 pub fn cef_header_events(block: &[u8; 64]) -> u64 {
-    block.iter().enumerate().fold(0, |m, (k, &c)| {
-        m | (u64::from(c == b'|' || c == b'\\') << k)
-    })
+    block
+        .iter()
+        .enumerate()
+        .fold(0, |m, (k, &c)| m | (u64::from(is_cef_header_event(c)) << k))
 }
 
-/// Backslashes, where an unescaper stops.
+/// The byte-at-a-time definition of [`cef_header_events`].
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+fn is_cef_header_event(c: u8) -> bool {
+    matches!(c, b'|' | b'\\' | b'"') || c < 0x20
+}
+
+/// Bit `k` set when `bytes[at + k]` (k < 16) is a backslash.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub fn backslash_events(block: &[u8; 64]) -> u64 {
+pub fn backslash_mask16(bytes: &[u8], at: usize) -> u32 {
     use std::arch::x86_64::*;
-    let mut mask = 0u64;
-    // SAFETY: as in `cef_extension_events`.
+    let chunk: &[u8; 16] = bytes[at..at + 16].try_into().expect("16-byte slice");
+    // SAFETY: SSE2 is part of the x86_64 baseline; the unaligned load reads exactly `chunk`.
     unsafe {
-        for lane in 0..4 {
-            let v = _mm_loadu_si128(block.as_ptr().add(lane * 16).cast::<__m128i>());
-            let hit = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
-            mask |= u64::from(_mm_movemask_epi8(hit) as u16) << (lane * 16);
-        }
+        let v = _mm_loadu_si128(chunk.as_ptr().cast::<__m128i>());
+        _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8))) as u32
     }
-    mask
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 #[inline]
-pub fn backslash_events(block: &[u8; 64]) -> u64 {
-    block
+pub fn backslash_mask16(bytes: &[u8], at: usize) -> u32 {
+    bytes[at..at + 16]
         .iter()
         .enumerate()
-        .fold(0, |m, (k, &c)| m | (u64::from(c == b'\\') << k))
+        .fold(0, |m, (k, &c)| m | (u32::from(c == b'\\') << k))
 }
 
 /// Bit `k` set when `bytes[at + k]` (k < 16) is a CEF key byte: ASCII alphanumeric or one of
@@ -243,14 +260,14 @@ mod tests {
     }
 
     #[test]
-    fn backslash_events_are_exact_for_every_byte_in_every_position() {
+    fn backslash_mask_is_exact_for_every_byte_in_every_position() {
         for byte in 0..=255u8 {
-            for pos in 0..64 {
-                let mut block = [b'a'; 64];
-                block[pos] = byte;
+            for pos in 0..16 {
+                let mut chunk = [b'a'; 20];
+                chunk[pos + 2] = byte;
                 assert_eq!(
-                    backslash_events(&block),
-                    u64::from(byte == b'\\') << pos,
+                    backslash_mask16(&chunk, 2),
+                    u32::from(byte == b'\\') << pos,
                     "byte {byte:#04x} at {pos}"
                 );
             }
@@ -265,7 +282,7 @@ mod tests {
                 block[pos] = byte;
                 assert_eq!(
                     cef_header_events(&block),
-                    u64::from(byte == b'|' || byte == b'\\') << pos,
+                    u64::from(is_cef_header_event(byte)) << pos,
                     "byte {byte:#04x} at {pos}"
                 );
             }

@@ -24,7 +24,7 @@ use smallvec::SmallVec;
 use crate::event::{Cef, Extension};
 use crate::parse::ParseErrorKind;
 use crate::parse::bytescan::{
-    Positions, backslash_events, cef_extension_events, cef_header_events,
+    Positions, backslash_mask16, cef_extension_events, cef_header_events,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -138,8 +138,8 @@ pub fn parse_with_storage<'a>(
     if !bytes.starts_with(b"CEF:") {
         return Err(CefError::NotCef);
     }
-    // `|` and `\` of the header, visited in one pass over 64-byte blocks; the version (digits
-    // only) ends at the first pipe whatever precedes it.
+    // The header's `|`, `\`, `"` and control bytes, visited in one pass over 64-byte blocks;
+    // the version (digits only) ends at the first pipe whatever precedes it.
     let mut events = Positions::new(bytes, cef_header_events).skip_while(|&p| p < 4);
     let version_end = events
         .find(|&p| bytes[p] == b'|')
@@ -152,17 +152,19 @@ pub fn parse_with_storage<'a>(
     let mut fields: [&'a str; 6] = [""; 6];
     // The fields that held escapes: where their unescaped text is.
     let mut unescaped_fields: [Option<ArenaRange>; 6] = [None; 6];
+    let mut header_json_clean = 0u8;
     let mut pos = version_end + 1;
     for n in 0..6 {
-        let (end, escaped) =
+        let field =
             header_field_end(bytes, pos, &mut events).ok_or(CefError::IncompleteHeader(n + 1))?;
-        let raw = &record[pos..end];
-        if escaped {
+        let raw = &record[pos..field.end];
+        if field.escaped {
             unescaped_fields[n] = Some(unescape_into(unescaped, raw, decode_header_escape));
         } else {
             fields[n] = raw;
         }
-        pos = end + 1;
+        header_json_clean |= u8::from(field.json_clean) << n;
+        pos = field.end + 1;
     }
     let mut cef = Cef {
         prefix: prefix.trim(),
@@ -173,6 +175,7 @@ pub fn parse_with_storage<'a>(
         signature_id: fields[3],
         name: fields[4],
         severity: fields[5],
+        header_json_clean,
         extensions,
     };
     // (extension index, range) of the values that held escapes.
@@ -206,27 +209,49 @@ pub fn parse_with_storage<'a>(
 }
 
 /// The header field that starts at `start` runs to the next unescaped `|`: returns the pipe's
-/// offset and whether the field holds a backslash, or `None` when no pipe terminates it.
-/// `events` yields the positions of `|` and `\` from `start` on.
+/// offset, or `None` when no pipe terminates it. `events` yields the positions of the
+/// [`cef_header_events`] from `start` on.
 fn header_field_end(
     bytes: &[u8],
     start: usize,
     events: &mut impl Iterator<Item = usize>,
-) -> Option<(usize, bool)> {
+) -> Option<HeaderField> {
     // Events before `pos` are escaped by a backslash.
     let mut pos = start;
-    let mut escaped = false;
+    let mut field = HeaderField {
+        end: 0,
+        escaped: false,
+        json_clean: true,
+    };
     for p in events {
         if p < pos {
             continue;
         }
-        if bytes[p] == b'|' {
-            return Some((p, escaped));
+        match bytes[p] {
+            b'|' => {
+                field.end = p;
+                return Some(field);
+            }
+            b'\\' => {
+                field.escaped = true;
+                // An unescaped `\\` is a backslash, which JSON escapes.
+                field.json_clean = false;
+                pos = p + 2;
+            }
+            _ => field.json_clean = false,
         }
-        escaped = true;
-        pos = p + 2;
     }
     None
+}
+
+/// Where a header field ends and what it holds.
+struct HeaderField {
+    /// Offset of its terminating pipe.
+    end: usize,
+    /// It holds a backslash, so its text is unescaped.
+    escaped: bool,
+    /// Its text holds no byte that JSON escapes.
+    json_clean: bool,
 }
 
 /// Header escapes: `\|` → `|`, `\\` → `\`; any other backslash is kept verbatim.
@@ -253,25 +278,60 @@ fn decode_value_escape(c: u8) -> Option<char> {
 /// Appends `raw` to `out` with its escapes decoded.
 fn unescape_with(raw: &str, decode: impl Fn(u8) -> Option<char>, out: &mut String) {
     let bytes = raw.as_bytes();
-    out.reserve(bytes.len());
-    // Text before `copied` is in `out`; backslashes before `next` were consumed by an escape.
-    let (mut copied, mut next) = (0, 0);
-    // Block masks, not a `memchr` call per backslash: values are short, and the calls'
-    // set-up cost more than the scan.
-    for p in Positions::new(bytes, backslash_events) {
-        if p < next {
-            continue;
+    let n = bytes.len();
+    out.reserve(n);
+    let mut state = Unescape { copied: 0, next: 0 };
+    // 16-byte masks (the last window overlapping the one before), not a `memchr` call per
+    // backslash: values are short, and the calls' set-up cost more than the scan.
+    if n >= 16 {
+        let mut at = 0;
+        while at < n {
+            let window = at.min(n - 16);
+            // Bytes before `at` were in the previous window.
+            let mut hits = backslash_mask16(bytes, window) & (u32::MAX << (at - window));
+            while hits != 0 {
+                state.backslash_at(window + hits.trailing_zeros() as usize, raw, &decode, out);
+                hits &= hits - 1;
+            }
+            at += 16;
         }
-        // A backslash that escapes nothing is kept verbatim, in the run being copied.
-        if let Some(ch) = bytes.get(p + 1).and_then(|&c| decode(c)) {
-            // Escapes are ASCII, so slicing at p and p + 2 stays on char boundaries.
-            out.push_str(&raw[copied..p]);
-            out.push(ch);
-            copied = p + 2;
-            next = p + 2;
+    } else {
+        for (p, _) in bytes.iter().enumerate().filter(|(_, b)| **b == b'\\') {
+            state.backslash_at(p, raw, &decode, out);
         }
     }
-    out.push_str(&raw[copied..]);
+    out.push_str(&raw[state.copied..]);
+}
+
+/// Progress of [`unescape_with`] through its text.
+struct Unescape {
+    /// Text before this offset is in the output.
+    copied: usize,
+    /// A backslash before this offset was consumed by an escape.
+    next: usize,
+}
+
+impl Unescape {
+    #[inline(always)]
+    fn backslash_at(
+        &mut self,
+        p: usize,
+        raw: &str,
+        decode: &impl Fn(u8) -> Option<char>,
+        out: &mut String,
+    ) {
+        if p < self.next {
+            return;
+        }
+        // A backslash that escapes nothing is kept verbatim, in the run being copied.
+        if let Some(ch) = raw.as_bytes().get(p + 1).and_then(|&c| decode(c)) {
+            // Escapes are ASCII, so slicing at p and p + 2 stays on char boundaries.
+            out.push_str(&raw[self.copied..p]);
+            out.push(ch);
+            self.copied = p + 2;
+            self.next = p + 2;
+        }
+    }
 }
 
 /// The value `raw` of extension number `index`: borrowed from the record, or unescaped into
@@ -701,47 +761,75 @@ static FULL_NAMES: &[(&str, &str)] = &[
 /// lookup: mappers look up every extension key of every record. Built once; the first
 /// occurrence of a repeated key wins.
 pub struct KeyIndex<T> {
-    /// Index into `entries` + 1; 0 marks an empty slot. Open addressing, linear probing.
-    slots: Box<[u16]>,
+    /// Open addressing, linear probing, at most a quarter full. A slot holds everything a probe
+    /// compares, so a lookup reads one slot and then its value: the table used to chain four
+    /// dependent loads (slot, hash, entry, key bytes).
+    slots: Box<[Slot]>,
     shift: u32,
-    entries: Vec<(Box<str>, T)>,
-    /// [`key_hash32`] of each entry's key: a probe compares these before any key bytes.
-    hashes: Vec<u32>,
+    keys: Vec<Box<str>>,
+    values: Vec<T>,
+}
+
+/// One slot of a [`KeyIndex`].
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    /// [`key_hash32`] of the key.
+    hash: u32,
+    /// Index into `keys` and `values` + 1; 0 marks an empty slot.
+    entry: u16,
+    len: u8,
+    /// The key's bytes when it has at most [`Slot::INLINE`] of them (others are compared in
+    /// `keys`).
+    key: [u8; Slot::INLINE],
+}
+
+impl Slot {
+    const INLINE: usize = 16;
 }
 
 impl<T> KeyIndex<T> {
     pub fn new(items: impl IntoIterator<Item = (impl Into<Box<str>>, T)>) -> Self {
-        let mut entries: Vec<(Box<str>, T)> = Vec::new();
+        let mut keys: Vec<Box<str>> = Vec::new();
+        let mut values = Vec::new();
         for (key, value) in items {
             let key = key.into();
-            if !entries.iter().any(|(k, _)| *k == key) {
-                entries.push((key, value));
+            if !keys.contains(&key) {
+                keys.push(key);
+                values.push(value);
             }
         }
         assert!(
-            entries.len() < usize::from(u16::MAX) / 4,
+            keys.len() < usize::from(u16::MAX) / 4,
             "key table too large"
         );
-        // At most a quarter full, so probe runs stay short.
-        let bits = (entries.len() * 4)
-            .next_power_of_two()
-            .trailing_zeros()
-            .max(4);
-        let mut slots = vec![0u16; 1 << bits].into_boxed_slice();
+        assert!(
+            keys.iter().all(|k| k.len() <= usize::from(u8::MAX)),
+            "key too long for the table"
+        );
+        let bits = (keys.len() * 4).next_power_of_two().trailing_zeros().max(4);
+        let mut slots = vec![Slot::default(); 1 << bits].into_boxed_slice();
         let mask = slots.len() - 1;
-        for (i, (key, _)) in entries.iter().enumerate() {
-            let mut slot = (key_hash32(key) >> (32 - bits)) as usize;
-            while slots[slot] != 0 {
+        for (i, key) in keys.iter().enumerate() {
+            let hash = key_hash32(key);
+            let mut slot = (hash >> (32 - bits)) as usize;
+            while slots[slot].entry != 0 {
                 slot = (slot + 1) & mask;
             }
-            slots[slot] = i as u16 + 1;
+            let mut inline = [0u8; Slot::INLINE];
+            let n = key.len().min(Slot::INLINE);
+            inline[..n].copy_from_slice(&key.as_bytes()[..n]);
+            slots[slot] = Slot {
+                hash,
+                entry: i as u16 + 1,
+                len: key.len() as u8,
+                key: inline,
+            };
         }
-        let hashes = entries.iter().map(|(k, _)| key_hash32(k)).collect();
         KeyIndex {
             slots,
             shift: 32 - bits,
-            entries,
-            hashes,
+            keys,
+            values,
         }
     }
 
@@ -757,15 +845,19 @@ impl<T> KeyIndex<T> {
         let mask = self.slots.len() - 1;
         let mut slot = (hash >> self.shift) as usize;
         loop {
-            let i = self.slots[slot];
-            if i == 0 {
+            let s = &self.slots[slot];
+            if s.entry == 0 {
                 return None;
             }
-            let i = usize::from(i - 1);
-            if self.hashes[i] == hash {
-                let (k, v) = &self.entries[i];
-                if short_eq(k.as_bytes(), key.as_bytes()) {
-                    return Some(v);
+            if s.hash == hash && usize::from(s.len) == key.len() {
+                let entry = usize::from(s.entry - 1);
+                let same = if key.len() <= Slot::INLINE {
+                    short_eq(&s.key[..key.len()], key.as_bytes())
+                } else {
+                    *self.keys[entry] == *key
+                };
+                if same {
+                    return Some(&self.values[entry]);
                 }
             }
             slot = (slot + 1) & mask;
@@ -1234,6 +1326,30 @@ mod tests {
     }
 
     #[test]
+    fn header_fields_without_json_specials_are_marked_clean() {
+        let mut scratch = String::new();
+        let c = parse(
+            "CEF:0|Dark\\\\trace|DCIP|6.0|1|Name \"q\"|Hi\tgh|a=1",
+            "",
+            &mut scratch,
+        )
+        .unwrap();
+        assert_eq!(c.device_vendor, "Dark\\trace");
+        assert_eq!(
+            c.header_json_clean,
+            Cef::PRODUCT_CLEAN | Cef::VERSION_CLEAN | Cef::SIGNATURE_ID_CLEAN
+        );
+        let c = parse("CEF:0|a\\|b|p|1|s|n|5|", "", &mut scratch).unwrap();
+        assert_eq!(c.device_vendor, "a|b");
+        assert_eq!(
+            c.header_json_clean & Cef::VENDOR_CLEAN,
+            0,
+            "escaped: not known clean"
+        );
+        assert_eq!(c.header_json_clean, 0b11_1110);
+    }
+
+    #[test]
     fn tokenizer_matches_the_byte_loop_on_hand_picked_records() {
         for record in [
             "CEF:0|a\\|b|p\\\\|1|s|n|5|k=v",
@@ -1252,13 +1368,24 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn tokenizer_matches_the_byte_loop(
-            header in "([a-z]|\\\\\\||\\\\\\\\|\\\\){0,12}",
+            header in "([a-z\"\t]|\\\\\\||\\\\\\\\|\\\\){0,12}",
             ext in "(?s)( {0,2}[a-c.\\[]{0,3}=[a-z \"\\\\=|\t\n\u{1}é]{0,60}){0,12}",
             pad in 0usize..70,
         ) {
             // `pad` shifts the extension across the 64-byte block boundaries.
             let record = format!("CEF:0|{header}|{}|1|s|n|5|{ext}", "x".repeat(pad));
             proptest::prop_assert_eq!(block_parse(&record), reference_parse(&record), "{:?}", record);
+            let mut scratch = String::new();
+            if let Ok(c) = parse(&record, "", &mut scratch) {
+                let header = [c.device_vendor, c.device_product, c.device_version, c.signature_id, c.name, c.severity];
+                for (n, field) in header.iter().enumerate() {
+                    let needs_escape = field.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\');
+                    proptest::prop_assert!(
+                        !(needs_escape && c.header_json_clean & (1 << n) != 0),
+                        "field {} {:?} marked clean", n, field
+                    );
+                }
+            }
         }
 
         /// A value marked JSON-clean has no byte that JSON escapes, wherever quotes, escapes,
@@ -1399,7 +1526,19 @@ mod tests {
     fn key_index_finds_every_key_and_no_other() {
         let keys: Vec<String> = (0..200)
             .map(|i| format!("k{i}"))
-            .chain(["", "a", "ab", "abc", "abcd", "deviceCustomString1Label"].map(String::from))
+            .chain(
+                [
+                    "",
+                    "a",
+                    "ab",
+                    "abc",
+                    "abcd",
+                    "deviceCustomString1Label",
+                    "abcdefghijklmnop",
+                    "abcdefghijklmnopq",
+                ]
+                .map(String::from),
+            )
             .collect();
         let index = KeyIndex::new(keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)));
         for (i, k) in keys.iter().enumerate() {
