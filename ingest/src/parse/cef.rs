@@ -654,6 +654,10 @@ pub fn custom_key(key: &str) -> Option<CustomKey> {
         Some(b) => (b, true),
         None => (key, false),
     };
+    // Most keys asked about are not custom at all (every non-column key of a CSL row is).
+    if !base.as_bytes().last().is_some_and(u8::is_ascii_digit) {
+        return None;
+    }
     for (prefix, kind) in CUSTOM_KEY_PREFIXES {
         if let Some(digits) = base.strip_prefix(prefix) {
             if digits.is_empty() || digits.len() > 2 || !digits.bytes().all(|b| b.is_ascii_digit())

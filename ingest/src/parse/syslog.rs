@@ -702,8 +702,18 @@ fn parse_hms(b: &[u8], pos: usize) -> Option<(u32, u32, u32, u32, usize)> {
     (b.get(pos + 2) == Some(&b':')).then_some(())?;
     let minute = fixed_digits(b, pos + 3, 2)?;
     (b.get(pos + 5) == Some(&b':')).then_some(())?;
-    let mut second = fixed_digits(b, pos + 6, 2)?;
-    let mut end = pos + 8;
+    let second = fixed_digits(b, pos + 6, 2)?;
+    finish_hms(b, pos + 8, hour, minute, second)
+}
+
+/// The optional `.frac` at `end` after `hh:mm:ss`, and the range checks of [`parse_hms`].
+fn finish_hms(
+    b: &[u8],
+    mut end: usize,
+    hour: u32,
+    minute: u32,
+    mut second: u32,
+) -> Option<(u32, u32, u32, u32, usize)> {
     let mut nanos = 0u32;
     if b.get(end) == Some(&b'.') {
         let frac = b[end + 1..]
@@ -733,15 +743,8 @@ fn parse_hms(b: &[u8], pos: usize) -> Option<(u32, u32, u32, u32, usize)> {
 /// RFC 3339 `YYYY-MM-DDThh:mm:ss[.frac](Z|±hh:mm)` at `pos`; a missing zone means the
 /// receiver's default (and `offset_secs: None`). Returns the timestamp and the end index.
 fn parse_rfc3339(b: &[u8], pos: usize, default_offset_secs: i32) -> Option<(Timestamp, usize)> {
-    let year = fixed_digits(b, pos, 4)?;
-    (b.get(pos + 4) == Some(&b'-')).then_some(())?;
-    let month = fixed_digits(b, pos + 5, 2)?;
-    (b.get(pos + 7) == Some(&b'-')).then_some(())?;
-    let day = fixed_digits(b, pos + 8, 2)?;
-    if !matches!(b.get(pos + 10), Some(b'T' | b't')) {
-        return None;
-    }
-    let (hour, minute, second, nanos, mut end) = parse_hms(b, pos + 11)?;
+    let [year, month, day, hour, minute, second] = rfc3339_date_time(b, pos)?;
+    let (hour, minute, second, nanos, mut end) = finish_hms(b, pos + 19, hour, minute, second)?;
     let offset = match b.get(end) {
         Some(b'Z' | b'z') => {
             end += 1;
@@ -774,9 +777,94 @@ fn parse_rfc3339(b: &[u8], pos: usize, default_offset_secs: i32) -> Option<(Time
     ))
 }
 
+/// `YYYY-MM-DDTHH:MM:SS` at `pos` as its six numbers (ranges not checked), or `None` when the
+/// 19 bytes do not have that layout. One branch for the whole check instead of one per field:
+/// every RFC 5424 message carries this layout.
+#[inline]
+fn rfc3339_date_time(b: &[u8], pos: usize) -> Option<[u32; 6]> {
+    let f: &[u8; 19] = b.get(pos..pos + 19)?.try_into().ok()?;
+    let digit = |i: usize| f[i].wrapping_sub(b'0');
+    let mut bad = false;
+    for i in [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18] {
+        bad |= digit(i) > 9;
+    }
+    // `| 0x20` maps `T` and `t`, and nothing else, to `t`.
+    bad |= (f[4] != b'-')
+        | (f[7] != b'-')
+        | (f[10] | 0x20 != b't')
+        | (f[13] != b':')
+        | (f[16] != b':');
+    if bad {
+        return None;
+    }
+    let two = |i: usize| u32::from(digit(i)) * 10 + u32::from(digit(i + 1));
+    Some([
+        two(0) * 100 + two(2),
+        two(5),
+        two(8),
+        two(11),
+        two(14),
+        two(17),
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn date_time_layout_is_checked_field_by_field(
+            digits in "[0-9]{14}",
+            upper_t in proptest::bool::ANY,
+            // The right layout, then maybe one byte anywhere replaced by any byte.
+            corrupt in proptest::option::of((0usize..19, proptest::num::u8::ANY)),
+        ) {
+            let d = digits.as_bytes();
+            let t = if upper_t { 'T' } else { 't' };
+            let mut b = format!(
+                "{}-{}-{}{t}{}:{}:{}",
+                &digits[0..4], &digits[4..6], &digits[6..8], &digits[8..10], &digits[10..12], &digits[12..14]
+            )
+            .into_bytes();
+            if let Some((at, byte)) = corrupt {
+                b[at] = byte;
+            }
+            // The general parser's definition, field by field.
+            let num = |r: std::ops::Range<usize>| {
+                b[r.clone()].iter().all(u8::is_ascii_digit).then(|| {
+                    b[r].iter().fold(0u32, |v, c| v * 10 + u32::from(c - b'0'))
+                })
+            };
+            let expected = (|| {
+                let seps = b[4] == b'-' && b[7] == b'-' && matches!(b[10], b'T' | b't')
+                    && b[13] == b':' && b[16] == b':';
+                seps.then_some(())?;
+                Some([num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?])
+            })();
+            if corrupt.is_none() {
+                let two = |i: usize| u32::from(d[i] - b'0') * 10 + u32::from(d[i + 1] - b'0');
+                proptest::prop_assert_eq!(
+                    expected,
+                    Some([two(0) * 100 + two(2), two(4), two(6), two(8), two(10), two(12)])
+                );
+            }
+            proptest::prop_assert_eq!(rfc3339_date_time(&b, 0), expected);
+        }
+    }
+
+    #[test]
+    fn date_time_layout_accepts_real_timestamps() {
+        assert_eq!(
+            rfc3339_date_time(b"x2026-11-01t23:59:60.5Z", 1),
+            Some([2026, 11, 1, 23, 59, 60])
+        );
+        assert_eq!(
+            rfc3339_date_time(b"2026-11-01T23:59:6", 0),
+            None,
+            "too short"
+        );
+    }
 
     fn at(rfc3339: &str) -> Timestamp {
         parse_rfc3339(rfc3339.as_bytes(), 0, 0).unwrap().0
