@@ -1,5 +1,5 @@
-//! CEF parser: never panics on any text, and never marks a value JSON-clean that is not, and
-//! stores each key's own hash.
+//! CEF parser: never panics on any text, never marks a value or header field JSON-clean that is
+//! not, and stores each key's own hash.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -15,6 +15,22 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut scratch = String::new();
     if let Ok(parsed) = cef::parse(record, prefix, &mut scratch) {
+        let header = [
+            parsed.device_vendor,
+            parsed.device_product,
+            parsed.device_version,
+            parsed.signature_id,
+            parsed.name,
+            parsed.severity,
+        ];
+        for (n, field) in header.iter().enumerate() {
+            if parsed.header_json_clean & (1 << n) != 0 {
+                assert!(
+                    !field.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\'),
+                    "header field {n}: {field:?}"
+                );
+            }
+        }
         for ext in &parsed.extensions {
             assert!(!ext.key.is_empty());
             assert_eq!(ext.key_hash, cef::key_hash32(ext.key));
