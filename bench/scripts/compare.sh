@@ -59,6 +59,6 @@ $SUDO sysctl -q -w net.core.rmem_max=$((64 * 1024 * 1024)) || echo "warning: cou
 BENCH=target/release/sluice-bench
 "$BENCH" compare --preset peers "${QUICK[@]}" "${PASS[@]}"
 if [[ $PIPELINE == 1 ]]; then
-    "$BENCH" compare --preset pipeline "${QUICK[@]}" --base-port 45000
+    "$BENCH" compare --preset pipeline "${QUICK[@]}" --base-port 26000
 fi
 echo "compare.sh finished in $(( ($(date +%s) - STARTED) / 60 )) min $(( ($(date +%s) - STARTED) % 60 )) s"

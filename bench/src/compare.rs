@@ -592,7 +592,7 @@ fn start_receiver(
             bail!(
                 "{} exited during start-up ({status}): {}",
                 receiver.name(),
-                log.trim().lines().last().unwrap_or("")
+                startup_failure_reason(&log)
             );
         }
         if procstat::port_bound(port, proto == Proto::Udp) {
@@ -825,6 +825,28 @@ fn measure(
 
 /// Runs every point, alternating receivers within each (workload, proto, rate) so that noise
 /// from other load on the machine spreads over all of them.
+/// The line of a receiver's log that says why it exited: the error itself, not the last line
+/// of a backtrace printed after it (`RUST_BACKTRACE=1`).
+fn startup_failure_reason(log: &str) -> &str {
+    let mut lines = log.lines().map(str::trim).filter(|l| !l.is_empty());
+    lines
+        .clone()
+        .find(|l| l.starts_with("Error:"))
+        .or_else(|| lines.next_back())
+        .unwrap_or("")
+}
+
+/// `net.ipv4.ip_local_port_range`: where connect() picks client ports.
+fn ephemeral_ports() -> std::ops::RangeInclusive<u16> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut bounds = text.split_whitespace().map(|v| v.parse::<u16>().ok());
+            Some(bounds.next()??..=bounds.next()??)
+        })
+        .unwrap_or(32_768..=60_999)
+}
+
 pub fn run(
     config: &CompareConfig,
     mut on_result: impl FnMut(&RunResult),
@@ -869,6 +891,25 @@ pub fn run(
         .map(|(c, _)| c.cef_by_external_id())
         .collect();
     let mut results = Vec::new();
+    // Receiver ports (two per point: listener and metrics) stay below the kernel's ephemeral
+    // range when they start there: a client socket that connect() gave the same port number
+    // (the sender's connections linger in TIME_WAIT for a minute) makes the next receiver's
+    // bind fail, and that repetition is lost.
+    let ephemeral = ephemeral_ports();
+    let port_end = if config.base_port < *ephemeral.start() {
+        *ephemeral.start()
+    } else {
+        eprintln!(
+            "warning: --base-port {} is inside the kernel's ephemeral port range {}–{}: a \
+             receiver may fail to bind a port a client connection holds; use a base port \
+             below {}",
+            config.base_port,
+            ephemeral.start(),
+            ephemeral.end(),
+            ephemeral.start()
+        );
+        60_000
+    };
     let mut port = config.base_port;
     for repeat in 0..config.repeats {
         for (index, (corpus, workload)) in corpora.iter().enumerate() {
@@ -879,7 +920,7 @@ pub fn run(
                 .chain(config.tcp_rates.iter().map(|r| (Proto::Tcp, *r)));
             for (proto, offered) in points {
                 for &receiver in &receivers {
-                    port = if port >= 60_000 {
+                    port = if port + 4 > port_end {
                         config.base_port
                     } else {
                         port + 2
@@ -902,4 +943,29 @@ pub fn run(
         }
     }
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_failure_names_the_error_not_the_backtrace() {
+        let log = "2026-12-05T21:55:00Z INFO starting\nError: binding tcp 127.0.0.1:45002: \
+                   Address in use\n\nStack backtrace:\n   0: anyhow::error\n  20: _start\n";
+        assert_eq!(
+            startup_failure_reason(log),
+            "Error: binding tcp 127.0.0.1:45002: Address in use"
+        );
+        assert_eq!(startup_failure_reason("no such file\n"), "no such file");
+        assert_eq!(startup_failure_reason(""), "");
+    }
+
+    #[test]
+    fn ephemeral_range_is_read_from_the_kernel() {
+        let range = ephemeral_ports();
+        assert!(range.start() <= range.end());
+        let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+        assert!(text.split_whitespace().next() == Some(&range.start().to_string()[..]));
+    }
 }

@@ -160,7 +160,9 @@ struct CompareArgs {
     /// Results go to `<out-dir>/<date>/` plus `<out-dir>/latest.md` and `latest-*.png`.
     #[arg(long, default_value = "bench/results")]
     out_dir: PathBuf,
-    #[arg(long, default_value_t = 32_000)]
+    /// First receiver port; keep it below `net.ipv4.ip_local_port_range` (32768 by default),
+    /// where client connections take their ports.
+    #[arg(long, default_value_t = 20_000)]
     base_port: u16,
     /// Parsed output rows checked for field errors per run.
     #[arg(long, default_value_t = 300)]
