@@ -15,15 +15,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut scratch = String::new();
     if let Ok(parsed) = cef::parse(record, prefix, &mut scratch) {
-        let header = [
-            parsed.device_vendor,
-            parsed.device_product,
-            parsed.device_version,
-            parsed.signature_id,
-            parsed.name,
-            parsed.severity,
-        ];
-        for (n, field) in header.iter().enumerate() {
+        for (n, field) in parsed.header_fields().iter().enumerate() {
             if parsed.header_json_clean & (1 << n) != 0 {
                 assert!(
                     !field.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\'),

@@ -150,8 +150,8 @@ pub struct Cef<'a> {
     pub signature_id: &'a str,
     pub name: &'a str,
     pub severity: &'a str,
-    /// Bit `n` set when header field `n` (0 = `device_vendor` … 5 = `severity`) holds no byte
-    /// that JSON escapes: writers may copy it as is. Unset only means "not known".
+    /// Bit `n` set when header field `n` of [`Cef::header_fields`] holds no byte that JSON
+    /// escapes: writers may copy it as is. Unset only means "not known".
     pub header_json_clean: u8,
     /// In message order. Keys are unique: a repeated key is not a field boundary, so the first
     /// occurrence is kept (see docs/cef.md, forged fields).
@@ -166,6 +166,19 @@ impl<'a> Cef<'a> {
     pub const SIGNATURE_ID_CLEAN: u8 = 1 << 3;
     pub const NAME_CLEAN: u8 = 1 << 4;
     pub const SEVERITY_CLEAN: u8 = 1 << 5;
+
+    /// The six header fields after the version, in message order (the order of the
+    /// [`Cef::header_json_clean`] bits).
+    pub fn header_fields(&self) -> [&'a str; 6] {
+        [
+            self.device_vendor,
+            self.device_product,
+            self.device_version,
+            self.signature_id,
+            self.name,
+            self.severity,
+        ]
+    }
 
     pub fn get(&self, key: &str) -> Option<&str> {
         self.extensions

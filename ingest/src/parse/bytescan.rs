@@ -68,11 +68,12 @@ fn block_mask(bytes: &[u8], at: usize, classify: &impl Fn(&[u8; 64]) -> u64) -> 
     classify(&block) & ((1u64 << rest.len()) - 1)
 }
 
-/// The bytes a CEF extension tokenizer stops at: `=` and `\` delimit fields and escapes; `"`
-/// and control bytes are where a value will need JSON escaping.
+/// The bytes a CEF tokenizer stops at: its field delimiter (`|` in the header, `=` in the
+/// extension) and `\` delimit fields and escapes; `"` and control bytes are where a value will
+/// need JSON escaping.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub fn cef_extension_events(block: &[u8; 64]) -> u64 {
+fn cef_events<const DELIMITER: u8>(block: &[u8; 64]) -> u64 {
     use std::arch::x86_64::*;
     let mut mask = 0u64;
     // SAFETY: SSE2 is part of the x86_64 baseline; each unaligned load reads 16 bytes inside
@@ -84,7 +85,7 @@ pub fn cef_extension_events(block: &[u8; 64]) -> u64 {
             // Unsigned `v <= 0x1f`: the minimum equals `v` only for control bytes.
             let control = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v);
             let hit = _mm_or_si128(
-                _mm_or_si128(eq(v, b'='), eq(v, b'\\')),
+                _mm_or_si128(eq(v, DELIMITER), eq(v, b'\\')),
                 _mm_or_si128(eq(v, b'"'), control),
             );
             mask |= u64::from(_mm_movemask_epi8(hit) as u16) << (lane * 16);
@@ -95,55 +96,28 @@ pub fn cef_extension_events(block: &[u8; 64]) -> u64 {
 
 #[cfg(not(target_arch = "x86_64"))]
 #[inline]
-pub fn cef_extension_events(block: &[u8; 64]) -> u64 {
+fn cef_events<const DELIMITER: u8>(block: &[u8; 64]) -> u64 {
     block.iter().enumerate().fold(0, |m, (k, &c)| {
-        m | (u64::from(is_cef_extension_event(c)) << k)
+        m | (u64::from(is_cef_event(DELIMITER, c)) << k)
     })
 }
 
-/// The byte-at-a-time definition of [`cef_extension_events`].
+/// The byte-at-a-time definition of [`cef_events`].
 #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
-fn is_cef_extension_event(c: u8) -> bool {
-    matches!(c, b'=' | b'\\' | b'"') || c < 0x20
+fn is_cef_event(delimiter: u8, c: u8) -> bool {
+    c == delimiter || matches!(c, b'\\' | b'"') || c < 0x20
 }
 
-/// `|` and `\` in a CEF header, the bytes its field tokenizer stops at, and `"` and control
-/// bytes, which make a field need JSON escaping.
-#[cfg(target_arch = "x86_64")]
+/// [`cef_events`] of a CEF extension, delimited by `=`.
+#[inline(always)]
+pub fn cef_extension_events(block: &[u8; 64]) -> u64 {
+    cef_events::<b'='>(block)
+}
+
+/// [`cef_events`] of a CEF header, delimited by `|`.
 #[inline(always)]
 pub fn cef_header_events(block: &[u8; 64]) -> u64 {
-    use std::arch::x86_64::*;
-    let mut mask = 0u64;
-    // SAFETY: as in `cef_extension_events`.
-    unsafe {
-        let eq = |v: __m128i, c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
-        for lane in 0..4 {
-            let v = _mm_loadu_si128(block.as_ptr().add(lane * 16).cast::<__m128i>());
-            // Unsigned `v <= 0x1f`: the minimum equals `v` only for control bytes.
-            let control = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v);
-            let hit = _mm_or_si128(
-                _mm_or_si128(eq(v, b'|'), eq(v, b'\\')),
-                _mm_or_si128(eq(v, b'"'), control),
-            );
-            mask |= u64::from(_mm_movemask_epi8(hit) as u16) << (lane * 16);
-        }
-    }
-    mask
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[inline]
-pub fn cef_header_events(block: &[u8; 64]) -> u64 {
-    block
-        .iter()
-        .enumerate()
-        .fold(0, |m, (k, &c)| m | (u64::from(is_cef_header_event(c)) << k))
-}
-
-/// The byte-at-a-time definition of [`cef_header_events`].
-#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
-fn is_cef_header_event(c: u8) -> bool {
-    matches!(c, b'|' | b'\\' | b'"') || c < 0x20
+    cef_events::<b'|'>(block)
 }
 
 /// Bit `k` set when `bytes[at + k]` (k < 16) is a backslash.
@@ -203,7 +177,7 @@ mod tests {
 
     fn reference(text: &[u8]) -> Vec<usize> {
         (0..text.len())
-            .filter(|&k| is_cef_extension_event(text[k]))
+            .filter(|&k| is_cef_event(b'=', text[k]))
             .collect()
     }
 
@@ -252,7 +226,7 @@ mod tests {
                 block[pos] = byte;
                 assert_eq!(
                     cef_extension_events(&block),
-                    u64::from(is_cef_extension_event(byte)) << pos,
+                    u64::from(is_cef_event(b'=', byte)) << pos,
                     "byte {byte:#04x} at {pos}"
                 );
             }
@@ -282,7 +256,7 @@ mod tests {
                 block[pos] = byte;
                 assert_eq!(
                     cef_header_events(&block),
-                    u64::from(is_cef_header_event(byte)) << pos,
+                    u64::from(is_cef_event(b'|', byte)) << pos,
                     "byte {byte:#04x} at {pos}"
                 );
             }

@@ -1312,16 +1312,8 @@ mod tests {
     fn block_parse(record: &str) -> Tokens {
         let mut scratch = String::new();
         let c = parse(record, "", &mut scratch)?;
-        let header = [
-            c.device_vendor,
-            c.device_product,
-            c.device_version,
-            c.signature_id,
-            c.name,
-            c.severity,
-        ];
         Ok((
-            header.iter().map(|f| f.to_string()).collect(),
+            c.header_fields().iter().map(|f| f.to_string()).collect(),
             c.extensions
                 .iter()
                 .map(|e| (e.key.to_string(), e.value.to_string()))
@@ -1381,8 +1373,7 @@ mod tests {
             proptest::prop_assert_eq!(block_parse(&record), reference_parse(&record), "{:?}", record);
             let mut scratch = String::new();
             if let Ok(c) = parse(&record, "", &mut scratch) {
-                let header = [c.device_vendor, c.device_product, c.device_version, c.signature_id, c.name, c.severity];
-                for (n, field) in header.iter().enumerate() {
+                for (n, field) in c.header_fields().iter().enumerate() {
                     let needs_escape = field.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\');
                     proptest::prop_assert!(
                         !(needs_escape && c.header_json_clean & (1 << n) != 0),
