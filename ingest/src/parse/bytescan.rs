@@ -71,9 +71,40 @@ fn block_mask(bytes: &[u8], at: usize, classify: &impl Fn(&[u8; 64]) -> u64) -> 
 /// The bytes a CEF tokenizer stops at: its field delimiter (`|` in the header, `=` in the
 /// extension) and `\` delimit fields and escapes; `"` and control bytes are where a value will
 /// need JSON escaping.
+///
+/// With AVX-512BW (checked at run time, a cached flag) the block is one register and each
+/// class one compare into a mask register: a sixth of the SSE2 instructions.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn cef_events<const DELIMITER: u8>(block: &[u8; 64]) -> u64 {
+    if std::arch::is_x86_feature_detected!("avx512bw") {
+        // SAFETY: the CPU has AVX-512BW, checked just above.
+        unsafe { cef_events_avx512::<DELIMITER>(block) }
+    } else {
+        cef_events_sse2::<DELIMITER>(block)
+    }
+}
+
+/// [`cef_events`] with AVX-512BW.
+///
+/// # Safety
+/// The CPU must support AVX-512BW.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512bw")]
+unsafe fn cef_events_avx512<const DELIMITER: u8>(block: &[u8; 64]) -> u64 {
+    use std::arch::x86_64::*;
+    // SAFETY: the 64-byte unaligned load reads exactly `block`.
+    let v = unsafe { _mm512_loadu_si512(block.as_ptr().cast()) };
+    _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(DELIMITER as i8))
+        | _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(b'\\' as i8))
+        | _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(b'"' as i8))
+        | _mm512_cmplt_epu8_mask(v, _mm512_set1_epi8(0x20))
+}
+
+/// [`cef_events`] with SSE2 (the x86_64 baseline), 16 bytes at a time.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn cef_events_sse2<const DELIMITER: u8>(block: &[u8; 64]) -> u64 {
     use std::arch::x86_64::*;
     let mut mask = 0u64;
     // SAFETY: SSE2 is part of the x86_64 baseline; each unaligned load reads 16 bytes inside
@@ -103,7 +134,7 @@ fn cef_events<const DELIMITER: u8>(block: &[u8; 64]) -> u64 {
 }
 
 /// The byte-at-a-time definition of [`cef_events`].
-#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+#[cfg_attr(all(target_arch = "x86_64", not(test)), allow(dead_code))]
 fn is_cef_event(delimiter: u8, c: u8) -> bool {
     c == delimiter || matches!(c, b'\\' | b'"') || c < 0x20
 }
@@ -229,6 +260,37 @@ mod tests {
                     u64::from(is_cef_event(b'=', byte)) << pos,
                     "byte {byte:#04x} at {pos}"
                 );
+            }
+        }
+    }
+
+    /// Both x86_64 implementations, whichever the dispatcher picks on this CPU.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn sse2_and_avx512_events_are_exact_for_every_byte_in_every_position() {
+        let avx512 = std::arch::is_x86_feature_detected!("avx512bw");
+        if !avx512 {
+            eprintln!("no AVX-512BW on this CPU: only the SSE2 classifier is checked");
+        }
+        for byte in 0..=255u8 {
+            for pos in 0..64 {
+                for background in [b'a', b'='] {
+                    let mut block = [background; 64];
+                    block[pos] = byte;
+                    let expected = (0..64).fold(0u64, |m, k| {
+                        m | (u64::from(is_cef_event(b'=', block[k])) << k)
+                    });
+                    assert_eq!(
+                        cef_events_sse2::<b'='>(&block),
+                        expected,
+                        "sse2 {byte:#04x}"
+                    );
+                    if avx512 {
+                        // SAFETY: AVX-512BW is present (checked above).
+                        let got = unsafe { cef_events_avx512::<b'='>(&block) };
+                        assert_eq!(got, expected, "avx512 {byte:#04x} at {pos}");
+                    }
+                }
             }
         }
     }

@@ -95,11 +95,16 @@ fn is_trailing_ws(b: u8) -> bool {
 /// A byte range in the arena of unescaped text.
 type ArenaRange = (u32, u32);
 
-/// Appends the unescaped `raw` to `arena` and returns where it went.
-fn unescape_into(arena: &mut String, raw: &str, decode: impl Fn(u8) -> Option<char>) -> ArenaRange {
+/// Appends the unescaped `raw` to `arena` and returns where it went, and whether unescaping
+/// left a byte that JSON escapes (see [`unescape_with`]).
+fn unescape_into(
+    arena: &mut String,
+    raw: &str,
+    decode: impl Fn(u8) -> Option<char>,
+) -> (ArenaRange, bool) {
     let start = arena.len();
-    unescape_with(raw, decode, arena);
-    (start as u32, arena.len() as u32)
+    let json_dirty = unescape_with(raw, decode, arena);
+    ((start as u32, arena.len() as u32), json_dirty)
 }
 
 /// Parses a record starting at `CEF:`; `prefix` is the text that preceded it (kept trimmed).
@@ -158,12 +163,15 @@ pub fn parse_with_storage<'a>(
         let field =
             header_field_end(bytes, pos, &mut events).ok_or(CefError::IncompleteHeader(n + 1))?;
         let raw = &record[pos..field.end];
+        let mut json_clean = field.json_clean;
         if field.escaped {
-            unescaped_fields[n] = Some(unescape_into(unescaped, raw, decode_header_escape));
+            let (range, json_dirty) = unescape_into(unescaped, raw, decode_header_escape);
+            unescaped_fields[n] = Some(range);
+            json_clean &= !json_dirty;
         } else {
             fields[n] = raw;
         }
-        header_json_clean |= u8::from(field.json_clean) << n;
+        header_json_clean |= u8::from(json_clean) << n;
         pos = field.end + 1;
     }
     let mut cef = Cef {
@@ -233,9 +241,8 @@ fn header_field_end(
                 return Some(field);
             }
             b'\\' => {
+                // Whether the unescaped text is JSON-clean is told by the unescaping.
                 field.escaped = true;
-                // An unescaped `\\` is a backslash, which JSON escapes.
-                field.json_clean = false;
                 pos = p + 2;
             }
             _ => field.json_clean = false,
@@ -250,7 +257,7 @@ struct HeaderField {
     end: usize,
     /// It holds a backslash, so its text is unescaped.
     escaped: bool,
-    /// Its text holds no byte that JSON escapes.
+    /// Its text holds no `"` or control byte (and, if not `escaped`, no byte JSON escapes).
     json_clean: bool,
 }
 
@@ -275,12 +282,18 @@ fn decode_value_escape(c: u8) -> Option<char> {
     }
 }
 
-/// Appends `raw` to `out` with its escapes decoded.
-fn unescape_with(raw: &str, decode: impl Fn(u8) -> Option<char>, out: &mut String) {
+/// Appends `raw` to `out` with its escapes decoded. Returns whether that left a backslash or
+/// decoded a byte that JSON escapes (`\\`, `\n`): if not, and `raw` held no `"` or control
+/// byte, the text needs no JSON escaping (`a\=b` → `a=b`, the common escape, is clean).
+fn unescape_with(raw: &str, decode: impl Fn(u8) -> Option<char>, out: &mut String) -> bool {
     let bytes = raw.as_bytes();
     let n = bytes.len();
     out.reserve(n);
-    let mut state = Unescape { copied: 0, next: 0 };
+    let mut state = Unescape {
+        copied: 0,
+        next: 0,
+        json_dirty: false,
+    };
     // 16-byte masks (the last window overlapping the one before), not a `memchr` call per
     // backslash: values are short, and the calls' set-up cost more than the scan.
     if n >= 16 {
@@ -301,6 +314,7 @@ fn unescape_with(raw: &str, decode: impl Fn(u8) -> Option<char>, out: &mut Strin
         }
     }
     out.push_str(&raw[state.copied..]);
+    state.json_dirty
 }
 
 /// Progress of [`unescape_with`] through its text.
@@ -309,6 +323,8 @@ struct Unescape {
     copied: usize,
     /// A backslash before this offset was consumed by an escape.
     next: usize,
+    /// A backslash was kept, or an escape decoded to a byte that JSON escapes.
+    json_dirty: bool,
 }
 
 impl Unescape {
@@ -328,14 +344,18 @@ impl Unescape {
             // Escapes are ASCII, so slicing at p and p + 2 stays on char boundaries.
             out.push_str(&raw[self.copied..p]);
             out.push(ch);
+            self.json_dirty |= matches!(ch, '\\' | '"') || ch < ' ';
             self.copied = p + 2;
             self.next = p + 2;
+        } else {
+            self.json_dirty = true;
         }
     }
 }
 
 /// The value `raw` of extension number `index`: borrowed from the record, or unescaped into
-/// the arena (and patched in by [`parse`] once the arena is complete).
+/// the arena (and patched in by [`parse`] once the arena is complete). Also returns whether
+/// unescaping left a byte that JSON escapes.
 // Inlined: called once per extension, and the borrowed case is a two-word move.
 #[inline(always)]
 fn value_text<'a>(
@@ -344,12 +364,13 @@ fn value_text<'a>(
     index: usize,
     arena: &mut String,
     spans: &mut SmallVec<[(u32, ArenaRange); 8]>,
-) -> &'a str {
+) -> (&'a str, bool) {
     if has_backslash {
-        spans.push((index as u32, unescape_into(arena, raw, decode_value_escape)));
-        ""
+        let (range, json_dirty) = unescape_into(arena, raw, decode_value_escape);
+        spans.push((index as u32, range));
+        ("", json_dirty)
     } else {
-        raw
+        (raw, false)
     }
 }
 
@@ -421,9 +442,11 @@ fn parse_extensions<'a>(
             // A stray `=`: the sender does not escape, so the value runs to the end of the
             // record (see the module docs).
             let has_backslash = has_backslash || memchr(b'\\', &bytes[p..]).is_some();
+            let (value, _) =
+                value_text(&ext[value_start..], has_backslash, out.len(), arena, spans);
             out.push(Extension {
                 key,
-                value: value_text(&ext[value_start..], has_backslash, out.len(), arena, spans),
+                value,
                 // Not worth a scan of the rest: the writer escapes as usual.
                 json_clean: false,
                 key_hash: upper32(hash_of_key),
@@ -434,17 +457,17 @@ fn parse_extensions<'a>(
         while value_end > value_start && bytes[value_end - 1] == b' ' {
             value_end -= 1;
         }
+        let (value, json_dirty) = value_text(
+            &ext[value_start..value_end],
+            has_backslash,
+            out.len(),
+            arena,
+            spans,
+        );
         out.push(Extension {
             key,
-            value: value_text(
-                &ext[value_start..value_end],
-                has_backslash,
-                out.len(),
-                arena,
-                spans,
-            ),
-            // An unescaped value may hold a decoded line break.
-            json_clean: !has_backslash && !needs_json_escape,
+            value,
+            json_clean: !needs_json_escape && !json_dirty,
             key_hash: upper32(hash_of_key),
         });
         key = candidate;
@@ -455,10 +478,12 @@ fn parse_extensions<'a>(
         has_backslash = false;
         needs_json_escape = false;
     }
+    let (value, json_dirty) =
+        value_text(&ext[value_start..], has_backslash, out.len(), arena, spans);
     out.push(Extension {
         key,
-        value: value_text(&ext[value_start..], has_backslash, out.len(), arena, spans),
-        json_clean: !has_backslash && !needs_json_escape,
+        value,
+        json_clean: !needs_json_escape && !json_dirty,
         key_hash: upper32(hash_of_key),
     });
     Ok(())
@@ -844,7 +869,9 @@ impl<T> KeyIndex<T> {
 
     /// [`KeyIndex::get`] with the key's [`key_hash32`] already known (the CEF tokenizer stores
     /// it in [`Extension::key_hash`]).
-    #[inline]
+    // Inlined: the row writers call it once per extension, and the call's set-up cost a
+    // third of the lookup.
+    #[inline(always)]
     pub fn get_hashed(&self, key: &str, hash: u32) -> Option<&T> {
         let mask = self.slots.len() - 1;
         let mut slot = (hash >> self.shift) as usize;
@@ -1338,11 +1365,15 @@ mod tests {
         let c = parse("CEF:0|a\\|b|p|1|s|n|5|", "", &mut scratch).unwrap();
         assert_eq!(c.device_vendor, "a|b");
         assert_eq!(
-            c.header_json_clean & Cef::VENDOR_CLEAN,
-            0,
-            "escaped: not known clean"
+            c.header_json_clean, 0b11_1111,
+            "`\\|` unescapes to a clean `|`"
         );
-        assert_eq!(c.header_json_clean, 0b11_1110);
+        let c = parse("CEF:0|a\\x|p|1|s|n|5|", "", &mut scratch).unwrap();
+        assert_eq!(c.device_vendor, "a\\x");
+        assert_eq!(
+            c.header_json_clean, 0b11_1110,
+            "a kept backslash is not clean"
+        );
     }
 
     #[test]
@@ -1410,13 +1441,14 @@ mod tests {
     fn values_without_escapes_are_json_clean() {
         let mut scratch = String::new();
         let cef = parse(
-            r#"CEF:0|v|p|1|s|n|5|a=plain b=with "quote" c=back\\slash d=x"#,
+            r#"CEF:0|v|p|1|s|n|5|a=plain b=with "quote" c=back\\slash d=x e=1\=2 f=a\nb g=a\x"#,
             "",
             &mut scratch,
         )
         .unwrap();
         let clean: Vec<bool> = cef.extensions.iter().map(|e| e.json_clean).collect();
-        assert_eq!(clean, [true, false, false, true]);
+        // `\=` decodes to a clean `=`; `\\`, `\n` and a kept backslash are not clean.
+        assert_eq!(clean, [true, false, false, true, true, false, false]);
     }
 
     #[test]

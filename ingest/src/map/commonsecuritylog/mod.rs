@@ -433,6 +433,18 @@ fn write_typed(
             w.push(b'"');
             true
         }
+        // Digits as a sender writes them are already the JSON number: copied, not parsed and
+        // formatted again.
+        Type::Int | Type::CustomNumber(_) if is_plain_number(value, 9) => {
+            col.write_key(w, false);
+            w.extend_small(value.as_bytes());
+            true
+        }
+        Type::Long if is_plain_number(value, 18) => {
+            col.write_key(w, false);
+            w.extend_small(value.as_bytes());
+            true
+        }
         Type::Int => match value.trim().parse::<i32>() {
             Ok(n) => {
                 col.write_key(w, false);
@@ -486,6 +498,18 @@ fn write_typed(
     }
 }
 
+/// `value` is 1 to `max_digits` ASCII digits without a leading zero (or is `0`): the canonical
+/// text of a non-negative number that fits in `max_digits` digits, so exactly what formatting
+/// its parsed value would give.
+#[inline(always)]
+fn is_plain_number(value: &str, max_digits: usize) -> bool {
+    let b = value.as_bytes();
+    !b.is_empty()
+        && b.len() <= max_digits
+        && (b[0] != b'0' || b.len() == 1)
+        && b.iter().all(u8::is_ascii_digit)
+}
+
 /// `LogSeverity`: the header severity as sent, with the doc's words in the doc's spelling.
 fn log_severity(severity: &str) -> &str {
     const WORDS: [&str; 5] = ["Unknown", "Low", "Medium", "High", "Very-High"];
@@ -526,7 +550,7 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
     let field = |w: &mut Cursor<'_>, key: &'static [u8], value: &str, clean_bit: u8| {
         if cef.header_json_clean & clean_bit != 0 {
             w.extend_small(key);
-            w.extend(value.as_bytes());
+            w.extend_small(value.as_bytes());
             w.push(b'"');
         } else {
             text(w, key, value);
@@ -716,6 +740,38 @@ mod tests {
         write(&event(body, &mut String::new()), &mut out);
         serde_json::from_slice(&out)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
+    }
+
+    proptest::proptest! {
+        /// A value copied as it is reads back as the same number the parse-and-format path
+        /// writes, so the fast path changes no row.
+        #[test]
+        fn plain_numbers_are_their_own_formatting(value in "[-+ 0-9]{0,20}") {
+            if is_plain_number(&value, 9) {
+                let n: i32 = value.parse().unwrap();
+                proptest::prop_assert_eq!(n.to_string(), value.as_str());
+            }
+            if is_plain_number(&value, 18) {
+                let n: i64 = value.parse().unwrap();
+                proptest::prop_assert_eq!(n.to_string(), value.as_str());
+            }
+        }
+    }
+
+    #[test]
+    fn numbers_that_are_not_plain_still_land_in_their_columns() {
+        let r = row("CEF:0|v|p|1|s|n|5|spt=007 dpt= 80 cnt=+3 cn1=4294967296 in=-5 cn2=0");
+        assert_eq!(r["SourcePort"], 7);
+        assert_eq!(r["DestinationPort"], 80);
+        assert_eq!(r["EventCount"], 3);
+        assert_eq!(r["FieldDeviceCustomNumber1"], 4294967296i64);
+        assert_eq!(r["ReceivedBytes"], -5);
+        assert_eq!(r["DeviceCustomNumber2"], 0);
+        assert!(
+            ["0", "00", "1", "999999999"]
+                .iter()
+                .all(|v| is_plain_number(v, 9) == (*v != "00"))
+        );
     }
 
     #[test]
