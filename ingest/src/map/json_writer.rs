@@ -279,6 +279,12 @@ pub fn write_str_contents<S: ByteSink + ?Sized>(out: &mut S, s: &str) {
         out.extend_small(bytes);
         return;
     }
+    // Host names and URLs: two overlapping 16-byte tests cover up to 32 bytes.
+    #[cfg(target_arch = "x86_64")]
+    if (16..=32).contains(&n) && escape_mask16(bytes, 0) | escape_mask16(bytes, n - 16) == 0 {
+        out.extend_small(bytes);
+        return;
+    }
     let mut start = 0;
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
