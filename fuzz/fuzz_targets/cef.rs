@@ -26,6 +26,7 @@ fuzz_target!(|data: &[u8]| {
         for ext in &parsed.extensions {
             assert!(!ext.key.is_empty());
             assert_eq!(ext.key_hash, cef::key_hash32(ext.key));
+            assert_eq!(ext.key_tail, cef::key_tail(ext.key.as_bytes()));
             if ext.json_clean {
                 assert!(
                     !ext.value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\'),

@@ -136,6 +136,9 @@ pub struct Extension<'a> {
     /// [`crate::parse::cef::key_hash32`] of `key`, computed while tokenising: mappers look the
     /// key up in their tables without hashing it again.
     pub key_hash: u32,
+    /// [`crate::parse::cef::key_tail`] of `key`: with `key_hash`, what a table lookup
+    /// compares.
+    pub key_tail: u128,
 }
 
 /// A parsed CEF record. Header fields are unescaped (`\|`, `\\`).

@@ -398,7 +398,8 @@ fn parse_extensions<'a>(
         return Err(CefError::KeylessExtension(shown));
     }
     let mut key = &ext[i..key_end];
-    let mut hash_of_key = key_hash(key.as_bytes());
+    let mut tail_of_key = key_tail(key.as_bytes());
+    let mut hash_of_key = hash_tail(tail_of_key, key.len());
     let mut value_start = key_end + 1;
     let mut seen = SeenKeys::default();
     seen.insert(key, hash_of_key, out);
@@ -425,18 +426,19 @@ fn parse_extensions<'a>(
         }
         let s = key_start(bytes, value_start, p);
         let candidate = &ext[s..p];
-        let mut hash = 0;
+        let (mut hash, mut tail) = (0, 0);
         let boundary = s < p
             && s > value_start
             && bytes[s - 1] == b' '
             && bytes.get(p + 1) != Some(&b'=')
             && {
-                hash = if p >= 16 {
-                    key_hash_window(window16(bytes, p), p - s)
+                tail = if p >= 16 {
+                    key_tail_window(window16(bytes, p), p - s)
                 } else {
-                    key_hash(candidate.as_bytes())
+                    key_tail(candidate.as_bytes())
                 };
-                !seen.contains(candidate, hash, key, out)
+                hash = hash_tail(tail, p - s);
+                !seen.contains(candidate, hash, tail, key, out)
             };
         if !boundary {
             // A stray `=`: the sender does not escape, so the value runs to the end of the
@@ -450,6 +452,7 @@ fn parse_extensions<'a>(
                 // Not worth a scan of the rest: the writer escapes as usual.
                 json_clean: false,
                 key_hash: upper32(hash_of_key),
+                key_tail: tail_of_key,
             });
             return Ok(());
         }
@@ -469,9 +472,11 @@ fn parse_extensions<'a>(
             value,
             json_clean: !needs_json_escape && !json_dirty,
             key_hash: upper32(hash_of_key),
+            key_tail: tail_of_key,
         });
         key = candidate;
         hash_of_key = hash;
+        tail_of_key = tail;
         seen.insert(key, hash, out);
         value_start = p + 1;
         pos = value_start;
@@ -485,6 +490,7 @@ fn parse_extensions<'a>(
         value,
         json_clean: !needs_json_escape && !json_dirty,
         key_hash: upper32(hash_of_key),
+        key_tail: tail_of_key,
     });
     Ok(())
 }
@@ -551,9 +557,17 @@ impl<'a> SeenKeys<'a> {
             .insert(key);
     }
 
-    /// Whether `key` (hash `hash`) is the current key `current` or one of `done`'s.
+    /// Whether `key` (hash `hash`, tail `tail`) is the current key `current` or one of
+    /// `done`'s.
     #[inline]
-    fn contains(&self, key: &str, hash: u64, current: &str, done: &[Extension<'_>]) -> bool {
+    fn contains(
+        &self,
+        key: &str,
+        hash: u64,
+        tail: u128,
+        current: &str,
+        done: &[Extension<'_>],
+    ) -> bool {
         let (word, bit) = filter_bit(hash);
         if self.filter[word] & bit == 0 {
             return false;
@@ -562,10 +576,14 @@ impl<'a> SeenKeys<'a> {
             Some(set) => set.contains(key),
             None => {
                 let hash = upper32(hash);
-                short_eq(current.as_bytes(), key.as_bytes())
-                    || done
-                        .iter()
-                        .any(|e| e.key_hash == hash && short_eq(e.key.as_bytes(), key.as_bytes()))
+                // Equal tails and lengths settle keys of up to 16 bytes (see `key_tail`).
+                let same = |e: &Extension<'_>| {
+                    e.key_hash == hash
+                        && e.key_tail == tail
+                        && e.key.len() == key.len()
+                        && (key.len() <= 16 || e.key == key)
+                };
+                short_eq(current.as_bytes(), key.as_bytes()) || done.iter().any(same)
             }
         }
     }
@@ -807,8 +825,8 @@ struct Slot {
     /// Index into `keys` and `values` + 1; 0 marks an empty slot.
     entry: u16,
     len: u8,
-    /// The key's bytes when it has at most [`Slot::INLINE`] of them (others are compared in
-    /// `keys`).
+    /// The key's [`key_tail`] as bytes (unaligned, so a slot stays 24 bytes); a key longer
+    /// than [`Slot::INLINE`] bytes is also compared whole in `keys`.
     key: [u8; Slot::INLINE],
 }
 
@@ -844,14 +862,11 @@ impl<T> KeyIndex<T> {
             while slots[slot].entry != 0 {
                 slot = (slot + 1) & mask;
             }
-            let mut inline = [0u8; Slot::INLINE];
-            let n = key.len().min(Slot::INLINE);
-            inline[..n].copy_from_slice(&key.as_bytes()[..n]);
             slots[slot] = Slot {
                 hash,
                 entry: i as u16 + 1,
                 len: key.len() as u8,
-                key: inline,
+                key: key_tail(key.as_bytes()).to_le_bytes(),
             };
         }
         KeyIndex {
@@ -864,15 +879,16 @@ impl<T> KeyIndex<T> {
 
     #[inline]
     pub fn get(&self, key: &str) -> Option<&T> {
-        self.get_hashed(key, key_hash32(key))
+        let tail = key_tail(key.as_bytes());
+        self.get_hashed(key, upper32(hash_tail(tail, key.len())), tail)
     }
 
-    /// [`KeyIndex::get`] with the key's [`key_hash32`] already known (the CEF tokenizer stores
-    /// it in [`Extension::key_hash`]).
+    /// [`KeyIndex::get`] with the key's [`key_hash32`] and [`key_tail`] already known (the CEF
+    /// tokenizer stores them in [`Extension::key_hash`] and [`Extension::key_tail`]).
     // Inlined: the row writers call it once per extension, and the call's set-up cost a
     // third of the lookup.
     #[inline(always)]
-    pub fn get_hashed(&self, key: &str, hash: u32) -> Option<&T> {
+    pub fn get_hashed(&self, key: &str, hash: u32, tail: u128) -> Option<&T> {
         let mask = self.slots.len() - 1;
         let mut slot = (hash >> self.shift) as usize;
         loop {
@@ -880,13 +896,14 @@ impl<T> KeyIndex<T> {
             if s.entry == 0 {
                 return None;
             }
-            if s.hash == hash && usize::from(s.len) == key.len() {
+            // One 128-bit compare instead of a length-dependent byte compare, whose branches
+            // were mispredicted as key lengths changed from one extension to the next.
+            if s.hash == hash
+                && usize::from(s.len) == key.len()
+                && u128::from_le_bytes(s.key) == tail
+            {
                 let entry = usize::from(s.entry - 1);
-                let same = if key.len() <= Slot::INLINE {
-                    short_eq(&s.key[..key.len()], key.as_bytes())
-                } else {
-                    *self.keys[entry] == *key
-                };
+                let same = key.len() <= Slot::INLINE || *self.keys[entry] == *key;
                 if same {
                     return Some(&self.values[entry]);
                 }
@@ -906,14 +923,22 @@ fn load4(k: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(k[at..at + 4].try_into().expect("4 bytes"))
 }
 
-/// Hash of a key: its last (up to) 16 bytes, zero-padded in front, and its length. See
-/// [`key_hash_window`], which the tokenizer uses on the bytes it already has in front of each `=`.
+/// Hash of a key: its [`key_tail`] and its length. The tokenizer takes the tail from the
+/// bytes it already has in front of each `=` ([`key_tail_window`]).
 fn key_hash(k: &[u8]) -> u64 {
+    hash_tail(key_tail(k), k.len())
+}
+
+/// A key's last (up to) 16 bytes as one little-endian integer, zero-padded in front: the key
+/// sits in its high bytes. Equal keys of up to 16 bytes have equal tails and lengths and
+/// nothing else does, so [`KeyIndex`] compares keys as one 128-bit integer.
+#[inline]
+pub fn key_tail(k: &[u8]) -> u128 {
     let n = k.len();
     let take = n.min(16);
     let mut window = [0u8; 16];
     window[16 - take..].copy_from_slice(&k[n - take..]);
-    key_hash_window(u128::from_le_bytes(window), n)
+    u128::from_le_bytes(window)
 }
 
 /// The 16 bytes of `bytes` that end at `end` (`end >= 16`) as one little-endian integer: a key
@@ -923,13 +948,18 @@ fn window16(bytes: &[u8], end: usize) -> u128 {
     u128::from_le_bytes(bytes[end - 16..end].try_into().expect("16 bytes"))
 }
 
-/// [`key_hash`] of the `len`-byte key at the end of `window` (bytes before the key are masked
-/// off). Branch-free: key lengths change from one extension to the next, and the old
-/// length-class branches were mispredicted on real records.
+/// [`key_tail`] of the `len`-byte key at the end of `window`: the bytes before it masked off.
+/// Branch-free: key lengths change from one extension to the next, and the old length-class
+/// branches were mispredicted on real records.
 #[inline(always)]
-fn key_hash_window(window: u128, len: usize) -> u64 {
+fn key_tail_window(window: u128, len: usize) -> u128 {
     let pad = (16usize.saturating_sub(len) * 8) as u32;
-    let key = window & u128::MAX.checked_shl(pad).unwrap_or(0);
+    window & u128::MAX.checked_shl(pad).unwrap_or(0)
+}
+
+/// The hash of a key from its [`key_tail`] and length.
+#[inline(always)]
+fn hash_tail(key: u128, len: usize) -> u64 {
     let (lo, hi) = (key as u64, (key >> 64) as u64);
     (hi.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ lo.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ len as u64)
         .wrapping_mul(0xd6e8_feb8_6659_fd93)
@@ -1189,6 +1219,25 @@ mod tests {
     }
 
     #[test]
+    fn long_keys_with_the_same_last_16_bytes_are_different_keys() {
+        let mut scratch = String::new();
+        let c = parse(
+            "CEF:0|v|p|1|id|n|5|ad.Xbcdefghijklmnopq=1 ad.abcdefghijklmnopq=2 \
+             ad.abcdefghijklmnopq=3",
+            "",
+            &mut scratch,
+        )
+        .unwrap();
+        assert_eq!(
+            ext(&c),
+            vec![
+                ("ad.Xbcdefghijklmnopq", "1"),
+                ("ad.abcdefghijklmnopq", "2 ad.abcdefghijklmnopq=3")
+            ]
+        );
+    }
+
+    #[test]
     fn escaped_injection_stays_in_value() {
         let mut scratch = String::new();
         let text = "https://x/?a=1 src=6.6.6.6\nline2 \\ end";
@@ -1426,6 +1475,7 @@ mod tests {
             if let Ok(cef) = parse(&record, "", &mut scratch) {
                 for e in &cef.extensions {
                     proptest::prop_assert_eq!(e.key_hash, key_hash32(e.key));
+                    proptest::prop_assert_eq!(e.key_tail, key_tail(e.key.as_bytes()));
                     if e.json_clean {
                         proptest::prop_assert!(
                             !e.value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\'),
@@ -1517,8 +1567,10 @@ mod tests {
                 if end < 16 {
                     continue;
                 }
+                let tail = key_tail_window(window16(text.as_bytes(), end), key.len());
+                assert_eq!(tail, key_tail(key.as_bytes()), "{text:?}");
                 assert_eq!(
-                    key_hash_window(window16(text.as_bytes(), end), key.len()),
+                    hash_tail(tail, key.len()),
                     key_hash(key.as_bytes()),
                     "{text:?}"
                 );
@@ -1573,6 +1625,13 @@ mod tests {
             assert_eq!(index.get(&format!("{k}x")), None);
             assert_eq!(index.get(&format!("x{k}")), None);
         }
+        // Same length and same last 16 bytes (so the same tail and hash): told apart by the
+        // whole-key compare.
+        assert_eq!(index.get("Xbcdefghijklmnopq"), None);
+        let long = KeyIndex::new([("abcdefghijklmnopq", 1), ("Xbcdefghijklmnopq", 2)]);
+        assert_eq!(long.get("abcdefghijklmnopq"), Some(&1));
+        assert_eq!(long.get("Xbcdefghijklmnopq"), Some(&2));
+        assert_eq!(long.get("Ybcdefghijklmnopq"), None);
     }
 
     #[test]

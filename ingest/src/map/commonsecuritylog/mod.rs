@@ -216,7 +216,8 @@ static COLUMNS: &[(&str, &str, Type)] = &[
 /// The column a CEF key is written to, or `None` for `AdditionalExtensions`.
 #[cfg(test)]
 fn column(key: &str) -> Option<(&'static str, Type)> {
-    column_hashed(key, crate::parse::cef::key_hash32(key)).map(|c| (c.name(), c.ty))
+    let tail = crate::parse::cef::key_tail(key.as_bytes());
+    column_hashed(key, crate::parse::cef::key_hash32(key), tail).map(|c| (c.name(), c.ty))
 }
 
 /// A column as the row writer needs it: its type and `,"Name":"` ready to copy.
@@ -259,8 +260,8 @@ impl Column {
 }
 
 /// [`column`] for a key whose [`crate::parse::cef::key_hash32`] is known.
-fn column_hashed(key: &str, hash: u32) -> Option<&'static Column> {
-    match COLUMN_INDEX.get_hashed(key, hash) {
+fn column_hashed(key: &str, hash: u32, tail: u128) -> Option<&'static Column> {
+    match COLUMN_INDEX.get_hashed(key, hash, tail) {
         Some(hit) => Some(hit),
         // Non-canonical custom spellings (`cs01`) and keys without a column.
         None => custom_column_uncommon(key),
@@ -607,7 +608,7 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
         if e.key.as_bytes() == b"rt" || e.value.is_empty() {
             continue;
         }
-        let written = match column_hashed(e.key, e.key_hash) {
+        let written = match column_hashed(e.key, e.key_hash, e.key_tail) {
             Some(col) => write_typed(&mut w, col, e, dtz),
             None => false,
         };

@@ -171,7 +171,7 @@ impl<'c> Picked<'c> {
     fn from(cef: &'c Cef<'_>) -> Self {
         let mut slots = [None; SLOTS];
         for e in &cef.extensions {
-            if let Some(&slot) = PICK_INDEX.get_hashed(e.key, e.key_hash) {
+            if let Some(&slot) = PICK_INDEX.get_hashed(e.key, e.key_hash, e.key_tail) {
                 slots[slot] = Some(e.value).filter(|v| !v.is_empty());
             }
         }
@@ -249,7 +249,7 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
             let mut x = c.object("extensions");
             for e in &cef.extensions {
                 let slow;
-                let name = match EXTENSION_NAMES.get_hashed(e.key, e.key_hash) {
+                let name = match EXTENSION_NAMES.get_hashed(e.key, e.key_hash, e.key_tail) {
                     Some(name) => &**name,
                     None => {
                         slow = extension_name_slow(e.key);
