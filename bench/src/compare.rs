@@ -823,8 +823,6 @@ fn measure(
     outcome
 }
 
-/// Runs every point, alternating receivers within each (workload, proto, rate) so that noise
-/// from other load on the machine spreads over all of them.
 /// Whether a receiver that used `cpu` in one 100 ms poll interval is still working: at least a
 /// tenth of a core. Idle receivers still wake up (timers, metrics, flush checks) and use a few
 /// hundred microseconds per interval, which the exact CPU clock sees.
@@ -854,6 +852,8 @@ fn ephemeral_ports() -> std::ops::RangeInclusive<u16> {
         .unwrap_or(32_768..=60_999)
 }
 
+/// Runs every point, alternating receivers within each (workload, proto, rate) so that noise
+/// from other load on the machine spreads over all of them.
 pub fn run(
     config: &CompareConfig,
     mut on_result: impl FnMut(&RunResult),
