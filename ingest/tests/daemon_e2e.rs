@@ -62,6 +62,44 @@ impl Daemon {
         self.dir.path().join("out")
     }
 
+    /// Nice values of the daemon's threads whose name starts with `prefix`.
+    fn thread_nice(&self, prefix: &str) -> Vec<i32> {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        let mut nice = Vec::new();
+        for task in std::fs::read_dir(tasks).unwrap() {
+            let path = task.unwrap().path();
+            let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+                continue;
+            };
+            let (open, close) = (stat.find('(').unwrap(), stat.rfind(')').unwrap());
+            if !stat[open + 1..close].starts_with(prefix) {
+                continue;
+            }
+            // Field 19 of the line; the name in parentheses is field 2.
+            let after = &stat[close + 2..];
+            nice.push(after.split(' ').nth(16).unwrap().parse().unwrap());
+        }
+        nice
+    }
+
+    /// Nice values of the readers and of the threads named by `prefixes`, once the latter are
+    /// `steps` above the readers (threads set their own priority as they start) or after 2 s.
+    fn settled_nice(&self, prefixes: &[&str], steps: i32) -> (Vec<i32>, Vec<i32>) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let readers = self.thread_nice("sluice-read");
+            let others: Vec<i32> = prefixes.iter().flat_map(|p| self.thread_nice(p)).collect();
+            let settled = !readers.is_empty()
+                && !others.is_empty()
+                && others.iter().all(|n| *n == (readers[0] + steps).min(19));
+            if settled || Instant::now() >= deadline {
+                assert!(!readers.is_empty(), "no reader threads");
+                return (readers, others);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn metrics_text(&self) -> String {
         daemon_support::scrape_metrics(self.metrics, None)
     }
@@ -353,6 +391,12 @@ fn tcp_million_messages_lf_and_octet_counting() {
             "auto must pick io_uring when the probe accepts it:\n{log}"
         );
     }
+    // Only stream sources: workers are not lowered below the readers.
+    let (readers, workers) = daemon.settled_nice(&["sluice-worker"], 0);
+    assert!(
+        workers.iter().all(|n| *n == readers[0]),
+        "{workers:?} vs {readers:?}"
+    );
     let addr = daemon.tcp.unwrap();
     let t0 = Instant::now();
     let senders: Vec<_> = (0..CONNECTIONS)
@@ -411,6 +455,14 @@ fn udp_moderate_rate_zero_loss_metrics_agree() {
         "{UDP_SOURCE}{}",
         file_sink("all", "sluice", "gzip", 200)
     ));
+    // A UDP source: workers and compression threads yield to readers (`worker_nice` 10).
+    let (readers, lowered) = daemon.settled_nice(&["sluice-worker", "sluice-file"], 10);
+    assert!(lowered.len() >= 2, "{lowered:?}");
+    let want = (readers[0] + 10).min(19);
+    assert!(
+        lowered.iter().all(|n| *n == want),
+        "{lowered:?} vs readers {readers:?}"
+    );
     let addr = daemon.udp.unwrap();
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
     let started = Instant::now();

@@ -316,6 +316,49 @@ fn udp_full_queue_pauses_reading_and_loses_nothing() {
 }
 
 #[test]
+fn udp_holds_the_batch_while_the_worker_is_busy() {
+    let rx = udp_socket(8 << 20);
+    let target = rx.local_addr().unwrap();
+    let h = harness(64, 256, FrameLimits::default());
+    // A batch the "worker" has not taken yet: it is busy.
+    h.ctx
+        .as_ref()
+        .unwrap()
+        .to_worker
+        .send(FrameBatch::default())
+        .unwrap();
+    let mut h = h;
+    let ctx = h.ctx.take().unwrap();
+    let reader = thread::spawn(move || uring::run_udp_with(rx, ctx, &UringOptions::default()));
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // Spaced well below the 1 ms hold, so each datagram is likely a wake-up of its own: handed
+    // over per wake-up this would be dozens of batches.
+    for i in 0..60 {
+        tx.send_to(format!("held {i}").as_bytes(), target).unwrap();
+        thread::sleep(Duration::from_micros(150));
+    }
+    thread::sleep(Duration::from_millis(50));
+    let queued: Vec<FrameBatch> = h.batches.try_iter().collect();
+    assert!(queued[0].is_empty(), "the busy worker's batch comes first");
+    let held: Vec<usize> = queued[1..].iter().map(FrameBatch::len).collect();
+    assert_eq!(held.iter().sum::<usize>(), 60);
+    assert!(
+        held.len() <= 6,
+        "a busy worker gets few full batches, not one per wake-up: {held:?}"
+    );
+    // The queue is empty now (the worker is idle): the next datagram is handed over at once.
+    tx.send_to(b"prompt", target).unwrap();
+    let batch = h
+        .batches
+        .recv_timeout(Duration::from_millis(500))
+        .expect("an idle worker gets the datagram without waiting for more");
+    assert_eq!(batch.frame(&batch.frames[0]), b"prompt");
+    h.shutdown.store(true, Ordering::Relaxed);
+    let totals = reader.join().unwrap().unwrap();
+    assert_eq!(totals.messages, 61);
+}
+
+#[test]
 fn readers_stop_within_200ms() {
     for tcp in [false, true] {
         let mut h = harness(4, 16, FrameLimits::default());

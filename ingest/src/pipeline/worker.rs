@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam::channel::{Receiver, Select, Sender, TryRecvError};
 
 use crate::batch::{Batcher, SealedBatch};
 use crate::config::BatchLimits;
@@ -31,7 +31,9 @@ pub(super) struct SinkPort {
 
 pub(super) struct WorkerSetup<'a> {
     pub core: usize,
-    pub queue: Receiver<FrameBatch>,
+    /// Input queues: the datagram queue (deep: UDP cannot push back) and the stream queue
+    /// (shallow: TCP, TLS and API sources wait through flow control); see [`Worker::run`].
+    pub queues: Vec<Receiver<FrameBatch>>,
     pub recycle: Vec<Sender<FrameBatch>>,
     pub source_names: Vec<Arc<str>>,
     /// Per source: indexes of the sinks that take it.
@@ -85,7 +87,7 @@ struct WorkerSource {
 
 pub(super) struct Worker {
     core: usize,
-    queue: Receiver<FrameBatch>,
+    queues: Vec<Receiver<FrameBatch>>,
     recycle: Vec<Sender<FrameBatch>>,
     sources: Vec<WorkerSource>,
     sinks: Vec<WorkerSink>,
@@ -99,7 +101,7 @@ impl Worker {
     pub fn new(setup: WorkerSetup<'_>) -> Worker {
         Worker {
             core: setup.core,
-            queue: setup.queue,
+            queues: setup.queues,
             recycle: setup.recycle,
             sources: setup
                 .source_names
@@ -129,21 +131,14 @@ impl Worker {
         }
     }
 
-    /// Runs until every reader feeding this worker is gone and the queue is empty.
+    /// Runs until every reader feeding this worker is gone and its queues are empty.
     pub fn run(mut self) {
-        loop {
+        let mut open = std::mem::take(&mut self.queues);
+        let mut first = 0;
+        while !open.is_empty() {
             let deadline = self.sinks.iter().filter_map(|s| s.batcher.deadline()).min();
-            let received = match deadline {
-                Some(d) => self.queue.recv_deadline(d),
-                None => self
-                    .queue
-                    .recv()
-                    .map_err(|_| RecvTimeoutError::Disconnected),
-            };
-            match received {
-                Ok(batch) => self.process(batch),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+            if let Some(batch) = receive(&mut open, &mut first, deadline) {
+                self.process(batch);
             }
             if let Some(d) = deadline {
                 let now = Instant::now();
@@ -252,10 +247,99 @@ impl Worker {
     }
 }
 
+/// The next batch from any of `open`, taking turns (`first`) so that a busy queue cannot
+/// starve the other; blocks until one has a batch or `deadline` passes (then `None`). A queue
+/// whose senders are all gone is removed once it is empty.
+fn receive(
+    open: &mut Vec<Receiver<FrameBatch>>,
+    first: &mut usize,
+    deadline: Option<Instant>,
+) -> Option<FrameBatch> {
+    let n = open.len();
+    let mut gone = None;
+    for k in 0..n {
+        let i = (*first + k) % n;
+        match open[i].try_recv() {
+            Ok(batch) => {
+                *first = (i + 1) % n;
+                return Some(batch);
+            }
+            Err(TryRecvError::Empty) => {}
+            Err(TryRecvError::Disconnected) => gone = Some(i),
+        }
+    }
+    if let Some(i) = gone {
+        open.remove(i);
+        return None;
+    }
+    let mut select = Select::new();
+    for queue in open.iter() {
+        select.recv(queue);
+    }
+    let ready = match deadline {
+        Some(d) => select.select_deadline(d).ok()?,
+        None => select.select(),
+    };
+    let i = ready.index();
+    match ready.recv(&open[i]) {
+        Ok(batch) => Some(batch),
+        Err(_) => {
+            open.remove(i);
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::net::FrameBatch;
+
+    fn tagged(source: u16) -> FrameBatch {
+        FrameBatch {
+            source,
+            ..FrameBatch::default()
+        }
+    }
+
+    #[test]
+    fn receive_takes_turns_and_outlives_a_closed_queue() {
+        let (udp_tx, udp_rx) = crossbeam::channel::bounded(8);
+        let (tcp_tx, tcp_rx) = crossbeam::channel::bounded(8);
+        for _ in 0..3 {
+            udp_tx.send(tagged(0)).unwrap();
+        }
+        tcp_tx.send(tagged(1)).unwrap();
+        let mut open = vec![udp_rx, tcp_rx];
+        let mut first = 0;
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            got.push(receive(&mut open, &mut first, None).unwrap().source);
+        }
+        // A full UDP queue does not keep the TCP batch waiting behind it.
+        assert_eq!(got, [0, 1, 0, 0]);
+
+        // Closed with a batch still queued: the batch comes out first, then the queue goes.
+        tcp_tx.send(tagged(1)).unwrap();
+        drop(tcp_tx);
+        assert_eq!(receive(&mut open, &mut first, None).unwrap().source, 1);
+        assert!(receive(&mut open, &mut first, None).is_none());
+        assert_eq!(open.len(), 1);
+
+        // Nothing queued: the deadline ends the wait; a batch sent meanwhile wakes it.
+        let deadline = Instant::now() + std::time::Duration::from_millis(30);
+        assert!(receive(&mut open, &mut first, Some(deadline)).is_none());
+        assert!(Instant::now() >= deadline);
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            udp_tx.send(tagged(0)).unwrap();
+        });
+        assert_eq!(receive(&mut open, &mut first, None).unwrap().source, 0);
+        sender.join().unwrap();
+        // All senders gone and nothing left: the last queue is removed.
+        assert!(receive(&mut open, &mut first, None).is_none());
+        assert!(open.is_empty());
+    }
 
     /// The rows a worker writes for `frames` sent as one batch.
     fn worker_rows(frames: &[&[u8]], received_at: Timestamp) -> Vec<String> {
@@ -286,7 +370,7 @@ mod tests {
         drop(queue_tx);
         Worker::new(WorkerSetup {
             core: 0,
-            queue: queue_rx,
+            queues: vec![queue_rx],
             recycle: vec![recycle_tx],
             source_names: vec![Arc::from("test")],
             routes: vec![vec![0]],

@@ -16,10 +16,18 @@ use crate::net::{FrameBatch, ReaderContext};
 /// (workers are still draining then); past it the batch is dropped and counted.
 const SHUTDOWN_SEND_GRACE: Duration = Duration::from_secs(5);
 
+/// Longest a reader holds a partial batch back from a busy worker before it blocks for more
+/// input (see [`Handoff::end_wake_up`]).
+pub const HANDOFF_HOLD: Duration = Duration::from_millis(1);
+
 pub(crate) struct Handoff {
     batch: FrameBatch,
     batch_max_frames: usize,
     batch_max_bytes: usize,
+    /// The longest frame in the current batch: the batch counts as full once another one that
+    /// long would take it past `batch_max_bytes`, so batch buffers stay within that size
+    /// (their memory is what `queue_batches` multiplies) instead of doubling past it.
+    largest_frame: usize,
     /// Messages and bytes taken off the socket since the last flush (including rejected ones).
     pending_messages: u64,
     pending_bytes: u64,
@@ -47,6 +55,7 @@ impl Handoff {
             batch: FrameBatch::default(),
             batch_max_frames: ctx.batch_max_frames.max(1),
             batch_max_bytes,
+            largest_frame: 0,
             pending_messages: 0,
             pending_bytes: 0,
             pending_oversize: 0,
@@ -66,6 +75,7 @@ impl Handoff {
         batch.clear();
         batch.source = ctx.source_index;
         self.batch = batch;
+        self.largest_frame = 0;
     }
 
     /// Counts `raw_bytes` taken off the socket.
@@ -79,6 +89,7 @@ impl Handoff {
             self.batch.received_at = Some(Timestamp::now());
         }
         self.batch.push(bytes, peer, truncated);
+        self.largest_frame = self.largest_frame.max(bytes.len());
         self.pending_messages += 1;
         self.is_full()
     }
@@ -90,11 +101,8 @@ impl Handoff {
     }
 
     pub fn is_full(&self) -> bool {
-        self.batch.len() >= self.batch_max_frames || self.batch.data.len() >= self.batch_max_bytes
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.batch.is_empty()
+        self.batch.len() >= self.batch_max_frames
+            || self.batch.data.len() + self.largest_frame > self.batch_max_bytes
     }
 
     fn count(&mut self) {
@@ -120,6 +128,31 @@ impl Handoff {
         self.dropped_queue_full.increment(n);
         self.totals.dropped_queue_full += n;
         self.batch.clear();
+    }
+
+    /// Ends a reader wake-up: hands the partial batch over when the worker has nothing
+    /// queued, or when `nothing_new` (the wake-up brought no messages, so waiting longer would
+    /// only add latency). While the worker is busy the batch keeps filling instead: under load
+    /// the reader then hands over a few full batches rather than many small ones (each costs
+    /// the worker a wake-up and the reader a queue operation), and an idle worker still gets
+    /// the first message at once. The reader waits at most [`HANDOFF_HOLD`] with a held batch.
+    pub fn end_wake_up(&mut self, ctx: &ReaderContext, nothing_new: bool) -> io::Result<()> {
+        if nothing_new || ctx.to_worker.is_empty() {
+            self.flush_blocking(ctx)
+        } else {
+            self.count();
+            Ok(())
+        }
+    }
+
+    /// How long the reader may block in the kernel: briefly while it holds a partial batch
+    /// (see [`Handoff::end_wake_up`]), else until the next shutdown check.
+    pub fn wait_timeout(&self) -> Duration {
+        if self.batch.is_empty() {
+            super::SHUTDOWN_POLL
+        } else {
+            HANDOFF_HOLD
+        }
     }
 
     /// Waits for room in the worker queue, waking regularly to notice shutdown. The reader

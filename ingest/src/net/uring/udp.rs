@@ -96,7 +96,7 @@ pub fn run_udp_with(
                     options.udp_linger,
                 )?;
             } else {
-                wait_for_completions(&ring, super::SHUTDOWN_POLL)?;
+                wait_for_completions(&ring, reader.handoff.wait_timeout())?;
             }
             // Only a trickle lingers: a wake-up that already found a batch's worth is traffic
             // heavy enough to batch by itself, and waiting then would only idle the buffers.
@@ -205,7 +205,7 @@ impl UdpReader<'_> {
                 .dropped_not_allowed
                 .increment(std::mem::take(&mut self.not_allowed));
         }
-        self.handoff.flush_blocking(self.ctx)?;
+        self.handoff.end_wake_up(self.ctx, datagrams == 0)?;
         outcome.map(|()| datagrams)
     }
 
