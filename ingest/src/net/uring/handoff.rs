@@ -20,6 +20,10 @@ const SHUTDOWN_SEND_GRACE: Duration = Duration::from_secs(5);
 /// input (see [`Handoff::end_wake_up`]).
 pub const HANDOFF_HOLD: Duration = Duration::from_millis(1);
 
+/// Oldest a held batch may get, however busy the worker: another source keeping the worker's
+/// queue from ever running empty must not delay a trickle's messages until its batch fills.
+pub const HANDOFF_MAX_AGE: Duration = Duration::from_millis(20);
+
 pub(crate) struct Handoff {
     batch: FrameBatch,
     batch_max_frames: usize,
@@ -28,6 +32,8 @@ pub(crate) struct Handoff {
     /// long would take it past `batch_max_bytes`, so batch buffers stay within that size
     /// (their memory is what `queue_batches` multiplies) instead of doubling past it.
     largest_frame: usize,
+    /// When the current batch got its first frame.
+    started: Option<Instant>,
     /// Messages and bytes taken off the socket since the last flush (including rejected ones).
     pending_messages: u64,
     pending_bytes: u64,
@@ -56,6 +62,7 @@ impl Handoff {
             batch_max_frames: ctx.batch_max_frames.max(1),
             batch_max_bytes,
             largest_frame: 0,
+            started: None,
             pending_messages: 0,
             pending_bytes: 0,
             pending_oversize: 0,
@@ -76,6 +83,7 @@ impl Handoff {
         batch.source = ctx.source_index;
         self.batch = batch;
         self.largest_frame = 0;
+        self.started = None;
     }
 
     /// Counts `raw_bytes` taken off the socket.
@@ -87,6 +95,7 @@ impl Handoff {
     pub fn push(&mut self, bytes: &[u8], peer: Option<SocketAddr>, truncated: bool) -> bool {
         if self.batch.received_at.is_none() {
             self.batch.received_at = Some(Timestamp::now());
+            self.started = Some(Instant::now());
         }
         self.batch.push(bytes, peer, truncated);
         self.largest_frame = self.largest_frame.max(bytes.len());
@@ -135,9 +144,11 @@ impl Handoff {
     /// only add latency). While the worker is busy the batch keeps filling instead: under load
     /// the reader then hands over a few full batches rather than many small ones (each costs
     /// the worker a wake-up and the reader a queue operation), and an idle worker still gets
-    /// the first message at once. The reader waits at most [`HANDOFF_HOLD`] with a held batch.
+    /// the first message at once. The reader waits at most [`HANDOFF_HOLD`] with a held batch,
+    /// and holds none longer than [`HANDOFF_MAX_AGE`].
     pub fn end_wake_up(&mut self, ctx: &ReaderContext, nothing_new: bool) -> io::Result<()> {
-        if nothing_new || ctx.to_worker.is_empty() {
+        let too_old = || self.started.is_some_and(|t| t.elapsed() >= HANDOFF_MAX_AGE);
+        if nothing_new || ctx.to_worker.is_empty() || too_old() {
             self.flush_blocking(ctx)
         } else {
             self.count();
