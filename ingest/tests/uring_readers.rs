@@ -315,21 +315,30 @@ fn udp_full_queue_pauses_reading_and_loses_nothing() {
     assert_eq!((totals.messages, totals.dropped_queue_full), (500, 0));
 }
 
-#[test]
-fn udp_holds_the_batch_while_the_worker_is_busy() {
+/// A UDP reader whose worker is busy: `queued` empty batches it has not taken yet wait in its
+/// queue. Returns the harness, the reader's address and its thread.
+fn udp_reader_with_busy_worker(
+    batch_max_frames: usize,
+    queued: usize,
+) -> (
+    Harness,
+    SocketAddr,
+    thread::JoinHandle<std::io::Result<ReaderTotals>>,
+) {
     let rx = udp_socket(8 << 20);
     let target = rx.local_addr().unwrap();
-    let h = harness(64, 256, FrameLimits::default());
-    // A batch the "worker" has not taken yet: it is busy.
-    h.ctx
-        .as_ref()
-        .unwrap()
-        .to_worker
-        .send(FrameBatch::default())
-        .unwrap();
-    let mut h = h;
+    let mut h = harness(64, batch_max_frames, FrameLimits::default());
     let ctx = h.ctx.take().unwrap();
+    for _ in 0..queued {
+        ctx.to_worker.send(FrameBatch::default()).unwrap();
+    }
     let reader = thread::spawn(move || uring::run_udp_with(rx, ctx, &UringOptions::default()));
+    (h, target, reader)
+}
+
+#[test]
+fn udp_holds_the_batch_while_the_worker_is_busy() {
+    let (mut h, target, reader) = udp_reader_with_busy_worker(256, 1);
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
     // Spaced well below the 1 ms hold, so each datagram is likely a wake-up of its own: handed
     // over per wake-up this would be dozens of batches.
@@ -360,21 +369,8 @@ fn udp_holds_the_batch_while_the_worker_is_busy() {
 
 #[test]
 fn udp_held_batch_goes_over_within_its_max_age() {
-    let rx = udp_socket(8 << 20);
-    let target = rx.local_addr().unwrap();
     // Batches of up to 1000 frames, and a worker that stays busy throughout.
-    let h = harness(64, 1000, FrameLimits::default());
-    for _ in 0..2 {
-        h.ctx
-            .as_ref()
-            .unwrap()
-            .to_worker
-            .send(FrameBatch::default())
-            .unwrap();
-    }
-    let mut h = h;
-    let ctx = h.ctx.take().unwrap();
-    let reader = thread::spawn(move || uring::run_udp_with(rx, ctx, &UringOptions::default()));
+    let (mut h, target, reader) = udp_reader_with_busy_worker(1000, 2);
     // A datagram every 0.3 ms: every wake-up finds new input, so only the age bound (20 ms)
     // can end the batch before the sender stops (after ≈ 150 ms and 500 datagrams).
     let sender = thread::spawn(move || {
