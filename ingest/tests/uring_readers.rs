@@ -338,7 +338,7 @@ fn udp_reader_with_busy_worker(
 
 #[test]
 fn udp_holds_the_batch_while_the_worker_is_busy() {
-    let (mut h, target, reader) = udp_reader_with_busy_worker(256, 1);
+    let (h, target, reader) = udp_reader_with_busy_worker(256, 1);
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
     // Spaced well below the 1 ms hold, so each datagram is likely a wake-up of its own: handed
     // over per wake-up this would be dozens of batches.
@@ -370,7 +370,7 @@ fn udp_holds_the_batch_while_the_worker_is_busy() {
 #[test]
 fn udp_held_batch_goes_over_within_its_max_age() {
     // Batches of up to 1000 frames, and a worker that stays busy throughout.
-    let (mut h, target, reader) = udp_reader_with_busy_worker(1000, 2);
+    let (h, target, reader) = udp_reader_with_busy_worker(1000, 2);
     // A datagram every 0.3 ms: every wake-up finds new input, so only the age bound (20 ms)
     // can end the batch before the sender stops (after ≈ 150 ms and 500 datagrams).
     let sender = thread::spawn(move || {
