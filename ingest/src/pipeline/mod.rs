@@ -556,9 +556,9 @@ impl Pipeline {
                 SourceConfig::Tcp(_) | SourceConfig::Tls(_) => {
                     (usize::MAX, &worker_queues[worker].streams)
                 }
-                SourceConfig::Udp(_) | SourceConfig::DarktraceApi(_) => {
-                    (0, &worker_queues[worker].datagrams)
-                }
+                SourceConfig::Udp(_) => (0, &worker_queues[worker].datagrams),
+                // Not a socket source (it has no `net_settings`), here only for completeness.
+                SourceConfig::DarktraceApi(_) => (0, &worker_queues[worker].streams),
             };
             let ctx = ReaderContext {
                 source_index: index as u16,

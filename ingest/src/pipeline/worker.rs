@@ -256,6 +256,9 @@ fn receive(
     deadline: Option<Instant>,
 ) -> Option<FrameBatch> {
     let n = open.len();
+    if n == 0 {
+        return None;
+    }
     let mut gone = None;
     for k in 0..n {
         let i = (*first + k) % n;
@@ -339,6 +342,7 @@ mod tests {
         // All senders gone and nothing left: the last queue is removed.
         assert!(receive(&mut open, &mut first, None).is_none());
         assert!(open.is_empty());
+        assert!(receive(&mut open, &mut first, None).is_none());
     }
 
     /// The rows a worker writes for `frames` sent as one batch.

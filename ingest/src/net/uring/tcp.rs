@@ -133,7 +133,7 @@ pub fn run_tcp_with<F: ConnectionFramer>(
         let mut next_sweep = Instant::now() + IDLE_SWEEP;
         while !ctx.shutdown.load(Ordering::Relaxed) {
             reader.arm(&mut ring)?;
-            wait_for_completions(&ring, reader.handoff.wait_timeout())?;
+            wait_for_completions(&ring, super::SHUTDOWN_POLL)?;
             let draining = Instant::now();
             reader.drain(&mut ring, &mut bufs)?;
             let drained = draining.elapsed();
