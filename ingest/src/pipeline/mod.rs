@@ -155,18 +155,42 @@ fn lower_thread_priority(steps: u8) {
     }
 }
 
-/// A worker's two input queues (sender and receiver of each): UDP readers fill the deep
-/// `datagrams` queue (`queue_batches`), stream readers the shallow `streams` queue
-/// (`stream_queue_batches`).
+/// A queue of reader batches, as its sender and receiver.
+type BatchQueue = (
+    crossbeam::channel::Sender<FrameBatch>,
+    crossbeam::channel::Receiver<FrameBatch>,
+);
+
+/// A worker's two input queues: UDP readers fill the deep `datagrams` queue
+/// (`queue_batches`), every other source the shallow `streams` queue (`stream_queue_batches`).
 struct WorkerQueues {
-    datagrams: (
-        crossbeam::channel::Sender<FrameBatch>,
-        crossbeam::channel::Receiver<FrameBatch>,
-    ),
-    streams: (
-        crossbeam::channel::Sender<FrameBatch>,
-        crossbeam::channel::Receiver<FrameBatch>,
-    ),
+    datagrams: BatchQueue,
+    streams: BatchQueue,
+}
+
+/// Whether `source` feeds its worker's deep datagram queue: it cannot push back on its senders,
+/// so bursts are held in memory and its readers go first on a shared core (`worker_nice`).
+fn is_datagram_source(source: &SourceConfig) -> bool {
+    matches!(source, SourceConfig::Udp(_))
+}
+
+impl WorkerQueues {
+    fn for_source(&self, source: &SourceConfig) -> &BatchQueue {
+        if is_datagram_source(source) {
+            &self.datagrams
+        } else {
+            &self.streams
+        }
+    }
+}
+
+/// Capacity of the queue `source` feeds (see [`WorkerQueues`]).
+fn queue_depth(pipeline: &crate::config::PipelineConfig, source: &SourceConfig) -> usize {
+    if is_datagram_source(source) {
+        pipeline.queue_batches
+    } else {
+        pipeline.stream_queue_batches
+    }
 }
 
 /// Reads the current length of one queue.
@@ -342,11 +366,7 @@ impl Pipeline {
         // Reader-first scheduling is for sources that cannot push back (UDP). With only
         // streams it measured 2–3 % more CPU per message over TCP (the reader then preempts
         // the worker for every completion), for nothing: flow control already waits.
-        let worker_nice = if config
-            .sources
-            .values()
-            .any(|s| matches!(s, SourceConfig::Udp(_)))
-        {
+        let worker_nice = if config.sources.values().any(is_datagram_source) {
             config.pipeline.worker_nice
         } else {
             0
@@ -382,12 +402,11 @@ impl Pipeline {
                             stopping: reader_stop.clone(),
                             grace: shutdown_grace,
                         };
-                        let nice = worker_nice;
                         sink_handles.push(
                             std::thread::Builder::new()
                                 .name(format!("sluice-file-{name}-{thread}"))
                                 .spawn(move || {
-                                    lower_thread_priority(nice);
+                                    lower_thread_priority(worker_nice);
                                     stage.run()
                                 })?,
                         );
@@ -453,23 +472,21 @@ impl Pipeline {
         let mut recycle_receivers = Vec::new();
         let mut worker_handles = Vec::new();
         for core in 0..worker_count {
-            let datagrams = bounded::<FrameBatch>(config.pipeline.queue_batches);
-            let streams = bounded::<FrameBatch>(config.pipeline.stream_queue_batches);
+            let queues = WorkerQueues {
+                datagrams: bounded(config.pipeline.queue_batches),
+                streams: bounded(config.pipeline.stream_queue_batches),
+            };
             let mut recycle_senders = Vec::new();
             let mut recyclers = Vec::new();
             for source in config.sources.values() {
                 // One spare per batch that can be queued from this source, and a few more.
-                let depth = match source {
-                    SourceConfig::Udp(_) => config.pipeline.queue_batches,
-                    _ => config.pipeline.stream_queue_batches,
-                };
-                let (rtx, rrx) = bounded::<FrameBatch>(depth + 8);
+                let (rtx, rrx) = bounded::<FrameBatch>(queue_depth(&config.pipeline, source) + 8);
                 recycle_senders.push(rtx);
                 recyclers.push(rrx);
             }
             let w = worker::Worker::new(worker::WorkerSetup {
                 core,
-                queues: vec![datagrams.1.clone(), streams.1.clone()],
+                queues: vec![queues.datagrams.1.clone(), queues.streams.1.clone()],
                 recycle: recycle_senders,
                 source_names: source_names.clone(),
                 routes: routes.clone(),
@@ -478,7 +495,6 @@ impl Pipeline {
                 totals: totals.clone(),
             });
             let pin_core = cpus[core % cpus.len()];
-            let nice = worker_nice;
             worker_handles.push(
                 std::thread::Builder::new()
                     .name(format!("sluice-worker-{core}"))
@@ -490,11 +506,11 @@ impl Pipeline {
                         {
                             tracing::debug!(core = pin_core, "could not pin worker thread");
                         }
-                        lower_thread_priority(nice);
+                        lower_thread_priority(worker_nice);
                         w.run()
                     })?,
             );
-            worker_queues.push(WorkerQueues { datagrams, streams });
+            worker_queues.push(queues);
             recycle_receivers.push(recyclers);
         }
         drop(sink_ports);
@@ -552,13 +568,9 @@ impl Pipeline {
             let worker = thread % worker_count;
             // The source-wide `max_connections` is enforced (refused and counted) by the
             // guard over all listeners, not by each listener leaving clients in the backlog.
-            let (max_connections, queue) = match sources[index] {
-                SourceConfig::Tcp(_) | SourceConfig::Tls(_) => {
-                    (usize::MAX, &worker_queues[worker].streams)
-                }
-                SourceConfig::Udp(_) => (0, &worker_queues[worker].datagrams),
-                // Not a socket source (it has no `net_settings`), here only for completeness.
-                SourceConfig::DarktraceApi(_) => (0, &worker_queues[worker].streams),
+            let max_connections = match sources[index] {
+                SourceConfig::Tcp(_) | SourceConfig::Tls(_) => usize::MAX,
+                SourceConfig::Udp(_) | SourceConfig::DarktraceApi(_) => 0,
             };
             let ctx = ReaderContext {
                 source_index: index as u16,
@@ -567,7 +579,7 @@ impl Pipeline {
                 limits: settings.limits,
                 framing: settings.framing,
                 batch_max_frames: settings.batch_max_frames,
-                to_worker: queue.0.clone(),
+                to_worker: worker_queues[worker].for_source(sources[index]).0.clone(),
                 recycled: recycle_receivers[worker][index].clone(),
                 shutdown: reader_stop.clone(),
                 max_connections,
