@@ -616,6 +616,61 @@ fn udp_overload_every_loss_is_counted() {
     );
 }
 
+/// `oversize = "truncate"`: a message longer than `max_message_bytes` is kept, cut to the
+/// limit, and counted in `sluice_truncated_messages_total` — over UDP and TCP, with either
+/// reader backend.
+#[test]
+fn truncated_messages_are_kept_and_counted() {
+    for backend in ["io_uring", "portable"] {
+        let limits = "max_message_bytes = 512\noversize = \"truncate\"\n";
+        let tables = format!(
+            "io_backend = \"{backend}\"\n{UDP_SOURCE}{limits}{}{limits}{}",
+            tcp_source("lf"),
+            file_sink("all", "raw", "none", 100)
+        );
+        let daemon = Daemon::start(&tables);
+        let long = format!("<13>long {}", "x".repeat(2000));
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .send_to(long.as_bytes(), daemon.udp.unwrap())
+            .unwrap();
+        client
+            .send_to(b"<13>short udp", daemon.udp.unwrap())
+            .unwrap();
+        let mut tcp = TcpStream::connect(daemon.tcp.unwrap()).unwrap();
+        write!(tcp, "{long}\n<13>short tcp\n").unwrap();
+        tcp.flush().unwrap();
+        for source in ["udp_in", "tcp_in"] {
+            daemon.wait_for_metric(
+                "sluice_received_messages_total",
+                &[("source", source)],
+                2,
+                Duration::from_secs(20),
+            );
+            daemon.wait_for_metric(
+                "sluice_truncated_messages_total",
+                &[("source", source)],
+                1,
+                Duration::from_secs(5),
+            );
+        }
+        drop(tcp);
+        let (log, daemon) = daemon.stop();
+        let mut lines = read_output(&daemon.out().join("all"));
+        lines.sort_by_key(|l| l.len());
+        assert_eq!(lines.len(), 4, "{backend}: {log}");
+        assert!(lines[..2].iter().all(|l| l.contains("short")), "{lines:?}");
+        for cut in &lines[2..] {
+            assert!(cut.contains("long xxx"), "{backend}: {cut}");
+            assert!(
+                cut.len() <= 512 + 64,
+                "{backend}: cut to the limit: {}",
+                cut.len()
+            );
+        }
+    }
+}
+
 /// A `key=value` total from the daemon's exit log line.
 fn log_total(log: &str, key: &str) -> u64 {
     let line = log

@@ -267,21 +267,29 @@ fn udp_truncation_is_flagged() {
         6 + 2000,
         "bytes count what was sent, not what fitted"
     );
+    assert_eq!(
+        totals.truncated, 1,
+        "counted in sluice_truncated_messages_total"
+    );
 
     // Longer than max_frame_bytes: truncated to the limit, or rejected and counted.
     let limits = FrameLimits {
         max_frame_bytes: 100,
         oversize: OversizePolicy::Truncate,
     };
-    let (frames, _) = udp_one_shot(UringOptions::default(), limits, &[&big]);
+    let (frames, totals) = udp_one_shot(UringOptions::default(), limits, &[&big]);
     assert_eq!(frames, vec![(vec![b'x'; 100], true)]);
+    assert_eq!(totals.truncated, 1);
     let limits = FrameLimits {
         max_frame_bytes: 100,
         oversize: OversizePolicy::Reject,
     };
     let (frames, totals) = udp_one_shot(UringOptions::default(), limits, &[&big, b"ok"]);
     assert_eq!(frames, vec![(b"ok".to_vec(), false)]);
-    assert_eq!((totals.messages, totals.dropped_oversize), (2, 1));
+    assert_eq!(
+        (totals.messages, totals.dropped_oversize, totals.truncated),
+        (2, 1, 0)
+    );
 }
 
 #[test]

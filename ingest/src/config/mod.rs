@@ -258,7 +258,7 @@ impl Default for PipelineConfig {
 }
 
 fn default_queue_batches() -> usize {
-    // At most 256 frames or 256 KiB per batch: ≤ 64 MiB (≈ 65k frames) queued per worker, a
+    // At most 512 frames or 256 KiB per batch: ≤ 64 MiB (≈ 79k 850-byte frames) per worker, a
     // burst that would otherwise overflow the socket buffers (kernel memory, sized by
     // `receive_buffer_bytes`, at ≈ 2.7× the bytes per datagram). Readers hand over full
     // batches while the worker is busy, so the queue fills with full batches.
@@ -437,8 +437,12 @@ fn default_tcp_receive_buffer_bytes() -> usize {
 fn default_max_connections() -> usize {
     1024
 }
+/// Frames per reader batch. Batches are also capped at 256 KiB, and with messages of ≈ 850
+/// bytes (Darktrace CEF) that cap binds first from ≈ 300 frames: a higher frame cap lets the
+/// byte cap bound the worker queue, so a UDP burst fills its 64 MiB (measured: 65k → 79k
+/// datagrams held, a 200k burst at the sender's max whole in 4 of 6 runs instead of 0 of 6).
 fn default_batch_max_frames() -> usize {
-    256
+    512
 }
 
 /// What a reader needs from a network source, whatever its protocol.

@@ -6,6 +6,7 @@
 
 pub mod drops;
 pub mod guard;
+pub(crate) mod handoff;
 pub mod portable;
 pub mod tls;
 pub mod uring;

@@ -1,7 +1,8 @@
 //! The portable reader backend: blocking std sockets, used where io_uring is unavailable.
 //!
 //! UDP: one thread per SO_REUSEPORT socket receives up to `batch_max_frames` datagrams per
-//! `recvmmsg` call and hands them over as one [`FrameBatch`]. TCP: the listener thread accepts
+//! `recvmmsg` call into a [`FrameBatch`], handed over as the io_uring reader does (see
+//! [`Handoff`]). TCP: the listener thread accepts
 //! (bounded by `max_connections`) and runs one thread per connection, which blocks on the
 //! worker queue when it is full, so a slow pipeline slows the sender instead of losing data.
 
@@ -15,12 +16,13 @@ use std::time::{Duration, Instant};
 /// At most one kernel-drop warning per socket this often.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
-use crossbeam::channel::{Receiver, SendTimeoutError, Sender};
+use crossbeam::channel::{Receiver, Sender};
 
 use crate::event::Timestamp;
 use crate::frame::{FrameEvent, FrameLimits, Framing, OversizePolicy, StreamFramer};
 use crate::metrics::ReaderCounters;
 use crate::net::guard::{Closure, ConnectionGuard, StallWatch};
+use crate::net::handoff::Handoff;
 use crate::net::{FrameBatch, ReaderContext, SHUTDOWN_POLL, SHUTDOWN_TCP_DRAIN};
 
 /// Bytes read from a TCP connection per `read` call.
@@ -28,6 +30,9 @@ const TCP_READ_BYTES: usize = 64 * 1024;
 /// A TCP reader hands its batch over once it holds this many bytes, whatever the frame count
 /// (bounds the memory a full worker queue can hold).
 const TCP_BATCH_MAX_BYTES: usize = 256 * 1024;
+/// A UDP reader hands its batch over once another datagram as long as its longest might take
+/// it past this many bytes (as the io_uring reader does).
+const UDP_BATCH_MAX_BYTES: usize = 256 * 1024;
 /// Most datagrams one `recvmmsg` call may return.
 const UDP_MAX_SLOTS: usize = 1024;
 /// Room for the SO_RXQ_OVFL control message (one u32) with alignment slack.
@@ -165,18 +170,28 @@ fn pin(core: usize, enabled: bool) {
 }
 
 /// Receives datagrams until shutdown. One datagram is one message.
+///
+/// Batches fill as in the io_uring reader (see [`Handoff::end_wake_up`]): while the worker is
+/// busy the batch keeps filling across `recvmmsg` calls, so a burst is handed over as a few
+/// full batches and the worker queue holds `queue_batches` × `batch_max_frames` datagrams
+/// before the socket's receive buffer has to.
 pub fn run_udp(socket: UdpSocket, ctx: ReaderContext) -> std::io::Result<()> {
-    socket.set_read_timeout(Some(SHUTDOWN_POLL))?;
     let fd = socket.as_raw_fd();
     let slots = ctx.batch_max_frames.clamp(1, UDP_MAX_SLOTS);
     let slot_bytes = ctx.limits.max_frame_bytes.clamp(1, 65_535);
     let mut bufs = MmsgBuffers::new(slots, slot_bytes);
     let mut last_kernel_drops: u32 = 0;
     let mut last_warned: Option<Instant> = None;
-    let mut batch = fresh_batch(&ctx.recycled, ctx.source_index);
+    let mut handoff = Handoff::new(&ctx, UDP_BATCH_MAX_BYTES, SHUTDOWN_POLL);
+    let mut timeout = None;
     let allow = ctx.guard.allowlist().clone();
 
     while !ctx.shutdown.load(Ordering::Relaxed) {
+        let wanted = handoff.wait_timeout();
+        if timeout != Some(wanted) {
+            socket.set_read_timeout(Some(wanted))?;
+            timeout = Some(wanted);
+        }
         bufs.reset();
         // SAFETY: `headers` holds `slots` initialised mmsghdr pointing at live buffers owned by
         // `bufs`, which outlives the call.
@@ -195,18 +210,13 @@ pub fn run_udp(socket: UdpSocket, ctx: ReaderContext) -> std::io::Result<()> {
                 std::io::ErrorKind::WouldBlock
                 | std::io::ErrorKind::TimedOut
                 | std::io::ErrorKind::Interrupted => {
-                    if !batch.is_empty() && !hand_over_udp(&mut batch, &ctx) {
-                        return Ok(());
-                    }
+                    // Nothing more came: whatever is held goes to the worker now.
+                    handoff.end_wake_up(&ctx, true)?;
                     continue;
                 }
                 _ => return Err(e),
             }
         }
-        if batch.received_at.is_none() {
-            batch.received_at = Some(Timestamp::now());
-        }
-        let (mut truncated, mut rejected, mut messages, mut bytes) = (0u64, 0u64, 0u64, 0u64);
         let mut not_allowed = 0u64;
         for i in 0..n as usize {
             if let Some(drops) = bufs.kernel_drops(i) {
@@ -234,71 +244,23 @@ pub fn run_udp(socket: UdpSocket, ctx: ReaderContext) -> std::io::Result<()> {
                 // An empty datagram carries no message (keep-alives from some senders).
                 continue;
             }
-            messages += 1;
-            bytes += payload.len() as u64;
+            handoff.received_bytes(payload.len());
             let cut = bufs.truncated(i);
             if cut && ctx.limits.oversize == OversizePolicy::Reject {
-                rejected += 1;
+                handoff.rejected_oversize();
                 continue;
             }
-            truncated += cut as u64;
-            batch.push(message, bufs.peer(i), cut);
-        }
-        ctx.counters.received_messages.increment(messages);
-        ctx.counters.received_bytes.increment(bytes);
-        if truncated > 0 {
-            ctx.counters.truncated.increment(truncated);
-        }
-        if rejected > 0 {
-            ctx.counters.dropped_oversize.increment(rejected);
+            if handoff.push(message, bufs.peer(i), cut) {
+                handoff.flush_blocking(&ctx)?;
+            }
         }
         if not_allowed > 0 {
             ctx.counters.dropped_not_allowed.increment(not_allowed);
         }
-        if !batch.is_empty() && !hand_over_udp(&mut batch, &ctx) {
-            return Ok(());
-        }
+        handoff.end_wake_up(&ctx, false)?;
     }
     // Shutdown: the workers are still draining, so what was read is handed over.
-    if !batch.is_empty() {
-        let frames = batch.len() as u64;
-        if ctx
-            .to_worker
-            .send_timeout(batch, UDP_SHUTDOWN_GRACE)
-            .is_err()
-        {
-            ctx.counters.dropped_queue_full.increment(frames);
-        }
-    }
-    Ok(())
-}
-
-const UDP_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Hands `batch` to the worker, waiting while its queue is full: the reader stops reading, so
-/// the socket's receive buffer (`receive_buffer_bytes`) absorbs the burst and only what
-/// overflows it is lost, counted by the kernel (`reason="kernel_rcvbuf"`). Reading on and
-/// dropping here would lose datagrams while that buffer sat empty. On success `batch` becomes
-/// a fresh one; at shutdown it is left in place for the final hand-over. False when the worker
-/// is gone.
-fn hand_over_udp(batch: &mut FrameBatch, ctx: &ReaderContext) -> bool {
-    let mut full = std::mem::take(batch);
-    loop {
-        match ctx.to_worker.send_timeout(full, SHUTDOWN_POLL) {
-            Ok(()) => {
-                *batch = fresh_batch(&ctx.recycled, ctx.source_index);
-                return true;
-            }
-            Err(SendTimeoutError::Timeout(back)) => {
-                if ctx.shutdown.load(Ordering::Relaxed) {
-                    *batch = back;
-                    return true;
-                }
-                full = back;
-            }
-            Err(SendTimeoutError::Disconnected(_)) => return false,
-        }
-    }
+    handoff.flush_blocking(&ctx)
 }
 
 /// What a connection thread needs (a per-connection share of the [`ReaderContext`]).
@@ -703,6 +665,51 @@ mod tests {
                 (b"0123456789abcdef".to_vec(), true)
             ]
         );
+        shutdown.store(true, Ordering::Relaxed);
+        reader.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn udp_batches_fill_while_the_worker_is_busy_within_the_byte_bound() {
+        const DATAGRAMS: usize = 60;
+        const LEN: usize = 30_000;
+        let (socket, _) = crate::net::bind_udp("127.0.0.1:0".parse().unwrap(), 8 << 20).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let (tx, rx) = bounded(64);
+        let (_rtx, rrx) = bounded(64);
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let mut ctx = context(tx, rrx, shutdown.clone());
+        ctx.limits.max_frame_bytes = 65_535;
+        ctx.batch_max_frames = 256;
+        let reader = std::thread::spawn(move || run_udp(socket, ctx));
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in 0..DATAGRAMS {
+            client
+                .send_to(&vec![b'a' + (i % 26) as u8; LEN], addr)
+                .unwrap();
+        }
+        // Nobody takes from the queue until everything arrived: after the first hand-over the
+        // worker looks busy, so the reader fills batches up to the byte bound.
+        let mut batches = Vec::new();
+        let mut frames = 0;
+        while frames < DATAGRAMS {
+            let b = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            frames += b.len();
+            batches.push(b);
+        }
+        let sizes: Vec<usize> = batches.iter().map(|b| b.data.len()).collect();
+        assert!(sizes.iter().all(|&n| n <= UDP_BATCH_MAX_BYTES), "{sizes:?}");
+        assert!(
+            batches.iter().any(|b| b.len() > 1),
+            "held batches: {sizes:?}"
+        );
+        let mut i = 0;
+        for b in &batches {
+            for f in &b.frames {
+                assert_eq!(b.frame(f), vec![b'a' + (i % 26) as u8; LEN].as_slice());
+                i += 1;
+            }
+        }
         shutdown.store(true, Ordering::Relaxed);
         reader.join().unwrap().unwrap();
     }

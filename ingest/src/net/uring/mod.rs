@@ -6,14 +6,13 @@
 //! logs the reason. [`run_udp`] / [`run_tcp`] have the same signatures as the portable ones.
 
 mod bufring;
-mod handoff;
 mod tcp;
 mod udp;
 
 use std::io;
 use std::time::{Duration, Instant};
 
-pub use handoff::Totals as ReaderTotals;
+pub use crate::net::handoff::Totals as ReaderTotals;
 pub use tcp::{ConnectionFramer, run_tcp, run_tcp_with};
 pub use udp::{run_udp, run_udp_with};
 

@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 
 use io_uring::{IoUring, cqueue, opcode, types};
 
-use super::handoff::{Handoff, Totals};
 use super::{BufRing, RateLimit, UringOptions, build_ring, push_sqe, wait_for_completions};
 use crate::frame::{FrameEvent, StreamFramer};
 use crate::net::ReaderContext;
 use crate::net::guard::{Admission, Closure, StallWatch};
+use crate::net::handoff::{Handoff, Totals};
 
 /// What the TCP reader needs from a framer; implemented by [`StreamFramer`]. Generic so
 /// the reader can be exercised and benchmarked independently of the framing rules.
@@ -104,7 +104,7 @@ pub fn run_tcp_with<F: ConnectionFramer>(
     bufs.register(&ring.submitter())?;
 
     let mut reader = TcpReader {
-        handoff: Handoff::new(&ctx, options.batch_max_bytes),
+        handoff: Handoff::new(&ctx, options.batch_max_bytes, super::SHUTDOWN_POLL),
         ctx: &ctx,
         max_connections: options.max_connections,
         listener_fd: listener.as_raw_fd(),

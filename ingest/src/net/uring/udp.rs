@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, types};
 
-use super::handoff::{Handoff, Totals};
 use super::{
     BufRing, RateLimit, UringOptions, build_ring, push_sqe, sockaddr_from_bytes, wait_for_at_least,
     wait_for_completions,
@@ -17,6 +16,7 @@ use super::{
 use crate::frame::{OversizePolicy, datagram};
 use crate::net::ReaderContext;
 use crate::net::drops::{RXQ_OVFL_CMSG_SPACE, enable_rxq_ovfl, rxq_ovfl_from_cmsgs};
+use crate::net::handoff::{Handoff, Totals};
 
 /// `struct io_uring_recvmsg_out` that the kernel writes first in every buffer.
 const RECVMSG_OUT_BYTES: usize = 16;
@@ -69,7 +69,7 @@ pub fn run_udp_with(
         .user_data(RECV);
 
     let mut reader = UdpReader {
-        handoff: Handoff::new(&ctx, options.batch_max_bytes),
+        handoff: Handoff::new(&ctx, options.batch_max_bytes, super::SHUTDOWN_POLL),
         ctx: &ctx,
         armed: false,
         last_kernel_drops: 0,

@@ -1,5 +1,7 @@
 //! The reader side of the reader → worker queue: fills a [`FrameBatch`], hands it over, and
-//! keeps the receive / drop counters (incremented per batch, not per message).
+//! keeps the receive / drop counters (incremented per batch, not per message). Used by the
+//! io_uring readers and by the portable UDP reader, so that both hold a batch back from a busy
+//! worker in the same way.
 
 use std::io;
 use std::net::SocketAddr;
@@ -34,14 +36,19 @@ pub(crate) struct Handoff {
     largest_frame: usize,
     /// When the current batch got its first frame.
     started: Option<Instant>,
+    /// How long the reader blocks (in the kernel, or on a full queue) before it looks at the
+    /// shutdown flag again.
+    poll: Duration,
     /// Messages and bytes taken off the socket since the last flush (including rejected ones).
     pending_messages: u64,
     pending_bytes: u64,
     pending_oversize: u64,
+    pending_truncated: u64,
     received_messages: Counter,
     received_bytes: Counter,
     dropped_queue_full: Counter,
     dropped_oversize: Counter,
+    truncated: Counter,
     /// Totals for the exit log line and tests.
     pub totals: Totals,
 }
@@ -53,24 +60,29 @@ pub struct Totals {
     pub batches: u64,
     pub dropped_queue_full: u64,
     pub dropped_oversize: u64,
+    pub truncated: u64,
 }
 
 impl Handoff {
-    pub fn new(ctx: &ReaderContext, batch_max_bytes: usize) -> Self {
+    /// `poll`: see [`Handoff::wait_timeout`].
+    pub fn new(ctx: &ReaderContext, batch_max_bytes: usize, poll: Duration) -> Self {
         let mut handoff = Handoff {
             batch: FrameBatch::default(),
             batch_max_frames: ctx.batch_max_frames.max(1),
             batch_max_bytes,
             largest_frame: 0,
             started: None,
+            poll,
             pending_messages: 0,
             pending_bytes: 0,
             pending_oversize: 0,
+            pending_truncated: 0,
             // The pipeline's counters: they also feed the daemon's exit totals.
             received_messages: ctx.counters.received_messages.clone(),
             received_bytes: ctx.counters.received_bytes.clone(),
             dropped_queue_full: ctx.counters.dropped_queue_full.clone(),
             dropped_oversize: ctx.counters.dropped_oversize.clone(),
+            truncated: ctx.counters.truncated.clone(),
             totals: Totals::default(),
         };
         handoff.fresh_batch(ctx);
@@ -100,6 +112,7 @@ impl Handoff {
         self.batch.push(bytes, peer, truncated);
         self.largest_frame = self.largest_frame.max(bytes.len());
         self.pending_messages += 1;
+        self.pending_truncated += u64::from(truncated);
         self.is_full()
     }
 
@@ -129,6 +142,11 @@ impl Handoff {
             self.dropped_oversize.increment(self.pending_oversize);
             self.totals.dropped_oversize += self.pending_oversize;
             self.pending_oversize = 0;
+        }
+        if self.pending_truncated > 0 {
+            self.truncated.increment(self.pending_truncated);
+            self.totals.truncated += self.pending_truncated;
+            self.pending_truncated = 0;
         }
     }
 
@@ -160,7 +178,7 @@ impl Handoff {
     /// (see [`Handoff::end_wake_up`]), else until the next shutdown check.
     pub fn wait_timeout(&self) -> Duration {
         if self.batch.is_empty() {
-            super::SHUTDOWN_POLL
+            self.poll
         } else {
             HANDOFF_HOLD
         }
@@ -179,7 +197,7 @@ impl Handoff {
         let mut batch = std::mem::take(&mut self.batch);
         let mut grace_until: Option<Instant> = None;
         loop {
-            match ctx.to_worker.send_timeout(batch, super::SHUTDOWN_POLL) {
+            match ctx.to_worker.send_timeout(batch, self.poll) {
                 Ok(()) => {
                     self.totals.batches += 1;
                     self.fresh_batch(ctx);
