@@ -128,26 +128,26 @@ impl Handoff {
     }
 
     fn count(&mut self) {
-        if self.pending_messages > 0 {
-            self.received_messages.increment(self.pending_messages);
-            self.totals.messages += self.pending_messages;
-            self.pending_messages = 0;
-        }
-        if self.pending_bytes > 0 {
-            self.received_bytes.increment(self.pending_bytes);
-            self.totals.bytes += self.pending_bytes;
-            self.pending_bytes = 0;
-        }
-        if self.pending_oversize > 0 {
-            self.dropped_oversize.increment(self.pending_oversize);
-            self.totals.dropped_oversize += self.pending_oversize;
-            self.pending_oversize = 0;
-        }
-        if self.pending_truncated > 0 {
-            self.truncated.increment(self.pending_truncated);
-            self.totals.truncated += self.pending_truncated;
-            self.pending_truncated = 0;
-        }
+        settle(
+            &mut self.pending_messages,
+            &self.received_messages,
+            &mut self.totals.messages,
+        );
+        settle(
+            &mut self.pending_bytes,
+            &self.received_bytes,
+            &mut self.totals.bytes,
+        );
+        settle(
+            &mut self.pending_oversize,
+            &self.dropped_oversize,
+            &mut self.totals.dropped_oversize,
+        );
+        settle(
+            &mut self.pending_truncated,
+            &self.truncated,
+            &mut self.totals.truncated,
+        );
     }
 
     fn drop_batch(&mut self) {
@@ -227,6 +227,15 @@ impl Handoff {
                 }
             }
         }
+    }
+}
+
+/// Moves a pending count into its metric and its total.
+fn settle(pending: &mut u64, counter: &Counter, total: &mut u64) {
+    if *pending > 0 {
+        counter.increment(*pending);
+        *total += *pending;
+        *pending = 0;
     }
 }
 
