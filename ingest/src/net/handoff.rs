@@ -90,10 +90,7 @@ impl Handoff {
     }
 
     fn fresh_batch(&mut self, ctx: &ReaderContext) {
-        let mut batch = ctx.recycled.try_recv().unwrap_or_default();
-        batch.clear();
-        batch.source = ctx.source_index;
-        self.batch = batch;
+        self.batch = FrameBatch::reused(&ctx.recycled, ctx.source_index);
         self.largest_frame = 0;
         self.started = None;
     }

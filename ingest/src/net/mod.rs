@@ -39,7 +39,21 @@ pub struct FrameBatch {
     pub ack: Option<crate::pipeline::ack::AckToken>,
 }
 
+/// Largest reader batch, in bytes, whatever the frame count: with the worker queues' depth it
+/// bounds the memory queued batches hold. Readers hand a batch over before another frame as
+/// long as its longest could take it past this.
+pub const READER_BATCH_MAX_BYTES: usize = 256 * 1024;
+
 impl FrameBatch {
+    /// An empty batch for `source`: one the worker handed back on `recycled` (keeping its
+    /// buffers), or a new one.
+    pub fn reused(recycled: &crossbeam::channel::Receiver<FrameBatch>, source: u16) -> FrameBatch {
+        let mut batch = recycled.try_recv().unwrap_or_default();
+        batch.clear();
+        batch.source = source;
+        batch
+    }
+
     pub fn clear(&mut self) {
         self.received_at = None;
         self.data.clear();

@@ -23,16 +23,12 @@ use crate::frame::{FrameEvent, FrameLimits, Framing, OversizePolicy, StreamFrame
 use crate::metrics::ReaderCounters;
 use crate::net::guard::{Closure, ConnectionGuard, StallWatch};
 use crate::net::handoff::Handoff;
-use crate::net::{FrameBatch, ReaderContext, SHUTDOWN_POLL, SHUTDOWN_TCP_DRAIN};
+use crate::net::{
+    FrameBatch, READER_BATCH_MAX_BYTES, ReaderContext, SHUTDOWN_POLL, SHUTDOWN_TCP_DRAIN,
+};
 
 /// Bytes read from a TCP connection per `read` call.
 const TCP_READ_BYTES: usize = 64 * 1024;
-/// A TCP reader hands its batch over once it holds this many bytes, whatever the frame count
-/// (bounds the memory a full worker queue can hold).
-const TCP_BATCH_MAX_BYTES: usize = 256 * 1024;
-/// A UDP reader hands its batch over once another datagram as long as its longest might take
-/// it past this many bytes (as the io_uring reader does).
-const UDP_BATCH_MAX_BYTES: usize = 256 * 1024;
 /// Most datagrams one `recvmmsg` call may return.
 const UDP_MAX_SLOTS: usize = 1024;
 /// Room for the SO_RXQ_OVFL control message (one u32) with alignment slack.
@@ -156,13 +152,6 @@ fn sockaddr_to_std(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Op
     }
 }
 
-fn fresh_batch(recycled: &Receiver<FrameBatch>, source: u16) -> FrameBatch {
-    let mut b = recycled.try_recv().unwrap_or_default();
-    b.clear();
-    b.source = source;
-    b
-}
-
 fn pin(core: usize, enabled: bool) {
     if enabled && !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
         tracing::debug!(core, "could not pin reader thread");
@@ -173,8 +162,8 @@ fn pin(core: usize, enabled: bool) {
 ///
 /// Batches fill as in the io_uring reader (see [`Handoff::end_wake_up`]): while the worker is
 /// busy the batch keeps filling across `recvmmsg` calls, so a burst is handed over as a few
-/// full batches and the worker queue holds `queue_batches` × `batch_max_frames` datagrams
-/// before the socket's receive buffer has to.
+/// full batches (`batch_max_frames` frames or [`READER_BATCH_MAX_BYTES`]) and the worker
+/// queue, `queue_batches` of them, fills before the socket's receive buffer has to.
 pub fn run_udp(socket: UdpSocket, ctx: ReaderContext) -> std::io::Result<()> {
     let fd = socket.as_raw_fd();
     let slots = ctx.batch_max_frames.clamp(1, UDP_MAX_SLOTS);
@@ -182,7 +171,7 @@ pub fn run_udp(socket: UdpSocket, ctx: ReaderContext) -> std::io::Result<()> {
     let mut bufs = MmsgBuffers::new(slots, slot_bytes);
     let mut last_kernel_drops: u32 = 0;
     let mut last_warned: Option<Instant> = None;
-    let mut handoff = Handoff::new(&ctx, UDP_BATCH_MAX_BYTES, SHUTDOWN_POLL);
+    let mut handoff = Handoff::new(&ctx, READER_BATCH_MAX_BYTES, SHUTDOWN_POLL);
     let mut timeout = None;
     let allow = ctx.guard.allowlist().clone();
 
@@ -460,7 +449,7 @@ pub(crate) fn read_stream<S: Read>(
 ) -> std::io::Result<StreamEnd> {
     let mut framer = StreamFramer::new(ctx.framing, ctx.limits);
     let mut buf = vec![0u8; TCP_READ_BYTES];
-    let mut batch = fresh_batch(&ctx.recycled, ctx.source_index);
+    let mut batch = FrameBatch::reused(&ctx.recycled, ctx.source_index);
     let mut stats = FrameStats::default();
     let limits = ctx.guard.limits().clone();
     let mut watch = StallWatch::new(Instant::now());
@@ -481,8 +470,8 @@ pub(crate) fn read_stream<S: Read>(
                 framer.feed(&buf[..n], &mut |ev| {
                     collect(ev, &mut batch, peer, &mut stats)
                 });
-                let full =
-                    batch.len() >= ctx.batch_max_frames || batch.data.len() >= TCP_BATCH_MAX_BYTES;
+                let full = batch.len() >= ctx.batch_max_frames
+                    || batch.data.len() >= READER_BATCH_MAX_BYTES;
                 if (full || n < buf.len())
                     && !batch.is_empty()
                     && !hand_over(&mut batch, ctx, &mut stats)
@@ -600,7 +589,7 @@ fn collect(
 /// pipeline is gone.
 fn hand_over(batch: &mut FrameBatch, ctx: &ConnectionContext, stats: &mut FrameStats) -> bool {
     stats.flush(&ctx.counters);
-    let next = fresh_batch(&ctx.recycled, ctx.source_index);
+    let next = FrameBatch::reused(&ctx.recycled, ctx.source_index);
     let full = std::mem::replace(batch, next);
     ctx.to_worker.send(full).is_ok()
 }
@@ -635,19 +624,56 @@ mod tests {
         }
     }
 
+    /// A portable UDP reader running on a loopback socket, and a client to send to it.
+    struct UdpReaderUnderTest {
+        addr: SocketAddr,
+        /// The worker queue the reader fills.
+        batches: Receiver<FrameBatch>,
+        /// Kept so that the reader's recycle queue stays open, as in the daemon.
+        _recycle: Sender<FrameBatch>,
+        shutdown: Arc<AtomicBool>,
+        reader: std::thread::JoinHandle<std::io::Result<()>>,
+        client: UdpSocket,
+    }
+
+    impl UdpReaderUnderTest {
+        /// `rcvbuf`: the socket's receive buffer; `queue`: the worker queue's depth in
+        /// batches; `adjust` edits the reader's [`context`] before it starts.
+        fn start(rcvbuf: usize, queue: usize, adjust: impl FnOnce(&mut ReaderContext)) -> Self {
+            let (socket, _) = crate::net::bind_udp("127.0.0.1:0".parse().unwrap(), rcvbuf).unwrap();
+            let addr = socket.local_addr().unwrap();
+            let (tx, batches) = bounded(queue);
+            let (recycle, recycled) = bounded(queue);
+            let shutdown = Arc::new(AtomicBool::new(false));
+            let mut ctx = context(tx, recycled, shutdown.clone());
+            adjust(&mut ctx);
+            UdpReaderUnderTest {
+                addr,
+                batches,
+                _recycle: recycle,
+                shutdown,
+                reader: std::thread::spawn(move || run_udp(socket, ctx)),
+                client: UdpSocket::bind("127.0.0.1:0").unwrap(),
+            }
+        }
+
+        fn send(&self, datagram: &[u8]) {
+            self.client.send_to(datagram, self.addr).unwrap();
+        }
+
+        fn stop(self) {
+            self.shutdown.store(true, Ordering::Relaxed);
+            self.reader.join().unwrap().unwrap();
+        }
+    }
+
     #[test]
     fn udp_batches_datagrams_with_peer_and_truncation() {
-        let (socket, _) = crate::net::bind_udp("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
-        let addr = socket.local_addr().unwrap();
-        let (tx, rx) = bounded(16);
-        let (_rtx, rrx) = bounded(16);
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let ctx = context(tx, rrx, shutdown.clone());
-        let reader = std::thread::spawn(move || run_udp(socket, ctx));
-        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
-        client.send_to(b"hello\n", addr).unwrap();
-        client.send_to(b"", addr).unwrap();
-        client.send_to(b"0123456789abcdefXYZ", addr).unwrap();
+        let t = UdpReaderUnderTest::start(1 << 20, 16, |_| {});
+        let (rx, client) = (&t.batches, &t.client);
+        t.send(b"hello\n");
+        t.send(b"");
+        t.send(b"0123456789abcdefXYZ");
         let mut frames = Vec::new();
         while frames.len() < 2 {
             let b = rx.recv_timeout(Duration::from_secs(5)).unwrap();
@@ -665,28 +691,20 @@ mod tests {
                 (b"0123456789abcdef".to_vec(), true)
             ]
         );
-        shutdown.store(true, Ordering::Relaxed);
-        reader.join().unwrap().unwrap();
+        t.stop();
     }
 
     #[test]
     fn udp_batches_fill_while_the_worker_is_busy_within_the_byte_bound() {
         const DATAGRAMS: usize = 60;
         const LEN: usize = 30_000;
-        let (socket, _) = crate::net::bind_udp("127.0.0.1:0".parse().unwrap(), 8 << 20).unwrap();
-        let addr = socket.local_addr().unwrap();
-        let (tx, rx) = bounded(64);
-        let (_rtx, rrx) = bounded(64);
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let mut ctx = context(tx, rrx, shutdown.clone());
-        ctx.limits.max_frame_bytes = 65_535;
-        ctx.batch_max_frames = 256;
-        let reader = std::thread::spawn(move || run_udp(socket, ctx));
-        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let t = UdpReaderUnderTest::start(8 << 20, 64, |ctx| {
+            ctx.limits.max_frame_bytes = 65_535;
+            ctx.batch_max_frames = 256;
+        });
+        let rx = &t.batches;
         for i in 0..DATAGRAMS {
-            client
-                .send_to(&vec![b'a' + (i % 26) as u8; LEN], addr)
-                .unwrap();
+            t.send(&vec![b'a' + (i % 26) as u8; LEN]);
         }
         // Nobody takes from the queue until everything arrived: after the first hand-over the
         // worker looks busy, so the reader fills batches up to the byte bound.
@@ -698,7 +716,10 @@ mod tests {
             batches.push(b);
         }
         let sizes: Vec<usize> = batches.iter().map(|b| b.data.len()).collect();
-        assert!(sizes.iter().all(|&n| n <= UDP_BATCH_MAX_BYTES), "{sizes:?}");
+        assert!(
+            sizes.iter().all(|&n| n <= READER_BATCH_MAX_BYTES),
+            "{sizes:?}"
+        );
         assert!(
             batches.iter().any(|b| b.len() > 1),
             "held batches: {sizes:?}"
@@ -710,8 +731,7 @@ mod tests {
                 i += 1;
             }
         }
-        shutdown.store(true, Ordering::Relaxed);
-        reader.join().unwrap().unwrap();
+        t.stop();
     }
 
     #[test]
@@ -719,18 +739,13 @@ mod tests {
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         let counters = metrics::with_local_recorder(&recorder, || ReaderCounters::register("q"));
-        let (socket, _) = crate::net::bind_udp("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap();
-        let addr = socket.local_addr().unwrap();
-        let (tx, rx) = bounded(1);
-        let (_rtx, rrx) = bounded(1);
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let mut ctx = context(tx, rrx, shutdown.clone());
-        ctx.counters = counters;
-        ctx.batch_max_frames = 1;
-        let reader = std::thread::spawn(move || run_udp(socket, ctx));
-        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let t = UdpReaderUnderTest::start(1 << 20, 1, |ctx| {
+            ctx.counters = counters;
+            ctx.batch_max_frames = 1;
+        });
+        let rx = &t.batches;
         for i in 0..20 {
-            client.send_to(format!("m{i}").as_bytes(), addr).unwrap();
+            t.send(format!("m{i}").as_bytes());
         }
         // Nobody takes from the queue: the reader holds one batch, the queue one, and the
         // rest waits in the socket's receive buffer instead of being read and dropped.
@@ -760,8 +775,7 @@ mod tests {
         }
         let want: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
         assert_eq!(names, want);
-        shutdown.store(true, Ordering::Relaxed);
-        reader.join().unwrap().unwrap();
+        t.stop();
         let text = handle.render();
         assert_eq!(received(&text), 20, "{text}");
         assert!(no_queue_full(&text), "{text}");

@@ -68,9 +68,9 @@ impl Default for UringOptions {
             tcp_buffers: 256,
             tcp_buffer_bytes: 16 * 1024,
             max_connections: DEFAULT_MAX_CONNECTIONS,
-            // With `queue_batches` per worker queue this bounds what a backlog holds in memory
-            // (16 × 256 KiB = 4 MiB by default), whatever the message size.
-            batch_max_bytes: 256 * 1024,
+            // Times the worker queues' depth, this bounds what a backlog holds in memory,
+            // whatever the message size.
+            batch_max_bytes: crate::net::READER_BATCH_MAX_BYTES,
             udp_linger_datagrams: 32,
             udp_linger: Duration::from_micros(500),
         }

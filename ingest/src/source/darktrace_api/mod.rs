@@ -307,9 +307,7 @@ impl Shared {
         if selection.new.is_empty() {
             return Ok(None);
         }
-        let mut batch = self.ctx.recycled.try_recv().unwrap_or_default();
-        batch.clear();
-        batch.source = self.ctx.source_index;
+        let mut batch = FrameBatch::reused(&self.ctx.recycled, self.ctx.source_index);
         batch.received_at = Some(Timestamp::now());
         let mut message = Vec::new();
         for &i in &selection.new {
