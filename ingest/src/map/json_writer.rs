@@ -338,6 +338,28 @@ pub fn write_str_contents<S: ByteSink + ?Sized>(out: &mut S, s: &str) {
     out.extend_small(&bytes[start..]);
 }
 
+/// [`write_backslashed_contents`] for text that is mostly short: flattened Darktrace JSON is
+/// mostly paths and values like `details.0.type` and `integer`, each its own call. Up to 32
+/// bytes are tested whole and copied at once, as in [`write_str_contents`], instead of going
+/// through the general scan (whose tail is a byte loop). Kept apart from the general function
+/// so that its callers with longer text (CEF `AdditionalExtensions`) keep their code as it was.
+#[inline]
+pub fn write_backslashed_short<S: ByteSink + ?Sized>(out: &mut S, s: &str, extra: [u8; 2]) {
+    let bytes = s.as_bytes();
+    if bytes.len() <= 16 && !short_needs_backslash(bytes, extra) {
+        out.extend_small(bytes);
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if (17..=32).contains(&bytes.len())
+        && escape_or_mask16(bytes, 0, extra) | escape_or_mask16(bytes, bytes.len() - 16, extra) == 0
+    {
+        out.extend_small(bytes);
+        return;
+    }
+    write_backslashed_contents(out, s, extra);
+}
+
 /// Writes `s` as the contents of a JSON string after backslash-escaping `\\` and the two
 /// `extra` bytes (a `key=value;key=value` list inside one JSON string): `a;b` → `a\;b`, then
 /// JSON escaping (`a\\;b`). Same word-at-a-time scan as [`write_str_contents`].
@@ -425,6 +447,28 @@ fn short_needs_escape(bytes: &[u8]) -> bool {
         escape_bits(u64::from(half(0)) | u64::from(half(n - 4)) << 32)
     } else {
         return bytes.iter().any(|&b| NEEDS_ESCAPE[b as usize]);
+    };
+    bits != 0
+}
+
+/// [`short_needs_escape`] for [`write_backslashed_short`]: also true when a byte equals
+/// either of `extra`.
+#[inline(always)]
+fn short_needs_backslash(bytes: &[u8], extra: [u8; 2]) -> bool {
+    let n = bytes.len();
+    debug_assert!(n <= 16);
+    let hits = |word: u64| escape_bits(word) | eq_bits(word, extra[0]) | eq_bits(word, extra[1]);
+    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    let half = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    let bits = if n >= 8 {
+        hits(word(0)) | hits(word(n - 8))
+    } else if n >= 4 {
+        // The two halves may overlap; either way every byte is in one of them.
+        hits(u64::from(half(0)) | u64::from(half(n - 4)) << 32)
+    } else {
+        return bytes
+            .iter()
+            .any(|&b| NEEDS_ESCAPE[b as usize] || b == extra[0] || b == extra[1]);
     };
     bits != 0
 }
@@ -676,6 +720,9 @@ mod tests {
                 let mut out = Vec::new();
                 write_backslashed_contents(&mut out, &s, extra);
                 proptest::prop_assert_eq!(&out, &backslashed_reference(&s, extra));
+                let mut short = Vec::new();
+                write_backslashed_short(&mut short, &s, extra);
+                proptest::prop_assert_eq!(&short, &out);
             }
         }
     }
@@ -822,6 +869,26 @@ mod tests {
             write_backslashed_contents(&mut out, s, [b';', b'=']);
             assert_eq!(out, backslashed_reference(s, [b';', b'=']), "{s:?}");
         });
+    }
+
+    /// The short fast paths (≤ 16 bytes as two overlapping words or halves, ≤ 32 as two
+    /// overlapping 16-byte masks): every length, every position, every byte value.
+    #[test]
+    fn short_backslashed_strings_match_reference_for_every_byte() {
+        for len in 1..=33 {
+            for pos in 0..len {
+                for byte in 0..0x80u8 {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[pos] = byte;
+                    let s = std::str::from_utf8(&bytes).expect("ASCII");
+                    for extra in [[b';', b';'], [b';', b'=']] {
+                        let mut out = Vec::new();
+                        write_backslashed_short(&mut out, s, extra);
+                        assert_eq!(out, backslashed_reference(s, extra), "{s:?} {extra:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

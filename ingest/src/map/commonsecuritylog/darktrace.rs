@@ -34,7 +34,7 @@
 use smallvec::SmallVec;
 
 use crate::event::{Event, EventKind};
-use crate::map::json_writer::{ObjectWriter, write_backslashed_contents};
+use crate::map::json_writer::{ObjectWriter, write_backslashed_short};
 use crate::map::sluice::write_timestamp;
 use crate::parse::json::{self, JsonBody, JsonRef};
 
@@ -276,7 +276,7 @@ fn write_flattened(out: &mut Vec<u8>, root: JsonRef<'_, '_>, skip: &[&str]) {
 /// `\` → `\\`, `;` → `\;`, then JSON string escaping.
 #[inline]
 fn write_escaped_part(out: &mut Vec<u8>, s: &str) {
-    write_backslashed_contents(out, s, [b';', b';']);
+    write_backslashed_short(out, s, [b';', b';']);
 }
 
 #[cfg(test)]
