@@ -339,7 +339,7 @@ pub fn write_str_contents<S: ByteSink + ?Sized>(out: &mut S, s: &str) {
 }
 
 /// [`write_backslashed_contents`] for text that is mostly short: flattened Darktrace JSON is
-/// mostly paths and values like `details.0.type` and `integer`, each its own call. Up to 32
+/// mostly paths and values like `details.0.type` and `integer`, each its own call. Up to 64
 /// bytes are tested whole and copied at once, as in [`write_str_contents`], instead of going
 /// through the general scan (whose tail is a byte loop). Kept apart from the general function
 /// so that its callers with longer text (CEF `AdditionalExtensions`) keep their code as it was.
@@ -351,11 +351,18 @@ pub fn write_backslashed_short<S: ByteSink + ?Sized>(out: &mut S, s: &str, extra
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if (17..=32).contains(&bytes.len())
-        && escape_or_mask16(bytes, 0, extra) | escape_or_mask16(bytes, bytes.len() - 16, extra) == 0
-    {
-        out.extend_small(bytes);
-        return;
+    if (17..=64).contains(&bytes.len()) {
+        // Overlapping 16-byte tests: the first and last always, the middle two past 32 bytes.
+        let last = bytes.len() - 16;
+        let mut hits = escape_or_mask16(bytes, 0, extra) | escape_or_mask16(bytes, last, extra);
+        if last > 16 {
+            hits |=
+                escape_or_mask16(bytes, 16, extra) | escape_or_mask16(bytes, 32.min(last), extra);
+        }
+        if hits == 0 {
+            out.extend_small(bytes);
+            return;
+        }
     }
     write_backslashed_contents(out, s, extra);
 }
@@ -871,11 +878,11 @@ mod tests {
         });
     }
 
-    /// The short fast paths (≤ 16 bytes as two overlapping words or halves, ≤ 32 as two
+    /// The short fast paths (≤ 16 bytes as two overlapping words or halves, ≤ 64 as two to four
     /// overlapping 16-byte masks): every length, every position, every byte value.
     #[test]
     fn short_backslashed_strings_match_reference_for_every_byte() {
-        for len in 1..=33 {
+        for len in 1..=65 {
             for pos in 0..len {
                 for byte in 0..0x80u8 {
                     let mut bytes = vec![b'a'; len];
