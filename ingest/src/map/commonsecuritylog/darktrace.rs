@@ -385,4 +385,24 @@ mod tests {
         let v = csl("[1,2]");
         assert_eq!(v["Message"], "[1,2]");
     }
+
+    /// Paths escape every segment: escapes in keys at every level, array indices past 9, and a
+    /// skipped path next to one that only shares its prefix.
+    #[test]
+    fn nested_paths_escape_each_segment_once() {
+        let items: Vec<String> = (0..12).map(|i| i.to_string()).collect();
+        let body = format!(
+            r#"{{"pbid":7,"model":{{"name":"m"}},"device":{{"ip":"1.2.3.4","ipx":"5"}},"a;b":{{"c\\d":[1,{{"e\"":"x;y"}}],"n":[{}]}}}}"#,
+            items.join(",")
+        );
+        let v = csl(&body);
+        let extensions = v["AdditionalExtensions"].as_str().expect("string");
+        let expected_tail: String = (0..12).map(|i| format!("a\\;b.n.{i}={i};")).collect();
+        assert_eq!(
+            extensions,
+            format!(
+                "model.name=m;device.ipx=5;a\\;b.c\\\\d.0=1;a\\;b.c\\\\d.1.e\"=x\\;y;{expected_tail}"
+            )
+        );
+    }
 }
