@@ -444,38 +444,35 @@ fn escape_bits(word: u64) -> u64 {
 /// Whether any byte of `bytes` (at most 16) needs escaping, tested as two overlapping words.
 #[inline(always)]
 fn short_needs_escape(bytes: &[u8]) -> bool {
-    let n = bytes.len();
-    debug_assert!(n <= 16);
-    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
-    let half = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-    let bits = if n >= 8 {
-        escape_bits(word(0)) | escape_bits(word(n - 8))
-    } else if n >= 4 {
-        escape_bits(u64::from(half(0)) | u64::from(half(n - 4)) << 32)
-    } else {
-        return bytes.iter().any(|&b| NEEDS_ESCAPE[b as usize]);
-    };
-    bits != 0
+    short_has(bytes, escape_bits, |b| NEEDS_ESCAPE[b as usize])
 }
 
 /// [`short_needs_escape`] for [`write_backslashed_short`]: also true when a byte equals
 /// either of `extra`.
 #[inline(always)]
 fn short_needs_backslash(bytes: &[u8], extra: [u8; 2]) -> bool {
+    short_has(
+        bytes,
+        |word| escape_bits(word) | eq_bits(word, extra[0]) | eq_bits(word, extra[1]),
+        |b| NEEDS_ESCAPE[b as usize] || b == extra[0] || b == extra[1],
+    )
+}
+
+/// Whether `bytes` (at most 16) holds a byte `byte_hit` accepts: under 4 bytes one at a time,
+/// otherwise as two overlapping words (or halves) whose bytes `word_hits` marks with their high
+/// bit. Overlapping parts are tested twice, and every byte is in one of them.
+#[inline(always)]
+fn short_has(bytes: &[u8], word_hits: impl Fn(u64) -> u64, byte_hit: impl Fn(u8) -> bool) -> bool {
     let n = bytes.len();
     debug_assert!(n <= 16);
-    let hits = |word: u64| escape_bits(word) | eq_bits(word, extra[0]) | eq_bits(word, extra[1]);
     let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
     let half = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
     let bits = if n >= 8 {
-        hits(word(0)) | hits(word(n - 8))
+        word_hits(word(0)) | word_hits(word(n - 8))
     } else if n >= 4 {
-        // The two halves may overlap; either way every byte is in one of them.
-        hits(u64::from(half(0)) | u64::from(half(n - 4)) << 32)
+        word_hits(u64::from(half(0)) | u64::from(half(n - 4)) << 32)
     } else {
-        return bytes
-            .iter()
-            .any(|&b| NEEDS_ESCAPE[b as usize] || b == extra[0] || b == extra[1]);
+        return bytes.iter().any(|&b| byte_hit(b));
     };
     bits != 0
 }
