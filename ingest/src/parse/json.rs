@@ -469,6 +469,9 @@ impl<'t, 'a> JsonRef<'t, 'a> {
         match self.node() {
             Some(Node::String(s)) => out.extend_from_slice(s.as_bytes()),
             Some(Node::Static(StaticNode::Null)) | None => {}
+            // Directly, not through the container serialiser: flattening renders tens of
+            // numbers per Darktrace event.
+            Some(Node::Static(scalar)) => write_static(out, scalar),
             Some(_) => self.write_json(out),
         }
     }
@@ -571,6 +574,7 @@ pub fn write_snake_case(out: &mut Vec<u8>, key: &str) {
     crate::map::json_writer::write_str_contents(out, &key[start..]);
 }
 
+#[inline(always)]
 fn write_static(out: &mut Vec<u8>, s: &StaticNode) {
     match s {
         StaticNode::Null => out.extend_from_slice(b"null"),
