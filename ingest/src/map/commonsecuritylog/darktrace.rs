@@ -402,7 +402,7 @@ mod tests {
     /// Paths escape every segment: escapes in keys at every level, array indices past 9, and a
     /// skipped path next to one that only shares its prefix.
     #[test]
-    fn nested_paths_escape_each_segment_once() {
+    fn nested_paths_escape_every_segment() {
         let items: Vec<String> = (0..12).map(|i| i.to_string()).collect();
         let body = format!(
             r#"{{"pbid":7,"model":{{"name":"m"}},"device":{{"ip":"1.2.3.4","ipx":"5"}},"a;b":{{"c\\d":[1,{{"e\"":"x;y"}}],"n":[{}]}}}}"#,
