@@ -1,5 +1,7 @@
 //! Minimal, fast JSON output shared by every mapper.
 
+use crate::parse::bytescan::{HIGHS, LOW7, ONES, eq_bits};
+
 /// Bytes that must be escaped inside a JSON string: control characters, `"` and `\`.
 static NEEDS_ESCAPE: [bool; 256] = {
     let mut t = [false; 256];
@@ -419,19 +421,6 @@ pub fn write_backslashed_contents<S: ByteSink + ?Sized>(out: &mut S, s: &str, ex
         i += 1;
     }
     out.extend_small(&bytes[start..]);
-}
-
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGHS: u64 = 0x8080_8080_8080_8080;
-const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-
-/// The high bit of every byte of `word` equal to `c`, and only those: the low seven bits are
-/// added without carries leaving the byte, unlike the classic "has zero byte" test, whose
-/// borrows can flag a byte after a real hit.
-#[inline]
-fn eq_bits(word: u64, c: u8) -> u64 {
-    let y = word ^ (ONES * u64::from(c));
-    !(((y & LOW7) + LOW7) | y) & HIGHS
 }
 
 /// The high bit of every byte of `word` that JSON needs escaped: controls, `"` and `\\`.

@@ -202,6 +202,22 @@ pub fn key_byte_mask16(bytes: &[u8], at: usize) -> u32 {
     }
 }
 
+/// Eight bytes at a time without SIMD (SWAR): each constant repeats one byte over a word.
+pub(crate) const ONES: u64 = 0x0101_0101_0101_0101;
+/// The high bit of every byte of a word.
+pub(crate) const HIGHS: u64 = 0x8080_8080_8080_8080;
+/// The low seven bits of every byte of a word.
+pub(crate) const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+
+/// The high bit of every byte of `word` equal to `c`, and only those: the low seven bits are
+/// added without carries leaving the byte, unlike the classic "has zero byte" test, whose
+/// borrows can flag a byte after a real hit.
+#[inline]
+pub(crate) fn eq_bits(word: u64, c: u8) -> u64 {
+    let y = word ^ (ONES * u64::from(c));
+    !(((y & LOW7) + LOW7) | y) & HIGHS
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -578,9 +578,7 @@ pub fn write_snake_case(out: &mut Vec<u8>, key: &str) {
 /// an ECS row.
 #[inline]
 fn has_upper_or_dash(bytes: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    use crate::parse::bytescan::{HIGHS, LOW7, ONES, eq_bits};
     // The high bit of each byte that is `A`–`Z` or `-`. Adding to the low seven bits never
     // carries out of a byte (≤ 0x7f + 0x3f), and bytes with their own high bit set (not ASCII)
     // are excluded.
@@ -588,10 +586,7 @@ fn has_upper_or_dash(bytes: &[u8]) -> bool {
         let low = w & LOW7;
         let at_least_a = low + ONES * u64::from(0x80 - b'A');
         let past_z = low + ONES * u64::from(0x80 - b'Z' - 1);
-        let upper = at_least_a & !past_z;
-        let dash = low ^ (ONES * u64::from(b'-'));
-        let is_dash = !((dash + LOW7) | dash);
-        (upper | is_dash) & !w & HIGHS
+        (at_least_a & !past_z & !w & HIGHS) | eq_bits(w, b'-')
     };
     let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
     let n = bytes.len();

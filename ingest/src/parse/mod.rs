@@ -1,7 +1,7 @@
 //! Parsing: raw message bytes → [`Event`]. Never fails: a message that cannot be parsed becomes
 //! an event with [`Body::Error`] carrying the error kind and the raw text.
 
-mod bytescan;
+pub(crate) mod bytescan;
 pub mod cef;
 pub mod json;
 pub mod syslog;
