@@ -45,11 +45,20 @@ pub const SINK_DROPPED_EVENTS: &str = "sluice_sink_dropped_events_total";
 /// to seal), `compress`, `write`, `end_to_end` (first event to file in place).
 pub const STAGE_SECONDS: &str = "sluice_stage_duration_seconds";
 
+/// UDP datagrams a reader wrote to its disk overflow because the worker queue was full.
+pub const OVERFLOW_MESSAGES: &str = "sluice_overflow_messages_total";
+/// Bytes held in the UDP readers' disk overflow now, by source.
+pub const OVERFLOW_BYTES: &str = "sluice_overflow_bytes";
+/// Failed writes or reads of the disk overflow, by source and `op` (`write`, `read`).
+pub const OVERFLOW_ERRORS: &str = "sluice_overflow_errors_total";
+
 pub const DROP_KERNEL_RCVBUF: &str = "kernel_rcvbuf";
 pub const DROP_QUEUE_FULL: &str = "queue_full";
 pub const DROP_OVERSIZE: &str = "oversize";
 /// UDP datagrams from an address outside the source's `allow` list.
 pub const DROP_NOT_ALLOWED: &str = "not_allowed";
+/// Datagrams in an overflow record that could not be read back.
+pub const DROP_OVERFLOW_ERROR: &str = "overflow_error";
 
 const STAGE_BUCKETS: &[f64] = &[
     0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -85,7 +94,7 @@ fn describe() {
     );
     describe_counter!(
         DROPPED_MESSAGES,
-        "Messages lost, by source and reason (kernel_rcvbuf, queue_full, oversize, not_allowed)"
+        "Messages lost, by source and reason (kernel_rcvbuf, queue_full, oversize, not_allowed, overflow_error)"
     );
     describe_counter!(TRUNCATED_MESSAGES, "Messages cut to max_message_bytes");
     describe_counter!(
@@ -107,6 +116,19 @@ fn describe() {
         "TLS certificate reloads on SIGHUP, by source and result (ok, error)"
     );
     describe_gauge!(QUEUE_DEPTH, "Batches waiting in a queue");
+    describe_counter!(
+        OVERFLOW_MESSAGES,
+        "UDP datagrams written to the disk overflow while the worker queue was full"
+    );
+    describe_gauge!(
+        OVERFLOW_BYTES,
+        Unit::Bytes,
+        "Bytes waiting in the UDP disk overflow"
+    );
+    describe_counter!(
+        OVERFLOW_ERRORS,
+        "Failed disk overflow writes or reads, by source and op (write, read)"
+    );
     describe_gauge!(
         HOST_UDP_RCVBUF_ERRORS,
         "UDP RcvbufErrors of the whole host (/proc/net/snmp)"
@@ -145,6 +167,12 @@ pub struct ReaderCounters {
     pub framing_errors: Counter,
     pub connections_open: Gauge,
     pub connections: Counter,
+    /// UDP disk overflow (see `net::overflow`).
+    pub overflow_messages: Counter,
+    pub overflow_bytes: Gauge,
+    pub overflow_write_errors: Counter,
+    pub overflow_read_errors: Counter,
+    pub dropped_overflow_error: Counter,
 }
 
 impl ReaderCounters {
@@ -160,7 +188,12 @@ impl ReaderCounters {
             truncated: metrics::counter!(TRUNCATED_MESSAGES, "source" => s.clone()),
             framing_errors: metrics::counter!(FRAMING_ERRORS, "source" => s.clone()),
             connections_open: metrics::gauge!(TCP_CONNECTIONS_OPEN, "source" => s.clone()),
-            connections: metrics::counter!(TCP_CONNECTIONS, "source" => s),
+            connections: metrics::counter!(TCP_CONNECTIONS, "source" => s.clone()),
+            overflow_messages: metrics::counter!(OVERFLOW_MESSAGES, "source" => s.clone()),
+            overflow_bytes: metrics::gauge!(OVERFLOW_BYTES, "source" => s.clone()),
+            overflow_write_errors: metrics::counter!(OVERFLOW_ERRORS, "source" => s.clone(), "op" => "write"),
+            overflow_read_errors: metrics::counter!(OVERFLOW_ERRORS, "source" => s.clone(), "op" => "read"),
+            dropped_overflow_error: dropped(DROP_OVERFLOW_ERROR),
         }
     }
 
@@ -176,6 +209,11 @@ impl ReaderCounters {
             framing_errors: Counter::noop(),
             connections_open: Gauge::noop(),
             connections: Counter::noop(),
+            overflow_messages: Counter::noop(),
+            overflow_bytes: Gauge::noop(),
+            overflow_write_errors: Counter::noop(),
+            overflow_read_errors: Counter::noop(),
+            dropped_overflow_error: Counter::noop(),
         }
     }
 }

@@ -552,6 +552,64 @@ fn udp_moderate_rate_zero_loss_metrics_agree() {
     daemon.stop();
 }
 
+/// A UDP burst against a worker queue of one batch: what the queue cannot take goes to the
+/// reader's disk overflow and comes back, so every datagram reaches the file, none is dropped,
+/// the overflow metrics show it was used, and it is empty again afterwards.
+#[test]
+fn udp_burst_past_the_queue_goes_through_the_disk_overflow_without_loss() {
+    const TOTAL: usize = 150_000;
+    let daemon = Daemon::start(&format!(
+        "queue_batches = 1\n[sources.udp_in]\ntype = \"udp\"\nlisten = \"127.0.0.1:0\"\nthreads = 1\n\
+         receive_buffer_bytes = 67108864\noverflow_max_bytes = 536870912\n{}",
+        file_sink("all", "sluice", "gzip", 200)
+    ));
+    let addr = daemon.udp.unwrap();
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..TOTAL {
+        client.send_to(message(i).as_bytes(), addr).unwrap();
+    }
+    daemon.wait_for_metric(
+        "sluice_sink_events_total",
+        &[("sink", "all")],
+        TOTAL as u64,
+        Duration::from_secs(60),
+    );
+    let text = daemon.metrics_text();
+    assert_eq!(
+        metric_value(&text, "sluice_dropped_messages_total", &[]),
+        0,
+        "{text}"
+    );
+    let overflowed = metric_value(
+        &text,
+        "sluice_overflow_messages_total",
+        &[("source", "udp_in")],
+    );
+    assert!(
+        overflowed > 0 && overflowed < TOTAL as u64,
+        "a one-batch queue overflows under a burst: {overflowed}\n{text}"
+    );
+    assert_eq!(
+        metric_value(&text, "sluice_overflow_bytes", &[("source", "udp_in")]),
+        0,
+        "{text}"
+    );
+    assert_eq!(metric_value(&text, "sluice_overflow_errors_total", &[]), 0);
+    let overflow_dir = daemon.dir.path().join("data/overflow");
+    assert_eq!(
+        std::fs::read_dir(&overflow_dir).unwrap().count(),
+        0,
+        "the overflow file has no name"
+    );
+    let lines = read_output(&daemon.out().join("all"));
+    assert_same_multiset(
+        expected_counts(TOTAL, TOTAL, Schema::Sluice, "udp_in"),
+        &lines,
+    );
+    let (log, _daemon) = daemon.stop();
+    assert_eq!(log_total(&log, "dropped_queue_full"), 0, "{log}");
+}
+
 /// UDP overload with a tiny receive buffer and oversize datagrams: every datagram sent is
 /// either received or counted as a kernel drop, and every received one is in a file or
 /// counted as dropped (`oversize`, `queue_full`). Nothing disappears silently.

@@ -39,6 +39,7 @@ fn harness(queue: usize, batch_max_frames: usize, limits: FrameLimits) -> Harnes
         pin: false,
         counters: sluice::net::ReaderCounters::register("test"),
         guard: sluice::net::guard::ConnectionGuard::unlimited(),
+        overflow: None,
     };
     Harness {
         ctx: Some(ctx),

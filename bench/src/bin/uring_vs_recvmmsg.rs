@@ -135,6 +135,7 @@ fn run_uring(messages: u64, bytes: usize) -> Outcome {
         pin: false,
         counters: sluice::metrics::ReaderCounters::register("bench"),
         guard: sluice::net::guard::ConnectionGuard::unlimited(),
+        overflow: None,
     };
     let count = Arc::new(AtomicU64::new(0));
     let reader = thread::spawn(move || {

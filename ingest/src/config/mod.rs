@@ -320,6 +320,26 @@ pub struct UdpSourceConfig {
     /// counted (`reason="not_allowed"`); XDP's `[xdp] allow` does this in the kernel instead.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<String>,
+    /// Disk space (under `data_dir/overflow`) for datagrams the worker queue has no room for,
+    /// shared equally by the source's reader threads; 0 turns the overflow off. See
+    /// `net::overflow`.
+    #[serde(default = "default_overflow_max_bytes")]
+    pub overflow_max_bytes: u64,
+}
+
+/// Smallest share of `overflow_max_bytes` per reader thread: a few full reader batches.
+pub const MIN_OVERFLOW_BYTES_PER_READER: u64 = 4 * 1024 * 1024;
+
+fn default_overflow_max_bytes() -> u64 {
+    1024 * 1024 * 1024
+}
+
+impl UdpSourceConfig {
+    /// The overflow bound of each of the source's reader threads (`None`: no overflow).
+    pub fn overflow_bytes_per_reader(&self) -> Option<u64> {
+        let threads = self.threads.unwrap_or_else(available_cores).max(1) as u64;
+        (self.overflow_max_bytes > 0).then(|| self.overflow_max_bytes / threads)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1049,6 +1069,21 @@ impl Config {
             if let Some(t) = threads {
                 positive(format!("{prefix}.threads"), t)?;
             }
+            if let SourceConfig::Udp(u) = source
+                && u.overflow_max_bytes > 0
+            {
+                let readers = u.threads.unwrap_or_else(available_cores).max(1) as u64;
+                if u.overflow_max_bytes / readers < MIN_OVERFLOW_BYTES_PER_READER {
+                    return Err((
+                        format!("{prefix}.overflow_max_bytes"),
+                        format!(
+                            "must be 0 (off) or at least {} bytes: each of the source's {readers} \
+                             reader threads needs {MIN_OVERFLOW_BYTES_PER_READER}",
+                            readers * MIN_OVERFLOW_BYTES_PER_READER
+                        ),
+                    ));
+                }
+            }
             positive(format!("{prefix}.batch_max_frames"), batch_max_frames)?;
             let Some(NetSourceSettings { listen, .. }) = source.net_settings() else {
                 continue;
@@ -1385,6 +1420,46 @@ kinds = ["cef", "darktrace_model_breach"]
         assert!(
             err.contains("sources.") && err.contains("port 5515"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn udp_overflow_bound_is_split_per_reader_and_checked() {
+        let with = |keys: &str| {
+            GOOD.replace(
+                "type = \"udp\"\nlisten = \"127.0.0.1:5514\"",
+                &format!("type = \"udp\"\nlisten = \"127.0.0.1:5514\"\n{keys}"),
+            )
+        };
+        let udp = |c: &Config| match &c.sources["syslog_udp"] {
+            SourceConfig::Udp(u) => u.clone(),
+            _ => unreachable!(),
+        };
+        let c = Config::from_toml(&with("threads = 4"), "ok.toml").unwrap();
+        assert_eq!(udp(&c).overflow_max_bytes, 1 << 30, "on by default");
+        assert_eq!(udp(&c).overflow_bytes_per_reader(), Some(1 << 28));
+        let c = Config::from_toml(&with("overflow_max_bytes = 0"), "ok.toml").unwrap();
+        assert_eq!(udp(&c).overflow_bytes_per_reader(), None);
+        let err = Config::from_toml(
+            &with("threads = 2\noverflow_max_bytes = 4194304"),
+            "bad.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "bad.toml:7: `sources.syslog_udp.overflow_max_bytes`: must be 0 (off) or at least \
+             8388608 bytes: each of the source's 2 reader threads needs 4194304"
+        );
+        let err = Config::from_toml(
+            &GOOD.replace("framing = \"octet\"", "overflow_max_bytes = 0"),
+            "bad.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("overflow_max_bytes"),
+            "a tcp source has none: {err}"
         );
     }
 

@@ -1,17 +1,19 @@
 //! The reader side of the reader → worker queue: fills a [`FrameBatch`], hands it over, and
 //! keeps the receive / drop counters (incremented per batch, not per message). Used by the
 //! io_uring readers and by the portable UDP reader, so that both hold a batch back from a busy
-//! worker in the same way.
+//! worker in the same way. A UDP reader may also have a disk overflow ([`Overflow`]): batches
+//! the full queue cannot take go there, and back into the queue, oldest first, as it frees up.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::SendTimeoutError;
-use metrics::Counter;
+use crossbeam::channel::{SendTimeoutError, TrySendError};
+use metrics::{Counter, Gauge};
 
 use crate::event::Timestamp;
+use crate::net::overflow::Overflow;
 use crate::net::{FrameBatch, ReaderContext};
 
 /// After shutdown is requested a blocked TCP reader keeps offering its last batch this long
@@ -49,8 +51,29 @@ pub(crate) struct Handoff {
     dropped_queue_full: Counter,
     dropped_oversize: Counter,
     truncated: Counter,
+    spill: Option<Spill>,
     /// Totals for the exit log line and tests.
     pub totals: Totals,
+}
+
+/// The disk overflow and the batch read back from it that the queue had no room for yet
+/// (it goes first: it is older than anything still in the file).
+struct Spill {
+    file: Overflow,
+    read_back: Option<FrameBatch>,
+    messages: Counter,
+    bytes: Gauge,
+    write_errors: Counter,
+    read_errors: Counter,
+    dropped_unreadable: Counter,
+    error_log: crate::net::uring::RateLimit,
+    full_log: crate::net::uring::RateLimit,
+}
+
+impl Spill {
+    fn is_empty(&self) -> bool {
+        self.read_back.is_none() && self.file.is_empty()
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +84,10 @@ pub struct Totals {
     pub dropped_queue_full: u64,
     pub dropped_oversize: u64,
     pub truncated: u64,
+    /// Datagrams that went through the disk overflow.
+    pub overflowed: u64,
+    /// Datagrams lost because their overflow record could not be read back.
+    pub dropped_overflow_error: u64,
 }
 
 impl Handoff {
@@ -83,10 +110,28 @@ impl Handoff {
             dropped_queue_full: ctx.counters.dropped_queue_full.clone(),
             dropped_oversize: ctx.counters.dropped_oversize.clone(),
             truncated: ctx.counters.truncated.clone(),
+            spill: None,
             totals: Totals::default(),
         };
         handoff.fresh_batch(ctx);
         handoff
+    }
+
+    /// Sends batches the full queue cannot take to `overflow` instead of waiting (UDP only:
+    /// a stream reader must wait, so that flow control slows its sender).
+    pub fn with_overflow(mut self, ctx: &ReaderContext, overflow: Option<Overflow>) -> Self {
+        self.spill = overflow.map(|file| Spill {
+            file,
+            read_back: None,
+            messages: ctx.counters.overflow_messages.clone(),
+            bytes: ctx.counters.overflow_bytes.clone(),
+            write_errors: ctx.counters.overflow_write_errors.clone(),
+            read_errors: ctx.counters.overflow_read_errors.clone(),
+            dropped_unreadable: ctx.counters.dropped_overflow_error.clone(),
+            error_log: crate::net::uring::RateLimit::new(Duration::from_secs(10)),
+            full_log: crate::net::uring::RateLimit::new(Duration::from_secs(10)),
+        });
+        self
     }
 
     fn fresh_batch(&mut self, ctx: &ReaderContext) {
@@ -174,52 +219,251 @@ impl Handoff {
     /// How long the reader may block in the kernel: briefly while it holds a partial batch
     /// (see [`Handoff::end_wake_up`]), else until the next shutdown check.
     pub fn wait_timeout(&self) -> Duration {
-        if self.batch.is_empty() {
+        // The overflow is emptied as the worker frees room, which the reader only sees awake.
+        let spilled = self.spill.as_ref().is_some_and(|s| !s.is_empty());
+        if self.batch.is_empty() && !spilled {
             self.poll
         } else {
             HANDOFF_HOLD
         }
     }
 
-    /// Waits for room in the worker queue, waking regularly to notice shutdown. The reader
-    /// stops reading meanwhile: for TCP, flow control pushes back on the sender; for UDP, the
-    /// socket's receive buffer (`receive_buffer_bytes`) absorbs the burst, and only what
-    /// overflows it is lost, counted by the kernel (`reason="kernel_rcvbuf"`). Reading on and
-    /// dropping here instead would lose datagrams while that buffer sat empty.
+    /// Hands the held batch over. With a disk overflow (UDP), a full queue sends it to the
+    /// overflow and the reader reads on; first, overflow batches move into the queue as far as
+    /// it has room. Otherwise, and when the overflow is full, it waits for room in the worker
+    /// queue, waking regularly to notice shutdown. The reader stops reading meanwhile: for
+    /// TCP, flow control pushes back on the sender; for UDP, the socket's receive buffer
+    /// (`receive_buffer_bytes`) absorbs the burst, and only what overflows it is lost, counted
+    /// by the kernel (`reason="kernel_rcvbuf"`). Reading on and dropping here instead would
+    /// lose datagrams while that buffer sat empty.
     pub fn flush_blocking(&mut self, ctx: &ReaderContext) -> io::Result<()> {
         self.count();
+        if self.spill.is_some() {
+            let overflow_empty = self.replay(ctx)?;
+            if self.batch.is_empty() {
+                return Ok(());
+            }
+            if overflow_empty {
+                match ctx.to_worker.try_send(std::mem::take(&mut self.batch)) {
+                    Ok(()) => {
+                        self.totals.batches += 1;
+                        self.fresh_batch(ctx);
+                        return Ok(());
+                    }
+                    Err(TrySendError::Full(back)) => self.batch = back,
+                    Err(TrySendError::Disconnected(back)) => {
+                        self.batch = back;
+                        self.drop_batch();
+                        return Err(worker_gone());
+                    }
+                }
+            }
+            // The queue is full, or older datagrams wait in the overflow: this batch goes
+            // behind them.
+            if self.spill_batch() {
+                return Ok(());
+            }
+            // The overflow is full (or failing): wait for the worker, oldest first, until the
+            // batch fits in the overflow again or the overflow has run empty.
+            while self.spill.as_ref().is_some_and(|s| !s.is_empty()) {
+                self.replay_one_blocking(ctx)?;
+                if self.spill_batch() {
+                    return Ok(());
+                }
+            }
+        }
         if self.batch.is_empty() {
             return Ok(());
         }
-        let mut batch = std::mem::take(&mut self.batch);
+        let batch = std::mem::take(&mut self.batch);
+        match self.send_blocking(ctx, batch)? {
+            None => {
+                self.totals.batches += 1;
+                self.fresh_batch(ctx);
+            }
+            Some(back) => {
+                tracing::error!(
+                    source = %ctx.source_name,
+                    frames = back.len(),
+                    "worker queue still full at shutdown; dropping the reader's last batch"
+                );
+                self.batch = back;
+                self.drop_batch();
+            }
+        }
+        Ok(())
+    }
+
+    /// At reader exit: hands over the held batch and everything in the overflow (the workers
+    /// are still draining). What the workers cannot take within the shutdown grace is dropped
+    /// and counted.
+    pub fn finish(&mut self, ctx: &ReaderContext) -> io::Result<()> {
+        self.flush_blocking(ctx)?;
+        while self.spill.as_ref().is_some_and(|s| !s.is_empty()) {
+            if !self.replay_one_blocking(ctx)? {
+                let spill = self.spill.as_mut().expect("checked above");
+                let mut lost = spill.read_back.take().map_or(0, |b| b.len() as u64);
+                let mut scratch = FrameBatch::default();
+                while let Some(record) = spill.file.pop_into(&mut scratch) {
+                    lost += match record {
+                        Ok(_) => scratch.len() as u64,
+                        Err((frames, _)) => u64::from(frames),
+                    };
+                }
+                spill.bytes.set(0.0);
+                tracing::error!(
+                    source = %ctx.source_name,
+                    frames = lost,
+                    "worker queue still full at shutdown; dropping what the disk overflow held"
+                );
+                self.dropped_queue_full.increment(lost);
+                self.totals.dropped_queue_full += lost;
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends the held batch to the overflow; false (batch kept) when it does not fit or the
+    /// write failed.
+    fn spill_batch(&mut self) -> bool {
+        let Some(spill) = self.spill.as_mut() else {
+            return false;
+        };
+        if !spill.file.has_room(&self.batch) {
+            if spill.full_log.ready() {
+                tracing::warn!(
+                    held_bytes = spill.file.bytes_held(),
+                    "the UDP disk overflow is full (overflow_max_bytes); the reader waits for \
+                     the worker and the socket's receive buffer takes the rest"
+                );
+            }
+            return false;
+        }
+        match spill.file.push(&self.batch) {
+            Ok(bytes) => {
+                let n = self.batch.len() as u64;
+                spill.messages.increment(n);
+                spill.bytes.increment(bytes as f64);
+                self.totals.overflowed += n;
+                // The buffers stay with the reader; only the frames moved to disk.
+                let source = self.batch.source;
+                self.batch.clear();
+                self.batch.source = source;
+                self.largest_frame = 0;
+                self.started = None;
+                true
+            }
+            Err(e) => {
+                spill.write_errors.increment(1);
+                if spill.error_log.ready() {
+                    tracing::error!(
+                        "writing to the UDP disk overflow failed: {e}; the reader waits for the worker instead"
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    /// The next batch to hand over from the overflow, read back if need be. Records that
+    /// cannot be read are counted as lost and skipped.
+    fn next_spilled(&mut self, ctx: &ReaderContext) -> Option<FrameBatch> {
+        let spill = self.spill.as_mut()?;
+        if let Some(batch) = spill.read_back.take() {
+            return Some(batch);
+        }
+        loop {
+            let mut batch = FrameBatch::reused(&ctx.recycled, ctx.source_index);
+            match spill.file.pop_into(&mut batch)? {
+                Ok(bytes) => {
+                    spill.bytes.decrement(bytes as f64);
+                    return Some(batch);
+                }
+                Err((frames, e)) => {
+                    spill.read_errors.increment(1);
+                    spill.dropped_unreadable.increment(u64::from(frames));
+                    self.totals.dropped_overflow_error += u64::from(frames);
+                    spill.bytes.set(spill.file.bytes_held() as f64);
+                    tracing::error!(source = %ctx.source_name, frames, "{e}; its datagrams are lost");
+                }
+            }
+        }
+    }
+
+    /// Moves overflow batches into the worker queue while it has room, without waiting;
+    /// true when the overflow is empty afterwards.
+    fn replay(&mut self, ctx: &ReaderContext) -> io::Result<bool> {
+        loop {
+            match &self.spill {
+                None => return Ok(true),
+                Some(s) if s.is_empty() => return Ok(true),
+                // Reading a record back only to find no room would waste the read.
+                Some(s) if s.read_back.is_none() && ctx.to_worker.is_full() => return Ok(false),
+                Some(_) => {}
+            }
+            let Some(batch) = self.next_spilled(ctx) else {
+                continue;
+            };
+            match ctx.to_worker.try_send(batch) {
+                Ok(()) => self.totals.batches += 1,
+                Err(TrySendError::Full(back)) => {
+                    self.spill.as_mut().expect("checked above").read_back = Some(back);
+                    return Ok(false);
+                }
+                Err(TrySendError::Disconnected(back)) => {
+                    let n = back.len() as u64;
+                    self.dropped_queue_full.increment(n);
+                    self.totals.dropped_queue_full += n;
+                    return Err(worker_gone());
+                }
+            }
+        }
+    }
+
+    /// Waits until the oldest overflow batch is in the worker queue; false when shutdown's
+    /// grace ran out first (the batch is kept).
+    fn replay_one_blocking(&mut self, ctx: &ReaderContext) -> io::Result<bool> {
+        let Some(batch) = self.next_spilled(ctx) else {
+            return Ok(true);
+        };
+        match self.send_blocking(ctx, batch) {
+            Ok(None) => {
+                self.totals.batches += 1;
+                Ok(true)
+            }
+            Ok(Some(back)) => {
+                self.spill.as_mut().expect("batch came from it").read_back = Some(back);
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits for room in the worker queue, waking regularly to notice shutdown; gives the
+    /// batch back when shutdown's grace runs out first.
+    fn send_blocking(
+        &mut self,
+        ctx: &ReaderContext,
+        mut batch: FrameBatch,
+    ) -> io::Result<Option<FrameBatch>> {
         let mut grace_until: Option<Instant> = None;
         loop {
             match ctx.to_worker.send_timeout(batch, self.poll) {
-                Ok(()) => {
-                    self.totals.batches += 1;
-                    self.fresh_batch(ctx);
-                    return Ok(());
-                }
+                Ok(()) => return Ok(None),
                 Err(SendTimeoutError::Timeout(back)) => {
                     batch = back;
                     if ctx.shutdown.load(Ordering::Relaxed) {
                         let deadline = *grace_until
                             .get_or_insert_with(|| Instant::now() + SHUTDOWN_SEND_GRACE);
                         if Instant::now() >= deadline {
-                            tracing::error!(
-                                source = %ctx.source_name,
-                                frames = batch.len(),
-                                "worker queue still full at shutdown; dropping the reader's last batch"
-                            );
-                            self.batch = batch;
-                            self.drop_batch();
-                            return Ok(());
+                            return Ok(Some(batch));
                         }
                     }
                 }
                 Err(SendTimeoutError::Disconnected(back)) => {
-                    self.batch = back;
-                    self.drop_batch();
+                    let n = back.len() as u64;
+                    self.dropped_queue_full.increment(n);
+                    self.totals.dropped_queue_full += n;
                     return Err(worker_gone());
                 }
             }
@@ -241,4 +485,124 @@ fn worker_gone() -> io::Error {
         io::ErrorKind::BrokenPipe,
         "the parser worker's queue is closed",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    use crossbeam::channel::{Receiver, Sender, bounded};
+
+    use super::*;
+    use crate::frame::{FrameLimits, Framing};
+    use crate::metrics::ReaderCounters;
+
+    const FRAMES_PER_BATCH: usize = 8;
+
+    fn context(to_worker: Sender<FrameBatch>, recycled: Receiver<FrameBatch>) -> ReaderContext {
+        ReaderContext {
+            source_index: 2,
+            source_name: Arc::from("test"),
+            core: 0,
+            limits: FrameLimits::default(),
+            framing: Framing::Lf,
+            batch_max_frames: FRAMES_PER_BATCH,
+            to_worker,
+            recycled,
+            shutdown: Arc::new(AtomicBool::new(false)),
+            max_connections: 0,
+            pin: false,
+            counters: ReaderCounters::noop(),
+            guard: crate::net::guard::ConnectionGuard::unlimited(),
+            overflow: None,
+        }
+    }
+
+    /// Pushes messages `m0 .. m{count}` through a handoff whose worker queue holds two
+    /// batches, with an overflow of `overflow_bytes`, a worker that starts taking batches
+    /// after `worker_delay`, and returns what the worker got plus the reader's totals.
+    fn run(count: usize, overflow_bytes: u64, worker_delay: Duration) -> (Vec<String>, Totals) {
+        let dir = tempfile::tempdir().unwrap();
+        let (to_worker, queue) = bounded(2);
+        let (_recycle, recycled) = bounded(4);
+        let ctx = context(to_worker, recycled);
+        let overflow = Overflow::create(dir.path(), overflow_bytes).unwrap();
+        let worker = std::thread::spawn(move || {
+            std::thread::sleep(worker_delay);
+            let mut got = Vec::new();
+            for batch in queue {
+                assert_eq!(batch.source, 2);
+                for f in &batch.frames {
+                    got.push(String::from_utf8(batch.frame(f).to_vec()).unwrap());
+                }
+            }
+            got
+        });
+        let mut handoff = Handoff::new(&ctx, 1 << 20, Duration::from_millis(10))
+            .with_overflow(&ctx, Some(overflow));
+        for i in 0..count {
+            if handoff.push(format!("m{i}").as_bytes(), None, false) {
+                handoff.flush_blocking(&ctx).unwrap();
+            }
+        }
+        handoff.finish(&ctx).unwrap();
+        let totals = handoff.totals;
+        drop(handoff);
+        drop(ctx);
+        (worker.join().unwrap(), totals)
+    }
+
+    fn in_order(count: usize) -> Vec<String> {
+        (0..count).map(|i| format!("m{i}")).collect()
+    }
+
+    #[test]
+    fn a_full_queue_goes_to_the_overflow_and_comes_back_in_order() {
+        // The worker sleeps through the whole burst: the reader must not wait for it.
+        let started = Instant::now();
+        let (got, totals) = run(4_000, 64 << 20, Duration::from_millis(300));
+        assert_eq!(got, in_order(4_000));
+        assert!(
+            totals.overflowed >= 4_000 - 3 * FRAMES_PER_BATCH as u64,
+            "all but what the queue held went through the overflow: {totals:?}"
+        );
+        assert_eq!(totals.dropped_queue_full, 0);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_full_overflow_waits_for_the_worker_and_loses_nothing() {
+        // Room for about three batches: the reader must wait in turn, oldest first.
+        let (got, totals) = run(2_000, 700, Duration::from_millis(100));
+        assert_eq!(got, in_order(2_000));
+        assert!(totals.overflowed > 0, "{totals:?}");
+        assert_eq!(totals.dropped_queue_full, 0);
+    }
+
+    #[test]
+    fn a_stuck_worker_at_shutdown_loses_the_overflow_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (to_worker, queue) = bounded(2);
+        let (_recycle, recycled) = bounded(4);
+        let ctx = context(to_worker, recycled);
+        let overflow = Overflow::create(dir.path(), 64 << 20).unwrap();
+        let mut handoff = Handoff::new(&ctx, 1 << 20, Duration::from_millis(10))
+            .with_overflow(&ctx, Some(overflow));
+        for i in 0..1_000 {
+            if handoff.push(format!("m{i}").as_bytes(), None, false) {
+                handoff.flush_blocking(&ctx).unwrap();
+            }
+        }
+        ctx.shutdown.store(true, Ordering::Relaxed);
+        handoff.finish(&ctx).unwrap();
+        let queued: usize = queue.try_iter().map(|b| b.len()).sum();
+        assert_eq!(queued, 2 * FRAMES_PER_BATCH);
+        assert_eq!(
+            handoff.totals.dropped_queue_full + queued as u64,
+            1_000,
+            "{:?}",
+            handoff.totals
+        );
+    }
 }

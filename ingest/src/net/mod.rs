@@ -7,6 +7,7 @@
 pub mod drops;
 pub mod guard;
 pub(crate) mod handoff;
+pub mod overflow;
 pub mod portable;
 pub mod tls;
 pub mod uring;
@@ -112,6 +113,8 @@ pub struct ReaderContext {
     /// The source's allowlist (all protocols) and connection limits (TCP/TLS), shared by
     /// its reader threads.
     pub guard: std::sync::Arc<guard::ConnectionGuard>,
+    /// UDP only: this reader's disk overflow (`overflow_max_bytes`); the reader takes it.
+    pub overflow: Option<overflow::Overflow>,
 }
 
 /// How long a reader may block before it looks at `shutdown` again.

@@ -164,14 +164,16 @@ fn pin(core: usize, enabled: bool) {
 /// busy the batch keeps filling across `recvmmsg` calls, so a burst is handed over as a few
 /// full batches (`batch_max_frames` frames or [`READER_BATCH_MAX_BYTES`]) and the worker
 /// queue, `queue_batches` of them, fills before the socket's receive buffer has to.
-pub fn run_udp(socket: UdpSocket, ctx: ReaderContext) -> std::io::Result<()> {
+pub fn run_udp(socket: UdpSocket, mut ctx: ReaderContext) -> std::io::Result<()> {
     let fd = socket.as_raw_fd();
     let slots = ctx.batch_max_frames.clamp(1, UDP_MAX_SLOTS);
     let slot_bytes = ctx.limits.max_frame_bytes.clamp(1, 65_535);
     let mut bufs = MmsgBuffers::new(slots, slot_bytes);
     let mut last_kernel_drops: u32 = 0;
     let mut last_warned: Option<Instant> = None;
-    let mut handoff = Handoff::new(&ctx, READER_BATCH_MAX_BYTES, SHUTDOWN_POLL);
+    let overflow = ctx.overflow.take();
+    let mut handoff =
+        Handoff::new(&ctx, READER_BATCH_MAX_BYTES, SHUTDOWN_POLL).with_overflow(&ctx, overflow);
     let mut timeout = None;
     let allow = ctx.guard.allowlist().clone();
 
@@ -249,7 +251,7 @@ pub fn run_udp(socket: UdpSocket, ctx: ReaderContext) -> std::io::Result<()> {
         handoff.end_wake_up(&ctx, false)?;
     }
     // Shutdown: the workers are still draining, so what was read is handed over.
-    handoff.flush_blocking(&ctx)
+    handoff.finish(&ctx)
 }
 
 /// What a connection thread needs (a per-connection share of the [`ReaderContext`]).
@@ -621,6 +623,7 @@ mod tests {
             pin: false,
             counters: ReaderCounters::noop(),
             guard: crate::net::guard::ConnectionGuard::unlimited(),
+            overflow: None,
         }
     }
 

@@ -42,6 +42,9 @@ pub struct Totals {
     pub dropped_queue_full: AtomicU64,
     pub dropped_oversize: AtomicU64,
     pub dropped_kernel_rcvbuf: AtomicU64,
+    /// UDP datagrams that went through a reader's disk overflow.
+    pub overflowed: AtomicU64,
+    pub dropped_overflow_error: AtomicU64,
     pub sink_events: AtomicU64,
     pub sink_batches: AtomicU64,
     pub sink_dropped_events: AtomicU64,
@@ -57,6 +60,8 @@ pub struct Summary {
     pub dropped_queue_full: u64,
     pub dropped_oversize: u64,
     pub dropped_kernel_rcvbuf: u64,
+    pub overflowed: u64,
+    pub dropped_overflow_error: u64,
     pub sink_events: u64,
     pub sink_batches: u64,
     pub sink_dropped_events: u64,
@@ -73,6 +78,8 @@ impl Totals {
             dropped_queue_full: l(&self.dropped_queue_full),
             dropped_oversize: l(&self.dropped_oversize),
             dropped_kernel_rcvbuf: l(&self.dropped_kernel_rcvbuf),
+            overflowed: l(&self.overflowed),
+            dropped_overflow_error: l(&self.dropped_overflow_error),
             sink_events: l(&self.sink_events),
             sink_batches: l(&self.sink_batches),
             sink_dropped_events: l(&self.sink_dropped_events),
@@ -525,6 +532,10 @@ impl Pipeline {
                 c.dropped_queue_full =
                     tee(c.dropped_queue_full, &totals, |t| &t.dropped_queue_full);
                 c.dropped_oversize = tee(c.dropped_oversize, &totals, |t| &t.dropped_oversize);
+                c.overflow_messages = tee(c.overflow_messages, &totals, |t| &t.overflowed);
+                c.dropped_overflow_error = tee(c.dropped_overflow_error, &totals, |t| {
+                    &t.dropped_overflow_error
+                });
                 c
             })
             .collect();
@@ -572,6 +583,26 @@ impl Pipeline {
                 SourceConfig::Tcp(_) | SourceConfig::Tls(_) => usize::MAX,
                 SourceConfig::Udp(_) | SourceConfig::DarktraceApi(_) => 0,
             };
+            let overflow = match sources[index] {
+                SourceConfig::Udp(u) => match u.overflow_bytes_per_reader() {
+                    Some(max_bytes) => {
+                        let dir = config.data_dir.join("overflow");
+                        let name = &source_names[index];
+                        std::fs::create_dir_all(&dir)
+                            .and_then(|()| crate::net::overflow::Overflow::create(&dir, max_bytes))
+                            .with_context(|| {
+                                format!(
+                                    "sources.{name}.overflow_max_bytes: creating the disk overflow in {} \
+                                     (set it to 0 to run without one)",
+                                    dir.display()
+                                )
+                            })
+                            .map(Some)?
+                    }
+                    None => None,
+                },
+                _ => None,
+            };
             let ctx = ReaderContext {
                 source_index: index as u16,
                 source_name: source_names[index].clone(),
@@ -586,6 +617,7 @@ impl Pipeline {
                 pin,
                 counters: reader_counters[index].clone(),
                 guard: guards[index].clone(),
+                overflow,
             };
             let name = format!("{}-{thread}", source_names[index]);
             let core = ctx.core;
@@ -745,6 +777,8 @@ impl Pipeline {
             dropped_queue_full = s.dropped_queue_full,
             dropped_oversize = s.dropped_oversize,
             dropped_kernel_rcvbuf = s.dropped_kernel_rcvbuf,
+            dropped_overflow_error = s.dropped_overflow_error,
+            overflowed = s.overflowed,
             sink_events = s.sink_events,
             sink_batches = s.sink_batches,
             sink_dropped_events = s.sink_dropped_events,

@@ -37,12 +37,13 @@ pub fn run_udp(socket: UdpSocket, ctx: ReaderContext) -> io::Result<()> {
 }
 
 /// Reads datagrams from `socket` until `ctx.shutdown` is set, handing batches to the worker.
-/// While the worker queue is full the reader pauses (see [`Handoff::flush_blocking`]):
+/// While the worker queue is full, batches go to the reader's disk overflow if it has one;
+/// otherwise (or when it is full) the reader pauses (see [`Handoff::flush_blocking`]):
 /// datagrams wait in the socket's receive buffer (and in whatever provided buffers a ring
 /// without deferred task running still fills meanwhile). Returns the reader's totals.
 pub fn run_udp_with(
     socket: UdpSocket,
-    ctx: ReaderContext,
+    mut ctx: ReaderContext,
     options: &UringOptions,
 ) -> io::Result<Totals> {
     options.validate()?;
@@ -68,8 +69,10 @@ pub fn run_udp_with(
         .build()
         .user_data(RECV);
 
+    let overflow = ctx.overflow.take();
     let mut reader = UdpReader {
-        handoff: Handoff::new(&ctx, options.batch_max_bytes, super::SHUTDOWN_POLL),
+        handoff: Handoff::new(&ctx, options.batch_max_bytes, super::SHUTDOWN_POLL)
+            .with_overflow(&ctx, overflow),
         ctx: &ctx,
         armed: false,
         last_kernel_drops: 0,
@@ -121,7 +124,7 @@ pub fn run_udp_with(
             }
         }
     }
-    let flushed = reader.handoff.flush_blocking(&ctx);
+    let flushed = reader.handoff.finish(&ctx);
     if !reader.armed {
         let _ = ring.submitter().unregister_buf_ring(bufs.bgid());
     }
