@@ -41,6 +41,8 @@ pub(crate) struct Handoff {
     /// How long the reader blocks (in the kernel, or on a full queue) before it looks at the
     /// shutdown flag again.
     poll: Duration,
+    /// [`SHUTDOWN_SEND_GRACE`], shorter in tests.
+    shutdown_grace: Duration,
     /// Messages and bytes taken off the socket since the last flush (including rejected ones).
     pending_messages: u64,
     pending_bytes: u64,
@@ -100,6 +102,7 @@ impl Handoff {
             largest_frame: 0,
             started: None,
             poll,
+            shutdown_grace: SHUTDOWN_SEND_GRACE,
             pending_messages: 0,
             pending_bytes: 0,
             pending_oversize: 0,
@@ -266,7 +269,10 @@ impl Handoff {
             // The overflow is full (or failing): wait for the worker, oldest first, until the
             // batch fits in the overflow again or the overflow has run empty.
             while self.spill.as_ref().is_some_and(|s| !s.is_empty()) {
-                self.replay_one_blocking(ctx)?;
+                if !self.replay_one_blocking(ctx)? {
+                    // Shutdown's grace ran out: the batch meets the same fate below.
+                    break;
+                }
                 if self.spill_batch() {
                     return Ok(());
                 }
@@ -303,14 +309,14 @@ impl Handoff {
             if !self.replay_one_blocking(ctx)? {
                 let spill = self.spill.as_mut().expect("checked above");
                 let mut lost = spill.read_back.take().map_or(0, |b| b.len() as u64);
+                spill.bytes.decrement(spill.file.unread_bytes() as f64);
                 let mut scratch = FrameBatch::default();
                 while let Some(record) = spill.file.pop_into(&mut scratch) {
                     lost += match record {
                         Ok(_) => scratch.len() as u64,
-                        Err((frames, _)) => u64::from(frames),
+                        Err(unreadable) => u64::from(unreadable.frames),
                     };
                 }
-                spill.bytes.set(0.0);
                 tracing::error!(
                     source = %ctx.source_name,
                     frames = lost,
@@ -374,17 +380,18 @@ impl Handoff {
         }
         loop {
             let mut batch = FrameBatch::reused(&ctx.recycled, ctx.source_index);
+            // The gauge is shared by the source's readers: only this record's bytes come off.
             match spill.file.pop_into(&mut batch)? {
                 Ok(bytes) => {
                     spill.bytes.decrement(bytes as f64);
                     return Some(batch);
                 }
-                Err((frames, e)) => {
+                Err(lost) => {
+                    spill.bytes.decrement(lost.bytes as f64);
                     spill.read_errors.increment(1);
-                    spill.dropped_unreadable.increment(u64::from(frames));
-                    self.totals.dropped_overflow_error += u64::from(frames);
-                    spill.bytes.set(spill.file.bytes_held() as f64);
-                    tracing::error!(source = %ctx.source_name, frames, "{e}; its datagrams are lost");
+                    spill.dropped_unreadable.increment(u64::from(lost.frames));
+                    self.totals.dropped_overflow_error += u64::from(lost.frames);
+                    tracing::error!(source = %ctx.source_name, frames = lost.frames, "{}; its datagrams are lost", lost.error);
                 }
             }
         }
@@ -454,7 +461,7 @@ impl Handoff {
                     batch = back;
                     if ctx.shutdown.load(Ordering::Relaxed) {
                         let deadline = *grace_until
-                            .get_or_insert_with(|| Instant::now() + SHUTDOWN_SEND_GRACE);
+                            .get_or_insert_with(|| Instant::now() + self.shutdown_grace);
                         if Instant::now() >= deadline {
                             return Ok(Some(batch));
                         }
@@ -580,29 +587,40 @@ mod tests {
         assert_eq!(totals.dropped_queue_full, 0);
     }
 
+    /// A worker that takes nothing at shutdown: after the grace, whatever the reader holds
+    /// (in its batch and its overflow, full or not) is dropped and counted, and the reader
+    /// stops instead of waiting for ever.
     #[test]
     fn a_stuck_worker_at_shutdown_loses_the_overflow_counted() {
-        let dir = tempfile::tempdir().unwrap();
-        let (to_worker, queue) = bounded(2);
-        let (_recycle, recycled) = bounded(4);
-        let ctx = context(to_worker, recycled);
-        let overflow = Overflow::create(dir.path(), 64 << 20).unwrap();
-        let mut handoff = Handoff::new(&ctx, 1 << 20, Duration::from_millis(10))
-            .with_overflow(&ctx, Some(overflow));
-        for i in 0..1_000 {
-            if handoff.push(format!("m{i}").as_bytes(), None, false) {
-                handoff.flush_blocking(&ctx).unwrap();
+        // Room for two records in the second case: six batches fill queue and overflow and
+        // leave two to wait for the grace (each flush waits for it once the overflow is full).
+        for (overflow_bytes, count) in [(64 << 20, 1_000), (700, 6 * FRAMES_PER_BATCH)] {
+            let dir = tempfile::tempdir().unwrap();
+            let (to_worker, queue) = bounded(2);
+            let (_recycle, recycled) = bounded(4);
+            let ctx = context(to_worker, recycled);
+            let overflow = Overflow::create(dir.path(), overflow_bytes).unwrap();
+            let mut handoff = Handoff::new(&ctx, 1 << 20, Duration::from_millis(10))
+                .with_overflow(&ctx, Some(overflow));
+            handoff.shutdown_grace = Duration::from_millis(50);
+            ctx.shutdown.store(true, Ordering::Relaxed);
+            let started = Instant::now();
+            for i in 0..count {
+                if handoff.push(format!("m{i}").as_bytes(), None, false) {
+                    handoff.flush_blocking(&ctx).unwrap();
+                }
             }
+            handoff.finish(&ctx).unwrap();
+            assert!(started.elapsed() < Duration::from_secs(10));
+            let queued: usize = queue.try_iter().map(|b| b.len()).sum();
+            assert_eq!(queued, 2 * FRAMES_PER_BATCH);
+            assert_eq!(
+                handoff.totals.dropped_queue_full + queued as u64,
+                count as u64,
+                "{:?}",
+                handoff.totals
+            );
+            assert!(handoff.totals.overflowed > 0);
         }
-        ctx.shutdown.store(true, Ordering::Relaxed);
-        handoff.finish(&ctx).unwrap();
-        let queued: usize = queue.try_iter().map(|b| b.len()).sum();
-        assert_eq!(queued, 2 * FRAMES_PER_BATCH);
-        assert_eq!(
-            handoff.totals.dropped_queue_full + queued as u64,
-            1_000,
-            "{:?}",
-            handoff.totals
-        );
     }
 }

@@ -53,6 +53,15 @@ pub enum ReadError {
     Corrupt { pos: u64, what: &'static str },
 }
 
+/// A record that could not be read back: its datagrams are lost.
+#[derive(Debug)]
+pub struct Unreadable {
+    pub frames: u32,
+    /// The record's size (no longer held).
+    pub bytes: u64,
+    pub error: ReadError,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Record {
     pos: u64,
@@ -102,6 +111,11 @@ impl Overflow {
     /// Datagrams waiting in the file.
     pub fn frames_held(&self) -> u64 {
         self.frames_held
+    }
+
+    /// Bytes of the records not read back yet.
+    pub fn unread_bytes(&self) -> u64 {
+        self.write_pos - self.read_pos
     }
 
     /// Bytes the bound counts: those not read back yet, plus read ones still on disk when the
@@ -172,18 +186,21 @@ impl Overflow {
         Ok(len)
     }
 
-    /// Reads the oldest record into `batch` (cleared first). `Ok(None)` when empty. Either
-    /// way the record is gone afterwards; on error the returned count is the number of
-    /// datagrams lost with it. Returns the record's size in bytes.
-    pub fn pop_into(&mut self, batch: &mut FrameBatch) -> Option<Result<u64, (u32, ReadError)>> {
+    /// Reads the oldest record into `batch` (cleared first) and returns its size in bytes;
+    /// `None` when empty. Either way the record is gone afterwards.
+    pub fn pop_into(&mut self, batch: &mut FrameBatch) -> Option<Result<u64, Unreadable>> {
         let record = self.records.pop_front()?;
         self.frames_held -= u64::from(record.frames);
         let result = self.read_record(&record, batch);
         self.read_pos = record.pos + record.len;
         self.release();
-        Some(result.map(|()| record.len).map_err(|e| {
+        Some(result.map(|()| record.len).map_err(|error| {
             batch.clear();
-            (record.frames, e)
+            Unreadable {
+                frames: record.frames,
+                bytes: record.len,
+                error,
+            }
         }))
     }
 

@@ -149,8 +149,10 @@ fn a_damaged_record_is_reported_with_its_frame_count_and_the_rest_still_reads() 
         overflow.pop_into(&mut out).unwrap().unwrap();
         std::mem::take(&mut out)
     });
-    let (frames, error) = overflow.pop_into(&mut out).unwrap().unwrap_err();
+    let lost = overflow.pop_into(&mut out).unwrap().unwrap_err();
+    let (frames, error) = (lost.frames, lost.error);
     assert_eq!(frames, 20);
+    assert_eq!(lost.bytes, Overflow::record_len(&b));
     assert!(error.to_string().contains("bad magic"), "{error}");
     assert!(out.is_empty(), "nothing of a damaged record is handed on");
     overflow.pop_into(&mut out).unwrap().unwrap();
@@ -170,7 +172,8 @@ fn frames_claiming_more_bytes_than_the_record_holds_are_refused() {
         .write_all_at(&u32::MAX.to_le_bytes(), HEADER_BYTES as u64)
         .unwrap();
     let mut out = FrameBatch::default();
-    let (frames, error) = overflow.pop_into(&mut out).unwrap().unwrap_err();
+    let lost = overflow.pop_into(&mut out).unwrap().unwrap_err();
+    let (frames, error) = (lost.frames, lost.error);
     assert_eq!(frames, 3);
     assert!(error.to_string().contains("past the data"), "{error}");
 }
@@ -181,4 +184,47 @@ fn the_file_has_no_name() {
     let overflow = Overflow::create(dir.path(), 1 << 20).unwrap();
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     drop(overflow);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+    /// Whatever bytes of the file are damaged, reading back never panics, never hands on more
+    /// frames than a record was written with, and every record ends as a batch or as an
+    /// error naming its frame count: together they account for every datagram written.
+    #[test]
+    fn damaged_files_never_panic_and_every_frame_is_accounted_for(
+        sizes in proptest::collection::vec(0usize..40, 1..8),
+        damage in proptest::collection::vec((proptest::prelude::any::<u64>(), proptest::prelude::any::<u8>()), 0..12),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut overflow = Overflow::create(dir.path(), 64 << 20).unwrap();
+        let written: Vec<FrameBatch> =
+            sizes.iter().enumerate().map(|(i, &n)| batch(1, i, n)).collect();
+        for b in &written {
+            overflow.push(b).unwrap();
+        }
+        let len = overflow.write_pos;
+        for (at, byte) in &damage {
+            overflow.file.write_all_at(&[*byte], at % len).unwrap();
+        }
+        let mut out = FrameBatch::default();
+        let mut accounted = 0u64;
+        for b in &written {
+            match overflow.pop_into(&mut out).unwrap() {
+                Ok(_) => {
+                    proptest::prop_assert_eq!(out.len(), b.len());
+                    proptest::prop_assert_eq!(out.data.len(), b.data.len());
+                    accounted += out.len() as u64;
+                }
+                Err(lost) => {
+                    proptest::prop_assert_eq!(lost.frames as usize, b.len());
+                    proptest::prop_assert!(out.is_empty());
+                    accounted += u64::from(lost.frames);
+                }
+            }
+        }
+        proptest::prop_assert!(overflow.pop_into(&mut out).is_none());
+        let total: u64 = written.iter().map(|b| b.len() as u64).sum();
+        proptest::prop_assert_eq!(accounted, total);
+    }
 }
