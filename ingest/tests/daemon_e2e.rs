@@ -558,56 +558,60 @@ fn udp_moderate_rate_zero_loss_metrics_agree() {
 #[test]
 fn udp_burst_past_the_queue_goes_through_the_disk_overflow_without_loss() {
     const TOTAL: usize = 150_000;
-    let daemon = Daemon::start(&format!(
-        "queue_batches = 1\n[sources.udp_in]\ntype = \"udp\"\nlisten = \"127.0.0.1:0\"\nthreads = 1\n\
-         receive_buffer_bytes = 67108864\noverflow_max_bytes = 536870912\n{}",
-        file_sink("all", "sluice", "gzip", 200)
-    ));
-    let addr = daemon.udp.unwrap();
-    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
-    for i in 0..TOTAL {
-        client.send_to(message(i).as_bytes(), addr).unwrap();
+    for backend in ["io_uring", "portable"] {
+        let daemon = Daemon::start(&format!(
+            "io_backend = \"{backend}\"\nqueue_batches = 1\n[sources.udp_in]\ntype = \"udp\"\n\
+             listen = \"127.0.0.1:0\"\nthreads = 1\nreceive_buffer_bytes = 67108864\n\
+             overflow_max_bytes = 536870912\n{}",
+            file_sink("all", "sluice", "gzip", 200)
+        ));
+        let addr = daemon.udp.unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in 0..TOTAL {
+            client.send_to(message(i).as_bytes(), addr).unwrap();
+        }
+        daemon.wait_for_metric(
+            "sluice_sink_events_total",
+            &[("sink", "all")],
+            TOTAL as u64,
+            Duration::from_secs(60),
+        );
+        let text = daemon.metrics_text();
+        assert_eq!(
+            metric_value(&text, "sluice_dropped_messages_total", &[]),
+            0,
+            "{backend}: {text}"
+        );
+        let overflowed = metric_value(
+            &text,
+            "sluice_overflow_messages_total",
+            &[("source", "udp_in")],
+        );
+        assert!(
+            overflowed > 0 && overflowed < TOTAL as u64,
+            "{backend}: a one-batch queue overflows under a burst: {overflowed}\n{text}"
+        );
+        assert_eq!(
+            metric_value(&text, "sluice_overflow_bytes", &[("source", "udp_in")]),
+            0,
+            "{backend}: {text}"
+        );
+        assert_eq!(metric_value(&text, "sluice_overflow_errors_total", &[]), 0);
+        let overflow_dir = daemon.dir.path().join("data/overflow");
+        assert_eq!(
+            std::fs::read_dir(&overflow_dir).unwrap().count(),
+            0,
+            "the overflow file has no name"
+        );
+        let lines = read_output(&daemon.out().join("all"));
+        assert_same_multiset(
+            expected_counts(TOTAL, TOTAL, Schema::Sluice, "udp_in"),
+            &lines,
+        );
+        let (log, _daemon) = daemon.stop();
+        assert_eq!(log_total(&log, "dropped_queue_full"), 0, "{log}");
+        assert_eq!(log_total(&log, "overflowed"), overflowed, "{log}");
     }
-    daemon.wait_for_metric(
-        "sluice_sink_events_total",
-        &[("sink", "all")],
-        TOTAL as u64,
-        Duration::from_secs(60),
-    );
-    let text = daemon.metrics_text();
-    assert_eq!(
-        metric_value(&text, "sluice_dropped_messages_total", &[]),
-        0,
-        "{text}"
-    );
-    let overflowed = metric_value(
-        &text,
-        "sluice_overflow_messages_total",
-        &[("source", "udp_in")],
-    );
-    assert!(
-        overflowed > 0 && overflowed < TOTAL as u64,
-        "a one-batch queue overflows under a burst: {overflowed}\n{text}"
-    );
-    assert_eq!(
-        metric_value(&text, "sluice_overflow_bytes", &[("source", "udp_in")]),
-        0,
-        "{text}"
-    );
-    assert_eq!(metric_value(&text, "sluice_overflow_errors_total", &[]), 0);
-    let overflow_dir = daemon.dir.path().join("data/overflow");
-    assert_eq!(
-        std::fs::read_dir(&overflow_dir).unwrap().count(),
-        0,
-        "the overflow file has no name"
-    );
-    let lines = read_output(&daemon.out().join("all"));
-    assert_same_multiset(
-        expected_counts(TOTAL, TOTAL, Schema::Sluice, "udp_in"),
-        &lines,
-    );
-    let (log, _daemon) = daemon.stop();
-    assert_eq!(log_total(&log, "dropped_queue_full"), 0, "{log}");
 }
 
 /// UDP overload with a tiny receive buffer and oversize datagrams: every datagram sent is
