@@ -611,6 +611,10 @@ fn udp_burst_past_the_queue_goes_through_the_disk_overflow_without_loss() {
         let (log, _daemon) = daemon.stop();
         assert_eq!(log_total(&log, "dropped_queue_full"), 0, "{log}");
         assert_eq!(log_total(&log, "overflowed"), overflowed, "{log}");
+        assert!(
+            log.contains("UDP datagrams go to the disk overflow"),
+            "the overflow's first use is logged: {log}"
+        );
     }
 }
 

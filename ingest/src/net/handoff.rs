@@ -62,6 +62,7 @@ pub(crate) struct Handoff {
 /// (it goes first: it is older than anything still in the file).
 struct Spill {
     file: Overflow,
+    source: std::sync::Arc<str>,
     read_back: Option<FrameBatch>,
     messages: Counter,
     bytes: Gauge,
@@ -70,6 +71,7 @@ struct Spill {
     dropped_unreadable: Counter,
     error_log: crate::net::uring::RateLimit,
     full_log: crate::net::uring::RateLimit,
+    start_log: crate::net::uring::RateLimit,
 }
 
 impl Spill {
@@ -125,6 +127,7 @@ impl Handoff {
     pub fn with_overflow(mut self, ctx: &ReaderContext, overflow: Option<Overflow>) -> Self {
         self.spill = overflow.map(|file| Spill {
             file,
+            source: ctx.source_name.clone(),
             read_back: None,
             messages: ctx.counters.overflow_messages.clone(),
             bytes: ctx.counters.overflow_bytes.clone(),
@@ -133,6 +136,7 @@ impl Handoff {
             dropped_unreadable: ctx.counters.dropped_overflow_error.clone(),
             error_log: crate::net::uring::RateLimit::new(Duration::from_secs(10)),
             full_log: crate::net::uring::RateLimit::new(Duration::from_secs(10)),
+            start_log: crate::net::uring::RateLimit::new(Duration::from_secs(60)),
         });
         self
     }
@@ -338,12 +342,19 @@ impl Handoff {
         if !spill.file.has_room(&self.batch) {
             if spill.full_log.ready() {
                 tracing::warn!(
+                    source = %spill.source,
                     held_bytes = spill.file.bytes_held(),
                     "the UDP disk overflow is full (overflow_max_bytes); the reader waits for \
                      the worker and the socket's receive buffer takes the rest"
                 );
             }
             return false;
+        }
+        if spill.is_empty() && spill.start_log.ready() {
+            tracing::info!(
+                source = %spill.source,
+                "worker queue full: UDP datagrams go to the disk overflow until the worker catches up"
+            );
         }
         match spill.file.push(&self.batch) {
             Ok(bytes) => {
@@ -363,6 +374,7 @@ impl Handoff {
                 spill.write_errors.increment(1);
                 if spill.error_log.ready() {
                     tracing::error!(
+                        source = %spill.source,
                         "writing to the UDP disk overflow failed: {e}; the reader waits for the worker instead"
                     );
                 }
