@@ -337,8 +337,13 @@ fn default_overflow_max_bytes() -> u64 {
 impl UdpSourceConfig {
     /// The overflow bound of each of the source's reader threads (`None`: no overflow).
     pub fn overflow_bytes_per_reader(&self) -> Option<u64> {
-        let threads = self.threads.unwrap_or_else(available_cores).max(1) as u64;
-        (self.overflow_max_bytes > 0).then(|| self.overflow_max_bytes / threads)
+        (self.overflow_max_bytes > 0)
+            .then(|| self.overflow_max_bytes / self.reader_threads() as u64)
+    }
+
+    /// Reader threads (one SO_REUSEPORT socket each); `threads` is checked to be positive.
+    pub fn reader_threads(&self) -> usize {
+        self.threads.unwrap_or_else(available_cores).max(1)
     }
 }
 
@@ -529,7 +534,7 @@ impl SourceConfig {
                 },
                 framing: Framing::Auto,
                 receive_buffer_bytes: u.receive_buffer_bytes,
-                threads: u.threads.unwrap_or_else(available_cores),
+                threads: u.reader_threads(),
                 batch_max_frames: u.batch_max_frames,
             },
             SourceConfig::Tcp(t) | SourceConfig::Tls(TlsSourceConfig { tcp: t, .. }) => {
@@ -1072,7 +1077,7 @@ impl Config {
             if let SourceConfig::Udp(u) = source
                 && u.overflow_max_bytes > 0
             {
-                let readers = u.threads.unwrap_or_else(available_cores).max(1) as u64;
+                let readers = u.reader_threads() as u64;
                 if u.overflow_max_bytes / readers < MIN_OVERFLOW_BYTES_PER_READER {
                     return Err((
                         format!("{prefix}.overflow_max_bytes"),

@@ -143,6 +143,11 @@ impl Handoff {
 
     fn fresh_batch(&mut self, ctx: &ReaderContext) {
         self.batch = FrameBatch::reused(&ctx.recycled, ctx.source_index);
+        self.batch_emptied();
+    }
+
+    /// Resets what describes the held batch's contents, once it holds none.
+    fn batch_emptied(&mut self) {
         self.largest_frame = 0;
         self.started = None;
     }
@@ -200,10 +205,14 @@ impl Handoff {
     }
 
     fn drop_batch(&mut self) {
-        let n = self.batch.len() as u64;
-        self.dropped_queue_full.increment(n);
-        self.totals.dropped_queue_full += n;
+        self.lost_queue_full(self.batch.len() as u64);
         self.batch.clear();
+    }
+
+    /// Counts datagrams the reader held and no worker took (`reason="queue_full"`).
+    fn lost_queue_full(&mut self, frames: u64) {
+        self.dropped_queue_full.increment(frames);
+        self.totals.dropped_queue_full += frames;
     }
 
     /// Ends a reader wake-up: hands the partial batch over when the worker has nothing
@@ -314,20 +323,13 @@ impl Handoff {
                 let spill = self.spill.as_mut().expect("checked above");
                 let mut lost = spill.read_back.take().map_or(0, |b| b.len() as u64);
                 spill.bytes.decrement(spill.file.unread_bytes() as f64);
-                let mut scratch = FrameBatch::default();
-                while let Some(record) = spill.file.pop_into(&mut scratch) {
-                    lost += match record {
-                        Ok(_) => scratch.len() as u64,
-                        Err(unreadable) => u64::from(unreadable.frames),
-                    };
-                }
+                lost += spill.file.discard();
                 tracing::error!(
                     source = %ctx.source_name,
                     frames = lost,
                     "worker queue still full at shutdown; dropping what the disk overflow held"
                 );
-                self.dropped_queue_full.increment(lost);
-                self.totals.dropped_queue_full += lost;
+                self.lost_queue_full(lost);
             }
         }
         Ok(())
@@ -363,11 +365,8 @@ impl Handoff {
                 spill.bytes.increment(bytes as f64);
                 self.totals.overflowed += n;
                 // The buffers stay with the reader; only the frames moved to disk.
-                let source = self.batch.source;
                 self.batch.clear();
-                self.batch.source = source;
-                self.largest_frame = 0;
-                self.started = None;
+                self.batch_emptied();
                 true
             }
             Err(e) => {
@@ -430,9 +429,7 @@ impl Handoff {
                     return Ok(false);
                 }
                 Err(TrySendError::Disconnected(back)) => {
-                    let n = back.len() as u64;
-                    self.dropped_queue_full.increment(n);
-                    self.totals.dropped_queue_full += n;
+                    self.lost_queue_full(back.len() as u64);
                     return Err(worker_gone());
                 }
             }
@@ -480,9 +477,7 @@ impl Handoff {
                     }
                 }
                 Err(SendTimeoutError::Disconnected(back)) => {
-                    let n = back.len() as u64;
-                    self.dropped_queue_full.increment(n);
-                    self.totals.dropped_queue_full += n;
+                    self.lost_queue_full(back.len() as u64);
                     return Err(worker_gone());
                 }
             }

@@ -296,7 +296,18 @@ impl Overflow {
         }
     }
 
-    /// Bytes the file occupies on disk (for tests and the exit log).
+    /// Forgets every record not read back yet and frees the file; returns how many datagrams
+    /// they held (for shutdown, when no worker will take them: nothing is read).
+    pub fn discard(&mut self) -> u64 {
+        let frames = std::mem::take(&mut self.frames_held);
+        self.records.clear();
+        self.read_pos = self.write_pos;
+        self.release();
+        frames
+    }
+
+    /// Bytes the file occupies on disk.
+    #[cfg(test)]
     pub fn allocated_bytes(&self) -> io::Result<u64> {
         use std::os::unix::fs::MetadataExt;
         Ok(self.file.metadata()?.blocks() * 512)

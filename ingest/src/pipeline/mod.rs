@@ -584,25 +584,23 @@ impl Pipeline {
                 SourceConfig::Udp(_) | SourceConfig::DarktraceApi(_) => 0,
             };
             let overflow = match sources[index] {
-                SourceConfig::Udp(u) => match u.overflow_bytes_per_reader() {
-                    Some(max_bytes) => {
-                        let dir = config.data_dir.join("overflow");
-                        let name = &source_names[index];
-                        std::fs::create_dir_all(&dir)
-                            .and_then(|()| crate::net::overflow::Overflow::create(&dir, max_bytes))
-                            .with_context(|| {
-                                format!(
-                                    "sources.{name}.overflow_max_bytes: creating the disk overflow in {} \
-                                     (set it to 0 to run without one)",
-                                    dir.display()
-                                )
-                            })
-                            .map(Some)?
-                    }
-                    None => None,
-                },
+                SourceConfig::Udp(u) => u.overflow_bytes_per_reader(),
                 _ => None,
-            };
+            }
+            .map(|max_bytes| {
+                let dir = config.data_dir.join("overflow");
+                std::fs::create_dir_all(&dir)
+                    .and_then(|()| crate::net::overflow::Overflow::create(&dir, max_bytes))
+                    .with_context(|| {
+                        format!(
+                            "sources.{}.overflow_max_bytes: creating the disk overflow in {} \
+                             (set it to 0 to run without one)",
+                            source_names[index],
+                            dir.display()
+                        )
+                    })
+            })
+            .transpose()?;
             let ctx = ReaderContext {
                 source_index: index as u16,
                 source_name: source_names[index].clone(),

@@ -179,6 +179,25 @@ fn frames_claiming_more_bytes_than_the_record_holds_are_refused() {
 }
 
 #[test]
+fn discarding_counts_what_was_held_frees_the_file_and_leaves_it_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut overflow = Overflow::create(dir.path(), 64 << 20).unwrap();
+    let (a, b, c) = (batch(2, 1, 7), batch(2, 2, 11), batch(2, 3, 5));
+    for x in [&a, &b, &c] {
+        overflow.push(x).unwrap();
+    }
+    let mut out = FrameBatch::default();
+    overflow.pop_into(&mut out).unwrap().unwrap();
+    assert_eq!(overflow.discard(), 16, "the two records not read back");
+    assert!(overflow.is_empty());
+    assert_eq!(overflow.bytes_held(), 0);
+    assert_eq!(overflow.file.metadata().unwrap().len(), 0);
+    overflow.push(&c).unwrap();
+    overflow.pop_into(&mut out).unwrap().unwrap();
+    same(&c, &out);
+}
+
+#[test]
 fn the_file_has_no_name() {
     let dir = tempfile::tempdir().unwrap();
     let overflow = Overflow::create(dir.path(), 1 << 20).unwrap();
