@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{Receiver, Sender, bounded};
 use sluice::frame::{FrameEvent, FrameLimits, Framing, OversizePolicy};
 use sluice::net::drops::KernelDrops;
-use sluice::net::uring::{self, ConnectionFramer, ReaderTotals, UringOptions};
+use sluice::net::uring::{self, ConnectionFramer, Linger, ReaderTotals, UringOptions};
 use sluice::net::{FrameBatch, ReaderContext};
 
 struct Harness {
@@ -40,6 +40,7 @@ fn harness(queue: usize, batch_max_frames: usize, limits: FrameLimits) -> Harnes
         counters: sluice::net::ReaderCounters::register("test"),
         guard: sluice::net::guard::ConnectionGuard::unlimited(),
         overflow: None,
+        linger: sluice::net::DEFAULT_READER_LINGER,
     };
     Harness {
         ctx: Some(ctx),
@@ -415,6 +416,108 @@ fn udp_held_batch_goes_over_within_its_max_age() {
     assert_eq!(totals.messages, 500);
 }
 
+/// Sends 40 messages 1 ms apart (UDP datagrams, or lines over one TCP connection) to a reader
+/// with `options` and an idle worker; returns how many hand-offs carried them and the longest
+/// time from a send to the hand-off that carried it.
+fn trickle(tcp: bool, options: UringOptions) -> (usize, Duration) {
+    const MESSAGES: usize = 40;
+    let mut h = harness(64, 1000, FrameLimits::default());
+    let ctx = h.ctx.take().unwrap();
+    let (reader, send): (thread::JoinHandle<_>, Box<dyn FnMut(usize) + Send>) = if tcp {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let r = thread::spawn(move || {
+            uring::run_tcp_with(listener, ctx, &options, LineFramer::default)
+        });
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_nodelay(true).unwrap();
+        (
+            r,
+            Box::new(move |i| {
+                stream
+                    .write_all(format!("trickle {i}\n").as_bytes())
+                    .unwrap()
+            }),
+        )
+    } else {
+        let rx = udp_socket(1 << 20);
+        let target = rx.local_addr().unwrap();
+        let r = thread::spawn(move || uring::run_udp_with(rx, ctx, &options));
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        (
+            r,
+            Box::new(move |i| {
+                tx.send_to(format!("trickle {i}").as_bytes(), target)
+                    .unwrap();
+            }),
+        )
+    };
+    let batches = h.batches.clone();
+    let collector = thread::spawn(move || {
+        let mut arrivals = Vec::new();
+        while arrivals.len() < MESSAGES {
+            let batch = batches
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the trickle stopped arriving");
+            let now = Instant::now();
+            for f in &batch.frames {
+                let text = std::str::from_utf8(batch.frame(f)).unwrap();
+                let i: usize = text.trim_end().rsplit(' ').next().unwrap().parse().unwrap();
+                assert_eq!(i, arrivals.len(), "in order");
+                arrivals.push(now);
+            }
+        }
+        arrivals
+    });
+    let mut sent = Vec::with_capacity(MESSAGES);
+    let mut send = send;
+    for i in 0..MESSAGES {
+        sent.push(Instant::now());
+        send(i);
+        thread::sleep(Duration::from_millis(1));
+    }
+    let arrivals = collector.join().unwrap();
+    h.shutdown.store(true, Ordering::Relaxed);
+    drop(send);
+    reader.join().unwrap().unwrap();
+    let mut handoffs = arrivals.clone();
+    handoffs.dedup();
+    let latest = sent
+        .iter()
+        .zip(&arrivals)
+        .map(|(s, a)| a.saturating_duration_since(*s))
+        .max()
+        .unwrap();
+    (handoffs.len(), latest)
+}
+
+/// A trickle (a message per millisecond) wakes a lingering reader once per few dozen messages
+/// instead of once per message, and no message waits much longer than the linger.
+#[test]
+fn trickles_linger_into_few_hand_offs_within_the_linger() {
+    for tcp in [false, true] {
+        let linger = Duration::from_millis(50);
+        let (handoffs, latest) = trickle(tcp, UringOptions::default().with_linger(linger));
+        // The first wake-up goes over at once (over TCP that is the connection's accept); the
+        // rest arrives within one linger (≈ 40 ms of sending): one to three hand-offs, a few
+        // more on a busy machine.
+        assert!(
+            handoffs <= 8,
+            "tcp {tcp}: {handoffs} hand-offs with a linger"
+        );
+        assert!(
+            latest < linger + Duration::from_millis(150),
+            "tcp {tcp}: a message waited {latest:?}"
+        );
+        // Without it, each message (or two) is a hand-off of its own.
+        let (handoffs, _) = trickle(tcp, UringOptions::default().with_linger(Duration::ZERO));
+        assert!(
+            handoffs >= 15,
+            "tcp {tcp}: {handoffs} hand-offs without a linger"
+        );
+    }
+}
+
 #[test]
 fn readers_stop_within_200ms() {
     for tcp in [false, true] {
@@ -582,6 +685,11 @@ fn tcp_backpressure_loses_nothing() {
     let options = UringOptions {
         tcp_buffers: 4,
         tcp_buffer_bytes: 1024,
+        // Lingering waits for at most as many receives as there are buffers.
+        tcp_linger: Linger {
+            completions: 2,
+            ..UringOptions::default().tcp_linger
+        },
         ..Default::default()
     };
     tcp_lines(3, 5_000, 1, true, options);

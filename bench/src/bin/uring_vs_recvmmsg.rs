@@ -136,6 +136,7 @@ fn run_uring(messages: u64, bytes: usize) -> Outcome {
         counters: sluice::metrics::ReaderCounters::register("bench"),
         guard: sluice::net::guard::ConnectionGuard::unlimited(),
         overflow: None,
+        linger: sluice::net::DEFAULT_READER_LINGER,
     };
     let count = Arc::new(AtomicU64::new(0));
     let reader = thread::spawn(move || {

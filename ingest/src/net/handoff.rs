@@ -530,6 +530,7 @@ mod tests {
             counters: ReaderCounters::noop(),
             guard: crate::net::guard::ConnectionGuard::unlimited(),
             overflow: None,
+            linger: crate::net::DEFAULT_READER_LINGER,
         }
     }
 

@@ -115,7 +115,13 @@ pub struct ReaderContext {
     pub guard: std::sync::Arc<guard::ConnectionGuard>,
     /// UDP only: this reader's disk overflow (`overflow_max_bytes`); the reader takes it.
     pub overflow: Option<overflow::Overflow>,
+    /// io_uring readers: how long a wake-up that brought only a trickle may wait for more
+    /// (`pipeline.reader_linger_ms`, see [`uring::Linger`]); zero turns it off.
+    pub linger: std::time::Duration,
 }
+
+/// Default of `pipeline.reader_linger_ms`.
+pub const DEFAULT_READER_LINGER: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// How long a reader may block before it looks at `shutdown` again.
 pub const SHUTDOWN_POLL: std::time::Duration = std::time::Duration::from_millis(100);

@@ -616,6 +616,7 @@ impl Pipeline {
                 counters: reader_counters[index].clone(),
                 guard: guards[index].clone(),
                 overflow,
+                linger: Duration::from_millis(config.pipeline.reader_linger_ms),
             };
             let name = format!("{}-{thread}", source_names[index]);
             let core = ctx.core;

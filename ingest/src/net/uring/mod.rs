@@ -44,15 +44,89 @@ pub struct UringOptions {
     pub max_connections: usize,
     /// Hand a batch over once its bytes reach this, even below `batch_max_frames`.
     pub batch_max_bytes: usize,
-    /// UDP at moderate rates: after a wake-up that received some datagrams but fewer than
-    /// `udp_linger_datagrams`, the next wait returns once that many completed or `udp_linger`
-    /// passed, whichever comes first. This turns a wake-up (and a worker hand-off) every few
-    /// datagrams into one per few dozen, at the cost of at most `udp_linger` of latency;
-    /// meanwhile datagrams wait in the socket's receive buffer. Heavier traffic (a wake-up
-    /// that found at least that many) and idle sockets wait for one datagram as before.
-    /// `udp_linger_datagrams = 1` turns lingering off.
-    pub udp_linger_datagrams: u32,
-    pub udp_linger: Duration,
+    /// Wake-up batching at moderate rates, per protocol (see [`Linger`]).
+    pub udp_linger: Linger,
+    pub tcp_linger: Linger,
+}
+
+/// Moderate traffic costs more CPU per message than a flood: every wake-up of a reader (and
+/// the hand-off that wakes its worker) takes the core out of idle, ≈ 5–10 µs here, for a few
+/// messages. So after a wake-up that completed some receives but fewer than `completions`,
+/// the next wait returns once that many completed or `max_wait` passed, whichever comes
+/// first: one wake-up per few dozen receives instead of one per few, at the cost of at most
+/// `max_wait` of latency while the messages wait in the socket (and in the provided buffers).
+/// A wake-up that found at least that many (heavy traffic batches by itself, and waiting would
+/// only idle the buffers) and an idle socket wait for one completion as before.
+/// `completions = 1` or a zero `max_wait` turns lingering off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Linger {
+    pub completions: u32,
+    pub max_wait: Duration,
+}
+
+impl Linger {
+    /// Longest `max_wait` accepted: beyond it the added latency would be noticeable next to
+    /// the reader's own hand-off limits.
+    const MAX_WAIT_LIMIT: Duration = Duration::from_millis(100);
+
+    fn validate(&self, name: &str, buffers: u16) -> io::Result<()> {
+        if !(1..=u32::from(buffers)).contains(&self.completions) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "io_uring {name}.completions {} outside 1..=the buffer count ({buffers})",
+                    self.completions
+                ),
+            ));
+        }
+        if self.max_wait > Self::MAX_WAIT_LIMIT {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "io_uring {name}.max_wait {:?} above {:?}",
+                    self.max_wait,
+                    Self::MAX_WAIT_LIMIT
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A reader's [`Linger`] between wake-ups.
+pub(crate) struct Lingering {
+    linger: Linger,
+    active: bool,
+}
+
+impl Lingering {
+    pub(crate) fn new(linger: Linger) -> Self {
+        Lingering {
+            linger,
+            active: false,
+        }
+    }
+
+    /// Waits for the next wake-up: up to `timeout` for one completion, or, after a trickle,
+    /// up to the linger's `max_wait` (never past `timeout`) for `completions` of them.
+    pub(crate) fn wait(&self, ring: &IoUring, timeout: Duration) -> io::Result<()> {
+        if self.active {
+            wait_for_at_least(
+                ring,
+                self.linger.completions as usize,
+                self.linger.max_wait.min(timeout),
+            )
+        } else {
+            wait_for_completions(ring, timeout)
+        }
+    }
+
+    /// Records how many completions the wake-up just handled.
+    pub(crate) fn woke_with(&mut self, completions: usize) {
+        self.active = !self.linger.max_wait.is_zero()
+            && completions > 0
+            && completions < self.linger.completions as usize;
+    }
 }
 
 /// Largest UDP payload (IPv4 and IPv6 without jumbograms) plus the recvmsg-multishot header,
@@ -71,13 +145,28 @@ impl Default for UringOptions {
             // Times the worker queues' depth, this bounds what a backlog holds in memory,
             // whatever the message size.
             batch_max_bytes: crate::net::READER_BATCH_MAX_BYTES,
-            udp_linger_datagrams: 32,
-            udp_linger: Duration::from_micros(500),
+            // Up to half the provided buffers, so that the receive never runs out of them
+            // while the reader sleeps; TCP receives carry several messages each.
+            udp_linger: Linger {
+                completions: 128,
+                max_wait: crate::net::DEFAULT_READER_LINGER,
+            },
+            tcp_linger: Linger {
+                completions: 32,
+                max_wait: crate::net::DEFAULT_READER_LINGER,
+            },
         }
     }
 }
 
 impl UringOptions {
+    /// These options with both lingers' `max_wait` set to `max_wait` (zero: no lingering).
+    pub fn with_linger(mut self, max_wait: Duration) -> Self {
+        self.udp_linger.max_wait = max_wait;
+        self.tcp_linger.max_wait = max_wait;
+        self
+    }
+
     pub fn validate(&self) -> io::Result<()> {
         let bad = |what: String| Err(io::Error::new(io::ErrorKind::InvalidInput, what));
         if !(8..=4096).contains(&self.ring_entries) {
@@ -122,18 +211,8 @@ impl UringOptions {
                 self.batch_max_bytes
             ));
         }
-        if !(1..=u32::from(self.udp_buffers)).contains(&self.udp_linger_datagrams) {
-            return bad(format!(
-                "io_uring udp_linger_datagrams {} outside 1..=udp_buffers ({})",
-                self.udp_linger_datagrams, self.udp_buffers
-            ));
-        }
-        if self.udp_linger > Duration::from_millis(100) {
-            return bad(format!(
-                "io_uring udp_linger {:?} above 100 ms",
-                self.udp_linger
-            ));
-        }
+        self.udp_linger.validate("udp_linger", self.udp_buffers)?;
+        self.tcp_linger.validate("tcp_linger", self.tcp_buffers)?;
         Ok(())
     }
 }
@@ -406,15 +485,29 @@ mod tests {
             ..Default::default()
         };
         assert!(o.validate().is_err());
-        for linger_datagrams in [0, 257] {
+        for completions in [0, 257] {
             let o = UringOptions {
-                udp_linger_datagrams: linger_datagrams,
+                udp_linger: Linger {
+                    completions,
+                    ..UringOptions::default().udp_linger
+                },
                 ..Default::default()
             };
-            assert!(o.validate().is_err(), "{linger_datagrams}");
+            assert!(o.validate().is_err(), "{completions}");
+            let o = UringOptions {
+                tcp_linger: Linger {
+                    completions,
+                    ..UringOptions::default().tcp_linger
+                },
+                ..Default::default()
+            };
+            assert!(o.validate().is_err(), "{completions}");
         }
         let o = UringOptions {
-            udp_linger: Duration::from_secs(1),
+            udp_linger: Linger {
+                max_wait: Duration::from_secs(1),
+                ..UringOptions::default().udp_linger
+            },
             ..Default::default()
         };
         assert!(o.validate().is_err());

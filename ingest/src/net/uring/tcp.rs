@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use io_uring::{IoUring, cqueue, opcode, types};
 
-use super::{BufRing, RateLimit, UringOptions, build_ring, push_sqe, wait_for_completions};
+use super::{
+    BufRing, Lingering, RateLimit, UringOptions, build_ring, push_sqe, wait_for_completions,
+};
 use crate::frame::{FrameEvent, StreamFramer};
 use crate::net::ReaderContext;
 use crate::net::guard::{Admission, Closure, StallWatch};
@@ -82,7 +84,8 @@ const IDLE_SWEEP: Duration = Duration::from_millis(250);
 /// Runs until `ctx.shutdown` is set; see [`run_tcp_with`].
 pub fn run_tcp(listener: TcpListener, ctx: ReaderContext) -> io::Result<()> {
     let (framing, limits) = (ctx.framing, ctx.limits);
-    run_tcp_with(listener, ctx, &UringOptions::default(), move || {
+    let options = UringOptions::default().with_linger(ctx.linger);
+    run_tcp_with(listener, ctx, &options, move || {
         StreamFramer::new(framing, limits)
     })
     .map(drop)
@@ -131,11 +134,13 @@ pub fn run_tcp_with<F: ConnectionFramer>(
 
     let result = (|| -> io::Result<()> {
         let mut next_sweep = Instant::now() + IDLE_SWEEP;
+        let mut lingering = Lingering::new(options.tcp_linger);
         while !ctx.shutdown.load(Ordering::Relaxed) {
             reader.arm(&mut ring)?;
-            wait_for_completions(&ring, super::SHUTDOWN_POLL)?;
+            lingering.wait(&ring, super::SHUTDOWN_POLL)?;
             let draining = Instant::now();
-            reader.drain(&mut ring, &mut bufs)?;
+            let completions = reader.drain(&mut ring, &mut bufs)?;
+            lingering.woke_with(completions);
             let drained = draining.elapsed();
             if drained >= IDLE_SWEEP {
                 // Blocked on a full worker queue: no connection could be read meanwhile.
@@ -273,10 +278,13 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
         Ok(())
     }
 
-    fn drain(&mut self, ring: &mut IoUring, bufs: &mut BufRing) -> io::Result<()> {
+    /// Handles every completion that is ready and hands the frames over; returns how many
+    /// completions there were.
+    fn drain(&mut self, ring: &mut IoUring, bufs: &mut BufRing) -> io::Result<usize> {
         // Completions are copied out first: handling one may block on the worker queue, and
         // the completion queue borrow must not be held across that.
         let mut any = true;
+        let mut completions = 0;
         while any {
             any = false;
             let mut cqes = std::mem::take(&mut self.cqes);
@@ -284,6 +292,7 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
             cqes.extend(ring.completion().take(256));
             for cqe in cqes.drain(..) {
                 any = true;
+                completions += 1;
                 match cqe.user_data() & KIND_MASK {
                     ACCEPT => self.accepted(ring, &cqe)?,
                     RECV => self.received(&cqe, bufs),
@@ -299,7 +308,8 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
         }
         // Every wake-up's frames go over at once: holding them for a busy worker (as the UDP
         // reader does) measured no gain over TCP, whose senders wait through flow control.
-        self.handoff.flush_blocking(self.ctx)
+        self.handoff.flush_blocking(self.ctx)?;
+        Ok(completions)
     }
 
     fn accepted(&mut self, ring: &mut IoUring, cqe: &cqueue::Entry) -> io::Result<()> {

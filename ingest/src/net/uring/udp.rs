@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, types};
 
 use super::{
-    BufRing, RateLimit, UringOptions, build_ring, push_sqe, sockaddr_from_bytes, wait_for_at_least,
+    BufRing, Lingering, RateLimit, UringOptions, build_ring, push_sqe, sockaddr_from_bytes,
     wait_for_completions,
 };
 use crate::frame::{OversizePolicy, datagram};
@@ -33,7 +33,8 @@ const CANCEL_WAIT: Duration = Duration::from_millis(100);
 
 /// Runs until `ctx.shutdown` is set; see [`run_udp_with`].
 pub fn run_udp(socket: UdpSocket, ctx: ReaderContext) -> io::Result<()> {
-    run_udp_with(socket, ctx, &UringOptions::default()).map(drop)
+    let options = UringOptions::default().with_linger(ctx.linger);
+    run_udp_with(socket, ctx, &options).map(drop)
 }
 
 /// Reads datagrams from `socket` until `ctx.shutdown` is set, handing batches to the worker.
@@ -84,7 +85,7 @@ pub fn run_udp_with(
     };
 
     let result = (|| -> io::Result<()> {
-        let mut lingering = false;
+        let mut lingering = Lingering::new(options.udp_linger);
         while !ctx.shutdown.load(Ordering::Relaxed) {
             if !reader.armed {
                 // SAFETY: the request reads `msghdr` and writes into `bufs`, both declared
@@ -92,19 +93,11 @@ pub fn run_udp_with(
                 unsafe { push_sqe(&mut ring, &recv)? };
                 reader.armed = true;
             }
-            if lingering {
-                wait_for_at_least(
-                    &ring,
-                    options.udp_linger_datagrams as usize,
-                    options.udp_linger,
-                )?;
-            } else {
-                wait_for_completions(&ring, reader.handoff.wait_timeout())?;
-            }
-            // Only a trickle lingers: a wake-up that already found a batch's worth is traffic
-            // heavy enough to batch by itself, and waiting then would only idle the buffers.
+            // Never lingers past the hand-off's own limit: a held batch or a non-empty
+            // overflow needs the reader back within `HANDOFF_HOLD`.
+            lingering.wait(&ring, reader.handoff.wait_timeout())?;
             let datagrams = reader.drain(&mut ring, &mut bufs, &msghdr)?;
-            lingering = datagrams > 0 && datagrams < options.udp_linger_datagrams as usize;
+            lingering.woke_with(datagrams);
         }
         Ok(())
     })();
