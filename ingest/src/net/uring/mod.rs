@@ -51,12 +51,14 @@ pub struct UringOptions {
 
 /// Moderate traffic costs more CPU per message than a flood: every wake-up of a reader (and
 /// the hand-off that wakes its worker) takes the core out of idle, ≈ 5–10 µs here, for a few
-/// messages. So after a wake-up that completed some receives but fewer than `completions`,
-/// the next wait returns once that many completed or `max_wait` passed, whichever comes
-/// first: one wake-up per few dozen receives instead of one per few, at the cost of at most
-/// `max_wait` of latency while the messages wait in the socket (and in the provided buffers).
-/// A wake-up that found at least that many (heavy traffic batches by itself, and waiting would
-/// only idle the buffers) and an idle socket wait for one completion as before.
+/// messages. So after a wake-up that completed some receives but fewer than `completions` (a
+/// trickle), the next wait asks for that many completions or `max_wait`, whichever comes
+/// first, while the messages wait in the socket: one wake-up per few dozen messages instead of
+/// one per few, at the cost of at most `max_wait` of latency. The kernel re-polls a multishot
+/// receive once per batch of arrivals, not per datagram, so the count seldom ends the wait
+/// early; `max_wait` is the real bound (for UDP, capped by the socket buffer:
+/// `udp::linger_within_buffer`). A wake-up that found at least `completions` (heavy traffic
+/// batches by itself) and an idle socket wait for one completion as before.
 /// `completions = 1` or a zero `max_wait` turns lingering off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Linger {
@@ -145,10 +147,12 @@ impl Default for UringOptions {
             // Times the worker queues' depth, this bounds what a backlog holds in memory,
             // whatever the message size.
             batch_max_bytes: crate::net::READER_BATCH_MAX_BYTES,
-            // Up to half the provided buffers, so that the receive never runs out of them
-            // while the reader sleeps; TCP receives carry several messages each.
+            // The counts rarely end a linger early (see `udp::linger_within_buffer`); they
+            // decide which wake-ups count as a trickle. 32 datagrams is what the UDP reader
+            // used before TCP had a linger, measured then for bursts; TCP receives carry
+            // several messages each.
             udp_linger: Linger {
-                completions: 128,
+                completions: 32,
                 max_wait: crate::net::DEFAULT_READER_LINGER,
             },
             tcp_linger: Linger {
