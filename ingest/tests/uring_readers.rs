@@ -500,9 +500,8 @@ fn trickles_linger_into_few_hand_offs_within_the_linger() {
     for tcp in [false, true] {
         let linger = Duration::from_millis(8);
         let (handoffs, latest) = trickle(tcp, UringOptions::default().with_linger(linger));
-        // The first wake-up goes over at once (over TCP that is the connection's accept);
-        // then one hand-off per linger while the ≈ 40 ms of sending lasts: about six, a few
-        // more on a busy machine.
+        // The first message goes over at once; then one hand-off per linger while the ≈ 40 ms
+        // of sending lasts: about six, a few more on a busy machine.
         assert!(
             handoffs <= 14,
             "tcp {tcp}: {handoffs} hand-offs with a linger"
@@ -518,6 +517,46 @@ fn trickles_linger_into_few_hand_offs_within_the_linger() {
             "tcp {tcp}: {handoffs} hand-offs without a linger"
         );
     }
+}
+
+/// A connection's accept is not traffic: the connection's first message goes over at once
+/// instead of waiting out a linger the accept started.
+#[test]
+fn a_new_connections_first_message_does_not_wait_for_the_linger() {
+    // At the reader's shutdown poll, the longest a wait lasts.
+    let linger = Duration::from_millis(50);
+    let mut h = harness(64, 1000, FrameLimits::default());
+    let ctx = h.ctx.take().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let options = UringOptions::default().with_linger(linger);
+    let reader =
+        thread::spawn(move || uring::run_tcp_with(listener, ctx, &options, LineFramer::default));
+    let send_one = |text: &[u8]| {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_nodelay(true).unwrap();
+        // The reader takes the accept in a wake-up of its own.
+        thread::sleep(Duration::from_millis(5));
+        let sent = Instant::now();
+        stream.write_all(text).unwrap();
+        let batch = h
+            .batches
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the message arrives");
+        assert_eq!(batch.frames.len(), 1);
+        (sent.elapsed(), stream)
+    };
+    // The first connection proves the reader is up; the second arrives on an idle reader.
+    let (_, first) = send_one(b"warm-up\n");
+    thread::sleep(linger * 2);
+    let (waited, second) = send_one(b"first\n");
+    assert!(
+        waited < Duration::from_millis(25),
+        "the first message waited {waited:?} (linger {linger:?})"
+    );
+    h.shutdown.store(true, Ordering::Relaxed);
+    drop((first, second));
+    reader.join().unwrap().unwrap();
 }
 
 #[test]

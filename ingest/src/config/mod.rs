@@ -986,11 +986,13 @@ impl Config {
                 ),
             ));
         }
-        if self.pipeline.reader_linger_ms > 100 {
+        let max_linger = crate::net::MAX_READER_LINGER.as_millis();
+        if u128::from(self.pipeline.reader_linger_ms) > max_linger {
             return Err((
                 "pipeline.reader_linger_ms".into(),
                 format!(
-                    "{} is above 100 (milliseconds a trickle may wait)",
+                    "{} is above {max_linger} (milliseconds a trickle may wait; readers look \
+                     for shutdown that often, so no wait is longer)",
                     self.pipeline.reader_linger_ms
                 ),
             ));
@@ -1460,12 +1462,14 @@ kinds = ["cef", "darktrace_model_breach"]
                 .reader_linger_ms,
             0
         );
-        let text = format!("{GOOD}[pipeline]\nreader_linger_ms = 250\n");
+        let most = format!("{GOOD}[pipeline]\nreader_linger_ms = 50\n");
+        assert!(Config::from_toml(&most, "most.toml").is_ok());
+        let text = format!("{GOOD}[pipeline]\nreader_linger_ms = 51\n");
         let err = Config::from_toml(&text, "bad.toml")
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains(": `pipeline.reader_linger_ms`: 250 is above 100"),
+            err.contains(": `pipeline.reader_linger_ms`: 51 is above 50"),
             "{err}"
         );
     }

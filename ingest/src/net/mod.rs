@@ -123,6 +123,10 @@ pub struct ReaderContext {
 /// Default of `pipeline.reader_linger_ms`.
 pub const DEFAULT_READER_LINGER: std::time::Duration = std::time::Duration::from_millis(10);
 
+/// Largest `pipeline.reader_linger_ms`: an io_uring reader's wait ends at its shutdown poll
+/// ([`uring::SHUTDOWN_POLL`]) anyway, so a longer linger would be accepted and not kept.
+pub const MAX_READER_LINGER: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// How long a reader may block before it looks at `shutdown` again.
 pub const SHUTDOWN_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 

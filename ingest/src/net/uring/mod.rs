@@ -26,6 +26,7 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 
 /// How often a reader blocked in the kernel wakes up to look at the shutdown flag.
 pub const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
+const _: () = assert!(crate::net::MAX_READER_LINGER.as_millis() <= SHUTDOWN_POLL.as_millis());
 
 /// Ring and buffer sizing. Every field is bounded by [`UringOptions::validate`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,9 +68,8 @@ pub struct Linger {
 }
 
 impl Linger {
-    /// Longest `max_wait` accepted: beyond it the added latency would be noticeable next to
-    /// the reader's own hand-off limits.
-    const MAX_WAIT_LIMIT: Duration = Duration::from_millis(100);
+    /// Longest `max_wait` accepted: no wait outlasts the shutdown poll.
+    const MAX_WAIT_LIMIT: Duration = crate::net::MAX_READER_LINGER;
 
     fn validate(&self, name: &str, buffers: u16) -> io::Result<()> {
         if !(1..=u32::from(buffers)).contains(&self.completions) {

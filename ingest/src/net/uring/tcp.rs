@@ -279,7 +279,7 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
     }
 
     /// Handles every completion that is ready and hands the frames over; returns how many
-    /// completions there were.
+    /// of them were receives.
     fn drain(&mut self, ring: &mut IoUring, bufs: &mut BufRing) -> io::Result<usize> {
         // Completions are copied out first: handling one may block on the worker queue, and
         // the completion queue borrow must not be held across that.
@@ -292,10 +292,14 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
             cqes.extend(ring.completion().take(256));
             for cqe in cqes.drain(..) {
                 any = true;
-                completions += 1;
                 match cqe.user_data() & KIND_MASK {
                     ACCEPT => self.accepted(ring, &cqe)?,
-                    RECV => self.received(&cqe, bufs),
+                    RECV => {
+                        // Only receives count towards a linger: a connection's accept is not
+                        // traffic, and its first message must not wait behind it.
+                        completions += 1;
+                        self.received(&cqe, bufs)
+                    }
                     _ => {}
                 }
                 if let Some(e) = self.error.take() {
