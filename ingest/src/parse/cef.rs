@@ -317,6 +317,31 @@ fn unescape_with(raw: &str, decode: impl Fn(u8) -> Option<char>, out: &mut Strin
     state.json_dirty
 }
 
+/// [`unescape_with`] for an extension value whose backslashes the tokeniser has already
+/// visited: `escapes` holds their offsets in the extension text (in order, none of them the
+/// second byte of an escape), `raw` starts at offset `base` and holds them all. The value is
+/// not scanned again: a long `msg` with one escape cost a 16-byte window per 16 bytes.
+fn unescape_at(
+    raw: &str,
+    base: usize,
+    escapes: &[u32],
+    decode: impl Fn(u8) -> Option<char>,
+    out: &mut String,
+) -> bool {
+    out.reserve(raw.len());
+    let mut state = Unescape {
+        copied: 0,
+        next: 0,
+        json_dirty: false,
+    };
+    for &p in escapes {
+        debug_assert!(raw.as_bytes()[p as usize - base] == b'\\');
+        state.backslash_at(p as usize - base, raw, &decode, out);
+    }
+    out.push_str(&raw[state.copied..]);
+    state.json_dirty
+}
+
 /// Progress of [`unescape_with`] through its text.
 struct Unescape {
     /// Text before this offset is in the output.
@@ -360,17 +385,44 @@ impl Unescape {
 #[inline(always)]
 fn value_text<'a>(
     raw: &'a str,
-    has_backslash: bool,
+    escapes: Escapes<'_>,
     index: usize,
     arena: &mut String,
     spans: &mut SmallVec<[(u32, ArenaRange); 8]>,
 ) -> (&'a str, bool) {
-    if has_backslash {
-        let (range, json_dirty) = unescape_into(arena, raw, decode_value_escape);
-        spans.push((index as u32, range));
-        ("", json_dirty)
-    } else {
-        (raw, false)
+    let start = arena.len();
+    let json_dirty = match escapes {
+        Escapes::None => return (raw, false),
+        Escapes::At { base, offsets } => {
+            unescape_at(raw, base, offsets, decode_value_escape, arena)
+        }
+        Escapes::Unknown => unescape_with(raw, decode_value_escape, arena),
+    };
+    spans.push((index as u32, (start as u32, arena.len() as u32)));
+    ("", json_dirty)
+}
+
+/// Where the backslashes of a value are, as far as the tokeniser knows.
+#[derive(Clone, Copy)]
+enum Escapes<'e> {
+    None,
+    /// Their offsets in the extension text; the value starts at `base`.
+    At {
+        base: usize,
+        offsets: &'e [u32],
+    },
+    /// Somewhere: the value must be scanned.
+    Unknown,
+}
+
+impl<'e> Escapes<'e> {
+    #[inline(always)]
+    fn of(base: usize, offsets: &'e [u32]) -> Self {
+        if offsets.is_empty() {
+            Escapes::None
+        } else {
+            Escapes::At { base, offsets }
+        }
     }
 }
 
@@ -405,7 +457,8 @@ fn parse_extensions<'a>(
     seen.insert(key, hash_of_key, out);
     // Events before `pos` are the first key's `=` or the byte after a backslash.
     let mut pos = value_start;
-    let mut has_backslash = false;
+    // Offsets of the current value's backslashes (each starts an escape or is kept).
+    let mut escapes = SmallVec::<[u32; 16]>::new();
     // A `"` or control byte seen in the current value.
     let mut needs_json_escape = false;
     for p in Positions::new(bytes, cef_extension_events) {
@@ -415,7 +468,7 @@ fn parse_extensions<'a>(
         match bytes[p] {
             b'=' => {}
             b'\\' => {
-                has_backslash = true;
+                escapes.push(p as u32);
                 pos = p + 2;
                 continue;
             }
@@ -442,10 +495,14 @@ fn parse_extensions<'a>(
             };
         if !boundary {
             // A stray `=`: the sender does not escape, so the value runs to the end of the
-            // record (see the module docs).
-            let has_backslash = has_backslash || memchr(b'\\', &bytes[p..]).is_some();
+            // record (see the module docs), past the backslashes visited so far.
+            let value_escapes = if memchr(b'\\', &bytes[p..]).is_some() {
+                Escapes::Unknown
+            } else {
+                Escapes::of(value_start, &escapes)
+            };
             let (value, _) =
-                value_text(&ext[value_start..], has_backslash, out.len(), arena, spans);
+                value_text(&ext[value_start..], value_escapes, out.len(), arena, spans);
             out.push(Extension {
                 key,
                 value,
@@ -462,7 +519,7 @@ fn parse_extensions<'a>(
         }
         let (value, json_dirty) = value_text(
             &ext[value_start..value_end],
-            has_backslash,
+            Escapes::of(value_start, &escapes),
             out.len(),
             arena,
             spans,
@@ -480,11 +537,16 @@ fn parse_extensions<'a>(
         seen.insert(key, hash, out);
         value_start = p + 1;
         pos = value_start;
-        has_backslash = false;
+        escapes.clear();
         needs_json_escape = false;
     }
-    let (value, json_dirty) =
-        value_text(&ext[value_start..], has_backslash, out.len(), arena, spans);
+    let (value, json_dirty) = value_text(
+        &ext[value_start..],
+        Escapes::of(value_start, &escapes),
+        out.len(),
+        arena,
+        spans,
+    );
     out.push(Extension {
         key,
         value,
@@ -1434,6 +1496,11 @@ mod tests {
             "CEF:0|a|p|1|s|n|5|k=v\\\\ j=w",
             "CEF:0|a|p|1|s|n|5|k=v\\ j=w",
             "CEF:0|a|p|1|s|n|5|k=a\\=b c=d= e=f",
+            // A stray `=` with escapes before it only, and on both sides of it.
+            "CEF:0|a|p|1|s|n|5|k=a\\\\b\\x c=d= e=f",
+            "CEF:0|a|p|1|s|n|5|k=a\\\\b c=d= e=f\\=g\\n",
+            // Escapes in a value longer than one 16-byte window, and a kept one at its end.
+            "CEF:0|a|p|1|s|n|5|msg=C:\\\\Windows\\\\Temp line one\\nline two url\\=x\\ k=v\\",
             "CEF:1\\|a|p|1|s|n|5|k=v",
             "CEF:0|a|p|1\\",
         ] {
