@@ -276,7 +276,12 @@ fn default_stream_queue_batches() -> usize {
     16
 }
 fn default_worker_nice() -> u8 {
-    10
+    // The lowest priority: during a UDP burst the reader keeps nearly the whole core and
+    // empties the socket buffer into the queue and overflow; the workers catch up afterwards.
+    // Against 10: a 400k CEF burst into a 2 MiB buffer lost 3.8-9.3k instead of 23-38k, Darktrace
+    // JSON at the UDP max kept 135-200k of 200k instead of 118-140k, CPU per message the same
+    // (docs/measurements.md, "Session 14").
+    19
 }
 fn default_reader_linger_ms() -> u64 {
     crate::net::DEFAULT_READER_LINGER.as_millis() as u64
