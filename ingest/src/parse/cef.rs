@@ -457,8 +457,9 @@ fn parse_extensions<'a>(
     seen.insert(key, hash_of_key, out);
     // Events before `pos` are the first key's `=` or the byte after a backslash.
     let mut pos = value_start;
-    // Offsets of the current value's backslashes (each starts an escape or is kept).
-    let mut escapes = SmallVec::<[u32; 16]>::new();
+    // Offsets of the current value's backslashes (each starts an escape or is kept). Inline
+    // room for a long `msg` full of Windows paths; only a value with more spills to the heap.
+    let mut escapes = SmallVec::<[u32; 64]>::new();
     // A `"` or control byte seen in the current value.
     let mut needs_json_escape = false;
     for p in Positions::new(bytes, cef_extension_events) {
