@@ -95,15 +95,14 @@ fn is_trailing_ws(b: u8) -> bool {
 /// A byte range in the arena of unescaped text.
 type ArenaRange = (u32, u32);
 
-/// Appends the unescaped `raw` to `arena` and returns where it went, and whether unescaping
+/// Runs `unescape` (appending to `arena`) and returns where its text went, and whether it
 /// left a byte that JSON escapes (see [`unescape_with`]).
 fn unescape_into(
     arena: &mut String,
-    raw: &str,
-    decode: impl Fn(u8) -> Option<char>,
+    unescape: impl FnOnce(&mut String) -> bool,
 ) -> (ArenaRange, bool) {
     let start = arena.len();
-    let json_dirty = unescape_with(raw, decode, arena);
+    let json_dirty = unescape(arena);
     ((start as u32, arena.len() as u32), json_dirty)
 }
 
@@ -165,7 +164,9 @@ pub fn parse_with_storage<'a>(
         let raw = &record[pos..field.end];
         let mut json_clean = field.json_clean;
         if field.escaped {
-            let (range, json_dirty) = unescape_into(unescaped, raw, decode_header_escape);
+            let (range, json_dirty) = unescape_into(unescaped, |out| {
+                unescape_with(raw, decode_header_escape, out)
+            });
             unescaped_fields[n] = Some(range);
             json_clean &= !json_dirty;
         } else {
@@ -289,11 +290,7 @@ fn unescape_with(raw: &str, decode: impl Fn(u8) -> Option<char>, out: &mut Strin
     let bytes = raw.as_bytes();
     let n = bytes.len();
     out.reserve(n);
-    let mut state = Unescape {
-        copied: 0,
-        next: 0,
-        json_dirty: false,
-    };
+    let mut state = Unescape::default();
     // 16-byte masks (the last window overlapping the one before), not a `memchr` call per
     // backslash: values are short, and the calls' set-up cost more than the scan.
     if n >= 16 {
@@ -313,36 +310,30 @@ fn unescape_with(raw: &str, decode: impl Fn(u8) -> Option<char>, out: &mut Strin
             state.backslash_at(p, raw, &decode, out);
         }
     }
-    out.push_str(&raw[state.copied..]);
-    state.json_dirty
+    state.finish(raw, out)
 }
 
 /// [`unescape_with`] for an extension value whose backslashes the tokeniser has already
-/// visited: `escapes` holds their offsets in the extension text (in order, none of them the
-/// second byte of an escape), `raw` starts at offset `base` and holds them all. The value is
-/// not scanned again: a long `msg` with one escape cost a 16-byte window per 16 bytes.
+/// visited: `escapes` holds their offsets in `raw`, in order, none of them the second byte of
+/// an escape. The value is not scanned again: a long `msg` with one escape cost a 16-byte
+/// window per 16 bytes.
 fn unescape_at(
     raw: &str,
-    base: usize,
     escapes: &[u32],
     decode: impl Fn(u8) -> Option<char>,
     out: &mut String,
 ) -> bool {
     out.reserve(raw.len());
-    let mut state = Unescape {
-        copied: 0,
-        next: 0,
-        json_dirty: false,
-    };
+    let mut state = Unescape::default();
     for &p in escapes {
-        debug_assert!(raw.as_bytes()[p as usize - base] == b'\\');
-        state.backslash_at(p as usize - base, raw, &decode, out);
+        debug_assert!(raw.as_bytes()[p as usize] == b'\\');
+        state.backslash_at(p as usize, raw, &decode, out);
     }
-    out.push_str(&raw[state.copied..]);
-    state.json_dirty
+    state.finish(raw, out)
 }
 
-/// Progress of [`unescape_with`] through its text.
+/// Progress of [`unescape_with`] and [`unescape_at`] through their text.
+#[derive(Default)]
 struct Unescape {
     /// Text before this offset is in the output.
     copied: usize,
@@ -353,6 +344,14 @@ struct Unescape {
 }
 
 impl Unescape {
+    /// Appends the text after the last escape; returns whether unescaping left a byte that
+    /// JSON escapes.
+    #[inline(always)]
+    fn finish(self, raw: &str, out: &mut String) -> bool {
+        out.push_str(&raw[self.copied..]);
+        self.json_dirty
+    }
+
     #[inline(always)]
     fn backslash_at(
         &mut self,
@@ -390,15 +389,16 @@ fn value_text<'a>(
     arena: &mut String,
     spans: &mut SmallVec<[(u32, ArenaRange); 8]>,
 ) -> (&'a str, bool) {
-    let start = arena.len();
-    let json_dirty = match escapes {
+    let (range, json_dirty) = match escapes {
         Escapes::None => return (raw, false),
-        Escapes::At { base, offsets } => {
-            unescape_at(raw, base, offsets, decode_value_escape, arena)
+        Escapes::At(offsets) => unescape_into(arena, |out| {
+            unescape_at(raw, offsets, decode_value_escape, out)
+        }),
+        Escapes::Unknown => {
+            unescape_into(arena, |out| unescape_with(raw, decode_value_escape, out))
         }
-        Escapes::Unknown => unescape_with(raw, decode_value_escape, arena),
     };
-    spans.push((index as u32, (start as u32, arena.len() as u32)));
+    spans.push((index as u32, range));
     ("", json_dirty)
 }
 
@@ -406,22 +406,19 @@ fn value_text<'a>(
 #[derive(Clone, Copy)]
 enum Escapes<'e> {
     None,
-    /// Their offsets in the extension text; the value starts at `base`.
-    At {
-        base: usize,
-        offsets: &'e [u32],
-    },
+    /// Their offsets in the value.
+    At(&'e [u32]),
     /// Somewhere: the value must be scanned.
     Unknown,
 }
 
 impl<'e> Escapes<'e> {
     #[inline(always)]
-    fn of(base: usize, offsets: &'e [u32]) -> Self {
+    fn of(offsets: &'e [u32]) -> Self {
         if offsets.is_empty() {
             Escapes::None
         } else {
-            Escapes::At { base, offsets }
+            Escapes::At(offsets)
         }
     }
 }
@@ -457,8 +454,8 @@ fn parse_extensions<'a>(
     seen.insert(key, hash_of_key, out);
     // Events before `pos` are the first key's `=` or the byte after a backslash.
     let mut pos = value_start;
-    // Offsets of the current value's backslashes (each starts an escape or is kept). Inline
-    // room for a long `msg` full of Windows paths; only a value with more spills to the heap.
+    // Where the current value's backslashes are, from its start (each starts an escape or is
+    // kept). Inline room for a long `msg` full of Windows paths; only more spills to the heap.
     let mut escapes = SmallVec::<[u32; 64]>::new();
     // A `"` or control byte seen in the current value.
     let mut needs_json_escape = false;
@@ -469,7 +466,7 @@ fn parse_extensions<'a>(
         match bytes[p] {
             b'=' => {}
             b'\\' => {
-                escapes.push(p as u32);
+                escapes.push((p - value_start) as u32);
                 pos = p + 2;
                 continue;
             }
@@ -500,7 +497,7 @@ fn parse_extensions<'a>(
             let value_escapes = if memchr(b'\\', &bytes[p..]).is_some() {
                 Escapes::Unknown
             } else {
-                Escapes::of(value_start, &escapes)
+                Escapes::of(&escapes)
             };
             let (value, _) =
                 value_text(&ext[value_start..], value_escapes, out.len(), arena, spans);
@@ -520,7 +517,7 @@ fn parse_extensions<'a>(
         }
         let (value, json_dirty) = value_text(
             &ext[value_start..value_end],
-            Escapes::of(value_start, &escapes),
+            Escapes::of(&escapes),
             out.len(),
             arena,
             spans,
@@ -543,7 +540,7 @@ fn parse_extensions<'a>(
     }
     let (value, json_dirty) = value_text(
         &ext[value_start..],
-        Escapes::of(value_start, &escapes),
+        Escapes::of(&escapes),
         out.len(),
         arena,
         spans,
