@@ -975,7 +975,8 @@ fn raw_came_over_udp(message: &str, markers: &[(String, bool)], runs: &[(&str, &
         .any(|((marker, _), (proto, _))| *proto == "udp" && message.ends_with(marker.as_str()))
 }
 
-/// A bad config is refused by both `check-config` and `run`, naming file, line and key.
+/// A bad config is refused by both `check-config` and `run`, naming file, line and key, on one
+/// `error:` line — no stack backtrace even where the service's environment sets RUST_BACKTRACE.
 #[test]
 fn bad_config_names_key_and_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -989,18 +990,19 @@ fn bad_config_names_key_and_line() {
         let out = Command::new(BIN)
             .args(&args)
             .arg(&path)
-            .env("RUST_BACKTRACE", "0")
+            .env("RUST_BACKTRACE", "1")
             .output()
             .unwrap();
         assert!(!out.status.success(), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
-            stderr.contains(&format!(
-                "{}:8: unknown field `batch_max_event`",
+            stderr.starts_with(&format!(
+                "error: {}:8: unknown field `batch_max_event`",
                 path.display()
             )),
             "{args:?}: {stderr}"
         );
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
     }
     std::fs::write(&path, "[sources.in]\ntype = \"udp\"\nlisten = \"127.0.0.1:0\"\nthreads = 0\n[sinks.out]\ntype = \"file\"\npath = \"/tmp/x\"\n").unwrap();
     let out = daemon_support::check_config(&path);
