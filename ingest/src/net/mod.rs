@@ -124,11 +124,13 @@ pub struct ReaderContext {
 pub const DEFAULT_READER_LINGER: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Largest `pipeline.reader_linger_ms`: an io_uring reader's wait ends at its shutdown poll
-/// ([`uring::SHUTDOWN_POLL`]) anyway, so a longer linger would be accepted and not kept.
+/// ([`SHUTDOWN_POLL`]) anyway, so a longer linger would be accepted and not kept.
 pub const MAX_READER_LINGER: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// How long a reader may block before it looks at `shutdown` again.
-pub const SHUTDOWN_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+/// How long a reader (either backend, TLS too) may block before it looks at `shutdown`
+/// again.
+pub const SHUTDOWN_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+const _: () = assert!(MAX_READER_LINGER.as_millis() <= SHUTDOWN_POLL.as_millis());
 
 /// At shutdown, TCP readers keep reading what the kernel already holds for each connection
 /// (acknowledged to the sender, so dropping it would lose it silently) until the socket has

@@ -24,10 +24,6 @@ pub(crate) use bufring::BufRing;
 /// (pending connections wait in the listen backlog) until a connection closes.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 
-/// How often a reader blocked in the kernel wakes up to look at the shutdown flag.
-pub const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
-const _: () = assert!(crate::net::MAX_READER_LINGER.as_millis() <= SHUTDOWN_POLL.as_millis());
-
 /// Ring and buffer sizing. Every field is bounded by [`UringOptions::validate`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UringOptions {

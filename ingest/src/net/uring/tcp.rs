@@ -107,7 +107,7 @@ pub fn run_tcp_with<F: ConnectionFramer>(
     bufs.register(&ring.submitter())?;
 
     let mut reader = TcpReader {
-        handoff: Handoff::new(&ctx, options.batch_max_bytes, super::SHUTDOWN_POLL),
+        handoff: Handoff::new(&ctx, options.batch_max_bytes, crate::net::SHUTDOWN_POLL),
         ctx: &ctx,
         max_connections: options.max_connections,
         listener_fd: listener.as_raw_fd(),
@@ -137,7 +137,7 @@ pub fn run_tcp_with<F: ConnectionFramer>(
         let mut lingering = Lingering::new(options.tcp_linger);
         while !ctx.shutdown.load(Ordering::Relaxed) {
             reader.arm(&mut ring)?;
-            lingering.wait(&ring, super::SHUTDOWN_POLL)?;
+            lingering.wait(&ring, crate::net::SHUTDOWN_POLL)?;
             let draining = Instant::now();
             let completions = reader.drain(&mut ring, &mut bufs)?;
             lingering.woke_with(completions);

@@ -72,7 +72,7 @@ pub fn run_udp_with(
 
     let overflow = ctx.overflow.take();
     let mut reader = UdpReader {
-        handoff: Handoff::new(&ctx, options.batch_max_bytes, super::SHUTDOWN_POLL)
+        handoff: Handoff::new(&ctx, options.batch_max_bytes, crate::net::SHUTDOWN_POLL)
             .with_overflow(&ctx, overflow),
         ctx: &ctx,
         armed: false,
