@@ -73,6 +73,17 @@ impl AckToken {
     }
 }
 
+impl Drop for AckToken {
+    fn drop(&mut self) {
+        // A clone released while its thread unwinds from a panic (a worker's parser or mapper,
+        // a sink thread) belongs to a batch whose events may never have reached the spool:
+        // reporting it committed would let a source's checkpoint skip them.
+        if std::thread::panicking() {
+            self.fail();
+        }
+    }
+}
+
 impl std::fmt::Debug for AckToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AckToken")
@@ -119,6 +130,20 @@ mod tests {
         held_by_sink.fail();
         drop(held_by_sink);
         drop(other);
+        assert_eq!(rx.recv().unwrap(), AckOutcome::Failed);
+    }
+
+    #[test]
+    fn a_clone_dropped_by_a_panicking_thread_fails_the_batch() {
+        let (tx, rx) = mpsc::channel();
+        let token = AckToken::new(move |o| tx.send(o).unwrap());
+        let held_by_worker = token.clone();
+        let worker = std::thread::spawn(move || {
+            let _events = held_by_worker;
+            panic!("a mapper bug");
+        });
+        assert!(worker.join().is_err());
+        drop(token);
         assert_eq!(rx.recv().unwrap(), AckOutcome::Failed);
     }
 

@@ -731,12 +731,20 @@ impl Pipeline {
         &self.totals
     }
 
-    /// True once a reader or worker thread has ended on its own (a fatal socket error).
+    /// Why the pipeline cannot go on: a reader ended on its own (a fatal socket error), or a
+    /// worker or sink thread did (only a panic ends them before shutdown). The daemon then
+    /// shuts down and exits with an error rather than run on with a queue nobody empties.
     pub fn failed(&self) -> Option<String> {
-        self.readers
-            .iter()
-            .find(|(_, h)| h.is_finished())
-            .map(|(name, _)| format!("reader {name} stopped"))
+        if let Some((name, _)) = self.readers.iter().find(|(_, h)| h.is_finished()) {
+            return Some(format!("reader {name} stopped"));
+        }
+        if let Some(core) = self.workers.iter().position(JoinHandle::is_finished) {
+            return Some(format!("worker {core} stopped (panicked)"));
+        }
+        if self.sinks.iter().any(JoinHandle::is_finished) {
+            return Some("a sink thread stopped (panicked)".into());
+        }
+        None
     }
 
     /// Stops reading, drains every queue, writes every batch; returns the totals.
