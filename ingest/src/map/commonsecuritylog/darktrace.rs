@@ -75,7 +75,7 @@ pub(super) fn write(event: &Event<'_>, body: &JsonBody<'_>, out: &mut Vec<u8>) {
             }
             o.opt_str("SourceIP", str_at(&["device", "ip"]));
             o.opt_str("SourceHostName", str_at(&["device", "hostname"]));
-            o.opt_str("SourceMacAddress", str_at(&["device", "macaddress"]));
+            o.opt_str("SourceMACAddress", str_at(&["device", "macaddress"]));
             let conn = json::darktrace_triggered_connection(root);
             if let Some(ip) = conn.destination_ip.and_then(|v| v.str()) {
                 o.str("DestinationIP", ip);
@@ -116,7 +116,7 @@ pub(super) fn write(event: &Event<'_>, body: &JsonBody<'_>, out: &mut Vec<u8>) {
                     "SourceHostName",
                     device.get("hostname").and_then(|v| v.str()),
                 );
-                o.opt_str("SourceMacAddress", device.get("mac").and_then(|v| v.str()));
+                o.opt_str("SourceMACAddress", device.get("mac").and_then(|v| v.str()));
             }
             o.opt_str("RequestURL", str_at(&["incidentEventUrl"]));
             o.opt_str("Message", str_at(&["summary"]));
@@ -321,7 +321,7 @@ mod tests {
         assert_eq!(v["LogSeverity"], "7");
         assert_eq!(v["SourceIP"], "81.2.69.192");
         assert_eq!(v["SourceHostName"], "host.local");
-        assert_eq!(v["SourceMacAddress"], "00:00:5e:00:53:00");
+        assert_eq!(v["SourceMACAddress"], "00:00:5e:00:53:00");
         assert_eq!(v["DestinationIP"], "175.16.199.9");
         assert_eq!(v["DestinationHostName"], "evil.example");
         assert_eq!(v["DestinationPort"], 443);
