@@ -6,8 +6,9 @@
 //! `path?query\npublic\ndate`, computed here independently of the code under test), answers
 //! `400 API SIGNATURE ERROR` / `400 API DATE ERROR` like the appliance, and serves the real
 //! pseudonymised responses (`tests/data/darktrace/*_response.txt`, MIT, see the README there)
-//! plus events derived from them, ascending by time from `starttime` (inclusive) and at most
-//! `PAGE` per answer, so the source has to page by `starttime`.
+//! plus events derived from them, ascending by time from `starttime` to `endtime` (both
+//! inclusive, `endtime` optional) and at most `PAGE` per answer, so the source has to page by
+//! `starttime`.
 
 mod daemon_support;
 use std::collections::{BTreeMap, HashMap};
@@ -49,6 +50,8 @@ struct Appliance {
     events: HashMap<String, Vec<StoredEvent>>,
     /// Requests per endpoint path: (starttime, verdict).
     requests: HashMap<String, Vec<(i64, &'static str)>>,
+    /// `endtime` of each valid request per endpoint path, in order.
+    endtimes: HashMap<String, Vec<Option<i64>>>,
     /// While true, valid requests wait before they are answered.
     hold: bool,
     /// Requests waiting in `hold`, per endpoint path.
@@ -188,13 +191,15 @@ async fn handle(state: Shared, req: Request<hyper::body::Incoming>) -> Response<
         header("DTAPI-Date"),
         header("DTAPI-Signature"),
     );
-    let starttime = req
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("starttime="))
-        .and_then(|v| v.parse::<i64>().ok());
+    let param = |name: &str| {
+        req.uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse::<i64>().ok())
+    };
+    let (starttime, endtime) = (param("starttime"), param("endtime"));
     let record = |verdict: &'static str| {
         state
             .lock()
@@ -231,6 +236,13 @@ async fn handle(state: Shared, req: Request<hyper::body::Incoming>) -> Response<
             .unwrap();
     }
     record("ok");
+    state
+        .lock()
+        .unwrap()
+        .endtimes
+        .entry(path.clone())
+        .or_default()
+        .push(endtime);
     // Hold while asked to (the test kills the daemon in the meantime).
     let mut counted = false;
     loop {
@@ -254,7 +266,12 @@ async fn handle(state: Shared, req: Request<hyper::body::Incoming>) -> Response<
         .unwrap()
         .events
         .get(&path)
-        .map(|v| v.iter().filter(|e| e.time >= starttime).cloned().collect())
+        .map(|v| {
+            v.iter()
+                .filter(|e| e.time >= starttime && endtime.is_none_or(|end| e.time <= end))
+                .cloned()
+                .collect()
+        })
         .unwrap_or_default();
     page.sort_by_key(|e| e.time);
     page.truncate(PAGE);
@@ -716,5 +733,73 @@ fn signature_and_date_errors_are_explained_counted_and_backed_off() {
         log.contains("API DATE ERROR") && log.contains("clock skew"),
         "{log}"
     );
+    drop(server.runtime);
+}
+
+/// A backlog whose answer exceeds `max_response_bytes` (a long outage, a large lookback): the
+/// source narrows its requests to `endtime` windows until each answer fits, walks the backlog,
+/// and asks open-ended again once it reaches the last minutes. Every event arrives once.
+#[test]
+fn a_backlog_larger_than_one_answer_is_walked_in_windows() {
+    const HOUR: i64 = 3_600_000;
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &server.ca_pem).unwrap();
+    let out = dir.path().join("out");
+    let template = real(MODELBREACHES, "time", "pbid").remove(0).text;
+    let now = chrono::Utc::now().timestamp_millis();
+    // Three days of breaches, one every two hours, and one a minute ago: in the last minutes,
+    // which only an open-ended request may ask for.
+    let mut backlog: Vec<StoredEvent> = (0..36)
+        .map(|i| {
+            let time = now - 72 * HOUR + i * 2 * HOUR;
+            derived(&template, "time", "pbid", (70_000 + i).into(), time)
+        })
+        .collect();
+    backlog.push(derived(
+        &template,
+        "time",
+        "pbid",
+        70_999.into(),
+        now - 60_000,
+    ));
+    server.release("/modelbreaches", backlog.clone());
+    // An answer of three events fits; a full page of five, as the first request gets, does not.
+    let largest = backlog.iter().map(|e| e.text.len()).max().unwrap();
+    let source = source_config(&server.url(), &ca, PRIVATE, r#"["modelbreaches"]"#)
+        + &format!("max_response_bytes = {}\n", 3 * largest + 64);
+    let daemon = Daemon::start(dir.path(), &source);
+    let want = expected_set(&[("modelbreaches", &backlog)]);
+    wait_until(
+        "every backlog event",
+        Duration::from_secs(90),
+        || delivered(&out).len() >= backlog.len(),
+        || daemon.log(),
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(counted(&delivered(&out)), want);
+    assert!(
+        daemon.metric(
+            "sluice_darktrace_api_errors_total",
+            &[
+                ("endpoint", "modelbreaches"),
+                ("kind", "response_too_large")
+            ]
+        ) >= 1
+    );
+    let endtimes = server.state.lock().unwrap().endtimes["/modelbreaches"].clone();
+    assert!(
+        endtimes.iter().any(Option::is_some),
+        "bounded windows: {endtimes:?}"
+    );
+    let last_minutes = chrono::Utc::now().timestamp_millis() - 5 * 60 * 1000;
+    assert!(
+        endtimes.iter().flatten().all(|&end| end <= last_minutes),
+        "no window reaches into the last minutes: {endtimes:?}"
+    );
+    assert_eq!(endtimes.last(), Some(&None), "open-ended once caught up");
+    let log = daemon.stop();
+    assert!(!log.contains("ERROR"), "{log}");
     drop(server.runtime);
 }

@@ -223,6 +223,9 @@ pub struct Pipeline {
     readers: Vec<(String, JoinHandle<std::io::Result<()>>)>,
     workers: Vec<JoinHandle<()>>,
     sinks: Vec<JoinHandle<()>>,
+    /// Which worker and sink threads panicked (a worker with no source routed to it ends at
+    /// once, so a finished thread alone says nothing).
+    panics: PanicWatch,
     maintenance: Option<JoinHandle<()>>,
     totals: Arc<Totals>,
     started: Instant,
@@ -366,6 +369,7 @@ impl Pipeline {
             .context("starting the sink runtime")?;
         let mut sink_runtimes = Vec::new();
         let mut sink_handles = Vec::new();
+        let panics = PanicWatch::default();
         let mut sink_ports = Vec::new();
         let mut depth_gauges: Vec<(metrics::Gauge, QueueLen)> = Vec::new();
         let reader_stop = Arc::new(AtomicBool::new(false));
@@ -412,9 +416,13 @@ impl Pipeline {
                         sink_handles.push(
                             std::thread::Builder::new()
                                 .name(format!("sluice-file-{name}-{thread}"))
-                                .spawn(move || {
-                                    lower_thread_priority(worker_nice);
-                                    stage.run()
+                                .spawn({
+                                    let (panics, name) = (panics.clone(), name.to_string());
+                                    move || {
+                                        let _watch = panics.watch(format!("sink {name} thread"));
+                                        lower_thread_priority(worker_nice);
+                                        stage.run()
+                                    }
                                 })?,
                         );
                     }
@@ -442,7 +450,13 @@ impl Pipeline {
                     sink_handles.push(
                         std::thread::Builder::new()
                             .name(format!("sluice-sink-{name}"))
-                            .spawn(move || stage.run())?,
+                            .spawn({
+                                let (panics, name) = (panics.clone(), name.clone());
+                                move || {
+                                    let _watch = panics.watch(format!("sink {name} thread"));
+                                    stage.run()
+                                }
+                            })?,
                     );
                 }
             }
@@ -505,16 +519,20 @@ impl Pipeline {
             worker_handles.push(
                 std::thread::Builder::new()
                     .name(format!("sluice-worker-{core}"))
-                    .spawn(move || {
-                        if pin
-                            && !core_affinity::set_for_current(core_affinity::CoreId {
-                                id: pin_core,
-                            })
-                        {
-                            tracing::debug!(core = pin_core, "could not pin worker thread");
+                    .spawn({
+                        let panics = panics.clone();
+                        move || {
+                            let _watch = panics.watch(format!("worker {core}"));
+                            if pin
+                                && !core_affinity::set_for_current(core_affinity::CoreId {
+                                    id: pin_core,
+                                })
+                            {
+                                tracing::debug!(core = pin_core, "could not pin worker thread");
+                            }
+                            lower_thread_priority(worker_nice);
+                            w.run()
                         }
-                        lower_thread_priority(worker_nice);
-                        w.run()
                     })?,
             );
             worker_queues.push(queues);
@@ -693,6 +711,7 @@ impl Pipeline {
             readers,
             workers: worker_handles,
             sinks: sink_handles,
+            panics,
             maintenance: Some(maintenance),
             totals,
             started: Instant::now(),
@@ -732,19 +751,15 @@ impl Pipeline {
     }
 
     /// Why the pipeline cannot go on: a reader ended on its own (a fatal socket error), or a
-    /// worker or sink thread did (only a panic ends them before shutdown). The daemon then
-    /// shuts down and exits with an error rather than run on with a queue nobody empties.
+    /// worker or sink thread panicked. The daemon then shuts down and exits with an error
+    /// rather than run on with a queue nobody empties.
     pub fn failed(&self) -> Option<String> {
         if let Some((name, _)) = self.readers.iter().find(|(_, h)| h.is_finished()) {
             return Some(format!("reader {name} stopped"));
         }
-        if let Some(core) = self.workers.iter().position(JoinHandle::is_finished) {
-            return Some(format!("worker {core} stopped (panicked)"));
-        }
-        if self.sinks.iter().any(JoinHandle::is_finished) {
-            return Some("a sink thread stopped (panicked)".into());
-        }
-        None
+        self.panics
+            .first()
+            .map(|thread| format!("{thread} panicked"))
     }
 
     /// Stops reading, drains every queue, writes every batch; returns the totals.
@@ -795,6 +810,40 @@ impl Pipeline {
     }
 }
 
+/// The names of the pipeline threads that panicked, so the daemon can stop instead of running
+/// on without them.
+#[derive(Clone, Default)]
+struct PanicWatch(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl PanicWatch {
+    /// Held by a thread for its whole life: records `thread` if it unwinds from a panic.
+    fn watch(&self, thread: String) -> PanicGuard {
+        PanicGuard {
+            watch: self.clone(),
+            thread,
+        }
+    }
+
+    fn first(&self) -> Option<String> {
+        let panics = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        panics.first().cloned()
+    }
+}
+
+struct PanicGuard {
+    watch: PanicWatch,
+    thread: String,
+}
+
+impl Drop for PanicGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut panics = self.watch.0.lock().unwrap_or_else(|p| p.into_inner());
+            panics.push(std::mem::take(&mut self.thread));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// This thread's nice value, as the kernel reports it in `/proc/thread-self/stat`.
@@ -803,6 +852,32 @@ mod tests {
         // Fields after the parenthesised command name; nice is field 19 of the whole line.
         let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
         after_comm.split(' ').nth(16).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn the_panic_watch_names_threads_that_panicked_and_only_those() {
+        let watch = super::PanicWatch::default();
+        let quiet = std::thread::spawn({
+            let watch = watch.clone();
+            move || {
+                let _w = watch.watch("worker 0".into());
+            }
+        });
+        quiet.join().unwrap();
+        assert_eq!(
+            watch.first(),
+            None,
+            "a thread that ends normally is no failure"
+        );
+        let failing = std::thread::spawn({
+            let watch = watch.clone();
+            move || {
+                let _w = watch.watch("worker 1".into());
+                panic!("a mapper bug");
+            }
+        });
+        assert!(failing.join().is_err());
+        assert_eq!(watch.first().as_deref(), Some("worker 1"));
     }
 
     #[test]

@@ -132,22 +132,30 @@ impl Client {
         })
     }
 
-    pub fn request_part(&self, endpoint: Endpoint, starttime_ms: i64) -> RequestPart {
+    pub fn request_part(
+        &self,
+        endpoint: Endpoint,
+        starttime_ms: i64,
+        endtime_ms: Option<i64>,
+    ) -> RequestPart {
         RequestPart::new(
             &self.prefix,
             endpoint.path(),
             starttime_ms,
+            endtime_ms,
             self.query.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         )
     }
 
-    /// One signed GET; the body of a 2xx answer, bounded by `max_response_bytes`.
+    /// One signed GET for the events from `starttime_ms` (to `endtime_ms`, when bounded); the
+    /// body of a 2xx answer, bounded by `max_response_bytes`.
     pub async fn fetch(
         &self,
         endpoint: Endpoint,
         starttime_ms: i64,
+        endtime_ms: Option<i64>,
     ) -> Result<Vec<u8>, FetchError> {
-        let part = self.request_part(endpoint, starttime_ms);
+        let part = self.request_part(endpoint, starttime_ms, endtime_ms);
         let url = part
             .url(&self.base)
             .map_err(|m| FetchError::new(ErrorKind::BadResponse, m))?;

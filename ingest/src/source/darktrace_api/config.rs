@@ -139,6 +139,9 @@ fn default_query() -> BTreeMap<String, String> {
     .collect()
 }
 
+/// Lowest `rate_limit_per_second`: one request a day.
+const MIN_RATE_PER_SECOND: f64 = 1.0 / 86_400.0;
+
 /// Characters a query key or value may hold so that the signed bytes equal the sent bytes
 /// without any percent-encoding (RFC 3986 unreserved, plus `,` and `:`).
 fn plain_query_text(s: &str) -> bool {
@@ -248,10 +251,14 @@ impl DarktraceApiConfig {
                 "must be at least initial_backoff_ms".into(),
             ));
         }
-        if !(self.rate_limit_per_second.is_finite() && self.rate_limit_per_second > 0.0) {
+        // The floor keeps the interval between requests (its inverse) a representable
+        // duration; a source that may poll less than daily is not a source.
+        if !(self.rate_limit_per_second.is_finite()
+            && self.rate_limit_per_second >= MIN_RATE_PER_SECOND)
+        {
             return Err((
                 "rate_limit_per_second".into(),
-                "must be a positive number".into(),
+                format!("must be a number of at least {MIN_RATE_PER_SECOND:e} (one request a day)"),
             ));
         }
         for (k, v) in &self.query {
@@ -274,5 +281,35 @@ impl DarktraceApiConfig {
             super::client::load_ca_bundle(path).map_err(|m| ("ca_file".to_owned(), m))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> DarktraceApiConfig {
+        toml::from_str(&format!(
+            "url = \"https://dt.example\"\npublic_token = \"p\"\nprivate_token = \"q\"\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_rate_limit_keeps_the_request_interval_representable() {
+        assert!(config("").validate().is_ok());
+        assert!(
+            config("rate_limit_per_second = 1.1574074074074073e-5")
+                .validate()
+                .is_ok(),
+            "one a day"
+        );
+        for rate in ["1e-20", "0.0", "-1.0", "nan", "inf"] {
+            let (key, message) = config(&format!("rate_limit_per_second = {rate}"))
+                .validate()
+                .unwrap_err();
+            assert_eq!(key, "rate_limit_per_second", "{rate}");
+            assert!(message.contains("one request a day"), "{rate}: {message}");
+        }
     }
 }

@@ -10,12 +10,15 @@
 //!
 //! Delivery is at-least-once with no gap: a crash between a spool commit and the checkpoint
 //! rename (one fsync) repeats that page once on restart; any other stop repeats nothing.
+//!
+//! A backlog too large for one answer is walked in bounded windows ([`window`]).
 
 pub mod checkpoint;
 pub mod client;
 pub mod config;
 pub mod page;
 pub mod signing;
+pub mod window;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +34,7 @@ use crate::pipeline::ack::{AckOutcome, AckToken};
 use checkpoint::{Checkpoint, CheckpointStore, Cursor};
 use client::{Client, ErrorKind, FetchError};
 pub use config::{DarktraceApiConfig, Endpoint};
+use window::Window;
 
 pub const POLLS: &str = "sluice_darktrace_api_polls_total";
 pub const EVENTS: &str = "sluice_darktrace_api_events_total";
@@ -58,6 +62,7 @@ struct EndpointPoller {
     endpoint: Endpoint,
     store: Arc<CheckpointStore>,
     cursor: Cursor,
+    window: Window,
 }
 
 /// A source ready to run: client built, checkpoints loaded.
@@ -102,6 +107,7 @@ impl DarktraceApiSource {
                 endpoint,
                 store,
                 cursor,
+                window: Window::default(),
             });
         }
         Ok(DarktraceApiSource {
@@ -129,6 +135,7 @@ impl DarktraceApiSource {
                 ..Default::default()
             },
             max_backoff: Duration::from_millis(self.config.max_backoff_ms),
+            max_response_bytes: self.config.max_response_bytes,
             ctx,
             commits: AtomicU64::new(0),
         });
@@ -171,9 +178,28 @@ struct Shared {
     poll_interval: Duration,
     backoff: crate::sink::runtime::RetryConfig,
     max_backoff: Duration,
+    max_response_bytes: usize,
     ctx: SourceContext,
     /// Numbers commits so the checkpoint store never writes an older one over a newer one.
     commits: AtomicU64,
+}
+
+/// What became of one answer.
+enum HandedOver {
+    /// Nothing new since the checkpoint: caught up.
+    Nothing,
+    /// A bounded window held nothing new: the checkpoint moved to its end (and was written,
+    /// unless the error says otherwise).
+    WindowPassed {
+        next: Cursor,
+        checkpoint_error: Option<String>,
+    },
+    /// `n` new events are on their way to the sinks; `next` once they are committed.
+    Sent {
+        waiting: tokio::sync::oneshot::Receiver<Committed>,
+        next: Cursor,
+        n: u64,
+    },
 }
 
 /// What the commit callback reports back to the polling task.
@@ -222,13 +248,21 @@ impl Shared {
                 return;
             }
             polls.increment(1);
+            let now = checkpoint::now_ms();
+            let endtime = p.window.end(p.cursor.time_ms, now);
             let fetched = tokio::select! {
-                r = self.client.fetch(p.endpoint, p.cursor.time_ms) => r,
+                r = self.client.fetch(p.endpoint, p.cursor.time_ms, endtime) => r,
                 _ = self.stopped() => return,
             };
-            let outcome = fetched.and_then(|body| self.hand_over(&mut p, &body, &duplicates));
+            if let Ok(body) = &fetched {
+                p.window
+                    .answered(endtime.is_some(), body.len(), self.max_response_bytes);
+            }
+            let outcome =
+                fetched.and_then(|body| self.hand_over(&mut p, &body, endtime, &duplicates));
+            let mut narrowed = false;
             let failure = match outcome {
-                Ok(None) => {
+                Ok(HandedOver::Nothing) => {
                     // Caught up: nothing new since the checkpoint.
                     failures = 0;
                     p.store.touch();
@@ -237,7 +271,21 @@ impl Shared {
                     }
                     continue;
                 }
-                Ok(Some((waiting, next, n))) => {
+                Ok(HandedOver::WindowPassed {
+                    next,
+                    checkpoint_error,
+                }) => {
+                    p.cursor = next;
+                    failures = 0;
+                    if let Some(message) = checkpoint_error {
+                        error(ErrorKind::CheckpointWrite);
+                        tracing::error!(source = %self.name, endpoint,
+                            "the checkpoint was not written: {message}; a restart now would ask \
+                             for an empty window again");
+                    }
+                    continue;
+                }
+                Ok(HandedOver::Sent { waiting, next, n }) => {
                     let committed = tokio::select! {
                         c = waiting => c.unwrap_or(Committed::No),
                         _ = self.stopped() => return,
@@ -264,10 +312,18 @@ impl Shared {
                         },
                     }
                 }
-                Err(e) => e,
+                Err(mut e) => {
+                    if matches!(e.kind, ErrorKind::ResponseTooLarge | ErrorKind::Timeout) {
+                        narrowed = self.narrow_window(&mut p, now, &mut e);
+                    }
+                    e
+                }
             };
             error(failure.kind);
             let delay = match failure.retry_after {
+                // Nothing is wrong with the appliance: the narrower request goes out at once
+                // (the rate limit still paces it).
+                _ if narrowed && failure.kind == ErrorKind::ResponseTooLarge => Duration::ZERO,
                 Some(after) => after.min(self.max_backoff),
                 None => self.backoff.backoff(failures),
             };
@@ -285,14 +341,34 @@ impl Shared {
         }
     }
 
-    /// Selects the new events of `body` and sends them to the worker. `None`: nothing new.
-    #[allow(clippy::type_complexity)]
+    /// An answer from the checkpoint on was too large or too slow: the next requests ask for
+    /// a narrower window, or, when none can be narrower, the message says what to change.
+    /// Returns whether it could.
+    fn narrow_window(&self, p: &mut EndpointPoller, now: i64, e: &mut FetchError) -> bool {
+        if p.window.narrow(p.cursor.time_ms, now) {
+            let span = p.window.span_ms().unwrap_or_default();
+            tracing::info!(source = %self.name, endpoint = p.endpoint.name(), starttime = p.cursor.time_ms,
+                span_s = span as f64 / 1000.0, "asking for a narrower time window (endtime) after: {}", e.message);
+            true
+        } else {
+            e.message.push_str(
+                "; the window from the checkpoint cannot be narrowed further (it is at its \
+                 minimum or reaches the last minutes): raise max_response_bytes or \
+                 request_timeout_ms",
+            );
+            false
+        }
+    }
+
+    /// Selects the new events of `body` (the answer for `starttime = checkpoint`, up to
+    /// `endtime` when bounded) and sends them to the worker.
     fn hand_over(
         &self,
         p: &mut EndpointPoller,
         body: &[u8],
+        endtime: Option<i64>,
         duplicates: &metrics::Counter,
-    ) -> Result<Option<(tokio::sync::oneshot::Receiver<Committed>, Cursor, u64)>, FetchError> {
+    ) -> Result<HandedOver, FetchError> {
         let events = page::parse(body, p.endpoint).map_err(|e| FetchError {
             kind: ErrorKind::BadResponse,
             message: e.to_string(),
@@ -305,7 +381,26 @@ impl Shared {
                 "events without a usable time field: taken, but they cannot be de-duplicated");
         }
         if selection.new.is_empty() {
-            return Ok(None);
+            let Some(end) = endtime.filter(|&end| end > p.cursor.time_ms) else {
+                return Ok(HandedOver::Nothing);
+            };
+            // Nothing new up to the window's end: the next window starts there. Events at
+            // exactly `end` were in this answer if the appliance counts `endtime` in, and are
+            // asked for again (`starttime` is inclusive) if not.
+            let next = Cursor {
+                time_ms: end,
+                ids_at_time: Default::default(),
+            };
+            let seq = self.commits.fetch_add(1, Ordering::Relaxed) + 1;
+            let checkpoint_error = p
+                .store
+                .commit(seq, &Checkpoint::new(p.endpoint, &next))
+                .err()
+                .map(|e| e.to_string());
+            return Ok(HandedOver::WindowPassed {
+                next,
+                checkpoint_error,
+            });
         }
         let mut batch = FrameBatch::reused(&self.ctx.recycled, self.ctx.source_index);
         batch.received_at = Some(Timestamp::now());
@@ -345,7 +440,11 @@ impl Shared {
                 retry_after: None,
             });
         }
-        Ok(Some((rx, selection.next, n)))
+        Ok(HandedOver::Sent {
+            waiting: rx,
+            next: selection.next,
+            n,
+        })
     }
 }
 

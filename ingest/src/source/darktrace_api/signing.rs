@@ -41,15 +41,20 @@ pub fn signature(
 pub struct RequestPart(String);
 
 impl RequestPart {
-    /// `prefix` is the base URL's path without a trailing `/` (empty for the usual root).
+    /// `prefix` is the base URL's path without a trailing `/` (empty for the usual root);
+    /// `endtime_ms`, when given, follows `starttime`.
     pub fn new<'a>(
         prefix: &str,
         path: &str,
         starttime_ms: i64,
+        endtime_ms: Option<i64>,
         extra: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> RequestPart {
         use std::fmt::Write;
         let mut s = format!("{prefix}{path}?starttime={starttime_ms}");
+        if let Some(end) = endtime_ms {
+            let _ = write!(s, "&endtime={end}");
+        }
         for (k, v) in extra {
             let _ = write!(s, "&{k}={v}");
         }
@@ -143,6 +148,7 @@ mod tests {
             "",
             "/modelbreaches",
             1_687_774_141_000,
+            None,
             [
                 ("includeallpinned", "false"),
                 ("historicmodelonly", "false"),
@@ -160,10 +166,13 @@ mod tests {
             format!("https://dt.example:8443{}", VECTORS[1].0)
         );
         // With a path prefix the prefix is part of what is signed.
-        let prefixed = RequestPart::new("/dt", "/modelbreaches", 1, []);
+        let prefixed = RequestPart::new("/dt", "/modelbreaches", 1, None, []);
         assert_eq!(prefixed.as_str(), "/dt/modelbreaches?starttime=1");
+        // A bounded window: `endtime` right after `starttime`, then the configured parameters.
+        let window = RequestPart::new("", "/modelbreaches", 1, Some(2), [("a", "b")]);
+        assert_eq!(window.as_str(), "/modelbreaches?starttime=1&endtime=2&a=b");
         // Bytes that URL parsing would re-encode are refused instead of signed wrongly.
-        let bad = RequestPart::new("", "/modelbreaches", 1, [("q", "a b")]);
+        let bad = RequestPart::new("", "/modelbreaches", 1, None, [("q", "a b")]);
         assert!(bad.url(&base).is_err());
     }
 
