@@ -496,17 +496,23 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
     fn drain_buffered(&mut self, deadline: Instant) {
         let mut buf = vec![0u8; 64 * 1024];
         for slot in 0..self.connections.len() {
-            let Some(conn) = self.connections[slot].as_mut() else {
+            let Some(conn) = self.connections[slot].as_ref() else {
                 continue;
             };
             if conn.armed || conn.closing {
                 continue;
             }
-            let fd = conn.stream.as_raw_fd();
             let mut total = 0usize;
             while Instant::now() < deadline {
-                // SAFETY: `fd` is the open socket of `conn`, which stays in its slot during
-                // this call; `buf` is a writable buffer of `buf.len()` bytes.
+                // `feed` can close the connection (a limit struck): its socket is closed then,
+                // and the descriptor's number may already name another file.
+                let Some(conn) = self.connections[slot].as_ref().filter(|c| !c.closing) else {
+                    break;
+                };
+                let fd = conn.stream.as_raw_fd();
+                // SAFETY: `fd` is the socket of the connection in `slot`, which keeps it open
+                // while it is there, and nothing between here and the call can take it out;
+                // `buf` is a writable buffer of `buf.len()` bytes.
                 let n = unsafe {
                     libc::recv(
                         fd,
