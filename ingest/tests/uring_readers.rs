@@ -806,6 +806,48 @@ fn shutdown_reads_the_listen_backlog(
     );
 }
 
+/// A stream that breaks its octet framing is counted the same way by both reader backends:
+/// `sluice_framing_errors_total`, not as dropped messages.
+#[test]
+fn tcp_framing_errors_count_the_same_on_both_backends() {
+    framing_error_counted(uring::run_tcp);
+    framing_error_counted(sluice::net::portable::run_tcp);
+}
+
+fn framing_error_counted(
+    run: impl FnOnce(TcpListener, ReaderContext) -> std::io::Result<()> + Send + 'static,
+) {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let mut h = harness(16, 64, FrameLimits::default());
+    let mut ctx = h.ctx.take().unwrap();
+    ctx.framing = Framing::Octet;
+    ctx.counters =
+        metrics::with_local_recorder(&recorder, || sluice::net::ReaderCounters::register("test"));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let reader = thread::spawn(move || run(listener, ctx));
+    let mut client = TcpStream::connect(addr).unwrap();
+    client
+        .write_all(b"5 hello12x broken count\n5 world")
+        .unwrap();
+    drop(client);
+    let mut frames = Vec::new();
+    while frames.len() < 2 {
+        let batch = h.batches.recv_timeout(Duration::from_secs(10)).unwrap();
+        frames.extend(batch.frames.iter().map(|f| batch.frame(f).to_vec()));
+    }
+    assert_eq!(frames, [b"hello".to_vec(), b"world".to_vec()]);
+    h.shutdown.store(true, Ordering::Relaxed);
+    reader.join().unwrap().unwrap();
+    let text = handle.render();
+    assert!(
+        text.contains("sluice_framing_errors_total{source=\"test\"} 1\n"),
+        "{text}"
+    );
+    assert!(!text.contains("framing_desync"), "{text}");
+}
+
 /// The open-connections gauge of a source, calling `on_release` with the count of releases so
 /// far each time a connection gives its slot back: the moment its socket has just been closed.
 struct SlotReleases<F> {

@@ -123,11 +123,7 @@ pub fn run_tcp_with<F: ConnectionFramer>(
         new_framer,
         error: None,
         cqes: Vec::with_capacity(256),
-        dropped_desync: metrics::counter!(
-            "sluice_dropped_messages_total",
-            "source" => ctx.source_name.to_string(),
-            "reason" => "framing_desync"
-        ),
+        framing_errors: ctx.counters.framing_errors.clone(),
         limit_log: RateLimit::new(Duration::from_secs(10)),
         refusal_log: RateLimit::new(Duration::from_secs(10)),
     };
@@ -231,7 +227,8 @@ struct TcpReader<'c, F, N> {
     cqes: Vec<cqueue::Entry>,
     /// A worker-queue failure seen inside a framer callback.
     error: Option<io::Error>,
-    dropped_desync: metrics::Counter,
+    /// Counted as the portable readers do: a desync skips bytes, not a known number of messages.
+    framing_errors: metrics::Counter,
     limit_log: RateLimit,
     refusal_log: RateLimit,
 }
@@ -612,7 +609,7 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
             Self::run_framer(
                 &mut self.handoff,
                 &mut self.error,
-                &self.dropped_desync,
+                &self.framing_errors,
                 self.ctx,
                 peer,
                 |emit| framer.finish(emit),
@@ -625,7 +622,7 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
         Self::run_framer(
             &mut self.handoff,
             &mut self.error,
-            &self.dropped_desync,
+            &self.framing_errors,
             self.ctx,
             peer,
             |emit| conn.framer.finish(emit),
@@ -655,7 +652,7 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
         conn.completed += Self::run_framer(
             &mut self.handoff,
             &mut self.error,
-            &self.dropped_desync,
+            &self.framing_errors,
             self.ctx,
             peer,
             |emit| framer.feed(data, emit),
@@ -722,7 +719,7 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
     fn run_framer(
         handoff: &mut Handoff,
         error: &mut Option<io::Error>,
-        dropped_desync: &metrics::Counter,
+        framing_errors: &metrics::Counter,
         ctx: &ReaderContext,
         peer: Option<SocketAddr>,
         run: impl FnOnce(&mut dyn FnMut(FrameEvent<'_>)),
@@ -742,7 +739,7 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
                 handoff.rejected_oversize()
             }
             FrameEvent::Desync { skipped } => {
-                dropped_desync.increment(1);
+                framing_errors.increment(1);
                 tracing::warn!(source = %ctx.source_name, ?peer, skipped, "framing error; skipped to the next line");
             }
         };
