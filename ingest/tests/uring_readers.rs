@@ -806,6 +806,45 @@ fn shutdown_reads_the_listen_backlog(
     );
 }
 
+/// Empty datagrams, or only LF / CR / NUL, carry no message: both reader backends skip them,
+/// count their bytes as received and no message.
+#[test]
+fn udp_empty_datagrams_are_skipped_alike_on_both_backends() {
+    empty_datagrams_skipped(uring::run_udp);
+    empty_datagrams_skipped(sluice::net::portable::run_udp);
+}
+
+fn empty_datagrams_skipped(
+    run: impl FnOnce(UdpSocket, ReaderContext) -> std::io::Result<()> + Send + 'static,
+) {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let mut h = harness(16, 64, FrameLimits::default());
+    let mut ctx = h.ctx.take().unwrap();
+    ctx.counters =
+        metrics::with_local_recorder(&recorder, || sluice::net::ReaderCounters::register("test"));
+    let rx = udp_socket(1 << 20);
+    let target = rx.local_addr().unwrap();
+    let reader = thread::spawn(move || run(rx, ctx));
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for d in [&b""[..], b"\n", b"\r\n\0", b"real\n"] {
+        tx.send_to(d, target).unwrap();
+    }
+    let batch = h.batches.recv_timeout(Duration::from_secs(10)).unwrap();
+    let frames: Vec<&[u8]> = batch.frames.iter().map(|f| batch.frame(f)).collect();
+    assert_eq!(frames, [&b"real"[..]]);
+    h.shutdown.store(true, Ordering::Relaxed);
+    reader.join().unwrap().unwrap();
+    assert!(h.batches.try_recv().is_err(), "nothing else handed over");
+    let text = handle.render();
+    for series in [
+        "sluice_received_messages_total{source=\"test\"} 1\n",
+        "sluice_received_bytes_total{source=\"test\"} 9\n",
+    ] {
+        assert!(text.contains(series), "{series}{text}");
+    }
+}
+
 /// A stream that breaks its octet framing is counted the same way by both reader backends:
 /// `sluice_framing_errors_total`, not as dropped messages.
 #[test]

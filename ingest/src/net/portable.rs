@@ -230,12 +230,13 @@ pub fn run_udp(socket: UdpSocket, mut ctx: ReaderContext) -> std::io::Result<()>
                 continue;
             }
             let payload = bufs.payload(i);
+            handoff.received_bytes(payload.len());
             let message = crate::frame::datagram(payload);
             if message.is_empty() {
-                // An empty datagram carries no message (keep-alives from some senders).
+                // No message (keep-alives from some senders): a worker would only make an
+                // empty event of it. Its bytes were received all the same.
                 continue;
             }
-            handoff.received_bytes(payload.len());
             let cut = bufs.truncated(i);
             if cut && ctx.limits.oversize == OversizePolicy::Reject {
                 handoff.rejected_oversize();
