@@ -871,6 +871,123 @@ fn hostile_clients_tls() {
     hostile("tls", "auto");
 }
 
+/// How often a trickling client sends its next byte: well inside the readers' 50 ms poll, so
+/// every socket read the daemon makes brings a byte.
+const TRICKLE_EVERY: Duration = Duration::from_millis(20);
+
+/// Writes `bytes` one at a time, one every [`TRICKLE_EVERY`], until a write fails (the daemon
+/// hung up) or `give_up` has passed; how long the daemon let it go on, `None` if it never hung up.
+fn trickle(mut tcp: TcpStream, bytes: &[u8], give_up: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    for byte in bytes {
+        if tcp.write_all(std::slice::from_ref(byte)).is_err() {
+            return Some(started.elapsed());
+        }
+        if started.elapsed() >= give_up {
+            return None;
+        }
+        std::thread::sleep(TRICKLE_EVERY);
+    }
+    None
+}
+
+/// A ClientHello that announces 16 KiB and never gets there: rustls waits for the whole record.
+fn endless_client_hello() -> Vec<u8> {
+    let mut hello = vec![
+        0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0x00, 0x3f, 0xfc, 0x03, 0x03,
+    ];
+    hello.resize(5 + 0x4000, 0x5a);
+    hello
+}
+
+/// A finished handshake, then one 16 KiB application record to trickle: the client's TCP
+/// stream and the record's bytes.
+fn session_with_endless_record(pki: &Pki, to: SocketAddr) -> (TcpStream, Vec<u8>) {
+    let config = tls_client_config(pki, None);
+    let mut stream = tls_connect(&config, "127.0.0.1", to).unwrap();
+    stream.conn.writer().write_all(&[b'x'; 16_000]).unwrap();
+    let mut record = Vec::new();
+    while stream.conn.wants_write() {
+        stream.conn.write_tls(&mut record).unwrap();
+    }
+    (stream.sock, record)
+}
+
+/// Clients that trickle a byte every 20 ms and never complete a TLS record: one in its
+/// ClientHello, one in its first record after the handshake. rustls reads on for as long as
+/// bytes come, so without a bound of our own around its reads neither limit ever struck.
+#[test]
+fn tls_tricklers_are_cut_off_at_the_handshake_and_idle_limits() {
+    let (dir, pki) = server_pki();
+    // idle_timeout_secs also bounds the handshake (to 1 s here instead of 10).
+    let daemon = Daemon::start(dir, "", &tls_source(&pki, "idle_timeout_secs = 1\n"));
+    let addr = daemon.addr("tls");
+    let give_up = Duration::from_secs(20);
+    let (session, record) = session_with_endless_record(&pki, addr);
+    let in_session = std::thread::spawn(move || trickle(session, &record, give_up));
+    let handshake = connect_from("127.0.0.1", addr).unwrap();
+    let in_handshake =
+        std::thread::spawn(move || trickle(handshake, &endless_client_hello(), give_up));
+    for (what, thread) in [("handshake", in_handshake), ("session", in_session)] {
+        let lasted = thread.join().unwrap();
+        // 1 s limit, plus a poll or two to notice and the client's next write to fail.
+        assert!(
+            lasted.is_some_and(|t| t < Duration::from_secs(4)),
+            "trickling client in its {what} was served for {lasted:?} (limit 1 s)\n--- log\n{}",
+            daemon.log()
+        );
+    }
+    daemon.wait_until("both counted", Duration::from_secs(10), |t| {
+        metric_value(
+            t,
+            "sluice_connections_refused_total",
+            &[("source", "tls"), ("reason", "tls_handshake")],
+        ) == 1
+            && metric_value(
+                t,
+                "sluice_connections_closed_total",
+                &[("source", "tls"), ("reason", "idle")],
+            ) == 1
+            && metric_value(t, "sluice_tcp_connections_open", &[("source", "tls")]) == 0
+    });
+}
+
+/// Connection threads are joined at shutdown: one held inside rustls by a trickling client
+/// held the daemon's exit up for as long as the client went on.
+#[test]
+fn shutdown_does_not_wait_for_trickling_tls_clients() {
+    let (dir, pki) = server_pki();
+    // Default limits: 10 s for the handshake, 600 s idle; shutdown must not wait for either.
+    let mut daemon = Daemon::start(dir, "", &tls_source(&pki, ""));
+    let addr = daemon.addr("tls");
+    let give_up = Duration::from_secs(30);
+    let (session, record) = session_with_endless_record(&pki, addr);
+    let in_session = std::thread::spawn(move || trickle(session, &record, give_up));
+    let handshake = connect_from("127.0.0.1", addr).unwrap();
+    let in_handshake =
+        std::thread::spawn(move || trickle(handshake, &endless_client_hello(), give_up));
+    daemon.wait_until("both connections open", Duration::from_secs(10), |t| {
+        metric_value(t, "sluice_tcp_connections_open", &[("source", "tls")]) == 2
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let asked = Instant::now();
+    daemon_support::stop_cleanly(&mut daemon.child, &daemon.log, Duration::from_secs(8));
+    let took = asked.elapsed();
+    for (what, thread) in [("handshake", in_handshake), ("session", in_session)] {
+        let lasted = thread.join().unwrap();
+        assert!(
+            lasted.is_some(),
+            "trickling client in its {what} still served after the daemon exited"
+        );
+    }
+    // The exit itself: queues drained, files written; no connection held it.
+    assert!(
+        took < Duration::from_secs(5),
+        "exit took {took:?}\n--- log\n{}",
+        daemon.log()
+    );
+}
+
 #[test]
 fn udp_allowlist_drops_and_counts_other_senders() {
     let dir = tempfile::tempdir().unwrap();

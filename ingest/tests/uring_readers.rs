@@ -806,6 +806,219 @@ fn shutdown_reads_the_listen_backlog(
     );
 }
 
+/// Empty datagrams, or only LF / CR / NUL, carry no message: both reader backends skip them,
+/// count their bytes as received and no message.
+#[test]
+fn udp_empty_datagrams_are_skipped_alike_on_both_backends() {
+    empty_datagrams_skipped(uring::run_udp);
+    empty_datagrams_skipped(sluice::net::portable::run_udp);
+}
+
+fn empty_datagrams_skipped(
+    run: impl FnOnce(UdpSocket, ReaderContext) -> std::io::Result<()> + Send + 'static,
+) {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let mut h = harness(16, 64, FrameLimits::default());
+    let mut ctx = h.ctx.take().unwrap();
+    ctx.counters =
+        metrics::with_local_recorder(&recorder, || sluice::net::ReaderCounters::register("test"));
+    let rx = udp_socket(1 << 20);
+    let target = rx.local_addr().unwrap();
+    let reader = thread::spawn(move || run(rx, ctx));
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for d in [&b""[..], b"\n", b"\r\n\0", b"real\n"] {
+        tx.send_to(d, target).unwrap();
+    }
+    let batch = h.batches.recv_timeout(Duration::from_secs(10)).unwrap();
+    let frames: Vec<&[u8]> = batch.frames.iter().map(|f| batch.frame(f)).collect();
+    assert_eq!(frames, [&b"real"[..]]);
+    h.shutdown.store(true, Ordering::Relaxed);
+    reader.join().unwrap().unwrap();
+    assert!(h.batches.try_recv().is_err(), "nothing else handed over");
+    let text = handle.render();
+    for series in [
+        "sluice_received_messages_total{source=\"test\"} 1\n",
+        "sluice_received_bytes_total{source=\"test\"} 9\n",
+    ] {
+        assert!(text.contains(series), "{series}{text}");
+    }
+}
+
+/// A stream that breaks its octet framing is counted the same way by both reader backends:
+/// `sluice_framing_errors_total`, not as dropped messages.
+#[test]
+fn tcp_framing_errors_count_the_same_on_both_backends() {
+    framing_error_counted(uring::run_tcp);
+    framing_error_counted(sluice::net::portable::run_tcp);
+}
+
+fn framing_error_counted(
+    run: impl FnOnce(TcpListener, ReaderContext) -> std::io::Result<()> + Send + 'static,
+) {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let mut h = harness(16, 64, FrameLimits::default());
+    let mut ctx = h.ctx.take().unwrap();
+    ctx.framing = Framing::Octet;
+    ctx.counters =
+        metrics::with_local_recorder(&recorder, || sluice::net::ReaderCounters::register("test"));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let reader = thread::spawn(move || run(listener, ctx));
+    let mut client = TcpStream::connect(addr).unwrap();
+    client
+        .write_all(b"5 hello12x broken count\n5 world")
+        .unwrap();
+    drop(client);
+    let mut frames = Vec::new();
+    while frames.len() < 2 {
+        let batch = h.batches.recv_timeout(Duration::from_secs(10)).unwrap();
+        frames.extend(batch.frames.iter().map(|f| batch.frame(f).to_vec()));
+    }
+    assert_eq!(frames, [b"hello".to_vec(), b"world".to_vec()]);
+    h.shutdown.store(true, Ordering::Relaxed);
+    reader.join().unwrap().unwrap();
+    let text = handle.render();
+    assert!(
+        text.contains("sluice_framing_errors_total{source=\"test\"} 1\n"),
+        "{text}"
+    );
+    assert!(!text.contains("framing_desync"), "{text}");
+}
+
+/// The open-connections gauge of a source, calling `on_release` with the count of releases so
+/// far each time a connection gives its slot back: the moment its socket has just been closed.
+struct SlotReleases<F> {
+    released: AtomicU64,
+    on_release: F,
+}
+
+impl<F: Fn(u64) + Send + Sync + 'static> metrics::GaugeFn for SlotReleases<F> {
+    fn increment(&self, _: f64) {}
+
+    fn decrement(&self, _: f64) {
+        (self.on_release)(self.released.fetch_add(1, Ordering::Relaxed) + 1);
+    }
+
+    fn set(&self, _: f64) {}
+}
+
+/// A recorder that hands out `gauge` for every gauge and records nothing else.
+struct GaugeRecorder(metrics::Gauge);
+
+impl metrics::Recorder for GaugeRecorder {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        metrics::Counter::noop()
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        self.0.clone()
+    }
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+/// At shutdown the io_uring reader reads what the kernel holds for each connection; framing it
+/// can close the connection (here: its unfinished line outgrows max_frame_backlog_bytes), and
+/// with it its socket. The reader must stop there: the descriptor's number is free at once,
+/// and a file opened meanwhile (here by the slot's release, on the reader's own thread, so
+/// that it surely gets the number) was read as if it were the connection.
+#[test]
+fn tcp_shutdown_drain_stops_at_a_connection_a_limit_closed() {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    use std::sync::Mutex;
+
+    let (mut bait_writer, mut bait) = UnixStream::pair().unwrap();
+    bait_writer.write_all(b"not the connection's\n").unwrap();
+    let bait_handle = bait.try_clone().unwrap();
+    let opened: Arc<Mutex<Vec<UnixStream>>> = Arc::default();
+    let opened_by_release = opened.clone();
+    // Release 1: the connection holding the one slot; release 2: the backlog connection the
+    // limit closes while it is drained. A new descriptor takes the lowest free number.
+    let gauge = metrics::Gauge::from_arc(Arc::new(SlotReleases {
+        released: AtomicU64::new(0),
+        on_release: move |n| {
+            if n == 2 {
+                let copy = bait_handle.try_clone().unwrap();
+                opened_by_release.lock().unwrap().push(copy);
+            }
+        },
+    }));
+    let limits = sluice::net::guard::ConnectionLimits {
+        max_frame_backlog_bytes: 1000,
+        ..sluice::net::guard::ConnectionLimits::UNLIMITED
+    };
+    let guard = metrics::with_local_recorder(&GaugeRecorder(gauge), || {
+        sluice::net::guard::ConnectionGuard::new("test", Default::default(), limits)
+    });
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut h = harness(64, 256, FrameLimits::default());
+    let mut ctx = h.ctx.take().unwrap();
+    ctx.guard = guard;
+    let frame_limits = ctx.limits;
+    let reader = thread::spawn(move || {
+        let options = UringOptions {
+            max_connections: 1,
+            ..Default::default()
+        };
+        uring::run_tcp_with(listener, ctx, &options, move || {
+            sluice::frame::StreamFramer::new(Framing::Lf, frame_limits)
+        })
+    });
+    // Takes the one slot, so the next connection is only read by the shutdown drain.
+    let mut first = TcpStream::connect(addr).unwrap();
+    first.write_all(b"first\n").unwrap();
+    let batch = h.batches.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(batch.frames.len(), 1);
+    let mut second = TcpStream::connect(addr).unwrap();
+    second.write_all(&[b'z'; 5000]).unwrap();
+    thread::sleep(Duration::from_millis(200));
+    h.shutdown.store(true, Ordering::Relaxed);
+    reader.join().unwrap().unwrap();
+    drop((first, second));
+    assert_eq!(
+        opened.lock().unwrap().len(),
+        1,
+        "the limit closed the connection"
+    );
+    drop(bait_writer);
+    let mut left = String::new();
+    bait.read_to_string(&mut left).unwrap();
+    assert_eq!(
+        left, "not the connection's\n",
+        "the reader read a descriptor opened after the connection's socket was closed"
+    );
+}
+
 /// The production entry point with the real framer: octet counting and LF on parallel
 /// connections (framing `auto` detects each), every message once and in order.
 #[test]

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 /// At most one kernel-drop warning per socket this often.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
-use crossbeam::channel::{Receiver, Sender};
+use crossbeam::channel::{Receiver, Sender, TrySendError};
 
 use crate::event::Timestamp;
 use crate::frame::{FrameEvent, FrameLimits, Framing, OversizePolicy, StreamFramer};
@@ -230,12 +230,13 @@ pub fn run_udp(socket: UdpSocket, mut ctx: ReaderContext) -> std::io::Result<()>
                 continue;
             }
             let payload = bufs.payload(i);
+            handoff.received_bytes(payload.len());
             let message = crate::frame::datagram(payload);
             if message.is_empty() {
-                // An empty datagram carries no message (keep-alives from some senders).
+                // No message (keep-alives from some senders): a worker would only make an
+                // empty event of it. Its bytes were received all the same.
                 continue;
             }
-            handoff.received_bytes(payload.len());
             let cut = bufs.truncated(i);
             if cut && ctx.limits.oversize == OversizePolicy::Reject {
                 handoff.rejected_oversize();
@@ -271,6 +272,25 @@ pub(crate) struct ConnectionContext {
     pub(crate) guard: Arc<ConnectionGuard>,
 }
 
+impl ConnectionContext {
+    pub(crate) fn of(ctx: &ReaderContext) -> Self {
+        ConnectionContext {
+            source_index: ctx.source_index,
+            source_name: ctx.source_name.clone(),
+            core: ctx.core,
+            pin: ctx.pin,
+            limits: ctx.limits,
+            framing: ctx.framing,
+            batch_max_frames: ctx.batch_max_frames.max(1),
+            to_worker: ctx.to_worker.clone(),
+            recycled: ctx.recycled.clone(),
+            shutdown: ctx.shutdown.clone(),
+            counters: ctx.counters.clone(),
+            guard: ctx.guard.clone(),
+        }
+    }
+}
+
 /// Accepts connections until shutdown, then waits for every connection thread to hand over
 /// what it has read.
 pub fn run_tcp(listener: TcpListener, ctx: ReaderContext) -> std::io::Result<()> {
@@ -296,20 +316,7 @@ where
 {
     listener.set_nonblocking(true)?;
     let serve = Arc::new(serve);
-    let shared = ConnectionContext {
-        source_index: ctx.source_index,
-        source_name: ctx.source_name.clone(),
-        core: ctx.core,
-        pin: ctx.pin,
-        limits: ctx.limits,
-        framing: ctx.framing,
-        batch_max_frames: ctx.batch_max_frames.max(1),
-        to_worker: ctx.to_worker,
-        recycled: ctx.recycled,
-        shutdown: ctx.shutdown,
-        counters: ctx.counters,
-        guard: ctx.guard,
-    };
+    let shared = ConnectionContext::of(&ctx);
     let open = Arc::new(AtomicUsize::new(0));
     let mut connections: Vec<std::thread::JoinHandle<()>> = Vec::new();
     let mut full_logged = false;
@@ -476,7 +483,7 @@ pub(crate) fn read_stream<S: Read>(
                     || batch.data.len() >= READER_BATCH_MAX_BYTES;
                 if (full || n < buf.len())
                     && !batch.is_empty()
-                    && !hand_over(&mut batch, ctx, &mut stats)
+                    && !hand_over(&mut batch, ctx, &mut stats, &mut watch)
                 {
                     return Ok(StreamEnd::Closed);
                 }
@@ -491,7 +498,7 @@ pub(crate) fn read_stream<S: Read>(
                     // Nothing more buffered: the drain is complete.
                     break Ok(StreamEnd::Closed);
                 }
-                if !batch.is_empty() && !hand_over(&mut batch, ctx, &mut stats) {
+                if !batch.is_empty() && !hand_over(&mut batch, ctx, &mut stats, &mut watch) {
                     return Ok(StreamEnd::Closed);
                 }
             }
@@ -515,7 +522,7 @@ pub(crate) fn read_stream<S: Read>(
     // Whatever arrived of an unfinished message is kept (marked truncated where it applies).
     framer.finish(&mut |ev| collect(ev, &mut batch, peer, &mut stats));
     if !batch.is_empty() {
-        hand_over(&mut batch, ctx, &mut stats);
+        hand_over(&mut batch, ctx, &mut stats, &mut watch);
     }
     stats.flush(&ctx.counters);
     result
@@ -589,11 +596,27 @@ fn collect(
 
 /// Sends the batch (blocking while the queue is full) and starts a new one. False when the
 /// pipeline is gone.
-fn hand_over(batch: &mut FrameBatch, ctx: &ConnectionContext, stats: &mut FrameStats) -> bool {
+fn hand_over(
+    batch: &mut FrameBatch,
+    ctx: &ConnectionContext,
+    stats: &mut FrameStats,
+    watch: &mut StallWatch,
+) -> bool {
     stats.flush(&ctx.counters);
     let next = FrameBatch::reused(&ctx.recycled, ctx.source_index);
     let full = std::mem::replace(batch, next);
-    ctx.to_worker.send(full).is_ok()
+    match ctx.to_worker.try_send(full) {
+        Ok(()) => true,
+        Err(TrySendError::Full(full)) => {
+            let blocked = Instant::now();
+            let sent = ctx.to_worker.send(full).is_ok();
+            // The connection was not read meanwhile: a sender that kept sending into its
+            // socket buffer would otherwise be closed as idle over data it saw acknowledged.
+            watch.postpone(blocked.elapsed());
+            sent
+        }
+        Err(TrySendError::Disconnected(_)) => false,
+    }
 }
 
 #[cfg(test)]
@@ -669,6 +692,61 @@ mod tests {
             self.shutdown.store(true, Ordering::Relaxed);
             self.reader.join().unwrap().unwrap();
         }
+    }
+
+    /// A connection whose reader waits on a full worker queue is not read meanwhile: its
+    /// sender goes on into the socket buffer, and the wait must not count as its idleness.
+    #[test]
+    fn time_blocked_on_a_full_worker_queue_is_not_idleness() {
+        use crate::net::guard::{Allowlist, ConnectionGuard, ConnectionLimits};
+        use std::io::Write;
+        let idle = Duration::from_millis(400);
+        let (tx, rx) = bounded(1);
+        let (_recycle, recycled) = bounded(4);
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let mut reader = context(tx.clone(), recycled, shutdown.clone());
+        reader.limits.max_frame_bytes = 2048;
+        reader.batch_max_frames = 512;
+        let limits = ConnectionLimits {
+            idle_timeout: Some(idle),
+            ..ConnectionLimits::UNLIMITED
+        };
+        reader.guard = ConnectionGuard::new("idle", Allowlist::default(), limits);
+        let conn = ConnectionContext::of(&reader);
+        // The worker is busy: its queue is full.
+        tx.send(FrameBatch::default()).unwrap();
+
+        let (listener, _) = crate::net::bind_tcp("127.0.0.1:0".parse().unwrap(), 4 << 20).unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, peer) = listener.accept().unwrap();
+        server.set_nonblocking(false).unwrap();
+        server.set_read_timeout(Some(SHUTDOWN_POLL)).unwrap();
+        // Exactly one read's worth of whole messages, all in the socket before the reader
+        // starts: the first read completes them and keeps the batch for the next hand-over,
+        // the next read finds nothing and hands it over, into the full queue.
+        let line = format!("{}\n", "m".repeat(1023));
+        client
+            .write_all(line.repeat(TCP_READ_BYTES / line.len()).as_bytes())
+            .unwrap();
+        let mut probe = vec![0u8; TCP_READ_BYTES];
+        while server.peek(&mut probe).unwrap() < TCP_READ_BYTES {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let reading = std::thread::spawn(move || read_stream(&mut server, peer, &conn));
+        std::thread::sleep(3 * idle);
+        rx.recv().unwrap();
+        let held = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(held.len(), TCP_READ_BYTES / line.len());
+        client.write_all(b"after the wait\n").unwrap();
+        match rx.recv_timeout(Duration::from_secs(2)) {
+            Ok(b) => assert_eq!(b.frame(&b.frames[0]), b"after the wait"),
+            Err(_) => panic!(
+                "the connection was not read on after the wait: {:?}",
+                reading.join().unwrap()
+            ),
+        }
+        shutdown.store(true, Ordering::Relaxed);
+        assert_eq!(reading.join().unwrap().unwrap(), StreamEnd::Closed);
     }
 
     #[test]

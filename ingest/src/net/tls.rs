@@ -7,7 +7,7 @@
 //! on SIGHUP: each new connection takes the server config current at its accept, established
 //! sessions keep theirs.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -243,9 +243,57 @@ pub fn run_tls(
     })
 }
 
+/// The TCP side of a TLS connection as rustls sees it: reads fail with `TimedOut` from `until`
+/// on.
+///
+/// rustls reads until it has what it waits for: `complete_io` goes on through the handshake,
+/// and `StreamOwned::read` until a whole record is in, as long as each socket read brings a
+/// byte, so the socket's read timeout ([`SHUTDOWN_POLL`]) alone never hands control back while
+/// a client trickles bytes faster than that. The handshake deadline, the idle limit and
+/// shutdown would all wait for a record that may never end (a handshake record can be 64 KiB,
+/// ten minutes at a byte every 10 ms). Failing a read mid-record loses nothing: rustls keeps
+/// what it read in its own buffer and goes on from there on the next call.
+struct Paced {
+    tcp: TcpStream,
+    until: Instant,
+}
+
+impl Read for Paced {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // Checked before the read, never after: bytes taken off the socket must reach rustls.
+        // One socket read can still add up to its own timeout (SHUTDOWN_POLL).
+        if Instant::now() >= self.until {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for Paced {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+/// A TLS session after its handshake, read the way [`portable::read_stream`] expects of a
+/// stream: each call waits about one [`SHUTDOWN_POLL`] at most, whether or not bytes trickle
+/// in meanwhile.
+struct Session(rustls::StreamOwned<ServerConnection, Paced>);
+
+impl Read for Session {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.sock.until = Instant::now() + SHUTDOWN_POLL;
+        self.0.read(buf)
+    }
+}
+
 fn serve(
     acceptor: &TlsAcceptor,
-    mut tcp: TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
     ctx: &ConnectionContext,
 ) -> io::Result<()> {
@@ -260,11 +308,23 @@ fn serve(
         .idle_timeout
         .map_or(HANDSHAKE_TIMEOUT, |idle| idle.min(HANDSHAKE_TIMEOUT));
     let deadline = Instant::now() + timeout;
+    let mut sock = Paced {
+        tcp,
+        until: deadline,
+    };
     while tls.is_handshaking() {
         if ctx.shutdown.load(Ordering::Relaxed) {
             return Ok(());
         }
-        match tls.complete_io(&mut tcp) {
+        let now = Instant::now();
+        if now >= deadline {
+            ctx.guard.refused(Refusal::TlsHandshake);
+            tracing::debug!(source = %ctx.source_name, %peer, "TLS handshake timed out");
+            return Ok(());
+        }
+        // Back here within a poll, to look at shutdown and the deadline.
+        sock.until = deadline.min(now + SHUTDOWN_POLL);
+        match tls.complete_io(&mut sock) {
             Ok(_) => {}
             Err(e)
                 if matches!(
@@ -272,14 +332,7 @@ fn serve(
                     io::ErrorKind::WouldBlock
                         | io::ErrorKind::TimedOut
                         | io::ErrorKind::Interrupted
-                ) =>
-            {
-                if Instant::now() >= deadline {
-                    ctx.guard.refused(Refusal::TlsHandshake);
-                    tracing::debug!(source = %ctx.source_name, %peer, "TLS handshake timed out");
-                    return Ok(());
-                }
-            }
+                ) => {}
             Err(e) => {
                 // rustls has already tried to send the alert that explains the failure.
                 ctx.guard.refused(Refusal::TlsHandshake);
@@ -288,8 +341,11 @@ fn serve(
             }
         }
     }
-    let mut stream = rustls::StreamOwned::new(tls, tcp);
+    let mut stream = Session(rustls::StreamOwned::new(tls, sock));
     let ended = portable::read_stream(&mut stream, peer, ctx);
+    let stream = &mut stream.0;
+    // Only the close_notify is sent; nothing is waited for from the client.
+    stream.sock.until = Instant::now();
     stream.conn.send_close_notify();
     let _ = stream.conn.complete_io(&mut stream.sock);
     let _ = stream.sock.flush();

@@ -123,11 +123,7 @@ pub fn run_tcp_with<F: ConnectionFramer>(
         new_framer,
         error: None,
         cqes: Vec::with_capacity(256),
-        dropped_desync: metrics::counter!(
-            "sluice_dropped_messages_total",
-            "source" => ctx.source_name.to_string(),
-            "reason" => "framing_desync"
-        ),
+        framing_errors: ctx.counters.framing_errors.clone(),
         limit_log: RateLimit::new(Duration::from_secs(10)),
         refusal_log: RateLimit::new(Duration::from_secs(10)),
     };
@@ -231,7 +227,8 @@ struct TcpReader<'c, F, N> {
     cqes: Vec<cqueue::Entry>,
     /// A worker-queue failure seen inside a framer callback.
     error: Option<io::Error>,
-    dropped_desync: metrics::Counter,
+    /// Counted as the portable readers do: a desync skips bytes, not a known number of messages.
+    framing_errors: metrics::Counter,
     limit_log: RateLimit,
     refusal_log: RateLimit,
 }
@@ -496,17 +493,23 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
     fn drain_buffered(&mut self, deadline: Instant) {
         let mut buf = vec![0u8; 64 * 1024];
         for slot in 0..self.connections.len() {
-            let Some(conn) = self.connections[slot].as_mut() else {
+            let Some(conn) = self.connections[slot].as_ref() else {
                 continue;
             };
             if conn.armed || conn.closing {
                 continue;
             }
-            let fd = conn.stream.as_raw_fd();
             let mut total = 0usize;
             while Instant::now() < deadline {
-                // SAFETY: `fd` is the open socket of `conn`, which stays in its slot during
-                // this call; `buf` is a writable buffer of `buf.len()` bytes.
+                // `feed` can close the connection (a limit struck): its socket is closed then,
+                // and the descriptor's number may already name another file.
+                let Some(conn) = self.connections[slot].as_ref().filter(|c| !c.closing) else {
+                    break;
+                };
+                let fd = conn.stream.as_raw_fd();
+                // SAFETY: `fd` is the socket of the connection in `slot`, which keeps it open
+                // while it is there, and nothing between here and the call can take it out;
+                // `buf` is a writable buffer of `buf.len()` bytes.
                 let n = unsafe {
                     libc::recv(
                         fd,
@@ -606,7 +609,7 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
             Self::run_framer(
                 &mut self.handoff,
                 &mut self.error,
-                &self.dropped_desync,
+                &self.framing_errors,
                 self.ctx,
                 peer,
                 |emit| framer.finish(emit),
@@ -619,7 +622,7 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
         Self::run_framer(
             &mut self.handoff,
             &mut self.error,
-            &self.dropped_desync,
+            &self.framing_errors,
             self.ctx,
             peer,
             |emit| conn.framer.finish(emit),
@@ -649,7 +652,7 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
         conn.completed += Self::run_framer(
             &mut self.handoff,
             &mut self.error,
-            &self.dropped_desync,
+            &self.framing_errors,
             self.ctx,
             peer,
             |emit| framer.feed(data, emit),
@@ -716,7 +719,7 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
     fn run_framer(
         handoff: &mut Handoff,
         error: &mut Option<io::Error>,
-        dropped_desync: &metrics::Counter,
+        framing_errors: &metrics::Counter,
         ctx: &ReaderContext,
         peer: Option<SocketAddr>,
         run: impl FnOnce(&mut dyn FnMut(FrameEvent<'_>)),
@@ -736,7 +739,7 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
                 handoff.rejected_oversize()
             }
             FrameEvent::Desync { skipped } => {
-                dropped_desync.increment(1);
+                framing_errors.increment(1);
                 tracing::warn!(source = %ctx.source_name, ?peer, skipped, "framing error; skipped to the next line");
             }
         };

@@ -268,6 +268,11 @@ impl UdpReader<'_> {
         self.handoff
             .received_bytes(out.incoming_payload_len() as usize);
         let frame = datagram(out.payload_data());
+        if frame.is_empty() {
+            // No message (keep-alives from some senders): a worker would only make an empty
+            // event of it. Its bytes were received all the same.
+            return false;
+        }
         let limits = self.ctx.limits;
         if out.is_payload_truncated() || frame.len() > limits.max_frame_bytes {
             match limits.oversize {
