@@ -229,10 +229,13 @@ struct Column {
     prefix: [u8; 48],
     /// Length of `,"Name":`.
     key_len: u8,
+    /// The same for every key of the column (`src`, `sourceAddress`): a row holds each
+    /// column once (see [`WrittenColumns`]).
+    slot: u8,
 }
 
 impl Column {
-    fn new((name, ty): (&'static str, Type)) -> Column {
+    fn new((name, ty): (&'static str, Type), slot: u8) -> Column {
         let text = format!(",\"{name}\":\"");
         let mut prefix = [0u8; 48];
         prefix[..text.len()].copy_from_slice(text.as_bytes());
@@ -240,6 +243,7 @@ impl Column {
             ty,
             prefix,
             key_len: (text.len() - 1) as u8,
+            slot,
         }
     }
 
@@ -278,12 +282,42 @@ fn custom_column_uncommon(key: &str) -> Option<&'static Column> {
 /// [`COLUMNS`] plus every canonical custom-field key (`cs1`, `cn2Label`, …), each with the
 /// answer [`column_by_search`] gives for it, hashed for one-probe lookups.
 static COLUMN_INDEX: std::sync::LazyLock<KeyIndex<Column>> = std::sync::LazyLock::new(|| {
-    KeyIndex::new(
-        indexed_keys()
-            .into_iter()
-            .filter_map(|k| column_by_search(&k).map(|hit| (k, Column::new(hit)))),
-    )
+    let mut slots = std::collections::HashMap::new();
+    KeyIndex::new(indexed_keys().into_iter().filter_map(|k| {
+        let hit = column_by_search(&k)?;
+        let next = u8::try_from(slots.len()).expect("at most 256 columns");
+        let slot = *slots.entry(hit.0).or_insert(next);
+        Some((k, Column::new(hit, slot)))
+    }))
 });
+
+/// The columns a row has so far: a CEF record may carry a column twice under two keys (`src`
+/// and `sourceAddress`, `cs1` and `cs01`), and a JSON object with a repeated name is refused by
+/// strict parsers (Elasticsearch's among them) or keeps only one of the values. The first
+/// gets the column; the others go to AdditionalExtensions like keys without one.
+#[derive(Default)]
+struct WrittenColumns([u64; 4]);
+
+impl WrittenColumns {
+    #[inline(always)]
+    fn bit(col: &Column) -> (usize, u64) {
+        (usize::from(col.slot >> 6), 1u64 << (col.slot & 63))
+    }
+
+    #[inline(always)]
+    fn is_written(&self, col: &Column) -> bool {
+        let (word, bit) = Self::bit(col);
+        self.0[word] & bit != 0
+    }
+
+    /// Marks `col` written; returns true for use in a condition.
+    #[inline(always)]
+    fn mark(&mut self, col: &Column) -> bool {
+        let (word, bit) = Self::bit(col);
+        self.0[word] |= bit;
+        true
+    }
+}
 
 fn indexed_keys() -> Vec<String> {
     let mut keys: Vec<String> = COLUMNS.iter().map(|(k, _, _)| (*k).to_owned()).collect();
@@ -603,14 +637,18 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
 
     // Which extensions did not get a column, so AdditionalExtensions needs no allocation.
     let mut additional: SmallVec<[u32; 16]> = SmallVec::new();
+    let mut columns = WrittenColumns::default();
     for (i, e) in cef.extensions.iter().enumerate() {
         // `rt` is already ReceiptTime; an empty value carries nothing to keep.
         if e.key.as_bytes() == b"rt" || e.value.is_empty() {
             continue;
         }
         let written = match column_hashed(e.key, e.key_hash, e.key_tail) {
-            Some(col) => write_typed(&mut w, col, e, dtz),
-            None => false,
+            // A value the column's type refuses leaves the column free for a later alias.
+            Some(col) if !columns.is_written(col) => {
+                write_typed(&mut w, col, e, dtz) && columns.mark(col)
+            }
+            _ => false,
         };
         if !written {
             additional.push(i as u32);
@@ -747,6 +785,31 @@ mod tests {
         write(&event(body, &mut String::new()), &mut out);
         serde_json::from_slice(&out)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
+    }
+
+    #[test]
+    fn a_column_given_twice_under_two_keys_is_written_once() {
+        let body = "CEF:0|Darktrace|DCIP|6.1|100|Breach|5|src=10.0.0.1 cs1=first \
+                    sourceAddress=10.0.0.2 cs01=second spt=notanumber sourcePort=443";
+        let mut out = Vec::new();
+        write(&event(body, &mut String::new()), &mut out);
+        let text = String::from_utf8(out).unwrap();
+        for column in ["SourceIP", "DeviceCustomString1", "SourcePort"] {
+            assert_eq!(
+                text.matches(&format!("\"{column}\":")).count(),
+                1,
+                "{column}: {text}"
+            );
+        }
+        let r = row(body);
+        assert_eq!(r["SourceIP"], "10.0.0.1");
+        assert_eq!(r["DeviceCustomString1"], "first");
+        // A value the column refuses leaves it to a later alias.
+        assert_eq!(r["SourcePort"], 443);
+        assert_eq!(
+            r["AdditionalExtensions"],
+            "sourceAddress=10.0.0.2;cs01=second;spt=notanumber"
+        );
     }
 
     proptest::proptest! {

@@ -7,7 +7,10 @@
 
 mod darktrace;
 
+use std::borrow::Cow;
 use std::net::IpAddr;
+
+use smallvec::SmallVec;
 
 use crate::event::{Body, Cef, Event, SyslogHeader};
 use crate::map::commonsecuritylog::write_rfc3339_millis;
@@ -135,26 +138,80 @@ static PICK_INDEX: std::sync::LazyLock<KeyIndex<usize>> =
 
 /// The `cef.extensions` field name of each key that has one in a table: the full name of
 /// every short key, and of every canonically spelled custom key (`cs1` →
-/// `deviceCustomString1`). Looked up with the tokenizer's key hash; other keys take
-/// [`extension_name_slow`].
-static EXTENSION_NAMES: std::sync::LazyLock<KeyIndex<Box<str>>> = std::sync::LazyLock::new(|| {
-    let mut names: Vec<(String, Box<str>)> = full_names()
-        .iter()
-        .map(|&(key, name)| (key.to_owned(), name.into()))
-        .collect();
-    // Only the kinds with a distinct full name get one (`full_custom_name`).
-    for (_, kind) in CUSTOM_KEY_PREFIXES {
-        for index in 1..=15u8 {
-            for label in [false, true] {
-                let ck = CustomKey { kind, index, label };
-                if let Some(name) = full_custom_name(ck) {
-                    names.push((ck.key(), name.into()));
+/// `deviceCustomString1`), and each full name itself. Looked up with the tokenizer's key hash;
+/// other keys take [`extension_name_slow`].
+static EXTENSION_NAMES: std::sync::LazyLock<KeyIndex<ExtensionName>> =
+    std::sync::LazyLock::new(|| {
+        let mut names: Vec<(String, String)> = full_names()
+            .iter()
+            .map(|&(key, name)| (key.to_owned(), name.to_owned()))
+            .collect();
+        // Only the kinds with a distinct full name get one (`full_custom_name`).
+        for (_, kind) in CUSTOM_KEY_PREFIXES {
+            for index in 1..=15u8 {
+                for label in [false, true] {
+                    let ck = CustomKey { kind, index, label };
+                    if let Some(name) = full_custom_name(ck) {
+                        names.push((ck.key(), name));
+                    }
                 }
             }
         }
+        // A sender may write the full name as the key: it names the same field.
+        let full: Vec<String> = names.iter().map(|(_, name)| name.clone()).collect();
+        names.extend(full.into_iter().map(|name| (name.clone(), name)));
+        names.sort();
+        names.dedup();
+        let mut slots = std::collections::HashMap::new();
+        KeyIndex::new(names.into_iter().map(|(key, name)| {
+            assert!(slots.len() < NAME_SLOTS, "room for every field name");
+            let next = slots.len() as u16;
+            let slot = *slots.entry(name.clone()).or_insert(next);
+            (
+                key,
+                ExtensionName {
+                    name: name.into(),
+                    slot,
+                },
+            )
+        }))
+    });
+
+/// A `cef.extensions` field name and its number among them (the same for every key of it).
+struct ExtensionName {
+    name: Box<str>,
+    slot: u16,
+}
+
+/// The `cef.extensions` names a document has so far. A record may carry one field under two
+/// keys (`src` and `sourceAddress`, `cs1` and `cs01`), and a JSON object with a repeated name
+/// is refused by Elasticsearch's strict parser (or keeps only one value elsewhere): the first
+/// gets the full name, the others keep the key they were sent with, which no other extension
+/// of the record has.
+struct NamesWritten([u64; NAME_SLOTS / 64]);
+
+/// Room for the distinct `cef.extensions` names (checked when the index is built).
+const NAME_SLOTS: usize = 512;
+
+impl NamesWritten {
+    fn new() -> Self {
+        NamesWritten([0; NAME_SLOTS / 64])
     }
-    KeyIndex::new(names)
-});
+
+    #[inline(always)]
+    fn has(&self, slot: u16) -> bool {
+        self.0[usize::from(slot / 64)] & (1u64 << (slot % 64)) != 0
+    }
+
+    /// Marks `slot` written; false if it already was.
+    #[inline(always)]
+    fn first(&mut self, slot: u16) -> bool {
+        let (word, bit) = (usize::from(slot / 64), 1u64 << (slot % 64));
+        let fresh = self.0[word] & bit == 0;
+        self.0[word] |= bit;
+        fresh
+    }
+}
 
 /// The field name for keys not in [`EXTENSION_NAMES`] (the rules it was built from).
 fn extension_name_slow(key: &str) -> std::borrow::Cow<'_, str> {
@@ -247,14 +304,39 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
         c.str("severity", cef.severity);
         if !cef.extensions.is_empty() {
             let mut x = c.object("extensions");
-            for e in &cef.extensions {
-                let slow;
-                let name = match EXTENSION_NAMES.get_hashed(e.key, e.key_hash, e.key_tail) {
-                    Some(name) => &**name,
-                    None => {
-                        slow = extension_name_slow(e.key);
-                        &*slow
+            // Each extension's field name and its slot, looked up once; then which slots a
+            // key names in full (`sourceAddress`): that key keeps the name, an alias of it
+            // (`src`) the key it was sent with.
+            let names: SmallVec<[(Cow<'_, str>, Option<u16>); 32]> = cef
+                .extensions
+                .iter()
+                .map(
+                    |e| match EXTENSION_NAMES.get_hashed(e.key, e.key_hash, e.key_tail) {
+                        Some(hit) => (Cow::Borrowed(&*hit.name), Some(hit.slot)),
+                        None => {
+                            let slow = extension_name_slow(e.key);
+                            // A non-canonical spelling (`cs01`) of a field the index holds.
+                            let slot = EXTENSION_NAMES.get(&slow).map(|hit| hit.slot);
+                            (slow, slot)
+                        }
+                    },
+                )
+                .collect();
+            let mut taken = NamesWritten::new();
+            for (e, (name, slot)) in cef.extensions.iter().zip(&names) {
+                if let Some(slot) = slot
+                    && e.key == name
+                {
+                    taken.first(*slot);
+                }
+            }
+            let mut written = NamesWritten::new();
+            for (e, (name, slot)) in cef.extensions.iter().zip(&names) {
+                let name: &str = match slot {
+                    Some(slot) if e.key != name && (taken.has(*slot) || !written.first(*slot)) => {
+                        e.key
                     }
+                    _ => name,
                 };
                 // Names are key bytes or table entries: only the value may need escaping.
                 if e.json_clean {
@@ -468,6 +550,23 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
     }
 
+    /// One field under two keys gives two distinct names, never one name twice (which
+    /// Elasticsearch refuses): the key written in full keeps the full name.
+    #[test]
+    fn a_field_given_twice_under_two_keys_gets_two_names() {
+        let d = doc(
+            "CEF:0|Darktrace|DCIP|6.1|100|Breach|5|src=10.0.0.1 cs1=first \
+                     sourceAddress=10.0.0.2 cs01=second act=blocked",
+        );
+        let x = d["cef"]["extensions"].as_object().unwrap();
+        assert_eq!(x.len(), 5, "one name per extension: {x:?}");
+        assert_eq!(x["sourceAddress"], "10.0.0.2");
+        assert_eq!(x["src"], "10.0.0.1");
+        assert_eq!(x["deviceCustomString1"], "first");
+        assert_eq!(x["cs01"], "second");
+        assert_eq!(x["deviceAction"], "blocked");
+    }
+
     #[test]
     fn pick_index_finds_every_key_of_the_table_and_no_other() {
         let keys: std::collections::HashSet<&str> = PICK.iter().map(|(k, _)| *k).collect();
@@ -506,12 +605,12 @@ mod tests {
         keys.extend(["cs01", "darktraceUrl", "ad.name[1]", "rt", ""].map(String::from));
         for key in &keys {
             let slow = extension_name_slow(key);
-            if let Some(name) = EXTENSION_NAMES.get(key) {
-                assert_eq!(&**name, &*slow, "{key}");
+            if let Some(hit) = EXTENSION_NAMES.get(key) {
+                assert_eq!(&*hit.name, &*slow, "{key}");
             }
         }
         assert_eq!(
-            EXTENSION_NAMES.get("cs3Label").map(|n| &**n),
+            EXTENSION_NAMES.get("cs3Label").map(|n| &*n.name),
             Some("deviceCustomString3Label")
         );
     }
