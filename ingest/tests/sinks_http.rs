@@ -405,6 +405,56 @@ async fn sekoia_wrong_key_is_dead_lettered_with_the_response() {
     handle.shutdown(Duration::from_secs(5)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_write_failure_keeps_the_record_spooled_until_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = SekoiaFake::new();
+    let server = serve(fake.handler()).await;
+    let cfg = sekoia_config(
+        &server.url(),
+        &secret_file(dir.path(), "key", "not-the-key"),
+    );
+    // A file where the sink's dead-letter directory belongs: every write there fails (a full
+    // or read-only disk would too; tests may run as root, so permissions cannot stand in).
+    let blocker = dir.path().join("dead_letter").join("sekoia");
+    std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
+    std::fs::write(&blocker, b"").unwrap();
+    let metrics = SinkMetrics::new("sekoia");
+    let handle = spawn(
+        SekoiaSink::new("sekoia", &cfg, metrics.clone()).unwrap(),
+        metrics,
+        dir.path(),
+        spool_config(),
+    );
+    enqueue(&handle, raw_batch(0..25)).await;
+    wait_for("refused", Duration::from_secs(10), || {
+        !server.seen().is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stats = handle.stats();
+    assert_eq!(
+        stats.spool.records, 1,
+        "the record left the spool: {stats:?}"
+    );
+    assert_eq!(stats.sink.dead_lettered_events, 0);
+    assert!(stats.sink.dead_letter_write_errors >= 2, "{stats:?}");
+
+    std::fs::remove_file(&blocker).unwrap();
+    wait_for("dead letter written", Duration::from_secs(10), || {
+        let s = handle.stats();
+        s.sink.dead_lettered_events == 25 && s.spool.records == 0
+    })
+    .await;
+    let dl = dead_letters(dir.path(), "sekoia");
+    assert_eq!(dl.len(), 1);
+    assert_eq!(dl[0].1["status"], 401);
+    assert_eq!(dl[0].0.lines().count(), 25);
+    // Only the write was retried; the service was not asked again to refuse the events.
+    assert_eq!(server.seen().len(), 1);
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Splunk HEC
 
