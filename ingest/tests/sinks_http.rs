@@ -497,6 +497,47 @@ async fn splunk_hec_with_indexer_acknowledgement() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splunk_hec_ack_without_ack_id_is_delivered_once_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    // The token has no indexer acknowledgement: 200 without an ackId.
+    let fake = SplunkFake::new(false);
+    let server = serve(fake.handler()).await;
+    let token = secret_file(dir.path(), "hec", fake.token);
+    let cfg: SplunkHecConfig = toml::from_str(&format!(
+        "endpoint = \"{}\"\ntoken_file = \"{}\"\nack = true\nack_poll_interval_ms = 20",
+        server.url(),
+        token.display()
+    ))
+    .unwrap();
+    let metrics = SinkMetrics::new("splunk");
+    let handle = spawn(
+        SplunkHecSink::new("splunk", &cfg, metrics.clone()).unwrap(),
+        metrics,
+        dir.path(),
+        spool_config(),
+    );
+    enqueue(&handle, csl_batch(0..50)).await;
+    enqueue(&handle, csl_batch(50..100)).await;
+    wait_for("spool drained", Duration::from_secs(10), || {
+        let s = handle.stats().spool;
+        s.records == 0 && s.appended_records == 2
+    })
+    .await;
+    // Indexed once each: no resend of what HEC already took.
+    assert_eq!(
+        fake.accepted.ids("ExternalID"),
+        (0..100).collect::<Vec<_>>()
+    );
+    assert_eq!(fake.accepted.requests.load(Ordering::SeqCst), 2);
+    let s = handle.stats().sink;
+    assert_eq!(
+        (s.delivered_events, s.unconfirmed_events, s.retries),
+        (100, 100, 0)
+    );
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn splunk_hec_without_ack_and_wrong_token() {
     let dir = tempfile::tempdir().unwrap();
     let fake = SplunkFake::new(false);

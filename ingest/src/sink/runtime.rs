@@ -83,6 +83,7 @@ pub struct SinkMetrics {
     sent_bytes: AtomicU64,
     truncated_fields: AtomicU64,
     enqueue_dropped_events: AtomicU64,
+    unconfirmed_events: AtomicU64,
     dead_letter_write_errors: AtomicU64,
     /// First event of a batch mapped (or enqueued) → delivered.
     end_to_end: metrics::Histogram,
@@ -102,6 +103,9 @@ pub struct SinkMetricsSnapshot {
     pub truncated_fields: u64,
     /// Events refused by `enqueue` (batch larger than the spool bound, spool closed).
     pub enqueue_dropped_events: u64,
+    /// Events the service took (2xx, counted as delivered) without the per-event or indexing
+    /// confirmation the sink asked for; see [`SinkMetrics::unconfirmed`].
+    pub unconfirmed_events: u64,
     /// Failed attempts to write a dead letter (the record stays spooled and is tried again).
     pub dead_letter_write_errors: u64,
 }
@@ -119,6 +123,7 @@ impl SinkMetrics {
             sent_bytes: AtomicU64::new(0),
             truncated_fields: AtomicU64::new(0),
             enqueue_dropped_events: AtomicU64::new(0),
+            unconfirmed_events: AtomicU64::new(0),
             dead_letter_write_errors: AtomicU64::new(0),
             end_to_end: metrics::histogram!(crate::metrics::STAGE_SECONDS,
                 "stage" => "end_to_end", "sink" => sink.to_owned()),
@@ -151,6 +156,18 @@ impl SinkMetrics {
             metrics::counter!("sluice_sink_truncated_fields_total", "sink" => self.sink.clone())
                 .increment(n);
             self.truncated_fields.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Events a 2xx reply took without the confirmation the sink expected. They count as
+    /// delivered (resending would duplicate them); this makes the gap visible. `reason`:
+    /// `no_ack_id` (Splunk HEC with `ack = true`, reply without an `ackId`).
+    pub fn unconfirmed(&self, events: u64, reason: &'static str) {
+        if events > 0 {
+            metrics::counter!("sluice_sink_unconfirmed_events_total", "sink" => self.sink.clone(),
+                "reason" => reason)
+            .increment(events);
+            self.unconfirmed_events.fetch_add(events, Ordering::Relaxed);
         }
     }
 
@@ -223,6 +240,7 @@ impl SinkMetrics {
             sent_bytes: get(&self.sent_bytes),
             truncated_fields: get(&self.truncated_fields),
             enqueue_dropped_events: get(&self.enqueue_dropped_events),
+            unconfirmed_events: get(&self.unconfirmed_events),
             dead_letter_write_errors: get(&self.dead_letter_write_errors),
         }
     }
