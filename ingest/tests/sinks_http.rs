@@ -406,6 +406,32 @@ async fn sekoia_wrong_key_is_dead_lettered_with_the_response() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sekoia_fewer_event_ids_than_events_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = SekoiaFake::new();
+    fake.missing_ids.store(3, Ordering::SeqCst);
+    let server = serve(fake.handler()).await;
+    let cfg = sekoia_config(&server.url(), &secret_file(dir.path(), "key", fake.key));
+    let metrics = SinkMetrics::new("sekoia");
+    let handle = spawn(
+        SekoiaSink::new("sekoia", &cfg, metrics.clone()).unwrap(),
+        metrics,
+        dir.path(),
+        spool_config(),
+    );
+    enqueue(&handle, raw_batch(0..25)).await;
+    wait_for("acked", Duration::from_secs(10), || {
+        handle.stats().spool.records == 0
+    })
+    .await;
+    let s = handle.stats().sink;
+    // Sent once (a resend could not tell which ones are missing), the gap counted.
+    assert_eq!(server.seen().len(), 1);
+    assert_eq!((s.delivered_events, s.unconfirmed_events), (25, 3));
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letter_write_failure_keeps_the_record_spooled_until_written() {
     let dir = tempfile::tempdir().unwrap();
     let fake = SekoiaFake::new();

@@ -161,7 +161,8 @@ impl SinkMetrics {
 
     /// Events a 2xx reply took without the confirmation the sink expected. They count as
     /// delivered (resending would duplicate them); this makes the gap visible. `reason`:
-    /// `no_ack_id` (Splunk HEC with `ack = true`, reply without an `ackId`).
+    /// `no_ack_id` (Splunk HEC with `ack = true`, reply without an `ackId`),
+    /// `missing_event_ids` (Sekoia returned fewer event ids than events sent).
     pub fn unconfirmed(&self, events: u64, reason: &'static str) {
         if events > 0 {
             metrics::counter!("sluice_sink_unconfirmed_events_total", "sink" => self.sink.clone(),

@@ -345,6 +345,8 @@ fn pct_decode(s: &str) -> String {
 pub struct SekoiaFake {
     pub key: &'static str,
     pub accepted: Accepted,
+    /// Leave this many ids out of each reply, as an intake that dropped events would.
+    pub missing_ids: AtomicU64,
 }
 
 impl SekoiaFake {
@@ -352,6 +354,7 @@ impl SekoiaFake {
         Arc::new(SekoiaFake {
             key: "intake-key-abc",
             accepted: Accepted::default(),
+            missing_ids: AtomicU64::new(0),
         })
     }
 
@@ -379,7 +382,10 @@ impl SekoiaFake {
                 };
                 events.push(serde_json::Value::String(s.to_owned()));
             }
-            let ids: Vec<String> = (0..events.len()).map(|i| format!("\"id-{i}\"")).collect();
+            let missing = me.missing_ids.load(Ordering::SeqCst) as usize;
+            let ids: Vec<String> = (0..events.len().saturating_sub(missing))
+                .map(|i| format!("\"id-{i}\""))
+                .collect();
             me.accepted.requests.fetch_add(1, Ordering::SeqCst);
             me.accepted.events.lock().unwrap().extend(events);
             reply(200, format!(r#"{{"event_ids":[{}]}}"#, ids.join(",")))
