@@ -278,6 +278,38 @@ async fn azure_never_sends_a_body_over_1_mb_whatever_the_batch() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_no_call_carries_over_1_mb_of_json_before_gzip() {
+    let dir = tempfile::tempdir().unwrap();
+    let az = azure().await;
+    let cfg = azure_config(&az, dir.path(), az.fake.client_secret, "");
+    let metrics = SinkMetrics::new("sentinel");
+    let sink = AzureLogsIngestionSink::new("sentinel", &cfg, metrics.clone()).unwrap();
+    let handle = spawn(sink, metrics, dir.path(), spool_config());
+    // ~9 MB of JSON that gzips about 10:1: bounded by compressed size alone, one call would
+    // carry several MB of it.
+    const N: u64 = 20_000;
+    enqueue(&handle, csl_batch(0..N)).await;
+    wait_for("spool drained", Duration::from_secs(60), || {
+        handle.stats().spool.records == 0
+    })
+    .await;
+    let seen = az.ingest.seen();
+    assert!(
+        seen.iter().all(|s| s.status == 204),
+        "a request was refused: {:?}",
+        seen.iter().filter(|s| s.status != 204).collect::<Vec<_>>()
+    );
+    let max = az.fake.max_uncompressed_seen.load(Ordering::SeqCst);
+    assert!(max <= 1_000_000, "largest body before gzip {max}");
+    assert!(seen.len() >= 9, "{} requests", seen.len());
+    assert_eq!(
+        az.fake.accepted.ids("ExternalID"),
+        (0..N).collect::<Vec<_>>()
+    );
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azure_wrong_client_secret_keeps_events_spooled_until_fixed() {
     let dir = tempfile::tempdir().unwrap();
     let az = azure().await;

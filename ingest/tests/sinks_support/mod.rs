@@ -214,6 +214,8 @@ pub struct AzureFake {
     pub token_lifetime: AtomicU64,
     pub accepted: Accepted,
     pub max_body_seen: AtomicU64,
+    /// Largest body after `Content-Encoding` was undone.
+    pub max_uncompressed_seen: AtomicU64,
 }
 
 impl AzureFake {
@@ -228,6 +230,7 @@ impl AzureFake {
             token_lifetime: AtomicU64::new(3599),
             accepted: Accepted::default(),
             max_body_seen: AtomicU64::new(0),
+            max_uncompressed_seen: AtomicU64::new(0),
         })
     }
 
@@ -296,6 +299,12 @@ impl AzureFake {
                 Ok(j) => j,
                 Err(r) => return r,
             };
+            me.max_uncompressed_seen
+                .fetch_max(json.len() as u64, Ordering::SeqCst);
+            // Documented for "both compressed and uncompressed data".
+            if json.len() > 1 << 20 {
+                return reply(413, r#"{"error":{"code":"ContentLengthLimitExceeded"}}"#);
+            }
             let Ok(serde_json::Value::Array(rows)) = serde_json::from_slice(&json) else {
                 return reply(400, r#"{"error":{"code":"InvalidJson"}}"#);
             };
