@@ -278,6 +278,38 @@ async fn azure_never_sends_a_body_over_1_mb_whatever_the_batch() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_no_call_carries_over_1_mb_of_json_before_gzip() {
+    let dir = tempfile::tempdir().unwrap();
+    let az = azure().await;
+    let cfg = azure_config(&az, dir.path(), az.fake.client_secret, "");
+    let metrics = SinkMetrics::new("sentinel");
+    let sink = AzureLogsIngestionSink::new("sentinel", &cfg, metrics.clone()).unwrap();
+    let handle = spawn(sink, metrics, dir.path(), spool_config());
+    // ~9 MB of JSON that gzips about 10:1: bounded by compressed size alone, one call would
+    // carry several MB of it.
+    const N: u64 = 20_000;
+    enqueue(&handle, csl_batch(0..N)).await;
+    wait_for("spool drained", Duration::from_secs(60), || {
+        handle.stats().spool.records == 0
+    })
+    .await;
+    let seen = az.ingest.seen();
+    assert!(
+        seen.iter().all(|s| s.status == 204),
+        "a request was refused: {:?}",
+        seen.iter().filter(|s| s.status != 204).collect::<Vec<_>>()
+    );
+    let max = az.fake.max_uncompressed_seen.load(Ordering::SeqCst);
+    assert!(max <= 1_000_000, "largest body before gzip {max}");
+    assert!(seen.len() >= 9, "{} requests", seen.len());
+    assert_eq!(
+        az.fake.accepted.ids("ExternalID"),
+        (0..N).collect::<Vec<_>>()
+    );
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azure_wrong_client_secret_keeps_events_spooled_until_fixed() {
     let dir = tempfile::tempdir().unwrap();
     let az = azure().await;
@@ -405,6 +437,82 @@ async fn sekoia_wrong_key_is_dead_lettered_with_the_response() {
     handle.shutdown(Duration::from_secs(5)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sekoia_fewer_event_ids_than_events_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = SekoiaFake::new();
+    fake.missing_ids.store(3, Ordering::SeqCst);
+    let server = serve(fake.handler()).await;
+    let cfg = sekoia_config(&server.url(), &secret_file(dir.path(), "key", fake.key));
+    let metrics = SinkMetrics::new("sekoia");
+    let handle = spawn(
+        SekoiaSink::new("sekoia", &cfg, metrics.clone()).unwrap(),
+        metrics,
+        dir.path(),
+        spool_config(),
+    );
+    enqueue(&handle, raw_batch(0..25)).await;
+    wait_for("acked", Duration::from_secs(10), || {
+        handle.stats().spool.records == 0
+    })
+    .await;
+    let s = handle.stats().sink;
+    // Sent once (a resend could not tell which ones are missing), the gap counted.
+    assert_eq!(server.seen().len(), 1);
+    assert_eq!((s.delivered_events, s.unconfirmed_events), (25, 3));
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_write_failure_keeps_the_record_spooled_until_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = SekoiaFake::new();
+    let server = serve(fake.handler()).await;
+    let cfg = sekoia_config(
+        &server.url(),
+        &secret_file(dir.path(), "key", "not-the-key"),
+    );
+    // A file where the sink's dead-letter directory belongs: every write there fails (a full
+    // or read-only disk would too; tests may run as root, so permissions cannot stand in).
+    let blocker = dir.path().join("dead_letter").join("sekoia");
+    std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
+    std::fs::write(&blocker, b"").unwrap();
+    let metrics = SinkMetrics::new("sekoia");
+    let handle = spawn(
+        SekoiaSink::new("sekoia", &cfg, metrics.clone()).unwrap(),
+        metrics,
+        dir.path(),
+        spool_config(),
+    );
+    enqueue(&handle, raw_batch(0..25)).await;
+    wait_for("refused", Duration::from_secs(10), || {
+        !server.seen().is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stats = handle.stats();
+    assert_eq!(
+        stats.spool.records, 1,
+        "the record left the spool: {stats:?}"
+    );
+    assert_eq!(stats.sink.dead_lettered_events, 0);
+    assert!(stats.sink.dead_letter_write_errors >= 2, "{stats:?}");
+
+    std::fs::remove_file(&blocker).unwrap();
+    wait_for("dead letter written", Duration::from_secs(10), || {
+        let s = handle.stats();
+        s.sink.dead_lettered_events == 25 && s.spool.records == 0
+    })
+    .await;
+    let dl = dead_letters(dir.path(), "sekoia");
+    assert_eq!(dl.len(), 1);
+    assert_eq!(dl[0].1["status"], 401);
+    assert_eq!(dl[0].0.lines().count(), 25);
+    // Only the write was retried; the service was not asked again to refuse the events.
+    assert_eq!(server.seen().len(), 1);
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Splunk HEC
 
@@ -443,6 +551,47 @@ async fn splunk_hec_with_indexer_acknowledgement() {
     let env = fake.envelopes.lock().unwrap()[0].clone();
     assert_eq!(env["index"], "security");
     assert_eq!(env["sourcetype"], "darktrace:cef");
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splunk_hec_ack_without_ack_id_is_delivered_once_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    // The token has no indexer acknowledgement: 200 without an ackId.
+    let fake = SplunkFake::new(false);
+    let server = serve(fake.handler()).await;
+    let token = secret_file(dir.path(), "hec", fake.token);
+    let cfg: SplunkHecConfig = toml::from_str(&format!(
+        "endpoint = \"{}\"\ntoken_file = \"{}\"\nack = true\nack_poll_interval_ms = 20",
+        server.url(),
+        token.display()
+    ))
+    .unwrap();
+    let metrics = SinkMetrics::new("splunk");
+    let handle = spawn(
+        SplunkHecSink::new("splunk", &cfg, metrics.clone()).unwrap(),
+        metrics,
+        dir.path(),
+        spool_config(),
+    );
+    enqueue(&handle, csl_batch(0..50)).await;
+    enqueue(&handle, csl_batch(50..100)).await;
+    wait_for("spool drained", Duration::from_secs(10), || {
+        let s = handle.stats().spool;
+        s.records == 0 && s.appended_records == 2
+    })
+    .await;
+    // Indexed once each: no resend of what HEC already took.
+    assert_eq!(
+        fake.accepted.ids("ExternalID"),
+        (0..100).collect::<Vec<_>>()
+    );
+    assert_eq!(fake.accepted.requests.load(Ordering::SeqCst), 2);
+    let s = handle.stats().sink;
+    assert_eq!(
+        (s.delivered_events, s.unconfirmed_events, s.retries),
+        (100, 100, 0)
+    );
     handle.shutdown(Duration::from_secs(5)).await;
 }
 

@@ -798,6 +798,12 @@ impl SinkKind {
                         "the service takes at most 1048576 bytes per call".into(),
                     ));
                 }
+                if a.max_uncompressed_request_bytes < 16 * 1024 {
+                    return Err((
+                        "max_uncompressed_request_bytes".into(),
+                        "must be at least 16384 (smaller would dead-letter ordinary rows)".into(),
+                    ));
+                }
                 secret(
                     "client_secret",
                     a.client_secret_file.as_ref(),

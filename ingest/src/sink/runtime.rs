@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use super::{Batch, Delivery, Rejected, Sink};
 use crate::spool::{Appended, Spool, SpoolConfig, SpoolError, SpoolStats, SpooledRecord};
@@ -82,6 +83,8 @@ pub struct SinkMetrics {
     sent_bytes: AtomicU64,
     truncated_fields: AtomicU64,
     enqueue_dropped_events: AtomicU64,
+    unconfirmed_events: AtomicU64,
+    dead_letter_write_errors: AtomicU64,
     /// First event of a batch mapped (or enqueued) → delivered.
     end_to_end: metrics::Histogram,
 }
@@ -100,6 +103,11 @@ pub struct SinkMetricsSnapshot {
     pub truncated_fields: u64,
     /// Events refused by `enqueue` (batch larger than the spool bound, spool closed).
     pub enqueue_dropped_events: u64,
+    /// Events the service took (2xx, counted as delivered) without the per-event or indexing
+    /// confirmation the sink asked for; see [`SinkMetrics::unconfirmed`].
+    pub unconfirmed_events: u64,
+    /// Failed attempts to write a dead letter (the record stays spooled and is tried again).
+    pub dead_letter_write_errors: u64,
 }
 
 impl SinkMetrics {
@@ -115,6 +123,8 @@ impl SinkMetrics {
             sent_bytes: AtomicU64::new(0),
             truncated_fields: AtomicU64::new(0),
             enqueue_dropped_events: AtomicU64::new(0),
+            unconfirmed_events: AtomicU64::new(0),
+            dead_letter_write_errors: AtomicU64::new(0),
             end_to_end: metrics::histogram!(crate::metrics::STAGE_SECONDS,
                 "stage" => "end_to_end", "sink" => sink.to_owned()),
         })
@@ -147,6 +157,26 @@ impl SinkMetrics {
                 .increment(n);
             self.truncated_fields.fetch_add(n, Ordering::Relaxed);
         }
+    }
+
+    /// Events a 2xx reply took without the confirmation the sink expected. They count as
+    /// delivered (resending would duplicate them); this makes the gap visible. `reason`:
+    /// `no_ack_id` (Splunk HEC with `ack = true`, reply without an `ackId`),
+    /// `missing_event_ids` (Sekoia returned fewer event ids than events sent).
+    pub fn unconfirmed(&self, events: u64, reason: &'static str) {
+        if events > 0 {
+            metrics::counter!("sluice_sink_unconfirmed_events_total", "sink" => self.sink.clone(),
+                "reason" => reason)
+            .increment(events);
+            self.unconfirmed_events.fetch_add(events, Ordering::Relaxed);
+        }
+    }
+
+    fn dead_letter_write_error(&self) {
+        metrics::counter!("sluice_sink_dead_letter_write_errors_total", "sink" => self.sink.clone())
+            .increment(1);
+        self.dead_letter_write_errors
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     fn retry(&self) {
@@ -211,6 +241,8 @@ impl SinkMetrics {
             sent_bytes: get(&self.sent_bytes),
             truncated_fields: get(&self.truncated_fields),
             enqueue_dropped_events: get(&self.enqueue_dropped_events),
+            unconfirmed_events: get(&self.unconfirmed_events),
+            dead_letter_write_errors: get(&self.dead_letter_write_errors),
         }
     }
 }
@@ -488,69 +520,91 @@ impl<S: Sink> Upload<S> {
     async fn run(mut self, record: SpooledRecord) {
         let id = record.id;
         let created_ms = record.created_ms;
-        let mut current = record.batch;
+        // The record is acked only once nothing is left to send (`current`) and every refused
+        // event is on disk as a dead letter (`unwritten`): a dead letter that cannot be written
+        // keeps the record spooled, and only the write is tried again (the service is not asked
+        // again to refuse the same events).
+        let mut current = Some(record.batch);
+        let mut unwritten: Vec<Rejected> = Vec::new();
         let mut attempt: u32 = 0;
+        let mut dead_letter_failures: u32 = 0;
+        let mut part = 0usize;
+        let mut deliver_at = Instant::now();
+        let mut dead_letter_at = Instant::now();
         loop {
-            let outcome = self.sink.deliver(&current).await;
-            let (retry_batch, after, reason) = match outcome {
-                Delivery::Delivered => {
-                    self.metrics
-                        .delivered(current.events, current.ndjson.len() as u64);
-                    self.metrics
-                        .end_to_end
-                        .record(now_ms().saturating_sub(created_ms) as f64 / 1000.0);
-                    break;
-                }
-                Delivery::Retry { after, reason } => (current, after, reason),
-                Delivery::Reject {
-                    status,
-                    reason,
-                    response_body,
-                } => {
-                    let rejected = Rejected {
-                        batch: current,
+            if Instant::now() >= deliver_at
+                && let Some(batch) = current.take()
+            {
+                match self.sink.deliver(&batch).await {
+                    Delivery::Delivered => {
+                        self.metrics
+                            .delivered(batch.events, batch.ndjson.len() as u64);
+                        self.metrics
+                            .end_to_end
+                            .record(now_ms().saturating_sub(created_ms) as f64 / 1000.0);
+                    }
+                    Delivery::Retry { after, reason } => {
+                        deliver_at = self.failed(id.seq, &mut attempt, after, &reason);
+                        current = Some(batch);
+                    }
+                    Delivery::Reject {
                         status,
                         reason,
                         response_body,
-                    };
-                    self.dead_letter(id.seq, 0, &rejected);
-                    break;
-                }
-                Delivery::Partial {
-                    retry,
-                    after,
-                    reason,
-                    rejected,
-                } => {
-                    let mut rejected_events = 0;
-                    for (i, r) in rejected.iter().enumerate() {
-                        self.dead_letter(id.seq, attempt as usize * 1000 + i, r);
-                        rejected_events += r.batch.events;
-                    }
-                    let retry_events = retry.as_ref().map_or(0, |b| b.events);
-                    let accepted = current
-                        .events
-                        .saturating_sub(rejected_events + retry_events);
-                    // Bytes are approximate for a partial: proportional to events.
-                    let bytes = (current.ndjson.len() as u64 * accepted)
-                        .checked_div(current.events)
-                        .unwrap_or(0);
-                    self.metrics.delivered(accepted, bytes);
-                    match retry {
-                        Some(b) if b.events > 0 => (b, after, reason),
-                        _ => break,
+                    } => unwritten.push(Rejected {
+                        batch,
+                        status,
+                        reason,
+                        response_body,
+                    }),
+                    Delivery::Partial {
+                        retry,
+                        after,
+                        reason,
+                        rejected,
+                    } => {
+                        let rejected_events: u64 = rejected.iter().map(|r| r.batch.events).sum();
+                        let retry_events = retry.as_ref().map_or(0, |b| b.events);
+                        let accepted = batch.events.saturating_sub(rejected_events + retry_events);
+                        // Bytes are approximate for a partial: proportional to events.
+                        let bytes = (batch.ndjson.len() as u64 * accepted)
+                            .checked_div(batch.events)
+                            .unwrap_or(0);
+                        self.metrics.delivered(accepted, bytes);
+                        unwritten.extend(rejected);
+                        if let Some(b) = retry.filter(|b| b.events > 0) {
+                            deliver_at = self.failed(id.seq, &mut attempt, after, &reason);
+                            current = Some(b);
+                        }
                     }
                 }
+            }
+            if !unwritten.is_empty() && Instant::now() >= dead_letter_at {
+                unwritten.retain(|r| {
+                    part += 1;
+                    self.dead_letter(id.seq, part - 1, r).is_err()
+                });
+                if unwritten.is_empty() {
+                    dead_letter_failures = 0;
+                } else {
+                    let delay = self.retry.backoff(dead_letter_failures);
+                    dead_letter_failures = dead_letter_failures.saturating_add(1);
+                    dead_letter_at = Instant::now() + delay;
+                    tracing::error!(sink = %self.sink.name(), seq = id.seq,
+                        batches = unwritten.len(), retry_in = ?delay,
+                        "refused events kept in the spool until their dead letters can be written");
+                }
+            }
+            let next = match (current.is_some(), !unwritten.is_empty()) {
+                (false, false) => break,
+                (true, false) => deliver_at,
+                (false, true) => dead_letter_at,
+                (true, true) => deliver_at.min(dead_letter_at),
             };
-            self.metrics.retry();
-            let delay = self.retry.delay(attempt, after);
-            tracing::warn!(sink = %self.sink.name(), seq = id.seq, attempt, ?delay, %reason,
-                "upload failed; will retry");
-            attempt = attempt.saturating_add(1);
-            current = retry_batch;
             tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                // Shutting down: the record stays in the spool for the next start.
+                _ = tokio::time::sleep_until(next) => {}
+                // Shutting down: the record stays in the spool for the next start (events
+                // already accepted may then be sent again: at-least-once).
                 _ = self.stop.wait_for(|s| *s) => return,
             }
         }
@@ -559,14 +613,31 @@ impl<S: Sink> Upload<S> {
         }
     }
 
-    fn dead_letter(&self, seq: u64, part: usize, rejected: &Rejected) {
-        tracing::error!(sink = %self.sink.name(), events = rejected.batch.events,
-            status = ?rejected.status, reason = %rejected.reason, "events dead-lettered");
+    /// Counts and logs a failed upload; returns when to try again.
+    fn failed(
+        &self,
+        seq: u64,
+        attempt: &mut u32,
+        after: Option<Duration>,
+        reason: &str,
+    ) -> Instant {
+        self.metrics.retry();
+        let delay = self.retry.delay(*attempt, after);
+        tracing::warn!(sink = %self.sink.name(), seq, attempt = *attempt, ?delay, %reason,
+            "upload failed; will retry");
+        *attempt = attempt.saturating_add(1);
+        Instant::now() + delay
+    }
+
+    /// Writes `rejected` to the dead-letter directory (events, then metadata, both synced).
+    /// Counted as dead-lettered only once both files are on disk.
+    fn dead_letter(&self, seq: u64, part: usize, rejected: &Rejected) -> std::io::Result<()> {
         let stem = format!("{}-{seq}-{part}", now_ms());
+        let data_path = self.dead_letter_dir.join(format!("{stem}.ndjson"));
+        let meta_path = self.dead_letter_dir.join(format!("{stem}.json"));
         let result = (|| -> std::io::Result<()> {
             std::fs::create_dir_all(&self.dead_letter_dir)?;
-            let mut data =
-                std::fs::File::create(self.dead_letter_dir.join(format!("{stem}.ndjson")))?;
+            let mut data = std::fs::File::create(&data_path)?;
             data.write_all(&rejected.batch.ndjson)?;
             data.sync_all()?;
             let meta = serde_json::json!({
@@ -576,17 +647,30 @@ impl<S: Sink> Upload<S> {
                 "reason": rejected.reason,
                 "response_body": rejected.response_body,
             });
-            let mut f = std::fs::File::create(self.dead_letter_dir.join(format!("{stem}.json")))?;
+            let mut f = std::fs::File::create(&meta_path)?;
             f.write_all(meta.to_string().as_bytes())?;
             f.sync_all()
         })();
-        self.metrics.dead_lettered(rejected.batch.events);
-        if let Err(e) = result {
-            // The record is acked anyway: retrying an upload the service refuses cannot help,
-            // and the log line above keeps the reason.
-            tracing::error!(sink = %self.sink.name(), dir = %self.dead_letter_dir.display(),
-                error = %e, "cannot write dead letter");
+        match &result {
+            Ok(()) => {
+                self.metrics.dead_lettered(rejected.batch.events);
+                tracing::error!(sink = %self.sink.name(), events = rejected.batch.events,
+                    status = ?rejected.status, reason = %rejected.reason,
+                    file = %data_path.display(), "events dead-lettered");
+            }
+            Err(e) => {
+                // A half-written pair would be replayed by hand as if complete; the next
+                // attempt writes a fresh pair.
+                let _ = std::fs::remove_file(&data_path);
+                let _ = std::fs::remove_file(&meta_path);
+                self.metrics.dead_letter_write_error();
+                tracing::error!(sink = %self.sink.name(), events = rejected.batch.events,
+                    status = ?rejected.status, reason = %rejected.reason,
+                    dir = %self.dead_letter_dir.display(), error = %e,
+                    "cannot write dead letter; the events stay spooled");
+            }
         }
+        result
     }
 }
 

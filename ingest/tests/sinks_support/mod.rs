@@ -214,6 +214,8 @@ pub struct AzureFake {
     pub token_lifetime: AtomicU64,
     pub accepted: Accepted,
     pub max_body_seen: AtomicU64,
+    /// Largest body after `Content-Encoding` was undone.
+    pub max_uncompressed_seen: AtomicU64,
 }
 
 impl AzureFake {
@@ -228,6 +230,7 @@ impl AzureFake {
             token_lifetime: AtomicU64::new(3599),
             accepted: Accepted::default(),
             max_body_seen: AtomicU64::new(0),
+            max_uncompressed_seen: AtomicU64::new(0),
         })
     }
 
@@ -296,6 +299,12 @@ impl AzureFake {
                 Ok(j) => j,
                 Err(r) => return r,
             };
+            me.max_uncompressed_seen
+                .fetch_max(json.len() as u64, Ordering::SeqCst);
+            // Documented for "both compressed and uncompressed data".
+            if json.len() > 1 << 20 {
+                return reply(413, r#"{"error":{"code":"ContentLengthLimitExceeded"}}"#);
+            }
             let Ok(serde_json::Value::Array(rows)) = serde_json::from_slice(&json) else {
                 return reply(400, r#"{"error":{"code":"InvalidJson"}}"#);
             };
@@ -345,6 +354,8 @@ fn pct_decode(s: &str) -> String {
 pub struct SekoiaFake {
     pub key: &'static str,
     pub accepted: Accepted,
+    /// Leave this many ids out of each reply, as an intake that dropped events would.
+    pub missing_ids: AtomicU64,
 }
 
 impl SekoiaFake {
@@ -352,6 +363,7 @@ impl SekoiaFake {
         Arc::new(SekoiaFake {
             key: "intake-key-abc",
             accepted: Accepted::default(),
+            missing_ids: AtomicU64::new(0),
         })
     }
 
@@ -379,7 +391,10 @@ impl SekoiaFake {
                 };
                 events.push(serde_json::Value::String(s.to_owned()));
             }
-            let ids: Vec<String> = (0..events.len()).map(|i| format!("\"id-{i}\"")).collect();
+            let missing = me.missing_ids.load(Ordering::SeqCst) as usize;
+            let ids: Vec<String> = (0..events.len().saturating_sub(missing))
+                .map(|i| format!("\"id-{i}\""))
+                .collect();
             me.accepted.requests.fetch_add(1, Ordering::SeqCst);
             me.accepted.events.lock().unwrap().extend(events);
             reply(200, format!(r#"{{"event_ids":[{}]}}"#, ids.join(",")))

@@ -31,8 +31,11 @@ pub struct AzureLogsIngestionConfig {
     /// set above 1,048,576.
     #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: usize,
-    /// Also bound the uncompressed JSON per call (Microsoft's own client libraries do so).
-    pub max_uncompressed_request_bytes: Option<usize>,
+    /// Largest request body before gzip. Microsoft documents the 1 MB per call for "both
+    /// compressed and uncompressed data"; bounding only the compressed size let a call carry
+    /// several MB of JSON.
+    #[serde(default = "default_max_uncompressed_request_bytes")]
+    pub max_uncompressed_request_bytes: usize,
     /// String values longer than this are truncated (the service truncates at 64 KB anyway;
     /// doing it here keeps the request size honest and counts it).
     #[serde(default = "default_max_field_bytes")]
@@ -60,6 +63,10 @@ fn default_api_version() -> String {
 }
 
 fn default_max_request_bytes() -> usize {
+    1_000_000
+}
+
+fn default_max_uncompressed_request_bytes() -> usize {
     1_000_000
 }
 

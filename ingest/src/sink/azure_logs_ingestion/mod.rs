@@ -2,11 +2,13 @@
 //!
 //! `POST {endpoint}/dataCollectionRules/{dcr}/streams/{stream}?api-version=2023-01-01`, body a
 //! gzipped JSON array of rows, `Authorization: Bearer` from the client-credentials grant
-//! (cached, refreshed before expiry). The service refuses calls over 1 MB, so batches are cut
-//! into requests by *compressed* size: chunks are planned from the observed compression
-//! ratio, and a chunk that still compresses over the limit is halved before it is sent —
-//! no body over `max_request_bytes` ever leaves. String fields over `max_field_bytes` are
-//! truncated (counted); a single row still over the limit is dead-lettered.
+//! (cached, refreshed before expiry). The service limits a call to 1 MB, compressed and
+//! uncompressed alike, so batches are cut into requests under both bounds: chunks are planned
+//! from the observed compression ratio and capped at `max_uncompressed_request_bytes` of JSON,
+//! and a chunk over either limit is halved before it is sent — no body over
+//! `max_request_bytes` (gzipped) or `max_uncompressed_request_bytes` (before gzip) ever
+//! leaves. String fields over `max_field_bytes` are truncated (counted); a single row still
+//! over a limit is dead-lettered.
 
 mod config;
 #[cfg(test)]
@@ -68,6 +70,21 @@ impl AzureLogsIngestionSink {
                 "must be between 16384 and 1048576 (the service's 1 MB per call)",
             ));
         }
+        if config.max_uncompressed_request_bytes < 16 * 1024 {
+            return Err(bad(
+                "max_uncompressed_request_bytes",
+                config.max_uncompressed_request_bytes.to_string(),
+                "must be at least 16384 (smaller would dead-letter ordinary rows)",
+            ));
+        }
+        if config.max_uncompressed_request_bytes > AZURE_MAX_CALL_BYTES {
+            tracing::warn!(
+                sink = name,
+                max_uncompressed_request_bytes = config.max_uncompressed_request_bytes,
+                "above the 1 MB per call Microsoft documents for uncompressed data too; \
+                the service may refuse such calls"
+            );
+        }
         for (key, value) in [
             ("dcr_immutable_id", &config.dcr_immutable_id),
             ("stream", &config.stream),
@@ -120,7 +137,7 @@ impl AzureLogsIngestionSink {
             client_secret,
             scope: config.scope.clone(),
             max_request_bytes: config.max_request_bytes,
-            max_uncompressed: config.max_uncompressed_request_bytes.unwrap_or(usize::MAX),
+            max_uncompressed: config.max_uncompressed_request_bytes,
             max_field_bytes: config.max_field_bytes.max(1024),
             client: common::client(name, Duration::from_millis(config.timeout_ms))?,
             token: tokio::sync::Mutex::new(None),

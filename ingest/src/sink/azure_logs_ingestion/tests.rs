@@ -31,6 +31,7 @@ fn defaults_and_urls() {
         "https://login.microsoftonline.com/t/oauth2/v2.0/token"
     );
     assert_eq!(s.max_request_bytes, 1_000_000);
+    assert_eq!(s.max_uncompressed, 1_000_000);
     assert!(!format!("{:?}", s.client_secret).contains("PATH"));
 }
 
@@ -49,6 +50,17 @@ fn request_limit_cannot_exceed_the_service_limit() {
             .err()
             .unwrap();
     assert!(err.to_string().contains("stream"), "{err}");
+    let err = AzureLogsIngestionSink::new(
+        "az",
+        &config("max_uncompressed_request_bytes = 0"),
+        SinkMetrics::new("az"),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        err.to_string().contains("max_uncompressed_request_bytes"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -72,7 +84,7 @@ fn long_fields_are_truncated_on_a_char_boundary_and_counted() {
 
 #[test]
 fn plan_keeps_chunks_near_the_compressed_target() {
-    let s = sink("");
+    let s = sink("max_uncompressed_request_bytes = 100000000");
     s.ratio_ppm.store(500_000, Ordering::Relaxed); // 2:1
     let line = vec![b'x'; 10_000];
     let lines: Vec<&[u8]> = (0..1000).map(|_| line.as_slice()).collect();
@@ -87,4 +99,8 @@ fn plan_keeps_chunks_near_the_compressed_target() {
     let s = sink("max_uncompressed_request_bytes = 100000");
     let chunks = s.plan(&lines);
     assert!(chunks.iter().all(|c| c.len() <= 10));
+    // By default a call holds at most 1,000,000 bytes of JSON, however well it compresses.
+    let s = sink("");
+    let chunks = s.plan(&lines);
+    assert!(chunks.iter().all(|c| c.len() <= 99));
 }

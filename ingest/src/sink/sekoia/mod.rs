@@ -116,6 +116,10 @@ impl ChunkSender for SekoiaSink {
         {
             tracing::warn!(sink = %self.name, sent = lines.len(), ids = n,
                 "Sekoia intake returned a different number of event ids");
+            // Resending cannot tell which events were dropped and would duplicate the rest;
+            // the shortfall is counted so the gap shows in metrics, not only in the log.
+            self.metrics
+                .unconfirmed(lines.len().saturating_sub(n) as u64, "missing_event_ids");
         }
         Attempt::Accepted
     }

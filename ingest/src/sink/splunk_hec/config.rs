@@ -16,7 +16,8 @@ pub struct SplunkHecConfig {
     pub source: Option<String>,
     pub host: Option<String>,
     /// Indexer acknowledgement: poll `/services/collector/ack` and only then let the batch
-    /// leave the spool. Needs `useACK` on the token.
+    /// leave the spool. Needs `useACK` on the token; without it HEC replies with no `ackId`,
+    /// and the batch is taken as delivered (logged, counted) rather than indexed again.
     #[serde(default)]
     pub ack: bool,
     /// Channel GUID sent as `X-Splunk-Request-Channel` (generated when unset).

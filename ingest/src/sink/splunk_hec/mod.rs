@@ -2,19 +2,21 @@
 //! with `Authorization: Splunk <token>`, body = concatenated event envelopes
 //! `{"event":…,"index":…,"sourcetype":…}`, gzip. With `ack = true`, every request carries
 //! `X-Splunk-Request-Channel`, its `ackId` is polled on `/services/collector/ack`, and the
-//! batch is reported delivered only once indexed.
+//! batch is reported delivered only once indexed. A 2xx without `ackId` (the token has no
+//! indexer acknowledgement) still means HEC took the events: delivered, logged, counted.
 
 mod config;
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
 
 pub use config::SplunkHecConfig;
 
+use crate::net::uring::RateLimit;
 use crate::sink::http::common::{self, Attempt, ChunkSender};
 use crate::sink::http::{Compression, SinkBuildError};
 use crate::sink::runtime::SinkMetrics;
@@ -37,7 +39,13 @@ pub struct SplunkHecSink {
     max_request_bytes: usize,
     client: reqwest::Client,
     metrics: Arc<SinkMetrics>,
+    /// Every request hits the missing-`ackId` case once the token lacks `useACK`: one log line
+    /// per interval says what to fix, the metric counts every event.
+    no_ack_id_log: Mutex<RateLimit>,
 }
+
+/// How often the missing-`ackId` error is logged at most.
+const NO_ACK_ID_LOG_EVERY: Duration = Duration::from_secs(600);
 
 fn random_guid() -> String {
     let mut b = [0u8; 16];
@@ -117,6 +125,7 @@ impl SplunkHecSink {
             max_request_bytes: config.max_request_bytes.max(1024),
             client: common::client(name, Duration::from_millis(config.timeout_ms))?,
             metrics,
+            no_ack_id_log: Mutex::new(RateLimit::new(NO_ACK_ID_LOG_EVERY)),
         })
     }
 
@@ -178,6 +187,24 @@ impl SplunkHecSink {
     }
 }
 
+impl SplunkHecSink {
+    fn no_ack_id(&self, events: usize) {
+        self.metrics.unconfirmed(events as u64, "no_ack_id");
+        let mut log = self
+            .no_ack_id_log
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if log.ready() {
+            let suppressed = std::mem::take(&mut log.suppressed);
+            tracing::error!(sink = %self.name, suppressed,
+                "ack = true but HEC accepted the request without an ackId: the token has no \
+                indexer acknowledgement, so delivery is not confirmed. Events are counted as \
+                delivered (and in sluice_sink_unconfirmed_events_total{{reason=\"no_ack_id\"}}); \
+                set ack = false for this sink or enable useACK on the HEC token");
+        }
+    }
+}
+
 impl ChunkSender for SplunkHecSink {
     async fn send(&self, lines: &[&[u8]]) -> Attempt {
         let body = self.compression.compress(&self.body(lines));
@@ -206,12 +233,10 @@ impl ChunkSender for SplunkHecSink {
             .ok()
             .and_then(|v| v.get("ackId")?.as_u64());
         let Some(ack_id) = ack_id else {
-            return Attempt::Retry {
-                after: None,
-                reason: "indexer acknowledgement enabled but the reply has no ackId \
-                    (is useACK on for this token?)"
-                    .to_owned(),
-            };
+            // HEC answered 2xx, so it took the events; resending them would index them again,
+            // and again on every retry, since the reply will never carry an ackId.
+            self.no_ack_id(lines.len());
+            return Attempt::Accepted;
         };
         match self.wait_for_ack(ack_id).await {
             Ok(()) => Attempt::Accepted,
