@@ -747,10 +747,38 @@ impl Pipeline {
         None
     }
 
+    /// Waits until every reader, worker and sink thread has finished, or `deadline`. A spool
+    /// full under `when_full = "block"` holds its sink thread, and behind it the workers and
+    /// readers, for as long as the service stays down; past the deadline such spools refuse
+    /// (and count) what does not fit, so that every thread finishes.
+    fn await_threads_within_grace(&self, deadline: Instant) {
+        loop {
+            let finished = self.readers.iter().all(|(_, h)| h.is_finished())
+                && self.workers.iter().all(JoinHandle::is_finished)
+                && self.sinks.iter().all(JoinHandle::is_finished);
+            if finished {
+                return;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    "shutdown grace period over: batches that do not fit a full spool are \
+                     refused (counted as dropped)"
+                );
+                for (_, handle) in &self.sink_runtimes {
+                    handle.refuse_when_full();
+                }
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stops reading, drains every queue, writes every batch; returns the totals.
     pub fn shutdown(mut self) -> Summary {
         let began = Instant::now();
+        let deadline = began + self.shutdown_grace;
         self.reader_stop.store(true, Ordering::Relaxed);
+        self.await_threads_within_grace(deadline);
         for (name, handle) in self.readers.drain(..) {
             match handle.join() {
                 Ok(Ok(())) => {}
@@ -768,7 +796,7 @@ impl Pipeline {
                 tracing::error!("a sink thread panicked");
             }
         }
-        self.drain_spools(began + self.shutdown_grace);
+        self.drain_spools(deadline);
         self.maintenance_stop.store(true, Ordering::Relaxed);
         if let Some(m) = self.maintenance.take() {
             let _ = m.join();

@@ -339,6 +339,13 @@ impl SinkHandle {
         &self.metrics
     }
 
+    /// Refuses (and counts) from now on every batch that would have to wait for room under
+    /// `when_full = "block"`; batches that fit are still spooled. The pipeline calls it once
+    /// shutdown's grace is over, so that threads blocked in [`SinkHandle::enqueue`] return.
+    pub fn refuse_when_full(&self) {
+        self.spool.stop_waiting();
+    }
+
     /// Stops taking records, lets uploads in flight finish for up to `grace`, then aborts
     /// them (they stay in the spool). Blocked `enqueue` callers get `Refused`.
     pub async fn shutdown(mut self, grace: Duration) {
@@ -391,7 +398,7 @@ impl SinkHandleRef<'_> {
             Err(e) => {
                 let reason = match e {
                     SpoolError::TooLarge { .. } => "too_large",
-                    SpoolError::Closed => "closed",
+                    SpoolError::Closed | SpoolError::FullAtShutdown => "closed",
                     SpoolError::Io { .. } | SpoolError::Locked { .. } => "io_error",
                 };
                 tracing::error!(sink = %self.name, events = batch.events, error = %e,

@@ -97,6 +97,8 @@ pub enum SpoolError {
     TooLarge { len: u64, max: u64 },
     #[error("spool is closed")]
     Closed,
+    #[error("spool is full and the shutdown grace period is over")]
+    FullAtShutdown,
     #[error("spool {dir} is in use by another process (lock held on {dir}/lock)")]
     Locked { dir: PathBuf },
 }
@@ -185,6 +187,8 @@ struct State {
     last_fsync: Instant,
     unsynced: bool,
     blocked_writers: usize,
+    /// Set by [`Spool::stop_waiting`]: `block` refuses instead of waiting.
+    no_waiting: bool,
     closed: bool,
     encode_buf: Vec<u8>,
 }
@@ -317,6 +321,7 @@ impl Spool {
             last_fsync: Instant::now(),
             unsynced: false,
             blocked_writers: 0,
+            no_waiting: false,
             closed: false,
             encode_buf: Vec::new(),
         };
@@ -391,6 +396,9 @@ impl Spool {
             }
             match self.config.when_full {
                 WhenFull::Block => {
+                    if st.no_waiting {
+                        return Err(SpoolError::FullAtShutdown);
+                    }
                     st.blocked_writers += 1;
                     st = self
                         .space_freed
@@ -595,6 +603,15 @@ impl Spool {
         drop(st);
         self.space_freed.notify_all();
         Ok(())
+    }
+
+    /// Ends the waits of `when_full = "block"`: from now on an append that finds the spool
+    /// full fails with [`SpoolError::FullAtShutdown`] at once (appends that fit still go in).
+    /// For shutdown once its grace is over, when nothing will free space in time: the pipeline
+    /// threads waiting here must finish so their batches can be counted.
+    pub fn stop_waiting(&self) {
+        self.lock().no_waiting = true;
+        self.space_freed.notify_all();
     }
 
     /// Wakes blocked appenders with [`SpoolError::Closed`]; files stay for the next start.

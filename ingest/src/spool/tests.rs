@@ -261,6 +261,37 @@ fn close_releases_a_blocked_writer() {
     ));
 }
 
+/// Shutdown's grace over: a writer waiting for room is refused, and so is every later batch
+/// that does not fit, while the spool stays open for batches that do.
+#[test]
+fn stop_waiting_refuses_blocked_writers_but_takes_what_fits() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool =
+        Arc::new(Spool::open(dir.path(), config(16 << 10, 4 << 10, WhenFull::Block)).unwrap());
+    let writer = {
+        let spool = spool.clone();
+        std::thread::spawn(move || {
+            (0..100)
+                .map(|t| spool.append(&batch(t, 900)))
+                .position(|r| r.is_err())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    spool.stop_waiting();
+    let refused_at = writer.join().unwrap().expect("a refusal");
+    assert!(matches!(
+        spool.append(&batch(100, 900)),
+        Err(SpoolError::FullAtShutdown)
+    ));
+    // Delivering the first segment's records frees room.
+    for _ in 0..5 {
+        let r = spool.next().unwrap().unwrap();
+        spool.ack(r.id).unwrap();
+    }
+    spool.append(&batch(101, 900)).unwrap();
+    assert_eq!(spool.stats().records, refused_at as u64 - 5 + 1);
+}
+
 #[test]
 fn a_spool_in_use_cannot_be_opened_twice() {
     let dir = tempfile::tempdir().unwrap();
