@@ -217,7 +217,8 @@ pub struct Pipeline {
     pub listening: Vec<(String, &'static str, SocketAddr)>,
     reader_stop: Arc<AtomicBool>,
     runtime: Option<tokio::runtime::Runtime>,
-    sink_runtimes: Vec<(String, Arc<SinkHandle>)>,
+    /// With each sink's `sluice_sink_dropped_events_total`.
+    sink_runtimes: Vec<(String, Arc<SinkHandle>, metrics::Counter)>,
     shutdown_grace: Duration,
     maintenance_stop: Arc<AtomicBool>,
     readers: Vec<(String, JoinHandle<std::io::Result<()>>)>,
@@ -430,7 +431,11 @@ impl Pipeline {
                             totals.clone(),
                         )?)
                     };
-                    sink_runtimes.push((name.clone(), handle.clone()));
+                    sink_runtimes.push((
+                        name.clone(),
+                        handle.clone(),
+                        counters.dropped_events.clone(),
+                    ));
                     let stage = sink_stage::SinkStage {
                         name: name.clone(),
                         handle,
@@ -705,14 +710,25 @@ impl Pipeline {
         let Some(runtime) = self.runtime.take() else {
             return;
         };
-        for (name, handle) in self.sink_runtimes.drain(..) {
+        for (name, handle, dropped_events) in self.sink_runtimes.drain(..) {
             while handle.stats().spool.records > 0 && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
             let left = handle.stats().spool;
             match Arc::try_unwrap(handle) {
-                Ok(handle) => runtime
-                    .block_on(handle.shutdown(deadline.saturating_duration_since(Instant::now()))),
+                Ok(handle) => {
+                    let grace = deadline.saturating_duration_since(Instant::now());
+                    let end = runtime.block_on(handle.shutdown(grace)).spool;
+                    // Nothing is appended any more: what the spool dropped meanwhile are the
+                    // records of a `drop_oldest` segment whose upload shutdown ended.
+                    let dropped = end.dropped_events - left.dropped_events;
+                    if dropped > 0 {
+                        dropped_events.increment(dropped);
+                        self.totals
+                            .sink_dropped_events
+                            .fetch_add(dropped, Ordering::Relaxed);
+                    }
+                }
                 Err(_) => tracing::error!(sink = %name, "sink handle still shared at shutdown"),
             }
             if left.records > 0 {
@@ -764,7 +780,7 @@ impl Pipeline {
                     "shutdown grace period over: batches that do not fit a full spool are \
                      refused (counted as dropped)"
                 );
-                for (_, handle) in &self.sink_runtimes {
+                for (_, handle, _) in &self.sink_runtimes {
                     handle.refuse_when_full();
                 }
                 return;

@@ -20,7 +20,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::{Batch, Delivery, Rejected, Sink};
-use crate::spool::{Appended, Spool, SpoolConfig, SpoolError, SpoolStats, SpooledRecord};
+use crate::spool::{Appended, RecordId, Spool, SpoolConfig, SpoolError, SpoolStats, SpooledRecord};
 
 /// `[sinks.NAME.retry]`: how failed uploads are retried.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
@@ -262,6 +262,7 @@ impl SinkRuntime {
         )?);
         let dead_letter_dir = data_dir.join("dead_letter").join(&name);
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (abort_tx, abort_rx) = watch::channel(false);
         let driver = Driver {
             sink,
             spool: spool.clone(),
@@ -269,6 +270,7 @@ impl SinkRuntime {
             metrics: metrics.clone(),
             dead_letter_dir,
             stop: stop_rx,
+            abort: abort_rx,
         };
         let task = tokio::spawn(driver.run());
         Ok(SinkHandle {
@@ -276,6 +278,7 @@ impl SinkRuntime {
             spool,
             metrics,
             stop: stop_tx,
+            abort: abort_tx,
             task: Some(task),
         })
     }
@@ -285,7 +288,10 @@ pub struct SinkHandle {
     name: String,
     spool: Arc<Spool>,
     metrics: Arc<SinkMetrics>,
+    /// Graceful stop: no new uploads, no more retries.
     stop: watch::Sender<bool>,
+    /// The grace is over: uploads still running end at once.
+    abort: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -346,9 +352,10 @@ impl SinkHandle {
         self.spool.stop_waiting();
     }
 
-    /// Stops taking records, lets uploads in flight finish for up to `grace`, then aborts
-    /// them (they stay in the spool). Blocked `enqueue` callers get `Refused`.
-    pub async fn shutdown(mut self, grace: Duration) {
+    /// Stops taking records, lets uploads in flight finish for up to `grace`, then ends them
+    /// (they stay in the spool; those whose segment `drop_oldest` deleted meanwhile are
+    /// counted as dropped). Blocked `enqueue` callers get `Refused`. Returns the final counts.
+    pub async fn shutdown(mut self, grace: Duration) -> SinkStats {
         let _ = self.stop.send(true);
         self.spool.close();
         if let Some(mut task) = self.task.take()
@@ -356,8 +363,17 @@ impl SinkHandle {
         {
             tracing::warn!(sink = %self.name, "uploads still running after the grace period; \
                 aborted, they stay spooled");
-            task.abort();
+            // Uploads end themselves, so that each can settle its record (Spool::abandon);
+            // an abort would only drop them. The task is aborted only if that does not happen.
+            let _ = self.abort.send(true);
+            if tokio::time::timeout(Duration::from_secs(1), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
         }
+        self.stats()
     }
 }
 
@@ -417,6 +433,7 @@ struct Driver<S> {
     metrics: Arc<SinkMetrics>,
     dead_letter_dir: PathBuf,
     stop: watch::Receiver<bool>,
+    abort: watch::Receiver<bool>,
 }
 
 impl<S: Sink + 'static> Driver<S> {
@@ -466,6 +483,7 @@ impl<S: Sink + 'static> Driver<S> {
                 metrics: self.metrics.clone(),
                 dead_letter_dir: self.dead_letter_dir.clone(),
                 stop: self.stop.clone(),
+                abort: self.abort.clone(),
             };
             uploads.spawn(async move {
                 upload.run(record).await;
@@ -489,6 +507,14 @@ struct Upload<S> {
     metrics: Arc<SinkMetrics>,
     dead_letter_dir: PathBuf,
     stop: watch::Receiver<bool>,
+    abort: watch::Receiver<bool>,
+}
+
+/// Shutdown ended the upload of `id` with `events` of it undelivered: see [`Spool::abandon`].
+fn abandon(spool: &Spool, sink: &str, id: RecordId, events: u64) {
+    if let Err(e) = spool.abandon(id, events) {
+        tracing::error!(sink = %sink, error = %e, "spool update failed");
+    }
 }
 
 impl<S: Sink> Upload<S> {
@@ -498,7 +524,12 @@ impl<S: Sink> Upload<S> {
         let mut current = record.batch;
         let mut attempt: u32 = 0;
         loop {
-            let outcome = self.sink.deliver(&current).await;
+            let outcome = tokio::select! {
+                outcome = self.sink.deliver(&current) => outcome,
+                _ = self.abort.wait_for(|a| *a) => {
+                    return abandon(&self.spool, self.sink.name(), id, current.events);
+                }
+            };
             let (retry_batch, after, reason) = match outcome {
                 Delivery::Delivered => {
                     self.metrics
@@ -557,8 +588,11 @@ impl<S: Sink> Upload<S> {
             current = retry_batch;
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                // Shutting down: the record stays in the spool for the next start.
-                _ = self.stop.wait_for(|s| *s) => return,
+                // Shutting down: the record stays in the spool for the next start (or is
+                // counted as dropped if `drop_oldest` deleted it meanwhile).
+                _ = self.stop.wait_for(|s| *s) => {
+                    return abandon(&self.spool, self.sink.name(), id, current.events);
+                }
             }
         }
         if let Err(e) = self.spool.ack(id) {
@@ -602,6 +636,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use super::*;
+    use crate::spool::{FsyncPolicy, WhenFull};
 
     #[test]
     fn backoff_grows_is_jittered_and_capped() {
@@ -723,5 +758,95 @@ mod tests {
             .count();
         assert_eq!(files, 40, "data + metadata per rejection");
         handle.shutdown(Duration::from_secs(1)).await;
+    }
+
+    /// A service that is down: every upload is retried, or (`hang`) never answered.
+    struct Down {
+        hang: bool,
+    }
+
+    impl Sink for Down {
+        fn name(&self) -> &str {
+            "down"
+        }
+
+        async fn deliver(&self, _batch: &Batch) -> Delivery {
+            if self.hang {
+                std::future::pending::<()>().await;
+            }
+            Delivery::Retry {
+                after: None,
+                reason: "down".into(),
+            }
+        }
+    }
+
+    /// One event of about 1 KiB.
+    fn padded(i: usize) -> Batch {
+        let line = format!("{{\"i\":{i},\"pad\":\"{}\"}}", "x".repeat(900));
+        Batch::from_lines([line.as_bytes()])
+    }
+
+    async fn wait_for_in_flight(spool: &Spool, n: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while spool.stats().in_flight < n {
+            assert!(std::time::Instant::now() < deadline, "{:?}", spool.stats());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// `drop_oldest` deletes the segment of records being uploaded. Those uploads then end
+    /// without delivering (shutdown during a retry's backoff, or aborted after the grace while
+    /// the service does not answer): the records exist nowhere else, so they must be counted
+    /// as dropped. Everything enqueued is still on disk for the next start, or counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_of_a_dropped_segment_are_delivered_or_counted_once() {
+        const N: usize = 100;
+        let mut accounted = Vec::new();
+        for hang in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let spool_config = SpoolConfig {
+                max_bytes: 32 << 10,
+                segment_bytes: 8 << 10,
+                when_full: WhenFull::DropOldest,
+                fsync: FsyncPolicy::Never,
+                ..SpoolConfig::default()
+            };
+            let retry = RetryConfig {
+                concurrency: 2,
+                initial_backoff_ms: 10,
+                max_backoff_ms: 20,
+                ..RetryConfig::default()
+            };
+            let handle = SinkRuntime::spawn(
+                Arc::new(Down { hang }),
+                dir.path(),
+                spool_config.clone(),
+                retry,
+                SinkMetrics::new("down"),
+            )
+            .unwrap();
+            let spool = handle.spool.clone();
+            for i in 0..2 {
+                handle.enqueue_async(padded(i)).await;
+            }
+            wait_for_in_flight(&spool, 2).await;
+            for i in 2..N {
+                handle.enqueue_async(padded(i)).await;
+            }
+            let before = spool.stats();
+            assert!(before.dropped_events > 0, "{before:?}");
+            handle.shutdown(Duration::from_millis(300)).await;
+            let dropped = spool.stats().dropped_events;
+            drop(spool);
+            let spool = Spool::open(&dir.path().join("spool/down"), spool_config).unwrap();
+            let mut replayed = 0;
+            while let Some(r) = spool.next().unwrap() {
+                replayed += r.batch.events;
+                spool.ack(r.id).unwrap();
+            }
+            accounted.push((hang, dropped + replayed));
+        }
+        assert_eq!(accounted, [(false, N as u64), (true, N as u64)]);
     }
 }

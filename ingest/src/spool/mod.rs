@@ -574,14 +574,49 @@ impl Spool {
     /// Marks a handed-out record as accepted by the sink (or dead-lettered). Advances and
     /// persists the cursor over the acked prefix and deletes segments no longer needed.
     pub fn ack(&self, id: RecordId) -> Result<(), SpoolError> {
+        self.retire(self.lock(), id, true)
+    }
+
+    /// The upload of `id` ended without delivering its last `events` events (shutdown came
+    /// first). Such a record normally stays on disk and is replayed at the next start; but one
+    /// whose segment `drop_oldest` deleted while it was being uploaded exists nowhere else, so
+    /// it is counted as dropped here, where its fate is known, and retired. Returns whether it
+    /// was.
+    pub fn abandon(&self, id: RecordId, events: u64) -> Result<bool, SpoolError> {
         let mut st = self.lock();
+        let orphaned = st
+            .in_flight
+            .iter()
+            .any(|e| e.seq == id.seq && !e.done && e.orphaned);
+        if !orphaned {
+            return Ok(false);
+        }
+        st.stats.dropped_records += 1;
+        st.stats.dropped_events += events;
+        tracing::warn!(spool = %self.dir.display(), seq = id.seq, events,
+            "upload ended undelivered after its segment was dropped (when_full = drop_oldest): \
+             events dropped");
+        self.retire(st, id, false)?;
+        Ok(true)
+    }
+
+    /// Takes a handed-out record off the in-flight list (`acked`: delivered or dead-lettered;
+    /// otherwise counted as dropped by the caller), then moves the cursor and reclaims space.
+    fn retire(
+        &self,
+        mut st: MutexGuard<'_, State>,
+        id: RecordId,
+        acked: bool,
+    ) -> Result<(), SpoolError> {
         let Some(entry) = st.in_flight.iter_mut().find(|e| e.seq == id.seq && !e.done) else {
             return Ok(()); // unknown or already acked: idempotent
         };
         entry.done = true;
         let (events, orphaned, segment) = (entry.events, entry.orphaned, entry.segment);
         st.stats.in_flight -= 1;
-        st.stats.acked_records += 1;
+        if acked {
+            st.stats.acked_records += 1;
+        }
         st.stats.records -= 1;
         st.stats.events -= events;
         if !orphaned && let Some(seg) = st.segments.iter_mut().find(|s| s.id == segment) {
@@ -708,13 +743,15 @@ impl Spool {
         Ok(())
     }
 
-    /// Deletes the oldest sealed segment; returns the records/events lost with it (records
-    /// currently being uploaded are not counted: their upload may still succeed).
+    /// Deletes the oldest sealed segment; returns the records/events lost with it. Records
+    /// being uploaded are not counted here: their upload may still succeed, and
+    /// [`Spool::abandon`] counts them if it ends undelivered.
     fn drop_oldest_segment(&self, st: &mut State) -> Result<(u64, u64), SpoolError> {
         let seg = st.segments.pop_front().expect("a sealed segment");
         fs::remove_file(&seg.path).map_err(self.io_err("remove segment"))?;
         let mut records = seg.pending_records;
         let mut events = seg.pending_events;
+        let mut uploading = 0;
         for e in st
             .in_flight
             .iter_mut()
@@ -723,6 +760,7 @@ impl Spool {
             e.orphaned = true;
             records -= 1;
             events -= e.events;
+            uploading += 1;
         }
         st.stats.bytes -= seg.len;
         st.stats.records -= records;
@@ -732,8 +770,9 @@ impl Spool {
         if st.reader.as_ref().is_some_and(|r| r.segment == seg.id) {
             st.reader = None;
         }
-        tracing::warn!(spool = %self.dir.display(), records, events,
-            "spool full: dropped oldest segment (when_full = drop_oldest)");
+        tracing::warn!(spool = %self.dir.display(), records, events, uploading,
+            "spool full: dropped oldest segment (when_full = drop_oldest; records being \
+             uploaded count as dropped only if shutdown ends their upload undelivered)");
         self.refresh_oldest(st);
         Ok((records, events))
     }

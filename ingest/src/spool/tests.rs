@@ -205,6 +205,33 @@ fn drop_oldest_does_not_count_records_in_flight() {
     assert_eq!(spool.stats().records, 0);
 }
 
+/// An upload that ends undelivered (shutdown): its record stays for the next start, unless
+/// `drop_oldest` deleted its segment meanwhile; then it is counted as dropped, once.
+#[test]
+fn abandon_counts_only_records_whose_segment_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(32 << 10, 8 << 10, WhenFull::DropOldest);
+    let spool = Spool::open(dir.path(), cfg.clone()).unwrap();
+    spool.append(&batch(0, 900)).unwrap();
+    let orphan = spool.next().unwrap().unwrap();
+    let mut dropped = 0;
+    for t in 1..100 {
+        dropped += spool.append(&batch(t, 900)).unwrap().dropped_events;
+    }
+    let kept = spool.next().unwrap().unwrap();
+    assert!(!spool.abandon(kept.id, 1).unwrap());
+    assert!(spool.abandon(orphan.id, 1).unwrap());
+    assert!(!spool.abandon(orphan.id, 1).unwrap(), "counted once");
+    let s = spool.stats();
+    assert_eq!(s.dropped_events, dropped + 1);
+    assert_eq!((s.in_flight, s.records), (1, 100 - dropped - 1));
+    drop(spool);
+    let spool = Spool::open(dir.path(), cfg).unwrap();
+    let replayed = drain(&spool);
+    assert_eq!(replayed[0], tag_of(&kept.batch));
+    assert_eq!(replayed.len() as u64 + dropped + 1, 100);
+}
+
 #[test]
 fn block_waits_for_acks_then_proceeds() {
     let dir = tempfile::tempdir().unwrap();
