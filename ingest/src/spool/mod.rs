@@ -191,6 +191,21 @@ struct State {
     no_waiting: bool,
     closed: bool,
     encode_buf: Vec<u8>,
+    /// Test seam: this many coming segment fsyncs fail with EIO.
+    #[cfg(test)]
+    fail_syncs: u32,
+}
+
+impl State {
+    /// fsync of the active segment's data.
+    fn sync_writer(&mut self) -> io::Result<()> {
+        #[cfg(test)]
+        if self.fail_syncs > 0 {
+            self.fail_syncs -= 1;
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        self.writer.sync_data()
+    }
 }
 
 pub struct Spool {
@@ -324,6 +339,8 @@ impl Spool {
             no_waiting: false,
             closed: false,
             encode_buf: Vec::new(),
+            #[cfg(test)]
+            fail_syncs: 0,
         };
         let spool = Spool {
             dir: dir.to_owned(),
@@ -424,32 +441,33 @@ impl Spool {
             self.rotate(&mut st)?;
         }
         let seq = st.next_seq;
+        // Used up even by a failed append: should its bytes outlive it (a crash before the
+        // truncation below), they must not share a number with the next record.
+        st.next_seq += 1;
         let mut buf = std::mem::take(&mut st.encode_buf);
         record::encode(seq, created_ms, batch.events, &batch.ndjson, &mut buf);
         // One write per record: a crash leaves at most one torn record at the tail.
         let written = st.writer.write_all(&buf);
         let buf_cap_ok = buf.capacity() <= 8 << 20;
         st.encode_buf = if buf_cap_ok { buf } else { Vec::new() };
-        if let Err(e) = written {
-            // Whatever part of the record reached the file is caught by the CRC on replay;
-            // keep appends going at the committed length.
-            let committed = st.segments.back().map_or(0, |s| s.len);
-            let _ = st.writer.set_len(committed);
-            return Err(self.io_err("append")(e));
+        let durable =
+            written
+                .map_err(self.io_err("append"))
+                .and_then(|()| match self.config.fsync {
+                    FsyncPolicy::Always | FsyncPolicy::Batch => {
+                        st.sync_writer().map_err(self.io_err("fsync segment"))
+                    }
+                    FsyncPolicy::Interval => {
+                        st.unsynced = true;
+                        self.sync_if_due(&mut st)
+                    }
+                    FsyncPolicy::Never => Ok(()),
+                });
+        if let Err(e) = durable {
+            // Refused (the caller counts it), so it must not stay in the file either.
+            self.undo_append(&mut st);
+            return Err(e);
         }
-        match self.config.fsync {
-            FsyncPolicy::Always | FsyncPolicy::Batch => {
-                st.writer
-                    .sync_data()
-                    .map_err(self.io_err("fsync segment"))?;
-            }
-            FsyncPolicy::Interval => {
-                st.unsynced = true;
-                self.sync_if_due(&mut st)?;
-            }
-            FsyncPolicy::Never => {}
-        }
-        st.next_seq += 1;
         let seg = st.segments.back_mut().expect("active segment");
         seg.len += len;
         seg.pending_records += 1;
@@ -469,13 +487,28 @@ impl Spool {
         Ok(outcome)
     }
 
+    /// Cuts a failed append's bytes (all of them when only the fsync failed) off the active
+    /// segment. Left there, they would be replayed at the next start although the batch was
+    /// refused, and the next record would be written after them, past the committed length
+    /// where the reader stops.
+    fn undo_append(&self, st: &mut State) {
+        let committed = st.segments.back().map_or(0, |s| s.len);
+        if let Err(e) = st.writer.set_len(committed) {
+            tracing::error!(spool = %self.dir.display(), error = %e,
+                "cannot cut a failed append off its segment; starting a new one");
+            // The reader never passes the committed length; later appends go elsewhere.
+            if let Err(e) = self.rotate(st) {
+                tracing::error!(spool = %self.dir.display(), error = %e,
+                    "cannot start a new segment");
+            }
+        }
+    }
+
     fn sync_if_due(&self, st: &mut State) -> Result<(), SpoolError> {
         if st.unsynced
             && st.last_fsync.elapsed() >= Duration::from_millis(self.config.fsync_interval_ms)
         {
-            st.writer
-                .sync_data()
-                .map_err(self.io_err("fsync segment"))?;
+            st.sync_writer().map_err(self.io_err("fsync segment"))?;
             st.unsynced = false;
             st.last_fsync = Instant::now();
         }
@@ -654,7 +687,7 @@ impl Spool {
         let mut st = self.lock();
         st.closed = true;
         if st.unsynced {
-            let _ = st.writer.sync_data();
+            let _ = st.sync_writer();
             st.unsynced = false;
         }
         drop(st);
@@ -729,9 +762,7 @@ impl Spool {
 
     fn rotate(&self, st: &mut State) -> Result<(), SpoolError> {
         if st.unsynced {
-            st.writer
-                .sync_data()
-                .map_err(self.io_err("fsync segment"))?;
+            st.sync_writer().map_err(self.io_err("fsync segment"))?;
             st.unsynced = false;
         }
         let id = st.next_segment_id;
@@ -799,7 +830,7 @@ impl Drop for Spool {
     fn drop(&mut self) {
         let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
         if st.unsynced {
-            let _ = st.writer.sync_data();
+            let _ = st.sync_writer();
         }
     }
 }

@@ -357,6 +357,40 @@ fn corrupt_cursor_means_replay_not_loss() {
     assert_eq!(drain(&spool), vec![0, 1, 2]);
 }
 
+/// A batch whose fsync fails is refused and leaves no trace: the segment's bytes, the counts
+/// and the sequence numbers stay as if it had never been offered, so it is neither replayed
+/// (it was counted as lost) nor able to shadow the record appended after it.
+#[test]
+fn a_failed_fsync_refuses_the_batch_and_keeps_the_segment_consistent() {
+    for fsync in [FsyncPolicy::Batch, FsyncPolicy::Interval] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SpoolConfig {
+            fsync,
+            // Every append is due for its sync.
+            fsync_interval_ms: 0,
+            ..config(1 << 20, 1 << 20, WhenFull::Block)
+        };
+        {
+            let spool = Spool::open(dir.path(), cfg.clone()).unwrap();
+            spool.append(&batch(1, 100)).unwrap();
+            spool.lock().fail_syncs = 1;
+            let err = spool.append(&batch(2, 100)).unwrap_err();
+            assert!(matches!(err, SpoolError::Io { .. }), "{fsync:?}: {err}");
+            spool.append(&batch(3, 100)).unwrap();
+            let s = spool.stats();
+            assert_eq!((s.records, s.appended_records), (2, 2), "{fsync:?}");
+            let on_disk: u64 = segment_files(dir.path())
+                .iter()
+                .map(|p| fs::metadata(p).unwrap().len())
+                .sum();
+            assert_eq!(s.bytes, on_disk, "{fsync:?}");
+        }
+        let spool = Spool::open(dir.path(), cfg).unwrap();
+        assert_eq!(drain(&spool), vec![1, 3], "{fsync:?}");
+        assert_eq!(spool.stats().quarantined_ranges, 0, "{fsync:?}");
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Append(usize),
