@@ -390,11 +390,12 @@ impl Spool {
     /// cover the time a batch spent filling, not only its time in the spool.
     pub fn append_created(&self, batch: &Batch, created_ms: u64) -> Result<Appended, SpoolError> {
         let len = record::encoded_len(batch.ndjson.len());
-        if len > self.config.max_bytes {
-            return Err(SpoolError::TooLarge {
-                len,
-                max: self.config.max_bytes,
-            });
+        let max = self
+            .config
+            .max_bytes
+            .min(record::encoded_len(record::MAX_NDJSON_LEN as usize));
+        if len > max {
+            return Err(SpoolError::TooLarge { len, max });
         }
         let mut st = self.lock();
         let mut outcome = Appended::default();
