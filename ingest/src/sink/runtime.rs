@@ -447,9 +447,16 @@ impl<S: Sink + 'static> Driver<S> {
         ));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         'dispatch: loop {
-            let permit = tokio::select! {
-                p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
-                _ = stop.changed() => break 'dispatch,
+            // The timer runs here too: during an outage every permit can be held by uploads
+            // that retry for as long as it lasts.
+            let permit = loop {
+                tokio::select! {
+                    p = permits.clone().acquire_owned() => {
+                        break p.expect("semaphore never closed");
+                    }
+                    _ = tick.tick() => self.on_tick(&mut gauges_prev),
+                    _ = stop.changed() => break 'dispatch,
+                }
             };
             let record = loop {
                 let ready = self.spool.data_ready().notified();
@@ -466,12 +473,7 @@ impl<S: Sink + 'static> Driver<S> {
                 }
                 tokio::select! {
                     _ = &mut ready => {}
-                    _ = tick.tick() => {
-                        if let Err(e) = self.spool.flush_if_due() {
-                            tracing::error!(sink = %self.sink.name(), error = %e, "spool fsync failed");
-                        }
-                        self.metrics.spool_gauges(&self.spool.stats(), &mut gauges_prev);
-                    }
+                    _ = tick.tick() => self.on_tick(&mut gauges_prev),
                     _ = stop.changed() => break 'dispatch,
                 }
                 while uploads.try_join_next().is_some() {}
@@ -497,6 +499,14 @@ impl<S: Sink + 'static> Driver<S> {
         while uploads.join_next().await.is_some() {}
         self.metrics
             .spool_gauges(&self.spool.stats(), &mut gauges_prev);
+    }
+
+    /// `fsync = "interval"` for quiet periods, and the spool gauges.
+    fn on_tick(&self, gauges_prev: &mut SpoolStats) {
+        if let Err(e) = self.spool.flush_if_due() {
+            tracing::error!(sink = %self.sink.name(), error = %e, "spool fsync failed");
+        }
+        self.metrics.spool_gauges(&self.spool.stats(), gauges_prev);
     }
 }
 
@@ -848,5 +858,47 @@ mod tests {
             accounted.push((hang, dropped + replayed));
         }
         assert_eq!(accounted, [(false, N as u64), (true, N as u64)]);
+    }
+
+    /// With every upload permit held by an upload the service never answers, the runtime's
+    /// timer still syncs `fsync = "interval"` data (and refreshes the spool gauges).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn interval_fsync_runs_while_every_upload_permit_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool_config = SpoolConfig {
+            fsync: FsyncPolicy::Interval,
+            fsync_interval_ms: 500,
+            ..SpoolConfig::default()
+        };
+        let retry = RetryConfig {
+            concurrency: 1,
+            ..RetryConfig::default()
+        };
+        let handle = SinkRuntime::spawn(
+            Arc::new(Down { hang: true }),
+            dir.path(),
+            spool_config,
+            retry,
+            SinkMetrics::new("down"),
+        )
+        .unwrap();
+        let spool = handle.spool.clone();
+        handle.enqueue_async(padded(0)).await;
+        wait_for_in_flight(&spool, 1).await;
+        // The next append is due for a sync; the one right after it is not, and waits for
+        // the timer.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        handle.enqueue_async(padded(1)).await;
+        handle.enqueue_async(padded(2)).await;
+        assert!(spool.unsynced());
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while spool.unsynced() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not synced while the only upload permit is held"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        handle.shutdown(Duration::from_millis(100)).await;
     }
 }

@@ -704,6 +704,12 @@ impl Spool {
         self.lock().stats
     }
 
+    /// Whether appended data awaits an fsync (`fsync = "interval"`).
+    #[cfg(test)]
+    pub(crate) fn unsynced(&self) -> bool {
+        self.lock().unsynced
+    }
+
     /// Notified after every append; the runtime waits on it when [`Spool::next`] is empty.
     pub fn data_ready(&self) -> &tokio::sync::Notify {
         &self.data_ready
