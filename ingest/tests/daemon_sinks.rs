@@ -95,8 +95,13 @@ fn wait_until(what: &str, daemon: &Daemon, timeout: Duration, mut done: impl FnM
 }
 
 fn write_config(dir: &Path, sinks: &str) -> std::path::PathBuf {
+    write_config_with(dir, "", sinks)
+}
+
+/// [`write_config`] with more `[pipeline]` keys.
+fn write_config_with(dir: &Path, pipeline: &str, sinks: &str) -> std::path::PathBuf {
     let config = format!(
-        "data_dir = {data:?}\n[metrics]\nlisten = \"127.0.0.1:0\"\n[pipeline]\nworkers = 2\n\
+        "data_dir = {data:?}\n[metrics]\nlisten = \"127.0.0.1:0\"\n[pipeline]\nworkers = 2\n{pipeline}\
          [sources.tcp_in]\ntype = \"tcp\"\nlisten = \"127.0.0.1:0\"\nframing = \"lf\"\n{sinks}",
         data = dir.join("data").display().to_string(),
     );
@@ -229,6 +234,121 @@ fn kill_9_while_sink_down_then_restart_delivers_everything() {
     eprintln!(
         "delivered {} for {N} sent: {duplicates} duplicates",
         texts.len()
+    );
+}
+
+/// The value of `key=<n>` in the daemon's "shut down" log line.
+fn shutdown_total(log: &str, key: &str) -> u64 {
+    let line = log
+        .lines()
+        .rfind(|l| l.contains("shut down"))
+        .unwrap_or_else(|| panic!("no shutdown line:\n{log}"));
+    let pattern = format!(" {key}=");
+    let at = line
+        .find(&pattern)
+        .unwrap_or_else(|| panic!("no {key}: {line}"))
+        + pattern.len();
+    let digits: String = line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().unwrap()
+}
+
+/// SIGTERM while the HTTP sink is down and its spool full under `when_full = "block"`: the
+/// pipeline threads wait on the spool, yet shutdown ends within its grace (plus the readers'
+/// drain), refusing what cannot be spooled and counting it. A restart with the sink up
+/// delivers the rest: every event received is delivered or counted.
+#[test]
+fn sigterm_with_a_full_blocking_spool_ends_within_the_grace_and_counts_the_refused() {
+    const N: usize = 20_000;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let addr = free_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = "batch_max_bytes = 65536\n[sinks.relay.spool]\nmax_bytes = 1048576\n\
+                 when_full = \"block\"\n";
+    let cfg = write_config_with(
+        dir.path(),
+        "shutdown_grace_ms = 1000\n",
+        &relay_sink(&format!("http://{addr}"), spool),
+    );
+    let mut daemon = Daemon::start(&cfg);
+    let tcp = daemon.tcp;
+    // The daemon stops reading once the spool is full: send from a thread that ends when
+    // shutdown resets the connection.
+    let sender = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(tcp).unwrap();
+        for i in 0..N {
+            if s.write_all(format!("{}\n", cef(i)).as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    let spool_dir = dir.path().join("data/spool/relay");
+    wait_until("spool full", &daemon, Duration::from_secs(60), || {
+        let bytes: u64 = std::fs::read_dir(&spool_dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        bytes > 1_048_576 - 2 * 65_536
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let stopping = Instant::now();
+    // SAFETY: signalling our own child process by its pid; it is not reaped yet.
+    assert_eq!(
+        unsafe { libc::kill(daemon.child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    // 1 s of grace, up to 2 s reading what the kernel still holds, 1 s for the sink runtime.
+    let status = loop {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            stopping.elapsed() < Duration::from_secs(10),
+            "no exit 10 s after SIGTERM:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let log = daemon.log();
+    drop(daemon);
+    let _ = sender.join();
+    // Lost events make the exit status a failure, after a clean shutdown.
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("some events could not be delivered"), "{log}");
+    let received = shutdown_total(&log, "received");
+    let refused = shutdown_total(&log, "sink_dropped_events");
+    let reader_dropped = shutdown_total(&log, "dropped_queue_full");
+    assert!(refused > 0, "{log}");
+    let spooled = received - refused - reader_dropped;
+
+    let relay = RelayFake::new();
+    let _server = rt.block_on(serve_at(addr, relay.handler()));
+    let daemon = Daemon::start(&cfg);
+    wait_until(
+        "the spooled events delivered after restart",
+        &daemon,
+        Duration::from_secs(60),
+        || relay.accepted.count() as u64 >= spooled,
+    );
+    let _ = daemon.stop();
+    let texts: Vec<String> = relay
+        .accepted
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    assert_eq!(
+        markers(texts.iter().map(String::as_str)).len() as u64,
+        spooled,
+        "received {received}, refused {refused}, dropped by readers {reader_dropped}"
     );
 }
 

@@ -497,7 +497,43 @@ pub struct NetSourceSettings {
     pub batch_max_frames: usize,
 }
 
+/// Worst growth of a socket message into one mapped event: JSON escaping writes a control
+/// byte as six (`\u00XX`), and a schema may write a byte twice (sluice's `raw` beside the
+/// header fields parsed from it).
+const MAPPED_GROWTH_MESSAGE: u64 = 12;
+/// An API event is JSON the source wrote: escaping it again (sluice's `raw`) at most doubles
+/// it, and so does a schema writing it twice (ECS keeps the original object beside the
+/// fields taken from it).
+const MAPPED_GROWTH_API_EVENT: u64 = 2;
+/// Fields a schema adds to every event (receive time, source name, peer, kind).
+const MAPPED_EVENT_OVERHEAD: u64 = 4096;
+
 impl SourceConfig {
+    /// Bound on one event of this source once mapped, bytes, with the key that sets it.
+    fn mapped_event_bound(&self) -> (u64, &'static str) {
+        let (raw, growth, key) = match self {
+            SourceConfig::Udp(u) => (
+                u.max_message_bytes,
+                MAPPED_GROWTH_MESSAGE,
+                "max_message_bytes",
+            ),
+            SourceConfig::Tcp(t) | SourceConfig::Tls(TlsSourceConfig { tcp: t, .. }) => (
+                t.max_message_bytes,
+                MAPPED_GROWTH_MESSAGE,
+                "max_message_bytes",
+            ),
+            SourceConfig::DarktraceApi(d) => (
+                d.max_response_bytes,
+                MAPPED_GROWTH_API_EVENT,
+                "max_response_bytes",
+            ),
+        };
+        (
+            (raw as u64).saturating_mul(growth) + MAPPED_EVENT_OVERHEAD,
+            key,
+        )
+    }
+
     pub fn type_name(&self) -> &'static str {
         match self {
             SourceConfig::Udp(_) => "udp",
@@ -852,6 +888,13 @@ impl SinkConfig {
     pub fn type_name(&self) -> &'static str {
         self.kind.type_name()
     }
+    /// Whether batches go through a spool (every network sink; a file sink with `use_spool`).
+    pub fn spooled(&self) -> bool {
+        match &self.kind {
+            SinkKind::File(f) => f.use_spool,
+            _ => true,
+        }
+    }
     pub fn schema(&self) -> Schema {
         self.common.schema
     }
@@ -1164,6 +1207,40 @@ impl Config {
                     return Err((
                         format!("{prefix}.inputs"),
                         format!("no source named `{input}`"),
+                    ));
+                }
+            }
+            // A batch is sealed once it reaches batch_max_bytes, so it can be larger by the
+            // event that crossed it; spooled, the whole batch is one record.
+            let largest_event = self
+                .sources
+                .iter()
+                .filter(|(source, _)| routing.accepts_source(source))
+                .map(|(source, config)| (config.mapped_event_bound(), source))
+                .max();
+            if sink.spooled()
+                && let Some(((event, key), source)) = largest_event
+            {
+                let record = crate::spool::record::MAX_NDJSON_LEN;
+                if event >= record {
+                    return Err((
+                        format!("sources.{source}.{key}"),
+                        format!(
+                            "too large for the spooled sink `{name}`: one event of this source \
+                             may take up to {event} bytes mapped, and a spool record holds \
+                             {record} bytes"
+                        ),
+                    ));
+                }
+                let most = record - event;
+                if sink.common.batch_max_bytes as u64 > most {
+                    return Err((
+                        format!("{prefix}.batch_max_bytes"),
+                        format!(
+                            "must be at most {most}, so that a full batch fits one spool record \
+                             ({record} bytes) with the event that crosses it (up to {event} \
+                             bytes mapped, from source `{source}`, its {key})"
+                        ),
                     ));
                 }
             }
@@ -1522,6 +1599,55 @@ kinds = ["cef", "darktrace_model_breach"]
         assert!(
             err.contains("overflow_max_bytes"),
             "a tcp source has none: {err}"
+        );
+    }
+
+    /// A sealed batch is `batch_max_bytes` plus the event that crosses it, and a spooled batch
+    /// is one spool record, which holds at most 1 GiB: a config where full batches cannot be
+    /// spooled is refused, naming the key.
+    #[test]
+    fn a_full_batch_must_fit_one_spool_record() {
+        let with = |tcp_keys: &str, relay_keys: &str| {
+            let text = GOOD.replace(
+                "framing = \"octet\"",
+                &format!("framing = \"octet\"\n{tcp_keys}"),
+            );
+            format!(
+                "{text}[sinks.relay]\ntype = \"http\"\nurl = \"http://127.0.0.1:2/in\"\n{relay_keys}\
+                 [sinks.relay.spool]\nmax_bytes = 4294967296\n"
+            )
+        };
+        let err = Config::from_toml(&with("", "batch_max_bytes = 1073741824\n"), "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`sinks.relay.batch_max_bytes`: must be at most "),
+            "{err}"
+        );
+        let half = "batch_max_bytes = 536870912\n";
+        assert!(Config::from_toml(&with("", half), "ok.toml").is_ok());
+        // The crossing event is bounded by the largest message of the sources routed here.
+        let big_messages = "max_message_bytes = 67108864\nmax_frame_backlog_bytes = 67108864\n";
+        let err = Config::from_toml(&with(big_messages, half), "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`sinks.relay.batch_max_bytes`: must be at most ")
+                && err.contains("syslog_tcp"),
+            "{err}"
+        );
+        let udp_only = format!("{half}inputs = [\"syslog_udp\"]\n");
+        assert!(Config::from_toml(&with(big_messages, &udp_only), "ok.toml").is_ok());
+        // No batch size helps when one event alone may not fit: the source's key is named.
+        let huge = "max_message_bytes = 104857600\nmax_frame_backlog_bytes = 104857600\n";
+        let err = Config::from_toml(&with(huge, "batch_max_bytes = 65536\n"), "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "`sources.syslog_tcp.max_message_bytes`: too large for the spooled sink `relay`"
+            ),
+            "{err}"
         );
     }
 

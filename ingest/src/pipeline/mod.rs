@@ -10,8 +10,8 @@ mod sink_stage;
 mod worker;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -216,8 +216,11 @@ pub struct Pipeline {
     /// Where each source listens, in config order (several entries per source: one per thread).
     pub listening: Vec<(String, &'static str, SocketAddr)>,
     reader_stop: Arc<AtomicBool>,
+    /// Set when shutdown begins: its grace counts from there.
+    shutdown_began: Arc<OnceLock<Instant>>,
     runtime: Option<tokio::runtime::Runtime>,
-    sink_runtimes: Vec<(String, Arc<SinkHandle>)>,
+    /// With each sink's `sluice_sink_dropped_events_total`.
+    sink_runtimes: Vec<(String, Arc<SinkHandle>, metrics::Counter)>,
     shutdown_grace: Duration,
     maintenance_stop: Arc<AtomicBool>,
     readers: Vec<(String, JoinHandle<std::io::Result<()>>)>,
@@ -373,6 +376,7 @@ impl Pipeline {
         let mut sink_ports = Vec::new();
         let mut depth_gauges: Vec<(metrics::Gauge, QueueLen)> = Vec::new();
         let reader_stop = Arc::new(AtomicBool::new(false));
+        let shutdown_began = Arc::new(OnceLock::new());
         let shutdown_grace = Duration::from_millis(config.pipeline.shutdown_grace_ms);
         // Reader-first scheduling is for sources that cannot push back (UDP). With only
         // streams it measured 2–3 % more CPU per message over TCP (the reader then preempts
@@ -410,7 +414,7 @@ impl Pipeline {
                             spare: spare_tx.clone(),
                             counters: counters.clone(),
                             totals: totals.clone(),
-                            stopping: reader_stop.clone(),
+                            shutdown_began: shutdown_began.clone(),
                             grace: shutdown_grace,
                         };
                         sink_handles.push(
@@ -438,7 +442,11 @@ impl Pipeline {
                             totals.clone(),
                         )?)
                     };
-                    sink_runtimes.push((name.clone(), handle.clone()));
+                    sink_runtimes.push((
+                        name.clone(),
+                        handle.clone(),
+                        counters.dropped_events.clone(),
+                    ));
                     let stage = sink_stage::SinkStage {
                         name: name.clone(),
                         handle,
@@ -704,6 +712,7 @@ impl Pipeline {
             backend,
             listening,
             reader_stop,
+            shutdown_began,
             runtime: Some(runtime),
             sink_runtimes,
             shutdown_grace,
@@ -724,14 +733,25 @@ impl Pipeline {
         let Some(runtime) = self.runtime.take() else {
             return;
         };
-        for (name, handle) in self.sink_runtimes.drain(..) {
+        for (name, handle, dropped_events) in self.sink_runtimes.drain(..) {
             while handle.stats().spool.records > 0 && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
             let left = handle.stats().spool;
             match Arc::try_unwrap(handle) {
-                Ok(handle) => runtime
-                    .block_on(handle.shutdown(deadline.saturating_duration_since(Instant::now()))),
+                Ok(handle) => {
+                    let grace = deadline.saturating_duration_since(Instant::now());
+                    let end = runtime.block_on(handle.shutdown(grace)).spool;
+                    // Nothing is appended any more: what the spool dropped meanwhile are the
+                    // records of a `drop_oldest` segment whose upload shutdown ended.
+                    let dropped = end.dropped_events - left.dropped_events;
+                    if dropped > 0 {
+                        dropped_events.increment(dropped);
+                        self.totals
+                            .sink_dropped_events
+                            .fetch_add(dropped, Ordering::Relaxed);
+                    }
+                }
                 Err(_) => tracing::error!(sink = %name, "sink handle still shared at shutdown"),
             }
             if left.records > 0 {
@@ -762,10 +782,38 @@ impl Pipeline {
             .map(|thread| format!("{thread} panicked"))
     }
 
+    /// Waits until every reader, worker and sink thread has finished, or `deadline`. A spool
+    /// full under `when_full = "block"` holds its sink thread, and behind it the workers and
+    /// readers, for as long as the service stays down; past the deadline such spools refuse
+    /// (and count) what does not fit, so that every thread finishes.
+    fn await_threads_within_grace(&self, deadline: Instant) {
+        loop {
+            let finished = self.readers.iter().all(|(_, h)| h.is_finished())
+                && self.workers.iter().all(JoinHandle::is_finished)
+                && self.sinks.iter().all(JoinHandle::is_finished);
+            if finished {
+                return;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    "shutdown grace period over: batches that do not fit a full spool are \
+                     refused (counted as dropped)"
+                );
+                for (_, handle, _) in &self.sink_runtimes {
+                    handle.refuse_when_full();
+                }
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stops reading, drains every queue, writes every batch; returns the totals.
     pub fn shutdown(mut self) -> Summary {
-        let began = Instant::now();
+        let began = *self.shutdown_began.get_or_init(Instant::now);
+        let deadline = began + self.shutdown_grace;
         self.reader_stop.store(true, Ordering::Relaxed);
+        self.await_threads_within_grace(deadline);
         for (name, handle) in self.readers.drain(..) {
             match handle.join() {
                 Ok(Ok(())) => {}
@@ -783,7 +831,7 @@ impl Pipeline {
                 tracing::error!("a sink thread panicked");
             }
         }
-        self.drain_spools(began + self.shutdown_grace);
+        self.drain_spools(deadline);
         self.maintenance_stop.store(true, Ordering::Relaxed);
         if let Some(m) = self.maintenance.take() {
             let _ = m.join();

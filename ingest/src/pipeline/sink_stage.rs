@@ -2,8 +2,8 @@
 //! sink runtime delivers them from there (compression and uploads happen off the receive path).
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -82,7 +82,8 @@ impl SinkStage {
 /// and writes them. The batch files are themselves the durable copy; a spool in front would
 /// write every byte twice, fsync it and read it back. A failing write is retried (the queue
 /// fills meanwhile: TCP readers stop, UDP readers pause and the kernel buffer absorbs), and
-/// given up on only once shutdown has lasted `grace` (counted as sink-dropped).
+/// given up on only once shutdown has lasted `grace` (counted as sink-dropped). The grace is
+/// shutdown's, not each batch's: past it, every batch still queued gets one attempt.
 pub(super) struct FileStage {
     pub name: String,
     pub sink: Arc<FileSink>,
@@ -90,7 +91,8 @@ pub(super) struct FileStage {
     pub spare: Sender<Vec<u8>>,
     pub counters: SinkCounters,
     pub totals: Arc<Totals>,
-    pub stopping: Arc<AtomicBool>,
+    /// When shutdown began (set by the pipeline).
+    pub shutdown_began: Arc<OnceLock<Instant>>,
     pub grace: Duration,
 }
 
@@ -115,7 +117,6 @@ impl FileStage {
     fn write(&self, sealed: &SealedBatch) -> bool {
         let batch = &sealed.batch;
         let mut backoff = Duration::from_millis(50);
-        let mut stop_seen: Option<Instant> = None;
         loop {
             let started = Instant::now();
             match self.sink.write_batch(batch, sealed.core) {
@@ -142,9 +143,11 @@ impl FileStage {
                 }
                 Err(e) => {
                     self.counters.errors.increment(1);
-                    if self.stopping.load(Ordering::Relaxed)
-                        && stop_seen.get_or_insert_with(Instant::now).elapsed() >= self.grace
-                    {
+                    let grace_left = self
+                        .shutdown_began
+                        .get()
+                        .map(|began| self.grace.saturating_sub(began.elapsed()));
+                    if grace_left == Some(Duration::ZERO) {
                         tracing::error!(sink = %self.name, events = batch.events,
                             "writing a batch still fails after the shutdown grace period; dropped: {e}");
                         self.counters.dropped_events.increment(batch.events);
@@ -153,8 +156,10 @@ impl FileStage {
                             .fetch_add(batch.events, Ordering::Relaxed);
                         return false;
                     }
-                    tracing::warn!(sink = %self.name, retry_in = ?backoff, "writing a batch failed: {e}");
-                    std::thread::sleep(backoff);
+                    // Not past the end of the grace: the batches queued behind wait for it too.
+                    let pause = grace_left.map_or(backoff, |left| backoff.min(left));
+                    tracing::warn!(sink = %self.name, retry_in = ?pause, "writing a batch failed: {e}");
+                    std::thread::sleep(pause);
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
@@ -335,7 +340,7 @@ mod tests {
             spare: spare_tx,
             counters,
             totals: totals.clone(),
-            stopping: Arc::new(AtomicBool::new(false)),
+            shutdown_began: Arc::new(OnceLock::new()),
             grace: Duration::from_secs(1),
         };
         for core in [1usize, 3] {
@@ -385,5 +390,71 @@ mod tests {
             .unwrap();
         let sum: f64 = sum.rsplit(' ').next().unwrap().parse().unwrap();
         assert!(sum >= 0.06, "both batches waited ≥ 30 ms: {sum}");
+    }
+
+    /// Writes that keep failing during shutdown are given up on once shutdown has lasted the
+    /// grace, for all queued batches together: not after a grace of retries per batch.
+    #[test]
+    fn file_stage_grace_bounds_the_whole_shutdown_not_each_batch() {
+        const BATCHES: usize = 5;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let config: FileSinkConfig = toml::from_str(&format!(
+            "path = {:?}\ncompression = \"none\"\n",
+            out.display().to_string()
+        ))
+        .unwrap();
+        let sink = Arc::new(FileSink::new("f", config).unwrap());
+        // Every write fails from here on (as root, permissions would not stop them).
+        std::fs::remove_dir_all(&out).unwrap();
+        let totals = Arc::new(Totals::default());
+        let (tx, rx) = crossbeam::channel::bounded(BATCHES);
+        let (spare_tx, _spare_rx) = crossbeam::channel::bounded(BATCHES);
+        let grace = Duration::from_millis(300);
+        let stage = FileStage {
+            name: "f".into(),
+            sink,
+            queue: rx,
+            spare: spare_tx,
+            counters: SinkCounters::register("f"),
+            totals: totals.clone(),
+            shutdown_began: Arc::new(OnceLock::from(Instant::now())),
+            grace,
+        };
+        let (commit_tx, commit_rx) = crossbeam::channel::unbounded();
+        for i in 0..BATCHES {
+            let commit_tx = commit_tx.clone();
+            let token = crate::pipeline::ack::AckToken::new(move |outcome| {
+                let _ = commit_tx.send(outcome);
+            });
+            tx.send(SealedBatch {
+                batch: Batch {
+                    events: 2,
+                    ndjson: format!("{{\"i\":{i}}}\n{{\"i\":{i}}}\n").into_bytes(),
+                },
+                core: 0,
+                opened_at: Instant::now(),
+                acks: vec![token],
+            })
+            .unwrap();
+        }
+        drop((tx, commit_tx));
+        let started = Instant::now();
+        stage.run();
+        let took = started.elapsed();
+        assert!(
+            took < grace * 3,
+            "{BATCHES} batches took {took:?} with a grace of {grace:?}"
+        );
+        let s = totals.summary();
+        assert_eq!(
+            (s.sink_events, s.sink_dropped_events),
+            (0, 2 * BATCHES as u64)
+        );
+        let failed = commit_rx
+            .iter()
+            .filter(|o| *o == crate::pipeline::ack::AckOutcome::Failed)
+            .count();
+        assert_eq!(failed, BATCHES);
     }
 }

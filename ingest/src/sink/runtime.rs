@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::{Batch, Delivery, Rejected, Sink};
-use crate::spool::{Appended, Spool, SpoolConfig, SpoolError, SpoolStats, SpooledRecord};
+use crate::spool::{Appended, RecordId, Spool, SpoolConfig, SpoolError, SpoolStats, SpooledRecord};
 
 /// `[sinks.NAME.retry]`: how failed uploads are retried.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
@@ -294,6 +294,7 @@ impl SinkRuntime {
         )?);
         let dead_letter_dir = data_dir.join("dead_letter").join(&name);
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (abort_tx, abort_rx) = watch::channel(false);
         let driver = Driver {
             sink,
             spool: spool.clone(),
@@ -301,6 +302,7 @@ impl SinkRuntime {
             metrics: metrics.clone(),
             dead_letter_dir,
             stop: stop_rx,
+            abort: abort_rx,
         };
         let task = tokio::spawn(driver.run());
         Ok(SinkHandle {
@@ -308,6 +310,7 @@ impl SinkRuntime {
             spool,
             metrics,
             stop: stop_tx,
+            abort: abort_tx,
             task: Some(task),
         })
     }
@@ -317,7 +320,10 @@ pub struct SinkHandle {
     name: String,
     spool: Arc<Spool>,
     metrics: Arc<SinkMetrics>,
+    /// Graceful stop: no new uploads, no more retries.
     stop: watch::Sender<bool>,
+    /// The grace is over: uploads still running end at once.
+    abort: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -371,9 +377,17 @@ impl SinkHandle {
         &self.metrics
     }
 
-    /// Stops taking records, lets uploads in flight finish for up to `grace`, then aborts
-    /// them (they stay in the spool). Blocked `enqueue` callers get `Refused`.
-    pub async fn shutdown(mut self, grace: Duration) {
+    /// Refuses (and counts) from now on every batch that would have to wait for room under
+    /// `when_full = "block"`; batches that fit are still spooled. The pipeline calls it once
+    /// shutdown's grace is over, so that threads blocked in [`SinkHandle::enqueue`] return.
+    pub fn refuse_when_full(&self) {
+        self.spool.stop_waiting();
+    }
+
+    /// Stops taking records, lets uploads in flight finish for up to `grace`, then ends them
+    /// (they stay in the spool; those whose segment `drop_oldest` deleted meanwhile are
+    /// counted as dropped). Blocked `enqueue` callers get `Refused`. Returns the final counts.
+    pub async fn shutdown(mut self, grace: Duration) -> SinkStats {
         let _ = self.stop.send(true);
         self.spool.close();
         if let Some(mut task) = self.task.take()
@@ -381,8 +395,17 @@ impl SinkHandle {
         {
             tracing::warn!(sink = %self.name, "uploads still running after the grace period; \
                 aborted, they stay spooled");
-            task.abort();
+            // Uploads end themselves, so that each can settle its record (Spool::abandon);
+            // an abort would only drop them. The task is aborted only if that does not happen.
+            let _ = self.abort.send(true);
+            if tokio::time::timeout(Duration::from_secs(1), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
         }
+        self.stats()
     }
 }
 
@@ -423,7 +446,7 @@ impl SinkHandleRef<'_> {
             Err(e) => {
                 let reason = match e {
                     SpoolError::TooLarge { .. } => "too_large",
-                    SpoolError::Closed => "closed",
+                    SpoolError::Closed | SpoolError::FullAtShutdown => "closed",
                     SpoolError::Io { .. } | SpoolError::Locked { .. } => "io_error",
                 };
                 tracing::error!(sink = %self.name, events = batch.events, error = %e,
@@ -442,6 +465,7 @@ struct Driver<S> {
     metrics: Arc<SinkMetrics>,
     dead_letter_dir: PathBuf,
     stop: watch::Receiver<bool>,
+    abort: watch::Receiver<bool>,
 }
 
 impl<S: Sink + 'static> Driver<S> {
@@ -455,9 +479,16 @@ impl<S: Sink + 'static> Driver<S> {
         ));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         'dispatch: loop {
-            let permit = tokio::select! {
-                p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
-                _ = stop.changed() => break 'dispatch,
+            // The timer runs here too: during an outage every permit can be held by uploads
+            // that retry for as long as it lasts.
+            let permit = loop {
+                tokio::select! {
+                    p = permits.clone().acquire_owned() => {
+                        break p.expect("semaphore never closed");
+                    }
+                    _ = tick.tick() => self.on_tick(&mut gauges_prev),
+                    _ = stop.changed() => break 'dispatch,
+                }
             };
             let record = loop {
                 let ready = self.spool.data_ready().notified();
@@ -474,12 +505,7 @@ impl<S: Sink + 'static> Driver<S> {
                 }
                 tokio::select! {
                     _ = &mut ready => {}
-                    _ = tick.tick() => {
-                        if let Err(e) = self.spool.flush_if_due() {
-                            tracing::error!(sink = %self.sink.name(), error = %e, "spool fsync failed");
-                        }
-                        self.metrics.spool_gauges(&self.spool.stats(), &mut gauges_prev);
-                    }
+                    _ = tick.tick() => self.on_tick(&mut gauges_prev),
                     _ = stop.changed() => break 'dispatch,
                 }
                 while uploads.try_join_next().is_some() {}
@@ -491,6 +517,7 @@ impl<S: Sink + 'static> Driver<S> {
                 metrics: self.metrics.clone(),
                 dead_letter_dir: self.dead_letter_dir.clone(),
                 stop: self.stop.clone(),
+                abort: self.abort.clone(),
             };
             uploads.spawn(async move {
                 upload.run(record).await;
@@ -505,6 +532,14 @@ impl<S: Sink + 'static> Driver<S> {
         self.metrics
             .spool_gauges(&self.spool.stats(), &mut gauges_prev);
     }
+
+    /// `fsync = "interval"` for quiet periods, and the spool gauges.
+    fn on_tick(&self, gauges_prev: &mut SpoolStats) {
+        if let Err(e) = self.spool.flush_if_due() {
+            tracing::error!(sink = %self.sink.name(), error = %e, "spool fsync failed");
+        }
+        self.metrics.spool_gauges(&self.spool.stats(), gauges_prev);
+    }
 }
 
 struct Upload<S> {
@@ -514,6 +549,19 @@ struct Upload<S> {
     metrics: Arc<SinkMetrics>,
     dead_letter_dir: PathBuf,
     stop: watch::Receiver<bool>,
+    abort: watch::Receiver<bool>,
+}
+
+/// Events refused by the service whose dead letters are not written yet.
+fn unwritten_events(unwritten: &[Rejected]) -> u64 {
+    unwritten.iter().map(|r| r.batch.events).sum()
+}
+
+/// Shutdown ended the upload of `id` with `events` of it undelivered: see [`Spool::abandon`].
+fn abandon(spool: &Spool, sink: &str, id: RecordId, events: u64) {
+    if let Err(e) = spool.abandon(id, events) {
+        tracing::error!(sink = %sink, error = %e, "spool update failed");
+    }
 }
 
 impl<S: Sink> Upload<S> {
@@ -535,7 +583,14 @@ impl<S: Sink> Upload<S> {
             if Instant::now() >= deliver_at
                 && let Some(batch) = current.take()
             {
-                match self.sink.deliver(&batch).await {
+                let outcome = tokio::select! {
+                    outcome = self.sink.deliver(&batch) => outcome,
+                    _ = self.abort.wait_for(|a| *a) => {
+                        let left = batch.events + unwritten_events(&unwritten);
+                        return abandon(&self.spool, self.sink.name(), id, left);
+                    }
+                };
+                match outcome {
                     Delivery::Delivered => {
                         self.metrics
                             .delivered(batch.events, batch.ndjson.len() as u64);
@@ -604,8 +659,13 @@ impl<S: Sink> Upload<S> {
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => {}
                 // Shutting down: the record stays in the spool for the next start (events
-                // already accepted may then be sent again: at-least-once).
-                _ = self.stop.wait_for(|s| *s) => return,
+                // already accepted may then be sent again: at-least-once), or is counted as
+                // dropped if `drop_oldest` deleted it meanwhile.
+                _ = self.stop.wait_for(|s| *s) => {
+                    let left = current.as_ref().map_or(0, |b| b.events)
+                        + unwritten_events(&unwritten);
+                    return abandon(&self.spool, self.sink.name(), id, left);
+                }
             }
         }
         if let Err(e) = self.spool.ack(id) {
@@ -679,6 +739,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use super::*;
+    use crate::spool::{FsyncPolicy, WhenFull};
 
     #[test]
     fn backoff_grows_is_jittered_and_capped() {
@@ -800,5 +861,137 @@ mod tests {
             .count();
         assert_eq!(files, 40, "data + metadata per rejection");
         handle.shutdown(Duration::from_secs(1)).await;
+    }
+
+    /// A service that is down: every upload is retried, or (`hang`) never answered.
+    struct Down {
+        hang: bool,
+    }
+
+    impl Sink for Down {
+        fn name(&self) -> &str {
+            "down"
+        }
+
+        async fn deliver(&self, _batch: &Batch) -> Delivery {
+            if self.hang {
+                std::future::pending::<()>().await;
+            }
+            Delivery::Retry {
+                after: None,
+                reason: "down".into(),
+            }
+        }
+    }
+
+    /// One event of about 1 KiB.
+    fn padded(i: usize) -> Batch {
+        let line = format!("{{\"i\":{i},\"pad\":\"{}\"}}", "x".repeat(900));
+        Batch::from_lines([line.as_bytes()])
+    }
+
+    async fn wait_for_in_flight(spool: &Spool, n: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while spool.stats().in_flight < n {
+            assert!(std::time::Instant::now() < deadline, "{:?}", spool.stats());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// `drop_oldest` deletes the segment of records being uploaded. Those uploads then end
+    /// without delivering (shutdown during a retry's backoff, or aborted after the grace while
+    /// the service does not answer): the records exist nowhere else, so they must be counted
+    /// as dropped. Everything enqueued is still on disk for the next start, or counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_of_a_dropped_segment_are_delivered_or_counted_once() {
+        const N: usize = 100;
+        let mut accounted = Vec::new();
+        for hang in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let spool_config = SpoolConfig {
+                max_bytes: 32 << 10,
+                segment_bytes: 8 << 10,
+                when_full: WhenFull::DropOldest,
+                fsync: FsyncPolicy::Never,
+                ..SpoolConfig::default()
+            };
+            let retry = RetryConfig {
+                concurrency: 2,
+                initial_backoff_ms: 10,
+                max_backoff_ms: 20,
+                ..RetryConfig::default()
+            };
+            let handle = SinkRuntime::spawn(
+                Arc::new(Down { hang }),
+                dir.path(),
+                spool_config.clone(),
+                retry,
+                SinkMetrics::new("down"),
+            )
+            .unwrap();
+            let spool = handle.spool.clone();
+            for i in 0..2 {
+                handle.enqueue_async(padded(i)).await;
+            }
+            wait_for_in_flight(&spool, 2).await;
+            for i in 2..N {
+                handle.enqueue_async(padded(i)).await;
+            }
+            let before = spool.stats();
+            assert!(before.dropped_events > 0, "{before:?}");
+            handle.shutdown(Duration::from_millis(300)).await;
+            let dropped = spool.stats().dropped_events;
+            drop(spool);
+            let spool = Spool::open(&dir.path().join("spool/down"), spool_config).unwrap();
+            let mut replayed = 0;
+            while let Some(r) = spool.next().unwrap() {
+                replayed += r.batch.events;
+                spool.ack(r.id).unwrap();
+            }
+            accounted.push((hang, dropped + replayed));
+        }
+        assert_eq!(accounted, [(false, N as u64), (true, N as u64)]);
+    }
+
+    /// With every upload permit held by an upload the service never answers, the runtime's
+    /// timer still syncs `fsync = "interval"` data (and refreshes the spool gauges).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn interval_fsync_runs_while_every_upload_permit_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool_config = SpoolConfig {
+            fsync: FsyncPolicy::Interval,
+            fsync_interval_ms: 500,
+            ..SpoolConfig::default()
+        };
+        let retry = RetryConfig {
+            concurrency: 1,
+            ..RetryConfig::default()
+        };
+        let handle = SinkRuntime::spawn(
+            Arc::new(Down { hang: true }),
+            dir.path(),
+            spool_config,
+            retry,
+            SinkMetrics::new("down"),
+        )
+        .unwrap();
+        let spool = handle.spool.clone();
+        handle.enqueue_async(padded(0)).await;
+        wait_for_in_flight(&spool, 1).await;
+        // The next append is due for a sync; the one right after it is not, and waits for
+        // the timer.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        handle.enqueue_async(padded(1)).await;
+        handle.enqueue_async(padded(2)).await;
+        assert!(spool.unsynced());
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while spool.unsynced() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not synced while the only upload permit is held"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        handle.shutdown(Duration::from_millis(100)).await;
     }
 }

@@ -97,6 +97,8 @@ pub enum SpoolError {
     TooLarge { len: u64, max: u64 },
     #[error("spool is closed")]
     Closed,
+    #[error("spool is full and the shutdown grace period is over")]
+    FullAtShutdown,
     #[error("spool {dir} is in use by another process (lock held on {dir}/lock)")]
     Locked { dir: PathBuf },
 }
@@ -185,8 +187,25 @@ struct State {
     last_fsync: Instant,
     unsynced: bool,
     blocked_writers: usize,
+    /// Set by [`Spool::stop_waiting`]: `block` refuses instead of waiting.
+    no_waiting: bool,
     closed: bool,
     encode_buf: Vec<u8>,
+    /// Test seam: this many coming segment fsyncs fail with EIO.
+    #[cfg(test)]
+    fail_syncs: u32,
+}
+
+impl State {
+    /// fsync of the active segment's data.
+    fn sync_writer(&mut self) -> io::Result<()> {
+        #[cfg(test)]
+        if self.fail_syncs > 0 {
+            self.fail_syncs -= 1;
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        self.writer.sync_data()
+    }
 }
 
 pub struct Spool {
@@ -317,8 +336,11 @@ impl Spool {
             last_fsync: Instant::now(),
             unsynced: false,
             blocked_writers: 0,
+            no_waiting: false,
             closed: false,
             encode_buf: Vec::new(),
+            #[cfg(test)]
+            fail_syncs: 0,
         };
         let spool = Spool {
             dir: dir.to_owned(),
@@ -368,11 +390,12 @@ impl Spool {
     /// cover the time a batch spent filling, not only its time in the spool.
     pub fn append_created(&self, batch: &Batch, created_ms: u64) -> Result<Appended, SpoolError> {
         let len = record::encoded_len(batch.ndjson.len());
-        if len > self.config.max_bytes {
-            return Err(SpoolError::TooLarge {
-                len,
-                max: self.config.max_bytes,
-            });
+        let max = self
+            .config
+            .max_bytes
+            .min(record::encoded_len(record::MAX_NDJSON_LEN as usize));
+        if len > max {
+            return Err(SpoolError::TooLarge { len, max });
         }
         let mut st = self.lock();
         let mut outcome = Appended::default();
@@ -391,6 +414,9 @@ impl Spool {
             }
             match self.config.when_full {
                 WhenFull::Block => {
+                    if st.no_waiting {
+                        return Err(SpoolError::FullAtShutdown);
+                    }
                     st.blocked_writers += 1;
                     st = self
                         .space_freed
@@ -416,32 +442,33 @@ impl Spool {
             self.rotate(&mut st)?;
         }
         let seq = st.next_seq;
+        // Used up even by a failed append: should its bytes outlive it (a crash before the
+        // truncation below), they must not share a number with the next record.
+        st.next_seq += 1;
         let mut buf = std::mem::take(&mut st.encode_buf);
         record::encode(seq, created_ms, batch.events, &batch.ndjson, &mut buf);
         // One write per record: a crash leaves at most one torn record at the tail.
         let written = st.writer.write_all(&buf);
         let buf_cap_ok = buf.capacity() <= 8 << 20;
         st.encode_buf = if buf_cap_ok { buf } else { Vec::new() };
-        if let Err(e) = written {
-            // Whatever part of the record reached the file is caught by the CRC on replay;
-            // keep appends going at the committed length.
-            let committed = st.segments.back().map_or(0, |s| s.len);
-            let _ = st.writer.set_len(committed);
-            return Err(self.io_err("append")(e));
+        let durable =
+            written
+                .map_err(self.io_err("append"))
+                .and_then(|()| match self.config.fsync {
+                    FsyncPolicy::Always | FsyncPolicy::Batch => {
+                        st.sync_writer().map_err(self.io_err("fsync segment"))
+                    }
+                    FsyncPolicy::Interval => {
+                        st.unsynced = true;
+                        self.sync_if_due(&mut st)
+                    }
+                    FsyncPolicy::Never => Ok(()),
+                });
+        if let Err(e) = durable {
+            // Refused (the caller counts it), so it must not stay in the file either.
+            self.undo_append(&mut st);
+            return Err(e);
         }
-        match self.config.fsync {
-            FsyncPolicy::Always | FsyncPolicy::Batch => {
-                st.writer
-                    .sync_data()
-                    .map_err(self.io_err("fsync segment"))?;
-            }
-            FsyncPolicy::Interval => {
-                st.unsynced = true;
-                self.sync_if_due(&mut st)?;
-            }
-            FsyncPolicy::Never => {}
-        }
-        st.next_seq += 1;
         let seg = st.segments.back_mut().expect("active segment");
         seg.len += len;
         seg.pending_records += 1;
@@ -461,13 +488,28 @@ impl Spool {
         Ok(outcome)
     }
 
+    /// Cuts a failed append's bytes (all of them when only the fsync failed) off the active
+    /// segment. Left there, they would be replayed at the next start although the batch was
+    /// refused, and the next record would be written after them, past the committed length
+    /// where the reader stops.
+    fn undo_append(&self, st: &mut State) {
+        let committed = st.segments.back().map_or(0, |s| s.len);
+        if let Err(e) = st.writer.set_len(committed) {
+            tracing::error!(spool = %self.dir.display(), error = %e,
+                "cannot cut a failed append off its segment; starting a new one");
+            // The reader never passes the committed length; later appends go elsewhere.
+            if let Err(e) = self.rotate(st) {
+                tracing::error!(spool = %self.dir.display(), error = %e,
+                    "cannot start a new segment");
+            }
+        }
+    }
+
     fn sync_if_due(&self, st: &mut State) -> Result<(), SpoolError> {
         if st.unsynced
             && st.last_fsync.elapsed() >= Duration::from_millis(self.config.fsync_interval_ms)
         {
-            st.writer
-                .sync_data()
-                .map_err(self.io_err("fsync segment"))?;
+            st.sync_writer().map_err(self.io_err("fsync segment"))?;
             st.unsynced = false;
             st.last_fsync = Instant::now();
         }
@@ -566,14 +608,49 @@ impl Spool {
     /// Marks a handed-out record as accepted by the sink (or dead-lettered). Advances and
     /// persists the cursor over the acked prefix and deletes segments no longer needed.
     pub fn ack(&self, id: RecordId) -> Result<(), SpoolError> {
+        self.retire(self.lock(), id, true)
+    }
+
+    /// The upload of `id` ended without delivering its last `events` events (shutdown came
+    /// first). Such a record normally stays on disk and is replayed at the next start; but one
+    /// whose segment `drop_oldest` deleted while it was being uploaded exists nowhere else, so
+    /// it is counted as dropped here, where its fate is known, and retired. Returns whether it
+    /// was.
+    pub fn abandon(&self, id: RecordId, events: u64) -> Result<bool, SpoolError> {
         let mut st = self.lock();
+        let orphaned = st
+            .in_flight
+            .iter()
+            .any(|e| e.seq == id.seq && !e.done && e.orphaned);
+        if !orphaned {
+            return Ok(false);
+        }
+        st.stats.dropped_records += 1;
+        st.stats.dropped_events += events;
+        tracing::warn!(spool = %self.dir.display(), seq = id.seq, events,
+            "upload ended undelivered after its segment was dropped (when_full = drop_oldest): \
+             events dropped");
+        self.retire(st, id, false)?;
+        Ok(true)
+    }
+
+    /// Takes a handed-out record off the in-flight list (`acked`: delivered or dead-lettered;
+    /// otherwise counted as dropped by the caller), then moves the cursor and reclaims space.
+    fn retire(
+        &self,
+        mut st: MutexGuard<'_, State>,
+        id: RecordId,
+        acked: bool,
+    ) -> Result<(), SpoolError> {
         let Some(entry) = st.in_flight.iter_mut().find(|e| e.seq == id.seq && !e.done) else {
             return Ok(()); // unknown or already acked: idempotent
         };
         entry.done = true;
         let (events, orphaned, segment) = (entry.events, entry.orphaned, entry.segment);
         st.stats.in_flight -= 1;
-        st.stats.acked_records += 1;
+        if acked {
+            st.stats.acked_records += 1;
+        }
         st.stats.records -= 1;
         st.stats.events -= events;
         if !orphaned && let Some(seg) = st.segments.iter_mut().find(|s| s.id == segment) {
@@ -597,12 +674,21 @@ impl Spool {
         Ok(())
     }
 
+    /// Ends the waits of `when_full = "block"`: from now on an append that finds the spool
+    /// full fails with [`SpoolError::FullAtShutdown`] at once (appends that fit still go in).
+    /// For shutdown once its grace is over, when nothing will free space in time: the pipeline
+    /// threads waiting here must finish so their batches can be counted.
+    pub fn stop_waiting(&self) {
+        self.lock().no_waiting = true;
+        self.space_freed.notify_all();
+    }
+
     /// Wakes blocked appenders with [`SpoolError::Closed`]; files stay for the next start.
     pub fn close(&self) {
         let mut st = self.lock();
         st.closed = true;
         if st.unsynced {
-            let _ = st.writer.sync_data();
+            let _ = st.sync_writer();
             st.unsynced = false;
         }
         drop(st);
@@ -616,6 +702,12 @@ impl Spool {
 
     pub fn stats(&self) -> SpoolStats {
         self.lock().stats
+    }
+
+    /// Whether appended data awaits an fsync (`fsync = "interval"`).
+    #[cfg(test)]
+    pub(crate) fn unsynced(&self) -> bool {
+        self.lock().unsynced
     }
 
     /// Notified after every append; the runtime waits on it when [`Spool::next`] is empty.
@@ -677,9 +769,7 @@ impl Spool {
 
     fn rotate(&self, st: &mut State) -> Result<(), SpoolError> {
         if st.unsynced {
-            st.writer
-                .sync_data()
-                .map_err(self.io_err("fsync segment"))?;
+            st.sync_writer().map_err(self.io_err("fsync segment"))?;
             st.unsynced = false;
         }
         let id = st.next_segment_id;
@@ -691,13 +781,15 @@ impl Spool {
         Ok(())
     }
 
-    /// Deletes the oldest sealed segment; returns the records/events lost with it (records
-    /// currently being uploaded are not counted: their upload may still succeed).
+    /// Deletes the oldest sealed segment; returns the records/events lost with it. Records
+    /// being uploaded are not counted here: their upload may still succeed, and
+    /// [`Spool::abandon`] counts them if it ends undelivered.
     fn drop_oldest_segment(&self, st: &mut State) -> Result<(u64, u64), SpoolError> {
         let seg = st.segments.pop_front().expect("a sealed segment");
         fs::remove_file(&seg.path).map_err(self.io_err("remove segment"))?;
         let mut records = seg.pending_records;
         let mut events = seg.pending_events;
+        let mut uploading = 0;
         for e in st
             .in_flight
             .iter_mut()
@@ -706,6 +798,7 @@ impl Spool {
             e.orphaned = true;
             records -= 1;
             events -= e.events;
+            uploading += 1;
         }
         st.stats.bytes -= seg.len;
         st.stats.records -= records;
@@ -715,8 +808,9 @@ impl Spool {
         if st.reader.as_ref().is_some_and(|r| r.segment == seg.id) {
             st.reader = None;
         }
-        tracing::warn!(spool = %self.dir.display(), records, events,
-            "spool full: dropped oldest segment (when_full = drop_oldest)");
+        tracing::warn!(spool = %self.dir.display(), records, events, uploading,
+            "spool full: dropped oldest segment (when_full = drop_oldest; records being \
+             uploaded count as dropped only if shutdown ends their upload undelivered)");
         self.refresh_oldest(st);
         Ok((records, events))
     }
@@ -743,7 +837,7 @@ impl Drop for Spool {
     fn drop(&mut self) {
         let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
         if st.unsynced {
-            let _ = st.writer.sync_data();
+            let _ = st.sync_writer();
         }
     }
 }

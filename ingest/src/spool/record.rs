@@ -16,6 +16,9 @@ pub const HEADER_LEN: u64 = 12;
 pub const BODY_FIXED_LEN: u64 = 24;
 /// No batch is anywhere near this; a larger length is damage, not data.
 pub const MAX_BODY_LEN: u64 = 1 << 30;
+/// The largest batch (NDJSON bytes) one record carries. The config keeps full batches below
+/// it; the spool refuses a larger one rather than write what replay would take for damage.
+pub const MAX_NDJSON_LEN: u64 = MAX_BODY_LEN - BODY_FIXED_LEN;
 
 /// Serialises one record into `out` (cleared first).
 pub fn encode(seq: u64, created_ms: u64, events: u64, ndjson: &[u8], out: &mut Vec<u8>) {

@@ -205,6 +205,33 @@ fn drop_oldest_does_not_count_records_in_flight() {
     assert_eq!(spool.stats().records, 0);
 }
 
+/// An upload that ends undelivered (shutdown): its record stays for the next start, unless
+/// `drop_oldest` deleted its segment meanwhile; then it is counted as dropped, once.
+#[test]
+fn abandon_counts_only_records_whose_segment_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(32 << 10, 8 << 10, WhenFull::DropOldest);
+    let spool = Spool::open(dir.path(), cfg.clone()).unwrap();
+    spool.append(&batch(0, 900)).unwrap();
+    let orphan = spool.next().unwrap().unwrap();
+    let mut dropped = 0;
+    for t in 1..100 {
+        dropped += spool.append(&batch(t, 900)).unwrap().dropped_events;
+    }
+    let kept = spool.next().unwrap().unwrap();
+    assert!(!spool.abandon(kept.id, 1).unwrap());
+    assert!(spool.abandon(orphan.id, 1).unwrap());
+    assert!(!spool.abandon(orphan.id, 1).unwrap(), "counted once");
+    let s = spool.stats();
+    assert_eq!(s.dropped_events, dropped + 1);
+    assert_eq!((s.in_flight, s.records), (1, 100 - dropped - 1));
+    drop(spool);
+    let spool = Spool::open(dir.path(), cfg).unwrap();
+    let replayed = drain(&spool);
+    assert_eq!(replayed[0], tag_of(&kept.batch));
+    assert_eq!(replayed.len() as u64 + dropped + 1, 100);
+}
+
 #[test]
 fn block_waits_for_acks_then_proceeds() {
     let dir = tempfile::tempdir().unwrap();
@@ -261,6 +288,37 @@ fn close_releases_a_blocked_writer() {
     ));
 }
 
+/// Shutdown's grace over: a writer waiting for room is refused, and so is every later batch
+/// that does not fit, while the spool stays open for batches that do.
+#[test]
+fn stop_waiting_refuses_blocked_writers_but_takes_what_fits() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool =
+        Arc::new(Spool::open(dir.path(), config(16 << 10, 4 << 10, WhenFull::Block)).unwrap());
+    let writer = {
+        let spool = spool.clone();
+        std::thread::spawn(move || {
+            (0..100)
+                .map(|t| spool.append(&batch(t, 900)))
+                .position(|r| r.is_err())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    spool.stop_waiting();
+    let refused_at = writer.join().unwrap().expect("a refusal");
+    assert!(matches!(
+        spool.append(&batch(100, 900)),
+        Err(SpoolError::FullAtShutdown)
+    ));
+    // Delivering the first segment's records frees room.
+    for _ in 0..5 {
+        let r = spool.next().unwrap().unwrap();
+        spool.ack(r.id).unwrap();
+    }
+    spool.append(&batch(101, 900)).unwrap();
+    assert_eq!(spool.stats().records, refused_at as u64 - 5 + 1);
+}
+
 #[test]
 fn a_spool_in_use_cannot_be_opened_twice() {
     let dir = tempfile::tempdir().unwrap();
@@ -297,6 +355,40 @@ fn corrupt_cursor_means_replay_not_loss() {
     fs::write(dir.path().join(CURSOR_FILE), b"garbage").unwrap();
     let spool = Spool::open(dir.path(), cfg).unwrap();
     assert_eq!(drain(&spool), vec![0, 1, 2]);
+}
+
+/// A batch whose fsync fails is refused and leaves no trace: the segment's bytes, the counts
+/// and the sequence numbers stay as if it had never been offered, so it is neither replayed
+/// (it was counted as lost) nor able to shadow the record appended after it.
+#[test]
+fn a_failed_fsync_refuses_the_batch_and_keeps_the_segment_consistent() {
+    for fsync in [FsyncPolicy::Batch, FsyncPolicy::Interval] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SpoolConfig {
+            fsync,
+            // Every append is due for its sync.
+            fsync_interval_ms: 0,
+            ..config(1 << 20, 1 << 20, WhenFull::Block)
+        };
+        {
+            let spool = Spool::open(dir.path(), cfg.clone()).unwrap();
+            spool.append(&batch(1, 100)).unwrap();
+            spool.lock().fail_syncs = 1;
+            let err = spool.append(&batch(2, 100)).unwrap_err();
+            assert!(matches!(err, SpoolError::Io { .. }), "{fsync:?}: {err}");
+            spool.append(&batch(3, 100)).unwrap();
+            let s = spool.stats();
+            assert_eq!((s.records, s.appended_records), (2, 2), "{fsync:?}");
+            let on_disk: u64 = segment_files(dir.path())
+                .iter()
+                .map(|p| fs::metadata(p).unwrap().len())
+                .sum();
+            assert_eq!(s.bytes, on_disk, "{fsync:?}");
+        }
+        let spool = Spool::open(dir.path(), cfg).unwrap();
+        assert_eq!(drain(&spool), vec![1, 3], "{fsync:?}");
+        assert_eq!(spool.stats().quarantined_ranges, 0, "{fsync:?}");
+    }
 }
 
 #[derive(Debug, Clone)]
