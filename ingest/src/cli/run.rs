@@ -103,6 +103,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Detaches the program and removes the pins (an early return or unwinding drops it too).
     drop(xdp.take());
     if let Some(why) = failure {
+        if why.ends_with("panicked") {
+            // Its queue had no other reader: what waited there was not written.
+            anyhow::bail!(
+                "{why} (a bug: please report it with the log above); shut down, writing what \
+                 the other threads held — messages queued for the panicked thread are lost"
+            );
+        }
         anyhow::bail!("{why}; shut down after writing everything received");
     }
     if summary.sink_dropped_events > 0 {
