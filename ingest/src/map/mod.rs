@@ -5,6 +5,7 @@ pub mod commonsecuritylog;
 pub mod ecs;
 pub mod json_writer;
 pub mod raw;
+mod slots;
 pub mod sluice;
 
 #[cfg(test)]

@@ -285,7 +285,11 @@ static COLUMN_INDEX: std::sync::LazyLock<KeyIndex<Column>> = std::sync::LazyLock
     let mut slots = std::collections::HashMap::new();
     KeyIndex::new(indexed_keys().into_iter().filter_map(|k| {
         let hit = column_by_search(&k)?;
-        let next = u8::try_from(slots.len()).expect("at most 256 columns");
+        assert!(
+            slots.len() < WrittenColumns::CAPACITY,
+            "a slot for every column"
+        );
+        let next = slots.len() as u8;
         let slot = *slots.entry(hit.0).or_insert(next);
         Some((k, Column::new(hit, slot)))
     }))
@@ -294,30 +298,9 @@ static COLUMN_INDEX: std::sync::LazyLock<KeyIndex<Column>> = std::sync::LazyLock
 /// The columns a row has so far: a CEF record may carry a column twice under two keys (`src`
 /// and `sourceAddress`, `cs1` and `cs01`), and a JSON object with a repeated name is refused by
 /// strict parsers (Elasticsearch's among them) or keeps only one of the values. The first
-/// gets the column; the others go to AdditionalExtensions like keys without one.
-#[derive(Default)]
-struct WrittenColumns([u64; 4]);
-
-impl WrittenColumns {
-    #[inline(always)]
-    fn bit(col: &Column) -> (usize, u64) {
-        (usize::from(col.slot >> 6), 1u64 << (col.slot & 63))
-    }
-
-    #[inline(always)]
-    fn is_written(&self, col: &Column) -> bool {
-        let (word, bit) = Self::bit(col);
-        self.0[word] & bit != 0
-    }
-
-    /// Marks `col` written; returns true for use in a condition.
-    #[inline(always)]
-    fn mark(&mut self, col: &Column) -> bool {
-        let (word, bit) = Self::bit(col);
-        self.0[word] |= bit;
-        true
-    }
-}
+/// gets the column; the others go to AdditionalExtensions like keys without one. Four words:
+/// every `u8` slot.
+type WrittenColumns = crate::map::slots::SlotSet<4>;
 
 fn indexed_keys() -> Vec<String> {
     let mut keys: Vec<String> = COLUMNS.iter().map(|(k, _, _)| (*k).to_owned()).collect();
@@ -637,7 +620,7 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
 
     // Which extensions did not get a column, so AdditionalExtensions needs no allocation.
     let mut additional: SmallVec<[u32; 16]> = SmallVec::new();
-    let mut columns = WrittenColumns::default();
+    let mut columns = WrittenColumns::new();
     for (i, e) in cef.extensions.iter().enumerate() {
         // `rt` is already ReceiptTime; an empty value carries nothing to keep.
         if e.key.as_bytes() == b"rt" || e.value.is_empty() {
@@ -645,8 +628,12 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
         }
         let written = match column_hashed(e.key, e.key_hash, e.key_tail) {
             // A value the column's type refuses leaves the column free for a later alias.
-            Some(col) if !columns.is_written(col) => {
-                write_typed(&mut w, col, e, dtz) && columns.mark(col)
+            Some(col) if !columns.contains(col.slot.into()) => {
+                let written = write_typed(&mut w, col, e, dtz);
+                if written {
+                    columns.insert(col.slot.into());
+                }
+                written
             }
             _ => false,
         };

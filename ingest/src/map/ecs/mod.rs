@@ -164,7 +164,7 @@ static EXTENSION_NAMES: std::sync::LazyLock<KeyIndex<ExtensionName>> =
         names.dedup();
         let mut slots = std::collections::HashMap::new();
         KeyIndex::new(names.into_iter().map(|(key, name)| {
-            assert!(slots.len() < NAME_SLOTS, "room for every field name");
+            assert!(slots.len() < NameSet::CAPACITY, "room for every field name");
             let next = slots.len() as u16;
             let slot = *slots.entry(name.clone()).or_insert(next);
             (
@@ -187,31 +187,9 @@ struct ExtensionName {
 /// keys (`src` and `sourceAddress`, `cs1` and `cs01`), and a JSON object with a repeated name
 /// is refused by Elasticsearch's strict parser (or keeps only one value elsewhere): the first
 /// gets the full name, the others keep the key they were sent with, which no other extension
-/// of the record has.
-struct NamesWritten([u64; NAME_SLOTS / 64]);
-
-/// Room for the distinct `cef.extensions` names (checked when the index is built).
-const NAME_SLOTS: usize = 512;
-
-impl NamesWritten {
-    fn new() -> Self {
-        NamesWritten([0; NAME_SLOTS / 64])
-    }
-
-    #[inline(always)]
-    fn has(&self, slot: u16) -> bool {
-        self.0[usize::from(slot / 64)] & (1u64 << (slot % 64)) != 0
-    }
-
-    /// Marks `slot` written; false if it already was.
-    #[inline(always)]
-    fn first(&mut self, slot: u16) -> bool {
-        let (word, bit) = (usize::from(slot / 64), 1u64 << (slot % 64));
-        let fresh = self.0[word] & bit == 0;
-        self.0[word] |= bit;
-        fresh
-    }
-}
+/// of the record has. Eight words: room for every distinct name (checked when the index is
+/// built).
+type NameSet = crate::map::slots::SlotSet<8>;
 
 /// The field name for keys not in [`EXTENSION_NAMES`] (the rules it was built from).
 fn extension_name_slow(key: &str) -> std::borrow::Cow<'_, str> {
@@ -304,36 +282,35 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
         c.str("severity", cef.severity);
         if !cef.extensions.is_empty() {
             let mut x = c.object("extensions");
-            // Each extension's field name and its slot, looked up once; then which slots a
-            // key names in full (`sourceAddress`): that key keeps the name, an alias of it
-            // (`src`) the key it was sent with.
-            let names: SmallVec<[(Cow<'_, str>, Option<u16>); 32]> = cef
-                .extensions
-                .iter()
-                .map(
-                    |e| match EXTENSION_NAMES.get_hashed(e.key, e.key_hash, e.key_tail) {
-                        Some(hit) => (Cow::Borrowed(&*hit.name), Some(hit.slot)),
-                        None => {
-                            let slow = extension_name_slow(e.key);
-                            // A non-canonical spelling (`cs01`) of a field the index holds.
-                            let slot = EXTENSION_NAMES.get(&slow).map(|hit| hit.slot);
-                            (slow, slot)
-                        }
-                    },
-                )
-                .collect();
-            let mut taken = NamesWritten::new();
-            for (e, (name, slot)) in cef.extensions.iter().zip(&names) {
+            // Each extension's field name and its slot, looked up once, and which slots a key
+            // names in full (`sourceAddress`): that key keeps the name, an alias of it (`src`)
+            // the key it was sent with.
+            let mut names: SmallVec<[(Cow<'_, str>, Option<u16>); 32]> = SmallVec::new();
+            let mut taken = NameSet::new();
+            for e in &cef.extensions {
+                let (name, slot) = match EXTENSION_NAMES.get_hashed(e.key, e.key_hash, e.key_tail) {
+                    Some(hit) => (Cow::Borrowed(&*hit.name), Some(hit.slot)),
+                    None => {
+                        let slow = extension_name_slow(e.key);
+                        // A non-canonical spelling (`cs01`) of a field the index holds.
+                        let slot = EXTENSION_NAMES.get(&slow).map(|hit| hit.slot);
+                        (slow, slot)
+                    }
+                };
                 if let Some(slot) = slot
                     && e.key == name
                 {
-                    taken.first(*slot);
+                    taken.insert(slot.into());
                 }
+                names.push((name, slot));
             }
-            let mut written = NamesWritten::new();
+            let mut written = NameSet::new();
             for (e, (name, slot)) in cef.extensions.iter().zip(&names) {
-                let name: &str = match slot {
-                    Some(slot) if e.key != name && (taken.has(*slot) || !written.first(*slot)) => {
+                let name: &str = match *slot {
+                    Some(slot)
+                        if e.key != name
+                            && (taken.contains(slot.into()) || !written.insert(slot.into())) =>
+                    {
                         e.key
                     }
                     _ => name,
