@@ -189,13 +189,7 @@ fn kill_9_while_sink_down_then_restart_delivers_everything() {
     let spool = dir.path().join("data/spool/relay");
     // Wait until the whole input is in the spool and the sink has failed at least once.
     wait_until("retries logged", &daemon, Duration::from_secs(30), || {
-        let bytes: u64 = std::fs::read_dir(&spool)
-            .map(|d| {
-                d.filter_map(|e| e.ok()?.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0);
+        let bytes = spool_bytes(&spool);
         bytes as usize > N * 100
     });
     std::thread::sleep(Duration::from_millis(500));
@@ -235,6 +229,17 @@ fn kill_9_while_sink_down_then_restart_delivers_everything() {
         "delivered {} for {N} sent: {duplicates} duplicates",
         texts.len()
     );
+}
+
+/// Bytes in the files of a spool directory (0 before it exists).
+fn spool_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 /// The value of `key=<n>` in the daemon's "shut down" log line.
@@ -286,13 +291,7 @@ fn sigterm_with_a_full_blocking_spool_ends_within_the_grace_and_counts_the_refus
     });
     let spool_dir = dir.path().join("data/spool/relay");
     wait_until("spool full", &daemon, Duration::from_secs(60), || {
-        let bytes: u64 = std::fs::read_dir(&spool_dir)
-            .map(|d| {
-                d.filter_map(|e| e.ok()?.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0);
+        let bytes = spool_bytes(&spool_dir);
         bytes > 1_048_576 - 2 * 65_536
     });
     std::thread::sleep(Duration::from_millis(500));

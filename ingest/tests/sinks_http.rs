@@ -354,6 +354,17 @@ fn sekoia_config(url: &str, key_path: &Path) -> SekoiaConfig {
     .unwrap()
 }
 
+/// A Sekoia sink `sekoia` with `cfg` and the tests' spool.
+fn sekoia_sink(dir: &Path, cfg: &SekoiaConfig) -> SinkHandle {
+    let metrics = SinkMetrics::new("sekoia");
+    spawn(
+        SekoiaSink::new("sekoia", cfg, metrics.clone()).unwrap(),
+        metrics,
+        dir,
+        spool_config(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sekoia_healthy_path_sends_raw_event_strings() {
     let dir = tempfile::tempdir().unwrap();
@@ -362,13 +373,7 @@ async fn sekoia_healthy_path_sends_raw_event_strings() {
     let default: SekoiaConfig = toml::from_str("intake_key_env = \"X\"").unwrap();
     assert_eq!(default.url, "https://intake.sekoia.io");
     let cfg = sekoia_config(&server.url(), &secret_file(dir.path(), "key", fake.key));
-    let metrics = SinkMetrics::new("sekoia");
-    let handle = spawn(
-        SekoiaSink::new("sekoia", &cfg, metrics.clone()).unwrap(),
-        metrics,
-        dir.path(),
-        spool_config(),
-    );
+    let handle = sekoia_sink(dir.path(), &cfg);
     const N: u64 = 3000;
     for start in (0..N).step_by(300) {
         enqueue(&handle, raw_batch(start..start + 300)).await;
@@ -407,13 +412,7 @@ async fn sekoia_wrong_key_is_dead_lettered_with_the_response() {
         &server.url(),
         &secret_file(dir.path(), "key", "not-the-key"),
     );
-    let metrics = SinkMetrics::new("sekoia");
-    let handle = spawn(
-        SekoiaSink::new("sekoia", &cfg, metrics.clone()).unwrap(),
-        metrics,
-        dir.path(),
-        spool_config(),
-    );
+    let handle = sekoia_sink(dir.path(), &cfg);
     enqueue(&handle, raw_batch(0..25)).await;
     wait_for("dead letter", Duration::from_secs(10), || {
         handle.stats().sink.dead_lettered_events == 25
@@ -444,13 +443,7 @@ async fn sekoia_fewer_event_ids_than_events_are_counted() {
     fake.missing_ids.store(3, Ordering::SeqCst);
     let server = serve(fake.handler()).await;
     let cfg = sekoia_config(&server.url(), &secret_file(dir.path(), "key", fake.key));
-    let metrics = SinkMetrics::new("sekoia");
-    let handle = spawn(
-        SekoiaSink::new("sekoia", &cfg, metrics.clone()).unwrap(),
-        metrics,
-        dir.path(),
-        spool_config(),
-    );
+    let handle = sekoia_sink(dir.path(), &cfg);
     enqueue(&handle, raw_batch(0..25)).await;
     wait_for("acked", Duration::from_secs(10), || {
         handle.stats().spool.records == 0
@@ -477,13 +470,7 @@ async fn dead_letter_write_failure_keeps_the_record_spooled_until_written() {
     let blocker = dir.path().join("dead_letter").join("sekoia");
     std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
     std::fs::write(&blocker, b"").unwrap();
-    let metrics = SinkMetrics::new("sekoia");
-    let handle = spawn(
-        SekoiaSink::new("sekoia", &cfg, metrics.clone()).unwrap(),
-        metrics,
-        dir.path(),
-        spool_config(),
-    );
+    let handle = sekoia_sink(dir.path(), &cfg);
     enqueue(&handle, raw_batch(0..25)).await;
     wait_for("refused", Duration::from_secs(10), || {
         !server.seen().is_empty()
@@ -516,24 +503,41 @@ async fn dead_letter_write_failure_keeps_the_record_spooled_until_written() {
 // ---------------------------------------------------------------------------------------------
 // Splunk HEC
 
+/// A Splunk HEC sink `name` posting to `endpoint` with the token in `token_file`, plus `extra`
+/// config lines.
+fn splunk_sink(
+    dir: &Path,
+    name: &str,
+    endpoint: &str,
+    token_file: &Path,
+    extra: &str,
+) -> SinkHandle {
+    let cfg: SplunkHecConfig = toml::from_str(&format!(
+        "endpoint = \"{endpoint}\"\ntoken_file = \"{}\"\n{extra}",
+        token_file.display()
+    ))
+    .unwrap();
+    let metrics = SinkMetrics::new(name);
+    spawn(
+        SplunkHecSink::new(name, &cfg, metrics.clone()).unwrap(),
+        metrics,
+        dir,
+        spool_config(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn splunk_hec_with_indexer_acknowledgement() {
     let dir = tempfile::tempdir().unwrap();
     let fake = SplunkFake::new(true);
     let server = serve(fake.handler()).await;
     let token = secret_file(dir.path(), "hec", fake.token);
-    let cfg: SplunkHecConfig = toml::from_str(&format!(
-        "endpoint = \"{}\"\ntoken_file = \"{}\"\nindex = \"security\"\nsourcetype = \"darktrace:cef\"\nack = true\nack_poll_interval_ms = 20",
-        server.url(),
-        token.display()
-    ))
-    .unwrap();
-    let metrics = SinkMetrics::new("splunk");
-    let handle = spawn(
-        SplunkHecSink::new("splunk", &cfg, metrics.clone()).unwrap(),
-        metrics,
+    let handle = splunk_sink(
         dir.path(),
-        spool_config(),
+        "splunk",
+        &server.url(),
+        &token,
+        "index = \"security\"\nsourcetype = \"darktrace:cef\"\nack = true\nack_poll_interval_ms = 20",
     );
     const N: u64 = 2000;
     for start in (0..N).step_by(250) {
@@ -561,18 +565,12 @@ async fn splunk_hec_ack_without_ack_id_is_delivered_once_and_counted() {
     let fake = SplunkFake::new(false);
     let server = serve(fake.handler()).await;
     let token = secret_file(dir.path(), "hec", fake.token);
-    let cfg: SplunkHecConfig = toml::from_str(&format!(
-        "endpoint = \"{}\"\ntoken_file = \"{}\"\nack = true\nack_poll_interval_ms = 20",
-        server.url(),
-        token.display()
-    ))
-    .unwrap();
-    let metrics = SinkMetrics::new("splunk");
-    let handle = spawn(
-        SplunkHecSink::new("splunk", &cfg, metrics.clone()).unwrap(),
-        metrics,
+    let handle = splunk_sink(
         dir.path(),
-        spool_config(),
+        "splunk",
+        &server.url(),
+        &token,
+        "ack = true\nack_poll_interval_ms = 20",
     );
     enqueue(&handle, csl_batch(0..50)).await;
     enqueue(&handle, csl_batch(50..100)).await;
@@ -605,19 +603,7 @@ async fn splunk_hec_without_ack_and_wrong_token() {
         ("bad", "00000000-dead-beef", false),
     ] {
         let token = secret_file(dir.path(), name, token);
-        let cfg: SplunkHecConfig = toml::from_str(&format!(
-            "endpoint = \"{}/\"\ntoken_file = \"{}\"",
-            server.url(),
-            token.display()
-        ))
-        .unwrap();
-        let metrics = SinkMetrics::new(name);
-        let handle = spawn(
-            SplunkHecSink::new(name, &cfg, metrics.clone()).unwrap(),
-            metrics,
-            dir.path(),
-            spool_config(),
-        );
+        let handle = splunk_sink(dir.path(), name, &format!("{}/", server.url()), &token, "");
         enqueue(&handle, csl_batch(0..50)).await;
         wait_for("settled", Duration::from_secs(10), || {
             handle.stats().spool.records == 0

@@ -806,6 +806,21 @@ fn shutdown_reads_the_listen_backlog(
     );
 }
 
+/// A harness whose reader context counts into a recorder of its own (source `test`), read
+/// back through the returned handle.
+fn counted_harness() -> (
+    Harness,
+    ReaderContext,
+    metrics_exporter_prometheus::PrometheusHandle,
+) {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let mut h = harness(16, 64, FrameLimits::default());
+    let mut ctx = h.ctx.take().unwrap();
+    ctx.counters =
+        metrics::with_local_recorder(&recorder, || sluice::net::ReaderCounters::register("test"));
+    (h, ctx, recorder.handle())
+}
+
 /// Empty datagrams, or only LF / CR / NUL, carry no message: both reader backends skip them,
 /// count their bytes as received and no message.
 #[test]
@@ -817,12 +832,7 @@ fn udp_empty_datagrams_are_skipped_alike_on_both_backends() {
 fn empty_datagrams_skipped(
     run: impl FnOnce(UdpSocket, ReaderContext) -> std::io::Result<()> + Send + 'static,
 ) {
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-    let handle = recorder.handle();
-    let mut h = harness(16, 64, FrameLimits::default());
-    let mut ctx = h.ctx.take().unwrap();
-    ctx.counters =
-        metrics::with_local_recorder(&recorder, || sluice::net::ReaderCounters::register("test"));
+    let (h, ctx, handle) = counted_harness();
     let rx = udp_socket(1 << 20);
     let target = rx.local_addr().unwrap();
     let reader = thread::spawn(move || run(rx, ctx));
@@ -856,13 +866,8 @@ fn tcp_framing_errors_count_the_same_on_both_backends() {
 fn framing_error_counted(
     run: impl FnOnce(TcpListener, ReaderContext) -> std::io::Result<()> + Send + 'static,
 ) {
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-    let handle = recorder.handle();
-    let mut h = harness(16, 64, FrameLimits::default());
-    let mut ctx = h.ctx.take().unwrap();
+    let (h, mut ctx, handle) = counted_harness();
     ctx.framing = Framing::Octet;
-    ctx.counters =
-        metrics::with_local_recorder(&recorder, || sluice::net::ReaderCounters::register("test"));
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let reader = thread::spawn(move || run(listener, ctx));

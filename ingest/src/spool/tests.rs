@@ -267,24 +267,28 @@ fn block_waits_for_acks_then_proceeds() {
     assert_eq!(spool.stats().dropped_events, 0);
 }
 
+/// From another thread, appends up to 100 batches of 900 bytes until one is refused: its
+/// index and the error.
+fn append_until_refused(
+    spool: &Arc<Spool>,
+) -> std::thread::JoinHandle<Option<(usize, SpoolError)>> {
+    let spool = spool.clone();
+    std::thread::spawn(move || {
+        (0..100).find_map(|t| spool.append(&batch(t, 900)).err().map(|e| (t as usize, e)))
+    })
+}
+
 #[test]
 fn close_releases_a_blocked_writer() {
     let dir = tempfile::tempdir().unwrap();
     let spool =
         Arc::new(Spool::open(dir.path(), config(16 << 10, 4 << 10, WhenFull::Block)).unwrap());
-    let writer = {
-        let spool = spool.clone();
-        std::thread::spawn(move || {
-            (0..100)
-                .map(|t| spool.append(&batch(t, 900)))
-                .find(|r| r.is_err())
-        })
-    };
+    let writer = append_until_refused(&spool);
     std::thread::sleep(Duration::from_millis(100));
     spool.close();
     assert!(matches!(
         writer.join().unwrap(),
-        Some(Err(SpoolError::Closed))
+        Some((_, SpoolError::Closed))
     ));
 }
 
@@ -295,17 +299,10 @@ fn stop_waiting_refuses_blocked_writers_but_takes_what_fits() {
     let dir = tempfile::tempdir().unwrap();
     let spool =
         Arc::new(Spool::open(dir.path(), config(16 << 10, 4 << 10, WhenFull::Block)).unwrap());
-    let writer = {
-        let spool = spool.clone();
-        std::thread::spawn(move || {
-            (0..100)
-                .map(|t| spool.append(&batch(t, 900)))
-                .position(|r| r.is_err())
-        })
-    };
+    let writer = append_until_refused(&spool);
     std::thread::sleep(Duration::from_millis(100));
     spool.stop_waiting();
-    let refused_at = writer.join().unwrap().expect("a refusal");
+    let (refused_at, _) = writer.join().unwrap().expect("a refusal");
     assert!(matches!(
         spool.append(&batch(100, 900)),
         Err(SpoolError::FullAtShutdown)
