@@ -29,7 +29,9 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(ext.key_tail, cef::key_tail(ext.key.as_bytes()));
             if ext.json_clean {
                 assert!(
-                    !ext.value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\'),
+                    !ext.value
+                        .bytes()
+                        .any(|b| b < 0x20 || b == b'"' || b == b'\\'),
                     "{ext:?}"
                 );
             }

@@ -34,7 +34,8 @@ fuzz_target!(|data: &[u8]| {
         // serde_json keeps the last of a repeated name; Elasticsearch refuses the document.
         // (`raw` rows are one JSON string.)
         if schema != Schema::Raw
-            && let Err(e) = serde_json::from_slice::<UniqueNames>(&out) {
+            && let Err(e) = serde_json::from_slice::<UniqueNames>(&out)
+        {
             panic!(
                 "{} wrote a row with a repeated name ({e}): {}",
                 schema.as_str(),
