@@ -183,6 +183,27 @@ impl Checkpoint {
             ids_at_time: self.ids_at_time.clone(),
         }
     }
+
+    /// Where to resume at `now_ms`: `Err` when the checkpoint is dated more than
+    /// [`FUTURE_SLACK_MS`] ahead, with the cursor to resume from instead. Versions that let a
+    /// future-dated event move the checkpoint wrote such files, and the cursor never goes
+    /// back, so the source would never ask for the events in between. It restarts from when
+    /// the file was written (less the slack): events dated before that write had been
+    /// fetched already, those after it never were. `fallback_ms` when that time is unusable.
+    pub fn resume_at(&self, now_ms: i64, fallback_ms: i64) -> Result<Cursor, Cursor> {
+        if self.time_ms <= now_ms.saturating_add(FUTURE_SLACK_MS) {
+            return Ok(self.cursor());
+        }
+        let written = if self.written_at_ms > 0 {
+            self.written_at_ms.min(now_ms)
+        } else {
+            fallback_ms
+        };
+        Err(Cursor {
+            time_ms: written.saturating_sub(FUTURE_SLACK_MS),
+            ids_at_time: BTreeSet::new(),
+        })
+    }
 }
 
 /// What the stored checkpoint means for this source.
@@ -540,6 +561,34 @@ mod tests {
             spelled("https://dt.example/p")
         );
         assert_ne!(spelled("https://dt.example:8443"), spelled(URL));
+    }
+
+    /// The old code could write a checkpoint a month ahead; resuming from it would skip that
+    /// month. It resumes from when the file was written instead.
+    #[test]
+    fn a_checkpoint_dated_in_the_future_resumes_from_when_it_was_written() {
+        const DAY: i64 = 86_400_000;
+        let now = 1_800_000_000_000;
+        let mut cp = Checkpoint::new(
+            URL,
+            Endpoint::ModelBreaches,
+            &Cursor {
+                time_ms: now + 30 * DAY,
+                ids_at_time: ["far".to_owned()].into(),
+            },
+        );
+        cp.written_at_ms = now - DAY;
+        let repaired = cp.resume_at(now, now - 3_600_000).unwrap_err();
+        assert_eq!(repaired.time_ms, now - DAY - FUTURE_SLACK_MS);
+        assert!(repaired.ids_at_time.is_empty());
+        cp.written_at_ms = 0;
+        assert_eq!(
+            cp.resume_at(now, now - 3_600_000).unwrap_err().time_ms,
+            now - 3_600_000 - FUTURE_SLACK_MS
+        );
+        // A little ahead (clock skew) is resumed as it is.
+        cp.time_ms = now + 60_000;
+        assert_eq!(cp.resume_at(now, 0), Ok(cp.cursor()));
     }
 
     /// Files written before the URL was recorded still load, and are rewritten with it.

@@ -104,17 +104,32 @@ impl DarktraceApiSource {
                 time_ms: checkpoint::now_ms() - (lookback as i64).saturating_mul(1000),
                 ids_at_time: Default::default(),
             };
-            let cursor = match store.load()? {
-                Loaded::Resume(cp) => {
-                    tracing::info!(source = %name, endpoint = endpoint.name(), starttime = cp.time_ms,
-                        "resuming from checkpoint {path}");
-                    cp.cursor()
-                }
-                Loaded::Adopted(cp) => {
-                    tracing::info!(source = %name, endpoint = endpoint.name(), starttime = cp.time_ms,
-                        "resuming from checkpoint {path}, written before checkpoints recorded the \
-                         appliance: taken to be {url}'s (recorded at the next commit)");
-                    cp.cursor()
+            let loaded = store.load()?;
+            let adopted = matches!(loaded, Loaded::Adopted(_));
+            let cursor = match loaded {
+                Loaded::Resume(cp) | Loaded::Adopted(cp) => {
+                    match cp.resume_at(checkpoint::now_ms(), fresh().time_ms) {
+                        Ok(cursor) if adopted => {
+                            tracing::info!(source = %name, endpoint = endpoint.name(), starttime = cp.time_ms,
+                                "resuming from checkpoint {path}, written before checkpoints recorded \
+                                 the appliance: taken to be {url}'s (recorded at the next commit)");
+                            cursor
+                        }
+                        Ok(cursor) => {
+                            tracing::info!(source = %name, endpoint = endpoint.name(), starttime = cp.time_ms,
+                                "resuming from checkpoint {path}");
+                            cursor
+                        }
+                        Err(cursor) => {
+                            tracing::warn!(source = %name, endpoint = endpoint.name(), starttime = cursor.time_ms,
+                                "checkpoint {path} is dated {}, in the future (a future-dated event \
+                                 moved it there, or this host's clock went back): resuming from when \
+                                 it was written ({}) less 5 minutes, as events dated after that were \
+                                 never asked for; events of those 5 minutes may be forwarded again",
+                                time_text(cp.time_ms), time_text(cp.written_at_ms));
+                            cursor
+                        }
+                    }
                 }
                 Loaded::OtherStream(cp) => {
                     let cursor = fresh();

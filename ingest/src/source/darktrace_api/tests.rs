@@ -184,3 +184,35 @@ fn shutdown_gives_up_a_send_into_a_full_queue_uncommitted() {
     source.join().unwrap();
     assert_eq!(acks.try_recv(), Ok(AckOutcome::Failed));
 }
+
+/// A checkpoint the old code moved a month ahead (a future-dated event) is not resumed from:
+/// the source would never have asked for the month in between.
+#[test]
+fn a_checkpoint_dated_in_the_future_is_not_resumed_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = super::checkpoint::now_ms();
+    let written_at = now - 3_600_000;
+    let cp_dir = super::checkpoint_dir(dir.path(), "dt");
+    std::fs::create_dir_all(&cp_dir).unwrap();
+    std::fs::write(
+        cp_dir.join("modelbreaches.json"),
+        format!(
+            r#"{{ "version": 1, "endpoint": "modelbreaches", "time_ms": {},
+                 "ids_at_time": ["far"], "written_at_ms": {written_at} }}"#,
+            now + 30 * 86_400_000
+        ),
+    )
+    .unwrap();
+    let config: super::DarktraceApiConfig = toml::from_str(
+        "url = \"https://dt.example\"\npublic_token = \"p\"\nprivate_token = \"q\"\n\
+         endpoints = [\"modelbreaches\"]",
+    )
+    .unwrap();
+    let source = super::DarktraceApiSource::prepare("dt", &config, dir.path()).unwrap();
+    let cursor = &source.pollers[0].cursor;
+    assert_eq!(
+        cursor.time_ms,
+        written_at - super::checkpoint::FUTURE_SLACK_MS
+    );
+    assert!(cursor.ids_at_time.is_empty());
+}
