@@ -101,7 +101,12 @@ impl DarktraceApiSource {
             let path = store.path().display();
             let lookback = config.first_poll_lookback_secs;
             let fresh = || Cursor {
-                time_ms: checkpoint::now_ms() - (lookback as i64).saturating_mul(1000),
+                // Saturating: the key is any u64, and an overflow here must not panic.
+                time_ms: checkpoint::now_ms().saturating_sub(
+                    i64::try_from(lookback)
+                        .unwrap_or(i64::MAX)
+                        .saturating_mul(1000),
+                ),
                 ids_at_time: Default::default(),
             };
             let loaded = store.load()?;
