@@ -58,6 +58,8 @@ struct Appliance {
     held: HashMap<String, usize>,
     /// Added to this server's clock when checking DTAPI-Date (simulates skew).
     clock_skew_secs: i64,
+    /// Events without a time per endpoint path: in every answer, whatever its window.
+    untimed: HashMap<String, Vec<String>>,
 }
 
 type Shared = Arc<Mutex<Appliance>>;
@@ -144,6 +146,16 @@ impl Server {
             .entry(path.to_owned())
             .or_default()
             .extend(events);
+    }
+
+    fn release_untimed(&self, path: &str, text: String) {
+        self.state
+            .lock()
+            .unwrap()
+            .untimed
+            .entry(path.to_owned())
+            .or_default()
+            .push(text);
     }
 
     fn requests(&self, path: &str) -> Vec<(i64, &'static str)> {
@@ -275,10 +287,18 @@ async fn handle(state: Shared, req: Request<hyper::body::Incoming>) -> Response<
         .unwrap_or_default();
     page.sort_by_key(|e| e.time);
     page.truncate(PAGE);
+    let untimed = state
+        .lock()
+        .unwrap()
+        .untimed
+        .get(&path)
+        .cloned()
+        .unwrap_or_default();
     let body = format!(
         "[\n{}\n]",
         page.iter()
             .map(|e| e.text.as_str())
+            .chain(untimed.iter().map(String::as_str))
             .collect::<Vec<_>>()
             .join(",\n")
     );
@@ -802,4 +822,253 @@ fn a_backlog_larger_than_one_answer_is_walked_in_windows() {
     let log = daemon.stop();
     assert!(!log.contains("ERROR"), "{log}");
     drop(server.runtime);
+}
+
+/// Polls of `path` made from now on reach `more`.
+fn wait_for_polls(server: &Server, path: &str, more: usize, daemon: &Daemon) {
+    let target = server.requests(path).len() + more;
+    wait_until(
+        &format!("{more} more polls of {path}"),
+        Duration::from_secs(60),
+        || server.requests(path).len() >= target,
+        || daemon.log(),
+    );
+}
+
+/// One breach dated a month ahead must not move the checkpoint there: an event released
+/// afterwards, dated now, still arrives (the old code asked from the future date on and
+/// never saw it). The future-dated breach is forwarded once, warned about once and counted,
+/// though the appliance keeps returning it.
+#[test]
+fn a_future_dated_event_neither_hides_later_events_nor_repeats() {
+    const DAY: i64 = 86_400_000;
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &server.ca_pem).unwrap();
+    let out = dir.path().join("out");
+    let template = real(MODELBREACHES, "time", "pbid").remove(0).text;
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut first = breaches(80_000, 3, now - 10 * 60_000);
+    first.push(derived(
+        &template,
+        "time",
+        "pbid",
+        89_999.into(),
+        now + 30 * DAY,
+    ));
+    server.release("/modelbreaches", first.clone());
+    let source = source_config(&server.url(), &ca, PRIVATE, r#"["modelbreaches"]"#);
+    let daemon = Daemon::start(dir.path(), &source);
+    wait_until(
+        "the first breaches",
+        Duration::from_secs(60),
+        || delivered(&out).len() >= first.len(),
+        || daemon.log(),
+    );
+    // Dated after the poll that brought the future-dated breach.
+    let late = vec![derived(
+        &template,
+        "time",
+        "pbid",
+        81_000.into(),
+        chrono::Utc::now().timestamp_millis(),
+    )];
+    server.release("/modelbreaches", late.clone());
+    wait_until(
+        "the breach released after the future-dated one",
+        Duration::from_secs(60),
+        || delivered(&out).len() > first.len(),
+        || daemon.log(),
+    );
+    wait_for_polls(&server, "/modelbreaches", 3, &daemon);
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        counted(&delivered(&out)),
+        expected_set(&[("modelbreaches", &first), ("modelbreaches", &late)])
+    );
+    let endpoint = ("endpoint", "modelbreaches");
+    assert_eq!(
+        daemon.metric("sluice_darktrace_api_future_events_total", &[endpoint]),
+        1
+    );
+    assert!(
+        daemon.metric(
+            "sluice_darktrace_api_suppressed_events_total",
+            &[endpoint, ("reason", "future_dated")]
+        ) >= 2,
+        "returned on every poll since"
+    );
+    let cp: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("data/checkpoints/dt/modelbreaches.json")).unwrap(),
+    )
+    .unwrap();
+    let checkpoint = cp["time_ms"].as_i64().unwrap();
+    assert!(
+        checkpoint <= chrono::Utc::now().timestamp_millis(),
+        "checkpoint in the future: {cp}"
+    );
+    let log = daemon.stop();
+    assert_eq!(
+        log.matches("events dated in the future").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("89999"), "the warning names the event: {log}");
+    drop(server.runtime);
+}
+
+/// AI Analyst events without a usable time come back in every answer: each is forwarded
+/// once (the old code forwarded it again on every poll), warned about once, and its returns
+/// are counted as suppressed.
+#[test]
+fn an_event_without_a_time_is_forwarded_once() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &server.ca_pem).unwrap();
+    let out = dir.path().join("out");
+    let timed = real(AIANALYST, "createdAt", "id");
+    server.release("/aianalyst/incidentevents", timed.clone());
+    let mut untimed: serde_json::Value = serde_json::from_str(&timed[0].text).unwrap();
+    untimed["id"] = "sluice-test-untimed".into();
+    untimed.as_object_mut().unwrap().remove("createdAt");
+    server.release_untimed(
+        "/aianalyst/incidentevents",
+        serde_json::to_string_pretty(&untimed).unwrap(),
+    );
+    let source = source_config(
+        &server.url(),
+        &ca,
+        PRIVATE,
+        r#"["aianalyst/incidentevents"]"#,
+    );
+    let daemon = Daemon::start(dir.path(), &source);
+    wait_until(
+        "every event",
+        Duration::from_secs(60),
+        || delivered(&out).len() > timed.len(),
+        || daemon.log(),
+    );
+    wait_for_polls(&server, "/aianalyst/incidentevents", 3, &daemon);
+    std::thread::sleep(Duration::from_millis(800));
+    let mut want = expected_set(&[("aianalyst/incidentevents", &timed)]);
+    want.insert(
+        (
+            "aianalyst/incidentevents".to_owned(),
+            "sluice-test-untimed".to_owned(),
+        ),
+        1,
+    );
+    assert_eq!(counted(&delivered(&out)), want);
+    assert!(
+        daemon.metric(
+            "sluice_darktrace_api_suppressed_events_total",
+            &[
+                ("endpoint", "aianalyst/incidentevents"),
+                ("reason", "untimed")
+            ]
+        ) >= 2
+    );
+    let log = daemon.stop();
+    assert_eq!(
+        log.matches("events without a usable time field").count(),
+        1,
+        "{log}"
+    );
+    drop(server.runtime);
+}
+
+/// A checkpoint written before checkpoints recorded the appliance (version 1) is resumed
+/// and rewritten with the URL; pointed at another appliance, the source does not resume from
+/// the first one's time (the old code did, and skipped the second one's older events) but
+/// starts as a new source would, and says so naming both.
+#[test]
+fn a_checkpoint_is_resumed_only_against_its_own_appliance() {
+    const T0: i64 = 1_700_000_000_000;
+    let a = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let ca_a = dir.path().join("ca-a.pem");
+    std::fs::write(&ca_a, &a.ca_pem).unwrap();
+    let cp_path = dir.path().join("data/checkpoints/dt/modelbreaches.json");
+    std::fs::create_dir_all(cp_path.parent().unwrap()).unwrap();
+    std::fs::write(
+        &cp_path,
+        format!(
+            "{{ \"version\": 1, \"endpoint\": \"modelbreaches\", \"time_ms\": {T0},\n  \
+             \"ids_at_time\": [\"40000\"], \"written_at_ms\": 1732327200123 }}"
+        ),
+    )
+    .unwrap();
+    // 40000 is in the checkpoint; 39999 is older than it.
+    let a_events = breaches(40_000, 4, T0);
+    a.release("/modelbreaches", a_events.clone());
+    a.release("/modelbreaches", breaches(39_999, 1, T0 - 1000));
+    let daemon = Daemon::start(
+        dir.path(),
+        &source_config(&a.url(), &ca_a, PRIVATE, r#"["modelbreaches"]"#),
+    );
+    wait_until(
+        "appliance A's new breaches",
+        Duration::from_secs(60),
+        || delivered(&out).len() >= 3,
+        || daemon.log(),
+    );
+    assert_eq!(
+        a.requests("/modelbreaches")[0].0,
+        T0,
+        "resumed from version 1"
+    );
+    let log = daemon.stop();
+    assert_eq!(
+        counted(&delivered(&out)),
+        expected_set(&[("modelbreaches", &a_events[1..])])
+    );
+    let cp: serde_json::Value = serde_json::from_slice(&std::fs::read(&cp_path).unwrap()).unwrap();
+    assert_eq!(cp["version"], 2, "{cp}");
+    assert_eq!(cp["url"], a.url(), "{cp}");
+    assert!(!log.contains("not used"), "{log}");
+
+    // Appliance B's breaches are a day older than A's checkpoint.
+    let b = Server::start();
+    let ca_b = dir.path().join("ca-b.pem");
+    std::fs::write(&ca_b, &b.ca_pem).unwrap();
+    let b_events = breaches(60_000, 3, T0 - 86_400_000);
+    b.release("/modelbreaches", b_events.clone());
+    let daemon = Daemon::start(
+        dir.path(),
+        &source_config(&b.url(), &ca_b, PRIVATE, r#"["modelbreaches"]"#),
+    );
+    wait_until(
+        "appliance B's breaches",
+        Duration::from_secs(60),
+        || delivered(&out).len() >= 3 + b_events.len(),
+        || daemon.log(),
+    );
+    let first = b.requests("/modelbreaches")[0].0;
+    assert!(
+        first < T0 - 86_400_000 * 365,
+        "B's first request started at {first}, not from the lookback"
+    );
+    let log = daemon.stop();
+    assert_eq!(
+        counted(&delivered(&out)),
+        expected_set(&[
+            ("modelbreaches", &a_events[1..]),
+            ("modelbreaches", &b_events)
+        ])
+    );
+    let warning = log
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("not used"))
+        .unwrap_or_else(|| panic!("no warning about A's checkpoint: {log}"));
+    assert!(
+        warning.contains(&a.url()) && warning.contains(&b.url()),
+        "{warning}"
+    );
+    let cp: serde_json::Value = serde_json::from_slice(&std::fs::read(&cp_path).unwrap()).unwrap();
+    assert_eq!(cp["url"], b.url(), "{cp}");
+    drop(a.runtime);
+    drop(b.runtime);
 }

@@ -5,7 +5,8 @@
 //! checkpoint's; their ids are kept in the checkpoint and those events are dropped as
 //! duplicates. The file (`data_dir/checkpoints/<source>/<endpoint>.json`) is replaced
 //! atomically (temp file, fsync, rename, fsync of the directory), and only once the events it
-//! covers are in every routed sink's spool (see `pipeline::ack`).
+//! covers are in every routed sink's spool (see `pipeline::ack`). The file names the appliance
+//! and endpoint it was written for: a time is only meaningful against the stream it counts.
 
 use std::collections::{BTreeSet, HashSet};
 use std::io::Write;
@@ -16,6 +17,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use serde::{Deserialize, Serialize};
 
 use super::config::Endpoint;
+use super::forwarded::ForwardedIds;
 use super::page::ApiEvent;
 
 /// Where an endpoint's next poll starts.
@@ -35,54 +37,127 @@ pub struct Selection {
     /// Dropped: at the boundary and already taken, before the boundary, or repeated in the
     /// response.
     pub duplicates: u64,
-    /// Taken without a time: they cannot move the cursor or be de-duplicated.
-    pub untimed: u64,
+    /// Dropped: forwarded before without a usable time, and returned again.
+    pub suppressed_untimed: u64,
+    /// Dropped: forwarded before while dated after the request, and returned again.
+    pub suppressed_future: u64,
+    /// Of `new`, those without a usable time: they cannot move the cursor.
+    pub untimed: Vec<usize>,
+    /// Of `new`, those dated more than [`FUTURE_SLACK_MS`] after the request.
+    pub future: Vec<usize>,
+    /// Ids of `new` events the next cursor does not cover (no usable time, or dated after
+    /// it): remembered once they are committed, so that their return is not forwarded again.
+    pub remember: Vec<String>,
     /// The cursor once the `new` events are committed.
     pub next: Cursor,
 }
 
+/// An event dated this far after the request that fetched it is not explained by clock skew
+/// or by the request's own latency: it is reported (logged once, counted) as future-dated.
+/// The same margin as the windowing's open end: the skew the API itself tolerates.
+pub const FUTURE_SLACK_MS: i64 = super::window::OPEN_END_MARGIN_MS;
+
 /// Picks the events of a response that were not taken yet and computes the next cursor.
-pub fn select(cursor: &Cursor, events: &[ApiEvent<'_>]) -> Selection {
+///
+/// `requested_at_ms` is when the request was made, by this host's clock: the cursor never
+/// moves past it. An event dated later (a wrong clock on the appliance or on whatever it
+/// learnt the event from) is forwarded, but moving the cursor to its time would skip every
+/// event dated between now and then. Such events, and those without a usable time, are
+/// returned again by later polls; `forwarded` holds the ids already sent.
+pub fn select(
+    cursor: &Cursor,
+    events: &[ApiEvent<'_>],
+    requested_at_ms: i64,
+    forwarded: &ForwardedIds,
+) -> Selection {
     let mut s = Selection::default();
-    let mut seen: HashSet<(i64, &str)> = HashSet::new();
+    let mut seen: HashSet<(Option<i64>, &str)> = HashSet::new();
+    let mut passed_again = Vec::new();
     let mut max_time = cursor.time_ms;
     for (i, e) in events.iter().enumerate() {
         let Some(t) = e.time_ms else {
-            s.untimed += 1;
-            s.new.push(i);
+            if !seen.insert((None, e.id.as_str())) {
+                s.duplicates += 1;
+            } else if forwarded.contains(&e.id) {
+                s.suppressed_untimed += 1;
+            } else {
+                s.untimed.push(i);
+                s.new.push(i);
+            }
             continue;
         };
         let taken =
             t < cursor.time_ms || (t == cursor.time_ms && cursor.ids_at_time.contains(&e.id));
-        if taken || !seen.insert((t, e.id.as_str())) {
+        if taken || !seen.insert((Some(t), e.id.as_str())) {
             s.duplicates += 1;
             continue;
+        }
+        if forwarded.contains(&e.id) {
+            s.suppressed_future += 1;
+            // Forwarded while it was dated after its request; if its time has come since, the
+            // cursor may pass it like any taken event. Otherwise enough such events to fill an
+            // answer that the appliance caps would hold the cursor back for good.
+            if t <= requested_at_ms {
+                max_time = max_time.max(t);
+                passed_again.push(i);
+            }
+            continue;
+        }
+        if t > requested_at_ms.saturating_add(FUTURE_SLACK_MS) {
+            s.future.push(i);
         }
         max_time = max_time.max(t);
         s.new.push(i);
     }
-    let mut ids: BTreeSet<String> = if max_time == cursor.time_ms {
+    // Never backwards, even when the checkpoint is already later than this host's clock.
+    let next_time = max_time.min(requested_at_ms).max(cursor.time_ms);
+    let mut ids: BTreeSet<String> = if next_time == cursor.time_ms {
         cursor.ids_at_time.clone()
     } else {
         BTreeSet::new()
     };
-    for &i in &s.new {
-        if events[i].time_ms == Some(max_time) {
+    for &i in &passed_again {
+        if events[i].time_ms == Some(next_time) {
             ids.insert(events[i].id.clone());
         }
     }
+    for &i in &s.new {
+        match events[i].time_ms {
+            Some(t) if t == next_time => {
+                ids.insert(events[i].id.clone());
+            }
+            Some(t) if t < next_time => {}
+            _ => s.remember.push(events[i].id.clone()),
+        }
+    }
     s.next = Cursor {
-        time_ms: max_time,
+        time_ms: next_time,
         ids_at_time: ids,
     };
     s
 }
+
+/// How a checkpoint names the appliance: scheme, host, port (when not the default) and the
+/// path prefix without its trailing `/`, so that spellings of one base URL compare equal.
+pub fn stream_url(base: &reqwest::Url) -> String {
+    format!(
+        "{}{}",
+        base.origin().ascii_serialization(),
+        base.path().trim_end_matches('/')
+    )
+}
+
+/// The file's format: version 2 records the appliance's URL.
+pub const VERSION: u32 = 2;
 
 /// The file's content.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Checkpoint {
     pub version: u32,
+    /// The appliance ([`stream_url`]) whose events the cursor counts; absent in version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     pub endpoint: String,
     pub time_ms: i64,
     pub ids_at_time: BTreeSet<String>,
@@ -91,9 +166,10 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    pub fn new(endpoint: Endpoint, cursor: &Cursor) -> Checkpoint {
+    pub fn new(url: &str, endpoint: Endpoint, cursor: &Cursor) -> Checkpoint {
         Checkpoint {
-            version: 1,
+            version: VERSION,
+            url: Some(url.to_owned()),
             endpoint: endpoint.name().to_owned(),
             time_ms: cursor.time_ms,
             ids_at_time: cursor.ids_at_time.clone(),
@@ -107,6 +183,41 @@ impl Checkpoint {
             ids_at_time: self.ids_at_time.clone(),
         }
     }
+
+    /// Where to resume at `now_ms`: `Err` when the checkpoint is dated more than
+    /// [`FUTURE_SLACK_MS`] ahead, with the cursor to resume from instead. Versions that let a
+    /// future-dated event move the checkpoint wrote such files, and the cursor never goes
+    /// back, so the source would never ask for the events in between. It restarts from when
+    /// the file was written (less the slack): events dated before that write had been
+    /// fetched already, those after it never were. `fallback_ms` when that time is unusable.
+    pub fn resume_at(&self, now_ms: i64, fallback_ms: i64) -> Result<Cursor, Cursor> {
+        if self.time_ms <= now_ms.saturating_add(FUTURE_SLACK_MS) {
+            return Ok(self.cursor());
+        }
+        let written = if self.written_at_ms > 0 {
+            self.written_at_ms.min(now_ms)
+        } else {
+            fallback_ms
+        };
+        Err(Cursor {
+            time_ms: written.saturating_sub(FUTURE_SLACK_MS),
+            ids_at_time: BTreeSet::new(),
+        })
+    }
+}
+
+/// What the stored checkpoint means for this source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Loaded {
+    /// There is none yet.
+    Nothing,
+    /// Written for this appliance and endpoint.
+    Resume(Checkpoint),
+    /// Version 1, which did not record the URL: taken to be this appliance's, and written
+    /// in the current format at the next commit.
+    Adopted(Checkpoint),
+    /// Written for another appliance (or endpoint): its time means nothing here.
+    OtherStream(Checkpoint),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +243,9 @@ pub fn now_ms() -> i64 {
 /// callback that runs on a pipeline thread (writes).
 pub struct CheckpointStore {
     path: PathBuf,
+    /// The appliance ([`stream_url`]) and endpoint the checkpoints are written for.
+    url: String,
+    endpoint: Endpoint,
     /// Sequence number of the last commit written; commits never go backwards.
     written: Mutex<u64>,
     /// When the checkpoint was last known to be current (a commit, or a poll that found
@@ -142,9 +256,11 @@ pub struct CheckpointStore {
 }
 
 impl CheckpointStore {
-    pub fn new(dir: &Path, endpoint: Endpoint) -> CheckpointStore {
+    pub fn new(dir: &Path, url: &str, endpoint: Endpoint) -> CheckpointStore {
         CheckpointStore {
             path: dir.join(format!("{}.json", endpoint.file_stem())),
+            url: url.to_owned(),
+            endpoint,
             written: Mutex::new(0),
             current_at_ms: AtomicI64::new(now_ms()),
             time_ms: AtomicI64::new(0),
@@ -155,11 +271,20 @@ impl CheckpointStore {
         &self.path
     }
 
-    /// The stored checkpoint; `None` when there is none yet.
-    pub fn load(&self) -> Result<Option<Checkpoint>, CheckpointError> {
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The checkpoint of `cursor` for this store's appliance and endpoint.
+    pub fn checkpoint(&self, cursor: &Cursor) -> Checkpoint {
+        Checkpoint::new(&self.url, self.endpoint, cursor)
+    }
+
+    /// The stored checkpoint, and whether it belongs to this appliance and endpoint.
+    pub fn load(&self) -> Result<Loaded, CheckpointError> {
         let text = match std::fs::read(&self.path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::Nothing),
             Err(source) => {
                 return Err(CheckpointError::Io {
                     path: self.path.clone(),
@@ -173,16 +298,27 @@ impl CheckpointStore {
                 path: self.path.clone(),
                 message: e.to_string(),
             })?;
-        if cp.version != 1 {
-            return Err(CheckpointError::Damaged {
-                path: self.path.clone(),
-                message: format!("unknown version {}", cp.version),
-            });
+        let damaged = |message: String| CheckpointError::Damaged {
+            path: self.path.clone(),
+            message,
+        };
+        let loaded = match (cp.version, cp.url.as_deref()) {
+            (1, None) if cp.endpoint == self.endpoint.name() => Loaded::Adopted(cp),
+            (1, None) => Loaded::OtherStream(cp),
+            (1, Some(_)) => return Err(damaged("version 1 has no `url`".into())),
+            (VERSION, None) => return Err(damaged("`url` is missing".into())),
+            (VERSION, Some(url)) if url == self.url && cp.endpoint == self.endpoint.name() => {
+                Loaded::Resume(cp)
+            }
+            (VERSION, Some(_)) => Loaded::OtherStream(cp),
+            (v, _) => return Err(damaged(format!("unknown version {v}"))),
+        };
+        if let Loaded::Resume(cp) | Loaded::Adopted(cp) = &loaded {
+            self.current_at_ms
+                .store(cp.written_at_ms, Ordering::Relaxed);
+            self.time_ms.store(cp.time_ms, Ordering::Relaxed);
         }
-        self.current_at_ms
-            .store(cp.written_at_ms, Ordering::Relaxed);
-        self.time_ms.store(cp.time_ms, Ordering::Relaxed);
-        Ok(Some(cp))
+        Ok(loaded)
     }
 
     /// Writes commit number `seq` unless a later one is already written.
@@ -238,6 +374,10 @@ impl CheckpointStore {
 mod tests {
     use super::*;
 
+    const URL: &str = "https://dt.example";
+    /// A request time later than every event of these tests.
+    const LATER: i64 = 1_000_000;
+
     fn ev(time: i64, id: &str) -> ApiEvent<'static> {
         ApiEvent {
             raw: "{}",
@@ -247,6 +387,10 @@ mod tests {
         }
     }
 
+    fn none() -> ForwardedIds {
+        ForwardedIds::new(16)
+    }
+
     #[test]
     fn boundary_events_are_taken_once() {
         let start = Cursor {
@@ -254,13 +398,14 @@ mod tests {
             ids_at_time: BTreeSet::new(),
         };
         let first = [ev(100, "a"), ev(300, "c"), ev(200, "b"), ev(300, "d")];
-        let s = select(&start, &first);
+        let s = select(&start, &first, LATER, &none());
         assert_eq!(s.new, vec![0, 1, 2, 3]);
         assert_eq!(s.next.time_ms, 300);
         assert_eq!(
             s.next.ids_at_time,
             ["c", "d"].map(String::from).into_iter().collect()
         );
+        assert!(s.remember.is_empty() && s.future.is_empty());
         // The next poll (starttime=300) returns c and d again, plus e at the same ms and f.
         let second = [
             ev(300, "c"),
@@ -269,16 +414,21 @@ mod tests {
             ev(400, "f"),
             ev(250, "x"),
         ];
-        let s2 = select(&s.next, &second);
+        let s2 = select(&s.next, &second, LATER, &none());
         assert_eq!(s2.new, vec![2, 3]);
         assert_eq!(s2.duplicates, 3);
         assert_eq!(s2.next.time_ms, 400);
         // Only boundary repeats: nothing new, cursor unchanged.
-        let s3 = select(&s2.next, &[ev(400, "f")]);
+        let s3 = select(&s2.next, &[ev(400, "f")], LATER, &none());
         assert!(s3.new.is_empty());
         assert_eq!(s3.next, s2.next);
         // New events at the boundary instant extend the id set.
-        let s4 = select(&s2.next, &[ev(400, "f"), ev(400, "g"), ev(400, "g")]);
+        let s4 = select(
+            &s2.next,
+            &[ev(400, "f"), ev(400, "g"), ev(400, "g")],
+            LATER,
+            &none(),
+        );
         assert_eq!((s4.new.clone(), s4.duplicates), (vec![1], 2));
         assert_eq!(
             s4.next.ids_at_time,
@@ -287,37 +437,93 @@ mod tests {
     }
 
     #[test]
-    fn untimed_events_pass_and_do_not_move_the_cursor() {
+    fn untimed_events_pass_once_and_do_not_move_the_cursor() {
         let mut e = ev(0, "z");
         e.time_ms = None;
-        let s = select(&Cursor::default(), &[e]);
-        assert_eq!((s.new, s.untimed), (vec![0], 1));
+        let page = [e.clone(), e];
+        let s = select(&Cursor::default(), &page, LATER, &none());
+        assert_eq!((s.new, s.untimed, s.duplicates), (vec![0], vec![0], 1));
         assert_eq!(s.next, Cursor::default());
+        assert_eq!(s.remember, vec!["z".to_owned()]);
+        // Once committed, its id is remembered: returned again, it is suppressed.
+        let mut forwarded = none();
+        forwarded.insert("z".into());
+        let again = select(&Cursor::default(), &page, LATER, &forwarded);
+        assert!(again.new.is_empty());
+        assert_eq!((again.suppressed_untimed, again.duplicates), (1, 1));
+    }
+
+    /// The old code moved the cursor to 9e12 (year 2255): everything after the request time
+    /// and before then would never have been asked for.
+    #[test]
+    fn the_cursor_stops_at_the_request_time() {
+        let start = Cursor {
+            time_ms: 100,
+            ids_at_time: BTreeSet::new(),
+        };
+        let now = 1_000;
+        let page = [
+            ev(200, "a"),
+            ev(9_000_000_000_000, "far"),
+            ev(1_000 + 5, "soon"),
+        ];
+        let s = select(&start, &page, now, &none());
+        assert_eq!(s.new, vec![0, 1, 2]);
+        assert_eq!(s.next.time_ms, now);
+        assert!(s.next.ids_at_time.is_empty());
+        assert_eq!(s.future, vec![1], "only beyond the slack is reported");
+        assert_eq!(s.remember, vec!["far".to_owned(), "soon".to_owned()]);
+        // The next poll starts at `now` and gets both again, and a new event before them.
+        let mut forwarded = none();
+        for id in s.remember {
+            forwarded.insert(id);
+        }
+        let page = [
+            ev(9_000_000_000_000, "far"),
+            ev(1_005, "soon"),
+            ev(1_003, "b"),
+        ];
+        let s2 = select(&s.next, &page, 2_000, &forwarded);
+        assert_eq!((s2.new, s2.suppressed_future), (vec![2], 2));
+        // "soon" is in the past now: the cursor passes it, and takes it as seen there.
+        assert_eq!(s2.next.time_ms, 1_005);
+        assert_eq!(s2.next.ids_at_time, ["soon".to_owned()].into());
+        // An answer of nothing but such events still moves the cursor.
+        let s2 = select(&s.next, &[ev(1_005, "soon")], 2_000, &forwarded);
+        assert!(s2.new.is_empty());
+        assert_eq!(s2.next.time_ms, 1_005);
+        // A cursor already later than the clock does not go back.
+        let late = Cursor {
+            time_ms: 5_000,
+            ids_at_time: BTreeSet::new(),
+        };
+        let s3 = select(&late, &[ev(6_000, "c")], 2_000, &none());
+        assert_eq!(s3.next.time_ms, 5_000);
+        assert_eq!(s3.remember, vec!["c".to_owned()]);
     }
 
     #[test]
     fn store_round_trips_atomically_and_never_goes_back() {
         let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::new(&dir.path().join("cp"), Endpoint::ModelBreaches);
-        assert_eq!(store.load().unwrap(), None);
+        let store = CheckpointStore::new(&dir.path().join("cp"), URL, Endpoint::ModelBreaches);
+        assert_eq!(store.load().unwrap(), Loaded::Nothing);
         let c1 = Cursor {
             time_ms: 5,
             ids_at_time: ["1".to_owned()].into(),
         };
-        store
-            .commit(2, &Checkpoint::new(Endpoint::ModelBreaches, &c1))
-            .unwrap();
+        store.commit(2, &store.checkpoint(&c1)).unwrap();
         let older = Cursor {
             time_ms: 1,
             ids_at_time: BTreeSet::new(),
         };
-        store
-            .commit(1, &Checkpoint::new(Endpoint::ModelBreaches, &older))
-            .unwrap();
-        let again = CheckpointStore::new(&dir.path().join("cp"), Endpoint::ModelBreaches);
-        let loaded = again.load().unwrap().unwrap();
+        store.commit(1, &store.checkpoint(&older)).unwrap();
+        let again = CheckpointStore::new(&dir.path().join("cp"), URL, Endpoint::ModelBreaches);
+        let Loaded::Resume(loaded) = again.load().unwrap() else {
+            panic!("not resumed")
+        };
         assert_eq!(loaded.cursor(), c1);
         assert_eq!(loaded.endpoint, "modelbreaches");
+        assert_eq!(loaded.url.as_deref(), Some(URL));
         let files: Vec<_> = std::fs::read_dir(dir.path().join("cp"))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -329,5 +535,89 @@ mod tests {
             err.contains("damaged") && err.contains("move it away"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_appliance_is_not_resumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = dir.path().join("cp");
+        let old = CheckpointStore::new(&cp, "https://old.example", Endpoint::ModelBreaches);
+        let cursor = Cursor {
+            time_ms: 7,
+            ids_at_time: BTreeSet::new(),
+        };
+        old.commit(1, &old.checkpoint(&cursor)).unwrap();
+        let new = CheckpointStore::new(&cp, URL, Endpoint::ModelBreaches);
+        let Loaded::OtherStream(found) = new.load().unwrap() else {
+            panic!("resumed another appliance's checkpoint")
+        };
+        assert_eq!(found.url.as_deref(), Some("https://old.example"));
+        assert_eq!(new.event_time_ms(), 0, "its time is not reported as ours");
+        // Spellings of one base URL are one appliance.
+        let spelled = |u: &str| stream_url(&reqwest::Url::parse(u).unwrap());
+        assert_eq!(spelled("https://DT.example:443/"), spelled(URL));
+        assert_eq!(
+            spelled("https://dt.example/p/"),
+            spelled("https://dt.example/p")
+        );
+        assert_ne!(spelled("https://dt.example:8443"), spelled(URL));
+    }
+
+    /// The old code could write a checkpoint a month ahead; resuming from it would skip that
+    /// month. It resumes from when the file was written instead.
+    #[test]
+    fn a_checkpoint_dated_in_the_future_resumes_from_when_it_was_written() {
+        const DAY: i64 = 86_400_000;
+        let now = 1_800_000_000_000;
+        let mut cp = Checkpoint::new(
+            URL,
+            Endpoint::ModelBreaches,
+            &Cursor {
+                time_ms: now + 30 * DAY,
+                ids_at_time: ["far".to_owned()].into(),
+            },
+        );
+        cp.written_at_ms = now - DAY;
+        let repaired = cp.resume_at(now, now - 3_600_000).unwrap_err();
+        assert_eq!(repaired.time_ms, now - DAY - FUTURE_SLACK_MS);
+        assert!(repaired.ids_at_time.is_empty());
+        cp.written_at_ms = 0;
+        assert_eq!(
+            cp.resume_at(now, now - 3_600_000).unwrap_err().time_ms,
+            now - 3_600_000 - FUTURE_SLACK_MS
+        );
+        // A little ahead (clock skew) is resumed as it is.
+        cp.time_ms = now + 60_000;
+        assert_eq!(cp.resume_at(now, 0), Ok(cp.cursor()));
+    }
+
+    /// Files written before the URL was recorded still load, and are rewritten with it.
+    #[test]
+    fn a_version_1_checkpoint_is_adopted_and_rewritten_with_the_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(dir.path(), URL, Endpoint::AiAnalystIncidentEvents);
+        std::fs::write(
+            store.path(),
+            r#"{ "version": 1, "endpoint": "aianalyst/incidentevents", "time_ms": 1687774142000,
+                 "ids_at_time": ["u-1"], "written_at_ms": 1732327200123 }"#,
+        )
+        .unwrap();
+        let Loaded::Adopted(cp) = store.load().unwrap() else {
+            panic!("not adopted")
+        };
+        assert_eq!(cp.cursor().time_ms, 1_687_774_142_000);
+        assert_eq!(store.event_time_ms(), 1_687_774_142_000);
+        store.commit(1, &store.checkpoint(&cp.cursor())).unwrap();
+        let written: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(store.path()).unwrap()).unwrap();
+        assert_eq!(
+            (written["version"].as_u64(), written["url"].as_str()),
+            (Some(2), Some(URL))
+        );
+        assert!(matches!(store.load().unwrap(), Loaded::Resume(_)));
+        // A version 1 file of the other endpoint is not this stream's.
+        let other = CheckpointStore::new(dir.path(), URL, Endpoint::ModelBreaches);
+        std::fs::copy(store.path(), dir.path().join("modelbreaches.json")).unwrap();
+        assert!(matches!(other.load().unwrap(), Loaded::OtherStream(_)));
     }
 }

@@ -132,6 +132,11 @@ impl Client {
         })
     }
 
+    /// The appliance's base URL as configured (checked).
+    pub fn base(&self) -> &reqwest::Url {
+        &self.base
+    }
+
     pub fn request_part(
         &self,
         endpoint: Endpoint,

@@ -98,6 +98,11 @@ pub struct DarktraceApiConfig {
     /// `{ includebreachurl = "true" }`. Values must not need percent-encoding.
     #[serde(default = "default_query")]
     pub query: BTreeMap<String, String>,
+    /// Per endpoint, how many ids of forwarded events the checkpoint cannot cover (no usable
+    /// time, or dated after the request) are remembered so that they are not forwarded again
+    /// when the appliance returns them (see `forwarded.rs`).
+    #[serde(default = "default_max_remembered_ids")]
+    pub max_remembered_ids: usize,
 }
 
 fn yes() -> bool {
@@ -127,6 +132,9 @@ fn default_initial_backoff_ms() -> u64 {
 fn default_max_backoff_ms() -> u64 {
     300_000
 }
+fn default_max_remembered_ids() -> usize {
+    10_000
+}
 /// SEKOIA's connector parameters: pinned AIA incidents would otherwise come back on every
 /// poll; `historicmodelonly=false` gives the `model.then`/`model.now` form the mappings read.
 fn default_query() -> BTreeMap<String, String> {
@@ -138,6 +146,9 @@ fn default_query() -> BTreeMap<String, String> {
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect()
 }
+
+/// Most `max_remembered_ids`: about 1 GiB of ids per endpoint at worst.
+const MAX_REMEMBERED_IDS: usize = 10_000_000;
 
 /// Lowest `rate_limit_per_second`: one request a day.
 const MIN_RATE_PER_SECOND: f64 = 1.0 / 86_400.0;
@@ -245,6 +256,12 @@ impl DarktraceApiConfig {
                 return Err((key.into(), "must be greater than 0".into()));
             }
         }
+        if !(1..=MAX_REMEMBERED_IDS).contains(&self.max_remembered_ids) {
+            return Err((
+                "max_remembered_ids".into(),
+                format!("must be between 1 and {MAX_REMEMBERED_IDS}"),
+            ));
+        }
         if self.max_backoff_ms < self.initial_backoff_ms {
             return Err((
                 "max_backoff_ms".into(),
@@ -311,5 +328,24 @@ mod tests {
             assert_eq!(key, "rate_limit_per_second", "{rate}");
             assert!(message.contains("one request a day"), "{rate}: {message}");
         }
+    }
+
+    #[test]
+    fn max_remembered_ids_is_bounded_and_named_when_wrong() {
+        assert_eq!(config("").max_remembered_ids, 10_000);
+        assert!(config("max_remembered_ids = 1").validate().is_ok());
+        for n in ["0", "10000001"] {
+            let (key, message) = config(&format!("max_remembered_ids = {n}"))
+                .validate()
+                .unwrap_err();
+            assert_eq!(key, "max_remembered_ids", "{n}");
+            assert!(message.contains("between 1 and 10000000"), "{n}: {message}");
+        }
+        assert!(
+            toml::from_str::<DarktraceApiConfig>(
+                "url = \"https://dt.example\"\nmax_remembered_ids = -1"
+            )
+            .is_err()
+        );
     }
 }

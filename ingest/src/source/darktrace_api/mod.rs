@@ -11,11 +11,14 @@
 //! Delivery is at-least-once with no gap: a crash between a spool commit and the checkpoint
 //! rename (one fsync) repeats that page once on restart; any other stop repeats nothing.
 //!
-//! A backlog too large for one answer is walked in bounded windows ([`window`]).
+//! A backlog too large for one answer is walked in bounded windows ([`window`]). The cursor
+//! never passes the time a request was made; events the cursor cannot cover (dated later, or
+//! without a usable time) are remembered by id once forwarded ([`forwarded`]).
 
 pub mod checkpoint;
 pub mod client;
 pub mod config;
+pub mod forwarded;
 pub mod page;
 pub mod signing;
 pub mod window;
@@ -25,20 +28,27 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crossbeam::channel::{Receiver, Sender};
+use crossbeam::channel::{Receiver, Sender, TrySendError};
 
 use crate::event::Timestamp;
 use crate::metrics::ReaderCounters;
 use crate::net::FrameBatch;
 use crate::pipeline::ack::{AckOutcome, AckToken};
-use checkpoint::{Checkpoint, CheckpointStore, Cursor};
+use checkpoint::{CheckpointStore, Cursor, Loaded};
 use client::{Client, ErrorKind, FetchError};
 pub use config::{DarktraceApiConfig, Endpoint};
+use forwarded::ForwardedIds;
 use window::Window;
 
 pub const POLLS: &str = "sluice_darktrace_api_polls_total";
 pub const EVENTS: &str = "sluice_darktrace_api_events_total";
 pub const DUPLICATES: &str = "sluice_darktrace_api_duplicate_events_total";
+/// Events returned again after they were forwarded, which the cursor cannot cover: label
+/// `reason` = `untimed` (no usable time) or `future_dated` (dated after the request).
+pub const SUPPRESSED: &str = "sluice_darktrace_api_suppressed_events_total";
+/// Events dated more than [`checkpoint::FUTURE_SLACK_MS`] after the request that fetched
+/// them, committed to the sinks.
+pub const FUTURE_EVENTS: &str = "sluice_darktrace_api_future_events_total";
 pub const ERRORS: &str = "sluice_darktrace_api_errors_total";
 pub const CHECKPOINT_AGE: &str = "sluice_darktrace_api_checkpoint_age_seconds";
 pub const CHECKPOINT_TIME: &str = "sluice_darktrace_api_checkpoint_timestamp_seconds";
@@ -63,6 +73,7 @@ struct EndpointPoller {
     store: Arc<CheckpointStore>,
     cursor: Cursor,
     window: Window,
+    forwarded: ForwardedIds,
 }
 
 /// A source ready to run: client built, checkpoints loaded.
@@ -82,25 +93,65 @@ impl DarktraceApiSource {
         data_dir: &Path,
     ) -> anyhow::Result<DarktraceApiSource> {
         let client = Client::new(config)?;
+        let url = checkpoint::stream_url(client.base());
         let dir = checkpoint_dir(data_dir, name);
         let mut pollers = Vec::new();
         for &endpoint in &config.endpoints {
-            let store = Arc::new(CheckpointStore::new(&dir, endpoint));
-            let cursor = match store.load()? {
-                Some(cp) => {
-                    tracing::info!(source = %name, endpoint = endpoint.name(), starttime = cp.time_ms,
-                        "resuming from checkpoint {}", store.path().display());
-                    cp.cursor()
-                }
-                None => {
-                    let start = checkpoint::now_ms()
-                        - (config.first_poll_lookback_secs as i64).saturating_mul(1000);
-                    tracing::info!(source = %name, endpoint = endpoint.name(), starttime = start,
-                        "no checkpoint yet: starting {}s back", config.first_poll_lookback_secs);
-                    Cursor {
-                        time_ms: start,
-                        ids_at_time: Default::default(),
+            let store = Arc::new(CheckpointStore::new(&dir, &url, endpoint));
+            let path = store.path().display();
+            let lookback = config.first_poll_lookback_secs;
+            let fresh = || Cursor {
+                // Saturating: the key is any u64, and an overflow here must not panic.
+                time_ms: checkpoint::now_ms().saturating_sub(
+                    i64::try_from(lookback)
+                        .unwrap_or(i64::MAX)
+                        .saturating_mul(1000),
+                ),
+                ids_at_time: Default::default(),
+            };
+            let loaded = store.load()?;
+            let adopted = matches!(loaded, Loaded::Adopted(_));
+            let cursor = match loaded {
+                Loaded::Resume(cp) | Loaded::Adopted(cp) => {
+                    match cp.resume_at(checkpoint::now_ms(), fresh().time_ms) {
+                        Ok(cursor) if adopted => {
+                            tracing::info!(source = %name, endpoint = endpoint.name(), starttime = cp.time_ms,
+                                "resuming from checkpoint {path}, written before checkpoints recorded \
+                                 the appliance: taken to be {url}'s (recorded at the next commit)");
+                            cursor
+                        }
+                        Ok(cursor) => {
+                            tracing::info!(source = %name, endpoint = endpoint.name(), starttime = cp.time_ms,
+                                "resuming from checkpoint {path}");
+                            cursor
+                        }
+                        Err(cursor) => {
+                            tracing::warn!(source = %name, endpoint = endpoint.name(), starttime = cursor.time_ms,
+                                "checkpoint {path} is dated {}, in the future (a future-dated event \
+                                 moved it there, or this host's clock went back): resuming from when \
+                                 it was written ({}) less 5 minutes, as events dated after that were \
+                                 never asked for; events of those 5 minutes may be forwarded again",
+                                time_text(cp.time_ms), time_text(cp.written_at_ms));
+                            cursor
+                        }
                     }
+                }
+                Loaded::OtherStream(cp) => {
+                    let cursor = fresh();
+                    // Its time is another appliance's: resuming from it would skip or repeat.
+                    tracing::warn!(source = %name, endpoint = endpoint.name(), starttime = cursor.time_ms,
+                        "checkpoint {path} was written for {} ({}), not for {url} ({}): not used; \
+                         starting {lookback}s back as a new source would (the file is replaced \
+                         at the first commit)",
+                        cp.url.as_deref().unwrap_or("an unrecorded appliance"), cp.endpoint,
+                        endpoint.name());
+                    cursor
+                }
+                Loaded::Nothing => {
+                    let cursor = fresh();
+                    tracing::info!(source = %name, endpoint = endpoint.name(), starttime = cursor.time_ms,
+                        "no checkpoint yet: starting {lookback}s back");
+                    cursor
                 }
             };
             pollers.push(EndpointPoller {
@@ -108,6 +159,7 @@ impl DarktraceApiSource {
                 store,
                 cursor,
                 window: Window::default(),
+                forwarded: ForwardedIds::new(config.max_remembered_ids),
             });
         }
         Ok(DarktraceApiSource {
@@ -188,18 +240,23 @@ struct Shared {
 enum HandedOver {
     /// Nothing new since the checkpoint: caught up.
     Nothing,
-    /// A bounded window held nothing new: the checkpoint moved to its end (and was written,
-    /// unless the error says otherwise).
-    WindowPassed {
+    /// Nothing new, but the checkpoint moved: to a bounded window's end, or past events
+    /// forwarded earlier (and was written, unless the error says otherwise).
+    Moved {
         next: Cursor,
         checkpoint_error: Option<String>,
     },
-    /// `n` new events are on their way to the sinks; `next` once they are committed.
+    /// `n` new events are on their way to the sinks; `next` once they are committed, and
+    /// `remember` ([`checkpoint::Selection::remember`]) then joins the forwarded ids.
     Sent {
         waiting: tokio::sync::oneshot::Receiver<Committed>,
         next: Cursor,
         n: u64,
+        remember: Vec<String>,
+        future: u64,
     },
+    /// Shutdown came while the worker queue was full: nothing was handed over.
+    Stopped,
 }
 
 /// What the commit callback reports back to the polling task.
@@ -238,6 +295,11 @@ impl Shared {
         let polls = metrics::counter!(POLLS, &labels);
         let events_total = metrics::counter!(EVENTS, &labels);
         let duplicates = metrics::counter!(DUPLICATES, &labels);
+        let future_total = metrics::counter!(FUTURE_EVENTS, &labels);
+        let suppressed = Suppressed {
+            untimed: metrics::counter!(SUPPRESSED, "source" => self.name.to_string(), "endpoint" => endpoint, "reason" => "untimed"),
+            future_dated: metrics::counter!(SUPPRESSED, "source" => self.name.to_string(), "endpoint" => endpoint, "reason" => "future_dated"),
+        };
         let error = |kind: ErrorKind| {
             metrics::counter!(ERRORS, "source" => self.name.to_string(), "endpoint" => endpoint, "kind" => kind.as_str())
                 .increment(1);
@@ -258,8 +320,13 @@ impl Shared {
                 p.window
                     .answered(endtime.is_some(), body.len(), self.max_response_bytes);
             }
-            let outcome =
-                fetched.and_then(|body| self.hand_over(&mut p, &body, endtime, &duplicates));
+            let outcome = match fetched {
+                Ok(body) => {
+                    self.hand_over(&mut p, &body, now, endtime, &duplicates, &suppressed)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
             let mut narrowed = false;
             let failure = match outcome {
                 Ok(HandedOver::Nothing) => {
@@ -271,7 +338,7 @@ impl Shared {
                     }
                     continue;
                 }
-                Ok(HandedOver::WindowPassed {
+                Ok(HandedOver::Moved {
                     next,
                     checkpoint_error,
                 }) => {
@@ -281,11 +348,18 @@ impl Shared {
                         error(ErrorKind::CheckpointWrite);
                         tracing::error!(source = %self.name, endpoint,
                             "the checkpoint was not written: {message}; a restart now would ask \
-                             for an empty window again");
+                             for the same events again");
                     }
                     continue;
                 }
-                Ok(HandedOver::Sent { waiting, next, n }) => {
+                Ok(HandedOver::Stopped) => return,
+                Ok(HandedOver::Sent {
+                    waiting,
+                    next,
+                    n,
+                    remember,
+                    future,
+                }) => {
                     let committed = tokio::select! {
                         c = waiting => c.unwrap_or(Committed::No),
                         _ = self.stopped() => return,
@@ -294,6 +368,10 @@ impl Shared {
                         Committed::Yes { checkpoint_error } => {
                             p.cursor = next;
                             events_total.increment(n);
+                            future_total.increment(future);
+                            for id in remember {
+                                p.forwarded.insert(id);
+                            }
                             failures = 0;
                             if let Some(message) = checkpoint_error {
                                 error(ErrorKind::CheckpointWrite);
@@ -361,43 +439,68 @@ impl Shared {
     }
 
     /// Selects the new events of `body` (the answer for `starttime = checkpoint`, up to
-    /// `endtime` when bounded) and sends them to the worker.
-    fn hand_over(
+    /// `endtime` when bounded, asked for at `requested_at_ms`) and sends them to the worker.
+    async fn hand_over(
         &self,
         p: &mut EndpointPoller,
         body: &[u8],
+        requested_at_ms: i64,
         endtime: Option<i64>,
         duplicates: &metrics::Counter,
+        suppressed: &Suppressed,
     ) -> Result<HandedOver, FetchError> {
         let events = page::parse(body, p.endpoint).map_err(|e| FetchError {
             kind: ErrorKind::BadResponse,
             message: e.to_string(),
             retry_after: None,
         })?;
-        let selection = checkpoint::select(&p.cursor, &events);
+        let selection = checkpoint::select(&p.cursor, &events, requested_at_ms, &p.forwarded);
         duplicates.increment(selection.duplicates);
-        if selection.untimed > 0 {
-            tracing::warn!(source = %self.name, endpoint = p.endpoint.name(), events = selection.untimed,
-                "events without a usable time field: taken, but they cannot be de-duplicated");
+        suppressed.untimed.increment(selection.suppressed_untimed);
+        suppressed
+            .future_dated
+            .increment(selection.suppressed_future);
+        // Once per event: a forwarded event's id is remembered, so its return is suppressed
+        // rather than warned about again.
+        if !selection.untimed.is_empty() {
+            tracing::warn!(source = %self.name, endpoint = p.endpoint.name(),
+                events = selection.untimed.len(), ids = %sample_ids(&events, &selection.untimed),
+                "events without a usable time field: forwarded; they cannot move the checkpoint, \
+                 their ids are remembered (max_remembered_ids) so that they are not forwarded again");
+        }
+        if !selection.future.is_empty() {
+            let latest = selection
+                .future
+                .iter()
+                .filter_map(|&i| events[i].time_ms)
+                .max()
+                .unwrap_or_default();
+            tracing::warn!(source = %self.name, endpoint = p.endpoint.name(),
+                events = selection.future.len(), ids = %sample_ids(&events, &selection.future),
+                latest = %time_text(latest), requested_at = %time_text(requested_at_ms),
+                "events dated in the future (check the clock of the appliance or of what reported \
+                 them): forwarded; the checkpoint stops at the request time and their ids are \
+                 remembered (max_remembered_ids) so that they are not forwarded again");
         }
         if selection.new.is_empty() {
-            let Some(end) = endtime.filter(|&end| end > p.cursor.time_ms) else {
-                return Ok(HandedOver::Nothing);
-            };
-            // Nothing new up to the window's end: the next window starts there. Events at
-            // exactly `end` were in this answer if the appliance counts `endtime` in, and are
-            // asked for again (`starttime` is inclusive) if not.
-            let next = Cursor {
-                time_ms: end,
-                ids_at_time: Default::default(),
+            let next = match endtime.filter(|&end| end > selection.next.time_ms) {
+                // Nothing new up to the window's end: the next window starts there. Events at
+                // exactly `end` were in this answer if the appliance counts `endtime` in, and
+                // are asked for again (`starttime` is inclusive) if not.
+                Some(end) => Cursor {
+                    time_ms: end,
+                    ids_at_time: Default::default(),
+                },
+                None if selection.next != p.cursor => selection.next,
+                None => return Ok(HandedOver::Nothing),
             };
             let seq = self.commits.fetch_add(1, Ordering::Relaxed) + 1;
             let checkpoint_error = p
                 .store
-                .commit(seq, &Checkpoint::new(p.endpoint, &next))
+                .commit(seq, &p.store.checkpoint(&next))
                 .err()
                 .map(|e| e.to_string());
-            return Ok(HandedOver::WindowPassed {
+            return Ok(HandedOver::Moved {
                 next,
                 checkpoint_error,
             });
@@ -411,10 +514,11 @@ impl Shared {
             batch.push(&message, None, false);
         }
         let n = selection.new.len() as u64;
+        let future = selection.future.len() as u64;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let store = p.store.clone();
         let seq = self.commits.fetch_add(1, Ordering::Relaxed) + 1;
-        let cp = Checkpoint::new(p.endpoint, &selection.next);
+        let cp = p.store.checkpoint(&selection.next);
         // Runs on the pipeline thread that releases the last clone, possibly after this
         // source has stopped (shutdown drain): it writes the checkpoint itself.
         batch.ack = Some(AckToken::new(move |outcome| {
@@ -426,25 +530,102 @@ impl Shared {
             };
             let _ = tx.send(reply);
         }));
-        self.ctx.counters.received_messages.increment(n);
-        self.ctx
-            .counters
-            .received_bytes
-            .increment(batch.data.len() as u64);
-        // The worker queue is bounded: a short block here is the backpressure.
-        if let Err(e) = self.ctx.to_worker.send(batch) {
-            drop(e);
-            return Err(FetchError {
-                kind: ErrorKind::NotCommitted,
-                message: "the pipeline workers are gone".into(),
-                retry_after: None,
-            });
+        let bytes = batch.data.len() as u64;
+        drop(events);
+        match send_to_worker(&self.ctx.to_worker, &self.ctx.shutdown, batch).await {
+            Ok(()) => {}
+            Err(NotSent::Stopping) => return Ok(HandedOver::Stopped),
+            Err(NotSent::WorkersGone) => {
+                return Err(FetchError {
+                    kind: ErrorKind::NotCommitted,
+                    message: "the pipeline workers are gone".into(),
+                    retry_after: None,
+                });
+            }
         }
+        // Counted once handed over: a batch given up at shutdown is fetched again later.
+        self.ctx.counters.received_messages.increment(n);
+        self.ctx.counters.received_bytes.increment(bytes);
         Ok(HandedOver::Sent {
             waiting: rx,
             next: selection.next,
             n,
+            remember: selection.remember,
+            future,
         })
+    }
+}
+
+struct Suppressed {
+    untimed: metrics::Counter,
+    future_dated: metrics::Counter,
+}
+
+/// The first few ids of `which`, for a log line that stays one line however many there are.
+fn sample_ids(events: &[page::ApiEvent<'_>], which: &[usize]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = which
+        .iter()
+        .take(SHOWN)
+        .map(|&i| events[i].id.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if which.len() > SHOWN {
+        text.push_str(&format!(", … ({} more)", which.len() - SHOWN));
+    }
+    text
+}
+
+fn time_text(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| format!("{ms} ms"))
+}
+
+/// Why a batch did not reach the worker.
+#[derive(Debug, PartialEq, Eq)]
+enum NotSent {
+    /// Shutdown came while the queue was full.
+    Stopping,
+    WorkersGone,
+}
+
+/// Longest pause between two tries at a full worker queue.
+const FULL_QUEUE_MAX_WAIT: Duration = Duration::from_millis(50);
+
+/// Hands `batch` to the worker, waiting while its queue is full: that wait is the
+/// backpressure. The queue is a crossbeam channel, whose blocking `send` would hold the
+/// source's single runtime thread (every endpoint, the gauges, the shutdown check), so it is
+/// tried again after async pauses instead. A batch that is not sent has its token failed: a
+/// token dropped unfailed reports its events committed and would move the checkpoint past
+/// events no sink has.
+async fn send_to_worker(
+    to_worker: &Sender<FrameBatch>,
+    shutdown: &AtomicBool,
+    mut batch: FrameBatch,
+) -> Result<(), NotSent> {
+    let mut wait = Duration::from_millis(1);
+    loop {
+        let why = match to_worker.try_send(batch) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Full(b)) => {
+                batch = b;
+                if !shutdown.load(Ordering::Relaxed) {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(FULL_QUEUE_MAX_WAIT);
+                    continue;
+                }
+                NotSent::Stopping
+            }
+            Err(TrySendError::Disconnected(b)) => {
+                batch = b;
+                NotSent::WorkersGone
+            }
+        };
+        if let Some(token) = batch.ack.take() {
+            token.fail();
+        }
+        return Err(why);
     }
 }
 
