@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use sinks_support::{RelayFake, SekoiaFake, free_addr, serve, serve_at};
+use sinks_support::{RelayFake, SekoiaFake, SplunkFake, free_addr, secret_file, serve, serve_at};
 
 struct Daemon {
     child: Child,
@@ -414,6 +414,72 @@ fn routing_cef_to_one_sink_json_to_another() {
         rel_seen.keys().all(|i| i % 2 == 1),
         "only JSON at the relay"
     );
+}
+
+/// A secret file sluice accepts (private to its owner).
+fn private_secret(dir: &Path, name: &str, value: &str) -> std::path::PathBuf {
+    let path = secret_file(dir, name, value);
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    path
+}
+
+/// TCP → daemon → Splunk HEC: each envelope carries the event's own time (CEF `rt`, else the
+/// syslog timestamp, else the receive time) and its syslog host (else the configured `host`).
+#[test]
+fn splunk_envelopes_carry_the_event_time_and_host() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let splunk = SplunkFake::new(false);
+    let splunk_server = rt.block_on(serve(splunk.handler()));
+    let dir = tempfile::tempdir().unwrap();
+    let token = private_secret(dir.path(), "hec", splunk.token);
+    let sinks = format!(
+        "[sinks.splunk]\ntype = \"splunk_hec\"\nendpoint = \"{}\"\ntoken_file = {:?}\n\
+         index = \"sec\"\nhost = \"cfg-host\"\nbatch_timeout_ms = 100\n",
+        splunk_server.url(),
+        token.display().to_string(),
+    );
+    let cfg = write_config(dir.path(), &sinks);
+    let daemon = Daemon::start(&cfg);
+    let lines = [
+        // `rt` (epoch ms) wins over the syslog timestamp.
+        "<134>Mar  5 09:00:00 dt-master CEF:0|Darktrace|DCIP|6.1|100|Model breach m0x|5|rt=1709633472127 externalId=0".to_owned(),
+        "<134>1 2024-03-05T10:11:12.345+01:00 dt-5424 app - - - m1x plain text".to_owned(),
+        // No header: no host, no time but the receive time.
+        "m2x without a syslog header".to_owned(),
+    ];
+    let before = chrono::Utc::now().timestamp_millis();
+    daemon.send(&lines);
+    wait_until("Splunk got 3", &daemon, Duration::from_secs(60), || {
+        splunk.accepted.count() >= 3
+    });
+    let after = chrono::Utc::now().timestamp_millis();
+    let _ = daemon.stop();
+    let received = |millis: i64| (before - 1000..=after + 1000).contains(&millis);
+
+    let envelopes = splunk.envelopes.lock().unwrap().clone();
+    assert_eq!(envelopes.len(), 3, "{envelopes:?}");
+    let by_marker = |values: &[serde_json::Value], i: usize| {
+        values
+            .iter()
+            .find(|v| markers([v.to_string().as_str()]).contains_key(&i))
+            .unwrap_or_else(|| panic!("no m{i}x in {values:?}"))
+            .clone()
+    };
+    let time = |e: &serde_json::Value| -> i64 {
+        let t = e["time"].as_f64().unwrap_or_else(|| panic!("time: {e}"));
+        (t * 1000.0).round() as i64
+    };
+    let cef = by_marker(&envelopes, 0);
+    assert_eq!(time(&cef), 1_709_633_472_127, "{cef}");
+    assert_eq!(cef["host"], "dt-master", "{cef}");
+    assert_eq!(cef["index"], "sec", "{cef}");
+    assert_eq!(cef["event"]["source"], "tcp_in", "sluice schema: {cef}");
+    let rfc5424 = by_marker(&envelopes, 1);
+    assert_eq!(time(&rfc5424), 1_709_629_872_345, "{rfc5424}");
+    assert_eq!(rfc5424["host"], "dt-5424", "{rfc5424}");
+    let bare = by_marker(&envelopes, 2);
+    assert!(received(time(&bare)), "{bare}");
+    assert_eq!(bare["host"], "cfg-host", "{bare}");
 }
 
 /// Every `deploy/examples/*.toml` passes `sluice check-config` given its secret files, and the

@@ -898,6 +898,14 @@ impl SinkConfig {
     pub fn schema(&self) -> Schema {
         self.common.schema
     }
+    /// What the workers write per event for this sink (see [`crate::sink::Framing`]).
+    pub fn framing(&self) -> crate::sink::Framing {
+        use crate::sink::Framing;
+        match &self.kind {
+            SinkKind::SplunkHec(_) => Framing::SplunkHec,
+            _ => Framing::Row,
+        }
+    }
     pub fn routing(&self) -> Routing<'_> {
         Routing {
             inputs: &self.common.inputs,

@@ -456,6 +456,17 @@ impl SplunkFake {
                         let Some(event) = v.get("event") else {
                             return reply(400, r#"{"text":"Event field is required","code":12}"#);
                         };
+                        // `time`: epoch seconds, a number (or its text); `host`: a string.
+                        let time_ok = match v.get("time") {
+                            None => true,
+                            Some(t) => {
+                                t.is_number()
+                                    || t.as_str().is_some_and(|s| s.parse::<f64>().is_ok())
+                            }
+                        };
+                        if !time_ok || v.get("host").is_some_and(|h| !h.is_string()) {
+                            return reply(400, r#"{"text":"Invalid data format","code":6}"#);
+                        }
                         events.push(event.clone());
                         envelopes.push(v);
                     }
