@@ -11,7 +11,9 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use sinks_support::{RelayFake, SekoiaFake, SplunkFake, free_addr, secret_file, serve, serve_at};
+use sinks_support::{
+    ElasticFake, RelayFake, SekoiaFake, SplunkFake, free_addr, secret_file, serve, serve_at,
+};
 
 struct Daemon {
     child: Child,
@@ -423,20 +425,30 @@ fn private_secret(dir: &Path, name: &str, value: &str) -> std::path::PathBuf {
     path
 }
 
-/// TCP → daemon → Splunk HEC: each envelope carries the event's own time (CEF `rt`, else the
-/// syslog timestamp, else the receive time) and its syslog host (else the configured `host`).
+/// TCP → daemon → Splunk HEC and an Elasticsearch data stream (`schema = "raw"`): each HEC
+/// envelope carries the event's own time (CEF `rt`, else the syslog timestamp, else the
+/// receive time) and its syslog host (else the configured `host`), and every raw document has
+/// the same time as `@timestamp`, which the data stream requires.
 #[test]
-fn splunk_envelopes_carry_the_event_time_and_host() {
+fn splunk_envelopes_and_elasticsearch_raw_documents_carry_the_event_time() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let splunk = SplunkFake::new(false);
     let splunk_server = rt.block_on(serve(splunk.handler()));
+    let elastic = ElasticFake::data_stream();
+    let elastic_server = rt.block_on(serve(elastic.handler()));
     let dir = tempfile::tempdir().unwrap();
     let token = private_secret(dir.path(), "hec", splunk.token);
+    let api_key = private_secret(dir.path(), "es", elastic.api_key);
     let sinks = format!(
         "[sinks.splunk]\ntype = \"splunk_hec\"\nendpoint = \"{}\"\ntoken_file = {:?}\n\
-         index = \"sec\"\nhost = \"cfg-host\"\nbatch_timeout_ms = 100\n",
+         index = \"sec\"\nhost = \"cfg-host\"\nbatch_timeout_ms = 100\n\
+         [sinks.elastic]\ntype = \"elasticsearch\"\nendpoint = \"{}\"\n\
+         index = \"logs-darktrace-default\"\napi_key_file = {:?}\nschema = \"raw\"\n\
+         batch_timeout_ms = 100\n",
         splunk_server.url(),
         token.display().to_string(),
+        elastic_server.url(),
+        api_key.display().to_string(),
     );
     let cfg = write_config(dir.path(), &sinks);
     let daemon = Daemon::start(&cfg);
@@ -449,8 +461,10 @@ fn splunk_envelopes_carry_the_event_time_and_host() {
     ];
     let before = chrono::Utc::now().timestamp_millis();
     daemon.send(&lines);
-    wait_until("Splunk got 3", &daemon, Duration::from_secs(60), || {
-        splunk.accepted.count() >= 3
+    let dead_letters = dir.path().join("data/dead_letter/elastic");
+    let refused = || std::fs::read_dir(&dead_letters).is_ok_and(|mut d| d.next().is_some());
+    wait_until("both sinks got 3", &daemon, Duration::from_secs(60), || {
+        splunk.accepted.count() >= 3 && (elastic.accepted.count() >= 3 || refused())
     });
     let after = chrono::Utc::now().timestamp_millis();
     let _ = daemon.stop();
@@ -480,6 +494,28 @@ fn splunk_envelopes_carry_the_event_time_and_host() {
     let bare = by_marker(&envelopes, 2);
     assert!(received(time(&bare)), "{bare}");
     assert_eq!(bare["host"], "cfg-host", "{bare}");
+
+    assert!(!refused(), "the data stream refused documents");
+    let docs = elastic.accepted.events.lock().unwrap().clone();
+    assert_eq!(docs.len(), 3, "{docs:?}");
+    let stamp = |d: &serde_json::Value| -> i64 {
+        let t = d["@timestamp"].as_str().unwrap_or_else(|| panic!("{d}"));
+        assert!(
+            t.ends_with('Z') && t.len() == 24,
+            "RFC 3339 UTC with ms: {t}"
+        );
+        chrono::DateTime::parse_from_rfc3339(t)
+            .unwrap()
+            .timestamp_millis()
+    };
+    let cef = by_marker(&docs, 0);
+    assert_eq!(cef["@timestamp"], "2024-03-05T10:11:12.127Z", "{cef}");
+    assert_eq!(cef["message"], lines[0], "raw schema: {cef}");
+    assert_eq!(
+        by_marker(&docs, 1)["@timestamp"],
+        "2024-03-05T09:11:12.345Z"
+    );
+    assert!(received(stamp(&by_marker(&docs, 2))));
 }
 
 /// Every `deploy/examples/*.toml` passes `sluice check-config` given its secret files, and the

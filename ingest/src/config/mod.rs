@@ -901,8 +901,9 @@ impl SinkConfig {
     /// What the workers write per event for this sink (see [`crate::sink::Framing`]).
     pub fn framing(&self) -> crate::sink::Framing {
         use crate::sink::Framing;
-        match &self.kind {
-            SinkKind::SplunkHec(_) => Framing::SplunkHec,
+        match (&self.kind, self.schema()) {
+            (SinkKind::SplunkHec(_), _) => Framing::SplunkHec,
+            (SinkKind::Elasticsearch(_), Schema::Raw) => Framing::ElasticsearchRaw,
             _ => Framing::Row,
         }
     }

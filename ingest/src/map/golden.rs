@@ -235,9 +235,10 @@ fn mapped_output_is_byte_identical_to_golden() {
     }
 }
 
-/// Envelopes that carry the event time beside another schema's row (Splunk HEC `time`) take it
-/// from [`crate::map::event_time_millis`]: it must be the `ecs` row's `@timestamp` for every
-/// sample and mutation, or an alert would be stamped differently depending on the sink.
+/// Envelopes that carry the event time beside another schema's row (Splunk HEC `time`,
+/// Elasticsearch `@timestamp` of `raw` documents) take it from
+/// [`crate::map::event_time_millis`]: it must be the `ecs` row's `@timestamp` for every sample
+/// and mutation, or an alert would be stamped differently depending on the sink.
 #[test]
 fn event_time_is_the_ecs_timestamp_for_every_sample() {
     let samples = samples();

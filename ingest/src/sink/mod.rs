@@ -29,6 +29,8 @@ pub enum Framing {
     /// A Splunk HEC envelope without the sink's configured keys (see
     /// [`splunk_hec::write_envelope`]).
     SplunkHec,
+    /// An Elasticsearch document for a `raw` row (see [`elasticsearch::write_raw_document`]).
+    ElasticsearchRaw,
 }
 
 impl Framing {
@@ -38,6 +40,7 @@ impl Framing {
         match self {
             Framing::Row => crate::map::write(schema, event, out),
             Framing::SplunkHec => splunk_hec::write_envelope(schema, event, out),
+            Framing::ElasticsearchRaw => elasticsearch::write_raw_document(event, out),
         }
     }
 }
