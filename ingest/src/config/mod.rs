@@ -898,13 +898,13 @@ impl SinkConfig {
     pub fn schema(&self) -> Schema {
         self.common.schema
     }
-    /// What the workers write per event for this sink (see [`crate::sink::Framing`]).
-    pub fn framing(&self) -> crate::sink::Framing {
-        use crate::sink::Framing;
+    /// What the workers write per event for this sink (see [`crate::sink::Envelope`]).
+    pub fn envelope(&self) -> crate::sink::Envelope {
+        use crate::sink::Envelope;
         match (&self.kind, self.schema()) {
-            (SinkKind::SplunkHec(_), _) => Framing::SplunkHec,
-            (SinkKind::Elasticsearch(_), Schema::Raw) => Framing::ElasticsearchRaw,
-            _ => Framing::Row,
+            (SinkKind::SplunkHec(_), _) => Envelope::SplunkHec,
+            (SinkKind::Elasticsearch(_), Schema::Raw) => Envelope::ElasticsearchRaw,
+            _ => Envelope::Row,
         }
     }
     pub fn routing(&self) -> Routing<'_> {

@@ -470,7 +470,7 @@ impl Pipeline {
             }
             sink_ports.push(worker::SinkPort {
                 schema: sink.schema(),
-                framing: sink.framing(),
+                envelope: sink.envelope(),
                 kinds: sink.routing().kinds.to_vec(),
                 limits: sink.batch_limits(),
                 queue: tx,

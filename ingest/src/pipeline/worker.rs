@@ -16,12 +16,12 @@ use crate::metrics::SinkCounters;
 use crate::net::FrameBatch;
 use crate::parse::{ParseErrorKind, ParseOptions, Parser};
 use crate::pipeline::Totals;
-use crate::sink::Framing;
+use crate::sink::Envelope;
 
 /// A worker's connection to one sink.
 pub(super) struct SinkPort {
     pub schema: Schema,
-    pub framing: Framing,
+    pub envelope: Envelope,
     /// Empty: every kind.
     pub kinds: Vec<EventKind>,
     pub limits: BatchLimits,
@@ -47,7 +47,7 @@ pub(super) struct WorkerSetup<'a> {
 
 struct WorkerSink {
     schema: Schema,
-    framing: Framing,
+    envelope: Envelope,
     kinds: Vec<EventKind>,
     batcher: Batcher,
     queue: Sender<SealedBatch>,
@@ -120,7 +120,7 @@ impl Worker {
                 .iter()
                 .map(|p| WorkerSink {
                     schema: p.schema,
-                    framing: p.framing,
+                    envelope: p.envelope,
                     kinds: p.kinds.clone(),
                     batcher: Batcher::new(p.limits, setup.core),
                     queue: p.queue.clone(),
@@ -211,10 +211,10 @@ impl Worker {
                 if !sink.takes(kind) {
                     continue;
                 }
-                let (schema, framing) = (sink.schema, sink.framing);
+                let (schema, envelope) = (sink.schema, sink.envelope);
                 let full = sink
                     .batcher
-                    .push_with(|out| framing.write(schema, &event, out));
+                    .push_with(|out| envelope.write(schema, &event, out));
                 // ack hook (API sources only): this sink batch now holds events of `batch`.
                 if let Some(ack) = &batch.ack {
                     sink.batcher.attach_ack(ack);
@@ -357,7 +357,7 @@ mod tests {
         let (recycle_tx, _recycle_rx) = crossbeam::channel::unbounded();
         let sinks = [SinkPort {
             schema: Schema::Sluice,
-            framing: Framing::Row,
+            envelope: Envelope::Row,
             kinds: Vec::new(),
             limits: BatchLimits {
                 max_events: 1000,

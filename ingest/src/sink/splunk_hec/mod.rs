@@ -78,22 +78,22 @@ fn write_epoch_seconds(out: &mut Vec<u8>, millis: i64) {
 }
 
 /// A spooled line that [`write_envelope`] wrote.
-struct Envelope<'a> {
+struct SpooledEnvelope<'a> {
     /// The envelope without its closing brace, for the configured keys to follow.
     open: &'a [u8],
     has_host: bool,
 }
 
-impl<'a> Envelope<'a> {
+impl<'a> SpooledEnvelope<'a> {
     /// Looks only at the envelope's own start (time, host), never into the row.
-    fn of(line: &'a [u8]) -> Option<Envelope<'a>> {
+    fn of(line: &'a [u8]) -> Option<SpooledEnvelope<'a>> {
         let rest = line.strip_prefix(ENVELOPE_START)?;
         let open = line.strip_suffix(b"}")?;
         let time_len = rest
             .iter()
             .take_while(|b| b.is_ascii_digit() || matches!(b, b'-' | b'.'))
             .count();
-        Some(Envelope {
+        Some(SpooledEnvelope {
             open,
             has_host: rest[time_len..].starts_with(HOST_KEY),
         })
@@ -217,7 +217,7 @@ impl SplunkHecSink {
         let per_event = 10 + self.host_field.len() + self.envelope_tail.len();
         let mut out = Vec::with_capacity(lines.iter().map(|l| l.len() + per_event).sum());
         for line in lines {
-            match Envelope::of(line) {
+            match SpooledEnvelope::of(line) {
                 Some(envelope) => {
                     out.extend_from_slice(envelope.open);
                     if !envelope.has_host {
