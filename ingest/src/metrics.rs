@@ -39,6 +39,9 @@ pub const SINK_EVENTS: &str = "sluice_sink_events_total";
 pub const SINK_BATCHES: &str = "sluice_sink_batches_total";
 pub const SINK_BYTES: &str = "sluice_sink_bytes_total";
 pub const SINK_ERRORS: &str = "sluice_sink_errors_total";
+/// File sinks: temp batch files that could not be removed (removed later; a batch whose file is
+/// in place is delivered, never written again).
+pub const SINK_TEMP_REMOVAL_ERRORS: &str = "sluice_sink_temp_removal_errors_total";
 /// Events given up on after a sink kept failing through shutdown.
 pub const SINK_DROPPED_EVENTS: &str = "sluice_sink_dropped_events_total";
 /// Seconds spent per stage, per batch: `parse_map` (one reader batch), `batch_fill` (first event
@@ -141,6 +144,10 @@ fn describe() {
         "Bytes delivered, by sink and stage (raw, compressed)"
     );
     describe_counter!(SINK_ERRORS, "Failed delivery attempts, by sink");
+    describe_counter!(
+        SINK_TEMP_REMOVAL_ERRORS,
+        "Temp batch files a file sink could not remove (removed after the next batch or at start-up)"
+    );
     describe_counter!(
         SINK_DROPPED_EVENTS,
         "Events given up after repeated delivery failures at shutdown"

@@ -11,7 +11,9 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use sinks_support::{RelayFake, SekoiaFake, free_addr, serve, serve_at};
+use sinks_support::{
+    ElasticFake, RelayFake, SekoiaFake, SplunkFake, free_addr, secret_file, serve, serve_at,
+};
 
 struct Daemon {
     child: Child,
@@ -414,6 +416,106 @@ fn routing_cef_to_one_sink_json_to_another() {
         rel_seen.keys().all(|i| i % 2 == 1),
         "only JSON at the relay"
     );
+}
+
+/// A secret file sluice accepts (private to its owner).
+fn private_secret(dir: &Path, name: &str, value: &str) -> std::path::PathBuf {
+    let path = secret_file(dir, name, value);
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    path
+}
+
+/// TCP → daemon → Splunk HEC and an Elasticsearch data stream (`schema = "raw"`): each HEC
+/// envelope carries the event's own time (CEF `rt`, else the syslog timestamp, else the
+/// receive time) and its syslog host (else the configured `host`), and every raw document has
+/// the same time as `@timestamp`, which the data stream requires.
+#[test]
+fn splunk_envelopes_and_elasticsearch_raw_documents_carry_the_event_time() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let splunk = SplunkFake::new(false);
+    let splunk_server = rt.block_on(serve(splunk.handler()));
+    let elastic = ElasticFake::data_stream();
+    let elastic_server = rt.block_on(serve(elastic.handler()));
+    let dir = tempfile::tempdir().unwrap();
+    let token = private_secret(dir.path(), "hec", splunk.token);
+    let api_key = private_secret(dir.path(), "es", elastic.api_key);
+    let sinks = format!(
+        "[sinks.splunk]\ntype = \"splunk_hec\"\nendpoint = \"{}\"\ntoken_file = {:?}\n\
+         index = \"sec\"\nhost = \"cfg-host\"\nbatch_timeout_ms = 100\n\
+         [sinks.elastic]\ntype = \"elasticsearch\"\nendpoint = \"{}\"\n\
+         index = \"logs-darktrace-default\"\napi_key_file = {:?}\nschema = \"raw\"\n\
+         batch_timeout_ms = 100\n",
+        splunk_server.url(),
+        token.display().to_string(),
+        elastic_server.url(),
+        api_key.display().to_string(),
+    );
+    let cfg = write_config(dir.path(), &sinks);
+    let daemon = Daemon::start(&cfg);
+    let lines = [
+        // `rt` (epoch ms) wins over the syslog timestamp.
+        "<134>Mar  5 09:00:00 dt-master CEF:0|Darktrace|DCIP|6.1|100|Model breach m0x|5|rt=1709633472127 externalId=0".to_owned(),
+        "<134>1 2024-03-05T10:11:12.345+01:00 dt-5424 app - - - m1x plain text".to_owned(),
+        // No header: no host, no time but the receive time.
+        "m2x without a syslog header".to_owned(),
+    ];
+    let before = chrono::Utc::now().timestamp_millis();
+    daemon.send(&lines);
+    let dead_letters = dir.path().join("data/dead_letter/elastic");
+    let refused = || std::fs::read_dir(&dead_letters).is_ok_and(|mut d| d.next().is_some());
+    wait_until("both sinks got 3", &daemon, Duration::from_secs(60), || {
+        splunk.accepted.count() >= 3 && (elastic.accepted.count() >= 3 || refused())
+    });
+    let after = chrono::Utc::now().timestamp_millis();
+    let _ = daemon.stop();
+    let received = |millis: i64| (before - 1000..=after + 1000).contains(&millis);
+
+    let envelopes = splunk.envelopes.lock().unwrap().clone();
+    assert_eq!(envelopes.len(), 3, "{envelopes:?}");
+    let by_marker = |values: &[serde_json::Value], i: usize| {
+        values
+            .iter()
+            .find(|v| markers([v.to_string().as_str()]).contains_key(&i))
+            .unwrap_or_else(|| panic!("no m{i}x in {values:?}"))
+            .clone()
+    };
+    let time = |e: &serde_json::Value| -> i64 {
+        let t = e["time"].as_f64().unwrap_or_else(|| panic!("time: {e}"));
+        (t * 1000.0).round() as i64
+    };
+    let cef = by_marker(&envelopes, 0);
+    assert_eq!(time(&cef), 1_709_633_472_127, "{cef}");
+    assert_eq!(cef["host"], "dt-master", "{cef}");
+    assert_eq!(cef["index"], "sec", "{cef}");
+    assert_eq!(cef["event"]["source"], "tcp_in", "sluice schema: {cef}");
+    let rfc5424 = by_marker(&envelopes, 1);
+    assert_eq!(time(&rfc5424), 1_709_629_872_345, "{rfc5424}");
+    assert_eq!(rfc5424["host"], "dt-5424", "{rfc5424}");
+    let bare = by_marker(&envelopes, 2);
+    assert!(received(time(&bare)), "{bare}");
+    assert_eq!(bare["host"], "cfg-host", "{bare}");
+
+    assert!(!refused(), "the data stream refused documents");
+    let docs = elastic.accepted.events.lock().unwrap().clone();
+    assert_eq!(docs.len(), 3, "{docs:?}");
+    let stamp = |d: &serde_json::Value| -> i64 {
+        let t = d["@timestamp"].as_str().unwrap_or_else(|| panic!("{d}"));
+        assert!(
+            t.ends_with('Z') && t.len() == 24,
+            "RFC 3339 UTC with ms: {t}"
+        );
+        chrono::DateTime::parse_from_rfc3339(t)
+            .unwrap()
+            .timestamp_millis()
+    };
+    let cef = by_marker(&docs, 0);
+    assert_eq!(cef["@timestamp"], "2024-03-05T10:11:12.127Z", "{cef}");
+    assert_eq!(cef["message"], lines[0], "raw schema: {cef}");
+    assert_eq!(
+        by_marker(&docs, 1)["@timestamp"],
+        "2024-03-05T09:11:12.345Z"
+    );
+    assert!(received(stamp(&by_marker(&docs, 2))));
 }
 
 /// Every `deploy/examples/*.toml` passes `sluice check-config` given its secret files, and the

@@ -898,6 +898,15 @@ impl SinkConfig {
     pub fn schema(&self) -> Schema {
         self.common.schema
     }
+    /// What the workers write per event for this sink (see [`crate::sink::Envelope`]).
+    pub fn envelope(&self) -> crate::sink::Envelope {
+        use crate::sink::Envelope;
+        match (&self.kind, self.schema()) {
+            (SinkKind::SplunkHec(_), _) => Envelope::SplunkHec,
+            (SinkKind::Elasticsearch(_), Schema::Raw) => Envelope::ElasticsearchRaw,
+            _ => Envelope::Row,
+        }
+    }
     pub fn routing(&self) -> Routing<'_> {
         Routing {
             inputs: &self.common.inputs,

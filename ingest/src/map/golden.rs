@@ -234,3 +234,42 @@ fn mapped_output_is_byte_identical_to_golden() {
         );
     }
 }
+
+/// Envelopes that carry the event time beside another schema's row (Splunk HEC `time`,
+/// Elasticsearch `@timestamp` of `raw` documents) take it from
+/// [`crate::map::event_time_millis`]: it must be the `ecs` row's `@timestamp` for every sample
+/// and mutation, or an alert would be stamped differently depending on the sink.
+#[test]
+fn event_time_is_the_ecs_timestamp_for_every_sample() {
+    let samples = samples();
+    let inputs: Vec<Vec<u8>> = samples
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .chain(mutations(&samples, 6000))
+        .collect();
+    let mut parser = Parser::new(ParseOptions::default());
+    let mut row = Vec::new();
+    for (i, raw) in inputs.iter().enumerate() {
+        for &at in &RECEIVED_AT {
+            let received = Received {
+                source: "golden",
+                peer: None,
+                received_at: Timestamp::from_unix_nanos(at),
+            };
+            let event = parser.parse(received, raw);
+            row.clear();
+            write(Schema::Ecs, &event, &mut row);
+            let v: serde_json::Value = serde_json::from_slice(&row).expect("ecs row is JSON");
+            let stamp = v["@timestamp"].as_str().expect("@timestamp");
+            let want = chrono::DateTime::parse_from_rfc3339(stamp)
+                .expect("RFC 3339")
+                .timestamp_millis();
+            assert_eq!(
+                crate::map::event_time_millis(&event),
+                want,
+                "input {i}: {}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+}

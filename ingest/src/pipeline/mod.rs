@@ -470,6 +470,7 @@ impl Pipeline {
             }
             sink_ports.push(worker::SinkPort {
                 schema: sink.schema(),
+                envelope: sink.envelope(),
                 kinds: sink.routing().kinds.to_vec(),
                 limits: sink.batch_limits(),
                 queue: tx,

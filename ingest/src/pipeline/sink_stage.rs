@@ -392,6 +392,53 @@ mod tests {
         assert!(sum >= 0.06, "both batches waited ≥ 30 ms: {sum}");
     }
 
+    /// The default file path (no spool): a batch whose file is in place but whose temp file
+    /// cannot be removed is written once, counted as delivered, not retried into a second file.
+    #[test]
+    fn file_stage_writes_a_batch_once_when_its_temp_file_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let config: FileSinkConfig = toml::from_str(&format!(
+            "path = {:?}\ncompression = \"none\"\n",
+            dir.path().display().to_string()
+        ))
+        .unwrap();
+        let sink = Arc::new(FileSink::new("f", config).unwrap());
+        sink.fail_next_temp_removals(1);
+        let totals = Arc::new(Totals::default());
+        let (tx, rx) = crossbeam::channel::bounded(1);
+        let (spare_tx, _spare_rx) = crossbeam::channel::bounded(1);
+        let stage = FileStage {
+            name: "f".into(),
+            sink,
+            queue: rx,
+            spare: spare_tx,
+            counters: SinkCounters::register("f"),
+            totals: totals.clone(),
+            shutdown_began: Arc::new(OnceLock::new()),
+            grace: Duration::from_secs(1),
+        };
+        tx.send(SealedBatch {
+            batch: Batch {
+                events: 2,
+                ndjson: b"{\"a\":1}\n{\"a\":2}\n".to_vec(),
+            },
+            core: 0,
+            opened_at: Instant::now(),
+            acks: Vec::new(),
+        })
+        .unwrap();
+        drop(tx);
+        stage.run();
+        let published: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        assert_eq!(published.len(), 1, "{published:?}");
+        let s = totals.summary();
+        assert_eq!((s.sink_events, s.sink_batches), (2, 1));
+    }
+
     /// Writes that keep failing during shutdown are given up on once shutdown has lasted the
     /// grace, for all queued batches together: not after a grace of retries per batch.
     #[test]

@@ -16,10 +16,12 @@ use crate::metrics::SinkCounters;
 use crate::net::FrameBatch;
 use crate::parse::{ParseErrorKind, ParseOptions, Parser};
 use crate::pipeline::Totals;
+use crate::sink::Envelope;
 
 /// A worker's connection to one sink.
 pub(super) struct SinkPort {
     pub schema: Schema,
+    pub envelope: Envelope,
     /// Empty: every kind.
     pub kinds: Vec<EventKind>,
     pub limits: BatchLimits,
@@ -45,6 +47,7 @@ pub(super) struct WorkerSetup<'a> {
 
 struct WorkerSink {
     schema: Schema,
+    envelope: Envelope,
     kinds: Vec<EventKind>,
     batcher: Batcher,
     queue: Sender<SealedBatch>,
@@ -117,6 +120,7 @@ impl Worker {
                 .iter()
                 .map(|p| WorkerSink {
                     schema: p.schema,
+                    envelope: p.envelope,
                     kinds: p.kinds.clone(),
                     batcher: Batcher::new(p.limits, setup.core),
                     queue: p.queue.clone(),
@@ -207,10 +211,10 @@ impl Worker {
                 if !sink.takes(kind) {
                     continue;
                 }
-                let schema = sink.schema;
+                let (schema, envelope) = (sink.schema, sink.envelope);
                 let full = sink
                     .batcher
-                    .push_with(|out| crate::map::write(schema, &event, out));
+                    .push_with(|out| envelope.write(schema, &event, out));
                 // ack hook (API sources only): this sink batch now holds events of `batch`.
                 if let Some(ack) = &batch.ack {
                     sink.batcher.attach_ack(ack);
@@ -353,6 +357,7 @@ mod tests {
         let (recycle_tx, _recycle_rx) = crossbeam::channel::unbounded();
         let sinks = [SinkPort {
             schema: Schema::Sluice,
+            envelope: Envelope::Row,
             kinds: Vec::new(),
             limits: BatchLimits {
                 max_events: 1000,

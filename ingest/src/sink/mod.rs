@@ -1,8 +1,8 @@
 //! Sinks: where batches go. Each sink is a folder with its config, logic and tests.
 //!
 //! Contract: the pipeline hands a sink a [`Batch`] (mapped events in the sink's schema, one JSON
-//! value per line, uncompressed). The sink answers with a [`Delivery`]; only `Delivered` lets
-//! the batch leave the spool.
+//! value per line, uncompressed; inside the per-event envelope its [`Envelope`] names). The sink
+//! answers with a [`Delivery`]; only `Delivered` lets the batch leave the spool.
 
 pub mod azure_logs_ingestion;
 pub mod elasticsearch;
@@ -14,6 +14,37 @@ pub mod sekoia;
 pub mod splunk_hec;
 
 use std::time::Duration;
+
+use crate::event::Event;
+use crate::map::Schema;
+
+/// How a worker writes each event into a sink's batch (not to be confused with the message
+/// framing of stream sources, `crate::frame::Framing`). Most sinks take the mapped row as is;
+/// some services want per-event metadata beside it that only the parsed event has (its time,
+/// its host), and the sink sees only the spooled bytes: the worker writes the service's
+/// per-event envelope around the row, straight into the batch buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Envelope {
+    /// The row of the sink's schema.
+    Row,
+    /// A Splunk HEC envelope without the sink's configured keys (see
+    /// [`splunk_hec::write_envelope`]).
+    SplunkHec,
+    /// An Elasticsearch document for a `raw` row (see [`elasticsearch::write_raw_document`]).
+    ElasticsearchRaw,
+}
+
+impl Envelope {
+    /// Appends `event` as one JSON value (no newline).
+    #[inline]
+    pub fn write(self, schema: Schema, event: &Event<'_>, out: &mut Vec<u8>) {
+        match self {
+            Envelope::Row => crate::map::write(schema, event, out),
+            Envelope::SplunkHec => splunk_hec::write_envelope(schema, event, out),
+            Envelope::ElasticsearchRaw => elasticsearch::write_raw_document(event, out),
+        }
+    }
+}
 
 /// Mapped events for one sink: NDJSON, uncompressed.
 #[derive(Debug, Clone, Default)]

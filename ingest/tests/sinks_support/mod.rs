@@ -456,6 +456,17 @@ impl SplunkFake {
                         let Some(event) = v.get("event") else {
                             return reply(400, r#"{"text":"Event field is required","code":12}"#);
                         };
+                        // `time`: epoch seconds, a number (or its text); `host`: a string.
+                        let time_ok = match v.get("time") {
+                            None => true,
+                            Some(t) => {
+                                t.is_number()
+                                    || t.as_str().is_some_and(|s| s.parse::<f64>().is_ok())
+                            }
+                        };
+                        if !time_ok || v.get("host").is_some_and(|h| !h.is_string()) {
+                            return reply(400, r#"{"text":"Invalid data format","code":6}"#);
+                        }
                         events.push(event.clone());
                         envelopes.push(v);
                     }
@@ -516,6 +527,9 @@ impl SplunkFake {
 pub struct ElasticFake {
     pub api_key: &'static str,
     pub accepted: Accepted,
+    /// The target is a data stream: a document without a date in `@timestamp` is refused, as
+    /// Elasticsearch refuses it when no ingest pipeline sets one.
+    data_stream: bool,
     /// Documents with `"flaky": true` get a per-item 429 this many times first.
     flaky_failures: Mutex<HashMap<u64, u32>>,
 }
@@ -525,8 +539,16 @@ impl ElasticFake {
         Arc::new(ElasticFake {
             api_key: "VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw==",
             accepted: Accepted::default(),
+            data_stream: false,
             flaky_failures: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// [`ElasticFake::new`] whose index is a data stream.
+    pub fn data_stream() -> Arc<ElasticFake> {
+        let mut fake = ElasticFake::new();
+        Arc::get_mut(&mut fake).unwrap().data_stream = true;
+        fake
     }
 
     pub fn handler(self: &Arc<Self>) -> Handler {
@@ -585,7 +607,18 @@ impl ElasticFake {
                     );
                 }
                 let doc = serde_json::from_slice::<serde_json::Value>(pair[1]);
+                let dated = |d: &serde_json::Value| {
+                    d["@timestamp"]
+                        .as_str()
+                        .is_some_and(|t| chrono::DateTime::parse_from_rfc3339(t).is_ok())
+                };
                 let (status, error) = match doc {
+                    Ok(d) if d.is_object() && me.data_stream && !dated(&d) => (
+                        400,
+                        Some(
+                            r#"{"type":"document_parsing_exception","reason":"data stream timestamp field [@timestamp] is missing"}"#,
+                        ),
+                    ),
                     Ok(d) if d.is_object() && d["reject"] == true => (
                         400,
                         Some(r#"{"type":"mapper_parsing_exception","reason":"failed to parse"}"#),

@@ -85,6 +85,13 @@ fn write_number(out: &mut Vec<u8>, value: f64) {
     }
 }
 
+/// `@timestamp`: the Darktrace record's own time, else the syslog time, else the receive time.
+pub(super) fn event_time(event: &Event<'_>, body: &JsonBody<'_>) -> Timestamp {
+    json::darktrace_event_time(body.kind, body.root())
+        .or(event.syslog.timestamp)
+        .unwrap_or(event.received.received_at)
+}
+
 pub(super) fn write(event: &Event<'_>, body: &JsonBody<'_>, out: &mut Vec<u8>) {
     let root = body.root();
     let kind = body.kind;
@@ -100,9 +107,7 @@ pub(super) fn write(event: &Event<'_>, body: &JsonBody<'_>, out: &mut Vec<u8>) {
             .and_then(|v| v.str())
             .filter(|s| !s.is_empty())
     };
-    let time = json::darktrace_event_time(kind, root)
-        .or(event.syslog.timestamp)
-        .unwrap_or(event.received.received_at);
+    let time = event_time(event, body);
 
     let mut o = ObjectWriter::begin(out);
     write_timestamp(o.key("@timestamp"), time);

@@ -14,11 +14,24 @@ use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue
 
 pub use config::ElasticsearchConfig;
 
+use crate::event::Event;
 use crate::sink::http::common::{self, Attempt};
 use crate::sink::http::{Compression, SinkBuildError};
 use crate::sink::runtime::SinkMetrics;
 use crate::sink::secret::Secret;
 use crate::sink::{Batch, Delivery, Rejected, Sink};
+
+/// A `raw` row as the document the worker writes for this sink:
+/// `{"@timestamp":"<RFC 3339 UTC, ms>","message":"<raw>"}`. A data stream refuses a document
+/// without `@timestamp`, and the raw string carries none a cluster could read without an ingest
+/// pipeline; the time is the event's own, the `ecs` schema's `@timestamp`.
+pub fn write_raw_document(event: &Event<'_>, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"@timestamp\":");
+    crate::map::commonsecuritylog::write_rfc3339_millis(out, crate::map::event_time_millis(event));
+    out.extend_from_slice(b",\"message\":");
+    crate::map::raw::write(event, out);
+    out.push(b'}');
+}
 
 pub struct ElasticsearchSink {
     name: String,
@@ -117,7 +130,9 @@ impl ElasticsearchSink {
             if line.first() == Some(&b'{') {
                 out.extend_from_slice(line);
             } else {
-                // A document must be an object; schema `raw` lines are strings.
+                // A document must be an object. The worker writes `raw` rows as documents
+                // (`write_raw_document`); a `raw` string spooled by an older version is wrapped
+                // as then, without `@timestamp`.
                 out.extend_from_slice(b"{\"message\":");
                 out.extend_from_slice(line);
                 out.push(b'}');

@@ -47,3 +47,23 @@ fn auth_is_api_key_or_basic_never_both() {
     ));
     assert!(ElasticsearchSink::new("es", &both, SinkMetrics::new("es")).is_err());
 }
+
+#[test]
+fn raw_documents_written_by_the_worker_carry_the_event_time() {
+    let s = ElasticsearchSink::new("es", &config(""), SinkMetrics::new("es")).unwrap();
+    let mut parser = crate::parse::Parser::new(crate::parse::ParseOptions::default());
+    let message = "<134>Mar  5 09:00:00 dt CEF:0|v|p|1|id|n \"q\"|5|rt=1709633472127";
+    let received = crate::event::Received {
+        source: "test",
+        peer: None,
+        received_at: crate::event::Timestamp::from_unix_nanos(1_800_000_000_000_000_000),
+    };
+    let mut line = Vec::new();
+    write_raw_document(&parser.parse(received, message.as_bytes()), &mut line);
+    let body = String::from_utf8(s.body(&[&line])).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(body.lines().nth(1).unwrap()).unwrap();
+    assert_eq!(
+        doc,
+        serde_json::json!({"@timestamp": "2024-03-05T10:11:12.127Z", "message": message})
+    );
+}

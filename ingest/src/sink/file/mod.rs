@@ -1,6 +1,8 @@
 //! File sink: each batch becomes one file `<path>/<time>-<core>-<seq>.ndjson[.zst|.gz]`, one JSON
-//! value per line, written to a hidden temp file and renamed into place, so a reader never sees a
-//! partial file and a crash leaves at most a stale `.tmp-*` (removed at the next start).
+//! value per line, written to a hidden temp file and linked into place, so a reader never sees a
+//! partial file and a crash leaves at most a stale `.tmp-*` (removed at the next start). Once the
+//! final name exists the batch is delivered: a temp file that then cannot be removed is logged,
+//! counted and removed again later, never a reason to write the batch a second time.
 
 mod config;
 mod direct;
@@ -10,9 +12,12 @@ pub use config::FileSinkConfig;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+#[cfg(test)]
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::compress::Compressor;
+use crate::net::uring::RateLimit;
 use crate::sink::{Batch, Delivery, Sink};
 
 const TEMP_PREFIX: &str = ".tmp-";
@@ -39,7 +44,27 @@ pub struct FileSink {
     direct_io: AtomicBool,
     /// The daemon's per-sink counters, fed by [`Sink::deliver`].
     counters: Option<FileCounters>,
+    /// Temp files this sink could not remove: tried again after the next publish. Only these,
+    /// never a `.tmp-*` found in the directory, which may be another writer's batch in progress.
+    leftovers: Mutex<Leftovers>,
+    /// `sluice_sink_temp_removal_errors_total`: temp files left behind, each counted once.
+    temp_removal_errors: metrics::Counter,
+    /// Test seam: the next this-many temp-file removals fail.
+    #[cfg(test)]
+    fail_temp_removals: AtomicUsize,
 }
+
+struct Leftovers {
+    paths: Vec<PathBuf>,
+    /// A filesystem that links but never unlinks (an append-only directory) fails every batch:
+    /// one warning per interval, the metric counts each.
+    log: RateLimit,
+}
+
+/// Leftover temp files remembered for removal; past this many (removal keeps failing), the
+/// next start removes the rest.
+const MAX_LEFTOVERS: usize = 256;
+const LEFTOVER_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What [`Sink::deliver`] records for the daemon: bytes written and time spent compressing.
 pub struct FileCounters {
@@ -74,6 +99,14 @@ impl FileSink {
             pool: Mutex::new(Vec::new()),
             bounces: Mutex::new(Vec::new()),
             counters: None,
+            leftovers: Mutex::new(Leftovers {
+                paths: Vec::new(),
+                log: RateLimit::new(LEFTOVER_LOG_EVERY),
+            }),
+            temp_removal_errors: metrics::counter!(crate::metrics::SINK_TEMP_REMOVAL_ERRORS,
+                "sink" => name.to_owned()),
+            #[cfg(test)]
+            fail_temp_removals: AtomicUsize::new(0),
         })
     }
 
@@ -149,18 +182,21 @@ impl FileSink {
             // sequence number within the same millisecond can never overwrite a delivered file.
             match std::fs::hard_link(&temp_path, &final_path) {
                 Ok(()) => {
-                    std::fs::remove_file(&temp_path)?;
+                    // Delivered from here on: an error now would have the caller write the
+                    // batch again under another name, a duplicate for whoever reads the files.
+                    self.remove_leftovers();
+                    self.remove_temp(&temp_path);
                     if self.config.fsync {
                         std::fs::File::open(&self.config.path)?.sync_all()?;
                     }
                     return Ok(final_path);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    std::fs::remove_file(&temp_path)?;
+                    self.remove_temp(&temp_path);
                     continue;
                 }
                 Err(e) => {
-                    let _ = std::fs::remove_file(&temp_path);
+                    self.remove_temp(&temp_path);
                     return Err(e);
                 }
             }
@@ -169,6 +205,52 @@ impl FileSink {
 }
 
 impl FileSink {
+    /// Removes a temp file this sink wrote; one that stays is remembered for
+    /// [`FileSink::remove_leftovers`] (and the next start removes it in any case).
+    fn remove_temp(&self, path: &Path) {
+        if let Err(e) = self.remove_file(path) {
+            self.temp_removal_errors.increment(1);
+            let mut leftovers = self.leftovers.lock().unwrap_or_else(|p| p.into_inner());
+            if leftovers.log.ready() {
+                let suppressed = std::mem::take(&mut leftovers.log.suppressed);
+                tracing::warn!(sink = %self.name, file = %path.display(), error = %e, suppressed,
+                    "cannot remove a temp batch file; trying again after the next batch (a batch whose file is in place is never written twice)");
+            }
+            if leftovers.paths.len() < MAX_LEFTOVERS {
+                leftovers.paths.push(path.to_owned());
+            }
+        }
+    }
+
+    /// Tries the remembered temp files again; those that still fail stay for the next time
+    /// (already logged and counted once).
+    fn remove_leftovers(&self) {
+        let mut leftovers = self.leftovers.lock().unwrap_or_else(|p| p.into_inner());
+        leftovers.paths.retain(|path| match self.remove_file(path) {
+            Ok(()) => false,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(_) => true,
+        });
+    }
+
+    /// Test seam: the next `n` temp-file removals fail.
+    #[cfg(test)]
+    pub(crate) fn fail_next_temp_removals(&self, n: usize) {
+        self.fail_temp_removals.store(n, Ordering::Relaxed);
+    }
+
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        #[cfg(test)]
+        if self
+            .fail_temp_removals
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(std::io::Error::other("injected removal failure"));
+        }
+        std::fs::remove_file(path)
+    }
+
     /// Creates `path` and writes `bytes` into it (fsync'd if configured), directly if allowed.
     fn write_new(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let file = match direct::create(path, self.direct_io.load(Ordering::Relaxed))? {
@@ -315,6 +397,59 @@ mod tests {
         let f = sink.write_batch(&batch(), 0).unwrap();
         assert!(f.path.to_string_lossy().ends_with(".ndjson"));
         assert_eq!(std::fs::read(&f.path).unwrap(), batch().ndjson);
+    }
+
+    fn names_in(dir: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        paths.sort();
+        paths.into_iter().partition(|p| {
+            !p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(TEMP_PREFIX)
+        })
+    }
+
+    #[test]
+    fn a_temp_file_left_after_publishing_is_counted_and_never_republishes_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let sink = metrics::with_local_recorder(&recorder, || {
+            FileSink::new("out", config(dir.path(), Compression::None)).unwrap()
+        });
+        sink.fail_next_temp_removals(1);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        // As the spool runtime delivers: anything but Delivered would send the batch again.
+        let delivery = rt.block_on(sink.deliver(&batch()));
+        assert!(matches!(delivery, Delivery::Delivered), "{delivery:?}");
+        let (published, temps) = names_in(dir.path());
+        assert_eq!(published.len(), 1, "{published:?}");
+        assert_eq!(std::fs::read(&published[0]).unwrap(), batch().ndjson);
+        assert_eq!(temps.len(), 1, "the temp file stays until the next batch");
+        assert!(
+            handle
+                .render()
+                .contains("sluice_sink_temp_removal_errors_total{sink=\"out\"} 1"),
+            "{}",
+            handle.render()
+        );
+
+        // The next publish removes the leftover; the first batch is still there exactly once.
+        sink.write_batch(&batch(), 0).unwrap();
+        let (published, temps) = names_in(dir.path());
+        assert_eq!(published.len(), 2, "{published:?}");
+        assert!(temps.is_empty(), "{temps:?}");
+        assert!(
+            handle
+                .render()
+                .contains("sluice_sink_temp_removal_errors_total{sink=\"out\"} 1")
+        );
     }
 
     #[test]

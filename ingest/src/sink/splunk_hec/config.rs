@@ -14,6 +14,8 @@ pub struct SplunkHecConfig {
     pub index: Option<String>,
     pub sourcetype: Option<String>,
     pub source: Option<String>,
+    /// `host` of the events whose message names no host (each other event has its syslog
+    /// hostname); unset: HEC's default.
     pub host: Option<String>,
     /// Indexer acknowledgement: poll `/services/collector/ack` and only then let the batch
     /// leave the spool. Needs `useACK` on the token; without it HEC replies with no `ackId`,

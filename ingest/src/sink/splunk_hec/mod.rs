@@ -1,6 +1,8 @@
 //! Splunk HTTP Event Collector (`type = "splunk_hec"`): `POST {endpoint}/services/collector/event`
 //! with `Authorization: Splunk <token>`, body = concatenated event envelopes
-//! `{"event":…,"index":…,"sourcetype":…}`, gzip. With `ack = true`, every request carries
+//! `{"time":…,"host":…,"event":…,"index":…,"sourcetype":…}`, gzip. The worker writes each
+//! envelope's `time`, `host` and `event` ([`write_envelope`]); the sink adds the configured keys.
+//! With `ack = true`, every request carries
 //! `X-Splunk-Request-Channel`, its `ackId` is polled on `/services/collector/ack`, and the
 //! batch is reported delivered only once indexed. A 2xx without `ackId` (the token has no
 //! indexer acknowledgement) still means HEC took the events: delivered, logged, counted.
@@ -16,6 +18,8 @@ use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue
 
 pub use config::SplunkHecConfig;
 
+use crate::event::Event;
+use crate::map::Schema;
 use crate::net::uring::RateLimit;
 use crate::sink::http::common::{self, Attempt, ChunkSender};
 use crate::sink::http::{Compression, SinkBuildError};
@@ -23,6 +27,78 @@ use crate::sink::runtime::SinkMetrics;
 use crate::sink::{Batch, Delivery, Sink};
 
 pub const CHANNEL_HEADER: &str = "X-Splunk-Request-Channel";
+
+/// How every envelope [`write_envelope`] writes begins. No schema's row begins so (rows are
+/// objects whose first key is another, or strings), which tells envelopes from rows spooled by
+/// an older version.
+const ENVELOPE_START: &[u8] = b"{\"time\":";
+const HOST_KEY: &[u8] = b",\"host\":";
+
+/// Writes `event` as a HEC event envelope without the sink's configured keys:
+/// `{"time":<epoch seconds>.<ms>,"host":"<syslog hostname>","event":<row>}`. `time` is the
+/// event's own time (see [`crate::map::event_time_millis`]), so that Splunk does not stamp an
+/// alert with the hour it was uploaded after an outage; `host` is left out when the message
+/// named none (then the configured `host`, or HEC's default, applies).
+pub fn write_envelope(schema: Schema, event: &Event<'_>, out: &mut Vec<u8>) {
+    out.extend_from_slice(ENVELOPE_START);
+    write_epoch_seconds(out, crate::map::event_time_millis(event));
+    // A name that would need JSON escaping is no host name, and copying only plain ones keeps a
+    // mapped event within the growth per message byte that the config's spool-record bound
+    // counts on (the name is already in the row twice).
+    if let Some(host) = event.syslog.hostname.filter(|h| is_plain_host(h)) {
+        out.extend_from_slice(HOST_KEY);
+        out.push(b'"');
+        out.extend_from_slice(host.as_bytes());
+        out.push(b'"');
+    }
+    out.extend_from_slice(b",\"event\":");
+    crate::map::write(schema, event, out);
+    out.push(b'}');
+}
+
+fn is_plain_host(host: &str) -> bool {
+    !host.is_empty() && host.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
+}
+
+/// Unix milliseconds as HEC's `time`: seconds with a three-digit fraction (`1709633472.127`).
+fn write_epoch_seconds(out: &mut Vec<u8>, millis: i64) {
+    // A JSON number's sign covers its fraction too: -1.5 s is `-1.500`.
+    if millis < 0 {
+        out.push(b'-');
+    }
+    let abs = millis.unsigned_abs();
+    let (secs, ms) = (abs / 1000, (abs % 1000) as u32);
+    out.extend_from_slice(itoa::Buffer::new().format(secs).as_bytes());
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (ms / 100) as u8,
+        b'0' + (ms / 10 % 10) as u8,
+        b'0' + (ms % 10) as u8,
+    ]);
+}
+
+/// A spooled line that [`write_envelope`] wrote.
+struct SpooledEnvelope<'a> {
+    /// The envelope without its closing brace, for the configured keys to follow.
+    open: &'a [u8],
+    has_host: bool,
+}
+
+impl<'a> SpooledEnvelope<'a> {
+    /// Looks only at the envelope's own start (time, host), never into the row.
+    fn of(line: &'a [u8]) -> Option<SpooledEnvelope<'a>> {
+        let rest = line.strip_prefix(ENVELOPE_START)?;
+        let open = line.strip_suffix(b"}")?;
+        let time_len = rest
+            .iter()
+            .take_while(|b| b.is_ascii_digit() || matches!(b, b'-' | b'.'))
+            .count();
+        Some(SpooledEnvelope {
+            open,
+            has_host: rest[time_len..].starts_with(HOST_KEY),
+        })
+    }
+}
 
 pub struct SplunkHecSink {
     name: String,
@@ -32,6 +108,9 @@ pub struct SplunkHecSink {
     channel: String,
     /// `,"index":"…","sourcetype":"…"…}` appended after each event, prebuilt once.
     envelope_tail: Vec<u8>,
+    /// `,"host":"…"` of the configured `host`, for events without a syslog hostname (empty when
+    /// not configured).
+    host_field: Vec<u8>,
     ack: bool,
     ack_poll: Duration,
     ack_timeout: Duration,
@@ -96,19 +175,23 @@ impl SplunkHecSink {
                 }
             })?;
         auth.set_sensitive(true);
+        let field = |key: &str, value: &Option<String>| {
+            let mut field = Vec::new();
+            if let Some(v) = value {
+                field.extend_from_slice(b",\"");
+                field.extend_from_slice(key.as_bytes());
+                field.extend_from_slice(b"\":");
+                serde_json::to_writer(&mut field, v).expect("Vec write");
+            }
+            field
+        };
         let mut tail = Vec::new();
         for (key, value) in [
             ("index", &config.index),
             ("sourcetype", &config.sourcetype),
             ("source", &config.source),
-            ("host", &config.host),
         ] {
-            if let Some(v) = value {
-                tail.extend_from_slice(b",\"");
-                tail.extend_from_slice(key.as_bytes());
-                tail.extend_from_slice(b"\":");
-                serde_json::to_writer(&mut tail, v).expect("Vec write");
-            }
+            tail.extend_from_slice(&field(key, value));
         }
         tail.push(b'}');
         Ok(SplunkHecSink {
@@ -118,6 +201,7 @@ impl SplunkHecSink {
             auth,
             channel: config.channel.clone().unwrap_or_else(random_guid),
             envelope_tail: tail,
+            host_field: field("host", &config.host),
             ack: config.ack,
             ack_poll: Duration::from_millis(config.ack_poll_interval_ms.max(10)),
             ack_timeout: Duration::from_millis(config.ack_timeout_ms),
@@ -130,11 +214,24 @@ impl SplunkHecSink {
     }
 
     fn body(&self, lines: &[&[u8]]) -> Vec<u8> {
-        let per_event = 10 + self.envelope_tail.len();
+        let per_event = 10 + self.host_field.len() + self.envelope_tail.len();
         let mut out = Vec::with_capacity(lines.iter().map(|l| l.len() + per_event).sum());
         for line in lines {
-            out.extend_from_slice(b"{\"event\":");
-            out.extend_from_slice(line);
+            match SpooledEnvelope::of(line) {
+                Some(envelope) => {
+                    out.extend_from_slice(envelope.open);
+                    if !envelope.has_host {
+                        out.extend_from_slice(&self.host_field);
+                    }
+                }
+                None => {
+                    // A row spooled before envelopes were written by the worker: no event time
+                    // or host to give, as then.
+                    out.extend_from_slice(b"{\"event\":");
+                    out.extend_from_slice(line);
+                    out.extend_from_slice(&self.host_field);
+                }
+            }
             out.extend_from_slice(&self.envelope_tail);
         }
         out
