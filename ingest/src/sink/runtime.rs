@@ -533,7 +533,8 @@ impl<S: Sink + 'static> Driver<S> {
             .spool_gauges(&self.spool.stats(), &mut gauges_prev);
     }
 
-    /// `fsync = "interval"` for quiet periods, and the spool gauges.
+    /// The spool's timed fsyncs (`interval` data in quiet periods, directory changes), and the
+    /// spool gauges.
     fn on_tick(&self, gauges_prev: &mut SpoolStats) {
         if let Err(e) = self.spool.flush_if_due() {
             tracing::error!(sink = %self.sink.name(), error = %e, "spool fsync failed");

@@ -76,12 +76,14 @@ pub enum WhenFull {
 pub enum FsyncPolicy {
     /// fsync every append, every cursor update and every directory change.
     Always,
-    /// fsync every appended batch; the cursor is renamed without fsync (a lost cursor update
-    /// only means redelivery, never loss).
+    /// fsync every appended batch (and the directory with the first batch of a new segment);
+    /// the cursor is renamed without fsync (a lost cursor update only means redelivery, never
+    /// loss); deleted segments reach the disk with the runtime's next timer tick.
     Batch,
-    /// fsync appended data at most every `fsync_interval_ms`.
+    /// fsync appended data, and the directory after segments were created or deleted, at
+    /// most every `fsync_interval_ms`.
     Interval,
-    /// Leave it to the kernel.
+    /// Leave it to the kernel (the directory too).
     Never,
 }
 
@@ -186,6 +188,10 @@ struct State {
     stats: SpoolStats,
     last_fsync: Instant,
     unsynced: bool,
+    /// A segment was created or deleted since the spool directory's last fsync. Without that
+    /// fsync, a power loss can drop a new segment's entry (and with it data already fsynced
+    /// into it) or bring back a deleted one.
+    dir_unsynced: bool,
     blocked_writers: usize,
     /// Set by [`Spool::stop_waiting`]: `block` refuses instead of waiting.
     no_waiting: bool,
@@ -194,6 +200,9 @@ struct State {
     /// Test seam: this many coming segment fsyncs fail with EIO.
     #[cfg(test)]
     fail_syncs: u32,
+    /// Test seam: directory fsyncs done (power loss itself cannot be observed in a test).
+    #[cfg(test)]
+    dir_syncs: u64,
 }
 
 impl State {
@@ -205,6 +214,20 @@ impl State {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         self.writer.sync_data()
+    }
+
+    /// fsync of the spool directory if a segment was created or deleted since the last one.
+    fn sync_dir_if_changed(&mut self, dir: &Path) -> io::Result<()> {
+        if !self.dir_unsynced {
+            return Ok(());
+        }
+        sync_dir(dir)?;
+        self.dir_unsynced = false;
+        #[cfg(test)]
+        {
+            self.dir_syncs += 1;
+        }
+        Ok(())
     }
 }
 
@@ -321,7 +344,7 @@ impl Spool {
 
         let next_segment_id = ids.last().map_or(1, |id| id + 1);
         let (writer, active) =
-            create_segment(dir, next_segment_id, config.fsync).map_err(io_err("create segment"))?;
+            create_segment(dir, next_segment_id).map_err(io_err("create segment"))?;
         segments.push_back(active);
         let state = State {
             segments,
@@ -335,12 +358,16 @@ impl Spool {
             stats,
             last_fsync: Instant::now(),
             unsynced: false,
+            // The active segment was just created (and acked ones maybe removed).
+            dir_unsynced: true,
             blocked_writers: 0,
             no_waiting: false,
             closed: false,
             encode_buf: Vec::new(),
             #[cfg(test)]
             fail_syncs: 0,
+            #[cfg(test)]
+            dir_syncs: 0,
         };
         let spool = Spool {
             dir: dir.to_owned(),
@@ -352,6 +379,10 @@ impl Spool {
         };
         {
             let mut st = spool.lock();
+            if spool.config.fsync == FsyncPolicy::Always {
+                st.sync_dir_if_changed(dir)
+                    .map_err(io_err("fsync directory"))?;
+            }
             spool.refresh_oldest(&mut st);
         }
         Ok(spool)
@@ -455,9 +486,15 @@ impl Spool {
             written
                 .map_err(self.io_err("append"))
                 .and_then(|()| match self.config.fsync {
-                    FsyncPolicy::Always | FsyncPolicy::Batch => {
-                        st.sync_writer().map_err(self.io_err("fsync segment"))
-                    }
+                    // The directory too when this record is the first in a new segment: the
+                    // batch is durable only once the segment's entry is.
+                    FsyncPolicy::Always | FsyncPolicy::Batch => st
+                        .sync_writer()
+                        .map_err(self.io_err("fsync segment"))
+                        .and_then(|()| {
+                            st.sync_dir_if_changed(&self.dir)
+                                .map_err(self.io_err("fsync directory"))
+                        }),
                     FsyncPolicy::Interval => {
                         st.unsynced = true;
                         self.sync_if_due(&mut st)
@@ -505,18 +542,36 @@ impl Spool {
         }
     }
 
+    /// The interval fsync: the active segment's data and, with it, the directory entries of
+    /// segments created or deleted since the last one (no directory fsync per append or per
+    /// new segment). Under `batch` the appends sync data and new segments; what is left are
+    /// deletions, synced here so acked segments stay gone.
     fn sync_if_due(&self, st: &mut State) -> Result<(), SpoolError> {
-        if st.unsynced
-            && st.last_fsync.elapsed() >= Duration::from_millis(self.config.fsync_interval_ms)
-        {
-            st.sync_writer().map_err(self.io_err("fsync segment"))?;
-            st.unsynced = false;
-            st.last_fsync = Instant::now();
+        match self.config.fsync {
+            FsyncPolicy::Interval => {
+                if (st.unsynced || st.dir_unsynced)
+                    && st.last_fsync.elapsed()
+                        >= Duration::from_millis(self.config.fsync_interval_ms)
+                {
+                    if st.unsynced {
+                        st.sync_writer().map_err(self.io_err("fsync segment"))?;
+                        st.unsynced = false;
+                    }
+                    st.sync_dir_if_changed(&self.dir)
+                        .map_err(self.io_err("fsync directory"))?;
+                    st.last_fsync = Instant::now();
+                }
+            }
+            FsyncPolicy::Batch => st
+                .sync_dir_if_changed(&self.dir)
+                .map_err(self.io_err("fsync directory"))?,
+            FsyncPolicy::Always | FsyncPolicy::Never => {}
         }
         Ok(())
     }
 
-    /// For `fsync = "interval"`: the runtime calls this on a timer so quiet periods get synced.
+    /// The runtime calls this on a timer: under `fsync = "interval"` quiet periods get synced,
+    /// under `batch` deleted segments.
     pub fn flush_if_due(&self) -> Result<(), SpoolError> {
         let mut st = self.lock();
         self.sync_if_due(&mut st)
@@ -691,6 +746,9 @@ impl Spool {
             let _ = st.sync_writer();
             st.unsynced = false;
         }
+        if self.config.fsync != FsyncPolicy::Never {
+            let _ = st.sync_dir_if_changed(&self.dir);
+        }
         drop(st);
         self.space_freed.notify_all();
         self.data_ready.notify_waiters();
@@ -708,6 +766,23 @@ impl Spool {
     #[cfg(test)]
     pub(crate) fn unsynced(&self) -> bool {
         self.lock().unsynced
+    }
+
+    /// Directory fsyncs so far, and whether a segment change awaits one.
+    #[cfg(test)]
+    pub(crate) fn dir_sync_state(&self) -> (u64, bool) {
+        let st = self.lock();
+        (st.dir_syncs, st.dir_unsynced)
+    }
+
+    /// Makes the next interval fsync due now, as if `fsync_interval_ms` had passed.
+    #[cfg(test)]
+    pub(crate) fn expire_fsync_interval(&self) {
+        let mut st = self.lock();
+        let interval = Duration::from_millis(self.config.fsync_interval_ms);
+        if let Some(past) = Instant::now().checked_sub(interval) {
+            st.last_fsync = past;
+        }
     }
 
     /// Notified after every append; the runtime waits on it when [`Spool::next`] is empty.
@@ -758,11 +833,13 @@ impl Spool {
             }
             let seg = st.segments.pop_front().expect("segment");
             fs::remove_file(&seg.path).map_err(self.io_err("remove segment"))?;
+            st.dir_unsynced = true;
             st.stats.bytes -= seg.len;
             removed = true;
         }
         if removed && self.config.fsync == FsyncPolicy::Always {
-            sync_dir(&self.dir).map_err(self.io_err("fsync directory"))?;
+            st.sync_dir_if_changed(&self.dir)
+                .map_err(self.io_err("fsync directory"))?;
         }
         Ok(())
     }
@@ -773,11 +850,15 @@ impl Spool {
             st.unsynced = false;
         }
         let id = st.next_segment_id;
-        let (writer, seg) = create_segment(&self.dir, id, self.config.fsync)
-            .map_err(self.io_err("create segment"))?;
+        let (writer, seg) = create_segment(&self.dir, id).map_err(self.io_err("create segment"))?;
         st.next_segment_id += 1;
         st.writer = writer;
         st.segments.push_back(seg);
+        st.dir_unsynced = true;
+        if self.config.fsync == FsyncPolicy::Always {
+            st.sync_dir_if_changed(&self.dir)
+                .map_err(self.io_err("fsync directory"))?;
+        }
         Ok(())
     }
 
@@ -787,6 +868,8 @@ impl Spool {
     fn drop_oldest_segment(&self, st: &mut State) -> Result<(u64, u64), SpoolError> {
         let seg = st.segments.pop_front().expect("a sealed segment");
         fs::remove_file(&seg.path).map_err(self.io_err("remove segment"))?;
+        // Synced with the next append's or interval's fsync.
+        st.dir_unsynced = true;
         let mut records = seg.pending_records;
         let mut events = seg.pending_events;
         let mut uploading = 0;
@@ -839,17 +922,18 @@ impl Drop for Spool {
         if st.unsynced {
             let _ = st.sync_writer();
         }
+        if self.config.fsync != FsyncPolicy::Never {
+            let _ = st.sync_dir_if_changed(&self.dir);
+        }
     }
 }
 
-fn create_segment(dir: &Path, id: u64, fsync: FsyncPolicy) -> io::Result<(File, Segment)> {
+/// Creates segment `id`; the caller marks the directory for its next fsync.
+fn create_segment(dir: &Path, id: u64) -> io::Result<(File, Segment)> {
     let path = segment_path(dir, id);
     let writer = OpenOptions::new().create(true).append(true).open(&path)?;
     // A stale file of the same id can only come from an older, fully acked run.
     writer.set_len(0)?;
-    if fsync == FsyncPolicy::Always {
-        sync_dir(dir)?;
-    }
     let seg = Segment {
         id,
         path,

@@ -510,3 +510,79 @@ proptest! {
         prop_assert_eq!(s.quarantined_ranges, u64::from(flip || torn));
     }
 }
+
+/// Appends until the spool has rolled over to a new segment at least once.
+fn append_until_rolled(spool: &Spool, dir: &Path) {
+    let before = segment_files(dir).len();
+    for t in 0..100 {
+        spool.append(&batch(t, 1000)).unwrap();
+        if segment_files(dir).len() > before {
+            return;
+        }
+    }
+    panic!("no new segment after 100 appends");
+}
+
+/// Under `interval` a new segment's directory entry reaches the disk with the interval's
+/// fsync of its data, not with each append: before, only `always` synced the directory, so a
+/// power loss could take a whole segment whose data had been synced.
+#[test]
+fn the_interval_fsync_syncs_the_directory_after_a_new_or_deleted_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SpoolConfig {
+        fsync: FsyncPolicy::Interval,
+        // Never due on its own during the test: only `expire_fsync_interval` makes it due.
+        fsync_interval_ms: 3_600_000,
+        ..config(1 << 20, 8 << 10, WhenFull::Block)
+    };
+    let spool = Spool::open(dir.path(), cfg).unwrap();
+    append_until_rolled(&spool, dir.path());
+    // Nothing synchronous per append or per new segment.
+    assert_eq!(spool.dir_sync_state(), (0, true));
+    spool.flush_if_due().unwrap();
+    assert_eq!(spool.dir_sync_state(), (0, true), "not due yet");
+
+    spool.expire_fsync_interval();
+    spool.flush_if_due().unwrap();
+    assert_eq!(spool.dir_sync_state(), (1, false));
+    assert!(!spool.unsynced());
+
+    // Acked segments are deleted: the next interval fsync syncs that too, with no data to sync.
+    drain(&spool);
+    assert!(segment_files(dir.path()).len() <= 2);
+    assert_eq!(spool.dir_sync_state(), (1, true));
+    spool.expire_fsync_interval();
+    spool.flush_if_due().unwrap();
+    assert_eq!(spool.dir_sync_state(), (2, false));
+}
+
+/// Under `batch` (the default) the append that writes the first record of a new segment
+/// syncs the directory before it returns; later appends to the same segment do not.
+#[test]
+fn under_batch_the_first_append_to_a_new_segment_syncs_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SpoolConfig {
+        fsync: FsyncPolicy::Batch,
+        ..config(1 << 20, 8 << 10, WhenFull::Block)
+    };
+    let spool = Spool::open(dir.path(), cfg).unwrap();
+    spool.append(&batch(0, 1000)).unwrap();
+    assert_eq!(
+        spool.dir_sync_state(),
+        (1, false),
+        "the active segment's entry"
+    );
+    spool.append(&batch(1, 1000)).unwrap();
+    assert_eq!(spool.dir_sync_state(), (1, false), "not once per append");
+    append_until_rolled(&spool, dir.path());
+    assert_eq!(
+        spool.dir_sync_state(),
+        (2, false),
+        "the new segment's entry"
+    );
+    // Deletions wait for the runtime's timer.
+    drain(&spool);
+    assert_eq!(spool.dir_sync_state(), (2, true));
+    spool.flush_if_due().unwrap();
+    assert_eq!(spool.dir_sync_state(), (3, false));
+}
