@@ -9,9 +9,11 @@
 //! delivery is at-least-once.
 //!
 //! Replay streams record by record (one record in memory at a time). Damaged bytes — a torn
-//! tail after a crash, a flipped bit — are copied to `quarantine/<segment>-<offset>.bad`,
-//! counted, and skipped up to the next record that validates.
+//! tail after a crash, a flipped bit — are copied to `quarantine/<segment>-<offset>.bad`
+//! (within `max_quarantine_bytes`, see [`quarantine`]), counted, and skipped up to the next
+//! record that validates.
 
+mod quarantine;
 pub mod record;
 #[cfg(test)]
 mod tests;
@@ -19,11 +21,11 @@ mod tests;
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use quarantine::{Kept, Quarantine};
 use record::ReadOutcome;
 
 use crate::sink::Batch;
@@ -41,6 +43,10 @@ pub struct SpoolConfig {
     pub fsync: FsyncPolicy,
     /// For `fsync = "interval"`: longest time appended data may stay unsynced.
     pub fsync_interval_ms: u64,
+    /// Bound on the copies of damaged ranges under `quarantine/`, bytes: the oldest copies
+    /// are deleted to make room, a range larger than the bound is copied only in part. 0: no
+    /// copies (damage is still skipped and counted).
+    pub max_quarantine_bytes: u64,
 }
 
 impl Default for SpoolConfig {
@@ -51,6 +57,7 @@ impl Default for SpoolConfig {
             when_full: WhenFull::Block,
             fsync: FsyncPolicy::Batch,
             fsync_interval_ms: 1000,
+            max_quarantine_bytes: 64 << 20,
         }
     }
 }
@@ -144,6 +151,12 @@ pub struct SpoolStats {
     pub dropped_events: u64,
     pub quarantined_ranges: u64,
     pub quarantined_bytes: u64,
+    /// Bytes of quarantine copies on disk now.
+    pub quarantine_bytes: u64,
+    /// Bytes of older quarantine copies deleted to stay within `max_quarantine_bytes`.
+    pub quarantine_deleted_bytes: u64,
+    /// Bytes of damaged ranges not copied: beyond `max_quarantine_bytes` on their own.
+    pub quarantine_not_copied_bytes: u64,
     pub appended_records: u64,
     pub acked_records: u64,
 }
@@ -197,6 +210,7 @@ struct State {
     no_waiting: bool,
     closed: bool,
     encode_buf: Vec<u8>,
+    quarantine: Quarantine,
     /// Test seam: this many coming segment fsyncs fail with EIO.
     #[cfg(test)]
     fail_syncs: u32,
@@ -242,7 +256,6 @@ pub struct Spool {
 }
 
 const CURSOR_FILE: &str = "cursor";
-const QUARANTINE_DIR: &str = "quarantine";
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -290,6 +303,15 @@ impl Spool {
         ids.sort_unstable();
 
         let mut stats = SpoolStats::default();
+        let (mut quarantine, kept) =
+            Quarantine::open(dir, config.max_quarantine_bytes).map_err(io_err("quarantine"))?;
+        count_quarantine(
+            dir,
+            &mut stats,
+            &quarantine,
+            kept,
+            config.max_quarantine_bytes,
+        );
         let mut segments = VecDeque::new();
         let mut max_seq = acked_upto;
         for id in &ids {
@@ -321,11 +343,20 @@ impl Spool {
                         offset += r.len;
                     }
                     ReadOutcome::Corrupt { start, end } => {
-                        quarantine(dir, &file, id, start, end).map_err(io_err("quarantine"))?;
+                        let kept = quarantine
+                            .keep(&file, *id, start, end)
+                            .map_err(io_err("quarantine"))?;
                         tracing::warn!(spool = %dir.display(), segment = id, start, end,
                             "damaged spool bytes quarantined");
                         stats.quarantined_ranges += 1;
                         stats.quarantined_bytes += end - start;
+                        count_quarantine(
+                            dir,
+                            &mut stats,
+                            &quarantine,
+                            kept,
+                            config.max_quarantine_bytes,
+                        );
                         seg.quarantined.push(start);
                         offset = end;
                     }
@@ -364,6 +395,7 @@ impl Spool {
             no_waiting: false,
             closed: false,
             encode_buf: Vec::new(),
+            quarantine,
             #[cfg(test)]
             fail_syncs: 0,
             #[cfg(test)]
@@ -619,13 +651,22 @@ impl Spool {
                 ReadOutcome::Corrupt { start, end } => {
                     let seg = &mut st.segments[idx];
                     if !seg.quarantined.contains(&start) {
-                        quarantine(&self.dir, &reader.file, &seg.id, start, end)
+                        let kept = st
+                            .quarantine
+                            .keep(&reader.file, seg.id, start, end)
                             .map_err(self.io_err("quarantine"))?;
                         tracing::warn!(spool = %self.dir.display(), segment = seg.id, start, end,
                             "damaged spool bytes quarantined");
                         seg.quarantined.push(start);
                         st.stats.quarantined_ranges += 1;
                         st.stats.quarantined_bytes += end - start;
+                        count_quarantine(
+                            &self.dir,
+                            &mut st.stats,
+                            &st.quarantine,
+                            kept,
+                            self.config.max_quarantine_bytes,
+                        );
                     }
                     reader.offset = end;
                 }
@@ -977,19 +1018,26 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn quarantine(dir: &Path, file: &File, segment: &u64, start: u64, end: u64) -> io::Result<()> {
-    let qdir = dir.join(QUARANTINE_DIR);
-    fs::create_dir_all(&qdir)?;
-    let mut out = File::create(qdir.join(format!("{segment:016x}-{start}.bad")))?;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut pos = start;
-    while pos < end {
-        let n = buf.len().min((end - pos) as usize);
-        file.read_exact_at(&mut buf[..n], pos)?;
-        out.write_all(&buf[..n])?;
-        pos += n as u64;
+/// Counts (and logs) what keeping the quarantine within its bound cost.
+fn count_quarantine(
+    dir: &Path,
+    stats: &mut SpoolStats,
+    quarantine: &Quarantine,
+    kept: Kept,
+    max_quarantine_bytes: u64,
+) {
+    stats.quarantine_bytes = quarantine.bytes();
+    stats.quarantine_deleted_bytes += kept.deleted;
+    stats.quarantine_not_copied_bytes += kept.not_copied;
+    if kept.deleted > 0 {
+        tracing::warn!(spool = %dir.display(), files = kept.deleted_files, bytes = kept.deleted,
+            max_quarantine_bytes, "quarantine full: deleted its oldest copies of damaged ranges");
     }
-    out.sync_all()
+    if kept.not_copied > 0 {
+        tracing::warn!(spool = %dir.display(), copied = kept.copied, not_copied = kept.not_copied,
+            max_quarantine_bytes,
+            "damaged range larger than the quarantine bound: only its start was copied");
+    }
 }
 
 /// `cursor` = acked_upto u64 LE | crc32 of those 8 bytes. Unreadable → 0 (replay everything:
