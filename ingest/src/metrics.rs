@@ -62,6 +62,8 @@ pub const DROP_OVERSIZE: &str = "oversize";
 pub const DROP_NOT_ALLOWED: &str = "not_allowed";
 /// Datagrams in an overflow record that could not be read back.
 pub const DROP_OVERFLOW_ERROR: &str = "overflow_error";
+/// Messages queued for (or held by) a worker thread when it panicked: nothing else takes them.
+pub const DROP_THREAD_PANICKED: &str = "thread_panicked";
 
 const STAGE_BUCKETS: &[f64] = &[
     0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -97,7 +99,7 @@ fn describe() {
     );
     describe_counter!(
         DROPPED_MESSAGES,
-        "Messages lost, by source and reason (kernel_rcvbuf, queue_full, oversize, not_allowed, overflow_error)"
+        "Messages lost, by source and reason (kernel_rcvbuf, queue_full, oversize, not_allowed, overflow_error, thread_panicked)"
     );
     describe_counter!(TRUNCATED_MESSAGES, "Messages cut to max_message_bytes");
     describe_counter!(
@@ -150,7 +152,7 @@ fn describe() {
     );
     describe_counter!(
         SINK_DROPPED_EVENTS,
-        "Events given up after repeated delivery failures at shutdown"
+        "Events a sink lost: given up after delivery failures at shutdown, refused by its spool, or in batches a panicked worker or sink thread held or left queued"
     );
     describe_histogram!(
         STAGE_SECONDS,

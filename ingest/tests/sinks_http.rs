@@ -34,6 +34,7 @@ fn spool_config() -> SpoolConfig {
         when_full: WhenFull::Block,
         fsync: FsyncPolicy::Batch,
         fsync_interval_ms: 100,
+        ..SpoolConfig::default()
     }
 }
 

@@ -104,11 +104,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     drop(xdp.take());
     if let Some(why) = failure {
         if why.ends_with("panicked") {
-            // Its queue had no other reader: what waited there was not written.
-            anyhow::bail!(
-                "{why} (a bug: please report it with the log above); shut down, writing what \
-                 the other threads held — messages queued for the panicked thread are lost"
-            );
+            anyhow::bail!("{}", panic_exit_error(&why, &summary));
         }
         anyhow::bail!("{why}; shut down after writing everything received");
     }
@@ -120,6 +116,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The exit error after a worker or sink thread panicked: what it held or had queued had no
+/// other thread to take it, and was counted as lost at shutdown.
+fn panic_exit_error(why: &str, summary: &crate::pipeline::Summary) -> String {
+    format!(
+        "{why} (a bug: please report it with the log above); shut down, writing what the other \
+         threads held — lost with the panicked thread: {} messages it held or had queued \
+         (sluice_dropped_messages_total{{reason=\"thread_panicked\"}}) and {} events of sink \
+         batches (in sluice_sink_dropped_events_total)",
+        summary.dropped_thread_panicked, summary.sink_dropped_thread_panicked
+    )
 }
 
 /// The identity `user`/`group` name, checked before anything is bound: the user exists, the
@@ -234,4 +242,20 @@ fn init_logging() {
         .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_exit_error_after_a_panic_says_how_much_was_lost() {
+        let summary = crate::pipeline::Summary {
+            dropped_thread_panicked: 301,
+            sink_dropped_thread_panicked: 5,
+            ..crate::pipeline::Totals::default().summary()
+        };
+        let text = super::panic_exit_error("worker 0 panicked", &summary);
+        assert!(text.starts_with("worker 0 panicked (a bug"), "{text}");
+        assert!(text.contains("301 messages"), "{text}");
+        assert!(text.contains("5 events of sink batches"), "{text}");
+    }
 }

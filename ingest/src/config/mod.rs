@@ -939,6 +939,13 @@ impl SinkConfig {
         if c.spool.max_bytes < 1 << 20 {
             return Err(("spool.max_bytes".into(), "must be at least 1 MiB".into()));
         }
+        // Less would keep next to nothing of a damaged batch: most likely a unit mistake.
+        if c.spool.max_quarantine_bytes != 0 && c.spool.max_quarantine_bytes < 1 << 20 {
+            return Err((
+                "spool.max_quarantine_bytes".into(),
+                "must be 0 (keep no copies of damaged ranges) or at least 1 MiB".into(),
+            ));
+        }
         if c.batch_max_bytes as u64 > c.spool.max_bytes / 2 {
             return Err((
                 "batch_max_bytes".into(),
@@ -1698,6 +1705,31 @@ kinds = ["cef", "darktrace_model_breach"]
             .to_string();
         assert!(
             err.starts_with("bad.toml:6:") && err.contains("[sources.syslog_tcp]"),
+            "{err}"
+        );
+    }
+
+    /// The quarantine's bound is a spool key like the others: 0 or at least 1 MiB, refused
+    /// at start-up naming the key otherwise.
+    #[test]
+    fn the_quarantine_bound_is_a_validated_spool_key() {
+        let with = |spool_keys: &str| {
+            format!(
+                "{GOOD}[sinks.relay]\ntype = \"http\"\nurl = \"http://127.0.0.1:2/in\"\n\
+                 [sinks.relay.spool]\n{spool_keys}"
+            )
+        };
+        let c = Config::from_toml(&with(""), "ok.toml").unwrap();
+        assert_eq!(c.sinks["relay"].common.spool.max_quarantine_bytes, 64 << 20);
+        let c = Config::from_toml(&with("max_quarantine_bytes = 0\n"), "ok.toml").unwrap();
+        assert_eq!(c.sinks["relay"].common.spool.max_quarantine_bytes, 0);
+        let c = Config::from_toml(&with("max_quarantine_bytes = 1048576\n"), "ok.toml").unwrap();
+        assert_eq!(c.sinks["relay"].common.spool.max_quarantine_bytes, 1 << 20);
+        let err = Config::from_toml(&with("max_quarantine_bytes = 64\n"), "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`sinks.relay.spool.max_quarantine_bytes`: must be 0"),
             "{err}"
         );
     }

@@ -48,6 +48,11 @@ pub struct Totals {
     pub sink_events: AtomicU64,
     pub sink_batches: AtomicU64,
     pub sink_dropped_events: AtomicU64,
+    /// Messages a panicked worker held or left in its queues (`reason="thread_panicked"`).
+    pub dropped_thread_panicked: AtomicU64,
+    /// Of `sink_dropped_events`: events of sink batches a panicked worker held or a panicked
+    /// sink thread held or left in its queue.
+    pub sink_dropped_thread_panicked: AtomicU64,
 }
 
 /// A snapshot of [`Totals`].
@@ -65,6 +70,8 @@ pub struct Summary {
     pub sink_events: u64,
     pub sink_batches: u64,
     pub sink_dropped_events: u64,
+    pub dropped_thread_panicked: u64,
+    pub sink_dropped_thread_panicked: u64,
 }
 
 impl Totals {
@@ -83,7 +90,33 @@ impl Totals {
             sink_events: l(&self.sink_events),
             sink_batches: l(&self.sink_batches),
             sink_dropped_events: l(&self.sink_dropped_events),
+            dropped_thread_panicked: l(&self.dropped_thread_panicked),
+            sink_dropped_thread_panicked: l(&self.sink_dropped_thread_panicked),
         }
+    }
+
+    /// Counts `messages` of `source` lost with a panicked worker.
+    fn lost_messages(&self, source: &str, messages: u64) {
+        if messages == 0 {
+            return;
+        }
+        metrics::counter!(crate::metrics::DROPPED_MESSAGES, "source" => source.to_string(),
+            "reason" => crate::metrics::DROP_THREAD_PANICKED)
+        .increment(messages);
+        self.dropped_thread_panicked
+            .fetch_add(messages, Ordering::Relaxed);
+    }
+
+    /// Counts `events` of a sink batch lost with a panicked worker or sink thread.
+    fn lost_events(&self, dropped_events: &metrics::Counter, events: u64) {
+        if events == 0 {
+            return;
+        }
+        dropped_events.increment(events);
+        self.sink_dropped_events
+            .fetch_add(events, Ordering::Relaxed);
+        self.sink_dropped_thread_panicked
+            .fetch_add(events, Ordering::Relaxed);
     }
 }
 
@@ -229,6 +262,10 @@ pub struct Pipeline {
     /// Which worker and sink threads panicked (a worker with no source routed to it ends at
     /// once, so a finished thread alone says nothing).
     panics: PanicWatch,
+    /// The queues worker and sink threads take their work from, to count what a panicked one
+    /// left there.
+    inboxes: Vec<Inbox>,
+    source_names: Vec<Arc<str>>,
     maintenance: Option<JoinHandle<()>>,
     totals: Arc<Totals>,
     started: Instant,
@@ -373,6 +410,7 @@ impl Pipeline {
         let mut sink_runtimes = Vec::new();
         let mut sink_handles = Vec::new();
         let panics = PanicWatch::default();
+        let mut inboxes = Vec::new();
         let mut sink_ports = Vec::new();
         let mut depth_gauges: Vec<(metrics::Gauge, QueueLen)> = Vec::new();
         let reader_stop = Arc::new(AtomicBool::new(false));
@@ -406,6 +444,14 @@ impl Pipeline {
                             format!("sink `{name}`: cannot open directory {}", f.path.display())
                         })?,
                     );
+                    inboxes.push(Inbox {
+                        thread: format!("sink {name} thread"),
+                        threads: f.compression_threads,
+                        queued: Queued::SinkBatches {
+                            queue: rx.clone(),
+                            dropped_events: counters.dropped_events.clone(),
+                        },
+                    });
                     for thread in 0..f.compression_threads {
                         let stage = sink_stage::FileStage {
                             name: name.clone(),
@@ -447,6 +493,14 @@ impl Pipeline {
                         handle.clone(),
                         counters.dropped_events.clone(),
                     ));
+                    inboxes.push(Inbox {
+                        thread: format!("sink {name} thread"),
+                        threads: 1,
+                        queued: Queued::SinkBatches {
+                            queue: rx.clone(),
+                            dropped_events: counters.dropped_events.clone(),
+                        },
+                    });
                     let stage = sink_stage::SinkStage {
                         name: name.clone(),
                         handle,
@@ -523,6 +577,14 @@ impl Pipeline {
                 sinks: &sink_ports,
                 parse: config.parse.options(),
                 totals: totals.clone(),
+            });
+            inboxes.push(Inbox {
+                thread: format!("worker {core}"),
+                threads: 1,
+                queued: Queued::ReaderBatches(vec![
+                    queues.datagrams.1.clone(),
+                    queues.streams.1.clone(),
+                ]),
             });
             let pin_core = cpus[core % cpus.len()];
             worker_handles.push(
@@ -722,6 +784,8 @@ impl Pipeline {
             workers: worker_handles,
             sinks: sink_handles,
             panics,
+            inboxes,
+            source_names,
             maintenance: Some(maintenance),
             totals,
             started: Instant::now(),
@@ -789,6 +853,7 @@ impl Pipeline {
     /// (and count) what does not fit, so that every thread finishes.
     fn await_threads_within_grace(&self, deadline: Instant) {
         loop {
+            self.drain_orphaned_queues();
             let finished = self.readers.iter().all(|(_, h)| h.is_finished())
                 && self.workers.iter().all(JoinHandle::is_finished)
                 && self.sinks.iter().all(JoinHandle::is_finished);
@@ -815,23 +880,25 @@ impl Pipeline {
         let deadline = began + self.shutdown_grace;
         self.reader_stop.store(true, Ordering::Relaxed);
         self.await_threads_within_grace(deadline);
-        for (name, handle) in self.readers.drain(..) {
-            match handle.join() {
+        for (name, handle) in std::mem::take(&mut self.readers) {
+            match self.join_draining(handle) {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::error!(reader = %name, "reader failed: {e}"),
                 Err(_) => tracing::error!(reader = %name, "reader panicked"),
             }
         }
-        for handle in self.workers.drain(..) {
-            if handle.join().is_err() {
+        for handle in std::mem::take(&mut self.workers) {
+            if self.join_draining(handle).is_err() {
                 tracing::error!("a worker panicked");
             }
         }
-        for handle in self.sinks.drain(..) {
-            if handle.join().is_err() {
+        for handle in std::mem::take(&mut self.sinks) {
+            if self.join_draining(handle).is_err() {
                 tracing::error!("a sink thread panicked");
             }
         }
+        // Every producer is gone: what is left behind a panicked thread is counted now.
+        self.drain_orphaned_queues();
         self.drain_spools(deadline);
         self.maintenance_stop.store(true, Ordering::Relaxed);
         if let Some(m) = self.maintenance.take() {
@@ -853,10 +920,77 @@ impl Pipeline {
             sink_events = s.sink_events,
             sink_batches = s.sink_batches,
             sink_dropped_events = s.sink_dropped_events,
+            dropped_thread_panicked = s.dropped_thread_panicked,
+            sink_dropped_thread_panicked = s.sink_dropped_thread_panicked,
             "shut down"
         );
         s
     }
+
+    /// Joins `handle`, emptying the queues of panicked threads meanwhile: a reader or worker
+    /// blocked on a full queue that nobody takes from would otherwise never finish.
+    fn join_draining<T>(&self, handle: JoinHandle<T>) -> std::thread::Result<T> {
+        while !handle.is_finished() {
+            self.drain_orphaned_queues();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        handle.join()
+    }
+
+    /// Takes everything queued for threads that all panicked and counts it as lost: messages
+    /// per source (`sluice_dropped_messages_total{reason="thread_panicked"}`), events of sink
+    /// batches per sink (`sluice_sink_dropped_events_total`). Sources waiting for a commit
+    /// (acks) are told their events failed.
+    fn drain_orphaned_queues(&self) {
+        for inbox in &self.inboxes {
+            if self.panics.count(&inbox.thread) < inbox.threads {
+                continue;
+            }
+            match &inbox.queued {
+                Queued::ReaderBatches(queues) => {
+                    for batch in queues.iter().flat_map(|q| q.try_iter()) {
+                        if let Some(ack) = &batch.ack {
+                            ack.fail();
+                        }
+                        let source = self
+                            .source_names
+                            .get(batch.source as usize)
+                            .map_or("unknown", |s| s);
+                        self.totals.lost_messages(source, batch.len() as u64);
+                    }
+                }
+                Queued::SinkBatches {
+                    queue,
+                    dropped_events,
+                } => {
+                    for sealed in queue.try_iter() {
+                        for ack in &sealed.acks {
+                            ack.fail();
+                        }
+                        self.totals.lost_events(dropped_events, sealed.batch.events);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A queue and the threads that take from it. Should they all panic, nothing else empties it.
+struct Inbox {
+    /// Their name in [`PanicWatch`].
+    thread: String,
+    threads: usize,
+    queued: Queued,
+}
+
+enum Queued {
+    /// A worker's input queues.
+    ReaderBatches(Vec<crossbeam::channel::Receiver<FrameBatch>>),
+    /// A sink's queue, with its `sluice_sink_dropped_events_total`.
+    SinkBatches {
+        queue: crossbeam::channel::Receiver<crate::batch::SealedBatch>,
+        dropped_events: metrics::Counter,
+    },
 }
 
 /// The names of the pipeline threads that panicked, so the daemon can stop instead of running
@@ -877,6 +1011,12 @@ impl PanicWatch {
         let panics = self.0.lock().unwrap_or_else(|p| p.into_inner());
         panics.first().cloned()
     }
+
+    /// How many threads of this name panicked (a file sink's compression threads share one).
+    fn count(&self, thread: &str) -> usize {
+        let panics = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        panics.iter().filter(|t| *t == thread).count()
+    }
 }
 
 struct PanicGuard {
@@ -895,6 +1035,8 @@ impl Drop for PanicGuard {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+
     /// This thread's nice value, as the kernel reports it in `/proc/thread-self/stat`.
     fn own_nice() -> i32 {
         let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
@@ -927,6 +1069,132 @@ mod tests {
         });
         assert!(failing.join().is_err());
         assert_eq!(watch.first().as_deref(), Some("worker 1"));
+    }
+
+    /// A pipeline with one worker, a TCP source on an ephemeral port and an uncompressed
+    /// file sink whose batches are sealed at `batch_max_events` (never by time).
+    fn one_worker_pipeline(
+        data_dir: &std::path::Path,
+        batch_max_events: usize,
+    ) -> (super::Pipeline, std::net::TcpStream) {
+        let text = format!(
+            "data_dir = {dir:?}\n\
+             [pipeline]\nworkers = 1\npin_threads = false\nsink_queue_batches = 4\n\
+             shutdown_grace_ms = 500\n\
+             [sources.tcp]\ntype = \"tcp\"\nlisten = \"127.0.0.1:0\"\nframing = \"lf\"\n\
+             [sinks.out]\ntype = \"file\"\npath = {out:?}\nschema = \"raw\"\n\
+             compression = \"none\"\nbatch_max_events = {batch_max_events}\n\
+             batch_timeout_ms = 3600000\ncompression_threads = 1\n",
+            dir = data_dir.display().to_string(),
+            out = data_dir.join("out").display().to_string(),
+        );
+        let config = crate::config::Config::from_toml(&text, "test.toml").unwrap();
+        let pipeline = super::Pipeline::start(&config, Vec::new()).unwrap();
+        let addr = pipeline
+            .listening
+            .iter()
+            .find(|(name, _, _)| name == "tcp")
+            .unwrap()
+            .2;
+        (pipeline, std::net::TcpStream::connect(addr).unwrap())
+    }
+
+    /// Waits (up to a minute: the machine may be busy) until `done` holds.
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < until,
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// Shuts `pipeline` down; fails instead of waiting for ever when a thread cannot finish
+    /// (the bound is far above the second a shutdown takes here).
+    fn shutdown_or_hang(pipeline: super::Pipeline) -> super::Summary {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(pipeline.shutdown()));
+        rx.recv_timeout(std::time::Duration::from_secs(120))
+            .expect("shutdown never finished: a thread waits on a queue nobody empties")
+    }
+
+    fn send_lines(tcp: &mut std::net::TcpStream, lines: u64) {
+        use std::io::Write;
+        for i in 0..lines {
+            writeln!(tcp, "<13>Nov  1 00:00:00 host app: message {i}").unwrap();
+        }
+        tcp.flush().unwrap();
+    }
+
+    /// After a worker panics, what it held and what the readers queued for it afterwards is
+    /// counted as dropped (`reason="thread_panicked"`) at shutdown, and the events of its open
+    /// sink batch as the sink's dropped events; before, they vanished uncounted and the
+    /// accounting (received = written + dropped) no longer added up.
+    #[test]
+    fn messages_queued_for_a_panicked_worker_are_counted_as_dropped() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let (pipeline, mut tcp) = one_worker_pipeline(dir.path(), 1000);
+        const BEFORE: u64 = 5;
+        send_lines(&mut tcp, BEFORE);
+        let totals = pipeline.totals().clone();
+        wait_for("the first messages parsed", || {
+            totals.parsed_messages.load(Ordering::Relaxed) == BEFORE
+        });
+        tcp.write_all(super::worker::PANIC_FRAME).unwrap();
+        tcp.write_all(b"\n").unwrap();
+        wait_for("the worker's panic", || pipeline.failed().is_some());
+        assert_eq!(pipeline.failed().as_deref(), Some("worker 0 panicked"));
+        const AFTER: u64 = 300;
+        send_lines(&mut tcp, AFTER);
+        wait_for("every message received", || {
+            totals.received_messages.load(Ordering::Relaxed) == BEFORE + 1 + AFTER
+        });
+        drop(tcp);
+        let s = shutdown_or_hang(pipeline);
+        assert_eq!(s.received_messages, BEFORE + 1 + AFTER);
+        assert_eq!(s.parsed_messages, BEFORE);
+        // The batch with the panicking frame (in hand) and everything queued behind it.
+        assert_eq!(s.dropped_thread_panicked, 1 + AFTER, "{s:?}");
+        // Parsed before the panic, still in the open batch.
+        assert_eq!(s.sink_dropped_thread_panicked, BEFORE, "{s:?}");
+        assert_eq!((s.sink_events, s.sink_dropped_events), (0, BEFORE), "{s:?}");
+    }
+
+    /// A panicked sink thread: the batch it held and every batch queued for it are counted as
+    /// the sink's dropped events. More batches than its queue holds come after the panic, so
+    /// the worker blocks on the full queue until shutdown takes them (before, shutdown waited
+    /// for that worker forever).
+    #[test]
+    fn batches_queued_for_a_panicked_sink_thread_are_counted_as_dropped() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let (pipeline, mut tcp) = one_worker_pipeline(dir.path(), 1);
+        tcp.write_all(super::sink_stage::PANIC_TEXT).unwrap();
+        tcp.write_all(b"\n").unwrap();
+        wait_for("the sink thread's panic", || pipeline.failed().is_some());
+        assert_eq!(
+            pipeline.failed().as_deref(),
+            Some("sink out thread panicked")
+        );
+        const AFTER: u64 = 40;
+        send_lines(&mut tcp, AFTER);
+        let totals = pipeline.totals().clone();
+        wait_for("every message received", || {
+            totals.received_messages.load(Ordering::Relaxed) == AFTER + 1
+        });
+        drop(tcp);
+        let s = shutdown_or_hang(pipeline);
+        assert_eq!(
+            (s.received_messages, s.parsed_messages),
+            (AFTER + 1, AFTER + 1)
+        );
+        assert_eq!(s.sink_events, 0, "{s:?}");
+        assert_eq!(s.sink_dropped_thread_panicked, AFTER + 1, "{s:?}");
+        assert_eq!(s.sink_dropped_events, AFTER + 1, "{s:?}");
+        assert_eq!(s.dropped_thread_panicked, 0, "{s:?}");
     }
 
     #[test]

@@ -39,7 +39,9 @@ pub(super) struct SinkStage {
 
 impl SinkStage {
     pub fn run(self) {
+        let mut in_hand = EventsInHand::new(&self.counters, &self.totals);
         for sealed in self.queue.iter() {
+            in_hand.events = sealed.batch.events;
             let events = sealed.batch.events;
             let dropped = match self
                 .handle
@@ -70,12 +72,45 @@ impl SinkStage {
                     .sink_dropped_events
                     .fetch_add(dropped, Ordering::Relaxed);
             }
+            in_hand.events = 0;
             let mut buf = sealed.batch.ndjson;
             buf.clear();
             let _ = self.spare.try_send(buf);
         }
     }
 }
+
+/// The events of the batch a sink thread is handling: counted as dropped if the thread
+/// panics before it is done with them (what is still queued is counted by the pipeline).
+struct EventsInHand<'a> {
+    events: u64,
+    counters: &'a SinkCounters,
+    totals: &'a Totals,
+}
+
+impl<'a> EventsInHand<'a> {
+    fn new(counters: &'a SinkCounters, totals: &'a Totals) -> Self {
+        EventsInHand {
+            events: 0,
+            counters,
+            totals,
+        }
+    }
+}
+
+impl Drop for EventsInHand<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.totals
+                .lost_events(&self.counters.dropped_events, self.events);
+        }
+    }
+}
+
+/// Test seam: a file-sink batch holding this text makes its thread panic, standing in for a
+/// bug in compression or writing. Only in unit-test builds.
+#[cfg(test)]
+pub(super) const PANIC_TEXT: &[u8] = b"sluice unit test: panic this sink thread";
 
 /// A file sink without a spool (`use_spool = false`, the default): each of its
 /// `compression_threads` threads takes sealed batches straight from the sink queue, compresses
@@ -98,7 +133,18 @@ pub(super) struct FileStage {
 
 impl FileStage {
     pub fn run(self) {
+        let mut in_hand = EventsInHand::new(&self.counters, &self.totals);
         for sealed in self.queue.iter() {
+            in_hand.events = sealed.batch.events;
+            #[cfg(test)]
+            if sealed
+                .batch
+                .ndjson
+                .windows(PANIC_TEXT.len())
+                .any(|w| w == PANIC_TEXT)
+            {
+                panic!("test seam: a sink thread bug");
+            }
             if !self.write(&sealed) {
                 // ack hook: a source waiting on these events must not move past them.
                 for ack in &sealed.acks {
@@ -107,6 +153,7 @@ impl FileStage {
             }
             // ack hook: written (or failed above); releasing the clones may run a source's
             // commit callback on this thread.
+            in_hand.events = 0;
             let mut buf = sealed.batch.ndjson;
             buf.clear();
             let _ = self.spare.try_send(buf);

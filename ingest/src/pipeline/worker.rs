@@ -18,6 +18,12 @@ use crate::parse::{ParseErrorKind, ParseOptions, Parser};
 use crate::pipeline::Totals;
 use crate::sink::Envelope;
 
+/// Test seam: a frame of exactly this text makes the worker panic before it parses its batch,
+/// standing in for a parser or mapper bug. Only in unit-test builds: no config or input can
+/// reach it in the daemon.
+#[cfg(test)]
+pub(super) const PANIC_FRAME: &[u8] = b"sluice unit test: panic this worker";
+
 /// A worker's connection to one sink.
 pub(super) struct SinkPort {
     pub schema: Schema,
@@ -98,6 +104,30 @@ pub(super) struct Worker {
     parse_errors: HashMap<(u16, ParseErrorKind), (metrics::Counter, u64)>,
     parse_map_seconds: metrics::Histogram,
     totals: Arc<Totals>,
+    /// Source and message count of the reader batch being processed, for the count of what
+    /// a panic loses.
+    in_hand: Option<(u16, u64)>,
+}
+
+impl Drop for Worker {
+    /// A panic loses the reader batch in hand and the open sink batches: counted, so that the
+    /// accounting still adds up (queued batches are counted by the pipeline at shutdown).
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        if let Some((source, messages)) = self.in_hand.take() {
+            let name = self
+                .sources
+                .get(source as usize)
+                .map_or("unknown", |s| &s.name);
+            self.totals.lost_messages(name, messages);
+        }
+        for sink in &self.sinks {
+            self.totals
+                .lost_events(&sink.counters.dropped_events, sink.batcher.len());
+        }
+    }
 }
 
 impl Worker {
@@ -132,6 +162,7 @@ impl Worker {
             parse_errors: HashMap::new(),
             parse_map_seconds: crate::metrics::parse_map_histogram(setup.core),
             totals: setup.totals,
+            in_hand: None,
         }
     }
 
@@ -142,7 +173,9 @@ impl Worker {
         while !open.is_empty() {
             let deadline = self.sinks.iter().filter_map(|s| s.batcher.deadline()).min();
             if let Some(batch) = receive(&mut open, &mut first, deadline) {
+                self.in_hand = Some((batch.source, batch.len() as u64));
                 self.process(batch);
+                self.in_hand = None;
             }
             if let Some(d) = deadline {
                 let now = Instant::now();
@@ -176,6 +209,10 @@ impl Worker {
             }
             return;
         };
+        #[cfg(test)]
+        if batch.frames.iter().any(|f| batch.frame(f) == PANIC_FRAME) {
+            panic!("test seam: a worker bug");
+        }
         let received_at = batch.received_at.unwrap_or_else(Timestamp::now);
         let mut errors = 0u64;
         // One UTF-8 check for the whole batch: per frame, the call's set-up cost more than the

@@ -224,8 +224,16 @@ impl SinkMetrics {
         .increment(s.dropped_events - previous.dropped_events);
         metrics::counter!("sluice_sink_spool_quarantined_total", "sink" => sink.clone())
             .increment(s.quarantined_ranges - previous.quarantined_ranges);
-        metrics::counter!("sluice_sink_spool_quarantined_bytes_total", "sink" => sink)
+        metrics::counter!("sluice_sink_spool_quarantined_bytes_total", "sink" => sink.clone())
             .increment(s.quarantined_bytes - previous.quarantined_bytes);
+        metrics::gauge!("sluice_sink_spool_quarantine_bytes", "sink" => sink.clone())
+            .set(s.quarantine_bytes as f64);
+        metrics::counter!("sluice_sink_spool_quarantine_discarded_bytes_total",
+            "sink" => sink.clone(), "reason" => "deleted_oldest")
+        .increment(s.quarantine_deleted_bytes - previous.quarantine_deleted_bytes);
+        metrics::counter!("sluice_sink_spool_quarantine_discarded_bytes_total",
+            "sink" => sink, "reason" => "not_copied")
+        .increment(s.quarantine_not_copied_bytes - previous.quarantine_not_copied_bytes);
         *previous = *s;
     }
 
@@ -533,7 +541,8 @@ impl<S: Sink + 'static> Driver<S> {
             .spool_gauges(&self.spool.stats(), &mut gauges_prev);
     }
 
-    /// `fsync = "interval"` for quiet periods, and the spool gauges.
+    /// The spool's timed fsyncs (`interval` data in quiet periods, directory changes), and the
+    /// spool gauges.
     fn on_tick(&self, gauges_prev: &mut SpoolStats) {
         if let Err(e) = self.spool.flush_if_due() {
             tracing::error!(sink = %self.sink.name(), error = %e, "spool fsync failed");

@@ -9,9 +9,11 @@
 //! delivery is at-least-once.
 //!
 //! Replay streams record by record (one record in memory at a time). Damaged bytes — a torn
-//! tail after a crash, a flipped bit — are copied to `quarantine/<segment>-<offset>.bad`,
-//! counted, and skipped up to the next record that validates.
+//! tail after a crash, a flipped bit — are copied to `quarantine/<segment>-<offset>.bad`
+//! (within `max_quarantine_bytes`, see [`quarantine`]), counted, and skipped up to the next
+//! record that validates.
 
+mod quarantine;
 pub mod record;
 #[cfg(test)]
 mod tests;
@@ -19,11 +21,11 @@ mod tests;
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use quarantine::{Kept, Quarantine};
 use record::ReadOutcome;
 
 use crate::sink::Batch;
@@ -41,6 +43,10 @@ pub struct SpoolConfig {
     pub fsync: FsyncPolicy,
     /// For `fsync = "interval"`: longest time appended data may stay unsynced.
     pub fsync_interval_ms: u64,
+    /// Bound on the copies of damaged ranges under `quarantine/`, bytes: the oldest copies
+    /// are deleted to make room, a range larger than the bound is copied only in part. 0: no
+    /// copies (damage is still skipped and counted).
+    pub max_quarantine_bytes: u64,
 }
 
 impl Default for SpoolConfig {
@@ -51,6 +57,7 @@ impl Default for SpoolConfig {
             when_full: WhenFull::Block,
             fsync: FsyncPolicy::Batch,
             fsync_interval_ms: 1000,
+            max_quarantine_bytes: 64 << 20,
         }
     }
 }
@@ -76,12 +83,14 @@ pub enum WhenFull {
 pub enum FsyncPolicy {
     /// fsync every append, every cursor update and every directory change.
     Always,
-    /// fsync every appended batch; the cursor is renamed without fsync (a lost cursor update
-    /// only means redelivery, never loss).
+    /// fsync every appended batch (and the directory with the first batch of a new segment);
+    /// the cursor is renamed without fsync (a lost cursor update only means redelivery, never
+    /// loss); deleted segments reach the disk with the runtime's next timer tick.
     Batch,
-    /// fsync appended data at most every `fsync_interval_ms`.
+    /// fsync appended data, and the directory after segments were created or deleted, at
+    /// most every `fsync_interval_ms`.
     Interval,
-    /// Leave it to the kernel.
+    /// Leave it to the kernel (the directory too).
     Never,
 }
 
@@ -142,6 +151,12 @@ pub struct SpoolStats {
     pub dropped_events: u64,
     pub quarantined_ranges: u64,
     pub quarantined_bytes: u64,
+    /// Bytes of quarantine copies on disk now.
+    pub quarantine_bytes: u64,
+    /// Bytes of older quarantine copies deleted to stay within `max_quarantine_bytes`.
+    pub quarantine_deleted_bytes: u64,
+    /// Bytes of damaged ranges not copied: beyond `max_quarantine_bytes` on their own.
+    pub quarantine_not_copied_bytes: u64,
     pub appended_records: u64,
     pub acked_records: u64,
 }
@@ -186,14 +201,22 @@ struct State {
     stats: SpoolStats,
     last_fsync: Instant,
     unsynced: bool,
+    /// A segment was created or deleted since the spool directory's last fsync. Without that
+    /// fsync, a power loss can drop a new segment's entry (and with it data already fsynced
+    /// into it) or bring back a deleted one.
+    dir_unsynced: bool,
     blocked_writers: usize,
     /// Set by [`Spool::stop_waiting`]: `block` refuses instead of waiting.
     no_waiting: bool,
     closed: bool,
     encode_buf: Vec<u8>,
+    quarantine: Quarantine,
     /// Test seam: this many coming segment fsyncs fail with EIO.
     #[cfg(test)]
     fail_syncs: u32,
+    /// Test seam: directory fsyncs done (power loss itself cannot be observed in a test).
+    #[cfg(test)]
+    dir_syncs: u64,
 }
 
 impl State {
@@ -205,6 +228,20 @@ impl State {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         self.writer.sync_data()
+    }
+
+    /// fsync of the spool directory if a segment was created or deleted since the last one.
+    fn sync_dir_if_changed(&mut self, dir: &Path) -> io::Result<()> {
+        if !self.dir_unsynced {
+            return Ok(());
+        }
+        sync_dir(dir)?;
+        self.dir_unsynced = false;
+        #[cfg(test)]
+        {
+            self.dir_syncs += 1;
+        }
+        Ok(())
     }
 }
 
@@ -219,7 +256,6 @@ pub struct Spool {
 }
 
 const CURSOR_FILE: &str = "cursor";
-const QUARANTINE_DIR: &str = "quarantine";
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -267,6 +303,15 @@ impl Spool {
         ids.sort_unstable();
 
         let mut stats = SpoolStats::default();
+        let (mut quarantine, kept) =
+            Quarantine::open(dir, config.max_quarantine_bytes).map_err(io_err("quarantine"))?;
+        count_quarantine(
+            dir,
+            &mut stats,
+            &quarantine,
+            kept,
+            config.max_quarantine_bytes,
+        );
         let mut segments = VecDeque::new();
         let mut max_seq = acked_upto;
         for id in &ids {
@@ -298,11 +343,20 @@ impl Spool {
                         offset += r.len;
                     }
                     ReadOutcome::Corrupt { start, end } => {
-                        quarantine(dir, &file, id, start, end).map_err(io_err("quarantine"))?;
+                        let kept = quarantine
+                            .keep(&file, *id, start, end)
+                            .map_err(io_err("quarantine"))?;
                         tracing::warn!(spool = %dir.display(), segment = id, start, end,
                             "damaged spool bytes quarantined");
                         stats.quarantined_ranges += 1;
                         stats.quarantined_bytes += end - start;
+                        count_quarantine(
+                            dir,
+                            &mut stats,
+                            &quarantine,
+                            kept,
+                            config.max_quarantine_bytes,
+                        );
                         seg.quarantined.push(start);
                         offset = end;
                     }
@@ -321,7 +375,7 @@ impl Spool {
 
         let next_segment_id = ids.last().map_or(1, |id| id + 1);
         let (writer, active) =
-            create_segment(dir, next_segment_id, config.fsync).map_err(io_err("create segment"))?;
+            create_segment(dir, next_segment_id).map_err(io_err("create segment"))?;
         segments.push_back(active);
         let state = State {
             segments,
@@ -335,12 +389,17 @@ impl Spool {
             stats,
             last_fsync: Instant::now(),
             unsynced: false,
+            // The active segment was just created (and acked ones maybe removed).
+            dir_unsynced: true,
             blocked_writers: 0,
             no_waiting: false,
             closed: false,
             encode_buf: Vec::new(),
+            quarantine,
             #[cfg(test)]
             fail_syncs: 0,
+            #[cfg(test)]
+            dir_syncs: 0,
         };
         let spool = Spool {
             dir: dir.to_owned(),
@@ -352,6 +411,10 @@ impl Spool {
         };
         {
             let mut st = spool.lock();
+            if spool.config.fsync == FsyncPolicy::Always {
+                st.sync_dir_if_changed(dir)
+                    .map_err(io_err("fsync directory"))?;
+            }
             spool.refresh_oldest(&mut st);
         }
         Ok(spool)
@@ -455,9 +518,15 @@ impl Spool {
             written
                 .map_err(self.io_err("append"))
                 .and_then(|()| match self.config.fsync {
-                    FsyncPolicy::Always | FsyncPolicy::Batch => {
-                        st.sync_writer().map_err(self.io_err("fsync segment"))
-                    }
+                    // The directory too when this record is the first in a new segment: the
+                    // batch is durable only once the segment's entry is.
+                    FsyncPolicy::Always | FsyncPolicy::Batch => st
+                        .sync_writer()
+                        .map_err(self.io_err("fsync segment"))
+                        .and_then(|()| {
+                            st.sync_dir_if_changed(&self.dir)
+                                .map_err(self.io_err("fsync directory"))
+                        }),
                     FsyncPolicy::Interval => {
                         st.unsynced = true;
                         self.sync_if_due(&mut st)
@@ -505,18 +574,36 @@ impl Spool {
         }
     }
 
+    /// The interval fsync: the active segment's data and, with it, the directory entries of
+    /// segments created or deleted since the last one (no directory fsync per append or per
+    /// new segment). Under `batch` the appends sync data and new segments; what is left are
+    /// deletions, synced here so acked segments stay gone.
     fn sync_if_due(&self, st: &mut State) -> Result<(), SpoolError> {
-        if st.unsynced
-            && st.last_fsync.elapsed() >= Duration::from_millis(self.config.fsync_interval_ms)
-        {
-            st.sync_writer().map_err(self.io_err("fsync segment"))?;
-            st.unsynced = false;
-            st.last_fsync = Instant::now();
+        match self.config.fsync {
+            FsyncPolicy::Interval => {
+                if (st.unsynced || st.dir_unsynced)
+                    && st.last_fsync.elapsed()
+                        >= Duration::from_millis(self.config.fsync_interval_ms)
+                {
+                    if st.unsynced {
+                        st.sync_writer().map_err(self.io_err("fsync segment"))?;
+                        st.unsynced = false;
+                    }
+                    st.sync_dir_if_changed(&self.dir)
+                        .map_err(self.io_err("fsync directory"))?;
+                    st.last_fsync = Instant::now();
+                }
+            }
+            FsyncPolicy::Batch => st
+                .sync_dir_if_changed(&self.dir)
+                .map_err(self.io_err("fsync directory"))?,
+            FsyncPolicy::Always | FsyncPolicy::Never => {}
         }
         Ok(())
     }
 
-    /// For `fsync = "interval"`: the runtime calls this on a timer so quiet periods get synced.
+    /// The runtime calls this on a timer: under `fsync = "interval"` quiet periods get synced,
+    /// under `batch` deleted segments.
     pub fn flush_if_due(&self) -> Result<(), SpoolError> {
         let mut st = self.lock();
         self.sync_if_due(&mut st)
@@ -564,13 +651,22 @@ impl Spool {
                 ReadOutcome::Corrupt { start, end } => {
                     let seg = &mut st.segments[idx];
                     if !seg.quarantined.contains(&start) {
-                        quarantine(&self.dir, &reader.file, &seg.id, start, end)
+                        let kept = st
+                            .quarantine
+                            .keep(&reader.file, seg.id, start, end)
                             .map_err(self.io_err("quarantine"))?;
                         tracing::warn!(spool = %self.dir.display(), segment = seg.id, start, end,
                             "damaged spool bytes quarantined");
                         seg.quarantined.push(start);
                         st.stats.quarantined_ranges += 1;
                         st.stats.quarantined_bytes += end - start;
+                        count_quarantine(
+                            &self.dir,
+                            &mut st.stats,
+                            &st.quarantine,
+                            kept,
+                            self.config.max_quarantine_bytes,
+                        );
                     }
                     reader.offset = end;
                 }
@@ -691,6 +787,9 @@ impl Spool {
             let _ = st.sync_writer();
             st.unsynced = false;
         }
+        if self.config.fsync != FsyncPolicy::Never {
+            let _ = st.sync_dir_if_changed(&self.dir);
+        }
         drop(st);
         self.space_freed.notify_all();
         self.data_ready.notify_waiters();
@@ -708,6 +807,23 @@ impl Spool {
     #[cfg(test)]
     pub(crate) fn unsynced(&self) -> bool {
         self.lock().unsynced
+    }
+
+    /// Directory fsyncs so far, and whether a segment change awaits one.
+    #[cfg(test)]
+    pub(crate) fn dir_sync_state(&self) -> (u64, bool) {
+        let st = self.lock();
+        (st.dir_syncs, st.dir_unsynced)
+    }
+
+    /// Makes the next interval fsync due now, as if `fsync_interval_ms` had passed.
+    #[cfg(test)]
+    pub(crate) fn expire_fsync_interval(&self) {
+        let mut st = self.lock();
+        let interval = Duration::from_millis(self.config.fsync_interval_ms);
+        if let Some(past) = Instant::now().checked_sub(interval) {
+            st.last_fsync = past;
+        }
     }
 
     /// Notified after every append; the runtime waits on it when [`Spool::next`] is empty.
@@ -758,11 +874,13 @@ impl Spool {
             }
             let seg = st.segments.pop_front().expect("segment");
             fs::remove_file(&seg.path).map_err(self.io_err("remove segment"))?;
+            st.dir_unsynced = true;
             st.stats.bytes -= seg.len;
             removed = true;
         }
         if removed && self.config.fsync == FsyncPolicy::Always {
-            sync_dir(&self.dir).map_err(self.io_err("fsync directory"))?;
+            st.sync_dir_if_changed(&self.dir)
+                .map_err(self.io_err("fsync directory"))?;
         }
         Ok(())
     }
@@ -773,11 +891,15 @@ impl Spool {
             st.unsynced = false;
         }
         let id = st.next_segment_id;
-        let (writer, seg) = create_segment(&self.dir, id, self.config.fsync)
-            .map_err(self.io_err("create segment"))?;
+        let (writer, seg) = create_segment(&self.dir, id).map_err(self.io_err("create segment"))?;
         st.next_segment_id += 1;
         st.writer = writer;
         st.segments.push_back(seg);
+        st.dir_unsynced = true;
+        if self.config.fsync == FsyncPolicy::Always {
+            st.sync_dir_if_changed(&self.dir)
+                .map_err(self.io_err("fsync directory"))?;
+        }
         Ok(())
     }
 
@@ -787,6 +909,8 @@ impl Spool {
     fn drop_oldest_segment(&self, st: &mut State) -> Result<(u64, u64), SpoolError> {
         let seg = st.segments.pop_front().expect("a sealed segment");
         fs::remove_file(&seg.path).map_err(self.io_err("remove segment"))?;
+        // Synced with the next append's or interval's fsync.
+        st.dir_unsynced = true;
         let mut records = seg.pending_records;
         let mut events = seg.pending_events;
         let mut uploading = 0;
@@ -839,17 +963,18 @@ impl Drop for Spool {
         if st.unsynced {
             let _ = st.sync_writer();
         }
+        if self.config.fsync != FsyncPolicy::Never {
+            let _ = st.sync_dir_if_changed(&self.dir);
+        }
     }
 }
 
-fn create_segment(dir: &Path, id: u64, fsync: FsyncPolicy) -> io::Result<(File, Segment)> {
+/// Creates segment `id`; the caller marks the directory for its next fsync.
+fn create_segment(dir: &Path, id: u64) -> io::Result<(File, Segment)> {
     let path = segment_path(dir, id);
     let writer = OpenOptions::new().create(true).append(true).open(&path)?;
     // A stale file of the same id can only come from an older, fully acked run.
     writer.set_len(0)?;
-    if fsync == FsyncPolicy::Always {
-        sync_dir(dir)?;
-    }
     let seg = Segment {
         id,
         path,
@@ -893,19 +1018,26 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn quarantine(dir: &Path, file: &File, segment: &u64, start: u64, end: u64) -> io::Result<()> {
-    let qdir = dir.join(QUARANTINE_DIR);
-    fs::create_dir_all(&qdir)?;
-    let mut out = File::create(qdir.join(format!("{segment:016x}-{start}.bad")))?;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut pos = start;
-    while pos < end {
-        let n = buf.len().min((end - pos) as usize);
-        file.read_exact_at(&mut buf[..n], pos)?;
-        out.write_all(&buf[..n])?;
-        pos += n as u64;
+/// Counts (and logs) what keeping the quarantine within its bound cost.
+fn count_quarantine(
+    dir: &Path,
+    stats: &mut SpoolStats,
+    quarantine: &Quarantine,
+    kept: Kept,
+    max_quarantine_bytes: u64,
+) {
+    stats.quarantine_bytes = quarantine.bytes();
+    stats.quarantine_deleted_bytes += kept.deleted;
+    stats.quarantine_not_copied_bytes += kept.not_copied;
+    if kept.deleted > 0 {
+        tracing::warn!(spool = %dir.display(), files = kept.deleted_files, bytes = kept.deleted,
+            max_quarantine_bytes, "quarantine full: deleted its oldest copies of damaged ranges");
     }
-    out.sync_all()
+    if kept.not_copied > 0 {
+        tracing::warn!(spool = %dir.display(), copied = kept.copied, not_copied = kept.not_copied,
+            max_quarantine_bytes,
+            "damaged range larger than the quarantine bound: only its start was copied");
+    }
 }
 
 /// `cursor` = acked_upto u64 LE | crc32 of those 8 bytes. Unreadable → 0 (replay everything:

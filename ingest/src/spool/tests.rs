@@ -1,4 +1,5 @@
 use std::collections::VecDeque;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,7 @@ fn config(max_bytes: u64, segment_bytes: u64, when_full: WhenFull) -> SpoolConfi
         when_full,
         fsync: FsyncPolicy::Never,
         fsync_interval_ms: 10,
+        max_quarantine_bytes: 64 << 20,
     }
 }
 
@@ -509,4 +511,235 @@ proptest! {
         let torn = !flip && !pos.is_multiple_of(record_len);
         prop_assert_eq!(s.quarantined_ranges, u64::from(flip || torn));
     }
+}
+
+/// Appends until the spool has rolled over to a new segment at least once.
+fn append_until_rolled(spool: &Spool, dir: &Path) {
+    let before = segment_files(dir).len();
+    for t in 0..100 {
+        spool.append(&batch(t, 1000)).unwrap();
+        if segment_files(dir).len() > before {
+            return;
+        }
+    }
+    panic!("no new segment after 100 appends");
+}
+
+/// Under `interval` a new segment's directory entry reaches the disk with the interval's
+/// fsync of its data, not with each append: before, only `always` synced the directory, so a
+/// power loss could take a whole segment whose data had been synced.
+#[test]
+fn the_interval_fsync_syncs_the_directory_after_a_new_or_deleted_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SpoolConfig {
+        fsync: FsyncPolicy::Interval,
+        // Never due on its own during the test: only `expire_fsync_interval` makes it due.
+        fsync_interval_ms: 3_600_000,
+        ..config(1 << 20, 8 << 10, WhenFull::Block)
+    };
+    let spool = Spool::open(dir.path(), cfg).unwrap();
+    append_until_rolled(&spool, dir.path());
+    // Nothing synchronous per append or per new segment.
+    assert_eq!(spool.dir_sync_state(), (0, true));
+    spool.flush_if_due().unwrap();
+    assert_eq!(spool.dir_sync_state(), (0, true), "not due yet");
+
+    spool.expire_fsync_interval();
+    spool.flush_if_due().unwrap();
+    assert_eq!(spool.dir_sync_state(), (1, false));
+    assert!(!spool.unsynced());
+
+    // Acked segments are deleted: the next interval fsync syncs that too, with no data to sync.
+    drain(&spool);
+    assert!(segment_files(dir.path()).len() <= 2);
+    assert_eq!(spool.dir_sync_state(), (1, true));
+    spool.expire_fsync_interval();
+    spool.flush_if_due().unwrap();
+    assert_eq!(spool.dir_sync_state(), (2, false));
+}
+
+/// Under `batch` (the default) the append that writes the first record of a new segment
+/// syncs the directory before it returns; later appends to the same segment do not.
+#[test]
+fn under_batch_the_first_append_to_a_new_segment_syncs_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SpoolConfig {
+        fsync: FsyncPolicy::Batch,
+        ..config(1 << 20, 8 << 10, WhenFull::Block)
+    };
+    let spool = Spool::open(dir.path(), cfg).unwrap();
+    spool.append(&batch(0, 1000)).unwrap();
+    assert_eq!(
+        spool.dir_sync_state(),
+        (1, false),
+        "the active segment's entry"
+    );
+    spool.append(&batch(1, 1000)).unwrap();
+    assert_eq!(spool.dir_sync_state(), (1, false), "not once per append");
+    append_until_rolled(&spool, dir.path());
+    assert_eq!(
+        spool.dir_sync_state(),
+        (2, false),
+        "the new segment's entry"
+    );
+    // Deletions wait for the runtime's timer.
+    drain(&spool);
+    assert_eq!(spool.dir_sync_state(), (2, true));
+    spool.flush_if_due().unwrap();
+    assert_eq!(spool.dir_sync_state(), (3, false));
+}
+
+fn quarantine_files(dir: &Path) -> Vec<(String, u64)> {
+    let mut v: Vec<_> = match fs::read_dir(dir.join("quarantine")) {
+        Ok(entries) => entries
+            .map(|e| e.unwrap())
+            .map(|e| {
+                let len = e.metadata().unwrap().len();
+                (e.file_name().into_string().unwrap(), len)
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    v.sort();
+    v
+}
+
+/// A copy an earlier run left, `age_s` seconds old.
+fn old_quarantine_file(dir: &Path, name: &str, len: usize, age_s: u64) {
+    let qdir = dir.join("quarantine");
+    fs::create_dir_all(&qdir).unwrap();
+    let file = File::create(qdir.join(name)).unwrap();
+    file.write_all_at(&vec![0xCD; len], 0).unwrap();
+    file.set_modified(SystemTime::now() - Duration::from_secs(age_s))
+        .unwrap();
+}
+
+fn garbage_segment(dir: &Path, id: u64, len: usize) {
+    fs::write(dir.join(format!("{id:016x}.seg")), vec![0xAB; len]).unwrap();
+}
+
+/// Copies of damaged ranges are bounded by `max_quarantine_bytes`, copies from earlier runs
+/// included: the oldest go first (before, every damaged range was copied without limit, so
+/// a failing disk could fill the disk with copies).
+#[test]
+fn the_quarantine_stays_within_its_bound_deleting_the_oldest_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    old_quarantine_file(dir.path(), "0000000000000001-0.bad", 3000, 300);
+    old_quarantine_file(dir.path(), "0000000000000002-0.bad", 3000, 200);
+    garbage_segment(dir.path(), 7, 5000);
+    let cfg = SpoolConfig {
+        max_quarantine_bytes: 8000,
+        ..config(1 << 20, 1 << 20, WhenFull::Block)
+    };
+    let spool = Spool::open(dir.path(), cfg.clone()).unwrap();
+    let s = spool.stats();
+    assert_eq!(s.quarantined_bytes, 5000);
+    assert_eq!(
+        (s.quarantine_bytes, s.quarantine_deleted_bytes),
+        (8000, 3000)
+    );
+    assert_eq!(
+        quarantine_files(dir.path()),
+        [
+            ("0000000000000002-0.bad".to_string(), 3000),
+            ("0000000000000007-0.bad".to_string(), 5000),
+        ]
+    );
+    drop(spool);
+
+    // A bound lowered since: enforced at start-up, oldest first.
+    let spool = Spool::open(
+        dir.path(),
+        SpoolConfig {
+            max_quarantine_bytes: 6000,
+            ..cfg
+        },
+    )
+    .unwrap();
+    let s = spool.stats();
+    assert_eq!(
+        (s.quarantine_bytes, s.quarantine_deleted_bytes),
+        (5000, 3000)
+    );
+    assert_eq!(
+        quarantine_files(dir.path()),
+        [("0000000000000007-0.bad".to_string(), 5000)]
+    );
+}
+
+/// A damaged range larger than the whole bound is copied only as far as it fits; with a bound
+/// of 0 nothing is copied. Either way the damage is skipped and counted as before.
+#[test]
+fn a_damaged_range_larger_than_the_quarantine_bound_is_copied_in_part() {
+    for (bound, copied) in [(2000, 2000), (0, 0)] {
+        let dir = tempfile::tempdir().unwrap();
+        old_quarantine_file(dir.path(), "0000000000000001-0.bad", 1000, 300);
+        garbage_segment(dir.path(), 7, 5000);
+        let cfg = SpoolConfig {
+            max_quarantine_bytes: bound,
+            ..config(1 << 20, 1 << 20, WhenFull::Block)
+        };
+        let spool = Spool::open(dir.path(), cfg).unwrap();
+        let s = spool.stats();
+        assert_eq!(s.quarantined_bytes, 5000, "{bound}");
+        assert_eq!(
+            (
+                s.quarantine_bytes,
+                s.quarantine_deleted_bytes,
+                s.quarantine_not_copied_bytes
+            ),
+            (copied, 1000, 5000 - copied),
+            "{bound}"
+        );
+        let expected: Vec<(String, u64)> = if copied > 0 {
+            vec![("0000000000000007-0.bad".into(), copied)]
+        } else {
+            Vec::new()
+        };
+        assert_eq!(quarantine_files(dir.path()), expected, "{bound}");
+        assert_eq!(drain(&spool), Vec::<u64>::new());
+    }
+}
+
+/// A segment with damage and records still to deliver is scanned again at every start: its
+/// copy is replaced, neither counted twice toward the bound (which would delete it to make
+/// room for itself) nor as deleted.
+#[test]
+fn a_range_quarantined_again_after_a_restart_replaces_its_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(1 << 20, 1 << 20, WhenFull::Block);
+    let record_len;
+    {
+        let spool = Spool::open(dir.path(), cfg.clone()).unwrap();
+        for t in 0..4 {
+            spool.append(&batch(t, 100)).unwrap();
+        }
+        record_len = spool.stats().bytes / 4;
+    }
+    let seg = segment_files(dir.path()).pop().unwrap();
+    let mut bytes = fs::read(&seg).unwrap();
+    bytes[60] ^= 0x04; // inside record 0: the damaged range is that record
+    fs::write(&seg, &bytes).unwrap();
+    old_quarantine_file(dir.path(), "00000000000000aa-0.bad", 300, 300);
+    // Room for the old copy, or the new one, not for both.
+    cfg.max_quarantine_bytes = record_len + 200;
+    let first = Spool::open(dir.path(), cfg.clone()).unwrap().stats();
+    assert_eq!(first.quarantined_ranges, 1);
+    assert_eq!(
+        (first.quarantine_bytes, first.quarantine_deleted_bytes),
+        (record_len, 300)
+    );
+    let again = Spool::open(dir.path(), cfg).unwrap().stats();
+    assert_eq!(again.quarantined_ranges, 1);
+    assert_eq!(
+        (again.quarantine_bytes, again.quarantine_deleted_bytes),
+        (record_len, 0)
+    );
+    let name = format!("{:016x}-0.bad", seg_id(&seg));
+    assert_eq!(quarantine_files(dir.path()), [(name, record_len)]);
+}
+
+fn seg_id(path: &Path) -> u64 {
+    let stem = path.file_stem().unwrap().to_str().unwrap();
+    u64::from_str_radix(stem, 16).unwrap()
 }
