@@ -366,14 +366,18 @@ mod tests {
     use super::*;
     use crate::sink::file::FileSinkConfig;
 
+    fn uncompressed_files_in(dir: &std::path::Path) -> FileSinkConfig {
+        toml::from_str(&format!(
+            "path = {:?}\ncompression = \"none\"\n",
+            dir.display().to_string()
+        ))
+        .unwrap()
+    }
+
     #[test]
     fn file_stage_names_files_by_core_and_records_end_to_end() {
         let dir = tempfile::tempdir().unwrap();
-        let config: FileSinkConfig = toml::from_str(&format!(
-            "path = {:?}\ncompression = \"none\"\n",
-            dir.path().display().to_string()
-        ))
-        .unwrap();
+        let config = uncompressed_files_in(dir.path());
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         let counters = metrics::with_local_recorder(&recorder, || SinkCounters::register("f"));
@@ -444,11 +448,7 @@ mod tests {
     #[test]
     fn file_stage_writes_a_batch_once_when_its_temp_file_stays() {
         let dir = tempfile::tempdir().unwrap();
-        let config: FileSinkConfig = toml::from_str(&format!(
-            "path = {:?}\ncompression = \"none\"\n",
-            dir.path().display().to_string()
-        ))
-        .unwrap();
+        let config = uncompressed_files_in(dir.path());
         let sink = Arc::new(FileSink::new("f", config).unwrap());
         sink.fail_next_temp_removals(1);
         let totals = Arc::new(Totals::default());
@@ -493,11 +493,7 @@ mod tests {
         const BATCHES: usize = 5;
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
-        let config: FileSinkConfig = toml::from_str(&format!(
-            "path = {:?}\ncompression = \"none\"\n",
-            out.display().to_string()
-        ))
-        .unwrap();
+        let config = uncompressed_files_in(&out);
         let sink = Arc::new(FileSink::new("f", config).unwrap());
         // Every write fails from here on (as root, permissions would not stop them).
         std::fs::remove_dir_all(&out).unwrap();
