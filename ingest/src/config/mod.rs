@@ -903,7 +903,7 @@ impl SinkConfig {
         use crate::sink::Envelope;
         match (&self.kind, self.schema()) {
             (SinkKind::SplunkHec(_), _) => Envelope::SplunkHec,
-            (SinkKind::Elasticsearch(_), Schema::Raw) => Envelope::ElasticsearchRaw,
+            (SinkKind::Elasticsearch(_), _) => Envelope::Elasticsearch,
             _ => Envelope::Row,
         }
     }

@@ -30,8 +30,9 @@ pub enum Envelope {
     /// A Splunk HEC envelope without the sink's configured keys (see
     /// [`splunk_hec::write_envelope`]).
     SplunkHec,
-    /// An Elasticsearch document for a `raw` row (see [`elasticsearch::write_raw_document`]).
-    ElasticsearchRaw,
+    /// An Elasticsearch document: the row with `@timestamp` (see
+    /// [`elasticsearch::write_document`]).
+    Elasticsearch,
 }
 
 impl Envelope {
@@ -41,7 +42,7 @@ impl Envelope {
         match self {
             Envelope::Row => crate::map::write(schema, event, out),
             Envelope::SplunkHec => splunk_hec::write_envelope(schema, event, out),
-            Envelope::ElasticsearchRaw => elasticsearch::write_raw_document(event, out),
+            Envelope::Elasticsearch => elasticsearch::write_document(schema, event, out),
         }
     }
 }

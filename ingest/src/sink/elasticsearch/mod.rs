@@ -15,22 +15,47 @@ use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue
 pub use config::ElasticsearchConfig;
 
 use crate::event::Event;
+use crate::map::Schema;
 use crate::sink::http::common::{self, Attempt};
 use crate::sink::http::{Compression, SinkBuildError};
 use crate::sink::runtime::SinkMetrics;
 use crate::sink::secret::Secret;
 use crate::sink::{Batch, Delivery, Rejected, Sink};
 
-/// A `raw` row as the document the worker writes for this sink:
-/// `{"@timestamp":"<RFC 3339 UTC, ms>","message":"<raw>"}`. A data stream refuses a document
-/// without `@timestamp`, and the raw string carries none a cluster could read without an ingest
-/// pipeline; the time is the event's own, the `ecs` schema's `@timestamp`.
-pub fn write_raw_document(event: &Event<'_>, out: &mut Vec<u8>) {
+/// An event as the document the worker writes for this sink. A data stream refuses a document
+/// without `@timestamp`, and only the `ecs` row has one: the others get the event's own time
+/// (the `ecs` schema's `@timestamp`, [`crate::map::event_time_millis`]) as their first name —
+/// `commonsecuritylog` and `sluice` rows keep every name they have beside it, a `raw` row (a
+/// JSON string) becomes `{"@timestamp":"…","message":"<raw>"}`.
+pub fn write_document(schema: Schema, event: &Event<'_>, out: &mut Vec<u8>) {
+    match schema {
+        Schema::Ecs => crate::map::write(schema, event, out),
+        Schema::Raw => {
+            write_timestamp_name(event, out);
+            out.extend_from_slice(b",\"message\":");
+            crate::map::raw::write(event, out);
+            out.push(b'}');
+        }
+        Schema::Sluice | Schema::Commonsecuritylog => {
+            write_timestamp_name(event, out);
+            let row = out.len();
+            crate::map::write(schema, event, out);
+            // The row's `{` becomes the separator after `@timestamp`, in place: no copy.
+            debug_assert_eq!(out.get(row), Some(&b'{'));
+            if out.get(row + 1) == Some(&b'}') {
+                out.truncate(row);
+                out.push(b'}');
+            } else {
+                out[row] = b',';
+            }
+        }
+    }
+}
+
+/// `{"@timestamp":"<RFC 3339 UTC, ms>"`: an open object.
+fn write_timestamp_name(event: &Event<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"@timestamp\":");
     crate::map::commonsecuritylog::write_rfc3339_millis(out, crate::map::event_time_millis(event));
-    out.extend_from_slice(b",\"message\":");
-    crate::map::raw::write(event, out);
-    out.push(b'}');
 }
 
 pub struct ElasticsearchSink {
@@ -131,7 +156,7 @@ impl ElasticsearchSink {
                 out.extend_from_slice(line);
             } else {
                 // A document must be an object. The worker writes `raw` rows as documents
-                // (`write_raw_document`); a `raw` string spooled by an older version is wrapped
+                // (`write_document`); a `raw` string spooled by an older version is wrapped
                 // as then, without `@timestamp`.
                 out.extend_from_slice(b"{\"message\":");
                 out.extend_from_slice(line);

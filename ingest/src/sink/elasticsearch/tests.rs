@@ -49,21 +49,46 @@ fn auth_is_api_key_or_basic_never_both() {
 }
 
 #[test]
-fn raw_documents_written_by_the_worker_carry_the_event_time() {
+fn every_document_written_by_the_worker_carries_the_event_time() {
     let s = ElasticsearchSink::new("es", &config(""), SinkMetrics::new("es")).unwrap();
     let mut parser = crate::parse::Parser::new(crate::parse::ParseOptions::default());
-    let message = "<134>Mar  5 09:00:00 dt CEF:0|v|p|1|id|n \"q\"|5|rt=1709633472127";
     let received = crate::event::Received {
         source: "test",
         peer: None,
         received_at: crate::event::Timestamp::from_unix_nanos(1_800_000_000_000_000_000),
     };
-    let mut line = Vec::new();
-    write_raw_document(&parser.parse(received, message.as_bytes()), &mut line);
-    let body = String::from_utf8(s.body(&[&line])).unwrap();
-    let doc: serde_json::Value = serde_json::from_str(body.lines().nth(1).unwrap()).unwrap();
+    let cef = "<134>Mar  5 09:00:00 dt CEF:0|v|p|1|id|n \"q\"|5|rt=1709633472127 src=10.0.0.1";
+    let event = parser.parse(received, cef.as_bytes());
+    let document = |schema: Schema| {
+        let mut line = Vec::new();
+        write_document(schema, &event, &mut line);
+        let body = String::from_utf8(s.body(&[&line])).unwrap();
+        let line = body.lines().nth(1).unwrap();
+        if schema != Schema::Ecs {
+            assert!(line.starts_with("{\"@timestamp\":"), "{line}");
+        }
+        let doc: serde_json::Value = serde_json::from_str(line).unwrap();
+        let mut row = Vec::new();
+        crate::map::write(schema, &event, &mut row);
+        let row: serde_json::Value = serde_json::from_slice(&row).unwrap();
+        (doc, row)
+    };
+    let (doc, _) = document(Schema::Raw);
     assert_eq!(
         doc,
-        serde_json::json!({"@timestamp": "2024-03-05T10:11:12.127Z", "message": message})
+        serde_json::json!({"@timestamp": "2024-03-05T10:11:12.127Z", "message": cef})
     );
+    // The other rows keep every name they had, with `@timestamp` first.
+    for schema in [Schema::Commonsecuritylog, Schema::Sluice, Schema::Ecs] {
+        let (doc, row) = document(schema);
+        let mut doc = doc.as_object().unwrap().clone();
+        assert_eq!(
+            doc.remove("@timestamp"),
+            Some("2024-03-05T10:11:12.127Z".into()),
+            "{schema:?}"
+        );
+        let mut row = row.as_object().unwrap().clone();
+        row.remove("@timestamp");
+        assert_eq!(doc, row, "{schema:?}");
+    }
 }

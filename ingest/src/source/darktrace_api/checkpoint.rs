@@ -59,8 +59,8 @@ pub const FUTURE_SLACK_MS: i64 = super::window::OPEN_END_MARGIN_MS;
 
 /// Picks the events of a response that were not taken yet and computes the next cursor.
 ///
-/// `requested_at_ms` is when the request was made, by this host's clock: the cursor never
-/// moves past it. An event dated later (a wrong clock on the appliance or on whatever it
+/// `requested_at_ms` is when the request was made, by this host's clock: the cursor moves to
+/// the latest event dated no later than that, never past it. An event dated later (a wrong clock on the appliance or on whatever it
 /// learnt the event from) is forwarded, but moving the cursor to its time would skip every
 /// event dated between now and then. Such events, and those without a usable time, are
 /// returned again by later polls; `forwarded` holds the ids already sent.
@@ -106,11 +106,15 @@ pub fn select(
         if t > requested_at_ms.saturating_add(FUTURE_SLACK_MS) {
             s.future.push(i);
         }
-        max_time = max_time.max(t);
+        // Not to the request time either: with this host's clock ahead of the appliance's,
+        // that would pass events the appliance dates (or indexes) later but before it.
+        if t <= requested_at_ms {
+            max_time = max_time.max(t);
+        }
         s.new.push(i);
     }
     // Never backwards, even when the checkpoint is already later than this host's clock.
-    let next_time = max_time.min(requested_at_ms).max(cursor.time_ms);
+    let next_time = max_time.max(cursor.time_ms);
     let mut ids: BTreeSet<String> = if next_time == cursor.time_ms {
         cursor.ids_at_time.clone()
     } else {
@@ -469,11 +473,15 @@ mod tests {
         ];
         let s = select(&start, &page, now, &none());
         assert_eq!(s.new, vec![0, 1, 2]);
-        assert_eq!(s.next.time_ms, now);
-        assert!(s.next.ids_at_time.is_empty());
+        // The latest event dated before the request, not the request time: this host's clock
+        // may be ahead of the appliance's.
+        assert_eq!(s.next.time_ms, 200);
+        assert_eq!(s.next.ids_at_time, ["a".to_owned()].into());
         assert_eq!(s.future, vec![1], "only beyond the slack is reported");
         assert_eq!(s.remember, vec!["far".to_owned(), "soon".to_owned()]);
-        // The next poll starts at `now` and gets both again, and a new event before them.
+        // The next poll starts there and gets both again, a new event after them, and one the
+        // appliance dated before the first request but returned only now (a cursor moved to
+        // the request time counted it as a duplicate and lost it).
         let mut forwarded = none();
         for id in s.remember {
             forwarded.insert(id);
@@ -482,9 +490,10 @@ mod tests {
             ev(9_000_000_000_000, "far"),
             ev(1_005, "soon"),
             ev(1_003, "b"),
+            ev(600, "late"),
         ];
         let s2 = select(&s.next, &page, 2_000, &forwarded);
-        assert_eq!((s2.new, s2.suppressed_future), (vec![2], 2));
+        assert_eq!((s2.new, s2.suppressed_future), (vec![2, 3], 2));
         // "soon" is in the past now: the cursor passes it, and takes it as seen there.
         assert_eq!(s2.next.time_ms, 1_005);
         assert_eq!(s2.next.ids_at_time, ["soon".to_owned()].into());

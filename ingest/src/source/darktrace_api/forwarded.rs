@@ -1,6 +1,6 @@
 //! Ids of events the checkpoint cannot cover: forwarded events without a usable time, and
-//! events dated after the request that fetched them (the checkpoint stops at the request
-//! time, see [`super::checkpoint::select`]). The appliance returns both kinds again on later
+//! events dated after the request that fetched them (they do not move the checkpoint, see
+//! [`super::checkpoint::select`]). The appliance returns both kinds again on later
 //! polls; their ids are remembered here so they are not forwarded again.
 //!
 //! Bounded (`max_remembered_ids` per endpoint): when full, the id remembered first is
@@ -8,13 +8,15 @@
 //! memory only: after a restart each such event is forwarded once more.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub struct ForwardedIds {
     capacity: usize,
-    set: HashSet<String>,
+    /// Shared with `order`: each id's text is held once.
+    set: HashSet<Arc<str>>,
     /// Insertion order, for forgetting the oldest first.
-    order: VecDeque<String>,
+    order: VecDeque<Arc<str>>,
 }
 
 impl ForwardedIds {
@@ -31,7 +33,7 @@ impl ForwardedIds {
     }
 
     pub fn insert(&mut self, id: String) {
-        if self.set.contains(&id) {
+        if self.set.contains(id.as_str()) {
             return;
         }
         while self.order.len() >= self.capacity {
@@ -42,6 +44,7 @@ impl ForwardedIds {
                 None => break,
             }
         }
+        let id: Arc<str> = id.into();
         self.order.push_back(id.clone());
         self.set.insert(id);
     }

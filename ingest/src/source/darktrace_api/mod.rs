@@ -12,7 +12,7 @@
 //! rename (one fsync) repeats that page once on restart; any other stop repeats nothing.
 //!
 //! A backlog too large for one answer is walked in bounded windows ([`window`]). The cursor
-//! never passes the time a request was made; events the cursor cannot cover (dated later, or
+//! moves only to events dated before the request; events the cursor cannot cover (dated later, or
 //! without a usable time) are remembered by id once forwarded ([`forwarded`]).
 
 pub mod checkpoint;
@@ -479,7 +479,7 @@ impl Shared {
                 events = selection.future.len(), ids = %sample_ids(&events, &selection.future),
                 latest = %time_text(latest), requested_at = %time_text(requested_at_ms),
                 "events dated in the future (check the clock of the appliance or of what reported \
-                 them): forwarded; the checkpoint stops at the request time and their ids are \
+                 them): forwarded; they do not move the checkpoint, and their ids are \
                  remembered (max_remembered_ids) so that they are not forwarded again");
         }
         if selection.new.is_empty() {
