@@ -1163,6 +1163,49 @@ mod tests {
         assert_eq!((s.sink_events, s.sink_dropped_events), (0, BEFORE), "{s:?}");
     }
 
+    /// A worker that panics partway through a reader batch: the frames before the panicking
+    /// one are in sink batches (sealed ones delivered, the open one counted as the sink's
+    /// dropped events) and count as parsed; only the rest of the batch counts as dropped
+    /// messages. Before, the whole batch counted as dropped while its first frames were also
+    /// written or counted as the sink's dropped events: counted twice.
+    #[test]
+    fn a_panic_partway_through_a_batch_counts_each_message_once() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        // Two events a sink batch: the frames before the panic seal one and open another.
+        let (pipeline, mut tcp) = one_worker_pipeline(dir.path(), 2);
+        let mut burst = Vec::new();
+        for i in 0..3 {
+            writeln!(burst, "<13>Nov  1 00:00:00 host app: before {i}").unwrap();
+        }
+        burst.extend_from_slice(super::worker::PANIC_FRAME);
+        burst.extend_from_slice(b"\n<13>Nov  1 00:00:00 host app: after\n");
+        tcp.write_all(&burst).unwrap();
+        wait_for("the worker's panic", || pipeline.failed().is_some());
+        drop(tcp);
+        let s = shutdown_or_hang(pipeline);
+        assert_eq!(s.received_messages, 5, "{s:?}");
+        // However the reader cut the burst into batches, every message is counted once:
+        // parsed (then written or dropped by the sink) or dropped with the worker.
+        assert_eq!(
+            s.parsed_messages + s.dropped_thread_panicked,
+            s.received_messages,
+            "{s:?}"
+        );
+        assert_eq!(s.parsed_messages, 3, "{s:?}");
+        assert_eq!(s.sink_events + s.sink_dropped_events, 3, "{s:?}");
+        let written: usize = std::fs::read_dir(dir.path().join("out"))
+            .unwrap()
+            .map(|f| {
+                std::fs::read_to_string(f.unwrap().path())
+                    .unwrap()
+                    .lines()
+                    .count()
+            })
+            .sum();
+        assert_eq!(written as u64, s.sink_events, "{s:?}");
+    }
+
     /// A panicked sink thread: the batch it held and every batch queued for it are counted as
     /// the sink's dropped events. More batches than its queue holds come after the panic, so
     /// the worker blocks on the full queue until shutdown takes them (before, shutdown waited

@@ -63,6 +63,8 @@ impl SinkStage {
                     events
                 }
             };
+            // Spooled or counted as refused: no longer this thread's to lose.
+            in_hand.events = 0;
             // ack hook: spooled (or failed above); releasing the clones may run a source's
             // commit callback on this thread.
             drop(sealed.acks);
@@ -72,7 +74,6 @@ impl SinkStage {
                     .sink_dropped_events
                     .fetch_add(dropped, Ordering::Relaxed);
             }
-            in_hand.events = 0;
             let mut buf = sealed.batch.ndjson;
             buf.clear();
             let _ = self.spare.try_send(buf);
@@ -145,7 +146,10 @@ impl FileStage {
             {
                 panic!("test seam: a sink thread bug");
             }
-            if !self.write(&sealed) {
+            let written = self.write(&sealed);
+            // Written or counted as failed: no longer this thread's to lose.
+            in_hand.events = 0;
+            if !written {
                 // ack hook: a source waiting on these events must not move past them.
                 for ack in &sealed.acks {
                     ack.fail();
@@ -153,7 +157,6 @@ impl FileStage {
             }
             // ack hook: written (or failed above); releasing the clones may run a source's
             // commit callback on this thread.
-            in_hand.events = 0;
             let mut buf = sealed.batch.ndjson;
             buf.clear();
             let _ = self.spare.try_send(buf);

@@ -104,9 +104,17 @@ pub(super) struct Worker {
     parse_errors: HashMap<(u16, ParseErrorKind), (metrics::Counter, u64)>,
     parse_map_seconds: metrics::Histogram,
     totals: Arc<Totals>,
-    /// Source and message count of the reader batch being processed, for the count of what
-    /// a panic loses.
-    in_hand: Option<(u16, u64)>,
+    /// The reader batch being processed, for the count of what a panic loses.
+    in_hand: Option<InHand>,
+}
+
+/// How far a worker is through a reader batch.
+#[derive(Clone, Copy)]
+struct InHand {
+    source: u16,
+    frames: u64,
+    /// Frames whose events every routed sink batch took (sealed ones are on their way).
+    done: u64,
 }
 
 impl Drop for Worker {
@@ -116,12 +124,18 @@ impl Drop for Worker {
         if !std::thread::panicking() {
             return;
         }
-        if let Some((source, messages)) = self.in_hand.take() {
+        if let Some(h) = self.in_hand.take() {
+            // Frames done are in sink batches: sealed ones are delivered, open ones counted
+            // below as the sinks' dropped events. Counting them as dropped messages too would
+            // count them twice, or count delivered ones as lost.
+            self.totals
+                .parsed_messages
+                .fetch_add(h.done, Ordering::Relaxed);
             let name = self
                 .sources
-                .get(source as usize)
+                .get(h.source as usize)
                 .map_or("unknown", |s| &s.name);
-            self.totals.lost_messages(name, messages);
+            self.totals.lost_messages(name, h.frames - h.done);
         }
         for sink in &self.sinks {
             self.totals
@@ -173,7 +187,11 @@ impl Worker {
         while !open.is_empty() {
             let deadline = self.sinks.iter().filter_map(|s| s.batcher.deadline()).min();
             if let Some(batch) = receive(&mut open, &mut first, deadline) {
-                self.in_hand = Some((batch.source, batch.len() as u64));
+                self.in_hand = Some(InHand {
+                    source: batch.source,
+                    frames: batch.len() as u64,
+                    done: 0,
+                });
                 self.process(batch);
                 self.in_hand = None;
             }
@@ -209,10 +227,6 @@ impl Worker {
             }
             return;
         };
-        #[cfg(test)]
-        if batch.frames.iter().any(|f| batch.frame(f) == PANIC_FRAME) {
-            panic!("test seam: a worker bug");
-        }
         let received_at = batch.received_at.unwrap_or_else(Timestamp::now);
         let mut errors = 0u64;
         // One UTF-8 check for the whole batch: per frame, the call's set-up cost more than the
@@ -220,6 +234,10 @@ impl Worker {
         // (a frame cut inside a character takes the per-frame path and its replacement).
         let text = simdutf8::basic::from_utf8(&batch.data).ok();
         for frame in &batch.frames {
+            #[cfg(test)]
+            if batch.frame(frame) == PANIC_FRAME {
+                panic!("test seam: a worker bug");
+            }
             let received = Received {
                 source: &source.name,
                 peer: frame.peer,
@@ -262,6 +280,9 @@ impl Worker {
             }
             let storage = event.into_storage();
             self.parser.recycle(storage);
+            if let Some(h) = &mut self.in_hand {
+                h.done += 1;
+            }
         }
         self.totals
             .parsed_messages

@@ -186,6 +186,9 @@ impl FileSink {
                     // batch again under another name, a duplicate for whoever reads the files.
                     self.remove_leftovers();
                     self.remove_temp(&temp_path);
+                    // Except when syncing the directory fails (`fsync = true`): whether the
+                    // link survives a power loss is then unknown, so the batch is written again,
+                    // a possible duplicate rather than a possible loss.
                     if self.config.fsync {
                         std::fs::File::open(&self.config.path)?.sync_all()?;
                     }
