@@ -210,14 +210,7 @@ fn kill_9_while_sink_down_then_restart_delivers_everything() {
     );
     let log = daemon.stop();
     assert!(log.contains("earlier run left in the spool"), "{log}");
-    let texts: Vec<String> = relay
-        .accepted
-        .events
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|e| e.to_string())
-        .collect();
+    let texts = relay.accepted.texts();
     let seen = markers(texts.iter().map(String::as_str));
     let missing: Vec<usize> = (0..N).filter(|i| !seen.contains_key(i)).collect();
     assert!(
@@ -338,14 +331,7 @@ fn sigterm_with_a_full_blocking_spool_ends_within_the_grace_and_counts_the_refus
         || relay.accepted.count() as u64 >= spooled,
     );
     let _ = daemon.stop();
-    let texts: Vec<String> = relay
-        .accepted
-        .events
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|e| e.to_string())
-        .collect();
+    let texts = relay.accepted.texts();
     assert_eq!(
         markers(texts.iter().map(String::as_str)).len() as u64,
         spooled,
@@ -402,14 +388,7 @@ fn routing_cef_to_one_sink_json_to_another() {
         sek.iter().all(|raw| raw.contains("CEF:0|")),
         "raw schema at Sekoia"
     );
-    let rel: Vec<String> = relay
-        .accepted
-        .events
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|e| e.to_string())
-        .collect();
+    let rel = relay.accepted.texts();
     let rel_seen = markers(rel.iter().map(String::as_str));
     assert_eq!(rel.len(), N / 2);
     assert!(

@@ -13,7 +13,7 @@
 mod daemon_support;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -72,6 +72,12 @@ struct Server {
 }
 
 impl Server {
+    /// Writes this appliance's CA certificate to `path`, for a source's `ca_file`.
+    fn ca_file(&self, path: PathBuf) -> PathBuf {
+        std::fs::write(&path, &self.ca_pem).unwrap();
+        path
+    }
+
     fn start() -> Server {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -512,8 +518,7 @@ fn counted(delivered: &[(String, String)]) -> BTreeMap<(String, String), usize> 
 fn every_event_once_across_sigterm_and_sigkill() {
     let server = Server::start();
     let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, &server.ca_pem).unwrap();
+    let ca = server.ca_file(dir.path().join("ca.pem"));
     let out = dir.path().join("out");
 
     // Phase 1: the real responses plus 20 derived model breaches (pairs at one instant).
@@ -676,8 +681,7 @@ fn every_event_once_across_sigterm_and_sigkill() {
 fn signature_and_date_errors_are_explained_counted_and_backed_off() {
     let server = Server::start();
     let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, &server.ca_pem).unwrap();
+    let ca = server.ca_file(dir.path().join("ca.pem"));
     server.release("/modelbreaches", real(MODELBREACHES, "time", "pbid"));
 
     let wrong = source_config(
@@ -711,11 +715,7 @@ fn signature_and_date_errors_are_explained_counted_and_backed_off() {
         "{log}"
     );
     assert!(delivered(&dir.path().join("out")).is_empty());
-    assert!(
-        !dir.path()
-            .join("data/checkpoints/dt/modelbreaches.json")
-            .exists()
-    );
+    assert!(!checkpoint_file(dir.path()).exists());
 
     // Without `ca_file` the test CA is not trusted: a TLS failure, counted, no request seen.
     let untrusted = source_config(&server.url(), &ca, PRIVATE, r#"["modelbreaches"]"#)
@@ -764,8 +764,7 @@ fn a_backlog_larger_than_one_answer_is_walked_in_windows() {
     const HOUR: i64 = 3_600_000;
     let server = Server::start();
     let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, &server.ca_pem).unwrap();
+    let ca = server.ca_file(dir.path().join("ca.pem"));
     let out = dir.path().join("out");
     let template = real(MODELBREACHES, "time", "pbid").remove(0).text;
     let now = chrono::Utc::now().timestamp_millis();
@@ -824,7 +823,8 @@ fn a_backlog_larger_than_one_answer_is_walked_in_windows() {
     drop(server.runtime);
 }
 
-/// Polls of `path` made from now on reach `more`.
+/// Polls of `path` made from now on reach `more`, and what they brought has had time to
+/// reach the output files (several of the sink's 100 ms batch timeouts).
 fn wait_for_polls(server: &Server, path: &str, more: usize, daemon: &Daemon) {
     let target = server.requests(path).len() + more;
     wait_until(
@@ -833,6 +833,12 @@ fn wait_for_polls(server: &Server, path: &str, more: usize, daemon: &Daemon) {
         || server.requests(path).len() >= target,
         || daemon.log(),
     );
+    std::thread::sleep(Duration::from_millis(800));
+}
+
+/// Where the source `dt` of a daemon in `dir` keeps its `modelbreaches` checkpoint.
+fn checkpoint_file(dir: &Path) -> PathBuf {
+    dir.join("data/checkpoints/dt/modelbreaches.json")
 }
 
 /// One breach dated a month ahead must not move the checkpoint there: an event released
@@ -844,8 +850,7 @@ fn a_future_dated_event_neither_hides_later_events_nor_repeats() {
     const DAY: i64 = 86_400_000;
     let server = Server::start();
     let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, &server.ca_pem).unwrap();
+    let ca = server.ca_file(dir.path().join("ca.pem"));
     let out = dir.path().join("out");
     let template = real(MODELBREACHES, "time", "pbid").remove(0).text;
     let now = chrono::Utc::now().timestamp_millis();
@@ -882,7 +887,6 @@ fn a_future_dated_event_neither_hides_later_events_nor_repeats() {
         || daemon.log(),
     );
     wait_for_polls(&server, "/modelbreaches", 3, &daemon);
-    std::thread::sleep(Duration::from_millis(800));
     assert_eq!(
         counted(&delivered(&out)),
         expected_set(&[("modelbreaches", &first), ("modelbreaches", &late)])
@@ -899,10 +903,8 @@ fn a_future_dated_event_neither_hides_later_events_nor_repeats() {
         ) >= 2,
         "returned on every poll since"
     );
-    let cp: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join("data/checkpoints/dt/modelbreaches.json")).unwrap(),
-    )
-    .unwrap();
+    let cp: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(checkpoint_file(dir.path())).unwrap()).unwrap();
     let checkpoint = cp["time_ms"].as_i64().unwrap();
     assert!(
         checkpoint <= chrono::Utc::now().timestamp_millis(),
@@ -925,8 +927,7 @@ fn a_future_dated_event_neither_hides_later_events_nor_repeats() {
 fn an_event_without_a_time_is_forwarded_once() {
     let server = Server::start();
     let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, &server.ca_pem).unwrap();
+    let ca = server.ca_file(dir.path().join("ca.pem"));
     let out = dir.path().join("out");
     let timed = real(AIANALYST, "createdAt", "id");
     server.release("/aianalyst/incidentevents", timed.clone());
@@ -951,7 +952,6 @@ fn an_event_without_a_time_is_forwarded_once() {
         || daemon.log(),
     );
     wait_for_polls(&server, "/aianalyst/incidentevents", 3, &daemon);
-    std::thread::sleep(Duration::from_millis(800));
     let mut want = expected_set(&[("aianalyst/incidentevents", &timed)]);
     want.insert(
         (
@@ -989,9 +989,8 @@ fn a_checkpoint_is_resumed_only_against_its_own_appliance() {
     let a = Server::start();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let ca_a = dir.path().join("ca-a.pem");
-    std::fs::write(&ca_a, &a.ca_pem).unwrap();
-    let cp_path = dir.path().join("data/checkpoints/dt/modelbreaches.json");
+    let ca_a = a.ca_file(dir.path().join("ca-a.pem"));
+    let cp_path = checkpoint_file(dir.path());
     std::fs::create_dir_all(cp_path.parent().unwrap()).unwrap();
     std::fs::write(
         &cp_path,
@@ -1032,8 +1031,7 @@ fn a_checkpoint_is_resumed_only_against_its_own_appliance() {
 
     // Appliance B's breaches are a day older than A's checkpoint.
     let b = Server::start();
-    let ca_b = dir.path().join("ca-b.pem");
-    std::fs::write(&ca_b, &b.ca_pem).unwrap();
+    let ca_b = b.ca_file(dir.path().join("ca-b.pem"));
     let b_events = breaches(60_000, 3, T0 - 86_400_000);
     b.release("/modelbreaches", b_events.clone());
     let daemon = Daemon::start(

@@ -40,6 +40,20 @@ fn drain(spool: &Spool) -> Vec<u64> {
     tags
 }
 
+/// A spool in `dir` holding `records` batches of `len` padding bytes (tags `0..records`), closed
+/// again: the length of one record and the segment that holds them all, to damage.
+fn closed_spool_of(dir: &Path, cfg: &SpoolConfig, records: u64, len: usize) -> (u64, PathBuf) {
+    let spool = Spool::open(dir, cfg.clone()).unwrap();
+    for t in 0..records {
+        spool.append(&batch(t, len)).unwrap();
+    }
+    let record_len = spool.stats().bytes / records;
+    drop(spool);
+    let mut segments = segment_files(dir);
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    (record_len, segments.pop().unwrap())
+}
+
 fn segment_files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<_> = fs::read_dir(dir)
         .unwrap()
@@ -100,15 +114,7 @@ fn acked_segments_are_deleted_and_bytes_go_down() {
 fn truncated_tail_and_bit_flip_are_quarantined_and_the_rest_replayed() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(1 << 20, 1 << 20, WhenFull::Block);
-    let record_len;
-    {
-        let spool = Spool::open(dir.path(), cfg.clone()).unwrap();
-        for t in 0..10 {
-            spool.append(&batch(t, 100)).unwrap();
-        }
-        record_len = spool.stats().bytes / 10;
-    }
-    let seg = segment_files(dir.path()).pop().unwrap();
+    let (record_len, seg) = closed_spool_of(dir.path(), &cfg, 10, 100);
     let mut bytes = fs::read(&seg).unwrap();
     // Flip a bit inside record 3's payload, and tear the last record in half.
     bytes[(3 * record_len + 50) as usize] ^= 0x04;
@@ -481,15 +487,8 @@ proptest! {
     ) {
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(1 << 30, 1 << 30, WhenFull::Block);
-        let record_len;
-        {
-            let spool = Spool::open(dir.path(), cfg.clone()).unwrap();
-            for t in 0..n as u64 {
-                spool.append(&batch(t, 200)).unwrap();
-            }
-            record_len = spool.stats().bytes as usize / n;
-        }
-        let seg = segment_files(dir.path()).pop().unwrap();
+        let (record_len, seg) = closed_spool_of(dir.path(), &cfg, n as u64, 200);
+        let record_len = record_len as usize;
         let mut bytes = fs::read(&seg).unwrap();
         let pos = ((bytes.len() - 1) as f64 * pos_frac) as usize;
         let damaged = pos / record_len;
@@ -708,15 +707,7 @@ fn a_damaged_range_larger_than_the_quarantine_bound_is_copied_in_part() {
 fn a_range_quarantined_again_after_a_restart_replaces_its_copy() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(1 << 20, 1 << 20, WhenFull::Block);
-    let record_len;
-    {
-        let spool = Spool::open(dir.path(), cfg.clone()).unwrap();
-        for t in 0..4 {
-            spool.append(&batch(t, 100)).unwrap();
-        }
-        record_len = spool.stats().bytes / 4;
-    }
-    let seg = segment_files(dir.path()).pop().unwrap();
+    let (record_len, seg) = closed_spool_of(dir.path(), &cfg, 4, 100);
     let mut bytes = fs::read(&seg).unwrap();
     bytes[60] ^= 0x04; // inside record 0: the damaged range is that record
     fs::write(&seg, &bytes).unwrap();

@@ -65,6 +65,14 @@ impl Server {
         self.seen.lock().unwrap().clone()
     }
 
+    /// The requests seen so far, after checking that every one was answered `status`.
+    pub fn all_answered(&self, status: u16) -> Vec<Seen> {
+        let seen = self.seen();
+        let other: Vec<&Seen> = seen.iter().filter(|s| s.status != status).collect();
+        assert!(other.is_empty(), "requests answered otherwise: {other:?}");
+        seen
+    }
+
     pub fn stop(self) {
         self.task.abort();
     }
@@ -180,6 +188,16 @@ pub struct Accepted {
 impl Accepted {
     pub fn count(&self) -> usize {
         self.events.lock().unwrap().len()
+    }
+
+    /// Every accepted event as JSON text, in arrival order.
+    pub fn texts(&self) -> Vec<String> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
     }
 
     /// The `ExternalID` of every accepted event, sorted.
