@@ -352,18 +352,39 @@ fn udp_holds_the_batch_while_the_worker_is_busy() {
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
     // Spaced well below the 1 ms hold, so each datagram is likely a wake-up of its own: handed
     // over per wake-up this would be dozens of batches.
+    let sending = Instant::now();
+    // Gaps longer than the 1 ms hold (HANDOFF_HOLD), which a loaded host makes: the reader
+    // rightly hands its batch over when nothing new came within the hold.
+    let mut long_gaps = 0;
+    let mut last_send = Instant::now();
     for i in 0..60 {
+        if last_send.elapsed() >= Duration::from_micros(900) {
+            long_gaps += 1;
+        }
         tx.send_to(format!("held {i}").as_bytes(), target).unwrap();
+        last_send = Instant::now();
         thread::sleep(Duration::from_micros(150));
     }
+    let sent_over = sending.elapsed();
     thread::sleep(Duration::from_millis(50));
-    let queued: Vec<FrameBatch> = h.batches.try_iter().collect();
+    let mut queued: Vec<FrameBatch> = h.batches.try_iter().collect();
     assert!(queued[0].is_empty(), "the busy worker's batch comes first");
+    // On a loaded host the last held batch may not have reached its max age yet.
+    while queued[1..].iter().map(FrameBatch::len).sum::<usize>() < 60 {
+        match h.batches.recv_timeout(Duration::from_secs(2)) {
+            Ok(batch) => queued.push(batch),
+            Err(_) => break,
+        }
+    }
     let held: Vec<usize> = queued[1..].iter().map(FrameBatch::len).collect();
     assert_eq!(held.iter().sum::<usize>(), 60);
+    // Each held batch goes over at the latest when it is 20 ms old (HANDOFF_MAX_AGE), so a
+    // send stretched by a loaded host may span more of them; per wake-up it would be dozens.
+    let age_windows = sent_over.as_millis() as usize / 20;
     assert!(
-        held.len() <= 6,
-        "a busy worker gets few full batches, not one per wake-up: {held:?}"
+        held.len() <= 6.max(age_windows + 2) + long_gaps,
+        "a busy worker gets few full batches, not one per wake-up: {held:?} over {sent_over:?} \
+         with {long_gaps} gaps longer than the hold"
     );
     // The queue is empty now (the worker is idle): the next datagram is handed over at once.
     tx.send_to(b"prompt", target).unwrap();
@@ -392,21 +413,26 @@ fn udp_held_batch_goes_over_within_its_max_age() {
         }
     });
     let started = Instant::now();
+    // The deadline is generous: the frame count below is what tells a held batch from one
+    // that waited for the sender to stop.
     // Looked at without taking anything: the queue never runs empty, so the worker stays busy.
-    while h.batches.len() < 3 && started.elapsed() < Duration::from_millis(200) {
+    while h.batches.len() < 3 && started.elapsed() < Duration::from_secs(2) {
         thread::sleep(Duration::from_millis(1));
     }
-    assert_eq!(
-        h.batches.len(),
-        3,
+    // At least three: on a loaded host this thread may oversleep by more than the max age,
+    // and by then a second held batch can have followed the first.
+    assert!(
+        h.batches.len() >= 3,
         "a held batch is handed over within its max age"
     );
     let elapsed = started.elapsed();
     let busy: Vec<FrameBatch> = (0..2).map(|_| h.batches.recv().unwrap()).collect();
     assert!(busy.iter().all(FrameBatch::is_empty));
     let first = h.batches.recv().unwrap();
+    // Without the age bound the batch would grow until the sender stops: all 500 frames.
+    // The frame count, not the wall clock, is the check: a loaded host slows the sender too.
     assert!(
-        first.len() < 400 && elapsed < Duration::from_millis(120),
+        first.len() < 400,
         "held {} frames for {elapsed:?}",
         first.len()
     );
