@@ -443,9 +443,9 @@ fn udp_held_batch_goes_over_within_its_max_age() {
 }
 
 /// Sends 40 messages 1 ms apart (UDP datagrams, or lines over one TCP connection) to a reader
-/// with `options` and an idle worker; returns how many hand-offs carried them and the longest
-/// time from a send to the hand-off that carried it.
-fn trickle(tcp: bool, options: UringOptions) -> (usize, Duration) {
+/// with `options` and an idle worker; returns how many hand-offs carried them, the longest
+/// time from a send to the hand-off that carried it, and how long the sending took.
+fn trickle(tcp: bool, options: UringOptions) -> (usize, Duration, Duration) {
     const MESSAGES: usize = 40;
     let mut h = harness(64, 1000, FrameLimits::default());
     let ctx = h.ctx.take().unwrap();
@@ -499,11 +499,13 @@ fn trickle(tcp: bool, options: UringOptions) -> (usize, Duration) {
     });
     let mut sent = Vec::with_capacity(MESSAGES);
     let mut send = send;
+    let sending = Instant::now();
     for i in 0..MESSAGES {
         sent.push(Instant::now());
         send(i);
         thread::sleep(Duration::from_millis(1));
     }
+    let sent_over = sending.elapsed();
     let arrivals = collector.join().unwrap();
     h.shutdown.store(true, Ordering::Relaxed);
     drop(send);
@@ -516,7 +518,7 @@ fn trickle(tcp: bool, options: UringOptions) -> (usize, Duration) {
         .map(|(s, a)| a.saturating_duration_since(*s))
         .max()
         .unwrap();
-    (handoffs.len(), latest)
+    (handoffs.len(), latest, sent_over)
 }
 
 /// A trickle (a message per millisecond) wakes a lingering reader once per few dozen messages
@@ -525,19 +527,22 @@ fn trickle(tcp: bool, options: UringOptions) -> (usize, Duration) {
 fn trickles_linger_into_few_hand_offs_within_the_linger() {
     for tcp in [false, true] {
         let linger = Duration::from_millis(8);
-        let (handoffs, latest) = trickle(tcp, UringOptions::default().with_linger(linger));
+        let (handoffs, latest, sent_over) =
+            trickle(tcp, UringOptions::default().with_linger(linger));
         // The first message goes over at once; then one hand-off per linger while the ≈ 40 ms
-        // of sending lasts: about six, a few more on a busy machine.
+        // of sending lasts: about six, a few more on a busy machine, which also stretches the
+        // sending.
+        let lingers = (sent_over.as_millis() / linger.as_millis()) as usize;
         assert!(
-            handoffs <= 14,
-            "tcp {tcp}: {handoffs} hand-offs with a linger"
+            handoffs <= 14.max(2 * lingers),
+            "tcp {tcp}: {handoffs} hand-offs with a linger, sending took {sent_over:?}"
         );
         assert!(
             latest < linger + Duration::from_millis(150),
             "tcp {tcp}: a message waited {latest:?}"
         );
         // Without it, each message (or two) is a hand-off of its own.
-        let (handoffs, _) = trickle(tcp, UringOptions::default().with_linger(Duration::ZERO));
+        let (handoffs, _, _) = trickle(tcp, UringOptions::default().with_linger(Duration::ZERO));
         assert!(
             handoffs >= 15,
             "tcp {tcp}: {handoffs} hand-offs without a linger"
@@ -572,21 +577,30 @@ fn a_new_connections_first_message_does_not_wait_for_the_linger() {
         assert_eq!(batch.frames.len(), 1);
         (sent.elapsed(), stream)
     };
-    // The first connection proves the reader is up; the second arrives on an idle reader.
+    // The first connection proves the reader is up; the others arrive on an idle reader.
     let (_, first) = send_one(b"warm-up\n");
-    thread::sleep(linger * 2);
-    let (waited, second) = send_one(b"first\n");
+    let mut waits = Vec::new();
+    let mut open = vec![first];
+    // Three tries, the shortest counts: waiting out the linger would make every one ≥ 50 ms,
+    // while a loaded host can delay any single one.
+    for _ in 0..3 {
+        thread::sleep(linger * 2);
+        let (waited, stream) = send_one(b"first\n");
+        waits.push(waited);
+        open.push(stream);
+    }
+    let shortest = *waits.iter().min().unwrap();
     assert!(
-        waited < Duration::from_millis(25),
-        "the first message waited {waited:?} (linger {linger:?})"
+        shortest < Duration::from_millis(25),
+        "the first message waited {waits:?} (linger {linger:?})"
     );
     h.shutdown.store(true, Ordering::Relaxed);
-    drop((first, second));
+    drop(open);
     reader.join().unwrap().unwrap();
 }
 
 #[test]
-fn readers_stop_within_200ms() {
+fn readers_stop_within_a_few_shutdown_polls() {
     for tcp in [false, true] {
         let mut h = harness(4, 16, FrameLimits::default());
         let ctx = h.ctx.take().unwrap();
@@ -612,8 +626,9 @@ fn readers_stop_within_200ms() {
         h.shutdown.store(true, Ordering::Relaxed);
         reader.0.join().unwrap().unwrap();
         let took = asked.elapsed();
+        // The readers look every 50 ms (SHUTDOWN_POLL); the rest is slack for a loaded host.
         assert!(
-            took < Duration::from_millis(200),
+            took < Duration::from_millis(500),
             "tcp={tcp}: shutdown took {took:?}"
         );
     }
