@@ -343,20 +343,15 @@ impl Spool {
                         offset += r.len;
                     }
                     ReadOutcome::Corrupt { start, end } => {
-                        let kept = quarantine
-                            .keep(&file, *id, start, end)
-                            .map_err(io_err("quarantine"))?;
-                        tracing::warn!(spool = %dir.display(), segment = id, start, end,
-                            "damaged spool bytes quarantined");
-                        stats.quarantined_ranges += 1;
-                        stats.quarantined_bytes += end - start;
-                        count_quarantine(
+                        quarantine_range(
                             dir,
                             &mut stats,
-                            &quarantine,
-                            kept,
+                            &mut quarantine,
+                            (&file, *id),
+                            (start, end),
                             config.max_quarantine_bytes,
-                        );
+                        )
+                        .map_err(io_err("quarantine"))?;
                         seg.quarantined.push(start);
                         offset = end;
                     }
@@ -651,22 +646,16 @@ impl Spool {
                 ReadOutcome::Corrupt { start, end } => {
                     let seg = &mut st.segments[idx];
                     if !seg.quarantined.contains(&start) {
-                        let kept = st
-                            .quarantine
-                            .keep(&reader.file, seg.id, start, end)
-                            .map_err(self.io_err("quarantine"))?;
-                        tracing::warn!(spool = %self.dir.display(), segment = seg.id, start, end,
-                            "damaged spool bytes quarantined");
-                        seg.quarantined.push(start);
-                        st.stats.quarantined_ranges += 1;
-                        st.stats.quarantined_bytes += end - start;
-                        count_quarantine(
+                        quarantine_range(
                             &self.dir,
                             &mut st.stats,
-                            &st.quarantine,
-                            kept,
+                            &mut st.quarantine,
+                            (&reader.file, seg.id),
+                            (start, end),
                             self.config.max_quarantine_bytes,
-                        );
+                        )
+                        .map_err(self.io_err("quarantine"))?;
+                        seg.quarantined.push(start);
                     }
                     reader.offset = end;
                 }
@@ -1019,6 +1008,24 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Counts (and logs) what keeping the quarantine within its bound cost.
+/// Copies a damaged range of `segment` to the quarantine, logs it and counts it: the same at
+/// start-up's scan and when a reader meets damage later.
+fn quarantine_range(
+    dir: &Path,
+    stats: &mut SpoolStats,
+    quarantine: &mut Quarantine,
+    (file, segment): (&File, u64),
+    (start, end): (u64, u64),
+    max_quarantine_bytes: u64,
+) -> io::Result<()> {
+    let kept = quarantine.keep(file, segment, start, end)?;
+    tracing::warn!(spool = %dir.display(), segment, start, end, "damaged spool bytes quarantined");
+    stats.quarantined_ranges += 1;
+    stats.quarantined_bytes += end - start;
+    count_quarantine(dir, stats, quarantine, kept, max_quarantine_bytes);
+    Ok(())
+}
+
 fn count_quarantine(
     dir: &Path,
     stats: &mut SpoolStats,
