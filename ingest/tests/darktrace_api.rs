@@ -920,6 +920,93 @@ fn a_future_dated_event_neither_hides_later_events_nor_repeats() {
     drop(server.runtime);
 }
 
+/// With `overlap_secs`, a breach the appliance returns only after the checkpoint passed its
+/// time (indexed late) is still fetched, once; the breaches taken before it are not forwarded
+/// again, also after a restart (the checkpoint lists them). The appliance caps its answers at
+/// `PAGE` events, so look-backs see only the oldest events of the overlap at first: the
+/// source must still walk on from its checkpoint.
+#[test]
+fn a_look_back_fetches_a_late_indexed_event_once() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = server.ca_file(dir.path().join("ca.pem"));
+    let out = dir.path().join("out");
+    let template = real(MODELBREACHES, "time", "pbid").remove(0).text;
+    let t0 = chrono::Utc::now().timestamp_millis() - 10 * 60_000;
+    let first = breaches(95_000, 8, t0);
+    server.release("/modelbreaches", first.clone());
+    let source = format!(
+        "{}overlap_secs = 3600\n",
+        source_config(&server.url(), &ca, PRIVATE, r#"["modelbreaches"]"#)
+    );
+    let daemon = Daemon::start(dir.path(), &source);
+    wait_until(
+        "the first breaches",
+        Duration::from_secs(60),
+        || delivered(&out).len() >= first.len(),
+        || daemon.log(),
+    );
+    // Between the first breaches, before the checkpoint (the last of them, at t0 + 3 s).
+    let late = vec![derived(
+        &template,
+        "time",
+        "pbid",
+        95_100.into(),
+        t0 + 1_500,
+    )];
+    server.release("/modelbreaches", late.clone());
+    wait_until(
+        "the late breach",
+        Duration::from_secs(60),
+        || delivered(&out).len() > first.len(),
+        || daemon.log(),
+    );
+    wait_for_polls(&server, "/modelbreaches", 4, &daemon);
+    let expected = expected_set(&[("modelbreaches", &first), ("modelbreaches", &late)]);
+    assert_eq!(counted(&delivered(&out)), expected);
+    let endpoint = ("endpoint", "modelbreaches");
+    assert_eq!(
+        daemon.metric("sluice_darktrace_api_late_events_total", &[endpoint]),
+        1
+    );
+    let cp: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(checkpoint_file(dir.path())).unwrap()).unwrap();
+    assert_eq!(cp["version"], 3, "{cp}");
+    assert_eq!(cp["time_ms"], t0 + 3_000, "{cp}");
+    assert!(
+        cp["recent"][(t0 + 1_500).to_string()]
+            .as_array()
+            .is_some_and(|ids| ids.contains(&"95100".into())),
+        "the late breach is listed as taken: {cp}"
+    );
+    // Each poll asked either from the checkpoint or up to an hour before it.
+    let starts: Vec<i64> = server
+        .requests("/modelbreaches")
+        .iter()
+        .map(|r| r.0)
+        .collect();
+    assert!(
+        starts.iter().any(|&s| s < t0),
+        "no look-back among {starts:?}"
+    );
+    let log = daemon.stop();
+    assert!(
+        log.contains("the look-back found events dated before the checkpoint")
+            && log.contains("95100"),
+        "{log}"
+    );
+    // A restart resumes with the list: the look-backs find nothing to forward again.
+    let daemon = Daemon::start(dir.path(), &source);
+    wait_for_polls(&server, "/modelbreaches", 4, &daemon);
+    assert_eq!(counted(&delivered(&out)), expected);
+    assert_eq!(
+        daemon.metric("sluice_darktrace_api_late_events_total", &[endpoint]),
+        0
+    );
+    daemon.stop();
+    drop(server.runtime);
+}
+
 /// AI Analyst events without a usable time come back in every answer: each is forwarded
 /// once (the old code forwarded it again on every poll), warned about once, and its returns
 /// are counted as suppressed.
@@ -1025,7 +1112,7 @@ fn a_checkpoint_is_resumed_only_against_its_own_appliance() {
         expected_set(&[("modelbreaches", &a_events[1..])])
     );
     let cp: serde_json::Value = serde_json::from_slice(&std::fs::read(&cp_path).unwrap()).unwrap();
-    assert_eq!(cp["version"], 2, "{cp}");
+    assert_eq!(cp["version"], 3, "rewritten in the current format: {cp}");
     assert_eq!(cp["url"], a.url(), "{cp}");
     assert!(!log.contains("not used"), "{log}");
 

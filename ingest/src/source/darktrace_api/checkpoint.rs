@@ -8,7 +8,7 @@
 //! covers are in every routed sink's spool (see `pipeline::ack`). The file names the appliance
 //! and endpoint it was written for: a time is only meaningful against the stream it counts.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -27,6 +27,125 @@ pub struct Cursor {
     pub time_ms: i64,
     /// Ids of the events at exactly `time_ms` that were already taken.
     pub ids_at_time: BTreeSet<String>,
+    /// With `overlap_secs`: ids of the events taken before `time_ms` and not before
+    /// `recent_since_ms`, by time. A poll that asks again from before the checkpoint forwards
+    /// only the events it finds there that are not listed (the appliance indexed them late).
+    /// Empty without an overlap.
+    pub recent: BTreeMap<i64, BTreeSet<String>>,
+    /// Every event taken with a time from here up to `time_ms` is listed in `recent` (or
+    /// `ids_at_time`): a poll may look back to here, no further.
+    pub recent_since_ms: i64,
+}
+
+impl Cursor {
+    /// A cursor at `time_ms` that knows of no event taken there or before.
+    pub fn at(time_ms: i64) -> Cursor {
+        Cursor {
+            time_ms,
+            ids_at_time: BTreeSet::new(),
+            recent: BTreeMap::new(),
+            recent_since_ms: time_ms,
+        }
+    }
+
+    /// `starttime` of a poll that looks `overlap_ms` back from the cursor: no further back
+    /// than `recent` covers, or events taken there would be forwarded again.
+    pub fn look_back_start(&self, overlap_ms: i64) -> i64 {
+        self.time_ms
+            .saturating_sub(overlap_ms)
+            .max(self.recent_since_ms)
+            .min(self.time_ms)
+    }
+
+    /// Whether the event at `time` with `id` was taken, as far as this cursor knows (events
+    /// before `recent_since_ms` are taken; the poll did not ask for them).
+    fn has_taken(&self, time: i64, id: &str) -> bool {
+        match time.cmp(&self.time_ms) {
+            std::cmp::Ordering::Less => {
+                time < self.recent_since_ms
+                    || self.recent.get(&time).is_some_and(|ids| ids.contains(id))
+            }
+            std::cmp::Ordering::Equal => self.ids_at_time.contains(id),
+            std::cmp::Ordering::Greater => false,
+        }
+    }
+
+    /// The cursor moved on to `time_ms`, where `ids_at_time` were taken; `taken` are the
+    /// events taken since this cursor, dated before `time_ms`. With an overlap, `recent` keeps
+    /// what was taken in the `overlap_ms` before the new time, at most `max_recent` ids: past
+    /// that the oldest instants are forgotten and the look-back shortens, so that no event is
+    /// forwarded twice.
+    pub fn moved_to<'e>(
+        &self,
+        time_ms: i64,
+        ids_at_time: BTreeSet<String>,
+        taken: impl Iterator<Item = (i64, &'e str)>,
+        overlap: Overlap,
+    ) -> Cursor {
+        let mut next = Cursor {
+            ids_at_time,
+            ..Cursor::at(time_ms)
+        };
+        if overlap.ms <= 0 {
+            return next;
+        }
+        let mut recent = self.recent.clone();
+        if self.time_ms < time_ms && !self.ids_at_time.is_empty() {
+            recent
+                .entry(self.time_ms)
+                .or_default()
+                .extend(self.ids_at_time.iter().cloned());
+        }
+        for (t, id) in taken.filter(|&(t, _)| t < time_ms) {
+            recent.entry(t).or_default().insert(id.to_owned());
+        }
+        let mut since = self
+            .recent_since_ms
+            .max(time_ms.saturating_sub(overlap.ms))
+            .min(time_ms);
+        recent = recent.split_off(&since);
+        let mut count: usize = recent.values().map(BTreeSet::len).sum();
+        while count > overlap.max_ids {
+            let Some((t, ids)) = recent.pop_first() else {
+                break;
+            };
+            count -= ids.len();
+            since = t.saturating_add(1).min(time_ms);
+        }
+        next.recent = recent;
+        next.recent_since_ms = since;
+        next
+    }
+}
+
+/// How far back open-ended polls look again (`overlap_secs`), and how many ids of the events
+/// taken there a cursor keeps (`max_remembered_ids`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Overlap {
+    /// 0: no look-back.
+    pub ms: i64,
+    pub max_ids: usize,
+}
+
+/// One poll, as [`select`] needs to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Poll {
+    /// The `starttime` asked for: the cursor's time, or earlier for a look-back.
+    pub from_ms: i64,
+    /// When the request was made, by this host's clock.
+    pub at_ms: i64,
+    pub overlap: Overlap,
+}
+
+impl Poll {
+    /// A poll from the cursor on, keeping no look-back.
+    pub fn from_cursor(cursor: &Cursor, at_ms: i64) -> Poll {
+        Poll {
+            from_ms: cursor.time_ms,
+            at_ms,
+            overlap: Overlap::default(),
+        }
+    }
 }
 
 /// What to do with one response.
@@ -45,6 +164,8 @@ pub struct Selection {
     pub untimed: Vec<usize>,
     /// Of `new`, those dated more than [`FUTURE_SLACK_MS`] after the request.
     pub future: Vec<usize>,
+    /// Of `new`, those dated before the cursor, found by a look-back: indexed late.
+    pub late: Vec<usize>,
     /// Ids of `new` events the next cursor does not cover (no usable time, or dated after
     /// it): remembered once they are committed, so that their return is not forwarded again.
     pub remember: Vec<String>,
@@ -59,17 +180,20 @@ pub const FUTURE_SLACK_MS: i64 = super::window::OPEN_END_MARGIN_MS;
 
 /// Picks the events of a response that were not taken yet and computes the next cursor.
 ///
-/// `requested_at_ms` is when the request was made, by this host's clock: the cursor moves to
-/// the latest event dated no later than that, never past it. An event dated later (a wrong clock on the appliance or on whatever it
-/// learnt the event from) is forwarded, but moving the cursor to its time would skip every
-/// event dated between now and then. Such events, and those without a usable time, are
-/// returned again by later polls; `forwarded` holds the ids already sent.
+/// `poll.at_ms` is when the request was made, by this host's clock: the cursor moves to the
+/// latest event dated no later than that, never past it. An event dated later (a wrong clock
+/// on the appliance or on whatever it learnt the event from) is forwarded, but moving the
+/// cursor to its time would skip every event dated between now and then. Such events, and
+/// those without a usable time, are returned again by later polls; `forwarded` holds the ids
+/// already sent. A poll that looked back (`poll.from_ms` before the cursor) takes the events
+/// there that the cursor does not list as taken: the appliance indexed them late.
 pub fn select(
     cursor: &Cursor,
     events: &[ApiEvent<'_>],
-    requested_at_ms: i64,
+    poll: Poll,
     forwarded: &ForwardedIds,
 ) -> Selection {
+    let requested_at_ms = poll.at_ms;
     let mut s = Selection::default();
     let mut seen: HashSet<(Option<i64>, &str)> = HashSet::new();
     let mut passed_again = Vec::new();
@@ -86,8 +210,8 @@ pub fn select(
             }
             continue;
         };
-        let taken =
-            t < cursor.time_ms || (t == cursor.time_ms && cursor.ids_at_time.contains(&e.id));
+        // Before `from_ms`: not asked for, so taken before (or never to be taken).
+        let taken = t < poll.from_ms || cursor.has_taken(t, &e.id);
         if taken || !seen.insert((Some(t), e.id.as_str())) {
             s.duplicates += 1;
             continue;
@@ -105,6 +229,9 @@ pub fn select(
         }
         if t > requested_at_ms.saturating_add(FUTURE_SLACK_MS) {
             s.future.push(i);
+        }
+        if t < cursor.time_ms {
+            s.late.push(i);
         }
         // Not to the request time either: with this host's clock ahead of the appliance's,
         // that would pass events the appliance dates (or indexes) later but before it.
@@ -134,10 +261,11 @@ pub fn select(
             _ => s.remember.push(events[i].id.clone()),
         }
     }
-    s.next = Cursor {
-        time_ms: next_time,
-        ids_at_time: ids,
-    };
+    let taken = passed_again
+        .iter()
+        .chain(&s.new)
+        .filter_map(|&i| Some((events[i].time_ms?, events[i].id.as_str())));
+    s.next = cursor.moved_to(next_time, ids, taken, poll.overlap);
     s
 }
 
@@ -151,8 +279,10 @@ pub fn stream_url(base: &reqwest::Url) -> String {
     )
 }
 
-/// The file's format: version 2 records the appliance's URL.
-pub const VERSION: u32 = 2;
+/// The file's format: version 2 records the appliance's URL, version 3 may also list the events
+/// taken shortly before the cursor (`recent`, with `overlap_secs`). A version 2 file is read
+/// as a version 3 without them.
+pub const VERSION: u32 = 3;
 
 /// The file's content.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +295,12 @@ pub struct Checkpoint {
     pub endpoint: String,
     pub time_ms: i64,
     pub ids_at_time: BTreeSet<String>,
+    /// [`Cursor::recent`]: ids by event time (JSON object keys are the times as text).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub recent: BTreeMap<i64, BTreeSet<String>>,
+    /// [`Cursor::recent_since_ms`]; absent means `time_ms` (nothing listed before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recent_since_ms: Option<i64>,
     /// When this file was written, epoch ms (diagnostics).
     pub written_at_ms: i64,
 }
@@ -177,14 +313,28 @@ impl Checkpoint {
             endpoint: endpoint.name().to_owned(),
             time_ms: cursor.time_ms,
             ids_at_time: cursor.ids_at_time.clone(),
+            recent: cursor.recent.clone(),
+            recent_since_ms: (cursor.recent_since_ms < cursor.time_ms)
+                .then_some(cursor.recent_since_ms),
             written_at_ms: 0,
         }
     }
 
     pub fn cursor(&self) -> Cursor {
+        let since = self
+            .recent_since_ms
+            .unwrap_or(self.time_ms)
+            .min(self.time_ms);
         Cursor {
             time_ms: self.time_ms,
             ids_at_time: self.ids_at_time.clone(),
+            // Only instants the cursor consults: from `since` up to (not at) its time.
+            recent: self
+                .recent
+                .range(since..self.time_ms)
+                .map(|(&t, ids)| (t, ids.clone()))
+                .collect(),
+            recent_since_ms: since,
         }
     }
 
@@ -203,10 +353,7 @@ impl Checkpoint {
         } else {
             fallback_ms
         };
-        Err(Cursor {
-            time_ms: written.saturating_sub(FUTURE_SLACK_MS),
-            ids_at_time: BTreeSet::new(),
-        })
+        Err(Cursor::at(written.saturating_sub(FUTURE_SLACK_MS)))
     }
 }
 
@@ -310,11 +457,14 @@ impl CheckpointStore {
             (1, None) if cp.endpoint == self.endpoint.name() => Loaded::Adopted(cp),
             (1, None) => Loaded::OtherStream(cp),
             (1, Some(_)) => return Err(damaged("version 1 has no `url`".into())),
-            (VERSION, None) => return Err(damaged("`url` is missing".into())),
-            (VERSION, Some(url)) if url == self.url && cp.endpoint == self.endpoint.name() => {
+            (2 | VERSION, None) => return Err(damaged("`url` is missing".into())),
+            (2, Some(_)) if !cp.recent.is_empty() || cp.recent_since_ms.is_some() => {
+                return Err(damaged("version 2 has no `recent`".into()));
+            }
+            (2 | VERSION, Some(url)) if url == self.url && cp.endpoint == self.endpoint.name() => {
                 Loaded::Resume(cp)
             }
-            (VERSION, Some(_)) => Loaded::OtherStream(cp),
+            (2 | VERSION, Some(_)) => Loaded::OtherStream(cp),
             (v, _) => return Err(damaged(format!("unknown version {v}"))),
         };
         if let Loaded::Resume(cp) | Loaded::Adopted(cp) = &loaded {
@@ -397,12 +547,9 @@ mod tests {
 
     #[test]
     fn boundary_events_are_taken_once() {
-        let start = Cursor {
-            time_ms: 100,
-            ids_at_time: BTreeSet::new(),
-        };
+        let start = Cursor::at(100);
         let first = [ev(100, "a"), ev(300, "c"), ev(200, "b"), ev(300, "d")];
-        let s = select(&start, &first, LATER, &none());
+        let s = select(&start, &first, Poll::from_cursor(&start, LATER), &none());
         assert_eq!(s.new, vec![0, 1, 2, 3]);
         assert_eq!(s.next.time_ms, 300);
         assert_eq!(
@@ -418,19 +565,24 @@ mod tests {
             ev(400, "f"),
             ev(250, "x"),
         ];
-        let s2 = select(&s.next, &second, LATER, &none());
+        let s2 = select(&s.next, &second, Poll::from_cursor(&s.next, LATER), &none());
         assert_eq!(s2.new, vec![2, 3]);
         assert_eq!(s2.duplicates, 3);
         assert_eq!(s2.next.time_ms, 400);
         // Only boundary repeats: nothing new, cursor unchanged.
-        let s3 = select(&s2.next, &[ev(400, "f")], LATER, &none());
+        let s3 = select(
+            &s2.next,
+            &[ev(400, "f")],
+            Poll::from_cursor(&s2.next, LATER),
+            &none(),
+        );
         assert!(s3.new.is_empty());
         assert_eq!(s3.next, s2.next);
         // New events at the boundary instant extend the id set.
         let s4 = select(
             &s2.next,
             &[ev(400, "f"), ev(400, "g"), ev(400, "g")],
-            LATER,
+            Poll::from_cursor(&s2.next, LATER),
             &none(),
         );
         assert_eq!((s4.new.clone(), s4.duplicates), (vec![1], 2));
@@ -445,14 +597,24 @@ mod tests {
         let mut e = ev(0, "z");
         e.time_ms = None;
         let page = [e.clone(), e];
-        let s = select(&Cursor::default(), &page, LATER, &none());
+        let s = select(
+            &Cursor::default(),
+            &page,
+            Poll::from_cursor(&Cursor::default(), LATER),
+            &none(),
+        );
         assert_eq!((s.new, s.untimed, s.duplicates), (vec![0], vec![0], 1));
         assert_eq!(s.next, Cursor::default());
         assert_eq!(s.remember, vec!["z".to_owned()]);
         // Once committed, its id is remembered: returned again, it is suppressed.
         let mut forwarded = none();
         forwarded.insert("z".into());
-        let again = select(&Cursor::default(), &page, LATER, &forwarded);
+        let again = select(
+            &Cursor::default(),
+            &page,
+            Poll::from_cursor(&Cursor::default(), LATER),
+            &forwarded,
+        );
         assert!(again.new.is_empty());
         assert_eq!((again.suppressed_untimed, again.duplicates), (1, 1));
     }
@@ -461,17 +623,14 @@ mod tests {
     /// and before then would never have been asked for.
     #[test]
     fn the_cursor_stops_at_the_request_time() {
-        let start = Cursor {
-            time_ms: 100,
-            ids_at_time: BTreeSet::new(),
-        };
+        let start = Cursor::at(100);
         let now = 1_000;
         let page = [
             ev(200, "a"),
             ev(9_000_000_000_000, "far"),
             ev(1_000 + 5, "soon"),
         ];
-        let s = select(&start, &page, now, &none());
+        let s = select(&start, &page, Poll::from_cursor(&start, now), &none());
         assert_eq!(s.new, vec![0, 1, 2]);
         // The latest event dated before the request, not the request time: this host's clock
         // may be ahead of the appliance's.
@@ -492,23 +651,187 @@ mod tests {
             ev(1_003, "b"),
             ev(600, "late"),
         ];
-        let s2 = select(&s.next, &page, 2_000, &forwarded);
+        let s2 = select(
+            &s.next,
+            &page,
+            Poll::from_cursor(&s.next, 2_000),
+            &forwarded,
+        );
         assert_eq!((s2.new, s2.suppressed_future), (vec![2, 3], 2));
         // "soon" is in the past now: the cursor passes it, and takes it as seen there.
         assert_eq!(s2.next.time_ms, 1_005);
         assert_eq!(s2.next.ids_at_time, ["soon".to_owned()].into());
         // An answer of nothing but such events still moves the cursor.
-        let s2 = select(&s.next, &[ev(1_005, "soon")], 2_000, &forwarded);
+        let s2 = select(
+            &s.next,
+            &[ev(1_005, "soon")],
+            Poll::from_cursor(&s.next, 2_000),
+            &forwarded,
+        );
         assert!(s2.new.is_empty());
         assert_eq!(s2.next.time_ms, 1_005);
         // A cursor already later than the clock does not go back.
-        let late = Cursor {
-            time_ms: 5_000,
-            ids_at_time: BTreeSet::new(),
-        };
-        let s3 = select(&late, &[ev(6_000, "c")], 2_000, &none());
+        let late = Cursor::at(5_000);
+        let s3 = select(
+            &late,
+            &[ev(6_000, "c")],
+            Poll::from_cursor(&late, 2_000),
+            &none(),
+        );
         assert_eq!(s3.next.time_ms, 5_000);
         assert_eq!(s3.remember, vec!["c".to_owned()]);
+    }
+
+    fn ids(list: &[&str]) -> BTreeSet<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn look_back(cursor: &Cursor, at_ms: i64, overlap: Overlap) -> Poll {
+        Poll {
+            from_ms: cursor.look_back_start(overlap.ms),
+            at_ms,
+            overlap,
+        }
+    }
+
+    /// An event the appliance returns only after the cursor passed its time is taken by the
+    /// next look-back, once; the events taken before it are not forwarded again.
+    #[test]
+    fn a_look_back_takes_late_events_once() {
+        let overlap = Overlap {
+            ms: 1_000,
+            max_ids: 100,
+        };
+        let start = Cursor::at(100);
+        // A fresh cursor knows of nothing taken before it: no look-back yet.
+        assert_eq!(start.look_back_start(overlap.ms), 100);
+        let first = [ev(100, "a"), ev(200, "b"), ev(300, "c")];
+        let s = select(&start, &first, look_back(&start, LATER, overlap), &none());
+        assert_eq!(s.new, vec![0, 1, 2]);
+        assert!(s.late.is_empty());
+        assert_eq!(
+            (s.next.time_ms, s.next.ids_at_time.clone()),
+            (300, ids(&["c"]))
+        );
+        assert_eq!(
+            s.next.recent,
+            BTreeMap::from([(100, ids(&["a"])), (200, ids(&["b"]))])
+        );
+        assert_eq!(s.next.look_back_start(overlap.ms), 100);
+        // The look-back returns a, b and c again, `late` (dated 250, indexed after c) and d.
+        let second = [
+            ev(100, "a"),
+            ev(200, "b"),
+            ev(250, "late"),
+            ev(300, "c"),
+            ev(400, "d"),
+        ];
+        let s2 = select(
+            &s.next,
+            &second,
+            look_back(&s.next, LATER, overlap),
+            &none(),
+        );
+        assert_eq!((s2.new.clone(), s2.late.clone()), (vec![2, 4], vec![2]));
+        assert_eq!(s2.duplicates, 3);
+        assert_eq!(s2.next.time_ms, 400);
+        assert_eq!(
+            s2.next.recent.keys().copied().collect::<Vec<_>>(),
+            vec![100, 200, 250, 300]
+        );
+        // Once more: nothing new, and the cursor is unchanged (nothing to commit).
+        let s3 = select(
+            &s2.next,
+            &second,
+            look_back(&s2.next, LATER, overlap),
+            &none(),
+        );
+        assert!(s3.new.is_empty());
+        assert_eq!(s3.duplicates, 5);
+        assert_eq!(s3.next, s2.next);
+        // Without a look-back the same late event is not asked for: before `starttime`.
+        let plain = select(&s.next, &second, Poll::from_cursor(&s.next, LATER), &none());
+        assert_eq!((plain.new, plain.late), (vec![4], vec![]));
+        // The list keeps only the overlap before the cursor: at 1,300 it starts at 300.
+        let s4 = select(
+            &s2.next,
+            &[ev(1_300, "e")],
+            look_back(&s2.next, LATER, overlap),
+            &none(),
+        );
+        assert_eq!(s4.next.recent_since_ms, 300);
+        assert_eq!(
+            s4.next.recent,
+            BTreeMap::from([(300, ids(&["c"])), (400, ids(&["d"]))])
+        );
+        assert_eq!(s4.next.look_back_start(overlap.ms), 300);
+    }
+
+    /// Past `max_ids` the oldest instants are forgotten and the look-back no longer reaches
+    /// them: an event there that comes back is a duplicate, not forwarded again.
+    #[test]
+    fn a_full_look_back_list_shortens_the_look_back_instead_of_repeating() {
+        let overlap = Overlap {
+            ms: 10_000,
+            max_ids: 2,
+        };
+        let start = Cursor::at(0);
+        let page = [ev(100, "a"), ev(200, "b"), ev(200, "b2"), ev(300, "c")];
+        let s = select(&start, &page, look_back(&start, LATER, overlap), &none());
+        // a (100), b and b2 (200) do not fit in two: the oldest instant goes, whole.
+        assert_eq!(s.next.recent, BTreeMap::from([(200, ids(&["b", "b2"]))]));
+        assert_eq!(s.next.recent_since_ms, 101);
+        assert_eq!(s.next.look_back_start(overlap.ms), 101);
+        let again = select(&s.next, &page, look_back(&s.next, LATER, overlap), &none());
+        assert!(again.new.is_empty() && again.late.is_empty());
+        assert_eq!(again.duplicates, 4);
+        // Without an overlap nothing is kept.
+        let plain = select(&start, &page, Poll::from_cursor(&start, LATER), &none());
+        assert!(plain.next.recent.is_empty());
+        assert_eq!(plain.next.recent_since_ms, plain.next.time_ms);
+    }
+
+    #[test]
+    fn the_look_back_list_survives_a_restart_and_version_2_files_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(dir.path(), URL, Endpoint::ModelBreaches);
+        let overlap = Overlap {
+            ms: 1_000,
+            max_ids: 100,
+        };
+        let start = Cursor::at(100);
+        let page = [ev(100, "a"), ev(200, "b"), ev(300, "c")];
+        let next = select(&start, &page, look_back(&start, LATER, overlap), &none()).next;
+        store.commit(1, &store.checkpoint(&next)).unwrap();
+        let Loaded::Resume(cp) = store.load().unwrap() else {
+            panic!("not resumed")
+        };
+        assert_eq!(cp.cursor(), next);
+        // Instants the cursor does not consult are not kept, whatever the file says.
+        let mut odd = cp.clone();
+        odd.recent.insert(50, ids(&["before"]));
+        odd.recent.insert(300, ids(&["at"]));
+        assert_eq!(odd.cursor(), next);
+        std::fs::write(
+            store.path(),
+            r#"{ "version": 2, "url": "https://dt.example", "endpoint": "modelbreaches",
+                 "time_ms": 300, "ids_at_time": ["c"], "written_at_ms": 1 }"#,
+        )
+        .unwrap();
+        let Loaded::Resume(v2) = store.load().unwrap() else {
+            panic!("version 2 not resumed")
+        };
+        let resumed = v2.cursor();
+        assert_eq!((resumed.time_ms, resumed.recent_since_ms), (300, 300));
+        assert!(resumed.recent.is_empty());
+        std::fs::write(
+            store.path(),
+            r#"{ "version": 2, "url": "https://dt.example", "endpoint": "modelbreaches",
+                 "time_ms": 300, "ids_at_time": ["c"], "recent": {"200": ["b"]},
+                 "written_at_ms": 1 }"#,
+        )
+        .unwrap();
+        assert!(store.load().unwrap_err().to_string().contains("damaged"));
     }
 
     #[test]
@@ -517,14 +840,11 @@ mod tests {
         let store = CheckpointStore::new(&dir.path().join("cp"), URL, Endpoint::ModelBreaches);
         assert_eq!(store.load().unwrap(), Loaded::Nothing);
         let c1 = Cursor {
-            time_ms: 5,
             ids_at_time: ["1".to_owned()].into(),
+            ..Cursor::at(5)
         };
         store.commit(2, &store.checkpoint(&c1)).unwrap();
-        let older = Cursor {
-            time_ms: 1,
-            ids_at_time: BTreeSet::new(),
-        };
+        let older = Cursor::at(1);
         store.commit(1, &store.checkpoint(&older)).unwrap();
         let again = CheckpointStore::new(&dir.path().join("cp"), URL, Endpoint::ModelBreaches);
         let Loaded::Resume(loaded) = again.load().unwrap() else {
@@ -551,10 +871,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cp = dir.path().join("cp");
         let old = CheckpointStore::new(&cp, "https://old.example", Endpoint::ModelBreaches);
-        let cursor = Cursor {
-            time_ms: 7,
-            ids_at_time: BTreeSet::new(),
-        };
+        let cursor = Cursor::at(7);
         old.commit(1, &old.checkpoint(&cursor)).unwrap();
         let new = CheckpointStore::new(&cp, URL, Endpoint::ModelBreaches);
         let Loaded::OtherStream(found) = new.load().unwrap() else {
@@ -582,8 +899,8 @@ mod tests {
             URL,
             Endpoint::ModelBreaches,
             &Cursor {
-                time_ms: now + 30 * DAY,
                 ids_at_time: ["far".to_owned()].into(),
+                ..Cursor::at(now + 30 * DAY)
             },
         );
         cp.written_at_ms = now - DAY;
@@ -621,7 +938,7 @@ mod tests {
             serde_json::from_slice(&std::fs::read(store.path()).unwrap()).unwrap();
         assert_eq!(
             (written["version"].as_u64(), written["url"].as_str()),
-            (Some(2), Some(URL))
+            (Some(u64::from(VERSION)), Some(URL))
         );
         assert!(matches!(store.load().unwrap(), Loaded::Resume(_)));
         // A version 1 file of the other endpoint is not this stream's.

@@ -103,6 +103,12 @@ pub struct DarktraceApiConfig {
     /// when the appliance returns them (see `forwarded.rs`).
     #[serde(default = "default_max_remembered_ids")]
     pub max_remembered_ids: usize,
+    /// Open-ended polls also ask for this many seconds before the checkpoint, so that events
+    /// the appliance indexes after the cursor has passed their time are still fetched; the
+    /// checkpoint lists the events taken there (at most `max_remembered_ids`) so that none is
+    /// forwarded twice. 0: no look-back (what other public clients do).
+    #[serde(default)]
+    pub overlap_secs: u64,
 }
 
 fn yes() -> bool {
@@ -149,6 +155,9 @@ fn default_query() -> BTreeMap<String, String> {
 
 /// Most `max_remembered_ids`: about 1.2 GiB of ids per endpoint at worst (≈ 120 bytes each).
 const MAX_REMEMBERED_IDS: usize = 10_000_000;
+
+/// Longest `overlap_secs`: a day. Every open-ended poll fetches the whole overlap again.
+const MAX_OVERLAP_SECS: u64 = 86_400;
 
 /// Lowest `rate_limit_per_second`: one request a day.
 const MIN_RATE_PER_SECOND: f64 = 1.0 / 86_400.0;
@@ -201,6 +210,15 @@ impl DarktraceApiConfig {
                 self.private_token_env.as_deref(),
             )?,
         })
+    }
+
+    /// The look-back of open-ended polls, and the ids kept to make it safe.
+    pub fn overlap(&self) -> super::checkpoint::Overlap {
+        super::checkpoint::Overlap {
+            // Validated to at most a day.
+            ms: i64::try_from(self.overlap_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+            max_ids: self.max_remembered_ids,
+        }
     }
 
     pub fn poll_interval(&self) -> Duration {
@@ -262,6 +280,14 @@ impl DarktraceApiConfig {
                 format!("must be between 1 and {MAX_REMEMBERED_IDS}"),
             ));
         }
+        if self.overlap_secs > MAX_OVERLAP_SECS {
+            return Err((
+                "overlap_secs".into(),
+                format!(
+                    "must be at most {MAX_OVERLAP_SECS} (a day): every poll fetches the overlap again"
+                ),
+            ));
+        }
         if self.max_backoff_ms < self.initial_backoff_ms {
             return Err((
                 "max_backoff_ms".into(),
@@ -310,6 +336,23 @@ mod tests {
             "url = \"https://dt.example\"\npublic_token = \"p\"\nprivate_token = \"q\"\n{extra}"
         ))
         .unwrap()
+    }
+
+    #[test]
+    fn overlap_is_off_by_default_and_at_most_a_day() {
+        assert_eq!(config("").overlap().ms, 0);
+        let day = config("overlap_secs = 86400\nmax_remembered_ids = 7");
+        assert!(day.validate().is_ok());
+        assert_eq!(
+            day.overlap(),
+            super::super::checkpoint::Overlap {
+                ms: 86_400_000,
+                max_ids: 7
+            }
+        );
+        let (key, message) = config("overlap_secs = 86401").validate().unwrap_err();
+        assert_eq!(key, "overlap_secs");
+        assert!(message.contains("at most 86400"), "{message}");
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::event::Timestamp;
 use crate::metrics::ReaderCounters;
 use crate::net::FrameBatch;
 use crate::pipeline::ack::{AckOutcome, AckToken};
-use checkpoint::{CheckpointStore, Cursor, Loaded};
+use checkpoint::{CheckpointStore, Cursor, Loaded, Overlap, Poll};
 use client::{Client, ErrorKind, FetchError};
 pub use config::{DarktraceApiConfig, Endpoint};
 use forwarded::ForwardedIds;
@@ -49,6 +49,9 @@ pub const SUPPRESSED: &str = "sluice_darktrace_api_suppressed_events_total";
 /// Events dated more than [`checkpoint::FUTURE_SLACK_MS`] after the request that fetched
 /// them, committed to the sinks.
 pub const FUTURE_EVENTS: &str = "sluice_darktrace_api_future_events_total";
+/// Events dated before the checkpoint that a look-back (`overlap_secs`) found and committed:
+/// the appliance indexed them after the cursor had passed their time.
+pub const LATE_EVENTS: &str = "sluice_darktrace_api_late_events_total";
 pub const ERRORS: &str = "sluice_darktrace_api_errors_total";
 pub const CHECKPOINT_AGE: &str = "sluice_darktrace_api_checkpoint_age_seconds";
 pub const CHECKPOINT_TIME: &str = "sluice_darktrace_api_checkpoint_timestamp_seconds";
@@ -74,6 +77,11 @@ struct EndpointPoller {
     cursor: Cursor,
     window: Window,
     forwarded: ForwardedIds,
+    /// The next open-ended poll looks back `overlap_secs` before the cursor. Cleared by a
+    /// look-back that found nothing new, so that the poll after it asks from the cursor: an
+    /// appliance that caps its answers could otherwise fill every answer with the look-back's
+    /// old events, and the cursor would never move.
+    look_back: bool,
 }
 
 /// A source ready to run: client built, checkpoints loaded.
@@ -100,14 +108,15 @@ impl DarktraceApiSource {
             let store = Arc::new(CheckpointStore::new(&dir, &url, endpoint));
             let path = store.path().display();
             let lookback = config.first_poll_lookback_secs;
-            let fresh = || Cursor {
+            let fresh = || {
                 // Saturating: the key is any u64, and an overflow here must not panic.
-                time_ms: checkpoint::now_ms().saturating_sub(
-                    i64::try_from(lookback)
-                        .unwrap_or(i64::MAX)
-                        .saturating_mul(1000),
-                ),
-                ids_at_time: Default::default(),
+                Cursor::at(
+                    checkpoint::now_ms().saturating_sub(
+                        i64::try_from(lookback)
+                            .unwrap_or(i64::MAX)
+                            .saturating_mul(1000),
+                    ),
+                )
             };
             let loaded = store.load()?;
             let adopted = matches!(loaded, Loaded::Adopted(_));
@@ -160,6 +169,7 @@ impl DarktraceApiSource {
                 cursor,
                 window: Window::default(),
                 forwarded: ForwardedIds::new(config.max_remembered_ids),
+                look_back: true,
             });
         }
         Ok(DarktraceApiSource {
@@ -188,6 +198,7 @@ impl DarktraceApiSource {
             },
             max_backoff: Duration::from_millis(self.config.max_backoff_ms),
             max_response_bytes: self.config.max_response_bytes,
+            overlap: self.config.overlap(),
             ctx,
             commits: AtomicU64::new(0),
         });
@@ -231,6 +242,7 @@ struct Shared {
     backoff: crate::sink::runtime::RetryConfig,
     max_backoff: Duration,
     max_response_bytes: usize,
+    overlap: Overlap,
     ctx: SourceContext,
     /// Numbers commits so the checkpoint store never writes an older one over a newer one.
     commits: AtomicU64,
@@ -240,6 +252,9 @@ struct Shared {
 enum HandedOver {
     /// Nothing new since the checkpoint: caught up.
     Nothing,
+    /// A look-back brought nothing new: the next poll asks from the checkpoint on, at once
+    /// (with an appliance that caps its answers, the look-back may have seen only old events).
+    LookedBackForNothing,
     /// Nothing new, but the checkpoint moved: to a bounded window's end, or past events
     /// forwarded earlier (and was written, unless the error says otherwise).
     Moved {
@@ -254,6 +269,7 @@ enum HandedOver {
         n: u64,
         remember: Vec<String>,
         future: u64,
+        late: u64,
     },
     /// Shutdown came while the worker queue was full: nothing was handed over.
     Stopped,
@@ -296,6 +312,7 @@ impl Shared {
         let events_total = metrics::counter!(EVENTS, &labels);
         let duplicates = metrics::counter!(DUPLICATES, &labels);
         let future_total = metrics::counter!(FUTURE_EVENTS, &labels);
+        let late_total = metrics::counter!(LATE_EVENTS, &labels);
         let suppressed = Suppressed {
             untimed: metrics::counter!(SUPPRESSED, "source" => self.name.to_string(), "endpoint" => endpoint, "reason" => "untimed"),
             future_dated: metrics::counter!(SUPPRESSED, "source" => self.name.to_string(), "endpoint" => endpoint, "reason" => "future_dated"),
@@ -312,8 +329,19 @@ impl Shared {
             polls.increment(1);
             let now = checkpoint::now_ms();
             let endtime = p.window.end(p.cursor.time_ms, now);
+            // A bounded window walks a backlog, long past: only open-ended polls look back.
+            let from_ms = if endtime.is_none() && p.look_back {
+                p.cursor.look_back_start(self.overlap.ms)
+            } else {
+                p.cursor.time_ms
+            };
+            let poll = Poll {
+                from_ms,
+                at_ms: now,
+                overlap: self.overlap,
+            };
             let fetched = tokio::select! {
-                r = self.client.fetch(p.endpoint, p.cursor.time_ms, endtime) => r,
+                r = self.client.fetch(p.endpoint, from_ms, endtime) => r,
                 _ = self.stopped() => return,
             };
             if let Ok(body) = &fetched {
@@ -322,7 +350,7 @@ impl Shared {
             }
             let outcome = match fetched {
                 Ok(body) => {
-                    self.hand_over(&mut p, &body, now, endtime, &duplicates, &suppressed)
+                    self.hand_over(&mut p, &body, poll, endtime, &duplicates, &suppressed)
                         .await
                 }
                 Err(e) => Err(e),
@@ -336,6 +364,10 @@ impl Shared {
                     if !self.pause(self.poll_interval).await {
                         return;
                     }
+                    continue;
+                }
+                Ok(HandedOver::LookedBackForNothing) => {
+                    failures = 0;
                     continue;
                 }
                 Ok(HandedOver::Moved {
@@ -359,6 +391,7 @@ impl Shared {
                     n,
                     remember,
                     future,
+                    late,
                 }) => {
                     let committed = tokio::select! {
                         c = waiting => c.unwrap_or(Committed::No),
@@ -369,6 +402,7 @@ impl Shared {
                             p.cursor = next;
                             events_total.increment(n);
                             future_total.increment(future);
+                            late_total.increment(late);
                             for id in remember {
                                 p.forwarded.insert(id);
                             }
@@ -391,7 +425,18 @@ impl Shared {
                     }
                 }
                 Err(mut e) => {
-                    if matches!(e.kind, ErrorKind::ResponseTooLarge | ErrorKind::Timeout) {
+                    if from_ms < p.cursor.time_ms {
+                        // Whatever failed, the poll after asks from the checkpoint on: a
+                        // look-back too large for one answer must not stop the cursor, and
+                        // says nothing about the backlog after the checkpoint.
+                        p.look_back = false;
+                        e.message.push_str(&format!(
+                            " (a look-back of overlap_secs = {} before the checkpoint; the next \
+                             poll asks from the checkpoint on; if this repeats, lower \
+                             overlap_secs or raise max_response_bytes / request_timeout_ms)",
+                            self.overlap.ms / 1000
+                        ));
+                    } else if matches!(e.kind, ErrorKind::ResponseTooLarge | ErrorKind::Timeout) {
                         narrowed = self.narrow_window(&mut p, now, &mut e);
                     }
                     e
@@ -438,13 +483,13 @@ impl Shared {
         }
     }
 
-    /// Selects the new events of `body` (the answer for `starttime = checkpoint`, up to
-    /// `endtime` when bounded, asked for at `requested_at_ms`) and sends them to the worker.
+    /// Selects the new events of `body` (the answer for `starttime = poll.from_ms`, up to
+    /// `endtime` when bounded) and sends them to the worker.
     async fn hand_over(
         &self,
         p: &mut EndpointPoller,
         body: &[u8],
-        requested_at_ms: i64,
+        poll: Poll,
         endtime: Option<i64>,
         duplicates: &metrics::Counter,
         suppressed: &Suppressed,
@@ -454,7 +499,10 @@ impl Shared {
             message: e.to_string(),
             retry_after: None,
         })?;
-        let selection = checkpoint::select(&p.cursor, &events, requested_at_ms, &p.forwarded);
+        let requested_at_ms = poll.at_ms;
+        let selection = checkpoint::select(&p.cursor, &events, poll, &p.forwarded);
+        let looked_back = poll.from_ms < p.cursor.time_ms;
+        p.look_back = !(looked_back && selection.new.is_empty());
         duplicates.increment(selection.duplicates);
         suppressed.untimed.increment(selection.suppressed_untimed);
         suppressed
@@ -482,16 +530,32 @@ impl Shared {
                  them): forwarded; they do not move the checkpoint, and their ids are \
                  remembered (max_remembered_ids) so that they are not forwarded again");
         }
+        if !selection.late.is_empty() {
+            let earliest = selection
+                .late
+                .iter()
+                .filter_map(|&i| events[i].time_ms)
+                .min()
+                .unwrap_or_default();
+            tracing::info!(source = %self.name, endpoint = p.endpoint.name(),
+                events = selection.late.len(), ids = %sample_ids(&events, &selection.late),
+                earliest = %time_text(earliest), checkpoint = %time_text(p.cursor.time_ms),
+                "the look-back found events dated before the checkpoint (the appliance indexed \
+                 them late): forwarded");
+        }
         if selection.new.is_empty() {
             let next = match endtime.filter(|&end| end > selection.next.time_ms) {
                 // Nothing new up to the window's end: the next window starts there. Events at
                 // exactly `end` were in this answer if the appliance counts `endtime` in, and
                 // are asked for again (`starttime` is inclusive) if not.
-                Some(end) => Cursor {
-                    time_ms: end,
-                    ids_at_time: Default::default(),
-                },
+                Some(end) => selection.next.moved_to(
+                    end,
+                    Default::default(),
+                    std::iter::empty(),
+                    self.overlap,
+                ),
                 None if selection.next != p.cursor => selection.next,
+                None if looked_back => return Ok(HandedOver::LookedBackForNothing),
                 None => return Ok(HandedOver::Nothing),
             };
             let seq = self.commits.fetch_add(1, Ordering::Relaxed) + 1;
@@ -515,6 +579,7 @@ impl Shared {
         }
         let n = selection.new.len() as u64;
         let future = selection.future.len() as u64;
+        let late = selection.late.len() as u64;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let store = p.store.clone();
         let seq = self.commits.fetch_add(1, Ordering::Relaxed) + 1;
@@ -552,6 +617,7 @@ impl Shared {
             n,
             remember: selection.remember,
             future,
+            late,
         })
     }
 }

@@ -1,7 +1,7 @@
 //! The real (pseudonymised) API responses through page splitting and the pipeline's parser:
 //! each event must arrive as the same kind of event as over syslog.
 
-use super::checkpoint::{Cursor, select};
+use super::checkpoint::{Cursor, Poll, select};
 use super::config::Endpoint;
 use super::forwarded::ForwardedIds;
 use super::page;
@@ -78,20 +78,22 @@ fn real_responses_parse_as_darktrace_events_without_a_header() {
 #[test]
 fn real_aianalyst_page_selects_every_event_once() {
     let events = page::parse(AIANALYST, Endpoint::AiAnalystIncidentEvents).unwrap();
-    let start = Cursor {
-        time_ms: 0,
-        ids_at_time: Default::default(),
-    };
+    let start = Cursor::at(0);
     let later = i64::MAX;
     let none = ForwardedIds::new(1);
-    let first = select(&start, &events, later, &none);
+    let first = select(&start, &events, Poll::from_cursor(&start, later), &none);
     assert_eq!(first.new.len(), 16);
     // Unsorted response: the cursor is the latest createdAt, not the last element's.
     let latest = events.iter().filter_map(|e| e.time_ms).max().unwrap();
     assert_eq!(first.next.time_ms, latest);
     assert_eq!(first.next.ids_at_time.len(), 1);
     // Polling again from there returns the latest event again: a duplicate, nothing new.
-    let again = select(&first.next, &events, later, &none);
+    let again = select(
+        &first.next,
+        &events,
+        Poll::from_cursor(&first.next, later),
+        &none,
+    );
     assert!(again.new.is_empty());
     assert_eq!(again.duplicates, 16);
 }
