@@ -355,20 +355,17 @@ fn derived(
     }
 }
 
+/// A model breach derived from the real one, with `pbid` and `time`.
+fn breach(pbid: i64, time: i64) -> StoredEvent {
+    let template = real(MODELBREACHES, "time", "pbid").remove(0).text;
+    derived(&template, "time", "pbid", pbid.into(), time)
+}
+
 /// Model breaches derived from the real one: `n` events from `first_time`, every second pair
 /// sharing one millisecond (so pages end between events of the same instant).
 fn breaches(first_pbid: i64, n: i64, first_time: i64) -> Vec<StoredEvent> {
-    let template = real(MODELBREACHES, "time", "pbid").remove(0).text;
     (0..n)
-        .map(|i| {
-            derived(
-                &template,
-                "time",
-                "pbid",
-                (first_pbid + i).into(),
-                first_time + (i / 2) * 1000,
-            )
-        })
+        .map(|i| breach(first_pbid + i, first_time + (i / 2) * 1000))
         .collect()
 }
 
@@ -766,23 +763,13 @@ fn a_backlog_larger_than_one_answer_is_walked_in_windows() {
     let dir = tempfile::tempdir().unwrap();
     let ca = server.ca_file(dir.path().join("ca.pem"));
     let out = dir.path().join("out");
-    let template = real(MODELBREACHES, "time", "pbid").remove(0).text;
     let now = chrono::Utc::now().timestamp_millis();
     // Three days of breaches, one every two hours, and one a minute ago: in the last minutes,
     // which only an open-ended request may ask for.
     let mut backlog: Vec<StoredEvent> = (0..36)
-        .map(|i| {
-            let time = now - 72 * HOUR + i * 2 * HOUR;
-            derived(&template, "time", "pbid", (70_000 + i).into(), time)
-        })
+        .map(|i| breach(70_000 + i, now - 72 * HOUR + i * 2 * HOUR))
         .collect();
-    backlog.push(derived(
-        &template,
-        "time",
-        "pbid",
-        70_999.into(),
-        now - 60_000,
-    ));
+    backlog.push(breach(70_999, now - 60_000));
     server.release("/modelbreaches", backlog.clone());
     // An answer of three events fits; a full page of five, as the first request gets, does not.
     let largest = backlog.iter().map(|e| e.text.len()).max().unwrap();
@@ -852,16 +839,9 @@ fn a_future_dated_event_neither_hides_later_events_nor_repeats() {
     let dir = tempfile::tempdir().unwrap();
     let ca = server.ca_file(dir.path().join("ca.pem"));
     let out = dir.path().join("out");
-    let template = real(MODELBREACHES, "time", "pbid").remove(0).text;
     let now = chrono::Utc::now().timestamp_millis();
     let mut first = breaches(80_000, 3, now - 10 * 60_000);
-    first.push(derived(
-        &template,
-        "time",
-        "pbid",
-        89_999.into(),
-        now + 30 * DAY,
-    ));
+    first.push(breach(89_999, now + 30 * DAY));
     server.release("/modelbreaches", first.clone());
     let source = source_config(&server.url(), &ca, PRIVATE, r#"["modelbreaches"]"#);
     let daemon = Daemon::start(dir.path(), &source);
@@ -872,13 +852,7 @@ fn a_future_dated_event_neither_hides_later_events_nor_repeats() {
         || daemon.log(),
     );
     // Dated after the poll that brought the future-dated breach.
-    let late = vec![derived(
-        &template,
-        "time",
-        "pbid",
-        81_000.into(),
-        chrono::Utc::now().timestamp_millis(),
-    )];
+    let late = vec![breach(81_000, chrono::Utc::now().timestamp_millis())];
     server.release("/modelbreaches", late.clone());
     wait_until(
         "the breach released after the future-dated one",
@@ -931,7 +905,6 @@ fn a_look_back_fetches_a_late_indexed_event_once() {
     let dir = tempfile::tempdir().unwrap();
     let ca = server.ca_file(dir.path().join("ca.pem"));
     let out = dir.path().join("out");
-    let template = real(MODELBREACHES, "time", "pbid").remove(0).text;
     let t0 = chrono::Utc::now().timestamp_millis() - 10 * 60_000;
     let first = breaches(95_000, 8, t0);
     server.release("/modelbreaches", first.clone());
@@ -947,13 +920,7 @@ fn a_look_back_fetches_a_late_indexed_event_once() {
         || daemon.log(),
     );
     // Between the first breaches, before the checkpoint (the last of them, at t0 + 3 s).
-    let late = vec![derived(
-        &template,
-        "time",
-        "pbid",
-        95_100.into(),
-        t0 + 1_500,
-    )];
+    let late = vec![breach(95_100, t0 + 1_500)];
     server.release("/modelbreaches", late.clone());
     wait_until(
         "the late breach",
