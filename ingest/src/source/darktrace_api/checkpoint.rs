@@ -946,4 +946,139 @@ mod tests {
         std::fs::copy(store.path(), dir.path().join("modelbreaches.json")).unwrap();
         assert!(matches!(other.load().unwrap(), Loaded::OtherStream(_)));
     }
+
+    /// The appliance's side of [`look_back_properties`]: released events, answered oldest
+    /// first from `from`, at most `cap` of them (0: all).
+    fn answer(released: &[(i64, String)], from: i64, cap: usize) -> Vec<ApiEvent<'static>> {
+        let mut page: Vec<_> = released
+            .iter()
+            .filter(|(t, _)| *t >= from)
+            .map(|(t, id)| ev(*t, id))
+            .collect();
+        page.sort_by_key(|e| e.time_ms);
+        if cap > 0 {
+            page.truncate(cap);
+        }
+        page
+    }
+
+    /// One poll and its commit; returns the ids it forwarded.
+    fn poll_once(
+        cursor: &mut Cursor,
+        released: &[(i64, String)],
+        look_back: bool,
+        cap: usize,
+        overlap: Overlap,
+    ) -> Vec<String> {
+        let from_ms = if look_back {
+            cursor.look_back_start(overlap.ms)
+        } else {
+            cursor.time_ms
+        };
+        let page = answer(released, from_ms, cap);
+        let poll = Poll {
+            from_ms,
+            at_ms: i64::MAX / 4,
+            overlap,
+        };
+        let s = select(cursor, &page, poll, &none());
+        *cursor = s.next;
+        s.new.iter().map(|&i| page[i].id.clone()).collect()
+    }
+
+    /// What a restart keeps: the checkpoint file's content.
+    fn restarted(cursor: &Cursor) -> Cursor {
+        let cp = Checkpoint::new(URL, Endpoint::ModelBreaches, cursor);
+        let text = serde_json::to_vec(&cp).unwrap();
+        serde_json::from_slice::<Checkpoint>(&text)
+            .unwrap()
+            .cursor()
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// An event dated this many ms from the cursor's time (before it when negative).
+        Release(i64),
+        Poll {
+            look_back: bool,
+            cap: usize,
+        },
+        Restart,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (-3_000i64..3_000).prop_map(Step::Release),
+            (any::<bool>(), 0usize..4).prop_map(|(look_back, cap)| Step::Poll { look_back, cap }),
+            Just(Step::Restart),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Any mix of releases (late ones included), capped or whole answers, look-backs or
+        /// not, restarts and a small id list: no event is forwarded twice, and polling whole
+        /// answers at the end forwards every event from the cursor on.
+        #[test]
+        fn look_back_properties(
+            steps in proptest::collection::vec(step(), 1..60),
+            overlap_ms in 0i64..2_500,
+            max_ids in 1usize..6,
+        ) {
+            let overlap = Overlap { ms: overlap_ms, max_ids };
+            let mut cursor = Cursor::at(1_000_000);
+            let mut released: Vec<(i64, String)> = Vec::new();
+            let mut forwarded: Vec<String> = Vec::new();
+            for step in steps {
+                match step {
+                    Step::Release(offset) => {
+                        let id = format!("e{}", released.len());
+                        released.push((cursor.time_ms + offset, id));
+                    }
+                    Step::Poll { look_back, cap } => forwarded
+                        .extend(poll_once(&mut cursor, &released, look_back, cap, overlap)),
+                    Step::Restart => cursor = restarted(&cursor),
+                }
+            }
+            for look_back in [true, false, true, false] {
+                forwarded.extend(poll_once(&mut cursor, &released, look_back, 0, overlap));
+            }
+            let mut once = std::collections::HashSet::new();
+            for id in &forwarded {
+                proptest::prop_assert!(once.insert(id), "{} forwarded twice", id);
+            }
+            for (t, id) in &released {
+                if *t >= cursor.time_ms {
+                    proptest::prop_assert!(once.contains(id), "{} at {} never forwarded", id, t);
+                }
+            }
+        }
+
+        /// Each event released and then looked for at once (a look-back, then a poll from the
+        /// cursor, whole answers): it is forwarded exactly when it is dated no earlier than
+        /// where the look-back starts, however full the id list, across restarts.
+        #[test]
+        fn a_late_event_is_forwarded_exactly_when_the_look_back_reaches_it(
+            releases in proptest::collection::vec((-3_000i64..3_000, proptest::bool::ANY), 1..40),
+            overlap_ms in 1i64..2_500,
+            max_ids in 1usize..6,
+        ) {
+            let overlap = Overlap { ms: overlap_ms, max_ids };
+            let mut cursor = Cursor::at(1_000_000);
+            let mut released: Vec<(i64, String)> = Vec::new();
+            for (n, (offset, restart)) in releases.into_iter().enumerate() {
+                let id = format!("e{n}");
+                let time = cursor.time_ms + offset;
+                let reachable = time >= cursor.look_back_start(overlap.ms);
+                released.push((time, id.clone()));
+                let mut got = poll_once(&mut cursor, &released, true, 0, overlap);
+                got.extend(poll_once(&mut cursor, &released, false, 0, overlap));
+                let expected = if reachable { vec![id] } else { vec![] };
+                proptest::prop_assert_eq!(got, expected, "at {}", time);
+                if restart {
+                    cursor = restarted(&cursor);
+                }
+            }
+        }
+    }
 }
