@@ -704,6 +704,23 @@ fn signature_and_date_errors_are_explained_counted_and_backed_off() {
         &[("kind", "signature")],
     );
     assert!(errors >= 2 && errors <= requests.len() as u64, "{errors}");
+    // The dashboard's Darktrace API panels query what this daemon exports (the other panels
+    // are checked against a syslog daemon in tests/deploy.rs).
+    let exported = daemon_support::exported_names(&daemon.metrics_text());
+    let dashboard = daemon_support::dashboard_metric_names(&daemon_support::dashboard());
+    let missing: Vec<&String> = dashboard
+        .iter()
+        .filter(|n| n.starts_with("sluice_darktrace_api_") && !exported.contains(*n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "dashboard queries metrics the source does not export: {missing:?}\nexported: {exported:?}"
+    );
+    assert!(
+        dashboard
+            .iter()
+            .any(|n| n.starts_with("sluice_darktrace_api_"))
+    );
     let log = daemon.stop();
     assert!(
         log.contains("API SIGNATURE ERROR")

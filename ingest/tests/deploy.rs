@@ -343,15 +343,6 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// Names of the series in a Prometheus text exposition (`_bucket` etc. included as written).
-fn exported_names(exposition: &str) -> BTreeSet<String> {
-    exposition
-        .lines()
-        .filter(|l| l.starts_with("sluice_"))
-        .map(|l| l.split(['{', ' ']).next().unwrap().to_owned())
-        .collect()
-}
-
 #[test]
 fn daemon_as_nobody_without_xdp_has_no_capabilities_and_keeps_delivering() {
     if !is_root() {
@@ -487,44 +478,9 @@ fn serve_http(stream: TcpStream, count: &AtomicUsize) {
     }
 }
 
-/// Every `sluice_*` name in every panel query of the dashboard.
-fn dashboard_metric_names(dashboard: &serde_json::Value) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    let panels = dashboard["panels"].as_array().unwrap();
-    for panel in panels {
-        if panel["type"] == "row" {
-            continue;
-        }
-        let title = panel["title"].as_str().unwrap();
-        let targets = panel["targets"]
-            .as_array()
-            .unwrap_or_else(|| panic!("{title}: no targets"));
-        assert!(!targets.is_empty(), "{title}: no targets");
-        assert_eq!(panel["datasource"]["type"], "prometheus", "{title}");
-        for target in targets {
-            assert_eq!(target["datasource"]["uid"], "${datasource}", "{title}");
-            let expr = target["expr"].as_str().unwrap();
-            let mut found = false;
-            let mut rest = expr;
-            while let Some(at) = rest.find("sluice_") {
-                let name: String = rest[at..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                rest = &rest[at + name.len()..];
-                names.insert(name);
-                found = true;
-            }
-            assert!(found, "{title}: query names no sluice metric: {expr}");
-        }
-    }
-    names
-}
-
 #[test]
 fn grafana_dashboard_has_the_schema_basics() {
-    let text = std::fs::read_to_string(repo_root().join("deploy/grafana/sluice.json")).unwrap();
-    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let dashboard = daemon_support::dashboard();
     assert!(dashboard["schemaVersion"].as_u64().unwrap() >= 36);
     assert!(dashboard["title"].is_string() && dashboard["uid"].is_string());
     let vars = dashboard["templating"]["list"].as_array().unwrap();
@@ -541,7 +497,7 @@ fn grafana_dashboard_has_the_schema_basics() {
             assert!(panel["gridPos"][key].is_u64(), "{panel}");
         }
     }
-    let names = dashboard_metric_names(&dashboard);
+    let names = daemon_support::dashboard_metric_names(&dashboard);
     // What the dashboard must cover (the list).
     for wanted in [
         "sluice_received_messages_total",
@@ -555,6 +511,9 @@ fn grafana_dashboard_has_the_schema_basics() {
         "sluice_xdp_packets_total",
         "sluice_kernel_udp_rcvbuf_errors",
         "sluice_queue_depth_batches",
+        "sluice_darktrace_api_events_total",
+        "sluice_darktrace_api_errors_total",
+        "sluice_darktrace_api_checkpoint_age_seconds",
     ] {
         assert!(names.contains(wanted), "dashboard lacks {wanted}");
     }
@@ -657,14 +616,12 @@ fn xdp_daemon_as_nobody_keeps_cap_bpf_only_and_exports_every_dashboard_metric() 
         );
         std::thread::sleep(Duration::from_millis(200));
     };
-    let exported = exported_names(&exposition);
-    let dashboard: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_root().join("deploy/grafana/sluice.json")).unwrap(),
-    )
-    .unwrap();
-    let missing: Vec<String> = dashboard_metric_names(&dashboard)
+    let exported = daemon_support::exported_names(&exposition);
+    // The Darktrace API source's metrics are checked against the daemon that runs one
+    // (tests/darktrace_api.rs).
+    let missing: Vec<String> = daemon_support::dashboard_metric_names(&daemon_support::dashboard())
         .into_iter()
-        .filter(|n| !exported.contains(n))
+        .filter(|n| !n.starts_with("sluice_darktrace_api_") && !exported.contains(n))
         .collect();
     assert!(
         missing.is_empty(),

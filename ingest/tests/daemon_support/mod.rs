@@ -197,3 +197,56 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
         .map(|v| v as u64)
         .sum()
 }
+
+/// `deploy/grafana/sluice.json`, parsed.
+#[allow(dead_code)] // not every test binary checks the dashboard
+pub fn dashboard() -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/sluice.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Every `sluice_*` name in every panel query of the dashboard; checks each panel queries the
+/// dashboard's Prometheus data source.
+#[allow(dead_code)] // not every test binary checks the dashboard
+pub fn dashboard_metric_names(dashboard: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let panels = dashboard["panels"].as_array().unwrap();
+    for panel in panels {
+        if panel["type"] == "row" {
+            continue;
+        }
+        let title = panel["title"].as_str().unwrap();
+        let targets = panel["targets"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{title}: no targets"));
+        assert!(!targets.is_empty(), "{title}: no targets");
+        assert_eq!(panel["datasource"]["type"], "prometheus", "{title}");
+        for target in targets {
+            assert_eq!(target["datasource"]["uid"], "${datasource}", "{title}");
+            let expr = target["expr"].as_str().unwrap();
+            let mut found = false;
+            let mut rest = expr;
+            while let Some(at) = rest.find("sluice_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                names.insert(name);
+                found = true;
+            }
+            assert!(found, "{title}: query names no sluice metric: {expr}");
+        }
+    }
+    names
+}
+
+/// Names of the series in a Prometheus text exposition (`_bucket` etc. included as written).
+#[allow(dead_code)] // not every test binary checks the dashboard
+pub fn exported_names(exposition: &str) -> std::collections::BTreeSet<String> {
+    exposition
+        .lines()
+        .filter(|l| l.starts_with("sluice_"))
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_owned())
+        .collect()
+}
