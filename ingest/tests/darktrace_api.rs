@@ -988,6 +988,19 @@ fn a_look_back_fetches_a_late_indexed_event_once() {
         0
     );
     daemon.stop();
+    // Another query resumes from the checkpoint, and says what that cannot cover.
+    let requery = format!(
+        "{source}query = {{ includeallpinned = \"true\", historicmodelonly = \"false\" }}\n"
+    );
+    let daemon = Daemon::start(dir.path(), &requery);
+    wait_for_polls(&server, "/modelbreaches", 2, &daemon);
+    let log = daemon.stop();
+    assert!(
+        log.contains("was written while the source asked with `historicmodelonly=false&includeallpinned=false`")
+            && log.contains("it now asks with `historicmodelonly=false&includeallpinned=true`"),
+        "{log}"
+    );
+    assert_eq!(counted(&delivered(&out)), expected);
     drop(server.runtime);
 }
 

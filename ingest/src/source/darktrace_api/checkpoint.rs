@@ -301,6 +301,10 @@ pub struct Checkpoint {
     /// [`Cursor::recent_since_ms`]; absent means `time_ms` (nothing listed before it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recent_since_ms: Option<i64>,
+    /// The parameters the source sent after `starttime` (`k=v&k=v`, version 3): the cursor
+    /// counts only the events that query returns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
     /// When this file was written, epoch ms (diagnostics).
     pub written_at_ms: i64,
 }
@@ -316,6 +320,7 @@ impl Checkpoint {
             recent: cursor.recent.clone(),
             recent_since_ms: (cursor.recent_since_ms < cursor.time_ms)
                 .then_some(cursor.recent_since_ms),
+            query: None,
             written_at_ms: 0,
         }
     }
@@ -404,6 +409,8 @@ pub struct CheckpointStore {
     current_at_ms: AtomicI64,
     /// Event time of the last written checkpoint, epoch ms.
     time_ms: AtomicI64,
+    /// The query parameters the source sends, recorded in each checkpoint.
+    query: Option<String>,
 }
 
 impl CheckpointStore {
@@ -415,7 +422,22 @@ impl CheckpointStore {
             written: Mutex::new(0),
             current_at_ms: AtomicI64::new(now_ms()),
             time_ms: AtomicI64::new(0),
+            query: None,
         }
+    }
+
+    /// Records `query` (the parameters sent after `starttime`) in the checkpoints written.
+    pub fn with_query(mut self, query: String) -> CheckpointStore {
+        self.query = Some(query);
+        self
+    }
+
+    /// The query the stored checkpoint `cp` was written under, when it differs from this
+    /// store's: the cursor did not count the events only the new query returns.
+    pub fn query_changed<'c>(&self, cp: &'c Checkpoint) -> Option<&'c str> {
+        cp.query
+            .as_deref()
+            .filter(|&old| self.query.as_deref().is_some_and(|new| new != old))
     }
 
     pub fn path(&self) -> &Path {
@@ -428,7 +450,10 @@ impl CheckpointStore {
 
     /// The checkpoint of `cursor` for this store's appliance and endpoint.
     pub fn checkpoint(&self, cursor: &Cursor) -> Checkpoint {
-        Checkpoint::new(&self.url, self.endpoint, cursor)
+        Checkpoint {
+            query: self.query.clone(),
+            ..Checkpoint::new(&self.url, self.endpoint, cursor)
+        }
     }
 
     /// The stored checkpoint, and whether it belongs to this appliance and endpoint.
@@ -752,6 +777,14 @@ mod tests {
         // Without a look-back the same late event is not asked for: before `starttime`.
         let plain = select(&s.next, &second, Poll::from_cursor(&s.next, LATER), &none());
         assert_eq!((plain.new, plain.late), (vec![4], vec![]));
+        // A window that brought nothing moves the cursor to its end: what was taken at the old
+        // time joins the list.
+        let windowed = s2
+            .next
+            .moved_to(900, BTreeSet::new(), std::iter::empty(), overlap);
+        assert_eq!((windowed.time_ms, windowed.recent_since_ms), (900, 100));
+        assert_eq!(windowed.recent.get(&400), Some(&ids(&["d"])));
+        assert!(windowed.ids_at_time.is_empty());
         // The list keeps only the overlap before the cursor: at 1,300 it starts at 300.
         let s4 = select(
             &s2.next,
@@ -802,11 +835,17 @@ mod tests {
         let start = Cursor::at(100);
         let page = [ev(100, "a"), ev(200, "b"), ev(300, "c")];
         let next = select(&start, &page, look_back(&start, LATER, overlap), &none()).next;
+        let store = store.with_query("a=1".into());
         store.commit(1, &store.checkpoint(&next)).unwrap();
         let Loaded::Resume(cp) = store.load().unwrap() else {
             panic!("not resumed")
         };
         assert_eq!(cp.cursor(), next);
+        assert_eq!(cp.query.as_deref(), Some("a=1"));
+        assert_eq!(store.query_changed(&cp), None);
+        let requery =
+            CheckpointStore::new(dir.path(), URL, Endpoint::ModelBreaches).with_query("a=2".into());
+        assert_eq!(requery.query_changed(&cp), Some("a=1"));
         // Instants the cursor does not consult are not kept, whatever the file says.
         let mut odd = cp.clone();
         odd.recent.insert(50, ids(&["before"]));

@@ -212,6 +212,15 @@ impl DarktraceApiConfig {
         })
     }
 
+    /// The parameters sent after `starttime` (and `endtime`), as sent: `k=v` in key order.
+    pub fn query_text(&self) -> String {
+        self.query
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&")
+    }
+
     /// The look-back of open-ended polls, and the ids kept to make it safe.
     pub fn overlap(&self) -> super::checkpoint::Overlap {
         super::checkpoint::Overlap {

@@ -105,7 +105,9 @@ impl DarktraceApiSource {
         let dir = checkpoint_dir(data_dir, name);
         let mut pollers = Vec::new();
         for &endpoint in &config.endpoints {
-            let store = Arc::new(CheckpointStore::new(&dir, &url, endpoint));
+            let store = Arc::new(
+                CheckpointStore::new(&dir, &url, endpoint).with_query(config.query_text()),
+            );
             let path = store.path().display();
             let lookback = config.first_poll_lookback_secs;
             let fresh = || {
@@ -132,6 +134,14 @@ impl DarktraceApiSource {
                         Ok(cursor) => {
                             tracing::info!(source = %name, endpoint = endpoint.name(), starttime = cp.time_ms,
                                 "resuming from checkpoint {path}");
+                            if let Some(old) = store.query_changed(&cp) {
+                                tracing::warn!(source = %name, endpoint = endpoint.name(),
+                                    "checkpoint {path} was written while the source asked with `{old}`; \
+                                     it now asks with `{}`: events only the new query returns that are \
+                                     dated before the checkpoint ({}) are not fetched (move the file \
+                                     away to start again from first_poll_lookback_secs)",
+                                    config.query_text(), time_text(cp.time_ms));
+                            }
                             cursor
                         }
                         Err(cursor) => {
