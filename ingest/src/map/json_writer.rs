@@ -21,7 +21,7 @@ pub trait ByteSink {
     fn push(&mut self, b: u8);
     /// Appends bytes of any length.
     fn extend(&mut self, s: &[u8]);
-    /// Appends bytes, fastest for up to [`SMALL`] of them.
+    /// Appends bytes, fastest for up to `SMALL` of them.
     fn extend_small(&mut self, s: &[u8]);
 }
 
@@ -209,7 +209,7 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// Appends `s` to `out`; up to [`SMALL`] bytes are copied with fixed-size loads and stores
+/// Appends `s` to `out`; up to `SMALL` bytes are copied with fixed-size loads and stores
 /// instead of a `memcpy` call (keys, short values and the clean runs between escapes are
 /// mostly short).
 #[inline(always)]

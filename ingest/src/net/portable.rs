@@ -2,7 +2,7 @@
 //!
 //! UDP: one thread per SO_REUSEPORT socket receives up to `batch_max_frames` datagrams per
 //! `recvmmsg` call into a [`FrameBatch`], handed over as the io_uring reader does (see
-//! [`Handoff`]). TCP: the listener thread accepts
+//! `Handoff`). TCP: the listener thread accepts
 //! (bounded by `max_connections`) and runs one thread per connection, which blocks on the
 //! worker queue when it is full, so a slow pipeline slows the sender instead of losing data.
 
@@ -160,7 +160,7 @@ fn pin(core: usize, enabled: bool) {
 
 /// Receives datagrams until shutdown. One datagram is one message.
 ///
-/// Batches fill as in the io_uring reader (see [`Handoff::end_wake_up`]): while the worker is
+/// Batches fill as in the io_uring reader (see `Handoff::end_wake_up`): while the worker is
 /// busy the batch keeps filling across `recvmmsg` calls, so a burst is handed over as a few
 /// full batches (`batch_max_frames` frames or [`READER_BATCH_MAX_BYTES`]) and the worker
 /// queue, `queue_batches` of them, fills before the socket's receive buffer has to.

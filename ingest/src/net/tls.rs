@@ -2,7 +2,7 @@
 //! accept loop, whatever the configured socket backend.
 //!
 //! The handshake runs first with its own deadline; then the decrypted stream goes through the
-//! same framer, limits and worker hand-off as plain TCP ([`portable::read_stream`]), so a full
+//! same framer, limits and worker hand-off as plain TCP (`portable::read_stream`), so a full
 //! worker queue stops the reading (no loss). The certificate, key and CA bundle are read again
 //! on SIGHUP: each new connection takes the server config current at its accept, established
 //! sessions keep theirs.

@@ -10,7 +10,7 @@
 //!
 //! Replay streams record by record (one record in memory at a time). Damaged bytes — a torn
 //! tail after a crash, a flipped bit — are copied to `quarantine/<segment>-<offset>.bad`
-//! (within `max_quarantine_bytes`, see [`quarantine`]), counted, and skipped up to the next
+//! (within `max_quarantine_bytes`, see `quarantine`), counted, and skipped up to the next
 //! record that validates.
 
 mod quarantine;

@@ -39,7 +39,7 @@ pub fn run_udp(socket: UdpSocket, ctx: ReaderContext) -> io::Result<()> {
 
 /// Reads datagrams from `socket` until `ctx.shutdown` is set, handing batches to the worker.
 /// While the worker queue is full, batches go to the reader's disk overflow if it has one;
-/// otherwise (or when it is full) the reader pauses (see [`Handoff::flush_blocking`]):
+/// otherwise (or when it is full) the reader pauses (see `Handoff::flush_blocking`):
 /// datagrams wait in the socket's receive buffer (and in whatever provided buffers a ring
 /// without deferred task running still fills meanwhile). Returns the reader's totals.
 pub fn run_udp_with(

@@ -7,6 +7,10 @@
 //! atomically (temp file, fsync, rename, fsync of the directory), and only once the events it
 //! covers are in every routed sink's spool (see `pipeline::ack`). The file names the appliance
 //! and endpoint it was written for: a time is only meaningful against the stream it counts.
+//!
+//! With `overlap_secs`, open-ended polls ask from before the checkpoint again, for events the
+//! appliance indexed after the cursor passed their time; the checkpoint then also lists the
+//! events taken in that overlap ([`Cursor::recent`]), so that only the late ones are taken.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::Write;
@@ -72,7 +76,7 @@ impl Cursor {
 
     /// The cursor moved on to `time_ms`, where `ids_at_time` were taken; `taken` are the
     /// events taken since this cursor, dated before `time_ms`. With an overlap, `recent` keeps
-    /// what was taken in the `overlap_ms` before the new time, at most `max_recent` ids: past
+    /// what was taken in the `overlap.ms` before the new time, at most `overlap.max_ids` ids: past
     /// that the oldest instants are forgotten and the look-back shortens, so that no event is
     /// forwarded twice.
     pub fn moved_to<'e>(
@@ -483,8 +487,12 @@ impl CheckpointStore {
             (1, None) => Loaded::OtherStream(cp),
             (1, Some(_)) => return Err(damaged("version 1 has no `url`".into())),
             (2 | VERSION, None) => return Err(damaged("`url` is missing".into())),
-            (2, Some(_)) if !cp.recent.is_empty() || cp.recent_since_ms.is_some() => {
-                return Err(damaged("version 2 has no `recent`".into()));
+            (2, Some(_))
+                if !cp.recent.is_empty() || cp.recent_since_ms.is_some() || cp.query.is_some() =>
+            {
+                return Err(damaged(
+                    "version 2 has no `recent`, `recent_since_ms` or `query`".into(),
+                ));
             }
             (2 | VERSION, Some(url)) if url == self.url && cp.endpoint == self.endpoint.name() => {
                 Loaded::Resume(cp)

@@ -13,7 +13,9 @@
 //!
 //! A backlog too large for one answer is walked in bounded windows ([`window`]). The cursor
 //! moves only to events dated before the request; events the cursor cannot cover (dated later, or
-//! without a usable time) are remembered by id once forwarded ([`forwarded`]).
+//! without a usable time) are remembered by id once forwarded ([`forwarded`]). With
+//! `overlap_secs`, open-ended polls also look back before the checkpoint for events indexed late
+//! ([`checkpoint::Cursor::look_back_start`]).
 
 pub mod checkpoint;
 pub mod client;
