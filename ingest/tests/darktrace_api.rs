@@ -404,6 +404,17 @@ impl Daemon {
         daemon_support::log_text(&self.log)
     }
 
+    /// Waits (up to a minute) until the file sink's output in `out` holds at least `at_least`
+    /// events; the log is shown if it never does.
+    fn wait_for_delivered(&self, out: &Path, at_least: usize, what: &str) {
+        wait_until(
+            what,
+            Duration::from_secs(60),
+            || delivered(out).len() >= at_least,
+            || self.log(),
+        );
+    }
+
     fn metrics_text(&self) -> String {
         daemon_support::scrape_metrics(self.metrics, None)
     }
@@ -534,12 +545,7 @@ fn every_event_once_across_sigterm_and_sigkill() {
         r#"["modelbreaches", "aianalyst/incidentevents"]"#,
     );
     let daemon = Daemon::start(dir.path(), &source);
-    wait_until(
-        "the first events",
-        Duration::from_secs(60),
-        || delivered(&out).len() >= 8,
-        || daemon.log(),
-    );
+    daemon.wait_for_delivered(&out, 8, "the first events");
     // SIGTERM mid-stream (pages of 5: most events are not fetched yet).
     let log = daemon.stop();
     let after_term = delivered(&out).len();
@@ -547,12 +553,7 @@ fn every_event_once_across_sigterm_and_sigkill() {
     assert!(!log.contains("ERROR"), "{log}");
 
     let daemon = Daemon::start(dir.path(), &source);
-    wait_until(
-        "every phase-1 event",
-        Duration::from_secs(60),
-        || delivered(&out).len() >= total1,
-        || daemon.log(),
-    );
+    daemon.wait_for_delivered(&out, total1, "every phase-1 event");
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(
         counted(&delivered(&out)),
@@ -639,12 +640,7 @@ fn every_event_once_across_sigterm_and_sigkill() {
         ("aianalyst/incidentevents", &aia2),
     ]);
     let total: usize = want.values().sum();
-    wait_until(
-        "every event",
-        Duration::from_secs(60),
-        || delivered(&out).len() >= total,
-        || daemon.log(),
-    );
+    daemon.wait_for_delivered(&out, total, "every event");
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(counted(&delivered(&out)), want, "after the SIGKILL restart");
     // The restart resumed from the checkpoint, not from the lookback.
@@ -862,20 +858,14 @@ fn a_future_dated_event_neither_hides_later_events_nor_repeats() {
     server.release("/modelbreaches", first.clone());
     let source = source_config(&server.url(), &ca, PRIVATE, r#"["modelbreaches"]"#);
     let daemon = Daemon::start(dir.path(), &source);
-    wait_until(
-        "the first breaches",
-        Duration::from_secs(60),
-        || delivered(&out).len() >= first.len(),
-        || daemon.log(),
-    );
+    daemon.wait_for_delivered(&out, first.len(), "the first breaches");
     // Dated after the poll that brought the future-dated breach.
     let late = vec![breach(81_000, chrono::Utc::now().timestamp_millis())];
     server.release("/modelbreaches", late.clone());
-    wait_until(
+    daemon.wait_for_delivered(
+        &out,
+        first.len() + 1,
         "the breach released after the future-dated one",
-        Duration::from_secs(60),
-        || delivered(&out).len() > first.len(),
-        || daemon.log(),
     );
     wait_for_polls(&server, "/modelbreaches", 3, &daemon);
     assert_eq!(
@@ -930,21 +920,11 @@ fn a_look_back_fetches_a_late_indexed_event_once() {
         source_config(&server.url(), &ca, PRIVATE, r#"["modelbreaches"]"#)
     );
     let daemon = Daemon::start(dir.path(), &source);
-    wait_until(
-        "the first breaches",
-        Duration::from_secs(60),
-        || delivered(&out).len() >= first.len(),
-        || daemon.log(),
-    );
+    daemon.wait_for_delivered(&out, first.len(), "the first breaches");
     // Between the first breaches, before the checkpoint (the last of them, at t0 + 3 s).
     let late = vec![breach(95_100, t0 + 1_500)];
     server.release("/modelbreaches", late.clone());
-    wait_until(
-        "the late breach",
-        Duration::from_secs(60),
-        || delivered(&out).len() > first.len(),
-        || daemon.log(),
-    );
+    daemon.wait_for_delivered(&out, first.len() + 1, "the late breach");
     wait_for_polls(&server, "/modelbreaches", 4, &daemon);
     let expected = expected_set(&[("modelbreaches", &first), ("modelbreaches", &late)]);
     assert_eq!(counted(&delivered(&out)), expected);
@@ -1029,12 +1009,7 @@ fn an_event_without_a_time_is_forwarded_once() {
         r#"["aianalyst/incidentevents"]"#,
     );
     let daemon = Daemon::start(dir.path(), &source);
-    wait_until(
-        "every event",
-        Duration::from_secs(60),
-        || delivered(&out).len() > timed.len(),
-        || daemon.log(),
-    );
+    daemon.wait_for_delivered(&out, timed.len() + 1, "every event");
     wait_for_polls(&server, "/aianalyst/incidentevents", 3, &daemon);
     let mut want = expected_set(&[("aianalyst/incidentevents", &timed)]);
     want.insert(
@@ -1092,12 +1067,7 @@ fn a_checkpoint_is_resumed_only_against_its_own_appliance() {
         dir.path(),
         &source_config(&a.url(), &ca_a, PRIVATE, r#"["modelbreaches"]"#),
     );
-    wait_until(
-        "appliance A's new breaches",
-        Duration::from_secs(60),
-        || delivered(&out).len() >= 3,
-        || daemon.log(),
-    );
+    daemon.wait_for_delivered(&out, 3, "appliance A's new breaches");
     assert_eq!(
         a.requests("/modelbreaches")[0].0,
         T0,
@@ -1122,12 +1092,7 @@ fn a_checkpoint_is_resumed_only_against_its_own_appliance() {
         dir.path(),
         &source_config(&b.url(), &ca_b, PRIVATE, r#"["modelbreaches"]"#),
     );
-    wait_until(
-        "appliance B's breaches",
-        Duration::from_secs(60),
-        || delivered(&out).len() >= 3 + b_events.len(),
-        || daemon.log(),
-    );
+    daemon.wait_for_delivered(&out, 3 + b_events.len(), "appliance B's breaches");
     let first = b.requests("/modelbreaches")[0].0;
     assert!(
         first < T0 - 86_400_000 * 365,
