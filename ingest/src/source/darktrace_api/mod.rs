@@ -105,11 +105,11 @@ impl DarktraceApiSource {
         let client = Client::new(config)?;
         let url = checkpoint::stream_url(client.base());
         let dir = checkpoint_dir(data_dir, name);
+        let query = config.query_text();
         let mut pollers = Vec::new();
         for &endpoint in &config.endpoints {
-            let store = Arc::new(
-                CheckpointStore::new(&dir, &url, endpoint).with_query(config.query_text()),
-            );
+            let store =
+                Arc::new(CheckpointStore::new(&dir, &url, endpoint).with_query(query.clone()));
             let path = store.path().display();
             let lookback = config.first_poll_lookback_secs;
             let fresh = || {
@@ -142,7 +142,7 @@ impl DarktraceApiSource {
                                      it now asks with `{}`: events only the new query returns that are \
                                      dated before the checkpoint ({}) are not fetched (move the file \
                                      away to start again from first_poll_lookback_secs)",
-                                    config.query_text(), time_text(cp.time_ms));
+                                    query, time_text(cp.time_ms));
                             }
                             cursor
                         }
