@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use sluice::event::Timestamp;
-use sluice::parse::ParseOptions;
+use sluice::parse::{LocalZone, ParseOptions};
 use sluice::parse::syslog::{parse_header, structured_data};
 
 fuzz_target!(|data: &[u8]| {
@@ -21,8 +21,15 @@ fuzz_target!(|data: &[u8]| {
         2 => Timestamp::from_unix_nanos(i64::MIN),
         _ => Timestamp::from_unix_nanos(0),
     };
+    // Fixed offsets past the ±24 h that config allows, and a named zone with daylight saving
+    // time at the half hour.
+    let zone = if head & 0x70 == 0x70 {
+        LocalZone::parse("America/St_Johns").expect("in the bundled database")
+    } else {
+        LocalZone::Fixed(i32::from(head as i8) * 1800)
+    };
     let options = ParseOptions {
-        default_offset_secs: i32::from(head as i8) * 1800,
+        zone,
         ..ParseOptions::default()
     };
     let (header, body) = parse_header(text, received, &options);

@@ -968,6 +968,77 @@ fn logger_rfc3164_and_rfc5424_over_udp_and_tcp() {
     assert_same_multiset(want, &mapped);
 }
 
+/// RFC 3164 times carry no zone: the daemon places them with the source's `timezone`, else
+/// `[parse] timezone`, each following its own daylight saving time.
+#[test]
+fn unzoned_times_take_the_zone_of_their_source() {
+    let tables = format!(
+        "[parse]\ntimezone = \"Europe/Paris\"\n\
+         {UDP_SOURCE}timezone = \"America/New_York\"\n{}{}",
+        tcp_source("lf"),
+        file_sink("mapped", "sluice", "none", 100)
+    );
+    let daemon = Daemon::start(&tables);
+    let now = chrono::Utc::now();
+    let lines = [("Jan  5 10:00:00", "jan"), ("Jul  5 10:00:00", "jul")];
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut tcp = TcpStream::connect(daemon.tcp.unwrap()).unwrap();
+    for (time, name) in lines {
+        udp.send_to(
+            format!("<13>{time} host app: udp-{name}").as_bytes(),
+            daemon.udp.unwrap(),
+        )
+        .unwrap();
+        tcp.write_all(format!("<13>{time} host app: tcp-{name}\n").as_bytes())
+            .unwrap();
+    }
+    drop(tcp);
+    daemon.wait_for_metric(
+        "sluice_sink_events_total",
+        &[("sink", "mapped")],
+        4,
+        Duration::from_secs(30),
+    );
+    let (_, daemon) = daemon.stop();
+    let mut got: HashMap<String, String> = HashMap::new();
+    for line in read_output(&daemon.out().join("mapped")) {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        got.insert(
+            v["text"].as_str().unwrap().to_owned(),
+            v["syslog"]["timestamp"].as_str().unwrap().to_owned(),
+        );
+    }
+    // New York: UTC-5 in January, UTC-4 in July; Paris: UTC+1 and UTC+2. The year is the
+    // daemon's rule: the latest that puts the time no more than two days after its reception.
+    let want: HashMap<String, String> = [
+        ("udp-jan", 1, 15),
+        ("udp-jul", 7, 14),
+        ("tcp-jan", 1, 9),
+        ("tcp-jul", 7, 8),
+    ]
+    .into_iter()
+    .map(|(text, month, hour)| {
+        let at = |year: i32| {
+            chrono::NaiveDate::from_ymd_opt(year, month, 5)
+                .unwrap()
+                .and_hms_opt(hour, 0, 0)
+                .unwrap()
+                .and_utc()
+        };
+        let this_year = chrono::Datelike::year(&now);
+        let mut t = at(this_year);
+        if t > now + chrono::Duration::days(2) {
+            t = at(this_year - 1);
+        }
+        (
+            text.to_owned(),
+            t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        )
+    })
+    .collect();
+    assert_eq!(got, want);
+}
+
 fn raw_came_over_udp(message: &str, markers: &[(String, bool)], runs: &[(&str, &[&str])]) -> bool {
     markers
         .iter()

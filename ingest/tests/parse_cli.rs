@@ -61,6 +61,51 @@ fn all_test_messages() -> String {
     .collect()
 }
 
+/// `--timezone` places RFC 3164 times (which carry no zone) as the daemon's `timezone` does.
+#[test]
+fn timezone_places_unzoned_times() {
+    // RFC 5424 with a year and no offset, so the result does not depend on today's date.
+    let input = b"<13>1 2024-01-05T10:00:00 h a - - - winter\n<13>1 2024-07-05T10:00:00 h a - - - summer\n<13>1 2024-07-05T10:00:00+00:00 h a - - - zoned\n";
+    let stamps = |args: &[&str]| -> Vec<String> {
+        let (ok, docs, stderr) = sluice_parse(args, input);
+        assert!(ok, "{stderr}");
+        docs.iter()
+            .map(|d| d["syslog"]["timestamp"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        stamps(&[]),
+        [
+            "2024-01-05T10:00:00.000Z",
+            "2024-07-05T10:00:00.000Z",
+            "2024-07-05T10:00:00.000Z"
+        ]
+    );
+    assert_eq!(
+        stamps(&["--timezone", "Europe/Paris"]),
+        [
+            "2024-01-05T09:00:00.000Z",
+            "2024-07-05T08:00:00.000Z",
+            "2024-07-05T10:00:00.000Z"
+        ]
+    );
+    // An offset that starts with `-` is a value, not an option.
+    assert_eq!(
+        stamps(&["--timezone", "-04:00"]),
+        [
+            "2024-01-05T14:00:00.000Z",
+            "2024-07-05T14:00:00.000Z",
+            "2024-07-05T10:00:00.000Z"
+        ]
+    );
+    let (ok, docs, stderr) = sluice_parse(&["--timezone", "Mars/Olympus"], input);
+    assert!(!ok && docs.is_empty());
+    assert!(
+        stderr.contains("unknown time zone `Mars/Olympus`"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn every_schema_gives_one_json_object_per_message() {
     let input = all_test_messages();

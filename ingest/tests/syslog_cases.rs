@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use sluice::event::{SyslogFormat, Timestamp};
 use sluice::frame::{FrameEvent, FrameLimits, Framing, OversizePolicy, StreamFramer, datagram};
-use sluice::parse::ParseOptions;
 use sluice::parse::syslog::{parse_header, structured_data};
+use sluice::parse::{LocalZone, ParseOptions};
 
 fn data_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/syslog")
@@ -58,7 +58,7 @@ fn opt_str(v: &Value) -> Option<&str> {
 fn check(case: &HeaderCase, input: &str, check_raw_sd: bool) {
     let received = Timestamp::from_unix_nanos(rfc3339_nanos(&case.received_at));
     let options = ParseOptions {
-        default_offset_secs: case.default_offset_secs,
+        zone: LocalZone::Fixed(case.default_offset_secs),
         ..ParseOptions::default()
     };
     let (h, body) = parse_header(input, received, &options);

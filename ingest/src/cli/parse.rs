@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use crate::event::{Received, Timestamp};
 use crate::frame::{FrameEvent, FrameLimits, Framing, OversizePolicy, StreamFramer};
 use crate::map::{self, Schema};
-use crate::parse::{ParseOptions, Parser};
+use crate::parse::{LocalZone, ParseOptions, Parser};
 
 #[derive(Debug, clap::Args)]
 pub struct ParseArgs {
@@ -38,6 +38,15 @@ pub struct ParseArgs {
     /// Source name recorded in each event.
     #[arg(long, default_value = "stdin")]
     pub source: String,
+    /// Zone of timestamps written without one (RFC 3164): an IANA name such as
+    /// `Europe/Paris`, `UTC`, or an offset such as `+02:00` (the `timezone` config key).
+    #[arg(long, default_value = "UTC", value_parser = zone_name, allow_hyphen_values = true)]
+    pub timezone: String,
+}
+
+/// Checks a `--timezone` value up front, so a bad one is a usage error.
+fn zone_name(text: &str) -> Result<String, String> {
+    LocalZone::parse(text).map(|_| text.to_owned())
 }
 
 /// Output is flushed whenever this much is buffered.
@@ -99,7 +108,8 @@ pub fn process<R: Read, W: Write>(args: &ParseArgs, mut input: R, output: W) -> 
     let options = ParseOptions {
         json_max_depth: args.json_max_depth,
         json_max_bytes: args.json_max_bytes,
-        ..ParseOptions::default()
+        zone: LocalZone::parse(&args.timezone)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
     };
     let mut emitter = Emitter {
         parser: Parser::new(options),
@@ -231,6 +241,7 @@ mod tests {
             json_max_depth: 128,
             json_max_bytes: 256 * 1024,
             source: "test".into(),
+            timezone: "UTC".into(),
         }
     }
 

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::event::EventKind;
 use crate::frame::{FrameLimits, Framing, OversizePolicy};
 use crate::map::Schema;
-use crate::parse::ParseOptions;
+use crate::parse::zone::MAX_FIXED_OFFSET_SECS;
+use crate::parse::{LocalZone, ParseOptions};
 use crate::sink::azure_logs_ingestion::AzureLogsIngestionConfig;
 use crate::sink::elasticsearch::ElasticsearchConfig;
 use crate::sink::file::FileSinkConfig;
@@ -145,7 +146,12 @@ pub struct ParseConfig {
     pub json_max_depth: usize,
     #[serde(default = "default_json_max_bytes")]
     pub json_max_bytes: usize,
-    /// Seconds east of UTC assumed for RFC 3164 timestamps, which carry no zone.
+    /// Zone of syslog timestamps written without one (RFC 3164 always, some RFC 3339): an
+    /// IANA name (`Europe/Paris`: the offset follows daylight saving time), `UTC` or an offset
+    /// (`+02:00`). Sources may set their own. Default: UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Seconds east of UTC for those timestamps: the older, fixed-offset form of `timezone`.
     #[serde(default)]
     pub default_offset_secs: i32,
 }
@@ -155,6 +161,7 @@ impl Default for ParseConfig {
         ParseConfig {
             json_max_depth: default_json_max_depth(),
             json_max_bytes: default_json_max_bytes(),
+            timezone: None,
             default_offset_secs: 0,
         }
     }
@@ -168,11 +175,19 @@ fn default_json_max_bytes() -> usize {
 }
 
 impl ParseConfig {
-    pub fn options(&self) -> ParseOptions {
-        ParseOptions {
+    /// The options every source starts from; `Err` names the problem with `timezone`.
+    pub fn options(&self) -> Result<ParseOptions, String> {
+        Ok(ParseOptions {
             json_max_depth: self.json_max_depth,
             json_max_bytes: self.json_max_bytes,
-            default_offset_secs: self.default_offset_secs,
+            zone: self.zone()?,
+        })
+    }
+
+    fn zone(&self) -> Result<LocalZone, String> {
+        match &self.timezone {
+            Some(name) => LocalZone::parse(name),
+            None => Ok(LocalZone::Fixed(self.default_offset_secs)),
         }
     }
 }
@@ -341,6 +356,9 @@ pub struct UdpSourceConfig {
     /// `net::overflow`.
     #[serde(default = "default_overflow_max_bytes")]
     pub overflow_max_bytes: u64,
+    /// Zone of this source's unzoned timestamps; default: `[parse] timezone`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
 }
 
 /// Smallest share of `overflow_max_bytes` per reader thread: a few full reader batches.
@@ -399,6 +417,9 @@ pub struct TcpSourceConfig {
     /// Source CIDRs allowed to connect (empty: all); others are refused and counted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<String>,
+    /// Zone of this source's unzoned timestamps; default: `[parse] timezone`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
 }
 
 /// `type = "tls"`: the tcp keys plus the certificate files. Certificate, key and CA bundle are
@@ -540,6 +561,17 @@ impl SourceConfig {
             SourceConfig::Tcp(_) => "tcp",
             SourceConfig::Tls(_) => "tls",
             SourceConfig::DarktraceApi(_) => "darktrace_api",
+        }
+    }
+
+    /// The source's own `timezone`, if it has one (sources of syslog lines only).
+    pub fn timezone(&self) -> Option<&str> {
+        match self {
+            SourceConfig::Udp(u) => u.timezone.as_deref(),
+            SourceConfig::Tcp(t) | SourceConfig::Tls(TlsSourceConfig { tcp: t, .. }) => {
+                t.timezone.as_deref()
+            }
+            SourceConfig::DarktraceApi(_) => None,
         }
     }
 
@@ -957,6 +989,14 @@ impl SinkConfig {
 }
 
 impl Config {
+    /// Zone of the unzoned timestamps of source `name`: its own `timezone`, else `[parse]`'s.
+    pub fn source_zone(&self, name: &str) -> Result<LocalZone, String> {
+        match self.sources.get(name).and_then(SourceConfig::timezone) {
+            Some(zone) => LocalZone::parse(zone),
+            None => self.parse.zone(),
+        }
+    }
+
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let display = path.display().to_string();
@@ -1033,11 +1073,26 @@ impl Config {
         }
         positive("parse.json_max_depth".into(), self.parse.json_max_depth)?;
         positive("parse.json_max_bytes".into(), self.parse.json_max_bytes)?;
-        if self.parse.default_offset_secs.abs() > 24 * 3600 {
+        if self.parse.default_offset_secs.abs() > MAX_FIXED_OFFSET_SECS {
             return Err((
                 "parse.default_offset_secs".into(),
                 "must be within ±86400".into(),
             ));
+        }
+        if self.parse.timezone.is_some() && self.parse.default_offset_secs != 0 {
+            return Err((
+                "parse.default_offset_secs".into(),
+                "set `timezone` or `default_offset_secs`, not both (`timezone` also takes \
+                 offsets such as \"+02:00\")"
+                    .into(),
+            ));
+        }
+        self.parse
+            .zone()
+            .map_err(|e| ("parse.timezone".to_string(), e))?;
+        for name in self.sources.keys() {
+            self.source_zone(name)
+                .map_err(|e| (format!("sources.{name}.timezone"), e))?;
         }
         if let Some(w) = self.pipeline.workers {
             positive("pipeline.workers".into(), w)?;
@@ -1474,6 +1529,83 @@ kinds = ["cef", "darktrace_model_breach"]
         // The effective config round-trips.
         let again = Config::from_toml(&c.to_redacted_toml(), "again").unwrap();
         assert_eq!(again.sinks["out"].schema(), Schema::Commonsecuritylog);
+    }
+
+    #[test]
+    fn time_zones_for_the_parser_and_per_source() {
+        let utc = |secs: i64| secs;
+        // Unset: UTC everywhere.
+        let c = Config::from_toml(GOOD, "good.toml").unwrap();
+        assert_eq!(
+            c.source_zone("syslog_udp").unwrap().utc_from_local(100),
+            Some(utc(100))
+        );
+        // `[parse] timezone` for every source, a source's own for that source only.
+        let text = format!(
+            "{}[parse]\ntimezone = \"Europe/Paris\"\n",
+            GOOD.replace(
+                "framing = \"octet\"",
+                "framing = \"octet\"\ntimezone = \"-05:00\""
+            )
+        );
+        let c = Config::from_toml(&text, "tz.toml").unwrap();
+        let july_noon = 1_720_180_800; // 2024-07-05T12:00:00 as if UTC
+        assert_eq!(
+            c.source_zone("syslog_udp")
+                .unwrap()
+                .utc_from_local(july_noon),
+            Some(july_noon - 7200)
+        );
+        assert_eq!(
+            c.source_zone("syslog_tcp")
+                .unwrap()
+                .utc_from_local(july_noon),
+            Some(july_noon + 5 * 3600)
+        );
+        assert_eq!(c.parse.options().unwrap().zone.to_string(), "Europe/Paris");
+        // The effective config keeps both.
+        let again = c.to_redacted_toml();
+        assert!(again.contains("timezone = \"Europe/Paris\""), "{again}");
+        assert!(again.contains("timezone = \"-05:00\""), "{again}");
+        // The older fixed offset still works.
+        let text = format!("{GOOD}[parse]\ndefault_offset_secs = 3600\n");
+        let c = Config::from_toml(&text, "old.toml").unwrap();
+        assert_eq!(
+            c.source_zone("syslog_tcp").unwrap().utc_from_local(3600),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn a_bad_time_zone_names_its_key_and_line() {
+        let text = format!("{GOOD}[parse]\ntimezone = \"Europe/Pariss\"\n");
+        let err = Config::from_toml(&text, "tz.toml").unwrap_err().to_string();
+        assert!(
+            err.starts_with("tz.toml:18: `parse.timezone`: unknown time zone `Europe/Pariss`"),
+            "{err}"
+        );
+        let text = GOOD.replace(
+            "framing = \"octet\"",
+            "framing = \"octet\"\ntimezone = \"+25:00\"",
+        );
+        let err = Config::from_toml(&text, "tz.toml").unwrap_err().to_string();
+        assert!(
+            err.starts_with("tz.toml:10: `sources.syslog_tcp.timezone`: `+25:00` is not an offset"),
+            "{err}"
+        );
+        let text = format!("{GOOD}[parse]\ntimezone = \"UTC\"\ndefault_offset_secs = 60\n");
+        let err = Config::from_toml(&text, "tz.toml").unwrap_err().to_string();
+        assert!(
+            err.starts_with("tz.toml:19: `parse.default_offset_secs`: set `timezone` or"),
+            "{err}"
+        );
+        // Not a key of an API source.
+        let text = format!(
+            "{GOOD}[sources.dt]\ntype = \"darktrace_api\"\nurl = \"https://dt.example\"\n\
+             public_token = \"p\"\nprivate_token = \"q\"\ntimezone = \"UTC\"\n"
+        );
+        let err = Config::from_toml(&text, "tz.toml").unwrap_err().to_string();
+        assert!(err.contains("unknown field `timezone`"), "{err}");
     }
 
     #[test]

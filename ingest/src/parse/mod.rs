@@ -5,6 +5,9 @@ pub(crate) mod bytescan;
 pub mod cef;
 pub mod json;
 pub mod syslog;
+pub mod zone;
+
+pub use zone::LocalZone;
 
 use crate::event::{Body, Event, Extension, Received, SyslogFormat, SyslogHeader};
 
@@ -43,8 +46,8 @@ pub struct ParseOptions {
     pub json_max_depth: usize,
     /// Maximum JSON body size in bytes.
     pub json_max_bytes: usize,
-    /// Offset assumed for timestamps written without a zone (RFC 3164), in seconds east of UTC.
-    pub default_offset_secs: i32,
+    /// Zone assumed for timestamps written without one (RFC 3164, unzoned RFC 3339).
+    pub zone: LocalZone,
 }
 
 impl Default for ParseOptions {
@@ -52,7 +55,7 @@ impl Default for ParseOptions {
         ParseOptions {
             json_max_depth: 128,
             json_max_bytes: 256 * 1024,
-            default_offset_secs: 0,
+            zone: LocalZone::default(),
         }
     }
 }

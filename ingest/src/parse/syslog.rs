@@ -15,7 +15,7 @@ use std::borrow::Cow;
 use smallvec::SmallVec;
 
 use crate::event::{Pri, SyslogFormat, SyslogHeader, Timestamp};
-use crate::parse::ParseOptions;
+use crate::parse::{LocalZone, ParseOptions};
 
 /// An RFC 3164 date carries no year. The year chosen is the one that puts the timestamp closest
 /// to the receive time without being more than this far in the future (clock skew and unknown
@@ -136,7 +136,7 @@ fn parse_5424<'a>(
     let timestamp = if ts == "-" {
         None
     } else {
-        let (timestamp, end) = parse_rfc3339(ts.as_bytes(), 0, options.default_offset_secs)?;
+        let (timestamp, end) = parse_rfc3339(ts.as_bytes(), 0, &options.zone)?;
         if end != ts.len() {
             return None;
         }
@@ -357,9 +357,9 @@ fn parse_3164<'a>(
     let pos = skip_spaces(b, start);
 
     let after_ts = if let Some(bsd) = parse_bsd_timestamp(b, pos) {
-        head.timestamp = bsd.resolve(received_at, options.default_offset_secs);
+        head.timestamp = bsd.resolve(received_at, &options.zone);
         bsd.end
-    } else if let Some((timestamp, end)) = parse_rfc3339(b, pos, options.default_offset_secs)
+    } else if let Some((timestamp, end)) = parse_rfc3339(b, pos, &options.zone)
         .filter(|&(_, end)| matches!(b.get(end), None | Some(b' ')))
     {
         head.timestamp = Some(timestamp);
@@ -586,9 +586,9 @@ fn parse_bsd_timestamp(b: &[u8], pos: usize) -> Option<BsdTimestamp> {
 impl BsdTimestamp {
     /// Places the time in a year (given, or inferred from `received_at`) in the receiver's
     /// default zone. `None` when no plausible year makes the date valid (e.g. Feb 29).
-    fn resolve(&self, received_at: Timestamp, offset_secs: i32) -> Option<Timestamp> {
+    fn resolve(&self, received_at: Timestamp, zone: &LocalZone) -> Option<Timestamp> {
         let at = |year: i32| -> Option<i64> {
-            let secs = civil_secs(
+            let local_secs = civil_secs(
                 i64::from(year),
                 self.month,
                 self.day,
@@ -596,7 +596,7 @@ impl BsdTimestamp {
                 self.minute,
                 self.second,
             )?;
-            secs.checked_sub(i64::from(offset_secs))?
+            zone.utc_from_local(local_secs)?
                 .checked_mul(1_000_000_000)?
                 .checked_add(i64::from(self.nanos))
         };
@@ -604,12 +604,20 @@ impl BsdTimestamp {
             Some(year) => at(year)?,
             None => {
                 let received = received_at.unix_nanos;
-                let local_secs = received.div_euclid(1_000_000_000) + i64::from(offset_secs);
+                let received_secs = received.div_euclid(1_000_000_000);
+                let local_secs = received_secs + i64::from(zone.offset_at(received_secs));
                 let year = year_of_days(local_secs.div_euclid(86_400)) as i32;
                 let latest_allowed =
                     received.saturating_add(YEAR_INFERENCE_FUTURE_SKEW_SECS * 1_000_000_000);
+                // A time in the next year can only be allowed in the year's last days (the
+                // skew plus the widest gap between two zone offsets is under four days).
+                // Skipping it otherwise also keeps a named zone's one-entry cache on this
+                // year's time.
+                let next_year_possible =
+                    year_of_days((local_secs + 4 * 86_400).div_euclid(86_400)) as i32 > year;
                 [year + 1, year, year - 1]
                     .into_iter()
+                    .filter(|&y| y <= year || next_year_possible)
                     .filter_map(at)
                     .find(|&t| t <= latest_allowed)?
             }
@@ -742,7 +750,7 @@ fn finish_hms(
 
 /// RFC 3339 `YYYY-MM-DDThh:mm:ss[.frac](Z|±hh:mm)` at `pos`; a missing zone means the
 /// receiver's default (and `offset_secs: None`). Returns the timestamp and the end index.
-fn parse_rfc3339(b: &[u8], pos: usize, default_offset_secs: i32) -> Option<(Timestamp, usize)> {
+fn parse_rfc3339(b: &[u8], pos: usize, zone: &LocalZone) -> Option<(Timestamp, usize)> {
     let [year, month, day, hour, minute, second] = rfc3339_date_time(b, pos)?;
     let (hour, minute, second, nanos, mut end) = finish_hms(b, pos + 19, hour, minute, second)?;
     let offset = match b.get(end) {
@@ -763,8 +771,11 @@ fn parse_rfc3339(b: &[u8], pos: usize, default_offset_secs: i32) -> Option<(Time
         }
         _ => None,
     };
-    let secs = civil_secs(i64::from(year), month, day, hour, minute, second)?
-        .checked_sub(i64::from(offset.unwrap_or(default_offset_secs)))?;
+    let local_secs = civil_secs(i64::from(year), month, day, hour, minute, second)?;
+    let secs = match offset {
+        Some(offset) => local_secs.checked_sub(i64::from(offset))?,
+        None => zone.utc_from_local(local_secs)?,
+    };
     let unix_nanos = secs
         .checked_mul(1_000_000_000)?
         .checked_add(i64::from(nanos))?;
@@ -867,7 +878,9 @@ mod tests {
     }
 
     fn at(rfc3339: &str) -> Timestamp {
-        parse_rfc3339(rfc3339.as_bytes(), 0, 0).unwrap().0
+        parse_rfc3339(rfc3339.as_bytes(), 0, &LocalZone::Fixed(0))
+            .unwrap()
+            .0
     }
 
     fn parse(text: &str) -> (SyslogHeader<'_>, &str) {
@@ -973,7 +986,7 @@ mod tests {
     #[test]
     fn default_offset_applies_to_unzoned_times_only() {
         let opts = ParseOptions {
-            default_offset_secs: 3600,
+            zone: LocalZone::Fixed(3600),
             ..ParseOptions::default()
         };
         let (h, _) = parse_header(
@@ -999,6 +1012,60 @@ mod tests {
                 unix_nanos: at("2024-02-05T08:00:00Z").unix_nanos,
                 offset_secs: Some(7200)
             })
+        );
+    }
+
+    #[test]
+    fn a_named_zone_places_local_times_by_their_date() {
+        let opts = ParseOptions {
+            zone: LocalZone::parse("Europe/Paris").unwrap(),
+            ..ParseOptions::default()
+        };
+        let utc_of = |line: &str, received: &str| {
+            parse_header(line, at(received), &opts)
+                .0
+                .timestamp
+                .map(|t| (t.unix_nanos, t.offset_secs))
+        };
+        // RFC 3164 in winter (UTC+1) and summer (UTC+2).
+        assert_eq!(
+            utc_of("<13>Feb  5 10:00:00 h a: x", "2024-02-05T09:00:01Z"),
+            Some((at("2024-02-05T09:00:00Z").unix_nanos, None))
+        );
+        assert_eq!(
+            utc_of("<13>Jul  5 10:00:00 h a: x", "2024-07-05T08:00:01Z"),
+            Some((at("2024-07-05T08:00:00Z").unix_nanos, None))
+        );
+        // An RFC 3339 time without its offset takes the zone; one with an offset keeps it.
+        assert_eq!(
+            utc_of(
+                "<13>1 2024-07-05T10:00:00 h a - - - x",
+                "2024-07-05T08:00:01Z"
+            ),
+            Some((at("2024-07-05T08:00:00Z").unix_nanos, None))
+        );
+        assert_eq!(
+            utc_of(
+                "<13>1 2024-07-05T10:00:00Z h a - - - x",
+                "2024-07-05T10:00:01Z"
+            ),
+            Some((at("2024-07-05T10:00:00Z").unix_nanos, Some(0)))
+        );
+        // The hour that happens twice when clocks go back is read as its first occurrence.
+        assert_eq!(
+            utc_of("<13>Oct 27 02:30:00 h a: x", "2024-10-27T00:30:01Z"),
+            Some((at("2024-10-27T00:30:00Z").unix_nanos, None))
+        );
+        // The year is inferred from the local date of reception: 23:30 UTC on Dec 31 is
+        // already Jan 1 in Paris, so "Jan  1 00:29:00" is this new year, not the next.
+        assert_eq!(
+            utc_of("<13>Jan  1 00:29:00 h a: x", "2024-12-31T23:30:00Z"),
+            Some((at("2024-12-31T23:29:00Z").unix_nanos, None))
+        );
+        // And a Dec 31 line received then is the year that just ended locally.
+        assert_eq!(
+            utc_of("<13>Dec 31 23:59:00 h a: x", "2024-12-31T23:30:00Z"),
+            Some((at("2024-12-31T22:59:00Z").unix_nanos, None))
         );
     }
 

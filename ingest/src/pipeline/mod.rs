@@ -306,6 +306,20 @@ impl Pipeline {
             .keys()
             .map(|k| Arc::from(k.as_str()))
             .collect();
+        // Validated with the config; an error here names the key all the same.
+        let parse = config
+            .parse
+            .options()
+            .map_err(|e| anyhow::anyhow!("parse.timezone: {e}"))?;
+        let source_zones = config
+            .sources
+            .keys()
+            .map(|name| {
+                config
+                    .source_zone(name)
+                    .map_err(|e| anyhow::anyhow!("sources.{name}.timezone: {e}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let mut bound = Vec::new();
         let mut listening = Vec::new();
         // API sources: client and checkpoints ready before any thread starts (fail early).
@@ -575,7 +589,8 @@ impl Pipeline {
                 source_names: source_names.clone(),
                 routes: routes.clone(),
                 sinks: &sink_ports,
-                parse: config.parse.options(),
+                parse: parse.clone(),
+                source_zones: source_zones.clone(),
                 totals: totals.clone(),
             });
             inboxes.push(Inbox {

@@ -14,7 +14,7 @@ use crate::event::{Body, EventKind, Received, Timestamp};
 use crate::map::Schema;
 use crate::metrics::SinkCounters;
 use crate::net::FrameBatch;
-use crate::parse::{ParseErrorKind, ParseOptions, Parser};
+use crate::parse::{LocalZone, ParseErrorKind, ParseOptions, Parser};
 use crate::pipeline::Totals;
 use crate::sink::Envelope;
 
@@ -48,6 +48,8 @@ pub(super) struct WorkerSetup<'a> {
     pub routes: Vec<Vec<usize>>,
     pub sinks: &'a [SinkPort],
     pub parse: ParseOptions,
+    /// Per source (as `source_names`): the zone of its unzoned timestamps.
+    pub source_zones: Vec<LocalZone>,
     pub totals: Arc<Totals>,
 }
 
@@ -92,6 +94,7 @@ impl WorkerSink {
 struct WorkerSource {
     name: Arc<str>,
     routes: Vec<usize>,
+    zone: LocalZone,
 }
 
 pub(super) struct Worker {
@@ -99,6 +102,8 @@ pub(super) struct Worker {
     queues: Vec<Receiver<FrameBatch>>,
     recycle: Vec<Sender<FrameBatch>>,
     sources: Vec<WorkerSource>,
+    /// The source whose zone the parser holds.
+    parser_source: Option<u16>,
     sinks: Vec<WorkerSink>,
     parser: Parser,
     parse_errors: HashMap<(u16, ParseErrorKind), (metrics::Counter, u64)>,
@@ -154,11 +159,14 @@ impl Worker {
                 .source_names
                 .iter()
                 .zip(setup.routes)
-                .map(|(name, routes)| WorkerSource {
+                .zip(setup.source_zones)
+                .map(|((name, routes), zone)| WorkerSource {
                     name: name.clone(),
                     routes,
+                    zone,
                 })
                 .collect(),
+            parser_source: None,
             sinks: setup
                 .sinks
                 .iter()
@@ -227,6 +235,10 @@ impl Worker {
             }
             return;
         };
+        if self.parser_source != Some(batch.source) {
+            self.parser.options.zone = source.zone.clone();
+            self.parser_source = Some(batch.source);
+        }
         let received_at = batch.received_at.unwrap_or_else(Timestamp::now);
         let mut errors = 0u64;
         // One UTF-8 check for the whole batch: per frame, the call's set-up cost more than the
@@ -443,6 +455,7 @@ mod tests {
             routes: vec![vec![0]],
             sinks: &sinks,
             parse: ParseOptions::default(),
+            source_zones: vec![LocalZone::default()],
             totals: Arc::default(),
         })
         .run();
