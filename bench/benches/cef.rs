@@ -6,7 +6,7 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sluice::event::{Body, Event, Received, Timestamp};
 use sluice::map::{self, Schema};
-use sluice::parse::cef;
+use sluice::parse::{LocalZone, cef};
 
 /// Built from the public Darktrace sample's shape (word severity, space after the last header
 /// pipe, escaped `\=`, dotted/URL values, values with spaces) and the documented key order.
@@ -33,6 +33,7 @@ fn event<'a>(body: &'a str, scratch: &'a mut String) -> Event<'a> {
             peer: None,
             received_at: Timestamp::from_unix_nanos(1_709_633_472_000_000_000),
         },
+        zone: &LocalZone::Fixed(0),
         raw: body,
         syslog,
         body: Body::Cef(parsed),

@@ -5,6 +5,8 @@
 
 use std::net::SocketAddr;
 
+use crate::parse::LocalZone;
+
 /// A point in time: nanoseconds since the Unix epoch (UTC) plus the offset it was written with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp {
@@ -245,6 +247,10 @@ pub enum Body<'a> {
 #[derive(Debug)]
 pub struct Event<'a> {
     pub received: Received<'a>,
+    /// Zone of times the sender wrote without one: its source's `timezone`. The syslog header
+    /// is already placed with it; CEF date values are placed with it when they name no zone
+    /// and the record has no `dtz`.
+    pub zone: &'a LocalZone,
     /// The whole message as received (after framing), as UTF-8 (invalid bytes replaced).
     pub raw: &'a str,
     pub syslog: SyslogHeader<'a>,

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 use serde_json::Value;
 use sluice::event::Cef;
+use sluice::parse::LocalZone;
 use sluice::parse::cef::{
     custom_fields, custom_key, escape_extension_value, escape_header_field, find_cef_start,
     full_custom_name, full_name, parse, parse_timestamp,
@@ -205,7 +206,7 @@ fn observed(id: &str, options: &Value, cef: &Cef<'_>) -> (Fields, Check) {
                 f.insert(logstash_name(e.key), e.value.into());
             }
             if let Some(rt) = cef.get("rt")
-                && let Some(ms) = parse_timestamp(rt, cef.get("dtz"))
+                && let Some(ms) = parse_timestamp(rt, cef.get("dtz"), &LocalZone::Fixed(0))
             {
                 f.insert("@timestamp(ecs mode)".into(), rfc3339_millis(ms).into());
             }

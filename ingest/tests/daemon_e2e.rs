@@ -974,9 +974,10 @@ fn logger_rfc3164_and_rfc5424_over_udp_and_tcp() {
 fn unzoned_times_take_the_zone_of_their_source() {
     let tables = format!(
         "[parse]\ntimezone = \"Europe/Paris\"\n\
-         {UDP_SOURCE}timezone = \"America/New_York\"\n{}{}",
+         {UDP_SOURCE}timezone = \"America/New_York\"\n{}{}kinds = [\"text\"]\n{}kinds = [\"cef\"]\n",
         tcp_source("lf"),
-        file_sink("mapped", "sluice", "none", 100)
+        file_sink("mapped", "sluice", "none", 100),
+        file_sink("csl", "commonsecuritylog", "none", 100)
     );
     let daemon = Daemon::start(&tables);
     let now = chrono::Utc::now();
@@ -992,11 +993,23 @@ fn unzoned_times_take_the_zone_of_their_source() {
         tcp.write_all(format!("<13>{time} host app: tcp-{name}\n").as_bytes())
             .unwrap();
     }
+    // A CEF date without zone or `dtz` takes the source's zone too (New York, winter: UTC-5).
+    udp.send_to(
+        b"<13>Jan  5 10:00:00 host CEF:0|V|P|1|1|n|5|rt=Jan 07 2024 14:50:39 msg=cef-udp",
+        daemon.udp.unwrap(),
+    )
+    .unwrap();
     drop(tcp);
     daemon.wait_for_metric(
         "sluice_sink_events_total",
         &[("sink", "mapped")],
         4,
+        Duration::from_secs(30),
+    );
+    daemon.wait_for_metric(
+        "sluice_sink_events_total",
+        &[("sink", "csl")],
+        1,
         Duration::from_secs(30),
     );
     let (_, daemon) = daemon.stop();
@@ -1037,6 +1050,9 @@ fn unzoned_times_take_the_zone_of_their_source() {
     })
     .collect();
     assert_eq!(got, want);
+    let csl = read_output(&daemon.out().join("csl"));
+    let row: serde_json::Value = serde_json::from_str(&csl[0]).unwrap();
+    assert_eq!(row["ReceiptTime"], "2024-01-07T19:50:39.000Z", "{row}");
 }
 
 fn raw_came_over_udp(message: &str, markers: &[(String, bool)], runs: &[(&str, &[&str])]) -> bool {

@@ -22,10 +22,10 @@ use memchr::memchr;
 use smallvec::SmallVec;
 
 use crate::event::{Cef, Extension};
-use crate::parse::ParseErrorKind;
 use crate::parse::bytescan::{
     Positions, backslash_mask16, cef_extension_events, cef_header_events,
 };
+use crate::parse::{LocalZone, ParseErrorKind};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CefError {
@@ -1109,8 +1109,8 @@ fn epoch_digits(b: &[u8]) -> Option<i64> {
 ///
 /// Accepted: epoch milliseconds; `MMM dd yyyy HH:mm:ss[.SSS][ zone]`; RFC 3339. A zone is `Z`,
 /// `UTC`, `GMT`, `±hh:mm`, `±hhmm` or an IANA name; without one, `dtz` (the record's device time
-/// zone, same forms) applies, and without that, UTC.
-pub fn parse_timestamp(text: &str, dtz: Option<&str>) -> Option<i64> {
+/// zone, same forms) applies, and without that, `source_zone` (the source's `timezone`).
+pub fn parse_timestamp(text: &str, dtz: Option<&str>, source_zone: &LocalZone) -> Option<i64> {
     // Epoch milliseconds, as Darktrace and most senders write `rt`: no trimming or generic
     // integer parsing needed.
     if let Some(millis) = epoch_digits(text.as_bytes()) {
@@ -1130,11 +1130,10 @@ pub fn parse_timestamp(text: &str, dtz: Option<&str>) -> Option<i64> {
     let day: u32 = parts.next()?.parse().ok()?;
     let year: i32 = parts.next()?.parse().ok()?;
     let clock = parts.next()?;
-    let zone = parts
-        .next()
-        .map(str::trim)
-        .filter(|z| !z.is_empty())
-        .or(dtz);
+    fn named(zone: Option<&str>) -> Option<&str> {
+        zone.map(str::trim).filter(|z| !z.is_empty())
+    }
+    let zone = named(parts.next()).or_else(|| named(dtz));
     let (hms, frac) = match clock.split_once('.') {
         Some((hms, frac)) => (hms, frac),
         None => (clock, ""),
@@ -1153,12 +1152,12 @@ pub fn parse_timestamp(text: &str, dtz: Option<&str>) -> Option<i64> {
     };
     let civil =
         chrono::NaiveDate::from_ymd_opt(year, month, day)?.and_hms_opt(hour, minute, second)?;
-    let local_millis = civil.and_utc().timestamp() * 1000 + millis;
-    let offset_secs = match zone {
-        None => 0,
-        Some(z) => zone_offset_secs(z, civil)?,
+    let local_secs = civil.and_utc().timestamp();
+    let utc_secs = match zone {
+        Some(z) => local_secs - i64::from(zone_offset_secs(z, civil)?),
+        None => source_zone.utc_from_local(local_secs)?,
     };
-    Some(local_millis - i64::from(offset_secs) * 1000)
+    Some(utc_secs * 1000 + millis)
 }
 
 fn month_number(name: &str) -> Option<u32> {
@@ -1713,31 +1712,63 @@ mod tests {
 
     #[test]
     fn timestamps() {
+        const UTC: LocalZone = LocalZone::Fixed(0);
         assert_eq!(
-            parse_timestamp("1543270652000", None),
+            parse_timestamp("1543270652000", None, &UTC),
             Some(1_543_270_652_000)
         );
         // logstash dtz_rt_zoneless: zone-less rt, dtz supplies Europe/Moscow (UTC+3).
         assert_eq!(
-            parse_timestamp("Jul 19 2017 10:50:21.127", Some("Europe/Moscow")),
+            parse_timestamp("Jul 19 2017 10:50:21.127", Some("Europe/Moscow"), &UTC),
             Some(1_500_450_621_127)
         );
         assert_eq!(
-            parse_timestamp("Sep 07 2018 14:50:39", None),
+            parse_timestamp("Sep 07 2018 14:50:39", None, &UTC),
             Some(1_536_331_839_000)
         );
         assert_eq!(
-            parse_timestamp("Sep 07 2018 14:50:39 +02:00", Some("UTC")),
+            parse_timestamp("Sep 07 2018 14:50:39 +02:00", Some("UTC"), &UTC),
             Some(1_536_324_639_000)
         );
         assert_eq!(
-            parse_timestamp("2025-06-29T23:35:00Z", None),
+            parse_timestamp("2025-06-29T23:35:00Z", None, &UTC),
             Some(1_751_240_100_000)
         );
-        assert_eq!(parse_timestamp("Foo 07 2018 14:50:39", None), None);
+        assert_eq!(parse_timestamp("Foo 07 2018 14:50:39", None, &UTC), None);
         assert_eq!(
-            parse_timestamp("Sep 07 2018 14:50:39", Some("Nowhere/Land")),
+            parse_timestamp("Sep 07 2018 14:50:39", Some("Nowhere/Land"), &UTC),
             None
+        );
+        // Neither the value nor `dtz` names a zone: the source's applies, and only then.
+        let paris = LocalZone::parse("Europe/Paris").unwrap();
+        assert_eq!(
+            parse_timestamp("Sep 07 2018 14:50:39", None, &paris),
+            Some(1_536_331_839_000 - 7_200_000)
+        );
+        assert_eq!(
+            parse_timestamp("Jan 07 2018 14:50:39.5", None, &paris),
+            Some(1_515_336_639_500 - 3_600_000)
+        );
+        assert_eq!(
+            parse_timestamp("Jul 19 2017 10:50:21.127", Some("Europe/Moscow"), &paris),
+            Some(1_500_450_621_127)
+        );
+        assert_eq!(
+            parse_timestamp("Sep 07 2018 14:50:39 +00:00", None, &paris),
+            Some(1_536_331_839_000)
+        );
+        assert_eq!(
+            parse_timestamp("1543270652000", None, &paris),
+            Some(1_543_270_652_000)
+        );
+        // A trailing space is no zone: `dtz` still applies, and an empty `dtz` is none.
+        assert_eq!(
+            parse_timestamp("Jul 19 2017 10:50:21.127 ", Some("Europe/Moscow"), &paris),
+            Some(1_500_450_621_127)
+        );
+        assert_eq!(
+            parse_timestamp("Sep 07 2018 14:50:39", Some(" "), &UTC),
+            Some(1_536_331_839_000)
         );
     }
 

@@ -162,7 +162,7 @@ impl Parser {
 }
 
 fn parse_text<'a>(
-    options: &ParseOptions,
+    options: &'a ParseOptions,
     json: &'a mut json::JsonScratch,
     cef: &'a mut String,
     extensions: &mut Vec<Extension<'static>>,
@@ -173,6 +173,7 @@ fn parse_text<'a>(
     let body = parse_body(body_text, options, json, cef, extensions);
     Event {
         received,
+        zone: &options.zone,
         raw: text,
         syslog,
         body,

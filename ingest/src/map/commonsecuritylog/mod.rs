@@ -15,6 +15,7 @@ use crate::event::{Body, Cef, Event, Extension};
 use crate::map::json_writer::{
     ByteSink, Cursor, ObjectWriter, write_backslashed_contents, write_str_contents,
 };
+use crate::parse::LocalZone;
 use crate::parse::cef::{
     CUSTOM_KEY_PREFIXES, CustomKey, CustomKind, KeyIndex, custom_key, key_order, parse_timestamp,
 };
@@ -435,6 +436,7 @@ fn write_typed(
     col: &Column,
     extension: &Extension<'_>,
     dtz: Option<&str>,
+    zone: &LocalZone,
 ) -> bool {
     let value: &str = extension.value;
     let int = |w: &mut Cursor<'_>, n: i64| {
@@ -487,7 +489,7 @@ fn write_typed(
             }
             _ => false,
         },
-        Type::DateTime => match parse_timestamp(value.trim(), dtz) {
+        Type::DateTime => match parse_timestamp(value.trim(), dtz, zone) {
             Some(ms) => {
                 col.write_key(w, false);
                 w.extend_small(&rfc3339_millis(ms));
@@ -550,7 +552,7 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
             _ => {}
         }
     }
-    let rt_millis = rt.and_then(|rt| parse_timestamp(rt, dtz));
+    let rt_millis = rt.and_then(|rt| parse_timestamp(rt, dtz, event.zone));
     // Room for a typical row; the cursor grows the buffer if a row needs more.
     let mut w = Cursor::new(out, 2 * event.raw.len() + 1024);
     // Formatted once: with a valid `rt` it is both TimeGenerated and ReceiptTime.
@@ -629,7 +631,7 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
         let written = match column_hashed(e.key, e.key_hash, e.key_tail) {
             // A value the column's type refuses leaves the column free for a later alias.
             Some(col) if !columns.contains(col.slot.into()) => {
-                let written = write_typed(&mut w, col, e, dtz);
+                let written = write_typed(&mut w, col, e, dtz, event.zone);
                 if written {
                     columns.insert(col.slot.into());
                 }
@@ -761,6 +763,7 @@ mod tests {
         let parsed = crate::parse::parse_cef_or_text(body, scratch);
         Event {
             received,
+            zone: &LocalZone::Fixed(0),
             raw: body,
             syslog,
             body: parsed,
@@ -950,6 +953,32 @@ mod tests {
         assert_eq!(r["TimeGenerated"], "2023-11-14T22:13:20.123Z");
         assert_eq!(r["ReceiptTime"], "yesterday");
         assert_eq!(r["LogSeverity"], "7");
+    }
+
+    #[test]
+    fn zoneless_dates_without_dtz_take_the_source_zone() {
+        let paris = LocalZone::parse("Europe/Paris").unwrap();
+        let row_in_paris = |body: &str| -> serde_json::Value {
+            let mut scratch = String::new();
+            let mut e = event(body, &mut scratch);
+            e.zone = &paris;
+            let mut out = Vec::new();
+            write(&e, &mut out);
+            serde_json::from_slice(&out).unwrap()
+        };
+        let r = row_in_paris(
+            "CEF:0|V|P|1|1|n|5| rt=Sep 07 2018 14:50:39 end=Jan 07 2018 14:50:39 \
+             start=Jan 07 2018 14:50:39 +00:00",
+        );
+        assert_eq!(r["TimeGenerated"], "2018-09-07T12:50:39.000Z");
+        assert_eq!(r["ReceiptTime"], "2018-09-07T12:50:39.000Z");
+        assert_eq!(r["EndTime"], "2018-01-07T13:50:39.000Z");
+        assert_eq!(r["StartTime"], "2018-01-07T14:50:39.000Z");
+        // An empty `dtz` names no zone; a real one wins over the source's.
+        let r = row_in_paris("CEF:0|V|P|1|1|n|5| rt=Sep 07 2018 14:50:39 dtz=");
+        assert_eq!(r["ReceiptTime"], "2018-09-07T12:50:39.000Z");
+        let r = row_in_paris("CEF:0|V|P|1|1|n|5| rt=Sep 07 2018 14:50:39 dtz=UTC");
+        assert_eq!(r["ReceiptTime"], "2018-09-07T14:50:39.000Z");
     }
 
     #[test]

@@ -262,7 +262,7 @@ fn port(value: Option<&str>) -> Option<u16> {
 /// `@timestamp` of a CEF record: `rt` (in `dtz`) when it parses, else the syslog time, else
 /// the receive time.
 fn cef_time_millis(event: &Event<'_>, rt: Option<&str>, dtz: Option<&str>) -> i64 {
-    rt.and_then(|rt| parse_timestamp(rt, dtz))
+    rt.and_then(|rt| parse_timestamp(rt, dtz, event.zone))
         .or_else(|| event.syslog.timestamp.map(|t| t.unix_millis()))
         .unwrap_or_else(|| event.received.received_at.unix_millis())
 }
@@ -547,6 +547,7 @@ mod tests {
         let parsed = crate::parse::parse_cef_or_text(body, &mut scratch);
         let event = Event {
             received,
+            zone: &crate::parse::LocalZone::Fixed(0),
             raw: body,
             syslog,
             body: parsed,
