@@ -61,6 +61,34 @@ fn all_test_messages() -> String {
     .collect()
 }
 
+/// `--timezone local` is the host's zone: `TZ` when set, as rsyslog and syslog-ng assume.
+#[test]
+fn timezone_local_is_the_hosts_zone() {
+    let run = |tz: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["parse", "--timezone", "local"])
+            .env("TZ", tz)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(b"<13>1 2024-07-05T10:00:00 h a - - - x\n")?;
+                child.wait_with_output()
+            })
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
+        doc["syslog"]["timestamp"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(run("America/New_York"), "2024-07-05T14:00:00.000Z");
+    assert_eq!(run("Asia/Tokyo"), "2024-07-05T01:00:00.000Z");
+}
+
 /// `--timezone` places RFC 3164 times (which carry no zone) as the daemon's `timezone` does.
 #[test]
 fn timezone_places_unzoned_times() {

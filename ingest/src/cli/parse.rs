@@ -39,7 +39,8 @@ pub struct ParseArgs {
     #[arg(long, default_value = "stdin")]
     pub source: String,
     /// Zone of timestamps written without one (RFC 3164): an IANA name such as
-    /// `Europe/Paris`, `UTC`, or an offset such as `+02:00` (the `timezone` config key).
+    /// `Europe/Paris`, `UTC`, `local` (this host's zone), or an offset such as `+02:00` (the
+    /// `timezone` config key).
     #[arg(long, default_value = "UTC", value_parser = zone_name, allow_hyphen_values = true)]
     pub timezone: String,
 }

@@ -63,10 +63,19 @@ impl fmt::Display for LocalZone {
 }
 
 impl LocalZone {
-    /// `UTC`, an offset (`+02:00`, `-0530`) or an IANA zone name (`Europe/Paris`).
+    /// `UTC`, an offset (`+02:00`, `-0530`), an IANA zone name (`Europe/Paris`), or `local`:
+    /// this host's zone when the config is read (`TZ`, else `/etc/localtime`), which is what
+    /// rsyslog and syslog-ng assume for RFC 3164 times.
     pub fn parse(text: &str) -> Result<LocalZone, String> {
         if matches!(text, "UTC" | "Z" | "GMT") {
             return Ok(LocalZone::Fixed(0));
+        }
+        if text == "local" {
+            let tz = jiff::tz::TimeZone::try_system().map_err(|e| {
+                format!("cannot read this host's time zone (TZ, /etc/localtime): {e}")
+            })?;
+            let name = format!("local ({})", tz.iana_name().unwrap_or("unnamed"));
+            return Ok(LocalZone::Named(NamedZone::new(name, tz)));
         }
         if let Some(sign) = text.strip_prefix(['+', '-']).map(|_| text.as_bytes()[0]) {
             let digits: String = text[1..].chars().filter(|&c| c != ':').collect();
@@ -91,15 +100,11 @@ impl LocalZone {
             return Ok(LocalZone::Fixed(if sign == b'-' { -secs } else { secs }));
         }
         match jiff::tz::TimeZone::get(text) {
-            Ok(tz) => Ok(LocalZone::Named(NamedZone {
-                name: text.into(),
-                tz,
-                last_local: Cell::new(None),
-                last_offset: Cell::new(None),
-            })),
+            Ok(tz) => Ok(LocalZone::Named(NamedZone::new(text.to_owned(), tz))),
             Err(_) => Err(format!(
                 "unknown time zone `{text}`: use an IANA name such as `Europe/Paris` or \
-                 `America/New_York`, `UTC`, or an offset such as `+02:00`"
+                 `America/New_York`, `UTC`, `local` (this host's zone), or an offset such as \
+                 `+02:00`"
             )),
         }
     }
@@ -128,6 +133,15 @@ impl LocalZone {
 }
 
 impl NamedZone {
+    fn new(name: String, tz: jiff::tz::TimeZone) -> NamedZone {
+        NamedZone {
+            name: name.into(),
+            tz,
+            last_local: Cell::new(None),
+            last_offset: Cell::new(None),
+        }
+    }
+
     fn utc_from_local(&self, local_secs: i64) -> Option<i64> {
         if let Some((local, utc)) = self.last_local.get()
             && local == local_secs
@@ -205,6 +219,14 @@ mod tests {
         assert_eq!(zone.offset_at(123), -19_800);
         assert_eq!(LocalZone::Fixed(0).to_string(), "UTC");
         assert_eq!(LocalZone::Fixed(3723).to_string(), "+01:02:03");
+    }
+
+    #[test]
+    fn local_is_a_named_zone_that_says_which() {
+        // Whatever this host's zone is, it resolves and names itself.
+        let zone = LocalZone::parse("local").unwrap();
+        assert!(zone.to_string().starts_with("local ("), "{zone}");
+        assert!(matches!(zone, LocalZone::Named(_)));
     }
 
     #[test]
