@@ -259,27 +259,30 @@ mod tests {
     #[test]
     fn skipped_and_repeated_local_times() {
         let paris = LocalZone::parse("Europe/Paris").unwrap();
-        // 2024-03-31: 02:00 local became 03:00. 02:30 never happened; it is read as 03:30
-        // summer time, which is 01:30 UTC.
-        assert_eq!(
-            paris.utc_from_local(utc(2024, 3, 31, 2, 30, 0)),
-            Some(utc(2024, 3, 31, 1, 30, 0))
-        );
-        // 2024-10-27: 03:00 local went back to 02:00, so 02:30 happened twice; the first
-        // (summer time, UTC+2) is taken.
-        assert_eq!(
-            paris.utc_from_local(utc(2024, 10, 27, 2, 30, 0)),
-            Some(utc(2024, 10, 27, 0, 30, 0))
-        );
-        // Either side of the changes.
-        assert_eq!(
-            paris.utc_from_local(utc(2024, 3, 31, 1, 59, 59)),
-            Some(utc(2024, 3, 31, 0, 59, 59))
-        );
-        assert_eq!(
-            paris.utc_from_local(utc(2024, 10, 27, 3, 0, 0)),
-            Some(utc(2024, 10, 27, 2, 0, 0))
-        );
+        for (local, want, why) in [
+            (
+                utc(2024, 3, 31, 2, 30, 0),
+                utc(2024, 3, 31, 1, 30, 0),
+                "02:00 became 03:00: 02:30 never happened and reads as 03:30 summer time",
+            ),
+            (
+                utc(2024, 10, 27, 2, 30, 0),
+                utc(2024, 10, 27, 0, 30, 0),
+                "03:00 went back to 02:00: of the two 02:30s, the first (UTC+2) is taken",
+            ),
+            (
+                utc(2024, 3, 31, 1, 59, 59),
+                utc(2024, 3, 31, 0, 59, 59),
+                "the last second of winter time",
+            ),
+            (
+                utc(2024, 10, 27, 3, 0, 0),
+                utc(2024, 10, 27, 2, 0, 0),
+                "the first second after the repeated hour",
+            ),
+        ] {
+            assert_eq!(paris.utc_from_local(local), Some(want), "{why}");
+        }
     }
 
     #[test]
@@ -298,6 +301,36 @@ mod tests {
         // A clone keeps working on its own.
         let copy = paris.clone();
         assert_eq!(copy.utc_from_local(t), Some(t - 7200));
+    }
+
+    proptest::proptest! {
+        /// Any local second in 1900–2100, asked in any order: the answer is a time whose local
+        /// clock reads that second, or, in a skipped hour, the second the gap moves it to; and
+        /// the cache answers exactly what a fresh zone computes.
+        #[test]
+        fn conversions_read_back_and_the_cache_agrees(
+            zone in proptest::sample::select(vec![
+                "Europe/Paris", "America/New_York", "Australia/Sydney", "America/St_Johns",
+                "Asia/Kolkata", "Pacific/Apia",
+            ]),
+            locals in proptest::collection::vec(-2_208_988_800i64..4_102_444_800, 1..40),
+        ) {
+            let cached = LocalZone::parse(zone).unwrap();
+            for &local in &locals {
+                let fresh = LocalZone::parse(zone).unwrap();
+                let utc = cached.utc_from_local(local).unwrap();
+                proptest::prop_assert_eq!(Some(utc), fresh.utc_from_local(local));
+                let shown = utc + i64::from(cached.offset_at(utc));
+                proptest::prop_assert_eq!(cached.offset_at(utc), fresh.offset_at(utc));
+                // Read back, or moved forward by at most the widest gap (Apia skipped a day).
+                proptest::prop_assert!(
+                    shown == local || (shown > local && shown - local <= 24 * 3600),
+                    "{zone}: local {local} -> utc {utc} reads {shown}"
+                );
+                // Asked again right away, the cache gives the same.
+                proptest::prop_assert_eq!(cached.utc_from_local(local), Some(utc));
+            }
+        }
     }
 
     #[test]
