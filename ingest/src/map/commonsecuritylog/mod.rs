@@ -576,8 +576,13 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
             text(w, key, value);
         }
     };
-    if let Some(host) = event.syslog.hostname {
-        text(&mut w, b",\"Computer\":\"", host);
+    match event.syslog.hostname {
+        Some(host) => text(&mut w, b",\"Computer\":\"", host),
+        None => {
+            if let Some(sender) = sender_ip(event) {
+                text(&mut w, b",\"Computer\":\"", &sender);
+            }
+        }
     }
     field(
         &mut w,
@@ -667,6 +672,15 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
 
 /// A value inside `AdditionalExtensions`: `\`, `;` and `=` are backslash-escaped (and the text
 /// JSON-escaped) so that the `key=value;key=value` list splits unambiguously.
+/// `Computer` for a message without a syslog hostname: the sender's address, as rsyslog fills
+/// HOSTNAME for the Azure Monitor Agent (which then writes it to this column).
+fn sender_ip(event: &Event<'_>) -> Option<String> {
+    event
+        .received
+        .peer
+        .map(|p| p.ip().to_canonical().to_string())
+}
+
 #[inline]
 fn write_additional_value<S: ByteSink + ?Sized>(out: &mut S, value: &str) {
     write_backslashed_contents(out, value, [b';', b'=']);
@@ -676,8 +690,13 @@ fn write_text(event: &Event<'_>, text: &str, error: Option<(&str, &String)>, out
     let mut o = ObjectWriter::begin(out);
     let time = event.syslog.timestamp.unwrap_or(event.received.received_at);
     write_rfc3339_millis(o.key("TimeGenerated"), time.unix_millis());
-    if let Some(host) = event.syslog.hostname {
-        o.str("Computer", host);
+    match event.syslog.hostname {
+        Some(host) => o.str("Computer", host),
+        None => {
+            if let Some(sender) = sender_ip(event) {
+                o.str("Computer", &sender);
+            }
+        }
     }
     o.str("DeviceVendor", "");
     o.str("DeviceProduct", "");
@@ -979,6 +998,40 @@ mod tests {
         assert_eq!(r["ReceiptTime"], "2018-09-07T12:50:39.000Z");
         let r = row_in_paris("CEF:0|V|P|1|1|n|5| rt=Sep 07 2018 14:50:39 dtz=UTC");
         assert_eq!(r["ReceiptTime"], "2018-09-07T14:50:39.000Z");
+    }
+
+    /// Parsed as a worker does, from `peer`.
+    fn row_from(line: &str, peer: Option<&str>) -> serde_json::Value {
+        let mut parser = crate::parse::Parser::new(Default::default());
+        let received = Received {
+            source: "t",
+            peer: peer.map(|p| p.parse().unwrap()),
+            received_at: Timestamp::from_unix_nanos(1_700_000_000_123_000_000),
+        };
+        let mut out = Vec::new();
+        write(&parser.parse(received, line.as_bytes()), &mut out);
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn without_a_syslog_hostname_the_sender_is_the_computer() {
+        let cef = "CEF:0|V|P|1|1|n|5|src=1.2.3.4";
+        assert_eq!(row_from(cef, Some("10.0.0.7:5000"))["Computer"], "10.0.0.7");
+        assert_eq!(
+            row_from(cef, Some("[2001:db8::1]:514"))["Computer"],
+            "2001:db8::1"
+        );
+        // A dual-stack socket sees IPv4 senders as mapped IPv6 addresses.
+        assert_eq!(
+            row_from("hello", Some("[::ffff:10.0.0.8]:514"))["Computer"],
+            "10.0.0.8"
+        );
+        let with_host = format!("<13>Jan  5 10:00:00 fw01 {cef}");
+        assert_eq!(
+            row_from(&with_host, Some("10.0.0.7:5000"))["Computer"],
+            "fw01"
+        );
+        assert!(row_from(cef, None).get("Computer").is_none());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use smallvec::SmallVec;
 
-use crate::event::{Body, Cef, Event, SyslogHeader};
+use crate::event::{Body, Cef, Event};
 use crate::map::commonsecuritylog::write_rfc3339_millis;
 use crate::map::json_writer::ObjectWriter;
 use crate::parse::cef::{
@@ -435,7 +435,7 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
         f.str("name", fname);
         f.end();
     }
-    write_syslog(&mut o, &event.syslog);
+    write_syslog(&mut o, event);
     o.end();
 }
 
@@ -466,17 +466,29 @@ fn endpoint(
     e.end();
 }
 
-/// `host.hostname` and `log.syslog.*` from the syslog header.
-fn write_syslog(o: &mut ObjectWriter<'_>, syslog: &SyslogHeader<'_>) {
+/// `host.hostname` and `log.syslog.*` from the syslog header; `log.source.address` (the
+/// sender, as Elastic's own syslog inputs record it) as on Darktrace JSON events.
+fn write_syslog(o: &mut ObjectWriter<'_>, event: &Event<'_>) {
+    let syslog = &event.syslog;
     if let Some(host) = syslog.hostname {
         let mut h = o.object("host");
         h.str("hostname", host);
         h.end();
     }
-    if syslog.pri.is_none() && syslog.hostname.is_none() && syslog.app_name.is_none() {
+    let has_syslog = syslog.pri.is_some() || syslog.hostname.is_some() || syslog.app_name.is_some();
+    if !has_syslog && event.received.peer.is_none() {
         return;
     }
     let mut log = o.object("log");
+    if let Some(peer) = event.received.peer {
+        let mut s = log.object("source");
+        s.str("address", &peer.to_string());
+        s.end();
+    }
+    if !has_syslog {
+        log.end();
+        return;
+    }
     let mut s = log.object("syslog");
     if let Some(pri) = syslog.pri {
         s.u64("priority", u64::from(pri.value()));
@@ -523,7 +535,7 @@ fn write_text(event: &Event<'_>, text: &str, error: Option<(&str, &String)>, out
         e.str("message", detail);
         e.end();
     }
-    write_syslog(&mut o, &event.syslog);
+    write_syslog(&mut o, event);
     o.end();
 }
 
@@ -531,6 +543,30 @@ fn write_text(event: &Event<'_>, text: &str, error: Option<(&str, &String)>, out
 mod tests {
     use super::*;
     use crate::event::{Pri, Received, Timestamp};
+
+    /// Parsed as a worker does, from `peer`.
+    fn doc_from(line: &str, peer: &str) -> serde_json::Value {
+        let mut parser = crate::parse::Parser::new(Default::default());
+        let received = Received {
+            source: "t",
+            peer: Some(peer.parse().unwrap()),
+            received_at: Timestamp::from_unix_nanos(1_700_000_000_000_000_000),
+        };
+        let mut out = Vec::new();
+        write(&parser.parse(received, line.as_bytes()), &mut out);
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn the_sender_is_the_log_source_address() {
+        let d = doc_from("CEF:0|V|P|1|1|n|5|src=1.2.3.4", "10.0.0.7:5000");
+        assert_eq!(d["log"]["source"]["address"], "10.0.0.7:5000");
+        assert!(d["log"].get("syslog").is_none(), "{d}");
+        let d = doc_from("<13>Jan  5 10:00:00 fw01 hello", "10.0.0.7:5000");
+        assert_eq!(d["log"]["source"]["address"], "10.0.0.7:5000");
+        assert_eq!(d["log"]["syslog"]["hostname"], "fw01");
+        assert_eq!(d["host"]["hostname"], "fw01");
+    }
 
     fn doc(body: &str) -> serde_json::Value {
         let mut syslog = crate::parse::no_header();
