@@ -934,7 +934,9 @@ impl SinkConfig {
     pub fn envelope(&self) -> crate::sink::Envelope {
         use crate::sink::Envelope;
         match (&self.kind, self.schema()) {
-            (SinkKind::SplunkHec(_), _) => Envelope::SplunkHec,
+            (SinkKind::SplunkHec(h), _) => Envelope::SplunkHec {
+                sender_as_host: h.host.is_none(),
+            },
             (SinkKind::Elasticsearch(_), _) => Envelope::Elasticsearch,
             _ => Envelope::Row,
         }

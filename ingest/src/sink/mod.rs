@@ -28,8 +28,8 @@ pub enum Envelope {
     /// The row of the sink's schema.
     Row,
     /// A Splunk HEC envelope without the sink's configured keys (see
-    /// [`splunk_hec::write_envelope`]).
-    SplunkHec,
+    /// [`splunk_hec::write_envelope`]); `sender_as_host` when the sink configures no `host`.
+    SplunkHec { sender_as_host: bool },
     /// An Elasticsearch document: the row with `@timestamp` (see
     /// [`elasticsearch::write_document`]).
     Elasticsearch,
@@ -41,7 +41,9 @@ impl Envelope {
     pub fn write(self, schema: Schema, event: &Event<'_>, out: &mut Vec<u8>) {
         match self {
             Envelope::Row => crate::map::write(schema, event, out),
-            Envelope::SplunkHec => splunk_hec::write_envelope(schema, event, out),
+            Envelope::SplunkHec { sender_as_host } => {
+                splunk_hec::write_envelope(schema, event, sender_as_host, out)
+            }
             Envelope::Elasticsearch => elasticsearch::write_document(schema, event, out),
         }
     }

@@ -15,7 +15,8 @@ pub struct SplunkHecConfig {
     pub sourcetype: Option<String>,
     pub source: Option<String>,
     /// `host` of the events whose message names no host (each other event has its syslog
-    /// hostname); unset: HEC's default.
+    /// hostname); unset: the sender's IP address, as Splunk's own network inputs record it
+    /// (`connection_host = ip`), and HEC's default for events that have none (API sources).
     pub host: Option<String>,
     /// Indexer acknowledgement: poll `/services/collector/ack` and only then let the batch
     /// leave the spool. Needs `useACK` on the token; without it HEC replies with no `ackId`,

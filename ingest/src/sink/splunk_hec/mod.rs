@@ -37,19 +37,29 @@ const HOST_KEY: &[u8] = b",\"host\":";
 /// Writes `event` as a HEC event envelope without the sink's configured keys:
 /// `{"time":<epoch seconds>.<ms>,"host":"<syslog hostname>","event":<row>}`. `time` is the
 /// event's own time (see [`crate::map::event_time_millis`]), so that Splunk does not stamp an
-/// alert with the hour it was uploaded after an outage; `host` is left out when the message
-/// named none (then the configured `host`, or HEC's default, applies).
-pub fn write_envelope(schema: Schema, event: &Event<'_>, out: &mut Vec<u8>) {
+/// alert with the hour it was uploaded after an outage. A message that names no host gets the
+/// sender's IP address when `sender_as_host` (the sink configures no `host`), as Splunk's own
+/// network inputs do; otherwise `host` is left out and the configured one, or HEC's default,
+/// applies.
+pub fn write_envelope(schema: Schema, event: &Event<'_>, sender_as_host: bool, out: &mut Vec<u8>) {
     out.extend_from_slice(ENVELOPE_START);
     write_epoch_seconds(out, crate::map::event_time_millis(event));
     // A name that would need JSON escaping is no host name, and copying only plain ones keeps a
     // mapped event within the growth per message byte that the config's spool-record bound
     // counts on (the name is already in the row twice).
-    if let Some(host) = event.syslog.hostname.filter(|h| is_plain_host(h)) {
+    let named = event.syslog.hostname.filter(|h| is_plain_host(h));
+    let write_host = |out: &mut Vec<u8>, host: &str| {
         out.extend_from_slice(HOST_KEY);
         out.push(b'"');
         out.extend_from_slice(host.as_bytes());
         out.push(b'"');
+    };
+    match (named, event.received.peer) {
+        (Some(host), _) => write_host(out, host),
+        (None, Some(peer)) if sender_as_host => {
+            write_host(out, &peer.ip().to_canonical().to_string());
+        }
+        _ => {}
     }
     out.extend_from_slice(b",\"event\":");
     crate::map::write(schema, event, out);

@@ -42,15 +42,26 @@ fn channel_is_a_guid() {
 
 /// The envelope line a worker writes for `message`, received at `received_ms`.
 fn worker_line(message: &str, received_ms: i64) -> Vec<u8> {
+    worker_line_from(message, received_ms, None, true)
+}
+
+/// [`worker_line`] for a message from `peer`, for a sink with (`!sender_as_host`) or without a
+/// configured `host`.
+fn worker_line_from(
+    message: &str,
+    received_ms: i64,
+    peer: Option<&str>,
+    sender_as_host: bool,
+) -> Vec<u8> {
     let mut parser = crate::parse::Parser::new(crate::parse::ParseOptions::default());
     let received = crate::event::Received {
         source: "test",
-        peer: None,
+        peer: peer.map(|p| p.parse().unwrap()),
         received_at: crate::event::Timestamp::from_unix_nanos(received_ms * 1_000_000),
     };
     let event = parser.parse(received, message.as_bytes());
     let mut line = Vec::new();
-    write_envelope(Schema::Sluice, &event, &mut line);
+    write_envelope(Schema::Sluice, &event, sender_as_host, &mut line);
     line
 }
 
@@ -98,6 +109,44 @@ fn envelopes_carry_the_event_time_and_host_beside_the_configured_keys() {
             "index": "sec"
         })
     );
+}
+
+#[test]
+fn without_a_syslog_hostname_the_sender_is_the_host_unless_one_is_configured() {
+    let host = |line: Vec<u8>| {
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        v.get("host").cloned()
+    };
+    let cef = "CEF:0|Darktrace|DCIP|6.1|100|n|5|rt=1709633472007";
+    assert_eq!(
+        host(worker_line_from(cef, 0, Some("10.0.0.7:5514"), true)),
+        Some("10.0.0.7".into())
+    );
+    assert_eq!(
+        host(worker_line_from(
+            cef,
+            0,
+            Some("[::ffff:10.0.0.8]:514"),
+            true
+        )),
+        Some("10.0.0.8".into())
+    );
+    // A configured `host` is the sink's to add; the syslog hostname always wins.
+    assert_eq!(
+        host(worker_line_from(cef, 0, Some("10.0.0.7:5514"), false)),
+        None
+    );
+    let named = format!("<134>Mar  5 09:00:00 dt-master {cef}");
+    assert_eq!(
+        host(worker_line_from(&named, 0, Some("10.0.0.7:5514"), true)),
+        Some("dt-master".into())
+    );
+    // No sender (an API source): HEC's default.
+    assert_eq!(host(worker_line_from(cef, 0, None, true)), None);
+    // The sink's configured host is only added where the worker wrote none.
+    let s = sink("host = \"cfg-host\"");
+    let body = s.body(&[&worker_line_from(cef, 0, Some("10.0.0.7:5514"), false)]);
+    assert_eq!(envelopes(&body)[0]["host"], "cfg-host");
 }
 
 #[test]
