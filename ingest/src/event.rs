@@ -100,6 +100,22 @@ impl Pri {
         ];
         NAMES[(self.severity & 7) as usize]
     }
+
+    /// The severity's name as ECS writes `log.syslog.severity.name` (`Error`, `Notice`): RFC
+    /// 5424's words, as in ECS's own example and Elastic's syslog inputs.
+    pub fn severity_title(&self) -> &'static str {
+        const NAMES: [&str; 8] = [
+            "Emergency",
+            "Alert",
+            "Critical",
+            "Error",
+            "Warning",
+            "Notice",
+            "Informational",
+            "Debug",
+        ];
+        NAMES[(self.severity & 7) as usize]
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -536,7 +536,7 @@ pub(crate) fn write_log(o: &mut ObjectWriter<'_>, event: &Event<'_>) {
             f.end();
             let mut sev = s.object("severity");
             sev.u64("code", pri.severity as u64);
-            sev.str("name", severity_title(pri.severity));
+            sev.str("name", pri.severity_title());
             sev.end();
         }
         s.opt_str("hostname", h.hostname);
@@ -552,21 +552,6 @@ pub(crate) fn write_log(o: &mut ObjectWriter<'_>, event: &Event<'_>) {
         s.end();
     }
     log.end();
-}
-
-/// Severity names as Elastic writes them (`Notice`, not `notice`).
-fn severity_title(severity: u8) -> &'static str {
-    const NAMES: [&str; 8] = [
-        "Emergency",
-        "Alert",
-        "Critical",
-        "Error",
-        "Warning",
-        "Notice",
-        "Informational",
-        "Debug",
-    ];
-    NAMES[(severity & 7) as usize]
 }
 
 #[cfg(test)]

@@ -466,50 +466,15 @@ fn endpoint(
     e.end();
 }
 
-/// `host.hostname` and `log.syslog.*` from the syslog header; `log.source.address` (the
-/// sender, as Elastic's own syslog inputs record it) as on Darktrace JSON events.
+/// `host.hostname` from the syslog header, then `log.*` as on Darktrace JSON documents: one
+/// writer for every ECS document's `log.syslog.*` and `log.source.address`.
 fn write_syslog(o: &mut ObjectWriter<'_>, event: &Event<'_>) {
-    let syslog = &event.syslog;
-    if let Some(host) = syslog.hostname {
+    if let Some(host) = event.syslog.hostname {
         let mut h = o.object("host");
         h.str("hostname", host);
         h.end();
     }
-    let has_syslog = syslog.pri.is_some() || syslog.hostname.is_some() || syslog.app_name.is_some();
-    if !has_syslog && event.received.peer.is_none() {
-        return;
-    }
-    let mut log = o.object("log");
-    if let Some(peer) = event.received.peer {
-        let mut s = log.object("source");
-        s.str("address", &peer.to_string());
-        s.end();
-    }
-    if !has_syslog {
-        log.end();
-        return;
-    }
-    let mut s = log.object("syslog");
-    if let Some(pri) = syslog.pri {
-        s.u64("priority", u64::from(pri.value()));
-        let mut f = s.object("facility");
-        f.u64("code", u64::from(pri.facility));
-        f.str("name", pri.facility_name());
-        f.end();
-        let mut sev = s.object("severity");
-        sev.u64("code", u64::from(pri.severity));
-        sev.str("name", pri.severity_name());
-        sev.end();
-    }
-    s.opt_str("appname", syslog.app_name);
-    s.opt_str("hostname", syslog.hostname);
-    s.opt_str("procid", syslog.proc_id);
-    s.opt_str("msgid", syslog.msg_id);
-    if let Some(v) = syslog.version {
-        s.u64("version", u64::from(v));
-    }
-    s.end();
-    log.end();
+    darktrace::write_log(o, event);
 }
 
 fn write_text(event: &Event<'_>, text: &str, error: Option<(&str, &String)>, out: &mut Vec<u8>) {
@@ -542,7 +507,7 @@ fn write_text(event: &Event<'_>, text: &str, error: Option<(&str, &String)>, out
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Pri, Received, Timestamp};
+    use crate::event::{Pri, Received, SyslogFormat, Timestamp};
 
     /// Parsed as a worker does, from `peer`.
     fn doc_from(line: &str, peer: &str) -> serde_json::Value {
@@ -572,6 +537,7 @@ mod tests {
         let mut syslog = crate::parse::no_header();
         syslog.hostname = Some("dt-master");
         syslog.app_name = Some("darktrace");
+        syslog.format = SyslogFormat::Rfc3164;
         syslog.pri = Pri::from_value(165);
         syslog.timestamp = Some(Timestamp::from_unix_nanos(1_600_000_000_000_000_000));
         let received = Received {
@@ -691,7 +657,7 @@ mod tests {
         assert_eq!(d["host"]["hostname"], "dt-master");
         assert_eq!(d["log"]["syslog"]["priority"], 165);
         assert_eq!(d["log"]["syslog"]["facility"]["name"], "local4");
-        assert_eq!(d["log"]["syslog"]["severity"]["name"], "notice");
+        assert_eq!(d["log"]["syslog"]["severity"]["name"], "Notice");
         assert_eq!(d["log"]["syslog"]["appname"], "darktrace");
     }
 
