@@ -3,7 +3,7 @@
 //! Every parser returns views into the message text, or for text that held escapes into the
 //! parser's reusable scratch buffers.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::parse::LocalZone;
 
@@ -43,6 +43,14 @@ pub struct Received<'a> {
     pub source: &'a str,
     pub peer: Option<SocketAddr>,
     pub received_at: Timestamp,
+}
+
+impl Received<'_> {
+    /// The sender's IP address as a host name stands in for a message that names none (an
+    /// IPv4 sender seen by a dual-stack socket as `::ffff:a.b.c.d` is shown as IPv4).
+    pub fn sender_ip(&self) -> Option<IpAddr> {
+        self.peer.map(|p| p.ip().to_canonical())
+    }
 }
 
 /// Syslog priority, decoded.

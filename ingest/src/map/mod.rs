@@ -56,3 +56,17 @@ pub fn write(schema: Schema, event: &Event<'_>, out: &mut Vec<u8>) {
         Schema::Raw => raw::write(event, out),
     }
 }
+
+/// `line` parsed as a worker parses it, received from `peer`, and mapped to `schema`.
+#[cfg(test)]
+pub(crate) fn mapped_from(schema: Schema, line: &str, peer: Option<&str>) -> serde_json::Value {
+    let mut parser = crate::parse::Parser::new(Default::default());
+    let received = crate::event::Received {
+        source: "t",
+        peer: peer.map(|p| p.parse().expect("socket address")),
+        received_at: crate::event::Timestamp::from_unix_nanos(1_700_000_000_123_000_000),
+    };
+    let mut out = Vec::new();
+    write(schema, &parser.parse(received, line.as_bytes()), &mut out);
+    serde_json::from_slice(&out).expect("the mapped event is JSON")
+}

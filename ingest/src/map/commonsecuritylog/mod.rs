@@ -9,6 +9,8 @@
 
 mod darktrace;
 
+use std::borrow::Cow;
+
 use smallvec::SmallVec;
 
 use crate::event::{Body, Cef, Event, Extension};
@@ -576,13 +578,8 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
             text(w, key, value);
         }
     };
-    match event.syslog.hostname {
-        Some(host) => text(&mut w, b",\"Computer\":\"", host),
-        None => {
-            if let Some(sender) = sender_ip(event) {
-                text(&mut w, b",\"Computer\":\"", &sender);
-            }
-        }
+    if let Some(computer) = computer(event) {
+        text(&mut w, b",\"Computer\":\"", &computer);
     }
     field(
         &mut w,
@@ -672,13 +669,16 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
 
 /// A value inside `AdditionalExtensions`: `\`, `;` and `=` are backslash-escaped (and the text
 /// JSON-escaped) so that the `key=value;key=value` list splits unambiguously.
-/// `Computer` for a message without a syslog hostname: the sender's address, as rsyslog fills
-/// HOSTNAME for the Azure Monitor Agent (which then writes it to this column).
-fn sender_ip(event: &Event<'_>) -> Option<String> {
-    event
-        .received
-        .peer
-        .map(|p| p.ip().to_canonical().to_string())
+/// `Computer`: the syslog hostname, else the sender's address, as rsyslog fills HOSTNAME for
+/// the Azure Monitor Agent (which then writes it to this column).
+fn computer<'a>(event: &Event<'a>) -> Option<Cow<'a, str>> {
+    match event.syslog.hostname {
+        Some(host) => Some(Cow::Borrowed(host)),
+        None => event
+            .received
+            .sender_ip()
+            .map(|ip| Cow::Owned(ip.to_string())),
+    }
 }
 
 #[inline]
@@ -690,13 +690,8 @@ fn write_text(event: &Event<'_>, text: &str, error: Option<(&str, &String)>, out
     let mut o = ObjectWriter::begin(out);
     let time = event.syslog.timestamp.unwrap_or(event.received.received_at);
     write_rfc3339_millis(o.key("TimeGenerated"), time.unix_millis());
-    match event.syslog.hostname {
-        Some(host) => o.str("Computer", host),
-        None => {
-            if let Some(sender) = sender_ip(event) {
-                o.str("Computer", &sender);
-            }
-        }
+    if let Some(computer) = computer(event) {
+        o.str("Computer", &computer);
     }
     o.str("DeviceVendor", "");
     o.str("DeviceProduct", "");
@@ -1000,17 +995,8 @@ mod tests {
         assert_eq!(r["ReceiptTime"], "2018-09-07T14:50:39.000Z");
     }
 
-    /// Parsed as a worker does, from `peer`.
     fn row_from(line: &str, peer: Option<&str>) -> serde_json::Value {
-        let mut parser = crate::parse::Parser::new(Default::default());
-        let received = Received {
-            source: "t",
-            peer: peer.map(|p| p.parse().unwrap()),
-            received_at: Timestamp::from_unix_nanos(1_700_000_000_123_000_000),
-        };
-        let mut out = Vec::new();
-        write(&parser.parse(received, line.as_bytes()), &mut out);
-        serde_json::from_slice(&out).unwrap()
+        crate::map::mapped_from(crate::map::Schema::Commonsecuritylog, line, peer)
     }
 
     #[test]

@@ -509,17 +509,8 @@ mod tests {
     use super::*;
     use crate::event::{Pri, Received, SyslogFormat, Timestamp};
 
-    /// Parsed as a worker does, from `peer`.
     fn doc_from(line: &str, peer: &str) -> serde_json::Value {
-        let mut parser = crate::parse::Parser::new(Default::default());
-        let received = Received {
-            source: "t",
-            peer: Some(peer.parse().unwrap()),
-            received_at: Timestamp::from_unix_nanos(1_700_000_000_000_000_000),
-        };
-        let mut out = Vec::new();
-        write(&parser.parse(received, line.as_bytes()), &mut out);
-        serde_json::from_slice(&out).unwrap()
+        crate::map::mapped_from(crate::map::Schema::Ecs, line, Some(peer))
     }
 
     #[test]

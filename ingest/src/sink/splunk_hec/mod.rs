@@ -54,11 +54,9 @@ pub fn write_envelope(schema: Schema, event: &Event<'_>, sender_as_host: bool, o
         out.extend_from_slice(host.as_bytes());
         out.push(b'"');
     };
-    match (named, event.received.peer) {
+    match (named, event.received.sender_ip()) {
         (Some(host), _) => write_host(out, host),
-        (None, Some(peer)) if sender_as_host => {
-            write_host(out, &peer.ip().to_canonical().to_string());
-        }
+        (None, Some(sender)) if sender_as_host => write_host(out, &sender.to_string()),
         _ => {}
     }
     out.extend_from_slice(b",\"event\":");
