@@ -77,27 +77,27 @@ impl LocalZone {
             let name = format!("local ({})", tz.iana_name().unwrap_or("unnamed"));
             return Ok(LocalZone::Named(NamedZone::new(name, tz)));
         }
-        if let Some(sign) = text.strip_prefix(['+', '-']).map(|_| text.as_bytes()[0]) {
-            let digits: String = text[1..].chars().filter(|&c| c != ':').collect();
-            let colons = text[1..].matches(':').count();
-            let valid = digits.len() == 4
-                && digits.bytes().all(|b| b.is_ascii_digit())
-                && (colons == 0 || (colons == 1 && text.as_bytes().get(3) == Some(&b':')));
-            let (hours, minutes) = if valid {
-                (
-                    digits[..2].parse::<i32>().unwrap_or(99),
-                    digits[2..].parse::<i32>().unwrap_or(99),
-                )
-            } else {
-                (99, 99)
+        if let Some(rest) = text.strip_prefix(['+', '-']) {
+            let not_an_offset =
+                || format!("`{text}` is not an offset: write it as ±hh:mm (e.g. +02:00, -05:30)");
+            let (h1, h2, m1, m2) = match *rest.as_bytes() {
+                [h1, h2, b':', m1, m2] | [h1, h2, m1, m2] => (h1, h2, m1, m2),
+                _ => return Err(not_an_offset()),
             };
-            if hours > 23 || minutes > 59 {
-                return Err(format!(
-                    "`{text}` is not an offset: write it as ±hh:mm (e.g. +02:00, -05:30)"
-                ));
-            }
+            let two = |a: u8, b: u8| {
+                (a.is_ascii_digit() && b.is_ascii_digit())
+                    .then(|| i32::from(a - b'0') * 10 + i32::from(b - b'0'))
+            };
+            let (hours, minutes) = match (two(h1, h2), two(m1, m2)) {
+                (Some(h), Some(m)) if h <= 23 && m <= 59 => (h, m),
+                _ => return Err(not_an_offset()),
+            };
             let secs = hours * 3600 + minutes * 60;
-            return Ok(LocalZone::Fixed(if sign == b'-' { -secs } else { secs }));
+            return Ok(LocalZone::Fixed(if text.starts_with('-') {
+                -secs
+            } else {
+                secs
+            }));
         }
         match jiff::tz::TimeZone::get(text) {
             Ok(tz) => Ok(LocalZone::Named(NamedZone::new(text.to_owned(), tz))),
