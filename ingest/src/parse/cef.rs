@@ -1108,7 +1108,8 @@ fn epoch_digits(b: &[u8]) -> Option<i64> {
 /// Parses a CEF time value (`rt`, `start`, `end`, `deviceCustomDate*`) into Unix milliseconds.
 ///
 /// Accepted: epoch milliseconds; `MMM dd yyyy HH:mm:ss[.SSS][ zone]`; RFC 3339. A zone is `Z`,
-/// `UTC`, `GMT`, `±hh:mm`, `±hhmm` or an IANA name; without one, `dtz` (the record's device time
+/// `UTC`, `GMT`, `±hh:mm`, `±hhmm` (at most 23:59) or an IANA name, as in the `timezone` config
+/// key (`local` excepted: a sender cannot name this host's zone); without one, `dtz` (the record's device time
 /// zone, same forms) applies, and without that, `source_zone` (the source's `timezone`).
 pub fn parse_timestamp(text: &str, dtz: Option<&str>, source_zone: &LocalZone) -> Option<i64> {
     // Epoch milliseconds, as Darktrace and most senders write `rt`: no trimming or generic
@@ -1154,7 +1155,7 @@ pub fn parse_timestamp(text: &str, dtz: Option<&str>, source_zone: &LocalZone) -
         chrono::NaiveDate::from_ymd_opt(year, month, day)?.and_hms_opt(hour, minute, second)?;
     let local_secs = civil.and_utc().timestamp();
     let utc_secs = match zone {
-        Some(z) => local_secs - i64::from(zone_offset_secs(z, civil)?),
+        Some(z) => LocalZone::parse_written(z)?.utc_from_local(local_secs)?,
         None => source_zone.utc_from_local(local_secs)?,
     };
     Some(utc_secs * 1000 + millis)
@@ -1169,36 +1170,6 @@ fn month_number(name: &str) -> Option<u32> {
         .iter()
         .position(|m| *m == lower)
         .map(|i| i as u32 + 1)
-}
-
-/// Offset east of UTC, in seconds, of `zone` at the local wall-clock time `civil`.
-fn zone_offset_secs(zone: &str, civil: chrono::NaiveDateTime) -> Option<i32> {
-    if matches!(zone, "Z" | "UTC" | "GMT" | "Etc/UTC") {
-        return Some(0);
-    }
-    let bytes = zone.as_bytes();
-    if matches!(bytes.first(), Some(b'+' | b'-')) {
-        let digits: String = zone[1..].chars().filter(|c| *c != ':').collect();
-        if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        let secs = digits[..2].parse::<i32>().ok()? * 3600 + digits[2..].parse::<i32>().ok()? * 60;
-        return Some(if bytes[0] == b'-' { -secs } else { secs });
-    }
-    use chrono::{Datelike, Timelike};
-    let tz = jiff::tz::TimeZone::get(zone).ok()?;
-    let dt = jiff::civil::DateTime::new(
-        i16::try_from(civil.year()).ok()?,
-        civil.month() as i8,
-        civil.day() as i8,
-        civil.hour() as i8,
-        civil.minute() as i8,
-        civil.second() as i8,
-        0,
-    )
-    .ok()?;
-    let zoned = dt.to_zoned(tz).ok()?;
-    Some(zoned.offset().seconds())
 }
 
 #[cfg(test)]
@@ -1769,6 +1740,41 @@ mod tests {
         assert_eq!(
             parse_timestamp("Sep 07 2018 14:50:39", Some(" "), &UTC),
             Some(1_536_331_839_000)
+        );
+    }
+
+    #[test]
+    fn written_zones_are_read_as_the_timezone_key_reads_them() {
+        const UTC: LocalZone = LocalZone::Fixed(0);
+        let at = |zone: &str| parse_timestamp(&format!("Sep 07 2018 14:50:39 {zone}"), None, &UTC);
+        let base = 1_536_331_839_000;
+        assert_eq!(at("-0530"), Some(base + 19_800_000));
+        assert_eq!(at("+23:59"), Some(base - 86_340_000));
+        assert_eq!(at("Etc/UTC"), Some(base));
+        assert_eq!(at("GMT"), Some(base));
+        // Not offsets: an hour or minute out of range, colons elsewhere, a short form.
+        for zone in [
+            "+99:99",
+            "+24:00",
+            "+02:60",
+            "+0:200",
+            "+2:00",
+            "+020",
+            "+02:00:00",
+        ] {
+            assert_eq!(at(zone), None, "{zone}");
+        }
+        // `local` is this host's zone: the config's to choose, never a record's.
+        assert_eq!(at("local"), None);
+        assert_eq!(
+            parse_timestamp("Sep 07 2018 14:50:39", Some("local"), &UTC),
+            None
+        );
+        // DST at the date, not today: Paris is +02:00 in September, +01:00 in January.
+        assert_eq!(at("Europe/Paris"), Some(base - 7_200_000));
+        assert_eq!(
+            parse_timestamp("Jan 07 2018 14:50:39 Europe/Paris", None, &UTC),
+            Some(1_515_336_639_000 - 3_600_000)
         );
     }
 

@@ -109,6 +109,16 @@ impl LocalZone {
         }
     }
 
+    /// A zone a record names (a CEF date's own zone, `dtz`): the spellings of
+    /// [`LocalZone::parse`] except `local`, which means this host's zone and is the operator's
+    /// choice, never a sender's.
+    pub fn parse_written(text: &str) -> Option<LocalZone> {
+        if text == "local" {
+            return None;
+        }
+        LocalZone::parse(text).ok()
+    }
+
     /// The UTC second of a local wall-clock time, given as seconds since the epoch as if that
     /// wall clock were UTC. A time that does not exist locally (skipped when clocks go
     /// forward) is moved forward by the gap; a time that occurs twice (when clocks go back)
