@@ -42,6 +42,16 @@ pub const SINK_ERRORS: &str = "sluice_sink_errors_total";
 /// File sinks: temp batch files that could not be removed (removed later; a batch whose file is
 /// in place is delivered, never written again).
 pub const SINK_TEMP_REMOVAL_ERRORS: &str = "sluice_sink_temp_removal_errors_total";
+/// File sinks with `[retention]`: batch files removed to keep within the bounds, and their bytes,
+/// by sink and `reason` (`max_bytes`, `max_age`).
+pub const SINK_RETENTION_REMOVED_FILES: &str = "sluice_sink_retention_removed_files_total";
+pub const SINK_RETENTION_REMOVED_BYTES: &str = "sluice_sink_retention_removed_bytes_total";
+/// File sinks with `[retention]`: batch files that could not be removed, or directory listings
+/// that failed (tried again after the next batch or sweep).
+pub const SINK_RETENTION_ERRORS: &str = "sluice_sink_retention_errors_total";
+/// File sinks with `[retention]`: the batch files in the directory, and their bytes.
+pub const SINK_RETAINED_FILES: &str = "sluice_sink_retained_files";
+pub const SINK_RETAINED_BYTES: &str = "sluice_sink_retained_bytes";
 /// Events given up on after a sink kept failing through shutdown.
 pub const SINK_DROPPED_EVENTS: &str = "sluice_sink_dropped_events_total";
 /// Seconds spent per stage, per batch: `parse_map` (one reader batch), `batch_fill` (first event
@@ -149,6 +159,28 @@ fn describe() {
     describe_counter!(
         SINK_TEMP_REMOVAL_ERRORS,
         "Temp batch files a file sink could not remove (removed after the next batch or at start-up)"
+    );
+    describe_counter!(
+        SINK_RETENTION_REMOVED_FILES,
+        "Batch files a file sink removed to stay within its retention bounds, by reason (max_bytes, max_age)"
+    );
+    describe_counter!(
+        SINK_RETENTION_REMOVED_BYTES,
+        Unit::Bytes,
+        "Bytes of the batch files removed by retention, by reason"
+    );
+    describe_counter!(
+        SINK_RETENTION_ERRORS,
+        "Batch files retention could not remove, and failed listings of the directory"
+    );
+    describe_gauge!(
+        SINK_RETAINED_FILES,
+        "Batch files in a file sink's directory (sinks with retention bounds)"
+    );
+    describe_gauge!(
+        SINK_RETAINED_BYTES,
+        Unit::Bytes,
+        "Bytes of the batch files in a file sink's directory (sinks with retention bounds)"
     );
     describe_counter!(
         SINK_DROPPED_EVENTS,

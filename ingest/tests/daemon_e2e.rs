@@ -33,7 +33,14 @@ struct Daemon {
 impl Daemon {
     /// `sources` and `sinks` are TOML tables; `{out}` in them is replaced by a temp directory.
     fn start(tables: &str) -> Daemon {
+        Daemon::start_seeded(tables, |_| {})
+    }
+
+    /// As [`Daemon::start`], after `seed` has put files in the output directory (`{out}`).
+    fn start_seeded(tables: &str, seed: impl FnOnce(&Path)) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("out")).unwrap();
+        seed(&dir.path().join("out"));
         let config = format!(
             "data_dir = {data:?}\n[metrics]\nlisten = \"127.0.0.1:0\"\n[pipeline]\nworkers = 2\n{tables}",
             data = dir.path().join("data").display().to_string(),
@@ -1053,6 +1060,127 @@ fn unzoned_times_take_the_zone_of_their_source() {
     let csl = read_output(&daemon.out().join("csl"));
     let row: serde_json::Value = serde_json::from_str(&csl[0]).unwrap();
     assert_eq!(row["ReceiptTime"], "2024-01-07T19:50:39.000Z", "{row}");
+}
+
+/// `[sinks.NAME.retention]`: the directory stays within `max_bytes` while batches keep coming,
+/// the files kept are the newest, an earlier run's file past `max_age_secs` goes at start-up,
+/// files that are not batch files stay, and the metrics account for every batch written.
+#[test]
+fn file_sink_retention_keeps_the_newest_batches_within_the_bound() {
+    const MESSAGES: usize = 30_000;
+    const MAX_BYTES: u64 = 1 << 20;
+    let tables = format!(
+        "{}[sinks.kept]\ntype = \"file\"\npath = \"{{out}}/kept\"\nschema = \"raw\"\n\
+         compression = \"none\"\nbatch_max_events = 100\nbatch_timeout_ms = 50\n\
+         [sinks.kept.retention]\nmax_bytes = {MAX_BYTES}\nmax_age_secs = 86400\n",
+        tcp_source("lf")
+    );
+    // An earlier run's batch file, two days old, and a file of someone else's.
+    let daemon = Daemon::start_seeded(&tables, |out| {
+        let dir = out.join("kept");
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = (chrono::Utc::now() - chrono::Duration::days(2))
+            .format("%Y%m%dT%H%M%S%.3fZ-0-000000.ndjson")
+            .to_string();
+        std::fs::write(dir.join(old), vec![b'x'; 3000]).unwrap();
+        std::fs::write(dir.join("notes.txt"), vec![b'n'; 2 * MAX_BYTES as usize]).unwrap();
+    });
+    let dir = daemon.out().join("kept");
+    assert_eq!(
+        daemon.metric(
+            "sluice_sink_retention_removed_files_total",
+            &[("sink", "kept"), ("reason", "max_age")]
+        ),
+        1,
+        "the earlier run's 2-day-old file goes at start-up"
+    );
+    let mut tcp = TcpStream::connect(daemon.tcp.unwrap()).unwrap();
+    let mut text = String::new();
+    for i in 0..MESSAGES {
+        text.push_str(&format!(
+            "<13>1 2026-12-07T08:00:00Z host app - - - retention message {i:06} {}\n",
+            "p".repeat(150)
+        ));
+    }
+    tcp.write_all(text.as_bytes()).unwrap();
+    drop(tcp);
+    daemon.wait_for_metric(
+        "sluice_sink_events_total",
+        &[("sink", "kept")],
+        MESSAGES as u64,
+        Duration::from_secs(60),
+    );
+    let metrics = daemon.metrics_text();
+    let (_, daemon) = daemon.stop();
+
+    let mut batch_files: Vec<(String, u64)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| {
+            (
+                e.file_name().into_string().unwrap(),
+                e.metadata().unwrap().len(),
+            )
+        })
+        .filter(|(name, _)| name.ends_with(".ndjson"))
+        .collect();
+    batch_files.sort();
+    let kept_bytes: u64 = batch_files.iter().map(|(_, size)| size).sum();
+    assert!(
+        kept_bytes <= MAX_BYTES && kept_bytes > MAX_BYTES / 2,
+        "{kept_bytes} bytes in {} files",
+        batch_files.len()
+    );
+    assert!(
+        dir.join("notes.txt").exists(),
+        "not a batch file: left alone"
+    );
+    // The events kept are the last ones sent, in one unbroken run.
+    let mut kept: Vec<usize> = batch_files
+        .iter()
+        .flat_map(|(name, _)| {
+            let text = std::fs::read_to_string(dir.join(name)).unwrap();
+            text.lines()
+                .map(|line| {
+                    let at = line.find("retention message ").unwrap() + 18;
+                    line[at..at + 6].parse::<usize>().unwrap()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    kept.sort_unstable();
+    let first = kept[0];
+    assert_eq!(kept, (first..MESSAGES).collect::<Vec<_>>());
+    // Every batch written is either still there or counted as removed, bytes likewise.
+    let m = |name: &str, labels: &[(&str, &str)]| metric_value(&metrics, name, labels);
+    let removed_files = m(
+        "sluice_sink_retention_removed_files_total",
+        &[("sink", "kept"), ("reason", "max_bytes")],
+    );
+    assert!(removed_files > 0);
+    assert_eq!(
+        removed_files + batch_files.len() as u64,
+        m("sluice_sink_batches_total", &[("sink", "kept")])
+    );
+    assert_eq!(
+        m(
+            "sluice_sink_retention_removed_bytes_total",
+            &[("sink", "kept"), ("reason", "max_bytes")]
+        ) + kept_bytes,
+        m(
+            "sluice_sink_bytes_total",
+            &[("sink", "kept"), ("stage", "compressed")]
+        )
+    );
+    assert_eq!(
+        m("sluice_sink_retained_bytes", &[("sink", "kept")]),
+        kept_bytes
+    );
+    assert_eq!(
+        m("sluice_sink_retention_errors_total", &[("sink", "kept")]),
+        0
+    );
+    drop(daemon);
 }
 
 fn raw_came_over_udp(message: &str, markers: &[(String, bool)], runs: &[(&str, &[&str])]) -> bool {

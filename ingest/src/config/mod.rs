@@ -1868,6 +1868,47 @@ kinds = ["cef", "darktrace_model_breach"]
         );
     }
 
+    /// A file sink's retention: a table of its own, strict keys, a byte bound of 0 or at least
+    /// 1 MiB, refused at start-up naming key and line.
+    #[test]
+    fn file_sink_retention_is_a_validated_table() {
+        let with = |keys: &str| {
+            format!(
+                "{GOOD}[sinks.archive]\ntype = \"file\"\npath = \"/tmp/sluice-archive\"\n\
+                 [sinks.archive.retention]\n{keys}"
+            )
+        };
+        let c = Config::from_toml(
+            &with("max_bytes = 10737418240\nmax_age_secs = 604800\n"),
+            "ok.toml",
+        )
+        .unwrap();
+        let SinkKind::File(f) = &c.sinks["archive"].kind else {
+            panic!("not a file sink")
+        };
+        assert_eq!(f.retention.max_bytes, 10 << 30);
+        assert_eq!(f.retention.max_age_secs, 604_800);
+        let SinkKind::File(f) = &c.sinks["out"].kind else {
+            panic!("not a file sink")
+        };
+        assert!(!f.retention.is_bounded(), "unbounded unless asked");
+
+        let text = with("max_bytes = 4096\n");
+        let err = Config::from_toml(&text, "bad.toml")
+            .unwrap_err()
+            .to_string();
+        let line = text.lines().count();
+        assert!(
+            err.starts_with(&format!("bad.toml:{line}:"))
+                && err.contains("`sinks.archive.retention.max_bytes`: 4096 is below 1048576"),
+            "{err}"
+        );
+        let err = Config::from_toml(&with("max_files = 3\n"), "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_files"), "{err}");
+    }
+
     #[test]
     fn http_sinks_share_common_keys_and_keep_strict_keys() {
         let dir = tempfile::tempdir().unwrap();

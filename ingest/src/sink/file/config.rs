@@ -34,6 +34,34 @@ pub struct FileSinkConfig {
     /// warning, where the filesystem refuses it (e.g. tmpfs on older kernels).
     #[serde(default = "default_direct_io")]
     pub direct_io: bool,
+    /// `[sinks.NAME.retention]`: how much and how long this directory keeps.
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+/// Bounds on the batch files a file sink keeps. Unbounded by default: removing delivered data
+/// is the operator's decision. Only files this sink's naming scheme produces are counted or
+/// removed (`<time>-<core>-<seq>.ndjson[.zst|.gz]`), files of earlier runs included; anything
+/// else in the directory is left alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Total size of the batch files; the oldest are removed beyond it (the newest file is
+    /// always kept). 0: no bound.
+    #[serde(default)]
+    pub max_bytes: u64,
+    /// Batch files older than this, by the time in their name, are removed. 0: no bound.
+    #[serde(default)]
+    pub max_age_secs: u64,
+}
+
+/// Below this a byte bound would hold a handful of batches: more likely a unit mistake.
+pub const MIN_RETENTION_BYTES: u64 = 1 << 20;
+
+impl RetentionConfig {
+    pub fn is_bounded(&self) -> bool {
+        self.max_bytes > 0 || self.max_age_secs > 0
+    }
 }
 fn default_direct_io() -> bool {
     true
@@ -57,6 +85,15 @@ impl FileSinkConfig {
             if v == 0 {
                 return Err((key.into(), "must be greater than 0".into()));
             }
+        }
+        if self.retention.max_bytes > 0 && self.retention.max_bytes < MIN_RETENTION_BYTES {
+            return Err((
+                "retention.max_bytes".into(),
+                format!(
+                    "{} is below {MIN_RETENTION_BYTES} (1 MiB); 0 means no bound",
+                    self.retention.max_bytes
+                ),
+            ));
         }
         let range = self.compression.level_range();
         if let Some(level) = self.compression_level

@@ -6,8 +6,9 @@
 
 mod config;
 mod direct;
+mod retention;
 
-pub use config::FileSinkConfig;
+pub use config::{FileSinkConfig, RetentionConfig};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -49,6 +50,9 @@ pub struct FileSink {
     leftovers: Mutex<Leftovers>,
     /// `sluice_sink_temp_removal_errors_total`: temp files left behind, each counted once.
     temp_removal_errors: metrics::Counter,
+    /// `[retention]` bounds, when set: told of every published file; its sweeper thread
+    /// stops when the sink is dropped.
+    retention: Option<(std::sync::Arc<retention::Retention>, retention::Sweeper)>,
     /// Test seam: the next this-many temp-file removals fail.
     #[cfg(test)]
     fail_temp_removals: AtomicUsize,
@@ -91,6 +95,14 @@ impl FileSink {
         }
         // Probe: fail at start-up rather than at the first batch.
         Compressor::new(config.compression, config.level())?;
+        let retention = if config.retention.is_bounded() {
+            let retention =
+                retention::Retention::open(name, &config.path, config.retention.clone())?;
+            let sweeper = retention.start_sweeper()?;
+            Some((retention, sweeper))
+        } else {
+            None
+        };
         Ok(FileSink {
             name: name.to_string(),
             direct_io: AtomicBool::new(config.direct_io),
@@ -105,6 +117,7 @@ impl FileSink {
             }),
             temp_removal_errors: metrics::counter!(crate::metrics::SINK_TEMP_REMOVAL_ERRORS,
                 "sink" => name.to_owned()),
+            retention,
             #[cfg(test)]
             fail_temp_removals: AtomicUsize::new(0),
         })
@@ -186,6 +199,9 @@ impl FileSink {
                     // batch again under another name, a duplicate for whoever reads the files.
                     self.remove_leftovers();
                     self.remove_temp(&temp_path);
+                    if let Some((retention, _)) = &self.retention {
+                        retention.published(&name, bytes.len() as u64);
+                    }
                     // Except when syncing the directory fails (`fsync = true`): whether the
                     // link survives a power loss is then unknown, so the batch is written again,
                     // a possible duplicate rather than a possible loss.
