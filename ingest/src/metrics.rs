@@ -52,6 +52,8 @@ pub const SINK_RETENTION_ERRORS: &str = "sluice_sink_retention_errors_total";
 /// File sinks with `[retention]`: the batch files in the directory, and their bytes.
 pub const SINK_RETAINED_FILES: &str = "sluice_sink_retained_files";
 pub const SINK_RETAINED_BYTES: &str = "sluice_sink_retained_bytes";
+/// Bytes in a sink's dead-letter directory (bounded by `retry.max_dead_letter_bytes`).
+pub const SINK_DEAD_LETTER_BYTES: &str = "sluice_sink_dead_letter_bytes";
 /// Events given up on after a sink kept failing through shutdown.
 pub const SINK_DROPPED_EVENTS: &str = "sluice_sink_dropped_events_total";
 /// Seconds spent per stage, per batch: `parse_map` (one reader batch), `batch_fill` (first event
@@ -181,6 +183,11 @@ fn describe() {
         SINK_RETAINED_BYTES,
         Unit::Bytes,
         "Bytes of the batch files in a file sink's directory (sinks with retention bounds)"
+    );
+    describe_gauge!(
+        SINK_DEAD_LETTER_BYTES,
+        Unit::Bytes,
+        "Bytes in a sink's dead-letter directory (bounded by retry.max_dead_letter_bytes)"
     );
     describe_counter!(
         SINK_DROPPED_EVENTS,

@@ -24,6 +24,7 @@ fn fast_retry() -> RetryConfig {
         initial_backoff_ms: 50,
         max_backoff_ms: 400,
         max_retry_after_ms: 10_000,
+        ..RetryConfig::default()
     }
 }
 
@@ -755,6 +756,7 @@ async fn server_500_for_30_s_then_200_delivers_everything() {
         initial_backoff_ms: 200,
         max_backoff_ms: 2_000,
         max_retry_after_ms: 10_000,
+        ..RetryConfig::default()
     };
     let handle =
         SinkRuntime::spawn(Arc::new(sink), dir.path(), spool_config(), retry, metrics).unwrap();

@@ -980,6 +980,13 @@ impl SinkConfig {
                 "must be 0 (keep no copies of damaged ranges) or at least 1 MiB".into(),
             ));
         }
+        // Less would hold next to nothing: most likely a unit mistake.
+        if c.retry.max_dead_letter_bytes < 1 << 20 {
+            return Err((
+                "retry.max_dead_letter_bytes".into(),
+                "must be at least 1 MiB".into(),
+            ));
+        }
         if c.batch_max_bytes as u64 > c.spool.max_bytes / 2 {
             return Err((
                 "batch_max_bytes".into(),
@@ -1907,6 +1914,27 @@ kinds = ["cef", "darktrace_model_breach"]
             .unwrap_err()
             .to_string();
         assert!(err.contains("max_files"), "{err}");
+    }
+
+    #[test]
+    fn the_dead_letter_bound_defaults_to_1_gib_and_is_validated() {
+        let with = |retry_keys: &str| {
+            format!(
+                "{GOOD}[sinks.relay]\ntype = \"http\"\nurl = \"http://127.0.0.1:2/in\"\n\
+                 [sinks.relay.retry]\n{retry_keys}"
+            )
+        };
+        let c = Config::from_toml(&with(""), "ok.toml").unwrap();
+        assert_eq!(c.sinks["relay"].common.retry.max_dead_letter_bytes, 1 << 30);
+        let c = Config::from_toml(&with("max_dead_letter_bytes = 1048576\n"), "ok.toml").unwrap();
+        assert_eq!(c.sinks["relay"].common.retry.max_dead_letter_bytes, 1 << 20);
+        let err = Config::from_toml(&with("max_dead_letter_bytes = 0\n"), "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`sinks.relay.retry.max_dead_letter_bytes`: must be at least 1 MiB"),
+            "{err}"
+        );
     }
 
     #[test]

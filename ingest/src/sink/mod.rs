@@ -5,6 +5,7 @@
 //! answers with a [`Delivery`]; only `Delivered` lets the batch leave the spool.
 
 pub mod azure_logs_ingestion;
+pub mod dead_letter;
 pub mod elasticsearch;
 pub mod file;
 pub mod http;

@@ -10,8 +10,7 @@
 //! dead-letter directory. Dropping a [`SinkHandle`] without [`SinkHandle::shutdown`] aborts
 //! uploads mid-flight, exactly like a crash: what was not acked is replayed on the next start.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,6 +20,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::{Batch, Delivery, Rejected, Sink};
+use crate::sink::dead_letter::{DeadLetterError, DeadLetters};
 use crate::spool::{Appended, RecordId, Spool, SpoolConfig, SpoolError, SpoolStats, SpooledRecord};
 
 /// `[sinks.NAME.retry]`: how failed uploads are retried.
@@ -35,6 +35,9 @@ pub struct RetryConfig {
     /// Longest `Retry-After` honoured; a larger one is clamped (a bogus header must not park
     /// the sink for a day).
     pub max_retry_after_ms: u64,
+    /// Bound on the dead-letter directory; at it, refused events stay spooled (see
+    /// [`crate::sink::dead_letter`]).
+    pub max_dead_letter_bytes: u64,
 }
 
 impl Default for RetryConfig {
@@ -44,6 +47,7 @@ impl Default for RetryConfig {
             initial_backoff_ms: 500,
             max_backoff_ms: 60_000,
             max_retry_after_ms: 600_000,
+            max_dead_letter_bytes: 1 << 30,
         }
     }
 }
@@ -255,7 +259,7 @@ impl SinkMetrics {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -300,7 +304,11 @@ impl SinkRuntime {
             &data_dir.join("spool").join(&name),
             spool_config,
         )?);
-        let dead_letter_dir = data_dir.join("dead_letter").join(&name);
+        let dead_letters = Arc::new(DeadLetters::new(
+            &name,
+            data_dir.join("dead_letter").join(&name),
+            retry.max_dead_letter_bytes,
+        ));
         let (stop_tx, stop_rx) = watch::channel(false);
         let (abort_tx, abort_rx) = watch::channel(false);
         let driver = Driver {
@@ -308,7 +316,7 @@ impl SinkRuntime {
             spool: spool.clone(),
             retry,
             metrics: metrics.clone(),
-            dead_letter_dir,
+            dead_letters,
             stop: stop_rx,
             abort: abort_rx,
         };
@@ -471,7 +479,7 @@ struct Driver<S> {
     spool: Arc<Spool>,
     retry: RetryConfig,
     metrics: Arc<SinkMetrics>,
-    dead_letter_dir: PathBuf,
+    dead_letters: Arc<DeadLetters>,
     stop: watch::Receiver<bool>,
     abort: watch::Receiver<bool>,
 }
@@ -523,7 +531,7 @@ impl<S: Sink + 'static> Driver<S> {
                 spool: self.spool.clone(),
                 retry: self.retry.clone(),
                 metrics: self.metrics.clone(),
-                dead_letter_dir: self.dead_letter_dir.clone(),
+                dead_letters: self.dead_letters.clone(),
                 stop: self.stop.clone(),
                 abort: self.abort.clone(),
             };
@@ -556,7 +564,7 @@ struct Upload<S> {
     spool: Arc<Spool>,
     retry: RetryConfig,
     metrics: Arc<SinkMetrics>,
-    dead_letter_dir: PathBuf,
+    dead_letters: Arc<DeadLetters>,
     stop: watch::Receiver<bool>,
     abort: watch::Receiver<bool>,
 }
@@ -700,46 +708,31 @@ impl<S: Sink> Upload<S> {
 
     /// Writes `rejected` to the dead-letter directory (events, then metadata, both synced).
     /// Counted as dead-lettered only once both files are on disk.
-    fn dead_letter(&self, seq: u64, part: usize, rejected: &Rejected) -> std::io::Result<()> {
-        let stem = format!("{}-{seq}-{part}", now_ms());
-        let data_path = self.dead_letter_dir.join(format!("{stem}.ndjson"));
-        let meta_path = self.dead_letter_dir.join(format!("{stem}.json"));
-        let result = (|| -> std::io::Result<()> {
-            std::fs::create_dir_all(&self.dead_letter_dir)?;
-            let mut data = std::fs::File::create(&data_path)?;
-            data.write_all(&rejected.batch.ndjson)?;
-            data.sync_all()?;
-            let meta = serde_json::json!({
-                "sink": self.sink.name(),
-                "events": rejected.batch.events,
-                "status": rejected.status,
-                "reason": rejected.reason,
-                "response_body": rejected.response_body,
-            });
-            let mut f = std::fs::File::create(&meta_path)?;
-            f.write_all(meta.to_string().as_bytes())?;
-            f.sync_all()
-        })();
+    fn dead_letter(
+        &self,
+        seq: u64,
+        part: usize,
+        rejected: &Rejected,
+    ) -> Result<(), DeadLetterError> {
+        let result = self
+            .dead_letters
+            .write(self.sink.name(), seq, part, rejected);
         match &result {
-            Ok(()) => {
+            Ok(path) => {
                 self.metrics.dead_lettered(rejected.batch.events);
                 tracing::error!(sink = %self.sink.name(), events = rejected.batch.events,
                     status = ?rejected.status, reason = %rejected.reason,
-                    file = %data_path.display(), "events dead-lettered");
+                    file = %path.display(), "events dead-lettered");
             }
             Err(e) => {
-                // A half-written pair would be replayed by hand as if complete; the next
-                // attempt writes a fresh pair.
-                let _ = std::fs::remove_file(&data_path);
-                let _ = std::fs::remove_file(&meta_path);
                 self.metrics.dead_letter_write_error();
                 tracing::error!(sink = %self.sink.name(), events = rejected.batch.events,
                     status = ?rejected.status, reason = %rejected.reason,
-                    dir = %self.dead_letter_dir.display(), error = %e,
+                    dir = %self.dead_letters.dir().display(), error = %e,
                     "cannot write dead letter; the events stay spooled");
             }
         }
-        result
+        result.map(drop)
     }
 }
 
@@ -869,6 +862,105 @@ mod tests {
             .unwrap()
             .count();
         assert_eq!(files, 40, "data + metadata per rejection");
+        handle.shutdown(Duration::from_secs(1)).await;
+    }
+
+    /// A service that refuses everything for good (a wrong schema, say).
+    struct Refuses;
+
+    impl Sink for Refuses {
+        fn name(&self) -> &str {
+            "refuses"
+        }
+
+        async fn deliver(&self, batch: &Batch) -> Delivery {
+            let _ = batch;
+            Delivery::Reject {
+                status: Some(400),
+                reason: "schema mismatch".into(),
+                response_body: "{}".into(),
+            }
+        }
+    }
+
+    /// At `max_dead_letter_bytes` nothing more is dead-lettered and nothing is lost: the refused
+    /// batches stay spooled, the failed writes are counted, and once an operator moves dead
+    /// letters away the rest follow.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_dead_letter_directory_keeps_refused_events_spooled() {
+        let dir = tempfile::tempdir().unwrap();
+        let retry = RetryConfig {
+            concurrency: 2,
+            initial_backoff_ms: 10,
+            max_backoff_ms: 20,
+            max_dead_letter_bytes: 50_000,
+            ..RetryConfig::default()
+        };
+        let handle = SinkRuntime::spawn(
+            Arc::new(Refuses),
+            dir.path(),
+            SpoolConfig::default(),
+            retry,
+            SinkMetrics::new("refuses"),
+        )
+        .unwrap();
+        // 20 batches of 10 events of ~1 KiB: ~10 KiB each, 200 KiB in all.
+        for b in 0..20 {
+            let lines: Vec<Batch> = (0..10).map(|i| padded(b * 10 + i)).collect();
+            let batch = Batch::from_lines(lines.iter().flat_map(|l| l.lines()));
+            assert!(matches!(
+                handle.enqueue_async(batch).await,
+                Enqueued::Accepted { .. }
+            ));
+        }
+        let letters = dir.path().join("dead_letter/refuses");
+        let bytes_in = |dir: &Path| -> u64 {
+            std::fs::read_dir(dir)
+                .map(|d| d.map(|e| e.unwrap().metadata().unwrap().len()).sum())
+                .unwrap_or(0)
+        };
+        // Wait until writes are being refused, then check nothing passed the bound.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while handle.stats().sink.dead_letter_write_errors < 5 {
+            assert!(std::time::Instant::now() < deadline, "{:?}", handle.stats());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let stalled = handle.stats();
+        assert!(bytes_in(&letters) <= 50_000, "{}", bytes_in(&letters));
+        assert!(stalled.sink.dead_lettered_events < 200, "{stalled:?}");
+        assert_eq!(
+            stalled.spool.events + stalled.sink.dead_lettered_events,
+            200,
+            "every refused event is either a dead letter or still spooled: {stalled:?}"
+        );
+        // The operator moves dead letters away as they come; all of them arrive, once.
+        let moved = tempfile::tempdir().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while handle.stats().spool.records > 0 {
+            assert!(std::time::Instant::now() < deadline, "{:?}", handle.stats());
+            for entry in std::fs::read_dir(&letters).unwrap() {
+                let entry = entry.unwrap();
+                std::fs::rename(entry.path(), moved.path().join(entry.file_name())).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let s = handle.stats().sink;
+        assert_eq!(s.dead_lettered_events, 200);
+        let mut events = 0;
+        for entry in std::fs::read_dir(moved.path())
+            .unwrap()
+            .chain(std::fs::read_dir(&letters).unwrap())
+        {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "ndjson") {
+                events += std::fs::read(&path)
+                    .unwrap()
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .count();
+            }
+        }
+        assert_eq!(events, 200);
         handle.shutdown(Duration::from_secs(1)).await;
     }
 
