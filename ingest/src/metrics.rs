@@ -35,6 +35,10 @@ pub const QUEUE_DEPTH: &str = "sluice_queue_depth_batches";
 /// UDP `RcvbufErrors` of the network namespace from `/proc/net/snmp` (all sockets, not only
 /// Sluice's; per-socket drops are in `sluice_dropped_messages_total{reason="kernel_rcvbuf"}`).
 pub const HOST_UDP_RCVBUF_ERRORS: &str = "sluice_kernel_udp_rcvbuf_errors";
+/// Config reloads (SIGHUP), by `result` (`ok`, `error`).
+pub const CONFIG_RELOADS: &str = "sluice_config_reloads_total";
+/// 1 when the config file, at the last reload, had changes only a restart applies.
+pub const CONFIG_RESTART_PENDING: &str = "sluice_config_restart_pending";
 pub const SINK_EVENTS: &str = "sluice_sink_events_total";
 pub const SINK_BATCHES: &str = "sluice_sink_batches_total";
 pub const SINK_BYTES: &str = "sluice_sink_bytes_total";
@@ -149,6 +153,14 @@ fn describe() {
     describe_gauge!(
         HOST_UDP_RCVBUF_ERRORS,
         "UDP RcvbufErrors of the whole host (/proc/net/snmp)"
+    );
+    describe_counter!(
+        CONFIG_RELOADS,
+        "Config reloads on SIGHUP, by result (ok, error: the file was invalid and nothing changed)"
+    );
+    describe_gauge!(
+        CONFIG_RESTART_PENDING,
+        "1 when the config file, as of the last reload, has changes that only a restart applies"
     );
     describe_counter!(SINK_EVENTS, "Events delivered, by sink");
     describe_counter!(SINK_BATCHES, "Batches delivered, by sink");

@@ -493,6 +493,103 @@ fn enforced_allowlist_drops_others_in_xdp_and_counts_them() {
     assert_eq!(stats.total(Action::Pass, Proto::Udp).packets, 2 * EACH);
 }
 
+/// A config reload (`XdpHandle::update_filters`) swaps the allowlist and its enforcement in the
+/// attached program: what the kernel drops follows at once, with no detach in between.
+#[test]
+fn reloaded_filters_take_effect_in_the_attached_program() {
+    if !is_root() {
+        return;
+    }
+    let ns = Netns::new();
+    let config = XdpConfig {
+        allow: vec!["10.200.0.0/31".into(), "fd00:200::1/128".into()],
+        enforce_allowlist: true,
+        ..ns.config()
+    };
+    let (mut handle, udp4, udp6) = in_netns(&ns.receiver, {
+        let config = config.clone();
+        move || {
+            (
+                xdp::start(&config).unwrap(),
+                udp_receiver(RECEIVER_V4.into(), PORT, false),
+                udp_receiver(RECEIVER_V6.into(), PORT, false),
+            )
+        }
+    });
+    const EACH: u64 = 200;
+    // Sends EACH datagrams from each of the four senders; returns what arrived per sender.
+    let round = || {
+        in_netns(&ns.sender, || {
+            let senders = [
+                (udp_from(SENDER_V4.into()), IpAddr::from(RECEIVER_V4)),
+                (udp_from(OTHER_V4.into()), IpAddr::from(RECEIVER_V4)),
+                (udp_from(SENDER_V6.into()), IpAddr::from(RECEIVER_V6)),
+                (udp_from(OTHER_V6.into()), IpAddr::from(RECEIVER_V6)),
+            ];
+            for i in 0..EACH {
+                for (socket, to) in &senders {
+                    socket
+                        .send_to(b"<13>hello", SocketAddr::new(*to, PORT))
+                        .unwrap();
+                }
+                if i % 50 == 0 {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        });
+        settle();
+        let mut got = drain(&udp4);
+        got.extend(drain(&udp6));
+        [
+            SENDER_V4.into(),
+            OTHER_V4.into(),
+            SENDER_V6.into(),
+            OTHER_V6.into(),
+        ]
+        .map(|ip: IpAddr| got.get(&ip).copied().unwrap_or(0))
+    };
+    assert_eq!(round(), [EACH, 0, EACH, 0]);
+
+    // The other two hosts instead: the first two prefixes leave, two new ones come.
+    let swapped = XdpConfig {
+        allow: vec!["10.200.0.3".into(), "fd00:200::3/128".into()],
+        ..config.clone()
+    };
+    assert!(handle.update_filters(&swapped).unwrap());
+    assert!(
+        !handle.update_filters(&swapped).unwrap(),
+        "nothing left to change"
+    );
+    assert_eq!(round(), [0, EACH, 0, EACH]);
+
+    // Counting only: everyone passes, and the drops were counted where they happened.
+    let counting = XdpConfig {
+        enforce_allowlist: false,
+        ..swapped
+    };
+    assert!(handle.update_filters(&counting).unwrap());
+    assert_eq!(round(), [EACH; 4]);
+    let stats = handle.stats().unwrap();
+    for (ip, dropped) in [
+        (IpAddr::from(SENDER_V4), EACH),
+        (IpAddr::from(OTHER_V4), EACH),
+        (IpAddr::from(SENDER_V6), EACH),
+        (IpAddr::from(OTHER_V6), EACH),
+    ] {
+        assert_eq!(stats.source(ip).unwrap().dropped_allowlist, dropped, "{ip}");
+    }
+
+    // A reload the kernel cannot take is refused whole: an invalid prefix changes nothing.
+    let bad = XdpConfig {
+        allow: vec!["10.200.0.0/33".into()],
+        enforce_allowlist: true,
+        ..counting
+    };
+    assert!(handle.update_filters(&bad).is_err());
+    assert_eq!(round(), [EACH; 4]);
+    drop(handle);
+}
+
 #[test]
 fn rate_limit_lets_n_per_second_through_from_a_5n_sender() {
     if !is_root() {

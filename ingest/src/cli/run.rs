@@ -40,12 +40,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         signal_hook::flag::register_conditional_shutdown(signal, 130, stop.clone())?;
         signal_hook::flag::register(signal, stop.clone())?;
     }
-    // SIGHUP (systemd's `reload`, logrotate habits) must never kill the forwarder: TLS sources
-    // reload their certificates on it (net/tls.rs registers its own flag); nothing else reloads.
-    signal_hook::flag::register(
-        signal_hook::consts::SIGHUP,
-        Arc::new(AtomicBool::new(false)),
-    )?;
+    // SIGHUP (systemd's `reload`) must never kill the forwarder: it re-reads the config file
+    // for what can change while running (see `config::reload`); TLS sources reload their
+    // certificates on it too (net/tls.rs registers its own flag).
+    let reload_requested = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload_requested.clone())?;
 
     let healthy = Arc::new(AtomicBool::new(true));
     if config.metrics.enabled {
@@ -87,6 +86,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             failure = Some(why);
             break;
         }
+        if reload_requested.swap(false, Ordering::Relaxed) {
+            reload(args.config.as_deref(), &config, &pipeline, xdp.as_mut());
+        }
         if let Some(handle) = &xdp
             && xdp_exported.elapsed() >= XDP_METRICS_EVERY
         {
@@ -116,6 +118,57 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP: reads `path` again and applies what can change while running (sources' `allow`,
+/// the XDP allowlist and rate limit); an invalid file changes nothing. `started` is the config
+/// the daemon started with: what differs from it elsewhere is reported as needing a restart,
+/// at every reload until there is one.
+fn reload(
+    path: Option<&Path>,
+    started: &Config,
+    pipeline: &Pipeline,
+    xdp: Option<&mut crate::xdp::XdpHandle>,
+) {
+    use crate::metrics::{CONFIG_RELOADS, CONFIG_RESTART_PENDING};
+    let Some(path) = path else {
+        tracing::info!(
+            "SIGHUP: running on the embedded default, no config file to read again (TLS sources still reload their certificates)"
+        );
+        return;
+    };
+    let applied = (|| -> anyhow::Result<(Vec<String>, bool, Vec<String>)> {
+        let edited = Config::load(path)?;
+        edited
+            .check_secret_file_modes()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let xdp_changed = match (xdp, &edited.xdp) {
+            (Some(handle), Some(cfg)) => handle.update_filters(cfg)?,
+            _ => false,
+        };
+        let sources = pipeline.reload_allowlists(&edited)?;
+        Ok((
+            sources,
+            xdp_changed,
+            crate::config::reload::needs_restart(started, &edited),
+        ))
+    })();
+    match applied {
+        Ok((sources, xdp_changed, restart)) => {
+            metrics::counter!(CONFIG_RELOADS, "result" => "ok").increment(1);
+            metrics::gauge!(CONFIG_RESTART_PENDING).set(if restart.is_empty() { 0.0 } else { 1.0 });
+            tracing::info!(file = %path.display(), allowlists_changed = ?sources, xdp_filters_changed = xdp_changed,
+                "config reloaded");
+            if !restart.is_empty() {
+                tracing::warn!(file = %path.display(), keys = ?restart,
+                    "these changes take effect only after a restart (systemctl restart sluice); the running values stay");
+            }
+        }
+        Err(e) => {
+            metrics::counter!(CONFIG_RELOADS, "result" => "error").increment(1);
+            tracing::error!(file = %path.display(), "config reload failed, nothing changed: {e:#}");
+        }
+    }
 }
 
 /// The exit error after a worker or sink thread panicked: what it held or had queued had no

@@ -7,7 +7,8 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use metrics::{Counter, Gauge};
@@ -80,6 +81,72 @@ impl Allowlist {
         }
         let bits = as_v6_bits(ip);
         self.nets.iter().any(|(net, m)| bits & m == *net)
+    }
+}
+
+/// A source's allowlist, replaceable while the source runs (`systemctl reload`). Readers keep
+/// a copy ([`AllowlistView`]) and notice a new list by its generation number: one atomic load
+/// per look, no lock on the datagram path.
+#[derive(Debug)]
+pub struct SharedAllowlist {
+    current: RwLock<Arc<Allowlist>>,
+    generation: AtomicU64,
+}
+
+impl SharedAllowlist {
+    pub fn new(allow: Allowlist) -> Arc<SharedAllowlist> {
+        Arc::new(SharedAllowlist {
+            current: RwLock::new(Arc::new(allow)),
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    pub fn get(&self) -> Arc<Allowlist> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts `allow` in place; false (and nothing done) when it is the list already in place.
+    pub fn replace(&self, allow: Allowlist) -> bool {
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if **current == allow {
+            return false;
+        }
+        *current = Arc::new(allow);
+        // Release: a reader that sees the new generation then reads the new list.
+        self.generation.fetch_add(1, Ordering::Release);
+        true
+    }
+
+    pub fn view(self: &Arc<Self>) -> AllowlistView {
+        let generation = self.generation.load(Ordering::Acquire);
+        AllowlistView {
+            local: self.get(),
+            shared: self.clone(),
+            generation,
+        }
+    }
+}
+
+/// One reader's copy of a [`SharedAllowlist`], brought up to date as it is used.
+#[derive(Debug)]
+pub struct AllowlistView {
+    shared: Arc<SharedAllowlist>,
+    local: Arc<Allowlist>,
+    generation: u64,
+}
+
+impl AllowlistView {
+    #[inline]
+    pub fn current(&mut self) -> &Allowlist {
+        let generation = self.shared.generation.load(Ordering::Acquire);
+        if generation != self.generation {
+            self.local = self.shared.get();
+            self.generation = generation;
+        }
+        &self.local
     }
 }
 
@@ -156,7 +223,7 @@ struct Occupancy {
 
 /// Admission control and limits of one stream source.
 pub struct ConnectionGuard {
-    allow: Allowlist,
+    allow: Arc<SharedAllowlist>,
     limits: ConnectionLimits,
     occupancy: Mutex<Occupancy>,
     counters: GuardCounters,
@@ -199,7 +266,7 @@ impl ConnectionGuard {
             accepted: metrics::counter!(crate::metrics::TCP_CONNECTIONS, "source" => source.to_string()),
         };
         Arc::new(ConnectionGuard {
-            allow,
+            allow: SharedAllowlist::new(allow),
             limits,
             occupancy: Mutex::new(Occupancy::default()),
             counters,
@@ -209,7 +276,7 @@ impl ConnectionGuard {
     /// No allowlist, no limits, nothing counted (tests, tools, benches).
     pub fn unlimited() -> Arc<Self> {
         Arc::new(ConnectionGuard {
-            allow: Allowlist::default(),
+            allow: SharedAllowlist::new(Allowlist::default()),
             limits: ConnectionLimits::UNLIMITED,
             occupancy: Mutex::new(Occupancy::default()),
             counters: GuardCounters {
@@ -225,8 +292,15 @@ impl ConnectionGuard {
         &self.limits
     }
 
-    pub fn allowlist(&self) -> &Allowlist {
-        &self.allow
+    /// A reader's copy of the allowlist, which follows [`ConnectionGuard::set_allowlist`].
+    pub fn allowlist(&self) -> AllowlistView {
+        self.allow.view()
+    }
+
+    /// Replaces the allowlist (config reload): new connections and datagrams are checked
+    /// against it, established connections are left alone. False when nothing changed.
+    pub fn set_allowlist(&self, allow: Allowlist) -> bool {
+        self.allow.replace(allow)
     }
 
     /// Takes a slot for a connection from `peer`, or says (and counts) why not. A peer of
@@ -251,9 +325,10 @@ impl ConnectionGuard {
     }
 
     fn try_admit(&self, ip: Option<IpAddr>) -> Result<(), Refusal> {
+        let allow = self.allow.get();
         match ip {
-            Some(ip) if !self.allow.permits(ip) => return Err(Refusal::NotAllowed),
-            None if !self.allow.is_empty() => return Err(Refusal::NotAllowed),
+            Some(ip) if !allow.permits(ip) => return Err(Refusal::NotAllowed),
+            None if !allow.is_empty() => return Err(Refusal::NotAllowed),
             _ => {}
         }
         let mut occupancy = self.occupancy.lock().unwrap_or_else(|e| e.into_inner());
@@ -379,6 +454,27 @@ impl StallWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replaced_allowlist_reaches_views_taken_before() {
+        let guard = ConnectionGuard::new(
+            "reload",
+            Allowlist::parse(&["10.0.0.0/8"]).unwrap(),
+            ConnectionLimits::UNLIMITED,
+        );
+        let mut view = guard.allowlist();
+        let outside: IpAddr = "192.0.2.7".parse().unwrap();
+        assert!(!view.current().permits(outside));
+        assert!(guard.admit(Some(SocketAddr::new(outside, 1))).is_err());
+        assert!(guard.set_allowlist(Allowlist::parse(&["192.0.2.0/24"]).unwrap()));
+        assert!(
+            !guard.set_allowlist(Allowlist::parse(&["192.0.2.0/24"]).unwrap()),
+            "the same list again is no change"
+        );
+        assert!(view.current().permits(outside));
+        assert!(!view.current().permits("10.1.2.3".parse().unwrap()));
+        assert!(guard.admit(Some(SocketAddr::new(outside, 1))).is_ok());
+    }
 
     #[test]
     fn allowlist_matches_v4_v6_and_mapped() {

@@ -175,7 +175,7 @@ pub fn run_udp(socket: UdpSocket, mut ctx: ReaderContext) -> std::io::Result<()>
     let mut handoff =
         Handoff::new(&ctx, READER_BATCH_MAX_BYTES, SHUTDOWN_POLL).with_overflow(&ctx, overflow);
     let mut timeout = None;
-    let allow = ctx.guard.allowlist().clone();
+    let mut allow = ctx.guard.allowlist();
 
     while !ctx.shutdown.load(Ordering::Relaxed) {
         let wanted = handoff.wait_timeout();
@@ -209,6 +209,7 @@ pub fn run_udp(socket: UdpSocket, mut ctx: ReaderContext) -> std::io::Result<()>
             }
         }
         let mut not_allowed = 0u64;
+        let allow = allow.current();
         for i in 0..n as usize {
             if let Some(drops) = bufs.kernel_drops(i) {
                 // Counted by the periodic per-socket poll; here only reported promptly.

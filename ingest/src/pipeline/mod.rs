@@ -266,6 +266,8 @@ pub struct Pipeline {
     /// left there.
     inboxes: Vec<Inbox>,
     source_names: Vec<Arc<str>>,
+    /// Each source's admission guard, by name: holds the allowlist a reload replaces.
+    guards: Vec<(String, Arc<crate::net::guard::ConnectionGuard>)>,
     maintenance: Option<JoinHandle<()>>,
     totals: Arc<Totals>,
     started: Instant,
@@ -801,6 +803,7 @@ impl Pipeline {
             panics,
             inboxes,
             source_names,
+            guards: config.sources.keys().cloned().zip(guards).collect(),
             maintenance: Some(maintenance),
             totals,
             started: Instant::now(),
@@ -853,6 +856,26 @@ impl Pipeline {
     /// Why the pipeline cannot go on: a reader ended on its own (a fatal socket error), or a
     /// worker or sink thread panicked. The daemon then shuts down and exits with an error
     /// rather than run on with a queue nobody empties.
+    /// Puts each source's `allow` from `config` (already validated) in place: new connections
+    /// and datagrams are checked against it, established connections are left alone. Returns
+    /// the sources whose list changed.
+    pub fn reload_allowlists(&self, config: &Config) -> anyhow::Result<Vec<String>> {
+        // All parsed before any is applied: a reload applies whole or not at all.
+        let mut lists = Vec::new();
+        for (name, guard) in &self.guards {
+            if let Some(source) = config.sources.get(name) {
+                let allow = crate::net::guard::Allowlist::parse(source.allow())
+                    .map_err(|e| anyhow::anyhow!("sources.{name}.allow: {e}"))?;
+                lists.push((name, guard, allow));
+            }
+        }
+        Ok(lists
+            .into_iter()
+            .filter(|(_, guard, allow)| guard.set_allowlist(allow.clone()))
+            .map(|(name, _, _)| name.clone())
+            .collect())
+    }
+
     pub fn failed(&self) -> Option<String> {
         if let Some((name, _)) = self.readers.iter().find(|(_, h)| h.is_finished()) {
             return Some(format!("reader {name} stopped"));

@@ -20,8 +20,9 @@ use aya::{
 };
 use sluice_ingest_ebpf::{
     MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CPUS, MAP_PORTS, MAP_SETTINGS, MAP_SOCKETS, MAP_STEER_CPU,
-    MAP_STEER_PORTS, MAX_CPUS, MAX_SOCKETS_PER_PORT, MAX_STEERED_PORTS, PORT_WORDS, PROG_REUSEPORT,
-    PROG_XDP, STEER_CPU, STEER_HASH, STEER_RANDOM, SteerPort, XdpSettings,
+    MAP_STEER_PORTS, MAX_ALLOW_PREFIXES, MAX_CPUS, MAX_SOCKETS_PER_PORT, MAX_STEERED_PORTS,
+    PORT_WORDS, PROG_REUSEPORT, PROG_XDP, STEER_CPU, STEER_HASH, STEER_RANDOM, SteerPort,
+    XdpSettings,
 };
 
 use super::{
@@ -297,6 +298,70 @@ impl XdpHandle {
         stats::read(&self.ebpf)
     }
 
+    /// Puts `config`'s allowlist, its enforcement and the rate limit in place (a config
+    /// reload); the rest of `config` needs a restart and is not looked at. Returns whether
+    /// anything changed. Per-source rate-limit state is kept: a sender keeps its place in its
+    /// bucket under the new rate.
+    pub fn update_filters(&mut self, config: &XdpConfig) -> Result<bool, XdpError> {
+        let unchanged = self.config.allow == config.allow
+            && self.config.enforce_allowlist == config.enforce_allowlist
+            && self.config.rate_limit_pps == config.rate_limit_pps
+            && self.config.rate_limit_burst == config.rate_limit_burst;
+        if unchanged {
+            return Ok(false);
+        }
+        let cidrs = config.validate()?;
+        let redirect_cpus = {
+            let settings: Array<&MapData, XdpSettings> =
+                Array::try_from(self.ebpf.map(MAP_SETTINGS).ok_or(XdpError::Map {
+                    name: MAP_SETTINGS,
+                    reason: "missing from object".into(),
+                })?)
+                .map_err(|e| XdpError::Map {
+                    name: MAP_SETTINGS,
+                    reason: e.to_string(),
+                })?;
+            settings
+                .get(&0, 0)
+                .map_err(|e| XdpError::Map {
+                    name: MAP_SETTINGS,
+                    reason: e.to_string(),
+                })?
+                .redirect_cpus
+        };
+        // Enforcement may only go on once the new prefixes are in, and prefixes only leave
+        // once enforcement may be off: add, switch, remove.
+        let adding: Vec<Cidr> = {
+            let mut seen = std::collections::HashSet::new();
+            let old = self.config.validate().unwrap_or_default();
+            cidrs
+                .iter()
+                .chain(&old)
+                .filter(|c| seen.insert((c.addr, c.prefix)))
+                .copied()
+                .collect()
+        };
+        let fits = adding.iter().filter(|c| c.addr.is_ipv4()).count()
+            <= MAX_ALLOW_PREFIXES as usize
+            && adding.iter().filter(|c| c.addr.is_ipv6()).count() <= MAX_ALLOW_PREFIXES as usize;
+        if fits {
+            sync_allow_tries(&mut self.ebpf, &adding)?;
+        }
+        write_settings(&mut self.ebpf, &settings(config, redirect_cpus))?;
+        sync_allow_tries(&mut self.ebpf, &cidrs)?;
+        self.config.allow = config.allow.clone();
+        self.config.enforce_allowlist = config.enforce_allowlist;
+        self.config.rate_limit_pps = config.rate_limit_pps;
+        self.config.rate_limit_burst = config.rate_limit_burst;
+        tracing::info!(
+            allow_prefixes = cidrs.len(),
+            enforce = config.enforce_allowlist,
+            rate_limit_pps = ?config.rate_limit_pps,
+            "XDP filters reloaded"
+        );
+        Ok(true)
+    }
+
     /// Reads the maps and updates the `sluice_xdp_*` metrics (call periodically).
     pub fn export_metrics(&self) -> Result<XdpStats, XdpError> {
         let stats = self.stats()?;
@@ -368,29 +433,7 @@ fn fill_config_maps(ebpf: &mut Ebpf, config: &XdpConfig, cidrs: &[Cidr]) -> Resu
                 .map_err(map_err(MAP_PORTS))?;
         }
     }
-    {
-        let mut allow_v4: LpmTrie<&mut MapData, [u8; 4], u8> = map_mut(ebpf, MAP_ALLOW_V4)?;
-        for cidr in cidrs {
-            if let IpAddr::V4(v4) = cidr.addr {
-                allow_v4
-                    .insert(&Key::new(u32::from(cidr.prefix), v4.octets()), 1, 0)
-                    .map_err(map_err(MAP_ALLOW_V4))?;
-            }
-        }
-    }
-    {
-        let mut allow_v6: LpmTrie<&mut MapData, [u8; 16], u8> = map_mut(ebpf, MAP_ALLOW_V6)?;
-        for cidr in cidrs {
-            match cidr.addr {
-                IpAddr::V6(v6) => allow_v6
-                    .insert(&Key::new(u32::from(cidr.prefix), v6.octets()), 1, 0)
-                    .map_err(map_err(MAP_ALLOW_V6))?,
-                // IPv4 senders reaching a dual-stack socket keep their IPv4 source on the wire,
-                // so only the v4 trie is consulted for them; nothing to mirror here.
-                IpAddr::V4(_) => {}
-            }
-        }
-    }
+    sync_allow_tries(ebpf, cidrs)?;
 
     let mut redirect_cpus = 0;
     if config.cpu_redirect {
@@ -409,6 +452,12 @@ fn fill_config_maps(ebpf: &mut Ebpf, config: &XdpConfig, cidrs: &[Cidr]) -> Resu
         }
     }
 
+    write_settings(ebpf, &settings(config, redirect_cpus))?;
+    Ok(redirect_cpus)
+}
+
+/// What the program reads from `SL_SETTINGS` for `config`.
+fn settings(config: &XdpConfig, redirect_cpus: u32) -> XdpSettings {
     let (rate_interval_ns, rate_burst_ns) = match config.rate_limit_pps {
         Some(pps) => {
             let interval = (1_000_000_000 / pps).max(1);
@@ -418,17 +467,84 @@ fn fill_config_maps(ebpf: &mut Ebpf, config: &XdpConfig, cidrs: &[Cidr]) -> Resu
         }
         None => (0, 0),
     };
-    let settings = XdpSettings {
+    XdpSettings {
         enforce_allowlist: u32::from(config.enforce_allowlist),
         redirect_cpus,
         rate_interval_ns,
         rate_burst_ns,
-    };
+    }
+}
+
+fn write_settings(ebpf: &mut Ebpf, settings: &XdpSettings) -> Result<(), XdpError> {
     let mut settings_map: Array<&mut MapData, XdpSettings> = map_mut(ebpf, MAP_SETTINGS)?;
     settings_map
-        .set(0, settings, 0)
-        .map_err(map_err(MAP_SETTINGS))?;
-    Ok(redirect_cpus)
+        .set(0, *settings, 0)
+        .map_err(|e| XdpError::Map {
+            name: MAP_SETTINGS,
+            reason: e.to_string(),
+        })
+}
+
+/// Makes the allowlist tries hold exactly `cidrs`, as one family's trie at a time: prefixes
+/// to add go in before stale ones leave, so a sender in both the old and the new list is never
+/// dropped in between (unless both together would pass the trie's capacity).
+fn sync_allow_tries(ebpf: &mut Ebpf, cidrs: &[Cidr]) -> Result<(), XdpError> {
+    let v4: Vec<Key<[u8; 4]>> = cidrs
+        .iter()
+        .filter_map(|c| match c.addr {
+            IpAddr::V4(v4) => Some(Key::new(u32::from(c.prefix), v4.octets())),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    // IPv4 senders reaching a dual-stack socket keep their IPv4 source on the wire, so only
+    // the v4 trie is consulted for them; nothing to mirror in the v6 trie.
+    let v6: Vec<Key<[u8; 16]>> = cidrs
+        .iter()
+        .filter_map(|c| match c.addr {
+            IpAddr::V6(v6) => Some(Key::new(u32::from(c.prefix), v6.octets())),
+            IpAddr::V4(_) => None,
+        })
+        .collect();
+    sync_trie(&mut map_mut(ebpf, MAP_ALLOW_V4)?, MAP_ALLOW_V4, &v4)?;
+    sync_trie(&mut map_mut(ebpf, MAP_ALLOW_V6)?, MAP_ALLOW_V6, &v6)
+}
+
+fn sync_trie<const N: usize>(
+    trie: &mut LpmTrie<&mut MapData, [u8; N], u8>,
+    name: &'static str,
+    wanted: &[Key<[u8; N]>],
+) -> Result<(), XdpError> {
+    let map_err = |e: aya::maps::MapError| XdpError::Map {
+        name,
+        reason: e.to_string(),
+    };
+    let same = |a: &Key<[u8; N]>, b: &Key<[u8; N]>| {
+        a.prefix_len() == b.prefix_len() && a.data() == b.data()
+    };
+    let present: Vec<Key<[u8; N]>> = trie.keys().collect::<Result<_, _>>().map_err(map_err)?;
+    let stale: Vec<&Key<[u8; N]>> = present
+        .iter()
+        .filter(|p| !wanted.iter().any(|w| same(p, w)))
+        .collect();
+    let missing = wanted
+        .iter()
+        .filter(|w| !present.iter().any(|p| same(p, w)))
+        .count();
+    let room_for_both = present.len() + missing <= MAX_ALLOW_PREFIXES as usize;
+    if !room_for_both {
+        for key in &stale {
+            trie.remove(key).map_err(map_err)?;
+        }
+    }
+    for key in wanted {
+        trie.insert(key, 1, 0).map_err(map_err)?;
+    }
+    if room_for_both {
+        for key in &stale {
+            trie.remove(key).map_err(map_err)?;
+        }
+    }
+    Ok(())
 }
 
 fn attach_xdp(

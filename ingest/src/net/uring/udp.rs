@@ -80,7 +80,7 @@ pub fn run_udp_with(
         kernel_drop_log: RateLimit::new(Duration::from_secs(10)),
         error_log: RateLimit::new(Duration::from_secs(10)),
         enobufs: 0,
-        allow: ctx.guard.allowlist().clone(),
+        allow: ctx.guard.allowlist(),
         not_allowed: 0,
     };
 
@@ -167,7 +167,7 @@ struct UdpReader<'c> {
     error_log: RateLimit,
     /// Times the receive stopped because every buffer was waiting to be processed.
     enobufs: u64,
-    allow: crate::net::guard::Allowlist,
+    allow: crate::net::guard::AllowlistView,
     /// Refused datagrams not yet added to the counter.
     not_allowed: u64,
 }
@@ -261,7 +261,8 @@ impl UdpReader<'_> {
         let peer = sockaddr_from_bytes(out.name_data());
         // The user-space allowlist (XDP's job in the kernel when it is on): refused datagrams
         // are not received, only counted as dropped.
-        if !self.allow.is_empty() && !peer.is_some_and(|p| self.allow.permits(p.ip())) {
+        let allow = self.allow.current();
+        if !allow.is_empty() && !peer.is_some_and(|p| allow.permits(p.ip())) {
             self.not_allowed += 1;
             return false;
         }
