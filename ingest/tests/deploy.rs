@@ -629,6 +629,57 @@ fn xdp_daemon_as_nobody_keeps_cap_bpf_only_and_exports_every_dashboard_metric() 
     );
     assert_dropped_to_nobody(daemon.pid(), CAP_BPF, &daemon.log_text());
 
+    // `systemctl reload` as nobody: the edited file is read again and the allowlist goes into
+    // the attached program's maps with CAP_BPF alone. The sender is not on it: its datagrams
+    // are now dropped in the kernel.
+    let edited = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("ports = [{PORT}]\n"),
+        &format!("ports = [{PORT}]\nallow = [\"10.200.0.99\"]\nenforce_allowlist = true\n"),
+    );
+    std::fs::write(&config, edited).unwrap();
+    let kill = std::process::Command::new("kill")
+        .args(["-HUP", &daemon.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let scrape = || {
+        let receiver = receiver.clone();
+        in_netns(&receiver, move || {
+            daemon_support::scrape_metrics(metrics, None)
+        })
+    };
+    wait_for("the reload", Duration::from_secs(15), || {
+        daemon_support::metric_value(
+            &scrape(),
+            "sluice_config_reloads_total",
+            &[("result", "ok")],
+        ) == 1
+    });
+    in_netns(&ns.sender, || {
+        let udp = UdpSocket::bind((SENDER_V4, 0)).unwrap();
+        for i in 0..N {
+            udp.send_to(
+                format!("<13>after reload {i}").as_bytes(),
+                (RECEIVER_V4, PORT),
+            )
+            .unwrap();
+        }
+    });
+    wait_for("XDP allowlist drops", Duration::from_secs(15), || {
+        daemon_support::metric_value(
+            &scrape(),
+            "sluice_xdp_packets_total",
+            &[("action", "drop_allowlist"), ("proto", "udp")],
+        ) >= N as u64
+    });
+    assert!(
+        !daemon_support::finished_batch_lines(&out)
+            .iter()
+            .any(|l| l.contains("after reload")),
+        "a dropped datagram reached the files"
+    );
+    assert!(daemon.log_text().contains("XDP filters reloaded"));
+
     daemon.stop();
     assert!(!ns.xdp_attached(), "XDP still attached after SIGTERM");
     let leftovers: Vec<_> = std::fs::read_dir(&ns.pin_path)

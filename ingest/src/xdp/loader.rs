@@ -59,7 +59,10 @@ const LINK_PIN_PREFIX: &str = "link_";
 /// Running XDP state. Dropping it detaches the programs and removes every pin.
 pub struct XdpHandle {
     ebpf: Ebpf,
+    /// As started, with the filters of the last reload.
     config: XdpConfig,
+    /// CPUs the CPUMAP redirect spreads over (0: off); kept in the settings a reload writes.
+    redirect_cpus: u32,
     pin_dir: PathBuf,
     links: Vec<AttachedLink>,
     steered_ports: HashMap<u16, u32>,
@@ -153,6 +156,7 @@ pub fn start(config: &XdpConfig) -> Result<XdpHandle, XdpError> {
     let mut handle = XdpHandle {
         ebpf,
         config: config.clone(),
+        redirect_cpus,
         pin_dir,
         links: Vec::new(),
         steered_ports: HashMap::new(),
@@ -311,24 +315,6 @@ impl XdpHandle {
             return Ok(false);
         }
         let cidrs = config.validate()?;
-        let redirect_cpus = {
-            let settings: Array<&MapData, XdpSettings> =
-                Array::try_from(self.ebpf.map(MAP_SETTINGS).ok_or(XdpError::Map {
-                    name: MAP_SETTINGS,
-                    reason: "missing from object".into(),
-                })?)
-                .map_err(|e| XdpError::Map {
-                    name: MAP_SETTINGS,
-                    reason: e.to_string(),
-                })?;
-            settings
-                .get(&0, 0)
-                .map_err(|e| XdpError::Map {
-                    name: MAP_SETTINGS,
-                    reason: e.to_string(),
-                })?
-                .redirect_cpus
-        };
         // Enforcement may only go on once the new prefixes are in, and prefixes only leave
         // once enforcement may be off: add, switch, remove.
         let adding: Vec<Cidr> = {
@@ -347,7 +333,7 @@ impl XdpHandle {
         if fits {
             sync_allow_tries(&mut self.ebpf, &adding)?;
         }
-        write_settings(&mut self.ebpf, &settings(config, redirect_cpus))?;
+        write_settings(&mut self.ebpf, &settings(config, self.redirect_cpus))?;
         sync_allow_tries(&mut self.ebpf, &cidrs)?;
         self.config.allow = config.allow.clone();
         self.config.enforce_allowlist = config.enforce_allowlist;
