@@ -546,7 +546,7 @@ fn xdp_daemon_as_nobody_keeps_cap_bpf_only_and_exports_every_dashboard_metric() 
              [sources.udp_in]\ntype = \"udp\"\nlisten = \"{RECEIVER_V4}:{PORT}\"\nthreads = 2\n\
              [sources.tcp_in]\ntype = \"tcp\"\nlisten = \"{RECEIVER_V4}:{PORT}\"\n\
              [sinks.files]\ntype = \"file\"\npath = {out:?}\nschema = \"raw\"\ncompression = \"none\"\n\
-             batch_timeout_ms = 100\n\
+             batch_timeout_ms = 100\n[sinks.files.retention]\nmax_age_secs = 86400\n\
              [sinks.web]\ntype = \"http\"\nurl = \"http://{http_addr}/ingest\"\ncompression = \"none\"\n\
              batch_timeout_ms = 100\n[sinks.web.retry]\ninitial_backoff_ms = 50\nmax_backoff_ms = 200\n\
              [xdp]\ninterfaces = [\"{iface}\"]\nports = [{PORT}]\npin_path = {pins:?}\n",

@@ -55,6 +55,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("[metrics] {e}"))?;
         let addr = crate::metrics::serve(config.metrics.listen, handle, healthy.clone(), token)?;
         tracing::info!("metrics on http://{addr}/metrics, health on http://{addr}/health");
+        // Present from the start, so dashboards and alerts see 0 rather than no data.
+        for result in ["ok", "error"] {
+            metrics::counter!(crate::metrics::CONFIG_RELOADS, "result" => result).absolute(0);
+        }
+        metrics::gauge!(crate::metrics::CONFIG_RESTART_PENDING).set(0.0);
     }
 
     // XDP before the sockets: a config error stops here, nothing else does (see `start_xdp`).
