@@ -102,7 +102,7 @@ pub struct Retention {
     wake: Condvar,
 }
 
-/// Runs [`Retention::sweep`] until dropped.
+/// Runs [`Retention::sweep_at`] every [`Retention::sweep_every`] until dropped.
 pub struct Sweeper {
     retention: Arc<Retention>,
     thread: Option<std::thread::JoinHandle<()>>,
