@@ -243,6 +243,15 @@ enum Bound {
     Tls(std::net::TcpListener, Arc<crate::net::tls::TlsAcceptor>),
 }
 
+/// A source's `allow` as the guard takes it (checked by `Config::validate` already).
+fn source_allowlist(
+    name: &str,
+    source: &SourceConfig,
+) -> anyhow::Result<crate::net::guard::Allowlist> {
+    crate::net::guard::Allowlist::parse(source.allow())
+        .map_err(|e| anyhow::anyhow!("sources.{name}.allow: {e}"))
+}
+
 /// The running pipeline.
 pub struct Pipeline {
     backend: Backend,
@@ -668,12 +677,9 @@ impl Pipeline {
             .sources
             .iter()
             .map(|(name, source)| {
-                // Checked by Config::validate.
-                let allow = crate::net::guard::Allowlist::parse(source.allow())
-                    .map_err(|e| anyhow::anyhow!("sources.{name}.allow: {e}"))?;
                 Ok(crate::net::guard::ConnectionGuard::new(
                     name,
-                    allow,
+                    source_allowlist(name, source)?,
                     source.connection_limits(),
                 ))
             })
@@ -853,9 +859,6 @@ impl Pipeline {
         &self.totals
     }
 
-    /// Why the pipeline cannot go on: a reader ended on its own (a fatal socket error), or a
-    /// worker or sink thread panicked. The daemon then shuts down and exits with an error
-    /// rather than run on with a queue nobody empties.
     /// Puts each source's `allow` from `config` (already validated) in place: new connections
     /// and datagrams are checked against it, established connections are left alone. Returns
     /// the sources whose list changed.
@@ -864,9 +867,7 @@ impl Pipeline {
         let mut lists = Vec::new();
         for (name, guard) in &self.guards {
             if let Some(source) = config.sources.get(name) {
-                let allow = crate::net::guard::Allowlist::parse(source.allow())
-                    .map_err(|e| anyhow::anyhow!("sources.{name}.allow: {e}"))?;
-                lists.push((name, guard, allow));
+                lists.push((name, guard, source_allowlist(name, source)?));
             }
         }
         Ok(lists
@@ -876,6 +877,9 @@ impl Pipeline {
             .collect())
     }
 
+    /// Why the pipeline cannot go on: a reader ended on its own (a fatal socket error), or a
+    /// worker or sink thread panicked. The daemon then shuts down and exits with an error
+    /// rather than run on with a queue nobody empties.
     pub fn failed(&self) -> Option<String> {
         if let Some((name, _)) = self.readers.iter().find(|(_, h)| h.is_finished()) {
             return Some(format!("reader {name} stopped"));

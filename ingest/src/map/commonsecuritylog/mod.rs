@@ -667,8 +667,6 @@ fn write_cef(event: &Event<'_>, cef: &Cef<'_>, out: &mut Vec<u8>) {
     w.push(b'}');
 }
 
-/// A value inside `AdditionalExtensions`: `\`, `;` and `=` are backslash-escaped (and the text
-/// JSON-escaped) so that the `key=value;key=value` list splits unambiguously.
 /// `Computer`: the syslog hostname, else the sender's address, as rsyslog fills HOSTNAME for
 /// the Azure Monitor Agent (which then writes it to this column).
 fn computer<'a>(event: &Event<'a>) -> Option<Cow<'a, str>> {
@@ -681,6 +679,8 @@ fn computer<'a>(event: &Event<'a>) -> Option<Cow<'a, str>> {
     }
 }
 
+/// A value inside `AdditionalExtensions`: `\`, `;` and `=` are backslash-escaped (and the text
+/// JSON-escaped) so that the `key=value;key=value` list splits unambiguously.
 #[inline]
 fn write_additional_value<S: ByteSink + ?Sized>(out: &mut S, value: &str) {
     write_backslashed_contents(out, value, [b';', b'=']);
