@@ -52,7 +52,7 @@ pub struct FileSink {
     temp_removal_errors: metrics::Counter,
     /// `[retention]` bounds, when set: told of every published file; its sweeper thread
     /// stops when the sink is dropped.
-    retention: Option<(std::sync::Arc<retention::Retention>, retention::Sweeper)>,
+    retention: Option<retention::Sweeper>,
     /// Test seam: the next this-many temp-file removals fail.
     #[cfg(test)]
     fail_temp_removals: AtomicUsize,
@@ -96,10 +96,10 @@ impl FileSink {
         // Probe: fail at start-up rather than at the first batch.
         Compressor::new(config.compression, config.level())?;
         let retention = if config.retention.is_bounded() {
-            let retention =
-                retention::Retention::open(name, &config.path, config.retention.clone())?;
-            let sweeper = retention.start_sweeper()?;
-            Some((retention, sweeper))
+            Some(
+                retention::Retention::open(name, &config.path, config.retention.clone())?
+                    .start_sweeper()?,
+            )
         } else {
             None
         };
@@ -199,8 +199,8 @@ impl FileSink {
                     // batch again under another name, a duplicate for whoever reads the files.
                     self.remove_leftovers();
                     self.remove_temp(&temp_path);
-                    if let Some((retention, _)) = &self.retention {
-                        retention.published(&name, bytes.len() as u64);
+                    if let Some(sweeper) = &self.retention {
+                        sweeper.retention().published(&name, bytes.len() as u64);
                     }
                     // Except when syncing the directory fails (`fsync = true`): whether the
                     // link survives a power loss is then unknown, so the batch is written again,

@@ -108,6 +108,12 @@ pub struct Sweeper {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+impl Sweeper {
+    pub fn retention(&self) -> &Retention {
+        &self.retention
+    }
+}
+
 impl Drop for Sweeper {
     fn drop(&mut self) {
         *self
@@ -172,11 +178,11 @@ impl Retention {
                     }
                     drop(stop);
                     if let Err(e) = retention.sweep_at(SystemTime::now()) {
-                        retention.metrics.errors.increment(1);
-                        retention.log_error(format_args!(
-                            "cannot list {}: {e}",
-                            retention.dir.display()
-                        ));
+                        let mut index = retention.lock();
+                        retention.failed(
+                            &mut index,
+                            format_args!("cannot list {}: {e}", retention.dir.display()),
+                        );
                     }
                     stop = retention.stop.lock().unwrap_or_else(|p| p.into_inner());
                 }
@@ -233,32 +239,27 @@ impl Retention {
 
     fn enforce(&self, index: &mut Index, now: SystemTime) -> Removed {
         let mut removed = Removed::default();
-        if self.config.max_age_secs > 0 {
-            let now_ms = now
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
-            let oldest_kept_ms =
-                now_ms.saturating_sub(self.config.max_age_secs.saturating_mul(1000) as i64);
-            while let Some((name, size)) = index.files.first_key_value() {
-                let written = batch_file_written_ms(name).unwrap_or(i64::MAX);
-                if written >= oldest_kept_ms {
-                    break;
-                }
-                let (name, size) = (name.clone(), *size);
-                if !self.remove(index, &name, size, Reason::MaxAge, &mut removed) {
-                    break;
-                }
-            }
-        }
-        if self.config.max_bytes > 0 {
-            while index.total_bytes > self.config.max_bytes && index.files.len() > 1 {
-                let Some((name, size)) = index.files.first_key_value() else {
-                    break;
-                };
-                let (name, size) = (name.clone(), *size);
-                if !self.remove(index, &name, size, Reason::MaxBytes, &mut removed) {
-                    break;
-                }
+        let now_ms = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let oldest_kept_ms =
+            now_ms.saturating_sub(self.config.max_age_secs.saturating_mul(1000) as i64);
+        // Oldest first, under whichever bound it passes (age first); the byte bound always
+        // leaves the newest file.
+        while let Some((name, size)) = index.files.first_key_value() {
+            let too_old = self.config.max_age_secs > 0
+                && batch_file_written_ms(name).unwrap_or(i64::MAX) < oldest_kept_ms;
+            let too_big = self.config.max_bytes > 0
+                && index.total_bytes > self.config.max_bytes
+                && index.files.len() > 1;
+            let reason = match (too_old, too_big) {
+                (true, _) => Reason::MaxAge,
+                (false, true) => Reason::MaxBytes,
+                (false, false) => break,
+            };
+            let (name, size) = (name.clone(), *size);
+            if !self.remove(index, &name, size, reason, &mut removed) {
+                break;
             }
         }
         if removed.files > 0 && !index.bound_reached_logged {
@@ -298,19 +299,18 @@ impl Retention {
                 true
             }
             Err(e) => {
-                self.metrics.errors.increment(1);
-                if index.error_log.ready() {
-                    let suppressed = std::mem::take(&mut index.error_log.suppressed);
-                    tracing::warn!(sink = %self.sink, file = name, error = %e, suppressed,
-                        "retention: cannot remove a batch file; trying again after the next batch");
-                }
+                self.failed(
+                    index,
+                    format_args!("cannot remove {name}: {e}; trying again after the next batch"),
+                );
                 false
             }
         }
     }
 
-    fn log_error(&self, message: std::fmt::Arguments<'_>) {
-        let mut index = self.lock();
+    /// Counts a failed removal or listing, and logs it at most once per [`ERROR_LOG_EVERY`].
+    fn failed(&self, index: &mut Index, message: std::fmt::Arguments<'_>) {
+        self.metrics.errors.increment(1);
         if index.error_log.ready() {
             let suppressed = std::mem::take(&mut index.error_log.suppressed);
             tracing::warn!(sink = %self.sink, suppressed, "retention: {message}");
