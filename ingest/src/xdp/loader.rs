@@ -315,26 +315,18 @@ impl XdpHandle {
             return Ok(false);
         }
         let cidrs = config.validate()?;
-        // Enforcement may only go on once the new prefixes are in, and prefixes only leave
-        // once enforcement may be off: add, switch, remove.
-        let adding: Vec<Cidr> = {
-            let mut seen = std::collections::HashSet::new();
-            let old = self.config.validate().unwrap_or_default();
-            cidrs
-                .iter()
-                .chain(&old)
-                .filter(|c| seen.insert((c.addr, c.prefix)))
-                .copied()
-                .collect()
-        };
-        let fits = adding.iter().filter(|c| c.addr.is_ipv4()).count()
-            <= MAX_ALLOW_PREFIXES as usize
-            && adding.iter().filter(|c| c.addr.is_ipv6()).count() <= MAX_ALLOW_PREFIXES as usize;
-        if fits {
-            sync_allow_tries(&mut self.ebpf, &adding)?;
+        // Enforcement may only go on once the new prefixes are in, and stale prefixes only
+        // leave once enforcement is off, if it goes off: a sender allowed before and after the
+        // reload is never dropped in between. (Within one trie, `sync_allow_tries` adds before
+        // it removes.)
+        let settings = settings(config, self.redirect_cpus);
+        if config.enforce_allowlist {
+            sync_allow_tries(&mut self.ebpf, &cidrs)?;
+            write_settings(&mut self.ebpf, &settings)?;
+        } else {
+            write_settings(&mut self.ebpf, &settings)?;
+            sync_allow_tries(&mut self.ebpf, &cidrs)?;
         }
-        write_settings(&mut self.ebpf, &settings(config, self.redirect_cpus))?;
-        sync_allow_tries(&mut self.ebpf, &cidrs)?;
         self.config.allow = config.allow.clone();
         self.config.enforce_allowlist = config.enforce_allowlist;
         self.config.rate_limit_pps = config.rate_limit_pps;
