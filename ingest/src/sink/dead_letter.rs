@@ -72,17 +72,18 @@ impl DeadLetters {
         })
         .to_string();
         let needed = (rejected.batch.ndjson.len() + meta.len()) as u64;
+        let fits = |used: u64| used == 0 || used + needed <= self.max_bytes;
         let mut used = self.lock();
         let mut known = match *used {
             Some(bytes) => bytes,
             None => directory_bytes(&self.dir)?,
         };
-        if known > 0 && known + needed > self.max_bytes {
+        if !fits(known) {
             // An operator may have moved dead letters away since: look again before refusing.
             known = directory_bytes(&self.dir)?;
             *used = Some(known);
             self.bytes_gauge.set(known as f64);
-            if known > 0 && known + needed > self.max_bytes {
+            if !fits(known) {
                 return Err(DeadLetterError::Full {
                     used: known,
                     needed,
