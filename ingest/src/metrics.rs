@@ -324,13 +324,17 @@ pub fn queue_depth_gauge(queue: &'static str, name: String) -> Gauge {
     metrics::gauge!(QUEUE_DEPTH, "queue" => queue, "name" => name)
 }
 
+/// The bearer token `/metrics` requires, if any; read again on `systemctl reload`.
+pub type ScrapeToken =
+    Arc<crate::config::credential::Credential<Option<crate::config::Secret>, String>>;
+
 /// Serves `/metrics` and `/health` on a plain std listener thread (a handful of scrapes a
 /// minute do not need an async runtime). `healthy` turns false once shutdown begins.
 pub fn serve(
     listen: SocketAddr,
     handle: PrometheusHandle,
     healthy: Arc<AtomicBool>,
-    token: Option<crate::config::Secret>,
+    token: ScrapeToken,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(listen).map_err(|e| {
         std::io::Error::new(e.kind(), format!("metrics endpoint: cannot listen on {listen}: {e} (set [metrics] listen to a free address)"))
@@ -341,7 +345,9 @@ pub fn serve(
         .spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                if let Err(e) = respond(stream, &handle, &healthy, token.as_ref()) {
+                if let Err(e) =
+                    respond(stream, &handle, &healthy, token.current().as_ref().as_ref())
+                {
                     tracing::debug!("metrics endpoint: {e}");
                 }
             }
@@ -436,12 +442,23 @@ mod tests {
         );
         counter.increment(7);
         let healthy = Arc::new(AtomicBool::new(true));
-        let token = crate::config::Secret::new("tok");
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "tok\n").unwrap();
+        let config = crate::config::MetricsConfig {
+            bearer_token_file: Some(token_file.clone()),
+            ..Default::default()
+        };
+        let token =
+            crate::config::credential::Credential::load("metrics.bearer_token", move || {
+                config.token()
+            })
+            .unwrap();
         let addr = serve(
             "127.0.0.1:0".parse().unwrap(),
             handle,
             healthy.clone(),
-            Some(token),
+            token.clone(),
         )
         .unwrap();
         let get_with = |path: &str, auth: &str| {
@@ -462,6 +479,13 @@ mod tests {
             "{m}"
         );
         assert!(get("/health").starts_with("HTTP/1.1 200"));
+        // A rotated token file is read again (as on `systemctl reload`): the old token is
+        // refused from then on.
+        std::fs::write(&token_file, "tok2\n").unwrap();
+        assert_eq!(crate::config::credential::Renew::renew(&*token), Ok(true));
+        assert!(get("/metrics").starts_with("HTTP/1.1 401"));
+        let m = get_with("/metrics", "Authorization: Bearer tok2\r\n");
+        assert!(m.starts_with("HTTP/1.1 200"), "{m}");
         healthy.store(false, Ordering::Relaxed);
         assert!(get("/health").starts_with("HTTP/1.1 503"));
         assert!(get("/nope").starts_with("HTTP/1.1 404"));

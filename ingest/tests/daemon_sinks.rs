@@ -404,6 +404,98 @@ fn private_secret(dir: &Path, name: &str, value: &str) -> std::path::PathBuf {
     path
 }
 
+/// Rotating credentials as an operator does: write the new value into the secret file, then
+/// `systemctl reload` (SIGHUP). The sink sends the new HEC token from then on (its first
+/// request after the reload already carries it: no 401 on the way), `/metrics` takes only the
+/// new scrape token, and the log names what was renewed. No restart, nothing lost.
+#[test]
+fn sighup_renews_rotated_credential_files() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let splunk = SplunkFake::new(false);
+    let server = rt.block_on(serve(splunk.handler()));
+    *splunk.valid_tokens.lock().unwrap() = vec!["hec-old".to_owned(), "hec-new".to_owned()];
+    let dir = tempfile::tempdir().unwrap();
+    let token = private_secret(dir.path(), "hec", "hec-old");
+    let scrape = private_secret(dir.path(), "scrape", "scrape-old");
+    let config = format!(
+        "data_dir = {data:?}\n[metrics]\nlisten = \"127.0.0.1:0\"\nbearer_token_file = {scrape:?}\n\
+         [sources.tcp_in]\ntype = \"tcp\"\nlisten = \"127.0.0.1:0\"\nframing = \"lf\"\n\
+         [sinks.hec]\ntype = \"splunk_hec\"\nendpoint = \"{url}\"\ntoken_file = {token:?}\n\
+         batch_timeout_ms = 100\n",
+        data = dir.path().join("data").display().to_string(),
+        scrape = scrape.display().to_string(),
+        token = token.display().to_string(),
+        url = server.url(),
+    );
+    let config_path = dir.path().join("sluice.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let daemon = Daemon::start(&config_path);
+    let metrics = daemon_support::logged_addr(&daemon.log, "metrics on http://").unwrap();
+    let status = |token: &str| {
+        daemon_support::scrape_metrics(metrics, Some(token))
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(status("scrape-old").contains(" 200 "));
+
+    daemon.send(&(0..100).map(cef).collect::<Vec<_>>());
+    wait_until(
+        "the first 100 delivered",
+        &daemon,
+        Duration::from_secs(30),
+        || splunk.accepted.count() == 100,
+    );
+
+    std::fs::write(&token, "hec-new\n").unwrap();
+    std::fs::write(&scrape, "scrape-new\n").unwrap();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &daemon.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    wait_until("the reload", &daemon, Duration::from_secs(20), || {
+        daemon.log().contains("config reloaded")
+    });
+    let log = daemon.log();
+    let reloaded = log.lines().find(|l| l.contains("config reloaded")).unwrap();
+    assert!(
+        reloaded.contains("sinks.hec.token") && reloaded.contains("metrics.bearer_token"),
+        "{reloaded}"
+    );
+    assert!(
+        !log.contains("hec-new") && !log.contains("scrape-new"),
+        "{log}"
+    );
+    assert!(status("scrape-old").contains(" 401 "));
+    let text = daemon_support::scrape_metrics(metrics, Some("scrape-new"));
+    assert_eq!(
+        daemon_support::metric_value(&text, "sluice_config_restart_pending", &[]),
+        0,
+        "a rotated file is not a restart"
+    );
+
+    // The old token is revoked once the new one is in place.
+    *splunk.valid_tokens.lock().unwrap() = vec!["hec-new".to_owned()];
+    daemon.send(&(100..200).map(cef).collect::<Vec<_>>());
+    wait_until(
+        "all 200 delivered",
+        &daemon,
+        Duration::from_secs(30),
+        || splunk.accepted.count() == 200,
+    );
+    assert!(
+        server.seen().iter().all(|s| s.status == 200),
+        "every request carried a valid token"
+    );
+    let texts = splunk.accepted.texts();
+    let seen = markers(texts.iter().map(String::as_str));
+    assert_eq!(seen.len(), 200);
+    assert!(seen.values().all(|&n| n == 1));
+    daemon.stop();
+}
+
 /// TCP → daemon → Splunk HEC and an Elasticsearch data stream (`schema = "raw"`): each HEC
 /// envelope carries the event's own time (CEF `rt`, else the syslog timestamp, else the
 /// receive time) and its syslog host (else the configured `host`), and every raw document has

@@ -667,6 +667,59 @@ fn every_event_once_across_sigterm_and_sigkill() {
     drop(server.runtime);
 }
 
+/// The private token rotated in its file while the daemon polls with the old one: the
+/// appliance's API SIGNATURE ERROR makes the source read its tokens again, and the following
+/// poll signs with the new token, without a reload or a restart.
+#[test]
+fn a_private_token_rotated_in_its_file_is_used_after_a_refusal() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = server.ca_file(dir.path().join("ca.pem"));
+    let events = real(MODELBREACHES, "time", "pbid");
+    let expected = events.len();
+    server.release("/modelbreaches", events);
+    let token_file = dir.path().join("private-token");
+    std::fs::write(&token_file, "the-previous-private-token\n").unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let source = source_config(&server.url(), &ca, "x", r#"["modelbreaches"]"#).replace(
+        "private_token = \"x\"",
+        &format!(
+            "private_token_file = {:?}",
+            token_file.display().to_string()
+        ),
+    );
+    assert!(source.contains("private_token_file"));
+    let daemon = Daemon::start(dir.path(), &source);
+    wait_until(
+        "a refusal",
+        Duration::from_secs(20),
+        || !server.requests("/modelbreaches").is_empty(),
+        || daemon.log(),
+    );
+    std::fs::write(&token_file, format!("{PRIVATE}\n")).unwrap();
+    let out = dir.path().join("out");
+    daemon.wait_for_delivered(&out, expected, "the events, signed with the new token");
+    let verdicts: Vec<&str> = server
+        .requests("/modelbreaches")
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    let first_accepted = verdicts.iter().position(|v| *v != "signature").unwrap();
+    assert!(first_accepted >= 1, "{verdicts:?}");
+    assert!(
+        verdicts[first_accepted..].iter().all(|v| *v != "signature"),
+        "{verdicts:?}"
+    );
+    let log = daemon.stop();
+    assert!(log.contains("renewed since"), "{log}");
+    assert!(!log.contains(PRIVATE), "{log}");
+    assert_eq!(delivered(&out).len(), expected);
+}
+
 /// A wrong private token: the appliance answers API SIGNATURE ERROR; the daemon says so,
 /// counts it, and backs off instead of retrying in a loop. Then a skewed appliance clock:
 /// API DATE ERROR, and the log names clock skew.

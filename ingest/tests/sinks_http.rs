@@ -332,6 +332,55 @@ async fn azure_wrong_client_secret_keeps_events_spooled_until_fixed() {
     handle.shutdown(Duration::from_secs(5)).await;
 }
 
+/// A client secret renewed while the sink runs (`systemctl reload` after the file changed):
+/// the token got with the old secret is no longer used although it has not expired, so a
+/// wrong new secret shows at once (the token endpoint refuses it; events stay spooled), and
+/// a corrected file is read again at the next try, with no reload, and the events go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_renewed_client_secret_replaces_the_cached_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let az = azure().await;
+    let cfg = azure_config(&az, dir.path(), az.fake.client_secret, "");
+    let metrics = SinkMetrics::new("sentinel");
+    let sink = AzureLogsIngestionSink::new("sentinel", &cfg, metrics.clone()).unwrap();
+    let credentials = sink.credentials();
+    assert_eq!(credentials.len(), 1);
+    assert_eq!(credentials[0].name(), "sinks.sentinel.client_secret");
+    let handle = spawn(sink, metrics, dir.path(), spool_config());
+    enqueue(&handle, csl_batch(0..100)).await;
+    wait_for("delivery", Duration::from_secs(10), || {
+        az.fake.accepted.count() == 100
+    })
+    .await;
+    let grants = || az.token.seen().len();
+    assert_eq!(grants(), 1);
+
+    let secret_path = cfg.client_secret_file.clone().unwrap();
+    std::fs::write(&secret_path, "mistyped-secret\n").unwrap();
+    assert_eq!(credentials[0].renew(), Ok(true));
+    enqueue(&handle, csl_batch(100..200)).await;
+    wait_for("retries", Duration::from_secs(10), || {
+        handle.stats().sink.retries >= 2
+    })
+    .await;
+    assert!(grants() >= 3, "the cached token was not used: {}", grants());
+    assert!(az.token.seen()[1..].iter().all(|s| s.status == 401));
+    assert_eq!(az.fake.accepted.count(), 100);
+    assert_eq!(handle.stats().spool.events, 100);
+
+    std::fs::write(&secret_path, format!("{}\n", az.fake.client_secret)).unwrap();
+    wait_for("delivery", Duration::from_secs(10), || {
+        az.fake.accepted.count() == 200
+    })
+    .await;
+    assert_eq!(
+        az.fake.accepted.ids("ExternalID"),
+        (0..200).collect::<Vec<_>>()
+    );
+    assert_eq!(handle.stats().sink.dead_lettered_events, 0);
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Sekoia.io
 
@@ -613,6 +662,40 @@ async fn splunk_hec_without_ack_and_wrong_token() {
         handle.shutdown(Duration::from_secs(5)).await;
     }
     assert_eq!(fake.accepted.count(), 50);
+}
+
+/// A HEC token rotated in its file while the sink runs, with no reload: the first request still
+/// carries the old token and gets 401, the sink reads the file again, and the batch goes with
+/// the new token instead of to the dead-letter directory. The old token stays refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splunk_hec_token_rotated_in_its_file_is_used_after_a_401() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = SplunkFake::new(false);
+    let server = serve(fake.handler()).await;
+    *fake.valid_tokens.lock().unwrap() = vec!["rotated-token".to_owned()];
+    let token = secret_file(dir.path(), "hec", "revoked-token");
+    let handle = splunk_sink(dir.path(), "hec", &server.url(), &token, "");
+    std::fs::write(&token, "rotated-token\n").unwrap();
+    enqueue(&handle, csl_batch(0..50)).await;
+    wait_for("settled", Duration::from_secs(10), || {
+        handle.stats().spool.records == 0
+    })
+    .await;
+    let s = handle.stats().sink;
+    assert_eq!((s.delivered_events, s.dead_lettered_events), (50, 0));
+    assert!(dead_letters(dir.path(), "hec").is_empty());
+    let statuses: Vec<u16> = server.seen().iter().map(|s| s.status).collect();
+    assert_eq!(statuses, vec![401, 200], "one refusal, then the new token");
+    assert_eq!(fake.accepted.count(), 50);
+
+    // Unchanged since the refusal: a 401 is final, as before.
+    *fake.valid_tokens.lock().unwrap() = vec!["another-token".to_owned()];
+    enqueue(&handle, csl_batch(50..60)).await;
+    wait_for("dead letter", Duration::from_secs(10), || {
+        handle.stats().sink.dead_lettered_events == 10
+    })
+    .await;
+    handle.shutdown(Duration::from_secs(5)).await;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::config::Config;
+use crate::config::credential::{Credential, Renew};
 use crate::pipeline::Pipeline;
 
 #[derive(Debug, clap::Args)]
@@ -47,12 +48,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload_requested.clone())?;
 
     let healthy = Arc::new(AtomicBool::new(true));
+    // The secrets a reload reads again: the scrape token's, then the pipeline's.
+    let mut credentials: Vec<Arc<dyn Renew>> = Vec::new();
     if config.metrics.enabled {
         let handle = crate::metrics::install()?;
-        let token = config
-            .metrics
-            .token()
+        let metrics_config = config.metrics.clone();
+        let token = Credential::load("metrics.bearer_token", move || metrics_config.token())
             .map_err(|e| anyhow::anyhow!("[metrics] {e}"))?;
+        credentials.push(token.clone());
         let addr = crate::metrics::serve(config.metrics.listen, handle, healthy.clone(), token)?;
         tracing::info!("metrics on http://{addr}/metrics, health on http://{addr}/health");
         // Present from the start, so dashboards and alerts see 0 rather than no data.
@@ -74,6 +77,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     })
     .context("starting the pipeline")?;
+    credentials.extend(pipeline.credentials().iter().cloned());
     if let Some(identity) = &identity
         && let Err(e) = drop_root(&config, identity, xdp.as_ref())
     {
@@ -92,7 +96,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             break;
         }
         if reload_requested.swap(false, Ordering::Relaxed) {
-            reload(args.config.as_deref(), &config, &pipeline, xdp.as_mut());
+            reload(
+                args.config.as_deref(),
+                &config,
+                &pipeline,
+                &credentials,
+                xdp.as_mut(),
+            );
         }
         if let Some(handle) = &xdp
             && xdp_exported.elapsed() >= XDP_METRICS_EVERY
@@ -126,13 +136,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// SIGHUP: reads `path` again and applies what can change while running (sources' `allow`,
-/// the XDP allowlist and rate limit); an invalid file changes nothing. `started` is the config
+/// the XDP allowlist and rate limit, and every credential read from a file); an invalid file
+/// changes nothing. `started` is the config
 /// the daemon started with: what differs from it elsewhere is reported as needing a restart,
 /// at every reload until there is one.
 fn reload(
     path: Option<&Path>,
     started: &Config,
     pipeline: &Pipeline,
+    credentials: &[Arc<dyn Renew>],
     xdp: Option<&mut crate::xdp::XdpHandle>,
 ) {
     use crate::metrics::{CONFIG_RELOADS, CONFIG_RESTART_PENDING};
@@ -160,10 +172,17 @@ fn reload(
     })();
     match applied {
         Ok((sources, xdp_changed, restart)) => {
-            metrics::counter!(CONFIG_RELOADS, "result" => "ok").increment(1);
+            // The edited file's secrets were all read by its validation: a failure here is a
+            // file changed meanwhile, and only that credential keeps its running value.
+            let (renewed, unreadable) = crate::config::credential::renew_all(credentials);
+            let result = if unreadable.is_empty() { "ok" } else { "error" };
+            metrics::counter!(CONFIG_RELOADS, "result" => result).increment(1);
             metrics::gauge!(CONFIG_RESTART_PENDING).set(if restart.is_empty() { 0.0 } else { 1.0 });
             tracing::info!(file = %path.display(), allowlists_changed = ?sources, xdp_filters_changed = xdp_changed,
-                "config reloaded");
+                credentials_renewed = ?renewed, "config reloaded");
+            for (name, e) in unreadable {
+                tracing::error!(credential = %name, "reading the credential again failed, it keeps its running value: {e}");
+            }
             if !restart.is_empty() {
                 tracing::warn!(file = %path.display(), keys = ?restart,
                     "these changes take effect only after a restart (systemctl restart sluice); the running values stay");

@@ -3,6 +3,7 @@
 //! Every table denies unknown keys; every error names the file, the key and the line. The file
 //! is validated once at start-up ([`Config::validate`]); the running daemon trusts it.
 
+pub mod credential;
 pub mod reload;
 pub mod secret;
 

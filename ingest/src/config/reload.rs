@@ -26,12 +26,15 @@ fn reloadable(path: &[String]) -> bool {
 }
 
 /// Dotted keys whose effective values differ between the running config and `edited`, except
-/// the reloadable ones: what the operator changed that only a restart applies. Secrets are
-/// compared in their redacted form, so a changed inline secret is not seen (secret files are
-/// compared by path).
+/// the reloadable ones: what the operator changed that only a restart applies. An inline
+/// secret is compared by a fingerprint (see [`super::secret::with_fingerprints`]); secret files
+/// by path, since a reload reads their contents again (see [`super::credential`]).
 pub fn needs_restart(running: &Config, edited: &Config) -> Vec<String> {
-    let table =
-        |c: &Config| toml::from_str::<toml::Table>(&c.to_redacted_toml()).unwrap_or_default();
+    let table = |c: &Config| {
+        super::secret::with_fingerprints(|| {
+            toml::from_str::<toml::Table>(&c.to_redacted_toml()).unwrap_or_default()
+        })
+    };
     let mut changed = Vec::new();
     diff(
         &mut Vec::new(),
@@ -139,6 +142,31 @@ path = "/tmp/sluice-reload/out"
             changed.contains(&"sources.more.type".to_owned()),
             "{changed:?}"
         );
+    }
+
+    /// An inline secret changed in the file is a restart (a reload reads secret files again,
+    /// not the running config's inline values); the same secret is no change, and the
+    /// comparison leaves the redacted rendering as it was.
+    #[test]
+    fn a_changed_inline_secret_waits_for_a_restart() {
+        let with_token = |token: &str| {
+            config(&BASE.replace(
+                "listen = \"127.0.0.1:9514\"",
+                &format!("listen = \"127.0.0.1:9514\"\nbearer_token = \"{token}\""),
+            ))
+        };
+        let running = with_token("first-token");
+        assert_eq!(
+            needs_restart(&running, &with_token("first-token")),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            needs_restart(&running, &with_token("second-token")),
+            vec!["metrics.bearer_token".to_owned()]
+        );
+        let shown = running.to_redacted_toml();
+        assert!(shown.contains("bearer_token = \"<redacted>\""), "{shown}");
+        assert!(!shown.contains("first-token"), "{shown}");
     }
 
     /// A new `[xdp]` table is a restart, except its reloadable keys; within one, only the

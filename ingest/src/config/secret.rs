@@ -144,8 +144,37 @@ impl fmt::Display for Secret {
 
 impl serde::Serialize for Secret {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if FINGERPRINTS.get() {
+            let key = FINGERPRINT_KEY.get_or_init(std::collections::hash_map::RandomState::new);
+            return s.serialize_str(&format!(
+                "{REDACTED} {:016x}",
+                std::hash::BuildHasher::hash_one(key, &self.0)
+            ));
+        }
         s.serialize_str(REDACTED)
     }
+}
+
+thread_local! {
+    static FINGERPRINTS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+/// Random per process: a fingerprint tells equal secrets apart from different ones within this
+/// process, and nothing about a secret anywhere else.
+static FINGERPRINT_KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+    std::sync::OnceLock::new();
+
+/// Runs `f` with secrets serialized as `<redacted> <fingerprint>`, so that two serialized
+/// configs differ where an inline secret was changed. The output must not leave the process
+/// (it is compared, never printed).
+pub fn with_fingerprints<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            FINGERPRINTS.set(self.0);
+        }
+    }
+    let _reset = Reset(FINGERPRINTS.replace(true));
+    f()
 }
 
 impl<'de> serde::Deserialize<'de> for Secret {

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use crossbeam::channel::bounded;
 
+use crate::config::credential::Renew;
 use crate::config::{Config, SourceConfig, available_cores};
 use crate::metrics::ReaderCounters;
 use crate::net::{Backend, FrameBatch, ReaderContext};
@@ -277,6 +278,8 @@ pub struct Pipeline {
     source_names: Vec<Arc<str>>,
     /// Each source's admission guard, by name: holds the allowlist a reload replaces.
     guards: Vec<(String, Arc<crate::net::guard::ConnectionGuard>)>,
+    /// The secrets sources and sinks send, which a reload reads again.
+    credentials: Vec<Arc<dyn Renew>>,
     maintenance: Option<JoinHandle<()>>,
     totals: Arc<Totals>,
     started: Instant,
@@ -335,6 +338,8 @@ impl Pipeline {
         let mut listening = Vec::new();
         // API sources: client and checkpoints ready before any thread starts (fail early).
         let mut api_sources = Vec::new();
+        // What `systemctl reload` reads again: the API sources' and the sinks' secrets.
+        let mut credentials: Vec<Arc<dyn Renew>> = Vec::new();
         for (index, (name, source)) in config.sources.iter().enumerate() {
             if let SourceConfig::DarktraceApi(api) = source {
                 let prepared = crate::source::darktrace_api::DarktraceApiSource::prepare(
@@ -343,6 +348,7 @@ impl Pipeline {
                     &config.data_dir,
                 )
                 .with_context(|| format!("source `{name}`"))?;
+                credentials.push(prepared.credentials());
                 api_sources.push((index, prepared));
             }
         }
@@ -505,13 +511,15 @@ impl Pipeline {
                 _ => {
                     let handle = {
                         let _entered = runtime.enter();
-                        Arc::new(sink_stage::start(
+                        let (handle, renewable) = sink_stage::start(
                             name,
                             sink,
                             &config.data_dir,
                             counters.clone(),
                             totals.clone(),
-                        )?)
+                        )?;
+                        credentials.extend(renewable);
+                        Arc::new(handle)
                     };
                     sink_runtimes.push((
                         name.clone(),
@@ -810,6 +818,7 @@ impl Pipeline {
             inboxes,
             source_names,
             guards: config.sources.keys().cloned().zip(guards).collect(),
+            credentials,
             maintenance: Some(maintenance),
             totals,
             started: Instant::now(),
@@ -875,6 +884,12 @@ impl Pipeline {
             .filter(|(_, guard, allow)| guard.set_allowlist(allow.clone()))
             .map(|(name, _, _)| name.clone())
             .collect())
+    }
+
+    /// The secrets the sources and sinks send (API tokens, intake keys, client secrets), for
+    /// a reload to read again.
+    pub fn credentials(&self) -> &[Arc<dyn Renew>] {
+        &self.credentials
     }
 
     /// Why the pipeline cannot go on: a reader ended on its own (a fatal socket error), or a

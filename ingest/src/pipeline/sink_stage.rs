@@ -10,6 +10,7 @@ use anyhow::Context;
 use crossbeam::channel::{Receiver, Sender};
 
 use crate::batch::SealedBatch;
+use crate::config::credential::Renew;
 use crate::config::{SinkConfig, SinkKind};
 use crate::metrics::SinkCounters;
 use crate::pipeline::Totals;
@@ -261,14 +262,14 @@ impl<S: Sink> Sink for Counted<S> {
 }
 
 /// Builds the sink `name` and starts its runtime on the current tokio runtime; its spool is
-/// `data_dir/spool/<name>`, replayed first.
+/// `data_dir/spool/<name>`, replayed first. Also returns the credentials the sink sends.
 pub(super) fn start(
     name: &str,
     config: &SinkConfig,
     data_dir: &Path,
     counters: SinkCounters,
     totals: Arc<Totals>,
-) -> anyhow::Result<SinkHandle> {
+) -> anyhow::Result<(SinkHandle, Vec<Arc<dyn Renew>>)> {
     use crate::sink::{azure_logs_ingestion, elasticsearch, file, http, sekoia, splunk_hec};
     let metrics = SinkMetrics::new(name);
     let spool = config.common.spool.clone();
@@ -281,19 +282,15 @@ pub(super) fn start(
         spool: crate::spool::SpoolConfig,
         retry: crate::sink::runtime::RetryConfig,
         metrics: Arc<SinkMetrics>,
-    ) -> anyhow::Result<SinkHandle> {
+    ) -> anyhow::Result<(SinkHandle, Vec<Arc<dyn Renew>>)> {
+        let credentials = inner.credentials();
         let counted = Counted {
             inner,
             counters,
             totals,
         };
-        Ok(SinkRuntime::spawn(
-            Arc::new(counted),
-            data_dir,
-            spool,
-            retry,
-            metrics,
-        )?)
+        let handle = SinkRuntime::spawn(Arc::new(counted), data_dir, spool, retry, metrics)?;
+        Ok((handle, credentials))
     }
     let m = metrics.clone();
     let handle = match &config.kind {
@@ -356,7 +353,7 @@ pub(super) fn start(
         ),
     }
     .with_context(|| format!("starting sink `{name}`"))?;
-    let left = handle.stats().spool;
+    let left = handle.0.stats().spool;
     if left.records > 0 {
         tracing::info!(sink = %name, records = left.records, events = left.events,
             "delivering what an earlier run left in the spool");

@@ -116,4 +116,8 @@ impl Batch {
 pub trait Sink: Send + Sync {
     fn name(&self) -> &str;
     fn deliver(&self, batch: &Batch) -> impl std::future::Future<Output = Delivery> + Send;
+    /// The credentials the sink sends, for `systemctl reload` to read again.
+    fn credentials(&self) -> Vec<std::sync::Arc<dyn crate::config::credential::Renew>> {
+        Vec::new()
+    }
 }

@@ -425,6 +425,8 @@ impl SekoiaFake {
 
 pub struct SplunkFake {
     pub token: &'static str,
+    /// The tokens HEC takes: `token` at first; a test rotating tokens changes the list.
+    pub valid_tokens: Mutex<Vec<String>>,
     pub ack_enabled: bool,
     pub accepted: Accepted,
     /// ackId → polls left before it reports indexed.
@@ -438,6 +440,7 @@ impl SplunkFake {
     pub fn new(ack_enabled: bool) -> Arc<SplunkFake> {
         Arc::new(SplunkFake {
             token: "11111111-2222-3333-4444-555555555555",
+            valid_tokens: Mutex::new(vec!["11111111-2222-3333-4444-555555555555".to_owned()]),
             ack_enabled,
             accepted: Accepted::default(),
             pending_acks: Mutex::new(HashMap::new()),
@@ -450,7 +453,14 @@ impl SplunkFake {
     pub fn handler(self: &Arc<Self>) -> Handler {
         let me = self.clone();
         Arc::new(move |parts, body| {
-            if header(parts, "authorization") != Some(&format!("Splunk {}", me.token)) {
+            let valid = header(parts, "authorization").is_some_and(|auth| {
+                me.valid_tokens
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|t| auth == format!("Splunk {t}"))
+            });
+            if !valid {
                 return reply(401, r#"{"text":"Invalid token","code":4}"#);
             }
             let channel = header(parts, "x-splunk-request-channel");

@@ -23,6 +23,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue
 
 pub use config::{AZURE_MAX_CALL_BYTES, AzureLogsIngestionConfig};
 
+use crate::config::credential::{Credential, Renew};
 use crate::sink::http::SinkBuildError;
 use crate::sink::http::common::{self, Attempt, ChunkSender};
 use crate::sink::runtime::SinkMetrics;
@@ -34,7 +35,7 @@ pub struct AzureLogsIngestionSink {
     url: reqwest::Url,
     token_url: reqwest::Url,
     client_id: String,
-    client_secret: Secret,
+    client_secret: Arc<Credential<Secret, SinkBuildError>>,
     scope: String,
     max_request_bytes: usize,
     max_uncompressed: usize,
@@ -48,6 +49,8 @@ pub struct AzureLogsIngestionSink {
 
 struct CachedToken {
     header: HeaderValue,
+    /// Of the client secret it was got with.
+    generation: u64,
     refresh_at: Instant,
 }
 
@@ -120,15 +123,12 @@ impl AzureLogsIngestionSink {
                 config.tenant_id
             ),
         )?;
-        let client_secret = Secret::load(
+        let client_secret = common::secret_credential(
+            name,
             "client_secret",
-            config.client_secret_file.as_deref(),
-            config.client_secret_env.as_deref(),
-        )
-        .map_err(|source| SinkBuildError::Secret {
-            sink: name.to_owned(),
-            source,
-        })?;
+            config.client_secret_file.clone(),
+            config.client_secret_env.clone(),
+        )?;
         Ok(AzureLogsIngestionSink {
             name: name.to_owned(),
             url,
@@ -150,15 +150,19 @@ impl AzureLogsIngestionSink {
     /// before expiry (or at half-life for short-lived tokens).
     async fn bearer(&self) -> Result<HeaderValue, String> {
         let mut cached = self.token.lock().await;
+        let (client_secret, generation) = self.client_secret.snapshot();
+        // A token got with a client secret rotated since is not used: a request with it would
+        // not tell whether the new secret works.
         if let Some(t) = cached.as_ref()
             && Instant::now() < t.refresh_at
+            && t.generation == generation
         {
             return Ok(t.header.clone());
         }
         let form = [
             ("grant_type", "client_credentials"),
             ("client_id", self.client_id.as_str()),
-            ("client_secret", self.client_secret.expose()),
+            ("client_secret", client_secret.expose()),
             ("scope", self.scope.as_str()),
         ];
         let req = self.client.post(self.token_url.clone()).form(&form);
@@ -166,6 +170,13 @@ impl AzureLogsIngestionSink {
             .await
             .map_err(|e| format!("token endpoint: {e}"))?;
         if r.status != 200 {
+            // A secret rotated in its file is taken at the next try, without a reload.
+            match self.client_secret.renew() {
+                Ok(true) => tracing::info!(sink = %self.name,
+                    "the token endpoint refused the client secret; its file holds a new one, used from the next try"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(sink = %self.name, "reading the client secret again: {e}"),
+            }
             return Err(format!(
                 "token endpoint answered HTTP {}: {}",
                 r.status,
@@ -190,6 +201,7 @@ impl AzureLogsIngestionSink {
         header.set_sensitive(true);
         *cached = Some(CachedToken {
             header: header.clone(),
+            generation,
             refresh_at: Instant::now() + Duration::from_secs(expires_in - margin),
         });
         Ok(header)
@@ -352,5 +364,9 @@ impl Sink for AzureLogsIngestionSink {
         let lines: Vec<&[u8]> = rows.iter().map(|r| r.as_ref()).collect();
         let chunks = self.plan(&lines);
         common::deliver_chunks(self, chunks, Vec::new()).await
+    }
+
+    fn credentials(&self) -> Vec<Arc<dyn Renew>> {
+        vec![self.client_secret.clone()]
     }
 }

@@ -32,7 +32,7 @@ fn defaults_and_urls() {
     );
     assert_eq!(s.max_request_bytes, 1_000_000);
     assert_eq!(s.max_uncompressed, 1_000_000);
-    assert!(!format!("{:?}", s.client_secret).contains("PATH"));
+    assert!(!format!("{:?}", s.client_secret.current()).contains("PATH"));
 }
 
 #[test]

@@ -14,6 +14,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue
 
 pub use config::ElasticsearchConfig;
 
+use crate::config::credential::{Credential, Renew};
 use crate::event::Event;
 use crate::map::Schema;
 use crate::sink::http::common::{self, Attempt};
@@ -58,10 +59,67 @@ fn write_timestamp_name(event: &Event<'_>, out: &mut Vec<u8>) {
     crate::map::commonsecuritylog::write_rfc3339_millis(out, crate::map::event_time_millis(event));
 }
 
+/// The `Authorization` header the config gives: `ApiKey …`, `Basic …` or none.
+fn auth_header(
+    name: &str,
+    config: &ElasticsearchConfig,
+) -> Result<Option<HeaderValue>, SinkBuildError> {
+    let secret_err = |source| SinkBuildError::Secret {
+        sink: name.to_owned(),
+        source,
+    };
+    let has_api_key = config.api_key_file.is_some() || config.api_key_env.is_some();
+    let auth = match (has_api_key, &config.username) {
+        (true, Some(_)) => {
+            return Err(SinkBuildError::Config {
+                sink: name.to_owned(),
+                key: "username",
+                value: config.username.clone().unwrap_or_default(),
+                reason: "set either api_key_file/api_key_env or username/password_file, not both"
+                    .to_owned(),
+            });
+        }
+        (true, None) => {
+            let key = Secret::load(
+                "api_key",
+                config.api_key_file.as_deref(),
+                config.api_key_env.as_deref(),
+            )
+            .map_err(secret_err)?;
+            Some(format!("ApiKey {}", key.expose()))
+        }
+        (false, Some(user)) => {
+            let pw = Secret::load(
+                "password",
+                config.password_file.as_deref(),
+                config.password_env.as_deref(),
+            )
+            .map_err(secret_err)?;
+            let basic =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{}", pw.expose()));
+            Some(format!("Basic {basic}"))
+        }
+        (false, None) => None,
+    };
+    Ok(match auth {
+        Some(a) => {
+            let mut v = HeaderValue::from_str(&a).map_err(|_| SinkBuildError::Config {
+                sink: name.to_owned(),
+                key: "api_key_file",
+                value: "***".to_owned(),
+                reason: "not a valid header value".to_owned(),
+            })?;
+            v.set_sensitive(true);
+            Some(v)
+        }
+        None => None,
+    })
+}
+
 pub struct ElasticsearchSink {
     name: String,
     url: reqwest::Url,
-    auth: Option<HeaderValue>,
+    auth: Arc<Credential<Option<HeaderValue>, SinkBuildError>>,
     /// The action line, prebuilt: `{"create":{"_index":"…"}}\n`.
     action: Vec<u8>,
     compression: Compression,
@@ -81,57 +139,14 @@ impl ElasticsearchSink {
         if let Some(p) = &config.pipeline {
             url.query_pairs_mut().append_pair("pipeline", p);
         }
-        let secret_err = |source| SinkBuildError::Secret {
-            sink: name.to_owned(),
-            source,
+        let (sink, auth_config) = (name.to_owned(), config.clone());
+        let key = match (&config.api_key_file, &config.api_key_env, &config.username) {
+            (None, None, Some(_)) => "password",
+            _ => "api_key",
         };
-        let has_api_key = config.api_key_file.is_some() || config.api_key_env.is_some();
-        let auth = match (has_api_key, &config.username) {
-            (true, Some(_)) => {
-                return Err(SinkBuildError::Config {
-                    sink: name.to_owned(),
-                    key: "username",
-                    value: config.username.clone().unwrap_or_default(),
-                    reason:
-                        "set either api_key_file/api_key_env or username/password_file, not both"
-                            .to_owned(),
-                });
-            }
-            (true, None) => {
-                let key = Secret::load(
-                    "api_key",
-                    config.api_key_file.as_deref(),
-                    config.api_key_env.as_deref(),
-                )
-                .map_err(secret_err)?;
-                Some(format!("ApiKey {}", key.expose()))
-            }
-            (false, Some(user)) => {
-                let pw = Secret::load(
-                    "password",
-                    config.password_file.as_deref(),
-                    config.password_env.as_deref(),
-                )
-                .map_err(secret_err)?;
-                let basic = base64::engine::general_purpose::STANDARD
-                    .encode(format!("{user}:{}", pw.expose()));
-                Some(format!("Basic {basic}"))
-            }
-            (false, None) => None,
-        };
-        let auth = match auth {
-            Some(a) => {
-                let mut v = HeaderValue::from_str(&a).map_err(|_| SinkBuildError::Config {
-                    sink: name.to_owned(),
-                    key: "api_key_file",
-                    value: "***".to_owned(),
-                    reason: "not a valid header value".to_owned(),
-                })?;
-                v.set_sensitive(true);
-                Some(v)
-            }
-            None => None,
-        };
+        let auth = Credential::load(format!("sinks.{name}.{key}"), move || {
+            auth_header(&sink, &auth_config)
+        })?;
         let mut action = b"{\"create\":{\"_index\":".to_vec();
         serde_json::to_writer(&mut action, &config.index).expect("Vec write");
         action.extend_from_slice(b"}}\n");
@@ -180,7 +195,8 @@ impl ElasticsearchSink {
             .client
             .post(self.url.clone())
             .header(CONTENT_TYPE, "application/x-ndjson");
-        if let Some(auth) = &self.auth {
+        let (auth, generation) = self.auth.snapshot();
+        if let Some(auth) = &*auth {
             req = req.header(AUTHORIZATION, auth.clone());
         }
         if let Some(enc) = self.compression.content_encoding() {
@@ -188,7 +204,14 @@ impl ElasticsearchSink {
         }
         let r = match common::execute_accepted(&self.metrics, req.body(body), len).await {
             Ok(r) => r,
-            Err(attempt) => return BulkOutcome::Whole(attempt),
+            Err(attempt) => {
+                return BulkOutcome::Whole(common::retry_if_credential_renewed(
+                    attempt,
+                    &self.name,
+                    &*self.auth,
+                    generation,
+                ));
+            }
         };
         let Ok(reply) = serde_json::from_slice::<BulkReply>(&r.body) else {
             return BulkOutcome::Whole(Attempt::Retry {
@@ -348,5 +371,9 @@ impl Sink for ElasticsearchSink {
             reason: retry_reason,
             rejected,
         }
+    }
+
+    fn credentials(&self) -> Vec<Arc<dyn Renew>> {
+        vec![self.auth.clone()]
     }
 }

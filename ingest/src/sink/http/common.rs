@@ -4,10 +4,14 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use reqwest::header::HeaderMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 
+use reqwest::header::{HeaderMap, HeaderValue};
+
+use crate::config::credential::{Credential, Renew};
 use crate::sink::runtime::SinkMetrics;
-use crate::sink::secret::SecretError;
+use crate::sink::secret::{Secret, SecretError};
 use crate::sink::{Batch, Delivery, Rejected};
 
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +185,95 @@ pub struct Response {
     pub status: u16,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
+}
+
+/// The sink's secret `key`, from `{key}_file` or `{key}_env`, as a [`Credential`] named
+/// `sinks.<sink>.<key>`: a file rotated while the daemon runs is read again (reload, refusal).
+pub fn secret_credential(
+    sink: &str,
+    key: &'static str,
+    file: Option<PathBuf>,
+    env: Option<String>,
+) -> Result<Arc<Credential<Secret, SinkBuildError>>, SinkBuildError> {
+    let owner = sink.to_owned();
+    Credential::load(format!("sinks.{sink}.{key}"), move || {
+        Secret::load(key, file.as_deref(), env.as_deref()).map_err(|source| {
+            SinkBuildError::Secret {
+                sink: owner.clone(),
+                source,
+            }
+        })
+    })
+}
+
+/// [`secret_credential`] sent as a header value: what `value` makes of the secret (`Splunk
+/// <token>`, the key itself), marked sensitive. A value no header can carry is an error naming
+/// `{key}_file`.
+pub fn secret_header(
+    sink: &str,
+    key: &'static str,
+    file_key: &'static str,
+    file: Option<PathBuf>,
+    env: Option<String>,
+    value: fn(&str) -> String,
+) -> Result<Arc<Credential<HeaderValue, SinkBuildError>>, SinkBuildError> {
+    let owner = sink.to_owned();
+    Credential::load(format!("sinks.{sink}.{key}"), move || {
+        let secret = Secret::load(key, file.as_deref(), env.as_deref()).map_err(|source| {
+            SinkBuildError::Secret {
+                sink: owner.clone(),
+                source,
+            }
+        })?;
+        let mut header =
+            HeaderValue::from_str(&value(secret.expose())).map_err(|_| SinkBuildError::Config {
+                sink: owner.clone(),
+                key: file_key,
+                value: "***".to_owned(),
+                reason: "not a valid header value".to_owned(),
+            })?;
+        header.set_sensitive(true);
+        Ok(header)
+    })
+}
+
+/// A refusal of the credentials (401/403) of a request sent with generation `sent_with` of
+/// `credential`: the credential is read again first, and when the value in use is no longer
+/// the one that was sent (rotated in its file, renewed by a reload or by another request
+/// meanwhile), the request is tried again with it after the backoff instead of dead-lettered.
+/// Anything else comes back unchanged.
+pub fn retry_if_credential_renewed(
+    attempt: Attempt,
+    sink: &str,
+    credential: &dyn Renew,
+    sent_with: u64,
+) -> Attempt {
+    let Attempt::Reject {
+        status: Some(status @ (401 | 403)),
+        ..
+    } = attempt
+    else {
+        return attempt;
+    };
+    if let Err(e) = credential.renew() {
+        tracing::warn!(
+            sink,
+            credential = credential.name(),
+            "reading the credential again after HTTP {status}: {e}"
+        );
+    }
+    if credential.generation() == sent_with {
+        return attempt;
+    }
+    tracing::info!(
+        sink,
+        credential = credential.name(),
+        "HTTP {status} for a credential that has been renewed since: trying again with the new one"
+    );
+    Attempt::Retry {
+        after: None,
+        reason: format!("HTTP {status} with a credential renewed since"),
+    }
 }
 
 /// Sends one request and records it (status, latency, body size) in `metrics`.

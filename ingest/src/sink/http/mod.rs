@@ -14,6 +14,7 @@ use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, Hea
 pub use common::{Compression, SinkBuildError};
 pub use config::{HttpFormat, HttpSinkConfig, default_timeout_ms as config_default_timeout_ms};
 
+use crate::config::credential::{Credential, Renew};
 use crate::sink::runtime::SinkMetrics;
 use crate::sink::{Batch, Delivery, Sink};
 use common::{Attempt, ChunkSender};
@@ -22,6 +23,8 @@ pub struct HttpSink {
     name: String,
     url: reqwest::Url,
     headers: HeaderMap,
+    /// Applied after `headers` (a name in both takes the secret's value).
+    secret_headers: Arc<Credential<HeaderMap, SinkBuildError>>,
     format: HttpFormat,
     compression: Compression,
     client: reqwest::Client,
@@ -48,24 +51,15 @@ impl HttpSink {
             let hv = HeaderValue::from_str(v).map_err(|e| bad("headers", k, e.to_string()))?;
             headers.insert(hn, hv);
         }
-        for (k, secret) in &config.secret_headers {
-            let hn = HeaderName::from_bytes(k.as_bytes())
-                .map_err(|e| bad("secret_headers", k, e.to_string()))?;
-            let value = secret
-                .load(&format!("secret_headers.{k}"))
-                .map_err(|source| SinkBuildError::Secret {
-                    sink: name.to_owned(),
-                    source,
-                })?;
-            let mut hv = HeaderValue::from_str(value.expose())
-                .map_err(|_| bad("secret_headers", k, "not a valid header value".to_owned()))?;
-            hv.set_sensitive(true);
-            headers.insert(hn, hv);
-        }
+        let (sink, secrets) = (name.to_owned(), config.secret_headers.clone());
+        let secret_headers = Credential::load(format!("sinks.{name}.secret_headers"), move || {
+            secret_header_map(&sink, &secrets)
+        })?;
         Ok(HttpSink {
             name: name.to_owned(),
             url,
             headers,
+            secret_headers,
             format: config.format,
             compression: config.compression,
             client: common::client(name, Duration::from_millis(config.timeout_ms))?,
@@ -92,17 +86,24 @@ impl ChunkSender for HttpSink {
         };
         let body = self.compression.compress(&body);
         let len = body.len();
+        let (secret_headers, generation) = self.secret_headers.snapshot();
         let mut req = self
             .client
             .post(self.url.clone())
             .headers(self.headers.clone())
+            .headers((*secret_headers).clone())
             .header(CONTENT_TYPE, content_type);
         if let Some(enc) = self.compression.content_encoding() {
             req = req.header(CONTENT_ENCODING, enc);
         }
         match common::execute_accepted(&self.metrics, req.body(body), len).await {
             Ok(_) => Attempt::Accepted,
-            Err(attempt) => attempt,
+            Err(attempt) => common::retry_if_credential_renewed(
+                attempt,
+                &self.name,
+                &*self.secret_headers,
+                generation,
+            ),
         }
     }
 }
@@ -116,4 +117,36 @@ impl Sink for HttpSink {
         let lines: Vec<&[u8]> = batch.lines().collect();
         common::deliver_chunks(self, vec![lines], Vec::new()).await
     }
+
+    fn credentials(&self) -> Vec<Arc<dyn Renew>> {
+        vec![self.secret_headers.clone()]
+    }
+}
+
+/// The `secret_headers`, loaded.
+fn secret_header_map(
+    sink: &str,
+    secrets: &std::collections::BTreeMap<String, crate::sink::secret::SecretRef>,
+) -> Result<HeaderMap, SinkBuildError> {
+    let mut headers = HeaderMap::new();
+    for (k, secret) in secrets {
+        let bad = |reason: String| SinkBuildError::Config {
+            sink: sink.to_owned(),
+            key: "secret_headers",
+            value: k.clone(),
+            reason,
+        };
+        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|e| bad(e.to_string()))?;
+        let value = secret
+            .load(&format!("secret_headers.{k}"))
+            .map_err(|source| SinkBuildError::Secret {
+                sink: sink.to_owned(),
+                source,
+            })?;
+        let mut value = HeaderValue::from_str(value.expose())
+            .map_err(|_| bad("not a valid header value".to_owned()))?;
+        value.set_sensitive(true);
+        headers.insert(name, value);
+    }
+    Ok(headers)
 }

@@ -13,6 +13,7 @@ use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
 
 pub use config::SekoiaConfig;
 
+use crate::config::credential::{Credential, Renew};
 use crate::sink::http::common::{self, Attempt, ChunkSender};
 use crate::sink::http::{Compression, SinkBuildError};
 use crate::sink::runtime::SinkMetrics;
@@ -23,7 +24,7 @@ pub const INTAKE_KEY_HEADER: &str = "X-SEKOIAIO-INTAKE-KEY";
 pub struct SekoiaSink {
     name: String,
     url: reqwest::Url,
-    key: HeaderValue,
+    key: Arc<Credential<HeaderValue, SinkBuildError>>,
     compression: Compression,
     max_request_bytes: usize,
     client: reqwest::Client,
@@ -41,22 +42,14 @@ impl SekoiaSink {
             "url",
             &format!("{}/jsons", config.url.trim_end_matches('/')),
         )?;
-        let key = crate::sink::secret::Secret::load(
+        let key = common::secret_header(
+            name,
             "intake_key",
-            config.intake_key_file.as_deref(),
-            config.intake_key_env.as_deref(),
-        )
-        .map_err(|source| SinkBuildError::Secret {
-            sink: name.to_owned(),
-            source,
-        })?;
-        let mut key = HeaderValue::from_str(key.expose()).map_err(|_| SinkBuildError::Config {
-            sink: name.to_owned(),
-            key: "intake_key_file",
-            value: "***".to_owned(),
-            reason: "not a valid header value".to_owned(),
-        })?;
-        key.set_sensitive(true);
+            "intake_key_file",
+            config.intake_key_file.clone(),
+            config.intake_key_env.clone(),
+            str::to_owned,
+        )?;
         Ok(SekoiaSink {
             name: name.to_owned(),
             url,
@@ -92,17 +85,22 @@ impl ChunkSender for SekoiaSink {
             };
         }
         let len = body.len();
+        let (key, generation) = self.key.snapshot();
         let mut req = self
             .client
             .post(self.url.clone())
-            .header(INTAKE_KEY_HEADER, self.key.clone())
+            .header(INTAKE_KEY_HEADER, (*key).clone())
             .header(CONTENT_TYPE, "application/json");
         if let Some(enc) = self.compression.content_encoding() {
             req = req.header(CONTENT_ENCODING, enc);
         }
         let r = match common::execute_accepted(&self.metrics, req.body(body), len).await {
             Ok(r) => r,
-            Err(attempt) => return attempt,
+            Err(attempt) => {
+                return common::retry_if_credential_renewed(
+                    attempt, &self.name, &*self.key, generation,
+                );
+            }
         };
         // The intake returns one id per accepted event; fewer means it dropped some.
         let ids = serde_json::from_slice::<serde_json::Value>(&r.body)
@@ -133,5 +131,9 @@ impl Sink for SekoiaSink {
     async fn deliver(&self, batch: &Batch) -> Delivery {
         let lines: Vec<&[u8]> = batch.lines().collect();
         common::deliver_chunks(self, vec![lines], Vec::new()).await
+    }
+
+    fn credentials(&self) -> Vec<Arc<dyn Renew>> {
+        vec![self.key.clone()]
     }
 }

@@ -22,8 +22,8 @@ fn url_and_key_from_config() {
     .unwrap();
     let sink = SekoiaSink::new("s", &cfg, SinkMetrics::new("s")).unwrap();
     assert_eq!(sink.url.as_str(), "https://intake.example/base/jsons");
-    assert_eq!(sink.key.to_str().unwrap(), "abc");
-    assert!(sink.key.is_sensitive());
+    assert_eq!(sink.key.current().to_str().unwrap(), "abc");
+    assert!(sink.key.current().is_sensitive());
     let missing: SekoiaConfig = toml::from_str("").unwrap();
     let err = SekoiaSink::new("s", &missing, SinkMetrics::new("s"))
         .err()

@@ -18,6 +18,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue
 
 pub use config::SplunkHecConfig;
 
+use crate::config::credential::{Credential, Renew};
 use crate::event::Event;
 use crate::map::Schema;
 use crate::net::uring::RateLimit;
@@ -112,7 +113,7 @@ pub struct SplunkHecSink {
     name: String,
     event_url: reqwest::Url,
     ack_url: reqwest::Url,
-    auth: HeaderValue,
+    auth: Arc<Credential<HeaderValue, SinkBuildError>>,
     channel: String,
     /// `,"index":"…","sourcetype":"…"…}` appended after each event, prebuilt once.
     envelope_tail: Vec<u8>,
@@ -164,25 +165,14 @@ impl SplunkHecSink {
         )?;
         let ack_url =
             common::check_url(name, "endpoint", &format!("{base}/services/collector/ack"))?;
-        let token = crate::sink::secret::Secret::load(
+        let auth = common::secret_header(
+            name,
             "token",
-            config.token_file.as_deref(),
-            config.token_env.as_deref(),
-        )
-        .map_err(|source| SinkBuildError::Secret {
-            sink: name.to_owned(),
-            source,
-        })?;
-        let mut auth =
-            HeaderValue::from_str(&format!("Splunk {}", token.expose())).map_err(|_| {
-                SinkBuildError::Config {
-                    sink: name.to_owned(),
-                    key: "token_file",
-                    value: "***".to_owned(),
-                    reason: "not a valid header value".to_owned(),
-                }
-            })?;
-        auth.set_sensitive(true);
+            "token_file",
+            config.token_file.clone(),
+            config.token_env.clone(),
+            |token| format!("Splunk {token}"),
+        )?;
         let field = |key: &str, value: &Option<String>| {
             let mut field = Vec::new();
             if let Some(v) = value {
@@ -245,16 +235,20 @@ impl SplunkHecSink {
         out
     }
 
-    fn post(&self, url: &reqwest::Url) -> reqwest::RequestBuilder {
+    /// A POST with the token in use; its generation tells whether a refusal was of an older
+    /// token than the one in use.
+    fn post(&self, url: &reqwest::Url) -> (reqwest::RequestBuilder, u64) {
+        let (auth, generation) = self.auth.snapshot();
         let req = self
             .client
             .post(url.clone())
-            .header(AUTHORIZATION, self.auth.clone());
-        if self.ack {
+            .header(AUTHORIZATION, (*auth).clone());
+        let req = if self.ack {
             req.header(CHANNEL_HEADER, &self.channel)
         } else {
             req
-        }
+        };
+        (req, generation)
     }
 
     /// Polls until `ack_id` is indexed. `Err` = give up and resend.
@@ -264,6 +258,7 @@ impl SplunkHecSink {
         loop {
             let req = self
                 .post(&self.ack_url)
+                .0
                 .header(CONTENT_TYPE, "application/json")
                 .body(body.clone());
             match common::execute(&self.metrics, req, body.len()).await {
@@ -320,16 +315,23 @@ impl ChunkSender for SplunkHecSink {
             };
         }
         let len = body.len();
-        let mut req = self
-            .post(&self.event_url)
-            .header(CONTENT_TYPE, "application/json");
+        let (req, generation) = self.post(&self.event_url);
+        let mut req = req.header(CONTENT_TYPE, "application/json");
         if let Some(enc) = self.compression.content_encoding() {
             req = req.header(CONTENT_ENCODING, enc);
         }
-        // HEC answers 503 "server is busy" (code 9) under load and 400 for unparseable data.
+        // HEC answers 503 "server is busy" (code 9) under load and 400 for unparseable data;
+        // 401 for an unknown token, 403 for a disabled one.
         let r = match common::execute_accepted(&self.metrics, req.body(body), len).await {
             Ok(r) => r,
-            Err(attempt) => return attempt,
+            Err(attempt) => {
+                return common::retry_if_credential_renewed(
+                    attempt,
+                    &self.name,
+                    &*self.auth,
+                    generation,
+                );
+            }
         };
         if !self.ack {
             return Attempt::Accepted;
@@ -361,5 +363,9 @@ impl Sink for SplunkHecSink {
     async fn deliver(&self, batch: &Batch) -> Delivery {
         let lines: Vec<&[u8]> = batch.lines().collect();
         common::deliver_chunks(self, vec![lines], Vec::new()).await
+    }
+
+    fn credentials(&self) -> Vec<Arc<dyn Renew>> {
+        vec![self.auth.clone()]
     }
 }

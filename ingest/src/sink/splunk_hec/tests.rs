@@ -36,8 +36,8 @@ fn channel_is_a_guid() {
     let s = sink("ack = true");
     let parts: Vec<usize> = s.channel.split('-').map(str::len).collect();
     assert_eq!(parts, vec![8, 4, 4, 4, 12]);
-    assert!(s.auth.is_sensitive());
-    assert!(s.auth.to_str().unwrap().starts_with("Splunk "));
+    assert!(s.auth.current().is_sensitive());
+    assert!(s.auth.current().to_str().unwrap().starts_with("Splunk "));
 }
 
 /// The envelope line a worker writes for `message`, received at `received_ms`.

@@ -1,7 +1,10 @@
 //! The signed HTTPS client and the classification of the appliance's answers.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::config::credential::{Credential, Renew};
 
 use super::config::{DarktraceApiConfig, Endpoint, Tokens};
 use super::signing::{RequestPart, date_header, signature};
@@ -94,17 +97,22 @@ pub struct Client {
     base: reqwest::Url,
     /// The base URL's path without its trailing `/`.
     prefix: String,
-    tokens: Tokens,
+    tokens: Arc<Credential<Tokens, String>>,
     query: Vec<(String, String)>,
     max_response_bytes: usize,
 }
 
 impl Client {
-    pub fn new(config: &DarktraceApiConfig) -> anyhow::Result<Client> {
+    /// The client of source `name`.
+    pub fn new(name: &str, config: &DarktraceApiConfig) -> anyhow::Result<Client> {
         let base = config.base_url().map_err(|e| anyhow::anyhow!("url: {e}"))?;
-        let tokens = config
-            .tokens()
-            .map_err(|(key, message)| anyhow::anyhow!("{key}: {message}"))?;
+        let tokens_config = config.clone();
+        let tokens = Credential::load(format!("sources.{name}.tokens"), move || {
+            tokens_config
+                .tokens()
+                .map_err(|(key, message)| format!("{key}: {message}"))
+        })
+        .map_err(|e| anyhow::anyhow!(e))?;
         let mut builder = reqwest::Client::builder()
             .timeout(config.request_timeout())
             .connect_timeout(config.request_timeout().min(Duration::from_secs(10)))
@@ -165,16 +173,17 @@ impl Client {
             .url(&self.base)
             .map_err(|m| FetchError::new(ErrorKind::BadResponse, m))?;
         let date = date_header(chrono::Utc::now());
+        let (tokens, generation) = self.tokens.snapshot();
         let sig = signature(
-            self.tokens.private.expose(),
-            self.tokens.public.expose(),
+            tokens.private.expose(),
+            tokens.public.expose(),
             part.as_str(),
             &date,
         );
         let response = self
             .http
             .get(url)
-            .header("DTAPI-Token", self.tokens.public.expose())
+            .header("DTAPI-Token", tokens.public.expose())
             .header("DTAPI-Date", &date)
             .header("DTAPI-Signature", sig)
             .send()
@@ -194,7 +203,32 @@ impl Client {
         let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
         let mut e = classify(status.as_u16(), location.as_deref(), &text, &date);
         e.retry_after = retry_after;
+        if matches!(e.kind, ErrorKind::Signature | ErrorKind::Permission) {
+            self.renew_tokens(generation);
+        }
         Err(e)
+    }
+
+    /// After the appliance refused tokens of generation `sent_with`: reads them again, so that
+    /// tokens rotated in their files are used from the next poll without a reload.
+    fn renew_tokens(&self, sent_with: u64) {
+        if let Err(e) = self.tokens.renew() {
+            tracing::warn!(
+                credential = self.tokens.name(),
+                "reading the API tokens again: {e}"
+            );
+        }
+        if self.tokens.generation() != sent_with {
+            tracing::info!(
+                credential = self.tokens.name(),
+                "the appliance refused API tokens that have been renewed since: the next poll uses the new ones"
+            );
+        }
+    }
+
+    /// The API tokens, for `systemctl reload` to read again.
+    pub fn credentials(&self) -> Arc<dyn Renew> {
+        self.tokens.clone()
     }
 
     async fn read_body(&self, mut response: reqwest::Response) -> Result<Vec<u8>, FetchError> {

@@ -171,7 +171,7 @@ fn plain_query_text(s: &str) -> bool {
 }
 
 /// Both tokens, loaded.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct Tokens {
     pub public: Secret,
     pub private: Secret,

@@ -102,7 +102,7 @@ impl DarktraceApiSource {
         config: &DarktraceApiConfig,
         data_dir: &Path,
     ) -> anyhow::Result<DarktraceApiSource> {
-        let client = Client::new(config)?;
+        let client = Client::new(name, config)?;
         let url = checkpoint::stream_url(client.base());
         let dir = checkpoint_dir(data_dir, name);
         let query = config.query_text();
@@ -190,6 +190,11 @@ impl DarktraceApiSource {
             client: Arc::new(client),
             pollers,
         })
+    }
+
+    /// The API tokens, for `systemctl reload` to read again.
+    pub fn credentials(&self) -> Arc<dyn crate::config::credential::Renew> {
+        self.client.credentials()
     }
 
     /// Polls until `ctx.shutdown` is set. Events handed over but not yet committed are still
