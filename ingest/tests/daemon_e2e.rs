@@ -1293,6 +1293,76 @@ fn sighup_reloads_source_allowlists_on(backend: &str) {
         ),
         1
     );
+
+    // Taken off the list again: a connection established under the wider list is closed
+    // (what it sent before stays), and only a sender still on the list keeps its connection.
+    let mut taken_off = TcpStream::connect(daemon.tcp.unwrap()).unwrap();
+    let kept_socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    kept_socket
+        .bind(
+            &"127.0.0.2:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    kept_socket.connect(&daemon.tcp.unwrap().into()).unwrap();
+    let mut kept: TcpStream = kept_socket.into();
+    taken_off
+        .write_all(b"<13>host app: tcp-before-cut\n")
+        .unwrap();
+    kept.write_all(b"<13>host app: tcp-kept-1\n").unwrap();
+    daemon.wait_for_metric(
+        "sluice_sink_events_total",
+        &[("sink", "kept")],
+        6,
+        Duration::from_secs(20),
+    );
+    std::fs::write(
+        &config_path,
+        edited.replace("allow = [\"127.0.0.0/8\"]", "allow = [\"127.0.0.2\"]"),
+    )
+    .unwrap();
+    hup(2, 1);
+    daemon.wait_for_metric(
+        "sluice_connections_closed_total",
+        &[("source", "tcp_in"), ("reason", "not_allowed")],
+        1,
+        Duration::from_secs(20),
+    );
+    taken_off
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    // The daemon's end is closed: end of stream or a reset, never a timeout.
+    match std::io::Read::read(&mut taken_off, &mut byte) {
+        Ok(0) => {}
+        Ok(n) => panic!("{n} bytes from the daemon"),
+        Err(e) => assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{e}"
+        ),
+    }
+    assert!(daemon.log().contains("no longer permits its sender"));
+    kept.write_all(b"<13>host app: tcp-kept-2\n").unwrap();
+    daemon.wait_for_metric(
+        "sluice_sink_events_total",
+        &[("sink", "kept")],
+        7,
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        daemon.metric(
+            "sluice_connections_closed_total",
+            &[("source", "tcp_in"), ("reason", "not_allowed")]
+        ),
+        1
+    );
+    drop(kept);
     let (_, daemon) = daemon.stop();
     let mut got: Vec<String> = read_output(&daemon.out().join("kept"))
         .iter()
@@ -1300,7 +1370,18 @@ fn sighup_reloads_source_allowlists_on(backend: &str) {
         .map(|raw| raw.rsplit(' ').next().unwrap().to_owned())
         .collect();
     got.sort();
-    assert_eq!(got, ["tcp-after", "tcp-still", "udp-after", "udp-still"]);
+    assert_eq!(
+        got,
+        [
+            "tcp-after",
+            "tcp-before-cut",
+            "tcp-kept-1",
+            "tcp-kept-2",
+            "tcp-still",
+            "udp-after",
+            "udp-still"
+        ]
+    );
 }
 
 fn raw_came_over_udp(message: &str, markers: &[(String, bool)], runs: &[(&str, &[&str])]) -> bool {

@@ -75,6 +75,15 @@ impl Allowlist {
         self.nets.is_empty()
     }
 
+    /// Whether a connection from `peer` may be taken: a sender of unknown address only when
+    /// there is no list.
+    pub fn permits_peer(&self, peer: Option<IpAddr>) -> bool {
+        match peer {
+            Some(ip) => self.permits(ip),
+            None => self.is_empty(),
+        }
+    }
+
     pub fn permits(&self, ip: IpAddr) -> bool {
         if self.nets.is_empty() {
             return true;
@@ -139,6 +148,17 @@ pub struct AllowlistView {
 }
 
 impl AllowlistView {
+    /// The list, when it changed since this view last looked (one atomic load otherwise):
+    /// stream readers then close connections whose sender it no longer permits.
+    #[inline]
+    pub fn if_changed(&mut self) -> Option<&Allowlist> {
+        let generation = self.shared.generation.load(Ordering::Acquire);
+        if generation == self.generation {
+            return None;
+        }
+        Some(self.current())
+    }
+
     #[inline]
     pub fn current(&mut self) -> &Allowlist {
         let generation = self.shared.generation.load(Ordering::Acquire);
@@ -197,6 +217,8 @@ impl Refusal {
 pub enum Closure {
     Idle,
     FrameBacklog,
+    /// A reload took the sender off the source's allowlist.
+    NotAllowed,
 }
 
 impl Closure {
@@ -204,13 +226,33 @@ impl Closure {
         match self {
             Closure::Idle => "idle",
             Closure::FrameBacklog => "frame_backlog",
+            Closure::NotAllowed => "not_allowed",
+        }
+    }
+
+    /// Logs that `peer`'s connection was closed: at info when a reload took the sender off
+    /// the allowlist (the operator's act, confirmed), at debug for a limit (counted; a flood
+    /// of them must not flood the log).
+    pub fn log(self, source: &str, peer: Option<SocketAddr>) {
+        match self {
+            Closure::NotAllowed => tracing::info!(
+                source,
+                ?peer,
+                "connection closed: the reloaded allowlist no longer permits its sender"
+            ),
+            _ => tracing::debug!(
+                source,
+                ?peer,
+                reason = self.label(),
+                "connection closed by a limit"
+            ),
         }
     }
 }
 
 struct GuardCounters {
     refused: [Counter; 4],
-    closed: [Counter; 2],
+    closed: [Counter; 3],
     open: Gauge,
     accepted: Counter,
 }
@@ -261,7 +303,11 @@ impl ConnectionGuard {
                 refused(Refusal::PerAddress),
                 refused(Refusal::TlsHandshake),
             ],
-            closed: [closed(Closure::Idle), closed(Closure::FrameBacklog)],
+            closed: [
+                closed(Closure::Idle),
+                closed(Closure::FrameBacklog),
+                closed(Closure::NotAllowed),
+            ],
             open: metrics::gauge!(crate::metrics::TCP_CONNECTIONS_OPEN, "source" => source.to_string()),
             accepted: metrics::counter!(crate::metrics::TCP_CONNECTIONS, "source" => source.to_string()),
         };
@@ -298,7 +344,8 @@ impl ConnectionGuard {
     }
 
     /// Replaces the allowlist (config reload): new connections and datagrams are checked
-    /// against it, established connections are left alone. False when nothing changed.
+    /// against it, and the stream readers close established connections it no longer
+    /// permits (counted as `closed{reason="not_allowed"}`). False when nothing changed.
     pub fn set_allowlist(&self, allow: Allowlist) -> bool {
         self.allow.replace(allow)
     }
@@ -325,11 +372,8 @@ impl ConnectionGuard {
     }
 
     fn try_admit(&self, ip: Option<IpAddr>) -> Result<(), Refusal> {
-        let allow = self.allow.get();
-        match ip {
-            Some(ip) if !allow.permits(ip) => return Err(Refusal::NotAllowed),
-            None if !allow.is_empty() => return Err(Refusal::NotAllowed),
-            _ => {}
+        if !self.allow.get().permits_peer(ip) {
+            return Err(Refusal::NotAllowed);
         }
         let mut occupancy = self.occupancy.lock().unwrap_or_else(|e| e.into_inner());
         if occupancy.open >= self.limits.max_connections {
@@ -361,6 +405,7 @@ impl ConnectionGuard {
         let i = match closure {
             Closure::Idle => 0,
             Closure::FrameBacklog => 1,
+            Closure::NotAllowed => 2,
         };
         self.counters.closed[i].increment(1);
     }
@@ -474,6 +519,19 @@ mod tests {
         assert!(view.current().permits(outside));
         assert!(!view.current().permits("10.1.2.3".parse().unwrap()));
         assert!(guard.admit(Some(SocketAddr::new(outside, 1))).is_ok());
+
+        // What stream readers watch: a change is seen once.
+        let mut watcher = guard.allowlist();
+        assert!(watcher.if_changed().is_none());
+        guard.set_allowlist(Allowlist::parse(&["198.51.100.0/24"]).unwrap());
+        let changed = watcher.if_changed().expect("a new list");
+        assert!(!changed.permits_peer(Some(outside)));
+        assert!(
+            !changed.permits_peer(None),
+            "an unknown sender, with a list set"
+        );
+        assert!(watcher.if_changed().is_none());
+        assert!(Allowlist::default().permits_peer(None));
     }
 
     #[test]

@@ -444,7 +444,8 @@ fn wait_readable(fd: std::os::fd::RawFd, timeout: Duration) -> std::io::Result<b
 pub(crate) enum StreamEnd {
     /// The peer closed (or shutdown began).
     Closed,
-    /// The daemon closed it because of a limit (counted).
+    /// The daemon closed it because of a limit, or a reload took the sender off the
+    /// allowlist (counted).
     Limit(Closure),
 }
 
@@ -463,6 +464,7 @@ pub(crate) fn read_stream<S: Read>(
     let mut stats = FrameStats::default();
     let limits = ctx.guard.limits().clone();
     let mut watch = StallWatch::new(Instant::now());
+    let mut allow = ctx.guard.allowlist();
     // Set at shutdown: read on until the stream has nothing buffered (see SHUTDOWN_TCP_DRAIN).
     let mut drain_until: Option<Instant> = None;
     let result = loop {
@@ -509,14 +511,20 @@ pub(crate) fn read_stream<S: Read>(
             }
             Err(e) => break Err(e),
         }
-        if let Some(closure) = watch.check(
-            &limits,
-            stats.completed,
-            framer.unfinished_frame_bytes(),
-            Instant::now(),
-        ) {
+        let taken_off = allow
+            .if_changed()
+            .is_some_and(|list| !list.permits(peer.ip()))
+            .then_some(Closure::NotAllowed);
+        if let Some(closure) = taken_off.or_else(|| {
+            watch.check(
+                &limits,
+                stats.completed,
+                framer.unfinished_frame_bytes(),
+                Instant::now(),
+            )
+        }) {
             ctx.guard.closed(closure);
-            tracing::debug!(source = %ctx.source_name, %peer, reason = closure.label(), "connection closed by a limit");
+            closure.log(&ctx.source_name, Some(peer));
             break Ok(StreamEnd::Limit(closure));
         }
     };

@@ -20,7 +20,7 @@ use super::{
 };
 use crate::frame::{FrameEvent, StreamFramer};
 use crate::net::ReaderContext;
-use crate::net::guard::{Admission, Closure, StallWatch};
+use crate::net::guard::{Admission, Allowlist, Closure, StallWatch};
 use crate::net::handoff::{Handoff, Totals};
 
 /// What the TCP reader needs from a framer; implemented by [`StreamFramer`]. Generic so
@@ -131,6 +131,7 @@ pub fn run_tcp_with<F: ConnectionFramer>(
     let result = (|| -> io::Result<()> {
         let mut next_sweep = Instant::now() + IDLE_SWEEP;
         let mut lingering = Lingering::new(options.tcp_linger);
+        let mut allow = ctx.guard.allowlist();
         while !ctx.shutdown.load(Ordering::Relaxed) {
             reader.arm(&mut ring)?;
             lingering.wait(&ring, crate::net::SHUTDOWN_POLL)?;
@@ -141,6 +142,9 @@ pub fn run_tcp_with<F: ConnectionFramer>(
             if drained >= IDLE_SWEEP {
                 // Blocked on a full worker queue: no connection could be read meanwhile.
                 reader.postpone_idle(drained);
+            }
+            if let Some(list) = allow.if_changed() {
+                reader.close_not_allowed(list);
             }
             if ctx.guard.limits().idle_timeout.is_some() && Instant::now() >= next_sweep {
                 reader.sweep_idle();
@@ -674,6 +678,28 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
         }
     }
 
+    /// Connections from senders `allow` does not permit (a reload took them off) are closed.
+    fn close_not_allowed(&mut self, allow: &Allowlist) {
+        let guard = &self.ctx.guard;
+        self.waiting.retain(|(stream, _)| {
+            let peer = stream.peer_addr().ok();
+            let permitted = allow.permits_peer(peer.map(|p| p.ip()));
+            if !permitted {
+                guard.closed(Closure::NotAllowed);
+                Closure::NotAllowed.log(&self.ctx.source_name, peer);
+            }
+            permitted
+        });
+        for slot in 0..self.connections.len() {
+            let taken_off = self.connections[slot]
+                .as_ref()
+                .is_some_and(|c| !c.closing && !allow.permits_peer(c.peer.map(|p| p.ip())));
+            if taken_off {
+                self.close_for(slot, Closure::NotAllowed);
+            }
+        }
+    }
+
     /// Connections that completed no message within the idle timeout are closed.
     fn sweep_idle(&mut self) {
         let now = Instant::now();
@@ -703,7 +729,7 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
         };
         conn.closing = true;
         self.ctx.guard.closed(closure);
-        tracing::debug!(source = %self.ctx.source_name, peer = ?conn.peer, reason = closure.label(), "connection closed by a limit");
+        closure.log(&self.ctx.source_name, conn.peer);
         if conn.armed {
             // The receive in flight is cancelled; its final completion frees the slot. The
             // shutdown tells the client at once.
