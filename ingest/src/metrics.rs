@@ -3,11 +3,11 @@
 //! Hot-path rule: threads register their labelled handles once at start and add locally
 //! accumulated counts per batch; nothing formats labels per message.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -361,15 +361,41 @@ fn respond(
     healthy: &AtomicBool,
     token: Option<&crate::config::Secret>,
 ) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
+    stream.set_write_timeout(Some(REQUEST_TIME))?;
+    // One thread serves every scrape: a client that trickles its request or never ends a line
+    // must not hold it (or its memory) for longer than this, authorised or not.
+    let mut reader = BufReader::new(
+        Deadline {
+            stream: &stream,
+            until: Instant::now() + REQUEST_TIME,
+        }
+        .take(MAX_REQUEST_HEAD_BYTES),
+    );
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
     // Drain the headers so the client sees an orderly close.
     let mut line = String::new();
     let mut authorized = token.is_none();
-    while reader.read_line(&mut line)? > 2 {
+    loop {
+        let n = reader.read_line(&mut line)?;
+        if n <= 2 {
+            if !line.ends_with('\n') && reader.get_ref().limit() == 0 {
+                let mut out = &stream;
+                write!(
+                    out,
+                    "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )?;
+                out.flush()?;
+                // Closing with the rest of the request unread would reset the connection,
+                // and the client could lose the answer: read what it sends meanwhile (within
+                // the same deadline and a bound), then close.
+                stream.shutdown(std::net::Shutdown::Write)?;
+                let mut rest = reader.into_inner().into_inner().take(1 << 20);
+                let _ = std::io::copy(&mut rest, &mut std::io::sink());
+                return Ok(());
+            }
+            break;
+        }
         if let (Some(token), Some((name, value))) = (token, line.split_once(':'))
             && name.trim().eq_ignore_ascii_case("authorization")
             && value
@@ -421,6 +447,32 @@ fn respond(
     )?;
     stream.write_all(body.as_bytes())?;
     stream.flush()
+}
+
+/// How long a client has to send its request head, and the response's write timeout.
+const REQUEST_TIME: Duration = Duration::from_secs(5);
+/// Request line and headers together; a scrape sends a few hundred bytes.
+const MAX_REQUEST_HEAD_BYTES: u64 = 16 * 1024;
+
+/// Reads from `stream` until `until`, whatever pace the bytes come at (a read timeout alone
+/// restarts with every byte).
+struct Deadline<'s> {
+    stream: &'s TcpStream,
+    until: Instant,
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "request head not complete in time",
+            ));
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buf)
+    }
 }
 
 /// Compares without an early exit, so response timing does not reveal a token prefix.
@@ -489,5 +541,65 @@ mod tests {
         healthy.store(false, Ordering::Relaxed);
         assert!(get("/health").starts_with("HTTP/1.1 503"));
         assert!(get("/nope").starts_with("HTTP/1.1 404"));
+    }
+
+    /// The one serving thread is not held by a client that trickles its request without ever
+    /// ending it, and an oversized request head is refused rather than buffered.
+    #[test]
+    fn a_slow_or_oversized_request_does_not_hold_the_endpoint() {
+        let handle = PrometheusBuilder::new().build_recorder().handle();
+        let no_token = crate::config::credential::Credential::load("metrics.bearer_token", || {
+            Ok::<_, String>(None)
+        })
+        .unwrap();
+        let addr = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            handle,
+            Arc::new(AtomicBool::new(true)),
+            no_token,
+        )
+        .unwrap();
+
+        let mut slow = TcpStream::connect(addr).unwrap();
+        slow.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let started = Instant::now();
+        let closed = loop {
+            // A byte at a time, never a newline: each read alone would stay under a read
+            // timeout.
+            if slow.write_all(b"G").is_err() {
+                break true;
+            }
+            match slow.read(&mut [0u8; 64]) {
+                Ok(0) => break true,
+                Ok(_) => break false,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => break true,
+            }
+            assert!(
+                started.elapsed() < REQUEST_TIME * 3,
+                "the endpoint still reads the trickle after {:?}",
+                started.elapsed()
+            );
+        };
+        assert!(closed, "no response is owed to an unfinished request");
+
+        let mut big = TcpStream::connect(addr).unwrap();
+        let header = format!(
+            "GET /metrics HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(2 * MAX_REQUEST_HEAD_BYTES as usize)
+        );
+        // The endpoint stops reading at the bound: the rest of the write may be refused.
+        let _ = big.write_all(header.as_bytes());
+        let _ = big.shutdown(std::net::Shutdown::Write);
+        let mut answer = String::new();
+        let _ = big.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+
+        let mut fine = TcpStream::connect(addr).unwrap();
+        write!(fine, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        fine.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
 }
