@@ -340,20 +340,41 @@ pub fn serve(
         std::io::Error::new(e.kind(), format!("metrics endpoint: cannot listen on {listen}: {e} (set [metrics] listen to a free address)"))
     })?;
     let local = listener.local_addr()?;
+    let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("sluice-metrics".into())
         .spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                if let Err(e) =
-                    respond(stream, &handle, &healthy, token.current().as_ref().as_ref())
-                {
-                    tracing::debug!("metrics endpoint: {e}");
+                // Each request on its own thread, so a slow client delays no scrape; at most
+                // MAX_CONCURRENT_REQUESTS at once, further connections are closed unanswered.
+                if busy.fetch_add(1, Ordering::AcqRel) >= MAX_CONCURRENT_REQUESTS {
+                    busy.fetch_sub(1, Ordering::AcqRel);
+                    tracing::debug!("metrics endpoint: {MAX_CONCURRENT_REQUESTS} requests in progress, connection closed");
+                    continue;
+                }
+                let (handle, healthy, token, done) =
+                    (handle.clone(), healthy.clone(), token.current(), busy.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("sluice-metrics-req".into())
+                    .spawn(move || {
+                        if let Err(e) = respond(stream, &handle, &healthy, token.as_ref().as_ref())
+                        {
+                            tracing::debug!("metrics endpoint: {e}");
+                        }
+                        done.fetch_sub(1, Ordering::AcqRel);
+                    });
+                if let Err(e) = spawned {
+                    busy.fetch_sub(1, Ordering::AcqRel);
+                    tracing::warn!("metrics endpoint: cannot start a request thread: {e}");
                 }
             }
         })?;
     Ok(local)
 }
+
+/// Requests the metrics endpoint serves at once (a scraper or two, a health check, `sluice top`).
+const MAX_CONCURRENT_REQUESTS: usize = 8;
 
 fn respond(
     stream: TcpStream,
@@ -543,8 +564,9 @@ mod tests {
         assert!(get("/nope").starts_with("HTTP/1.1 404"));
     }
 
-    /// The one serving thread is not held by a client that trickles its request without ever
-    /// ending it, and an oversized request head is refused rather than buffered.
+    /// A client that trickles its request without ever ending it neither delays other requests
+    /// nor is read for longer than the deadline, and an oversized request head is refused
+    /// rather than buffered.
     #[test]
     fn a_slow_or_oversized_request_does_not_hold_the_endpoint() {
         let handle = PrometheusBuilder::new().build_recorder().handle();
@@ -563,6 +585,17 @@ mod tests {
         let mut slow = TcpStream::connect(addr).unwrap();
         slow.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
+        // Answered at once while a slow client is being read.
+        let health = |addr| {
+            let mut fine = TcpStream::connect(addr).unwrap();
+            fine.set_read_timeout(Some(REQUEST_TIME / 2)).unwrap();
+            write!(fine, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut answer = String::new();
+            fine.read_to_string(&mut answer).unwrap();
+            answer
+        };
+        slow.write_all(b"GE").unwrap();
+        assert!(health(addr).starts_with("HTTP/1.1 200"));
         let started = Instant::now();
         let closed = loop {
             // A byte at a time, never a newline: each read alone would stay under a read
@@ -596,10 +629,6 @@ mod tests {
         let _ = big.read_to_string(&mut answer);
         assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
 
-        let mut fine = TcpStream::connect(addr).unwrap();
-        write!(fine, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        let mut answer = String::new();
-        fine.read_to_string(&mut answer).unwrap();
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(health(addr).starts_with("HTTP/1.1 200"));
     }
 }
