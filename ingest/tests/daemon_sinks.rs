@@ -439,6 +439,18 @@ fn sighup_renews_rotated_credential_files() {
             .to_owned()
     };
     assert!(status("scrape-old").contains(" 200 "));
+    // HEC's series for the alerting rules are there before anything happens.
+    let exported = daemon_support::exported_names(&daemon_support::scrape_metrics(
+        metrics,
+        Some("scrape-old"),
+    ));
+    for name in [
+        "sluice_sink_unconfirmed_events_total",
+        "sluice_sink_dead_letter_events_total",
+        "sluice_sink_dead_letter_write_errors_total",
+    ] {
+        assert!(exported.contains(name), "{name} not exported: {exported:?}");
+    }
 
     daemon.send(&(0..100).map(cef).collect::<Vec<_>>());
     wait_until(

@@ -770,6 +770,17 @@ fn signature_and_date_errors_are_explained_counted_and_backed_off() {
             .iter()
             .any(|n| n.starts_with("sluice_darktrace_api_"))
     );
+    // And the alerting rules' Darktrace API series.
+    let rules: Vec<String> = daemon_support::alert_rule_metric_names()
+        .into_iter()
+        .filter(|n| n.starts_with("sluice_darktrace_api_"))
+        .collect();
+    assert!(!rules.is_empty());
+    let missing: Vec<&String> = rules.iter().filter(|n| !exported.contains(*n)).collect();
+    assert!(
+        missing.is_empty(),
+        "alerting rules query metrics the source does not export: {missing:?}\nexported: {exported:?}"
+    );
     let log = daemon.stop();
     assert!(
         log.contains("API SIGNATURE ERROR")

@@ -627,6 +627,23 @@ fn xdp_daemon_as_nobody_keeps_cap_bpf_only_and_exports_every_dashboard_metric() 
         missing.is_empty(),
         "dashboard queries metrics the daemon does not export: {missing:?}\nexported: {exported:?}"
     );
+    // The alerting rules likewise: a rule on a series that never exists would never fire.
+    // Series of sources and sinks this daemon does not run are checked where they run: the
+    // Darktrace API source in tests/darktrace_api.rs, TLS in tests/tls_limits.rs, HEC and
+    // Sekoia in tests/daemon_sinks.rs.
+    let elsewhere = [
+        "sluice_darktrace_api_",
+        "sluice_tls_reloads_total",
+        "sluice_sink_unconfirmed_events_total",
+    ];
+    let missing: Vec<String> = daemon_support::alert_rule_metric_names()
+        .into_iter()
+        .filter(|n| !elsewhere.iter().any(|e| n.starts_with(e)) && !exported.contains(n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "alerting rules query metrics the daemon does not export: {missing:?}\nexported: {exported:?}"
+    );
     assert_dropped_to_nobody(daemon.pid(), CAP_BPF, &daemon.log_text());
 
     // `systemctl reload` as nobody: the edited file is read again and the allowlist goes into

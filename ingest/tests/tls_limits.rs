@@ -594,6 +594,16 @@ fn sighup_reload_serves_the_new_certificate_and_keeps_old_sessions() {
     old.flush().unwrap();
     daemon.wait_for_output(&["old-before-reload".into()], Duration::from_secs(20));
 
+    // The reload series exist before the first reload (an alert on `increase()` of one born
+    // with its first failure would miss it), and are all the alerting rules need of TLS.
+    let exported = daemon_support::exported_names(&daemon.metrics_text());
+    for name in daemon_support::alert_rule_metric_names() {
+        if name.starts_with("sluice_tls_") {
+            assert!(exported.contains(&name), "{name} not exported");
+        }
+    }
+    assert!(exported.contains("sluice_tls_reloads_total"));
+
     // Replace the files in place (as certbot-style renewals do), then SIGHUP.
     std::fs::copy(pki.path("server2.pem"), pki.path("server.pem")).unwrap();
     std::fs::copy(pki.path("server2.key"), pki.path("server.key")).unwrap();

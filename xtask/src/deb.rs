@@ -129,6 +129,7 @@ fn verify_installed_package() -> anyhow::Result<()> {
     for path in [
         "/usr/lib/sysctl.d/60-sluice.conf",
         "/usr/share/doc/sluice/grafana/sluice.json",
+        "/usr/share/doc/sluice/prometheus/sluice-alerts.yml",
         "/usr/share/doc/sluice/examples/sentinel.toml",
     ] {
         if !Path::new(path).is_file() {

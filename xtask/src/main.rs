@@ -2,9 +2,10 @@
 //!
 //! - `build-ebpf`: installs what the eBPF build needs (nightly `rust-src`, `bpf-linker` 0.10.x)
 //!   when missing, then builds `ingest-ebpf` for bpfel.
-//! - `ci`: test prerequisites (apt packages), `build-ebpf`, `cargo test --workspace`, then the
+//! - `ci`: test prerequisites (apt packages, promtool), `build-ebpf`, `cargo test --workspace`, then the
 //!   package check (`deb.rs`): build the .deb, `dpkg -i` it, verify, purge it again.
 //! - `deb`: `build-ebpf`, then build the .deb (installing cargo-deb if missing).
+//! - `promtool`: installs promtool (unpacked from Debian's package) if missing, prints its path.
 //! - `deb-check`: `build-ebpf`, then the package check alone.
 //! - `run`: `build-ebpf`, then `cargo run --release --bin sluice -- run …`.
 
@@ -43,6 +44,8 @@ enum Task {
     },
     /// Build the eBPF object, then the .deb (target/debian/).
     Deb,
+    /// Install promtool if missing (for the alerting-rules test) and print its path.
+    Promtool,
     /// What `ci` runs after the tests: build the .deb, `dpkg -i`, verify, `dpkg --purge`.
     DebCheck,
     /// Build the eBPF object, then `cargo run --release --bin sluice -- run <args>`.
@@ -57,9 +60,14 @@ fn main() -> anyhow::Result<()> {
         Task::BuildEbpf => build_ebpf().map(|_| ()),
         Task::Ci { test_args } => {
             install_test_prerequisites()?;
+            let promtool = install_promtool()?;
             build_ebpf()?;
             let filtered = !test_args.is_empty();
-            run(cargo().args(["test", "--workspace"]).args(&test_args))?;
+            // Set, the alerting-rules test requires promtool rather than skipping without it.
+            run(cargo()
+                .args(["test", "--workspace"])
+                .args(&test_args)
+                .env("SLUICE_PROMTOOL", &promtool))?;
             if !filtered {
                 // The build without the XDP program (the peer benchmark's) compiles, and its
                 // config validation refuses `[xdp]` with the reason.
@@ -77,6 +85,10 @@ fn main() -> anyhow::Result<()> {
         Task::DebCheck => {
             build_ebpf()?;
             deb::check_deb_package()
+        }
+        Task::Promtool => {
+            println!("{}", install_promtool()?.display());
+            Ok(())
         }
         Task::Deb => {
             build_ebpf()?;
@@ -209,6 +221,52 @@ fn install_test_prerequisites() -> anyhow::Result<()> {
     run(Command::new("apt-get")
         .args(["install", "-y", "--no-install-recommends"])
         .args(&missing))
+}
+
+/// `promtool`, for the alerting-rules test (`deploy/prometheus`): the one on PATH, else the one
+/// unpacked from Debian's `prometheus` package under `target/tools/` (the package itself is
+/// not installed: it would start a Prometheus server).
+fn install_promtool() -> anyhow::Result<PathBuf> {
+    if let Some(path) = output_of("sh", &["-c", "command -v promtool"]) {
+        return Ok(PathBuf::from(path.trim()));
+    }
+    let dir = workspace_root().join("target/tools/prometheus");
+    let promtool = dir.join("usr/bin/promtool");
+    if promtool.is_file() {
+        return Ok(promtool);
+    }
+    std::fs::create_dir_all(&dir)?;
+    let download = || {
+        Command::new("apt-get")
+            .args(["download", "prometheus"])
+            .current_dir(&dir)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    // SAFETY: geteuid has no preconditions.
+    if !download() && unsafe { libc_geteuid() } == 0 {
+        run(Command::new("apt-get").arg("update"))?;
+    }
+    if !download() {
+        bail!(
+            "cannot download Debian's prometheus package for promtool (apt-get download prometheus)"
+        );
+    }
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "deb") {
+            run(Command::new("dpkg-deb").arg("-x").arg(&path).arg(&dir))?;
+            std::fs::remove_file(&path)?;
+        }
+    }
+    if !promtool.is_file() {
+        bail!(
+            "{} is missing after unpacking the prometheus package",
+            promtool.display()
+        );
+    }
+    eprintln!("xtask: promtool at {}", promtool.display());
+    Ok(promtool)
 }
 
 unsafe extern "C" {

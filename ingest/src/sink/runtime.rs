@@ -168,7 +168,13 @@ impl SinkMetrics {
     /// `no_ack_id` (Splunk HEC with `ack = true`, reply without an `ackId`),
     /// `missing_event_ids` (Sekoia returned fewer event ids than events sent).
     pub fn unconfirmed(&self, events: u64, reason: &'static str) {
-        if events > 0 {
+        // Called with 0 by the sinks that can report `reason`, at start: the series is there
+        // before the first event.
+        if events == 0 {
+            metrics::counter!("sluice_sink_unconfirmed_events_total", "sink" => self.sink.clone(),
+                "reason" => reason)
+            .increment(0);
+        } else {
             metrics::counter!("sluice_sink_unconfirmed_events_total", "sink" => self.sink.clone(),
                 "reason" => reason)
             .increment(events);
@@ -300,6 +306,17 @@ impl SinkRuntime {
         metrics: Arc<SinkMetrics>,
     ) -> Result<SinkHandle, SpoolError> {
         let name = sink.name().to_owned();
+        // The bounds beside their gauges: dashboards and alerts show how full each is.
+        metrics::gauge!("sluice_sink_spool_max_bytes", "sink" => name.clone())
+            .set(spool_config.max_bytes as f64);
+        metrics::gauge!("sluice_sink_dead_letter_max_bytes", "sink" => name.clone())
+            .set(retry.max_dead_letter_bytes as f64);
+        // Counters present from the start: an alert on `increase()` sees the first event, which
+        // a series born with it would hide.
+        metrics::counter!("sluice_sink_dead_letter_events_total", "sink" => name.clone())
+            .increment(0);
+        metrics::counter!("sluice_sink_dead_letter_write_errors_total", "sink" => name.clone())
+            .increment(0);
         let spool = Arc::new(Spool::open(
             &data_dir.join("spool").join(&name),
             spool_config,

@@ -205,6 +205,43 @@ pub fn dashboard() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// Every `sluice_*` name the alerting rules (`deploy/prometheus/sluice-alerts.yml`) query, read
+/// from their `expr` texts (a rule's expression is the only place a metric name appears
+/// outside the annotations, which are skipped).
+#[allow(dead_code)] // not every test binary checks the alerting rules
+pub fn alert_rule_metric_names() -> std::collections::BTreeSet<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/sluice-alerts.yml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    let mut in_expr = false;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if let Some(rest) = trimmed.strip_prefix("expr:") {
+            // `expr: |` continues on the more indented lines that follow.
+            in_expr = rest.trim() == "|";
+            sluice_names(rest, &mut names);
+        } else if in_expr && line.starts_with("            ") {
+            sluice_names(trimmed, &mut names);
+        } else {
+            in_expr = false;
+        }
+    }
+    assert!(names.len() >= 10, "too few metric names read: {names:?}");
+    names
+}
+
+fn sluice_names(expr: &str, names: &mut std::collections::BTreeSet<String>) {
+    let mut rest = expr;
+    while let Some(at) = rest.find("sluice_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        names.insert(name);
+    }
+}
+
 /// Every `sluice_*` name in every panel query of the dashboard; checks each panel queries the
 /// dashboard's Prometheus data source.
 #[allow(dead_code)] // not every test binary checks the dashboard

@@ -50,6 +50,7 @@ impl SekoiaSink {
             config.intake_key_env.clone(),
             str::to_owned,
         )?;
+        metrics.unconfirmed(0, "missing_event_ids");
         Ok(SekoiaSink {
             name: name.to_owned(),
             url,

@@ -192,6 +192,7 @@ impl SplunkHecSink {
             tail.extend_from_slice(&field(key, value));
         }
         tail.push(b'}');
+        metrics.unconfirmed(0, "no_ack_id");
         Ok(SplunkHecSink {
             name: name.to_owned(),
             event_url,
