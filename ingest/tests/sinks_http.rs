@@ -778,6 +778,61 @@ fn relay_config(url: &str, format: &str, compression: &str) -> HttpSinkConfig {
     .unwrap()
 }
 
+/// A service answering far more than `max_response_bytes`: an error answer is kept cut (the
+/// dead letter holds its start), a success answer that cannot be read whole is retried rather
+/// than read without a bound — and taken once the answers are short again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_over_max_response_bytes_are_cut_or_retried() {
+    const LONG: usize = 4 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let status = Arc::new(std::sync::atomic::AtomicU16::new(400));
+    let answer_long = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (s, long) = (status.clone(), answer_long.clone());
+    let server = serve(Arc::new(move |_parts, _body| {
+        let body = if long.load(Ordering::SeqCst) {
+            "x".repeat(LONG)
+        } else {
+            String::new()
+        };
+        reply(s.load(Ordering::SeqCst), body)
+    }))
+    .await;
+    let mut cfg = relay_config(&server.url(), "ndjson", "none");
+    cfg.max_response_bytes = 65_536;
+    let metrics = SinkMetrics::new("relay");
+    let handle = spawn(
+        HttpSink::new("relay", &cfg, metrics.clone()).unwrap(),
+        metrics,
+        dir.path(),
+        spool_config(),
+    );
+    enqueue(&handle, csl_batch(0..10)).await;
+    wait_for("dead letter", Duration::from_secs(10), || {
+        handle.stats().sink.dead_lettered_events == 10
+    })
+    .await;
+    let dl = dead_letters(dir.path(), "relay");
+    let kept = dl[0].1["response_body"].as_str().unwrap().len();
+    assert!(
+        (1..=65_536).contains(&kept),
+        "{kept} bytes of the answer kept"
+    );
+
+    status.store(200, Ordering::SeqCst);
+    enqueue(&handle, csl_batch(10..20)).await;
+    wait_for("retries", Duration::from_secs(10), || {
+        handle.stats().sink.retries >= 2
+    })
+    .await;
+    assert_eq!(handle.stats().sink.delivered_events, 0);
+    answer_long.store(false, Ordering::SeqCst);
+    wait_for("delivery", Duration::from_secs(10), || {
+        handle.stats().sink.delivered_events == 10
+    })
+    .await;
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_sink_ndjson_and_json_array() {
     let dir = tempfile::tempdir().unwrap();

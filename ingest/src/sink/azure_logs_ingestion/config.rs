@@ -42,6 +42,10 @@ pub struct AzureLogsIngestionConfig {
     pub max_field_bytes: usize,
     #[serde(default = "crate::sink::http::config_default_timeout_ms")]
     pub timeout_ms: u64,
+    /// The service's answer is read up to this many bytes (at least 64 KiB): a longer error
+    /// answer is kept cut, a longer success answer cannot be read whole and is retried.
+    #[serde(default = "crate::sink::http::config_default_max_response_bytes")]
+    pub max_response_bytes: usize,
 }
 
 pub const AZURE_MAX_CALL_BYTES: usize = 1 << 20;

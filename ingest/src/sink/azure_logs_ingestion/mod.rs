@@ -41,6 +41,8 @@ pub struct AzureLogsIngestionSink {
     max_uncompressed: usize,
     max_field_bytes: usize,
     client: reqwest::Client,
+    /// See `max_response_bytes` in the sink's config.
+    max_response_bytes: usize,
     token: tokio::sync::Mutex<Option<CachedToken>>,
     /// Observed compressed/uncompressed ratio × 1e6, to plan chunk sizes.
     ratio_ppm: AtomicU64,
@@ -140,6 +142,7 @@ impl AzureLogsIngestionSink {
             max_uncompressed: config.max_uncompressed_request_bytes,
             max_field_bytes: config.max_field_bytes.max(1024),
             client: common::client(name, Duration::from_millis(config.timeout_ms))?,
+            max_response_bytes: config.max_response_bytes,
             token: tokio::sync::Mutex::new(None),
             ratio_ppm: AtomicU64::new(250_000),
             metrics,
@@ -166,7 +169,7 @@ impl AzureLogsIngestionSink {
             ("scope", self.scope.as_str()),
         ];
         let req = self.client.post(self.token_url.clone()).form(&form);
-        let r = common::execute(&self.metrics, req, 0)
+        let r = common::execute(&self.metrics, req, 0, self.max_response_bytes)
             .await
             .map_err(|e| format!("token endpoint: {e}"))?;
         if r.status != 200 {
@@ -263,7 +266,7 @@ impl AzureLogsIngestionSink {
             .header(CONTENT_TYPE, "application/json")
             .header(CONTENT_ENCODING, "gzip")
             .body(body);
-        common::execute(&self.metrics, req, len).await
+        common::execute(&self.metrics, req, len, self.max_response_bytes).await
     }
 }
 

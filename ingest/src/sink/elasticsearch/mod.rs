@@ -125,6 +125,8 @@ pub struct ElasticsearchSink {
     compression: Compression,
     max_request_bytes: usize,
     client: reqwest::Client,
+    /// See `max_response_bytes` in the sink's config.
+    max_response_bytes: usize,
     metrics: Arc<SinkMetrics>,
 }
 
@@ -158,6 +160,7 @@ impl ElasticsearchSink {
             compression: config.compression,
             max_request_bytes: config.max_request_bytes.max(1024),
             client: common::client(name, Duration::from_millis(config.timeout_ms))?,
+            max_response_bytes: config.max_response_bytes,
             metrics,
         })
     }
@@ -202,7 +205,14 @@ impl ElasticsearchSink {
         if let Some(enc) = self.compression.content_encoding() {
             req = req.header(CONTENT_ENCODING, enc);
         }
-        let r = match common::execute_accepted(&self.metrics, req.body(body), len).await {
+        let r = match common::execute_accepted(
+            &self.metrics,
+            req.body(body),
+            len,
+            self.max_response_bytes,
+        )
+        .await
+        {
             Ok(r) => r,
             Err(attempt) => {
                 return BulkOutcome::Whole(common::retry_if_credential_renewed(

@@ -276,25 +276,57 @@ pub fn retry_if_credential_renewed(
     }
 }
 
-/// Sends one request and records it (status, latency, body size) in `metrics`.
+/// The least `max_response_bytes` can be: room for any error answer worth reading.
+pub const MIN_RESPONSE_BYTES: usize = 64 << 10;
+
+/// Sends one request and records it (status, latency, body size) in `metrics`. The answer is
+/// read up to `max_response` bytes: a longer one that is not a success is kept cut (only its
+/// start is logged or dead-lettered anyway); a longer success cannot be interpreted and is an
+/// error (retried) rather than an unbounded read.
 pub async fn execute(
     metrics: &SinkMetrics,
     request: reqwest::RequestBuilder,
     body_len: usize,
+    max_response: usize,
 ) -> Result<Response, String> {
     let start = Instant::now();
+    let max_response = max_response.max(MIN_RESPONSE_BYTES);
     let result = async {
-        let resp = request.send().await?;
+        let mut resp = request.send().await?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let body = resp.bytes().await?.to_vec();
-        Ok::<_, reqwest::Error>(Response {
-            status,
-            headers,
-            body,
-        })
+        let mut body = Vec::new();
+        let mut whole = true;
+        while let Some(chunk) = resp.chunk().await? {
+            let room = max_response - body.len();
+            if chunk.len() > room {
+                body.extend_from_slice(&chunk[..room]);
+                whole = false;
+                break;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok::<_, reqwest::Error>((
+            Response {
+                status,
+                headers,
+                body,
+            },
+            whole,
+        ))
     }
     .await;
+    let result = match result {
+        Ok((r, false)) if (200..300).contains(&r.status) => {
+            metrics.request(Some(r.status), start.elapsed(), body_len as u64);
+            return Err(format!(
+                "HTTP {}: the answer is longer than max_response_bytes ({max_response}); not read whole",
+                r.status
+            ));
+        }
+        Ok((r, _)) => Ok(r),
+        Err(e) => Err(e),
+    };
     match result {
         Ok(r) => {
             metrics.request(Some(r.status), start.elapsed(), body_len as u64);
@@ -314,8 +346,9 @@ pub async fn execute_accepted(
     metrics: &SinkMetrics,
     request: reqwest::RequestBuilder,
     body_len: usize,
+    max_response: usize,
 ) -> Result<Response, Attempt> {
-    let r = execute(metrics, request, body_len)
+    let r = execute(metrics, request, body_len, max_response)
         .await
         .map_err(|reason| Attempt::Retry {
             after: None,

@@ -20,6 +20,10 @@ pub struct HttpSinkConfig {
     pub compression: Compression,
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// The service's answer is read up to this many bytes (at least 64 KiB): a longer error
+    /// answer is kept cut, a longer success answer cannot be read whole and is retried.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
@@ -34,4 +38,10 @@ pub enum HttpFormat {
 
 pub fn default_timeout_ms() -> u64 {
     30_000
+}
+
+/// A service's answer is read up to this many bytes (`max_response_bytes`): an Elasticsearch
+/// `_bulk` reply to 10,000 documents, item errors included, is a few MB.
+pub fn default_max_response_bytes() -> usize {
+    16 << 20
 }

@@ -12,7 +12,10 @@ use std::time::Duration;
 use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
 pub use common::{Compression, SinkBuildError};
-pub use config::{HttpFormat, HttpSinkConfig, default_timeout_ms as config_default_timeout_ms};
+pub use config::{
+    HttpFormat, HttpSinkConfig, default_max_response_bytes as config_default_max_response_bytes,
+    default_timeout_ms as config_default_timeout_ms,
+};
 
 use crate::config::credential::{Credential, Renew};
 use crate::sink::runtime::SinkMetrics;
@@ -28,6 +31,8 @@ pub struct HttpSink {
     format: HttpFormat,
     compression: Compression,
     client: reqwest::Client,
+    /// See `max_response_bytes` in the sink's config.
+    max_response_bytes: usize,
     metrics: Arc<SinkMetrics>,
 }
 
@@ -63,6 +68,7 @@ impl HttpSink {
             format: config.format,
             compression: config.compression,
             client: common::client(name, Duration::from_millis(config.timeout_ms))?,
+            max_response_bytes: config.max_response_bytes,
             metrics,
         })
     }
@@ -96,7 +102,9 @@ impl ChunkSender for HttpSink {
         if let Some(enc) = self.compression.content_encoding() {
             req = req.header(CONTENT_ENCODING, enc);
         }
-        match common::execute_accepted(&self.metrics, req.body(body), len).await {
+        match common::execute_accepted(&self.metrics, req.body(body), len, self.max_response_bytes)
+            .await
+        {
             Ok(_) => Attempt::Accepted,
             Err(attempt) => common::retry_if_credential_renewed(
                 attempt,

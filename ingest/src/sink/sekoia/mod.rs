@@ -28,6 +28,8 @@ pub struct SekoiaSink {
     compression: Compression,
     max_request_bytes: usize,
     client: reqwest::Client,
+    /// See `max_response_bytes` in the sink's config.
+    max_response_bytes: usize,
     metrics: Arc<SinkMetrics>,
 }
 
@@ -58,6 +60,7 @@ impl SekoiaSink {
             compression: config.compression,
             max_request_bytes: config.max_request_bytes.max(1024),
             client: common::client(name, Duration::from_millis(config.timeout_ms))?,
+            max_response_bytes: config.max_response_bytes,
             metrics,
         })
     }
@@ -95,7 +98,14 @@ impl ChunkSender for SekoiaSink {
         if let Some(enc) = self.compression.content_encoding() {
             req = req.header(CONTENT_ENCODING, enc);
         }
-        let r = match common::execute_accepted(&self.metrics, req.body(body), len).await {
+        let r = match common::execute_accepted(
+            &self.metrics,
+            req.body(body),
+            len,
+            self.max_response_bytes,
+        )
+        .await
+        {
             Ok(r) => r,
             Err(attempt) => {
                 return common::retry_if_credential_renewed(

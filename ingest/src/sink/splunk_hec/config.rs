@@ -36,6 +36,10 @@ pub struct SplunkHecConfig {
     pub max_request_bytes: usize,
     #[serde(default = "crate::sink::http::config_default_timeout_ms")]
     pub timeout_ms: u64,
+    /// The service's answer is read up to this many bytes (at least 64 KiB): a longer error
+    /// answer is kept cut, a longer success answer cannot be read whole and is retried.
+    #[serde(default = "crate::sink::http::config_default_max_response_bytes")]
+    pub max_response_bytes: usize,
 }
 
 fn default_ack_poll_ms() -> u64 {

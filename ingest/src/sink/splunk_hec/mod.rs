@@ -126,6 +126,8 @@ pub struct SplunkHecSink {
     compression: Compression,
     max_request_bytes: usize,
     client: reqwest::Client,
+    /// See `max_response_bytes` in the sink's config.
+    max_response_bytes: usize,
     metrics: Arc<SinkMetrics>,
     /// Every request hits the missing-`ackId` case once the token lacks `useACK`: one log line
     /// per interval says what to fix, the metric counts every event.
@@ -207,6 +209,7 @@ impl SplunkHecSink {
             compression: config.compression,
             max_request_bytes: config.max_request_bytes.max(1024),
             client: common::client(name, Duration::from_millis(config.timeout_ms))?,
+            max_response_bytes: config.max_response_bytes,
             metrics,
             no_ack_id_log: Mutex::new(RateLimit::new(NO_ACK_ID_LOG_EVERY)),
         })
@@ -262,7 +265,7 @@ impl SplunkHecSink {
                 .0
                 .header(CONTENT_TYPE, "application/json")
                 .body(body.clone());
-            match common::execute(&self.metrics, req, body.len()).await {
+            match common::execute(&self.metrics, req, body.len(), self.max_response_bytes).await {
                 Ok(r) if r.status == 200 => {
                     let acked = serde_json::from_slice::<serde_json::Value>(&r.body)
                         .ok()
@@ -323,7 +326,14 @@ impl ChunkSender for SplunkHecSink {
         }
         // HEC answers 503 "server is busy" (code 9) under load and 400 for unparseable data;
         // 401 for an unknown token, 403 for a disabled one.
-        let r = match common::execute_accepted(&self.metrics, req.body(body), len).await {
+        let r = match common::execute_accepted(
+            &self.metrics,
+            req.body(body),
+            len,
+            self.max_response_bytes,
+        )
+        .await
+        {
             Ok(r) => r,
             Err(attempt) => {
                 return common::retry_if_credential_renewed(
