@@ -95,8 +95,24 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     metrics::set_global_recorder(recorder)
         .map_err(|e| anyhow::anyhow!("installing the metrics recorder: {e}"))?;
     describe();
+    PROCESS.describe();
+    PROCESS.collect();
+    metrics::describe_gauge!(
+        BUILD_INFO,
+        "Always 1; `version` is the running sluice's version"
+    );
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)
 }
+
+/// `sluice_build_info{version}`: which version each forwarder of a fleet runs.
+pub const BUILD_INFO: &str = "sluice_build_info";
+
+/// The standard Prometheus process series (`process_resident_memory_bytes`,
+/// `process_cpu_seconds_total`, `process_open_fds`, `process_max_fds`, `process_threads`, …),
+/// read from /proc at each scrape.
+static PROCESS: std::sync::LazyLock<metrics_process::Collector> =
+    std::sync::LazyLock::new(|| metrics_process::Collector::new(""));
 
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
@@ -439,6 +455,7 @@ fn respond(
         ),
         ("GET", "/metrics") => {
             handle.run_upkeep();
+            PROCESS.collect();
             ("200 OK", "text/plain; version=0.0.4", handle.render())
         }
         ("GET", "/health") if healthy.load(Ordering::Relaxed) => {

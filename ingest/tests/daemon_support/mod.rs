@@ -205,7 +205,7 @@ pub fn dashboard() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// Every `sluice_*` name the alerting rules (`deploy/prometheus/sluice-alerts.yml`) query, read
+/// Every `sluice_*` and `process_*` name the alerting rules (`deploy/prometheus/sluice-alerts.yml`) query, read
 /// from their `expr` texts (a rule's expression is the only place a metric name appears
 /// outside the annotations, which are skipped).
 #[allow(dead_code)] // not every test binary checks the alerting rules
@@ -231,14 +231,16 @@ pub fn alert_rule_metric_names() -> std::collections::BTreeSet<String> {
 }
 
 fn sluice_names(expr: &str, names: &mut std::collections::BTreeSet<String>) {
-    let mut rest = expr;
-    while let Some(at) = rest.find("sluice_") {
-        let name: String = rest[at..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        rest = &rest[at + name.len()..];
-        names.insert(name);
+    for prefix in ["sluice_", "process_"] {
+        let mut rest = expr;
+        while let Some(at) = rest.find(prefix) {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            names.insert(name);
+        }
     }
 }
 
@@ -283,7 +285,7 @@ pub fn dashboard_metric_names(dashboard: &serde_json::Value) -> std::collections
 pub fn exported_names(exposition: &str) -> std::collections::BTreeSet<String> {
     exposition
         .lines()
-        .filter(|l| l.starts_with("sluice_"))
+        .filter(|l| l.starts_with("sluice_") || l.starts_with("process_"))
         .map(|l| l.split(['{', ' ']).next().unwrap().to_owned())
         .collect()
 }
