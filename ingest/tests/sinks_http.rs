@@ -771,6 +771,17 @@ async fn elasticsearch_bulk_retries_and_dead_letters_item_by_item() {
 // ---------------------------------------------------------------------------------------------
 // Generic HTTP
 
+/// A generic HTTP sink `name` with `cfg` and the tests' spool.
+fn http_sink(dir: &Path, name: &str, cfg: &HttpSinkConfig) -> SinkHandle {
+    let metrics = SinkMetrics::new(name);
+    spawn(
+        HttpSink::new(name, cfg, metrics.clone()).unwrap(),
+        metrics,
+        dir,
+        spool_config(),
+    )
+}
+
 fn relay_config(url: &str, format: &str, compression: &str) -> HttpSinkConfig {
     toml::from_str(&format!(
         "url = \"{url}/ingest\"\nformat = \"{format}\"\ncompression = \"{compression}\"\n[headers]\nX-Api-Key = \"relay-key\""
@@ -799,13 +810,7 @@ async fn answers_over_max_response_bytes_are_cut_or_retried() {
     .await;
     let mut cfg = relay_config(&server.url(), "ndjson", "none");
     cfg.max_response_bytes = 65_536;
-    let metrics = SinkMetrics::new("relay");
-    let handle = spawn(
-        HttpSink::new("relay", &cfg, metrics.clone()).unwrap(),
-        metrics,
-        dir.path(),
-        spool_config(),
-    );
+    let handle = http_sink(dir.path(), "relay", &cfg);
     enqueue(&handle, csl_batch(0..10)).await;
     wait_for("dead letter", Duration::from_secs(10), || {
         handle.stats().sink.dead_lettered_events == 10
@@ -840,13 +845,7 @@ async fn http_sink_ndjson_and_json_array() {
     let server = serve(fake.handler()).await;
     for (name, format, compression) in [("a", "ndjson", "gzip"), ("b", "json_array", "none")] {
         let cfg = relay_config(&server.url(), format, compression);
-        let metrics = SinkMetrics::new(name);
-        let handle = spawn(
-            HttpSink::new(name, &cfg, metrics.clone()).unwrap(),
-            metrics,
-            dir.path(),
-            spool_config(),
-        );
+        let handle = http_sink(dir.path(), name, &cfg);
         enqueue(&handle, csl_batch(0..400)).await;
         wait_for("settled", Duration::from_secs(10), || {
             handle.stats().spool.records == 0
@@ -860,13 +859,7 @@ async fn http_sink_ndjson_and_json_array() {
     assert_eq!(fake.accepted.ids("ExternalID"), expected);
     // zstd is refused by this relay (415 is not retryable): dead-lettered, not lost.
     let cfg = relay_config(&server.url(), "ndjson", "zstd");
-    let metrics = SinkMetrics::new("c");
-    let handle = spawn(
-        HttpSink::new("c", &cfg, metrics.clone()).unwrap(),
-        metrics,
-        dir.path(),
-        spool_config(),
-    );
+    let handle = http_sink(dir.path(), "c", &cfg);
     enqueue(&handle, csl_batch(0..10)).await;
     wait_for("dead letter", Duration::from_secs(10), || {
         handle.stats().sink.dead_lettered_events == 10
@@ -962,13 +955,7 @@ async fn unreachable_sink_grows_the_spool_then_drains_it() {
     let fake = RelayFake::new();
     let addr = free_addr();
     let cfg = relay_config(&format!("http://{addr}"), "ndjson", "gzip");
-    let metrics = SinkMetrics::new("relay");
-    let handle = spawn(
-        HttpSink::new("relay", &cfg, metrics.clone()).unwrap(),
-        metrics,
-        dir.path(),
-        spool_config(),
-    );
+    let handle = http_sink(dir.path(), "relay", &cfg);
     const N: u64 = 5000;
     for start in (0..N).step_by(500) {
         enqueue(&handle, csl_batch(start..start + 500)).await;
@@ -1048,13 +1035,7 @@ async fn crash_while_sink_down_then_restart_delivers_everything() {
     const N: u64 = 4000;
     {
         let cfg = relay_config(&down.url(), "ndjson", "gzip");
-        let metrics = SinkMetrics::new("relay");
-        let handle = spawn(
-            HttpSink::new("relay", &cfg, metrics.clone()).unwrap(),
-            metrics,
-            dir.path(),
-            spool_config(),
-        );
+        let handle = http_sink(dir.path(), "relay", &cfg);
         for start in (0..N).step_by(400) {
             enqueue(&handle, csl_batch(start..start + 400)).await;
         }
@@ -1066,13 +1047,7 @@ async fn crash_while_sink_down_then_restart_delivers_everything() {
         crash(handle, &spool_dir).await;
     }
     let cfg = relay_config(&server.url(), "ndjson", "gzip");
-    let metrics = SinkMetrics::new("relay");
-    let handle = spawn(
-        HttpSink::new("relay", &cfg, metrics.clone()).unwrap(),
-        metrics,
-        dir.path(),
-        spool_config(),
-    );
+    let handle = http_sink(dir.path(), "relay", &cfg);
     assert_eq!(handle.stats().spool.events, N, "replayed from disk");
     *server.faults.fail_until.lock().unwrap() = None;
     wait_for("delivery", Duration::from_secs(20), || {

@@ -219,9 +219,9 @@ pub fn alert_rule_metric_names() -> std::collections::BTreeSet<String> {
         if let Some(rest) = trimmed.strip_prefix("expr:") {
             // `expr: |` continues on the more indented lines that follow.
             in_expr = rest.trim() == "|";
-            sluice_names(rest, &mut names);
+            names.extend(metric_names_in(rest));
         } else if in_expr && line.starts_with("            ") {
-            sluice_names(trimmed, &mut names);
+            names.extend(metric_names_in(trimmed));
         } else {
             in_expr = false;
         }
@@ -230,7 +230,9 @@ pub fn alert_rule_metric_names() -> std::collections::BTreeSet<String> {
     names
 }
 
-fn sluice_names(expr: &str, names: &mut std::collections::BTreeSet<String>) {
+/// The `sluice_*` and `process_*` metric names in a PromQL expression.
+fn metric_names_in(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
     for prefix in ["sluice_", "process_"] {
         let mut rest = expr;
         while let Some(at) = rest.find(prefix) {
@@ -239,12 +241,13 @@ fn sluice_names(expr: &str, names: &mut std::collections::BTreeSet<String>) {
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                 .collect();
             rest = &rest[at + name.len()..];
-            names.insert(name);
+            names.push(name);
         }
     }
+    names
 }
 
-/// Every `sluice_*` name in every panel query of the dashboard; checks each panel queries the
+/// Every `sluice_*` (and `process_*`) name in every panel query of the dashboard; checks each panel queries the
 /// dashboard's Prometheus data source.
 #[allow(dead_code)] // not every test binary checks the dashboard
 pub fn dashboard_metric_names(dashboard: &serde_json::Value) -> std::collections::BTreeSet<String> {
@@ -263,18 +266,12 @@ pub fn dashboard_metric_names(dashboard: &serde_json::Value) -> std::collections
         for target in targets {
             assert_eq!(target["datasource"]["uid"], "${datasource}", "{title}");
             let expr = target["expr"].as_str().unwrap();
-            let mut found = false;
-            let mut rest = expr;
-            while let Some(at) = rest.find("sluice_") {
-                let name: String = rest[at..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                rest = &rest[at + name.len()..];
-                names.insert(name);
-                found = true;
-            }
-            assert!(found, "{title}: query names no sluice metric: {expr}");
+            let found = metric_names_in(expr);
+            assert!(
+                found.iter().any(|n| n.starts_with("sluice_")),
+                "{title}: query names no sluice metric: {expr}"
+            );
+            names.extend(found);
         }
     }
     names

@@ -205,23 +205,19 @@ impl ElasticsearchSink {
         if let Some(enc) = self.compression.content_encoding() {
             req = req.header(CONTENT_ENCODING, enc);
         }
-        let r = match common::execute_accepted(
+        let r = match common::execute_authorised(
             &self.metrics,
             req.body(body),
             len,
             self.max_response_bytes,
+            &self.name,
+            &*self.auth,
+            generation,
         )
         .await
         {
             Ok(r) => r,
-            Err(attempt) => {
-                return BulkOutcome::Whole(common::retry_if_credential_renewed(
-                    attempt,
-                    &self.name,
-                    &*self.auth,
-                    generation,
-                ));
-            }
+            Err(attempt) => return BulkOutcome::Whole(attempt),
         };
         let Ok(reply) = serde_json::from_slice::<BulkReply>(&r.body) else {
             return BulkOutcome::Whole(Attempt::Retry {

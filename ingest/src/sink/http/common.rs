@@ -242,7 +242,7 @@ pub fn secret_header(
 /// the one that was sent (rotated in its file, renewed by a reload or by another request
 /// meanwhile), the request is tried again with it after the backoff instead of dead-lettered.
 /// Anything else comes back unchanged.
-pub fn retry_if_credential_renewed(
+fn retry_if_credential_renewed(
     attempt: Attempt,
     sink: &str,
     credential: &dyn Renew,
@@ -337,6 +337,22 @@ pub async fn execute(
             Err(format!("request failed: {}", error_chain(&e)))
         }
     }
+}
+
+/// [`execute_accepted`] for a request that carries generation `sent_with` of `credential`: a
+/// refusal of the credential becomes [`retry_if_credential_renewed`]'s reading of it.
+pub async fn execute_authorised(
+    metrics: &SinkMetrics,
+    request: reqwest::RequestBuilder,
+    body_len: usize,
+    max_response: usize,
+    sink: &str,
+    credential: &dyn Renew,
+    sent_with: u64,
+) -> Result<Response, Attempt> {
+    execute_accepted(metrics, request, body_len, max_response)
+        .await
+        .map_err(|attempt| retry_if_credential_renewed(attempt, sink, credential, sent_with))
 }
 
 /// Sends one request and reads it as an intake answer: `Ok` only when accepted (2xx), so the

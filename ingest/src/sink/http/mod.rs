@@ -102,16 +102,19 @@ impl ChunkSender for HttpSink {
         if let Some(enc) = self.compression.content_encoding() {
             req = req.header(CONTENT_ENCODING, enc);
         }
-        match common::execute_accepted(&self.metrics, req.body(body), len, self.max_response_bytes)
-            .await
+        match common::execute_authorised(
+            &self.metrics,
+            req.body(body),
+            len,
+            self.max_response_bytes,
+            &self.name,
+            &*self.secret_headers,
+            generation,
+        )
+        .await
         {
             Ok(_) => Attempt::Accepted,
-            Err(attempt) => common::retry_if_credential_renewed(
-                attempt,
-                &self.name,
-                &*self.secret_headers,
-                generation,
-            ),
+            Err(attempt) => attempt,
         }
     }
 }

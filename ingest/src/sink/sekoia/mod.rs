@@ -98,20 +98,19 @@ impl ChunkSender for SekoiaSink {
         if let Some(enc) = self.compression.content_encoding() {
             req = req.header(CONTENT_ENCODING, enc);
         }
-        let r = match common::execute_accepted(
+        let r = match common::execute_authorised(
             &self.metrics,
             req.body(body),
             len,
             self.max_response_bytes,
+            &self.name,
+            &*self.key,
+            generation,
         )
         .await
         {
             Ok(r) => r,
-            Err(attempt) => {
-                return common::retry_if_credential_renewed(
-                    attempt, &self.name, &*self.key, generation,
-                );
-            }
+            Err(attempt) => return attempt,
         };
         // The intake returns one id per accepted event; fewer means it dropped some.
         let ids = serde_json::from_slice::<serde_json::Value>(&r.body)

@@ -326,23 +326,19 @@ impl ChunkSender for SplunkHecSink {
         }
         // HEC answers 503 "server is busy" (code 9) under load and 400 for unparseable data;
         // 401 for an unknown token, 403 for a disabled one.
-        let r = match common::execute_accepted(
+        let r = match common::execute_authorised(
             &self.metrics,
             req.body(body),
             len,
             self.max_response_bytes,
+            &self.name,
+            &*self.auth,
+            generation,
         )
         .await
         {
             Ok(r) => r,
-            Err(attempt) => {
-                return common::retry_if_credential_renewed(
-                    attempt,
-                    &self.name,
-                    &*self.auth,
-                    generation,
-                );
-            }
+            Err(attempt) => return attempt,
         };
         if !self.ack {
             return Attempt::Accepted;
