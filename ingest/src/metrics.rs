@@ -58,6 +58,7 @@ pub const SINK_RETAINED_FILES: &str = "sluice_sink_retained_files";
 pub const SINK_RETAINED_BYTES: &str = "sluice_sink_retained_bytes";
 /// Bytes in a sink's dead-letter directory (bounded by `retry.max_dead_letter_bytes`).
 pub const SINK_DEAD_LETTER_BYTES: &str = "sluice_sink_dead_letter_bytes";
+pub const SINK_REPLAYED_EVENTS: &str = "sluice_sink_replayed_events_total";
 /// Events given up on after a sink kept failing through shutdown.
 pub const SINK_DROPPED_EVENTS: &str = "sluice_sink_dropped_events_total";
 /// Seconds spent per stage, per batch: `parse_map` (one reader batch), `batch_fill` (first event
@@ -216,6 +217,10 @@ fn describe() {
         SINK_DEAD_LETTER_BYTES,
         Unit::Bytes,
         "Bytes in a sink's dead-letter directory (bounded by retry.max_dead_letter_bytes)"
+    );
+    describe_counter!(
+        SINK_REPLAYED_EVENTS,
+        "Dead-lettered events put back into a sink's spool from dead_letter/<sink>/replay/"
     );
     describe_counter!(
         SINK_DROPPED_EVENTS,

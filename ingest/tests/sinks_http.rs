@@ -838,6 +838,77 @@ async fn answers_over_max_response_bytes_are_cut_or_retried() {
     handle.shutdown(Duration::from_secs(5)).await;
 }
 
+/// Dead letters moved into `dead_letter/<sink>/replay/` once the cause is fixed go back into
+/// the spool and out to the service, exactly once, and leave the directory; anything else there
+/// is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_moved_to_replay_are_delivered_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let status = Arc::new(std::sync::atomic::AtomicU16::new(400));
+    let received = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let (s, got) = (status.clone(), received.clone());
+    let server = serve(Arc::new(move |_parts, body| {
+        let status = s.load(Ordering::SeqCst);
+        if status == 200 {
+            let text = String::from_utf8_lossy(body);
+            got.lock().unwrap().extend(text.lines().map(str::to_owned));
+        }
+        reply(status, r#"{"error":"unknown stream"}"#)
+    }))
+    .await;
+    let cfg = relay_config(&server.url(), "ndjson", "none");
+    let handle = http_sink(dir.path(), "relay", &cfg);
+    for start in [0, 10, 20] {
+        enqueue(&handle, csl_batch(start..start + 10)).await;
+    }
+    wait_for("dead letters", Duration::from_secs(10), || {
+        handle.stats().sink.dead_lettered_events == 30
+    })
+    .await;
+
+    // The cause is fixed; the operator moves the dead letters (events and metadata) over.
+    status.store(200, Ordering::SeqCst);
+    let letters = dir.path().join("dead_letter/relay");
+    let replay = letters.join("replay");
+    std::fs::create_dir(&replay).unwrap();
+    std::fs::write(replay.join("notes.txt"), "left alone").unwrap();
+    let mut moved = 0;
+    for entry in std::fs::read_dir(&letters).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::rename(&path, replay.join(path.file_name().unwrap())).unwrap();
+            moved += 1;
+        }
+    }
+    assert_eq!(moved, 6, "three pairs of files");
+    wait_for("replayed and delivered", Duration::from_secs(20), || {
+        handle.stats().sink.delivered_events == 30
+    })
+    .await;
+    wait_for("replay/ emptied", Duration::from_secs(10), || {
+        std::fs::read_dir(&replay).unwrap().count() == 1
+    })
+    .await;
+    assert!(replay.join("notes.txt").is_file());
+    let mut ids: Vec<u64> = received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["ExternalID"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..30).collect::<Vec<_>>(), "each event once");
+    // Nothing new was dead-lettered, and nothing is replayed twice.
+    tokio::time::sleep(sluice::sink::replay::REPLAY_EVERY + Duration::from_secs(1)).await;
+    assert_eq!(handle.stats().sink.delivered_events, 30);
+    assert_eq!(handle.stats().sink.dead_lettered_events, 30);
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_sink_ndjson_and_json_array() {
     let dir = tempfile::tempdir().unwrap();

@@ -9,6 +9,7 @@ pub mod dead_letter;
 pub mod elasticsearch;
 pub mod file;
 pub mod http;
+pub mod replay;
 pub mod runtime;
 pub mod secret;
 pub mod sekoia;

@@ -327,6 +327,12 @@ impl SinkRuntime {
             retry.max_dead_letter_bytes,
         ));
         let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(crate::sink::replay::run(
+            name.clone(),
+            crate::sink::replay::replay_dir(dead_letters.dir()),
+            spool.clone(),
+            stop_rx.clone(),
+        ));
         let (abort_tx, abort_rx) = watch::channel(false);
         let driver = Driver {
             sink,
