@@ -340,7 +340,8 @@ pub async fn execute(
 }
 
 /// [`execute_accepted`] for a request that carries generation `sent_with` of `credential`: a
-/// refusal of the credential becomes [`retry_if_credential_renewed`]'s reading of it.
+/// refusal of the credential (401/403) is retried instead of final when the credential, read
+/// again, is no longer the one the request carried.
 pub async fn execute_authorised(
     metrics: &SinkMetrics,
     request: reqwest::RequestBuilder,
