@@ -11,18 +11,18 @@
 //! (an inline edit of the file is reported as needing a restart, see `config::reload`).
 
 use std::fmt::Display;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use super::live::Live;
 
 /// A value built from secrets (a header, a token pair), and how to build it again.
 pub struct Credential<T, E> {
     /// The dotted config key it comes from (`sinks.hec.token`), for the log.
     name: String,
     load: Box<dyn Fn() -> Result<T, E> + Send + Sync>,
-    current: RwLock<Arc<T>>,
-    /// Bumped at each change: holders of something derived from the value (a cached OAuth
-    /// token) see that it is stale.
-    generation: AtomicU64,
+    /// Its generation tells holders of something derived from the value (a cached OAuth
+    /// token) that it is stale.
+    value: Live<T>,
 }
 
 impl<T, E> Credential<T, E>
@@ -35,34 +35,23 @@ where
         name: impl Into<String>,
         load: impl Fn() -> Result<T, E> + Send + Sync + 'static,
     ) -> Result<Arc<Self>, E> {
-        let value = load()?;
+        let value = Live::new(load()?);
         Ok(Arc::new(Credential {
             name: name.into(),
             load: Box::new(load),
-            current: RwLock::new(Arc::new(value)),
-            generation: AtomicU64::new(0),
+            value,
         }))
     }
 
     /// The value in use.
     pub fn current(&self) -> Arc<T> {
-        // A writer only swaps an `Arc`: it cannot panic holding the lock, so a poisoned lock
-        // still holds a whole value.
-        self.current
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        self.value.get()
     }
 
     /// The value in use and its generation, as one pair: a request sent with it can tell
     /// afterwards whether the value changed meanwhile (see [`Renew::generation`]).
     pub fn snapshot(&self) -> (Arc<T>, u64) {
-        let current = self
-            .current
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // Bumped under the write lock: consistent with the value read under the read lock.
-        (current.clone(), self.generation.load(Ordering::Acquire))
+        self.value.snapshot()
     }
 }
 
@@ -71,7 +60,7 @@ impl<T, E> std::fmt::Debug for Credential<T, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credential")
             .field("name", &self.name)
-            .field("generation", &self.generation.load(Ordering::Relaxed))
+            .field("generation", &self.value.generation())
             .finish_non_exhaustive()
     }
 }
@@ -98,20 +87,11 @@ where
 
     fn renew(&self) -> Result<bool, String> {
         let value = (self.load)().map_err(|e| e.to_string())?;
-        let mut current = self
-            .current
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if **current == value {
-            return Ok(false);
-        }
-        *current = Arc::new(value);
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        Ok(true)
+        Ok(self.value.replace(value))
     }
 
     fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        self.value.generation()
     }
 }
 

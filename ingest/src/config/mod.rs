@@ -4,6 +4,7 @@
 //! is validated once at start-up ([`Config::validate`]); the running daemon trusts it.
 
 pub mod credential;
+pub mod live;
 pub mod reload;
 pub mod secret;
 

@@ -7,12 +7,12 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use metrics::{Counter, Gauge};
 
+use crate::config::live::Live;
 use crate::metrics::{CONNECTIONS_CLOSED, CONNECTIONS_REFUSED};
 
 /// Source CIDRs allowed to send; empty means everyone. IPv4 is matched in its IPv4-mapped
@@ -96,43 +96,13 @@ impl Allowlist {
 /// A source's allowlist, replaceable while the source runs (`systemctl reload`). Readers keep
 /// a copy ([`AllowlistView`]) and notice a new list by its generation number: one atomic load
 /// per look, no lock on the datagram path.
-#[derive(Debug)]
-pub struct SharedAllowlist {
-    current: RwLock<Arc<Allowlist>>,
-    generation: AtomicU64,
-}
+pub type SharedAllowlist = Live<Allowlist>;
 
-impl SharedAllowlist {
-    pub fn new(allow: Allowlist) -> Arc<SharedAllowlist> {
-        Arc::new(SharedAllowlist {
-            current: RwLock::new(Arc::new(allow)),
-            generation: AtomicU64::new(0),
-        })
-    }
-
-    pub fn get(&self) -> Arc<Allowlist> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Puts `allow` in place; false (and nothing done) when it is the list already in place.
-    pub fn replace(&self, allow: Allowlist) -> bool {
-        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
-        if **current == allow {
-            return false;
-        }
-        *current = Arc::new(allow);
-        // Release: a reader that sees the new generation then reads the new list.
-        self.generation.fetch_add(1, Ordering::Release);
-        true
-    }
-
+impl Live<Allowlist> {
     pub fn view(self: &Arc<Self>) -> AllowlistView {
-        let generation = self.generation.load(Ordering::Acquire);
+        let (local, generation) = self.snapshot();
         AllowlistView {
-            local: self.get(),
+            local,
             shared: self.clone(),
             generation,
         }
@@ -152,8 +122,7 @@ impl AllowlistView {
     /// stream readers then close connections whose sender it no longer permits.
     #[inline]
     pub fn if_changed(&mut self) -> Option<&Allowlist> {
-        let generation = self.shared.generation.load(Ordering::Acquire);
-        if generation == self.generation {
+        if self.shared.generation() == self.generation {
             return None;
         }
         Some(self.current())
@@ -161,10 +130,8 @@ impl AllowlistView {
 
     #[inline]
     pub fn current(&mut self) -> &Allowlist {
-        let generation = self.shared.generation.load(Ordering::Acquire);
-        if generation != self.generation {
-            self.local = self.shared.get();
-            self.generation = generation;
+        if self.shared.generation() != self.generation {
+            (self.local, self.generation) = self.shared.snapshot();
         }
         &self.local
     }
@@ -312,7 +279,7 @@ impl ConnectionGuard {
             accepted: metrics::counter!(crate::metrics::TCP_CONNECTIONS, "source" => source.to_string()),
         };
         Arc::new(ConnectionGuard {
-            allow: SharedAllowlist::new(allow),
+            allow: Arc::new(SharedAllowlist::new(allow)),
             limits,
             occupancy: Mutex::new(Occupancy::default()),
             counters,
@@ -322,7 +289,7 @@ impl ConnectionGuard {
     /// No allowlist, no limits, nothing counted (tests, tools, benches).
     pub fn unlimited() -> Arc<Self> {
         Arc::new(ConnectionGuard {
-            allow: SharedAllowlist::new(Allowlist::default()),
+            allow: Arc::new(SharedAllowlist::new(Allowlist::default())),
             limits: ConnectionLimits::UNLIMITED,
             occupancy: Mutex::new(Occupancy::default()),
             counters: GuardCounters {

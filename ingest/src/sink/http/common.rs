@@ -197,12 +197,20 @@ pub fn secret_credential(
 ) -> Result<Arc<Credential<Secret, SinkBuildError>>, SinkBuildError> {
     let owner = sink.to_owned();
     Credential::load(format!("sinks.{sink}.{key}"), move || {
-        Secret::load(key, file.as_deref(), env.as_deref()).map_err(|source| {
-            SinkBuildError::Secret {
-                sink: owner.clone(),
-                source,
-            }
-        })
+        load_secret(&owner, key, &file, &env)
+    })
+}
+
+/// The sink's secret `key`, read now.
+fn load_secret(
+    sink: &str,
+    key: &'static str,
+    file: &Option<PathBuf>,
+    env: &Option<String>,
+) -> Result<Secret, SinkBuildError> {
+    Secret::load(key, file.as_deref(), env.as_deref()).map_err(|source| SinkBuildError::Secret {
+        sink: sink.to_owned(),
+        source,
     })
 }
 
@@ -219,12 +227,7 @@ pub fn secret_header(
 ) -> Result<Arc<Credential<HeaderValue, SinkBuildError>>, SinkBuildError> {
     let owner = sink.to_owned();
     Credential::load(format!("sinks.{sink}.{key}"), move || {
-        let secret = Secret::load(key, file.as_deref(), env.as_deref()).map_err(|source| {
-            SinkBuildError::Secret {
-                sink: owner.clone(),
-                source,
-            }
-        })?;
+        let secret = load_secret(&owner, key, &file, &env)?;
         let mut header =
             HeaderValue::from_str(&value(secret.expose())).map_err(|_| SinkBuildError::Config {
                 sink: owner.clone(),
@@ -316,20 +319,15 @@ pub async fn execute(
         ))
     }
     .await;
-    let result = match result {
-        Ok((r, false)) if (200..300).contains(&r.status) => {
-            metrics.request(Some(r.status), start.elapsed(), body_len as u64);
-            return Err(format!(
-                "HTTP {}: the answer is longer than max_response_bytes ({max_response}); not read whole",
-                r.status
-            ));
-        }
-        Ok((r, _)) => Ok(r),
-        Err(e) => Err(e),
-    };
     match result {
-        Ok(r) => {
+        Ok((r, whole)) => {
             metrics.request(Some(r.status), start.elapsed(), body_len as u64);
+            if !whole && (200..300).contains(&r.status) {
+                return Err(format!(
+                    "HTTP {}: the answer is longer than max_response_bytes ({max_response}); not read whole",
+                    r.status
+                ));
+            }
             Ok(r)
         }
         Err(e) => {
