@@ -111,7 +111,9 @@ pub const BUILD_INFO: &str = "sluice_build_info";
 
 /// The standard Prometheus process series (`process_resident_memory_bytes`,
 /// `process_cpu_seconds_total`, `process_open_fds`, `process_max_fds`, `process_threads`, …),
-/// read from /proc at each scrape.
+/// read from /proc at each scrape. `process_cpu_seconds_total` is exported as a gauge: the
+/// `metrics` crate's counters are integers, and whole seconds made `rate()` over a scrape
+/// interval jump between 0 and 1/interval for a daemon using a few percent of a core.
 static PROCESS: std::sync::LazyLock<metrics_process::Collector> =
     std::sync::LazyLock::new(|| metrics_process::Collector::new(""));
 

@@ -454,6 +454,16 @@ fn tcp_million_messages_lf_and_octet_counting() {
     );
 }
 
+/// User plus system CPU seconds of process `pid` (`/proc/<pid>/stat` fields 14 and 15, in
+/// clock ticks of 1/100 s on Linux).
+fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The command name may hold spaces: fields are counted after its closing parenthesis.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
 /// UDP at a moderate rate: nothing lost, and the metrics agree with the files.
 #[test]
 fn udp_moderate_rate_zero_loss_metrics_agree() {
@@ -496,11 +506,24 @@ fn udp_moderate_rate_zero_loss_metrics_agree() {
         TOTAL as u64,
         Duration::from_secs(30),
     );
+    let cpu_before = process_cpu_seconds(daemon.child.id());
     let text = daemon.metrics_text();
+    let cpu_after = process_cpu_seconds(daemon.child.id());
     assert_eq!(
         metric_value(&text, "sluice_dropped_messages_total", &[]),
         0,
         "{text}"
+    );
+    // The process's CPU to the clock tick, as /proc has it, not cut to whole seconds.
+    let cpu: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("process_cpu_seconds_total "))
+        .expect("process_cpu_seconds_total exported")
+        .parse()
+        .unwrap();
+    assert!(
+        cpu_before > 0.0 && (cpu_before..=cpu_after).contains(&cpu),
+        "process_cpu_seconds_total {cpu}, /proc {cpu_before}..{cpu_after}"
     );
     let lines = read_output(&daemon.out().join("all"));
     assert_eq!(lines.len(), TOTAL);

@@ -128,6 +128,8 @@ fn systemd_unit_verifies_without_warnings() {
         "CapabilityBoundingSet=",
         "AmbientCapabilities=",
         "Restart=on-failure",
+        "Type=notify",
+        "WatchdogSec=",
     ] {
         assert!(unit.contains(key), "unit lacks {key}");
     }

@@ -3,6 +3,7 @@
 pub mod check_config;
 pub mod parse;
 pub mod run;
+mod service_manager;
 pub mod top;
 
 use clap::{Parser, Subcommand};

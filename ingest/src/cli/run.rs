@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use super::service_manager::ServiceManager;
 use crate::config::Config;
 use crate::config::credential::{Credential, Renew};
 use crate::pipeline::Pipeline;
@@ -88,6 +89,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         "sluice {} running; SIGINT or SIGTERM to stop",
         env!("CARGO_PKG_VERSION")
     );
+    let mut service_manager = ServiceManager::from_env();
+    service_manager.ready(&pipeline.totals().summary());
     let mut failure = None;
     let mut xdp_exported = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
@@ -96,13 +99,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             break;
         }
         if reload_requested.swap(false, Ordering::Relaxed) {
-            reload(
+            service_manager.reloading();
+            let ok = reload(
                 args.config.as_deref(),
                 &config,
                 &pipeline,
                 &credentials,
                 xdp.as_mut(),
             );
+            service_manager.reloaded(ok, &pipeline.totals().summary());
         }
         if let Some(handle) = &xdp
             && xdp_exported.elapsed() >= XDP_METRICS_EVERY
@@ -112,9 +117,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 tracing::warn!("reading the XDP counters: {e}");
             }
         }
+        service_manager.tick(&pipeline.totals().summary());
         std::thread::sleep(Duration::from_millis(50));
     }
     healthy.store(false, Ordering::Relaxed);
+    service_manager.stopping(
+        match &failure {
+            Some(why) => format!("stopping after a failure ({why}): writing what was received"),
+            None => "stopping: draining queues and writing the last batches".to_string(),
+        }
+        .as_str(),
+    );
     tracing::info!("stopping: draining queues and writing the last batches");
     let summary = pipeline.shutdown();
     // Detaches the program and removes the pins (an early return or unwinding drops it too).
@@ -137,7 +150,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// SIGHUP: reads `path` again and applies what can change while running (sources' `allow`,
 /// the XDP allowlist and rate limit, and every credential read from a file); an invalid file
-/// changes nothing. `started` is the config
+/// changes nothing. Returns whether everything was applied. `started` is the config
 /// the daemon started with: what differs from it elsewhere is reported as needing a restart,
 /// at every reload until there is one.
 fn reload(
@@ -146,13 +159,13 @@ fn reload(
     pipeline: &Pipeline,
     credentials: &[Arc<dyn Renew>],
     xdp: Option<&mut crate::xdp::XdpHandle>,
-) {
+) -> bool {
     use crate::metrics::{CONFIG_RELOADS, CONFIG_RESTART_PENDING};
     let Some(path) = path else {
         tracing::info!(
             "SIGHUP: running on the embedded default, no config file to read again (TLS sources still reload their certificates)"
         );
-        return;
+        return true;
     };
     let applied = (|| -> anyhow::Result<(Vec<String>, bool, Vec<String>)> {
         let edited = Config::load(path)?;
@@ -187,10 +200,12 @@ fn reload(
                 tracing::warn!(file = %path.display(), keys = ?restart,
                     "these changes take effect only after a restart (systemctl restart sluice); the running values stay");
             }
+            result == "ok"
         }
         Err(e) => {
             metrics::counter!(CONFIG_RELOADS, "result" => "error").increment(1);
             tracing::error!(file = %path.display(), "config reload failed, nothing changed: {e:#}");
+            false
         }
     }
 }
@@ -280,6 +295,7 @@ const XDP_METRICS_EVERY: Duration = Duration::from_secs(2);
 /// holding the pins) leaves the daemon running on plain sockets, said loudly in the log and as
 /// `sluice_xdp_enabled 0`.
 fn start_xdp(config: &Config) -> anyhow::Result<Option<crate::xdp::XdpHandle>> {
+    crate::xdp::export_configured_metric(config.xdp.is_some());
     let Some(cfg) = &config.xdp else {
         crate::xdp::export_disabled_metric();
         tracing::info!("XDP not configured (no [xdp] section)");

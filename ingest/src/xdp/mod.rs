@@ -13,7 +13,10 @@ mod stats;
 use std::{net::IpAddr, path::PathBuf};
 
 pub use loader::{XdpHandle, start, start_or_disable};
-pub use stats::{PinnedMaps, SourceStats, XdpStats, export_disabled_metric, prometheus_text};
+pub use stats::{
+    PinnedMaps, SourceStats, XdpStats, export_configured_metric, export_disabled_metric,
+    prometheus_text,
+};
 
 /// Default bpffs directory for this daemon's pins.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/sluice";

@@ -165,6 +165,12 @@ pub fn export_disabled_metric() {
     metrics::gauge!("sluice_xdp_enabled").set(0.0);
 }
 
+/// `sluice_xdp_configured`: whether the config asks for XDP, so that an alert can tell "XDP
+/// wanted but not attached" from "XDP not used".
+pub fn export_configured_metric(configured: bool) {
+    metrics::gauge!("sluice_xdp_configured").set(if configured { 1.0 } else { 0.0 });
+}
+
 /// Publishes totals and the busiest `top` sources. Counters are set absolutely from the maps,
 /// which are the source of truth. Sources that leave the top N keep their last value until the
 /// exporter's idle timeout drops them, so the series count stays near `top`.

@@ -1,0 +1,252 @@
+//! `sluice run` under a service manager: the daemon speaks systemd's notify protocol to the
+//! datagram socket named by `NOTIFY_SOCKET`, as systemd does for `Type=notify` units. The test
+//! listens there itself, the way systemd would, and checks what `systemctl start`, `status`,
+//! `reload` and `stop` depend on, and the watchdog keep-alives.
+
+mod daemon_support;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use daemon_support::{log_text, logged_addr, started, stop_cleanly};
+
+/// Notifications received, each with its arrival time.
+type Notes = Arc<Mutex<Vec<(Instant, String)>>>;
+
+fn listen(path: &Path) -> Notes {
+    let socket = UnixDatagram::bind(path).unwrap();
+    let notes: Notes = Arc::default();
+    let sink = notes.clone();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = socket.recv(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            sink.lock().unwrap().push((Instant::now(), text));
+        }
+    });
+    notes
+}
+
+fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let path = dir.join("sluice.toml");
+    let data = dir.join("data");
+    std::fs::write(
+        &path,
+        format!(
+            r#"data_dir = "{data}"
+[metrics]
+listen = "127.0.0.1:0"
+[sources.tcp]
+type = "tcp"
+listen = "127.0.0.1:0"
+[sinks.out]
+type = "file"
+path = "{data}/out"
+compression = "none"
+batch_timeout_ms = 50
+{extra}"#,
+            data = data.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The daemon as systemd starts it: `NOTIFY_SOCKET`, and the watchdog variables, whose
+/// `WATCHDOG_PID` must be the daemon's own pid (`$$` of the shell that execs it) or, as
+/// `watchdog_pid = Some(1)` here, another process's.
+fn spawn(config: &Path, notify: &Path, watchdog_pid: Option<u32>) -> std::process::Child {
+    let pid = watchdog_pid.map_or("$$".to_string(), |p| p.to_string());
+    Command::new("sh")
+        .args([
+            "-c",
+            &format!("export WATCHDOG_PID={pid}; exec \"$0\" run --config \"$1\""),
+            env!("CARGO_BIN_EXE_sluice"),
+        ])
+        .arg(config)
+        .env("SLUICE_LOG", "info")
+        .env("NOTIFY_SOCKET", notify)
+        .env("WATCHDOG_USEC", "400000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits up to `timeout` for a notification after the first `skip` that satisfies `what`;
+/// returns its index.
+fn wait_for_note(
+    notes: &Notes,
+    skip: usize,
+    timeout: Duration,
+    what: impl Fn(&str) -> bool,
+    log: &Mutex<Vec<String>>,
+) -> usize {
+    let started = Instant::now();
+    loop {
+        if let Some(i) = notes
+            .lock()
+            .unwrap()
+            .iter()
+            .skip(skip)
+            .position(|(_, n)| what(n))
+        {
+            return skip + i;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "notification not received; got {:?}\nlog:\n{}",
+            texts(notes),
+            log_text(log)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn texts(notes: &Notes) -> Vec<String> {
+    notes
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, n)| n.clone())
+        .collect()
+}
+
+fn signal(child: &std::process::Child, signal: libc::c_int) {
+    // SAFETY: signalling our own child process by its pid; it is not reaped yet.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
+}
+
+#[test]
+fn ready_status_reload_watchdog_and_stop_reach_the_service_manager() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify.sock");
+    let notes = listen(&notify);
+    let config = write_config(dir.path(), "");
+    let (mut child, log) = started(spawn(&config, &notify, None));
+
+    // Ready comes first, and only once start-up is over: the listener takes connections then.
+    wait_for_note(
+        &notes,
+        0,
+        Duration::from_secs(5),
+        |n| n == "READY=1\n",
+        &log,
+    );
+    assert_eq!(texts(&notes)[0], "READY=1\n", "{}", log_text(&log));
+    let tcp = logged_addr(&log, "listening on tcp ").expect("tcp address in the log");
+    let mut sender = TcpStream::connect(tcp).unwrap();
+    for i in 0..5 {
+        writeln!(
+            sender,
+            "<134>1 2026-12-07T10:00:00Z host app - - - message {i}"
+        )
+        .unwrap();
+    }
+    drop(sender);
+    // `systemctl status` shows the counts as they change.
+    wait_for_note(
+        &notes,
+        0,
+        Duration::from_secs(10),
+        |n| n.starts_with("STATUS=5 messages received, 0 parse errors, 0 lost; 5 events to sinks"),
+        &log,
+    );
+
+    // Keep-alives every 100 ms for a 400 ms watchdog: at least 3 in a second, whatever the
+    // scheduling on a busy machine.
+    let since = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let pings = notes
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(at, n)| *at >= since && n == "WATCHDOG=1\n")
+        .count();
+    assert!(
+        pings >= 3,
+        "{pings} keep-alives in 1 s: {:?}",
+        texts(&notes)
+    );
+
+    // A reload is bracketed: RELOADING=1 with its timestamp, then READY=1 again.
+    let before = notes.lock().unwrap().len();
+    signal(&child, libc::SIGHUP);
+    let reloading = wait_for_note(
+        &notes,
+        before,
+        Duration::from_secs(5),
+        |n| n.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        &log,
+    );
+    wait_for_note(
+        &notes,
+        reloading,
+        Duration::from_secs(5),
+        |n| n == "READY=1\n",
+        &log,
+    );
+
+    // A reload that fails is said in the status until one succeeds.
+    write_config(dir.path(), "unknown_key = 1\n");
+    let before = notes.lock().unwrap().len();
+    signal(&child, libc::SIGHUP);
+    wait_for_note(
+        &notes,
+        before,
+        Duration::from_secs(5),
+        |n| n.starts_with("STATUS=LAST RELOAD FAILED"),
+        &log,
+    );
+    write_config(dir.path(), "");
+    let before = notes.lock().unwrap().len();
+    signal(&child, libc::SIGHUP);
+    wait_for_note(
+        &notes,
+        before,
+        Duration::from_secs(5),
+        |n| n.starts_with("STATUS=5 messages received"),
+        &log,
+    );
+
+    let before = notes.lock().unwrap().len();
+    stop_cleanly(&mut child, &log, Duration::from_secs(20));
+    wait_for_note(
+        &notes,
+        before,
+        Duration::from_secs(5),
+        |n| n.starts_with("STOPPING=1\nSTATUS=stopping"),
+        &log,
+    );
+}
+
+#[test]
+fn the_watchdog_of_another_process_is_not_kept_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify.sock");
+    let notes = listen(&notify);
+    let config = write_config(dir.path(), "");
+    // systemd sets WATCHDOG_PID to the main pid; a daemon started by a wrapper script that
+    // did not exec it must leave the wrapper's watchdog alone.
+    let (mut child, log) = started(spawn(&config, &notify, Some(1)));
+    wait_for_note(
+        &notes,
+        0,
+        Duration::from_secs(5),
+        |n| n == "READY=1\n",
+        &log,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !texts(&notes).iter().any(|n| n.contains("WATCHDOG=1")),
+        "{:?}",
+        texts(&notes)
+    );
+    stop_cleanly(&mut child, &log, Duration::from_secs(20));
+}
