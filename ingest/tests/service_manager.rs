@@ -250,3 +250,79 @@ fn the_watchdog_of_another_process_is_not_kept_alive() {
     );
     stop_cleanly(&mut child, &log, Duration::from_secs(20));
 }
+
+/// Under systemd, stderr is the journal's stream (`JOURNAL_STREAM` = its device:inode): lines
+/// carry their priority for journald (`journalctl -p warning`) and no timestamp of their own.
+#[test]
+fn log_lines_carry_journal_priorities_when_stderr_is_the_journal() {
+    use std::io::BufRead;
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let (reader, writer) = std::io::pipe().unwrap();
+    let writer = std::fs::File::from(std::os::fd::OwnedFd::from(writer));
+    let meta = writer.metadata().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("SLUICE_LOG", "info")
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(writer))
+        .spawn()
+        .unwrap();
+    let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let wait = |what: &str| {
+        let started = Instant::now();
+        while !lines.lock().unwrap().iter().any(|l| l.contains(what)) {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no {what:?} in {:?}",
+                lines.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait(" running;");
+    std::fs::write(&config, "unknown_key = 1\n").unwrap();
+    signal(&child, libc::SIGHUP);
+    wait("config reload failed");
+    signal(&child, libc::SIGTERM);
+    assert!(child.wait().unwrap().success());
+    let lines = lines.lock().unwrap().clone();
+    let find = |what: &str| lines.iter().find(|l| l.contains(what)).unwrap().clone();
+    let running = find(" running;");
+    assert!(running.starts_with("<6> INFO "), "{running}");
+    let failed = find("config reload failed");
+    assert!(failed.starts_with("<3>ERROR "), "{failed}");
+    assert!(
+        lines.iter().all(|l| l.starts_with('<')),
+        "every line has its priority: {lines:?}"
+    );
+}
+
+/// A `JOURNAL_STREAM` that is not stderr (inherited through a shell that redirected stderr)
+/// leaves the usual format: timestamps, no priority prefixes.
+#[test]
+fn a_journal_stream_that_is_not_stderr_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let (mut child, log) = started(
+        daemon_support::run_command(&config)
+            .env("JOURNAL_STREAM", "1:1")
+            .spawn()
+            .unwrap(),
+    );
+    stop_cleanly(&mut child, &log, Duration::from_secs(20));
+    let text = log_text(&log);
+    assert!(text.lines().all(|l| !l.starts_with('<')), "{text}");
+    assert!(text.starts_with("20"), "a timestamp first: {text}");
+}

@@ -1,6 +1,7 @@
 //! The `sluice` command line. Each subcommand lives in its own file with its own arguments.
 
 pub mod check_config;
+mod logging;
 pub mod parse;
 pub mod run;
 mod service_manager;

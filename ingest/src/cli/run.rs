@@ -21,7 +21,7 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    init_logging();
+    super::logging::init();
     let config = match &args.config {
         Some(path) => Config::load(path)?,
         None => {
@@ -324,17 +324,6 @@ fn start_xdp(config: &Config) -> anyhow::Result<Option<crate::xdp::XdpHandle>> {
             Ok(None)
         }
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 #[cfg(test)]

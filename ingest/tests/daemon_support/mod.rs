@@ -16,7 +16,6 @@ pub type Log = Arc<Mutex<Vec<String>>>;
 /// `sluice run --config <config>` set up the way [`started`] expects: stderr piped for the
 /// log, stdin and stdout closed so the daemon never waits on the test's terminal. Callers add
 /// their own environment before spawning.
-#[allow(dead_code)] // a test that starts the daemon its own way does not use it
 pub fn run_command(config: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
     command
