@@ -1700,3 +1700,72 @@ fn portable_backend_udp_tcp_and_kernel_drops() {
     );
     assert_eq!(log_total(&log, "dropped_kernel_rcvbuf"), kernel, "{log}");
 }
+
+/// Tables from `include`d files run like the main file's, and a reload reads them again:
+/// an edited allowlist in an included file is applied, a sink added in a new file is named
+/// as needing a restart.
+#[test]
+fn included_files_are_run_and_read_again_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let main = dir.path().join("sluice.toml");
+    std::fs::write(
+        &main,
+        format!(
+            "data_dir = {:?}\ninclude = [\"conf.d\"]\n[metrics]\nlisten = \"127.0.0.1:0\"\n{}",
+            dir.path().join("data").display().to_string(),
+            file_sink("archive", "sluice", "none", 50).replace("{out}", &out.display().to_string())
+        ),
+    )
+    .unwrap();
+    let conf_d = dir.path().join("conf.d");
+    std::fs::create_dir(&conf_d).unwrap();
+    let source = |allow: &str| {
+        format!(
+            "[sources.from_fragment]\ntype = \"tcp\"\nlisten = \"127.0.0.1:0\"\nallow = [{allow:?}]\n"
+        )
+    };
+    std::fs::write(conf_d.join("10-source.toml"), source("127.0.0.1")).unwrap();
+    let (mut child, log) =
+        daemon_support::started(daemon_support::run_command(&main).spawn().unwrap());
+    let tcp = daemon_support::logged_addr(&log, "listening on tcp ").expect("tcp address");
+    let mut sender = std::net::TcpStream::connect(tcp).unwrap();
+    sender
+        .write_all(b"<134>1 2026-12-07T10:00:00Z host app - - - from an included source\n")
+        .unwrap();
+    drop(sender);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while daemon_support::finished_batch_lines(&out.join("archive")).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            daemon_support::log_text(&log)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    std::fs::write(conf_d.join("10-source.toml"), source("127.0.0.2")).unwrap();
+    std::fs::write(
+        conf_d.join("20-sink.toml"),
+        file_sink("extra", "raw", "none", 50).replace("{out}", &out.display().to_string()),
+    )
+    .unwrap();
+    // SAFETY: signalling our own child process by its pid; it is not reaped yet.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) },
+        0
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = daemon_support::log_text(&log);
+        if text.contains("allowlists_changed=[\"from_fragment\"]")
+            && text.contains("only after a restart")
+            && text.contains("sinks.extra")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    daemon_support::stop_cleanly(&mut child, &log, Duration::from_secs(20));
+}

@@ -4,6 +4,7 @@
 //! is validated once at start-up ([`Config::validate`]); the running daemon trusts it.
 
 pub mod credential;
+mod include;
 pub mod live;
 pub mod reload;
 pub mod secret;
@@ -63,6 +64,10 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// More `[sources.NAME]` / `[sinks.NAME]` tables from these files and directories (see
+    /// `include.rs`). Not part of the effective config, which holds what they added.
+    #[serde(default, skip_serializing)]
+    pub include: Vec<PathBuf>,
     /// Where state (spool, dead letters) lives.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
@@ -1016,7 +1021,8 @@ impl Config {
             path: display.clone(),
             source,
         })?;
-        Config::from_toml(&text, &display)
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_toml_in(&text, &display, base)
     }
 
     /// The embedded default, parsed and validated.
@@ -1024,17 +1030,25 @@ impl Config {
         Config::from_toml(EMBEDDED_DEFAULT, EMBEDDED_DEFAULT_NAME)
     }
 
-    /// Parses and validates `text`; `origin` names the file in errors.
+    /// Parses and validates `text`; `origin` names the file in errors. Relative `include`
+    /// entries are resolved against the current directory.
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| parse_error(text, origin, &e))?;
-        config
-            .validate()
-            .map_err(|(key, message)| ConfigError::Invalid {
-                path: origin.to_string(),
+        Config::from_toml_in(text, origin, Path::new("."))
+    }
+
+    /// [`Config::from_toml`] for a file in directory `base`.
+    fn from_toml_in(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| parse_error(text, origin, &e))?;
+        let origins = include::merge(&mut config, origin, text, base)?;
+        config.validate().map_err(|(key, message)| {
+            let (path, text) = origins.file_of(&key);
+            ConfigError::Invalid {
+                path: path.to_string(),
                 line: locate_key(text, &key),
                 key,
                 message,
-            })?;
+            }
+        })?;
         Ok(config)
     }
 
