@@ -30,6 +30,9 @@ pub const CONNECTIONS_REFUSED: &str = "sluice_connections_refused_total";
 pub const CONNECTIONS_CLOSED: &str = "sluice_connections_closed_total";
 /// TLS certificate reloads (SIGHUP), by source and `result` (`ok`, `error`).
 pub const TLS_RELOADS: &str = "sluice_tls_reloads_total";
+/// When the certificates a TLS source uses stop being valid (Unix seconds), by source and
+/// `certificate` (`server`: the served leaf; `client_ca`: the earliest of the mTLS CA bundle).
+pub const TLS_CERTIFICATE_EXPIRY: &str = "sluice_tls_certificate_expiry_timestamp_seconds";
 /// Messages waiting, by queue (`worker` per core, `sink` per sink).
 pub const QUEUE_DEPTH: &str = "sluice_queue_depth_batches";
 /// UDP `RcvbufErrors` of the network namespace from `/proc/net/snmp` (all sockets, not only
@@ -154,6 +157,10 @@ fn describe() {
     describe_counter!(
         TLS_RELOADS,
         "TLS certificate reloads on SIGHUP, by source and result (ok, error)"
+    );
+    describe_gauge!(
+        TLS_CERTIFICATE_EXPIRY,
+        "When a TLS source's certificate stops being valid (Unix seconds), by source and certificate (server, client_ca)"
     );
     describe_gauge!(QUEUE_DEPTH, "Batches waiting in a queue");
     describe_counter!(

@@ -251,6 +251,11 @@ impl Pki {
 
     /// `NAME.pem` / `NAME.key` signed by CA `ca`: a server (`localhost`, 127.0.0.1) or client.
     fn leaf(&self, name: &str, ca: &str, server: bool) {
+        self.leaf_valid_for(name, ca, server, 1);
+    }
+
+    /// [`Pki::leaf`], valid for `days` from now.
+    fn leaf_valid_for(&self, name: &str, ca: &str, server: bool, days: u32) {
         self.openssl(&[
             "req",
             "-new",
@@ -283,7 +288,7 @@ impl Pki {
             &format!("{ca}.key"),
             "-CAcreateserial",
             "-days",
-            "1",
+            &days.to_string(),
             "-extfile",
             &format!("{name}.ext"),
             "-out",
@@ -524,6 +529,20 @@ fn mtls_refuses_clients_without_a_valid_certificate() {
     );
     let daemon = Daemon::start(dir, "", &tls_source(&pki, &extra));
     let addr = daemon.addr("tls");
+    // The client CA (made valid for a day) is watched for expiry too.
+    let ca_expiry = metric_value(
+        &daemon.metrics_text(),
+        "sluice_tls_certificate_expiry_timestamp_seconds",
+        &[("source", "tls"), ("certificate", "client_ca")],
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        ca_expiry.abs_diff(now + 86_400) < 600,
+        "{ca_expiry} vs {now}"
+    );
 
     // Refused: no certificate (rustls and openssl), and a certificate of another CA.
     let attempt = |config: Arc<rustls::ClientConfig>, marker: &str| {
@@ -579,7 +598,7 @@ fn mtls_refuses_clients_without_a_valid_certificate() {
 #[test]
 fn sighup_reload_serves_the_new_certificate_and_keeps_old_sessions() {
     let (dir, pki) = server_pki();
-    pki.leaf("server2", "ca", true);
+    pki.leaf_valid_for("server2", "ca", true, 90);
     let first = pki.cert_der("server");
     let second = pki.cert_der("server2");
     assert_ne!(first, second);
@@ -603,6 +622,31 @@ fn sighup_reload_serves_the_new_certificate_and_keeps_old_sessions() {
         }
     }
     assert!(exported.contains("sluice_tls_reloads_total"));
+    // When the served certificate expires (a day from now), and a warning: under 30 days.
+    let expiry = |t: &str| {
+        metric_value(
+            t,
+            "sluice_tls_certificate_expiry_timestamp_seconds",
+            &[("source", "tls"), ("certificate", "server")],
+        ) as i64
+    };
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    let served = expiry(&daemon.metrics_text());
+    assert!(
+        (served - (now() + 86_400)).abs() < 600,
+        "expiry {served}, now {}",
+        now()
+    );
+    assert!(
+        daemon.log().contains("TLS certificate expires soon"),
+        "{}",
+        daemon.log()
+    );
 
     // Replace the files in place (as certbot-style renewals do), then SIGHUP.
     std::fs::copy(pki.path("server2.pem"), pki.path("server.pem")).unwrap();
@@ -611,6 +655,13 @@ fn sighup_reload_serves_the_new_certificate_and_keeps_old_sessions() {
     daemon.wait_until("reload", Duration::from_secs(10), |t| {
         metric_value(t, "sluice_tls_reloads_total", &[("result", "ok")]) == 1
     });
+    // The renewed certificate's expiry, 90 days out.
+    let renewed = expiry(&daemon.metrics_text());
+    assert!(
+        (renewed - (now() + 90 * 86_400)).abs() < 600,
+        "expiry {renewed}, now {}",
+        now()
+    );
 
     let mut new = tls_connect(&config, "127.0.0.1", addr).unwrap();
     assert_eq!(

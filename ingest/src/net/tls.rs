@@ -126,7 +126,8 @@ impl std::fmt::Debug for TlsAcceptor {
 impl TlsAcceptor {
     /// Loads the files and asks to be told of SIGHUP.
     pub fn new(source: &str, files: TlsFiles) -> Result<Arc<TlsAcceptor>, TlsError> {
-        let config = Self::build_config(&files)?;
+        let (config, expiry) = Self::load(&files)?;
+        expiry.export(source);
         let reload_requested = Arc::new(AtomicBool::new(false));
         signal_hook::flag::register(signal_hook::consts::SIGHUP, reload_requested.clone())
             .map_err(|e| TlsError::Config {
@@ -147,7 +148,16 @@ impl TlsAcceptor {
     /// A rustls server config from the files: the certificate chain and key, and when a CA
     /// bundle is given, a verifier that requires a client certificate it signs.
     pub fn build_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
+        Self::load(files).map(|(config, _)| config)
+    }
+
+    /// [`Self::build_config`], and when its certificates expire.
+    fn load(files: &TlsFiles) -> Result<(ServerConfig, Expiry), TlsError> {
         let certs = read_certs("cert_file", &files.cert_file)?;
+        let mut expiry = Expiry {
+            server: not_after(&certs[0]),
+            client_ca: None,
+        };
         let key = PrivateKeyDer::from_pem_file(&files.key_file)
             .map_err(|e| pem_error("key_file", &files.key_file, e))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -161,7 +171,9 @@ impl TlsAcceptor {
             None => builder.with_no_client_auth(),
             Some(ca) => {
                 let mut roots = RootCertStore::empty();
-                for cert in read_certs("client_ca_file", ca)? {
+                let bundle = read_certs("client_ca_file", ca)?;
+                expiry.client_ca = bundle.iter().filter_map(not_after).min();
+                for cert in bundle {
                     roots.add(cert).map_err(|e| TlsError::Pem {
                         key: "client_ca_file",
                         path: ca.display().to_string(),
@@ -194,7 +206,7 @@ impl TlsAcceptor {
         // last messages before a client's close lost). Long-lived syslog sessions gain little
         // from resumption.
         config.send_tls13_tickets = 0;
-        Ok(config)
+        Ok((config, expiry))
     }
 
     /// Reloads the files if SIGHUP asked for it. A failed reload keeps the previous config.
@@ -206,11 +218,12 @@ impl TlsAcceptor {
 
     /// Reads the files again; on error the running config stays and the error is logged.
     pub fn reload(&self) -> bool {
-        match Self::build_config(&self.files) {
-            Ok(config) => {
+        match Self::load(&self.files) {
+            Ok((config, expiry)) => {
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
                 self.reloads_ok.increment(1);
                 tracing::info!(source = %self.source, cert = %self.files.cert_file.display(), "TLS certificate reloaded; new connections use it");
+                expiry.export(&self.source);
                 true
             }
             Err(e) => {
@@ -229,6 +242,49 @@ impl TlsAcceptor {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+}
+
+/// When a source's certificates stop being valid, in Unix seconds (`None`: not readable as
+/// X.509 here, though rustls took it; nothing is exported then).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Expiry {
+    server: Option<i64>,
+    /// The earliest of the client CA bundle's.
+    client_ca: Option<i64>,
+}
+
+/// A certificate due to expire within this long is warned about at every (re)load.
+const EXPIRY_WARNING_SECS: i64 = 30 * 86_400;
+
+impl Expiry {
+    /// Sets the gauges, and says in the log when a certificate has expired or soon will:
+    /// senders refuse an expired server certificate, and an expired CA refuses every client.
+    fn export(&self, source: &str) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        for (certificate, not_after) in [("server", self.server), ("client_ca", self.client_ca)] {
+            let Some(not_after) = not_after else { continue };
+            metrics::gauge!(crate::metrics::TLS_CERTIFICATE_EXPIRY, "source" => source.to_string(), "certificate" => certificate)
+                .set(not_after as f64);
+            let when = jiff::Timestamp::from_second(not_after)
+                .map_or_else(|_| not_after.to_string(), |t| t.to_string());
+            let left = not_after - now;
+            if left <= 0 {
+                tracing::error!(source, certificate, expired = %when, "TLS CERTIFICATE EXPIRED: senders refuse it; renew it and `systemctl reload sluice`");
+            } else if left < EXPIRY_WARNING_SECS {
+                tracing::warn!(source, certificate, expires = %when, days_left = left / 86_400, "TLS certificate expires soon");
+            }
+        }
+    }
+}
+
+/// A certificate's notAfter in Unix seconds.
+fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
+    use x509_cert::der::Decode;
+    let cert = x509_cert::Certificate::from_der(cert.as_ref()).ok()?;
+    let at = cert.tbs_certificate.validity.not_after.to_unix_duration();
+    i64::try_from(at.as_secs()).ok()
 }
 
 /// Accepts TLS connections until `ctx.shutdown` is set; returns after every connection has
@@ -376,5 +432,53 @@ mod tests {
         let e = TlsAcceptor::build_config(&files).unwrap_err();
         assert_eq!(e.key(), "cert_file");
         assert!(e.to_string().contains("no PEM certificate"), "{e}");
+    }
+
+    /// A self-signed certificate valid until `not_after`, as `(cert.pem, key.pem)` in `dir`.
+    fn certificate(dir: &Path, name: &str, not_after: (i32, u8, u8)) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        let cert = params.self_signed(&key).unwrap();
+        let (cert_path, key_path) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (cert_path, key_path)
+    }
+
+    #[test]
+    fn expiry_of_the_served_certificate_and_the_earliest_client_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_file, key_file) = certificate(dir.path(), "server", (2030, 1, 2));
+        let (ca_late, _) = certificate(dir.path(), "ca-late", (2031, 1, 1));
+        let (ca_early, _) = certificate(dir.path(), "ca-early", (2029, 1, 1));
+        let bundle = dir.path().join("bundle.pem");
+        let text = std::fs::read_to_string(&ca_late).unwrap()
+            + &std::fs::read_to_string(&ca_early).unwrap();
+        std::fs::write(&bundle, text).unwrap();
+        let files = TlsFiles {
+            cert_file,
+            key_file,
+            client_ca_file: None,
+        };
+        let (_, expiry) = TlsAcceptor::load(&files).unwrap();
+        // 2030-01-02T00:00:00Z
+        assert_eq!(
+            expiry,
+            Expiry {
+                server: Some(1_893_542_400),
+                client_ca: None
+            }
+        );
+        let files = TlsFiles {
+            client_ca_file: Some(bundle),
+            ..files
+        };
+        let (_, expiry) = TlsAcceptor::load(&files).unwrap();
+        // 2029-01-01T00:00:00Z, the earlier of the two CAs.
+        assert_eq!(expiry.client_ca, Some(1_861_920_000));
     }
 }
