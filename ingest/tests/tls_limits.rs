@@ -643,9 +643,16 @@ fn sighup_reload_serves_the_new_certificate_and_keeps_old_sessions() {
         now()
     );
     assert!(
-        daemon.log().contains("TLS certificate expires soon"),
+        daemon.log().contains("TLS server certificate expires soon"),
         "{}",
         daemon.log()
+    );
+    let check = daemon_support::check_config(&daemon.dir.path().join("sluice.toml"));
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        check.status.success()
+            && stderr.contains("sources.tls: TLS server certificate expires soon"),
+        "{stderr}"
     );
 
     // Replace the files in place (as certbot-style renewals do), then SIGHUP.

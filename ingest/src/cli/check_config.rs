@@ -37,6 +37,18 @@ pub fn run(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
                     args.file.display()
                 );
             }
+            for (name, source) in &config.sources {
+                if let crate::config::SourceConfig::Tls(tls) = source
+                    && let Ok(concerns) = crate::net::tls::expiry_concerns(&tls.tls_files())
+                {
+                    for concern in concerns {
+                        eprintln!(
+                            "warning: {}: sources.{name}: {concern}",
+                            args.file.display()
+                        );
+                    }
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

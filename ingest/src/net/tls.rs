@@ -257,26 +257,74 @@ struct Expiry {
 const EXPIRY_WARNING_SECS: i64 = 30 * 86_400;
 
 impl Expiry {
+    fn each(&self) -> impl Iterator<Item = (&'static str, i64)> {
+        [("server", self.server), ("client_ca", self.client_ca)]
+            .into_iter()
+            .filter_map(|(certificate, at)| Some((certificate, at?)))
+    }
+
     /// Sets the gauges, and says in the log when a certificate has expired or soon will:
     /// senders refuse an expired server certificate, and an expired CA refuses every client.
     fn export(&self, source: &str) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        for (certificate, not_after) in [("server", self.server), ("client_ca", self.client_ca)] {
-            let Some(not_after) = not_after else { continue };
+        for (certificate, not_after) in self.each() {
             metrics::gauge!(crate::metrics::TLS_CERTIFICATE_EXPIRY, "source" => source.to_string(), "certificate" => certificate)
                 .set(not_after as f64);
-            let when = jiff::Timestamp::from_second(not_after)
-                .map_or_else(|_| not_after.to_string(), |t| t.to_string());
-            let left = not_after - now;
-            if left <= 0 {
-                tracing::error!(source, certificate, expired = %when, "TLS CERTIFICATE EXPIRED: senders refuse it; renew it and `systemctl reload sluice`");
-            } else if left < EXPIRY_WARNING_SECS {
-                tracing::warn!(source, certificate, expires = %when, days_left = left / 86_400, "TLS certificate expires soon");
+        }
+        for (expired, concern) in self.concerns(unix_now()) {
+            if expired {
+                tracing::error!(
+                    source,
+                    "{concern}: senders refuse it; renew it and `systemctl reload sluice`"
+                );
+            } else {
+                tracing::warn!(source, "{concern}");
             }
         }
     }
+
+    /// `(expired, sentence)` for each certificate that has expired or will within
+    /// [`EXPIRY_WARNING_SECS`] of `now`.
+    fn concerns(&self, now: i64) -> Vec<(bool, String)> {
+        self.each()
+            .filter(|(_, at)| at - now < EXPIRY_WARNING_SECS)
+            .map(|(certificate, at)| {
+                let when = jiff::Timestamp::from_second(at)
+                    .map_or_else(|_| at.to_string(), |t| t.to_string());
+                let certificate = certificate.replace('_', " ");
+                if at <= now {
+                    (
+                        true,
+                        format!("TLS {certificate} certificate EXPIRED on {when}"),
+                    )
+                } else {
+                    let days = (at - now) / 86_400;
+                    (
+                        false,
+                        format!(
+                            "TLS {certificate} certificate expires soon, on {when} (in {days} days)"
+                        ),
+                    )
+                }
+            })
+            .collect()
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// What `sluice check-config` warns about a TLS source's certificates: expired, or expiring
+/// within 30 days.
+pub fn expiry_concerns(files: &TlsFiles) -> Result<Vec<String>, TlsError> {
+    let (_, expiry) = TlsAcceptor::load(files)?;
+    Ok(expiry
+        .concerns(unix_now())
+        .into_iter()
+        .map(|(_, sentence)| sentence)
+        .collect())
 }
 
 /// A certificate's notAfter in Unix seconds.
@@ -480,5 +528,24 @@ mod tests {
         let (_, expiry) = TlsAcceptor::load(&files).unwrap();
         // 2029-01-01T00:00:00Z, the earlier of the two CAs.
         assert_eq!(expiry.client_ca, Some(1_861_920_000));
+
+        // Warned about from 30 days before; an error once past.
+        let day = 86_400;
+        assert!(expiry.concerns(1_861_920_000 - 31 * day).is_empty());
+        assert_eq!(
+            expiry.concerns(1_861_920_000 - 29 * day - 1),
+            [(
+                false,
+                "TLS client ca certificate expires soon, on 2029-01-01T00:00:00Z (in 29 days)"
+                    .to_string()
+            )]
+        );
+        let late = expiry.concerns(1_893_542_400);
+        assert_eq!(late.len(), 2, "{late:?}");
+        assert!(late.iter().all(|(expired, _)| *expired));
+        assert_eq!(
+            late[0].1,
+            "TLS server certificate EXPIRED on 2030-01-02T00:00:00Z"
+        );
     }
 }
