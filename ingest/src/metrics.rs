@@ -263,6 +263,8 @@ pub struct ReaderCounters {
     pub overflow_write_errors: Counter,
     pub overflow_read_errors: Counter,
     pub dropped_overflow_error: Counter,
+    /// Rate limits of the log lines about senders' faults, shared by the source's readers.
+    pub logs: std::sync::Arc<crate::net::log_every::SourceLogs>,
 }
 
 impl ReaderCounters {
@@ -284,6 +286,7 @@ impl ReaderCounters {
             overflow_write_errors: metrics::counter!(OVERFLOW_ERRORS, "source" => s.clone(), "op" => "write"),
             overflow_read_errors: metrics::counter!(OVERFLOW_ERRORS, "source" => s.clone(), "op" => "read"),
             dropped_overflow_error: dropped(DROP_OVERFLOW_ERROR),
+            logs: Default::default(),
         }
     }
 
@@ -304,6 +307,7 @@ impl ReaderCounters {
             overflow_write_errors: Counter::noop(),
             overflow_read_errors: Counter::noop(),
             dropped_overflow_error: Counter::noop(),
+            logs: Default::default(),
         }
     }
 }

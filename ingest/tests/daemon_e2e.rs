@@ -1769,3 +1769,39 @@ fn included_files_are_run_and_read_again_on_reload() {
     }
     daemon_support::stop_cleanly(&mut child, &log, Duration::from_secs(20));
 }
+
+/// A sender that keeps breaking the framing is counted every time but logged once per 10 s
+/// (with how many were left out), on both reader backends: a flood must not fill the journal.
+#[test]
+fn framing_error_floods_are_counted_in_full_and_logged_sparingly() {
+    for backend in ["io_uring", "portable"] {
+        let daemon = Daemon::start(&format!(
+            "io_backend = \"{backend}\"\n{}{}",
+            tcp_source("octet"),
+            file_sink("out", "raw", "none", 50)
+        ));
+        let mut tcp = TcpStream::connect(daemon.tcp.unwrap()).unwrap();
+        // Not octet counted: each line is one framing error, skipped to the next line.
+        for i in 0..500 {
+            writeln!(tcp, "no length prefix {i}").unwrap();
+        }
+        tcp.write_all(b"29 <13>host app: after the flood").unwrap();
+        drop(tcp);
+        daemon.wait_for_metric(
+            "sluice_framing_errors_total",
+            &[("source", "tcp_in")],
+            500,
+            Duration::from_secs(30),
+        );
+        daemon.wait_for_metric(
+            "sluice_received_messages_total",
+            &[("source", "tcp_in")],
+            1,
+            Duration::from_secs(30),
+        );
+        let log = daemon.log();
+        let lines = log.lines().filter(|l| l.contains("framing error")).count();
+        assert_eq!(lines, 1, "{backend}: {log}");
+        daemon.stop();
+    }
+}

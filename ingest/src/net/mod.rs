@@ -7,6 +7,7 @@
 pub mod drops;
 pub mod guard;
 pub(crate) mod handoff;
+pub mod log_every;
 pub mod overflow;
 pub mod portable;
 pub mod tls;
@@ -296,6 +297,23 @@ fn set_int_option(
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+/// The rate-limited line for a TCP/TLS framing error (see [`log_every`]); `unlogged` is how
+/// many were left out since the last one.
+pub(crate) fn framing_error_log(
+    source: &str,
+    peer: Option<std::net::SocketAddr>,
+    skipped: usize,
+    unlogged: u64,
+) {
+    tracing::warn!(
+        source,
+        ?peer,
+        skipped,
+        unlogged,
+        "framing error; skipped to the next line (further ones within 10 s are only counted in sluice_framing_errors_total)"
+    );
 }
 
 #[cfg(test)]

@@ -269,7 +269,7 @@ pub(crate) struct ConnectionContext {
     to_worker: Sender<FrameBatch>,
     recycled: Receiver<FrameBatch>,
     pub(crate) shutdown: Arc<AtomicBool>,
-    counters: ReaderCounters,
+    pub(crate) counters: ReaderCounters,
     pub(crate) guard: Arc<ConnectionGuard>,
 }
 
@@ -480,7 +480,7 @@ pub(crate) fn read_stream<S: Read>(
             Ok(n) => {
                 stats.bytes += n as u64;
                 framer.feed(&buf[..n], &mut |ev| {
-                    collect(ev, &mut batch, peer, &mut stats)
+                    collect(ev, &mut batch, peer, &mut stats, ctx)
                 });
                 let full = batch.len() >= ctx.batch_max_frames
                     || batch.data.len() >= READER_BATCH_MAX_BYTES;
@@ -529,7 +529,7 @@ pub(crate) fn read_stream<S: Read>(
         }
     };
     // Whatever arrived of an unfinished message is kept (marked truncated where it applies).
-    framer.finish(&mut |ev| collect(ev, &mut batch, peer, &mut stats));
+    framer.finish(&mut |ev| collect(ev, &mut batch, peer, &mut stats, ctx));
     if !batch.is_empty() {
         hand_over(&mut batch, ctx, &mut stats, &mut watch);
     }
@@ -583,6 +583,7 @@ fn collect(
     batch: &mut FrameBatch,
     peer: SocketAddr,
     stats: &mut FrameStats,
+    ctx: &ConnectionContext,
 ) {
     match event {
         FrameEvent::Frame { bytes, truncated } => {
@@ -599,7 +600,12 @@ fn collect(
             stats.completed += 1;
             stats.rejected += 1;
         }
-        FrameEvent::Desync { .. } => stats.desync += 1,
+        FrameEvent::Desync { skipped } => {
+            stats.desync += 1;
+            if let Some(unlogged) = ctx.counters.logs.framing.permit() {
+                crate::net::framing_error_log(&ctx.source_name, Some(peer), skipped, unlogged);
+            }
+        }
     }
 }
 

@@ -440,7 +440,10 @@ fn serve(
             Err(e) => {
                 // rustls has already tried to send the alert that explains the failure.
                 ctx.guard.refused(Refusal::TlsHandshake);
-                tracing::info!(source = %ctx.source_name, %peer, "TLS handshake failed: {e}");
+                if let Some(unlogged) = ctx.counters.logs.handshake.permit() {
+                    tracing::info!(source = %ctx.source_name, %peer, unlogged,
+                        "TLS handshake failed: {e} (further failures within 10 s are only counted in sluice_connections_refused_total{{reason=\"tls_handshake\"}})");
+                }
                 return Ok(());
             }
         }

@@ -766,7 +766,9 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
             }
             FrameEvent::Desync { skipped } => {
                 framing_errors.increment(1);
-                tracing::warn!(source = %ctx.source_name, ?peer, skipped, "framing error; skipped to the next line");
+                if let Some(unlogged) = ctx.counters.logs.framing.permit() {
+                    crate::net::framing_error_log(&ctx.source_name, peer, skipped, unlogged);
+                }
             }
         };
         run(&mut emit);
