@@ -72,6 +72,8 @@ fn every_shipped_config_passes_check_config() {
     let dir = tempfile::tempdir().unwrap();
     let secrets = dir.path().join("secrets");
     std::fs::create_dir(&secrets).unwrap();
+    // The package's config includes conf.d beside it (empty as installed).
+    std::fs::create_dir(dir.path().join("conf.d")).unwrap();
     let mut configs: Vec<PathBuf> = std::fs::read_dir(repo_root().join("deploy/examples"))
         .unwrap()
         .map(|e| e.unwrap().path())

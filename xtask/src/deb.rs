@@ -113,6 +113,29 @@ pub fn check_deb_package() -> anyhow::Result<()> {
 
 fn verify_installed_package() -> anyhow::Result<()> {
     run(Command::new("/usr/bin/sluice").args(["check-config", "/etc/sluice/sluice.toml"]))?;
+    // conf.d is included: a file dropped there joins the config.
+    let owner = output_of("stat", &["-c", "%U:%G %a", "/etc/sluice/conf.d"]).unwrap_or_default();
+    if owner.trim() != "root:sluice 750" {
+        bail!("/etc/sluice/conf.d is {owner:?}, want root:sluice 750");
+    }
+    let fragment = Path::new("/etc/sluice/conf.d/50-xtask-check.toml");
+    std::fs::write(
+        fragment,
+        "[sinks.xtask_check]\ntype = \"file\"\npath = \"/var/lib/sluice/xtask-check\"\n",
+    )?;
+    let merged = Command::new("/usr/bin/sluice")
+        .args(["check-config", "/etc/sluice/sluice.toml"])
+        .output()
+        .context("running sluice check-config")?;
+    std::fs::remove_file(fragment)?;
+    let effective = String::from_utf8_lossy(&merged.stdout);
+    if !merged.status.success() || !effective.contains("[sinks.xtask_check]") {
+        bail!(
+            "a sink in conf.d did not join the config: {}\n{effective}",
+            String::from_utf8_lossy(&merged.stderr)
+        );
+    }
+    eprintln!("xtask: /etc/sluice/conf.d is included");
     // Unknown keys are only warnings for systemd-analyze: treat any output as a failure.
     let output = Command::new("systemd-analyze")
         .args(["verify", "/lib/systemd/system/sluice.service"])
