@@ -637,7 +637,7 @@ fn xdp_daemon_as_nobody_keeps_cap_bpf_only_and_exports_every_dashboard_metric() 
     // Sekoia in tests/daemon_sinks.rs.
     let elsewhere = [
         "sluice_darktrace_api_",
-        "sluice_tls_reloads_total",
+        "sluice_tls_",
         "sluice_sink_unconfirmed_events_total",
     ];
     let missing: Vec<String> = daemon_support::alert_rule_metric_names()
