@@ -28,6 +28,10 @@ pub const CONNECTIONS_REFUSED: &str = "sluice_connections_refused_total";
 /// Connections the daemon closed because of a limit, by source and `reason`
 /// (`idle`, `frame_backlog`).
 pub const CONNECTIONS_CLOSED: &str = "sluice_connections_closed_total";
+/// Messages from each of a source's `expected_senders`, by source and sender.
+pub const SENDER_MESSAGES: &str = "sluice_sender_messages_total";
+/// When each expected sender was last heard (Unix seconds; start-up until it is).
+pub const SENDER_LAST_SEEN: &str = "sluice_sender_last_seen_timestamp_seconds";
 /// TLS certificate reloads (SIGHUP), by source and `result` (`ok`, `error`).
 pub const TLS_RELOADS: &str = "sluice_tls_reloads_total";
 /// When the certificates a TLS source uses stop being valid (Unix seconds), by source and
@@ -157,6 +161,14 @@ fn describe() {
     describe_counter!(
         TLS_RELOADS,
         "TLS certificate reloads on SIGHUP, by source and result (ok, error)"
+    );
+    describe_counter!(
+        SENDER_MESSAGES,
+        "Messages from each of a source's expected_senders"
+    );
+    describe_gauge!(
+        SENDER_LAST_SEEN,
+        "When each expected sender was last heard (Unix seconds; start-up until it is)"
     );
     describe_gauge!(
         TLS_CERTIFICATE_EXPIRY,

@@ -1805,3 +1805,87 @@ fn framing_error_floods_are_counted_in_full_and_logged_sparingly() {
         daemon.stop();
     }
 }
+
+/// `expected_senders`: each listed address gets its own count and last-seen time from start-up
+/// (what `SluiceSenderSilent` alerts on), over UDP and TCP; an unlisted sender gets no series.
+#[test]
+fn expected_senders_are_counted_and_timed_one_by_one() {
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let before_start = unix_now();
+    let expected = "expected_senders = [\"127.0.0.1\", \"127.0.0.3\"]\n";
+    let daemon = Daemon::start(&format!(
+        "{UDP_SOURCE}{expected}{}{expected}{}",
+        tcp_source("lf"),
+        file_sink("out", "raw", "none", 50)
+    ));
+    let text = daemon.metrics_text();
+    let exported = daemon_support::exported_names(&text);
+    for name in daemon_support::alert_rule_metric_names() {
+        if name.starts_with("sluice_sender_") {
+            assert!(exported.contains(&name), "{name} not exported:\n{text}");
+        }
+    }
+    let last_seen = |text: &str, source: &str, sender: &str| {
+        metric_value(
+            text,
+            "sluice_sender_last_seen_timestamp_seconds",
+            &[("source", source), ("sender", sender)],
+        )
+    };
+    // Not heard yet: start-up time.
+    let started = last_seen(&text, "tcp_in", "127.0.0.3");
+    assert!((before_start..=unix_now()).contains(&started), "{text}");
+
+    std::thread::sleep(Duration::from_millis(1100));
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..4 {
+        udp.send_to(
+            format!("<13>host app: udp {i}").as_bytes(),
+            daemon.udp.unwrap(),
+        )
+        .unwrap();
+    }
+    for (local, lines) in [("127.0.0.1", 3), ("127.0.0.2", 2)] {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&format!("{local}:0").parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        socket.connect(&daemon.tcp.unwrap().into()).unwrap();
+        let mut tcp: TcpStream = socket.into();
+        for i in 0..lines {
+            writeln!(tcp, "<13>host app: tcp from {local} {i}").unwrap();
+        }
+    }
+    daemon.wait_for_metric(
+        "sluice_sink_events_total",
+        &[("sink", "out")],
+        9,
+        Duration::from_secs(20),
+    );
+    let text = daemon.metrics_text();
+    let messages = |source: &str, sender: &str| {
+        metric_value(
+            &text,
+            "sluice_sender_messages_total",
+            &[("source", source), ("sender", sender)],
+        )
+    };
+    assert_eq!(messages("udp_in", "127.0.0.1"), 4, "{text}");
+    assert_eq!(messages("tcp_in", "127.0.0.1"), 3, "{text}");
+    assert_eq!(messages("tcp_in", "127.0.0.3"), 0, "{text}");
+    assert!(
+        !text.contains("127.0.0.2"),
+        "an unlisted sender has no series: {text}"
+    );
+    // Heard after the second's pause: later than start-up; the silent one still at start-up.
+    assert!(last_seen(&text, "tcp_in", "127.0.0.1") > started, "{text}");
+    assert!(last_seen(&text, "udp_in", "127.0.0.1") > started, "{text}");
+    assert_eq!(last_seen(&text, "tcp_in", "127.0.0.3"), started, "{text}");
+    daemon.stop();
+}

@@ -359,6 +359,10 @@ pub struct UdpSourceConfig {
     /// counted (`reason="not_allowed"`); XDP's `[xdp] allow` does this in the kernel instead.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<String>,
+    /// Senders that must keep sending: each gets its own message count and last-seen time
+    /// (see `pipeline::senders`), so that one appliance going quiet shows among several.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expected_senders: Vec<String>,
     /// Disk space (under `data_dir/overflow`) for datagrams the worker queue has no room for,
     /// shared equally by the source's reader threads; 0 turns the overflow off. See
     /// `net::overflow`.
@@ -425,6 +429,9 @@ pub struct TcpSourceConfig {
     /// Source CIDRs allowed to connect (empty: all); others are refused and counted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<String>,
+    /// As for UDP sources: senders with their own count and last-seen time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expected_senders: Vec<String>,
     /// Zone of this source's unzoned timestamps; default: `[parse] timezone`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
@@ -590,6 +597,22 @@ impl SourceConfig {
             SourceConfig::Tcp(t) | SourceConfig::Tls(TlsSourceConfig { tcp: t, .. }) => &t.allow,
             SourceConfig::DarktraceApi(_) => &[],
         }
+    }
+
+    /// `expected_senders` as written (syslog sources; the Darktrace API source has one peer).
+    pub fn expected_senders_text(&self) -> &[String] {
+        match self {
+            SourceConfig::Udp(u) => &u.expected_senders,
+            SourceConfig::Tcp(t) | SourceConfig::Tls(TlsSourceConfig { tcp: t, .. }) => {
+                &t.expected_senders
+            }
+            SourceConfig::DarktraceApi(_) => &[],
+        }
+    }
+
+    /// `expected_senders`, parsed (validated with the config).
+    pub fn expected_senders(&self) -> Vec<std::net::IpAddr> {
+        crate::pipeline::senders::parse(self.expected_senders_text()).unwrap_or_default()
     }
 
     /// Connection limits (stream sources; UDP has none).
@@ -1207,6 +1230,8 @@ impl Config {
             if let Err(message) = crate::net::guard::Allowlist::parse(source.allow()) {
                 return Err((format!("{prefix}.allow"), message));
             }
+            crate::pipeline::senders::parse(source.expected_senders_text())
+                .map_err(|message| (format!("{prefix}.expected_senders"), message))?;
             if !matches!(source, SourceConfig::Udp(_)) {
                 let limits = source.connection_limits();
                 positive(
@@ -2096,6 +2121,33 @@ kinds = ["cef", "darktrace_model_breach"]
             .unwrap_err()
             .to_string();
         assert!(err.contains("missing field `key_file`"), "{err}");
+    }
+
+    #[test]
+    fn expected_senders_are_addresses_listed_once() {
+        let config = |senders: &str| {
+            format!(
+                "[sources.in]\ntype = \"tcp\"\nlisten = \"127.0.0.1:0\"\nexpected_senders = {senders}\n\
+                 [sinks.out]\ntype = \"file\"\npath = \"/tmp/x\"\n"
+            )
+        };
+        let ok = Config::from_toml(&config(r#"["10.0.0.5", "fd00::5"]"#), "t.toml").unwrap();
+        assert_eq!(ok.sources["in"].expected_senders().len(), 2);
+        let twice = Config::from_toml(&config(r#"["10.0.0.5", "10.0.0.5"]"#), "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            twice,
+            "t.toml:4: `sources.in.expected_senders`: 10.0.0.5 is listed twice"
+        );
+        let junk = Config::from_toml(&config(r#"["10.0.0.0/8"]"#), "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            junk,
+            "t.toml:4: `sources.in.expected_senders`: `10.0.0.0/8` is not an IP address (list \
+             single addresses; `allow` takes CIDRs)"
+        );
     }
 
     #[test]

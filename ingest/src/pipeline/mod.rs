@@ -6,6 +6,7 @@
 //! and exits; that drops the sink queue senders, so the delivery threads finish the last batches.
 
 pub mod ack;
+pub mod senders;
 mod sink_stage;
 mod worker;
 
@@ -325,6 +326,16 @@ impl Pipeline {
             .parse
             .options()
             .map_err(|e| anyhow::anyhow!("parse.timezone: {e}"))?;
+        let started_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let source_senders: Vec<Option<Arc<senders::ExpectedSenders>>> = config
+            .sources
+            .iter()
+            .map(|(name, source)| {
+                senders::ExpectedSenders::register(name, &source.expected_senders(), started_unix)
+            })
+            .collect();
         let source_zones = config
             .sources
             .keys()
@@ -610,6 +621,7 @@ impl Pipeline {
                 sinks: &sink_ports,
                 parse: parse.clone(),
                 source_zones: source_zones.clone(),
+                source_senders: source_senders.clone(),
                 totals: totals.clone(),
             });
             inboxes.push(Inbox {

@@ -16,6 +16,7 @@ use crate::metrics::SinkCounters;
 use crate::net::FrameBatch;
 use crate::parse::{LocalZone, ParseErrorKind, ParseOptions, Parser};
 use crate::pipeline::Totals;
+use crate::pipeline::senders::{ExpectedSenders, Tally};
 use crate::sink::Envelope;
 
 /// Test seam: a frame of exactly this text makes the worker panic before it parses its batch,
@@ -50,6 +51,8 @@ pub(super) struct WorkerSetup<'a> {
     pub parse: ParseOptions,
     /// Per source (as `source_names`): the zone of its unzoned timestamps.
     pub source_zones: Vec<LocalZone>,
+    /// Per source (as `source_names`): its `expected_senders`, if it lists any.
+    pub source_senders: Vec<Option<Arc<ExpectedSenders>>>,
     pub totals: Arc<Totals>,
 }
 
@@ -95,6 +98,7 @@ struct WorkerSource {
     name: Arc<str>,
     routes: Vec<usize>,
     zone: LocalZone,
+    senders: Option<Arc<ExpectedSenders>>,
 }
 
 pub(super) struct Worker {
@@ -108,6 +112,8 @@ pub(super) struct Worker {
     parser: Parser,
     parse_errors: HashMap<(u16, ParseErrorKind), (metrics::Counter, u64)>,
     parse_map_seconds: metrics::Histogram,
+    /// Messages per expected sender in the batch being processed.
+    tally: Tally,
     totals: Arc<Totals>,
     /// The reader batch being processed, for the count of what a panic loses.
     in_hand: Option<InHand>,
@@ -160,13 +166,16 @@ impl Worker {
                 .iter()
                 .zip(setup.routes)
                 .zip(setup.source_zones)
-                .map(|((name, routes), zone)| WorkerSource {
+                .zip(setup.source_senders)
+                .map(|(((name, routes), zone), senders)| WorkerSource {
                     name: name.clone(),
                     routes,
                     zone,
+                    senders,
                 })
                 .collect(),
             parser_source: None,
+            tally: Tally::default(),
             sinks: setup
                 .sinks
                 .iter()
@@ -245,6 +254,9 @@ impl Worker {
         // check. A frame is then valid text if it starts and ends on character boundaries
         // (a frame cut inside a character takes the per-frame path and its replacement).
         let text = simdutf8::basic::from_utf8(&batch.data).ok();
+        if let Some(senders) = &source.senders {
+            self.tally.begin(senders);
+        }
         for frame in &batch.frames {
             #[cfg(test)]
             if batch.frame(frame) == PANIC_FRAME {
@@ -255,6 +267,9 @@ impl Worker {
                 peer: frame.peer,
                 received_at,
             };
+            if let Some(senders) = &source.senders {
+                self.tally.count(senders, frame.peer);
+            }
             let start = frame.offset as usize;
             let event = match text.and_then(|t| t.get(start..start + frame.len as usize)) {
                 Some(text) => self.parser.parse_text(received, text),
@@ -295,6 +310,10 @@ impl Worker {
             if let Some(h) = &mut self.in_hand {
                 h.done += 1;
             }
+        }
+        if let Some(senders) = &source.senders {
+            let at = u64::try_from(received_at.unix_millis() / 1000).unwrap_or(0);
+            self.tally.publish(senders, at);
         }
         self.totals
             .parsed_messages
@@ -456,6 +475,7 @@ mod tests {
             sinks: &sinks,
             parse: ParseOptions::default(),
             source_zones: vec![LocalZone::default()],
+            source_senders: vec![None],
             totals: Arc::default(),
         })
         .run();
