@@ -118,6 +118,19 @@ fn texts(notes: &Notes) -> Vec<String> {
         .collect()
 }
 
+/// Sends `signal`, then waits for a notification after it that satisfies `what`.
+fn signal_and_wait(
+    notes: &Notes,
+    child: &std::process::Child,
+    sig: libc::c_int,
+    log: &Mutex<Vec<String>>,
+    what: impl Fn(&str) -> bool,
+) -> usize {
+    let before = notes.lock().unwrap().len();
+    signal(child, sig);
+    wait_for_note(notes, before, Duration::from_secs(5), what, log)
+}
+
 fn signal(child: &std::process::Child, signal: libc::c_int) {
     // SAFETY: signalling our own child process by its pid; it is not reaped yet.
     assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
@@ -176,15 +189,9 @@ fn ready_status_reload_watchdog_and_stop_reach_the_service_manager() {
     );
 
     // A reload is bracketed: RELOADING=1 with its timestamp, then READY=1 again.
-    let before = notes.lock().unwrap().len();
-    signal(&child, libc::SIGHUP);
-    let reloading = wait_for_note(
-        &notes,
-        before,
-        Duration::from_secs(5),
-        |n| n.starts_with("RELOADING=1\nMONOTONIC_USEC="),
-        &log,
-    );
+    let reloading = signal_and_wait(&notes, &child, libc::SIGHUP, &log, |n| {
+        n.starts_with("RELOADING=1\nMONOTONIC_USEC=")
+    });
     wait_for_note(
         &notes,
         reloading,
@@ -195,25 +202,13 @@ fn ready_status_reload_watchdog_and_stop_reach_the_service_manager() {
 
     // A reload that fails is said in the status until one succeeds.
     write_config(dir.path(), "unknown_key = 1\n");
-    let before = notes.lock().unwrap().len();
-    signal(&child, libc::SIGHUP);
-    wait_for_note(
-        &notes,
-        before,
-        Duration::from_secs(5),
-        |n| n.starts_with("STATUS=LAST RELOAD FAILED"),
-        &log,
-    );
+    signal_and_wait(&notes, &child, libc::SIGHUP, &log, |n| {
+        n.starts_with("STATUS=LAST RELOAD FAILED")
+    });
     write_config(dir.path(), "");
-    let before = notes.lock().unwrap().len();
-    signal(&child, libc::SIGHUP);
-    wait_for_note(
-        &notes,
-        before,
-        Duration::from_secs(5),
-        |n| n.starts_with("STATUS=5 messages received"),
-        &log,
-    );
+    signal_and_wait(&notes, &child, libc::SIGHUP, &log, |n| {
+        n.starts_with("STATUS=5 messages received")
+    });
 
     let before = notes.lock().unwrap().len();
     stop_cleanly(&mut child, &log, Duration::from_secs(20));
