@@ -1825,7 +1825,11 @@ fn expected_senders_are_counted_and_timed_one_by_one() {
     ));
     let text = daemon.metrics_text();
     let exported = daemon_support::exported_names(&text);
-    for name in daemon_support::alert_rule_metric_names() {
+    let dashboard = daemon_support::dashboard_metric_names(&daemon_support::dashboard());
+    for name in daemon_support::alert_rule_metric_names()
+        .into_iter()
+        .chain(dashboard)
+    {
         if name.starts_with("sluice_sender_") {
             assert!(exported.contains(&name), "{name} not exported:\n{text}");
         }

@@ -625,7 +625,11 @@ fn sighup_reload_serves_the_new_certificate_and_keeps_old_sessions() {
     // The reload series exist before the first reload (an alert on `increase()` of one born
     // with its first failure would miss it), and are all the alerting rules need of TLS.
     let exported = daemon_support::exported_names(&daemon.metrics_text());
-    for name in daemon_support::alert_rule_metric_names() {
+    let dashboard = daemon_support::dashboard_metric_names(&daemon_support::dashboard());
+    for name in daemon_support::alert_rule_metric_names()
+        .into_iter()
+        .chain(dashboard)
+    {
         if name.starts_with("sluice_tls_") {
             assert!(exported.contains(&name), "{name} not exported");
         }
