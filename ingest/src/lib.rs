@@ -11,6 +11,7 @@ pub mod compress;
 pub mod config;
 pub mod event;
 pub mod frame;
+pub mod log_every;
 pub mod map;
 pub mod memory;
 pub mod metrics;

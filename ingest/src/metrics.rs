@@ -276,7 +276,7 @@ pub struct ReaderCounters {
     pub overflow_read_errors: Counter,
     pub dropped_overflow_error: Counter,
     /// Rate limits of the log lines about senders' faults, shared by the source's readers.
-    pub logs: std::sync::Arc<crate::net::log_every::SourceLogs>,
+    pub logs: std::sync::Arc<crate::log_every::SourceLogs>,
 }
 
 impl ReaderCounters {

@@ -13,6 +13,7 @@ use crossbeam::channel::{SendTimeoutError, TrySendError};
 use metrics::{Counter, Gauge};
 
 use crate::event::Timestamp;
+use crate::log_every::{LOG_EVERY, LogEvery};
 use crate::net::overflow::Overflow;
 use crate::net::{FrameBatch, ReaderContext};
 
@@ -69,9 +70,9 @@ struct Spill {
     write_errors: Counter,
     read_errors: Counter,
     dropped_unreadable: Counter,
-    error_log: crate::net::uring::RateLimit,
-    full_log: crate::net::uring::RateLimit,
-    start_log: crate::net::uring::RateLimit,
+    error_log: LogEvery,
+    full_log: LogEvery,
+    start_log: LogEvery,
 }
 
 impl Spill {
@@ -134,9 +135,9 @@ impl Handoff {
             write_errors: ctx.counters.overflow_write_errors.clone(),
             read_errors: ctx.counters.overflow_read_errors.clone(),
             dropped_unreadable: ctx.counters.dropped_overflow_error.clone(),
-            error_log: crate::net::uring::RateLimit::new(Duration::from_secs(10)),
-            full_log: crate::net::uring::RateLimit::new(Duration::from_secs(10)),
-            start_log: crate::net::uring::RateLimit::new(Duration::from_secs(60)),
+            error_log: LogEvery::new(LOG_EVERY),
+            full_log: LogEvery::new(LOG_EVERY),
+            start_log: LogEvery::new(Duration::from_secs(60)),
         });
         self
     }
@@ -342,7 +343,7 @@ impl Handoff {
             return false;
         };
         if !spill.file.has_room(&self.batch) {
-            if spill.full_log.ready() {
+            if spill.full_log.permit().is_some() {
                 tracing::warn!(
                     source = %spill.source,
                     held_bytes = spill.file.bytes_held(),
@@ -352,7 +353,7 @@ impl Handoff {
             }
             return false;
         }
-        if spill.is_empty() && spill.start_log.ready() {
+        if spill.is_empty() && spill.start_log.permit().is_some() {
             tracing::info!(
                 source = %spill.source,
                 "worker queue full: UDP datagrams go to the disk overflow until the worker catches up"
@@ -371,7 +372,7 @@ impl Handoff {
             }
             Err(e) => {
                 spill.write_errors.increment(1);
-                if spill.error_log.ready() {
+                if spill.error_log.permit().is_some() {
                     tracing::error!(
                         source = %spill.source,
                         "writing to the UDP disk overflow failed: {e}; the reader waits for the worker instead"

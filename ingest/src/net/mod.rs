@@ -7,7 +7,6 @@
 pub mod drops;
 pub mod guard;
 pub(crate) mod handoff;
-pub mod log_every;
 pub mod overflow;
 pub mod portable;
 pub mod tls;
@@ -299,7 +298,7 @@ fn set_int_option(
     }
 }
 
-/// The rate-limited line for a TCP/TLS framing error (see [`log_every`]); `unlogged` is how
+/// The rate-limited line for a TCP/TLS framing error (see [`crate::log_every`]); `unlogged` is how
 /// many were left out since the last one.
 pub(crate) fn framing_error_log(
     source: &str,

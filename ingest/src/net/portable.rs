@@ -14,12 +14,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// At most one kernel-drop warning per socket this often.
-const WARN_EVERY: Duration = Duration::from_secs(10);
-
 use crossbeam::channel::{Receiver, Sender, TrySendError};
 
 use crate::event::Timestamp;
 use crate::frame::{FrameEvent, FrameLimits, Framing, OversizePolicy, StreamFramer};
+use crate::log_every::{LOG_EVERY, LogEvery};
 use crate::metrics::ReaderCounters;
 use crate::net::guard::{Closure, ConnectionGuard, StallWatch};
 use crate::net::handoff::Handoff;
@@ -170,7 +169,7 @@ pub fn run_udp(socket: UdpSocket, mut ctx: ReaderContext) -> std::io::Result<()>
     let slot_bytes = ctx.limits.max_frame_bytes.clamp(1, 65_535);
     let mut bufs = MmsgBuffers::new(slots, slot_bytes);
     let mut last_kernel_drops: u32 = 0;
-    let mut last_warned: Option<Instant> = None;
+    let kernel_drop_log = LogEvery::new(LOG_EVERY);
     let overflow = ctx.overflow.take();
     let mut handoff =
         Handoff::new(&ctx, READER_BATCH_MAX_BYTES, SHUTDOWN_POLL).with_overflow(&ctx, overflow);
@@ -213,14 +212,11 @@ pub fn run_udp(socket: UdpSocket, mut ctx: ReaderContext) -> std::io::Result<()>
         for i in 0..n as usize {
             if let Some(drops) = bufs.kernel_drops(i) {
                 // Counted by the periodic per-socket poll; here only reported promptly.
-                if drops != last_kernel_drops
-                    && last_warned.is_none_or(|t: Instant| t.elapsed() >= WARN_EVERY)
-                {
+                if drops != last_kernel_drops && kernel_drop_log.permit().is_some() {
                     tracing::warn!(
                         source = %ctx.source_name, core = ctx.core, socket_drops = drops,
                         "kernel dropped datagrams: receive buffer full (raise receive_buffer_bytes or add threads)"
                     );
-                    last_warned = Some(Instant::now());
                 }
                 last_kernel_drops = drops;
             }
@@ -321,16 +317,12 @@ where
     let open = Arc::new(AtomicUsize::new(0));
     let mut connections: Vec<std::thread::JoinHandle<()>> = Vec::new();
     let mut full_logged = false;
-    let mut refusal_logged: Option<Instant> = None;
     // The thread serving the connection, unless it was refused or could not start.
-    let serve_accepted = |stream: TcpStream,
-                          peer: SocketAddr,
-                          refusal_logged: &mut Option<Instant>| {
+    let serve_accepted = |stream: TcpStream, peer: SocketAddr| {
         let admission = match shared.guard.admit(Some(peer)) {
             Ok(a) => a,
             Err(refusal) => {
-                if refusal_logged.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-                    *refusal_logged = Some(Instant::now());
+                if shared.counters.logs.refused.permit().is_some() {
                     tracing::warn!(source = %ctx.source_name, %peer, reason = refusal.label(), "connection refused (further refusals are only counted for 10 s)");
                 }
                 drop(stream);
@@ -379,7 +371,7 @@ where
         }
         match listener.accept() {
             Ok((stream, peer)) => {
-                connections.extend(serve_accepted(stream, peer, &mut refusal_logged));
+                connections.extend(serve_accepted(stream, peer));
             }
             Err(e)
                 if e.kind() == std::io::ErrorKind::WouldBlock
@@ -404,7 +396,7 @@ where
         match listener.accept() {
             Ok((stream, peer)) => {
                 from_backlog += 1;
-                connections.extend(serve_accepted(stream, peer, &mut refusal_logged));
+                connections.extend(serve_accepted(stream, peer));
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             // WouldBlock: the backlog is empty.

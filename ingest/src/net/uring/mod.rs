@@ -10,7 +10,7 @@ mod tcp;
 mod udp;
 
 use std::io;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use crate::net::handoff::Totals as ReaderTotals;
 pub use tcp::{ConnectionFramer, run_tcp, run_tcp_with};
@@ -407,38 +407,6 @@ pub(crate) fn sockaddr_from_bytes(raw: &[u8]) -> Option<std::net::SocketAddr> {
             Some(SocketAddrV6::new(Ipv6Addr::from(ip), port, flowinfo, scope).into())
         }
         _ => None,
-    }
-}
-
-/// Logs at most once per interval; the reader threads use it for per-packet conditions.
-pub(crate) struct RateLimit {
-    interval: Duration,
-    last: Option<Instant>,
-    pub suppressed: u64,
-}
-
-impl RateLimit {
-    pub fn new(interval: Duration) -> Self {
-        RateLimit {
-            interval,
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    /// True when the caller should log now; `suppressed` then says how many were skipped.
-    pub fn ready(&mut self) -> bool {
-        let now = Instant::now();
-        match self.last {
-            Some(t) if now.duration_since(t) < self.interval => {
-                self.suppressed += 1;
-                false
-            }
-            _ => {
-                self.last = Some(now);
-                true
-            }
-        }
     }
 }
 

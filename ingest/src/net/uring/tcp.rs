@@ -15,10 +15,9 @@ use std::time::{Duration, Instant};
 
 use io_uring::{IoUring, cqueue, opcode, types};
 
-use super::{
-    BufRing, Lingering, RateLimit, UringOptions, build_ring, push_sqe, wait_for_completions,
-};
+use super::{BufRing, Lingering, UringOptions, build_ring, push_sqe, wait_for_completions};
 use crate::frame::{FrameEvent, StreamFramer};
+use crate::log_every::{LOG_EVERY, LogEvery};
 use crate::net::ReaderContext;
 use crate::net::guard::{Admission, Allowlist, Closure, StallWatch};
 use crate::net::handoff::{Handoff, Totals};
@@ -124,8 +123,7 @@ pub fn run_tcp_with<F: ConnectionFramer>(
         error: None,
         cqes: Vec::with_capacity(256),
         framing_errors: ctx.counters.framing_errors.clone(),
-        limit_log: RateLimit::new(Duration::from_secs(10)),
-        refusal_log: RateLimit::new(Duration::from_secs(10)),
+        limit_log: LogEvery::new(LOG_EVERY),
     };
 
     let result = (|| -> io::Result<()> {
@@ -233,8 +231,7 @@ struct TcpReader<'c, F, N> {
     error: Option<io::Error>,
     /// Counted as the portable readers do: a desync skips bytes, not a known number of messages.
     framing_errors: metrics::Counter,
-    limit_log: RateLimit,
-    refusal_log: RateLimit,
+    limit_log: LogEvery,
 }
 
 impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
@@ -341,7 +338,7 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
         let admission = match self.ctx.guard.admit(stream.peer_addr().ok()) {
             Ok(a) => a,
             Err(refusal) => {
-                if self.refusal_log.ready() {
+                if self.ctx.counters.logs.refused.permit().is_some() {
                     tracing::warn!(source = %self.ctx.source_name, peer = ?stream.peer_addr().ok(), reason = refusal.label(), "connection refused (further refusals are only counted for 10 s)");
                 }
                 // Dropping the stream closes it.
@@ -356,7 +353,7 @@ impl<F: ConnectionFramer, N: FnMut() -> F> TcpReader<'_, F, N> {
         }
         self.open(stream, admission);
         if self.active >= self.max_connections && self.accept_armed {
-            if self.limit_log.ready() {
+            if self.limit_log.permit().is_some() {
                 tracing::warn!(source = %self.ctx.source_name, limit = self.max_connections, "connection limit reached; new connections wait in the backlog");
             }
             self.cancel_accept(ring)?;

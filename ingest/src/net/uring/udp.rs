@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, types};
 
 use super::{
-    BufRing, Linger, Lingering, RateLimit, UringOptions, build_ring, push_sqe, sockaddr_from_bytes,
+    BufRing, Linger, Lingering, UringOptions, build_ring, push_sqe, sockaddr_from_bytes,
     wait_for_completions,
 };
 use crate::frame::{OversizePolicy, datagram};
+use crate::log_every::{LOG_EVERY, LogEvery};
 use crate::net::ReaderContext;
 use crate::net::drops::{RXQ_OVFL_CMSG_SPACE, enable_rxq_ovfl, rxq_ovfl_from_cmsgs};
 use crate::net::handoff::{Handoff, Totals};
@@ -77,8 +78,8 @@ pub fn run_udp_with(
         ctx: &ctx,
         armed: false,
         last_kernel_drops: 0,
-        kernel_drop_log: RateLimit::new(Duration::from_secs(10)),
-        error_log: RateLimit::new(Duration::from_secs(10)),
+        kernel_drop_log: LogEvery::new(LOG_EVERY),
+        error_log: LogEvery::new(LOG_EVERY),
         enobufs: 0,
         allow: ctx.guard.allowlist(),
         not_allowed: 0,
@@ -163,8 +164,8 @@ struct UdpReader<'c> {
     ctx: &'c ReaderContext,
     armed: bool,
     last_kernel_drops: u32,
-    kernel_drop_log: RateLimit,
-    error_log: RateLimit,
+    kernel_drop_log: LogEvery,
+    error_log: LogEvery,
     /// Times the receive stopped because every buffer was waiting to be processed.
     enobufs: u64,
     allow: crate::net::guard::AllowlistView,
@@ -239,7 +240,7 @@ impl UdpReader<'_> {
     /// One datagram; true when the batch is full.
     fn datagram(&mut self, buf: &[u8], msghdr: &libc::msghdr) -> bool {
         let Ok(out) = io_uring::types::RecvMsgOut::parse(buf, msghdr) else {
-            if self.error_log.ready() {
+            if self.error_log.permit().is_some() {
                 tracing::error!(source = %self.ctx.source_name, "malformed recvmsg result of {} bytes", buf.len());
             }
             return false;
@@ -247,7 +248,7 @@ impl UdpReader<'_> {
         if let Some(drops) = rxq_ovfl_from_cmsgs(out.control_data())
             && drops != self.last_kernel_drops
         {
-            if self.kernel_drop_log.ready() {
+            if self.kernel_drop_log.permit().is_some() {
                 tracing::warn!(
                     source = %self.ctx.source_name,
                     core = self.ctx.core,

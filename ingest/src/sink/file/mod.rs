@@ -18,7 +18,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::compress::Compressor;
-use crate::net::uring::RateLimit;
+use crate::log_every::LogEvery;
 use crate::sink::{Batch, Delivery, Sink};
 
 const TEMP_PREFIX: &str = ".tmp-";
@@ -62,7 +62,7 @@ struct Leftovers {
     paths: Vec<PathBuf>,
     /// A filesystem that links but never unlinks (an append-only directory) fails every batch:
     /// one warning per interval, the metric counts each.
-    log: RateLimit,
+    log: LogEvery,
 }
 
 /// Leftover temp files remembered for removal; past this many (removal keeps failing), the
@@ -113,7 +113,7 @@ impl FileSink {
             counters: None,
             leftovers: Mutex::new(Leftovers {
                 paths: Vec::new(),
-                log: RateLimit::new(LEFTOVER_LOG_EVERY),
+                log: LogEvery::new(LEFTOVER_LOG_EVERY),
             }),
             temp_removal_errors: metrics::counter!(crate::metrics::SINK_TEMP_REMOVAL_ERRORS,
                 "sink" => name.to_owned()),
@@ -230,8 +230,7 @@ impl FileSink {
         if let Err(e) = self.remove_file(path) {
             self.temp_removal_errors.increment(1);
             let mut leftovers = self.leftovers.lock().unwrap_or_else(|p| p.into_inner());
-            if leftovers.log.ready() {
-                let suppressed = std::mem::take(&mut leftovers.log.suppressed);
+            if let Some(suppressed) = leftovers.log.permit() {
                 tracing::warn!(sink = %self.name, file = %path.display(), error = %e, suppressed,
                     "cannot remove a temp batch file; trying again after the next batch (a batch whose file is in place is never written twice)");
             }

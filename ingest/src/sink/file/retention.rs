@@ -13,7 +13,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::config::RetentionConfig;
-use crate::net::uring::RateLimit;
+use crate::log_every::LogEvery;
 
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
 const SWEEP_AT_MOST_EVERY: Duration = Duration::from_secs(60);
@@ -72,7 +72,7 @@ impl Metrics {
 struct Index {
     files: BTreeMap<String, u64>,
     total_bytes: u64,
-    error_log: RateLimit,
+    error_log: LogEvery,
     /// Logged once: from then on removing the oldest files is routine, and counted.
     bound_reached_logged: bool,
 }
@@ -138,7 +138,7 @@ impl Retention {
             index: Mutex::new(Index {
                 files: BTreeMap::new(),
                 total_bytes: 0,
-                error_log: RateLimit::new(ERROR_LOG_EVERY),
+                error_log: LogEvery::new(ERROR_LOG_EVERY),
                 bound_reached_logged: false,
             }),
             metrics: Metrics::register(sink),
@@ -311,8 +311,7 @@ impl Retention {
     /// Counts a failed removal or listing, and logs it at most once per [`ERROR_LOG_EVERY`].
     fn failed(&self, index: &mut Index, message: std::fmt::Arguments<'_>) {
         self.metrics.errors.increment(1);
-        if index.error_log.ready() {
-            let suppressed = std::mem::take(&mut index.error_log.suppressed);
+        if let Some(suppressed) = index.error_log.permit() {
             tracing::warn!(sink = %self.sink, suppressed, "retention: {message}");
         }
     }

@@ -11,7 +11,7 @@ mod config;
 #[cfg(test)]
 mod tests;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
@@ -20,8 +20,8 @@ pub use config::SplunkHecConfig;
 
 use crate::config::credential::{Credential, Renew};
 use crate::event::Event;
+use crate::log_every::LogEvery;
 use crate::map::Schema;
-use crate::net::uring::RateLimit;
 use crate::sink::http::common::{self, Attempt, ChunkSender};
 use crate::sink::http::{Compression, SinkBuildError};
 use crate::sink::runtime::SinkMetrics;
@@ -131,7 +131,7 @@ pub struct SplunkHecSink {
     metrics: Arc<SinkMetrics>,
     /// Every request hits the missing-`ackId` case once the token lacks `useACK`: one log line
     /// per interval says what to fix, the metric counts every event.
-    no_ack_id_log: Mutex<RateLimit>,
+    no_ack_id_log: LogEvery,
 }
 
 /// How often the missing-`ackId` error is logged at most.
@@ -211,7 +211,7 @@ impl SplunkHecSink {
             client: common::client(name, Duration::from_millis(config.timeout_ms))?,
             max_response_bytes: config.max_response_bytes,
             metrics,
-            no_ack_id_log: Mutex::new(RateLimit::new(NO_ACK_ID_LOG_EVERY)),
+            no_ack_id_log: LogEvery::new(NO_ACK_ID_LOG_EVERY),
         })
     }
 
@@ -294,12 +294,7 @@ impl SplunkHecSink {
 impl SplunkHecSink {
     fn no_ack_id(&self, events: usize) {
         self.metrics.unconfirmed(events as u64, "no_ack_id");
-        let mut log = self
-            .no_ack_id_log
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if log.ready() {
-            let suppressed = std::mem::take(&mut log.suppressed);
+        if let Some(suppressed) = self.no_ack_id_log.permit() {
             tracing::error!(sink = %self.name, suppressed,
                 "ack = true but HEC accepted the request without an ackId: the token has no \
                 indexer acknowledgement, so delivery is not confirmed. Events are counted as \

@@ -1,8 +1,9 @@
-//! Log lines about what senders do (a framing error, a failed TLS handshake) are rate limited
-//! per source: a sender repeating the fault thousands of times a second must not flood the
-//! journal (journald then drops lines of every kind, this daemon's important ones included).
-//! Every occurrence is still counted in its metric; the log shows the first, then at most one
-//! per interval, saying how many it left out.
+//! Log lines about conditions that can repeat thousands of times a second (a sender's framing
+//! errors, failed TLS handshakes, refused connections; kernel drops; a disk that refuses
+//! writes) are rate limited: they must not flood the journal (journald then drops lines of
+//! every kind, this daemon's important ones included). Every occurrence is still counted in its
+//! metric; the log shows the first, then at most one per interval, saying how many it left out.
+//! Readers share a source's limits ([`SourceLogs`]); other threads keep their own.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -10,7 +11,8 @@ use std::time::{Duration, Instant};
 /// How often a rate-limited line may repeat.
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// One rate-limited kind of log line, shared by the threads of a source.
+/// One rate-limited kind of log line: a source's (shared by its threads, see [`SourceLogs`])
+/// or one reader thread's own.
 #[derive(Debug)]
 pub struct LogEvery {
     epoch: Instant,
@@ -61,6 +63,8 @@ pub struct SourceLogs {
     pub framing: LogEvery,
     /// Failed TLS handshakes.
     pub handshake: LogEvery,
+    /// Connections refused (allowlist, connection limits).
+    pub refused: LogEvery,
 }
 
 impl Default for SourceLogs {
@@ -68,6 +72,7 @@ impl Default for SourceLogs {
         SourceLogs {
             framing: LogEvery::new(LOG_EVERY),
             handshake: LogEvery::new(LOG_EVERY),
+            refused: LogEvery::new(LOG_EVERY),
         }
     }
 }
