@@ -34,6 +34,10 @@ impl Timestamp {
     pub fn unix_millis(&self) -> i64 {
         self.unix_nanos.div_euclid(1_000_000)
     }
+
+    pub fn unix_secs(&self) -> i64 {
+        self.unix_nanos.div_euclid(1_000_000_000)
+    }
 }
 
 /// What the reader knows about a message before it is parsed.

@@ -1810,12 +1810,7 @@ fn framing_error_floods_are_counted_in_full_and_logged_sparingly() {
 /// (what `SluiceSenderSilent` alerts on), over UDP and TCP; an unlisted sender gets no series.
 #[test]
 fn expected_senders_are_counted_and_timed_one_by_one() {
-    let unix_now = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-    };
+    let unix_now = daemon_support::unix_now;
     let before_start = unix_now();
     let expected = "expected_senders = [\"127.0.0.1\", \"127.0.0.3\"]\n";
     let daemon = Daemon::start(&format!(

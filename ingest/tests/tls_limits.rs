@@ -544,10 +544,7 @@ fn mtls_refuses_clients_without_a_valid_certificate() {
         "sluice_tls_certificate_expiry_timestamp_seconds",
         &[("source", "tls"), ("certificate", "client_ca")],
     );
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = daemon_support::unix_now();
     assert!(
         ca_expiry.abs_diff(now + 86_400) < 600,
         "{ca_expiry} vs {now}"
@@ -643,12 +640,7 @@ fn sighup_reload_serves_the_new_certificate_and_keeps_old_sessions() {
             &[("source", "tls"), ("certificate", "server")],
         ) as i64
     };
-    let now = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64
-    };
+    let now = || daemon_support::unix_now() as i64;
     let served = expiry(&daemon.metrics_text());
     assert!(
         (served - (now() + 86_400)).abs() < 600,

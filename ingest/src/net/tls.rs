@@ -270,7 +270,7 @@ impl Expiry {
             metrics::gauge!(crate::metrics::TLS_CERTIFICATE_EXPIRY, "source" => source.to_string(), "certificate" => certificate)
                 .set(not_after as f64);
         }
-        for (expired, concern) in self.concerns(unix_now()) {
+        for (expired, concern) in self.concerns(crate::event::Timestamp::now().unix_secs()) {
             if expired {
                 tracing::error!(
                     source,
@@ -310,18 +310,12 @@ impl Expiry {
     }
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 /// What `sluice check-config` warns about a TLS source's certificates: expired, or expiring
 /// within 30 days.
 pub fn expiry_concerns(files: &TlsFiles) -> Result<Vec<String>, TlsError> {
     let (_, expiry) = TlsAcceptor::load(files)?;
     Ok(expiry
-        .concerns(unix_now())
+        .concerns(crate::event::Timestamp::now().unix_secs())
         .into_iter()
         .map(|(_, sentence)| sentence)
         .collect())

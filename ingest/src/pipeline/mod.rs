@@ -326,9 +326,7 @@ impl Pipeline {
             .parse
             .options()
             .map_err(|e| anyhow::anyhow!("parse.timezone: {e}"))?;
-        let started_unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let started_unix = crate::event::Timestamp::now().unix_secs();
         let source_senders: Vec<Option<Arc<senders::ExpectedSenders>>> = config
             .sources
             .iter()

@@ -11,7 +11,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use metrics::{Counter, Gauge};
 
@@ -51,13 +51,13 @@ pub struct ExpectedSenders {
     addresses: Vec<IpAddr>,
     messages: Vec<Counter>,
     /// Unix seconds of the latest message from each, kept as the maximum over the workers.
-    last_seen: Vec<(AtomicU64, Gauge)>,
+    last_seen: Vec<(AtomicI64, Gauge)>,
 }
 
 impl ExpectedSenders {
     /// Registers the series of `source`'s `senders` (none: `None`), present from start-up:
     /// counts at 0, last seen at `started` (Unix seconds).
-    pub fn register(source: &str, senders: &[IpAddr], started: u64) -> Option<Arc<Self>> {
+    pub fn register(source: &str, senders: &[IpAddr], started: i64) -> Option<Arc<Self>> {
         if senders.is_empty() {
             return None;
         }
@@ -76,7 +76,7 @@ impl ExpectedSenders {
             .map(|a| {
                 let gauge = metrics::gauge!(crate::metrics::SENDER_LAST_SEEN, &labels(a));
                 gauge.set(started as f64);
-                (AtomicU64::new(started), gauge)
+                (AtomicI64::new(started), gauge)
             })
             .collect();
         Some(Arc::new(ExpectedSenders {
@@ -86,16 +86,9 @@ impl ExpectedSenders {
         }))
     }
 
-    /// Index of `peer`'s address in the list.
-    #[inline]
-    fn index(&self, peer: IpAddr) -> Option<usize> {
-        let peer = peer.to_canonical();
-        self.addresses.iter().position(|a| *a == peer)
-    }
-
     /// Publishes a batch's tally (`counts[i]` messages from sender `i`) received at `at`
     /// (Unix seconds); zeroes it.
-    fn publish(&self, counts: &mut [u64], at: u64) {
+    fn publish(&self, counts: &mut [u64], at: i64) {
         for (i, n) in counts.iter_mut().enumerate() {
             if *n == 0 {
                 continue;
@@ -127,17 +120,17 @@ impl Tally {
     #[inline]
     pub fn count(&mut self, senders: &ExpectedSenders, peer: Option<std::net::SocketAddr>) {
         let Some(peer) = peer else { return };
-        let ip = peer.ip();
-        if senders.addresses.get(self.last) == Some(&ip.to_canonical()) {
+        let ip = peer.ip().to_canonical();
+        if senders.addresses.get(self.last) == Some(&ip) {
             self.counts[self.last] += 1;
-        } else if let Some(i) = senders.index(ip) {
+        } else if let Some(i) = senders.addresses.iter().position(|a| *a == ip) {
             self.counts[i] += 1;
             self.last = i;
         }
     }
 
     /// Ends the batch: publishes what it counted.
-    pub fn publish(&mut self, senders: &ExpectedSenders, at_unix_secs: u64) {
+    pub fn publish(&mut self, senders: &ExpectedSenders, at_unix_secs: i64) {
         senders.publish(&mut self.counts, at_unix_secs);
     }
 }

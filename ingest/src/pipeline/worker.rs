@@ -312,8 +312,7 @@ impl Worker {
             }
         }
         if let Some(senders) = &source.senders {
-            let at = u64::try_from(received_at.unix_millis() / 1000).unwrap_or(0);
-            self.tally.publish(senders, at);
+            self.tally.publish(senders, received_at.unix_secs());
         }
         self.totals
             .parsed_messages

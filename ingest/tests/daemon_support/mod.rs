@@ -159,6 +159,15 @@ pub fn wait_for_clean_exit(
     status
 }
 
+/// Seconds since the Unix epoch: what the daemon's `*_timestamp_seconds` gauges hold.
+#[allow(dead_code)] // not every test binary reads timestamps
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
 /// The `/metrics` exposition, with the bearer token when the config sets one.
 /// `Connection: close` because the body is read to EOF.
 #[allow(dead_code)] // not every test binary reads metrics
