@@ -30,8 +30,12 @@ pub const CONNECTIONS_REFUSED: &str = "sluice_connections_refused_total";
 pub const CONNECTIONS_CLOSED: &str = "sluice_connections_closed_total";
 /// Messages from each of a source's `expected_senders`, by source and sender.
 pub const SENDER_MESSAGES: &str = "sluice_sender_messages_total";
-/// When each expected sender was last heard (Unix seconds; start-up until it is).
+/// When each expected sender was last heard (Unix seconds; start-up, or the reload that listed
+/// it, until it is).
 pub const SENDER_LAST_SEEN: &str = "sluice_sender_last_seen_timestamp_seconds";
+/// 1 for each sender a source lists in `expected_senders`, 0 for one a reload took off (its
+/// series stay until a restart).
+pub const SENDER_EXPECTED: &str = "sluice_sender_expected";
 /// TLS certificate reloads (SIGHUP), by source and `result` (`ok`, `error`).
 pub const TLS_RELOADS: &str = "sluice_tls_reloads_total";
 /// When the certificates a TLS source uses stop being valid (Unix seconds), by source and
@@ -168,7 +172,11 @@ fn describe() {
     );
     describe_gauge!(
         SENDER_LAST_SEEN,
-        "When each expected sender was last heard (Unix seconds; start-up until it is)"
+        "When each expected sender was last heard (Unix seconds; start-up, or the reload that listed it, until it is)"
+    );
+    describe_gauge!(
+        SENDER_EXPECTED,
+        "1 for a sender listed in expected_senders, 0 for one a reload took off the list"
     );
     describe_gauge!(
         TLS_CERTIFICATE_EXPIRY,

@@ -1808,6 +1808,7 @@ fn framing_error_floods_are_counted_in_full_and_logged_sparingly() {
 
 /// `expected_senders`: each listed address gets its own count and last-seen time from start-up
 /// (what `SluiceSenderSilent` alerts on), over UDP and TCP; an unlisted sender gets no series.
+/// A reload replaces the lists in place.
 #[test]
 fn expected_senders_are_counted_and_timed_one_by_one() {
     let unix_now = daemon_support::unix_now;
@@ -1886,5 +1887,75 @@ fn expected_senders_are_counted_and_timed_one_by_one() {
     assert!(last_seen(&text, "tcp_in", "127.0.0.1") > started, "{text}");
     assert!(last_seen(&text, "udp_in", "127.0.0.1") > started, "{text}");
     assert_eq!(last_seen(&text, "tcp_in", "127.0.0.3"), started, "{text}");
+
+    // `systemctl reload` with .2 listed instead of .3: applied in place, no restart pending.
+    let config_path = daemon.dir.path().join("sluice.toml");
+    let original = std::fs::read_to_string(&config_path).unwrap();
+    std::fs::write(
+        &config_path,
+        original.replace("\"127.0.0.3\"]", "\"127.0.0.2\"]"),
+    )
+    .unwrap();
+    let before_reload = unix_now();
+    let status = Command::new("kill")
+        .args(["-HUP", &daemon.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    daemon.wait_for_metric(
+        "sluice_config_reloads_total",
+        &[("result", "ok")],
+        1,
+        Duration::from_secs(20),
+    );
+    let text = daemon.metrics_text();
+    assert_eq!(
+        metric_value(&text, "sluice_config_restart_pending", &[]),
+        0,
+        "{}",
+        daemon.log()
+    );
+    let expected = |text: &str, sender: &str| {
+        metric_value(
+            text,
+            "sluice_sender_expected",
+            &[("source", "tcp_in"), ("sender", sender)],
+        )
+    };
+    assert_eq!(expected(&text, "127.0.0.1"), 1, "{text}");
+    assert_eq!(expected(&text, "127.0.0.2"), 1, "{text}");
+    assert_eq!(
+        expected(&text, "127.0.0.3"),
+        0,
+        "taken off, still exported: {text}"
+    );
+    // Newly listed: silent since the reload, not since start-up.
+    assert!(
+        last_seen(&text, "tcp_in", "127.0.0.2") >= before_reload,
+        "{text}"
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("expected_senders_changed=[\"tcp_in\", \"udp_in\"]"),
+        "{}",
+        daemon.log()
+    );
+    // Its earlier 2 lines were not counted; what it sends now is.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&"127.0.0.2:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.connect(&daemon.tcp.unwrap().into()).unwrap();
+    let mut tcp: TcpStream = socket.into();
+    for i in 0..5 {
+        writeln!(tcp, "<13>host app: tcp from 127.0.0.2 after the reload {i}").unwrap();
+    }
+    daemon.wait_for_metric(
+        "sluice_sender_messages_total",
+        &[("source", "tcp_in"), ("sender", "127.0.0.2")],
+        5,
+        Duration::from_secs(20),
+    );
     daemon.stop();
 }

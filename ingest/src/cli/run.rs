@@ -167,7 +167,14 @@ fn reload(
         );
         return true;
     };
-    let applied = (|| -> anyhow::Result<(Vec<String>, bool, Vec<String>)> {
+    /// What a reload changed, and what it could not.
+    struct Applied {
+        allowlists: Vec<String>,
+        expected_senders: Vec<String>,
+        xdp_changed: bool,
+        restart: Vec<String>,
+    }
+    let applied = (|| -> anyhow::Result<Applied> {
         let edited = Config::load(path)?;
         edited
             .check_secret_file_modes()
@@ -176,22 +183,27 @@ fn reload(
             (Some(handle), Some(cfg)) => handle.update_filters(cfg)?,
             _ => false,
         };
-        let sources = pipeline.reload_allowlists(&edited)?;
-        Ok((
-            sources,
+        Ok(Applied {
+            allowlists: pipeline.reload_allowlists(&edited)?,
+            expected_senders: pipeline.reload_expected_senders(&edited),
             xdp_changed,
-            crate::config::reload::needs_restart(started, &edited),
-        ))
+            restart: crate::config::reload::needs_restart(started, &edited),
+        })
     })();
     match applied {
-        Ok((sources, xdp_changed, restart)) => {
+        Ok(Applied {
+            allowlists: sources,
+            expected_senders: senders,
+            xdp_changed,
+            restart,
+        }) => {
             // The edited file's secrets were all read by its validation: a failure here is a
             // file changed meanwhile, and only that credential keeps its running value.
             let (renewed, unreadable) = crate::config::credential::renew_all(credentials);
             let result = if unreadable.is_empty() { "ok" } else { "error" };
             metrics::counter!(CONFIG_RELOADS, "result" => result).increment(1);
             metrics::gauge!(CONFIG_RESTART_PENDING).set(if restart.is_empty() { 0.0 } else { 1.0 });
-            tracing::info!(file = %path.display(), allowlists_changed = ?sources, xdp_filters_changed = xdp_changed,
+            tracing::info!(file = %path.display(), allowlists_changed = ?sources, expected_senders_changed = ?senders, xdp_filters_changed = xdp_changed,
                 credentials_renewed = ?renewed, "config reloaded");
             for (name, e) in unreadable {
                 tracing::error!(credential = %name, "reading the credential again failed, it keeps its running value: {e}");

@@ -1,6 +1,6 @@
 //! `systemctl reload` (SIGHUP): what a running daemon can take from an edited config file, and
-//! what needs a restart. Who may send is reloadable — adding an appliance must not cost the
-//! UDP datagrams a restart drops — and so is the XDP rate limit; sockets, threads, sinks and
+//! what needs a restart. Who may send, and who is expected to, is reloadable — adding an
+//! appliance must not cost the UDP datagrams a restart drops — and so is the XDP rate limit; sockets, threads, sinks and
 //! the rest are built once at start.
 
 use super::Config;
@@ -8,6 +8,7 @@ use super::Config;
 /// Keys a reload applies (`*` is any source name).
 pub const RELOADABLE: &[&str] = &[
     "sources.*.allow",
+    "sources.*.expected_senders",
     "xdp.allow",
     "xdp.enforce_allowlist",
     "xdp.rate_limit_pps",

@@ -279,6 +279,8 @@ pub struct Pipeline {
     source_names: Vec<Arc<str>>,
     /// Each source's admission guard, by name: holds the allowlist a reload replaces.
     guards: Vec<(String, Arc<crate::net::guard::ConnectionGuard>)>,
+    /// Each source's expected senders, by name, which a reload replaces.
+    expected_senders: Vec<(String, Arc<senders::ExpectedSenders>)>,
     /// The secrets sources and sinks send, which a reload reads again.
     credentials: Vec<Arc<dyn Renew>>,
     maintenance: Option<JoinHandle<()>>,
@@ -327,7 +329,7 @@ impl Pipeline {
             .options()
             .map_err(|e| anyhow::anyhow!("parse.timezone: {e}"))?;
         let started_unix = crate::event::Timestamp::now().unix_secs();
-        let source_senders: Vec<Option<Arc<senders::ExpectedSenders>>> = config
+        let source_senders: Vec<Arc<senders::ExpectedSenders>> = config
             .sources
             .iter()
             .map(|(name, source)| {
@@ -828,6 +830,7 @@ impl Pipeline {
             inboxes,
             source_names,
             guards: config.sources.keys().cloned().zip(guards).collect(),
+            expected_senders: config.sources.keys().cloned().zip(source_senders).collect(),
             credentials,
             maintenance: Some(maintenance),
             totals,
@@ -894,6 +897,22 @@ impl Pipeline {
             .filter(|(_, guard, allow)| guard.set_allowlist(allow.clone()))
             .map(|(name, _, _)| name.clone())
             .collect())
+    }
+
+    /// Applies each source's `expected_senders` from `config` (validated); returns the names of
+    /// the sources whose list changed.
+    pub fn reload_expected_senders(&self, config: &Config) -> Vec<String> {
+        let now = crate::event::Timestamp::now().unix_secs();
+        self.expected_senders
+            .iter()
+            .filter(|(name, expected)| {
+                config
+                    .sources
+                    .get(name)
+                    .is_some_and(|source| expected.replace(&source.expected_senders(), now))
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     /// The secrets the sources and sinks send (API tokens, intake keys, client secrets), for

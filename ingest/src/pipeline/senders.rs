@@ -10,10 +10,12 @@
 //! costs one comparison per listed sender (a handful).
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use metrics::{Counter, Gauge};
+
+use crate::config::live::Live;
 
 /// The most addresses one source may list.
 pub const MAX_EXPECTED_SENDERS: usize = 256;
@@ -45,60 +47,144 @@ pub fn parse(text: &[String]) -> Result<Vec<IpAddr>, String> {
     Ok(senders)
 }
 
-/// The expected senders of one source, shared by the workers.
-pub struct ExpectedSenders {
+/// One expected sender's series. Kept for the life of the process once registered: a sender
+/// taken off the list and listed again goes on with its count.
+struct SenderSeries {
     /// Canonical (an IPv4-mapped IPv6 peer of a dual-stack socket is its IPv4 address).
-    addresses: Vec<IpAddr>,
-    messages: Vec<Counter>,
-    /// Unix seconds of the latest message from each, kept as the maximum over the workers.
-    last_seen: Vec<(AtomicI64, Gauge)>,
+    address: IpAddr,
+    messages: Counter,
+    /// Unix seconds of the latest message, kept as the maximum over the workers.
+    last_seen: AtomicI64,
+    last_seen_gauge: Gauge,
+    /// 1 while listed, 0 once a reload took it off: the exporter cannot remove the series of
+    /// a sender no longer expected, so `SluiceSenderSilent` asks this.
+    expected: Gauge,
+}
+
+impl SenderSeries {
+    /// Moves last-seen to `at` unless it is later already: workers publish out of order, and
+    /// the gauge never goes back.
+    fn seen_at(&self, at: i64) {
+        let newest = self.last_seen.fetch_max(at, Ordering::Relaxed).max(at);
+        self.last_seen_gauge.set(newest as f64);
+    }
+}
+
+/// The senders a source expects at one time: what a worker tallies a batch against.
+pub struct SenderList {
+    senders: Vec<Arc<SenderSeries>>,
+}
+
+/// Equal when the same addresses are listed in the same order: what a reload compares.
+impl PartialEq for SenderList {
+    fn eq(&self, other: &Self) -> bool {
+        self.senders.len() == other.senders.len()
+            && self
+                .senders
+                .iter()
+                .zip(&other.senders)
+                .all(|(a, b)| a.address == b.address)
+    }
+}
+
+/// A source's `expected_senders`, shared by the workers and replaced by `systemctl reload`.
+pub struct ExpectedSenders {
+    source: Arc<str>,
+    list: Live<SenderList>,
+    /// Every sender listed since start-up, listed now or not.
+    registered: Mutex<Vec<Arc<SenderSeries>>>,
 }
 
 impl ExpectedSenders {
-    /// Registers the series of `source`'s `senders` (none: `None`), present from start-up:
-    /// counts at 0, last seen at `started` (Unix seconds).
-    pub fn register(source: &str, senders: &[IpAddr], started: i64) -> Option<Arc<Self>> {
-        if senders.is_empty() {
-            return None;
-        }
-        let addresses: Vec<IpAddr> = senders.iter().map(IpAddr::to_canonical).collect();
-        let labels = |a: &IpAddr| [("source", source.to_string()), ("sender", a.to_string())];
-        let messages = addresses
-            .iter()
-            .map(|a| {
-                let counter = metrics::counter!(crate::metrics::SENDER_MESSAGES, &labels(a));
-                counter.absolute(0);
-                counter
-            })
-            .collect();
-        let last_seen = addresses
-            .iter()
-            .map(|a| {
-                let gauge = metrics::gauge!(crate::metrics::SENDER_LAST_SEEN, &labels(a));
-                gauge.set(started as f64);
-                (AtomicI64::new(started), gauge)
-            })
-            .collect();
-        Some(Arc::new(ExpectedSenders {
-            addresses,
-            messages,
-            last_seen,
-        }))
+    /// Registers the series of `source`'s `senders`, present from start-up: counts at 0, last
+    /// seen at `started` (Unix seconds).
+    pub fn register(source: &str, senders: &[IpAddr], started: i64) -> Arc<Self> {
+        let expected = ExpectedSenders {
+            source: Arc::from(source),
+            list: Live::new(SenderList {
+                senders: Vec::new(),
+            }),
+            registered: Mutex::new(Vec::new()),
+        };
+        expected.replace(senders, started);
+        Arc::new(expected)
     }
 
-    /// Publishes a batch's tally (`counts[i]` messages from sender `i`) received at `at`
-    /// (Unix seconds); zeroes it.
-    fn publish(&self, counts: &mut [u64], at: i64) {
-        for (i, n) in counts.iter_mut().enumerate() {
-            if *n == 0 {
-                continue;
+    /// Makes `senders` the list (at `now`, Unix seconds). A sender listed before keeps its
+    /// series as they are. One newly listed, or listed again, counts as last seen `now` unless
+    /// it was heard later, so that the silence alert gives it its full hour. One taken off
+    /// stays exported, with `sluice_sender_expected` 0. Returns whether the list changed.
+    pub fn replace(&self, senders: &[IpAddr], now: i64) -> bool {
+        let mut registered = self.registered.lock().unwrap_or_else(|p| p.into_inner());
+        let before = self.list.get();
+        let mut listed = Vec::with_capacity(senders.len());
+        for address in senders.iter().map(IpAddr::to_canonical) {
+            let series = match registered.iter().find(|s| s.address == address) {
+                Some(series) => series.clone(),
+                None => {
+                    let series = Arc::new(self.new_series(address));
+                    registered.push(series.clone());
+                    series
+                }
+            };
+            if !before.senders.iter().any(|s| s.address == address) {
+                series.seen_at(now);
+                series.expected.set(1.0);
             }
-            self.messages[i].increment(std::mem::take(n));
-            let (latest, gauge) = &self.last_seen[i];
-            // Workers publish out of order: the gauge never goes back.
-            let newest = latest.fetch_max(at, Ordering::Relaxed).max(at);
-            gauge.set(newest as f64);
+            listed.push(series);
         }
+        for gone in before
+            .senders
+            .iter()
+            .filter(|s| !listed.iter().any(|l| l.address == s.address))
+        {
+            gone.expected.set(0.0);
+        }
+        self.list.replace(SenderList { senders: listed })
+    }
+
+    fn new_series(&self, address: IpAddr) -> SenderSeries {
+        let labels = [
+            ("source", self.source.to_string()),
+            ("sender", address.to_string()),
+        ];
+        let messages = metrics::counter!(crate::metrics::SENDER_MESSAGES, &labels);
+        messages.absolute(0);
+        SenderSeries {
+            address,
+            messages,
+            last_seen: AtomicI64::new(i64::MIN),
+            last_seen_gauge: metrics::gauge!(crate::metrics::SENDER_LAST_SEEN, &labels),
+            expected: metrics::gauge!(crate::metrics::SENDER_EXPECTED, &labels),
+        }
+    }
+}
+
+/// A worker's view of one source's expected senders: the list it tallies against, taken again
+/// when a reload replaced it (one atomic load per batch tells).
+pub struct SenderWatch {
+    shared: Arc<ExpectedSenders>,
+    list: Arc<SenderList>,
+    generation: u64,
+}
+
+impl SenderWatch {
+    pub fn new(shared: Arc<ExpectedSenders>) -> SenderWatch {
+        let (list, generation) = shared.list.snapshot();
+        SenderWatch {
+            shared,
+            list,
+            generation,
+        }
+    }
+
+    /// The list in use, or `None` when the source expects no one.
+    #[inline]
+    pub fn current(&mut self) -> Option<&SenderList> {
+        if self.shared.list.generation() != self.generation {
+            (self.list, self.generation) = self.shared.list.snapshot();
+        }
+        (!self.list.senders.is_empty()).then_some(&*self.list)
     }
 }
 
@@ -112,26 +198,31 @@ pub struct Tally {
 
 impl Tally {
     /// Starts a batch of a source with `senders`.
-    pub fn begin(&mut self, senders: &ExpectedSenders) {
+    pub fn begin(&mut self, senders: &SenderList) {
         self.counts.clear();
-        self.counts.resize(senders.addresses.len(), 0);
+        self.counts.resize(senders.senders.len(), 0);
     }
 
     #[inline]
-    pub fn count(&mut self, senders: &ExpectedSenders, peer: Option<std::net::SocketAddr>) {
+    pub fn count(&mut self, senders: &SenderList, peer: Option<std::net::SocketAddr>) {
         let Some(peer) = peer else { return };
         let ip = peer.ip().to_canonical();
-        if senders.addresses.get(self.last) == Some(&ip) {
+        if senders.senders.get(self.last).map(|s| s.address) == Some(ip) {
             self.counts[self.last] += 1;
-        } else if let Some(i) = senders.addresses.iter().position(|a| *a == ip) {
+        } else if let Some(i) = senders.senders.iter().position(|s| s.address == ip) {
             self.counts[i] += 1;
             self.last = i;
         }
     }
 
-    /// Ends the batch: publishes what it counted.
-    pub fn publish(&mut self, senders: &ExpectedSenders, at_unix_secs: i64) {
-        senders.publish(&mut self.counts, at_unix_secs);
+    /// Ends the batch: publishes what it counted (received at `at_unix_secs`) and zeroes it.
+    pub fn publish(&mut self, senders: &SenderList, at_unix_secs: i64) {
+        for (series, n) in senders.senders.iter().zip(self.counts.iter_mut()) {
+            if *n > 0 {
+                series.messages.increment(std::mem::take(n));
+                series.seen_at(at_unix_secs);
+            }
+        }
     }
 }
 
@@ -165,20 +256,21 @@ mod tests {
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         metrics::with_local_recorder(&recorder, || {
-            let senders =
-                ExpectedSenders::register("syslog", &[ip("10.0.0.1"), ip("10.0.0.2")], 1_000)
-                    .unwrap();
+            let shared =
+                ExpectedSenders::register("syslog", &[ip("10.0.0.1"), ip("10.0.0.2")], 1_000);
+            let mut watch = SenderWatch::new(shared);
+            let senders = watch.current().unwrap();
             let mut tally = Tally::default();
-            tally.begin(&senders);
+            tally.begin(senders);
             for peer in ["10.0.0.1:5000", "[::ffff:10.0.0.1]:5001", "10.0.0.9:5000"] {
-                tally.count(&senders, Some(peer.parse().unwrap()));
+                tally.count(senders, Some(peer.parse().unwrap()));
             }
-            tally.count(&senders, None);
-            tally.publish(&senders, 2_000);
+            tally.count(senders, None);
+            tally.publish(senders, 2_000);
             // A worker publishing an older batch later does not move last-seen back.
-            tally.begin(&senders);
-            tally.count(&senders, Some("10.0.0.1:5000".parse().unwrap()));
-            tally.publish(&senders, 1_500);
+            tally.begin(senders);
+            tally.count(senders, Some("10.0.0.1:5000".parse().unwrap()));
+            tally.publish(senders, 1_500);
         });
         let text = handle.render();
         let get = |name: &str, sender: &str| -> f64 {
@@ -193,5 +285,76 @@ mod tests {
         assert_eq!(get(crate::metrics::SENDER_MESSAGES, "10.0.0.2"), 0.0);
         assert_eq!(get(crate::metrics::SENDER_LAST_SEEN, "10.0.0.1"), 2_000.0);
         assert_eq!(get(crate::metrics::SENDER_LAST_SEEN, "10.0.0.2"), 1_000.0);
+        assert_eq!(get(crate::metrics::SENDER_EXPECTED, "10.0.0.1"), 1.0);
+    }
+
+    /// What `systemctl reload` does to a source's list: kept senders keep their series, added
+    /// ones start at the reload, removed ones are marked, and a worker sees the new list at its
+    /// next batch.
+    #[test]
+    fn a_reload_replaces_the_list_and_keeps_the_series() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let get = |name: &str, sender: &str| -> Option<f64> {
+            let text = handle.render();
+            let series = format!("{name}{{source=\"syslog\",sender=\"{sender}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(series.as_str()))
+                .map(|v| v.parse().unwrap())
+        };
+        let (messages, last_seen, expected) = (
+            crate::metrics::SENDER_MESSAGES,
+            crate::metrics::SENDER_LAST_SEEN,
+            crate::metrics::SENDER_EXPECTED,
+        );
+        metrics::with_local_recorder(&recorder, || {
+            let shared =
+                ExpectedSenders::register("syslog", &[ip("10.0.0.1"), ip("10.0.0.2")], 1_000);
+            let mut watch = SenderWatch::new(shared.clone());
+            let mut tally = Tally::default();
+            let mut send = |watch: &mut SenderWatch, peer: &str, at: i64| {
+                let senders = watch.current().expect("a list");
+                tally.begin(senders);
+                tally.count(senders, Some(peer.parse().unwrap()));
+                tally.publish(senders, at);
+            };
+            send(&mut watch, "10.0.0.1:514", 1_100);
+            send(&mut watch, "10.0.0.2:514", 1_200);
+
+            assert!(
+                !shared.replace(&[ip("10.0.0.1"), ip("10.0.0.2")], 5_000),
+                "same list"
+            );
+            assert!(shared.replace(&[ip("10.0.0.1"), ip("::ffff:10.0.0.3")], 5_000));
+            // Kept: as it was. Added: listed at the reload. Removed: still there, not expected.
+            assert_eq!(get(last_seen, "10.0.0.1"), Some(1_100.0));
+            assert_eq!(get(messages, "10.0.0.3"), Some(0.0));
+            assert_eq!(get(last_seen, "10.0.0.3"), Some(5_000.0));
+            assert_eq!(get(expected, "10.0.0.3"), Some(1.0));
+            assert_eq!(get(expected, "10.0.0.2"), Some(0.0));
+            assert_eq!(get(expected, "10.0.0.1"), Some(1.0));
+
+            // The worker's next batch counts against the new list.
+            send(&mut watch, "10.0.0.3:514", 5_100);
+            send(&mut watch, "10.0.0.2:514", 5_200);
+            assert_eq!(get(messages, "10.0.0.3"), Some(1.0));
+            assert_eq!(
+                get(messages, "10.0.0.2"),
+                Some(1.0),
+                "not counted once off the list"
+            );
+
+            // Listed again: its count goes on; heard later than the reload, so last-seen stays.
+            assert!(shared.replace(&[ip("10.0.0.2")], 1_150));
+            assert_eq!(get(expected, "10.0.0.2"), Some(1.0));
+            assert_eq!(get(last_seen, "10.0.0.2"), Some(1_200.0));
+            send(&mut watch, "10.0.0.2:514", 6_000);
+            assert_eq!(get(messages, "10.0.0.2"), Some(2.0));
+            assert_eq!(get(expected, "10.0.0.1"), Some(0.0));
+
+            // Emptied: the worker stops tallying.
+            assert!(shared.replace(&[], 7_000));
+            assert!(watch.current().is_none());
+        });
     }
 }

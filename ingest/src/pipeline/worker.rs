@@ -16,7 +16,7 @@ use crate::metrics::SinkCounters;
 use crate::net::FrameBatch;
 use crate::parse::{LocalZone, ParseErrorKind, ParseOptions, Parser};
 use crate::pipeline::Totals;
-use crate::pipeline::senders::{ExpectedSenders, Tally};
+use crate::pipeline::senders::{ExpectedSenders, SenderWatch, Tally};
 use crate::sink::Envelope;
 
 /// Test seam: a frame of exactly this text makes the worker panic before it parses its batch,
@@ -51,8 +51,8 @@ pub(super) struct WorkerSetup<'a> {
     pub parse: ParseOptions,
     /// Per source (as `source_names`): the zone of its unzoned timestamps.
     pub source_zones: Vec<LocalZone>,
-    /// Per source (as `source_names`): its `expected_senders`, if it lists any.
-    pub source_senders: Vec<Option<Arc<ExpectedSenders>>>,
+    /// Per source (as `source_names`): its `expected_senders`, as reloads replace them.
+    pub source_senders: Vec<Arc<ExpectedSenders>>,
     pub totals: Arc<Totals>,
 }
 
@@ -98,7 +98,7 @@ struct WorkerSource {
     name: Arc<str>,
     routes: Vec<usize>,
     zone: LocalZone,
-    senders: Option<Arc<ExpectedSenders>>,
+    senders: SenderWatch,
 }
 
 pub(super) struct Worker {
@@ -171,7 +171,7 @@ impl Worker {
                     name: name.clone(),
                     routes,
                     zone,
-                    senders,
+                    senders: SenderWatch::new(senders),
                 })
                 .collect(),
             parser_source: None,
@@ -232,7 +232,7 @@ impl Worker {
 
     fn process(&mut self, mut batch: FrameBatch) {
         let started = Instant::now();
-        let Some(source) = self.sources.get(batch.source as usize) else {
+        let Some(source) = self.sources.get_mut(batch.source as usize) else {
             tracing::error!(
                 source = batch.source,
                 frames = batch.len(),
@@ -254,7 +254,8 @@ impl Worker {
         // check. A frame is then valid text if it starts and ends on character boundaries
         // (a frame cut inside a character takes the per-frame path and its replacement).
         let text = simdutf8::basic::from_utf8(&batch.data).ok();
-        if let Some(senders) = &source.senders {
+        let senders = source.senders.current();
+        if let Some(senders) = senders {
             self.tally.begin(senders);
         }
         for frame in &batch.frames {
@@ -267,7 +268,7 @@ impl Worker {
                 peer: frame.peer,
                 received_at,
             };
-            if let Some(senders) = &source.senders {
+            if let Some(senders) = senders {
                 self.tally.count(senders, frame.peer);
             }
             let start = frame.offset as usize;
@@ -311,7 +312,7 @@ impl Worker {
                 h.done += 1;
             }
         }
-        if let Some(senders) = &source.senders {
+        if let Some(senders) = senders {
             self.tally.publish(senders, received_at.unix_secs());
         }
         self.totals
@@ -474,7 +475,7 @@ mod tests {
             sinks: &sinks,
             parse: ParseOptions::default(),
             source_zones: vec![LocalZone::default()],
-            source_senders: vec![None],
+            source_senders: vec![ExpectedSenders::register("in", &[], 0)],
             totals: Arc::default(),
         })
         .run();
