@@ -1414,6 +1414,59 @@ fn raw_came_over_udp(message: &str, markers: &[(String, bool)], runs: &[(&str, &
         .any(|((marker, _), (proto, _))| *proto == "udp" && message.ends_with(marker.as_str()))
 }
 
+/// A config file any user may write is refused by `check-config` and `run`; an inline secret
+/// in one any user may read is a warning from both.
+#[test]
+fn config_file_modes_are_checked() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "data_dir = \"{0}\"\n[metrics]\nlisten = \"127.0.0.1:0\"\nbearer_token = \"inline\"\n\
+             [sources.in]\ntype = \"udp\"\nlisten = \"127.0.0.1:0\"\n\
+             [sinks.out]\ntype = \"file\"\npath = \"{0}/out\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let chmod =
+        |mode| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    chmod(0o644);
+    let out = daemon_support::check_config(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "warning: `metrics.bearer_token` is written inline in {}, which every user may read",
+            path.display()
+        )),
+        "{stderr}"
+    );
+    chmod(0o640);
+    let out = daemon_support::check_config(&path);
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    chmod(0o646);
+    for args in [vec!["check-config"], vec!["run", "--config"]] {
+        let out = Command::new(BIN).args(&args).arg(&path).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "config file {} is writable by every user (mode 0646)",
+                path.display()
+            )),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
 /// A bad config is refused by both `check-config` and `run`, naming file, line and key, on one
 /// `error:` line — no stack backtrace even where the service's environment sets RUST_BACKTRACE.
 #[test]

@@ -16,17 +16,20 @@ pub fn run(args: CheckConfigArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| e.to_string())
         .and_then(|config| {
             config
-                .check_secret_file_modes()
+                .check_file_modes()
                 .map_err(|e| format!("{}: {e}", args.file.display()))
-                .map(|()| config)
+                .map(|warnings| (config, warnings))
         });
     match loaded {
-        Ok(config) => {
+        Ok((config, mode_warnings)) => {
             println!(
                 "# {}: valid. Effective config (defaults filled in, secrets redacted):",
                 args.file.display()
             );
             print!("{}", config.to_redacted_toml());
+            for warning in mode_warnings {
+                eprintln!("warning: {warning}");
+            }
             // Not an error: configs are often checked on another machine than the one they
             // run on (CI, a build host). On this one, start-up would fail.
             if let Some(user) = &config.user

@@ -31,9 +31,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Config::embedded_default()?
         }
     };
-    config
-        .check_secret_file_modes()
-        .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
+    for warning in config
+        .check_file_modes()
+        .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?
+    {
+        tracing::warn!("{warning}");
+    }
     let identity = privilege_target(&config)?;
 
     // SIGINT/SIGTERM ask for a graceful drain; a second one while draining exits at once.
@@ -176,9 +179,12 @@ fn reload(
     }
     let applied = (|| -> anyhow::Result<Applied> {
         let edited = Config::load(path)?;
-        edited
-            .check_secret_file_modes()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for warning in edited
+            .check_file_modes()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+        {
+            tracing::warn!("{warning}");
+        }
         let xdp_changed = match (xdp, &edited.xdp) {
             (Some(handle), Some(cfg)) => handle.update_filters(cfg)?,
             _ => false,

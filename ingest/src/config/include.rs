@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{Config, ConfigError, SinkConfig, SourceConfig, locate_key, parse_error};
+use super::{Config, ConfigError, ConfigFile, SinkConfig, SourceConfig, locate_key, parse_error};
 
 /// The tables an included file may hold.
 #[derive(Deserialize)]
@@ -53,6 +53,25 @@ impl Origins {
             message: format!("already defined in {first_path}{first_line}"),
             key,
         })
+    }
+
+    /// Every file read, main file first, each with the dotted `keys` it holds.
+    pub(super) fn files_holding(&self, keys: &[String]) -> Vec<ConfigFile> {
+        let mut files: Vec<ConfigFile> = self
+            .files
+            .iter()
+            .map(|(path, _)| ConfigFile {
+                path: PathBuf::from(path),
+                inline_secrets: Vec::new(),
+            })
+            .collect();
+        for key in keys {
+            let (path, _) = self.file_of(key);
+            if let Some(file) = files.iter_mut().find(|f| f.path.as_os_str() == path) {
+                file.inline_secrets.push(key.clone());
+            }
+        }
+        files
     }
 
     /// The file and text where dotted `key` is written.
@@ -209,6 +228,66 @@ path = "/tmp/x/out"
         assert!(effective.contains("[sinks.archive]"), "{effective}");
         assert!(!effective.contains("include"), "{effective}");
         assert!(Config::from_toml(&effective, "effective").is_ok());
+    }
+
+    /// A config file any user may write is refused, main or included; an inline secret in a
+    /// file any user may read is a warning naming the key and that file (not the main one).
+    #[test]
+    fn file_modes_are_checked_per_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let chmod = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        let api = "[sources.dt]\ntype = \"darktrace_api\"\nurl = \"https://dt.example\"\n\
+                   public_token = \"p\"\nprivate_token = \"q\"\n";
+        let (dir, main) = setup(&[("10-sink.toml", SINK), ("20-api.toml", api)]);
+        let api_file = dir.path().join("conf.d/20-api.toml");
+        for (path, mode) in [(&main, 0o640), (&api_file, 0o644)] {
+            chmod(path, mode);
+        }
+        let warnings = Config::load(&main).unwrap().check_file_modes().unwrap();
+        let expected: Vec<String> = ["private_token", "public_token"]
+            .iter()
+            .map(|key| {
+                format!(
+                    "`sources.dt.{key}` is written inline in {0}, which every user may read \
+                     (mode 0644): `chmod o-r {0}`, or give it as `sources.dt.{key}_file`",
+                    api_file.display()
+                )
+            })
+            .collect();
+        assert_eq!(warnings, expected);
+        chmod(&api_file, 0o640);
+        assert!(
+            Config::load(&main)
+                .unwrap()
+                .check_file_modes()
+                .unwrap()
+                .is_empty()
+        );
+        // A file others may read holding no inline secret: fine.
+        chmod(&main, 0o644);
+        assert!(
+            Config::load(&main)
+                .unwrap()
+                .check_file_modes()
+                .unwrap()
+                .is_empty()
+        );
+
+        for path in [&main, &api_file] {
+            chmod(path, 0o666);
+            let error = Config::load(&main).unwrap().check_file_modes().unwrap_err();
+            assert_eq!(
+                error,
+                format!(
+                    "config file {0} is writable by every user (mode 0666): anyone on this \
+                     machine could redirect or drop what sluice forwards; `chmod o-w {0}`",
+                    path.display()
+                )
+            );
+            chmod(path, 0o640);
+        }
     }
 
     #[test]

@@ -61,6 +61,13 @@ pub enum ConfigError {
     },
 }
 
+/// A file a config was read from, and the dotted keys of the inline secrets written in it.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigFile {
+    pub path: PathBuf,
+    pub inline_secrets: Vec<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -68,6 +75,10 @@ pub struct Config {
     /// `include.rs`). Not part of the effective config, which holds what they added.
     #[serde(default, skip_serializing)]
     pub include: Vec<PathBuf>,
+    /// The files the config was read from (none for the embedded default), for
+    /// [`Config::check_file_modes`].
+    #[serde(skip)]
+    files: Vec<ConfigFile>,
     /// Where state (spool, dead letters) lives.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
@@ -1045,7 +1056,9 @@ impl Config {
             source,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Config::from_toml_in(&text, &display, base)
+        let (mut config, origins) = Config::from_toml_with_origins(&text, &display, base)?;
+        config.files = origins.files_holding(&secret::inline_secrets(&config));
+        Ok(config)
     }
 
     /// The embedded default, parsed and validated.
@@ -1061,6 +1074,15 @@ impl Config {
 
     /// [`Config::from_toml`] for a file in directory `base`.
     fn from_toml_in(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigError> {
+        Config::from_toml_with_origins(text, origin, base).map(|(config, _)| config)
+    }
+
+    /// [`Config::from_toml_in`], also telling which file each table came from.
+    fn from_toml_with_origins(
+        text: &str,
+        origin: &str,
+        base: &Path,
+    ) -> Result<(Config, include::Origins), ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| parse_error(text, origin, &e))?;
         let origins = include::merge(&mut config, origin, text, base)?;
         config.validate().map_err(|(key, message)| {
@@ -1072,12 +1094,15 @@ impl Config {
                 message,
             }
         })?;
-        Ok(config)
+        Ok((config, origins))
     }
 
-    /// Refuses to go on when a secret file (`*_file`) is accessible by group or others.
-    pub fn check_secret_file_modes(&self) -> Result<(), String> {
-        secret::check_secret_file_modes(&secret::secret_files(self))
+    /// Refuses to go on when a secret file (`*_file`) is accessible by group or others, or a
+    /// config file (main or included) is writable by others; returns warnings for inline
+    /// secrets in files others may read.
+    pub fn check_file_modes(&self) -> Result<Vec<String>, String> {
+        secret::check_secret_file_modes(&secret::secret_files(self))?;
+        secret::check_config_file_modes(&self.files)
     }
 
     /// The effective config as TOML, every secret replaced by [`secret::REDACTED`].

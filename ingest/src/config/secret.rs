@@ -130,6 +130,68 @@ pub fn check_secret_file_modes(files: &[(String, PathBuf)]) -> Result<(), String
     Ok(())
 }
 
+/// Refuses a config file that every user may write (anyone on the machine could redirect or
+/// drop what is forwarded); warns about inline secrets in a file every user may read.
+pub fn check_config_file_modes(files: &[super::ConfigFile]) -> Result<Vec<String>, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut warnings = Vec::new();
+    for file in files {
+        let path = file.path.display();
+        let mode = std::fs::metadata(&file.path)
+            .map_err(|e| format!("cannot stat config file {path}: {e}"))?
+            .permissions()
+            .mode();
+        if mode & 0o002 != 0 {
+            return Err(format!(
+                "config file {path} is writable by every user (mode {:04o}): anyone on this \
+                 machine could redirect or drop what sluice forwards; `chmod o-w {path}`",
+                mode & 0o7777
+            ));
+        }
+        if mode & 0o004 != 0 {
+            for key in &file.inline_secrets {
+                warnings.push(format!(
+                    "`{key}` is written inline in {path}, which every user may read (mode \
+                     {:04o}): `chmod o-r {path}`, or give it as `{key}_file`",
+                    mode & 0o7777
+                ));
+            }
+        }
+    }
+    Ok(warnings)
+}
+
+/// Dotted keys of the secrets written inline (not `*_file` or `*_env`): found by walking the
+/// serialized config, where each one is [`REDACTED`].
+pub fn inline_secrets(config: &impl serde::Serialize) -> Vec<String> {
+    fn walk(value: &toml::Value, key: &str, out: &mut Vec<String>) {
+        match value {
+            toml::Value::Table(table) => {
+                for (name, child) in table {
+                    let dotted = if key.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{key}.{name}")
+                    };
+                    walk(child, &dotted, out);
+                }
+            }
+            toml::Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    walk(child, &format!("{key}[{i}]"), out);
+                }
+            }
+            toml::Value::String(text) if text == REDACTED => out.push(key.to_owned()),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(value) = toml::Value::try_from(config) {
+        walk(&value, "", &mut out);
+    }
+    out
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Secret({REDACTED})")
