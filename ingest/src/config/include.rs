@@ -245,7 +245,8 @@ path = "/tmp/x/out"
         for (path, mode) in [(&main, 0o640), (&api_file, 0o644)] {
             chmod(path, mode);
         }
-        let warnings = Config::load(&main).unwrap().check_file_modes().unwrap();
+        let check = || Config::load(&main).unwrap().check_file_modes();
+        let warnings = check().unwrap();
         let expected: Vec<String> = ["private_token", "public_token"]
             .iter()
             .map(|key| {
@@ -258,26 +259,14 @@ path = "/tmp/x/out"
             .collect();
         assert_eq!(warnings, expected);
         chmod(&api_file, 0o640);
-        assert!(
-            Config::load(&main)
-                .unwrap()
-                .check_file_modes()
-                .unwrap()
-                .is_empty()
-        );
+        assert_eq!(check(), Ok(vec![]));
         // A file others may read holding no inline secret: fine.
         chmod(&main, 0o644);
-        assert!(
-            Config::load(&main)
-                .unwrap()
-                .check_file_modes()
-                .unwrap()
-                .is_empty()
-        );
+        assert_eq!(check(), Ok(vec![]));
 
         for path in [&main, &api_file] {
             chmod(path, 0o666);
-            let error = Config::load(&main).unwrap().check_file_modes().unwrap_err();
+            let error = check().unwrap_err();
             assert_eq!(
                 error,
                 format!(

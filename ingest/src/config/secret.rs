@@ -64,15 +64,14 @@ fn is_public_file_key(key: &str) -> bool {
     key.ends_with("cert_file") || key.ends_with("ca_file")
 }
 
-/// Every secret file the config names, as `(dotted key, path)`: keys ending in `_file` (except
-/// certificates and CA bundles) and `file` inside `secret_headers`. Found by walking the
-/// serialized config, so a table added later is covered without a list to keep in sync.
-pub fn secret_files(config: &impl serde::Serialize) -> Vec<(String, PathBuf)> {
+/// Calls `f(dotted key, inside a secret_headers table, text)` for every string of the
+/// serialized config: how secrets are found without a list of tables to keep in sync.
+fn for_each_string(config: &impl serde::Serialize, mut f: impl FnMut(&str, bool, &str)) {
     fn walk(
         value: &toml::Value,
         key: &str,
         in_secret_table: bool,
-        out: &mut Vec<(String, PathBuf)>,
+        f: &mut impl FnMut(&str, bool, &str),
     ) {
         match value {
             toml::Value::Table(table) => {
@@ -83,29 +82,47 @@ pub fn secret_files(config: &impl serde::Serialize) -> Vec<(String, PathBuf)> {
                         format!("{key}.{name}")
                     };
                     let secret_table = in_secret_table || name == "secret_headers";
-                    walk(child, &dotted, secret_table, out);
+                    walk(child, &dotted, secret_table, f);
                 }
             }
             toml::Value::Array(items) => {
                 for (i, child) in items.iter().enumerate() {
-                    walk(child, &format!("{key}[{i}]"), in_secret_table, out);
+                    walk(child, &format!("{key}[{i}]"), in_secret_table, f);
                 }
             }
-            toml::Value::String(path) => {
-                let last = key.rsplit('.').next().unwrap_or(key);
-                let secret = (last.ends_with("_file") && !is_public_file_key(last))
-                    || (in_secret_table && last == "file");
-                if secret {
-                    out.push((key.to_owned(), PathBuf::from(path)));
-                }
-            }
+            toml::Value::String(text) => f(key, in_secret_table, text),
             _ => {}
         }
     }
-    let mut out = Vec::new();
     if let Ok(value) = toml::Value::try_from(config) {
-        walk(&value, "", false, &mut out);
+        walk(&value, "", false, &mut f);
     }
+}
+
+/// Every secret file the config names, as `(dotted key, path)`: keys ending in `_file` (except
+/// certificates and CA bundles) and `file` inside `secret_headers`.
+pub fn secret_files(config: &impl serde::Serialize) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    for_each_string(config, |key, in_secret_table, path| {
+        let last = key.rsplit('.').next().unwrap_or(key);
+        if (last.ends_with("_file") && !is_public_file_key(last))
+            || (in_secret_table && last == "file")
+        {
+            out.push((key.to_owned(), PathBuf::from(path)));
+        }
+    });
+    out
+}
+
+/// Dotted keys of the secrets written inline (not `*_file` or `*_env`): each one serializes as
+/// [`REDACTED`].
+pub fn inline_secrets(config: &impl serde::Serialize) -> Vec<String> {
+    let mut out = Vec::new();
+    for_each_string(config, |key, _, text| {
+        if text == REDACTED {
+            out.push(key.to_owned());
+        }
+    });
     out
 }
 
@@ -159,37 +176,6 @@ pub fn check_config_file_modes(files: &[super::ConfigFile]) -> Result<Vec<String
         }
     }
     Ok(warnings)
-}
-
-/// Dotted keys of the secrets written inline (not `*_file` or `*_env`): found by walking the
-/// serialized config, where each one is [`REDACTED`].
-pub fn inline_secrets(config: &impl serde::Serialize) -> Vec<String> {
-    fn walk(value: &toml::Value, key: &str, out: &mut Vec<String>) {
-        match value {
-            toml::Value::Table(table) => {
-                for (name, child) in table {
-                    let dotted = if key.is_empty() {
-                        name.clone()
-                    } else {
-                        format!("{key}.{name}")
-                    };
-                    walk(child, &dotted, out);
-                }
-            }
-            toml::Value::Array(items) => {
-                for (i, child) in items.iter().enumerate() {
-                    walk(child, &format!("{key}[{i}]"), out);
-                }
-            }
-            toml::Value::String(text) if text == REDACTED => out.push(key.to_owned()),
-            _ => {}
-        }
-    }
-    let mut out = Vec::new();
-    if let Ok(value) = toml::Value::try_from(config) {
-        walk(&value, "", &mut out);
-    }
-    out
 }
 
 impl fmt::Debug for Secret {
