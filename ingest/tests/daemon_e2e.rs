@@ -1453,16 +1453,13 @@ fn config_file_modes_are_checked() {
     );
 
     chmod(0o646);
-    for args in [vec!["check-config"], vec!["run", "--config"]] {
-        let out = Command::new(BIN).args(&args).arg(&path).output().unwrap();
-        assert!(!out.status.success(), "{args:?}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+    for (args, stderr) in daemon_support::refused_by_check_config_and_run(&path) {
         assert!(
             stderr.contains(&format!(
                 "config file {} is writable by every user (mode 0646)",
                 path.display()
             )),
-            "{args:?}: {stderr}"
+            "{args}: {stderr}"
         );
     }
 }
@@ -1478,23 +1475,15 @@ fn bad_config_names_key_and_line() {
         "[sources.in]\ntype = \"udp\"\nlisten = \"127.0.0.1:0\"\n\n[sinks.out]\ntype = \"file\"\npath = \"/tmp/x\"\nbatch_max_event = 5\n",
     )
     .unwrap();
-    for args in [vec!["check-config"], vec!["run", "--config"]] {
-        let out = Command::new(BIN)
-            .args(&args)
-            .arg(&path)
-            .env("RUST_BACKTRACE", "1")
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{args:?}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+    for (args, stderr) in daemon_support::refused_by_check_config_and_run(&path) {
         assert!(
             stderr.starts_with(&format!(
                 "error: {}:8: unknown field `batch_max_event`",
                 path.display()
             )),
-            "{args:?}: {stderr}"
+            "{args}: {stderr}"
         );
-        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args}: {stderr}");
     }
     std::fs::write(&path, "[sources.in]\ntype = \"udp\"\nlisten = \"127.0.0.1:0\"\nthreads = 0\n[sinks.out]\ntype = \"file\"\npath = \"/tmp/x\"\n").unwrap();
     let out = daemon_support::check_config(&path);

@@ -62,7 +62,7 @@ pub enum ConfigError {
 }
 
 /// A file a config was read from, and the dotted keys of the inline secrets written in it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ConfigFile {
     pub path: PathBuf,
     pub inline_secrets: Vec<String>,

@@ -1,7 +1,7 @@
 //! `systemctl reload` (SIGHUP): what a running daemon can take from an edited config file, and
 //! what needs a restart. Who may send, and who is expected to, is reloadable — adding an
-//! appliance must not cost the UDP datagrams a restart drops — and so is the XDP rate limit; sockets, threads, sinks and
-//! the rest are built once at start.
+//! appliance must not cost the UDP datagrams a restart drops — and so is the XDP rate limit;
+//! sockets, threads, sinks and the rest are built once at start.
 
 use super::Config;
 

@@ -38,6 +38,25 @@ pub fn check_config(config: &Path) -> std::process::Output {
         .unwrap()
 }
 
+/// Runs `check-config FILE` and `run --config FILE` (with `RUST_BACKTRACE=1`, as some service
+/// environments set it), asserts that both fail, and returns each one's arguments and stderr.
+#[allow(dead_code)] // not every test binary checks configs
+pub fn refused_by_check_config_and_run(config: &Path) -> Vec<(&'static str, String)> {
+    ["check-config", "run --config"]
+        .into_iter()
+        .map(|args| {
+            let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+                .args(args.split(' '))
+                .arg(config)
+                .env("RUST_BACKTRACE", "1")
+                .output()
+                .unwrap();
+            assert!(!out.status.success(), "{args}");
+            (args, String::from_utf8_lossy(&out.stderr).into_owned())
+        })
+        .collect()
+}
+
 /// The spawned daemon with its log collected, once it runs: start-up (bind, privilege drop,
 /// XDP attach) is over, so what a test sees afterwards is the steady state.
 pub fn started(mut child: Child) -> (Child, Log) {
