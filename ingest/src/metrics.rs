@@ -92,6 +92,9 @@ pub const DROP_NOT_ALLOWED: &str = "not_allowed";
 pub const DROP_OVERFLOW_ERROR: &str = "overflow_error";
 /// Messages queued for (or held by) a worker thread when it panicked: nothing else takes them.
 pub const DROP_THREAD_PANICKED: &str = "thread_panicked";
+/// Messages held by (or queued for) a worker found stalled (`pipeline.worker_stall_ms`) when
+/// the daemon gave up on it at shutdown.
+pub const DROP_WORKER_STALLED: &str = "worker_stalled";
 
 const STAGE_BUCKETS: &[f64] = &[
     0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,

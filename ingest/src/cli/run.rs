@@ -139,6 +139,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         if why.ends_with("panicked") {
             anyhow::bail!("{}", panic_exit_error(&why, &summary));
         }
+        if why.contains(" stalled: ") {
+            anyhow::bail!("{}", stall_exit_error(&why, &summary));
+        }
         anyhow::bail!("{why}; shut down after writing everything received");
     }
     if summary.sink_dropped_events > 0 {
@@ -237,6 +240,18 @@ fn panic_exit_error(why: &str, summary: &crate::pipeline::Summary) -> String {
          (sluice_dropped_messages_total{{reason=\"thread_panicked\"}}) and {} events of sink \
          batches (in sluice_sink_dropped_events_total)",
         summary.dropped_thread_panicked, summary.sink_dropped_thread_panicked
+    )
+}
+
+/// The exit error after a worker stalled: the daemon stopped so that the service manager
+/// starts it again, and what the worker held could not be written.
+fn stall_exit_error(why: &str, summary: &crate::pipeline::Summary) -> String {
+    format!(
+        "{why} (a bug, or a machine too starved to run it: please report it with the log \
+         above); shut down, writing what the other threads held — lost with the stalled worker: \
+         {} messages it held or had queued (sluice_dropped_messages_total{{reason=\"worker_stalled\"}}) \
+         and {} events of its open sink batches (in sluice_sink_dropped_events_total)",
+        summary.dropped_worker_stalled, summary.sink_dropped_worker_stalled
     )
 }
 
@@ -357,5 +372,21 @@ mod tests {
         assert!(text.starts_with("worker 0 panicked (a bug"), "{text}");
         assert!(text.contains("301 messages"), "{text}");
         assert!(text.contains("5 events of sink batches"), "{text}");
+    }
+
+    #[test]
+    fn the_exit_error_after_a_stall_says_how_much_was_lost() {
+        let summary = crate::pipeline::Summary {
+            dropped_worker_stalled: 42,
+            sink_dropped_worker_stalled: 7,
+            ..crate::pipeline::Totals::default().summary()
+        };
+        let text = super::stall_exit_error("worker 1 stalled: it has held", &summary);
+        assert!(
+            text.starts_with("worker 1 stalled: it has held (a bug"),
+            "{text}"
+        );
+        assert!(text.contains("42 messages"), "{text}");
+        assert!(text.contains("7 events of its open sink batches"), "{text}");
     }
 }

@@ -120,7 +120,8 @@ fn status_line(s: &Summary, reload_failed: bool) -> String {
         + s.dropped_oversize
         + s.dropped_kernel_rcvbuf
         + s.dropped_overflow_error
-        + s.dropped_thread_panicked;
+        + s.dropped_thread_panicked
+        + s.dropped_worker_stalled;
     format!(
         "{}{} messages received, {} parse errors, {} lost; {} events to sinks, {} dropped",
         if reload_failed {
@@ -243,10 +244,12 @@ mod tests {
             sink_dropped_events: 5,
             dropped_thread_panicked: 5,
             sink_dropped_thread_panicked: 0,
+            dropped_worker_stalled: 6,
+            sink_dropped_worker_stalled: 0,
         };
         assert_eq!(
             status_line(&summary, false),
-            "100 messages received, 2 parse errors, 15 lost; 90 events to sinks, 5 dropped"
+            "100 messages received, 2 parse errors, 21 lost; 90 events to sinks, 5 dropped"
         );
         assert!(status_line(&summary, true).starts_with("LAST RELOAD FAILED"));
     }

@@ -264,6 +264,14 @@ pub struct PipelineConfig {
     /// the spool and is delivered at the next start.
     #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
+    /// A parser worker that has held one reader batch this long (milliseconds; waiting for
+    /// room in a sink queue does not count) is stalled: a parser or mapper bug looping, or a
+    /// deadlock. Its TCP senders would wait for ever and its UDP datagrams would be dropped,
+    /// so the daemon stops instead, counting what the worker held as lost
+    /// (`reason="worker_stalled"`), and exits with an error for the service manager to
+    /// restart it. A batch takes milliseconds; 0 turns the check off, else at least 1000.
+    #[serde(default = "default_worker_stall_ms")]
+    pub worker_stall_ms: u64,
 }
 
 fn default_sink_runtime_threads() -> usize {
@@ -271,6 +279,11 @@ fn default_sink_runtime_threads() -> usize {
 }
 fn default_shutdown_grace_ms() -> u64 {
     10_000
+}
+fn default_worker_stall_ms() -> u64 {
+    // Far above a batch of the largest messages on a starved core (workers run niced), so
+    // that only a stuck worker stops the daemon.
+    60_000
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -295,6 +308,7 @@ impl Default for PipelineConfig {
             io_backend: IoBackend::Auto,
             sink_runtime_threads: default_sink_runtime_threads(),
             shutdown_grace_ms: default_shutdown_grace_ms(),
+            worker_stall_ms: default_worker_stall_ms(),
         }
     }
 }
@@ -1196,6 +1210,16 @@ impl Config {
                 ),
             ));
         }
+        if (1..1000).contains(&self.pipeline.worker_stall_ms) {
+            return Err((
+                "pipeline.worker_stall_ms".into(),
+                format!(
+                    "{} is below 1000: a busy machine would stop the daemon for a slow batch \
+                     (0 turns the check off)",
+                    self.pipeline.worker_stall_ms
+                ),
+            ));
+        }
         positive(
             "pipeline.sink_runtime_threads".into(),
             self.pipeline.sink_runtime_threads,
@@ -1782,6 +1806,26 @@ kinds = ["cef", "darktrace_model_breach"]
             .to_string();
         assert!(
             err.contains(": `pipeline.reader_linger_ms`: 51 is above 50"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn worker_stall_check_defaults_to_a_minute_and_is_off_or_at_least_a_second() {
+        let config = Config::from_toml(GOOD, "good.toml").unwrap();
+        assert_eq!(config.pipeline.worker_stall_ms, 60_000);
+        for ok in [0, 1000] {
+            let text = format!("{GOOD}[pipeline]\nworker_stall_ms = {ok}\n");
+            let config = Config::from_toml(&text, "ok.toml").unwrap();
+            assert_eq!(config.pipeline.worker_stall_ms, ok);
+        }
+        let text = format!("{GOOD}[pipeline]\nworker_stall_ms = 999\n");
+        let err = Config::from_toml(&text, "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bad.toml")
+                && err.contains("`pipeline.worker_stall_ms`: 999 is below 1000"),
             "{err}"
         );
     }

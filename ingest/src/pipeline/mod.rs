@@ -4,10 +4,13 @@
 //! Shutdown drains front to back: readers stop and hand over what they read; their queue
 //! senders drop, so each worker sees its queue disconnect once it is empty, seals its batches
 //! and exits; that drops the sink queue senders, so the delivery threads finish the last batches.
+//! A worker found stalled (see [`stall`]) is not waited for: its queues are drained and counted,
+//! and the delivery threads are told to finish once every other worker has.
 
 pub mod ack;
 pub mod senders;
 mod sink_stage;
+mod stall;
 mod worker;
 
 use std::net::SocketAddr;
@@ -55,6 +58,10 @@ pub struct Totals {
     /// Of `sink_dropped_events`: events of sink batches a panicked worker held or a panicked
     /// sink thread held or left in its queue.
     pub sink_dropped_thread_panicked: AtomicU64,
+    /// Messages a stalled worker held or left in its queues (`reason="worker_stalled"`).
+    pub dropped_worker_stalled: AtomicU64,
+    /// Of `sink_dropped_events`: events of the open sink batches of a stalled worker.
+    pub sink_dropped_worker_stalled: AtomicU64,
 }
 
 /// A snapshot of [`Totals`].
@@ -74,6 +81,8 @@ pub struct Summary {
     pub sink_dropped_events: u64,
     pub dropped_thread_panicked: u64,
     pub sink_dropped_thread_panicked: u64,
+    pub dropped_worker_stalled: u64,
+    pub sink_dropped_worker_stalled: u64,
 }
 
 impl Totals {
@@ -94,32 +103,55 @@ impl Totals {
             sink_dropped_events: l(&self.sink_dropped_events),
             dropped_thread_panicked: l(&self.dropped_thread_panicked),
             sink_dropped_thread_panicked: l(&self.sink_dropped_thread_panicked),
+            dropped_worker_stalled: l(&self.dropped_worker_stalled),
+            sink_dropped_worker_stalled: l(&self.sink_dropped_worker_stalled),
         }
     }
 
-    /// Counts `messages` of `source` lost with a panicked worker.
-    fn lost_messages(&self, source: &str, messages: u64) {
+    /// Counts `messages` of `source` lost with a thread that panicked or stalled.
+    fn lost_messages(&self, source: &str, messages: u64, lost: Lost) {
         if messages == 0 {
             return;
         }
+        let (reason, total) = match lost {
+            Lost::Panicked => (
+                crate::metrics::DROP_THREAD_PANICKED,
+                &self.dropped_thread_panicked,
+            ),
+            Lost::Stalled => (
+                crate::metrics::DROP_WORKER_STALLED,
+                &self.dropped_worker_stalled,
+            ),
+        };
         metrics::counter!(crate::metrics::DROPPED_MESSAGES, "source" => source.to_string(),
-            "reason" => crate::metrics::DROP_THREAD_PANICKED)
+            "reason" => reason)
         .increment(messages);
-        self.dropped_thread_panicked
-            .fetch_add(messages, Ordering::Relaxed);
+        total.fetch_add(messages, Ordering::Relaxed);
     }
 
-    /// Counts `events` of a sink batch lost with a panicked worker or sink thread.
-    fn lost_events(&self, dropped_events: &metrics::Counter, events: u64) {
+    /// Counts `events` of a sink batch lost with a worker or sink thread that panicked or
+    /// stalled.
+    fn lost_events(&self, dropped_events: &metrics::Counter, events: u64, lost: Lost) {
         if events == 0 {
             return;
         }
         dropped_events.increment(events);
         self.sink_dropped_events
             .fetch_add(events, Ordering::Relaxed);
-        self.sink_dropped_thread_panicked
-            .fetch_add(events, Ordering::Relaxed);
+        match lost {
+            Lost::Panicked => &self.sink_dropped_thread_panicked,
+            Lost::Stalled => &self.sink_dropped_worker_stalled,
+        }
+        .fetch_add(events, Ordering::Relaxed);
     }
+}
+
+/// How a pipeline thread was lost, with what it held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lost {
+    Panicked,
+    /// A worker found stalled, given up on at shutdown.
+    Stalled,
 }
 
 /// A counter that also adds into one of the [`Totals`].
@@ -276,6 +308,13 @@ pub struct Pipeline {
     /// The queues worker and sink threads take their work from, to count what a panicked one
     /// left there.
     inboxes: Vec<Inbox>,
+    /// The workers' pulses: which one is stalled, and what it holds.
+    stalls: stall::StallWatch,
+    /// Dropped once every worker has finished or been given up on: the delivery threads then
+    /// finish what is queued (a stalled worker still holds its sink queue senders).
+    sinks_may_close: Option<crossbeam::channel::Sender<()>>,
+    /// Each sink's `sluice_sink_dropped_events_total`, in config order (a worker's sink index).
+    sink_dropped: Vec<metrics::Counter>,
     source_names: Vec<Arc<str>>,
     /// Each source's admission guard, by name: holds the allowlist a reload replaces.
     guards: Vec<(String, Arc<crate::net::guard::ConnectionGuard>)>,
@@ -452,6 +491,8 @@ impl Pipeline {
         let mut sink_runtimes = Vec::new();
         let mut sink_handles = Vec::new();
         let panics = PanicWatch::default();
+        let (sinks_may_close, sinks_closed) = bounded::<()>(0);
+        let mut sink_dropped = Vec::new();
         let mut inboxes = Vec::new();
         let mut sink_ports = Vec::new();
         let mut depth_gauges: Vec<(metrics::Gauge, QueueLen)> = Vec::new();
@@ -488,6 +529,7 @@ impl Pipeline {
                     );
                     inboxes.push(Inbox {
                         thread: format!("sink {name} thread"),
+                        worker: None,
                         threads: f.compression_threads,
                         queued: Queued::SinkBatches {
                             queue: rx.clone(),
@@ -499,6 +541,7 @@ impl Pipeline {
                             name: name.clone(),
                             sink: file.clone(),
                             queue: rx.clone(),
+                            closed: sinks_closed.clone(),
                             spare: spare_tx.clone(),
                             counters: counters.clone(),
                             totals: totals.clone(),
@@ -539,6 +582,7 @@ impl Pipeline {
                     ));
                     inboxes.push(Inbox {
                         thread: format!("sink {name} thread"),
+                        worker: None,
                         threads: 1,
                         queued: Queued::SinkBatches {
                             queue: rx.clone(),
@@ -549,6 +593,7 @@ impl Pipeline {
                         name: name.clone(),
                         handle,
                         queue: rx,
+                        closed: sinks_closed.clone(),
                         spare: spare_tx,
                         counters: counters.clone(),
                         totals: totals.clone(),
@@ -566,6 +611,7 @@ impl Pipeline {
                     );
                 }
             }
+            sink_dropped.push(counters.dropped_events.clone());
             sink_ports.push(worker::SinkPort {
                 schema: sink.schema(),
                 envelope: sink.envelope(),
@@ -599,7 +645,11 @@ impl Pipeline {
         let mut worker_queues = Vec::new();
         let mut recycle_receivers = Vec::new();
         let mut worker_handles = Vec::new();
+        let epoch = Instant::now();
+        let mut pulses = Vec::new();
         for core in 0..worker_count {
+            let pulse = Arc::new(stall::Pulse::new(epoch, sink_ports.len()));
+            pulses.push(pulse.clone());
             let queues = WorkerQueues {
                 datagrams: bounded(config.pipeline.queue_batches),
                 streams: bounded(config.pipeline.stream_queue_batches),
@@ -623,9 +673,11 @@ impl Pipeline {
                 source_zones: source_zones.clone(),
                 source_senders: source_senders.clone(),
                 totals: totals.clone(),
+                pulse,
             });
             inboxes.push(Inbox {
                 thread: format!("worker {core}"),
+                worker: Some(core),
                 threads: 1,
                 queued: Queued::ReaderBatches(vec![
                     queues.datagrams.1.clone(),
@@ -828,6 +880,9 @@ impl Pipeline {
             sinks: sink_handles,
             panics,
             inboxes,
+            stalls: stall::StallWatch::new(config.pipeline.worker_stall_ms, pulses),
+            sinks_may_close: Some(sinks_may_close),
+            sink_dropped,
             source_names,
             guards: config.sources.keys().cloned().zip(guards).collect(),
             expected_senders: config.sources.keys().cloned().zip(source_senders).collect(),
@@ -921,27 +976,77 @@ impl Pipeline {
         &self.credentials
     }
 
-    /// Why the pipeline cannot go on: a reader ended on its own (a fatal socket error), or a
-    /// worker or sink thread panicked. The daemon then shuts down and exits with an error
-    /// rather than run on with a queue nobody empties.
+    /// Why the pipeline cannot go on: a reader ended on its own (a fatal socket error), a
+    /// worker or sink thread panicked, or a worker stalled (`pipeline.worker_stall_ms`). The
+    /// daemon then shuts down and exits with an error rather than run on with a queue nobody
+    /// empties.
     pub fn failed(&self) -> Option<String> {
         if let Some((name, _)) = self.readers.iter().find(|(_, h)| h.is_finished()) {
             return Some(format!("reader {name} stopped"));
         }
-        self.panics
-            .first()
-            .map(|thread| format!("{thread} panicked"))
+        if let Some(thread) = self.panics.first() {
+            return Some(format!("{thread} panicked"));
+        }
+        self.find_stalls()
+    }
+
+    /// [`stall::StallWatch::check`] now, naming sources.
+    fn find_stalls(&self) -> Option<String> {
+        self.stalls.check(Instant::now(), |source| {
+            self.source_names
+                .get(usize::from(source))
+                .map_or_else(|| format!("#{source}"), |name| name.to_string())
+        })
+    }
+
+    /// Whether worker `index` is done with: finished, or found stalled.
+    fn worker_done(&self, index: usize) -> bool {
+        self.workers[index].is_finished() || self.stalls.is_stalled(index)
+    }
+
+    /// Once every worker is done with, the delivery threads may finish what is queued.
+    fn close_sinks_when_workers_done(&mut self) {
+        if (0..self.workers.len()).all(|i| self.worker_done(i)) {
+            self.sinks_may_close = None;
+        }
+    }
+
+    /// Gives up on stalled worker `index`, which cannot be joined: what it holds is counted as
+    /// lost, the frames of its batch already in sink batches as parsed (its open sink batches
+    /// are counted as the sinks' dropped events). Were the thread to move on now, it would
+    /// find its queues drained and the process exiting.
+    fn give_up_on_worker(&self, index: usize) {
+        let (source, undone, done, open) = self.stalls.pulses[index].holding();
+        let name = source
+            .and_then(|s| self.source_names.get(usize::from(s)))
+            .map_or("unknown", |s| s);
+        self.totals
+            .parsed_messages
+            .fetch_add(done, Ordering::Relaxed);
+        self.totals.lost_messages(name, undone, Lost::Stalled);
+        for (dropped, events) in self.sink_dropped.iter().zip(open) {
+            self.totals.lost_events(dropped, events, Lost::Stalled);
+        }
+        tracing::error!(
+            worker = index,
+            lost_messages = undone,
+            "gave up on the stalled worker: its batch and queues are counted as dropped \
+             (reason=\"worker_stalled\"), its open sink batches as the sinks' dropped events"
+        );
     }
 
     /// Waits until every reader, worker and sink thread has finished, or `deadline`. A spool
     /// full under `when_full = "block"` holds its sink thread, and behind it the workers and
     /// readers, for as long as the service stays down; past the deadline such spools refuse
     /// (and count) what does not fit, so that every thread finishes.
-    fn await_threads_within_grace(&self, deadline: Instant) {
+    fn await_threads_within_grace(&mut self, deadline: Instant) {
         loop {
+            // A worker may stall during the drain too.
+            self.find_stalls();
             self.drain_orphaned_queues();
+            self.close_sinks_when_workers_done();
             let finished = self.readers.iter().all(|(_, h)| h.is_finished())
-                && self.workers.iter().all(JoinHandle::is_finished)
+                && (0..self.workers.len()).all(|i| self.worker_done(i))
                 && self.sinks.iter().all(JoinHandle::is_finished);
             if finished {
                 return;
@@ -973,11 +1078,27 @@ impl Pipeline {
                 Err(_) => tracing::error!(reader = %name, "reader panicked"),
             }
         }
+        for index in 0..self.workers.len() {
+            // A worker that finished is joined even when it was found stalled: it moved on.
+            while !self.workers[index].is_finished() && !self.stalls.is_stalled(index) {
+                self.find_stalls();
+                self.drain_orphaned_queues();
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if !self.workers[index].is_finished() {
+                self.give_up_on_worker(index);
+            }
+        }
         for handle in std::mem::take(&mut self.workers) {
-            if self.join_draining(handle).is_err() {
+            if !handle.is_finished() {
+                // Given up on above; the thread is detached and ends with the process.
+                continue;
+            }
+            if handle.join().is_err() {
                 tracing::error!("a worker panicked");
             }
         }
+        self.sinks_may_close = None;
         for handle in std::mem::take(&mut self.sinks) {
             if self.join_draining(handle).is_err() {
                 tracing::error!("a sink thread panicked");
@@ -1008,6 +1129,8 @@ impl Pipeline {
             sink_dropped_events = s.sink_dropped_events,
             dropped_thread_panicked = s.dropped_thread_panicked,
             sink_dropped_thread_panicked = s.sink_dropped_thread_panicked,
+            dropped_worker_stalled = s.dropped_worker_stalled,
+            sink_dropped_worker_stalled = s.sink_dropped_worker_stalled,
             "shut down"
         );
         s
@@ -1017,6 +1140,8 @@ impl Pipeline {
     /// blocked on a full queue that nobody takes from would otherwise never finish.
     fn join_draining<T>(&self, handle: JoinHandle<T>) -> std::thread::Result<T> {
         while !handle.is_finished() {
+            // A reader may wait on the queue of a worker that stalls meanwhile.
+            self.find_stalls();
             self.drain_orphaned_queues();
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -1029,9 +1154,15 @@ impl Pipeline {
     /// (acks) are told their events failed.
     fn drain_orphaned_queues(&self) {
         for inbox in &self.inboxes {
-            if self.panics.count(&inbox.thread) < inbox.threads {
+            let stalled = inbox.worker.is_some_and(|w| self.stalls.is_stalled(w));
+            if !stalled && self.panics.count(&inbox.thread) < inbox.threads {
                 continue;
             }
+            let lost = if stalled {
+                Lost::Stalled
+            } else {
+                Lost::Panicked
+            };
             match &inbox.queued {
                 Queued::ReaderBatches(queues) => {
                     for batch in queues.iter().flat_map(|q| q.try_iter()) {
@@ -1042,7 +1173,7 @@ impl Pipeline {
                             .source_names
                             .get(batch.source as usize)
                             .map_or("unknown", |s| s);
-                        self.totals.lost_messages(source, batch.len() as u64);
+                        self.totals.lost_messages(source, batch.len() as u64, lost);
                     }
                 }
                 Queued::SinkBatches {
@@ -1053,7 +1184,8 @@ impl Pipeline {
                         for ack in &sealed.acks {
                             ack.fail();
                         }
-                        self.totals.lost_events(dropped_events, sealed.batch.events);
+                        self.totals
+                            .lost_events(dropped_events, sealed.batch.events, lost);
                     }
                 }
             }
@@ -1065,6 +1197,8 @@ impl Pipeline {
 struct Inbox {
     /// Their name in [`PanicWatch`].
     thread: String,
+    /// The worker's index, for a worker's queues (a stalled worker's are drained too).
+    worker: Option<usize>,
     threads: usize,
     queued: Queued,
 }
@@ -1163,10 +1297,19 @@ mod tests {
         data_dir: &std::path::Path,
         batch_max_events: usize,
     ) -> (super::Pipeline, std::net::TcpStream) {
+        one_worker_pipeline_with(data_dir, batch_max_events, "")
+    }
+
+    /// [`one_worker_pipeline`] with more `[pipeline]` keys.
+    fn one_worker_pipeline_with(
+        data_dir: &std::path::Path,
+        batch_max_events: usize,
+        more_pipeline_keys: &str,
+    ) -> (super::Pipeline, std::net::TcpStream) {
         let text = format!(
             "data_dir = {dir:?}\n\
              [pipeline]\nworkers = 1\npin_threads = false\nsink_queue_batches = 4\n\
-             shutdown_grace_ms = 500\n\
+             shutdown_grace_ms = 500\n{more_pipeline_keys}\
              [sources.tcp]\ntype = \"tcp\"\nlisten = \"127.0.0.1:0\"\nframing = \"lf\"\n\
              [sinks.out]\ntype = \"file\"\npath = {out:?}\nschema = \"raw\"\n\
              compression = \"none\"\nbatch_max_events = {batch_max_events}\n\
@@ -1201,7 +1344,9 @@ mod tests {
     /// (the bound is far above the second a shutdown takes here).
     fn shutdown_or_hang(pipeline: super::Pipeline) -> super::Summary {
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || tx.send(pipeline.shutdown()));
+        std::thread::spawn(move || {
+            let _ = tx.send(pipeline.shutdown());
+        });
         rx.recv_timeout(std::time::Duration::from_secs(120))
             .expect("shutdown never finished: a thread waits on a queue nobody empties")
     }
@@ -1247,6 +1392,56 @@ mod tests {
         // Parsed before the panic, still in the open batch.
         assert_eq!(s.sink_dropped_thread_panicked, BEFORE, "{s:?}");
         assert_eq!((s.sink_events, s.sink_dropped_events), (0, BEFORE), "{s:?}");
+    }
+
+    /// A worker stuck on one batch (a parser bug looping) is found stalled once it has held it
+    /// for `worker_stall_ms`. Shutdown then gives up on it instead of waiting for ever (the
+    /// sink thread, whose queue sender the worker still holds, finishes all the same), and
+    /// counts what it held or had queued as dropped (`reason="worker_stalled"`) and its open
+    /// sink batch as the sink's dropped events.
+    #[test]
+    fn a_stalled_worker_is_given_up_on_and_what_it_held_is_counted() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let (pipeline, mut tcp) =
+            one_worker_pipeline_with(dir.path(), 1000, "worker_stall_ms = 1000\n");
+        const BEFORE: u64 = 5;
+        send_lines(&mut tcp, BEFORE);
+        let totals = pipeline.totals().clone();
+        wait_for("the first messages parsed", || {
+            totals.parsed_messages.load(Ordering::Relaxed) == BEFORE
+        });
+        let stuck_since = std::time::Instant::now();
+        tcp.write_all(super::worker::STALL_FRAME).unwrap();
+        tcp.write_all(b"\n").unwrap();
+        const AFTER: u64 = 300;
+        send_lines(&mut tcp, AFTER);
+        wait_for("the stall", || pipeline.failed().is_some());
+        assert!(stuck_since.elapsed() >= std::time::Duration::from_secs(1));
+        let why = pipeline.failed().unwrap();
+        assert!(
+            why.starts_with("worker 0 stalled: it has held one batch from source `tcp` for "),
+            "{why}"
+        );
+        // Queued behind the batch in hand, whatever the reader's batching did before.
+        const QUEUED: u64 = 200;
+        send_lines(&mut tcp, QUEUED);
+        let all = BEFORE + 1 + AFTER + QUEUED;
+        wait_for("every message received", || {
+            totals.received_messages.load(Ordering::Relaxed) == all
+        });
+        drop(tcp);
+        let s = shutdown_or_hang(pipeline);
+        super::worker::STALL_RELEASED.store(true, Ordering::Relaxed);
+        assert_eq!(s.received_messages, all);
+        assert_eq!(s.parsed_messages, BEFORE, "{s:?}");
+        assert_eq!(s.dropped_worker_stalled, all - BEFORE, "{s:?}");
+        assert_eq!(s.sink_dropped_worker_stalled, BEFORE, "{s:?}");
+        assert_eq!((s.sink_events, s.sink_dropped_events), (0, BEFORE), "{s:?}");
+        assert_eq!(
+            (s.dropped_thread_panicked, s.sink_dropped_thread_panicked),
+            (0, 0)
+        );
     }
 
     /// A worker that panics partway through a reader batch: the frames before the panicking

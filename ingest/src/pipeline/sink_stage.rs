@@ -13,7 +13,7 @@ use crate::batch::SealedBatch;
 use crate::config::credential::Renew;
 use crate::config::{SinkConfig, SinkKind};
 use crate::metrics::SinkCounters;
-use crate::pipeline::Totals;
+use crate::pipeline::{Lost, Totals};
 use crate::sink::file::FileSink;
 use crate::sink::runtime::{Enqueued, SinkHandle, SinkMetrics, SinkRuntime};
 use crate::sink::{Batch, Delivery, Sink};
@@ -33,6 +33,8 @@ pub(super) struct SinkStage {
     pub name: String,
     pub handle: Arc<SinkHandle>,
     pub queue: Receiver<SealedBatch>,
+    /// See [`sealed_batches`].
+    pub closed: Receiver<()>,
     pub spare: Sender<Vec<u8>>,
     pub counters: SinkCounters,
     pub totals: Arc<Totals>,
@@ -41,7 +43,7 @@ pub(super) struct SinkStage {
 impl SinkStage {
     pub fn run(self) {
         let mut in_hand = EventsInHand::new(&self.counters, &self.totals);
-        for sealed in self.queue.iter() {
+        for sealed in sealed_batches(&self.queue, &self.closed) {
             in_hand.events = sealed.batch.events;
             let events = sealed.batch.events;
             let dropped = match self
@@ -82,6 +84,21 @@ impl SinkStage {
     }
 }
 
+/// The batches of `queue` until the workers are done: every sender is gone, or `closed` is
+/// disconnected and the queue is empty. The pipeline disconnects `closed` once every worker
+/// has finished or been given up on: a stalled worker still holds its sender.
+fn sealed_batches<'a>(
+    queue: &'a Receiver<SealedBatch>,
+    closed: &'a Receiver<()>,
+) -> impl Iterator<Item = SealedBatch> + 'a {
+    std::iter::from_fn(move || {
+        crossbeam::select! {
+            recv(queue) -> sealed => sealed.ok(),
+            recv(closed) -> _ => queue.try_recv().ok(),
+        }
+    })
+}
+
 /// The events of the batch a sink thread is handling: counted as dropped if the thread
 /// panics before it is done with them (what is still queued is counted by the pipeline).
 struct EventsInHand<'a> {
@@ -104,7 +121,7 @@ impl Drop for EventsInHand<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
             self.totals
-                .lost_events(&self.counters.dropped_events, self.events);
+                .lost_events(&self.counters.dropped_events, self.events, Lost::Panicked);
         }
     }
 }
@@ -125,6 +142,8 @@ pub(super) struct FileStage {
     pub name: String,
     pub sink: Arc<FileSink>,
     pub queue: Receiver<SealedBatch>,
+    /// See [`sealed_batches`].
+    pub closed: Receiver<()>,
     pub spare: Sender<Vec<u8>>,
     pub counters: SinkCounters,
     pub totals: Arc<Totals>,
@@ -136,7 +155,7 @@ pub(super) struct FileStage {
 impl FileStage {
     pub fn run(self) {
         let mut in_hand = EventsInHand::new(&self.counters, &self.totals);
-        for sealed in self.queue.iter() {
+        for sealed in sealed_batches(&self.queue, &self.closed) {
             in_hand.events = sealed.batch.events;
             #[cfg(test)]
             if sealed
@@ -374,6 +393,32 @@ mod tests {
         .unwrap()
     }
 
+    /// A stalled worker keeps its sender of the sink queue: once the pipeline closes, the
+    /// delivery thread takes what is queued and ends instead of waiting on that sender.
+    #[test]
+    fn sealed_batches_end_when_closed_after_the_queue_is_empty() {
+        let (tx, rx) = crossbeam::channel::bounded(4);
+        let (close, closed) = crossbeam::channel::bounded::<()>(0);
+        for events in [3, 4] {
+            tx.send(SealedBatch {
+                batch: Batch {
+                    events,
+                    ndjson: Vec::new(),
+                },
+                core: 0,
+                opened_at: Instant::now(),
+                acks: Vec::new(),
+            })
+            .unwrap();
+        }
+        drop(close);
+        let taken: Vec<u64> = sealed_batches(&rx, &closed)
+            .map(|s| s.batch.events)
+            .collect();
+        assert_eq!(taken, [3, 4]);
+        drop(tx);
+    }
+
     #[test]
     fn file_stage_names_files_by_core_and_records_end_to_end() {
         let dir = tempfile::tempdir().unwrap();
@@ -388,6 +433,7 @@ mod tests {
             name: "f".into(),
             sink: Arc::new(FileSink::new("f", config).unwrap()),
             queue: rx,
+            closed: crossbeam::channel::never(),
             spare: spare_tx,
             counters,
             totals: totals.clone(),
@@ -458,6 +504,7 @@ mod tests {
             name: "f".into(),
             sink,
             queue: rx,
+            closed: crossbeam::channel::never(),
             spare: spare_tx,
             counters: SinkCounters::register("f"),
             totals: totals.clone(),
@@ -505,6 +552,7 @@ mod tests {
             name: "f".into(),
             sink,
             queue: rx,
+            closed: crossbeam::channel::never(),
             spare: spare_tx,
             counters: SinkCounters::register("f"),
             totals: totals.clone(),

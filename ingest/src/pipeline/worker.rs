@@ -15,8 +15,9 @@ use crate::map::Schema;
 use crate::metrics::SinkCounters;
 use crate::net::FrameBatch;
 use crate::parse::{LocalZone, ParseErrorKind, ParseOptions, Parser};
-use crate::pipeline::Totals;
 use crate::pipeline::senders::{ExpectedSenders, SenderWatch, Tally};
+use crate::pipeline::stall::Pulse;
+use crate::pipeline::{Lost, Totals};
 use crate::sink::Envelope;
 
 /// Test seam: a frame of exactly this text makes the worker panic before it parses its batch,
@@ -24,6 +25,14 @@ use crate::sink::Envelope;
 /// reach it in the daemon.
 #[cfg(test)]
 pub(super) const PANIC_FRAME: &[u8] = b"sluice unit test: panic this worker";
+
+/// Test seam: a frame of exactly this text makes the worker wait, holding its batch, until
+/// [`STALL_RELEASED`] is set, standing in for a parser bug that loops. Unit-test builds only.
+#[cfg(test)]
+pub(super) const STALL_FRAME: &[u8] = b"sluice unit test: stall this worker";
+#[cfg(test)]
+pub(super) static STALL_RELEASED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 /// A worker's connection to one sink.
 pub(super) struct SinkPort {
@@ -54,6 +63,8 @@ pub(super) struct WorkerSetup<'a> {
     /// Per source (as `source_names`): its `expected_senders`, as reloads replace them.
     pub source_senders: Vec<Arc<ExpectedSenders>>,
     pub totals: Arc<Totals>,
+    /// What the supervising loop sees of this worker (stall detection).
+    pub pulse: Arc<Pulse>,
 }
 
 struct WorkerSink {
@@ -71,16 +82,22 @@ impl WorkerSink {
         self.kinds.is_empty() || self.kinds.contains(&kind)
     }
 
-    fn seal(&mut self, totals: &Totals) {
+    /// Seals the open batch of sink number `index` and queues it.
+    fn seal(&mut self, totals: &Totals, pulse: &Pulse, index: usize) {
         let Some(sealed) = self.batcher.seal(self.spare.try_recv().ok()) else {
             return;
         };
+        pulse.open_events(index, 0);
         self.counters
             .batch_fill
             .record(sealed.opened_at.elapsed().as_secs_f64());
         let events = sealed.batch.events;
-        // Blocks while the delivery stage is behind: backpressure reaches the readers.
-        if let Err(lost) = self.queue.send(sealed) {
+        // Blocks while the delivery stage is behind: backpressure reaches the readers, and
+        // the wait is not a stall.
+        let in_hand = pulse.wait_for_sink();
+        let sent = self.queue.send(sealed);
+        pulse.back_from_sink(in_hand);
+        if let Err(lost) = sent {
             // ack hook: the events are not committed; tell the sources that wait for it.
             for ack in &lost.0.acks {
                 ack.fail();
@@ -117,6 +134,7 @@ pub(super) struct Worker {
     totals: Arc<Totals>,
     /// The reader batch being processed, for the count of what a panic loses.
     in_hand: Option<InHand>,
+    pulse: Arc<Pulse>,
 }
 
 /// How far a worker is through a reader batch.
@@ -146,11 +164,15 @@ impl Drop for Worker {
                 .sources
                 .get(h.source as usize)
                 .map_or("unknown", |s| &s.name);
-            self.totals.lost_messages(name, h.frames - h.done);
+            self.totals
+                .lost_messages(name, h.frames - h.done, Lost::Panicked);
         }
         for sink in &self.sinks {
-            self.totals
-                .lost_events(&sink.counters.dropped_events, sink.batcher.len());
+            self.totals.lost_events(
+                &sink.counters.dropped_events,
+                sink.batcher.len(),
+                Lost::Panicked,
+            );
         }
     }
 }
@@ -194,6 +216,7 @@ impl Worker {
             parse_map_seconds: crate::metrics::parse_map_histogram(setup.core),
             totals: setup.totals,
             in_hand: None,
+            pulse: setup.pulse,
         }
     }
 
@@ -204,34 +227,36 @@ impl Worker {
         while !open.is_empty() {
             let deadline = self.sinks.iter().filter_map(|s| s.batcher.deadline()).min();
             if let Some(batch) = receive(&mut open, &mut first, deadline) {
+                let started = Instant::now();
                 self.in_hand = Some(InHand {
                     source: batch.source,
                     frames: batch.len() as u64,
                     done: 0,
                 });
-                self.process(batch);
+                self.pulse.begin(started, batch.source, batch.len() as u64);
+                self.process(batch, started);
                 self.in_hand = None;
+                self.pulse.end();
             }
             if let Some(d) = deadline {
                 let now = Instant::now();
                 if now >= d {
-                    for sink in &mut self.sinks {
+                    for (index, sink) in self.sinks.iter_mut().enumerate() {
                         if sink.batcher.timed_out(now) {
-                            sink.seal(&self.totals);
+                            sink.seal(&self.totals, &self.pulse, index);
                         }
                     }
                 }
             }
         }
-        for sink in &mut self.sinks {
-            sink.seal(&self.totals);
+        for (index, sink) in self.sinks.iter_mut().enumerate() {
+            sink.seal(&self.totals, &self.pulse, index);
         }
         self.flush_parse_errors();
         tracing::debug!(core = self.core, "worker drained");
     }
 
-    fn process(&mut self, mut batch: FrameBatch) {
-        let started = Instant::now();
+    fn process(&mut self, mut batch: FrameBatch, started: Instant) {
         let Some(source) = self.sources.get_mut(batch.source as usize) else {
             tracing::error!(
                 source = batch.source,
@@ -262,6 +287,12 @@ impl Worker {
             #[cfg(test)]
             if batch.frame(frame) == PANIC_FRAME {
                 panic!("test seam: a worker bug");
+            }
+            #[cfg(test)]
+            if batch.frame(frame) == STALL_FRAME {
+                while !STALL_RELEASED.load(Ordering::Relaxed) {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
             }
             let received = Received {
                 source: &source.name,
@@ -298,18 +329,20 @@ impl Worker {
                 let full = sink
                     .batcher
                     .push_with(|out| envelope.write(schema, &event, out));
+                self.pulse.open_events(j, sink.batcher.len());
                 // ack hook (API sources only): this sink batch now holds events of `batch`.
                 if let Some(ack) = &batch.ack {
                     sink.batcher.attach_ack(ack);
                 }
                 if full {
-                    sink.seal(&self.totals);
+                    sink.seal(&self.totals, &self.pulse, j);
                 }
             }
             let storage = event.into_storage();
             self.parser.recycle(storage);
             if let Some(h) = &mut self.in_hand {
                 h.done += 1;
+                self.pulse.done(h.done);
             }
         }
         if let Some(senders) = senders {
@@ -477,6 +510,7 @@ mod tests {
             source_zones: vec![LocalZone::default()],
             source_senders: vec![ExpectedSenders::register("in", &[], 0)],
             totals: Arc::default(),
+            pulse: Arc::new(Pulse::new(Instant::now(), sinks.len())),
         })
         .run();
         let sealed = sealed_rx.try_recv().expect("one sealed batch");
