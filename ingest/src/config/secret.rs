@@ -150,14 +150,41 @@ pub fn check_secret_file_modes(files: &[(String, PathBuf)]) -> Result<(), String
 /// Refuses a config file that every user may write (anyone on the machine could redirect or
 /// drop what is forwarded); warns about inline secrets in a file every user may read.
 pub fn check_config_file_modes(files: &[super::ConfigFile]) -> Result<Vec<String>, String> {
-    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    check_config_file_modes_for(files, unsafe { libc::geteuid() })
+}
+
+/// [`check_config_file_modes`] for a process running as `euid`. Like sshd's `StrictModes`: a
+/// file that another unprivileged user owns (and so may rewrite) is refused as one every
+/// user may write is; one its group may write is a warning.
+fn check_config_file_modes_for(
+    files: &[super::ConfigFile],
+    euid: u32,
+) -> Result<Vec<String>, String> {
+    use std::os::unix::fs::MetadataExt;
     let mut warnings = Vec::new();
     for file in files {
         let path = file.path.display();
-        let mode = std::fs::metadata(&file.path)
-            .map_err(|e| format!("cannot stat config file {path}: {e}"))?
-            .permissions()
-            .mode();
+        let metadata = std::fs::metadata(&file.path)
+            .map_err(|e| format!("cannot stat config file {path}: {e}"))?;
+        let mode = metadata.mode();
+        if metadata.uid() != 0 && metadata.uid() != euid {
+            return Err(format!(
+                "config file {path} is owned by uid {}, neither root nor the user sluice runs \
+                 as (uid {euid}): that user could redirect or drop what sluice forwards; \
+                 `chown root {path}`",
+                metadata.uid()
+            ));
+        }
+        if mode & 0o020 != 0 && metadata.gid() != 0 {
+            warnings.push(format!(
+                "config file {path} is writable by its group (gid {}, mode {:04o}): its members \
+                 could redirect or drop what sluice forwards; `chmod g-w {path}` unless that is \
+                 meant",
+                metadata.gid(),
+                mode & 0o7777
+            ));
+        }
         if mode & 0o002 != 0 {
             return Err(format!(
                 "config file {path} is writable by every user (mode {:04o}): anyone on this \
@@ -237,6 +264,62 @@ impl<'de> serde::Deserialize<'de> for Secret {
 
 #[cfg(test)]
 mod tests {
+    /// A config file owned by another unprivileged user is refused whatever its mode; owned
+    /// by root or by the user sluice runs as, it passes. One its group may write (a group
+    /// other than root's) is a warning.
+    #[test]
+    fn config_file_owner_and_group_write_are_checked() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(&path, "").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let files = [crate::config::ConfigFile {
+            path: path.clone(),
+            inline_secrets: Vec::new(),
+        }];
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(super::check_config_file_modes_for(&files, euid), Ok(vec![]));
+        if euid != 0 {
+            // Files cannot be given away without root: the rule for them is root's.
+            return;
+        }
+        let chown =
+            |uid: u32, gid: u32| std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+        chown(65534, 0);
+        let error = super::check_config_file_modes_for(&files, 0).unwrap_err();
+        assert_eq!(
+            error,
+            format!(
+                "config file {0} is owned by uid 65534, neither root nor the user sluice runs \
+                 as (uid 0): that user could redirect or drop what sluice forwards; \
+                 `chown root {0}`",
+                path.display()
+            )
+        );
+        // The user sluice runs as may own it.
+        assert_eq!(
+            super::check_config_file_modes_for(&files, 65534),
+            Ok(vec![])
+        );
+
+        chown(0, 65534);
+        assert_eq!(super::check_config_file_modes_for(&files, 0), Ok(vec![]));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).unwrap();
+        assert_eq!(
+            super::check_config_file_modes_for(&files, 0),
+            Ok(vec![format!(
+                "config file {0} is writable by its group (gid 65534, mode 0660): its members \
+                 could redirect or drop what sluice forwards; `chmod g-w {0}` unless that is \
+                 meant",
+                path.display()
+            )])
+        );
+        chown(0, 0);
+        assert_eq!(super::check_config_file_modes_for(&files, 0), Ok(vec![]));
+    }
+
     use super::*;
 
     #[test]
