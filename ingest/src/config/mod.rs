@@ -1112,8 +1112,9 @@ impl Config {
     }
 
     /// Refuses to go on when a secret file (`*_file`) is accessible by group or others, or a
-    /// config file (main or included) is writable by others; returns warnings for inline
-    /// secrets in files others may read.
+    /// config file (main or included) is writable by others or owned by another unprivileged
+    /// user; returns warnings for group-writable config files and for inline secrets in files
+    /// others may read.
     pub fn check_file_modes(&self) -> Result<Vec<String>, String> {
         secret::check_secret_file_modes(&secret::secret_files(self))?;
         secret::check_config_file_modes(&self.files)

@@ -147,8 +147,9 @@ pub fn check_secret_file_modes(files: &[(String, PathBuf)]) -> Result<(), String
     Ok(())
 }
 
-/// Refuses a config file that every user may write (anyone on the machine could redirect or
-/// drop what is forwarded); warns about inline secrets in a file every user may read.
+/// Refuses a config file that every user may write or another unprivileged user owns (they
+/// could redirect or drop what is forwarded); warns about one its group may write and about
+/// inline secrets in a file every user may read.
 pub fn check_config_file_modes(files: &[super::ConfigFile]) -> Result<Vec<String>, String> {
     // SAFETY: geteuid has no preconditions.
     check_config_file_modes_for(files, unsafe { libc::geteuid() })

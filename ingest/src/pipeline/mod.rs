@@ -129,6 +129,15 @@ impl Totals {
         total.fetch_add(messages, Ordering::Relaxed);
     }
 
+    /// Counts the reader batch a worker that panicked or stalled held: `done` frames are in
+    /// sink batches (sealed ones delivered, open ones counted as the sinks' dropped events), so
+    /// they count as parsed; counting them as dropped too would count them twice, or count
+    /// delivered ones as lost. The other `undone` are lost.
+    fn lost_batch_in_hand(&self, source: &str, undone: u64, done: u64, lost: Lost) {
+        self.parsed_messages.fetch_add(done, Ordering::Relaxed);
+        self.lost_messages(source, undone, lost);
+    }
+
     /// Counts `events` of a sink batch lost with a worker or sink thread that panicked or
     /// stalled.
     fn lost_events(&self, dropped_events: &metrics::Counter, events: u64, lost: Lost) {
@@ -1011,20 +1020,22 @@ impl Pipeline {
         }
     }
 
-    /// Gives up on stalled worker `index`, which cannot be joined: what it holds is counted as
-    /// lost, the frames of its batch already in sink batches as parsed (its open sink batches
-    /// are counted as the sinks' dropped events). Were the thread to move on now, it would
-    /// find its queues drained and the process exiting.
+    /// Gives up on stalled worker `index`, which cannot be joined: its batch in hand and its
+    /// open sink batches are counted as lost. Were the thread to move on now, it would find
+    /// its queues drained and the process exiting.
     fn give_up_on_worker(&self, index: usize) {
-        let (source, undone, done, open) = self.stalls.pulses[index].holding();
-        let name = source
-            .and_then(|s| self.source_names.get(usize::from(s)))
-            .map_or("unknown", |s| s);
-        self.totals
-            .parsed_messages
-            .fetch_add(done, Ordering::Relaxed);
-        self.totals.lost_messages(name, undone, Lost::Stalled);
-        for (dropped, events) in self.sink_dropped.iter().zip(open) {
+        let pulse = &self.stalls.pulses[index];
+        let mut undone = 0;
+        if let Some((source, not_done, done)) = pulse.batch_in_hand() {
+            let name = self
+                .source_names
+                .get(usize::from(source))
+                .map_or("unknown", |s| s);
+            self.totals
+                .lost_batch_in_hand(name, not_done, done, Lost::Stalled);
+            undone = not_done;
+        }
+        for (dropped, events) in self.sink_dropped.iter().zip(pulse.open_batch_events()) {
             self.totals.lost_events(dropped, events, Lost::Stalled);
         }
         tracing::error!(
@@ -1080,7 +1091,7 @@ impl Pipeline {
         }
         for index in 0..self.workers.len() {
             // A worker that finished is joined even when it was found stalled: it moved on.
-            while !self.workers[index].is_finished() && !self.stalls.is_stalled(index) {
+            while !self.worker_done(index) {
                 self.find_stalls();
                 self.drain_orphaned_queues();
                 std::thread::sleep(Duration::from_millis(10));

@@ -6,8 +6,9 @@
 //! Each worker publishes a [`Pulse`]; the supervising loop reads them ([`StallWatch::check`]).
 //! Waiting is not stalling: a worker blocked on a full sink queue is backpressure, and one
 //! waiting for input is idle, so neither counts. A stalled worker cannot be joined, so what it
-//! holds (the unfinished part of its batch, its open sink batches) is mirrored in the pulse and
-//! counted as lost by the pipeline when it gives up on the thread at shutdown.
+//! holds (the unfinished part of its batch, its open sink batches) is kept in the pulse and
+//! counted as lost by the pipeline when it gives up on the thread at shutdown (a worker that
+//! panics counts its batch in hand from the pulse too).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -112,19 +113,21 @@ impl Pulse {
         Some(((busy >> TIME_BITS) as u16, held))
     }
 
-    /// What a worker given up on holds: the source index, frames of its batch not in sink
-    /// batches and frames that are, and the events of each sink's open batch.
-    pub fn holding(&self) -> (Option<u16>, u64, u64, Vec<u64>) {
+    /// The batch in hand, if any: its source index, its frames not yet in sink batches and
+    /// those that are. What a worker that panicked or was given up on held.
+    pub fn batch_in_hand(&self) -> Option<(u16, u64, u64)> {
         let busy = self.busy.load(Ordering::Relaxed);
+        if busy == 0 {
+            return None;
+        }
         let frames = self.frames.load(Ordering::Relaxed);
         let done = self.done.load(Ordering::Relaxed).min(frames);
-        let open = self
-            .open_events
-            .iter()
-            .map(|e| e.load(Ordering::Relaxed))
-            .collect();
-        let source = (busy != 0).then_some((busy >> TIME_BITS) as u16);
-        (source, frames - done, done, open)
+        Some(((busy >> TIME_BITS) as u16, frames - done, done))
+    }
+
+    /// Events in each sink's open batch (config order).
+    pub fn open_batch_events(&self) -> impl Iterator<Item = u64> + '_ {
+        self.open_events.iter().map(|e| e.load(Ordering::Relaxed))
     }
 }
 
@@ -199,7 +202,8 @@ mod tests {
         pulse.done(4);
         pulse.open_events(1, 9);
         pulse.open_events(2, 99); // no third sink: ignored
-        assert_eq!(pulse.holding(), (Some(7), 6, 4, vec![0, 9]));
+        assert_eq!(pulse.batch_in_hand(), Some((7, 6, 4)));
+        assert_eq!(pulse.open_batch_events().collect::<Vec<_>>(), [0, 9]);
 
         let before = pulse.wait_for_sink();
         assert_eq!(
@@ -217,7 +221,8 @@ mod tests {
 
         pulse.end();
         assert_eq!(pulse.in_hand(at(60_000)), None);
-        assert_eq!(pulse.holding(), (None, 0, 0, vec![0, 9]));
+        assert_eq!(pulse.batch_in_hand(), None);
+        assert_eq!(pulse.open_batch_events().collect::<Vec<_>>(), [0, 9]);
         // Nothing was in hand before the wait: nothing is after it either.
         let before = pulse.wait_for_sink();
         pulse.back_from_sink(before);

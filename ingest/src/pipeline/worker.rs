@@ -132,18 +132,9 @@ pub(super) struct Worker {
     /// Messages per expected sender in the batch being processed.
     tally: Tally,
     totals: Arc<Totals>,
-    /// The reader batch being processed, for the count of what a panic loses.
-    in_hand: Option<InHand>,
+    /// What the supervising loop sees of this worker, and the count of what a panic loses:
+    /// the reader batch in hand and how many of its frames every routed sink batch took.
     pulse: Arc<Pulse>,
-}
-
-/// How far a worker is through a reader batch.
-#[derive(Clone, Copy)]
-struct InHand {
-    source: u16,
-    frames: u64,
-    /// Frames whose events every routed sink batch took (sealed ones are on their way).
-    done: u64,
 }
 
 impl Drop for Worker {
@@ -153,19 +144,13 @@ impl Drop for Worker {
         if !std::thread::panicking() {
             return;
         }
-        if let Some(h) = self.in_hand.take() {
-            // Frames done are in sink batches: sealed ones are delivered, open ones counted
-            // below as the sinks' dropped events. Counting them as dropped messages too would
-            // count them twice, or count delivered ones as lost.
-            self.totals
-                .parsed_messages
-                .fetch_add(h.done, Ordering::Relaxed);
+        if let Some((source, undone, done)) = self.pulse.batch_in_hand() {
             let name = self
                 .sources
-                .get(h.source as usize)
+                .get(usize::from(source))
                 .map_or("unknown", |s| &s.name);
             self.totals
-                .lost_messages(name, h.frames - h.done, Lost::Panicked);
+                .lost_batch_in_hand(name, undone, done, Lost::Panicked);
         }
         for sink in &self.sinks {
             self.totals.lost_events(
@@ -215,7 +200,6 @@ impl Worker {
             parse_errors: HashMap::new(),
             parse_map_seconds: crate::metrics::parse_map_histogram(setup.core),
             totals: setup.totals,
-            in_hand: None,
             pulse: setup.pulse,
         }
     }
@@ -228,14 +212,8 @@ impl Worker {
             let deadline = self.sinks.iter().filter_map(|s| s.batcher.deadline()).min();
             if let Some(batch) = receive(&mut open, &mut first, deadline) {
                 let started = Instant::now();
-                self.in_hand = Some(InHand {
-                    source: batch.source,
-                    frames: batch.len() as u64,
-                    done: 0,
-                });
                 self.pulse.begin(started, batch.source, batch.len() as u64);
                 self.process(batch, started);
-                self.in_hand = None;
                 self.pulse.end();
             }
             if let Some(d) = deadline {
@@ -275,6 +253,8 @@ impl Worker {
         }
         let received_at = batch.received_at.unwrap_or_else(Timestamp::now);
         let mut errors = 0u64;
+        // Frames whose events every routed sink batch took (sealed ones are on their way).
+        let mut done = 0u64;
         // One UTF-8 check for the whole batch: per frame, the call's set-up cost more than the
         // check. A frame is then valid text if it starts and ends on character boundaries
         // (a frame cut inside a character takes the per-frame path and its replacement).
@@ -340,10 +320,8 @@ impl Worker {
             }
             let storage = event.into_storage();
             self.parser.recycle(storage);
-            if let Some(h) = &mut self.in_hand {
-                h.done += 1;
-                self.pulse.done(h.done);
-            }
+            done += 1;
+            self.pulse.done(done);
         }
         if let Some(senders) = senders {
             self.tally.publish(senders, received_at.unix_secs());
